@@ -1,0 +1,20 @@
+"""cuproi: RoI feature extraction (RoI Pool, RoI Align, Deformable RoI Pool) on CuPy and NumPy.
+
+Every op takes NumPy arrays (CPU backend) or CuPy arrays (CUDA kernels) and returns the same
+kind. Importing cuproi does not import CuPy.
+"""
+
+from cuproi._version import __version__
+from cuproi.deform_roi_pool import deform_roi_pool, deform_roi_pool_backward
+from cuproi.roi_align import roi_align, roi_align_backward
+from cuproi.roi_pool import roi_pool, roi_pool_backward
+
+__all__ = [
+    "__version__",
+    "deform_roi_pool",
+    "deform_roi_pool_backward",
+    "roi_align",
+    "roi_align_backward",
+    "roi_pool",
+    "roi_pool_backward",
+]

@@ -1,0 +1,21 @@
+"""NumPy/SciPy backend: the functions of cuproi._cuda, with the same names and signatures.
+
+Every function takes validated, C-contiguous host arrays: features in their own dtype, boxes
+(and offsets) as a (K, 5) array in the compute dtype (float32 for float16 and float32 features,
+float64 for float64), and returns host arrays. float16 features are computed in float32.
+"""
+
+import numpy as xp  # noqa: F401  (the array module of this backend, used by the public layer)
+
+from cuproi._cpu.deform_roi_pool import deform_roi_pool_backward, deform_roi_pool_forward
+from cuproi._cpu.roi_align import roi_align_backward, roi_align_forward
+from cuproi._cpu.roi_pool import roi_pool_backward, roi_pool_forward
+
+__all__ = [
+    "deform_roi_pool_backward",
+    "deform_roi_pool_forward",
+    "roi_align_backward",
+    "roi_align_forward",
+    "roi_pool_backward",
+    "roi_pool_forward",
+]

@@ -1,0 +1,218 @@
+"""Bilinear sampling of RoI bins as a sparse linear operator.
+
+RoI Align and Deformable RoI Pooling average the bilinear interpolation of a grid of samples in
+every bin. Within one bin the grid is a tensor product (a sample's y depends on its row only,
+its x on its column only) and the bilinear weights factor as ``w(y, x) = wy(y) * wx(x)``, with
+the out-of-range test and the edge clamping applied to each axis on its own. So the weights of a
+whole bin are the outer product of two short vectors: the y-weights of its sample rows summed
+per feature row, and likewise for x. This module builds those vectors for many bins at once,
+then the sparse matrix ``A`` (bins x pixels) whose rows are the outer products divided by the
+sample count. Forward is ``A @ X`` with ``X`` the features as (pixels, channels); the input
+gradient is ``A.T @ G``.
+
+Coordinates are computed in the compute dtype (float32 for float32 features, float64 for
+float64) in the same operation order as the CUDA kernels, so both backends agree on which
+samples fall inside the map.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse
+
+# Entries of the sparse operator built at once; boxes are processed in chunks below this.
+BUDGET = 1 << 21
+
+
+class Grid(NamedTuple):
+    """Sampling grid of every box, shapes (K,): see kernels/common/bilinear.cuh (make_grid)."""
+
+    start_y: np.ndarray
+    start_x: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    bin_h: np.ndarray
+    bin_w: np.ndarray
+    grid_h: np.ndarray  # int64; <= 0 means no samples
+    grid_w: np.ndarray
+    count: np.ndarray  # divisor of the average, max(grid_h * grid_w, 1)
+
+
+def make_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, shift, min_one):
+    """Sampling grid of ``rois`` (K, 5) in their (compute) dtype.
+
+    ``shift`` is 0.5 for the half-pixel convention; ``min_one`` applies torchvision's legacy
+    clamp of the box size to at least 1 when not aligned.
+    """
+    ct = rois.dtype.type
+    scale, shift = ct(spatial_scale), ct(shift)
+    start_x = rois[:, 1] * scale - shift
+    start_y = rois[:, 2] * scale - shift
+    width = (rois[:, 3] * scale - shift) - start_x
+    height = (rois[:, 4] * scale - shift) - start_y
+    if min_one:
+        width = np.maximum(width, ct(1))
+        height = np.maximum(height, ct(1))
+    bin_h = height / ct(pooled_h)
+    bin_w = width / ct(pooled_w)
+    if sampling_ratio > 0:
+        grid_h = np.full(len(rois), sampling_ratio, np.int64)
+        grid_w = grid_h
+    else:
+        grid_h = np.ceil(bin_h).astype(np.int64)
+        grid_w = np.ceil(bin_w).astype(np.int64)
+    count = np.maximum(grid_h.astype(ct) * grid_w.astype(ct), ct(1))
+    return Grid(start_y, start_x, height, width, bin_h, bin_w, grid_h, grid_w, count)
+
+
+def sample_range(start, bin_size, grid, size):
+    """Samples ``[lo, hi)`` of each bin that may fall inside ``[-1, size]``.
+
+    Sample ``i`` of a bin is at ``start + (i + 0.5) * bin_size / grid``. Samples outside the map
+    add zero, so only this range is visited: the work of a huge box is bounded by the map. The
+    range is widened by a bound on rounding, so it contains every in-range sample; the exact
+    test is applied per sample afterwards. Mirrors ``sample_range`` in kernels/common.
+    """
+    ct = start.dtype.type
+    hi = np.maximum(grid, 0)
+    with np.errstate(all="ignore"):
+        step = bin_size / grid.astype(ct)
+        err = ct(8 * np.finfo(ct).eps) * (np.abs(start) + np.abs(bin_size) + ct(size + 1))
+        a = (ct(-1) - err - start) / step - ct(0.5)
+        b = (ct(size) + err - start) / step - ct(0.5)
+        a, b = np.where(step < 0, b, a), np.where(step < 0, a, b)
+        lo = np.clip(np.nan_to_num(np.floor(a) - 4), 0, hi).astype(np.int64)
+        up = np.clip(np.nan_to_num(np.floor(b) + 5), 0, hi).astype(np.int64)
+        # A zero-size bin puts every sample at `start`: all in range or none.
+        at_start = (start >= ct(-1) - err) & (start <= ct(size) + err)
+        zero = step == 0
+    lo = np.where(zero, 0, lo)
+    up = np.where(zero, np.where(at_start, hi, 0), up)
+    up = np.where(np.abs(start) <= ct(1e30), up, 0)  # NaN or infinite start: nothing
+    return lo, np.maximum(up, lo)
+
+
+def samples_bound(start, bin_size, grid, size):
+    """Upper bound on the number of distinct taps of each bin along one axis."""
+    lo, hi = sample_range(start, bin_size, grid, size)
+    return np.minimum(2 * (hi - lo), size)
+
+
+class AxisTaps(NamedTuple):
+    """Summed weights of each bin's samples along one axis, as ragged rows.
+
+    Row ``r`` is ``index[ptr[r]:ptr[r + 1]]`` (sorted feature rows or columns) with ``weight``,
+    the summed bilinear weights, and ``slope``, the summed derivative of those weights with
+    respect to the bin's position (zero in the clamped edge bands).
+    """
+
+    ptr: np.ndarray
+    index: np.ndarray
+    weight: np.ndarray
+    slope: np.ndarray
+
+
+def axis_taps(start, bin_size, grid, size):
+    """Taps of the samples ``start + (i + 0.5) * bin_size / grid`` of each bin (row)."""
+    ct = start.dtype.type
+    rows = len(start)
+    lo, hi = sample_range(start, bin_size, grid, size)
+    n = hi - lo
+    first = np.cumsum(n) - n
+    row = np.repeat(np.arange(rows), n)
+    i = lo[row] + (np.arange(row.size) - first[row])
+    # Same operation order as sample_at() in the kernels.
+    pos = start[row] + (i.astype(ct) + ct(0.5)) * bin_size[row] / grid[row].astype(ct)
+    inside = (pos >= ct(-1)) & (pos <= ct(size))  # NaN is outside
+    row, pos = row[inside], pos[inside]
+    free = pos >= 0
+    pos = np.maximum(pos, ct(0))
+    low = pos.astype(np.int64)
+    top = low >= size - 1
+    high = np.where(top, size - 1, low + 1)
+    low = np.where(top, size - 1, low)
+    pos = np.where(top, low.astype(ct), pos)
+    free &= ~top
+    frac = pos - low.astype(ct)
+    # Merge the two taps of every sample into one sorted entry per (row, index).
+    keys = np.concatenate([row * size + low, row * size + high])
+    unique, inverse = np.unique(keys, return_inverse=True)
+    weight = np.bincount(inverse, np.concatenate([ct(1) - frac, frac]), len(unique))
+    sign = free.astype(np.float64)
+    slope = np.bincount(inverse, np.concatenate([-sign, sign]), len(unique))
+    keep = (weight != 0) | (slope != 0)
+    unique, weight, slope = unique[keep], weight[keep], slope[keep]
+    ptr = np.searchsorted(unique // size, np.arange(rows + 1))
+    return AxisTaps(ptr, unique % size, weight, slope)
+
+
+def operator(ys, xs, y_of_bin, x_of_bin, image_of_bin, count_of_bin, shape, dtype,
+             slopes=False):
+    """Sparse (bins x N*H*W) matrix of the bins' averaged bilinear weights.
+
+    ``ys``/``xs`` are AxisTaps; bin ``j`` uses y-row ``y_of_bin[j]`` and x-row ``x_of_bin[j]``
+    of image ``image_of_bin[j]`` and divides by ``count_of_bin[j]``. With ``slopes`` also
+    returns the matrices of the derivatives with respect to the bin's x and y position.
+    """
+    n, h, w = shape
+    bins = len(y_of_bin)
+    my = np.diff(ys.ptr)[y_of_bin]
+    mx = np.diff(xs.ptr)[x_of_bin]
+    per_bin = my * mx
+    indptr = np.concatenate([[0], np.cumsum(per_bin)])
+    entry_bin = np.repeat(np.arange(bins), per_bin)
+    local = np.arange(indptr[-1]) - indptr[entry_bin]
+    width = mx[entry_bin]
+    jy = ys.ptr[y_of_bin][entry_bin] + local // width
+    jx = xs.ptr[x_of_bin][entry_bin] + local % width
+    columns = (image_of_bin[entry_bin] * h + ys.index[jy]) * w + xs.index[jx]
+    inverse_count = (1.0 / count_of_bin.astype(np.float64))[entry_bin]
+
+    def matrix(values):
+        return scipy.sparse.csr_matrix(
+            ((values * inverse_count).astype(dtype), columns, indptr), shape=(bins, n * h * w)
+        )
+
+    a = matrix(ys.weight[jy] * xs.weight[jx])
+    if not slopes:
+        return a
+    return a, matrix(ys.weight[jy] * xs.slope[jx]), matrix(ys.slope[jy] * xs.weight[jx])
+
+
+def chunks(cost, budget=BUDGET):
+    """Consecutive ranges of boxes whose summed ``cost`` stays within ``budget`` (at least one
+    box per range)."""
+    total = np.cumsum(cost)
+    start, k = 0, len(cost)
+    while start < k:
+        base = total[start - 1] if start else 0
+        stop = max(int(np.searchsorted(total, base + budget, side="right")), start + 1)
+        yield start, stop
+        start = stop
+
+
+def pixels_by_channel(x):
+    """(N, C, H, W) features as an (N*H*W, C) matrix, the layout the sparse products use."""
+    n, c, h, w = x.shape
+    return x.transpose(0, 2, 3, 1).reshape(n * h * w, c)
+
+
+def apply(a, x_rows, bins_shape):
+    """``A @ X`` reshaped to (K, C, PH, PW)."""
+    out = a @ x_rows
+    return out.reshape(*bins_shape, -1).transpose(0, 3, 1, 2)
+
+
+def add_transposed(grad_rows, a, g_rows):
+    """``grad_rows += A.T @ G``, touching only the pixels that ``A`` reads."""
+    if a.nnz == 0:
+        return
+    used, columns = np.unique(a.indices, return_inverse=True)
+    compact = scipy.sparse.csr_matrix((a.data, columns, a.indptr), shape=(a.shape[0], len(used)))
+    grad_rows[used] += compact.T @ g_rows
+
+
+def bin_rows(g):
+    """(K, C, PH, PW) gradient as (K*PH*PW, C) rows, matching the operator's bins."""
+    k, c, ph, pw = g.shape
+    return g.transpose(0, 2, 3, 1).reshape(k * ph * pw, c)

@@ -1,0 +1,46 @@
+"""CuPy backend: the functions of cuproi._cpu, with the same names and signatures, on device
+arrays through the CUDA kernels of kernels/.
+
+Importing this module does not import cupy; the first call does. Each call runs on the device
+of its first array and on CuPy's current stream.
+"""
+
+from cuproi._cuda import _ops
+
+
+def _on_device(op):
+    def run(first, *args):
+        import cupy
+
+        from cuproi._cuda._launch import launch
+
+        with first.device:
+            return op(cupy, launch, first, *args)
+
+    run.__name__ = run.__qualname__ = op.__name__
+    return run
+
+
+roi_align_forward = _on_device(_ops.roi_align_forward)
+roi_align_backward = _on_device(_ops.roi_align_backward)
+roi_pool_forward = _on_device(_ops.roi_pool_forward)
+roi_pool_backward = _on_device(_ops.roi_pool_backward)
+deform_roi_pool_forward = _on_device(_ops.deform_roi_pool_forward)
+deform_roi_pool_backward = _on_device(_ops.deform_roi_pool_backward)
+
+__all__ = [
+    "deform_roi_pool_backward",
+    "deform_roi_pool_forward",
+    "roi_align_backward",
+    "roi_align_forward",
+    "roi_pool_backward",
+    "roi_pool_forward",
+]
+
+
+def __getattr__(name):
+    if name == "xp":  # the array module of this backend, imported on first use
+        import cupy
+
+        return cupy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,32 @@
+"""Compile the kernels lazily, once per device, and launch them on the current CuPy stream."""
+
+import functools
+
+from cuproi._cuda import _source
+
+_OPTIONS = ("--std=c++17",)
+_THREADS = 256
+_MAX_BLOCKS = 65535  # grid-stride loops cover any n with a bounded grid
+
+
+@functools.cache
+def _kernels():
+    import cupy  # only here: importing cuproi never imports cupy
+
+    @cupy.memoize(for_each_device=True)
+    def module(name):
+        return cupy.RawModule(code=_source.source(name), options=_OPTIONS)
+
+    @cupy.memoize(for_each_device=True)
+    def kernel(name, entry):
+        return module(name).get_function(entry)
+
+    return kernel
+
+
+def launch(name, entry, n, args):
+    """Run ``entry`` of kernels/<name>.cu over ``n`` elements on the current device and stream."""
+    if n == 0:
+        return
+    blocks = min(-(-n // _THREADS), _MAX_BLOCKS)
+    _kernels()(name, entry)((blocks,), (_THREADS,), args)

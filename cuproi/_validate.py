@@ -1,0 +1,191 @@
+"""Argument checks shared by the public functions.
+
+Every check raises TypeError (wrong kind or dtype), ValueError (wrong shape or value) or
+IndexError (a batch index outside the batch) with a message that says what was received and
+what is expected. Array checks take the array module ``xp`` of the backend, so that the only
+device-to-host traffic is one small reduction over the boxes.
+"""
+
+import numbers
+
+import numpy as np
+
+# Box coordinates times spatial_scale must stay within this many feature cells: it keeps every
+# index computation of the kernels exact in int32 and float32 (and a box of 2**20 cells is far
+# beyond any image).
+MAX_COORDINATE = 2**20
+# Upper bound on an explicit sampling_ratio (samples per bin and axis); typical values are 0-4.
+MAX_SAMPLING_RATIO = 1024
+
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _integer(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}")
+    return int(value)
+
+
+def _real(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {value!r} of type "
+                        f"{type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite; got {value}")
+    return value
+
+
+def output_size(value):
+    """``(PH, PW)`` from an int or a pair of positive ints."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2:
+        raise ValueError(f"output_size must be an int or a pair (h, w); got {value!r}")
+    ph, pw = (_integer(v, "output_size") for v in pair)
+    if ph <= 0 or pw <= 0:
+        raise ValueError(f"output_size must be positive; got {value!r}")
+    return ph, pw
+
+
+def spatial_scale(value):
+    scale = _real(value, "spatial_scale")
+    if scale <= 0:
+        raise ValueError(f"spatial_scale must be positive; got {scale}")
+    return scale
+
+
+def sampling_ratio(value):
+    ratio = _integer(value, "sampling_ratio")
+    if ratio > MAX_SAMPLING_RATIO:
+        raise ValueError(f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} (<= 0 means "
+                         f"adaptive); got {ratio}")
+    return ratio
+
+
+def gamma(value):
+    return _real(value, "gamma")
+
+
+def compute_dtype(dtype):
+    """Coordinates and accumulation: float64 for float64 features, float32 otherwise."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def _float_array(xp, array, name, ndim, layout):
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array {layout}; got shape {array.shape}")
+    if array.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float16, float32 or float64; got {array.dtype}")
+    return xp.ascontiguousarray(array)
+
+
+def features(xp, x, name="input"):
+    """(N, C, H, W) floating features, C-contiguous."""
+    x = _float_array(xp, x, name, 4, "(N, C, H, W)")
+    input_shape(x.shape, name)
+    return x
+
+
+def input_shape(shape, name="input_shape"):
+    """``(N, C, H, W)`` as ints, with a non-empty plane that int32 can index."""
+    try:
+        shape = tuple(_integer(v, name) for v in shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W); got {shape!r}") from None
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"{name} must be 4 non-negative ints (N, C, H, W); got {shape}")
+    n, c, h, w = shape
+    if h < 1 or w < 1:
+        raise ValueError(f"{name} must have height and width >= 1; got {shape}")
+    if h * w >= 2**31:
+        raise ValueError(f"{name} has a plane of {h * w} cells; at most 2**31 - 1 are supported")
+    return shape
+
+
+def grad_output(xp, g, k, channels, pooled, name="grad_output"):
+    """(K, C, PH, PW) floating gradient matching the boxes, channels and output size."""
+    g = _float_array(xp, g, name, 4, "(K, C, PH, PW)")
+    expected = (k, channels, *pooled)
+    if g.shape != expected:
+        raise ValueError(f"{name} must have shape {expected} (boxes, channels, output_size); "
+                         f"got {g.shape}")
+    return g
+
+
+def _real_array(array, name):
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers (float or int); got {array.dtype}")
+
+
+def boxes(xp, value, batch, scale, dtype, name="boxes"):
+    """Boxes as a (K, 5) C-contiguous array in the compute dtype of ``dtype`` features.
+
+    ``value`` is a (K, 5) array [batch_index, x1, y1, x2, y2] or a list of per-image (L, 4)
+    arrays [x1, y1, x2, y2]. Checks, in one reduction: batch indices integral and in
+    [0, batch), coordinates finite and within MAX_COORDINATE cells once scaled.
+    """
+    ct = compute_dtype(dtype)
+    if isinstance(value, (list, tuple)):
+        if len(value) > batch:
+            raise ValueError(f"{name} is a list of {len(value)} per-image arrays but the input "
+                             f"holds {batch} images")
+        parts = []
+        for i, b in enumerate(value):
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise ValueError(f"{name}[{i}] must be an (L, 4) array [x1, y1, x2, y2]; got "
+                                 f"shape {b.shape}")
+            _real_array(b, f"{name}[{i}]")
+            parts.append(xp.concatenate([xp.full((len(b), 1), i, ct), b.astype(ct)], axis=1))
+        rois = xp.concatenate(parts) if parts else xp.zeros((0, 5), ct)
+    else:
+        if value.ndim != 2 or value.shape[1] != 5:
+            hint = (" (a (K, 4) array has no batch index: add it as the first column, or pass "
+                    "a list with one (L, 4) array per image)" if value.ndim == 2
+                    and value.shape[1] == 4 else "")
+            raise ValueError(f"{name} must be a (K, 5) array [batch_index, x1, y1, x2, y2] or "
+                             f"a list of (L, 4) arrays; got shape {value.shape}{hint}")
+        _real_array(value, name)
+        rois = xp.ascontiguousarray(value, dtype=ct)
+    if len(rois):
+        index = rois[:, 0]
+        with np.errstate(invalid="ignore", over="ignore"):
+            ok = ((index >= 0) & (index < batch) & (index == xp.floor(index))
+                  & (xp.abs(rois[:, 1:]) * scale <= MAX_COORDINATE).all(axis=1))
+        if not bool(ok.all()):
+            _explain(rois[int(xp.argmin(ok))].tolist(), int(xp.argmin(ok)), batch, scale, name)
+    return rois
+
+
+def _explain(row, k, batch, scale, name):
+    """Raise the error that fits the first bad box row."""
+    b, coords = row[0], row[1:]
+    if not all(np.isfinite(coords)):
+        raise ValueError(f"{name}[{k}] has non-finite coordinates {coords}")
+    if not np.isfinite(b) or b != np.floor(b):
+        raise ValueError(f"{name}[{k}] has batch index {b}; batch indices must be whole numbers")
+    if not 0 <= b < batch:
+        raise IndexError(f"{name}[{k}] has batch index {int(b)} but the input holds {batch} "
+                         f"images (valid: 0 to {batch - 1})")
+    raise ValueError(f"{name}[{k}] has coordinates {coords}, which exceed +-{MAX_COORDINATE} "
+                     f"feature cells at spatial_scale {scale}")
+
+
+def offset(xp, value, k, pooled, dtype, name="offset"):
+    """None, or a (K, 2, PH, PW) floating array in the compute dtype of ``dtype`` features."""
+    if value is None:
+        return None
+    value = _float_array(xp, value, name, 4, "(K, 2, PH, PW)")
+    expected = (k, 2, *pooled)
+    if value.shape != expected:
+        raise ValueError(f"{name} must have shape {expected} (boxes, (dx, dy), output_size); "
+                         f"got {value.shape}")
+    return xp.ascontiguousarray(value, dtype=compute_dtype(dtype))
+
+
+def argmax(xp, value, shape, name="argmax"):
+    """The int argmax of roi_pool, shaped like the gradient, as C-contiguous int32."""
+    if value.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array (from roi_pool); got {value.dtype}")
+    if value.shape != shape:
+        raise ValueError(f"{name} must have the shape of grad_output {shape}; got {value.shape}")
+    return xp.ascontiguousarray(value, dtype=np.int32)

@@ -1,0 +1,135 @@
+"""Deformable RoI Pooling (Deformable ConvNets): RoI Align with learned per-bin offsets."""
+
+from cuproi import _dispatch, _validate
+
+
+def deform_roi_pool(input, boxes, offset, output_size, spatial_scale=1.0, sampling_ratio=0,
+                    gamma=0.1):
+    """Pool every box with bins shifted by learned offsets (Deformable RoI Pooling).
+
+    Parameters
+    ----------
+    input : (N, C, H, W) array
+        Feature maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
+    boxes : (K, 5) array or list of (L_i, 4) arrays
+        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
+    offset : (K, 2, PH, PW) array or None
+        Per-bin shift: channel 0 along x, channel 1 along y, in units of the box width and
+        height, multiplied by ``gamma``. None pools without shifts.
+    output_size : int or (int, int)
+        Pooled size ``(PH, PW)``.
+    spatial_scale : float, optional
+        Factor from box coordinates to feature coordinates.
+    sampling_ratio : int, optional
+        Samples per bin along each axis; ``<= 0`` picks ``ceil(box_size / output_size)``.
+    gamma : float, optional
+        Scale of the offsets (0.1 in the paper and in mmcv).
+
+    Returns
+    -------
+    (K, C, PH, PW) array
+        Same array type, device and dtype as ``input``.
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As :func:`cuproi.roi_align`; also for an ``offset`` of the wrong shape or dtype.
+
+    Notes
+    -----
+    The semantics of ``mmcv.ops.deform_roi_pool``: an aligned RoI Align average (half-pixel
+    shift, no minimum box size) in which bin ``(ph, pw)`` starts at the box corner plus
+    ``(gamma * box_w * offset[k, 0, ph, pw], gamma * box_h * offset[k, 1, ph, pw])``. With
+    ``offset=None`` this is ``roi_align(..., aligned=True)`` for boxes of at least one cell.
+    It is an average of bilinear samples, not a max: it does not reduce to :func:`roi_pool`.
+
+    References
+    ----------
+    J. Dai, H. Qi, Y. Xiong, Y. Li, G. Zhang, H. Hu, Y. Wei, "Deformable Convolutional
+    Networks", ICCV 2017.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuproi
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]], dtype=np.float32)
+    >>> offset = np.zeros((1, 2, 1, 1), dtype=np.float32)
+    >>> offset[0, 0] = 5.0  # shift the bin right by 0.1 * 2 * 5 = 1 cell
+    >>> cuproi.deform_roi_pool(x, boxes, offset, 1, sampling_ratio=2)
+    array([[[[3.5]]]], dtype=float32)
+    """
+    backend, (x, b, o), restore = _dispatch.prepare(input=input, boxes=boxes, offset=offset)
+    pooled = _validate.output_size(output_size)
+    scale = _validate.spatial_scale(spatial_scale)
+    ratio = _validate.sampling_ratio(sampling_ratio)
+    shift = _validate.gamma(gamma)
+    x = _validate.features(backend.xp, x)
+    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
+    return restore(backend.deform_roi_pool_forward(x, rois, o, scale, *pooled, ratio, shift))
+
+
+def deform_roi_pool_backward(grad_output, input, boxes, offset, output_size, spatial_scale=1.0,
+                             sampling_ratio=0, gamma=0.1):
+    """Gradients of :func:`deform_roi_pool` with respect to the features and the offsets.
+
+    Parameters
+    ----------
+    grad_output : (K, C, PH, PW) array
+        Gradient of a loss with respect to the output of :func:`deform_roi_pool`.
+    input : (N, C, H, W) array
+        The features of the forward call (the offset gradient reads them).
+    boxes, offset, output_size, spatial_scale, sampling_ratio, gamma
+        As in the forward call.
+
+    Returns
+    -------
+    grad_input : (N, C, H, W) array
+        Same array type and dtype as ``grad_output``.
+    grad_offset : (K, 2, PH, PW) array or None
+        Same dtype as ``offset``; None when ``offset`` is None.
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As :func:`deform_roi_pool`; also when ``grad_output`` does not match.
+
+    Notes
+    -----
+    ``grad_offset`` is the true derivative of the forward, taken from the right where the
+    bilinear surface has a kink (at integer sample positions), and zero where the forward does
+    not move: outside ``[-1, H] x [-1, W]`` and across the edge bands ``[-1, 0)`` and
+    ``(H-1, H]`` along the clamped axis. Inside a band the derivative along the other axis is
+    the slope of the edge row or column; mmcv gets that wrong (it computes it from the
+    unclamped position). On the GPU both gradients accumulate with atomic adds, so their last
+    bits may vary between runs. No gradient flows to the boxes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuproi
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]], dtype=np.float32)
+    >>> offset = np.zeros((1, 2, 1, 1), dtype=np.float32)
+    >>> g = np.ones((1, 1, 1, 1), dtype=np.float32)
+    >>> grad_x, grad_offset = cuproi.deform_roi_pool_backward(g, x, boxes, offset, 1,
+    ...                                                       sampling_ratio=2)
+    >>> grad_offset.ravel()  # 0.1 * 2 cells * slopes of 1 (along x) and 4 (along y)
+    array([0.2, 0.8], dtype=float32)
+    """
+    backend, (g, x, b, o), restore = _dispatch.prepare(grad_output=grad_output, input=input,
+                                                       boxes=boxes, offset=offset)
+    pooled = _validate.output_size(output_size)
+    scale = _validate.spatial_scale(spatial_scale)
+    ratio = _validate.sampling_ratio(sampling_ratio)
+    shift = _validate.gamma(gamma)
+    x = _validate.features(backend.xp, x)
+    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled)
+    o_compute = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
+    grad_input, grad_offset = backend.deform_roi_pool_backward(g, x, rois, o_compute, scale,
+                                                               ratio, shift)
+    if grad_offset is not None:
+        grad_offset = restore(grad_offset.astype(o.dtype, copy=False))
+    return restore(grad_input), grad_offset

@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Bilinear sampling shared by roi_align and deform_roi_pool (the Caffe2/Detectron kernel that
+// torchvision and mmcv both use):
+//   Grid          the sampling grid of one box: bin sizes, samples per bin, divisor
+//   taps          the 4 neighbours and weights of one sample, edge replication in the bands
+//   sample_range  the samples of one bin row/column that can fall inside the map
+#pragma once
+
+#include "common/helpers.cuh"
+
+namespace cuproi {
+
+// Sampling grid of one box. `shift` is 0.5 for the half-pixel (aligned) convention; `min_one`
+// is torchvision's legacy "force a malformed box to 1x1" when not aligned.
+template <typename C>
+struct Grid {
+  C start_y, start_x;  // top-left corner in feature coordinates
+  C height, width;     // box size (after the legacy clamp)
+  C bin_h, bin_w;
+  int grid_h, grid_w;  // samples per bin along each axis; <= 0 means none
+  C count;             // divisor of the average: max(grid_h * grid_w, 1)
+};
+
+template <typename C>
+__device__ __forceinline__ Grid<C> make_grid(const C* roi, C spatial_scale, int pooled_h,
+                                             int pooled_w, int sampling_ratio, C shift,
+                                             bool min_one) {
+  Grid<C> g;
+  g.start_x = roi[1] * spatial_scale - shift;
+  g.start_y = roi[2] * spatial_scale - shift;
+  g.width = (roi[3] * spatial_scale - shift) - g.start_x;
+  g.height = (roi[4] * spatial_scale - shift) - g.start_y;
+  if (min_one) {
+    g.width = g.width > C(1) ? g.width : C(1);
+    g.height = g.height > C(1) ? g.height : C(1);
+  }
+  g.bin_h = g.height / C(pooled_h);
+  g.bin_w = g.width / C(pooled_w);
+  // Adaptive grid: ceil(box / pooled) samples per bin. Box coordinates are validated to lie
+  // within +-2**20 feature cells, so these fit an int; a flipped box gives <= 0 (no samples).
+  g.grid_h = sampling_ratio > 0 ? sampling_ratio : static_cast<int>(cceil(g.height / C(pooled_h)));
+  g.grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int>(cceil(g.width / C(pooled_w)));
+  // In C, not int: grid_h * grid_w may exceed 2**31 for a huge box.
+  const C n = C(g.grid_h) * C(g.grid_w);
+  g.count = n > C(1) ? n : C(1);
+  return g;
+}
+
+// Position of sample i of a bin that starts at `start` (bin size `bin`, `grid` samples), in
+// exactly the operation order of the reference kernels so that float32 results agree.
+template <typename C>
+__device__ __forceinline__ C sample_at(C start, int i, C bin, int grid) {
+  return start + static_cast<C>(i + .5f) * bin / static_cast<C>(grid);
+}
+
+// Samples [lo, hi) of a bin along one axis that may lie inside [-1, size]. Samples outside add
+// zero, so skipping them changes nothing; it bounds the work of a huge box (adaptive sampling
+// puts ceil(box / pooled) samples in a bin) by the map instead of by the box. The interval is
+// widened by a bound on the rounding of sample_at, so it always contains every in-range sample;
+// the exact per-sample test in taps() still decides.
+template <typename C>
+__device__ __forceinline__ void sample_range(C start, C bin, int grid, int size, int& lo,
+                                             int& hi) {
+  lo = 0;
+  hi = grid > 0 ? grid : 0;
+  if (hi == 0) return;
+  if (!(cabs(start) <= C(1e30))) {  // NaN or infinite start (from an offset): nothing in range
+    hi = 0;
+    return;
+  }
+  const C step = bin / C(grid);
+  const C err = C(8) * epsilon<C>() * (cabs(start) + cabs(bin) + C(size) + C(1));
+  if (step == C(0)) {  // every sample at `start`
+    if (!(start >= C(-1) - err && start <= C(size) + err)) hi = 0;
+    return;
+  }
+  C a = (C(-1) - err - start) / step - C(0.5);
+  C b = (C(size) + err - start) / step - C(0.5);
+  if (step < C(0)) {
+    const C t = a;
+    a = b;
+    b = t;
+  }
+  a = cfloor(a) - C(4);
+  b = cfloor(b) + C(5);
+  lo = a <= C(0) ? 0 : (a >= C(hi) ? hi : static_cast<int>(a));
+  hi = b <= C(0) ? 0 : (b >= C(hi) ? hi : static_cast<int>(b));
+  if (hi < lo) hi = lo;
+}
+
+// The 4 neighbours of a sample and their weights. Outside [-1, H] x [-1, W] the sample is zero
+// (it still counts in the divisor); in the bands [-1, 0) and (H-1, H] the edge row or column is
+// replicated. The range test is written as !(inside) so that NaN takes the zero branch before
+// any int conversion. y_free / x_free say whether the value moves with y / x at this point
+// (false in the bands, where the coordinate is flattened): the right derivative is zero there.
+template <typename C>
+struct Taps {
+  int y0, y1, x0, x1;
+  C ly, lx, hy, hx;
+  bool y_free, x_free;
+};
+
+template <typename C>
+__device__ __forceinline__ bool taps(int height, int width, C y, C x, Taps<C>& t) {
+  if (!(y >= C(-1) && y <= C(height) && x >= C(-1) && x <= C(width))) return false;
+  t.y_free = y >= C(0);
+  t.x_free = x >= C(0);
+  if (y <= C(0)) y = C(0);
+  if (x <= C(0)) x = C(0);
+  t.y0 = static_cast<int>(y);
+  t.x0 = static_cast<int>(x);
+  if (t.y0 >= height - 1) {
+    t.y0 = t.y1 = height - 1;
+    y = static_cast<C>(t.y0);
+    t.y_free = false;
+  } else {
+    t.y1 = t.y0 + 1;
+  }
+  if (t.x0 >= width - 1) {
+    t.x0 = t.x1 = width - 1;
+    x = static_cast<C>(t.x0);
+    t.x_free = false;
+  } else {
+    t.x1 = t.x0 + 1;
+  }
+  t.ly = y - t.y0;
+  t.lx = x - t.x0;
+  t.hy = C(1) - t.ly;
+  t.hx = C(1) - t.lx;
+  return true;
+}
+
+// Interpolated value at the taps of a (height, width) plane.
+template <typename T, typename C>
+__device__ __forceinline__ C interpolate(const T* p, int width, const Taps<C>& t) {
+  const C v00 = load(p + t.y0 * width + t.x0), v01 = load(p + t.y0 * width + t.x1);
+  const C v10 = load(p + t.y1 * width + t.x0), v11 = load(p + t.y1 * width + t.x1);
+  return t.hy * t.hx * v00 + t.hy * t.lx * v01 + t.ly * t.hx * v10 + t.ly * t.lx * v11;
+}
+
+// Adds g times the weights of the taps to a (height, width) gradient plane.
+template <typename A, typename C>
+__device__ __forceinline__ void scatter(A* p, int width, const Taps<C>& t, C g) {
+  atomicAdd(p + t.y0 * width + t.x0, static_cast<A>(g * t.hy * t.hx));
+  atomicAdd(p + t.y0 * width + t.x1, static_cast<A>(g * t.hy * t.lx));
+  atomicAdd(p + t.y1 * width + t.x0, static_cast<A>(g * t.ly * t.hx));
+  atomicAdd(p + t.y1 * width + t.x1, static_cast<A>(g * t.ly * t.lx));
+}
+
+}  // namespace cuproi

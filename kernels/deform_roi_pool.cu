@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Deformable RoI Pooling (Deformable ConvNets), mmcv.ops.deform_roi_pool forward semantics:
+// an aligned RoI Align average without the legacy minimum size, in which the start of every bin
+// moves by (gamma * box_width * offset_x, gamma * box_height * offset_y). The backward gives the
+// true derivatives of that forward, also in the edge bands where mmcv's offset gradient is wrong.
+//
+// Entry points (T = f16 | f32 | f64, optional _i64 for 64-bit flat indices):
+//   cuproi_deform_roi_pool_forward_<T>[_i64](
+//       I n, const T* input, const C* rois, const C* offset, int has_offset, C spatial_scale,
+//       int sampling_ratio, C gamma, int batch, int channels, int height, int width,
+//       int pooled_h, int pooled_w, T* output)
+//   cuproi_deform_roi_pool_backward_<T>[_i64](
+//       I n, const T* grad_output, const T* input, const C* rois, const C* offset,
+//       int has_offset, C spatial_scale, int sampling_ratio, C gamma, int batch, int channels,
+//       int height, int width, int pooled_h, int pooled_w, C* grad_input, C* grad_offset)
+// n = K * channels * pooled_h * pooled_w; arrays contiguous; rois (K, 5) and offset
+// (K, 2, pooled_h, pooled_w) in C (float for f16 and f32, double for f64). When has_offset is 0
+// the offset pointer is never read and grad_offset never written. grad_input and grad_offset
+// are zeroed C buffers accumulated with atomicAdd (nondeterministic summation order).
+#include "common/bilinear.cuh"
+
+namespace cuproi {
+
+// The sampling grid of one bin: the box's grid with the bin's learned shift applied.
+template <typename C, typename I>
+__device__ __forceinline__ Grid<C> deformed_grid(const C* roi, const C* offset, int has_offset,
+                                                 I k, int ph, int pw, C spatial_scale,
+                                                 int sampling_ratio, C gamma, int pooled_h,
+                                                 int pooled_w) {
+  Grid<C> g = make_grid(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, C(0.5), false);
+  if (has_offset) {
+    const C* o = offset + k * 2 * pooled_h * pooled_w + ph * pooled_w + pw;
+    g.start_x += gamma * g.width * o[0];
+    g.start_y += gamma * g.height * o[pooled_h * pooled_w];
+  }
+  return g;
+}
+
+template <typename T, typename C, typename I>
+__device__ void deform_roi_pool_forward(I n, const T* input, const C* rois, const C* offset,
+                                        int has_offset, C spatial_scale, int sampling_ratio,
+                                        C gamma, int batch, int channels, int height, int width,
+                                        int pooled_h, int pooled_w, T* output) {
+  CUPROI_KERNEL_LOOP(index, n, I) {
+    const int pw = static_cast<int>(index % pooled_w);
+    const int ph = static_cast<int>((index / pooled_w) % pooled_h);
+    const int c = static_cast<int>((index / pooled_w / pooled_h) % channels);
+    const I k = index / pooled_w / pooled_h / channels;
+    const C* roi = rois + k * 5;
+    const int b = batch_of(roi, batch);
+    if (b < 0) {
+      store(output + index, C(0));
+      continue;
+    }
+    const Grid<C> g = deformed_grid(roi, offset, has_offset, k, ph, pw, spatial_scale,
+                                    sampling_ratio, gamma, pooled_h, pooled_w);
+    const T* p = plane<const T, I>(input, b, c, channels, height, width);
+    const C y_start = g.start_y + ph * g.bin_h;
+    const C x_start = g.start_x + pw * g.bin_w;
+    int iy0, iy1, ix0, ix1;
+    sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
+    sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
+    C sum = 0;
+    for (int iy = iy0; iy < iy1; ++iy) {
+      const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
+      for (int ix = ix0; ix < ix1; ++ix) {
+        const C x = sample_at(x_start, ix, g.bin_w, g.grid_w);
+        Taps<C> t;
+        if (taps(height, width, y, x, t)) sum += interpolate(p, width, t);
+      }
+    }
+    store(output + index, sum / g.count);
+  }
+}
+
+template <typename T, typename C, typename I>
+__device__ void deform_roi_pool_backward(I n, const T* grad_output, const T* input,
+                                         const C* rois, const C* offset, int has_offset,
+                                         C spatial_scale, int sampling_ratio, C gamma, int batch,
+                                         int channels, int height, int width, int pooled_h,
+                                         int pooled_w, C* grad_input, C* grad_offset) {
+  CUPROI_KERNEL_LOOP(index, n, I) {
+    const int pw = static_cast<int>(index % pooled_w);
+    const int ph = static_cast<int>((index / pooled_w) % pooled_h);
+    const int c = static_cast<int>((index / pooled_w / pooled_h) % channels);
+    const I k = index / pooled_w / pooled_h / channels;
+    const C* roi = rois + k * 5;
+    const int b = batch_of(roi, batch);
+    if (b < 0) continue;
+    const Grid<C> g = deformed_grid(roi, offset, has_offset, k, ph, pw, spatial_scale,
+                                    sampling_ratio, gamma, pooled_h, pooled_w);
+    const C grad = load(grad_output + index) / g.count;
+    if (grad == C(0)) continue;
+    const T* p = plane<const T, I>(input, b, c, channels, height, width);
+    C* gp = plane<C, I>(grad_input, b, c, channels, height, width);
+    const C y_start = g.start_y + ph * g.bin_h;
+    const C x_start = g.start_x + pw * g.bin_w;
+    int iy0, iy1, ix0, ix1;
+    sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
+    sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
+    // d(sample value)/dx and /dy summed over the bin's samples; the bin's start moves by
+    // gamma * width per unit of offset_x (and gamma * height per unit of offset_y).
+    C dx = 0, dy = 0;
+    for (int iy = iy0; iy < iy1; ++iy) {
+      const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
+      for (int ix = ix0; ix < ix1; ++ix) {
+        const C x = sample_at(x_start, ix, g.bin_w, g.grid_w);
+        Taps<C> t;
+        if (!taps(height, width, y, x, t)) continue;
+        scatter(gp, width, t, grad);
+        if (has_offset) {
+          const C v00 = load(p + t.y0 * width + t.x0), v01 = load(p + t.y0 * width + t.x1);
+          const C v10 = load(p + t.y1 * width + t.x0), v11 = load(p + t.y1 * width + t.x1);
+          if (t.x_free) dx += t.hy * (v01 - v00) + t.ly * (v11 - v10);
+          if (t.y_free) dy += t.hx * (v10 - v00) + t.lx * (v11 - v01);
+        }
+      }
+    }
+    if (has_offset) {
+      C* go = grad_offset + k * 2 * pooled_h * pooled_w + ph * pooled_w + pw;
+      atomicAdd(go, gamma * g.width * grad * dx);
+      atomicAdd(go + pooled_h * pooled_w, gamma * g.height * grad * dy);
+    }
+  }
+}
+
+}  // namespace cuproi
+
+// ---- exported entry points -------------------------------------------------------------------
+
+#define CUPROI_EXPORT_DEFORM_ROI_POOL(T, C, SFX, I, ISFX)                                        \
+  extern "C" __global__ void cuproi_deform_roi_pool_forward_##SFX##ISFX(                         \
+      I n, const T* input, const C* rois, const C* offset, int has_offset, C spatial_scale,       \
+      int sampling_ratio, C gamma, int batch, int channels, int height, int width, int pooled_h,  \
+      int pooled_w, T* output) {                                                                  \
+    cuproi::deform_roi_pool_forward<T, C, I>(n, input, rois, offset, has_offset, spatial_scale,  \
+                                             sampling_ratio, gamma, batch, channels, height,      \
+                                             width, pooled_h, pooled_w, output);                  \
+  }                                                                                               \
+  extern "C" __global__ void cuproi_deform_roi_pool_backward_##SFX##ISFX(                        \
+      I n, const T* grad_output, const T* input, const C* rois, const C* offset, int has_offset,  \
+      C spatial_scale, int sampling_ratio, C gamma, int batch, int channels, int height,          \
+      int width, int pooled_h, int pooled_w, C* grad_input, C* grad_offset) {                     \
+    cuproi::deform_roi_pool_backward<T, C, I>(n, grad_output, input, rois, offset, has_offset,   \
+                                              spatial_scale, sampling_ratio, gamma, batch,        \
+                                              channels, height, width, pooled_h, pooled_w,        \
+                                              grad_input, grad_offset);                           \
+  }
+
+CUPROI_EXPORT_DEFORM_ROI_POOL(cuproi::half, float, f16, int, )
+CUPROI_EXPORT_DEFORM_ROI_POOL(cuproi::half, float, f16, long long, _i64)
+CUPROI_EXPORT_DEFORM_ROI_POOL(float, float, f32, int, )
+CUPROI_EXPORT_DEFORM_ROI_POOL(float, float, f32, long long, _i64)
+CUPROI_EXPORT_DEFORM_ROI_POOL(double, double, f64, int, )
+CUPROI_EXPORT_DEFORM_ROI_POOL(double, double, f64, long long, _i64)

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// RoI Align (Mask R-CNN), torchvision.ops.roi_align semantics, forward and backward.
+//
+// Entry points (T = f16 | f32 | f64, optional _i64 for 64-bit flat indices):
+//   cuproi_roi_align_forward_<T>[_i64](
+//       I n, const T* input, const C* rois, C spatial_scale, int batch, int channels,
+//       int height, int width, int pooled_h, int pooled_w, int sampling_ratio, int aligned,
+//       T* output)
+//   cuproi_roi_align_backward_<T>[_i64](
+//       I n, const T* grad_output, const C* rois, C spatial_scale, int batch, int channels,
+//       int height, int width, int pooled_h, int pooled_w, int sampling_ratio, int aligned,
+//       C* grad_input)
+// n = K * channels * pooled_h * pooled_w (one thread per output element); input, output and
+// grad_output are contiguous NCHW; rois is (K, 5) [batch_index, x1, y1, x2, y2] in C, the
+// compute type (float for f16 and f32, double for f64). grad_input is a zeroed C buffer: the
+// backward accumulates with atomicAdd (float16 therefore accumulates in float32), so its
+// summation order, and the last bits of the result, vary from run to run.
+#include "common/bilinear.cuh"
+
+namespace cuproi {
+
+template <typename T, typename C, typename I>
+__device__ void roi_align_forward(I n, const T* input, const C* rois, C spatial_scale, int batch,
+                                  int channels, int height, int width, int pooled_h,
+                                  int pooled_w, int sampling_ratio, int aligned, T* output) {
+  CUPROI_KERNEL_LOOP(index, n, I) {
+    const int pw = static_cast<int>(index % pooled_w);
+    const int ph = static_cast<int>((index / pooled_w) % pooled_h);
+    const int c = static_cast<int>((index / pooled_w / pooled_h) % channels);
+    const I k = index / pooled_w / pooled_h / channels;
+    const C* roi = rois + k * 5;
+    const int b = batch_of(roi, batch);
+    if (b < 0) {
+      store(output + index, C(0));
+      continue;
+    }
+    const Grid<C> g = make_grid(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio,
+                                aligned ? C(0.5) : C(0), !aligned);
+    const T* p = plane<const T, I>(input, b, c, channels, height, width);
+    const C y_start = g.start_y + ph * g.bin_h;
+    const C x_start = g.start_x + pw * g.bin_w;
+    int iy0, iy1, ix0, ix1;
+    sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
+    sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
+    C sum = 0;
+    for (int iy = iy0; iy < iy1; ++iy) {
+      const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
+      for (int ix = ix0; ix < ix1; ++ix) {
+        const C x = sample_at(x_start, ix, g.bin_w, g.grid_w);
+        Taps<C> t;
+        if (taps(height, width, y, x, t)) sum += interpolate(p, width, t);
+      }
+    }
+    store(output + index, sum / g.count);
+  }
+}
+
+template <typename T, typename C, typename I>
+__device__ void roi_align_backward(I n, const T* grad_output, const C* rois, C spatial_scale,
+                                   int batch, int channels, int height, int width, int pooled_h,
+                                   int pooled_w, int sampling_ratio, int aligned,
+                                   C* grad_input) {
+  CUPROI_KERNEL_LOOP(index, n, I) {
+    const int pw = static_cast<int>(index % pooled_w);
+    const int ph = static_cast<int>((index / pooled_w) % pooled_h);
+    const int c = static_cast<int>((index / pooled_w / pooled_h) % channels);
+    const I k = index / pooled_w / pooled_h / channels;
+    const C* roi = rois + k * 5;
+    const int b = batch_of(roi, batch);
+    if (b < 0) continue;
+    const Grid<C> g = make_grid(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio,
+                                aligned ? C(0.5) : C(0), !aligned);
+    const C grad = load(grad_output + index) / g.count;
+    if (grad == C(0)) continue;
+    C* p = plane<C, I>(grad_input, b, c, channels, height, width);
+    const C y_start = g.start_y + ph * g.bin_h;
+    const C x_start = g.start_x + pw * g.bin_w;
+    int iy0, iy1, ix0, ix1;
+    sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
+    sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
+    for (int iy = iy0; iy < iy1; ++iy) {
+      const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
+      for (int ix = ix0; ix < ix1; ++ix) {
+        const C x = sample_at(x_start, ix, g.bin_w, g.grid_w);
+        Taps<C> t;
+        if (taps(height, width, y, x, t)) scatter(p, width, t, grad);
+      }
+    }
+  }
+}
+
+}  // namespace cuproi
+
+// ---- exported entry points -------------------------------------------------------------------
+
+#define CUPROI_EXPORT_ROI_ALIGN(T, C, SFX, I, ISFX)                                              \
+  extern "C" __global__ void cuproi_roi_align_forward_##SFX##ISFX(                               \
+      I n, const T* input, const C* rois, C spatial_scale, int batch, int channels, int height,   \
+      int width, int pooled_h, int pooled_w, int sampling_ratio, int aligned, T* output) {        \
+    cuproi::roi_align_forward<T, C, I>(n, input, rois, spatial_scale, batch, channels, height,   \
+                                       width, pooled_h, pooled_w, sampling_ratio, aligned,        \
+                                       output);                                                   \
+  }                                                                                               \
+  extern "C" __global__ void cuproi_roi_align_backward_##SFX##ISFX(                              \
+      I n, const T* grad_output, const C* rois, C spatial_scale, int batch, int channels,         \
+      int height, int width, int pooled_h, int pooled_w, int sampling_ratio, int aligned,         \
+      C* grad_input) {                                                                            \
+    cuproi::roi_align_backward<T, C, I>(n, grad_output, rois, spatial_scale, batch, channels,    \
+                                        height, width, pooled_h, pooled_w, sampling_ratio,        \
+                                        aligned, grad_input);                                     \
+  }
+
+CUPROI_EXPORT_ROI_ALIGN(cuproi::half, float, f16, int, )
+CUPROI_EXPORT_ROI_ALIGN(cuproi::half, float, f16, long long, _i64)
+CUPROI_EXPORT_ROI_ALIGN(float, float, f32, int, )
+CUPROI_EXPORT_ROI_ALIGN(float, float, f32, long long, _i64)
+CUPROI_EXPORT_ROI_ALIGN(double, double, f64, int, )
+CUPROI_EXPORT_ROI_ALIGN(double, double, f64, long long, _i64)

@@ -1,0 +1,626 @@
+"""Self-tests of the float64 loop oracles in tests/reference.py.
+
+These validate the oracles themselves (hand-computed literals, adjoint
+identities, finite differences); they do not touch cuproi.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference as ref  # noqa: E402
+
+# 4x4 "arange" map: A[y, x] = 4*y + x.  Bilinear interpolation of a linear
+# function is exact, so inside [0, 3] x [0, 3] every sample value is 4*y + x;
+# in the replicate bands the coordinate is clamped to 0 or 3 first.
+A4 = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+
+
+def _img():
+    return A4[0, 0]
+
+
+# ----------------------------------------------------------------------------
+# bilinear / bilinear_grad
+# ----------------------------------------------------------------------------
+
+def test_bilinear_literals_arange():
+    img = _img()
+    assert ref.bilinear(img, 1.5, 2.25) == pytest.approx(8.25)      # 4*1.5 + 2.25
+    assert ref.bilinear(img, 1.0, 2.0) == pytest.approx(6.0)        # exact pixel
+    assert ref.bilinear(img, -0.5, 1.5) == pytest.approx(1.5)       # y band -> y = 0
+    assert ref.bilinear(img, 3.5, 3.5) == pytest.approx(15.0)       # both upper bands -> (3, 3)
+    assert ref.bilinear(img, -1.0, 2.0) == pytest.approx(2.0)       # y = -1 is still in range
+    assert ref.bilinear(img, 4.0, 4.0) == pytest.approx(15.0)       # y = H, x = W in range
+    assert ref.bilinear(img, 4.0001, 0.0) == 0.0                    # beyond H -> 0
+    assert ref.bilinear(img, 0.0, -1.0001) == 0.0                   # beyond -1 -> 0
+    assert ref.bilinear(img, float("nan"), 1.0) == 0.0              # NaN fails the range test
+
+
+def test_bilinear_literals_nonlinear():
+    img = np.array([[0.0, 1.0], [10.0, 30.0]])
+    # (y, x) = (0.25, 0.5): 0.75*0.5*0 + 0.75*0.5*1 + 0.25*0.5*10 + 0.25*0.5*30 = 0.375 + 5
+    assert ref.bilinear(img, 0.25, 0.5) == pytest.approx(5.375)
+    # y = 1.5 is in the upper band (H-1 = 1): y -> 1, row 1 interpolated: 10 + 0.5*20
+    assert ref.bilinear(img, 1.5, 0.5) == pytest.approx(20.0)
+
+
+def test_bilinear_grad_literals_arange():
+    img = _img()
+    assert ref.bilinear_grad(img, 1.5, 2.25) == pytest.approx((4.0, 1.0))
+    # exact interior integer coordinates: right derivative, not zero
+    assert ref.bilinear_grad(img, 1.5, 1.0) == pytest.approx((4.0, 1.0))
+    assert ref.bilinear_grad(img, 1.0, 1.5) == pytest.approx((4.0, 1.0))
+    assert ref.bilinear_grad(img, 0.0, 0.0) == pytest.approx((4.0, 1.0))
+    # y bands: d/dy = 0 but d/dx is the edge row's slope (1), NOT zero
+    assert ref.bilinear_grad(img, 3.5, 1.25) == pytest.approx((0.0, 1.0))
+    assert ref.bilinear_grad(img, -0.5, 1.25) == pytest.approx((0.0, 1.0))
+    assert ref.bilinear_grad(img, 3.0, 1.25) == pytest.approx((0.0, 1.0))   # y = H-1 flattened
+    # x bands: d/dx = 0, d/dy is the edge column's slope (4)
+    assert ref.bilinear_grad(img, 1.5, -0.5) == pytest.approx((4.0, 0.0))
+    assert ref.bilinear_grad(img, 1.5, 3.5) == pytest.approx((4.0, 0.0))
+    assert ref.bilinear_grad(img, 1.5, 3.0) == pytest.approx((4.0, 0.0))
+    # out of range
+    assert ref.bilinear_grad(img, -1.5, 1.0) == (0.0, 0.0)
+    assert ref.bilinear_grad(img, 1.0, 4.5) == (0.0, 0.0)
+
+
+def test_bilinear_grad_literals_nonlinear():
+    img = np.array([[0.0, 1.0], [10.0, 30.0]])
+    # dx = (1-ly)(v01-v00) + ly(v11-v10) = 0.75*1 + 0.25*20 ; dy = (1-lx)(v10-v00) + lx(v11-v01)
+    assert ref.bilinear_grad(img, 0.25, 0.5) == pytest.approx((0.5 * 10 + 0.5 * 29, 0.75 + 5.0))
+    # upper y band: ly = 0 on row 1, dx = 30 - 10 (mmcv's unclamped formula gives 0 here)
+    assert ref.bilinear_grad(img, 1.5, 0.5) == pytest.approx((0.0, 20.0))
+    # lower y band: row 0 slope
+    assert ref.bilinear_grad(img, -0.5, 0.5) == pytest.approx((0.0, 1.0))
+
+
+def test_bilinear_grad_is_right_derivative():
+    """bilinear_grad == one-sided forward difference everywhere except at the jumps y=H, x=W."""
+    rng = np.random.default_rng(11)
+    H, W = 5, 6
+    img = rng.standard_normal((H, W))
+    ys = [-1.0, -0.6, 0.0, 0.3, 1.0, 2.7, 3.0, 4.0, 4.5]
+    xs = [-1.0, -0.2, 0.0, 1.0, 2.5, 4.999, 5.0, 5.5]
+    h = 1e-7
+    for y in ys:
+        for x in xs:
+            f0 = ref.bilinear(img, y, x)
+            fd_x = (ref.bilinear(img, y, x + h) - f0) / h
+            fd_y = (ref.bilinear(img, y + h, x) - f0) / h
+            dy, dx = ref.bilinear_grad(img, y, x)
+            assert dx == pytest.approx(fd_x, abs=1e-6), (y, x)
+            assert dy == pytest.approx(fd_y, abs=1e-6), (y, x)
+
+
+# ----------------------------------------------------------------------------
+# roi_align: hand-computed literals
+# ----------------------------------------------------------------------------
+
+def _ra(rois, output_size, **kw):
+    return ref.roi_align(A4, np.array(rois, dtype=np.float64), output_size, **kw)
+
+
+def test_roi_align_literal_fixed_sampling():
+    # Box (0,0)-(2,2), not aligned, sr=2: rw = rh = 2, one bin, samples at 0.5, 1.5 in each
+    # axis -> values 4y+x = 2.5, 3.5, 6.5, 7.5 -> mean 5.0
+    assert _ra([[0, 0, 0, 2, 2]], 1, sampling_ratio=2)[0, 0, 0, 0] == pytest.approx(5.0)
+    # aligned: start -0.5, samples at 0.0 and 1.0 -> 0, 1, 4, 5 -> mean 2.5
+    assert _ra([[0, 0, 0, 2, 2]], 1, sampling_ratio=2, aligned=True)[0, 0, 0, 0] == \
+        pytest.approx(2.5)
+    # sr=1: single sample at the bin centre (1, 1) -> 5 (not aligned); (0.5, 0.5) aligned -> 2.5
+    assert _ra([[0, 0, 0, 2, 2]], 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(5.0)
+    assert _ra([[0, 0, 0, 2, 2]], 1, sampling_ratio=1, aligned=True)[0, 0, 0, 0] == \
+        pytest.approx(2.5)
+    # spatial_scale 0.5 on a box (0,0)-(4,4) is the same box (0,0)-(2,2)
+    assert _ra([[0, 0, 0, 4, 4]], 1, spatial_scale=0.5, sampling_ratio=2)[0, 0, 0, 0] == \
+        pytest.approx(5.0)
+
+
+def test_roi_align_literal_adaptive():
+    # Box (0.5,0.5)-(3.5,2.5), output (1, 2), not aligned, adaptive:
+    #   rw = 3, rh = 2, bh = 2, bw = 1.5, gh = ceil(2/1) = 2, gw = ceil(3/2) = 2, count 4
+    #   y samples: 0.5 + 0.5*2/2 = 1.0, 0.5 + 1.5*2/2 = 2.0 -> mean 4y = 6
+    #   pw=0: x = 0.5 + 0.75/2 = 0.875, 0.5 + 2.25/2 = 1.625 -> mean 1.25 -> 7.25
+    #   pw=1: x = 2.0 + 0.375 = 2.375, 2.0 + 1.125 = 3.125 (band -> 3) -> mean 2.6875 -> 8.6875
+    out = _ra([[0, 0.5, 0.5, 3.5, 2.5]], (1, 2))
+    np.testing.assert_allclose(out[0, 0], [[7.25, 8.6875]], rtol=1e-14)
+    # Box (0,0)-(4,4), 2x2 output, adaptive: gh = gw = 2, samples pw*2 + {0.5, 1.5}
+    #   x means: bin 0: 1.0; bin 1: (2.5 + 3[clamped 3.5]) / 2 = 2.75; same for y
+    #   -> [[4*1 + 1, 4*1 + 2.75], [4*2.75 + 1, 4*2.75 + 2.75]]
+    out = _ra([[0, 0, 0, 4, 4]], 2)
+    np.testing.assert_allclose(out[0, 0], [[5.0, 6.75], [12.0, 13.75]], rtol=1e-14)
+
+
+def test_roi_align_literal_min_size_and_degenerate():
+    # not aligned, tiny box (1,1)-(1.2,1.2): rw = rh = max(0.2, 1) = 1, sr=1 sample at 1.5 -> 7.5
+    assert _ra([[0, 1, 1, 1.2, 1.2]], 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(7.5)
+    # aligned: no clamp, start 0.5, rw = 0.2, sample at 0.6 -> 4*0.6 + 0.6 = 3.0
+    assert _ra([[0, 1, 1, 1.2, 1.2]], 1, sampling_ratio=1, aligned=True)[0, 0, 0, 0] == \
+        pytest.approx(3.0)
+    # not aligned, flipped box (2,2)-(1,1): width forced to 1 starting at 2 -> sample 2.5 -> 12.5
+    assert _ra([[0, 2, 2, 1, 1]], 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(12.5)
+    # aligned + adaptive, zero-size box: gh = gw = ceil(0) = 0 -> no samples -> 0
+    assert _ra([[0, 1, 1, 1, 1]], 1, aligned=True)[0, 0, 0, 0] == 0.0
+    # aligned + adaptive, flipped box: gh = gw = ceil(-1) = -1 -> no samples -> 0
+    assert _ra([[0, 2, 2, 1, 1]], 1, aligned=True)[0, 0, 0, 0] == 0.0
+    # aligned + sr=2, flipped box: start 1.5, bw = -1, samples 1.5 - 0.25 = 1.25, 1.5 - 0.75 = 0.75
+    #   values 4y+x over {1.25, 0.75}^2 -> mean 5*1.0 = 5.0
+    assert _ra([[0, 2, 2, 1, 1]], 1, sampling_ratio=2, aligned=True)[0, 0, 0, 0] == \
+        pytest.approx(5.0)
+
+
+def test_roi_align_out_of_range_counts_in_divisor():
+    # Box x in [-4, 0], y in [0, 2], not aligned, sr=2, one bin: rw = 4, rh = 2
+    #   x samples: -4 + 0.5*4/2 = -3 (out of range -> 0), -4 + 1.5*4/2 = -1 (in range, clamp -> 0)
+    #   y samples: 0.5, 1.5 -> in-range values 4*0.5 + 0 = 2, 4*1.5 + 0 = 6
+    #   sum 8 over count 4 = 2.0  (NOT 8 / 2 = 4)
+    out = _ra([[0, -4, 0, 0, 2]], 1, sampling_ratio=2)
+    assert out[0, 0, 0, 0] == pytest.approx(2.0)
+    # Box beyond the bottom edge: y in [2, 6] with H = 4: samples y = 3 (value row 3), y = 5 (out)
+    #   x in [0, 2]: x samples 0.5, 1.5 -> (12.5 + 13.5 + 0 + 0) / 4 = 6.5
+    out = _ra([[0, 0, 2, 2, 6]], 1, sampling_ratio=2)
+    assert out[0, 0, 0, 0] == pytest.approx(6.5)
+    # grad: the out-of-range samples scatter nothing, in-range ones g/4 * weights
+    g = np.ones((1, 1, 1, 1))
+    gi = ref.roi_align_backward(g, np.array([[0, -4, 0, 0, 2.0]]), (1, 1, 4, 4), 1,
+                                sampling_ratio=2)
+    expected = np.zeros((4, 4))
+    # samples (0.5, -1 -> 0) and (1.5, -1 -> 0): rows 0/1 and 1/2 at column 0, halves each
+    expected[0, 0] = 0.25 * 0.5
+    expected[1, 0] = 0.25 * 0.5 + 0.25 * 0.5
+    expected[2, 0] = 0.25 * 0.5
+    np.testing.assert_allclose(gi[0, 0], expected, rtol=1e-14)
+    assert gi.sum() == pytest.approx(0.5)   # only 2 of the 4 samples land
+
+
+def test_roi_align_batch_index_and_channels():
+    x = np.zeros((2, 2, 4, 4))
+    x[0, 0] = A4[0, 0]
+    x[0, 1] = 2 * A4[0, 0]
+    x[1, 0] = 100 + A4[0, 0]
+    x[1, 1] = -A4[0, 0]
+    rois = np.array([[1, 0, 0, 2, 2], [0, 0, 0, 2, 2], [1.0, 0, 0, 2, 2]])
+    out = ref.roi_align(x, rois, 1, sampling_ratio=2)
+    np.testing.assert_allclose(out[:, :, 0, 0], [[105, -5], [5, 10], [105, -5]], rtol=1e-14)
+    assert out.dtype == np.float64 and out.shape == (3, 2, 1, 1)
+
+
+def test_roi_align_coord_dtype_float32():
+    # Coordinates evaluated in float32 with the documented operation order.
+    x = np.tile(np.arange(8, dtype=np.float64), (8, 1))[None, None]   # value = column index
+    rois = np.array([[0, 0.1, 0.3, 2.1, 2.2]])
+    f = np.float32
+    sx = f(0.1) * f(1.0) - f(0.0)
+    ex = f(2.1) * f(1.0) - f(0.0)
+    rw = ex - sx                                  # 2.0 in float32 arithmetic
+    bw = rw / f(1)
+    xs = (sx + f(0) * bw) + ((f(0) + f(0.5)) * bw) / f(1)
+    out32 = ref.roi_align(x, rois, 1, sampling_ratio=1, coord_dtype=np.float32)
+    out64 = ref.roi_align(x, rois, 1, sampling_ratio=1)
+    assert out32[0, 0, 0, 0] == pytest.approx(float(xs), rel=0, abs=1e-14)
+    assert out64[0, 0, 0, 0] == pytest.approx(0.1 + 1.0, rel=0, abs=1e-14)
+    assert out32[0, 0, 0, 0] != out64[0, 0, 0, 0]
+    # dyadic boxes: every operation is exact in float32 too -> identical results
+    rng = np.random.default_rng(5)
+    xr = rng.standard_normal((1, 2, 6, 7))
+    rois = np.array([[0, 0.5, 0.25, 4.75, 3.5], [0, -1.5, 2.0, 3.0, 6.5]])
+    for aligned in (False, True):
+        a = ref.roi_align(xr, rois, 2, sampling_ratio=2, aligned=aligned, coord_dtype=np.float32)
+        b = ref.roi_align(xr, rois, 2, sampling_ratio=2, aligned=aligned)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_coord_dtype_float32_operation_order():
+    """Sample x positions follow (sx + pw*bw) + ((ix + 0.5)*bw)/gw rounded step by step in
+    float32, and the deform shift is sx + ((gamma*rw)*off), not e.g. (ix+0.5)*(bw/gw)."""
+    f = np.float32
+    H, W = 3, 12
+    colmap = np.tile(np.arange(W, dtype=np.float64), (H, 1))[None, None]   # value = column
+    rng = np.random.default_rng(3)
+    n_alt = 0
+    n_alt_def = 0
+    for _ in range(40):
+        x1 = rng.uniform(1.0, 3.0)       # every sample stays inside [0, W-1]
+        w = rng.uniform(0.5, 4.0)
+        off_x = rng.uniform(-1.0, 1.0)
+        rois = np.array([[0, x1, 0.7, x1 + w, 1.3]])
+        offset = np.zeros((1, 2, 1, 2))
+        offset[0, 0] = off_x
+        # roi_align aligned, output (1, 2), sampling_ratio 3: mean of the 3 x positions
+        sx = f(x1) * f(1.0) - f(0.5)
+        ex = f(x1 + w) * f(1.0) - f(0.5)
+        rw = ex - sx
+        bw = rw / f(2)
+        sxd = sx + (f(0.1) * rw) * f(off_x)
+        exp_a, exp_d = [], []
+        for pw in range(2):
+            xa = [(sx + f(pw) * bw) + ((f(ix) + f(0.5)) * bw) / f(3) for ix in range(3)]
+            xb = [(sx + f(pw) * bw) + (f(ix) + f(0.5)) * (bw / f(3)) for ix in range(3)]
+            xd = [(sxd + f(pw) * bw) + ((f(ix) + f(0.5)) * bw) / f(3) for ix in range(3)]
+            n_alt += sum(a != b for a, b in zip(xa, xb))
+            exp_a.append(np.mean([float(v) for v in xa]))
+            exp_d.append(np.mean([float(v) for v in xd]))
+        sxd_alt = sx + f(0.1) * (rw * f(off_x))
+        n_alt_def += sxd_alt != sxd
+        out = ref.roi_align(colmap, rois, (1, 2), 1.0, 3, True, coord_dtype=np.float32)
+        np.testing.assert_allclose(out[0, 0, 0], exp_a, rtol=0, atol=1e-13)
+        out = ref.deform_roi_pool(colmap, rois, offset, (1, 2), 1.0, 3, 0.1,
+                                  coord_dtype=np.float32)
+        np.testing.assert_allclose(out[0, 0, 0], exp_d, rtol=0, atol=1e-13)
+    assert n_alt > 0 and n_alt_def > 0   # the checks above discriminate the operation order
+
+
+# ----------------------------------------------------------------------------
+# roi_align adjoint
+# ----------------------------------------------------------------------------
+
+def _random_rois(rng, K, N, H, W, spread=2.0):
+    rois = np.zeros((K, 5))
+    rois[:, 0] = rng.integers(0, N, K)
+    x1 = rng.uniform(-spread, W + spread - 1, K)
+    y1 = rng.uniform(-spread, H + spread - 1, K)
+    rois[:, 1] = x1
+    rois[:, 2] = y1
+    rois[:, 3] = x1 + rng.uniform(-0.5, W * 0.8, K)   # some flipped / tiny
+    rois[:, 4] = y1 + rng.uniform(-0.5, H * 0.8, K)
+    return rois
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2, 3])
+@pytest.mark.parametrize("coord_dtype", [np.float64, np.float32])
+def test_roi_align_adjoint(aligned, sampling_ratio, coord_dtype):
+    rng = np.random.default_rng(100 + sampling_ratio + 10 * aligned)
+    N, C, H, W = 2, 2, 5, 6
+    x = rng.standard_normal((N, C, H, W))
+    rois = _random_rois(rng, 5, N, H, W)
+    rois[:, 1:] *= 2.0   # with spatial_scale 0.5
+    out_size = (2, 3)
+    y = ref.roi_align(x, rois, out_size, 0.5, sampling_ratio, aligned, coord_dtype=coord_dtype)
+    g = rng.standard_normal(y.shape)
+    gx = ref.roi_align_backward(g, rois, x.shape, out_size, 0.5, sampling_ratio, aligned,
+                                coord_dtype=coord_dtype)
+    lhs = np.sum(y * g)
+    rhs = np.sum(x * gx)
+    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
+    assert abs(lhs) > 1e-3   # non-trivial
+
+
+def test_roi_align_backward_literal():
+    # Box (0,0)-(2,2), not aligned, sr=1: one sample at (1, 1) -> all weight on pixel (1, 1)
+    gi = ref.roi_align_backward(np.full((1, 1, 1, 1), 3.0), np.array([[0, 0, 0, 2, 2.0]]),
+                                (1, 1, 4, 4), 1, sampling_ratio=1)
+    expected = np.zeros((1, 1, 4, 4))
+    expected[0, 0, 1, 1] = 3.0
+    np.testing.assert_allclose(gi, expected, rtol=0, atol=1e-15)
+    # aligned sr=1 on box (0,0)-(2,2): sample (0.5, 0.5) -> 3/4 on each of the 4 pixels
+    gi = ref.roi_align_backward(np.full((1, 1, 1, 1), 3.0), np.array([[0, 0, 0, 2, 2.0]]),
+                                (1, 1, 4, 4), 1, sampling_ratio=1, aligned=True)
+    expected = np.zeros((1, 1, 4, 4))
+    expected[0, 0, :2, :2] = 0.75
+    np.testing.assert_allclose(gi, expected, rtol=0, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------
+# roi_pool
+# ----------------------------------------------------------------------------
+
+M = np.array([[1, 5, 2, 0],
+              [3, 4, 9, 9],
+              [7, 0, 6, 8],
+              [2, 8, 1, 3]], dtype=np.float64)
+
+
+def _rp(rois, output_size, x=None, **kw):
+    x = M[None, None] if x is None else x
+    return ref.roi_pool(x, np.array(rois, dtype=np.float64), output_size, **kw)
+
+
+def test_roi_pool_literal_quadrants():
+    # Box (0,0)-(3,3): rw = rh = 3 - 0 + 1 = 4, 2x2 bins of size 2 -> the four quadrants
+    out, am = _rp([[0, 0, 0, 3, 3]], 2)
+    np.testing.assert_array_equal(out[0, 0], [[5, 9], [8, 8]])
+    # (0,1) -> 1 ; the 9s at (1,2) and (1,3) tie -> first one, 1*4+2 = 6 ;
+    # 8 at (3,1) -> 13 ; 8 at (2,3) -> 11
+    np.testing.assert_array_equal(am[0, 0], [[1, 6], [13, 11]])
+    assert out.dtype == np.float64 and am.dtype == np.int64
+    # spatial_scale 0.5 on (0,0)-(6,6) is the same integer box
+    out2, am2 = _rp([[0, 0, 0, 6, 6]], 2, spatial_scale=0.5)
+    np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(am2, am)
+
+
+def test_roi_pool_literal_rounding_half_away_from_zero():
+    # x1 = y1 = 0.5 rounds to 1 (C round), x2 = y2 = 1.49 rounds to 1 -> single pixel (1,1) = 4
+    # (numpy's banker's rounding would give 0 and pick max(M[0:2,0:2]) = 5)
+    out, am = _rp([[0, 0.5, 0.5, 1.49, 1.49]], 1)
+    assert out[0, 0, 0, 0] == 4.0 and am[0, 0, 0, 0] == 5
+    # 2.5 -> 3: box (2.5, 2.5)-(3, 3) is the single pixel (3, 3) = 3
+    out, am = _rp([[0, 2.5, 2.5, 3, 3]], 1)
+    assert out[0, 0, 0, 0] == 3.0 and am[0, 0, 0, 0] == 15
+    assert [ref._c_round(v) for v in (0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999999999999994)] == \
+        [1, 2, 3, -1, -2, -3, 0]
+
+
+def test_roi_pool_literal_empty_and_partial():
+    # fully outside: hstart = hend = H after clamping -> empty: 0 and argmax -1
+    out, am = _rp([[0, 10, 10, 12, 12]], 2)
+    np.testing.assert_array_equal(out, 0.0)
+    np.testing.assert_array_equal(am, -1)
+    # Box (-4,0)-(1,3), output (1, 2): xs=-4, xe=1 -> rw = 6, bin_w = 3
+    #   pw=0: [0-4, 3-4) = [-4,-1) -> clamp [0,0) empty
+    #   pw=1: [3-4, 6-4) = [-1, 2) -> [0, 2); rows [0, 4): max of M[:, 0:2] = 8 at (3,1) -> 13
+    out, am = _rp([[0, -4, 0, 1, 3]], (1, 2))
+    np.testing.assert_array_equal(out[0, 0], [[0, 8]])
+    np.testing.assert_array_equal(am[0, 0], [[-1, 13]])
+
+
+def test_roi_pool_literal_ties_and_overlap():
+    ones = np.ones((1, 1, 4, 4))
+    out, am = _rp([[0, 1, 1, 3, 3]], 1, x=ones)
+    assert out[0, 0, 0, 0] == 1.0 and am[0, 0, 0, 0] == 1 * 4 + 1   # first element of the bin
+    out, am = _rp([[0, 1, 1, 3, 3]], 3, x=ones)
+    np.testing.assert_array_equal(am[0, 0], [[5, 6, 7], [9, 10, 11], [13, 14, 15]])
+    # overlapping bins: row 0, x in [0, 2] -> rw = 3, PW = 2, bin_w = 1.5
+    #   pw=0: [0, ceil(1.5)=2) ; pw=1: [floor(1.5)=1, 3) -> both see the 5 at (0, 1)
+    out, am = _rp([[0, 0, 0, 2, 0]], (1, 2))
+    np.testing.assert_array_equal(out[0, 0], [[5, 5]])
+    np.testing.assert_array_equal(am[0, 0], [[1, 1]])
+    gi = ref.roi_pool_backward(np.array([[[[2.0, 3.0]]]]), np.array([[0, 0, 0, 2, 0.0]]), am,
+                               (1, 1, 4, 4))
+    expected = np.zeros((1, 1, 4, 4))
+    expected[0, 0, 0, 1] = 5.0
+    np.testing.assert_array_equal(gi, expected)
+
+
+def test_roi_pool_nan_and_neg_inf():
+    x = np.full((1, 1, 2, 3), -np.inf)
+    out, am = _rp([[0, 0, 0, 2, 1]], 1, x=x)
+    assert out[0, 0, 0, 0] == -np.inf and am[0, 0, 0, 0] == 0
+    x = np.array([[[[1.0, np.nan, 5.0], [np.nan, 7.0, 2.0]]]])
+    out, am = _rp([[0, 0, 0, 2, 1]], 1, x=x)
+    assert np.isnan(out[0, 0, 0, 0]) and am[0, 0, 0, 0] == 1       # first NaN, kept
+    x = np.array([[[[np.nan, 9.0, 5.0], [np.nan, 7.0, 2.0]]]])
+    out, am = _rp([[0, 0, 0, 2, 1]], 1, x=x)
+    assert np.isnan(out[0, 0, 0, 0]) and am[0, 0, 0, 0] == 0
+    x = np.array([[[[-np.inf, -np.inf, -3.0], [np.nan, 7.0, 2.0]]]])
+    out, am = _rp([[0, 0, 0, 2, 0]], 1, x=x)                        # row 0 only
+    assert out[0, 0, 0, 0] == -3.0 and am[0, 0, 0, 0] == 2
+
+
+def test_roi_pool_coord_dtype_float32():
+    # 0.5 - 2**-30 rounds to 0 in float64 but is 0.5 in float32, which rounds to 1
+    v = 0.5 - 2.0 ** -30
+    out64, am64 = _rp([[0, v, v, 1, 1]], 1)
+    out32, am32 = _rp([[0, v, v, 1, 1]], 1, coord_dtype=np.float32)
+    assert out64[0, 0, 0, 0] == 5.0 and am64[0, 0, 0, 0] == 1       # M[0:2, 0:2]
+    assert out32[0, 0, 0, 0] == 4.0 and am32[0, 0, 0, 0] == 5       # M[1, 1]
+
+
+def test_roi_pool_backward_matches_argmax_definition():
+    rng = np.random.default_rng(7)
+    N, C, H, W = 2, 3, 6, 7
+    x = rng.standard_normal((N, C, H, W))
+    rois = _random_rois(rng, 6, N, H, W)
+    out, am = ref.roi_pool(x, rois, (2, 3))
+    # argmax points at the max value (or -1 with out == 0)
+    for k in range(rois.shape[0]):
+        b = int(rois[k, 0])
+        for c in range(C):
+            for i in np.ndindex(2, 3):
+                a = am[(k, c) + i]
+                if a < 0:
+                    assert a == -1 and out[(k, c) + i] == 0.0
+                else:
+                    assert x[b, c].flat[a] == out[(k, c) + i]
+    assert (am >= 0).any() and (am == -1).any()
+    g = rng.standard_normal(out.shape)
+    gi = ref.roi_pool_backward(g, rois, am, x.shape)
+    expected = np.zeros(x.shape)
+    for k in range(rois.shape[0]):
+        b = int(rois[k, 0])
+        for c in range(C):
+            for i in np.ndindex(2, 3):
+                a = am[(k, c) + i]
+                if a >= 0:
+                    expected[b, c].reshape(-1)[a] += g[(k, c) + i]
+    np.testing.assert_allclose(gi, expected, rtol=1e-15, atol=0)
+    # directional finite difference (distinct random values -> argmax locally constant)
+    d = rng.standard_normal(x.shape)
+    eps = 1e-7
+    fp = np.sum(g * ref.roi_pool(x + eps * d, rois, (2, 3))[0])
+    fm = np.sum(g * ref.roi_pool(x - eps * d, rois, (2, 3))[0])
+    assert (fp - fm) / (2 * eps) == pytest.approx(np.sum(gi * d), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# deform_roi_pool forward
+# ----------------------------------------------------------------------------
+
+def test_deform_none_equals_roi_align_aligned():
+    rng = np.random.default_rng(21)
+    N, C, H, W = 2, 2, 5, 6
+    x = rng.standard_normal((N, C, H, W))
+    rois = _random_rois(rng, 6, N, H, W)
+    rois[:, 1:] *= 2.0
+    for sr in (0, 1, 2):
+        d = ref.deform_roi_pool(x, rois, None, (2, 3), 0.5, sr)
+        a = ref.roi_align(x, rois, (2, 3), 0.5, sr, aligned=True)
+        np.testing.assert_array_equal(d, a)
+        d0 = ref.deform_roi_pool(x, rois, np.zeros((6, 2, 2, 3)), (2, 3), 0.5, sr)
+        np.testing.assert_array_equal(d0, d)
+    # boxes of size >= 1: also equal under sampling_ratio=-1 style adaptive grids
+    big = np.array([[0, 0.3, 0.2, 4.1, 3.9], [1, 1.0, 1.5, 5.5, 4.0]])
+    np.testing.assert_array_equal(ref.deform_roi_pool(x, big, None, 2),
+                                  ref.roi_align(x, big, 2, sampling_ratio=-1, aligned=True))
+    # no min size: a tiny box matches aligned=True (unclamped) exactly, and its value is the
+    # sample at 0.5 + 0.1 = 0.6, not the clamped aligned=False sample at 1.5
+    tiny = np.array([[0, 1.0, 1.0, 1.2, 1.2]])
+    d = ref.deform_roi_pool(x, tiny, None, 1, sampling_ratio=1)[0, 0, 0, 0]
+    assert d == ref.roi_align(x, tiny, 1, sampling_ratio=1, aligned=True)[0, 0, 0, 0]
+    assert d == pytest.approx(ref.bilinear(x[0, 0], 0.6, 0.6), rel=1e-12)
+    assert ref.deform_roi_pool(A4, tiny, None, 1, sampling_ratio=1)[0, 0, 0, 0] == \
+        pytest.approx(3.0)
+
+
+def test_deform_literal_offset():
+    # Box (0.5,0.5)-(2.5,2.5): aligned start 0, rw = rh = 2, one bin, sr=1 -> sample (1, 1) = 5
+    rois = np.array([[0, 0.5, 0.5, 2.5, 2.5]])
+    assert ref.deform_roi_pool(A4, rois, None, 1, sampling_ratio=1)[0, 0, 0, 0] == \
+        pytest.approx(5.0)
+    # offset x = 0.5: start shifts by 0.1*2*0.5 = 0.1 -> x = 1.1 -> 5.1
+    off = np.array([[[[0.5]], [[0.0]]]])
+    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1)[0, 0, 0, 0] == \
+        pytest.approx(5.1)
+    # plus offset y = -1: y start -0.2 -> y = 0.8 -> 4*0.8 + 1.1 = 4.3
+    off = np.array([[[[0.5]], [[-1.0]]]])
+    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1)[0, 0, 0, 0] == \
+        pytest.approx(4.3)
+    # gamma = 1, offset (x, y) = (1, -1): x start 0 + 1*2*1 = 2 -> x = 3 ;
+    # y start 0 + 1*2*(-1) = -2 -> y = -1 (still in range, clamped to 0) -> 4*0 + 3 = 3
+    off = np.array([[[[1.0]], [[-1.0]]]])
+    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1, gamma=1.0)[0, 0, 0, 0] == \
+        pytest.approx(3.0)
+    # gamma = 1, offset y = -1.1: y = -1.2 -> out of range -> 0
+    off = np.array([[[[0.0]], [[-1.1]]]])
+    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1, gamma=1.0)[0, 0, 0, 0] == 0.0
+
+
+def test_deform_offset_equals_shifted_box():
+    """Per-bin shift by gamma*rw*off equals roi_align(aligned) on the shifted box (1x1 output)."""
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((1, 3, 6, 7))
+    for _ in range(5):
+        x1, y1 = rng.uniform(-1, 4, 2)
+        w, h = rng.uniform(1, 4, 2)
+        ox, oy = rng.uniform(-1, 1, 2)
+        rois = np.array([[0, x1, y1, x1 + w, y1 + h]])
+        off = np.array([[[[ox]], [[oy]]]])
+        d = ref.deform_roi_pool(x, rois, off, 1, sampling_ratio=2, gamma=0.2)
+        sh = np.array([[0, x1 + 0.2 * w * ox, y1 + 0.2 * h * oy,
+                        x1 + w + 0.2 * w * ox, y1 + h + 0.2 * h * oy]])
+        a = ref.roi_align(x, sh, 1, sampling_ratio=2, aligned=True)
+        np.testing.assert_allclose(d, a, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# deform_roi_pool backward
+# ----------------------------------------------------------------------------
+
+def test_deform_backward_grad_input_adjoint():
+    rng = np.random.default_rng(41)
+    N, C, H, W = 2, 2, 5, 6
+    x = rng.standard_normal((N, C, H, W))
+    rois = _random_rois(rng, 5, N, H, W)
+    for sr in (0, 2):
+        off = rng.uniform(-0.5, 0.5, (5, 2, 2, 3))
+        y = ref.deform_roi_pool(x, rois, off, (2, 3), 1.0, sr, 0.15)
+        g = rng.standard_normal(y.shape)
+        gx, go = ref.deform_roi_pool_backward(g, x, rois, off, (2, 3), 1.0, sr, 0.15)
+        assert go.shape == off.shape
+        assert np.sum(y * g) == pytest.approx(np.sum(x * gx), rel=1e-12, abs=1e-12)
+        # with offset None: grad_offset is None and grad_input is roi_align's (aligned)
+        gx0, go0 = ref.deform_roi_pool_backward(g, x, rois, None, (2, 3), 1.0, sr, 0.15)
+        assert go0 is None
+        np.testing.assert_allclose(
+            gx0, ref.roi_align_backward(g, rois, x.shape, (2, 3), 1.0, sr, True),
+            rtol=1e-13, atol=1e-13)
+
+
+def test_deform_grad_offset_literal():
+    rois = np.array([[0, 0.5, 0.5, 2.5, 2.5]])
+    # sample at the integer point (1, 1): right derivatives dx = A[1,2]-A[1,1] = 1, dy = 4
+    # grad_offset = g * gamma*rw/count * (dx, dy) = 0.2 * (1, 4)
+    _, go = ref.deform_roi_pool_backward(np.ones((1, 1, 1, 1)), A4, rois, np.zeros((1, 2, 1, 1)),
+                                         1, sampling_ratio=1)
+    np.testing.assert_allclose(go[0, :, 0, 0], [0.2, 0.8], rtol=1e-14)
+    # sample in the upper y band: box y from 3.7 to 4.7 (aligned 3.2..4.2, rh = 1), sr=1
+    #   y = 3.7 -> clamped to 3, x = 1: value 13 ; dx = edge row slope 1 -> 0.1*2*1 = 0.2 ; dy = 0
+    rois = np.array([[0, 0.5, 3.7, 2.5, 4.7]])
+    assert ref.deform_roi_pool(A4, rois, None, 1, sampling_ratio=1)[0, 0, 0, 0] == \
+        pytest.approx(13.0)
+    _, go = ref.deform_roi_pool_backward(np.full((1, 1, 1, 1), 2.0), A4, rois,
+                                         np.zeros((1, 2, 1, 1)), 1, sampling_ratio=1)
+    np.testing.assert_allclose(go[0, :, 0, 0], [2 * 0.2, 0.0], rtol=1e-14, atol=1e-15)
+    # 2 samples per axis in one bin (count 4): box (0.5,0.5)-(2.5,2.5), sr=2 -> samples at
+    # 0.5 and 1.5 per axis, all interior -> dx = 1 each, dy = 4 each
+    #   grad_offset = g * gamma*rw/4 * sum(4 samples) = 0.2/4 * (4, 16) = (0.2, 0.8)
+    _, go = ref.deform_roi_pool_backward(np.ones((1, 1, 1, 1)), A4,
+                                         np.array([[0, 0.5, 0.5, 2.5, 2.5]]),
+                                         np.zeros((1, 2, 1, 1)), 1, sampling_ratio=2)
+    np.testing.assert_allclose(go[0, :, 0, 0], [0.2, 0.8], rtol=1e-14)
+
+
+def _all_samples(rois, offset, output_size, spatial_scale, sampling_ratio, gamma):
+    """All (y, x) sample coordinates of the deform forward (float64)."""
+    PH, PW = ref._pair(output_size)
+    pts = []
+    for k in range(rois.shape[0]):
+        g = ref._align_geometry(rois[k], spatial_scale, (PH, PW), sampling_ratio, True, False,
+                                np.float64)
+        for ph in range(PH):
+            for pw in range(PW):
+                sy, sx, _, _ = ref._deform_starts(g, offset, k, ph, pw, gamma, np.float64)
+                ys, xs = ref._sample_coords(sy, sx, ph, pw, g, np.float64)
+                pts.extend((yy, xx) for yy in ys for xx in xs)
+    return np.array(pts)
+
+
+def _dist_to_int(v):
+    return np.abs(v - np.round(v))
+
+
+def test_deform_grad_offset_finite_differences():
+    rng = np.random.default_rng(2024)
+    N, C, H, W = 2, 2, 5, 6
+    x = rng.standard_normal((N, C, H, W))
+    # boxes chosen so that samples fall outside the map, in all four replicate bands
+    # (-1 < y < 0, H-1 < y < H, -1 < x < 0, W-1 < x < W) and in the interior
+    rois = np.array([
+        [0, -1.3, -1.1, 7.2, 6.3],    # whole map plus margin
+        [1, 4.6, 4.2, 6.1, 5.4],      # bottom-right corner
+        [1, 1.3, 0.7, 4.1, 3.9],      # interior
+        [0, 2.2, -0.4, 3.3, 0.6],     # straddles the top edge
+        [1, -0.2, 1.1, 0.9, 4.4],     # straddles the left edge
+    ])
+    K = rois.shape[0]
+    PH, PW = 3, 3
+    gamma = 0.1
+    for sr in (0, 2):
+        for _ in range(500):
+            off = rng.uniform(-0.4, 0.4, (K, 2, PH, PW))
+            pts = _all_samples(rois, off, (PH, PW), 1.0, sr, gamma)
+            if _dist_to_int(pts).min() > 1e-3:
+                break
+        else:
+            pytest.fail("could not draw smooth offsets")
+        y, xx = pts[:, 0], pts[:, 1]
+        yint = (y > 0) & (y < H - 1)
+        xint = (xx > 0) & (xx < W - 1)
+        assert np.any((y > -1) & (y < 0) & xint)            # lower y band, x interior
+        assert np.any((y > H - 1) & (y < H) & xint)         # upper y band
+        assert np.any((xx > -1) & (xx < 0) & yint)          # lower x band
+        assert np.any((xx > W - 1) & (xx < W) & yint)       # upper x band
+        assert np.any((y < -1) | (y > H) | (xx < -1) | (xx > W))   # out of range
+        assert np.any(yint & xint)
+
+        g = rng.standard_normal((K, C, PH, PW))
+        _, go = ref.deform_roi_pool_backward(g, x, rois, off, (PH, PW), 1.0, sr, gamma)
+
+        def loss(o):
+            return np.sum(g * ref.deform_roi_pool(x, rois, o, (PH, PW), 1.0, sr, gamma))
+
+        eps = 1e-6
+        fd = np.zeros_like(off)
+        for idx in np.ndindex(off.shape):
+            op = off.copy()
+            om = off.copy()
+            op[idx] += eps
+            om[idx] -= eps
+            fd[idx] = (loss(op) - loss(om)) / (2 * eps)
+        np.testing.assert_allclose(go, fd, rtol=1e-6, atol=1e-8)
+        assert np.count_nonzero(np.abs(go) > 1e-6) > K * PH * PW   # non-trivial
