@@ -28,8 +28,9 @@ def _integer(value, name):
 
 def _real(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {value!r} of type "
-                        f"{type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a real number; got {value!r} of type {type(value).__name__}"
+        )
     value = float(value)
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite; got {value}")
@@ -57,8 +58,10 @@ def spatial_scale(value):
 def sampling_ratio(value):
     ratio = _integer(value, "sampling_ratio")
     if ratio > MAX_SAMPLING_RATIO:
-        raise ValueError(f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} (<= 0 means "
-                         f"adaptive); got {ratio}")
+        raise ValueError(
+            f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} (<= 0 means "
+            f"adaptive); got {ratio}"
+        )
     return ratio
 
 
@@ -91,7 +94,9 @@ def input_shape(shape, name="input_shape"):
     try:
         shape = tuple(_integer(v, name) for v in shape)
     except TypeError:
-        raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W); got {shape!r}") from None
+        raise TypeError(
+            f"{name} must be a sequence of 4 ints (N, C, H, W); got {shape!r}"
+        ) from None
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(f"{name} must be 4 non-negative ints (N, C, H, W); got {shape}")
     n, c, h, w = shape
@@ -107,8 +112,9 @@ def grad_output(xp, g, k, channels, pooled, name="grad_output"):
     g = _float_array(xp, g, name, 4, "(K, C, PH, PW)")
     expected = (k, channels, *pooled)
     if g.shape != expected:
-        raise ValueError(f"{name} must have shape {expected} (boxes, channels, output_size); "
-                         f"got {g.shape}")
+        raise ValueError(
+            f"{name} must have shape {expected} (boxes, channels, output_size); got {g.shape}"
+        )
     return g
 
 
@@ -127,30 +133,42 @@ def boxes(xp, value, batch, scale, dtype, name="boxes"):
     ct = compute_dtype(dtype)
     if isinstance(value, (list, tuple)):
         if len(value) > batch:
-            raise ValueError(f"{name} is a list of {len(value)} per-image arrays but the input "
-                             f"holds {batch} images")
+            raise ValueError(
+                f"{name} is a list of {len(value)} per-image arrays but the input "
+                f"holds {batch} images"
+            )
         parts = []
         for i, b in enumerate(value):
             if b.ndim != 2 or b.shape[1] != 4:
-                raise ValueError(f"{name}[{i}] must be an (L, 4) array [x1, y1, x2, y2]; got "
-                                 f"shape {b.shape}")
+                raise ValueError(
+                    f"{name}[{i}] must be an (L, 4) array [x1, y1, x2, y2]; got shape {b.shape}"
+                )
             _real_array(b, f"{name}[{i}]")
             parts.append(xp.concatenate([xp.full((len(b), 1), i, ct), b.astype(ct)], axis=1))
         rois = xp.concatenate(parts) if parts else xp.zeros((0, 5), ct)
     else:
         if value.ndim != 2 or value.shape[1] != 5:
-            hint = (" (a (K, 4) array has no batch index: add it as the first column, or pass "
-                    "a list with one (L, 4) array per image)" if value.ndim == 2
-                    and value.shape[1] == 4 else "")
-            raise ValueError(f"{name} must be a (K, 5) array [batch_index, x1, y1, x2, y2] or "
-                             f"a list of (L, 4) arrays; got shape {value.shape}{hint}")
+            hint = (
+                " (a (K, 4) array has no batch index: add it as the first column, or pass "
+                "a list with one (L, 4) array per image)"
+                if value.ndim == 2 and value.shape[1] == 4
+                else ""
+            )
+            raise ValueError(
+                f"{name} must be a (K, 5) array [batch_index, x1, y1, x2, y2] or "
+                f"a list of (L, 4) arrays; got shape {value.shape}{hint}"
+            )
         _real_array(value, name)
         rois = xp.ascontiguousarray(value, dtype=ct)
     if len(rois):
         index = rois[:, 0]
         with np.errstate(invalid="ignore", over="ignore"):
-            ok = ((index >= 0) & (index < batch) & (index == xp.floor(index))
-                  & (xp.abs(rois[:, 1:]) * scale <= MAX_COORDINATE).all(axis=1))
+            ok = (
+                (index >= 0)
+                & (index < batch)
+                & (index == xp.floor(index))
+                & (xp.abs(rois[:, 1:]) * scale <= MAX_COORDINATE).all(axis=1)
+            )
         if not bool(ok.all()):
             _explain(rois[int(xp.argmin(ok))].tolist(), int(xp.argmin(ok)), batch, scale, name)
     return rois
@@ -164,10 +182,14 @@ def _explain(row, k, batch, scale, name):
     if not np.isfinite(b) or b != np.floor(b):
         raise ValueError(f"{name}[{k}] has batch index {b}; batch indices must be whole numbers")
     if not 0 <= b < batch:
-        raise IndexError(f"{name}[{k}] has batch index {int(b)} but the input holds {batch} "
-                         f"images (valid: 0 to {batch - 1})")
-    raise ValueError(f"{name}[{k}] has coordinates {coords}, which exceed +-{MAX_COORDINATE} "
-                     f"feature cells at spatial_scale {scale}")
+        raise IndexError(
+            f"{name}[{k}] has batch index {int(b)} but the input holds {batch} "
+            f"images (valid: 0 to {batch - 1})"
+        )
+    raise ValueError(
+        f"{name}[{k}] has coordinates {coords}, which exceed +-{MAX_COORDINATE} "
+        f"feature cells at spatial_scale {scale}"
+    )
 
 
 def offset(xp, value, k, pooled, dtype, name="offset"):
@@ -177,8 +199,9 @@ def offset(xp, value, k, pooled, dtype, name="offset"):
     value = _float_array(xp, value, name, 4, "(K, 2, PH, PW)")
     expected = (k, 2, *pooled)
     if value.shape != expected:
-        raise ValueError(f"{name} must have shape {expected} (boxes, (dx, dy), output_size); "
-                         f"got {value.shape}")
+        raise ValueError(
+            f"{name} must have shape {expected} (boxes, (dx, dy), output_size); got {value.shape}"
+        )
     return xp.ascontiguousarray(value, dtype=compute_dtype(dtype))
 
 

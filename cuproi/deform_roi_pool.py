@@ -3,8 +3,9 @@
 from cuproi import _dispatch, _validate
 
 
-def deform_roi_pool(input, boxes, offset, output_size, spatial_scale=1.0, sampling_ratio=0,
-                    gamma=0.1):
+def deform_roi_pool(
+    input, boxes, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1
+):
     """Pool every box with bins shifted by learned offsets (Deformable RoI Pooling).
 
     Parameters
@@ -70,8 +71,9 @@ def deform_roi_pool(input, boxes, offset, output_size, spatial_scale=1.0, sampli
     return restore(backend.deform_roi_pool_forward(x, rois, o, scale, *pooled, ratio, shift))
 
 
-def deform_roi_pool_backward(grad_output, input, boxes, offset, output_size, spatial_scale=1.0,
-                             sampling_ratio=0, gamma=0.1):
+def deform_roi_pool_backward(
+    grad_output, input, boxes, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1
+):
     """Gradients of :func:`deform_roi_pool` with respect to the features and the offsets.
 
     Parameters
@@ -118,8 +120,9 @@ def deform_roi_pool_backward(grad_output, input, boxes, offset, output_size, spa
     >>> grad_offset.ravel()  # 0.1 * 2 cells * slopes of 1 (along x) and 4 (along y)
     array([0.2, 0.8], dtype=float32)
     """
-    backend, (g, x, b, o), restore = _dispatch.prepare(grad_output=grad_output, input=input,
-                                                       boxes=boxes, offset=offset)
+    backend, (g, x, b, o), restore = _dispatch.prepare(
+        grad_output=grad_output, input=input, boxes=boxes, offset=offset
+    )
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
@@ -128,8 +131,9 @@ def deform_roi_pool_backward(grad_output, input, boxes, offset, output_size, spa
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled)
     o_compute = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
-    grad_input, grad_offset = backend.deform_roi_pool_backward(g, x, rois, o_compute, scale,
-                                                               ratio, shift)
+    grad_input, grad_offset = backend.deform_roi_pool_backward(
+        g, x, rois, o_compute, scale, ratio, shift
+    )
     if grad_offset is not None:
         grad_offset = restore(grad_offset.astype(o.dtype, copy=False))
     return restore(grad_input), grad_offset

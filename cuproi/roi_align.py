@@ -56,6 +56,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     Notes
     -----
     {conventions}
+
     See Also
     --------
     roi_align_backward, roi_pool, deform_roi_pool
@@ -82,8 +83,15 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     return restore(backend.roi_align_forward(x, rois, scale, *pooled, ratio, bool(aligned)))
 
 
-def roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0,
-                       sampling_ratio=-1, aligned=False):
+def roi_align_backward(
+    grad_output,
+    boxes,
+    input_shape,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=False,
+):
     """Gradient of :func:`roi_align` with respect to its input features.
 
     Parameters

@@ -113,8 +113,9 @@ def roi_pool_backward(grad_output, boxes, argmax, input_shape):
            [0., 0., 0., 0.],
            [0., 1., 0., 1.]], dtype=float32)
     """
-    backend, (g, b, a), restore = _dispatch.prepare(grad_output=grad_output, boxes=boxes,
-                                                    argmax=argmax)
+    backend, (g, b, a), restore = _dispatch.prepare(
+        grad_output=grad_output, boxes=boxes, argmax=argmax
+    )
     shape = _validate.input_shape(input_shape)
     rois = _validate.boxes(backend.xp, b, shape[0], 1.0, g.dtype)
     if g.ndim != 4:

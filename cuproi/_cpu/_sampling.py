@@ -146,8 +146,7 @@ def axis_taps(start, bin_size, grid, size):
     return AxisTaps(ptr, unique % size, weight, slope)
 
 
-def operator(ys, xs, y_of_bin, x_of_bin, image_of_bin, count_of_bin, shape, dtype,
-             slopes=False):
+def operator(ys, xs, y_of_bin, x_of_bin, image_of_bin, count_of_bin, shape, dtype, slopes=False):
     """Sparse (bins x N*H*W) matrix of the bins' averaged bilinear weights.
 
     ``ys``/``xs`` are AxisTaps; bin ``j`` uses y-row ``y_of_bin[j]`` and x-row ``x_of_bin[j]``
@@ -180,8 +179,10 @@ def operator(ys, xs, y_of_bin, x_of_bin, image_of_bin, count_of_bin, shape, dtyp
 
 
 def chunks(cost, budget=BUDGET):
-    """Consecutive ranges of boxes whose summed ``cost`` stays within ``budget`` (at least one
-    box per range)."""
+    """Consecutive ranges of boxes whose summed ``cost`` stays within ``budget``.
+
+    Every range holds at least one box, whatever its cost.
+    """
     total = np.cumsum(cost)
     start, k = 0, len(cost)
     while start < k:

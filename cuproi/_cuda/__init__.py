@@ -1,8 +1,7 @@
-"""CuPy backend: the functions of cuproi._cpu, with the same names and signatures, on device
-arrays through the CUDA kernels of kernels/.
+"""CuPy backend: the functions of cuproi._cpu on device arrays, through kernels/*.cu.
 
-Importing this module does not import cupy; the first call does. Each call runs on the device
-of its first array and on CuPy's current stream.
+Same names and signatures as cuproi._cpu. Importing this module does not import cupy; the first
+call does. Each call runs on the device of its first array and on CuPy's current stream.
 """
 
 from cuproi._cuda import _ops

@@ -17,8 +17,11 @@ _PRAGMA_ONCE = re.compile(r"^\s*#\s*pragma\s+once\s*$")
 
 @functools.cache
 def kernels_dir() -> Path:
-    """The kernels/ folder: $CUPROI_KERNELS_DIR, else inside the installed package (wheel), else
-    at the top of the source checkout."""
+    """The kernels/ folder.
+
+    $CUPROI_KERNELS_DIR if set, else inside the installed package (wheel), else at the top of
+    the source checkout.
+    """
     package = Path(__file__).resolve().parent.parent
     candidates = [package / "kernels", package.parent / "kernels"]
     if os.environ.get("CUPROI_KERNELS_DIR"):

@@ -1,0 +1,147 @@
+"""The CuPy backend on a real GPU, against the float64 oracles and the NumPy backend.
+
+Skipped without CuPy or a CUDA device; run on a GPU machine with ``python -m pytest -m gpu``.
+"""
+
+import numpy as np
+import pytest
+
+import cuproi
+import reference
+from cuproi import _cpu
+from cuproi._cuda import _ops
+from test_kernels import SOURCES, entries
+from test_ops import SHAPE, _oracle, assert_close, box_zoo, features, rois_for
+
+cupy = pytest.importorskip("cupy")
+try:
+    DEVICES = cupy.cuda.runtime.getDeviceCount()
+except cupy.cuda.runtime.CUDARuntimeError:
+    DEVICES = 0
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(DEVICES == 0, reason="no CUDA device")]
+
+from cuproi import _cuda  # noqa: E402  (after the skip: its functions need a device)
+
+DTYPES = [np.float16, np.float32, np.float64]
+
+
+def test_every_entry_point_compiles():
+    from cuproi._cuda._launch import _kernels
+
+    for source in SOURCES:
+        for entry in sorted(entries(source)):
+            assert _kernels()(source, entry) is not None
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("ratio", [-1, 0, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roi_align_matches_oracle(dtype, aligned, ratio):
+    scale = 0.7
+    out = _cuda.roi_align_forward(cupy.asarray(features(dtype)),
+                                  cupy.asarray(rois_for(box_zoo(scale), dtype)),
+                                  scale, 3, 4, ratio, aligned)
+    assert isinstance(out, cupy.ndarray) and out.dtype == dtype
+    assert_close(out.get(), _oracle("roi_align", dtype, scale, (3, 4), ratio, aligned), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [(3, 4), (7, 5)])
+def test_roi_pool_matches_oracle(dtype, size):
+    out, argmax = _cuda.roi_pool_forward(cupy.asarray(features(dtype)),
+                                         cupy.asarray(rois_for(box_zoo(0.5), dtype)), 0.5, *size)
+    expected, expected_argmax = _oracle("roi_pool", dtype, 0.5, size)
+    np.testing.assert_array_equal(argmax.get(), expected_argmax)
+    np.testing.assert_array_equal(out.get(), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ratio", [0, 2])
+def test_all_ops_match_numpy_backend(dtype, ratio):
+    """Forward and backward of every op, GPU against CPU, float16 included."""
+    rng = np.random.default_rng(0)
+    x = features(dtype)
+    rois = rois_for(box_zoo(0.7), dtype)
+    offset = rng.normal(0, 2, (len(rois), 2, 3, 4)).astype(rois.dtype)
+    g = rng.standard_normal((len(rois), 3, 3, 4)).astype(dtype)
+    gpu = [cupy.asarray(a) for a in (x, rois, offset, g)]
+    rtol, atol = (2e-2, 2e-2) if dtype == np.float16 else (1e-5, 1e-5)
+
+    def check(a, b):
+        np.testing.assert_allclose(cupy.asnumpy(a).astype(np.float64), b.astype(np.float64),
+                                   rtol=rtol, atol=atol)
+
+    check(_cuda.roi_align_forward(gpu[0], gpu[1], 0.7, 3, 4, ratio, True),
+          _cpu.roi_align_forward(x, rois, 0.7, 3, 4, ratio, True))
+    check(_cuda.roi_align_backward(gpu[3], gpu[1], SHAPE, 0.7, ratio, False),
+          _cpu.roi_align_backward(g, rois, SHAPE, 0.7, ratio, False))
+    out, argmax = _cuda.roi_pool_forward(gpu[0], gpu[1], 0.7, 3, 4)
+    cpu_out, cpu_argmax = _cpu.roi_pool_forward(x, rois, 0.7, 3, 4)
+    np.testing.assert_array_equal(argmax.get(), cpu_argmax)
+    check(out, cpu_out)
+    check(_cuda.roi_pool_backward(gpu[3], gpu[1], argmax, SHAPE),
+          _cpu.roi_pool_backward(g, rois, cpu_argmax, SHAPE))
+    check(_cuda.deform_roi_pool_forward(gpu[0], gpu[1], gpu[2], 0.7, 3, 4, ratio, 0.1),
+          _cpu.deform_roi_pool_forward(x, rois, offset, 0.7, 3, 4, ratio, 0.1))
+    grads = _cuda.deform_roi_pool_backward(gpu[3], gpu[0], gpu[1], gpu[2], 0.7, ratio, 0.1)
+    cpu_grads = _cpu.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
+    check(grads[0], cpu_grads[0])
+    np.testing.assert_allclose(grads[1].get(), cpu_grads[1], rtol=10 * rtol, atol=10 * atol)
+
+
+def test_deform_backward_matches_oracle():
+    x = features(np.float64)
+    boxes = box_zoo(0.7)
+    offset = np.random.default_rng(1).normal(0, 2, (len(boxes), 2, 3, 4))
+    g = np.random.default_rng(2).standard_normal((len(boxes), 3, 3, 4))
+    grad, grad_offset = _cuda.deform_roi_pool_backward(
+        cupy.asarray(g), cupy.asarray(x), cupy.asarray(boxes), cupy.asarray(offset), 0.7, 0, 0.1)
+    expected, expected_offset = reference.deform_roi_pool_backward(g, x, boxes, offset, (3, 4),
+                                                                   0.7, 0, 0.1)
+    np.testing.assert_allclose(grad.get(), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grad_offset.get(), expected_offset, rtol=1e-10, atol=1e-12)
+
+
+def test_public_api_returns_cupy_and_rejects_mixed_devices():
+    x = cupy.asarray(features(np.float32))
+    boxes = box_zoo(1.0)
+    out = cuproi.roi_align(x, cupy.asarray(boxes), 3, aligned=True)
+    assert isinstance(out, cupy.ndarray) and out.dtype == np.float32
+    per_image = [cupy.asarray(boxes[boxes[:, 0] == i, 1:]) for i in range(2)]
+    assert isinstance(cuproi.roi_pool(x, per_image, 2), cupy.ndarray)
+    with pytest.raises(ValueError, match="device"):
+        cuproi.roi_align(x, boxes, 3)  # boxes still on the host
+    with pytest.raises(IndexError, match="batch index"):
+        cuproi.roi_align(x, cupy.asarray([[5.0, 0, 0, 1, 1]]), 3)
+
+
+def test_runs_on_the_current_stream():
+    x = cupy.asarray(features(np.float32))
+    rois = cupy.asarray(box_zoo(1.0))
+    expected = cuproi.roi_align(x, rois, 3, sampling_ratio=2)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        out = cuproi.roi_align(x, rois, 3, sampling_ratio=2)
+    stream.synchronize()
+    cupy.testing.assert_array_equal(out, expected)
+
+
+def test_int64_index_variants(monkeypatch):
+    x = cupy.asarray(features(np.float32))
+    rois = cupy.asarray(rois_for(box_zoo(0.7), np.float32))
+    narrow = _cuda.roi_align_forward(x, rois, 0.7, 3, 4, -1, True)
+    monkeypatch.setattr(_ops, "LARGE", 0)
+    wide = _cuda.roi_align_forward(x, rois, 0.7, 3, 4, -1, True)
+    cupy.testing.assert_array_equal(narrow, wide)
+
+
+@pytest.mark.skipif(DEVICES < 2, reason="needs two GPUs")
+def test_second_device():
+    with cupy.cuda.Device(1):
+        x = cupy.asarray(features(np.float32))
+        rois = cupy.asarray(box_zoo(1.0))
+    out = cuproi.roi_align(x, rois, 3, aligned=True)
+    assert out.device.id == 1
+    np.testing.assert_allclose(
+        out.get(), cuproi.roi_align(x.get(), rois.get(), 3, aligned=True), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,160 @@
+"""The CUDA sources themselves: they compile (nvcc for every supported architecture, without
+register spills; the host compiler through the shim), export every entry point the launch layer
+can ask for, and the source loader finds and inlines them."""
+
+import itertools
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import cuproi._cpu
+import cuproi._cuda
+import host
+from conftest import host_backend
+from cuproi._cuda import _ops, _source
+
+NVCC = shutil.which("nvcc")
+OPS = {"roi_align": "roi_align", "roi_pool": "roi_pool", "deform_roi_pool": "deform_roi_pool"}
+SOURCES = sorted(p.stem for p in _source.kernels_dir().glob("*.cu"))
+
+
+def entries(source):
+    """Every entry point name the launch layer (_ops._entry) can ask of kernels/<source>.cu."""
+    return {
+        f"cuproi_{source}_{direction}_{suffix}{wide}"
+        for direction, suffix, wide in itertools.product(
+            ("forward", "backward"), ("f16", "f32", "f64"), ("", "_i64")
+        )
+    }
+
+
+def test_every_op_has_a_source():
+    assert SOURCES == sorted(OPS)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+@pytest.mark.parametrize("arch", ["sm_75", "sm_80", "sm_90"])
+@pytest.mark.parametrize("source", SOURCES)
+def test_nvcc_compiles_without_spills(source, arch, tmp_path):
+    """The text NVRTC gets (includes inlined) compiles, every entry point exists, none spills."""
+    path = tmp_path / f"{source}.cu"
+    path.write_text(_source.source(source))
+    result = subprocess.run(
+        [NVCC, "-cubin", f"-arch={arch}", "--std=c++17", "-Xptxas", "-v", "-Werror",
+         "all-warnings", str(path), "-o", str(tmp_path / "out.cubin")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    log = result.stderr
+    compiled = set(re.findall(r"Compiling entry function '(\w+)'", log))
+    assert compiled == entries(source)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert len(spills) >= len(compiled)
+    assert all(stores == "0" and loads == "0" for stores, loads in spills), log
+
+
+@pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
+@pytest.mark.parametrize("source", SOURCES)
+def test_host_build_exports_every_entry(source):
+    lib = host.library(source)
+    for name in entries(source):
+        assert hasattr(lib, name), name
+
+
+@pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
+def test_int64_index_variants(monkeypatch):
+    """The _i64 entry points give the same results as the int32 ones (forced on small arrays)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 9))
+    rois = np.array([[0, 1.2, 0.5, 6.3, 5.5], [1, -2.0, 1.0, 4.0, 9.0], [1, 3, 3, 3, 3]])
+    offset = rng.standard_normal((3, 2, 2, 3))
+    g = rng.standard_normal((3, 3, 2, 3))
+
+    def run():
+        b = host_backend()
+        out, argmax = b.roi_pool_forward(x, rois, 0.5, 2, 3)
+        return [
+            b.roi_align_forward(x, rois, 0.5, 2, 3, -1, True),
+            b.roi_align_backward(g, rois, x.shape, 0.5, 2, False),
+            out, argmax, b.roi_pool_backward(g, rois, argmax, x.shape),
+            b.deform_roi_pool_forward(x, rois, offset, 0.5, 2, 3, 0, 0.1),
+            *b.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1),
+        ]
+
+    narrow = run()
+    calls = []
+    launch = host.launch
+    monkeypatch.setattr(_ops, "LARGE", 0)
+    monkeypatch.setattr(host, "launch", lambda *a: (calls.append(a[1]), launch(*a)))
+    wide = run()
+    assert calls and all(name.endswith("_i64") for name in calls)
+    for a, b in zip(narrow, wide, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_backends_expose_the_same_functions():
+    assert cuproi._cpu.__all__ == cuproi._cuda.__all__
+    for name in cuproi._cpu.__all__:
+        assert callable(getattr(cuproi._cpu, name)) and callable(getattr(cuproi._cuda, name))
+
+
+def test_source_inlines_local_includes():
+    text = _source.source("roi_align")
+    assert '#include "' not in text and "#pragma once" not in text
+    assert text.count("struct Taps") == 1  # bilinear.cuh once
+    assert text.count("#define CUPROI_KERNEL_LOOP") == 1  # helpers.cuh once, though included twice
+    assert '#line 1 "common/helpers.cuh"' in text
+
+
+def test_kernels_dir_override(monkeypatch, tmp_path):
+    _source.kernels_dir.cache_clear()
+    try:
+        monkeypatch.setenv("CUPROI_KERNELS_DIR", str(tmp_path))
+        assert _source.kernels_dir() != tmp_path  # no sources there: falls back
+        shutil.copytree(_source.kernels_dir(), tmp_path, dirs_exist_ok=True)
+        _source.kernels_dir.cache_clear()
+        assert _source.kernels_dir() == tmp_path
+    finally:
+        _source.kernels_dir.cache_clear()
+
+
+def test_missing_kernels_raise_a_clear_error(monkeypatch, tmp_path):
+    _source.kernels_dir.cache_clear()
+    try:
+        monkeypatch.delenv("CUPROI_KERNELS_DIR", raising=False)
+        monkeypatch.setattr(_source, "__file__", str(tmp_path / "cuproi" / "_cuda" / "_source.py"))
+        with pytest.raises(FileNotFoundError, match="CUPROI_KERNELS_DIR"):
+            _source.kernels_dir()
+    finally:
+        _source.kernels_dir.cache_clear()
+
+
+def _nvrtc():
+    """CuPy's NVRTC bindings when they load (no GPU needed), else None."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+        return nvrtc
+    except Exception:  # cupy missing, or no libnvrtc on this machine
+        return None
+
+
+@pytest.mark.skipif(_nvrtc() is None, reason="CuPy's NVRTC bindings not available")
+@pytest.mark.parametrize("source", SOURCES)
+def test_nvrtc_compiles(source):
+    """The very text and options CuPy hands NVRTC compile, with every entry point exported."""
+    nvrtc = _nvrtc()
+    program = nvrtc.createProgram(_source.source(source), f"{source}.cu", [], [])
+    try:
+        try:
+            nvrtc.compileProgram(program, ["--std=c++17", "-arch=compute_75", "-ftz=true"])
+        except Exception:
+            pytest.fail(nvrtc.getProgramLog(program))
+        ptx = nvrtc.getPTX(program).decode()
+    finally:
+        nvrtc.destroyProgram(program)
+    assert set(re.findall(r"\.visible \.entry (\w+)\(", ptx)) == entries(source)

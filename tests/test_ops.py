@@ -1,0 +1,314 @@
+"""The three ops, forward and backward, on the CPU backend and on the CUDA kernels run on the host,
+against the float64 loop oracles of reference.py over dtypes, conventions and a zoo of boxes."""
+
+import functools
+
+import numpy as np
+import pytest
+
+import reference
+from conftest import TOLERANCE
+from cuproi._validate import compute_dtype
+
+SHAPE = (2, 3, 10, 12)  # N, C, H, W
+
+
+def box_zoo(scale):
+    """Boxes in image coordinates covering every case the semantics treat specially."""
+    in_cells = np.array(
+        [
+            [0, 1.3, 2.2, 7.7, 6.1],  # inside, fractional corners
+            [1, 0.0, 0.0, 11.0, 9.0],  # the whole map
+            [1, -3.2, -2.5, 4.1, 5.3],  # partly outside, top left
+            [0, 8.6, 6.3, 15.2, 13.7],  # partly outside, bottom right: samples in the bands
+            [1, 14.0, 12.0, 20.0, 18.0],  # wholly outside
+            [0, -6.0, -6.0, -2.0, -3.0],  # wholly outside, negative side
+            [0, 4.0, 4.0, 4.0, 4.0],  # a point
+            [1, 3.0, 2.5, 9.0, 2.5],  # zero height
+            [0, 7.5, 5.5, 2.5, 1.5],  # flipped
+            [1, 5.2, 3.3, 5.9, 3.8],  # smaller than a cell
+            [0, -0.5, -0.5, 11.5, 9.5],  # the map's pixel edges
+            [1, -40.0, -30.0, 60.0, 50.0],  # far beyond the map on every side
+        ]
+    )
+    in_cells[:, 1:] /= scale
+    return in_cells
+
+
+def features(dtype, seed=0):
+    return np.random.default_rng(seed).standard_normal(SHAPE).astype(dtype)
+
+
+def rois_for(boxes, dtype):
+    """Boxes as the backends take them: (K, 5) in the compute dtype."""
+    return np.ascontiguousarray(boxes, dtype=compute_dtype(dtype))
+
+
+def assert_close(actual, expected, dtype):
+    rtol, atol = TOLERANCE[np.dtype(dtype)]
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
+
+
+@functools.cache
+def _oracle(name, dtype, *args):
+    """Oracle results, cached across backends (the loops are slow)."""
+    x = features(dtype).astype(np.float64)  # the rounded features the backend sees
+    coord = compute_dtype(dtype).type
+    boxes = box_zoo(args[0])
+    if name == "roi_align":
+        scale, size, ratio, aligned = args
+        return reference.roi_align(x, boxes, size, scale, ratio, aligned, coord_dtype=coord)
+    if name == "roi_pool":
+        scale, size = args
+        return reference.roi_pool(x, boxes, size, scale, coord_dtype=coord)
+    raise ValueError(name)
+
+
+SCALES = [1.0, 0.5, 0.7]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("ratio", [-1, 0, 1, 2, 3])
+@pytest.mark.parametrize("scale", SCALES)
+def test_roi_align_forward(backend, dtype, aligned, ratio, scale):
+    out = backend.roi_align_forward(
+        features(dtype), rois_for(box_zoo(scale), dtype), scale, 3, 4, ratio, aligned
+    )
+    assert out.dtype == dtype and out.shape == (12, 3, 3, 4)
+    assert_close(out, _oracle("roi_align", dtype, scale, (3, 4), ratio, aligned), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("size", [(3, 4), (1, 1), (7, 5)])
+def test_roi_pool_forward(backend, dtype, scale, size):
+    x = features(dtype)
+    out, argmax = backend.roi_pool_forward(x, rois_for(box_zoo(scale), dtype), scale, *size)
+    expected, expected_argmax = _oracle("roi_pool", dtype, scale, size)
+    assert out.dtype == dtype and argmax.dtype == np.int32
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(out, expected)  # a max selects a value: exact
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ratio", [0, 1, 2])
+@pytest.mark.parametrize("with_offset", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 0.7])
+def test_deform_roi_pool_forward(backend, dtype, ratio, with_offset, scale):
+    x = features(dtype)
+    boxes = box_zoo(scale)
+    offset = (
+        np.random.default_rng(1).normal(0, 2, (len(boxes), 2, 3, 4)).astype(dtype)
+        if with_offset
+        else None
+    )
+    rois = rois_for(boxes, dtype)
+    o = None if offset is None else offset.astype(rois.dtype)
+    out = backend.deform_roi_pool_forward(x, rois, o, scale, 3, 4, ratio, 0.1)
+    expected = reference.deform_roi_pool(
+        x.astype(np.float64), boxes, o, (3, 4), scale, ratio, 0.1,
+        coord_dtype=compute_dtype(dtype).type,
+    )
+    assert out.dtype == dtype
+    assert_close(out, expected, dtype)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_float16(backend, aligned):
+    """float16 features, float32 coordinates and accumulation: the oracle on the same halves."""
+    x = features(np.float16)
+    boxes = box_zoo(0.5)
+    rois = rois_for(boxes, np.float16)
+    assert rois.dtype == np.float32  # boxes are never rounded to half
+    x64 = x.astype(np.float64)
+    f32 = np.float32
+    out = backend.roi_align_forward(x, rois, 0.5, 3, 4, 2, aligned)
+    assert out.dtype == np.float16
+    assert_close(out, reference.roi_align(x64, boxes, (3, 4), 0.5, 2, aligned, coord_dtype=f32),
+                 np.float16)
+    out, argmax = backend.roi_pool_forward(x, rois, 0.5, 3, 4)
+    expected, expected_argmax = reference.roi_pool(x64, boxes, (3, 4), 0.5, coord_dtype=f32)
+    np.testing.assert_array_equal(out.astype(np.float64), expected)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    out = backend.deform_roi_pool_forward(x, rois, None, 0.5, 3, 4, 0, 0.1)
+    assert_close(out, reference.deform_roi_pool(x64, boxes, None, (3, 4), 0.5, 0, 0.1,
+                                                coord_dtype=f32), np.float16)
+    g = np.random.default_rng(2).standard_normal(out.shape).astype(np.float16)
+    grad = backend.roi_align_backward(g, rois, SHAPE, 0.5, 2, aligned)
+    assert grad.dtype == np.float16
+    expected = reference.roi_align_backward(g.astype(np.float64), boxes, SHAPE, (3, 4), 0.5, 2,
+                                            aligned, coord_dtype=f32)
+    np.testing.assert_allclose(grad.astype(np.float64), expected, rtol=4e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("ratio", [-1, 2])
+@pytest.mark.parametrize("scale", [1.0, 0.7])
+def test_roi_align_backward(backend, dtype, aligned, ratio, scale):
+    boxes = box_zoo(scale)
+    g = np.random.default_rng(3).standard_normal((len(boxes), 3, 3, 4)).astype(dtype)
+    grad = backend.roi_align_backward(g, rois_for(boxes, dtype), SHAPE, scale, ratio, aligned)
+    expected = reference.roi_align_backward(
+        g.astype(np.float64), boxes, SHAPE, (3, 4), scale, ratio, aligned,
+        coord_dtype=compute_dtype(dtype).type,
+    )
+    assert grad.dtype == dtype and grad.shape == SHAPE
+    assert_close(grad, expected, dtype)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("ratio", [-1, 1, 2])
+def test_roi_align_adjoint(backend, aligned, ratio):
+    """<A x, g> == <x, A^T g>: the backward is the exact transpose of the forward."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(SHAPE)
+    rois = rois_for(box_zoo(0.7), np.float64)
+    out = backend.roi_align_forward(x, rois, 0.7, 3, 4, ratio, aligned)
+    g = rng.standard_normal(out.shape)
+    grad = backend.roi_align_backward(g, rois, SHAPE, 0.7, ratio, aligned)
+    assert np.vdot(out, g) == pytest.approx(np.vdot(x, grad), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roi_pool_backward(backend, dtype):
+    boxes = box_zoo(0.5)
+    rois = rois_for(boxes, dtype)
+    out, argmax = backend.roi_pool_forward(features(dtype), rois, 0.5, 3, 4)
+    g = np.random.default_rng(5).standard_normal(out.shape).astype(dtype)
+    grad = backend.roi_pool_backward(g, rois, argmax, SHAPE)
+    expected = reference.roi_pool_backward(g.astype(np.float64), boxes, argmax, SHAPE)
+    assert grad.dtype == dtype
+    assert_close(grad, expected, dtype)
+
+
+def smooth_offsets(boxes, scale, ratio, gamma, seed, pooled=(3, 4), margin=1e-3):
+    """Offsets for which no sample sits within `margin` of a kink of the bilinear surface (an
+    integer position, or the -1 / size edges), so central differences are exact enough."""
+    rng = np.random.default_rng(seed)
+    _, _, h, w = SHAPE
+    ph_, pw_ = pooled
+    for _ in range(1000):
+        offset = rng.normal(0, 1.5, (len(boxes), 2, ph_, pw_))
+        ok = True
+        for k, (_, x1, y1, x2, y2) in enumerate(boxes):
+            sx, sy = x1 * scale - 0.5, y1 * scale - 0.5
+            rw, rh = x2 * scale - 0.5 - sx, y2 * scale - 0.5 - sy
+            gh = ratio if ratio > 0 else int(np.ceil(rh / ph_))
+            gw = ratio if ratio > 0 else int(np.ceil(rw / pw_))
+            for p in range(ph_):
+                for q in range(pw_):
+                    ys = sy + gamma * rh * offset[k, 1, p, q] + (p + (np.arange(gh) + 0.5) / gh) * rh / ph_
+                    xs = sx + gamma * rw * offset[k, 0, p, q] + (q + (np.arange(gw) + 0.5) / gw) * rw / pw_
+                    for v, size in ((ys, h), (xs, w)):
+                        kinks = np.concatenate([np.round(v), [-1.0, size]])
+                        if (np.abs(v[:, None] - kinks[None, :]).min(1) < margin).any():
+                            ok = False
+        if ok:
+            return offset
+    raise RuntimeError("no smooth offsets found")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ratio", [0, 2])
+def test_deform_roi_pool_backward(backend, dtype, ratio):
+    boxes = box_zoo(0.7)
+    rois = rois_for(boxes, dtype)
+    x = features(dtype)
+    offset = np.random.default_rng(6).normal(0, 2, (len(boxes), 2, 3, 4)).astype(rois.dtype)
+    g = np.random.default_rng(7).standard_normal((len(boxes), 3, 3, 4)).astype(dtype)
+    grad, grad_offset = backend.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
+    expected, expected_offset = reference.deform_roi_pool_backward(
+        g.astype(np.float64), x.astype(np.float64), boxes, offset, (3, 4), 0.7, ratio, 0.1,
+        coord_dtype=compute_dtype(dtype).type,
+    )
+    assert grad.dtype == dtype
+    assert_close(grad, expected, dtype)
+    rtol, atol = TOLERANCE[np.dtype(dtype)]
+    np.testing.assert_allclose(grad_offset, expected_offset, rtol=10 * rtol, atol=10 * atol)
+    grad_none, offset_none = backend.deform_roi_pool_backward(g, x, rois, None, 0.7, ratio, 0.1)
+    assert offset_none is None
+
+
+@pytest.mark.parametrize("ratio", [0, 2])
+def test_deform_roi_pool_adjoint(backend, ratio):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(SHAPE)
+    rois = rois_for(box_zoo(0.7), np.float64)
+    offset = rng.normal(0, 2, (len(rois), 2, 3, 4))
+    out = backend.deform_roi_pool_forward(x, rois, offset, 0.7, 3, 4, ratio, 0.1)
+    g = rng.standard_normal(out.shape)
+    grad, _ = backend.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
+    assert np.vdot(out, g) == pytest.approx(np.vdot(x, grad), rel=1e-12)
+
+
+@pytest.mark.parametrize("ratio", [0, 2])
+def test_grad_offset_finite_differences(backend, ratio):
+    """grad_offset is the derivative of the backend's own forward (float64, smooth points,
+    including samples in the edge bands of boxes that straddle the map's border)."""
+    boxes = box_zoo(1.0)[[0, 2, 3, 9, 10]]
+    rois = rois_for(boxes, np.float64)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(SHAPE)
+    g = rng.standard_normal((len(boxes), 3, 3, 4))
+    offset = smooth_offsets(boxes, 1.0, ratio, 0.1, seed=10)
+    _, grad_offset = backend.deform_roi_pool_backward(g, x, rois, offset, 1.0, ratio, 0.1)
+    eps = 1e-7
+    numeric = np.zeros_like(offset)
+    for i in np.ndindex(offset.shape):
+        plus, minus = offset.copy(), offset.copy()
+        plus[i] += eps
+        minus[i] -= eps
+        f = [np.vdot(g, backend.deform_roi_pool_forward(x, rois, o, 1.0, 3, 4, ratio, 0.1))
+             for o in (plus, minus)]
+        numeric[i] = (f[0] - f[1]) / (2 * eps)
+    np.testing.assert_allclose(grad_offset, numeric, rtol=1e-5, atol=1e-7)
+    assert np.abs(grad_offset).max() > 0.1  # the check is not vacuous
+
+
+def _axis_mean(start, bin_size, grid, size, values):
+    """Mean over a bin's samples along one axis of values(position) (zero out of range), in
+    float64 by brute force over every sample: an independent check of the skipping of samples
+    outside the map."""
+    pos = start + (np.arange(grid) + 0.5) * bin_size / grid
+    inside = (pos >= -1) & (pos <= size)
+    return values(np.clip(pos[inside], 0, size - 1)).sum() / grid
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_huge_box_adaptive_sampling(backend, aligned):
+    """A box of 2**18 cells with adaptive sampling (37k x 37k samples per bin) is bounded by the
+    map, not the box, and loses no in-range sample: checked on a map that varies along x only."""
+    n, c, h, w = 1, 1, 6, 9
+    ramp = np.arange(w, dtype=np.float64)
+    x = np.broadcast_to(ramp, (n, c, h, w)).copy()
+    big = 2.0**18
+    boxes = np.array([[0, -big, -big / 2, big, big / 3], [0, -big, 2.25, 3.5, 4.75]])
+    out = backend.roi_align_forward(x, rois_for(boxes, np.float64), 1.0, 7, 7, -1, aligned)
+    shift = 0.5 if aligned else 0.0
+    for k, (_, x1, y1, x2, y2) in enumerate(boxes):
+        sx, sy = x1 - shift, y1 - shift
+        rw, rh = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+        gh, gw = int(np.ceil(rh / 7)), int(np.ceil(rw / 7))
+        for ph in range(7):
+            fy = _axis_mean(sy + ph * rh / 7, rh / 7, gh, h, np.ones_like)
+            for pw in range(7):
+                fx = _axis_mean(sx + pw * rw / 7, rw / 7, gw, w, lambda p: np.interp(p, ramp, ramp))
+                assert out[k, 0, ph, pw] == pytest.approx(fy * fx, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_roi_pool_ties_and_non_finite(backend, dtype):
+    """Ties go to the first cell in scan order; a NaN propagates (argmax: the first NaN); a bin of
+    -inf gives -inf with a valid argmax."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 3, SHAPE).astype(dtype)  # many ties
+    x[0, 0, 2:5, 3:6] = np.nan
+    x[1, 1, :, :4] = -np.inf
+    boxes = box_zoo(1.0)
+    out, argmax = backend.roi_pool_forward(x, rois_for(boxes, dtype), 1.0, 3, 4)
+    expected, expected_argmax = reference.roi_pool(x.astype(np.float64), boxes, (3, 4), 1.0)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(out.astype(np.float64), expected)
+    assert np.isnan(out).any() and np.isneginf(out).any()

@@ -1,0 +1,51 @@
+"""cuproi against torchvision.ops on the same inputs (optional: skipped where torchvision's ops do
+not load, e.g. with torch's CPU-only build; ../shared/tools/torchvision-env builds an
+environment where they do)."""
+
+import numpy as np
+import pytest
+
+import cuproi
+from test_ops import box_zoo, features
+
+torch = pytest.importorskip("torch")
+ops = pytest.importorskip("torchvision.ops")
+try:
+    ops.roi_align(torch.zeros(1, 1, 2, 2), torch.zeros(1, 5), 1)
+except (RuntimeError, NotImplementedError) as error:  # pragma: no cover
+    pytest.skip(f"torchvision ops unavailable: {error}", allow_module_level=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("ratio", [-1, 0, 1, 2, 3])
+@pytest.mark.parametrize("scale", [1.0, 0.5, 0.7, 1 / 16])
+@pytest.mark.parametrize("size", [(3, 4), (7, 7)])
+def test_roi_align(dtype, aligned, ratio, scale, size):
+    x, boxes = features(dtype), box_zoo(scale).astype(dtype)
+    ours = cuproi.roi_align(x, boxes, size, scale, ratio, aligned)
+    theirs = ops.roi_align(torch.from_numpy(x), torch.from_numpy(boxes), size, scale, ratio,
+                           aligned).numpy()
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(ours, theirs, rtol=tol, atol=tol)
+    g = np.random.default_rng(0).standard_normal(ours.shape).astype(dtype)
+    xt = torch.from_numpy(x).requires_grad_()
+    ops.roi_align(xt, torch.from_numpy(boxes), size, scale, ratio, aligned).backward(
+        torch.from_numpy(g))
+    grad = cuproi.roi_align_backward(g, boxes, x.shape, size, scale, ratio, aligned)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1.0, 0.5, 0.7, 1 / 16])
+@pytest.mark.parametrize("size", [(3, 4), (7, 7), (1, 1)])
+def test_roi_pool(dtype, scale, size):
+    x, boxes = features(dtype), box_zoo(scale).astype(dtype)
+    ours, argmax = cuproi.roi_pool(x, boxes, size, scale, return_argmax=True)
+    xt = torch.from_numpy(x).requires_grad_()
+    theirs = ops.roi_pool(xt, torch.from_numpy(boxes), size, scale)
+    np.testing.assert_array_equal(ours, theirs.detach().numpy())
+    g = np.random.default_rng(0).standard_normal(ours.shape).astype(dtype)
+    theirs.backward(torch.from_numpy(g))
+    grad = cuproi.roi_pool_backward(g, boxes, argmax, x.shape)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
