@@ -312,3 +312,21 @@ def test_roi_pool_ties_and_non_finite(backend, dtype):
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(out.astype(np.float64), expected)
     assert np.isnan(out).any() and np.isneginf(out).any()
+
+
+@pytest.mark.parametrize("shape, k", [((2, 3, 5, 6), 0), ((2, 0, 5, 6), 3)])
+def test_empty_boxes_or_channels(backend, shape, k):
+    x = np.ones(shape, np.float32)
+    rois = rois_for(box_zoo(1.0)[:k], np.float32)
+    offset = np.zeros((k, 2, 2, 3), np.float32)
+    bins = (k, shape[1], 2, 3)
+    g = np.ones(bins, np.float32)
+    assert backend.roi_align_forward(x, rois, 1.0, 2, 3, 2, True).shape == bins
+    out, argmax = backend.roi_pool_forward(x, rois, 1.0, 2, 3)
+    assert out.shape == argmax.shape == bins and argmax.dtype == np.int32
+    assert backend.deform_roi_pool_forward(x, rois, offset, 1.0, 2, 3, 0, 0.1).shape == bins
+    for grad in (backend.roi_align_backward(g, rois, shape, 1.0, 2, True),
+                 backend.roi_pool_backward(g, rois, argmax, shape)):
+        assert grad.shape == shape and not grad.any()
+    grad, grad_offset = backend.deform_roi_pool_backward(g, x, rois, offset, 1.0, 0, 0.1)
+    assert grad.shape == shape and not grad.any() and not grad_offset.any()

@@ -34,7 +34,7 @@ def _operators(
             _sampling.samples_bound(y_start, y_bin, y_grid, h)
             * _sampling.samples_bound(x_start, x_bin, x_grid, w)
         )
-        .reshape(k, -1)
+        .reshape(k, pooled_h * pooled_w)
         .sum(1)
     )
     for k0, k1 in _sampling.chunks(cost):

@@ -33,9 +33,10 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     h0, h1, w0, w1 = _bins(rois, spatial_scale, pooled_h, pooled_w, h, w)
     rows = np.maximum(h1 - h0, 0)[:, :, None]
     cols = np.maximum(w1 - w0, 0)[:, None, :]
-    cells = (rows * cols).reshape(k, -1)  # (K, PH*PW), 0 for an empty bin
-    out = np.zeros((k, pooled_h * pooled_w, c), input.dtype)
-    argmax = np.full((k, pooled_h * pooled_w, c), -1, np.int32)
+    cells = (rows * cols).reshape(k, pooled_h * pooled_w)  # 0 for an empty bin
+    # Bins as rows: (K * PH * PW, C).
+    out = np.zeros((k * pooled_h * pooled_w, c), input.dtype)
+    argmax = np.full((k * pooled_h * pooled_w, c), -1, np.int32)
     x_rows = _sampling.pixels_by_channel(input)
     image = rois[:, 0].astype(np.int64)
     for k0, k1 in _sampling.chunks(cells.sum(1) * max(c, 1)):
@@ -61,8 +62,8 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
         # First hit in scan order: the smallest entry index among the hits of each segment.
         order = np.where(hit, np.arange(values.shape[0], dtype=np.int64)[:, None], values.shape[0])
         winner = np.minimum.reduceat(order, starts, axis=0)
-        out.reshape(-1, c)[k0 * pooled_h * pooled_w + full] = best
-        argmax.reshape(-1, c)[k0 * pooled_h * pooled_w + full] = (hh * w + ww)[winner]
+        out[k0 * pooled_h * pooled_w + full] = best
+        argmax[k0 * pooled_h * pooled_w + full] = (hh * w + ww)[winner]
     out = out.reshape(k, pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
     argmax = argmax.reshape(k, pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(out), np.ascontiguousarray(argmax)

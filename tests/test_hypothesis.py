@@ -1,0 +1,465 @@
+"""Property tests (hypothesis) of the three ops on random shapes, scales and a zoo of boxes.
+
+Boxes come from a zoo: inside the map, partly outside, wholly outside, degenerate (x1 == x2
+and/or y1 == y2), flipped (x2 < x1), tiny, and huge (up to ~1e5 times the map, within the
+validation bound of ``_validate.MAX_COORDINATE`` cells). Properties:
+
+- every output is finite, of the input dtype and of the documented shape;
+- the CPU backend (public API on NumPy arrays) equals the float64 loop oracles of
+  ``reference.py`` (float64: to ~1e-9; float32: to ~1e-5 of the magnitude of the inputs, with the
+  oracle's coordinates in float32 like cuproi's); roi_pool's argmax equals the oracle's exactly;
+- the backward of roi_align and deform_roi_pool (offset fixed) is the adjoint of the forward;
+- the CUDA kernels run on the host (``host.bind``) equal the CPU backend on the same validated
+  arrays, forward and backward, roi_pool's argmax exactly.
+
+The oracles visit every sample of every bin, and adaptive sampling puts ``ceil(box / output)``
+samples per bin and axis: a huge box means millions of samples. So an oracle comparison whose
+sample count would exceed ``ORACLE_BUDGET`` uses a fixed sampling_ratio instead (for huge boxes
+always), and adaptive sampling on huge boxes is checked for finiteness and CPU-vs-kernel
+agreement only (both skip the samples outside the map).
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cuproi
+import host
+import reference
+from cuproi import _cpu, _validate
+
+SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+MAX = _validate.MAX_COORDINATE
+HUGE = 1e5  # huge boxes reach up to this many times the map size
+SCALES = (1.0, 0.5, 0.25, 1 / 16, 0.7, 1.3, 2.0, 1 / 3)
+RATIOS = (-1, 0, 1, 2, 3)
+GAMMAS = (0.1, 0.0, 1.0, -0.3, 0.05, 2.5)
+KINDS = ("inside", "partial", "outside", "degenerate", "flipped", "tiny")
+# Above this many oracle samples (boxes x channels x bins x samples per bin), compare with a
+# fixed sampling_ratio: the oracle costs ~2 us per sample.
+ORACLE_BUDGET = 20_000
+FIXED_RATIO = 2
+
+needs_compiler = pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler (g++)")
+
+
+# ---- strategies --------------------------------------------------------------------------------
+
+
+def coordinate(lo, hi):
+    """A float in [lo, hi], often a whole or half number (samples on the kinks of the grid)."""
+    whole = st.integers(math.ceil(lo), math.floor(hi)).map(float)
+    halves = st.integers(math.ceil(lo * 2), math.floor(hi * 2)).map(lambda v: v / 2)
+    floats = st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+    return st.one_of(floats, halves, whole) if math.ceil(lo) <= math.floor(hi) else st.one_of(
+        floats, halves)
+
+
+@st.composite
+def axis(draw, kind, size):
+    """(start, end) of a box along an axis of ``size`` cells, in feature cells."""
+    s = float(size)
+    if kind == "inside":
+        return tuple(sorted((draw(coordinate(0, s)), draw(coordinate(0, s)))))
+    if kind == "partial":
+        return draw(coordinate(-s - 2, s / 2)), draw(coordinate(s / 2, 2 * s + 2))
+    if kind == "outside":
+        length = draw(coordinate(0, s))
+        if draw(st.booleans()):
+            a = draw(coordinate(s + 1.5, 3 * s + 5))
+            return a, a + length
+        b = draw(coordinate(-3 * s - 5, -1.5))
+        return b - length, b
+    if kind == "degenerate":
+        a = draw(coordinate(-1.5, s + 1.5))
+        return a, a
+    if kind == "flipped":
+        a = draw(coordinate(-1, s + 1))
+        return a, a - draw(coordinate(0.01, s))
+    if kind == "tiny":
+        a = draw(coordinate(-1, s + 1))
+        return a, a + draw(st.sampled_from([1e-6, 1e-3, 0.05, 0.3]))
+    if kind == "huge":
+        cap = 0.99 * MAX
+        reach = st.floats(s, min(HUGE * s, cap - s), allow_nan=False)
+        a = draw(st.one_of(reach.map(lambda v: -v), coordinate(0, s)))
+        b = draw(st.one_of(reach.map(lambda v: s + v), coordinate(0, s)))
+        if draw(st.booleans()):  # also flipped huge boxes
+            a, b = b, a
+        return a, b
+    raise AssertionError(kind)
+
+
+@dataclass
+class Problem:
+    x: np.ndarray  # (N, C, H, W) float64, distinct values
+    rois: np.ndarray  # (K, 5) float64 [b, x1, y1, x2, y2] in image coordinates
+    pooled: tuple
+    scale: float
+    ratio: int
+    aligned: bool
+    gamma: float
+    offset: np.ndarray | None  # (K, 2, PH, PW) float64
+    grad: np.ndarray  # (K, C, PH, PW) float64
+    huge: bool
+
+    def cast(self, dtype):
+        """x, rois, offset, grad as cuproi reads them for ``dtype`` features."""
+        ct = np.float64 if dtype == np.float64 else np.float32
+        offset = None if self.offset is None else self.offset.astype(ct)
+        return self.x.astype(dtype), self.rois.astype(ct), offset, self.grad.astype(dtype)
+
+
+@st.composite
+def problems(draw, huge=False, only_huge=False, ratios=RATIOS, max_boxes=4):
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    pooled = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    scale = draw(st.sampled_from(SCALES))
+    k = draw(st.integers(1, max_boxes))
+    kinds = st.sampled_from(KINDS + (("huge",) if huge else ()))
+    rows, any_huge = [], False
+    for i in range(k):
+        kx, ky = draw(kinds), draw(kinds)
+        if only_huge and i == 0 and "huge" not in (kx, ky):
+            kx = "huge"
+        any_huge |= "huge" in (kx, ky)
+        x1, x2 = draw(axis(kx, w))
+        y1, y2 = draw(axis(ky, h))
+        index = draw(st.integers(0, n - 1))
+        rows.append([index, x1 / scale, y1 / scale, x2 / scale, y2 / scale])
+    rois = np.array(rows, np.float64)
+    assert (np.abs(rois[:, 1:]) * scale <= MAX).all()
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    size = n * c * h * w
+    magnitude = draw(st.sampled_from([1.0, 1.0, 50.0]))
+    x = (rng.permutation(size).reshape(n, c, h, w) / size * 2 - 1) * magnitude
+    offset_kind = draw(st.sampled_from(["none", "zero", "small", "small", "large"]))
+    offset = None
+    if offset_kind != "none":
+        spread = {"zero": 0.0, "small": 1.0, "large": 20.0}[offset_kind]
+        offset = rng.uniform(-spread, spread, (k, 2, *pooled))
+    return Problem(
+        x=x,
+        rois=rois,
+        pooled=pooled,
+        scale=scale,
+        ratio=draw(st.sampled_from(ratios)),
+        aligned=draw(st.booleans()),
+        gamma=draw(st.sampled_from(GAMMAS)),
+        offset=offset,
+        grad=rng.standard_normal((k, c, *pooled)),
+        huge=any_huge,
+    )
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def oracle_samples(p, ratio, min_one=True):
+    """Upper bound on the samples the oracle evaluates (boxes x channels x bins x grid)."""
+    ph, pw = p.pooled
+    if ratio > 0:
+        per_bin = np.full(len(p.rois), ratio * ratio, np.float64)
+    else:
+        width = (p.rois[:, 3] - p.rois[:, 1]) * p.scale
+        height = (p.rois[:, 4] - p.rois[:, 2]) * p.scale
+        if min_one:
+            width, height = np.maximum(width, 1), np.maximum(height, 1)
+        per_bin = np.maximum(np.ceil(height / ph) + 1, 0) * np.maximum(np.ceil(width / pw) + 1, 0)
+    return float(per_bin.sum()) * p.x.shape[1] * ph * pw
+
+
+def affordable_ratio(p, min_one=True):
+    """The example's sampling_ratio, or a fixed one when the oracle would take too long."""
+    return p.ratio if oracle_samples(p, p.ratio, min_one) <= ORACLE_BUDGET else FIXED_RATIO
+
+
+def coord_dtype(dtype):
+    return np.float64 if dtype == np.float64 else np.float32
+
+
+def tolerance(dtype):
+    return 1e-9 if dtype == np.float64 else 1e-5
+
+
+def assert_close(actual, expected, rel, magnitude):
+    """|actual - expected| <= rel * (|expected| + max(magnitude, max |expected|))."""
+    expected = np.asarray(expected, np.float64)
+    scale = max(float(magnitude), float(np.abs(expected).max(initial=0.0)), 1e-300)
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rel,
+                               atol=rel * scale)
+
+
+def assert_finite(*arrays):
+    for a in arrays:
+        if a is not None:
+            assert np.isfinite(a).all()
+
+
+def mag(a):
+    return float(np.abs(a).max(initial=0.0))
+
+
+def pool_backward_boxes(rois, scale):
+    """The boxes to give roi_pool_backward: the same boxes in feature coordinates.
+
+    roi_pool_backward only reads the batch indices, but it checks the coordinates against the
+    bound at spatial_scale 1.0, so it rejects huge boxes that roi_pool accepted at a scale < 1
+    (a bug, see test_validation.py::test_roi_pool_backward_accepts_the_boxes_of_its_forward).
+    Scaled to feature coordinates they pass, and the gradient is the same.
+    """
+    rois = rois.copy()
+    rois[:, 1:] *= rois.dtype.type(scale)
+    return rois
+
+
+# ---- finite, typed, shaped ---------------------------------------------------------------------
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(p=problems(huge=True), dtype=st.sampled_from([np.float16, np.float32, np.float64]))
+def test_outputs_finite_typed_and_shaped(p, dtype):
+    x, rois, offset, g = p.cast(dtype)
+    if offset is not None:
+        offset = offset.astype(dtype)
+    k, c = len(rois), x.shape[1]
+    shape = (k, c, *p.pooled)
+
+    out = cuproi.roi_align(x, rois, p.pooled, p.scale, p.ratio, p.aligned)
+    grad = cuproi.roi_align_backward(g, rois, x.shape, p.pooled, p.scale, p.ratio, p.aligned)
+    assert out.shape == shape and out.dtype == dtype
+    assert grad.shape == x.shape and grad.dtype == dtype
+    assert_finite(out, grad)
+
+    out, argmax = cuproi.roi_pool(x, rois, p.pooled, p.scale, return_argmax=True)
+    grad = cuproi.roi_pool_backward(g, pool_backward_boxes(rois, p.scale), argmax, x.shape)
+    assert out.shape == shape and out.dtype == dtype
+    assert argmax.shape == shape and argmax.dtype == np.int32
+    assert ((argmax >= -1) & (argmax < x.shape[2] * x.shape[3])).all()
+    assert grad.shape == x.shape and grad.dtype == dtype
+    assert_finite(out, grad)
+
+    out = cuproi.deform_roi_pool(x, rois, offset, p.pooled, p.scale, p.ratio, p.gamma)
+    grad, grad_offset = cuproi.deform_roi_pool_backward(g, x, rois, offset, p.pooled, p.scale,
+                                                        p.ratio, p.gamma)
+    assert out.shape == shape and out.dtype == dtype
+    assert grad.shape == x.shape and grad.dtype == dtype
+    if offset is None:
+        assert grad_offset is None
+    else:
+        assert grad_offset.shape == offset.shape and grad_offset.dtype == dtype
+    assert_finite(out, grad, grad_offset)
+
+
+# ---- CPU backend against the oracles -----------------------------------------------------------
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(p=problems(), dtype=st.sampled_from([np.float64, np.float32]))
+def test_roi_align_matches_oracle(p, dtype):
+    x, rois, _, g = p.cast(dtype)
+    ratio = affordable_ratio(p, min_one=not p.aligned)
+    cd, rel = coord_dtype(dtype), tolerance(dtype)
+
+    out = cuproi.roi_align(x, rois, p.pooled, p.scale, ratio, p.aligned)
+    expected = reference.roi_align(x, rois, p.pooled, p.scale, ratio, p.aligned, coord_dtype=cd)
+    assert_close(out, expected, rel, mag(x))
+
+    grad = cuproi.roi_align_backward(g, rois, x.shape, p.pooled, p.scale, ratio, p.aligned)
+    expected = reference.roi_align_backward(g, rois, x.shape, p.pooled, p.scale, ratio,
+                                            p.aligned, coord_dtype=cd)
+    assert_close(grad, expected, rel, mag(g))
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(p=problems(huge=True), dtype=st.sampled_from([np.float64, np.float32]))
+def test_roi_pool_matches_oracle(p, dtype):
+    # RoI Pool visits the cells of each bin clipped to the map: the oracle is cheap for any box.
+    x, rois, _, g = p.cast(dtype)
+    out, argmax = cuproi.roi_pool(x, rois, p.pooled, p.scale, return_argmax=True)
+    expected, expected_argmax = reference.roi_pool(x, rois, p.pooled, p.scale,
+                                                   coord_dtype=coord_dtype(dtype))
+    np.testing.assert_array_equal(argmax, expected_argmax)  # distinct values: no ties
+    np.testing.assert_array_equal(out.astype(np.float64), expected)  # a max is exact
+
+    grad = cuproi.roi_pool_backward(g, pool_backward_boxes(rois, p.scale), argmax, x.shape)
+    expected = reference.roi_pool_backward(g, rois, expected_argmax, x.shape)
+    assert_close(grad, expected, tolerance(dtype), mag(g))
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(p=problems(), dtype=st.sampled_from([np.float64, np.float32]))
+def test_deform_roi_pool_matches_oracle(p, dtype):
+    x, rois, offset, g = p.cast(dtype)
+    ratio = affordable_ratio(p, min_one=False)
+    cd, rel = coord_dtype(dtype), tolerance(dtype)
+
+    out = cuproi.deform_roi_pool(x, rois, offset, p.pooled, p.scale, ratio, p.gamma)
+    expected = reference.deform_roi_pool(x, rois, offset, p.pooled, p.scale, ratio, p.gamma,
+                                         coord_dtype=cd)
+    assert_close(out, expected, rel, mag(x))
+
+    grad, grad_offset = cuproi.deform_roi_pool_backward(g, x, rois, offset, p.pooled, p.scale,
+                                                        ratio, p.gamma)
+    expected, expected_offset = reference.deform_roi_pool_backward(
+        g, x, rois, offset, p.pooled, p.scale, ratio, p.gamma, coord_dtype=cd)
+    assert_close(grad, expected, rel, mag(g))
+    if offset is None:
+        assert grad_offset is None
+    else:
+        # d out / d offset = gamma * box size * slope: scale the tolerance by that factor.
+        sizes = np.abs(rois[:, 3:5] - rois[:, 1:3]).max(initial=0.0) * p.scale + 1
+        assert_close(grad_offset, expected_offset, rel,
+                     abs(p.gamma) * sizes * 2 * mag(x) * mag(g))
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(p=problems(huge=True, only_huge=True, ratios=(1, 2, 3)),
+       dtype=st.sampled_from([np.float64, np.float32]))
+def test_huge_boxes_match_oracle_with_fixed_sampling(p, dtype):
+    x, rois, offset, g = p.cast(dtype)
+    cd, rel = coord_dtype(dtype), tolerance(dtype)
+    out = cuproi.roi_align(x, rois, p.pooled, p.scale, p.ratio, p.aligned)
+    expected = reference.roi_align(x, rois, p.pooled, p.scale, p.ratio, p.aligned,
+                                   coord_dtype=cd)
+    assert_close(out, expected, rel, mag(x))
+    grad = cuproi.roi_align_backward(g, rois, x.shape, p.pooled, p.scale, p.ratio, p.aligned)
+    expected = reference.roi_align_backward(g, rois, x.shape, p.pooled, p.scale, p.ratio,
+                                            p.aligned, coord_dtype=cd)
+    assert_close(grad, expected, rel, mag(g))
+
+    out = cuproi.deform_roi_pool(x, rois, offset, p.pooled, p.scale, p.ratio, p.gamma)
+    expected = reference.deform_roi_pool(x, rois, offset, p.pooled, p.scale, p.ratio, p.gamma,
+                                         coord_dtype=cd)
+    assert_close(out, expected, rel, mag(x))
+    grad, grad_offset = cuproi.deform_roi_pool_backward(g, x, rois, offset, p.pooled, p.scale,
+                                                        p.ratio, p.gamma)
+    expected, expected_offset = reference.deform_roi_pool_backward(
+        g, x, rois, offset, p.pooled, p.scale, p.ratio, p.gamma, coord_dtype=cd)
+    assert_close(grad, expected, rel, mag(g))
+    if offset is not None:
+        sizes = np.abs(rois[:, 3:5] - rois[:, 1:3]).max(initial=0.0) * p.scale + 1
+        assert_close(grad_offset, expected_offset, rel,
+                     abs(p.gamma) * sizes * 2 * mag(x) * mag(g))
+
+
+# ---- adjoint identity --------------------------------------------------------------------------
+
+
+def assert_adjoint(forward_x, x, g, backward_g, bins):
+    lhs = float(np.sum(forward_x * g))
+    rhs = float(np.sum(x * backward_g))
+    # Every bin is an average (weights summing to at most 1): |lhs| <= bins * max|x| * max|g|.
+    assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-12 * bins * mag(x) * mag(g) + 1e-300)
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(p=problems(huge=True))
+def test_roi_align_adjoint(p):
+    x, rois, _, g = p.cast(np.float64)
+    out = cuproi.roi_align(x, rois, p.pooled, p.scale, p.ratio, p.aligned)
+    grad = cuproi.roi_align_backward(g, rois, x.shape, p.pooled, p.scale, p.ratio, p.aligned)
+    assert_adjoint(out, x, g, grad, g.size)
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(p=problems(huge=True))
+def test_deform_roi_pool_adjoint(p):
+    x, rois, offset, g = p.cast(np.float64)
+    out = cuproi.deform_roi_pool(x, rois, offset, p.pooled, p.scale, p.ratio, p.gamma)
+    grad, _ = cuproi.deform_roi_pool_backward(g, x, rois, offset, p.pooled, p.scale, p.ratio,
+                                              p.gamma)
+    assert_adjoint(out, x, g, grad, g.size)
+
+
+# ---- host-run CUDA kernels against the CPU backend ---------------------------------------------
+
+
+def validated(p, dtype):
+    """The arrays the public layer hands to a backend for ``dtype`` features."""
+    x, rois, offset, g = p.cast(dtype)
+    x = _validate.features(np, x)
+    rois = _validate.boxes(np, rois, x.shape[0], p.scale, x.dtype)
+    offset = _validate.offset(np, offset, len(rois), p.pooled, x.dtype)
+    g = _validate.grad_output(np, g, len(rois), x.shape[1], p.pooled)
+    return x, rois, offset, g
+
+
+def compare_backends(p, dtype):
+    x, rois, offset, g = validated(p, dtype)
+    rel = tolerance(dtype)
+    ph, pw = p.pooled
+    kernel = {op: host.bind(op) for op in ("roi_align_forward", "roi_align_backward",
+                                           "roi_pool_forward", "roi_pool_backward",
+                                           "deform_roi_pool_forward",
+                                           "deform_roi_pool_backward")}
+
+    args = (x, rois, p.scale, ph, pw, p.ratio, p.aligned)
+    expected = _cpu.roi_align_forward(*args)
+    actual = kernel["roi_align_forward"](*args)
+    assert actual.dtype == expected.dtype == dtype
+    assert_finite(expected, actual)
+    assert_close(actual, expected, rel, mag(x))
+    args = (g, rois, x.shape, p.scale, p.ratio, p.aligned)
+    expected = _cpu.roi_align_backward(*args)
+    actual = kernel["roi_align_backward"](*args)
+    assert actual.dtype == expected.dtype == dtype
+    assert_finite(expected, actual)
+    assert_close(actual, expected, rel, mag(g))
+
+    expected, expected_argmax = _cpu.roi_pool_forward(x, rois, p.scale, ph, pw)
+    actual, argmax = kernel["roi_pool_forward"](x, rois, p.scale, ph, pw)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(actual, expected)
+    assert argmax.dtype == expected_argmax.dtype == np.int32
+    args = (g, rois, expected_argmax, x.shape)
+    expected = _cpu.roi_pool_backward(*args)
+    actual = kernel["roi_pool_backward"](*args)
+    assert actual.dtype == expected.dtype == dtype
+    assert_close(actual, expected, rel, mag(g))
+
+    args = (x, rois, offset, p.scale, ph, pw, p.ratio, p.gamma)
+    expected = _cpu.deform_roi_pool_forward(*args)
+    actual = kernel["deform_roi_pool_forward"](*args)
+    assert actual.dtype == expected.dtype == dtype
+    assert_finite(expected, actual)
+    assert_close(actual, expected, rel, mag(x))
+    args = (g, x, rois, offset, p.scale, p.ratio, p.gamma)
+    expected, expected_offset = _cpu.deform_roi_pool_backward(*args)
+    actual, actual_offset = kernel["deform_roi_pool_backward"](*args)
+    assert_finite(expected, actual, expected_offset, actual_offset)
+    assert_close(actual, expected, rel, mag(g))
+    if offset is None:
+        assert actual_offset is None and expected_offset is None
+    else:
+        assert actual_offset.dtype == expected_offset.dtype
+        sizes = np.abs(rois[:, 3:5] - rois[:, 1:3]).max(initial=0.0) * p.scale + 1
+        assert_close(actual_offset, expected_offset, rel,
+                     abs(p.gamma) * sizes * 2 * mag(x) * mag(g))
+
+
+@needs_compiler
+@settings(max_examples=200, **SETTINGS)
+@given(p=problems(huge=True), dtype=st.sampled_from([np.float64, np.float32]))
+def test_host_kernels_match_cpu(p, dtype):
+    compare_backends(p, dtype)
+
+
+@needs_compiler
+@settings(max_examples=80, **SETTINGS)
+@given(p=problems(huge=True, only_huge=True, ratios=(-1, 0)),
+       dtype=st.sampled_from([np.float64, np.float32]))
+def test_huge_boxes_adaptive_sampling_host_kernels_match_cpu(p, dtype):
+    # Millions of samples per bin, nearly all outside the map: finite, and both backends agree.
+    compare_backends(p, dtype)
