@@ -27,14 +27,19 @@ def _identity(result):
     return result
 
 
+# Arguments that may be None (absent), and those that may be a list of per-image arrays.
+_OPTIONAL = {"offset"}
+_SEQUENCES = {"boxes"}
+
+
 def prepare(**arrays):
     """Pick the backend for the named arrays of one call.
 
     Parameters
     ----------
     **arrays
-        Arrays by argument name; a value may also be None (an absent optional array) or a list
-        or tuple of arrays (per-image boxes).
+        Arrays by argument name. ``offset`` may be None (absent); ``boxes`` may be a list or
+        tuple of arrays (one per image).
 
     Returns
     -------
@@ -48,17 +53,20 @@ def prepare(**arrays):
     Raises
     ------
     TypeError
-        For a value that is not a NumPy or CuPy array.
+        For a value that is not a NumPy or CuPy array (None where an array is required).
     ValueError
         When the arrays live on different devices; nothing is copied between them.
     """
     seen = {}  # device -> first argument found there
     for name, value in arrays.items():
-        items = value if isinstance(value, (list, tuple)) else [value]
-        for i, item in enumerate(items):
-            if item is not None:
-                label = f"{name}[{i}]" if items is value else name
-                seen.setdefault(_device(item, label), label)
+        if value is None and name in _OPTIONAL:
+            continue
+        if isinstance(value, (list, tuple)) and name in _SEQUENCES:
+            items = [(f"{name}[{i}]", item) for i, item in enumerate(value)]
+        else:
+            items = [(name, value)]
+        for label, item in items:
+            seen.setdefault(_device(item, label), label)
     if len(seen) > 1:
         where = ", ".join(f"{label} on {device}" for device, label in seen.items())
         raise ValueError(

@@ -39,7 +39,7 @@ def _real(value, name):
 
 def output_size(value):
     """``(PH, PW)`` from an int or a pair of positive ints."""
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    pair = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else (value, value)
     if len(pair) != 2:
         raise ValueError(f"output_size must be an int or a pair (h, w); got {value!r}")
     ph, pw = (_integer(v, "output_size") for v in pair)
@@ -128,9 +128,15 @@ def boxes(xp, value, batch, scale, dtype, name="boxes"):
 
     ``value`` is a (K, 5) array [batch_index, x1, y1, x2, y2] or a list of per-image (L, 4)
     arrays [x1, y1, x2, y2]. Checks, in one reduction: batch indices integral and in
-    [0, batch), coordinates finite and within MAX_COORDINATE cells once scaled.
+    [0, batch), coordinates finite and, unless ``scale`` is None (a backward that reads only
+    the batch indices), within MAX_COORDINATE cells once scaled.
     """
     ct = compute_dtype(dtype)
+    if scale is not None and not 0 < ct.type(scale) < np.inf:
+        raise ValueError(
+            f"spatial_scale {scale} is not a positive {ct} (the compute dtype of "
+            f"{np.dtype(dtype)} features)"
+        )
     if isinstance(value, (list, tuple)):
         if len(value) > batch:
             raise ValueError(
@@ -163,12 +169,11 @@ def boxes(xp, value, batch, scale, dtype, name="boxes"):
     if len(rois):
         index = rois[:, 0]
         with np.errstate(invalid="ignore", over="ignore"):
-            ok = (
-                (index >= 0)
-                & (index < batch)
-                & (index == xp.floor(index))
-                & (xp.abs(rois[:, 1:]) * scale <= MAX_COORDINATE).all(axis=1)
-            )
+            ok = (index >= 0) & (index < batch) & (index == xp.floor(index))
+            if scale is None:
+                ok &= xp.isfinite(rois[:, 1:]).all(axis=1)
+            else:
+                ok &= (xp.abs(rois[:, 1:]) * scale <= MAX_COORDINATE).all(axis=1)
         if not bool(ok.all()):
             _explain(rois[int(xp.argmin(ok))].tolist(), int(xp.argmin(ok)), batch, scale, name)
     return rois
@@ -177,18 +182,18 @@ def boxes(xp, value, batch, scale, dtype, name="boxes"):
 def _explain(row, k, batch, scale, name):
     """Raise the error that fits the first bad box row."""
     b, coords = row[0], row[1:]
-    if not all(np.isfinite(coords)):
-        raise ValueError(f"{name}[{k}] has non-finite coordinates {coords}")
     if not np.isfinite(b) or b != np.floor(b):
         raise ValueError(f"{name}[{k}] has batch index {b}; batch indices must be whole numbers")
     if not 0 <= b < batch:
+        valid = f"valid: 0 to {batch - 1}" if batch else "there is none"
         raise IndexError(
-            f"{name}[{k}] has batch index {int(b)} but the input holds {batch} "
-            f"images (valid: 0 to {batch - 1})"
+            f"{name}[{k}] has batch index {int(b)} but the input holds {batch} images ({valid})"
         )
+    if not all(np.isfinite(coords)):
+        raise ValueError(f"{name}[{k}] has non-finite coordinates {coords}")
     raise ValueError(
-        f"{name}[{k}] has coordinates {coords}, which exceed +-{MAX_COORDINATE} "
-        f"feature cells at spatial_scale {scale}"
+        f"{name}[{k}] has coordinates {coords}, which exceed +-{MAX_COORDINATE} feature cells "
+        f"at spatial_scale {scale}"
     )
 
 
@@ -205,10 +210,19 @@ def offset(xp, value, k, pooled, dtype, name="offset"):
     return xp.ascontiguousarray(value, dtype=compute_dtype(dtype))
 
 
-def argmax(xp, value, shape, name="argmax"):
-    """The int argmax of roi_pool, shaped like the gradient, as C-contiguous int32."""
+def argmax(xp, value, shape, plane, name="argmax"):
+    """The argmax of roi_pool, shaped like the gradient, as C-contiguous int32.
+
+    Its values must be -1 (empty bin) or a cell of the (H, W) plane, ``0 <= a < plane``:
+    checked in one reduction before the cast, so no value wraps or lands in another plane.
+    """
     if value.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array (from roi_pool); got {value.dtype}")
     if value.shape != shape:
         raise ValueError(f"{name} must have the shape of grad_output {shape}; got {value.shape}")
+    if value.size and not bool(((value >= -1) & (value < plane)).all()):
+        raise ValueError(
+            f"{name} holds values outside [-1, {plane}) (-1 for an empty bin, "
+            f"else h * W + w): min {int(value.min())}, max {int(value.max())}"
+        )
     return xp.ascontiguousarray(value, dtype=np.int32)

@@ -117,9 +117,9 @@ def roi_pool_backward(grad_output, boxes, argmax, input_shape):
         grad_output=grad_output, boxes=boxes, argmax=argmax
     )
     shape = _validate.input_shape(input_shape)
-    rois = _validate.boxes(backend.xp, b, shape[0], 1.0, g.dtype)
+    rois = _validate.boxes(backend.xp, b, shape[0], None, g.dtype)  # only batch indices used
     if g.ndim != 4:
         raise ValueError(f"grad_output must be a 4-D array (K, C, PH, PW); got shape {g.shape}")
     g = _validate.grad_output(backend.xp, g, len(rois), shape[1], g.shape[2:])
-    a = _validate.argmax(backend.xp, a, g.shape)
+    a = _validate.argmax(backend.xp, a, g.shape, shape[2] * shape[3])
     return restore(backend.roi_pool_backward(g, rois, a, shape))

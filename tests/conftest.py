@@ -2,10 +2,10 @@
 
 import types
 
+import host
 import numpy as np
 import pytest
 
-import host
 from cuproi import _cpu
 
 BACKEND_OPS = (

@@ -45,6 +45,7 @@ __all__ = [
 # small helpers
 # ----------------------------------------------------------------------------
 
+
 def _pair(output_size):
     """int or (PH, PW) -> (PH, PW) as python ints."""
     if isinstance(output_size, (int, np.integer)):
@@ -53,7 +54,7 @@ def _pair(output_size):
         ph, pw = output_size
         ph, pw = int(ph), int(pw)
     if ph <= 0 or pw <= 0:
-        raise ValueError("output_size must be positive, got %r" % (output_size,))
+        raise ValueError(f"output_size must be positive, got {output_size!r}")
     return ph, pw
 
 
@@ -61,21 +62,21 @@ def _ctype(coord_dtype):
     """numpy scalar type used for coordinate arithmetic."""
     t = np.dtype(coord_dtype)
     if t.kind != "f":
-        raise TypeError("coord_dtype must be a floating dtype, got %r" % (coord_dtype,))
+        raise TypeError(f"coord_dtype must be a floating dtype, got {coord_dtype!r}")
     return t.type
 
 
 def _features(x):
     x = np.asarray(x)
     if x.ndim != 4:
-        raise ValueError("x must be (N, C, H, W), got shape %r" % (x.shape,))
+        raise ValueError(f"x must be (N, C, H, W), got shape {x.shape!r}")
     return x.astype(np.float64)
 
 
 def _rois(rois):
     rois = np.asarray(rois)
     if rois.ndim != 2 or rois.shape[1] != 5:
-        raise ValueError("rois must be (K, 5), got shape %r" % (rois.shape,))
+        raise ValueError(f"rois must be (K, 5), got shape {rois.shape!r}")
     return rois
 
 
@@ -110,8 +111,9 @@ def _sampling_grid(rh_over_ph, rw_over_pw, sampling_ratio):
     return gh, gw, count
 
 
-def _align_geometry(roi, spatial_scale, output_size, sampling_ratio, aligned,
-                    min_size, coord_dtype):
+def _align_geometry(
+    roi, spatial_scale, output_size, sampling_ratio, aligned, min_size, coord_dtype
+):
     """Coordinate-dtype geometry of one RoIAlign-style box.
 
     Returns a dict with sx, sy, rw, rh, bh, bw (coord_dtype scalars) and
@@ -209,13 +211,13 @@ def _bilinear_weights(H, W, y, x):
     yl, yh, xl, xh, ly, lx = _neighbours(H, W, y, x)
     hy = 1.0 - ly
     hx = 1.0 - lx
-    return [((yl, xl), hy * hx), ((yl, xh), hy * lx),
-            ((yh, xl), ly * hx), ((yh, xh), ly * lx)]
+    return [((yl, xl), hy * hx), ((yl, xh), hy * lx), ((yh, xl), ly * hx), ((yh, xh), ly * lx)]
 
 
 # ----------------------------------------------------------------------------
 # bilinear interpolation and its (right) derivative
 # ----------------------------------------------------------------------------
+
 
 def bilinear(img, y, x):
     """Caffe2/torchvision RoIAlign bilinear interpolation of a (H, W) image.
@@ -269,8 +271,17 @@ def bilinear_grad(img, y, x):
 # A / B: RoI Align (torchvision.ops.roi_align)
 # ----------------------------------------------------------------------------
 
-def roi_align(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
-              aligned=False, *, coord_dtype=np.float64):
+
+def roi_align(
+    x,
+    rois,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=False,
+    *,
+    coord_dtype=np.float64,
+):
     """torchvision.ops.roi_align forward (Caffe2 kernel) -> (K, C, PH, PW) float64."""
     x = _features(x)
     rois = _rois(rois)
@@ -280,8 +291,9 @@ def roi_align(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
     out = np.zeros((K, C, PH, PW), dtype=np.float64)
     for k in range(K):
         b = _batch_index(rois, k)
-        g = _align_geometry(rois[k], spatial_scale, (PH, PW), sampling_ratio,
-                            aligned, not aligned, coord_dtype)
+        g = _align_geometry(
+            rois[k], spatial_scale, (PH, PW), sampling_ratio, aligned, not aligned, coord_dtype
+        )
         for c in range(C):
             img = x[b, c]
             for ph in range(PH):
@@ -295,8 +307,17 @@ def roi_align(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
     return out
 
 
-def roi_align_backward(grad_output, rois, input_shape, output_size, spatial_scale=1.0,
-                       sampling_ratio=-1, aligned=False, *, coord_dtype=np.float64):
+def roi_align_backward(
+    grad_output,
+    rois,
+    input_shape,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=False,
+    *,
+    coord_dtype=np.float64,
+):
     """Exact transpose of :func:`roi_align` -> grad_input of shape input_shape."""
     rois = _rois(rois)
     PH, PW = _pair(output_size)
@@ -304,12 +325,13 @@ def roi_align_backward(grad_output, rois, input_shape, output_size, spatial_scal
     K = rois.shape[0]
     go = np.asarray(grad_output, dtype=np.float64)
     if go.shape != (K, C, PH, PW):
-        raise ValueError("grad_output shape %r != %r" % (go.shape, (K, C, PH, PW)))
+        raise ValueError(f"grad_output shape {go.shape!r} != {(K, C, PH, PW)!r}")
     grad = np.zeros((N, C, H, W), dtype=np.float64)
     for k in range(K):
         b = _batch_index(rois, k)
-        g = _align_geometry(rois[k], spatial_scale, (PH, PW), sampling_ratio,
-                            aligned, not aligned, coord_dtype)
+        g = _align_geometry(
+            rois[k], spatial_scale, (PH, PW), sampling_ratio, aligned, not aligned, coord_dtype
+        )
         for c in range(C):
             for ph in range(PH):
                 for pw in range(PW):
@@ -325,6 +347,7 @@ def roi_align_backward(grad_output, rois, input_shape, output_size, spatial_scal
 # ----------------------------------------------------------------------------
 # C / D: RoI Pool (torchvision.ops.roi_pool, Fast R-CNN)
 # ----------------------------------------------------------------------------
+
 
 def roi_pool(x, rois, output_size, spatial_scale=1.0, *, coord_dtype=np.float64):
     """torchvision.ops.roi_pool forward -> (out float64, argmax int64), both (K, C, PH, PW).
@@ -393,10 +416,10 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape):
     go = np.asarray(grad_output, dtype=np.float64)
     am = np.asarray(argmax)
     if go.shape != am.shape:
-        raise ValueError("grad_output shape %r != argmax shape %r" % (go.shape, am.shape))
+        raise ValueError(f"grad_output shape {go.shape!r} != argmax shape {am.shape!r}")
     K, C2, PH, PW = go.shape
     if K != rois.shape[0] or C2 != C:
-        raise ValueError("grad_output shape %r inconsistent with rois/input_shape" % (go.shape,))
+        raise ValueError(f"grad_output shape {go.shape!r} inconsistent with rois/input_shape")
     grad = np.zeros((N, C, H, W), dtype=np.float64)
     for k in range(K):
         b = _batch_index(rois, k)
@@ -415,17 +438,27 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape):
 # E / F: Deformable RoI Pool (mmcv.ops.deform_roi_pool)
 # ----------------------------------------------------------------------------
 
+
 def _check_offset(offset, K, PH, PW):
     if offset is None:
         return None
     offset = np.asarray(offset)
     if offset.shape != (K, 2, PH, PW):
-        raise ValueError("offset shape %r != %r" % (offset.shape, (K, 2, PH, PW)))
+        raise ValueError(f"offset shape {offset.shape!r} != {(K, 2, PH, PW)!r}")
     return offset
 
 
-def deform_roi_pool(x, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0,
-                    gamma=0.1, *, coord_dtype=np.float64):
+def deform_roi_pool(
+    x,
+    rois,
+    offset,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=0,
+    gamma=0.1,
+    *,
+    coord_dtype=np.float64,
+):
     """mmcv.ops.deform_roi_pool forward -> (K, C, PH, PW) float64.
 
     Always aligned (-0.5), no minimum box size.  offset (K, 2, PH, PW):
@@ -440,8 +473,9 @@ def deform_roi_pool(x, rois, offset, output_size, spatial_scale=1.0, sampling_ra
     out = np.zeros((K, C, PH, PW), dtype=np.float64)
     for k in range(K):
         b = _batch_index(rois, k)
-        g = _align_geometry(rois[k], spatial_scale, (PH, PW), sampling_ratio,
-                            True, False, coord_dtype)
+        g = _align_geometry(
+            rois[k], spatial_scale, (PH, PW), sampling_ratio, True, False, coord_dtype
+        )
         for ph in range(PH):
             for pw in range(PW):
                 sy, sx, _, _ = _deform_starts(g, offset, k, ph, pw, gamma, coord_dtype)
@@ -456,8 +490,18 @@ def deform_roi_pool(x, rois, offset, output_size, spatial_scale=1.0, sampling_ra
     return out
 
 
-def deform_roi_pool_backward(grad_output, x, rois, offset, output_size, spatial_scale=1.0,
-                             sampling_ratio=0, gamma=0.1, *, coord_dtype=np.float64):
+def deform_roi_pool_backward(
+    grad_output,
+    x,
+    rois,
+    offset,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=0,
+    gamma=0.1,
+    *,
+    coord_dtype=np.float64,
+):
     """Backward of :func:`deform_roi_pool` -> (grad_input, grad_offset).
 
     grad_input is the exact transpose of the forward.  grad_offset (K, 2, PH, PW),
@@ -477,18 +521,18 @@ def deform_roi_pool_backward(grad_output, x, rois, offset, output_size, spatial_
     offset = _check_offset(offset, K, PH, PW)
     go = np.asarray(grad_output, dtype=np.float64)
     if go.shape != (K, C, PH, PW):
-        raise ValueError("grad_output shape %r != %r" % (go.shape, (K, C, PH, PW)))
+        raise ValueError(f"grad_output shape {go.shape!r} != {(K, C, PH, PW)!r}")
     grad_input = np.zeros((N, C, H, W), dtype=np.float64)
     grad_offset = None if offset is None else np.zeros((K, 2, PH, PW), dtype=np.float64)
     for k in range(K):
         b = _batch_index(rois, k)
-        g = _align_geometry(rois[k], spatial_scale, (PH, PW), sampling_ratio,
-                            True, False, coord_dtype)
+        g = _align_geometry(
+            rois[k], spatial_scale, (PH, PW), sampling_ratio, True, False, coord_dtype
+        )
         count = g["count"]
         for ph in range(PH):
             for pw in range(PW):
-                sy, sx, scale_y, scale_x = _deform_starts(g, offset, k, ph, pw, gamma,
-                                                          coord_dtype)
+                sy, sx, scale_y, scale_x = _deform_starts(g, offset, k, ph, pw, gamma, coord_dtype)
                 ys, xs = _sample_coords(sy, sx, ph, pw, g, coord_dtype)
                 for c in range(C):
                     img = x[b, c]

@@ -5,13 +5,13 @@ Skipped without CuPy or a CUDA device; run on a GPU machine with ``python -m pyt
 
 import numpy as np
 import pytest
-
-import cuproi
 import reference
-from cuproi import _cpu
-from cuproi._cuda import _ops
 from test_kernels import SOURCES, entries
 from test_ops import SHAPE, _oracle, assert_close, box_zoo, features, rois_for
+
+import cuproi
+from cuproi import _cpu
+from cuproi._cuda import _ops
 
 cupy = pytest.importorskip("cupy")
 try:
@@ -39,9 +39,15 @@ def test_every_entry_point_compiles():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_roi_align_matches_oracle(dtype, aligned, ratio):
     scale = 0.7
-    out = _cuda.roi_align_forward(cupy.asarray(features(dtype)),
-                                  cupy.asarray(rois_for(box_zoo(scale), dtype)),
-                                  scale, 3, 4, ratio, aligned)
+    out = _cuda.roi_align_forward(
+        cupy.asarray(features(dtype)),
+        cupy.asarray(rois_for(box_zoo(scale), dtype)),
+        scale,
+        3,
+        4,
+        ratio,
+        aligned,
+    )
     assert isinstance(out, cupy.ndarray) and out.dtype == dtype
     assert_close(out.get(), _oracle("roi_align", dtype, scale, (3, 4), ratio, aligned), dtype)
 
@@ -49,8 +55,9 @@ def test_roi_align_matches_oracle(dtype, aligned, ratio):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("size", [(3, 4), (7, 5)])
 def test_roi_pool_matches_oracle(dtype, size):
-    out, argmax = _cuda.roi_pool_forward(cupy.asarray(features(dtype)),
-                                         cupy.asarray(rois_for(box_zoo(0.5), dtype)), 0.5, *size)
+    out, argmax = _cuda.roi_pool_forward(
+        cupy.asarray(features(dtype)), cupy.asarray(rois_for(box_zoo(0.5), dtype)), 0.5, *size
+    )
     expected, expected_argmax = _oracle("roi_pool", dtype, 0.5, size)
     np.testing.assert_array_equal(argmax.get(), expected_argmax)
     np.testing.assert_array_equal(out.get(), expected)
@@ -69,21 +76,30 @@ def test_all_ops_match_numpy_backend(dtype, ratio):
     rtol, atol = (2e-2, 2e-2) if dtype == np.float16 else (1e-5, 1e-5)
 
     def check(a, b):
-        np.testing.assert_allclose(cupy.asnumpy(a).astype(np.float64), b.astype(np.float64),
-                                   rtol=rtol, atol=atol)
+        np.testing.assert_allclose(
+            cupy.asnumpy(a).astype(np.float64), b.astype(np.float64), rtol=rtol, atol=atol
+        )
 
-    check(_cuda.roi_align_forward(gpu[0], gpu[1], 0.7, 3, 4, ratio, True),
-          _cpu.roi_align_forward(x, rois, 0.7, 3, 4, ratio, True))
-    check(_cuda.roi_align_backward(gpu[3], gpu[1], SHAPE, 0.7, ratio, False),
-          _cpu.roi_align_backward(g, rois, SHAPE, 0.7, ratio, False))
+    check(
+        _cuda.roi_align_forward(gpu[0], gpu[1], 0.7, 3, 4, ratio, True),
+        _cpu.roi_align_forward(x, rois, 0.7, 3, 4, ratio, True),
+    )
+    check(
+        _cuda.roi_align_backward(gpu[3], gpu[1], SHAPE, 0.7, ratio, False),
+        _cpu.roi_align_backward(g, rois, SHAPE, 0.7, ratio, False),
+    )
     out, argmax = _cuda.roi_pool_forward(gpu[0], gpu[1], 0.7, 3, 4)
     cpu_out, cpu_argmax = _cpu.roi_pool_forward(x, rois, 0.7, 3, 4)
     np.testing.assert_array_equal(argmax.get(), cpu_argmax)
     check(out, cpu_out)
-    check(_cuda.roi_pool_backward(gpu[3], gpu[1], argmax, SHAPE),
-          _cpu.roi_pool_backward(g, rois, cpu_argmax, SHAPE))
-    check(_cuda.deform_roi_pool_forward(gpu[0], gpu[1], gpu[2], 0.7, 3, 4, ratio, 0.1),
-          _cpu.deform_roi_pool_forward(x, rois, offset, 0.7, 3, 4, ratio, 0.1))
+    check(
+        _cuda.roi_pool_backward(gpu[3], gpu[1], argmax, SHAPE),
+        _cpu.roi_pool_backward(g, rois, cpu_argmax, SHAPE),
+    )
+    check(
+        _cuda.deform_roi_pool_forward(gpu[0], gpu[1], gpu[2], 0.7, 3, 4, ratio, 0.1),
+        _cpu.deform_roi_pool_forward(x, rois, offset, 0.7, 3, 4, ratio, 0.1),
+    )
     grads = _cuda.deform_roi_pool_backward(gpu[3], gpu[0], gpu[1], gpu[2], 0.7, ratio, 0.1)
     cpu_grads = _cpu.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
     check(grads[0], cpu_grads[0])
@@ -96,9 +112,11 @@ def test_deform_backward_matches_oracle():
     offset = np.random.default_rng(1).normal(0, 2, (len(boxes), 2, 3, 4))
     g = np.random.default_rng(2).standard_normal((len(boxes), 3, 3, 4))
     grad, grad_offset = _cuda.deform_roi_pool_backward(
-        cupy.asarray(g), cupy.asarray(x), cupy.asarray(boxes), cupy.asarray(offset), 0.7, 0, 0.1)
-    expected, expected_offset = reference.deform_roi_pool_backward(g, x, boxes, offset, (3, 4),
-                                                                   0.7, 0, 0.1)
+        cupy.asarray(g), cupy.asarray(x), cupy.asarray(boxes), cupy.asarray(offset), 0.7, 0, 0.1
+    )
+    expected, expected_offset = reference.deform_roi_pool_backward(
+        g, x, boxes, offset, (3, 4), 0.7, 0, 0.1
+    )
     np.testing.assert_allclose(grad.get(), expected, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(grad_offset.get(), expected_offset, rtol=1e-10, atol=1e-12)
 
@@ -144,4 +162,5 @@ def test_second_device():
     out = cuproi.roi_align(x, rois, 3, aligned=True)
     assert out.device.id == 1
     np.testing.assert_allclose(
-        out.get(), cuproi.roi_align(x.get(), rois.get(), 3, aligned=True), rtol=1e-5, atol=1e-5)
+        out.get(), cuproi.roi_align(x.get(), rois.get(), 3, aligned=True), rtol=1e-5, atol=1e-5
+    )

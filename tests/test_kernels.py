@@ -7,13 +7,13 @@ import re
 import shutil
 import subprocess
 
+import host
 import numpy as np
 import pytest
+from conftest import host_backend
 
 import cuproi._cpu
 import cuproi._cuda
-import host
-from conftest import host_backend
 from cuproi._cuda import _ops, _source
 
 NVCC = shutil.which("nvcc")
@@ -43,9 +43,21 @@ def test_nvcc_compiles_without_spills(source, arch, tmp_path):
     path = tmp_path / f"{source}.cu"
     path.write_text(_source.source(source))
     result = subprocess.run(
-        [NVCC, "-cubin", f"-arch={arch}", "--std=c++17", "-Xptxas", "-v", "-Werror",
-         "all-warnings", str(path), "-o", str(tmp_path / "out.cubin")],
-        capture_output=True, text=True,
+        [
+            NVCC,
+            "-cubin",
+            f"-arch={arch}",
+            "--std=c++17",
+            "-Xptxas",
+            "-v",
+            "-Werror",
+            "all-warnings",
+            str(path),
+            "-o",
+            str(tmp_path / "out.cubin"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     log = result.stderr
@@ -79,7 +91,9 @@ def test_int64_index_variants(monkeypatch):
         return [
             b.roi_align_forward(x, rois, 0.5, 2, 3, -1, True),
             b.roi_align_backward(g, rois, x.shape, 0.5, 2, False),
-            out, argmax, b.roi_pool_backward(g, rois, argmax, x.shape),
+            out,
+            argmax,
+            b.roi_pool_backward(g, rois, argmax, x.shape),
             b.deform_roi_pool_forward(x, rois, offset, 0.5, 2, 3, 0, 0.1),
             *b.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1),
         ]

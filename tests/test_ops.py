@@ -5,9 +5,9 @@ import functools
 
 import numpy as np
 import pytest
-
 import reference
 from conftest import TOLERANCE
+
 from cuproi._validate import compute_dtype
 
 SHAPE = (2, 3, 10, 12)  # N, C, H, W
@@ -107,7 +107,13 @@ def test_deform_roi_pool_forward(backend, dtype, ratio, with_offset, scale):
     o = None if offset is None else offset.astype(rois.dtype)
     out = backend.deform_roi_pool_forward(x, rois, o, scale, 3, 4, ratio, 0.1)
     expected = reference.deform_roi_pool(
-        x.astype(np.float64), boxes, o, (3, 4), scale, ratio, 0.1,
+        x.astype(np.float64),
+        boxes,
+        o,
+        (3, 4),
+        scale,
+        ratio,
+        0.1,
         coord_dtype=compute_dtype(dtype).type,
     )
     assert out.dtype == dtype
@@ -125,20 +131,25 @@ def test_float16(backend, aligned):
     f32 = np.float32
     out = backend.roi_align_forward(x, rois, 0.5, 3, 4, 2, aligned)
     assert out.dtype == np.float16
-    assert_close(out, reference.roi_align(x64, boxes, (3, 4), 0.5, 2, aligned, coord_dtype=f32),
-                 np.float16)
+    assert_close(
+        out, reference.roi_align(x64, boxes, (3, 4), 0.5, 2, aligned, coord_dtype=f32), np.float16
+    )
     out, argmax = backend.roi_pool_forward(x, rois, 0.5, 3, 4)
     expected, expected_argmax = reference.roi_pool(x64, boxes, (3, 4), 0.5, coord_dtype=f32)
     np.testing.assert_array_equal(out.astype(np.float64), expected)
     np.testing.assert_array_equal(argmax, expected_argmax)
     out = backend.deform_roi_pool_forward(x, rois, None, 0.5, 3, 4, 0, 0.1)
-    assert_close(out, reference.deform_roi_pool(x64, boxes, None, (3, 4), 0.5, 0, 0.1,
-                                                coord_dtype=f32), np.float16)
+    assert_close(
+        out,
+        reference.deform_roi_pool(x64, boxes, None, (3, 4), 0.5, 0, 0.1, coord_dtype=f32),
+        np.float16,
+    )
     g = np.random.default_rng(2).standard_normal(out.shape).astype(np.float16)
     grad = backend.roi_align_backward(g, rois, SHAPE, 0.5, 2, aligned)
     assert grad.dtype == np.float16
-    expected = reference.roi_align_backward(g.astype(np.float64), boxes, SHAPE, (3, 4), 0.5, 2,
-                                            aligned, coord_dtype=f32)
+    expected = reference.roi_align_backward(
+        g.astype(np.float64), boxes, SHAPE, (3, 4), 0.5, 2, aligned, coord_dtype=f32
+    )
     np.testing.assert_allclose(grad.astype(np.float64), expected, rtol=4e-3, atol=1e-2)
 
 
@@ -151,7 +162,13 @@ def test_roi_align_backward(backend, dtype, aligned, ratio, scale):
     g = np.random.default_rng(3).standard_normal((len(boxes), 3, 3, 4)).astype(dtype)
     grad = backend.roi_align_backward(g, rois_for(boxes, dtype), SHAPE, scale, ratio, aligned)
     expected = reference.roi_align_backward(
-        g.astype(np.float64), boxes, SHAPE, (3, 4), scale, ratio, aligned,
+        g.astype(np.float64),
+        boxes,
+        SHAPE,
+        (3, 4),
+        scale,
+        ratio,
+        aligned,
         coord_dtype=compute_dtype(dtype).type,
     )
     assert grad.dtype == dtype and grad.shape == SHAPE
@@ -199,8 +216,16 @@ def smooth_offsets(boxes, scale, ratio, gamma, seed, pooled=(3, 4), margin=1e-3)
             gw = ratio if ratio > 0 else int(np.ceil(rw / pw_))
             for p in range(ph_):
                 for q in range(pw_):
-                    ys = sy + gamma * rh * offset[k, 1, p, q] + (p + (np.arange(gh) + 0.5) / gh) * rh / ph_
-                    xs = sx + gamma * rw * offset[k, 0, p, q] + (q + (np.arange(gw) + 0.5) / gw) * rw / pw_
+                    ys = (
+                        sy
+                        + gamma * rh * offset[k, 1, p, q]
+                        + (p + (np.arange(gh) + 0.5) / gh) * rh / ph_
+                    )
+                    xs = (
+                        sx
+                        + gamma * rw * offset[k, 0, p, q]
+                        + (q + (np.arange(gw) + 0.5) / gw) * rw / pw_
+                    )
                     for v, size in ((ys, h), (xs, w)):
                         kinks = np.concatenate([np.round(v), [-1.0, size]])
                         if (np.abs(v[:, None] - kinks[None, :]).min(1) < margin).any():
@@ -220,7 +245,14 @@ def test_deform_roi_pool_backward(backend, dtype, ratio):
     g = np.random.default_rng(7).standard_normal((len(boxes), 3, 3, 4)).astype(dtype)
     grad, grad_offset = backend.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
     expected, expected_offset = reference.deform_roi_pool_backward(
-        g.astype(np.float64), x.astype(np.float64), boxes, offset, (3, 4), 0.7, ratio, 0.1,
+        g.astype(np.float64),
+        x.astype(np.float64),
+        boxes,
+        offset,
+        (3, 4),
+        0.7,
+        ratio,
+        0.1,
         coord_dtype=compute_dtype(dtype).type,
     )
     assert grad.dtype == dtype
@@ -260,8 +292,10 @@ def test_grad_offset_finite_differences(backend, ratio):
         plus, minus = offset.copy(), offset.copy()
         plus[i] += eps
         minus[i] -= eps
-        f = [np.vdot(g, backend.deform_roi_pool_forward(x, rois, o, 1.0, 3, 4, ratio, 0.1))
-             for o in (plus, minus)]
+        f = [
+            np.vdot(g, backend.deform_roi_pool_forward(x, rois, o, 1.0, 3, 4, ratio, 0.1))
+            for o in (plus, minus)
+        ]
         numeric[i] = (f[0] - f[1]) / (2 * eps)
     np.testing.assert_allclose(grad_offset, numeric, rtol=1e-5, atol=1e-7)
     assert np.abs(grad_offset).max() > 0.1  # the check is not vacuous
@@ -325,8 +359,10 @@ def test_empty_boxes_or_channels(backend, shape, k):
     out, argmax = backend.roi_pool_forward(x, rois, 1.0, 2, 3)
     assert out.shape == argmax.shape == bins and argmax.dtype == np.int32
     assert backend.deform_roi_pool_forward(x, rois, offset, 1.0, 2, 3, 0, 0.1).shape == bins
-    for grad in (backend.roi_align_backward(g, rois, shape, 1.0, 2, True),
-                 backend.roi_pool_backward(g, rois, argmax, shape)):
+    for grad in (
+        backend.roi_align_backward(g, rois, shape, 1.0, 2, True),
+        backend.roi_pool_backward(g, rois, argmax, shape),
+    ):
         assert grad.shape == shape and not grad.any()
     grad, grad_offset = backend.deform_roi_pool_backward(g, x, rois, offset, 1.0, 0, 0.1)
     assert grad.shape == shape and not grad.any() and not grad_offset.any()

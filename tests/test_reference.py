@@ -27,17 +27,18 @@ def _img():
 # bilinear / bilinear_grad
 # ----------------------------------------------------------------------------
 
+
 def test_bilinear_literals_arange():
     img = _img()
-    assert ref.bilinear(img, 1.5, 2.25) == pytest.approx(8.25)      # 4*1.5 + 2.25
-    assert ref.bilinear(img, 1.0, 2.0) == pytest.approx(6.0)        # exact pixel
-    assert ref.bilinear(img, -0.5, 1.5) == pytest.approx(1.5)       # y band -> y = 0
-    assert ref.bilinear(img, 3.5, 3.5) == pytest.approx(15.0)       # both upper bands -> (3, 3)
-    assert ref.bilinear(img, -1.0, 2.0) == pytest.approx(2.0)       # y = -1 is still in range
-    assert ref.bilinear(img, 4.0, 4.0) == pytest.approx(15.0)       # y = H, x = W in range
-    assert ref.bilinear(img, 4.0001, 0.0) == 0.0                    # beyond H -> 0
-    assert ref.bilinear(img, 0.0, -1.0001) == 0.0                   # beyond -1 -> 0
-    assert ref.bilinear(img, float("nan"), 1.0) == 0.0              # NaN fails the range test
+    assert ref.bilinear(img, 1.5, 2.25) == pytest.approx(8.25)  # 4*1.5 + 2.25
+    assert ref.bilinear(img, 1.0, 2.0) == pytest.approx(6.0)  # exact pixel
+    assert ref.bilinear(img, -0.5, 1.5) == pytest.approx(1.5)  # y band -> y = 0
+    assert ref.bilinear(img, 3.5, 3.5) == pytest.approx(15.0)  # both upper bands -> (3, 3)
+    assert ref.bilinear(img, -1.0, 2.0) == pytest.approx(2.0)  # y = -1 is still in range
+    assert ref.bilinear(img, 4.0, 4.0) == pytest.approx(15.0)  # y = H, x = W in range
+    assert ref.bilinear(img, 4.0001, 0.0) == 0.0  # beyond H -> 0
+    assert ref.bilinear(img, 0.0, -1.0001) == 0.0  # beyond -1 -> 0
+    assert ref.bilinear(img, float("nan"), 1.0) == 0.0  # NaN fails the range test
 
 
 def test_bilinear_literals_nonlinear():
@@ -58,7 +59,7 @@ def test_bilinear_grad_literals_arange():
     # y bands: d/dy = 0 but d/dx is the edge row's slope (1), NOT zero
     assert ref.bilinear_grad(img, 3.5, 1.25) == pytest.approx((0.0, 1.0))
     assert ref.bilinear_grad(img, -0.5, 1.25) == pytest.approx((0.0, 1.0))
-    assert ref.bilinear_grad(img, 3.0, 1.25) == pytest.approx((0.0, 1.0))   # y = H-1 flattened
+    assert ref.bilinear_grad(img, 3.0, 1.25) == pytest.approx((0.0, 1.0))  # y = H-1 flattened
     # x bands: d/dx = 0, d/dy is the edge column's slope (4)
     assert ref.bilinear_grad(img, 1.5, -0.5) == pytest.approx((4.0, 0.0))
     assert ref.bilinear_grad(img, 1.5, 3.5) == pytest.approx((4.0, 0.0))
@@ -100,6 +101,7 @@ def test_bilinear_grad_is_right_derivative():
 # roi_align: hand-computed literals
 # ----------------------------------------------------------------------------
 
+
 def _ra(rois, output_size, **kw):
     return ref.roi_align(A4, np.array(rois, dtype=np.float64), output_size, **kw)
 
@@ -109,15 +111,18 @@ def test_roi_align_literal_fixed_sampling():
     # axis -> values 4y+x = 2.5, 3.5, 6.5, 7.5 -> mean 5.0
     assert _ra([[0, 0, 0, 2, 2]], 1, sampling_ratio=2)[0, 0, 0, 0] == pytest.approx(5.0)
     # aligned: start -0.5, samples at 0.0 and 1.0 -> 0, 1, 4, 5 -> mean 2.5
-    assert _ra([[0, 0, 0, 2, 2]], 1, sampling_ratio=2, aligned=True)[0, 0, 0, 0] == \
-        pytest.approx(2.5)
+    assert _ra([[0, 0, 0, 2, 2]], 1, sampling_ratio=2, aligned=True)[0, 0, 0, 0] == pytest.approx(
+        2.5
+    )
     # sr=1: single sample at the bin centre (1, 1) -> 5 (not aligned); (0.5, 0.5) aligned -> 2.5
     assert _ra([[0, 0, 0, 2, 2]], 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(5.0)
-    assert _ra([[0, 0, 0, 2, 2]], 1, sampling_ratio=1, aligned=True)[0, 0, 0, 0] == \
-        pytest.approx(2.5)
+    assert _ra([[0, 0, 0, 2, 2]], 1, sampling_ratio=1, aligned=True)[0, 0, 0, 0] == pytest.approx(
+        2.5
+    )
     # spatial_scale 0.5 on a box (0,0)-(4,4) is the same box (0,0)-(2,2)
-    assert _ra([[0, 0, 0, 4, 4]], 1, spatial_scale=0.5, sampling_ratio=2)[0, 0, 0, 0] == \
-        pytest.approx(5.0)
+    assert _ra([[0, 0, 0, 4, 4]], 1, spatial_scale=0.5, sampling_ratio=2)[
+        0, 0, 0, 0
+    ] == pytest.approx(5.0)
 
 
 def test_roi_align_literal_adaptive():
@@ -139,8 +144,9 @@ def test_roi_align_literal_min_size_and_degenerate():
     # not aligned, tiny box (1,1)-(1.2,1.2): rw = rh = max(0.2, 1) = 1, sr=1 sample at 1.5 -> 7.5
     assert _ra([[0, 1, 1, 1.2, 1.2]], 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(7.5)
     # aligned: no clamp, start 0.5, rw = 0.2, sample at 0.6 -> 4*0.6 + 0.6 = 3.0
-    assert _ra([[0, 1, 1, 1.2, 1.2]], 1, sampling_ratio=1, aligned=True)[0, 0, 0, 0] == \
-        pytest.approx(3.0)
+    assert _ra([[0, 1, 1, 1.2, 1.2]], 1, sampling_ratio=1, aligned=True)[
+        0, 0, 0, 0
+    ] == pytest.approx(3.0)
     # not aligned, flipped box (2,2)-(1,1): width forced to 1 starting at 2 -> sample 2.5 -> 12.5
     assert _ra([[0, 2, 2, 1, 1]], 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(12.5)
     # aligned + adaptive, zero-size box: gh = gw = ceil(0) = 0 -> no samples -> 0
@@ -149,8 +155,9 @@ def test_roi_align_literal_min_size_and_degenerate():
     assert _ra([[0, 2, 2, 1, 1]], 1, aligned=True)[0, 0, 0, 0] == 0.0
     # aligned + sr=2, flipped box: start 1.5, bw = -1, samples 1.5 - 0.25 = 1.25, 1.5 - 0.75 = 0.75
     #   values 4y+x over {1.25, 0.75}^2 -> mean 5*1.0 = 5.0
-    assert _ra([[0, 2, 2, 1, 1]], 1, sampling_ratio=2, aligned=True)[0, 0, 0, 0] == \
-        pytest.approx(5.0)
+    assert _ra([[0, 2, 2, 1, 1]], 1, sampling_ratio=2, aligned=True)[0, 0, 0, 0] == pytest.approx(
+        5.0
+    )
 
 
 def test_roi_align_out_of_range_counts_in_divisor():
@@ -166,15 +173,16 @@ def test_roi_align_out_of_range_counts_in_divisor():
     assert out[0, 0, 0, 0] == pytest.approx(6.5)
     # grad: the out-of-range samples scatter nothing, in-range ones g/4 * weights
     g = np.ones((1, 1, 1, 1))
-    gi = ref.roi_align_backward(g, np.array([[0, -4, 0, 0, 2.0]]), (1, 1, 4, 4), 1,
-                                sampling_ratio=2)
+    gi = ref.roi_align_backward(
+        g, np.array([[0, -4, 0, 0, 2.0]]), (1, 1, 4, 4), 1, sampling_ratio=2
+    )
     expected = np.zeros((4, 4))
     # samples (0.5, -1 -> 0) and (1.5, -1 -> 0): rows 0/1 and 1/2 at column 0, halves each
     expected[0, 0] = 0.25 * 0.5
     expected[1, 0] = 0.25 * 0.5 + 0.25 * 0.5
     expected[2, 0] = 0.25 * 0.5
     np.testing.assert_allclose(gi[0, 0], expected, rtol=1e-14)
-    assert gi.sum() == pytest.approx(0.5)   # only 2 of the 4 samples land
+    assert gi.sum() == pytest.approx(0.5)  # only 2 of the 4 samples land
 
 
 def test_roi_align_batch_index_and_channels():
@@ -191,12 +199,12 @@ def test_roi_align_batch_index_and_channels():
 
 def test_roi_align_coord_dtype_float32():
     # Coordinates evaluated in float32 with the documented operation order.
-    x = np.tile(np.arange(8, dtype=np.float64), (8, 1))[None, None]   # value = column index
+    x = np.tile(np.arange(8, dtype=np.float64), (8, 1))[None, None]  # value = column index
     rois = np.array([[0, 0.1, 0.3, 2.1, 2.2]])
     f = np.float32
     sx = f(0.1) * f(1.0) - f(0.0)
     ex = f(2.1) * f(1.0) - f(0.0)
-    rw = ex - sx                                  # 2.0 in float32 arithmetic
+    rw = ex - sx  # 2.0 in float32 arithmetic
     bw = rw / f(1)
     xs = (sx + f(0) * bw) + ((f(0) + f(0.5)) * bw) / f(1)
     out32 = ref.roi_align(x, rois, 1, sampling_ratio=1, coord_dtype=np.float32)
@@ -219,12 +227,12 @@ def test_coord_dtype_float32_operation_order():
     float32, and the deform shift is sx + ((gamma*rw)*off), not e.g. (ix+0.5)*(bw/gw)."""
     f = np.float32
     H, W = 3, 12
-    colmap = np.tile(np.arange(W, dtype=np.float64), (H, 1))[None, None]   # value = column
+    colmap = np.tile(np.arange(W, dtype=np.float64), (H, 1))[None, None]  # value = column
     rng = np.random.default_rng(3)
     n_alt = 0
     n_alt_def = 0
     for _ in range(40):
-        x1 = rng.uniform(1.0, 3.0)       # every sample stays inside [0, W-1]
+        x1 = rng.uniform(1.0, 3.0)  # every sample stays inside [0, W-1]
         w = rng.uniform(0.5, 4.0)
         off_x = rng.uniform(-1.0, 1.0)
         rois = np.array([[0, x1, 0.7, x1 + w, 1.3]])
@@ -241,22 +249,22 @@ def test_coord_dtype_float32_operation_order():
             xa = [(sx + f(pw) * bw) + ((f(ix) + f(0.5)) * bw) / f(3) for ix in range(3)]
             xb = [(sx + f(pw) * bw) + (f(ix) + f(0.5)) * (bw / f(3)) for ix in range(3)]
             xd = [(sxd + f(pw) * bw) + ((f(ix) + f(0.5)) * bw) / f(3) for ix in range(3)]
-            n_alt += sum(a != b for a, b in zip(xa, xb))
+            n_alt += sum(a != b for a, b in zip(xa, xb, strict=False))
             exp_a.append(np.mean([float(v) for v in xa]))
             exp_d.append(np.mean([float(v) for v in xd]))
         sxd_alt = sx + f(0.1) * (rw * f(off_x))
         n_alt_def += sxd_alt != sxd
         out = ref.roi_align(colmap, rois, (1, 2), 1.0, 3, True, coord_dtype=np.float32)
         np.testing.assert_allclose(out[0, 0, 0], exp_a, rtol=0, atol=1e-13)
-        out = ref.deform_roi_pool(colmap, rois, offset, (1, 2), 1.0, 3, 0.1,
-                                  coord_dtype=np.float32)
+        out = ref.deform_roi_pool(colmap, rois, offset, (1, 2), 1.0, 3, 0.1, coord_dtype=np.float32)
         np.testing.assert_allclose(out[0, 0, 0], exp_d, rtol=0, atol=1e-13)
-    assert n_alt > 0 and n_alt_def > 0   # the checks above discriminate the operation order
+    assert n_alt > 0 and n_alt_def > 0  # the checks above discriminate the operation order
 
 
 # ----------------------------------------------------------------------------
 # roi_align adjoint
 # ----------------------------------------------------------------------------
+
 
 def _random_rois(rng, K, N, H, W, spread=2.0):
     rois = np.zeros((K, 5))
@@ -265,7 +273,7 @@ def _random_rois(rng, K, N, H, W, spread=2.0):
     y1 = rng.uniform(-spread, H + spread - 1, K)
     rois[:, 1] = x1
     rois[:, 2] = y1
-    rois[:, 3] = x1 + rng.uniform(-0.5, W * 0.8, K)   # some flipped / tiny
+    rois[:, 3] = x1 + rng.uniform(-0.5, W * 0.8, K)  # some flipped / tiny
     rois[:, 4] = y1 + rng.uniform(-0.5, H * 0.8, K)
     return rois
 
@@ -278,28 +286,36 @@ def test_roi_align_adjoint(aligned, sampling_ratio, coord_dtype):
     N, C, H, W = 2, 2, 5, 6
     x = rng.standard_normal((N, C, H, W))
     rois = _random_rois(rng, 5, N, H, W)
-    rois[:, 1:] *= 2.0   # with spatial_scale 0.5
+    rois[:, 1:] *= 2.0  # with spatial_scale 0.5
     out_size = (2, 3)
     y = ref.roi_align(x, rois, out_size, 0.5, sampling_ratio, aligned, coord_dtype=coord_dtype)
     g = rng.standard_normal(y.shape)
-    gx = ref.roi_align_backward(g, rois, x.shape, out_size, 0.5, sampling_ratio, aligned,
-                                coord_dtype=coord_dtype)
+    gx = ref.roi_align_backward(
+        g, rois, x.shape, out_size, 0.5, sampling_ratio, aligned, coord_dtype=coord_dtype
+    )
     lhs = np.sum(y * g)
     rhs = np.sum(x * gx)
     assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
-    assert abs(lhs) > 1e-3   # non-trivial
+    assert abs(lhs) > 1e-3  # non-trivial
 
 
 def test_roi_align_backward_literal():
     # Box (0,0)-(2,2), not aligned, sr=1: one sample at (1, 1) -> all weight on pixel (1, 1)
-    gi = ref.roi_align_backward(np.full((1, 1, 1, 1), 3.0), np.array([[0, 0, 0, 2, 2.0]]),
-                                (1, 1, 4, 4), 1, sampling_ratio=1)
+    gi = ref.roi_align_backward(
+        np.full((1, 1, 1, 1), 3.0), np.array([[0, 0, 0, 2, 2.0]]), (1, 1, 4, 4), 1, sampling_ratio=1
+    )
     expected = np.zeros((1, 1, 4, 4))
     expected[0, 0, 1, 1] = 3.0
     np.testing.assert_allclose(gi, expected, rtol=0, atol=1e-15)
     # aligned sr=1 on box (0,0)-(2,2): sample (0.5, 0.5) -> 3/4 on each of the 4 pixels
-    gi = ref.roi_align_backward(np.full((1, 1, 1, 1), 3.0), np.array([[0, 0, 0, 2, 2.0]]),
-                                (1, 1, 4, 4), 1, sampling_ratio=1, aligned=True)
+    gi = ref.roi_align_backward(
+        np.full((1, 1, 1, 1), 3.0),
+        np.array([[0, 0, 0, 2, 2.0]]),
+        (1, 1, 4, 4),
+        1,
+        sampling_ratio=1,
+        aligned=True,
+    )
     expected = np.zeros((1, 1, 4, 4))
     expected[0, 0, :2, :2] = 0.75
     np.testing.assert_allclose(gi, expected, rtol=0, atol=1e-15)
@@ -309,10 +325,7 @@ def test_roi_align_backward_literal():
 # roi_pool
 # ----------------------------------------------------------------------------
 
-M = np.array([[1, 5, 2, 0],
-              [3, 4, 9, 9],
-              [7, 0, 6, 8],
-              [2, 8, 1, 3]], dtype=np.float64)
+M = np.array([[1, 5, 2, 0], [3, 4, 9, 9], [7, 0, 6, 8], [2, 8, 1, 3]], dtype=np.float64)
 
 
 def _rp(rois, output_size, x=None, **kw):
@@ -342,8 +355,15 @@ def test_roi_pool_literal_rounding_half_away_from_zero():
     # 2.5 -> 3: box (2.5, 2.5)-(3, 3) is the single pixel (3, 3) = 3
     out, am = _rp([[0, 2.5, 2.5, 3, 3]], 1)
     assert out[0, 0, 0, 0] == 3.0 and am[0, 0, 0, 0] == 15
-    assert [ref._c_round(v) for v in (0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999999999999994)] == \
-        [1, 2, 3, -1, -2, -3, 0]
+    assert [ref._c_round(v) for v in (0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999999999999994)] == [
+        1,
+        2,
+        3,
+        -1,
+        -2,
+        -3,
+        0,
+    ]
 
 
 def test_roi_pool_literal_empty_and_partial():
@@ -362,7 +382,7 @@ def test_roi_pool_literal_empty_and_partial():
 def test_roi_pool_literal_ties_and_overlap():
     ones = np.ones((1, 1, 4, 4))
     out, am = _rp([[0, 1, 1, 3, 3]], 1, x=ones)
-    assert out[0, 0, 0, 0] == 1.0 and am[0, 0, 0, 0] == 1 * 4 + 1   # first element of the bin
+    assert out[0, 0, 0, 0] == 1.0 and am[0, 0, 0, 0] == 1 * 4 + 1  # first element of the bin
     out, am = _rp([[0, 1, 1, 3, 3]], 3, x=ones)
     np.testing.assert_array_equal(am[0, 0], [[5, 6, 7], [9, 10, 11], [13, 14, 15]])
     # overlapping bins: row 0, x in [0, 2] -> rw = 3, PW = 2, bin_w = 1.5
@@ -370,8 +390,9 @@ def test_roi_pool_literal_ties_and_overlap():
     out, am = _rp([[0, 0, 0, 2, 0]], (1, 2))
     np.testing.assert_array_equal(out[0, 0], [[5, 5]])
     np.testing.assert_array_equal(am[0, 0], [[1, 1]])
-    gi = ref.roi_pool_backward(np.array([[[[2.0, 3.0]]]]), np.array([[0, 0, 0, 2, 0.0]]), am,
-                               (1, 1, 4, 4))
+    gi = ref.roi_pool_backward(
+        np.array([[[[2.0, 3.0]]]]), np.array([[0, 0, 0, 2, 0.0]]), am, (1, 1, 4, 4)
+    )
     expected = np.zeros((1, 1, 4, 4))
     expected[0, 0, 0, 1] = 5.0
     np.testing.assert_array_equal(gi, expected)
@@ -383,22 +404,22 @@ def test_roi_pool_nan_and_neg_inf():
     assert out[0, 0, 0, 0] == -np.inf and am[0, 0, 0, 0] == 0
     x = np.array([[[[1.0, np.nan, 5.0], [np.nan, 7.0, 2.0]]]])
     out, am = _rp([[0, 0, 0, 2, 1]], 1, x=x)
-    assert np.isnan(out[0, 0, 0, 0]) and am[0, 0, 0, 0] == 1       # first NaN, kept
+    assert np.isnan(out[0, 0, 0, 0]) and am[0, 0, 0, 0] == 1  # first NaN, kept
     x = np.array([[[[np.nan, 9.0, 5.0], [np.nan, 7.0, 2.0]]]])
     out, am = _rp([[0, 0, 0, 2, 1]], 1, x=x)
     assert np.isnan(out[0, 0, 0, 0]) and am[0, 0, 0, 0] == 0
     x = np.array([[[[-np.inf, -np.inf, -3.0], [np.nan, 7.0, 2.0]]]])
-    out, am = _rp([[0, 0, 0, 2, 0]], 1, x=x)                        # row 0 only
+    out, am = _rp([[0, 0, 0, 2, 0]], 1, x=x)  # row 0 only
     assert out[0, 0, 0, 0] == -3.0 and am[0, 0, 0, 0] == 2
 
 
 def test_roi_pool_coord_dtype_float32():
     # 0.5 - 2**-30 rounds to 0 in float64 but is 0.5 in float32, which rounds to 1
-    v = 0.5 - 2.0 ** -30
+    v = 0.5 - 2.0**-30
     out64, am64 = _rp([[0, v, v, 1, 1]], 1)
     out32, am32 = _rp([[0, v, v, 1, 1]], 1, coord_dtype=np.float32)
-    assert out64[0, 0, 0, 0] == 5.0 and am64[0, 0, 0, 0] == 1       # M[0:2, 0:2]
-    assert out32[0, 0, 0, 0] == 4.0 and am32[0, 0, 0, 0] == 5       # M[1, 1]
+    assert out64[0, 0, 0, 0] == 5.0 and am64[0, 0, 0, 0] == 1  # M[0:2, 0:2]
+    assert out32[0, 0, 0, 0] == 4.0 and am32[0, 0, 0, 0] == 5  # M[1, 1]
 
 
 def test_roi_pool_backward_matches_argmax_definition():
@@ -441,6 +462,7 @@ def test_roi_pool_backward_matches_argmax_definition():
 # deform_roi_pool forward
 # ----------------------------------------------------------------------------
 
+
 def test_deform_none_equals_roi_align_aligned():
     rng = np.random.default_rng(21)
     N, C, H, W = 2, 2, 5, 6
@@ -455,36 +477,39 @@ def test_deform_none_equals_roi_align_aligned():
         np.testing.assert_array_equal(d0, d)
     # boxes of size >= 1: also equal under sampling_ratio=-1 style adaptive grids
     big = np.array([[0, 0.3, 0.2, 4.1, 3.9], [1, 1.0, 1.5, 5.5, 4.0]])
-    np.testing.assert_array_equal(ref.deform_roi_pool(x, big, None, 2),
-                                  ref.roi_align(x, big, 2, sampling_ratio=-1, aligned=True))
+    np.testing.assert_array_equal(
+        ref.deform_roi_pool(x, big, None, 2),
+        ref.roi_align(x, big, 2, sampling_ratio=-1, aligned=True),
+    )
     # no min size: a tiny box matches aligned=True (unclamped) exactly, and its value is the
     # sample at 0.5 + 0.1 = 0.6, not the clamped aligned=False sample at 1.5
     tiny = np.array([[0, 1.0, 1.0, 1.2, 1.2]])
     d = ref.deform_roi_pool(x, tiny, None, 1, sampling_ratio=1)[0, 0, 0, 0]
     assert d == ref.roi_align(x, tiny, 1, sampling_ratio=1, aligned=True)[0, 0, 0, 0]
     assert d == pytest.approx(ref.bilinear(x[0, 0], 0.6, 0.6), rel=1e-12)
-    assert ref.deform_roi_pool(A4, tiny, None, 1, sampling_ratio=1)[0, 0, 0, 0] == \
-        pytest.approx(3.0)
+    assert ref.deform_roi_pool(A4, tiny, None, 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(
+        3.0
+    )
 
 
 def test_deform_literal_offset():
     # Box (0.5,0.5)-(2.5,2.5): aligned start 0, rw = rh = 2, one bin, sr=1 -> sample (1, 1) = 5
     rois = np.array([[0, 0.5, 0.5, 2.5, 2.5]])
-    assert ref.deform_roi_pool(A4, rois, None, 1, sampling_ratio=1)[0, 0, 0, 0] == \
-        pytest.approx(5.0)
+    assert ref.deform_roi_pool(A4, rois, None, 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(
+        5.0
+    )
     # offset x = 0.5: start shifts by 0.1*2*0.5 = 0.1 -> x = 1.1 -> 5.1
     off = np.array([[[[0.5]], [[0.0]]]])
-    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1)[0, 0, 0, 0] == \
-        pytest.approx(5.1)
+    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(5.1)
     # plus offset y = -1: y start -0.2 -> y = 0.8 -> 4*0.8 + 1.1 = 4.3
     off = np.array([[[[0.5]], [[-1.0]]]])
-    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1)[0, 0, 0, 0] == \
-        pytest.approx(4.3)
+    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(4.3)
     # gamma = 1, offset (x, y) = (1, -1): x start 0 + 1*2*1 = 2 -> x = 3 ;
     # y start 0 + 1*2*(-1) = -2 -> y = -1 (still in range, clamped to 0) -> 4*0 + 3 = 3
     off = np.array([[[[1.0]], [[-1.0]]]])
-    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1, gamma=1.0)[0, 0, 0, 0] == \
-        pytest.approx(3.0)
+    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1, gamma=1.0)[
+        0, 0, 0, 0
+    ] == pytest.approx(3.0)
     # gamma = 1, offset y = -1.1: y = -1.2 -> out of range -> 0
     off = np.array([[[[0.0]], [[-1.1]]]])
     assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1, gamma=1.0)[0, 0, 0, 0] == 0.0
@@ -501,8 +526,17 @@ def test_deform_offset_equals_shifted_box():
         rois = np.array([[0, x1, y1, x1 + w, y1 + h]])
         off = np.array([[[[ox]], [[oy]]]])
         d = ref.deform_roi_pool(x, rois, off, 1, sampling_ratio=2, gamma=0.2)
-        sh = np.array([[0, x1 + 0.2 * w * ox, y1 + 0.2 * h * oy,
-                        x1 + w + 0.2 * w * ox, y1 + h + 0.2 * h * oy]])
+        sh = np.array(
+            [
+                [
+                    0,
+                    x1 + 0.2 * w * ox,
+                    y1 + 0.2 * h * oy,
+                    x1 + w + 0.2 * w * ox,
+                    y1 + h + 0.2 * h * oy,
+                ]
+            ]
+        )
         a = ref.roi_align(x, sh, 1, sampling_ratio=2, aligned=True)
         np.testing.assert_allclose(d, a, rtol=1e-12, atol=1e-12)
 
@@ -510,6 +544,7 @@ def test_deform_offset_equals_shifted_box():
 # ----------------------------------------------------------------------------
 # deform_roi_pool backward
 # ----------------------------------------------------------------------------
+
 
 def test_deform_backward_grad_input_adjoint():
     rng = np.random.default_rng(41)
@@ -527,31 +562,42 @@ def test_deform_backward_grad_input_adjoint():
         gx0, go0 = ref.deform_roi_pool_backward(g, x, rois, None, (2, 3), 1.0, sr, 0.15)
         assert go0 is None
         np.testing.assert_allclose(
-            gx0, ref.roi_align_backward(g, rois, x.shape, (2, 3), 1.0, sr, True),
-            rtol=1e-13, atol=1e-13)
+            gx0,
+            ref.roi_align_backward(g, rois, x.shape, (2, 3), 1.0, sr, True),
+            rtol=1e-13,
+            atol=1e-13,
+        )
 
 
 def test_deform_grad_offset_literal():
     rois = np.array([[0, 0.5, 0.5, 2.5, 2.5]])
     # sample at the integer point (1, 1): right derivatives dx = A[1,2]-A[1,1] = 1, dy = 4
     # grad_offset = g * gamma*rw/count * (dx, dy) = 0.2 * (1, 4)
-    _, go = ref.deform_roi_pool_backward(np.ones((1, 1, 1, 1)), A4, rois, np.zeros((1, 2, 1, 1)),
-                                         1, sampling_ratio=1)
+    _, go = ref.deform_roi_pool_backward(
+        np.ones((1, 1, 1, 1)), A4, rois, np.zeros((1, 2, 1, 1)), 1, sampling_ratio=1
+    )
     np.testing.assert_allclose(go[0, :, 0, 0], [0.2, 0.8], rtol=1e-14)
     # sample in the upper y band: box y from 3.7 to 4.7 (aligned 3.2..4.2, rh = 1), sr=1
     #   y = 3.7 -> clamped to 3, x = 1: value 13 ; dx = edge row slope 1 -> 0.1*2*1 = 0.2 ; dy = 0
     rois = np.array([[0, 0.5, 3.7, 2.5, 4.7]])
-    assert ref.deform_roi_pool(A4, rois, None, 1, sampling_ratio=1)[0, 0, 0, 0] == \
-        pytest.approx(13.0)
-    _, go = ref.deform_roi_pool_backward(np.full((1, 1, 1, 1), 2.0), A4, rois,
-                                         np.zeros((1, 2, 1, 1)), 1, sampling_ratio=1)
+    assert ref.deform_roi_pool(A4, rois, None, 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(
+        13.0
+    )
+    _, go = ref.deform_roi_pool_backward(
+        np.full((1, 1, 1, 1), 2.0), A4, rois, np.zeros((1, 2, 1, 1)), 1, sampling_ratio=1
+    )
     np.testing.assert_allclose(go[0, :, 0, 0], [2 * 0.2, 0.0], rtol=1e-14, atol=1e-15)
     # 2 samples per axis in one bin (count 4): box (0.5,0.5)-(2.5,2.5), sr=2 -> samples at
     # 0.5 and 1.5 per axis, all interior -> dx = 1 each, dy = 4 each
     #   grad_offset = g * gamma*rw/4 * sum(4 samples) = 0.2/4 * (4, 16) = (0.2, 0.8)
-    _, go = ref.deform_roi_pool_backward(np.ones((1, 1, 1, 1)), A4,
-                                         np.array([[0, 0.5, 0.5, 2.5, 2.5]]),
-                                         np.zeros((1, 2, 1, 1)), 1, sampling_ratio=2)
+    _, go = ref.deform_roi_pool_backward(
+        np.ones((1, 1, 1, 1)),
+        A4,
+        np.array([[0, 0.5, 0.5, 2.5, 2.5]]),
+        np.zeros((1, 2, 1, 1)),
+        1,
+        sampling_ratio=2,
+    )
     np.testing.assert_allclose(go[0, :, 0, 0], [0.2, 0.8], rtol=1e-14)
 
 
@@ -560,8 +606,9 @@ def _all_samples(rois, offset, output_size, spatial_scale, sampling_ratio, gamma
     PH, PW = ref._pair(output_size)
     pts = []
     for k in range(rois.shape[0]):
-        g = ref._align_geometry(rois[k], spatial_scale, (PH, PW), sampling_ratio, True, False,
-                                np.float64)
+        g = ref._align_geometry(
+            rois[k], spatial_scale, (PH, PW), sampling_ratio, True, False, np.float64
+        )
         for ph in range(PH):
             for pw in range(PW):
                 sy, sx, _, _ = ref._deform_starts(g, offset, k, ph, pw, gamma, np.float64)
@@ -580,13 +627,15 @@ def test_deform_grad_offset_finite_differences():
     x = rng.standard_normal((N, C, H, W))
     # boxes chosen so that samples fall outside the map, in all four replicate bands
     # (-1 < y < 0, H-1 < y < H, -1 < x < 0, W-1 < x < W) and in the interior
-    rois = np.array([
-        [0, -1.3, -1.1, 7.2, 6.3],    # whole map plus margin
-        [1, 4.6, 4.2, 6.1, 5.4],      # bottom-right corner
-        [1, 1.3, 0.7, 4.1, 3.9],      # interior
-        [0, 2.2, -0.4, 3.3, 0.6],     # straddles the top edge
-        [1, -0.2, 1.1, 0.9, 4.4],     # straddles the left edge
-    ])
+    rois = np.array(
+        [
+            [0, -1.3, -1.1, 7.2, 6.3],  # whole map plus margin
+            [1, 4.6, 4.2, 6.1, 5.4],  # bottom-right corner
+            [1, 1.3, 0.7, 4.1, 3.9],  # interior
+            [0, 2.2, -0.4, 3.3, 0.6],  # straddles the top edge
+            [1, -0.2, 1.1, 0.9, 4.4],  # straddles the left edge
+        ]
+    )
     K = rois.shape[0]
     PH, PW = 3, 3
     gamma = 0.1
@@ -601,17 +650,17 @@ def test_deform_grad_offset_finite_differences():
         y, xx = pts[:, 0], pts[:, 1]
         yint = (y > 0) & (y < H - 1)
         xint = (xx > 0) & (xx < W - 1)
-        assert np.any((y > -1) & (y < 0) & xint)            # lower y band, x interior
-        assert np.any((y > H - 1) & (y < H) & xint)         # upper y band
-        assert np.any((xx > -1) & (xx < 0) & yint)          # lower x band
-        assert np.any((xx > W - 1) & (xx < W) & yint)       # upper x band
-        assert np.any((y < -1) | (y > H) | (xx < -1) | (xx > W))   # out of range
+        assert np.any((y > -1) & (y < 0) & xint)  # lower y band, x interior
+        assert np.any((y > H - 1) & (y < H) & xint)  # upper y band
+        assert np.any((xx > -1) & (xx < 0) & yint)  # lower x band
+        assert np.any((xx > W - 1) & (xx < W) & yint)  # upper x band
+        assert np.any((y < -1) | (y > H) | (xx < -1) | (xx > W))  # out of range
         assert np.any(yint & xint)
 
         g = rng.standard_normal((K, C, PH, PW))
         _, go = ref.deform_roi_pool_backward(g, x, rois, off, (PH, PW), 1.0, sr, gamma)
 
-        def loss(o):
+        def loss(o, g=g, sr=sr):
             return np.sum(g * ref.deform_roi_pool(x, rois, o, (PH, PW), 1.0, sr, gamma))
 
         eps = 1e-6
@@ -623,4 +672,4 @@ def test_deform_grad_offset_finite_differences():
             om[idx] -= eps
             fd[idx] = (loss(op) - loss(om)) / (2 * eps)
         np.testing.assert_allclose(go, fd, rtol=1e-6, atol=1e-8)
-        assert np.count_nonzero(np.abs(go) > 1e-6) > K * PH * PW   # non-trivial
+        assert np.count_nonzero(np.abs(go) > 1e-6) > K * PH * PW  # non-trivial

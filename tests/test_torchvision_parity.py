@@ -4,9 +4,9 @@ environment where they do)."""
 
 import numpy as np
 import pytest
+from test_ops import box_zoo, features
 
 import cuproi
-from test_ops import box_zoo, features
 
 torch = pytest.importorskip("torch")
 ops = pytest.importorskip("torchvision.ops")
@@ -24,14 +24,16 @@ except (RuntimeError, NotImplementedError) as error:  # pragma: no cover
 def test_roi_align(dtype, aligned, ratio, scale, size):
     x, boxes = features(dtype), box_zoo(scale).astype(dtype)
     ours = cuproi.roi_align(x, boxes, size, scale, ratio, aligned)
-    theirs = ops.roi_align(torch.from_numpy(x), torch.from_numpy(boxes), size, scale, ratio,
-                           aligned).numpy()
+    theirs = ops.roi_align(
+        torch.from_numpy(x), torch.from_numpy(boxes), size, scale, ratio, aligned
+    ).numpy()
     tol = 1e-6 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(ours, theirs, rtol=tol, atol=tol)
     g = np.random.default_rng(0).standard_normal(ours.shape).astype(dtype)
     xt = torch.from_numpy(x).requires_grad_()
     ops.roi_align(xt, torch.from_numpy(boxes), size, scale, ratio, aligned).backward(
-        torch.from_numpy(g))
+        torch.from_numpy(g)
+    )
     grad = cuproi.roi_align_backward(g, boxes, x.shape, size, scale, ratio, aligned)
     np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=10 * tol, atol=10 * tol)
 

@@ -43,9 +43,25 @@ def library(name):
     src.write_text(_source.source(name))
     lib = folder / f"{name}.so"
     subprocess.run(
-        [COMPILER, "-O2", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Werror", "-include",
-         str(SHIM), "-x", "c++", str(src), "-o", str(lib)],
-        check=True, capture_output=True, text=True,
+        [
+            COMPILER,
+            "-O2",
+            "-std=c++17",
+            "-shared",
+            "-fPIC",
+            "-Wall",
+            "-Werror",
+            "-include",
+            str(SHIM),
+            "-x",
+            "c++",
+            str(src),
+            "-o",
+            str(lib),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return ctypes.CDLL(str(lib))
 
@@ -60,8 +76,9 @@ def launch(name, entry, n, args):
         elif type(a) in _SCALARS:
             converted.append(_SCALARS[type(a)](a))
         else:  # the GPU launch would pass a Python int/float as long long/double: a silent bug
-            raise TypeError(f"{entry}: argument {a!r} of type {type(a).__name__} is not an "
-                            f"exact C type")
+            raise TypeError(
+                f"{entry}: argument {a!r} of type {type(a).__name__} is not an exact C type"
+            )
     function = getattr(library(name), entry)
     function.restype = None
     function(*converted)
