@@ -43,34 +43,17 @@ __device__ void deform_roi_pool_forward(I n, const T* input, const C* rois, cons
                                         C gamma, int batch, int channels, int height, int width,
                                         int pooled_h, int pooled_w, T* output) {
   CUPROI_KERNEL_LOOP(index, n, I) {
-    const int pw = static_cast<int>(index % pooled_w);
-    const int ph = static_cast<int>((index / pooled_w) % pooled_h);
-    const int c = static_cast<int>((index / pooled_w / pooled_h) % channels);
-    const I k = index / pooled_w / pooled_h / channels;
-    const C* roi = rois + k * 5;
+    const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
+    const C* roi = rois + o.k * 5;
     const int b = batch_of(roi, batch);
     if (b < 0) {
       store(output + index, C(0));
       continue;
     }
-    const Grid<C> g = deformed_grid(roi, offset, has_offset, k, ph, pw, spatial_scale,
+    const Grid<C> g = deformed_grid(roi, offset, has_offset, o.k, o.ph, o.pw, spatial_scale,
                                     sampling_ratio, gamma, pooled_h, pooled_w);
-    const T* p = plane<const T, I>(input, b, c, channels, height, width);
-    const C y_start = g.start_y + ph * g.bin_h;
-    const C x_start = g.start_x + pw * g.bin_w;
-    int iy0, iy1, ix0, ix1;
-    sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
-    sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
-    C sum = 0;
-    for (int iy = iy0; iy < iy1; ++iy) {
-      const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
-      for (int ix = ix0; ix < ix1; ++ix) {
-        const C x = sample_at(x_start, ix, g.bin_w, g.grid_w);
-        Taps<C> t;
-        if (taps(height, width, y, x, t)) sum += interpolate(p, width, t);
-      }
-    }
-    store(output + index, sum / g.count);
+    const T* p = plane<const T, I>(input, b, o.c, channels, height, width);
+    store(output + index, bin_sum(p, height, width, g, o.ph, o.pw) / g.count);
   }
 }
 
@@ -81,44 +64,21 @@ __device__ void deform_roi_pool_backward(I n, const T* grad_output, const T* inp
                                          int channels, int height, int width, int pooled_h,
                                          int pooled_w, C* grad_input, C* grad_offset) {
   CUPROI_KERNEL_LOOP(index, n, I) {
-    const int pw = static_cast<int>(index % pooled_w);
-    const int ph = static_cast<int>((index / pooled_w) % pooled_h);
-    const int c = static_cast<int>((index / pooled_w / pooled_h) % channels);
-    const I k = index / pooled_w / pooled_h / channels;
-    const C* roi = rois + k * 5;
+    const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
+    const C* roi = rois + o.k * 5;
     const int b = batch_of(roi, batch);
     if (b < 0) continue;
-    const Grid<C> g = deformed_grid(roi, offset, has_offset, k, ph, pw, spatial_scale,
+    const Grid<C> g = deformed_grid(roi, offset, has_offset, o.k, o.ph, o.pw, spatial_scale,
                                     sampling_ratio, gamma, pooled_h, pooled_w);
     const C grad = load(grad_output + index) / g.count;
     if (grad == C(0)) continue;
-    const T* p = plane<const T, I>(input, b, c, channels, height, width);
-    C* gp = plane<C, I>(grad_input, b, c, channels, height, width);
-    const C y_start = g.start_y + ph * g.bin_h;
-    const C x_start = g.start_x + pw * g.bin_w;
-    int iy0, iy1, ix0, ix1;
-    sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
-    sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
-    // d(sample value)/dx and /dy summed over the bin's samples; the bin's start moves by
-    // gamma * width per unit of offset_x (and gamma * height per unit of offset_y).
-    C dx = 0, dy = 0;
-    for (int iy = iy0; iy < iy1; ++iy) {
-      const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
-      for (int ix = ix0; ix < ix1; ++ix) {
-        const C x = sample_at(x_start, ix, g.bin_w, g.grid_w);
-        Taps<C> t;
-        if (!taps(height, width, y, x, t)) continue;
-        scatter(gp, width, t, grad);
-        if (has_offset) {
-          const C v00 = load(p + t.y0 * width + t.x0), v01 = load(p + t.y0 * width + t.x1);
-          const C v10 = load(p + t.y1 * width + t.x0), v11 = load(p + t.y1 * width + t.x1);
-          if (t.x_free) dx += t.hy * (v01 - v00) + t.ly * (v11 - v10);
-          if (t.y_free) dy += t.hx * (v10 - v00) + t.lx * (v11 - v01);
-        }
-      }
-    }
+    // The bin's start moves by gamma * width per unit of offset_x (gamma * height for y).
+    C dx, dy;
+    bin_backward(plane<C, I>(grad_input, b, o.c, channels, height, width),
+                 has_offset ? plane<const T, I>(input, b, o.c, channels, height, width) : nullptr,
+                 height, width, g, o.ph, o.pw, grad, dx, dy);
     if (has_offset) {
-      C* go = grad_offset + k * 2 * pooled_h * pooled_w + ph * pooled_w + pw;
+      C* go = grad_offset + o.k * 2 * pooled_h * pooled_w + o.ph * pooled_w + o.pw;
       atomicAdd(go, gamma * g.width * grad * dx);
       atomicAdd(go + pooled_h * pooled_w, gamma * g.height * grad * dy);
     }

@@ -25,11 +25,8 @@ __device__ void roi_align_forward(I n, const T* input, const C* rois, C spatial_
                                   int channels, int height, int width, int pooled_h,
                                   int pooled_w, int sampling_ratio, int aligned, T* output) {
   CUPROI_KERNEL_LOOP(index, n, I) {
-    const int pw = static_cast<int>(index % pooled_w);
-    const int ph = static_cast<int>((index / pooled_w) % pooled_h);
-    const int c = static_cast<int>((index / pooled_w / pooled_h) % channels);
-    const I k = index / pooled_w / pooled_h / channels;
-    const C* roi = rois + k * 5;
+    const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
+    const C* roi = rois + o.k * 5;
     const int b = batch_of(roi, batch);
     if (b < 0) {
       store(output + index, C(0));
@@ -37,22 +34,8 @@ __device__ void roi_align_forward(I n, const T* input, const C* rois, C spatial_
     }
     const Grid<C> g = make_grid(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio,
                                 aligned ? C(0.5) : C(0), !aligned);
-    const T* p = plane<const T, I>(input, b, c, channels, height, width);
-    const C y_start = g.start_y + ph * g.bin_h;
-    const C x_start = g.start_x + pw * g.bin_w;
-    int iy0, iy1, ix0, ix1;
-    sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
-    sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
-    C sum = 0;
-    for (int iy = iy0; iy < iy1; ++iy) {
-      const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
-      for (int ix = ix0; ix < ix1; ++ix) {
-        const C x = sample_at(x_start, ix, g.bin_w, g.grid_w);
-        Taps<C> t;
-        if (taps(height, width, y, x, t)) sum += interpolate(p, width, t);
-      }
-    }
-    store(output + index, sum / g.count);
+    const T* p = plane<const T, I>(input, b, o.c, channels, height, width);
+    store(output + index, bin_sum(p, height, width, g, o.ph, o.pw) / g.count);
   }
 }
 
@@ -62,31 +45,18 @@ __device__ void roi_align_backward(I n, const T* grad_output, const C* rois, C s
                                    int pooled_w, int sampling_ratio, int aligned,
                                    C* grad_input) {
   CUPROI_KERNEL_LOOP(index, n, I) {
-    const int pw = static_cast<int>(index % pooled_w);
-    const int ph = static_cast<int>((index / pooled_w) % pooled_h);
-    const int c = static_cast<int>((index / pooled_w / pooled_h) % channels);
-    const I k = index / pooled_w / pooled_h / channels;
-    const C* roi = rois + k * 5;
+    const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
+    const C* roi = rois + o.k * 5;
     const int b = batch_of(roi, batch);
     if (b < 0) continue;
     const Grid<C> g = make_grid(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio,
                                 aligned ? C(0.5) : C(0), !aligned);
     const C grad = load(grad_output + index) / g.count;
     if (grad == C(0)) continue;
-    C* p = plane<C, I>(grad_input, b, c, channels, height, width);
-    const C y_start = g.start_y + ph * g.bin_h;
-    const C x_start = g.start_x + pw * g.bin_w;
-    int iy0, iy1, ix0, ix1;
-    sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
-    sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
-    for (int iy = iy0; iy < iy1; ++iy) {
-      const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
-      for (int ix = ix0; ix < ix1; ++ix) {
-        const C x = sample_at(x_start, ix, g.bin_w, g.grid_w);
-        Taps<C> t;
-        if (taps(height, width, y, x, t)) scatter(p, width, t, grad);
-      }
-    }
+    C unused_dx, unused_dy;
+    bin_backward(plane<C, I>(grad_input, b, o.c, channels, height, width),
+                 static_cast<const T*>(nullptr), height, width, g, o.ph, o.pw, grad, unused_dx,
+                 unused_dy);
   }
 }
 

@@ -22,11 +22,9 @@ __device__ void roi_pool_forward(I n, const T* input, const C* rois, C spatial_s
                                  int channels, int height, int width, int pooled_h, int pooled_w,
                                  T* output, int* argmax) {
   CUPROI_KERNEL_LOOP(index, n, I) {
-    const int pw = static_cast<int>(index % pooled_w);
-    const int ph = static_cast<int>((index / pooled_w) % pooled_h);
-    const int c = static_cast<int>((index / pooled_w / pooled_h) % channels);
-    const I k = index / pooled_w / pooled_h / channels;
-    const C* roi = rois + k * 5;
+    const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
+    const int ph = o.ph, pw = o.pw;
+    const C* roi = rois + o.k * 5;
     const int b = batch_of(roi, batch);
     // Quantize the box to whole cells (round half away from zero), end inclusive. Coordinates
     // are validated to lie within +-2**20 cells, so the int conversions are exact.
@@ -46,7 +44,7 @@ __device__ void roi_pool_forward(I n, const T* input, const C* rois, C spatial_s
     C best = 0;
     int best_at = -1;
     if (b >= 0 && h0 < h1 && w0 < w1) {
-      const T* p = plane<const T, I>(input, b, c, channels, height, width);
+      const T* p = plane<const T, I>(input, b, o.c, channels, height, width);
       // Start from the bin's first cell so that every non-empty bin has an argmax (also when
       // all its values are -inf); strict > keeps the first maximum; a NaN, once met, is kept.
       best_at = h0 * width + w0;
@@ -74,11 +72,10 @@ __device__ void roi_pool_backward(I n, const T* grad_output, const C* rois, cons
   CUPROI_KERNEL_LOOP(index, n, I) {
     const int at = argmax[index];
     if (at < 0) continue;
-    const int c = static_cast<int>((index / pooled_w / pooled_h) % channels);
-    const I k = index / pooled_w / pooled_h / channels;
-    const int b = batch_of(rois + k * 5, batch);
+    const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
+    const int b = batch_of(rois + o.k * 5, batch);
     if (b < 0 || at >= height * width) continue;
-    atomicAdd(plane<C, I>(grad_input, b, c, channels, height, width) + at,
+    atomicAdd(plane<C, I>(grad_input, b, o.c, channels, height, width) + at,
               load(grad_output + index));
   }
 }

@@ -28,6 +28,7 @@ import host
 import numpy as np
 import pytest
 import reference
+from conftest import BACKEND_OPS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -455,17 +456,7 @@ def compare_backends(p, dtype):
     x, rois, offset, g = validated(p, dtype)
     rel = tolerance(dtype)
     ph, pw = p.pooled
-    kernel = {
-        op: host.bind(op)
-        for op in (
-            "roi_align_forward",
-            "roi_align_backward",
-            "roi_pool_forward",
-            "roi_pool_backward",
-            "deform_roi_pool_forward",
-            "deform_roi_pool_backward",
-        )
-    }
+    kernel = {op: host.bind(op) for op in BACKEND_OPS}
 
     args = (p.scale, ph, pw, p.ratio, p.aligned)
     expected = _cpu.roi_align_forward(x, rois, *args)

@@ -5,6 +5,8 @@
 //   Grid          the sampling grid of one box: bin sizes, samples per bin, divisor
 //   taps          the 4 neighbours and weights of one sample, edge replication in the bands
 //   sample_range  the samples of one bin row/column that can fall inside the map
+//   bin_sum       sum of the interpolated samples of one bin (forward)
+//   bin_backward  its transpose, and its derivative with respect to the bin's position
 #pragma once
 
 #include "common/helpers.cuh"
@@ -146,6 +148,55 @@ __device__ __forceinline__ void scatter(A* p, int width, const Taps<C>& t, C g) 
   atomicAdd(p + t.y0 * width + t.x1, static_cast<A>(g * t.hy * t.lx));
   atomicAdd(p + t.y1 * width + t.x0, static_cast<A>(g * t.ly * t.hx));
   atomicAdd(p + t.y1 * width + t.x1, static_cast<A>(g * t.ly * t.lx));
+}
+
+// Sum of the interpolated samples of bin (ph, pw) of grid g over a (height, width) plane.
+template <typename T, typename C>
+__device__ __forceinline__ C bin_sum(const T* p, int height, int width, const Grid<C>& g, int ph,
+                                     int pw) {
+  const C y_start = g.start_y + ph * g.bin_h;
+  const C x_start = g.start_x + pw * g.bin_w;
+  int iy0, iy1, ix0, ix1;
+  sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
+  sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
+  C sum = 0;
+  for (int iy = iy0; iy < iy1; ++iy) {
+    const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
+    for (int ix = ix0; ix < ix1; ++ix) {
+      Taps<C> t;
+      if (taps(height, width, y, sample_at(x_start, ix, g.bin_w, g.grid_w), t))
+        sum += interpolate(p, width, t);
+    }
+  }
+  return sum;
+}
+
+// Backward of bin_sum: adds grad times the weights of every sample to the gradient plane gp. When
+// the feature plane p is given, also sums the derivatives of the samples' values with respect to
+// x and y into dx and dy: the right derivative, zero in the bands where taps() flattens.
+template <typename A, typename T, typename C>
+__device__ __forceinline__ void bin_backward(A* gp, const T* p, int height, int width,
+                                             const Grid<C>& g, int ph, int pw, C grad, C& dx,
+                                             C& dy) {
+  const C y_start = g.start_y + ph * g.bin_h;
+  const C x_start = g.start_x + pw * g.bin_w;
+  int iy0, iy1, ix0, ix1;
+  sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
+  sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
+  dx = dy = 0;
+  for (int iy = iy0; iy < iy1; ++iy) {
+    const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
+    for (int ix = ix0; ix < ix1; ++ix) {
+      Taps<C> t;
+      if (!taps(height, width, y, sample_at(x_start, ix, g.bin_w, g.grid_w), t)) continue;
+      scatter(gp, width, t, grad);
+      if (p == nullptr) continue;
+      const C v00 = load(p + t.y0 * width + t.x0), v01 = load(p + t.y0 * width + t.x1);
+      const C v10 = load(p + t.y1 * width + t.x0), v11 = load(p + t.y1 * width + t.x1);
+      if (t.x_free) dx += t.hy * (v01 - v00) + t.ly * (v11 - v10);
+      if (t.y_free) dy += t.hx * (v10 - v00) + t.lx * (v11 - v01);
+    }
+  }
 }
 
 }  // namespace cuproi

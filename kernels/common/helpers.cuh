@@ -4,6 +4,7 @@
 //   CUPROI_KERNEL_LOOP   grid-stride loop with a templated index type
 //   cuproi::half         2-byte storage for float16 (no cuda_fp16.h: NVRTC header versions vary)
 //   load / store         read a feature value as its compute type, write it back
+//   output_index         (k, c, ph, pw) of a flat output index
 //   Compute<T>           compute (and accumulation) type of a storage type
 //   cfloor, cceil, ...   math overloads for float and double
 #pragma once
@@ -67,6 +68,24 @@ template <> __device__ __forceinline__ double epsilon<double>() { return 2.22044
 template <typename T, typename I>
 __device__ __forceinline__ T* plane(T* base, int b, int c, int channels, int height, int width) {
   return base + (static_cast<I>(b) * channels + c) * static_cast<I>(height) * width;
+}
+
+// (k, c, ph, pw) of a flat index into a (K, C, PH, PW) array.
+template <typename I>
+struct OutputIndex {
+  I k;
+  int c, ph, pw;
+};
+
+template <typename I>
+__device__ __forceinline__ OutputIndex<I> output_index(I index, int channels, int pooled_h,
+                                                       int pooled_w) {
+  OutputIndex<I> o;
+  o.pw = static_cast<int>(index % pooled_w);
+  o.ph = static_cast<int>((index / pooled_w) % pooled_h);
+  o.c = static_cast<int>((index / pooled_w / pooled_h) % channels);
+  o.k = index / pooled_w / pooled_h / channels;
+  return o;
 }
 
 // Batch index of a box row; -1 when it does not name an image of the batch. The Python layer
