@@ -1,13 +1,30 @@
 """The seam between CPU and GPU: the only code that looks at array types.
 
-``prepare`` maps the arrays of a call to a backend module (``cuproi._cpu`` for NumPy,
-``cuproi._cuda`` for CuPy) that exposes the same functions under the same names, plus its array
-module as ``xp``; nothing else in cuproi asks which kind of array it holds.
+``prepare`` maps the arrays of a call to a backend module (``cuproi._cpu`` for host memory,
+``cuproi._cuda`` for CUDA memory) that exposes the same functions under the same names, plus its
+array module as ``xp``; nothing else in cuproi asks which kind of array it holds.
+
+NumPy and CuPy arrays are used as they are. Any other array with ``__dlpack__`` (a PyTorch
+tensor, a JAX array, ...) comes in through ``numpy.from_dlpack`` or ``cupy.from_dlpack``
+without a copy, and results go back through the caller's own ``from_dlpack``: torch in, torch
+out; JAX in, JAX out. CuPy's ``from_dlpack`` hands its current stream to the producer, and
+torch's hands its own to CuPy, so no explicit synchronisation is needed on the way in or out.
 """
 
 import sys
 
 import numpy as np
+
+_DLPACK_CPU, _DLPACK_CUDA = 1, 2  # DLDeviceType: kDLCPU, kDLCUDA
+
+# Arguments that may be None (absent), and those that may be a list of per-image arrays.
+_OPTIONAL = {"offset"}
+_SEQUENCES = {"boxes"}
+
+
+def _framework(array):
+    """Top-level module of a foreign array's type ('torch', 'jaxlib', ...)."""
+    return type(array).__module__.split(".")[0]
 
 
 def _device(array, name):
@@ -17,19 +34,63 @@ def _device(array, name):
     cupy = sys.modules.get("cupy")  # a CuPy array implies cupy is imported: no import here
     if cupy is not None and isinstance(array, cupy.ndarray):
         return f"cuda:{array.device.id}"
+    if hasattr(array, "__dlpack__") and hasattr(array, "__dlpack_device__"):
+        kind, index = array.__dlpack_device__()
+        if kind == _DLPACK_CPU:
+            return "cpu"
+        if kind == _DLPACK_CUDA:
+            return f"cuda:{index}"
+        raise TypeError(
+            f"{name} lives on DLPack device type {int(kind)}; cuproi supports CPU and CUDA memory"
+        )
     kind = type(array)
     raise TypeError(
-        f"{name} must be a numpy.ndarray or a cupy.ndarray; got {kind.__module__}.{kind.__name__}"
+        f"{name} must be an array (NumPy, CuPy, or any with __dlpack__ such as torch or JAX); "
+        f"got {kind.__module__}.{kind.__name__}"
     )
+
+
+def _native(array, device, name):
+    """The array as NumPy (host) or CuPy (CUDA), sharing memory with a foreign one."""
+    cupy = sys.modules.get("cupy")
+    if isinstance(array, np.ndarray) or (cupy is not None and isinstance(array, cupy.ndarray)):
+        return array
+    if getattr(array, "requires_grad", False):  # torch will not export a tensor with a graph
+        array = array.detach()
+    try:
+        if device == "cpu":
+            return np.from_dlpack(array)
+        try:
+            import cupy
+        except ImportError:
+            raise TypeError(
+                f"{name} is on {device}: running on the GPU needs CuPy "
+                "(pip install 'cuproi[cuda12]' or 'cuproi[cuda13]')"
+            ) from None
+        with cupy.cuda.Device(int(device.split(":")[1])):
+            return cupy.from_dlpack(array)
+    except (BufferError, RuntimeError, ValueError) as error:  # e.g. bfloat16 has no NumPy dtype
+        dtype = getattr(array, "dtype", "unknown")
+        raise TypeError(
+            f"{name} (dtype {dtype}) cannot be read through DLPack: {error}. cuproi supports "
+            "float16, float32 and float64 features"
+        ) from None
 
 
 def _identity(result):
     return result
 
 
-# Arguments that may be None (absent), and those that may be a list of per-image arrays.
-_OPTIONAL = {"offset"}
-_SEQUENCES = {"boxes"}
+def _restorer(framework):
+    """The function that turns a NumPy/CuPy result into the caller's array type."""
+    if framework == "torch":
+        return sys.modules["torch"].from_dlpack
+    if framework in ("jax", "jaxlib"):
+        import jax.numpy
+
+        return jax.numpy.from_dlpack
+    module = sys.modules.get(framework)
+    return getattr(module, "from_dlpack", _identity)
 
 
 def prepare(**arrays):
@@ -38,42 +99,59 @@ def prepare(**arrays):
     Parameters
     ----------
     **arrays
-        Arrays by argument name. ``offset`` may be None (absent); ``boxes`` may be a list or
-        tuple of arrays (one per image).
+        Arrays by argument name: NumPy, CuPy or any array with ``__dlpack__``. ``offset`` may
+        be None (absent); ``boxes`` may be a list or tuple of arrays (one per image).
 
     Returns
     -------
     backend : module
         ``cuproi._cpu`` or ``cuproi._cuda``.
     arrays : tuple
-        The values in the order given.
+        The values in the order given, as NumPy or CuPy arrays (lists as lists of them).
     restore : callable
-        Turns a result of the backend into the caller's array type.
+        Turns a result of the backend into the array type of the first foreign array given
+        (the identity when all are NumPy or CuPy).
 
     Raises
     ------
     TypeError
-        For a value that is not a NumPy or CuPy array (None where an array is required).
+        For a value that is not an array (None where an array is required), or an array on a
+        device other than CPU and CUDA.
     ValueError
         When the arrays live on different devices; nothing is copied between them.
     """
-    seen = {}  # device -> first argument found there
+    items = {}  # name -> [(label, array)]
     for name, value in arrays.items():
         if value is None and name in _OPTIONAL:
-            continue
-        if isinstance(value, (list, tuple)) and name in _SEQUENCES:
-            items = [(f"{name}[{i}]", item) for i, item in enumerate(value)]
+            items[name] = None
+        elif isinstance(value, (list, tuple)) and name in _SEQUENCES:
+            items[name] = [(f"{name}[{i}]", item) for i, item in enumerate(value)]
         else:
-            items = [(name, value)]
-        for label, item in items:
+            items[name] = [(name, value)]
+    seen = {}  # device -> first argument found there
+    for pairs in filter(None, items.values()):
+        for label, item in pairs:
             seen.setdefault(_device(item, label), label)
     if len(seen) > 1:
         where = ", ".join(f"{label} on {device}" for device, label in seen.items())
         raise ValueError(
             f"all arrays must be on one device; got {where}. Move them to the same device first."
         )
-    if next(iter(seen), "cpu") == "cpu":
+    device = next(iter(seen), "cpu")
+    framework, native = None, []
+    for name, pairs in items.items():
+        if pairs is None:
+            native.append(None)
+            continue
+        converted = []
+        for label, item in pairs:
+            converted.append(_native(item, device, label))
+            if framework is None and converted[-1] is not item:
+                framework = _framework(item)
+        single = not isinstance(arrays[name], (list, tuple)) or name not in _SEQUENCES
+        native.append(converted[0] if single else converted)
+    if device == "cpu":
         from cuproi import _cpu as backend
     else:
         from cuproi import _cuda as backend
-    return backend, tuple(arrays.values()), _identity
+    return backend, tuple(native), _identity if framework is None else _restorer(framework)

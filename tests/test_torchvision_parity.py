@@ -51,3 +51,25 @@ def test_roi_pool(dtype, scale, size):
     theirs.backward(torch.from_numpy(g))
     grad = cuproi.roi_pool_backward(g, boxes, argmax, x.shape)
     np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("ratio", [-1, 2])
+def test_cuproi_torch_is_a_drop_in(aligned, ratio):
+    """cuproi.torch in place of torchvision.ops: same values and gradients through autograd,
+    with torchvision's list-of-boxes convention."""
+    import cuproi.torch
+
+    x = torch.from_numpy(features(np.float64)).requires_grad_()
+    zoo = torch.from_numpy(box_zoo(0.5))
+    boxes = [zoo[zoo[:, 0] == i, 1:] for i in range(2)]
+    results = []
+    for fn in (ops.roi_align, cuproi.torch.roi_align):
+        x.grad = None
+        out = fn(x, boxes, (7, 5), 0.5, ratio, aligned)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results.append((out.detach(), x.grad.clone()))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
+    x.grad = None
+    pooled = [f(x, boxes, 3, 0.5) for f in (ops.roi_pool, cuproi.torch.roi_pool)]
+    torch.testing.assert_close(pooled[0], pooled[1], rtol=0, atol=0)

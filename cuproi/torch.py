@@ -1,0 +1,515 @@
+"""PyTorch adapter: cuproi's ops as differentiable torch operators and modules.
+
+Importing this module imports torch (an optional dependency; ``import cuproi`` alone does not).
+The ops are registered with ``torch.library`` as custom operators in the ``cuproi`` namespace,
+with fake (meta) implementations and registered autograd, so they work under ``torch.compile``
+without graph breaks, with fake tensors, and with ``torch.autograd.gradcheck``. Their backward
+calls cuproi's backward functions. Tensors reach the kernels through DLPack without copies: CPU
+tensors run on the NumPy backend, CUDA tensors on the CUDA kernels, on the tensor's device and
+torch's current stream.
+
+Functions keep torchvision's positional signatures (mmcv's for ``deform_roi_pool``), so
+``torchvision.ops.roi_align`` can be replaced by :func:`cuproi.torch.roi_align`.
+"""
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+import cuproi
+from cuproi import _validate
+
+__all__ = [
+    "DeformRoIPool",
+    "DeformRoIPoolPack",
+    "ModulatedDeformRoIPoolPack",
+    "RoIAlign",
+    "RoIPool",
+    "deform_roi_pool",
+    "roi_align",
+    "roi_pool",
+]
+
+
+def _stream(tensor):
+    """Context in which CuPy launches on torch's current stream of ``tensor``'s device."""
+    if not tensor.is_cuda:
+        return contextlib.nullcontext()
+    import cupy
+
+    stream = torch.cuda.current_stream(tensor.device)
+    if hasattr(stream, "__cuda_stream__") and hasattr(cupy.cuda.Stream, "from_external"):
+        external = cupy.cuda.Stream.from_external(stream)
+    else:  # CuPy < 14, or a torch stream without the CUDA stream protocol
+        external = cupy.cuda.ExternalStream(stream.cuda_stream, tensor.device.index)
+    return external
+
+
+def _rois(boxes, like):
+    """(K, 5) box tensor from a tensor or torchvision's list of per-image (L, 4) tensors."""
+    if isinstance(boxes, (list, tuple)):
+        parts = [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)]
+        return torch.cat(parts) if parts else like.new_zeros((0, 5))
+    return boxes
+
+
+# ---- roi_align -------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("cuproi::roi_align", mutates_args=())
+def _roi_align(
+    input: Tensor,
+    rois: Tensor,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    with _stream(input):
+        return cuproi.roi_align(
+            input, rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned
+        )
+
+
+@_roi_align.register_fake
+def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
+
+
+@torch.library.custom_op("cuproi::roi_align_backward", mutates_args=())
+def _roi_align_backward(
+    grad: Tensor,
+    rois: Tensor,
+    input_shape: list[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    with _stream(grad):
+        return cuproi.roi_align_backward(
+            grad,
+            rois,
+            tuple(input_shape),
+            tuple(grad.shape[2:]),
+            spatial_scale,
+            sampling_ratio,
+            aligned,
+        )
+
+
+@_roi_align_backward.register_fake
+def _(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned):
+    return grad.new_empty(input_shape)
+
+
+def _roi_align_setup(ctx, inputs, output):
+    input, rois, _, _, ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned = inputs
+    ctx.input_shape = list(input.shape)
+    ctx.save_for_backward(rois)
+
+
+def _roi_align_grad(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    grad_input = _roi_align_backward(
+        grad.contiguous(),
+        rois,
+        ctx.input_shape,
+        ctx.spatial_scale,
+        ctx.sampling_ratio,
+        ctx.aligned,
+    )
+    return grad_input, None, None, None, None, None, None
+
+
+_roi_align.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """Differentiable :func:`cuproi.roi_align` on tensors, a drop-in for torchvision's.
+
+    Parameters
+    ----------
+    input : (N, C, H, W) Tensor
+        Features, float16, float32 or float64, on the CPU or a CUDA device.
+    boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
+        ``[batch_index, x1, y1, x2, y2]``, or one ``[x1, y1, x2, y2]`` tensor per image.
+    output_size, spatial_scale, sampling_ratio, aligned
+        As in :func:`cuproi.roi_align`.
+
+    Returns
+    -------
+    (K, C, PH, PW) Tensor
+        Differentiable with respect to ``input`` (not the boxes).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cuproi.torch
+    >>> x = torch.rand(1, 8, 32, 32, requires_grad=True)
+    >>> boxes = [torch.tensor([[4.0, 4.0, 20.0, 28.0]])]
+    >>> out = cuproi.torch.roi_align(x, boxes, 7, spatial_scale=1.0, sampling_ratio=2)
+    >>> out.sum().backward()
+    >>> tuple(out.shape), tuple(x.grad.shape)
+    ((1, 8, 7, 7), (1, 8, 32, 32))
+    """
+    pooled_h, pooled_w = _validate.output_size(output_size)
+    return _roi_align(
+        input,
+        _rois(boxes, input),
+        pooled_h,
+        pooled_w,
+        float(spatial_scale),
+        int(sampling_ratio),
+        bool(aligned),
+    )
+
+
+# ---- roi_pool --------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("cuproi::roi_pool", mutates_args=())
+def _roi_pool(
+    input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
+) -> tuple[Tensor, Tensor]:
+    with _stream(input):
+        return cuproi.roi_pool(input, rois, (pooled_h, pooled_w), spatial_scale, True)
+
+
+@_roi_pool.register_fake
+def _(input, rois, pooled_h, pooled_w, spatial_scale):
+    shape = (rois.shape[0], input.shape[1], pooled_h, pooled_w)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+
+
+@torch.library.custom_op("cuproi::roi_pool_backward", mutates_args=())
+def _roi_pool_backward(
+    grad: Tensor, rois: Tensor, argmax: Tensor, input_shape: list[int]
+) -> Tensor:
+    with _stream(grad):
+        return cuproi.roi_pool_backward(grad, rois, argmax, tuple(input_shape))
+
+
+@_roi_pool_backward.register_fake
+def _(grad, rois, argmax, input_shape):
+    return grad.new_empty(input_shape)
+
+
+def _roi_pool_setup(ctx, inputs, output):
+    input, rois = inputs[:2]
+    ctx.input_shape = list(input.shape)
+    ctx.save_for_backward(rois, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _roi_pool_grad(ctx, grad, grad_argmax):
+    rois, argmax = ctx.saved_tensors
+    grad_input = _roi_pool_backward(grad.contiguous(), rois, argmax, ctx.input_shape)
+    return grad_input, None, None, None, None
+
+
+_roi_pool.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """Differentiable :func:`cuproi.roi_pool` on tensors, a drop-in for torchvision's.
+
+    Parameters
+    ----------
+    input : (N, C, H, W) Tensor
+        Features on the CPU or a CUDA device.
+    boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
+        As in :func:`roi_align`.
+    output_size, spatial_scale
+        As in :func:`cuproi.roi_pool`.
+
+    Returns
+    -------
+    (K, C, PH, PW) Tensor
+        The max of every bin; the gradient flows to the cell each maximum came from.
+    """
+    pooled_h, pooled_w = _validate.output_size(output_size)
+    out, _ = _roi_pool(input, _rois(boxes, input), pooled_h, pooled_w, float(spatial_scale))
+    return out
+
+
+# ---- deform_roi_pool -------------------------------------------------------------------------
+
+
+@torch.library.custom_op("cuproi::deform_roi_pool", mutates_args=())
+def _deform_roi_pool(
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+) -> Tensor:
+    with _stream(input):
+        return cuproi.deform_roi_pool(
+            input, rois, offset, (pooled_h, pooled_w), spatial_scale, sampling_ratio, gamma
+        )
+
+
+@_deform_roi_pool.register_fake
+def _(input, rois, offset, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
+
+
+@torch.library.custom_op("cuproi::deform_roi_pool_backward", mutates_args=())
+def _deform_roi_pool_backward(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+) -> tuple[Tensor, Tensor]:
+    with _stream(grad):
+        grad_input, grad_offset = cuproi.deform_roi_pool_backward(
+            grad,
+            input,
+            rois,
+            offset,
+            tuple(grad.shape[2:]),
+            spatial_scale,
+            sampling_ratio,
+            gamma,
+        )
+    # An op returns tensors only: without offsets, an empty one stands for "no gradient".
+    return grad_input, grad.new_empty(0) if grad_offset is None else grad_offset
+
+
+@_deform_roi_pool_backward.register_fake
+def _(grad, input, rois, offset, spatial_scale, sampling_ratio, gamma):
+    return input.new_empty(input.shape), grad.new_empty(0 if offset is None else offset.shape)
+
+
+def _deform_setup(ctx, inputs, output):
+    input, rois, offset, _, _, ctx.spatial_scale, ctx.sampling_ratio, ctx.gamma = inputs
+    ctx.has_offset = offset is not None
+    ctx.save_for_backward(input, rois, offset)
+
+
+def _deform_grad(ctx, grad):
+    input, rois, offset = ctx.saved_tensors
+    grad_input, grad_offset = _deform_roi_pool_backward(
+        grad.contiguous(), input, rois, offset, ctx.spatial_scale, ctx.sampling_ratio, ctx.gamma
+    )
+    return grad_input, None, grad_offset if ctx.has_offset else None, None, None, None, None, None
+
+
+_deform_roi_pool.register_autograd(_deform_grad, setup_context=_deform_setup)
+
+
+def deform_roi_pool(
+    input, boxes, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1
+):
+    """Differentiable :func:`cuproi.deform_roi_pool` on tensors, with mmcv's signature.
+
+    Parameters
+    ----------
+    input : (N, C, H, W) Tensor
+        Features on the CPU or a CUDA device.
+    boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
+        As in :func:`roi_align`.
+    offset : (K, 2, PH, PW) Tensor or None
+        Per-bin shifts (x, y) in units of the box size, scaled by ``gamma``.
+    output_size, spatial_scale, sampling_ratio, gamma
+        As in :func:`cuproi.deform_roi_pool`.
+
+    Returns
+    -------
+    (K, C, PH, PW) Tensor
+        Differentiable with respect to ``input`` and ``offset``.
+    """
+    pooled_h, pooled_w = _validate.output_size(output_size)
+    return _deform_roi_pool(
+        input,
+        _rois(boxes, input),
+        offset,
+        pooled_h,
+        pooled_w,
+        float(spatial_scale),
+        int(sampling_ratio),
+        float(gamma),
+    )
+
+
+# ---- modules ---------------------------------------------------------------------------------
+
+
+class RoIAlign(nn.Module):
+    """Module form of :func:`roi_align` (torchvision's ``RoIAlign``)."""
+
+    def __init__(self, output_size, spatial_scale, sampling_ratio, aligned=False):
+        super().__init__()
+        self.output_size = _validate.output_size(output_size)
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input, rois):
+        return roi_align(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
+        )
+
+    def extra_repr(self):
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )
+
+
+class RoIPool(nn.Module):
+    """Module form of :func:`roi_pool` (torchvision's ``RoIPool``)."""
+
+    def __init__(self, output_size, spatial_scale):
+        super().__init__()
+        self.output_size = _validate.output_size(output_size)
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input, rois):
+        return roi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+
+
+class DeformRoIPool(nn.Module):
+    """Module form of :func:`deform_roi_pool` (mmcv's ``DeformRoIPool``)."""
+
+    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+        super().__init__()
+        self.output_size = _validate.output_size(output_size)
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.gamma = gamma
+
+    def forward(self, input, rois, offset=None):
+        return deform_roi_pool(
+            input,
+            rois,
+            offset,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.gamma,
+        )
+
+    def extra_repr(self):
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}"
+        )
+
+
+def _head(in_features, hidden, out_features, layers):
+    """Fully connected head ``layers`` deep whose last layer starts at zero."""
+    sizes = [in_features] + [hidden] * (layers - 1)
+    modules = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        modules += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+    last = nn.Linear(sizes[-1], out_features)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*modules, last)
+
+
+class DeformRoIPoolPack(DeformRoIPool):
+    """Deformable RoI pooling that predicts its own offsets (mmcv's ``DeformRoIPoolPack``).
+
+    Pools every box once without offsets, feeds the result to a 3-layer fully connected head
+    (``PH*PW*C -> deform_fc_channels -> deform_fc_channels -> PH*PW*2``, ReLU between, last
+    layer zero-initialised so training starts from plain RoI Align), and pools again with the
+    predicted offsets. The offsets of the last call stay in :attr:`offset`, so a training loss
+    can penalise them (an L2 term keeps the learned deformations small).
+
+    Parameters
+    ----------
+    output_size : int or (int, int)
+        Pooled size ``(PH, PW)``.
+    output_channels : int
+        Channels ``C`` of the features (the head's input is ``PH * PW * C``).
+    deform_fc_channels : int, optional
+        Width of the hidden layers.
+    spatial_scale, sampling_ratio, gamma
+        As in :func:`deform_roi_pool`.
+
+    Attributes
+    ----------
+    offset : (K, 2, PH, PW) Tensor or None
+        The offsets predicted by the last forward call (part of the autograd graph).
+    """
+
+    def __init__(
+        self,
+        output_size,
+        output_channels,
+        deform_fc_channels=1024,
+        spatial_scale=1.0,
+        sampling_ratio=0,
+        gamma=0.1,
+    ):
+        super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
+        self.output_channels = output_channels
+        self.deform_fc_channels = deform_fc_channels
+        ph, pw = self.output_size
+        self.offset_fc = _head(ph * pw * output_channels, deform_fc_channels, ph * pw * 2, 3)
+        self.offset = None
+
+    def _check(self, input):
+        if input.shape[1] != self.output_channels:
+            raise ValueError(
+                f"input has {input.shape[1]} channels; this module was built for "
+                f"output_channels={self.output_channels}"
+            )
+
+    def _predict(self, input, rois):
+        """Pool without offsets, then predict (K, 2, PH, PW) offsets from the result."""
+        plain = super().forward(input, rois)
+        offset = self.offset_fc(plain.flatten(1))
+        return plain, offset.view(plain.shape[0], 2, *self.output_size)
+
+    def forward(self, input, rois):
+        self._check(input)
+        _, self.offset = self._predict(input, rois)
+        return super().forward(input, rois, self.offset)
+
+
+class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
+    """:class:`DeformRoIPoolPack` with a learned per-bin mask (mmcv's modulated form, DCNv2).
+
+    A second head (``PH*PW*C -> deform_fc_channels -> PH*PW``, sigmoid, last layer
+    zero-initialised so the mask starts at 0.5) predicts a ``(K, 1, PH, PW)`` mask that
+    multiplies the deformed pooling. The last offsets and mask stay in :attr:`offset` and
+    :attr:`mask`.
+    """
+
+    def __init__(
+        self,
+        output_size,
+        output_channels,
+        deform_fc_channels=1024,
+        spatial_scale=1.0,
+        sampling_ratio=0,
+        gamma=0.1,
+    ):
+        super().__init__(
+            output_size, output_channels, deform_fc_channels, spatial_scale, sampling_ratio, gamma
+        )
+        ph, pw = self.output_size
+        self.mask_fc = nn.Sequential(
+            _head(ph * pw * output_channels, deform_fc_channels, ph * pw, 2), nn.Sigmoid()
+        )
+        self.mask = None
+
+    def forward(self, input, rois):
+        self._check(input)
+        plain, self.offset = self._predict(input, rois)
+        self.mask = self.mask_fc(plain.flatten(1)).view(plain.shape[0], 1, *self.output_size)
+        return DeformRoIPool.forward(self, input, rois, self.offset) * self.mask
