@@ -396,8 +396,9 @@ def test_boxes_not_an_array(op, b, label, kind):
     # A Python list is the per-image list form; its items must be arrays: a clear TypeError.
     with pytest.raises(
         TypeError,
-        match=re.escape(label) + r" must be a numpy.ndarray or a "
-        rf"cupy.ndarray; got builtins.{kind}",
+        match=re.escape(label)
+        + r" must be an array \(NumPy, CuPy, or any with __dlpack__ such as torch or JAX\); "
+        rf"got builtins.{kind}",
     ):
         call(op, b=b)
 
@@ -414,14 +415,14 @@ def test_none_for_a_required_array(op, argument):
     kw = {"input_shape": (N, C, H, W), "grad": default_grad(4), argument: None}
     with pytest.raises(
         TypeError,
-        match=rf"{names[argument]} must be a numpy.ndarray or a "
-        rf"cupy.ndarray; got builtins.NoneType",
+        match=rf"{names[argument]} must be an array \(NumPy, CuPy, or any with __dlpack__ "
+        rf"such as torch or JAX\); got builtins.NoneType",
     ):
         call(op, **kw)
 
 
 def test_none_in_a_box_list():
-    with pytest.raises(TypeError, match=r"boxes\[1\] must be a numpy.ndarray"):
+    with pytest.raises(TypeError, match=r"boxes\[1\] must be an array \\(NumPy"):
         cuproi.roi_align(features(), [boxes()[:2, 1:], None], OUT)
 
 
@@ -477,8 +478,8 @@ def test_input_unsupported_dtype(op, dtype):
 def test_input_not_an_array(op, x, label, kind):
     with pytest.raises(
         TypeError,
-        match=rf"{label} must be a numpy.ndarray or a cupy.ndarray; "
-        rf"got {kind}",
+        match=rf"{label} must be an array \(NumPy, CuPy, or any with __dlpack__ such as torch "
+        rf"or JAX\); got {kind}",
     ):
         call(op, x, input_shape=(N, C, H, W), grad=default_grad(4))
 
@@ -494,8 +495,8 @@ def test_input_not_an_array(op, x, label, kind):
 def test_grad_output_not_an_array(op, g, label, kind):
     with pytest.raises(
         TypeError,
-        match=rf"{label} must be a numpy.ndarray or a cupy.ndarray; "
-        rf"got {kind}",
+        match=rf"{label} must be an array \(NumPy, CuPy, or any with __dlpack__ such as torch "
+        rf"or JAX\); got {kind}",
     ):
         call(op, grad=g)
 
@@ -658,8 +659,8 @@ def test_offset_unsupported_dtype(op, dtype):
 def test_offset_not_an_array(op):
     with pytest.raises(
         TypeError,
-        match=r"offset must be a numpy.ndarray or a "
-        r"cupy.ndarray; got builtins.list",
+        match=r"offset must be an array \(NumPy, CuPy, or any with __dlpack__ such as torch or "
+        r"JAX\); got builtins.list",
     ):
         call(op, offset=default_offset(4).tolist())
 
@@ -782,7 +783,7 @@ def test_argmax_not_integer(dtype):
 
 
 def test_argmax_not_an_array():
-    with pytest.raises(TypeError, match=r"argmax must be a numpy.ndarray or a cupy.ndarray"):
+    with pytest.raises(TypeError, match=r"argmax must be an array \(NumPy, CuPy"):
         call("roi_pool_backward", argmax=default_argmax((4, C, *OUT)).tolist())
 
 
