@@ -422,7 +422,7 @@ def test_none_for_a_required_array(op, argument):
 
 
 def test_none_in_a_box_list():
-    with pytest.raises(TypeError, match=r"boxes\[1\] must be an array \\(NumPy"):
+    with pytest.raises(TypeError, match=r"boxes\[1\] must be an array \(NumPy"):
         cuproi.roi_align(features(), [boxes()[:2, 1:], None], OUT)
 
 
