@@ -38,7 +38,6 @@ error (``jax.errors.JaxRuntimeError``) whose message contains cuproi's error typ
 """
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -87,9 +86,9 @@ def _host(function, result, *arrays, **keywords):
     return jax.pure_callback(callback, result, *arrays, vmap_method=_VMAP_METHOD)
 
 
-def _features(input, name="input"):
+def _features(x, name="input"):
     """(N, C, H, W) floating JAX array, checked as cuproi checks it (shape and dtype only)."""
-    return _validate.features(_ShapesOnly, jnp.asarray(input), name)
+    return _validate.features(_ShapesOnly, x, name)
 
 
 def _concrete(array):
@@ -224,10 +223,11 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
            [0.  , 0.  , 0.  , 0.  ],
            [0.  , 0.  , 0.  , 0.  ]], dtype=float32)
     """
-    x = _features(input)
+    x = jnp.asarray(input)  # cuproi's order of checks: scalars, then features, then boxes
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
+    x = _features(x)
     rois = _boxes(boxes, x, scale)
     return _roi_align((pooled, scale, ratio, bool(aligned), tuple(x.shape)), x, rois)
 
@@ -322,9 +322,10 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
            [0., 0., 0., 0.],
            [0., 1., 0., 1.]], dtype=float32)
     """
-    x = _features(input)
+    x = jnp.asarray(input)
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
+    x = _features(x)
     rois = _boxes(boxes, x, scale)
     return _roi_pool((pooled, scale, tuple(x.shape)), x, rois)
 
@@ -435,11 +436,12 @@ def deform_roi_pool(
     >>> jax.grad(loss)(jnp.zeros((1, 2, 1, 1))).ravel()  # 0.1 * 2 cells * slopes 1 and 4
     Array([0.2, 0.8], dtype=float32)
     """
-    x = _features(input)
+    x = jnp.asarray(input)
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
     shift = _validate.gamma(gamma)
+    x = _features(x)
     rois = _boxes(boxes, x, scale)
     if offset is not None:
         offset = _validate.offset(_ShapesOnly, jnp.asarray(offset), rois.shape[0], pooled, x.dtype)
