@@ -289,3 +289,23 @@ def test_docstring_examples():
     jax.config.update("jax_enable_x64", False)  # the examples show float32; the fixture restores
     result = doctest.testmod(cj, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_plain_functions_take_and_return_jax_arrays(dtype):
+    """The array API through DLPack: JAX in, JAX out, same dtype and values as NumPy."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 9, 11)).astype(dtype)
+    boxes = np.array([[0, 1.0, 1.5, 7.0, 6.0], [1, -2.0, 0.0, 5.0, 9.5]], np.float32)
+    offset = rng.standard_normal((2, 2, 3, 3)).astype(dtype)
+    xj, bj, oj = (jnp.asarray(a) for a in (x, boxes, offset))
+    out = cuproi.deform_roi_pool(xj, bj, oj, 3, 1.0, 2)
+    assert isinstance(out, jax.Array) and out.dtype == dtype
+    np.testing.assert_array_equal(
+        np.asarray(out), cuproi.deform_roi_pool(x, boxes, offset, 3, 1.0, 2)
+    )
+    per_image = [bj[:1, 1:], bj[1:, 1:]]
+    pooled, argmax = cuproi.roi_pool(xj, per_image, 3, return_argmax=True)
+    assert isinstance(pooled, jax.Array) and isinstance(argmax, jax.Array)
+    grad = cuproi.roi_pool_backward(jnp.ones_like(pooled), bj, argmax, x.shape)
+    assert isinstance(grad, jax.Array) and grad.shape == x.shape
