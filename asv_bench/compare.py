@@ -1,0 +1,183 @@
+"""cuproi beside torchvision.ops on the reference workloads, in one process.
+
+    python asv_bench/compare.py --device cuda     # GPU: CuPy kernels vs torchvision CUDA ops
+    python asv_bench/compare.py --device cpu      # CPU: NumPy backend vs torchvision C++ ops
+
+Prints a Markdown table (median times, the ratio cuproi / torchvision, and on the GPU the
+lower bound of reference/performance.md section 4: output plus every touched feature element
+moved once at the device's memory bandwidth) for docs/benchmarks.md. torchvision is optional:
+without it only cuproi is timed. Workloads (reference/performance.md section 1): 2 images, 256
+channels, one FPN level of an 800x1216 input at stride 8 (100x152), 512 boxes of 16 to 300
+pixels, 7x7 output, sampling_ratio 2, aligned; the mask head uses 14x14 outputs and 256 boxes.
+"""
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+import cuproi  # noqa: E402
+
+BANDWIDTH = {"H100": 3.0e12, "H200": 4.0e12}  # bytes/s, copy bandwidth (performance.md)
+
+
+def workload(boxes=512, size=7, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 256, 100, 152)).astype(dtype)
+    extent = rng.uniform(16, 300, (boxes, 2))
+    corner = rng.uniform(0, [1216, 800], (boxes, 2)) - extent / 2
+    rois = np.column_stack([rng.integers(0, 2, boxes), corner, corner + extent])
+    grad = rng.standard_normal((boxes, 256, size, size)).astype(dtype)
+    return x, rois.astype(np.float32), grad
+
+
+def footprint_bytes(x, rois, size, scale=1 / 8):
+    """Output plus the feature elements the boxes' samples touch, each once (aligned, ratio 2)."""
+    n, c, h, w = x.shape
+    touched = np.zeros((n, h, w), bool)
+    for b, x1, y1, x2, y2 in rois:
+        ys = y1 * scale - 0.5 + (np.arange(2 * size) + 0.5) * (y2 - y1) * scale / (2 * size)
+        xs = x1 * scale - 0.5 + (np.arange(2 * size) + 0.5) * (x2 - x1) * scale / (2 * size)
+        ys, xs = ys[(ys >= -1) & (ys <= h)], xs[(xs >= -1) & (xs <= w)]  # others read nothing
+        rows = np.unique(np.clip(np.concatenate([np.floor(ys), np.floor(ys) + 1]), 0, h - 1))
+        cols = np.unique(np.clip(np.concatenate([np.floor(xs), np.floor(xs) + 1]), 0, w - 1))
+        touched[int(b)][np.ix_(rows.astype(int), cols.astype(int))] = True
+    return (touched.sum() * c + len(rois) * c * size * size) * x.itemsize
+
+
+def timer(device):
+    """(time a callable in seconds: median of repeats, what was measured)."""
+    if device == "cpu":
+
+        def run(fn, repeat):
+            fn()
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            return float(np.median(times))
+
+        return run
+    import cupy
+
+    def run(fn, repeat):
+        # CUDA events on the legacy default stream, which both CuPy and torch launch on by
+        # default; the device is idle at each start, so host launch overhead is counted too.
+        fn()
+        cupy.cuda.Device().synchronize()
+        times = []
+        for _ in range(repeat):
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
+        return float(np.median(times))
+
+    return run
+
+
+def calls(device, xp, boxes, size, dtype):
+    """The timed calls of one workload: ({op: cuproi call}, {op: torchvision call}, bound)."""
+    x, rois, grad = workload(boxes, size, dtype)
+    xa, ra, ga = (xp.asarray(a) for a in (x, rois, grad))
+    offset = xp.zeros((boxes, 2, size, size), dtype)
+    kw = {"spatial_scale": 1 / 8, "sampling_ratio": 2}
+    _, argmax = cuproi.roi_pool(xa, ra, size, 1 / 8, return_argmax=True)
+    ours = {
+        "roi_align forward": lambda: cuproi.roi_align(xa, ra, size, aligned=True, **kw),
+        "roi_align backward": lambda: cuproi.roi_align_backward(
+            ga, ra, x.shape, size, aligned=True, **kw
+        ),
+        "roi_pool forward": lambda: cuproi.roi_pool(xa, ra, size, 1 / 8),
+        "roi_pool backward": lambda: cuproi.roi_pool_backward(ga, ra, argmax, x.shape),
+        "deform_roi_pool forward": lambda: cuproi.deform_roi_pool(xa, ra, offset, size, **kw),
+        "deform_roi_pool backward": lambda: cuproi.deform_roi_pool_backward(
+            ga, xa, ra, offset, size, **kw
+        ),
+    }
+    theirs = {}
+    try:
+        import torch
+        from torchvision import ops
+    except ImportError:
+        return ours, theirs, None
+    tx = torch.from_numpy(x).to(device)
+    tr = torch.from_numpy(rois).to(tx.dtype).to(device)  # torchvision wants one dtype
+    tg = torch.from_numpy(grad).to(device)
+    txg = tx.clone().requires_grad_()
+    theirs["roi_align forward"] = lambda: ops.roi_align(tx, tr, size, 1 / 8, 2, True)
+    theirs["roi_pool forward"] = lambda: ops.roi_pool(tx, tr, size, 1 / 8)
+    try:  # the graphs the backward timings replay (retain_graph)
+        out = ops.roi_align(txg, tr, size, 1 / 8, 2, True)
+        theirs["roi_align backward"] = lambda: torch.autograd.grad(out, txg, tg, True)
+        pooled = ops.roi_pool(txg, tr, size, 1 / 8)
+        theirs["roi_pool backward"] = lambda: torch.autograd.grad(pooled, txg, tg, True)
+    except (RuntimeError, NotImplementedError):
+        pass  # a dtype torchvision lacks: its forward timing reports the error
+    return ours, theirs, footprint_bytes(x, rois, size) if device == "cuda" else None
+
+
+def cases(device, dtypes):
+    """(name, dtype, cuproi callable, torchvision callable or None, bytes bound or None)."""
+    xp = np
+    if device == "cuda":
+        import cupy as xp
+    for name, boxes, size in (("box head", 512, 7), ("mask head", 256, 14)):
+        for dtype in dtypes:
+            ours, theirs, bound = calls(device, xp, boxes, size, dtype)
+            for op, fn in ours.items():
+                yield f"{name}, {op}", np.dtype(dtype).name, fn, theirs.get(op), bound
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    parser.add_argument("--repeat", type=int, default=None, help="timed runs per case")
+    args = parser.parse_args(argv)
+    repeat = args.repeat or (50 if args.device == "cuda" else 3)
+    dtypes = [np.float32, np.float16] if args.device == "cuda" else [np.float32]
+    run = timer(args.device)
+    if args.device == "cuda":
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        machine = props["name"].decode()
+        bandwidth = next((v for k, v in BANDWIDTH.items() if k in machine), None)
+        versions = f"CuPy {cupy.__version__}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
+    else:
+        machine, bandwidth = f"{platform.processor() or platform.machine()} CPU", None
+        versions = f"NumPy {np.__version__}"
+    try:
+        import torch
+        import torchvision
+
+        versions += f", torch {torch.__version__}, torchvision {torchvision.__version__}"
+        if args.device == "cpu":
+            versions += f" ({torch.get_num_threads()} threads)"
+    except ImportError:
+        versions += ", torchvision not installed"
+    print(f"{machine}; cuproi {cuproi.__version__}, {versions}; median of {repeat} runs\n")
+    print("| case | dtype | cuproi | torchvision | ratio | memory bound |")
+    print("|---|---|---|---|---|---|")
+    for case, dtype, ours, theirs, bound in cases(args.device, dtypes):
+        t_ours = run(ours, repeat)
+        try:
+            t_theirs = run(theirs, repeat) if theirs is not None else None
+        except (RuntimeError, NotImplementedError) as error:  # e.g. a dtype torchvision lacks
+            print(f"<!-- torchvision {case} {dtype}: {str(error).splitlines()[0]} -->")
+            t_theirs = None
+        ratio = f"{t_ours / t_theirs:.2f}" if t_theirs else "-"
+        floor = f"{bound / bandwidth * 1e6:.0f} µs" if bound and bandwidth else "-"
+        theirs_text = f"{t_theirs * 1e3:.3f} ms" if t_theirs else "-"
+        print(f"| {case} | {dtype} | {t_ours * 1e3:.3f} ms | {theirs_text} | {ratio} | {floor} |")
+
+
+if __name__ == "__main__":
+    main()
