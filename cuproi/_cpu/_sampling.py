@@ -112,6 +112,41 @@ class AxisTaps(NamedTuple):
     slope: np.ndarray
 
 
+def sample_positions(start, bin_size, grid, i):
+    """Position of sample ``i`` of each bin, ``start + (i + 0.5) * bin_size / grid``.
+
+    In the dtype of ``start`` and the operation order of sample_at() in the kernels; the
+    arguments broadcast. Shared by axis_taps and cuproi.viz, which draws these very points.
+    """
+    ct = start.dtype.type
+    return start + (np.asarray(i).astype(ct) + ct(0.5)) * bin_size / np.asarray(grid).astype(ct)
+
+
+def in_range(pos, size):
+    """Samples that count: inside ``[-1, size]`` (NaN is outside); the others add zero."""
+    ct = pos.dtype.type
+    return (pos >= ct(-1)) & (pos <= ct(size))
+
+
+def edge_taps(pos, size):
+    """The two taps of samples at ``pos`` (in range) along an axis of ``size`` cells.
+
+    Returns ``(low, high, frac, free)``: the weights are ``1 - frac`` at ``low`` and ``frac``
+    at ``high``. A sample in the band below 0 is clamped to 0, one at or past the last cell to
+    it (edge replication); ``free`` is False there, where the weights do not move with it.
+    """
+    ct = pos.dtype.type
+    free = pos >= 0
+    pos = np.maximum(pos, ct(0))
+    low = pos.astype(np.int64)
+    top = low >= size - 1
+    high = np.where(top, size - 1, low + 1)
+    low = np.where(top, size - 1, low)
+    pos = np.where(top, low.astype(ct), pos)
+    free &= ~top
+    return low, high, pos - low.astype(ct), free
+
+
 def axis_taps(start, bin_size, grid, size):
     """Taps of the samples ``start + (i + 0.5) * bin_size / grid`` of each bin (row)."""
     ct = start.dtype.type
@@ -121,19 +156,10 @@ def axis_taps(start, bin_size, grid, size):
     first = np.cumsum(n) - n
     row = np.repeat(np.arange(rows), n)
     i = lo[row] + (np.arange(row.size) - first[row])
-    # Same operation order as sample_at() in the kernels.
-    pos = start[row] + (i.astype(ct) + ct(0.5)) * bin_size[row] / grid[row].astype(ct)
-    inside = (pos >= ct(-1)) & (pos <= ct(size))  # NaN is outside
+    pos = sample_positions(start[row], bin_size[row], grid[row], i)
+    inside = in_range(pos, size)
     row, pos = row[inside], pos[inside]
-    free = pos >= 0
-    pos = np.maximum(pos, ct(0))
-    low = pos.astype(np.int64)
-    top = low >= size - 1
-    high = np.where(top, size - 1, low + 1)
-    low = np.where(top, size - 1, low)
-    pos = np.where(top, low.astype(ct), pos)
-    free &= ~top
-    frac = pos - low.astype(ct)
+    low, high, frac, free = edge_taps(pos, size)
     # Merge the two taps of every sample into one sorted entry per (row, index).
     keys = np.concatenate([row * size + low, row * size + high])
     unique, inverse = np.unique(keys, return_inverse=True)
