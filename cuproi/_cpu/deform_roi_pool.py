@@ -10,14 +10,16 @@ def _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio):
     return _sampling.make_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, 0.5, False)
 
 
-def _operators(rois, g, offset, pooled, shape, gamma, slopes=False):
-    """Yield (first box, last box + 1, operator or (operator, d/dx, d/dy)) for chunks of boxes.
+def _bin_axes(g, offset, pooled, gamma):
+    """(start, bin size, samples) of every bin along y and along x, each (K, PH, PW).
 
-    The boxes are sampled on grid ``g``, every bin shifted by its offset.
+    Bin ``(ph, pw)`` of grid ``g`` starts at the box corner shifted by
+    ``gamma * box size * offset[:, (x, y), ph, pw]`` (unshifted if ``offset`` is None), plus
+    ``ph`` (``pw``) bin sizes. cuproi.viz draws the bins from this.
     """
-    (pooled_h, pooled_w), (_, h, w) = pooled, shape
-    bins = (len(rois), pooled_h, pooled_w)
-    ct = rois.dtype.type
+    pooled_h, pooled_w = pooled
+    bins = (len(g.start_y), pooled_h, pooled_w)
+    ct = g.start_y.dtype.type
     start_y = g.start_y[:, None, None]
     start_x = g.start_x[:, None, None]
     if offset is not None:  # same operation order as deformed_grid() in the kernel
@@ -33,8 +35,17 @@ def _operators(rois, g, offset, pooled, shape, gamma, slopes=False):
         g.bin_w[:, None, None],
         g.grid_w[:, None, None],
     ]
-    y = [np.broadcast_to(a, bins) for a in y]  # (start, bin size, samples) of every bin
-    x = [np.broadcast_to(a, bins) for a in x]
+    return [np.broadcast_to(a, bins) for a in y], [np.broadcast_to(a, bins) for a in x]
+
+
+def _operators(rois, g, offset, pooled, shape, gamma, slopes=False):
+    """Yield (first box, last box + 1, operator or (operator, d/dx, d/dy)) for chunks of boxes.
+
+    The boxes are sampled on grid ``g``, every bin shifted by its offset.
+    """
+    (pooled_h, pooled_w), (_, h, w) = pooled, shape
+    ct = rois.dtype.type
+    y, x = _bin_axes(g, offset, pooled, gamma)
     cost = _sampling.samples_bound(*y, h) * _sampling.samples_bound(*x, w)
     for k0, k1 in _sampling.chunks(cost.reshape(len(rois), pooled_h * pooled_w).sum(1)):
         ys = _sampling.axis_taps(*(a[k0:k1].ravel() for a in y), h)
