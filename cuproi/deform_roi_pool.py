@@ -72,7 +72,16 @@ def deform_roi_pool(
 
 
 def deform_roi_pool_backward(
-    grad_output, input, boxes, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1
+    grad_output,
+    input,
+    boxes,
+    offset,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=0,
+    gamma=0.1,
+    *,
+    deterministic=False,
 ):
     """Gradients of :func:`deform_roi_pool` with respect to the features and the offsets.
 
@@ -84,6 +93,10 @@ def deform_roi_pool_backward(
         The features of the forward call (the offset gradient reads them).
     boxes, offset, output_size, spatial_scale, sampling_ratio, gamma
         As in the forward call.
+    deterministic : bool, optional
+        Sum overlapping contributions in a fixed-point format whose total does not depend on
+        the order of the additions, so that the GPU gives bit-identical gradients from run to
+        run (default: floating-point atomic adds, faster). See Notes.
 
     Returns
     -------
@@ -101,11 +114,17 @@ def deform_roi_pool_backward(
     -----
     ``grad_offset`` is the true derivative of the forward, taken from the right where the
     bilinear surface has a kink (at integer sample positions), and zero where the forward does
-    not move: outside ``[-1, H] x [-1, W]`` and across the edge bands ``[-1, 0)`` and
-    ``(H-1, H]`` along the clamped axis. Inside a band the derivative along the other axis is
-    the slope of the edge row or column; mmcv gets that wrong (it computes it from the
-    unclamped position). On the GPU both gradients accumulate with atomic adds, so their last
-    bits may vary between runs. No gradient flows to the boxes.
+    not move: outside ``[-1, H] x [-1, W]`` and across the edge bands ``[-1, 0)`` and ``(H-1,
+    H]`` along the clamped axis. Inside a band the derivative along the other axis is the slope
+    of the edge row or column; mmcv gets that wrong (it computes it from the unclamped
+    position). On the GPU both gradients accumulate with atomic adds by default, so their last
+    bits may vary between runs. With ``deterministic=True`` the GPU sums in 128-bit fixed point,
+    at a resolution of ``2**-124 * max|grad_output| * grad_output.size`` or finer, with 16 bytes
+    of scratch per input element: the sum is exact and rounded once at the end, so it is also
+    more accurate than the default. inf and NaN in ``grad_output`` propagate as in the default.
+    The CPU backend is always deterministic. The offset gradient is then summed over the
+    channels from a per-channel array, ``K * C * 2 * PH * PW`` values. No gradient flows to the
+    boxes.
 
     Examples
     --------
@@ -132,7 +151,7 @@ def deform_roi_pool_backward(
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled)
     o_compute = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
     grad_input, grad_offset = backend.deform_roi_pool_backward(
-        g, x, rois, o_compute, scale, ratio, shift
+        g, x, rois, o_compute, scale, ratio, shift, deterministic=bool(deterministic)
     )
     if grad_offset is not None:
         grad_offset = restore(grad_offset.astype(o.dtype, copy=False))

@@ -91,6 +91,8 @@ def roi_align_backward(
     spatial_scale=1.0,
     sampling_ratio=-1,
     aligned=False,
+    *,
+    deterministic=False,
 ):
     """Gradient of :func:`roi_align` with respect to its input features.
 
@@ -104,6 +106,10 @@ def roi_align_backward(
         ``(N, C, H, W)`` of the forward input.
     output_size, spatial_scale, sampling_ratio, aligned
         As in the forward call.
+    deterministic : bool, optional
+        Sum overlapping contributions in a fixed-point format whose total does not depend on
+        the order of the additions, so that the GPU gives bit-identical gradients from run to
+        run (default: floating-point atomic adds, faster). See Notes.
 
     Returns
     -------
@@ -118,10 +124,14 @@ def roi_align_backward(
 
     Notes
     -----
-    The backward is the exact transpose of the forward (the adjoint identity
-    ``<roi_align(x), g> == <x, roi_align_backward(g)>`` holds). On the GPU it accumulates with
-    atomic adds, so the order of the sums, and the last bits of the result, may differ between
-    runs; float16 accumulates in float32. No gradient flows to the boxes.
+    The backward is the exact transpose of the forward (the adjoint identity ``<roi_align(x), g>
+    == <x, roi_align_backward(g)>`` holds). On the GPU it accumulates with atomic adds by
+    default, so the order of the sums, and the last bits of the result, may differ between runs;
+    float16 accumulates in float32. With ``deterministic=True`` the GPU sums in 128-bit fixed
+    point, at a resolution of ``2**-124 * max|grad_output| * grad_output.size`` or finer, with
+    16 bytes of scratch per input element: the sum is exact and rounded once at the end, so it
+    is also more accurate than the default. inf and NaN in ``grad_output`` propagate as in the
+    default. The CPU backend is always deterministic. No gradient flows to the boxes.
 
     Examples
     --------
@@ -141,7 +151,11 @@ def roi_align_backward(
     ratio = _validate.sampling_ratio(sampling_ratio)
     rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled)
-    return restore(backend.roi_align_backward(g, rois, shape, scale, ratio, bool(aligned)))
+    return restore(
+        backend.roi_align_backward(
+            g, rois, shape, scale, ratio, bool(aligned), deterministic=bool(deterministic)
+        )
+    )
 
 
 roi_align.__doc__ = roi_align.__doc__.format(conventions=_CONVENTIONS)

@@ -69,7 +69,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
     return (restore(out), restore(argmax)) if return_argmax else restore(out)
 
 
-def roi_pool_backward(grad_output, boxes, argmax, input_shape):
+def roi_pool_backward(grad_output, boxes, argmax, input_shape, *, deterministic=False):
     """Gradient of :func:`roi_pool` with respect to its input features.
 
     Parameters
@@ -82,6 +82,10 @@ def roi_pool_backward(grad_output, boxes, argmax, input_shape):
         The ``argmax`` returned by ``roi_pool(..., return_argmax=True)``.
     input_shape : tuple of 4 ints
         ``(N, C, H, W)`` of the forward input.
+    deterministic : bool, optional
+        Sum overlapping contributions in a fixed-point format whose total does not depend on
+        the order of the additions, so that the GPU gives bit-identical gradients from run to
+        run (default: floating-point atomic adds, faster). See Notes.
 
     Returns
     -------
@@ -97,8 +101,12 @@ def roi_pool_backward(grad_output, boxes, argmax, input_shape):
 
     Notes
     -----
-    Overlapping bins can add to one cell; on the GPU these sums use atomic adds, so their order
-    may vary between runs. Empty bins (argmax -1) contribute nothing.
+    Overlapping bins can add to one cell; on the GPU these sums use atomic adds by default, so
+    their order may vary between runs. With ``deterministic=True`` the GPU sums in 128-bit fixed
+    point, at a resolution of ``2**-124 * max|grad_output| * grad_output.size`` or finer, with
+    16 bytes of scratch per input element: the sum is exact and rounded once at the end, so it
+    is also more accurate than the default. inf and NaN in ``grad_output`` propagate as in the
+    default. The CPU backend is always deterministic. Empty bins (argmax -1) contribute nothing.
 
     Examples
     --------
@@ -122,4 +130,4 @@ def roi_pool_backward(grad_output, boxes, argmax, input_shape):
         raise ValueError(f"grad_output must be a 4-D array (K, C, PH, PW); got shape {g.shape}")
     g = _validate.grad_output(backend.xp, g, len(rois), shape[1], g.shape[2:])
     a = _validate.argmax(backend.xp, a, g.shape, shape[2] * shape[3])
-    return restore(backend.roi_pool_backward(g, rois, a, shape))
+    return restore(backend.roi_pool_backward(g, rois, a, shape, deterministic=bool(deterministic)))

@@ -6,7 +6,8 @@ with fake (meta) implementations and registered autograd, so they work under ``t
 without graph breaks, with fake tensors, and with ``torch.autograd.gradcheck``. Their backward
 calls cuproi's backward functions. Tensors reach the kernels through DLPack without copies: CPU
 tensors run on the NumPy backend, CUDA tensors on the CUDA kernels, on the tensor's device and
-torch's current stream.
+torch's current stream. Under ``torch.use_deterministic_algorithms(True)`` the backward passes
+``deterministic=True``: bit-identical gradients from run to run on the GPU.
 
 Functions keep torchvision's positional signatures (mmcv's for ``deform_roi_pool``), so
 ``torchvision.ops.roi_align`` can be replaced by :func:`cuproi.torch.roi_align`.
@@ -86,6 +87,7 @@ def _roi_align_backward(
     spatial_scale: float,
     sampling_ratio: int,
     aligned: bool,
+    deterministic: bool,
 ) -> Tensor:
     with _stream(grad):
         return cuproi.roi_align_backward(
@@ -96,11 +98,12 @@ def _roi_align_backward(
             spatial_scale,
             sampling_ratio,
             aligned,
+            deterministic=deterministic,
         )
 
 
 @_roi_align_backward.register_fake
-def _(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned):
+def _(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned, deterministic):
     return grad.new_empty(input_shape)
 
 
@@ -119,6 +122,7 @@ def _roi_align_grad(ctx, grad):
         ctx.spatial_scale,
         ctx.sampling_ratio,
         ctx.aligned,
+        torch.are_deterministic_algorithms_enabled(),
     )
     return grad_input, None, None, None, None, None, None
 
@@ -185,14 +189,16 @@ def _(input, rois, pooled_h, pooled_w, spatial_scale):
 
 @torch.library.custom_op("cuproi::roi_pool_backward", mutates_args=())
 def _roi_pool_backward(
-    grad: Tensor, rois: Tensor, argmax: Tensor, input_shape: list[int]
+    grad: Tensor, rois: Tensor, argmax: Tensor, input_shape: list[int], deterministic: bool
 ) -> Tensor:
     with _stream(grad):
-        return cuproi.roi_pool_backward(grad, rois, argmax, tuple(input_shape))
+        return cuproi.roi_pool_backward(
+            grad, rois, argmax, tuple(input_shape), deterministic=deterministic
+        )
 
 
 @_roi_pool_backward.register_fake
-def _(grad, rois, argmax, input_shape):
+def _(grad, rois, argmax, input_shape, deterministic):
     return grad.new_empty(input_shape)
 
 
@@ -205,7 +211,13 @@ def _roi_pool_setup(ctx, inputs, output):
 
 def _roi_pool_grad(ctx, grad, grad_argmax):
     rois, argmax = ctx.saved_tensors
-    grad_input = _roi_pool_backward(grad.contiguous(), rois, argmax, ctx.input_shape)
+    grad_input = _roi_pool_backward(
+        grad.contiguous(),
+        rois,
+        argmax,
+        ctx.input_shape,
+        torch.are_deterministic_algorithms_enabled(),
+    )
     return grad_input, None, None, None, None
 
 
@@ -268,6 +280,7 @@ def _deform_roi_pool_backward(
     spatial_scale: float,
     sampling_ratio: int,
     gamma: float,
+    deterministic: bool,
 ) -> tuple[Tensor, Tensor]:
     with _stream(grad):
         grad_input, grad_offset = cuproi.deform_roi_pool_backward(
@@ -279,13 +292,14 @@ def _deform_roi_pool_backward(
             spatial_scale,
             sampling_ratio,
             gamma,
+            deterministic=deterministic,
         )
     # An op returns tensors only: without offsets, an empty one stands for "no gradient".
     return grad_input, grad.new_empty(0) if grad_offset is None else grad_offset
 
 
 @_deform_roi_pool_backward.register_fake
-def _(grad, input, rois, offset, spatial_scale, sampling_ratio, gamma):
+def _(grad, input, rois, offset, spatial_scale, sampling_ratio, gamma, deterministic):
     return input.new_empty(input.shape), grad.new_empty(0 if offset is None else offset.shape)
 
 
@@ -298,7 +312,14 @@ def _deform_setup(ctx, inputs, output):
 def _deform_grad(ctx, grad):
     input, rois, offset = ctx.saved_tensors
     grad_input, grad_offset = _deform_roi_pool_backward(
-        grad.contiguous(), input, rois, offset, ctx.spatial_scale, ctx.sampling_ratio, ctx.gamma
+        grad.contiguous(),
+        input,
+        rois,
+        offset,
+        ctx.spatial_scale,
+        ctx.sampling_ratio,
+        ctx.gamma,
+        torch.are_deterministic_algorithms_enabled(),
     )
     return grad_input, None, grad_offset if ctx.has_offset else None, None, None, None, None, None
 

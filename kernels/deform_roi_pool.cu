@@ -13,11 +13,15 @@
 //   cuproi_deform_roi_pool_backward_<T>[_i64](
 //       I n, const T* grad_output, const T* input, const C* rois, const C* offset,
 //       int has_offset, C spatial_scale, int sampling_ratio, C gamma, int batch, int channels,
-//       int height, int width, int pooled_h, int pooled_w, C* grad_input, C* grad_offset)
+//       int height, int width, int pooled_h, int pooled_w, C* grad_input, u64* grad_fixed,
+//       const int* exponent, int deterministic, C* grad_offset)
 // n = K * channels * pooled_h * pooled_w; arrays contiguous; rois (K, 5) and offset
 // (K, 2, pooled_h, pooled_w) in C (float for f16 and f32, double for f64). When has_offset is 0
-// the offset pointer is never read and grad_offset never written. grad_input and grad_offset
-// are zeroed C buffers accumulated with atomicAdd (nondeterministic summation order).
+// the offset pointer is never read and grad_offset never written. grad_input is a zeroed C
+// buffer summed as (grad_fixed, exponent, deterministic) select (common/grad_sum.cuh).
+// grad_offset is zeroed too: by default the (K, 2, pooled_h, pooled_w) gradient, to which every
+// channel adds with atomicAdd; in deterministic mode a (K, channels, 2, pooled_h, pooled_w)
+// array of per-channel terms, which the caller sums over the channels in a fixed order.
 #include "common/bilinear.cuh"
 
 namespace cuproi {
@@ -62,7 +66,8 @@ __device__ void deform_roi_pool_backward(I n, const T* grad_output, const T* inp
                                          const C* rois, const C* offset, int has_offset,
                                          C spatial_scale, int sampling_ratio, C gamma, int batch,
                                          int channels, int height, int width, int pooled_h,
-                                         int pooled_w, C* grad_input, C* grad_offset) {
+                                         int pooled_w, GradSum<C> grad_input,
+                                         C* grad_offset) {
   CUPROI_KERNEL_LOOP(index, n, I) {
     const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
     const C* roi = rois + o.k * 5;
@@ -74,13 +79,20 @@ __device__ void deform_roi_pool_backward(I n, const T* grad_output, const T* inp
     if (grad == C(0)) continue;
     // The bin's start moves by gamma * width per unit of offset_x (gamma * height for y).
     C dx, dy;
-    bin_backward(plane<C, I>(grad_input, b, o.c, channels, height, width),
+    bin_backward(grad_input.at(plane_offset<I>(b, o.c, channels, height, width)),
                  has_offset ? plane<const T, I>(input, b, o.c, channels, height, width) : nullptr,
                  height, width, g, o.ph, o.pw, grad, dx, dy);
-    if (has_offset) {
-      C* go = grad_offset + o.k * 2 * pooled_h * pooled_w + o.ph * pooled_w + o.pw;
-      atomicAdd(go, gamma * g.width * grad * dx);
-      atomicAdd(go + pooled_h * pooled_w, gamma * g.height * grad * dy);
+    if (!has_offset) continue;
+    const C gx = gamma * g.width * grad * dx, gy = gamma * g.height * grad * dy;
+    const int bins = pooled_h * pooled_w, bin = o.ph * pooled_w + o.pw;
+    if (grad_input.deterministic) {
+      C* go = grad_offset + (o.k * channels + o.c) * 2 * bins + bin;
+      go[0] = gx;
+      go[bins] = gy;
+    } else {
+      C* go = grad_offset + o.k * 2 * bins + bin;
+      atomicAdd(go, gx);
+      atomicAdd(go + bins, gy);
     }
   }
 }
@@ -101,11 +113,12 @@ __device__ void deform_roi_pool_backward(I n, const T* grad_output, const T* inp
   extern "C" __global__ void cuproi_deform_roi_pool_backward_##SFX##ISFX(                        \
       I n, const T* grad_output, const T* input, const C* rois, const C* offset, int has_offset,  \
       C spatial_scale, int sampling_ratio, C gamma, int batch, int channels, int height,          \
-      int width, int pooled_h, int pooled_w, C* grad_input, C* grad_offset) {                     \
-    cuproi::deform_roi_pool_backward<T, C, I>(n, grad_output, input, rois, offset, has_offset,   \
-                                              spatial_scale, sampling_ratio, gamma, batch,        \
-                                              channels, height, width, pooled_h, pooled_w,        \
-                                              grad_input, grad_offset);                           \
+      int width, int pooled_h, int pooled_w, C* grad_input, cuproi::u64* grad_fixed,              \
+      const int* exponent, int deterministic, C* grad_offset) {                                   \
+    cuproi::deform_roi_pool_backward<T, C, I>(                                                    \
+        n, grad_output, input, rois, offset, has_offset, spatial_scale, sampling_ratio, gamma,    \
+        batch, channels, height, width, pooled_h, pooled_w,                                       \
+        cuproi::grad_sum(grad_input, grad_fixed, exponent, deterministic), grad_offset);          \
   }
 
 CUPROI_EXPORT_DEFORM_ROI_POOL(cuproi::half, float, f16, int, )

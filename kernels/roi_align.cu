@@ -10,12 +10,12 @@
 //   cuproi_roi_align_backward_<T>[_i64](
 //       I n, const T* grad_output, const C* rois, C spatial_scale, int batch, int channels,
 //       int height, int width, int pooled_h, int pooled_w, int sampling_ratio, int aligned,
-//       C* grad_input)
+//       C* grad_input, u64* grad_fixed, const int* exponent, int deterministic)
 // n = K * channels * pooled_h * pooled_w (one thread per output element); input, output and
 // grad_output are contiguous NCHW; rois is (K, 5) [batch_index, x1, y1, x2, y2] in C, the
-// compute type (float for f16 and f32, double for f64). grad_input is a zeroed C buffer: the
-// backward accumulates with atomicAdd (float16 therefore accumulates in float32), so its
-// summation order, and the last bits of the result, vary from run to run.
+// compute type (float for f16 and f32, double for f64). grad_input is a zeroed C buffer (float16
+// therefore accumulates in float32) and (grad_fixed, exponent, deterministic) select how it is
+// summed: see common/grad_sum.cuh.
 #include "common/bilinear.cuh"
 
 namespace cuproi {
@@ -43,7 +43,7 @@ template <typename T, typename C, typename I>
 __device__ void roi_align_backward(I n, const T* grad_output, const C* rois, C spatial_scale,
                                    int batch, int channels, int height, int width, int pooled_h,
                                    int pooled_w, int sampling_ratio, int aligned,
-                                   C* grad_input) {
+                                   GradSum<C> grad_input) {
   CUPROI_KERNEL_LOOP(index, n, I) {
     const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
     const C* roi = rois + o.k * 5;
@@ -54,7 +54,7 @@ __device__ void roi_align_backward(I n, const T* grad_output, const C* rois, C s
     const C grad = load(grad_output + index) / g.count;
     if (grad == C(0)) continue;
     C unused_dx, unused_dy;
-    bin_backward(plane<C, I>(grad_input, b, o.c, channels, height, width),
+    bin_backward(grad_input.at(plane_offset<I>(b, o.c, channels, height, width)),
                  static_cast<const T*>(nullptr), height, width, g, o.ph, o.pw, grad, unused_dx,
                  unused_dy);
   }
@@ -75,10 +75,11 @@ __device__ void roi_align_backward(I n, const T* grad_output, const C* rois, C s
   extern "C" __global__ void cuproi_roi_align_backward_##SFX##ISFX(                              \
       I n, const T* grad_output, const C* rois, C spatial_scale, int batch, int channels,         \
       int height, int width, int pooled_h, int pooled_w, int sampling_ratio, int aligned,         \
-      C* grad_input) {                                                                            \
-    cuproi::roi_align_backward<T, C, I>(n, grad_output, rois, spatial_scale, batch, channels,    \
-                                        height, width, pooled_h, pooled_w, sampling_ratio,        \
-                                        aligned, grad_input);                                     \
+      C* grad_input, cuproi::u64* grad_fixed, const int* exponent, int deterministic) {           \
+    cuproi::roi_align_backward<T, C, I>(                                                          \
+        n, grad_output, rois, spatial_scale, batch, channels, height, width, pooled_h, pooled_w,  \
+        sampling_ratio, aligned,                                                                  \
+        cuproi::grad_sum(grad_input, grad_fixed, exponent, deterministic));                       \
   }
 
 CUPROI_EXPORT_ROI_ALIGN(cuproi::half, float, f16, int, )

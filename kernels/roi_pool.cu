@@ -8,12 +8,14 @@
 //       int height, int width, int pooled_h, int pooled_w, T* output, int* argmax)
 //   cuproi_roi_pool_backward_<T>[_i64](
 //       I n, const T* grad_output, const C* rois, const int* argmax, int batch, int channels,
-//       int height, int width, int pooled_h, int pooled_w, C* grad_input)
+//       int height, int width, int pooled_h, int pooled_w, C* grad_input, u64* grad_fixed,
+//       const int* exponent, int deterministic)
 // n = K * channels * pooled_h * pooled_w; arrays contiguous; rois (K, 5) in C (float for f16
 // and f32, double for f64). argmax holds the flat index h * width + w of each bin's maximum in
-// its (height, width) plane, or -1 for an empty bin. grad_input is a zeroed C buffer that the
-// backward adds into with atomicAdd (bins may overlap, so the order of the sums varies).
-#include "common/helpers.cuh"
+// its (height, width) plane, or -1 for an empty bin. grad_input is a zeroed C buffer and
+// (grad_fixed, exponent, deterministic) select how overlapping bins are summed into it: see
+// common/grad_sum.cuh.
+#include "common/grad_sum.cuh"
 
 namespace cuproi {
 
@@ -68,15 +70,15 @@ __device__ void roi_pool_forward(I n, const T* input, const C* rois, C spatial_s
 template <typename T, typename C, typename I>
 __device__ void roi_pool_backward(I n, const T* grad_output, const C* rois, const int* argmax,
                                   int batch, int channels, int height, int width, int pooled_h,
-                                  int pooled_w, C* grad_input) {
+                                  int pooled_w, GradSum<C> grad_input) {
   CUPROI_KERNEL_LOOP(index, n, I) {
     const int at = argmax[index];
     if (at < 0) continue;
     const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
     const int b = batch_of(rois + o.k * 5, batch);
     if (b < 0 || at >= height * width) continue;
-    atomicAdd(plane<C, I>(grad_input, b, o.c, channels, height, width) + at,
-              load(grad_output + index));
+    const I offset = plane_offset<I>(b, o.c, channels, height, width);
+    grad_input.at(offset).add(at, load(grad_output + index));
   }
 }
 
@@ -93,9 +95,11 @@ __device__ void roi_pool_backward(I n, const T* grad_output, const C* rois, cons
   }                                                                                               \
   extern "C" __global__ void cuproi_roi_pool_backward_##SFX##ISFX(                               \
       I n, const T* grad_output, const C* rois, const int* argmax, int batch, int channels,       \
-      int height, int width, int pooled_h, int pooled_w, C* grad_input) {                         \
-    cuproi::roi_pool_backward<T, C, I>(n, grad_output, rois, argmax, batch, channels, height,    \
-                                       width, pooled_h, pooled_w, grad_input);                    \
+      int height, int width, int pooled_h, int pooled_w, C* grad_input, cuproi::u64* grad_fixed,  \
+      const int* exponent, int deterministic) {                                                   \
+    cuproi::roi_pool_backward<T, C, I>(                                                           \
+        n, grad_output, rois, argmax, batch, channels, height, width, pooled_h, pooled_w,         \
+        cuproi::grad_sum(grad_input, grad_fixed, exponent, deterministic));                       \
   }
 
 CUPROI_EXPORT_ROI_POOL(cuproi::half, float, f16, int, )

@@ -17,22 +17,24 @@ import cuproi._cuda
 from cuproi._cuda import _ops, _source
 
 NVCC = shutil.which("nvcc")
-OPS = {"roi_align": "roi_align", "roi_pool": "roi_pool", "deform_roi_pool": "deform_roi_pool"}
 SOURCES = sorted(p.stem for p in _source.kernels_dir().glob("*.cu"))
+# Sources that serve the other kernels rather than an op: (directions, dtype suffixes).
+SUPPORT = {"fixed_point": (("finalize",), ("f32", "f64"))}
+OP_ENTRIES = (("forward", "backward"), ("f16", "f32", "f64"))
 
 
 def entries(source):
     """Every entry point name the launch layer (_ops._entry) can ask of kernels/<source>.cu."""
+    directions, suffixes = SUPPORT.get(source, OP_ENTRIES)
     return {
         f"cuproi_{source}_{direction}_{suffix}{wide}"
-        for direction, suffix, wide in itertools.product(
-            ("forward", "backward"), ("f16", "f32", "f64"), ("", "_i64")
-        )
+        for direction, suffix, wide in itertools.product(directions, suffixes, ("", "_i64"))
     }
 
 
-def test_every_op_has_a_source():
-    assert SOURCES == sorted(OPS)
+def test_every_source_serves_an_op():
+    ops = {name.rsplit("_", 1)[0] for name in cuproi._cpu.__all__}
+    assert set(SOURCES) == ops | set(SUPPORT)
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
@@ -91,11 +93,14 @@ def test_int64_index_variants(monkeypatch):
         return [
             b.roi_align_forward(x, rois, 0.5, 2, 3, -1, True),
             b.roi_align_backward(g, rois, x.shape, 0.5, 2, False),
+            b.roi_align_backward(g, rois, x.shape, 0.5, 2, False, deterministic=True),
             out,
             argmax,
             b.roi_pool_backward(g, rois, argmax, x.shape),
+            b.roi_pool_backward(g, rois, argmax, x.shape, deterministic=True),
             b.deform_roi_pool_forward(x, rois, offset, 0.5, 2, 3, 0, 0.1),
             *b.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1),
+            *b.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1, deterministic=True),
         ]
 
     narrow = run()

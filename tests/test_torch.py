@@ -136,6 +136,34 @@ def test_values_and_gradients_equal_the_array_api():
     np.testing.assert_allclose(offset.grad.numpy(), grad_o, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("enabled", [False, True])
+def test_deterministic_algorithms_reach_the_backward(monkeypatch, enabled):
+    """torch.use_deterministic_algorithms(True) selects cuproi's deterministic backward."""
+    seen = []
+    for name in ("roi_align_backward", "roi_pool_backward", "deform_roi_pool_backward"):
+        original = getattr(cuproi, name)
+
+        def spy(*args, original=original, **kwargs):
+            seen.append(kwargs["deterministic"])
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(cuproi, name, spy)
+    x, boxes, offset = data()
+    x.requires_grad_()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        for out in (
+            ct.roi_align(x, boxes, 3, 0.7, 2, True),
+            ct.roi_pool(x, boxes, 3, 0.7),
+            ct.deform_roi_pool(x, boxes, offset.requires_grad_(), (3, 4), 0.7),
+        ):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert seen == [enabled] * 3
+
+
 def test_custom_ops_pass_opcheck():
     x, boxes, offset = data()
     x.requires_grad_()

@@ -3,6 +3,8 @@
 Every function takes validated, C-contiguous host arrays: features in their own dtype, boxes
 (and offsets) as a (K, 5) array in the compute dtype (float32 for float16 and float32 features,
 float64 for float64), and returns host arrays. float16 features are computed in float32.
+Every backward is deterministic (its sums run in a fixed order), so their ``deterministic``
+argument changes nothing here.
 """
 
 import numpy as xp  # noqa: F401  (the array module of this backend, used by the public layer)

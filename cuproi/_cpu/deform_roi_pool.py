@@ -79,7 +79,7 @@ def deform_roi_pool_forward(
 
 
 def deform_roi_pool_backward(
-    grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma
+    grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma, deterministic=False
 ):
     n, c, h, w = input.shape
     k, _, pooled_h, pooled_w = grad_output.shape

@@ -58,7 +58,9 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     return out.astype(input.dtype, copy=False)
 
 
-def roi_align_backward(grad_output, rois, input_shape, spatial_scale, sampling_ratio, aligned):
+def roi_align_backward(
+    grad_output, rois, input_shape, spatial_scale, sampling_ratio, aligned, deterministic=False
+):
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
     g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))

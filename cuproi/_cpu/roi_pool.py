@@ -69,7 +69,7 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     return np.ascontiguousarray(out), np.ascontiguousarray(argmax)
 
 
-def roi_pool_backward(grad_output, rois, argmax, input_shape):
+def roi_pool_backward(grad_output, rois, argmax, input_shape, deterministic=False):
     n, c, h, w = input_shape
     k = len(rois)
     image = rois[:, 0].astype(np.int64)

@@ -20,13 +20,50 @@ _SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32", np.dtype(np
 
 def _entry(op, direction, dtype, *arrays):
     """Entry point name and index type: the _i64 variant once an array reaches 2**31 elements."""
-    large = any(a.size >= LARGE for a in arrays)
+    large = any(a.size >= LARGE for a in arrays if a is not None)
     name = f"cuproi_{op}_{direction}_{_SUFFIX[np.dtype(dtype)]}" + ("_i64" if large else "")
     return name, np.int64 if large else np.int32
 
 
 def _ints(*values):
     return tuple(np.int32(v) for v in values)
+
+
+class _GradSum:
+    """The zeroed input-gradient buffers of a backward, and how the kernel sums into them.
+
+    By default the kernel adds with atomicAdd into ``value``. ``deterministic`` sums in 128-bit
+    fixed point (kernels/common/grad_sum.cuh) with a scale, 2**exponent, chosen on the device
+    from ``grad_output`` so that no host synchronisation is needed: every input-gradient element
+    is a sum of at most ``grad_output.size`` terms of magnitude at most ``max|grad_output|`` (the
+    bilinear weights of a bin sum to at most 1), and that bound times 2**exponent stays below
+    2**125. The bound uses the finite values only; inf and NaN go around the fixed point.
+    """
+
+    def __init__(self, xp, shape, dtype, grad_output, deterministic):
+        self.value = xp.zeros(shape, dtype)
+        self.deterministic = bool(deterministic) and grad_output.size > 0
+        if not self.deterministic:
+            # The kernel never touches these two arguments; any device array will do.
+            self.fixed = self.exponent = self.value
+            return
+        self.fixed = xp.zeros((*shape, 2), np.uint64)
+        g = grad_output.astype(dtype, copy=False)
+        largest = xp.where(xp.isfinite(g), xp.abs(g), 0).max().astype(np.float64)
+        _, e = xp.frexp(largest * grad_output.size)  # bound < 2**e
+        self.exponent = xp.asarray(125 - e, dtype=np.int32)
+
+    def args(self):
+        """Kernel arguments: (C* value, u64* fixed, const int* exponent, int deterministic)."""
+        return self.value, self.fixed, self.exponent, np.int32(self.deterministic)
+
+    def result(self, launch, dtype):
+        """The gradient in ``dtype`` (the fixed-point sums converted first)."""
+        if self.deterministic:
+            entry, index = _entry("fixed_point", "finalize", self.value.dtype, self.fixed)
+            n = self.value.size
+            launch("fixed_point", entry, n, (index(n), self.fixed, self.exponent, self.value))
+        return self.value.astype(dtype, copy=False)
 
 
 def roi_align_forward(
@@ -52,12 +89,20 @@ def roi_align_forward(
 
 
 def roi_align_backward(
-    xp, launch, grad_output, rois, input_shape, spatial_scale, sampling_ratio, aligned
+    xp,
+    launch,
+    grad_output,
+    rois,
+    input_shape,
+    spatial_scale,
+    sampling_ratio,
+    aligned,
+    deterministic=False,
 ):
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
-    grad = xp.zeros(input_shape, rois.dtype)  # float16 accumulates in float32
-    entry, index = _entry("roi_align", "backward", grad_output.dtype, grad_output, grad)
+    grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
+    entry, index = _entry("roi_align", "backward", grad_output.dtype, grad_output, grad.fixed)
     launch(
         "roi_align",
         entry,
@@ -68,10 +113,10 @@ def roi_align_backward(
             rois,
             rois.dtype.type(spatial_scale),
             *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
-            grad,
+            *grad.args(),
         ),
     )
-    return grad.astype(grad_output.dtype, copy=False)
+    return grad.result(launch, grad_output.dtype)
 
 
 def roi_pool_forward(xp, launch, input, rois, spatial_scale, pooled_h, pooled_w):
@@ -96,11 +141,11 @@ def roi_pool_forward(xp, launch, input, rois, spatial_scale, pooled_h, pooled_w)
     return out, argmax
 
 
-def roi_pool_backward(xp, launch, grad_output, rois, argmax, input_shape):
+def roi_pool_backward(xp, launch, grad_output, rois, argmax, input_shape, deterministic=False):
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
-    grad = xp.zeros(input_shape, rois.dtype)
-    entry, index = _entry("roi_pool", "backward", grad_output.dtype, grad_output, grad)
+    grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)
+    entry, index = _entry("roi_pool", "backward", grad_output.dtype, grad_output, grad.fixed)
     launch(
         "roi_pool",
         entry,
@@ -111,10 +156,10 @@ def roi_pool_backward(xp, launch, grad_output, rois, argmax, input_shape):
             rois,
             argmax,
             *_ints(n, c, h, w, pooled_h, pooled_w),
-            grad,
+            *grad.args(),
         ),
     )
-    return grad.astype(grad_output.dtype, copy=False)
+    return grad.result(launch, grad_output.dtype)
 
 
 def deform_roi_pool_forward(
@@ -145,14 +190,27 @@ def deform_roi_pool_forward(
 
 
 def deform_roi_pool_backward(
-    xp, launch, grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma
+    xp,
+    launch,
+    grad_output,
+    input,
+    rois,
+    offset,
+    spatial_scale,
+    sampling_ratio,
+    gamma,
+    deterministic=False,
 ):
     n, c, h, w = input.shape
     k, _, pooled_h, pooled_w = grad_output.shape
     ct = rois.dtype.type
-    grad = xp.zeros(input.shape, rois.dtype)
-    grad_offset = None if offset is None else xp.zeros((k, 2, pooled_h, pooled_w), rois.dtype)
-    entry, index = _entry("deform_roi_pool", "backward", input.dtype, input, grad_output)
+    grad = _GradSum(xp, input.shape, rois.dtype, grad_output, deterministic)
+    # Deterministic: per-channel terms, summed over the channels below in a fixed order.
+    per_channel = (k, c) if grad.deterministic else (k,)
+    grad_offset = None if offset is None else xp.zeros((*per_channel, 2, pooled_h, pooled_w), ct)
+    entry, index = _entry(
+        "deform_roi_pool", "backward", input.dtype, input, grad_output, grad.fixed, grad_offset
+    )
     # Without offsets the kernel never touches the offset pointers; any device array will do.
     launch(
         "deform_roi_pool",
@@ -169,8 +227,10 @@ def deform_roi_pool_backward(
             np.int32(sampling_ratio),
             ct(gamma),
             *_ints(n, c, h, w, pooled_h, pooled_w),
-            grad,
+            *grad.args(),
             rois if grad_offset is None else grad_offset,
         ),
     )
-    return grad.astype(grad_output.dtype, copy=False), grad_offset
+    if grad_offset is not None and grad.deterministic:
+        grad_offset = grad_offset.sum(axis=1)
+    return grad.result(launch, grad_output.dtype), grad_offset

@@ -9,7 +9,7 @@
 //   bin_backward  its transpose, and its derivative with respect to the bin's position
 #pragma once
 
-#include "common/helpers.cuh"
+#include "common/grad_sum.cuh"
 
 namespace cuproi {
 
@@ -142,12 +142,12 @@ __device__ __forceinline__ C interpolate(const T* p, int width, const Taps<C>& t
 }
 
 // Adds g times the weights of the taps to a (height, width) gradient plane.
-template <typename A, typename C>
-__device__ __forceinline__ void scatter(A* p, int width, const Taps<C>& t, C g) {
-  atomicAdd(p + t.y0 * width + t.x0, static_cast<A>(g * t.hy * t.hx));
-  atomicAdd(p + t.y0 * width + t.x1, static_cast<A>(g * t.hy * t.lx));
-  atomicAdd(p + t.y1 * width + t.x0, static_cast<A>(g * t.ly * t.hx));
-  atomicAdd(p + t.y1 * width + t.x1, static_cast<A>(g * t.ly * t.lx));
+template <typename C>
+__device__ __forceinline__ void scatter(const GradSum<C>& p, int width, const Taps<C>& t, C g) {
+  p.add(t.y0 * width + t.x0, g * t.hy * t.hx);
+  p.add(t.y0 * width + t.x1, g * t.hy * t.lx);
+  p.add(t.y1 * width + t.x0, g * t.ly * t.hx);
+  p.add(t.y1 * width + t.x1, g * t.ly * t.lx);
 }
 
 // Sum of the interpolated samples of bin (ph, pw) of grid g over a (height, width) plane.
@@ -174,8 +174,8 @@ __device__ __forceinline__ C bin_sum(const T* p, int height, int width, const Gr
 // Backward of bin_sum: adds grad times the weights of every sample to the gradient plane gp. When
 // the feature plane p is given, also sums the derivatives of the samples' values with respect to
 // x and y into dx and dy: the right derivative, zero in the bands where taps() flattens.
-template <typename A, typename T, typename C>
-__device__ __forceinline__ void bin_backward(A* gp, const T* p, int height, int width,
+template <typename T, typename C>
+__device__ __forceinline__ void bin_backward(const GradSum<C>& gp, const T* p, int height, int width,
                                              const Grid<C>& g, int ph, int pw, C grad, C& dx,
                                              C& dy) {
   const C y_start = g.start_y + ph * g.bin_h;

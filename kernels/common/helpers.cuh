@@ -64,10 +64,16 @@ template <typename C> __device__ __forceinline__ C epsilon();
 template <> __device__ __forceinline__ float epsilon<float>() { return 1.1920929e-07f; }
 template <> __device__ __forceinline__ double epsilon<double>() { return 2.220446049250313e-16; }
 
-// Feature plane (b, c) of an (N, C, H, W) array, with the offset computed in the index type.
+// Offset of plane (b, c) of an (N, C, H, W) array, computed in the index type.
+template <typename I>
+__device__ __forceinline__ I plane_offset(int b, int c, int channels, int height, int width) {
+  return (static_cast<I>(b) * channels + c) * static_cast<I>(height) * width;
+}
+
+// Feature plane (b, c) of an (N, C, H, W) array.
 template <typename T, typename I>
 __device__ __forceinline__ T* plane(T* base, int b, int c, int channels, int height, int width) {
-  return base + (static_cast<I>(b) * channels + c) * static_cast<I>(height) * width;
+  return base + plane_offset<I>(b, c, channels, height, width);
 }
 
 // (k, c, ph, pw) of a flat index into a (K, C, PH, PW) array.
