@@ -96,10 +96,19 @@ def calls(device, xp, boxes, size, dtype):
             ga, ra, x.shape, size, aligned=True, **kw
         ),
         "roi_pool forward": lambda: cuproi.roi_pool(xa, ra, size, 1 / 8),
+        "roi_align backward, deterministic": lambda: cuproi.roi_align_backward(
+            ga, ra, x.shape, size, aligned=True, deterministic=True, **kw
+        ),
         "roi_pool backward": lambda: cuproi.roi_pool_backward(ga, ra, argmax, x.shape),
+        "roi_pool backward, deterministic": lambda: cuproi.roi_pool_backward(
+            ga, ra, argmax, x.shape, deterministic=True
+        ),
         "deform_roi_pool forward": lambda: cuproi.deform_roi_pool(xa, ra, offset, size, **kw),
         "deform_roi_pool backward": lambda: cuproi.deform_roi_pool_backward(
             ga, xa, ra, offset, size, **kw
+        ),
+        "deform_roi_pool backward, deterministic": lambda: cuproi.deform_roi_pool_backward(
+            ga, xa, ra, offset, size, deterministic=True, **kw
         ),
     }
     theirs = {}
@@ -133,6 +142,8 @@ def cases(device, dtypes):
         for dtype in dtypes:
             ours, theirs, bound = calls(device, xp, boxes, size, dtype)
             for op, fn in ours.items():
+                if device == "cpu" and "deterministic" in op:
+                    continue  # the CPU backend is deterministic anyway: same call, same time
                 yield f"{name}, {op}", np.dtype(dtype).name, fn, theirs.get(op), bound
 
 
