@@ -1,0 +1,990 @@
+"""Pictures of RoI Pool, RoI Align and Deformable RoI Pool, drawn from the ops' own geometry.
+
+Needs matplotlib (``pip install 'cuproi[viz]'``), imported when a function is called, never on
+``import cuproi``. Every function returns a :class:`matplotlib.figure.Figure` (notebooks show
+it; ``fig.savefig("roi.png")`` or ``fig.savefig("roi.svg")`` saves it) built without pyplot, so
+it works headless and stays out of pyplot's list of open figures.
+
+Nothing is re-derived here: the RoI Pool bins are those of the CPU backend, the max-pooled cells
+come from calling :func:`cuproi.roi_pool` with ``return_argmax=True``, and the sample points of
+RoI Align and Deformable RoI Pool, their range test and their bilinear neighbours come from the
+sampling code both ops run. What you see is what the ops compute.
+
+Coordinates: the axes are feature-map coordinates in which cell ``(h, w)`` is the unit square
+``[w, w + 1) x [h, h + 1)``, so a box ``[x1, y1, x2, y2]`` (input pixels) is drawn at
+``[x1, x2] x [y1, y2]`` times ``spatial_scale``; the top axis reads input pixels. A bilinear
+sample at position ``p`` in the ops' index coordinates (where the value of cell ``i`` sits at
+``i``) is drawn at ``p + 0.5``, among the centres of the cells it reads.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+import cuproi
+from cuproi import _validate
+
+__all__ = ["plot_comparison", "plot_deform_roi_pool", "plot_roi_align", "plot_roi_pool"]
+
+_EXACT = "#1f77b4"  # the box as given
+_QUANTIZED = "#d62728"  # what RoI Pool reads
+_POOL_BINS = "#ff7f0e"
+_ALIGN = "#2ca02c"
+_DEFORM = "#9467bd"
+_REGULAR = "#7f7f7f"
+_CHOSEN = "#e377c2"
+_MIDDLE = (0, None, None, 0, 0)  # first sample of the middle bin of the first box
+
+
+def plot_roi_pool(features, boxes, output_size, spatial_scale=1.0, *, channel=0, ax=None):
+    """Draw RoI Pool: exact box, quantized box and bins, misaligned area, max-pooled cells.
+
+    Parameters
+    ----------
+    features : (H, W), (C, H, W) or (1, C, H, W) array, or a shape ``(H, W)``
+        The feature map drawn (channel ``channel``) and pooled. A shape tuple draws a smooth
+        synthetic map of that size.
+    boxes : (4,), (K, 4) or (K, 5) array_like
+        ``[x1, y1, x2, y2]`` or ``[batch_index, x1, y1, x2, y2]`` in input pixels; every box
+        is drawn on the one map shown (a batch index is ignored).
+    output_size : int or (int, int)
+        Pooled size ``(PH, PW)``.
+    spatial_scale : float, optional
+        Factor from box coordinates to feature coordinates.
+    channel : int, optional
+        Channel shown and pooled when ``features`` has channels.
+    ax : matplotlib.axes.Axes, optional
+        Draw here (legend below it) instead of in a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure. Its main Axes holds Rectangle patches with ``gid`` ``"exact box"``,
+        ``"quantized box"`` and ``"bin"`` (``K * PH * PW`` of them), the misaligned areas
+        (gids ``"lost"`` and ``"added"``) and a scatter (gid ``"max cells"``) with the maximum
+        cell of every non-empty bin.
+
+    Raises
+    ------
+    ImportError
+        Without matplotlib.
+    TypeError, ValueError, IndexError
+        Bad arguments, as :func:`cuproi.roi_pool`.
+
+    Notes
+    -----
+    The quantized box is the union of the bins as the op reads them (clipped to the map); the
+    area between it and the exact box is what :func:`cuproi.quantization_error` measures (that
+    function does not clip).
+
+    Examples
+    --------
+    >>> from cuproi import viz
+    >>> fig = viz.plot_roi_pool((12, 16), [20.0, 24.0, 150.0, 120.0], 3, spatial_scale=1 / 16)
+    >>> len([p for p in fig.axes[0].patches if p.get_gid() == "bin"])
+    9
+    >>> fig.savefig("roi_pool.svg")  # doctest: +SKIP
+    """
+    plane, rois = _inputs(features, boxes, channel)
+    pooled, scale = _validate.output_size(output_size), _validate.spatial_scale(spatial_scale)
+    fig, main, legend, _ = _figure(ax)
+    _draw_map(main, plane)
+    points = _pool_layers(main, plane, rois, pooled, scale)
+    view = _view(points, plane)
+    _frame(main, plane, view, scale)
+    _fit(main, legend, view)
+    main.set_title(_pool_title(rois, pooled, scale), fontsize=10)
+    _legend(legend or main, _pool_legend())
+    return fig
+
+
+def plot_roi_align(
+    features,
+    boxes,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=False,
+    *,
+    sample=_MIDDLE,
+    channel=0,
+    ax=None,
+):
+    """Draw RoI Align: the bins, every bilinear sample, and the four neighbours of one sample.
+
+    Parameters
+    ----------
+    features, boxes, output_size, spatial_scale, channel
+        As :func:`plot_roi_pool`.
+    sampling_ratio : int, optional
+        Samples per bin along each axis; ``<= 0`` picks ``ceil(box_size / output_size)``.
+    aligned : bool, optional
+        Half-pixel shift, as :func:`cuproi.roi_align`.
+    sample : tuple or None, optional
+        ``(box, ph, pw, i, j)``: sample ``(i, j)`` (row, column) of bin ``(ph, pw)``, whose four
+        neighbours and weights are drawn (``ph`` or ``pw`` None: the middle bin); None for none.
+    ax : matplotlib.axes.Axes, optional
+        Draw the main panel here instead of in a new figure; a new figure also gets a zoom on
+        the chosen sample, with the neighbours' values and the weighted sum.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Its first Axes holds ``"exact box"`` and ``"bin"`` Rectangle patches, a scatter of the
+        samples that count (gid ``"samples"``: ``K * PH * PW * gh * gw`` points for boxes inside
+        the map), a scatter of those outside ``[-1, H] x [-1, W]`` that add zero (gid ``"samples
+        off the map"``) and, for the chosen sample, one line per neighbour (gid
+        ``"neighbour"``, four) labelled with its weight (gid ``"weight"``).
+
+    Raises
+    ------
+    ImportError
+        Without matplotlib.
+    TypeError, ValueError, IndexError
+        Bad arguments, as :func:`cuproi.roi_align`, or a ``sample`` outside the grid.
+
+    Examples
+    --------
+    >>> from cuproi import viz
+    >>> fig = viz.plot_roi_align((12, 16), [20.0, 24.0, 150.0, 120.0], 3, 1 / 16, 2, True)
+    >>> len(next(c for c in fig.axes[0].collections if c.get_gid() == "samples").get_offsets())
+    36
+    """
+    plane, rois = _inputs(features, boxes, channel)
+    pooled, scale = _validate.output_size(output_size), _validate.spatial_scale(spatial_scale)
+    ratio, aligned = _validate.sampling_ratio(sampling_ratio), bool(aligned)
+    grids = _sample_grids(rois, pooled, scale, ratio, aligned=aligned)
+    chosen = None if sample is None else _chosen(grids, plane, pooled, sample)
+    fig, main, legend, zoom = _figure(ax, zoom=chosen is not None)
+    _draw_map(main, plane)
+    points = _align_layers(main, plane, rois, grids, scale, chosen)
+    view = _view(points, plane)
+    _frame(main, plane, view, scale)
+    _fit(main, legend, view)
+    main.set_title(_align_title(grids, pooled, aligned), fontsize=10)
+    _legend(legend or main, _align_legend(chosen is not None))
+    if zoom is not None:
+        _bilinear_zoom(zoom, plane, chosen)
+    return fig
+
+
+def plot_deform_roi_pool(
+    features,
+    boxes,
+    offset,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=0,
+    gamma=0.1,
+    *,
+    channel=0,
+    ax=None,
+):
+    """Draw Deformable RoI Pool: the regular bins and samples, the shifted ones, and arrows.
+
+    Parameters
+    ----------
+    features, boxes, output_size, spatial_scale, channel, ax
+        As :func:`plot_roi_pool`.
+    offset : (K, 2, PH, PW) array or None
+        Per-bin shifts as :func:`cuproi.deform_roi_pool` takes them (x, then y, in units of
+        ``gamma`` times the box width and height); None draws no shift.
+    sampling_ratio, gamma : optional
+        As :func:`cuproi.deform_roi_pool`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Its first Axes holds the regular bins (Rectangle gid ``"regular bin"``) and samples
+        (scatter gid ``"regular samples"``), the shifted bins (gid ``"bin"``) and samples (gid
+        ``"samples"``, ``K * PH * PW * gh * gw`` points for boxes inside the map) and a quiver
+        (gid ``"offsets"``) with one arrow per bin, from its regular centre to its shifted one.
+
+    Raises
+    ------
+    ImportError
+        Without matplotlib.
+    TypeError, ValueError, IndexError
+        Bad arguments, as :func:`cuproi.deform_roi_pool`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cuproi import viz
+    >>> offset = np.full((1, 2, 3, 3), 0.5, np.float32)
+    >>> fig = viz.plot_deform_roi_pool((12, 16), [20.0, 24.0, 150.0, 120.0], offset, 3, 1 / 16)
+    >>> next(c for c in fig.axes[0].collections if c.get_gid() == "offsets").N
+    9
+    """
+    plane, rois = _inputs(features, boxes, channel)
+    pooled, scale = _validate.output_size(output_size), _validate.spatial_scale(spatial_scale)
+    ratio, gamma = _validate.sampling_ratio(sampling_ratio), _validate.gamma(gamma)
+    offset = _offset(offset, len(rois), pooled, plane.dtype)
+    fig, main, legend, _ = _figure(ax)
+    _draw_map(main, plane)
+    points, shift = _deform_layers(main, plane, rois, offset, pooled, scale, ratio, gamma)
+    view = _view(points, plane)
+    _frame(main, plane, view, scale)
+    _fit(main, legend, view)
+    main.set_title(_deform_title(gamma, shift), fontsize=10)
+    _legend(legend or main, _deform_legend())
+    return fig
+
+
+def plot_comparison(
+    features,
+    boxes,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=2,
+    offset=None,
+    gamma=0.1,
+    *,
+    aligned=True,
+    sample=_MIDDLE,
+    channel=0,
+    image=None,
+    width=18.0,
+):
+    """RoI Pool, RoI Align and Deformable RoI Pool side by side on the same box(es).
+
+    The top row draws the three methods on one view, as the single-method functions do. The
+    bottom row shows the context (the input image with the feature grid, or the whole map),
+    the bilinear interpolation of the chosen RoI Align sample, and the pooled outputs of the
+    three ops for the first box.
+
+    Parameters
+    ----------
+    features, boxes, output_size, spatial_scale, channel
+        As :func:`plot_roi_pool`.
+    sampling_ratio : int, optional
+        Samples per bin of RoI Align and Deformable RoI Pool.
+    offset, gamma : optional
+        As :func:`plot_deform_roi_pool`.
+    aligned, sample : optional
+        As :func:`plot_roi_align`; ``sample`` None leaves out the zoom.
+    image : (h, w) or (h, w, 3) array, optional
+        The input image the features come from, drawn with the boxes in the context panel.
+    width : float, optional
+        Width in inches; the height follows from the shape of the view.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Axes titled ``"RoI Pool ..."``, ``"RoI Align ..."`` and ``"Deformable RoI Pool ..."``
+        first, then the bottom row.
+
+    Raises
+    ------
+    ImportError
+        Without matplotlib.
+    TypeError, ValueError, IndexError
+        Bad arguments, as the ops.
+
+    Examples
+    --------
+    >>> from cuproi import viz
+    >>> fig = viz.plot_comparison((12, 16), [20.0, 24.0, 150.0, 120.0], 3, 1 / 16)
+    >>> [ax.get_title().splitlines()[0] for ax in fig.axes[:3]]
+    ['RoI Pool (Fast R-CNN, 2015)', 'RoI Align (Mask R-CNN, 2017)', 'Deformable RoI Pool (2017)']
+    """
+    from matplotlib.figure import Figure
+
+    plane, rois = _inputs(features, boxes, channel)
+    pooled, scale = _validate.output_size(output_size), _validate.spatial_scale(spatial_scale)
+    ratio, gamma = _validate.sampling_ratio(sampling_ratio), _validate.gamma(gamma)
+    offset = _offset(offset, len(rois), pooled, plane.dtype)
+    grids = _sample_grids(rois, pooled, scale, ratio, aligned=aligned)
+    chosen = None if sample is None else _chosen(grids, plane, pooled, sample)
+    fig = Figure(figsize=(width, width), layout="constrained")
+    axes = fig.subplot_mosaic(
+        [["pool", "align", "deform"], ["l0", "l1", "l2"], ["context", "zoom", "outputs"]]
+    )
+    top = [axes["pool"], axes["align"], axes["deform"]]
+    for ax in top:
+        _draw_map(ax, plane)
+    points = _pool_layers(top[0], plane, rois, pooled, scale)
+    points += _align_layers(top[1], plane, rois, grids, scale, chosen)
+    deform, shift = _deform_layers(top[2], plane, rois, offset, pooled, scale, ratio, gamma)
+    view = _view(points + deform, plane)
+    for ax in top:
+        _frame(ax, plane, view, scale)
+    # Rows in inches: the top panels as tall as the view is for their width (plus titles and
+    # labels), the legends, the bottom row.
+    (x0, x1), (y1, y0) = view
+    rows = [width / 3.4 * (y1 - y0) / (x1 - x0) + 1.4, 0.8, width / 4.6 + 0.9]
+    fig.set_size_inches(width, sum(rows))
+    top[0].get_gridspec().set_height_ratios(rows)
+    top[0].set_title(_pool_title(rois, pooled, scale), fontsize=10)
+    top[1].set_title(_align_title(grids, pooled, aligned), fontsize=10)
+    top[2].set_title(_deform_title(gamma, shift), fontsize=10)
+    legends = [_pool_legend(), _align_legend(chosen is not None), _deform_legend()]
+    for name, handles in zip(["l0", "l1", "l2"], legends, strict=True):
+        _legend(axes[name], handles)
+    _context(axes["context"], plane, rois, scale, view, image)
+    if chosen is None:
+        axes["zoom"].set_axis_off()
+    else:
+        _bilinear_zoom(axes["zoom"], plane, chosen)
+    _outputs(axes["outputs"], plane, rois[:1], offset, pooled, scale, ratio, gamma, aligned)
+    fig.suptitle(
+        "The same box, three ways. RoI Pool snaps the box and its bins to whole cells and takes "
+        "the maximum of each bin;\nRoI Align averages bilinear samples of the exact bins; "
+        "Deformable RoI Pool does the same after shifting every bin by a learned offset",
+        fontsize=13,
+    )
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _inputs(features, boxes, channel):
+    """(H, W) map and (K, 5) boxes on image 0, both in the compute dtype of the map."""
+    from cuproi.quantization import _boxes  # the box checks of quantization_error
+
+    if isinstance(features, tuple) and all(isinstance(v, (int, np.integer)) for v in features):
+        plane = _pattern(*_validate.input_shape((1, 1, *features), "features shape")[2:])
+    else:
+        plane = _plane(np.asarray(features), channel)
+    plane = plane.astype(_validate.compute_dtype(plane.dtype), copy=False)
+    coords = _boxes(boxes)[:, -4:].astype(plane.dtype)
+    return plane, np.column_stack([np.zeros(len(coords), plane.dtype), coords])
+
+
+def _plane(x, channel):
+    if x.dtype not in (np.float16, np.float32, np.float64):
+        raise TypeError(f"features must be float16, float32 or float64; got {x.dtype}")
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim == 3:
+        if not 0 <= channel < x.shape[0]:
+            raise IndexError(f"channel {channel} is outside the {x.shape[0]} channels")
+        x = x[channel]
+    if x.ndim != 2 or min(x.shape) < 1:
+        raise ValueError(
+            "features must be an (H, W), (C, H, W) or (1, C, H, W) array or a shape (H, W); "
+            f"got an array of shape {x.shape}"
+        )
+    return x
+
+
+def _pattern(h, w):
+    """A smooth map with bumps, for drawings from a shape alone."""
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    return np.sin(0.9 * xx) * np.cos(0.7 * yy) + 0.3 * np.sin(0.25 * (xx + yy))
+
+
+def _offset(offset, k, pooled, dtype):
+    return None if offset is None else _validate.offset(np, np.asarray(offset), k, pooled, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry, from the ops' own code
+
+
+class _Pool(NamedTuple):
+    """RoI Pool of every box: exact box, clipped bins, quantized region, max cells."""
+
+    exact: np.ndarray  # (K, 4) x0, y0, x1, y1 in feature coordinates
+    rows: tuple  # (h0, h1), each (K, PH): cells [h0, h1) of every bin row
+    cols: tuple  # (w0, w1), each (K, PW)
+    region: np.ndarray  # (K, 4): union of the non-empty bins, NaN if all are empty
+    argmax: np.ndarray  # (K, PH, PW) flat cell index, -1 for an empty bin
+
+
+def _pool_geometry(plane, rois, pooled, scale):
+    from cuproi._cpu.roi_pool import _bins
+
+    h, w = plane.shape
+    h0, h1, w0, w1 = _bins(rois, scale, *pooled, h, w)
+    _, argmax = cuproi.roi_pool(plane[None, None], rois, pooled, scale, return_argmax=True)
+    full = ((h1 > h0)[:, :, None] & (w1 > w0)[:, None, :]).any((1, 2))
+    region = np.column_stack([w0.min(1), h0.min(1), w1.max(1), h1.max(1)]).astype(float)
+    region[~full] = np.nan
+    exact = rois[:, 1:].astype(np.float64) * scale
+    return _Pool(exact, (h0, h1), (w0, w1), region, argmax[:, 0])
+
+
+class _Samples(NamedTuple):
+    """Bins and samples of one box, in the ops' index coordinates (see the module notes)."""
+
+    bin_y: np.ndarray  # (PH, PW) start of every bin
+    bin_x: np.ndarray
+    size_y: np.ndarray  # (PH, PW) bin size
+    size_x: np.ndarray
+    y: np.ndarray  # (PH, PW, gh, 1) sample rows
+    x: np.ndarray  # (PH, PW, 1, gw) sample columns
+
+
+def _sample_grids(rois, pooled, scale, ratio, aligned=None, offset=None, gamma=0.1):
+    """Bins and samples of every box: RoI Align's if ``aligned`` is given, else mmcv's."""
+    from cuproi._cpu import _sampling
+    from cuproi._cpu.deform_roi_pool import _bin_axes, _grid
+
+    if aligned is None:
+        grid = _grid(rois, scale, *pooled, ratio)
+    else:  # the arguments cuproi._cpu.roi_align passes
+        grid = _sampling.make_grid(
+            rois, scale, *pooled, ratio, 0.5 if aligned else 0.0, not aligned
+        )
+    (start_y, size_y, grid_h), (start_x, size_x, grid_w) = _bin_axes(grid, offset, pooled, gamma)
+    boxes = []
+    for k in range(len(rois)):
+        rows, cols = np.arange(max(grid_h[k, 0, 0], 0)), np.arange(max(grid_w[k, 0, 0], 0))
+        y = _sampling.sample_positions(
+            start_y[k][..., None], size_y[k][..., None], grid_h[k][..., None], rows
+        )
+        x = _sampling.sample_positions(
+            start_x[k][..., None], size_x[k][..., None], grid_w[k][..., None], cols
+        )
+        boxes.append(
+            _Samples(start_y[k], start_x[k], size_y[k], size_x[k], y[..., None], x[:, :, None])
+        )
+    return boxes
+
+
+def _counted(s, shape):
+    """(PH, PW, gh, gw) mask of the samples the op adds (the others add zero)."""
+    from cuproi._cpu import _sampling
+
+    return _sampling.in_range(s.y, shape[0]) & _sampling.in_range(s.x, shape[1])
+
+
+class _Chosen(NamedTuple):
+    """One RoI Align sample: its position (index coordinates) and its bilinear taps."""
+
+    label: tuple  # (box, ph, pw, i, j)
+    y: float
+    x: float
+    taps: list  # [(row, col, weight)], one per distinct neighbour; empty if the sample adds 0
+
+
+def _chosen(grids, plane, pooled, sample):
+    """The sample ``(box, ph, pw, i, j)`` and its neighbours, by the ops' range and edge rules."""
+    from cuproi._cpu import _sampling
+
+    k, ph, pw, i, j = sample
+    ph = pooled[0] // 2 if ph is None else ph
+    pw = pooled[1] // 2 if pw is None else pw
+    try:
+        if min(k, ph, pw, i, j) < 0:
+            raise IndexError
+        y, x = grids[k].y[ph, pw, i, 0], grids[k].x[ph, pw, 0, j]
+    except IndexError:
+        grid = (grids[0].y.shape[2], grids[0].x.shape[3]) if grids else (0, 0)
+        raise IndexError(
+            f"sample {tuple(sample)} is outside the grid: {len(grids)} boxes, {pooled} bins, "
+            f"{grid} samples per bin"
+        ) from None
+    taps = {}
+    if _sampling.in_range(y, plane.shape[0]) and _sampling.in_range(x, plane.shape[1]):
+        low_y, high_y, fy, _ = _sampling.edge_taps(np.asarray(y), plane.shape[0])
+        low_x, high_x, fx, _ = _sampling.edge_taps(np.asarray(x), plane.shape[1])
+        for row, wy in ((low_y, 1 - fy), (high_y, fy)):
+            for col, wx in ((low_x, 1 - fx), (high_x, fx)):
+                key = (int(row), int(col))  # at the edge two taps can be one cell
+                taps[key] = taps.get(key, 0.0) + float(wy * wx)
+    taps = [(row, col, weight) for (row, col), weight in taps.items()]
+    return _Chosen((k, ph, pw, i, j), float(y), float(x), taps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers: each draws one method into an Axes and returns the (x, y) points the view must show
+
+
+def _pool_layers(ax, plane, rois, pooled, scale):
+    from matplotlib.patches import Rectangle
+
+    g = _pool_geometry(plane, rois, pooled, scale)
+    points = []
+    for k in range(len(rois)):
+        (h0, h1), (w0, w1) = (a[k] for a in g.rows), (a[k] for a in g.cols)
+        for p, q in np.ndindex(*pooled):
+            ax.add_patch(
+                Rectangle(
+                    (w0[q], h0[p]),
+                    w1[q] - w0[q],
+                    h1[p] - h0[p],
+                    fill=False,
+                    lw=0.9,
+                    ec=_POOL_BINS,
+                    gid="bin",
+                    zorder=3,
+                )
+            )
+        exact, region = g.exact[k], g.region[k]
+        if np.isfinite(region).all():
+            _difference(ax, region, exact, _QUANTIZED, "added", hatch=None)
+            _difference(ax, exact, region, _EXACT, "lost", hatch="////")
+            ax.add_patch(_rect(region, ec=_QUANTIZED, lw=2.2, gid="quantized box", zorder=5))
+            points += [region[:2], region[2:]]
+        ax.add_patch(_rect(exact, ec=_EXACT, lw=2.2, ls="--", gid="exact box", zorder=6))
+        points += [exact[:2], exact[2:]]
+    rows, cols = np.divmod(g.argmax[g.argmax >= 0], plane.shape[1])
+    ax.scatter(
+        cols + 0.5,
+        rows + 0.5,
+        marker="*",
+        s=90,
+        c="gold",
+        edgecolors="black",
+        linewidths=0.6,
+        gid="max cells",
+        zorder=7,
+    )
+    return points
+
+
+def _align_layers(ax, plane, rois, grids, scale, chosen):
+    points = _exact_boxes(ax, rois, scale)
+    points += _sample_layers(ax, plane, grids, _ALIGN, "bin", "samples", zorder=4)
+    if chosen is not None:
+        _neighbour_lines(ax, chosen, labels=True)
+    return points
+
+
+def _deform_layers(ax, plane, rois, offset, pooled, scale, ratio, gamma):
+    """Draw; return the points to show and the largest bin shift in cells."""
+    points = _exact_boxes(ax, rois, scale)
+    regular = _sample_grids(rois, pooled, scale, ratio)
+    shifted = _sample_grids(rois, pooled, scale, ratio, offset=offset, gamma=gamma)
+    points += _sample_layers(
+        ax, plane, regular, _REGULAR, "regular bin", "regular samples", zorder=3, ls=":", s=8
+    )
+    points += _sample_layers(ax, plane, shifted, _DEFORM, "bin", "samples", zorder=4)
+    start = np.concatenate([_centres(s) for s in regular])
+    move = np.concatenate([_centres(s) for s in shifted]) - start
+    ax.quiver(
+        start[:, 0],
+        start[:, 1],
+        move[:, 0],
+        move[:, 1],
+        angles="xy",
+        scale_units="xy",
+        scale=1,
+        color="black",
+        width=0.004,
+        headwidth=4,
+        headlength=5,
+        headaxislength=4.5,
+        gid="offsets",
+        zorder=8,
+    )
+    return points, float(np.hypot(*move.T).max(initial=0.0))
+
+
+def _exact_boxes(ax, rois, scale):
+    exact = rois[:, 1:].astype(np.float64) * scale
+    for box in exact:
+        ax.add_patch(_rect(box, ec=_EXACT, lw=2.2, ls="--", gid="exact box", zorder=6))
+    return [p for box in exact for p in (box[:2], box[2:])]
+
+
+def _sample_layers(ax, plane, grids, color, bin_gid, sample_gid, zorder, ls="-", s=14):
+    """Bins as rectangles, samples as dots (crosses for samples that add zero)."""
+    from matplotlib.patches import Rectangle
+
+    inside, outside, points = [np.zeros((0, 2))], [np.zeros((0, 2))], []
+    for g in grids:
+        for p, q in np.ndindex(g.bin_y.shape):
+            corner = (g.bin_x[p, q] + 0.5, g.bin_y[p, q] + 0.5)
+            ax.add_patch(
+                Rectangle(
+                    corner,
+                    g.size_x[p, q],
+                    g.size_y[p, q],
+                    fill=False,
+                    ec=color,
+                    lw=0.9,
+                    ls=ls,
+                    gid=bin_gid,
+                    zorder=zorder,
+                )
+            )
+            points += [corner, (corner[0] + g.size_x[p, q], corner[1] + g.size_y[p, q])]
+        y, x = np.broadcast_arrays(g.y, g.x)
+        xy = np.column_stack([x.ravel(), y.ravel()]).astype(np.float64) + 0.5
+        counted = _counted(g, plane.shape).ravel()
+        inside.append(xy[counted])
+        outside.append(xy[~counted])
+    inside, outside = np.concatenate(inside), np.concatenate(outside)
+    style = {"s": s, "c": color, "zorder": zorder + 1}
+    ax.scatter(*inside.T, edgecolors="white", linewidths=0.3, gid=sample_gid, **style)
+    ax.scatter(*outside.T, marker="x", gid=f"{sample_gid} off the map", **style)
+    return points + list(inside) + list(outside)
+
+
+def _neighbour_lines(ax, chosen, labels, fontsize=7):
+    """Lines from the chosen sample to its neighbours, thicker for larger weights."""
+    sx, sy = chosen.x + 0.5, chosen.y + 0.5
+    for row, col, weight in chosen.taps:
+        cx, cy = col + 0.5, row + 0.5
+        ax.plot([sx, cx], [sy, cy], color=_CHOSEN, lw=1 + 3 * weight, gid="neighbour", zorder=9)
+        if labels:  # outwards from the sample, so the four labels do not overlap
+            away = (np.sign(cx - sx) or 1, -(np.sign(cy - sy) or 1))
+            ax.annotate(
+                f"{weight:.2f}",
+                (cx, cy),
+                xytext=(9 * away[0], 7 * away[1]),
+                textcoords="offset points",
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                gid="weight",
+                zorder=10,
+                bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": _CHOSEN, "lw": 0.6},
+            )
+    ax.scatter(
+        [sx],
+        [sy],
+        s=60,
+        c=_CHOSEN,
+        edgecolors="black",
+        linewidths=0.8,
+        zorder=11,
+        gid="chosen sample",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Bottom row of the comparison
+
+
+def _bilinear_zoom(ax, plane, chosen):
+    """The chosen sample among the cells around it, with values, weights and their sum."""
+    from matplotlib.patches import Rectangle
+
+    _draw_map(ax, plane)
+    h, w = plane.shape
+    # 4 x 4 cells: the two rows and columns a sample inside the map reads, and one more around.
+    x0, y0 = int(np.floor(chosen.x)) - 1, int(np.floor(chosen.y)) - 1
+    ax.set_xlim(x0, x0 + 4)
+    ax.set_ylim(y0 + 4, y0)
+    ax.set_aspect("equal")
+    ax.set_xticks(range(x0, x0 + 5))
+    ax.set_yticks(range(y0, y0 + 5))
+    weights = {(row, col): weight for row, col, weight in chosen.taps}
+    for row in range(max(y0, 0), min(y0 + 4, h)):
+        for col in range(max(x0, 0), min(x0 + 4, w)):
+            text = f"f={plane[row, col]:.2f}"
+            if (row, col) in weights:
+                text += f"\nw={weights[row, col]:.3f}"
+                ax.add_patch(Rectangle((col, row), 1, 1, fill=False, ec=_CHOSEN, lw=2, zorder=3))
+            ax.text(
+                col + 0.5,
+                row + 0.5,
+                text,
+                ha="center",
+                va="center",
+                fontsize=8,
+                zorder=4,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+            )
+    _neighbour_lines(ax, chosen, labels=False)
+    k, ph, pw, i, j = chosen.label
+    terms = [f"{wt:.3f} × {plane[r, c]:.2f}" for r, c, wt in chosen.taps]
+    value = sum(wt * float(plane[r, c]) for r, c, wt in chosen.taps)
+    lines = [" + ".join(terms[n : n + 2]) for n in range(0, len(terms), 2)]
+    if chosen.taps:
+        label = "value = Σ w × f = " + "\n+ ".join(lines) + f" = {value:.3f}"
+    else:
+        label = "off the map, outside [-1, H] × [-1, W]: the sample adds 0"
+    ax.set_title(
+        f"RoI Align: bilinear interpolation of one sample\n(box {k}, bin ({ph}, {pw}), "
+        f"sample ({i}, {j}) at x={chosen.x + 0.5:.2f}, y={chosen.y + 0.5:.2f})",
+        fontsize=10,
+    )
+    ax.set_xlabel(label, fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def _context(ax, plane, rois, scale, view, image):
+    """The whole input (image with the feature grid, or the map) with the boxes and the view."""
+    from matplotlib.patches import Rectangle
+
+    h, w = plane.shape
+    if image is None:
+        _draw_map(ax, plane)
+        unit, what = 1.0, f"The whole feature map ({h}x{w} cells)"
+    else:
+        image = np.asarray(image)
+        ax.imshow(image, extent=(0, image.shape[1], image.shape[0], 0), cmap="gray")
+        unit, what = 1 / scale, f"The input image ({image.shape[0]}x{image.shape[1]} px)"
+        for x in np.arange(0, image.shape[1] + 1e-9, unit):
+            ax.axvline(x, color="white", lw=0.3, alpha=0.6)
+        for y in np.arange(0, image.shape[0] + 1e-9, unit):
+            ax.axhline(y, color="white", lw=0.3, alpha=0.6)
+    for box in rois[:, 1:].astype(np.float64) * scale * unit:
+        ax.add_patch(_rect(box, ec=_EXACT, lw=1.8, ls="--"))
+    (x0, x1), (y1, y0) = view
+    ax.add_patch(
+        Rectangle(
+            (x0 * unit, y0 * unit),
+            (x1 - x0) * unit,
+            (y1 - y0) * unit,
+            fill=False,
+            ec="black",
+            lw=1,
+            ls=":",
+        )
+    )
+    grid = f"; lines: the feature grid (stride {unit:g})" if image is not None else ""
+    ax.set_title(f"{what} with the boxes{grid};\ndotted: the view above", fontsize=10)
+    ax.tick_params(labelsize=7)
+
+
+def _outputs(ax, plane, rois, offset, pooled, scale, ratio, gamma, aligned):
+    """The (PH, PW) outputs of the three ops for the first box, side by side."""
+    x = plane[None, None]
+    common = {"output_size": pooled, "spatial_scale": scale, "sampling_ratio": ratio}
+    outputs = [
+        ("RoI Pool", cuproi.roi_pool(x, rois, pooled, scale)),
+        ("RoI Align", cuproi.roi_align(x, rois, aligned=aligned, **common)),
+        ("Deformable", cuproi.deform_roi_pool(x, rois, offset, **common)),
+    ]
+    ph, pw = pooled
+    gap = max(pw / 4, 0.5)
+    finite = plane[np.isfinite(plane)]
+    limits = (finite.min(), finite.max()) if finite.size else (0, 1)
+    for n, (name, out) in enumerate(outputs):
+        left = n * (pw + gap)
+        ax.imshow(
+            out[0, 0].astype(np.float64),
+            cmap="Greys",
+            extent=(left, left + pw, ph, 0),
+            vmin=limits[0],
+            vmax=limits[1],
+            interpolation="nearest",
+        )
+        ax.text(left + pw / 2, -0.15 * ph, name, ha="center", va="bottom", fontsize=9)
+    ax.set_xlim(-0.2, 3 * pw + 2 * gap + 0.2)
+    ax.set_ylim(ph * 1.02, -0.35 * ph)
+    ax.set_axis_off()
+    ax.set_title(f"What the detection head gets: the {ph}x{pw} pooled output of box 0", fontsize=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing helpers
+
+
+def _figure(ax, zoom=False):
+    """(figure, main Axes, legend Axes, zoom Axes): ``ax`` alone if given, else new ones."""
+    if ax is not None:
+        return ax.figure, ax, None, None
+    from matplotlib.figure import Figure
+
+    if zoom:
+        fig = Figure(figsize=(11.5, 8), layout="constrained")
+        axes = fig.subplot_mosaic(
+            [["main", "zoom"], ["legend", "."]], width_ratios=[2, 1], height_ratios=[1, 0.16]
+        )
+        return fig, axes["main"], axes["legend"], axes["zoom"]
+    fig = Figure(figsize=(7.5, 8), layout="constrained")
+    main, legend = fig.subplots(2, 1, height_ratios=[1, 0.16])
+    return fig, main, legend, None
+
+
+def _fit(main, legend, view):
+    """Size a figure made by _figure to the shape of the view (a caller's Axes is left alone)."""
+    if legend is None:
+        return
+    (x0, x1), (y1, y0) = view
+    panel = float(np.clip(6.2 * (y1 - y0) / (x1 - x0), 2.5, 10.0)) + 1.5  # + titles, labels
+    main.figure.set_size_inches(main.figure.get_size_inches()[0], panel + 1.0)
+    main.get_gridspec().set_height_ratios([panel, 1.0])
+
+
+def _draw_map(ax, plane):
+    h, w = plane.shape
+    finite = plane[np.isfinite(plane)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0, 1)
+    ax.imshow(
+        plane.astype(np.float64),
+        cmap="Greys",
+        extent=(0, w, h, 0),
+        vmin=low,
+        vmax=high + 0.6 * (high - low),
+        interpolation="nearest",
+        zorder=0,
+    )
+
+
+def _rect(xyxy, **style):
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = (float(v) for v in xyxy)
+    return Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, **style)
+
+
+def _difference(ax, a, b, color, gid, hatch):
+    """Fill the part of rectangle ``a`` outside rectangle ``b`` (at most four rectangles)."""
+    from matplotlib.patches import Rectangle
+
+    ax0, ay0, ax1, ay1 = (float(v) for v in a)
+    bx0, by0, bx1, by1 = (float(v) for v in b)
+    x0, x1 = min(max(bx0, ax0), ax1), max(min(bx1, ax1), ax0)  # b's columns within a
+    pieces = [
+        (ax0, ay0, x0, ay1),  # left of b
+        (x1, ay0, ax1, ay1),  # right of b
+        (x0, ay0, x1, min(max(by0, ay0), ay1)),  # above b
+        (x0, max(min(by1, ay1), ay0), x1, ay1),  # below b
+    ]
+    for px0, py0, px1, py1 in pieces:
+        if px1 > px0 and py1 > py0:
+            ax.add_patch(
+                Rectangle(
+                    (px0, py0),
+                    px1 - px0,
+                    py1 - py0,
+                    fc=color,
+                    alpha=0.28,
+                    ec="none",
+                    hatch=hatch,
+                    gid=gid,
+                    zorder=2,
+                )
+            )
+
+
+def _centres(s):
+    """(PH * PW, 2) bin centres (x, y) in drawing coordinates."""
+    x = s.bin_x + s.size_x / 2 + 0.5
+    y = s.bin_y + s.size_y / 2 + 0.5
+    return np.column_stack([x.ravel(), y.ravel()]).astype(np.float64)
+
+
+def _view(points, plane):
+    """((x0, x1), (y1, y0)): the boxes and samples with a margin (y pointing down)."""
+    pts = [p for p in points if np.isfinite(p).all()] or [(0, 0), plane.shape[::-1]]
+    lo, hi = np.min(pts, 0), np.max(pts, 0)
+    margin = max(0.1 * (hi - lo).max(), 1.0)
+    return (lo[0] - margin, hi[0] + margin), (hi[1] + margin, lo[1] - margin)
+
+
+def _frame(ax, plane, view, scale):
+    """Limits, cell grid, axes in cells (bottom, left) and input pixels (top)."""
+    from matplotlib.ticker import MaxNLocator
+
+    (x0, x1), (y1, y0) = view
+    h, w = plane.shape
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y1, y0)
+    ax.set_aspect("equal")
+    if max(x1 - x0, y1 - y0) <= 80:  # cell boundaries, unless they would turn the map grey
+        ax.set_xticks(np.arange(max(np.ceil(x0), 0), min(x1, w) + 1), minor=True)
+        ax.set_yticks(np.arange(max(np.ceil(y0), 0), min(y1, h) + 1), minor=True)
+        ax.grid(which="minor", color="#bbbbbb", lw=0.4)
+        ax.tick_params(which="minor", length=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("x (feature cells)")
+    ax.set_ylabel("y (feature cells)")
+    top = ax.secondary_xaxis("top", functions=(lambda c: c / scale, lambda p: p * scale))
+    top.set_xlabel("x (input pixels)", fontsize=8)
+    top.tick_params(labelsize=7)
+
+
+def _legend(ax, handles):
+    """The legend: in a legend-only Axes, or below a main Axes."""
+    if ax.has_data():
+        ax.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.08),
+            ncol=2,
+            fontsize=8,
+            frameon=False,
+        )
+        return
+    ax.set_axis_off()
+    ax.legend(handles=handles, loc="upper center", ncol=2, fontsize=8.5, frameon=False)
+
+
+def _handles(*entries):
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    return [
+        Patch(label=label, **style) if kind == "patch" else Line2D([], [], label=label, **style)
+        for kind, label, style in entries
+    ]
+
+
+def _box_entry(label="exact box (x spatial_scale)"):
+    return ("patch", label, {"fill": False, "ec": _EXACT, "lw": 2, "ls": "--"})
+
+
+def _marker(face, edge, marker="o", size=6):
+    return {"ls": "none", "marker": marker, "mfc": face, "mec": edge, "ms": size}
+
+
+def _pool_legend():
+    return _handles(
+        _box_entry(),
+        (
+            "patch",
+            "quantized box: cells RoI Pool reads",
+            {"fill": False, "ec": _QUANTIZED, "lw": 2},
+        ),
+        ("patch", "bins rounded to whole cells", {"fill": False, "ec": _POOL_BINS}),
+        ("line", "max of each bin (argmax)", _marker("gold", "black", "*", 11)),
+        ("patch", "area added by rounding", {"fc": _QUANTIZED, "alpha": 0.28}),
+        ("patch", "area lost by rounding", {"fc": _EXACT, "alpha": 0.28, "hatch": "////"}),
+    )
+
+
+def _align_legend(chosen):
+    entries = [
+        _box_entry(),
+        ("patch", "exact bins, no rounding", {"fill": False, "ec": _ALIGN}),
+        ("line", "bilinear samples (averaged)", _marker(_ALIGN, "white")),
+        ("line", "sample off the map (adds 0)", _marker(_ALIGN, _ALIGN, "x")),
+    ]
+    if chosen:
+        entries.append(
+            (
+                "line",
+                "one sample and its 4 neighbours",
+                _marker(_CHOSEN, "black", size=8),
+            )
+        )
+    return _handles(*entries)
+
+
+def _deform_legend():
+    return _handles(
+        _box_entry(),
+        ("patch", "regular bins (offset 0)", {"fill": False, "ec": _REGULAR, "ls": ":"}),
+        ("patch", "bins shifted by the offsets", {"fill": False, "ec": _DEFORM}),
+        ("line", "shifted samples (averaged)", _marker(_DEFORM, "white")),
+        ("line", "shift of each bin", {"color": "black", "lw": 1.5, "marker": ">", "ms": 5}),
+    )
+
+
+def _pool_title(rois, pooled, scale):
+    err = cuproi.quantization_error(rois, scale, pooled)
+    return (
+        "RoI Pool (Fast R-CNN, 2015)\n"
+        f"box edges off by up to {err.box_shift.max():.2f} cells "
+        f"({err.box_shift_pixels.max():.0f} px), bin edges by {err.bin_shift.max():.2f}; "
+        f"area {100 * err.area_added.max():+.0f}% / {-100 * err.area_lost.max():+.0f}%"
+    )
+
+
+def _align_title(grids, pooled, aligned):
+    per_bin = sorted({(g.y.shape[2], g.x.shape[3]) for g in grids})
+    samples = ", ".join(f"{gh}x{gw}" for gh, gw in per_bin)
+    where = "the exact box" if aligned else "the box shifted by half a cell"
+    return (
+        "RoI Align (Mask R-CNN, 2017)\n"
+        f"{pooled[0]}x{pooled[1]} bins x {samples} bilinear samples on {where}; no rounding"
+    )
+
+
+def _deform_title(gamma, shift):
+    return (
+        "Deformable RoI Pool (2017)\n"
+        f"RoI Align bins, each shifted by gamma x box size x offset; largest {shift:.2f} cells"
+    )

@@ -1,0 +1,286 @@
+"""cuproi.viz: figures are made headless (no pyplot), hold the expected artists, and put them
+where the published semantics of the ops say (checked here from those semantics, not from
+cuproi's geometry code)."""
+
+import doctest
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cuproi
+
+pytest.importorskip("matplotlib")
+from matplotlib.figure import Figure  # noqa: E402
+
+from cuproi import viz  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+SCALE = 1 / 16
+# Two boxes inside a 20 x 30 map at stride 16, of different sizes and aspect ratios.
+BOXES = np.array([[0, 40.0, 56.0, 300.0, 200.0], [0, 200.0, 100.0, 260.0, 290.0]])
+
+
+def features(seed=0):
+    return np.random.default_rng(seed).random((1, 3, 20, 30)).astype(np.float32)
+
+
+def patches(ax, gid):
+    return [p for p in ax.patches if p.get_gid() == gid]
+
+
+def collection(ax, gid):
+    (found,) = [c for c in ax.collections if c.get_gid() == gid]
+    return found
+
+
+def offsets(ax, gid):
+    return np.asarray(collection(ax, gid).get_offsets())
+
+
+def corners(patch):
+    x, y = patch.get_xy()
+    return np.array([x, y, x + patch.get_width(), y + patch.get_height()])
+
+
+def test_importing_cuproi_and_drawing_need_no_pyplot():
+    code = (
+        "import sys, cuproi, cuproi.viz\n"
+        "assert 'matplotlib' not in sys.modules, 'import cuproi imported matplotlib'\n"
+        "fig = cuproi.viz.plot_comparison((12, 16), [20.0, 24.0, 150.0, 120.0], 3, 1 / 16)\n"
+        "fig.savefig(sys.argv[1])\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    out = Path(__import__("tempfile").mkdtemp()) / "f.png"
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MPLBACKEND": ""}
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env, cwd=out.parent)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_roi_pool_figure():
+    x = features()
+    fig = viz.plot_roi_pool(x, BOXES, (3, 4), SCALE, channel=1)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert len(patches(ax, "bin")) == 2 * 3 * 4
+    exact = np.array([corners(p) for p in patches(ax, "exact box")])
+    np.testing.assert_allclose(exact, BOXES[:, 1:] * SCALE)
+    # The cells RoI Pool reads: rounded corners (half away from zero), end inclusive.
+    quantized = np.array([corners(p) for p in patches(ax, "quantized box")])
+    first = np.floor(BOXES[:, 1:3] * SCALE + 0.5)
+    last = np.floor(BOXES[:, 3:5] * SCALE + 0.5) + 1
+    np.testing.assert_array_equal(quantized, np.column_stack([first, last]))
+    # The max-pooled cell of every bin, as roi_pool's argmax says.
+    _, argmax = cuproi.roi_pool(x[:, 1:2], BOXES, (3, 4), SCALE, return_argmax=True)
+    rows, cols = np.divmod(argmax.ravel(), 30)
+    np.testing.assert_array_equal(offsets(ax, "max cells"), np.column_stack([cols, rows]) + 0.5)
+    # The highlighted areas are the misalignment quantization_error measures.
+    err = cuproi.quantization_error(BOXES, SCALE, (3, 4))
+    area = np.prod(np.diff(exact.reshape(2, 2, 2), axis=1), axis=(1, 2))
+    for gid, fraction in (("lost", err.area_lost), ("added", err.area_added)):
+        drawn = sum(p.get_width() * p.get_height() for p in patches(ax, gid))
+        np.testing.assert_allclose(drawn, (fraction * area).sum())
+
+
+def test_roi_pool_bins_clipped_by_the_map_and_a_box_off_it():
+    boxes = np.array([[-40.0, -24.0, 100.0, 90.0], [600.0, 400.0, 700.0, 500.0]])
+    fig = viz.plot_roi_pool((20, 30), boxes, 2, SCALE)
+    ax = fig.axes[0]
+    assert len(patches(ax, "bin")) == 8
+    assert len(patches(ax, "quantized box")) == 1  # the second box reads no cell
+    assert len(offsets(ax, "max cells")) == 4  # its bins are empty: argmax -1, no marker
+    # x: round(-2.5) = -3 to round(6.25) = 6; y: round(-1.5) = -2 to round(5.625) = 6; clipped.
+    np.testing.assert_array_equal(corners(patches(ax, "quantized box")[0]), [0, 0, 7, 7])
+
+
+@pytest.mark.parametrize(("ratio", "aligned"), [(2, True), (3, False), (0, True), (-1, False)])
+def test_roi_align_figure(ratio, aligned):
+    pooled = (3, 2)
+    fig = viz.plot_roi_align(features(), BOXES, pooled, SCALE, ratio, aligned, channel=2)
+    ax = fig.axes[0]
+    assert len(patches(ax, "bin")) == 2 * 6
+    assert len(patches(ax, "exact box")) == 2
+    # Every sample (the boxes lie inside the map), where torchvision puts it: bin start plus
+    # (i + 0.5) / grid of the bin, grid = sampling_ratio or ceil(bin size), drawn at + 0.5.
+    shift = 0.5 if aligned else 0.0
+    expected = []
+    for _, x1, y1, x2, y2 in BOXES:
+        start = np.array([x1, y1]) * SCALE - shift
+        size = np.array([x2, y2]) * SCALE - shift - start
+        if not aligned:
+            size = np.maximum(size, 1.0)
+        bins = size / np.array(pooled[::-1])
+        grid = np.full(2, ratio) if ratio > 0 else np.ceil(bins).astype(int)
+        for ph in range(pooled[0]):
+            for pw in range(pooled[1]):
+                for i in range(grid[1]):
+                    for j in range(grid[0]):
+                        x = start[0] + pw * bins[0] + (j + 0.5) * bins[0] / grid[0]
+                        y = start[1] + ph * bins[1] + (i + 0.5) * bins[1] / grid[1]
+                        expected.append((x + 0.5, y + 0.5))
+    drawn = offsets(ax, "samples")
+    assert len(drawn) == len(expected)
+    assert len(offsets(ax, "samples off the map")) == 0
+    np.testing.assert_allclose(np.sort(drawn, 0), np.sort(np.array(expected), 0), atol=1e-5)
+
+
+def test_roi_align_neighbours_and_weights():
+    x = features()
+    fig = viz.plot_roi_align(x, BOXES, 3, SCALE, 2, True, sample=(1, 2, 0, 1, 0))
+    ax, zoom = fig.axes[0], fig.axes[1]
+    (sx, sy) = offsets(ax, "chosen sample")[0] - 0.5  # the ops' index coordinates
+    # Box 1, bin row 2, sample row 1; bin column 0, sample column 0.
+    start = BOXES[1, 1:3] * SCALE - 0.5
+    bins = (BOXES[1, 3:5] * SCALE - 0.5 - start) / 3
+    np.testing.assert_allclose([sx, sy], start + [0.25 * bins[0], (2 + 0.75) * bins[1]], atol=1e-5)
+    lines = [line for line in ax.lines if line.get_gid() == "neighbour"]
+    assert len(lines) == 4
+    ends = sorted((line.get_xdata()[1] - 0.5, line.get_ydata()[1] - 0.5) for line in lines)
+    x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+    assert ends == sorted((x0 + dx, y0 + dy) for dx in (0, 1) for dy in (0, 1))
+    weights = [float(t.get_text()) for t in ax.texts if t.get_gid() == "weight"]
+    fx, fy = sx - x0, sy - y0
+    expected = [(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy]
+    np.testing.assert_allclose(sorted(weights), sorted(expected), atol=0.006)  # 2 decimals
+    assert zoom.get_title().startswith("RoI Align: bilinear interpolation")
+    value = sum(
+        w * x[0, 0, y0 + dy, x0 + dx]
+        for w, (dx, dy) in zip(expected, [(0, 0), (1, 0), (0, 1), (1, 1)], strict=True)
+    )
+    assert f"= {value:.3f}" in zoom.get_xlabel()
+
+
+def test_roi_align_samples_off_the_map_and_at_the_edge():
+    # Half of this box lies left of the map: samples left of -1 add zero and are crossed out.
+    box = [[-80.0, 16.0, 48.0, 80.0]]
+    fig = viz.plot_roi_align((20, 30), box, 2, SCALE, 2, True, sample=(0, 0, 0, 0, 0))
+    ax = fig.axes[0]
+    inside, outside = offsets(ax, "samples"), offsets(ax, "samples off the map")
+    assert len(inside) + len(outside) == 2 * 2 * 2 * 2 and len(outside) > 0
+    assert (outside[:, 0] - 0.5 < -1).all() and (inside[:, 0] - 0.5 >= -1).all()
+    assert not [line for line in ax.lines if line.get_gid() == "neighbour"]
+    assert "adds 0" in fig.axes[1].get_xlabel()
+    # A sample in the band [-1, 0) is clamped to 0: all its weight on column 0 (at -0.5 here).
+    fig = viz.plot_roi_align((20, 30), [[-16.0, 16.0, 16.0, 64.0]], 1, SCALE, 1, True)
+    weights = {t.xy: float(t.get_text()) for t in fig.axes[0].texts if t.get_gid() == "weight"}
+    assert sum(w for (x, _), w in weights.items() if x == 0.5) == 1.0
+    assert sum(w for (x, _), w in weights.items() if x != 0.5) == 0.0
+    # Past the last cell the two taps of a row are one cell: two neighbours, not four.
+    fig = viz.plot_roi_align((20, 30), [[464.0, 16.0, 496.0, 64.0]], 1, SCALE, 1, True)
+    lines = [line for line in fig.axes[0].lines if line.get_gid() == "neighbour"]
+    assert len(lines) == 2 and {line.get_xdata()[1] for line in lines} == {29.5}
+
+
+def test_deform_roi_pool_figure():
+    pooled, gamma = (2, 3), 0.2
+    offset = np.random.default_rng(1).normal(0, 1, (2, 2, *pooled)).astype(np.float32)
+    fig = viz.plot_deform_roi_pool(features(), BOXES, offset, pooled, SCALE, 2, gamma)
+    ax = fig.axes[0]
+    assert len(patches(ax, "bin")) == len(patches(ax, "regular bin")) == 2 * 6
+    assert len(offsets(ax, "samples")) == len(offsets(ax, "regular samples")) == 2 * 6 * 4
+    arrows = collection(ax, "offsets")
+    assert arrows.N == 2 * 6
+    # mmcv: bin (ph, pw) moves by gamma * (box width, box height) * offset[:, (0, 1), ph, pw].
+    size = (BOXES[:, 3:5] - BOXES[:, 1:3]) * SCALE
+    np.testing.assert_allclose(
+        arrows.U, (gamma * size[:, 0, None, None] * offset[:, 0]).ravel(), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        arrows.V, (gamma * size[:, 1, None, None] * offset[:, 1]).ravel(), atol=1e-5
+    )
+    # Without offsets the bins stay: arrows of length zero, samples on the regular grid.
+    fig = viz.plot_deform_roi_pool(features(), BOXES, None, pooled, SCALE, 2)
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(collection(ax, "offsets").U, 0)
+    np.testing.assert_allclose(offsets(ax, "samples"), offsets(ax, "regular samples"))
+
+
+def test_comparison_figure():
+    image = np.random.default_rng(2).random((320, 480, 3))
+    offset = np.full((1, 2, 3, 3), 0.5)
+    fig = viz.plot_comparison(features(), BOXES[:1], 3, SCALE, 2, offset, image=image)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("RoI Pool") and titles[1].startswith("RoI Align")
+    assert titles[2].startswith("Deformable RoI Pool")
+    pool, align, deform = fig.axes[:3]
+    assert pool.get_xlim() == align.get_xlim() == deform.get_xlim()  # one view for the three
+    assert (
+        len(patches(pool, "bin")) == len(patches(align, "bin")) == len(patches(deform, "bin")) == 9
+    )
+    assert len(offsets(align, "samples")) == len(offsets(deform, "samples")) == 9 * 4
+    assert collection(deform, "offsets").N == 9
+    assert any("bilinear interpolation" in t for t in titles)
+    assert any("pooled output" in t for t in titles)
+    assert any("input image" in t for t in titles)
+    without = viz.plot_comparison((20, 30), BOXES, 3, SCALE, sample=None)
+    assert not [line for line in without.axes[1].lines if line.get_gid() == "neighbour"]
+
+
+def test_figures_save_as_png_and_svg(tmp_path):
+    fig = viz.plot_comparison((20, 30), BOXES, 2, SCALE)
+    fig.savefig(tmp_path / "c.png")
+    fig.savefig(tmp_path / "c.svg")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (tmp_path / "c.svg").read_text()[:1000]
+
+
+def test_drawing_into_a_given_axes():
+    fig = Figure()
+    axes = fig.subplots(1, 3)
+    assert viz.plot_roi_pool((20, 30), BOXES, 2, SCALE, ax=axes[0]) is fig
+    assert viz.plot_roi_align((20, 30), BOXES, 2, SCALE, 2, ax=axes[1]) is fig
+    assert viz.plot_deform_roi_pool((20, 30), BOXES, None, 2, SCALE, ax=axes[2]) is fig
+    assert len(fig.axes) == 3  # no new panels
+    assert all(len(patches(ax, "bin")) == 8 for ax in axes)
+
+
+def test_inputs():
+    x = features()
+    a = viz.plot_roi_pool(x[0, 2], BOXES[:, 1:], 2, SCALE)
+    b = viz.plot_roi_pool(x, BOXES, 2, SCALE, channel=2)
+    np.testing.assert_array_equal(offsets(a.axes[0], "max cells"), offsets(b.axes[0], "max cells"))
+    one = viz.plot_roi_pool(x[0], BOXES[0, 1:].tolist(), 2, SCALE)
+    assert len(patches(one.axes[0], "exact box")) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (
+            lambda: viz.plot_roi_pool(features(), BOXES, 2, SCALE, channel=3),
+            IndexError,
+            "channel 3",
+        ),
+        (lambda: viz.plot_roi_pool(np.zeros((2, 1, 4, 4)), BOXES, 2), ValueError, r"\(H, W\)"),
+        (lambda: viz.plot_roi_pool(np.zeros((4, 4), int), BOXES, 2), TypeError, "float"),
+        (lambda: viz.plot_roi_pool((20, 30), np.zeros((2, 3)), 2), ValueError, r"\(K, 4\)"),
+        (lambda: viz.plot_roi_pool((20, 30), BOXES, 0), ValueError, "output_size"),
+        (lambda: viz.plot_roi_pool((20, 30), BOXES, 2, -1.0), ValueError, "spatial_scale"),
+        (lambda: viz.plot_roi_pool((0, 30), BOXES, 2), ValueError, "height and width"),
+        (
+            lambda: viz.plot_roi_align((20, 30), BOXES, 2, SCALE, 2, sample=(2, 0, 0, 0, 0)),
+            IndexError,
+            "sample",
+        ),
+        (
+            lambda: viz.plot_roi_align((20, 30), BOXES, 2, SCALE, 2, sample=(0, 0, 0, 2, 0)),
+            IndexError,
+            "sample",
+        ),
+        (
+            lambda: viz.plot_deform_roi_pool((20, 30), BOXES, np.zeros((2, 2, 3, 3)), 2),
+            ValueError,
+            "offset",
+        ),
+    ],
+)
+def test_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_docstring_examples():
+    result = doctest.testmod(viz, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
