@@ -6,6 +6,8 @@ kind. Importing cuproi does not import CuPy.
 
 from cuproi._version import __version__
 from cuproi.deform_roi_pool import deform_roi_pool, deform_roi_pool_backward
+from cuproi.ps_roi_align import ps_roi_align, ps_roi_align_backward
+from cuproi.ps_roi_pool import ps_roi_pool, ps_roi_pool_backward
 from cuproi.quantization import quantization_error
 from cuproi.roi_align import roi_align, roi_align_backward
 from cuproi.roi_pool import roi_pool, roi_pool_backward
@@ -14,6 +16,10 @@ __all__ = [
     "__version__",
     "deform_roi_pool",
     "deform_roi_pool_backward",
+    "ps_roi_align",
+    "ps_roi_align_backward",
+    "ps_roi_pool",
+    "ps_roi_pool_backward",
     "quantization_error",
     "roi_align",
     "roi_align_backward",

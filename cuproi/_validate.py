@@ -226,3 +226,19 @@ def argmax(xp, value, shape, plane, name="argmax"):
             f"else h * W + w): min {int(value.min())}, max {int(value.max())}"
         )
     return xp.ascontiguousarray(value, dtype=np.int32)
+
+
+def position_sensitive_channels(channels, pooled, name="input"):
+    """Output channels ``C / (PH * PW)`` of a position-sensitive op (R-FCN score maps).
+
+    ValueError unless ``channels`` is a multiple of ``PH * PW``: one group of ``PH * PW`` score
+    maps per output channel.
+    """
+    bins = pooled[0] * pooled[1]
+    if channels % bins:
+        raise ValueError(
+            f"{name} has {channels} channels, which is not a multiple of output_size "
+            f"{pooled[0]} x {pooled[1]} = {bins}: position-sensitive pooling needs "
+            f"C = C_out * PH * PW channels (C_out groups of PH * PW score maps)"
+        )
+    return channels // bins

@@ -15,6 +15,10 @@ BACKEND_OPS = (
     "roi_pool_backward",
     "deform_roi_pool_forward",
     "deform_roi_pool_backward",
+    "ps_roi_align_forward",
+    "ps_roi_align_backward",
+    "ps_roi_pool_forward",
+    "ps_roi_pool_backward",
 )
 
 # (rtol, atol) against the float64 oracle, for features of order 1.

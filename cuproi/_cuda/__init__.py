@@ -26,10 +26,18 @@ roi_pool_forward = _on_device(_ops.roi_pool_forward)
 roi_pool_backward = _on_device(_ops.roi_pool_backward)
 deform_roi_pool_forward = _on_device(_ops.deform_roi_pool_forward)
 deform_roi_pool_backward = _on_device(_ops.deform_roi_pool_backward)
+ps_roi_align_forward = _on_device(_ops.ps_roi_align_forward)
+ps_roi_align_backward = _on_device(_ops.ps_roi_align_backward)
+ps_roi_pool_forward = _on_device(_ops.ps_roi_pool_forward)
+ps_roi_pool_backward = _on_device(_ops.ps_roi_pool_backward)
 
 __all__ = [
     "deform_roi_pool_backward",
     "deform_roi_pool_forward",
+    "ps_roi_align_backward",
+    "ps_roi_align_forward",
+    "ps_roi_pool_backward",
+    "ps_roi_pool_forward",
     "roi_align_backward",
     "roi_align_forward",
     "roi_pool_backward",

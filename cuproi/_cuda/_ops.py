@@ -234,3 +234,87 @@ def deform_roi_pool_backward(
     if grad_offset is not None and grad.deterministic:
         grad_offset = grad_offset.sum(axis=1)
     return grad.result(launch, grad_output.dtype), grad_offset
+
+
+# ---- position-sensitive ops (ps_roi_align, ps_roi_pool) ---------------------------------------
+
+
+def _ps_launch(xp, launch, op, input, rois, spatial_scale, pooled_h, pooled_w, *extra):
+    """Forward of a position-sensitive op: (K, C / (PH * PW), PH, PW) output, one thread each."""
+    n, c, h, w = input.shape
+    out = xp.empty((len(rois), c // (pooled_h * pooled_w), pooled_h, pooled_w), input.dtype)
+    entry, index = _entry(op, "forward", input.dtype, input, out)
+    launch(
+        op,
+        entry,
+        out.size,
+        (
+            index(out.size),
+            input,
+            rois,
+            rois.dtype.type(spatial_scale),
+            *_ints(n, c, h, w, pooled_h, pooled_w, *extra),
+            out,
+        ),
+    )
+    return out
+
+
+def _ps_backward(
+    xp, launch, op, grad_output, rois, input_shape, spatial_scale, deterministic, *extra
+):
+    """Backward of a position-sensitive op into an (N, C, H, W) gradient."""
+    n, c, h, w = input_shape
+    _, _, pooled_h, pooled_w = grad_output.shape
+    grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
+    entry, index = _entry(op, "backward", grad_output.dtype, grad_output, grad.fixed)
+    launch(
+        op,
+        entry,
+        grad_output.size,
+        (
+            index(grad_output.size),
+            grad_output,
+            rois,
+            rois.dtype.type(spatial_scale),
+            *_ints(n, c, h, w, pooled_h, pooled_w, *extra),
+            *grad.args(),
+        ),
+    )
+    return grad.result(launch, grad_output.dtype)
+
+
+def ps_roi_align_forward(
+    xp, launch, input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio
+):
+    return _ps_launch(
+        xp, launch, "ps_roi_align", input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio
+    )
+
+
+def ps_roi_align_backward(
+    xp, launch, grad_output, rois, input_shape, spatial_scale, sampling_ratio, deterministic=False
+):
+    return _ps_backward(
+        xp,
+        launch,
+        "ps_roi_align",
+        grad_output,
+        rois,
+        input_shape,
+        spatial_scale,
+        deterministic,
+        sampling_ratio,
+    )
+
+
+def ps_roi_pool_forward(xp, launch, input, rois, spatial_scale, pooled_h, pooled_w):
+    return _ps_launch(xp, launch, "ps_roi_pool", input, rois, spatial_scale, pooled_h, pooled_w)
+
+
+def ps_roi_pool_backward(
+    xp, launch, grad_output, rois, input_shape, spatial_scale, deterministic=False
+):
+    return _ps_backward(
+        xp, launch, "ps_roi_pool", grad_output, rois, input_shape, spatial_scale, deterministic
+    )

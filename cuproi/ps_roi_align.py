@@ -1,0 +1,171 @@
+"""Position-sensitive RoI Align (R-FCN): every bin samples its own score map.
+
+torchvision's semantics, without its 0/0 on boxes of zero size.
+"""
+
+from cuproi import _dispatch, _validate
+
+_CONVENTIONS = """
+    The input's ``C`` channels are ``C_out = C / (PH * PW)`` groups of ``PH * PW``
+    position-sensitive score maps: bin ``(ph, pw)`` of output channel ``c`` reads input channel
+    ``(c * PH + ph) * PW + pw`` (R-FCN; torchvision's channel mapping, which cuproi recomputes
+    in the backward instead of returning it). Boxes are ``[batch_index, x1, y1, x2, y2]`` in
+    input-image coordinates; ``spatial_scale`` maps them onto the feature map, and they are
+    always shifted by -0.5 cell (the half-pixel convention of ``roi_align(aligned=True)``) with
+    no minimum size. Each of the ``PH x PW`` bins averages a ``gh x gw`` grid of bilinear
+    samples, ``gh = sampling_ratio`` or, when ``sampling_ratio <= 0``,
+    ``ceil(box_height / PH)`` (likewise ``gw``). A sample outside ``[-1, H] x [-1, W]`` counts
+    as zero; inside that band but off the map it takes the value of the nearest edge. The
+    average divides by ``max(gh * gw, 1)``: with adaptive sampling a box of zero or negative
+    size gives zeros, where ``torchvision.ops.ps_roi_align`` divides 0 by 0 and returns NaN;
+    every other box gives torchvision's values. Coordinates are computed in float32 (float64
+    for float64 features); float16 features accumulate in float32.
+"""
+
+
+def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+    """Pool a fixed-size feature from every box, each bin from its own score map (PS RoI Align).
+
+    Parameters
+    ----------
+    input : (N, C, H, W) array
+        Position-sensitive score maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
+        ``C`` must be a multiple of ``PH * PW``.
+    boxes : (K, 5) array or list of (L_i, 4) arrays
+        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image
+        (torchvision's convention), on the same device as ``input``.
+    output_size : int or (int, int)
+        Pooled size ``(PH, PW)``.
+    spatial_scale : float, optional
+        Factor from box coordinates to feature coordinates, e.g. 1/16 for stride 16.
+    sampling_ratio : int, optional
+        Samples per bin along each axis; ``<= 0`` picks ``ceil(box_size / output_size)``.
+
+    Returns
+    -------
+    (K, C / (PH * PW), PH, PW) array
+        Same array type, device and dtype as ``input``.
+
+    Raises
+    ------
+    TypeError
+        Arrays of an unsupported type or dtype (integer, bool, complex features), non-integer
+        sizes.
+    ValueError
+        ``C`` not a multiple of ``PH * PW``; wrong ranks or shapes (a (K, 4) box array),
+        non-positive sizes or scale, non-finite or fractional box values, arrays on different
+        devices.
+    IndexError
+        A batch index outside ``[0, N)``.
+
+    Notes
+    -----
+    {conventions}
+
+    See Also
+    --------
+    ps_roi_align_backward, ps_roi_pool, roi_align
+
+    References
+    ----------
+    J. Dai, Y. Li, K. He, J. Sun, "R-FCN: Object Detection via Region-based Fully
+    Convolutional Networks", NeurIPS 2016.
+
+    Examples
+    --------
+    Four score maps for a 2 x 2 output: each bin reads its own map.
+
+    >>> import numpy as np
+    >>> import cuproi
+    >>> x = np.stack([np.full((4, 4), v, np.float32) for v in (1, 2, 3, 4)])[None]
+    >>> boxes = np.array([[0, 0.0, 0.0, 4.0, 4.0]], dtype=np.float32)
+    >>> cuproi.ps_roi_align(x, boxes, output_size=2, sampling_ratio=2)
+    array([[[[1., 2.],
+             [3., 4.]]]], dtype=float32)
+    """
+    backend, (x, b), restore = _dispatch.prepare(input=input, boxes=boxes)
+    pooled = _validate.output_size(output_size)
+    scale = _validate.spatial_scale(spatial_scale)
+    ratio = _validate.sampling_ratio(sampling_ratio)
+    x = _validate.features(backend.xp, x)
+    _validate.position_sensitive_channels(x.shape[1], pooled)
+    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    return restore(backend.ps_roi_align_forward(x, rois, scale, *pooled, ratio))
+
+
+def ps_roi_align_backward(
+    grad_output,
+    boxes,
+    input_shape,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    *,
+    deterministic=False,
+):
+    """Gradient of :func:`ps_roi_align` with respect to its input features.
+
+    Parameters
+    ----------
+    grad_output : (K, C / (PH * PW), PH, PW) array
+        Gradient of a loss with respect to the output of :func:`ps_roi_align`.
+    boxes : (K, 5) array or list of (L_i, 4) arrays
+        The boxes of the forward call.
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)`` of the forward input; ``C`` a multiple of ``PH * PW``.
+    output_size, spatial_scale, sampling_ratio
+        As in the forward call.
+    deterministic : bool, optional
+        Sum overlapping contributions in a fixed-point format whose total does not depend on
+        the order of the additions, so that the GPU gives bit-identical gradients from run to
+        run (default: floating-point atomic adds, faster). See Notes.
+
+    Returns
+    -------
+    (N, C, H, W) array
+        Gradient with respect to the features, same array type and dtype as ``grad_output``.
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As :func:`ps_roi_align`; also when ``grad_output`` does not match the boxes, the
+        channels ``C / (PH * PW)`` of ``input_shape`` or ``output_size``.
+
+    Notes
+    -----
+    The backward is the exact transpose of the forward (the adjoint identity
+    ``<ps_roi_align(x), g> == <x, ps_roi_align_backward(g)>`` holds); no channel mapping is
+    needed, the input channel of every bin is recomputed. On the GPU it accumulates with atomic
+    adds by default, so the order of the sums, and the last bits of the result, may differ
+    between runs; float16 accumulates in float32. With ``deterministic=True`` the GPU sums in
+    128-bit fixed point (see :func:`roi_align_backward`): bit-identical from run to run. The
+    CPU backend is always deterministic. No gradient flows to the boxes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuproi
+    >>> boxes = np.array([[0, 0.0, 0.0, 4.0, 4.0]], dtype=np.float32)
+    >>> g = np.ones((1, 1, 2, 2), dtype=np.float32)
+    >>> cuproi.ps_roi_align_backward(g, boxes, (1, 4, 4, 4), 2, sampling_ratio=1)[0, 3]
+    array([[0.  , 0.  , 0.  , 0.  ],
+           [0.  , 0.  , 0.  , 0.  ],
+           [0.  , 0.  , 0.25, 0.25],
+           [0.  , 0.  , 0.25, 0.25]], dtype=float32)
+    """
+    backend, (g, b), restore = _dispatch.prepare(grad_output=grad_output, boxes=boxes)
+    shape = _validate.input_shape(input_shape)
+    pooled = _validate.output_size(output_size)
+    scale = _validate.spatial_scale(spatial_scale)
+    ratio = _validate.sampling_ratio(sampling_ratio)
+    out_channels = _validate.position_sensitive_channels(shape[1], pooled, "input_shape")
+    rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
+    g = _validate.grad_output(backend.xp, g, len(rois), out_channels, pooled)
+    return restore(
+        backend.ps_roi_align_backward(
+            g, rois, shape, scale, ratio, deterministic=bool(deterministic)
+        )
+    )
+
+
+ps_roi_align.__doc__ = ps_roi_align.__doc__.format(conventions=_CONVENTIONS)

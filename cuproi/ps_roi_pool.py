@@ -1,0 +1,160 @@
+"""Position-sensitive RoI Pool (R-FCN): every quantized bin averages its own score map.
+
+torchvision's semantics, with one clipping for forward and backward.
+"""
+
+from cuproi import _dispatch, _validate
+
+_CONVENTIONS = """
+    The input's ``C`` channels are ``C_out = C / (PH * PW)`` groups of ``PH * PW``
+    position-sensitive score maps: bin ``(ph, pw)`` of output channel ``c`` reads input channel
+    ``(c * PH + ph) * PW + pw`` (R-FCN; torchvision's channel mapping, which cuproi recomputes
+    in the backward instead of returning it). Boxes are ``[batch_index, x1, y1, x2, y2]`` in
+    input-image coordinates; ``spatial_scale`` maps them onto the feature map, where they are
+    rounded to whole cells (half away from zero). The box is ``max(x2 - x1, 1)`` cells wide (no
+    +1, unlike :func:`roi_pool`; likewise its height); bin ``(ph, pw)`` covers rows
+    ``floor(ph * h / PH)`` to ``ceil((ph + 1) * h / PH)`` (exclusive) from the box's first row,
+    and likewise columns, clipped to ``[0, H]`` and ``[0, W]``: bins may overlap. The output is
+    the mean over the bin's cells; an empty bin (wholly off the map) gives 0.
+
+    torchvision's forward (its CPU and CUDA kernels alike) clips the bins to ``[0, H - 1]`` and
+    ``[0, W - 1]``, so it never reads the last row and column of the map, while its backward
+    clips to ``[0, H]`` and ``[0, W]``: its gradient is not the derivative of its forward
+    there. cuproi clips both to ``[0, H]`` and ``[0, W]``, so its backward is the exact
+    transpose of its forward; its values differ from torchvision's only in bins that reach the
+    last row or column. float16 features accumulate in float32.
+"""
+
+
+def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """Average every quantized bin of every box over its own score map (PS RoI Pool).
+
+    Parameters
+    ----------
+    input : (N, C, H, W) array
+        Position-sensitive score maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
+        ``C`` must be a multiple of ``PH * PW``.
+    boxes : (K, 5) array or list of (L_i, 4) arrays
+        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image
+        (torchvision's convention), on the same device as ``input``.
+    output_size : int or (int, int)
+        Pooled size ``(PH, PW)``.
+    spatial_scale : float, optional
+        Factor from box coordinates to feature coordinates, e.g. 1/16 for stride 16.
+
+    Returns
+    -------
+    (K, C / (PH * PW), PH, PW) array
+        Same array type, device and dtype as ``input``.
+
+    Raises
+    ------
+    TypeError
+        Arrays of an unsupported type or dtype (integer, bool, complex features), non-integer
+        sizes.
+    ValueError
+        ``C`` not a multiple of ``PH * PW``; wrong ranks or shapes (a (K, 4) box array),
+        non-positive sizes or scale, non-finite or fractional box values, arrays on different
+        devices.
+    IndexError
+        A batch index outside ``[0, N)``.
+
+    Notes
+    -----
+    {conventions}
+
+    See Also
+    --------
+    ps_roi_pool_backward, ps_roi_align, roi_pool
+
+    References
+    ----------
+    J. Dai, Y. Li, K. He, J. Sun, "R-FCN: Object Detection via Region-based Fully
+    Convolutional Networks", NeurIPS 2016.
+
+    Examples
+    --------
+    Four score maps for a 2 x 2 output: each bin averages its own map over its cells.
+
+    >>> import numpy as np
+    >>> import cuproi
+    >>> x = np.arange(64, dtype=np.float32).reshape(1, 4, 4, 4)
+    >>> boxes = np.array([[0, 0.0, 0.0, 4.0, 4.0]], dtype=np.float32)
+    >>> cuproi.ps_roi_pool(x, boxes, output_size=2)
+    array([[[[ 2.5, 20.5],
+             [42.5, 60.5]]]], dtype=float32)
+    """
+    backend, (x, b), restore = _dispatch.prepare(input=input, boxes=boxes)
+    pooled = _validate.output_size(output_size)
+    scale = _validate.spatial_scale(spatial_scale)
+    x = _validate.features(backend.xp, x)
+    _validate.position_sensitive_channels(x.shape[1], pooled)
+    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    return restore(backend.ps_roi_pool_forward(x, rois, scale, *pooled))
+
+
+def ps_roi_pool_backward(
+    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, *, deterministic=False
+):
+    """Gradient of :func:`ps_roi_pool` with respect to its input features.
+
+    Parameters
+    ----------
+    grad_output : (K, C / (PH * PW), PH, PW) array
+        Gradient of a loss with respect to the output of :func:`ps_roi_pool`.
+    boxes : (K, 5) array or list of (L_i, 4) arrays
+        The boxes of the forward call.
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)`` of the forward input; ``C`` a multiple of ``PH * PW``.
+    output_size, spatial_scale
+        As in the forward call.
+    deterministic : bool, optional
+        Sum overlapping contributions in a fixed-point format whose total does not depend on
+        the order of the additions, so that the GPU gives bit-identical gradients from run to
+        run (default: floating-point atomic adds, faster). See Notes.
+
+    Returns
+    -------
+    (N, C, H, W) array
+        Gradient with respect to the features, same array type and dtype as ``grad_output``.
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As :func:`ps_roi_pool`; also when ``grad_output`` does not match the boxes, the
+        channels ``C / (PH * PW)`` of ``input_shape`` or ``output_size``.
+
+    Notes
+    -----
+    Every bin spreads its gradient evenly over the cells it averaged (the same cells as the
+    forward, see :func:`ps_roi_pool`): the backward is the exact transpose of the forward. On
+    the GPU it accumulates with atomic adds by default, so the last bits of the result may
+    differ between runs; float16 accumulates in float32. With ``deterministic=True`` the GPU
+    sums in 128-bit fixed point (see :func:`roi_align_backward`): bit-identical from run to
+    run. The CPU backend is always deterministic. No gradient flows to the boxes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuproi
+    >>> boxes = np.array([[0, 0.0, 0.0, 4.0, 4.0]], dtype=np.float32)
+    >>> g = np.ones((1, 1, 2, 2), dtype=np.float32)
+    >>> cuproi.ps_roi_pool_backward(g, boxes, (1, 4, 4, 4), 2)[0, 1]
+    array([[0.  , 0.  , 0.25, 0.25],
+           [0.  , 0.  , 0.25, 0.25],
+           [0.  , 0.  , 0.  , 0.  ],
+           [0.  , 0.  , 0.  , 0.  ]], dtype=float32)
+    """
+    backend, (g, b), restore = _dispatch.prepare(grad_output=grad_output, boxes=boxes)
+    shape = _validate.input_shape(input_shape)
+    pooled = _validate.output_size(output_size)
+    scale = _validate.spatial_scale(spatial_scale)
+    out_channels = _validate.position_sensitive_channels(shape[1], pooled, "input_shape")
+    rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
+    g = _validate.grad_output(backend.xp, g, len(rois), out_channels, pooled)
+    return restore(
+        backend.ps_roi_pool_backward(g, rois, shape, scale, deterministic=bool(deterministic))
+    )
+
+
+ps_roi_pool.__doc__ = ps_roi_pool.__doc__.format(conventions=_CONVENTIONS)
