@@ -1,0 +1,181 @@
+"""The command line: demo (the default), info and bench exit 0 and write what they say; bad
+options stop with argparse's usage error (exit status 2) and a message naming the problem."""
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cuproi.__main__ import main
+
+ROOT = Path(__file__).parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run(capsys, *argv):
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def figure_path(out):
+    (line,) = [line for line in out.splitlines() if line.startswith("figure: ")]
+    return Path(line.removeprefix("figure: "))
+
+
+def test_demo_prints_the_tables_and_writes_the_figure(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    status, out, _ = run(capsys, "demo", "--out", str(tmp_path / "new"))
+    assert status == 0
+    assert "NumPy" in out and "CPU backend available" in out and "CuPy" in out
+    for name in ("house", "tree", "car", "person", "sun"):
+        assert name in out
+    for method in ("roi_pool", "roi_align", "deform_roi_pool"):
+        rows = [line for line in out.splitlines() if line.startswith(method)]
+        assert len(rows) >= 2 and all("(5, 8, 7, 7)" in r or "(1, 8, 24, 36)" in r for r in rows)
+    assert "quantization error" in out and "agreement" in out
+    assert "numpy only" in out or "e-" in out  # across backends, or said that there is one
+    path = figure_path(out)
+    assert path == (tmp_path / "new" / "cuproi_demo.png").resolve()
+    assert path.read_bytes()[:8] == PNG
+
+
+def test_demo_options(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    status, out, _ = run(
+        capsys,
+        "demo",
+        "--out",
+        str(tmp_path),
+        "--boxes",
+        "10,20,200,180; 64,32,96.5,300",
+        "--output-size",
+        "3x4",
+        "--stride",
+        "8",
+        "--sampling-ratio",
+        "0",
+    )
+    assert status == 0
+    assert "box 1" in out and "box 2" in out and "house" not in out
+    assert "(2, 8, 3, 4)" in out and "(1, 8, 48, 72)" in out and "stride 8" in out
+    assert figure_path(out).is_file()
+
+
+def test_no_command_runs_the_demo(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    status, out, _ = run(capsys)
+    assert status == 0 and figure_path(out) == tmp_path / "cuproi_demo.png"
+    status, out, _ = run(capsys, "--out", "sub", "--output-size", "2")
+    assert status == 0 and figure_path(out) == tmp_path / "sub" / "cuproi_demo.png"
+
+
+def test_demo_without_matplotlib_still_prints_the_table(capsys, tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.delitem(sys.modules, "cuproi.viz", raising=False)
+    status, out, _ = run(capsys, "demo", "--out", str(tmp_path))
+    assert status == 0
+    assert "roi_align" in out and "pip install 'cuproi[viz]'" in out
+    assert not list(tmp_path.iterdir())
+
+
+def test_info(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("CUPY_CACHE_DIR", str(tmp_path / "cache"))
+    status, out, _ = run(capsys, "info")
+    assert status == 0
+    assert "numpy: available" in out and "cupy:" in out
+    assert str(tmp_path / "cache") in out and "$CUPY_CACHE_DIR" in out
+    assert str(ROOT / "kernels") in out or "cuproi/kernels" in out
+    assert "matplotlib" in out and "torchvision" in out
+
+
+def test_bench(capsys):
+    status, out, err = run(capsys, "bench", "--repeat", "1", "--num-boxes", "8")
+    assert status == 0
+    for method in ("roi_pool", "roi_align", "deform_roi_pool"):
+        assert len([line for line in out.splitlines() if line.startswith(method)]) >= 2
+    assert "torchvision:" in out
+    assert "[" in err and "done in" in err  # the progress bar, on stderr
+
+
+def test_bench_beside_torchvision(capsys, monkeypatch):
+    """The comparison path, with cuproi.torch standing in for torchvision.ops (same signatures
+    and values), so that it runs where torchvision is not installed."""
+    pytest.importorskip("torch")
+    import cuproi.torch as ct
+
+    ops = types.ModuleType("torchvision.ops")
+    ops.roi_align, ops.roi_pool = ct.roi_align, ct.roi_pool
+    fake = types.ModuleType("torchvision")
+    fake.ops, fake.__version__ = ops, "0.0-stand-in"
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    monkeypatch.setitem(sys.modules, "torchvision.ops", ops)
+    status, out, _ = run(capsys, "bench", "--repeat", "1", "--num-boxes", "8")
+    assert status == 0
+    assert "speed-up" in out and "0.0-stand-in" in out
+    rows = [line for line in out.splitlines() if line.startswith(("roi_align", "roi_pool"))]
+    diffs = [float(line.split()[-1]) for line in rows]
+    assert len(diffs) == 4 and max(diffs) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--output-size", "0"], "output size must be between 1 and 32; got 0"),
+        (["demo", "--output-size", "3x"], "output size must be an integer"),
+        (["demo", "--output-size", "2x3x4"], "N or HxW"),
+        (["demo", "--boxes", "1,2,3"], "box 1 is '1,2,3': expected 4 numbers"),
+        (["demo", "--boxes", "1,2,3,4;a,b,c,d"], "box 2 is 'a,b,c,d'"),
+        (["demo", "--boxes", "10,10,5,20"], "expected x2 > x1 and y2 > y1"),
+        (["demo", "--boxes", "0,0,nan,5"], "expected 4 numbers"),
+        (["demo", "--boxes", ";"], "no boxes given"),
+        (["demo", "--stride", "0"], "stride must be between 1 and 128; got 0"),
+        (["demo", "--stride", "x"], "stride must be an integer; got 'x'"),
+        (["demo", "--sampling-ratio", "-1"], "sampling ratio must be between 0 and 16"),
+        (["bench", "--repeat", "0"], "repeat must be between 1 and 100"),
+        (["demo", "--unknown"], "unrecognized arguments: --unknown"),
+        (["nonsense"], "invalid choice: 'nonsense'"),
+    ],
+)
+def test_bad_options(capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage: python -m cuproi" in err
+
+
+def test_python_dash_m_demo_headless(tmp_path):
+    pytest.importorskip("matplotlib")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "cuproi", "demo", "--out", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cuproi_demo.png").read_bytes()[:8] == PNG
+    assert f"figure: {tmp_path / 'cuproi_demo.png'}" in done.stdout
+    version = subprocess.run(
+        [sys.executable, "-m", "cuproi", "--version"], env=env, capture_output=True, text=True
+    )
+    assert version.returncode == 0 and version.stdout.startswith("cuproi ")
+
+
+def test_workload_of_the_bench_is_valid():
+    from cuproi import _bench
+
+    x, boxes, offset, grad = _bench.workload(10)
+    assert x.shape == (2, 64, 50, 76) and boxes.shape == (10, 5) and offset.shape == (10, 2, 7, 7)
+    assert grad.shape == (10, 64, 7, 7) and np.isin(boxes[:, 0], [0, 1]).all()
