@@ -34,6 +34,7 @@ _DEFORM = "#9467bd"
 _REGULAR = "#7f7f7f"
 _CHOSEN = "#e377c2"
 _MIDDLE = (0, None, None, 0, 0)  # first sample of the middle bin of the first box
+_GREYS = {"cmap": "Greys", "interpolation": "nearest"}  # feature maps: dark = high
 
 
 def plot_roi_pool(features, boxes, output_size, spatial_scale=1.0, *, channel=0, ax=None):
@@ -326,7 +327,8 @@ def plot_comparison(
         axes["zoom"].set_axis_off()
     else:
         _bilinear_zoom(axes["zoom"], plane, chosen)
-    _outputs(axes["outputs"], plane, rois[:1], offset, pooled, scale, ratio, gamma, aligned)
+    first = None if offset is None else offset[:1]
+    _outputs(axes["outputs"], plane, rois[:1], first, pooled, scale, ratio, gamma, aligned)
     fig.suptitle(
         "The same box, three ways. RoI Pool snaps the box and its bins to whole cells and takes "
         "the maximum of each bin;\nRoI Align averages bilinear samples of the exact bins; "
@@ -495,25 +497,13 @@ def _chosen(grids, plane, pooled, sample):
 
 
 def _pool_layers(ax, plane, rois, pooled, scale):
-    from matplotlib.patches import Rectangle
-
     g = _pool_geometry(plane, rois, pooled, scale)
     points = []
     for k in range(len(rois)):
         (h0, h1), (w0, w1) = (a[k] for a in g.rows), (a[k] for a in g.cols)
         for p, q in np.ndindex(*pooled):
-            ax.add_patch(
-                Rectangle(
-                    (w0[q], h0[p]),
-                    w1[q] - w0[q],
-                    h1[p] - h0[p],
-                    fill=False,
-                    lw=0.9,
-                    ec=_POOL_BINS,
-                    gid="bin",
-                    zorder=3,
-                )
-            )
+            cells = (w0[q], h0[p], w1[q], h1[p])
+            ax.add_patch(_rect(cells, ec=_POOL_BINS, lw=0.9, gid="bin", zorder=3))
         exact, region = g.exact[k], g.region[k]
         if np.isfinite(region).all():
             _difference(ax, region, exact, _QUANTIZED, "added", hatch=None)
@@ -523,17 +513,8 @@ def _pool_layers(ax, plane, rois, pooled, scale):
         ax.add_patch(_rect(exact, ec=_EXACT, lw=2.2, ls="--", gid="exact box", zorder=6))
         points += [exact[:2], exact[2:]]
     rows, cols = np.divmod(g.argmax[g.argmax >= 0], plane.shape[1])
-    ax.scatter(
-        cols + 0.5,
-        rows + 0.5,
-        marker="*",
-        s=90,
-        c="gold",
-        edgecolors="black",
-        linewidths=0.6,
-        gid="max cells",
-        zorder=7,
-    )
+    star = {"marker": "*", "s": 90, "c": "gold", "edgecolors": "black", "linewidths": 0.6}
+    ax.scatter(cols + 0.5, rows + 0.5, gid="max cells", zorder=7, **star)
     return points
 
 
@@ -556,22 +537,9 @@ def _deform_layers(ax, plane, rois, offset, pooled, scale, ratio, gamma):
     points += _sample_layers(ax, plane, shifted, _DEFORM, "bin", "samples", zorder=4)
     start = np.concatenate([_centres(s) for s in regular])
     move = np.concatenate([_centres(s) for s in shifted]) - start
-    ax.quiver(
-        start[:, 0],
-        start[:, 1],
-        move[:, 0],
-        move[:, 1],
-        angles="xy",
-        scale_units="xy",
-        scale=1,
-        color="black",
-        width=0.004,
-        headwidth=4,
-        headlength=5,
-        headaxislength=4.5,
-        gid="offsets",
-        zorder=8,
-    )
+    in_data_units = {"angles": "xy", "scale_units": "xy", "scale": 1}
+    head = {"width": 0.004, "headwidth": 4, "headlength": 5, "headaxislength": 4.5}
+    ax.quiver(*start.T, *move.T, color="black", gid="offsets", zorder=8, **in_data_units, **head)
     return points, float(np.hypot(*move.T).max(initial=0.0))
 
 
@@ -584,26 +552,13 @@ def _exact_boxes(ax, rois, scale):
 
 def _sample_layers(ax, plane, grids, color, bin_gid, sample_gid, zorder, ls="-", s=14):
     """Bins as rectangles, samples as dots (crosses for samples that add zero)."""
-    from matplotlib.patches import Rectangle
-
     inside, outside, points = [np.zeros((0, 2))], [np.zeros((0, 2))], []
     for g in grids:
         for p, q in np.ndindex(g.bin_y.shape):
-            corner = (g.bin_x[p, q] + 0.5, g.bin_y[p, q] + 0.5)
-            ax.add_patch(
-                Rectangle(
-                    corner,
-                    g.size_x[p, q],
-                    g.size_y[p, q],
-                    fill=False,
-                    ec=color,
-                    lw=0.9,
-                    ls=ls,
-                    gid=bin_gid,
-                    zorder=zorder,
-                )
-            )
-            points += [corner, (corner[0] + g.size_x[p, q], corner[1] + g.size_y[p, q])]
+            x0, y0 = g.bin_x[p, q] + 0.5, g.bin_y[p, q] + 0.5
+            corners = (x0, y0, x0 + g.size_x[p, q], y0 + g.size_y[p, q])
+            ax.add_patch(_rect(corners, ec=color, lw=0.9, ls=ls, gid=bin_gid, zorder=zorder))
+            points += [corners[:2], corners[2:]]
         y, x = np.broadcast_arrays(g.y, g.x)
         xy = np.column_stack([x.ravel(), y.ravel()]).astype(np.float64) + 0.5
         counted = _counted(g, plane.shape).ravel()
@@ -624,28 +579,21 @@ def _neighbour_lines(ax, chosen, labels, fontsize=7):
         ax.plot([sx, cx], [sy, cy], color=_CHOSEN, lw=1 + 3 * weight, gid="neighbour", zorder=9)
         if labels:  # outwards from the sample, so the four labels do not overlap
             away = (np.sign(cx - sx) or 1, -(np.sign(cy - sy) or 1))
+            frame = {"boxstyle": "round,pad=0.1", "fc": "white", "ec": _CHOSEN, "lw": 0.6}
             ax.annotate(
                 f"{weight:.2f}",
                 (cx, cy),
                 xytext=(9 * away[0], 7 * away[1]),
+                bbox=frame,
                 textcoords="offset points",
                 ha="center",
                 va="center",
                 fontsize=fontsize,
                 gid="weight",
                 zorder=10,
-                bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": _CHOSEN, "lw": 0.6},
             )
-    ax.scatter(
-        [sx],
-        [sy],
-        s=60,
-        c=_CHOSEN,
-        edgecolors="black",
-        linewidths=0.8,
-        zorder=11,
-        gid="chosen sample",
-    )
+    dot = {"s": 60, "c": _CHOSEN, "edgecolors": "black", "linewidths": 0.8}
+    ax.scatter([sx], [sy], gid="chosen sample", zorder=11, **dot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -654,8 +602,6 @@ def _neighbour_lines(ax, chosen, labels, fontsize=7):
 
 def _bilinear_zoom(ax, plane, chosen):
     """The chosen sample among the cells around it, with values, weights and their sum."""
-    from matplotlib.patches import Rectangle
-
     _draw_map(ax, plane)
     h, w = plane.shape
     # 4 x 4 cells: the two rows and columns a sample inside the map reads, and one more around.
@@ -666,22 +612,14 @@ def _bilinear_zoom(ax, plane, chosen):
     ax.set_xticks(range(x0, x0 + 5))
     ax.set_yticks(range(y0, y0 + 5))
     weights = {(row, col): weight for row, col, weight in chosen.taps}
+    frame = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8}
     for row in range(max(y0, 0), min(y0 + 4, h)):
         for col in range(max(x0, 0), min(x0 + 4, w)):
             text = f"f={plane[row, col]:.2f}"
             if (row, col) in weights:
                 text += f"\nw={weights[row, col]:.3f}"
-                ax.add_patch(Rectangle((col, row), 1, 1, fill=False, ec=_CHOSEN, lw=2, zorder=3))
-            ax.text(
-                col + 0.5,
-                row + 0.5,
-                text,
-                ha="center",
-                va="center",
-                fontsize=8,
-                zorder=4,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-            )
+                ax.add_patch(_rect((col, row, col + 1, row + 1), ec=_CHOSEN, lw=2, zorder=3))
+            ax.text(col + 0.5, row + 0.5, text, ha="center", va="center", fontsize=8, bbox=frame)
     _neighbour_lines(ax, chosen, labels=False)
     k, ph, pw, i, j = chosen.label
     terms = [f"{wt:.3f} × {plane[r, c]:.2f}" for r, c, wt in chosen.taps]
@@ -702,8 +640,6 @@ def _bilinear_zoom(ax, plane, chosen):
 
 def _context(ax, plane, rois, scale, view, image):
     """The whole input (image with the feature grid, or the map) with the boxes and the view."""
-    from matplotlib.patches import Rectangle
-
     h, w = plane.shape
     if image is None:
         _draw_map(ax, plane)
@@ -719,17 +655,7 @@ def _context(ax, plane, rois, scale, view, image):
     for box in rois[:, 1:].astype(np.float64) * scale * unit:
         ax.add_patch(_rect(box, ec=_EXACT, lw=1.8, ls="--"))
     (x0, x1), (y1, y0) = view
-    ax.add_patch(
-        Rectangle(
-            (x0 * unit, y0 * unit),
-            (x1 - x0) * unit,
-            (y1 - y0) * unit,
-            fill=False,
-            ec="black",
-            lw=1,
-            ls=":",
-        )
-    )
+    ax.add_patch(_rect(np.array([x0, y0, x1, y1]) * unit, ec="black", lw=1, ls=":"))
     grid = f"; lines: the feature grid (stride {unit:g})" if image is not None else ""
     ax.set_title(f"{what} with the boxes{grid};\ndotted: the view above", fontsize=10)
     ax.tick_params(labelsize=7)
@@ -742,7 +668,7 @@ def _outputs(ax, plane, rois, offset, pooled, scale, ratio, gamma, aligned):
     outputs = [
         ("RoI Pool", cuproi.roi_pool(x, rois, pooled, scale)),
         ("RoI Align", cuproi.roi_align(x, rois, aligned=aligned, **common)),
-        ("Deformable", cuproi.deform_roi_pool(x, rois, offset, **common)),
+        ("Deformable", cuproi.deform_roi_pool(x, rois, offset, gamma=gamma, **common)),
     ]
     ph, pw = pooled
     gap = max(pw / 4, 0.5)
@@ -750,13 +676,9 @@ def _outputs(ax, plane, rois, offset, pooled, scale, ratio, gamma, aligned):
     limits = (finite.min(), finite.max()) if finite.size else (0, 1)
     for n, (name, out) in enumerate(outputs):
         left = n * (pw + gap)
+        extent = (left, left + pw, ph, 0)
         ax.imshow(
-            out[0, 0].astype(np.float64),
-            cmap="Greys",
-            extent=(left, left + pw, ph, 0),
-            vmin=limits[0],
-            vmax=limits[1],
-            interpolation="nearest",
+            out[0, 0].astype(np.float64), extent=extent, vmin=limits[0], vmax=limits[1], **_GREYS
         )
         ax.text(left + pw / 2, -0.15 * ph, name, ha="center", va="bottom", fontsize=9)
     ax.set_xlim(-0.2, 3 * pw + 2 * gap + 0.2)
@@ -800,28 +722,21 @@ def _draw_map(ax, plane):
     h, w = plane.shape
     finite = plane[np.isfinite(plane)]
     low, high = (finite.min(), finite.max()) if finite.size else (0, 1)
-    ax.imshow(
-        plane.astype(np.float64),
-        cmap="Greys",
-        extent=(0, w, h, 0),
-        vmin=low,
-        vmax=high + 0.6 * (high - low),
-        interpolation="nearest",
-        zorder=0,
-    )
+    # Lightened (the top 40% of the grey scale unused) so that the drawings on it stand out.
+    limits = {"vmin": low, "vmax": high + 0.6 * (high - low)}
+    ax.imshow(plane.astype(np.float64), extent=(0, w, h, 0), zorder=0, **limits, **_GREYS)
 
 
-def _rect(xyxy, **style):
+def _rect(xyxy, fill=False, **style):
+    """A Rectangle from its corners (x0, y0, x1, y1)."""
     from matplotlib.patches import Rectangle
 
     x0, y0, x1, y1 = (float(v) for v in xyxy)
-    return Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, **style)
+    return Rectangle((x0, y0), x1 - x0, y1 - y0, fill=fill, **style)
 
 
 def _difference(ax, a, b, color, gid, hatch):
     """Fill the part of rectangle ``a`` outside rectangle ``b`` (at most four rectangles)."""
-    from matplotlib.patches import Rectangle
-
     ax0, ay0, ax1, ay1 = (float(v) for v in a)
     bx0, by0, bx1, by1 = (float(v) for v in b)
     x0, x1 = min(max(bx0, ax0), ax1), max(min(bx1, ax1), ax0)  # b's columns within a
@@ -831,21 +746,10 @@ def _difference(ax, a, b, color, gid, hatch):
         (x0, ay0, x1, min(max(by0, ay0), ay1)),  # above b
         (x0, max(min(by1, ay1), ay0), x1, ay1),  # below b
     ]
+    style = {"fc": color, "alpha": 0.28, "ec": "none", "hatch": hatch, "gid": gid, "zorder": 2}
     for px0, py0, px1, py1 in pieces:
         if px1 > px0 and py1 > py0:
-            ax.add_patch(
-                Rectangle(
-                    (px0, py0),
-                    px1 - px0,
-                    py1 - py0,
-                    fc=color,
-                    alpha=0.28,
-                    ec="none",
-                    hatch=hatch,
-                    gid=gid,
-                    zorder=2,
-                )
-            )
+            ax.add_patch(_rect((px0, py0, px1, py1), fill=True, **style))
 
 
 def _centres(s):

@@ -199,21 +199,34 @@ def test_deform_roi_pool_figure():
 
 def test_comparison_figure():
     image = np.random.default_rng(2).random((320, 480, 3))
-    offset = np.full((1, 2, 3, 3), 0.5)
-    fig = viz.plot_comparison(features(), BOXES[:1], 3, SCALE, 2, offset, image=image)
+    x = features()
+    offset = np.random.default_rng(3).normal(0, 0.5, (2, 2, 3, 3))
+    fig = viz.plot_comparison(x, BOXES, 3, SCALE, 2, offset, 0.3, image=image, channel=1)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0].startswith("RoI Pool") and titles[1].startswith("RoI Align")
     assert titles[2].startswith("Deformable RoI Pool")
     pool, align, deform = fig.axes[:3]
     assert pool.get_xlim() == align.get_xlim() == deform.get_xlim()  # one view for the three
-    assert (
-        len(patches(pool, "bin")) == len(patches(align, "bin")) == len(patches(deform, "bin")) == 9
-    )
-    assert len(offsets(align, "samples")) == len(offsets(deform, "samples")) == 9 * 4
-    assert collection(deform, "offsets").N == 9
+    for ax in (pool, align, deform):
+        assert len(patches(ax, "bin")) == 2 * 9
+    assert len(offsets(align, "samples")) == 2 * 9 * 4
+    deformed = len(offsets(deform, "samples")) + len(offsets(deform, "samples off the map"))
+    assert deformed == 2 * 9 * 4
+    assert collection(deform, "offsets").N == 2 * 9
     assert any("bilinear interpolation" in t for t in titles)
-    assert any("pooled output" in t for t in titles)
     assert any("input image" in t for t in titles)
+    # The pooled outputs shown are the ops' own, for the first box.
+    (outputs,) = [ax for ax in fig.axes if "pooled output" in ax.get_title()]
+    shown = [image.get_array() for image in outputs.images]
+    plane = x[:, 1:2].astype(np.float32)
+    common = {"output_size": 3, "spatial_scale": SCALE, "sampling_ratio": 2}
+    expected = [
+        cuproi.roi_pool(plane, BOXES[:1], 3, SCALE),
+        cuproi.roi_align(plane, BOXES[:1], aligned=True, **common),
+        cuproi.deform_roi_pool(plane, BOXES[:1], offset[:1], gamma=0.3, **common),
+    ]
+    for got, want in zip(shown, expected, strict=True):
+        np.testing.assert_allclose(got, want[0, 0], rtol=1e-6)
     without = viz.plot_comparison((20, 30), BOXES, 3, SCALE, sample=None)
     assert not [line for line in without.axes[1].lines if line.get_gid() == "neighbour"]
 
