@@ -236,7 +236,9 @@ def _figure(out, image, x, rois, offset, pooled, scale, ratio, print):
     try:
         from cuproi import viz
 
-        fig = viz.plot_comparison(x[0], rois[:1], pooled, scale, ratio, offset[:1], channel=SHOWN)
+        fig = viz.plot_comparison(
+            x[0], rois[:1], pooled, scale, ratio, offset[:1], channel=SHOWN, image=image
+        )
     except ImportError:
         print("figure: not drawn, matplotlib is missing (pip install 'cuproi[viz]')")
         return None
