@@ -43,19 +43,24 @@ def _parser():
             f"built-in {_demo.HEIGHT}x{_demo.WIDTH} scene on every available backend, prints "
             "the quantization error of RoI Pool for every box and a table per method (output "
             "shape, time, agreement across backends), and draws the three methods on the first "
-            f"box into OUT/{_demo.FIGURE}."
+            f"box into DIR/{_demo.FIGURE}."
         ),
     )
     demo.add_argument(
-        "--out", type=Path, default=Path("."), help="folder for the figure (default: .)"
+        "--out",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="folder for the figure (default: .)",
     )
     demo.add_argument(
         "--boxes",
         type=_boxes,
         default=dict(_demo.BOXES),
+        metavar="'x1,y1,x2,y2;...'",
         help=(
-            "boxes in scene pixels as 'x1,y1,x2,y2;x1,y1,x2,y2;...' (the first is drawn); "
-            "default: the house, tree, car, person and sun of the scene"
+            "boxes in scene pixels (the first is drawn); default: the house, tree, car, "
+            "person and sun of the scene"
         ),
     )
     demo.add_argument(
@@ -69,12 +74,14 @@ def _parser():
         "--stride",
         type=_bounded_int("stride", 1, MAX_STRIDE),
         default=16,
-        help="feature stride in pixels; spatial_scale = 1/stride (default: 16)",
+        metavar="PIXELS",
+        help="feature stride; spatial_scale = 1/stride (default: 16)",
     )
     demo.add_argument(
         "--sampling-ratio",
         type=_bounded_int("sampling ratio", 0, 16),
         default=2,
+        metavar="N",
         help="bilinear samples per bin and axis, 0 for adaptive (default: 2)",
     )
     demo.set_defaults(run=_run_demo)
@@ -94,12 +101,14 @@ def _parser():
         "--repeat",
         type=_bounded_int("repeat", 1, 100),
         default=3,
+        metavar="N",
         help="timed calls per op (the median is shown; default: 3)",
     )
     bench.add_argument(
         "--num-boxes",
         type=_bounded_int("number of boxes", 1, 100_000),
         default=256,
+        metavar="K",
         help="boxes per call (default: 256)",
     )
     bench.set_defaults(run=_run_bench)

@@ -155,7 +155,7 @@ def runs(pooled, scale, ratio):
     ]
 
 
-def run(out, boxes, pooled, stride, ratio, cupy, print=print):
+def run(out, boxes, pooled, stride, ratio, cupy):
     """Print the tables, write the figure; returns the figure's path or None."""
     image = scene()
     x = features(image, stride)
@@ -171,14 +171,14 @@ def run(out, boxes, pooled, stride, ratio, cupy, print=print):
         f"{stride}; {len(rois)} boxes; output {pooled[0]}x{pooled[1]}; sampling_ratio {ratio}; "
         "RoI Align aligned=True; Deformable RoI Pool gamma 0.1\n"
     )
-    _box_table(names, rois, stride, err, print)
+    _box_table(names, rois, stride, err)
     print()
-    _method_table(x, rois, offset, grad, pooled, scale, ratio, err, backends(cupy), print)
+    _method_table(x, rois, offset, grad, pooled, scale, ratio, err, backends(cupy))
     print()
-    return _figure(out, image, x, rois, offset, pooled, scale, ratio, print)
+    return _figure(out, image, x, rois, offset, pooled, scale, ratio)
 
 
-def _box_table(names, rois, stride, err, print):
+def _box_table(names, rois, stride, err):
     header = (
         f"{'box':<8}{'x1, y1, x2, y2 (px)':<26}{'size (px)':>11}{'in cells':>12}"
         f"   RoI Pool error: {'box edge':>8}{'bin edge':>10}{'area lost':>11}{'added':>8}"
@@ -197,7 +197,7 @@ def _box_table(names, rois, stride, err, print):
         )
 
 
-def _method_table(x, rois, offset, grad, pooled, scale, ratio, err, found, print):
+def _method_table(x, rois, offset, grad, pooled, scale, ratio, err, found):
     quantization = {
         "roi_pool": f"edges {err.bin_shift_pixels.max():.0f} px, area {err.area_error.mean():.0%}",
         "roi_align": "none (exact box)",
@@ -232,7 +232,7 @@ def _method_table(x, rois, offset, grad, pooled, scale, ratio, err, found, print
     )
 
 
-def _figure(out, image, x, rois, offset, pooled, scale, ratio, print):
+def _figure(out, image, x, rois, offset, pooled, scale, ratio):
     try:
         from cuproi import viz
 
