@@ -272,6 +272,7 @@ def test_inputs():
         (lambda: viz.plot_roi_pool((20, 30), BOXES, 0), ValueError, "output_size"),
         (lambda: viz.plot_roi_pool((20, 30), BOXES, 2, -1.0), ValueError, "spatial_scale"),
         (lambda: viz.plot_roi_pool((0, 30), BOXES, 2), ValueError, "height and width"),
+        (lambda: viz.plot_roi_align((20, 30), np.zeros((0, 4)), 2), ValueError, "empty"),
         (
             lambda: viz.plot_roi_align((20, 30), BOXES, 2, SCALE, 2, sample=(2, 0, 0, 0, 0)),
             IndexError,
