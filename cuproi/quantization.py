@@ -78,7 +78,9 @@ def quantization_error(boxes, spatial_scale, output_size) -> QuantizationError:
     region is the union of the bins, ``[q1, q1 + n)`` (before the clip to the feature map,
     which this function does not know). Because the end is inclusive, even a box whose
     corners lie on cell boundaries reads one more cell at its right and bottom (a shift of one
-    cell there), the known "+1" of RoI Pool.
+    cell there), the known "+1" of RoI Pool. The bin arithmetic is the op's, in floating point:
+    where ``PW * (n / PW)`` rounds above ``n`` (e.g. ``n = 57``, ``PW = 7`` in float32) the last
+    bin, and so the region, reaches one cell further, in torchvision too.
 
     Coordinates are computed in float64 for float64 boxes and float32 otherwise, as
     :func:`cuproi.roi_pool` does for float64 and float32 features.
