@@ -6,6 +6,7 @@ kind. Importing cuproi does not import CuPy.
 
 from cuproi._version import __version__
 from cuproi.deform_roi_pool import deform_roi_pool, deform_roi_pool_backward
+from cuproi.multi_scale_roi_align import multi_scale_roi_align, multi_scale_roi_align_backward
 from cuproi.ps_roi_align import ps_roi_align, ps_roi_align_backward
 from cuproi.ps_roi_pool import ps_roi_pool, ps_roi_pool_backward
 from cuproi.quantization import quantization_error
@@ -16,6 +17,8 @@ __all__ = [
     "__version__",
     "deform_roi_pool",
     "deform_roi_pool_backward",
+    "multi_scale_roi_align",
+    "multi_scale_roi_align_backward",
     "ps_roi_align",
     "ps_roi_align_backward",
     "ps_roi_pool",

@@ -195,3 +195,81 @@ def test_deterministic_backward_is_bit_identical_across_runs(dtype):
     for a, b in zip(first, run(False), strict=True):  # and they are the same gradients
         tol = 1e-2 if dtype == np.float16 else 1e-4
         cupy.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+# ---- multi_scale_roi_align -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("aligned", [False, True])
+def test_multi_scale_matches_numpy_backend_and_oracle(dtype, aligned):
+    import reference_multi_scale
+    from test_multi_scale import SCALES, SHAPES, SIZE, boxes_zoo, pyramid, thresholds
+    from test_multi_scale import rois_for as ms_rois
+
+    x = pyramid(dtype)
+    rois = ms_rois(boxes_zoo(), dtype)
+    t = thresholds(dtype)
+    out = _cuda.multi_scale_roi_align_forward(
+        [cupy.asarray(a) for a in x], cupy.asarray(rois), SCALES, t, *SIZE, -1, aligned
+    )
+    assert isinstance(out, cupy.ndarray) and out.dtype == dtype
+    if dtype == np.float16:
+        x64 = [a.astype(np.float64) for a in x]
+        want = reference_multi_scale.multi_scale_roi_align(
+            x64, rois, SIZE, SCALES, -1, aligned, coord_dtype=np.float32
+        )
+        np.testing.assert_allclose(out.get().astype(np.float64), want, rtol=4e-3, atol=4e-3)
+    else:
+        cpu = _cpu.multi_scale_roi_align_forward(x, rois, SCALES, t, *SIZE, -1, aligned)
+        np.testing.assert_allclose(out.get(), cpu, rtol=1e-5, atol=1e-5)
+    g = np.random.default_rng(1).standard_normal(out.shape).astype(dtype)
+    for det in (False, True):
+        grads = _cuda.multi_scale_roi_align_backward(
+            cupy.asarray(g), cupy.asarray(rois), SHAPES, SCALES, t, -1, aligned, deterministic=det
+        )
+        coord = np.float32 if dtype != np.float64 else np.float64
+        want = reference_multi_scale.multi_scale_roi_align_backward(
+            g, rois, SHAPES, SIZE, SCALES, -1, aligned, coord_dtype=coord
+        )
+        tol = 1e-2 if dtype == np.float16 else 1e-4
+        for a, w in zip(grads, want, strict=True):
+            assert a.dtype == dtype
+            np.testing.assert_allclose(a.get().astype(np.float64), w, rtol=tol, atol=tol)
+
+
+def test_multi_scale_public_api_and_no_host_sync():
+    """Public API on CuPy; with the boxes validated once, the launch needs no device read."""
+    from test_multi_scale import SCALES, SIZE, boxes_zoo, pyramid
+
+    x = [cupy.asarray(a) for a in pyramid(np.float32)]
+    boxes = cupy.asarray(boxes_zoo().astype(np.float32))
+    out = cuproi.multi_scale_roi_align(x, boxes, SIZE, SCALES, 2, True)
+    cpu = cuproi.multi_scale_roi_align([a.get() for a in x], boxes.get(), SIZE, SCALES, 2, True)
+    np.testing.assert_allclose(out.get(), cpu, rtol=1e-5, atol=1e-5)
+    with cupy.cuda.Stream() as stream:
+        stream_out = cuproi.multi_scale_roi_align(x, boxes, SIZE, SCALES, 2, True)
+    stream.synchronize()
+    cupy.testing.assert_array_equal(stream_out, out)
+
+
+def test_multi_scale_deterministic_backward_is_bit_identical_across_runs():
+    from test_multi_scale import SCALES, SHAPES
+
+    rng = np.random.default_rng(0)
+    k = 4096
+    side = np.exp(rng.uniform(np.log(16), np.log(500), (k, 2)))
+    corner = rng.uniform(0, 200, (k, 2))
+    rois = np.column_stack([rng.integers(0, 2, k), corner, corner + side]).astype(np.float32)
+    g = cupy.asarray(rng.standard_normal((k, SHAPES[0][1], 7, 7)).astype(np.float32))
+    rois = cupy.asarray(rois)
+
+    def run():
+        return cuproi.multi_scale_roi_align_backward(
+            g, rois, SHAPES, 7, SCALES, 2, True, deterministic=True
+        )
+
+    first = run()
+    for _ in range(3):
+        for a, b in zip(first, run(), strict=True):
+            cupy.testing.assert_array_equal(a, b)

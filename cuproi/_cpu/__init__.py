@@ -10,6 +10,10 @@ argument changes nothing here.
 import numpy as xp  # noqa: F401  (the array module of this backend, used by the public layer)
 
 from cuproi._cpu.deform_roi_pool import deform_roi_pool_backward, deform_roi_pool_forward
+from cuproi._cpu.multi_scale_roi_align import (
+    multi_scale_roi_align_backward,
+    multi_scale_roi_align_forward,
+)
 from cuproi._cpu.ps_roi_align import ps_roi_align_backward, ps_roi_align_forward
 from cuproi._cpu.ps_roi_pool import ps_roi_pool_backward, ps_roi_pool_forward
 from cuproi._cpu.roi_align import roi_align_backward, roi_align_forward
@@ -18,6 +22,8 @@ from cuproi._cpu.roi_pool import roi_pool_backward, roi_pool_forward
 __all__ = [
     "deform_roi_pool_backward",
     "deform_roi_pool_forward",
+    "multi_scale_roi_align_backward",
+    "multi_scale_roi_align_forward",
     "ps_roi_align_backward",
     "ps_roi_align_forward",
     "ps_roi_pool_backward",

@@ -30,10 +30,25 @@ ps_roi_align_forward = _on_device(_ops.ps_roi_align_forward)
 ps_roi_align_backward = _on_device(_ops.ps_roi_align_backward)
 ps_roi_pool_forward = _on_device(_ops.ps_roi_pool_forward)
 ps_roi_pool_backward = _on_device(_ops.ps_roi_pool_backward)
+multi_scale_roi_align_backward = _on_device(_ops.multi_scale_roi_align_backward)
+roi_align_max_forward = _on_device(_ops.roi_align_max_forward)
+roi_align_max_backward = _on_device(_ops.roi_align_max_backward)
+
+
+def multi_scale_roi_align_forward(features, *args):
+    """The fused multi-level forward, on the device of the first level's features."""
+    import cupy
+
+    from cuproi._cuda._launch import launch
+
+    with features[0].device:
+        return _ops.multi_scale_roi_align_forward(cupy, launch, features, *args)
 
 __all__ = [
     "deform_roi_pool_backward",
     "deform_roi_pool_forward",
+    "multi_scale_roi_align_backward",
+    "multi_scale_roi_align_forward",
     "ps_roi_align_backward",
     "ps_roi_align_forward",
     "ps_roi_pool_backward",

@@ -318,3 +318,94 @@ def ps_roi_pool_backward(
     return _ps_backward(
         xp, launch, "ps_roi_pool", grad_output, rois, input_shape, spatial_scale, deterministic
     )
+
+
+# ---- multi_scale_roi_align -------------------------------------------------------------------
+
+MULTI_SCALE_LEVELS = 8  # levels the fused kernels take (kernels/multi_scale_roi_align.cu)
+
+
+def _pyramid(shapes, spatial_scales, thresholds, ct):
+    """The per-level scalars (h0..h7, w0..w7, s0..s7, t1..t7) of the multi-scale kernels.
+
+    Unused levels repeat level 0 and their thresholds are +inf, so no box is assigned to them.
+    """
+    pad = MULTI_SCALE_LEVELS - len(shapes)
+    heights = [s[2] for s in shapes] + [shapes[0][2]] * pad
+    widths = [s[3] for s in shapes] + [shapes[0][3]] * pad
+    scales = [ct(s) for s in spatial_scales] + [ct(spatial_scales[0])] * pad
+    limits = [np.float64(t) for t in thresholds] + [np.float64(np.inf)] * pad
+    return (*_ints(*heights), *_ints(*widths), *scales, *limits)
+
+
+def multi_scale_roi_align_forward(
+    xp,
+    launch,
+    features,
+    rois,
+    spatial_scales,
+    thresholds,
+    pooled_h,
+    pooled_w,
+    sampling_ratio,
+    aligned,
+):
+    n, c = features[0].shape[:2]
+    dtype = features[0].dtype
+    out = xp.empty((len(rois), c, pooled_h, pooled_w), dtype)
+    entry, index = _entry("multi_scale_roi_align", "forward", dtype, *features, out)
+    slots = list(features) + [features[0]] * (MULTI_SCALE_LEVELS - len(features))
+    launch(
+        "multi_scale_roi_align",
+        entry,
+        out.size,
+        (
+            index(out.size),
+            *slots,
+            rois,
+            *_ints(n, c, pooled_h, pooled_w, sampling_ratio, aligned),
+            *_pyramid([f.shape for f in features], spatial_scales, thresholds, rois.dtype.type),
+            out,
+        ),
+    )
+    return out
+
+
+def multi_scale_roi_align_backward(
+    xp,
+    launch,
+    grad_output,
+    rois,
+    input_shapes,
+    spatial_scales,
+    thresholds,
+    sampling_ratio,
+    aligned,
+    deterministic=False,
+):
+    """Every level's gradient summed into one buffer in one launch, returned as views of it."""
+    n, c = input_shapes[0][:2]
+    _, _, pooled_h, pooled_w = grad_output.shape
+    sizes = [int(np.prod(s)) for s in input_shapes]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    grad = _GradSum(xp, (int(starts[-1]),), rois.dtype, grad_output, deterministic)
+    entry, index = _entry(
+        "multi_scale_roi_align", "backward", grad_output.dtype, grad_output, grad.fixed
+    )
+    offsets = [int(s) for s in starts[:-1]] + [0] * (MULTI_SCALE_LEVELS - len(input_shapes))
+    launch(
+        "multi_scale_roi_align",
+        entry,
+        grad_output.size,
+        (
+            index(grad_output.size),
+            grad_output,
+            rois,
+            *_ints(n, c, pooled_h, pooled_w, sampling_ratio, aligned),
+            *_pyramid(input_shapes, spatial_scales, thresholds, rois.dtype.type),
+            *(index(o) for o in offsets),
+            *grad.args(),
+        ),
+    )
+    flat = grad.result(launch, grad_output.dtype)
+    return [flat[starts[i] : starts[i + 1]].reshape(shape) for i, shape in enumerate(input_shapes)]
