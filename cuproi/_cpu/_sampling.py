@@ -20,6 +20,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 
+from cuproi._cpu import _parallel
+
 # Entries of the sparse operator built at once; boxes are processed in chunks below this.
 BUDGET = 1 << 21
 
@@ -204,11 +206,12 @@ def operator(ys, xs, y_of_bin, x_of_bin, image_of_bin, count_of_bin, shape, dtyp
     return a, matrix(ys.weight[jy] * xs.slope[jx]), matrix(ys.slope[jy] * xs.weight[jx])
 
 
-def chunks(cost, budget=BUDGET):
-    """Consecutive ranges of boxes whose summed ``cost`` stays within ``budget``.
+def chunks(cost, budget=None):
+    """Consecutive ranges of boxes whose summed ``cost`` stays within ``budget`` (BUDGET).
 
     Every range holds at least one box, whatever its cost.
     """
+    budget = BUDGET if budget is None else budget
     total = np.cumsum(cost)
     start, k = 0, len(cost)
     while start < k:
@@ -218,28 +221,47 @@ def chunks(cost, budget=BUDGET):
         start = stop
 
 
+def parts(cost, budget=None):
+    """Yield, for every chunk of boxes (see :func:`chunks`), its ranges for the threads.
+
+    Each item is a list of consecutive ``(first box, last box + 1)`` ranges covering one chunk,
+    of about equal cost (``_parallel.ranges``).
+    """
+    for k0, k1 in chunks(cost, budget):
+        yield [(k0 + a, k0 + b) for a, b in _parallel.ranges(cost[k0:k1])]
+
+
 def pixels_by_channel(x):
-    """(N, C, H, W) features as an (N*H*W, C) matrix, the layout the sparse products use."""
-    n, c, h, w = x.shape
-    return x.transpose(0, 2, 3, 1).reshape(n * h * w, c)
+    """(N, C, H, W) features as a C-contiguous (N*H*W, C) matrix, the layout of the products."""
+    return _parallel.channels_last(x)
 
 
-def apply(a, x_rows, bins_shape):
-    """``A @ X`` reshaped to (K, C, PH, PW)."""
-    out = a @ x_rows
-    return out.reshape(*bins_shape, -1).transpose(0, 3, 1, 2)
+def apply(a, x_rows, out):
+    """``out[...] = A @ X`` with ``out`` (K, C, PH, PW) and ``A``'s rows its bins in C order."""
+    k, c, ph, pw = out.shape
+    out.reshape(k, c, ph * pw)[...] = (a @ x_rows).reshape(k, ph * pw, c).transpose(0, 2, 1)
 
 
-def add_transposed(grad_rows, a, g_rows):
-    """``grad_rows += A.T @ G``, touching only the pixels that ``A`` reads."""
+def add_transposed(grad_rows, operators, g_rows):
+    """``grad_rows += A.T @ G`` for ``A`` the row blocks ``operators`` stacked, in parallel.
+
+    ``A.T`` is built as a CSR matrix (one row per pixel, its entries in bin order) and split
+    into blocks of pixels, one task each: every pixel's sum runs over its bins in the same
+    order whatever the blocks, so the result does not depend on the number of threads.
+    """
+    a = operators[0] if len(operators) == 1 else scipy.sparse.vstack(operators, format="csr")
     if a.nnz == 0:
         return
-    used, columns = np.unique(a.indices, return_inverse=True)
-    compact = scipy.sparse.csr_matrix((a.data, columns, a.indptr), shape=(a.shape[0], len(used)))
-    grad_rows[used] += compact.T @ g_rows
+    t = a.T.tocsr()
+
+    def block(p0, p1):
+        part = t[p0:p1]
+        if part.nnz:
+            grad_rows[p0:p1] += part @ g_rows
+
+    _parallel.for_ranges(block, np.diff(t.indptr))
 
 
 def bin_rows(g):
-    """(K, C, PH, PW) gradient as (K*PH*PW, C) rows, matching the operator's bins."""
-    k, c, ph, pw = g.shape
-    return g.transpose(0, 2, 3, 1).reshape(k * ph * pw, c)
+    """(K, C, PH, PW) gradient as C-contiguous (K*PH*PW, C) rows, matching the operator's bins."""
+    return _parallel.channels_last(g)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from cuproi._cpu import _sampling
+from cuproi._cpu import _parallel, _sampling
 
 
 def _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio):
@@ -38,43 +38,51 @@ def _bin_axes(g, offset, pooled, gamma):
     return [np.broadcast_to(a, bins) for a in y], [np.broadcast_to(a, bins) for a in x]
 
 
-def _operators(rois, g, offset, pooled, shape, gamma, slopes=False):
-    """Yield (first box, last box + 1, operator or (operator, d/dx, d/dy)) for chunks of boxes.
-
-    The boxes are sampled on grid ``g``, every bin shifted by its offset.
-    """
-    (pooled_h, pooled_w), (_, h, w) = pooled, shape
-    ct = rois.dtype.type
-    y, x = _bin_axes(g, offset, pooled, gamma)
+def _cost(axes, shape):
+    """Bound on the operator entries of every box, (K,)."""
+    (y, x), (_, h, w) = axes, shape
     cost = _sampling.samples_bound(*y, h) * _sampling.samples_bound(*x, w)
-    for k0, k1 in _sampling.chunks(cost.reshape(len(rois), pooled_h * pooled_w).sum(1)):
-        ys = _sampling.axis_taps(*(a[k0:k1].ravel() for a in y), h)
-        xs = _sampling.axis_taps(*(a[k0:k1].ravel() for a in x), w)
-        box = np.repeat(np.arange(k0, k1), pooled_h * pooled_w)
-        every_bin = np.arange(len(box))
-        ops = _sampling.operator(
-            ys,
-            xs,
-            every_bin,
-            every_bin,
-            rois[box, 0].astype(np.int64),
-            g.count[box],
-            shape,
-            ct,
-            slopes=slopes,
-        )
-        yield k0, k1, ops
+    return cost.sum(axis=(1, 2))  # (K, PH, PW) -> (K,)
+
+
+def _operator(rois, g, axes, shape, k0, k1, slopes=False):
+    """Operator of boxes ``k0:k1`` (or (operator, d/dx, d/dy)), one row per bin in C order.
+
+    ``axes`` are the bins' (shifted) sampling rows and columns, from :func:`_bin_axes`.
+    """
+    (y, x), (_, h, w) = axes, shape
+    ys = _sampling.axis_taps(*(a[k0:k1].ravel() for a in y), h)
+    xs = _sampling.axis_taps(*(a[k0:k1].ravel() for a in x), w)
+    box = np.repeat(np.arange(k0, k1), y[0][0].size)
+    every_bin = np.arange(len(box))
+    return _sampling.operator(
+        ys,
+        xs,
+        every_bin,
+        every_bin,
+        rois[box, 0].astype(np.int64),
+        g.count[box],
+        shape,
+        rois.dtype.type,
+        slopes=slopes,
+    )
 
 
 def deform_roi_pool_forward(
     input, rois, offset, spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma
 ):
     n, c, h, w = input.shape
+    shape = (n, h, w)
     g = _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
+    axes = _bin_axes(g, offset, (pooled_h, pooled_w), gamma)
     x_rows = _sampling.pixels_by_channel(input.astype(rois.dtype, copy=False))
-    out = np.zeros((len(rois), c, pooled_h, pooled_w), rois.dtype)
-    for k0, k1, a in _operators(rois, g, offset, (pooled_h, pooled_w), (n, h, w), gamma):
-        out[k0:k1] = _sampling.apply(a, x_rows, (k1 - k0, pooled_h, pooled_w))
+    out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
+
+    def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
+        _sampling.apply(_operator(rois, g, axes, shape, k0, k1), x_rows, out[k0:k1])
+
+    for parts in _sampling.parts(_cost(axes, shape)):
+        _parallel.map_ordered(lambda r: run(*r), parts)
     return out.astype(input.dtype, copy=False)
 
 
@@ -82,28 +90,32 @@ def deform_roi_pool_backward(
     grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma, deterministic=False
 ):
     n, c, h, w = input.shape
+    shape = (n, h, w)
     k, _, pooled_h, pooled_w = grad_output.shape
     ct = rois.dtype.type
     g = _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
-    x_rows = _sampling.pixels_by_channel(input.astype(ct, copy=False))
+    axes = _bin_axes(g, offset, (pooled_h, pooled_w), gamma)
+    x_rows = None if offset is None else _sampling.pixels_by_channel(input.astype(ct, copy=False))
     g_rows = _sampling.bin_rows(grad_output.astype(ct, copy=False))
     grad_rows = np.zeros((n * h * w, c), ct)
     grad_offset = None if offset is None else np.zeros((k, 2, pooled_h, pooled_w), ct)
     # d out / d offset = gamma * box size * (mean over the bin's samples of d value / d position)
     scale_x, scale_y = (ct(gamma) * g.width)[:, None, None], (ct(gamma) * g.height)[:, None, None]
     bins = pooled_h * pooled_w
-    operators = _operators(
-        rois, g, offset, (pooled_h, pooled_w), (n, h, w), gamma, slopes=offset is not None
-    )
-    for k0, k1, ops in operators:
-        g_chunk = g_rows[k0 * bins : k1 * bins]
+
+    def run(k0, k1):
+        """The operator of boxes k0:k1, after their offset gradients (row by row, in place)."""
         if offset is None:
-            _sampling.add_transposed(grad_rows, ops, g_chunk)
-            continue
-        a, d_dx, d_dy = ops
-        _sampling.add_transposed(grad_rows, a, g_chunk)
-        shape = (k1 - k0, pooled_h, pooled_w)
-        grad_offset[k0:k1, 0] = ((d_dx @ x_rows) * g_chunk).sum(1).reshape(shape) * scale_x[k0:k1]
-        grad_offset[k0:k1, 1] = ((d_dy @ x_rows) * g_chunk).sum(1).reshape(shape) * scale_y[k0:k1]
-    grad = grad_rows.reshape(n, h, w, c).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(grad, dtype=grad_output.dtype), grad_offset
+            return _operator(rois, g, axes, shape, k0, k1)
+        a, d_dx, d_dy = _operator(rois, g, axes, shape, k0, k1, slopes=True)
+        g_part = g_rows[k0 * bins : k1 * bins]
+        part = (k1 - k0, pooled_h, pooled_w)
+        grad_offset[k0:k1, 0] = ((d_dx @ x_rows) * g_part).sum(1).reshape(part) * scale_x[k0:k1]
+        grad_offset[k0:k1, 1] = ((d_dy @ x_rows) * g_part).sum(1).reshape(part) * scale_y[k0:k1]
+        return a
+
+    for parts in _sampling.parts(_cost(axes, shape)):
+        ops = _parallel.map_ordered(lambda r: run(*r), parts)
+        k0, k1 = parts[0][0], parts[-1][1]
+        _sampling.add_transposed(grad_rows, ops, g_rows[k0 * bins : k1 * bins])
+    return _parallel.channels_first(grad_rows, input.shape, grad_output.dtype), grad_offset

@@ -1,0 +1,151 @@
+"""Threads of the CPU backend: one pool, ordered maps, and the layout changes every op needs.
+
+The heavy steps of the backend (SciPy's sparse products, NumPy gathers, reductions and copies)
+run in C with the GIL released, so a few Python threads keep several cores busy, as
+torchvision's C++ kernels do with their OpenMP threads. Work is split so that the result never
+depends on the split: every output element is computed by exactly one task, in the same order
+of operations whatever the number of tasks, so outputs and gradients are bitwise identical with
+1 thread or 16, from run to run.
+
+The number of threads is ``CUPROI_NUM_THREADS`` when that environment variable is set (read at
+every call, so it can be changed at run time; ``1`` runs everything in the calling thread), else
+the number of cores this process may run on.
+"""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+_pools = {}
+_lock = threading.Lock()
+_inside = threading.local()  # set in pool threads: a task never waits on the pool it runs in
+
+# Pixels per block of the layout changes below: a block of 256 channels stays in L2.
+_BLOCK = 512
+
+
+def threads():
+    """Number of threads the backend uses: ``CUPROI_NUM_THREADS``, else the usable cores."""
+    value = os.environ.get("CUPROI_NUM_THREADS", "").strip()
+    if value:
+        try:
+            return max(int(value), 1)
+        except ValueError:
+            raise ValueError(
+                f"CUPROI_NUM_THREADS must be a positive integer, got {value!r}"
+            ) from None
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _pool(workers):
+    with _lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(
+                workers, "cuproi", initializer=setattr, initargs=(_inside, "busy", True)
+            )
+        return _pools[workers]
+
+
+def map_ordered(fn, items):
+    """``[fn(item) for item in items]``, the calls spread over the backend's threads.
+
+    Results come back in the order of ``items``. Runs in the calling thread when there is one
+    thread, one item, or when called from a task of the pool itself.
+    """
+    items = list(items)
+    workers = min(threads(), len(items))
+    if workers <= 1 or getattr(_inside, "busy", False):
+        return [fn(item) for item in items]
+    return list(_pool(workers).map(fn, items))
+
+
+def split(cost, parts):
+    """Boundaries ``[0, ..., len(cost)]`` of at most ``parts`` consecutive ranges of ``cost``.
+
+    The ranges carry about equal summed cost; every range is non-empty.
+    """
+    n = len(cost)
+    parts = max(min(parts, n), 1)
+    total = np.cumsum(cost, dtype=np.float64)
+    if n == 0 or total[-1] <= 0:
+        edges = np.linspace(0, n, parts + 1).astype(np.int64)
+    else:
+        targets = total[-1] * np.arange(1, parts) / parts
+        edges = np.concatenate([[0], np.searchsorted(total, targets, side="right"), [n]])
+    return np.unique(edges).tolist()
+
+
+def ranges(cost, parts=None):
+    """Consecutive ``(start, stop)`` ranges of ``cost`` for the threads, about equal in cost.
+
+    A few more ranges than threads, so that a slow range does not leave the others idle.
+    """
+    parts = 2 * threads() if parts is None else parts
+    edges = split(cost, parts)
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def for_ranges(fn, cost, parts=None):
+    """``fn(start, stop)`` for the ranges of :func:`ranges`, in parallel; results in order."""
+    return map_ordered(lambda r: fn(*r), ranges(cost, parts))
+
+
+def _blocks(n, pixels):
+    """(first image, last image + 1, first pixel, last pixel + 1) blocks of about _BLOCK pixels.
+
+    Large images are cut into runs of pixels; small ones (a box's bins) are grouped.
+    """
+    if pixels >= _BLOCK:
+        return [
+            (i, i + 1, p, min(p + _BLOCK, pixels))
+            for i in range(n)
+            for p in range(0, pixels, _BLOCK)
+        ]
+    step = max(_BLOCK // max(pixels, 1), 1)
+    return [(i, min(i + step, n), 0, pixels) for i in range(0, n, step)]
+
+
+def _copy_blocks(copy, n, pixels):
+    blocks = _blocks(n, pixels)
+
+    def run(start, stop):
+        for block in blocks[start:stop]:
+            copy(*block)
+
+    for_ranges(run, np.ones(len(blocks)))
+
+
+def channels_last(x, dtype=None):
+    """(N, C, H, W) array as a C-contiguous (N*H*W, C) matrix of ``dtype``, copied in blocks.
+
+    NumPy copies a transposed view element by element with a large stride, so whole-array
+    copies are several times slower than copies of cache-sized blocks; the blocks are spread
+    over the threads.
+    """
+    n, c, h, w = x.shape
+    src = x.reshape(n, c, h * w)
+    out = np.empty((n, h * w, c), dtype or x.dtype)
+
+    def copy(i0, i1, p0, p1):
+        out[i0:i1, p0:p1] = src[i0:i1, :, p0:p1].transpose(0, 2, 1)
+
+    _copy_blocks(copy, n, h * w)
+    return out.reshape(n * h * w, c)
+
+
+def channels_first(rows, shape, dtype=None):
+    """(N*H*W, C) matrix as a C-contiguous (N, C, H, W) array of ``dtype``, copied in blocks."""
+    n, c, h, w = shape
+    src = rows.reshape(n, h * w, c)
+    out = np.empty((n, c, h * w), dtype or rows.dtype)
+
+    def copy(i0, i1, p0, p1):
+        out[i0:i1, :, p0:p1] = src[i0:i1, p0:p1].transpose(0, 2, 1)
+
+    _copy_blocks(copy, n, h * w)
+    return out.reshape(shape)
