@@ -273,3 +273,110 @@ def test_multi_scale_deterministic_backward_is_bit_identical_across_runs():
     for _ in range(3):
         for a, b in zip(first, run(), strict=True):
             cupy.testing.assert_array_equal(a, b)
+
+
+# ---- ps_roi_align, ps_roi_pool ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ratio", [-1, 2])
+def test_ps_ops_match_oracle(dtype, ratio):
+    import reference_ps
+
+    size, scale = (3, 4), 0.7
+    x = np.random.default_rng(0).standard_normal((2, 24, 10, 12)).astype(dtype)
+    boxes = box_zoo(scale)
+    rois = rois_for(boxes, dtype)
+    g = np.random.default_rng(1).standard_normal((len(boxes), 2, *size)).astype(dtype)
+    coord = rois.dtype.type
+    xg, rg, gg = cupy.asarray(x), cupy.asarray(rois), cupy.asarray(g)
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    checks = [
+        (
+            _cuda.ps_roi_align_forward(xg, rg, scale, *size, ratio),
+            reference_ps.ps_roi_align(x64, boxes, size, scale, ratio, coord),
+        ),
+        (
+            _cuda.ps_roi_align_backward(gg, rg, x.shape, scale, ratio),
+            reference_ps.ps_roi_align_backward(g64, boxes, x.shape, size, scale, ratio, coord),
+        ),
+        (
+            _cuda.ps_roi_pool_forward(xg, rg, scale, *size),
+            reference_ps.ps_roi_pool(x64, boxes, size, scale, coord),
+        ),
+        (
+            _cuda.ps_roi_pool_backward(gg, rg, x.shape, scale),
+            reference_ps.ps_roi_pool_backward(g64, boxes, x.shape, size, scale, coord),
+        ),
+    ]
+    for got, want in checks:
+        assert isinstance(got, cupy.ndarray) and got.dtype == dtype
+        assert_close(got.get(), want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ps_ops_match_numpy_backend(dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2 * 49, 20, 24)).astype(dtype)
+    rois = rois_for(box_zoo(0.5), dtype)
+    g = rng.standard_normal((len(rois), 2, 7, 7)).astype(dtype)
+    xg, rg, gg = cupy.asarray(x), cupy.asarray(rois), cupy.asarray(g)
+    tol = 2e-2 if dtype == np.float16 else 1e-5
+    pairs = [
+        (
+            _cuda.ps_roi_align_forward(xg, rg, 0.5, 7, 7, 0),
+            _cpu.ps_roi_align_forward(x, rois, 0.5, 7, 7, 0),
+        ),
+        (
+            _cuda.ps_roi_align_backward(gg, rg, x.shape, 0.5, 2, deterministic=True),
+            _cpu.ps_roi_align_backward(g, rois, x.shape, 0.5, 2),
+        ),
+        (
+            _cuda.ps_roi_pool_forward(xg, rg, 0.5, 7, 7),
+            _cpu.ps_roi_pool_forward(x, rois, 0.5, 7, 7),
+        ),
+        (
+            _cuda.ps_roi_pool_backward(gg, rg, x.shape, 0.5),
+            _cpu.ps_roi_pool_backward(g, rois, x.shape, 0.5),
+        ),
+    ]
+    for got, want in pairs:
+        np.testing.assert_allclose(
+            got.get().astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol
+        )
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_ps_deterministic_backward_is_bit_identical_across_runs(dtype):
+    rng = np.random.default_rng(0)
+    shape = (2, 4 * 49, 20, 24)
+    corner = rng.uniform(-2, [22, 18], (4096, 2))
+    rois = np.column_stack(
+        [rng.integers(0, 2, 4096), corner, corner + rng.uniform(1, 12, (4096, 2))]
+    )
+    rois = cupy.asarray(rois.astype(dtype))
+    g = cupy.asarray(rng.standard_normal((4096, 4, 7, 7)).astype(dtype))
+
+    def run(deterministic):
+        det = {"deterministic": deterministic}
+        return [
+            cuproi.ps_roi_align_backward(g, rois, shape, 7, 1.0, 2, **det),
+            cuproi.ps_roi_pool_backward(g, rois, shape, 7, 1.0, **det),
+        ]
+
+    first = run(True)
+    for _ in range(3):
+        for a, b in zip(first, run(True), strict=True):
+            cupy.testing.assert_array_equal(a, b)
+    for a, b in zip(first, run(False), strict=True):
+        tol = 1e-2 if dtype == np.float16 else 1e-4
+        cupy.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_ps_public_api_on_cupy():
+    x = cupy.asarray(np.random.default_rng(0).standard_normal((2, 8, 10, 12)).astype(np.float32))
+    boxes = cupy.asarray(box_zoo(1.0).astype(np.float32))
+    assert cuproi.ps_roi_align(x, boxes, 2).shape == (12, 2, 2, 2)
+    assert isinstance(cuproi.ps_roi_pool(x, boxes, 2), cupy.ndarray)
+    with pytest.raises(ValueError, match="not a multiple"):
+        cuproi.ps_roi_align(x, boxes, 3)
