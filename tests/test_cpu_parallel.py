@@ -1,0 +1,109 @@
+"""The CPU backend's threads: results bitwise equal whatever the number of threads.
+
+Every op is run with 1 and with 4 threads (``CUPROI_NUM_THREADS``) on inputs split into many
+chunks (a tiny ``_sampling.BUDGET``), so chunks, ranges and blocks are all exercised; outputs
+and gradients must agree bit for bit, since each element is computed by one task in a fixed
+order. Also checks the float32 fast path of RoI Pool against its generic (float64-capable)
+formulation on NaN, infinities, signed zeros and ties.
+"""
+
+import numpy as np
+import pytest
+
+from cuproi import _cpu
+from cuproi._cpu import _parallel, _sampling, roi_pool
+
+
+def _inputs(dtype, k=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 5, 13, 17)).astype(dtype)
+    corner = rng.uniform(-20, 130, (k, 2))
+    size = rng.uniform(0, 90, (k, 2))
+    rois = np.column_stack([rng.integers(0, 2, k), corner, corner + size]).astype(dtype)
+    offset = (0.3 * rng.standard_normal((k, 2, 3, 4))).astype(dtype)
+    grad = rng.standard_normal((k, 5, 3, 4)).astype(dtype)
+    return x, rois, offset, grad
+
+
+def _run_all(x, rois, offset, grad):
+    """Every CPU op and backward of cuproi._cpu on one input, as a flat list of arrays."""
+    scale = 1 / 8
+    out = [
+        _cpu.roi_align_forward(x, rois, scale, 3, 4, 2, True),
+        _cpu.roi_align_forward(x, rois, scale, 3, 4, -1, False),
+        _cpu.roi_align_backward(grad, rois, x.shape, scale, 2, True),
+        _cpu.roi_align_backward(grad, rois, x.shape, scale, -1, False),
+        *_cpu.roi_pool_forward(x, rois, scale, 3, 4),
+        _cpu.deform_roi_pool_forward(x, rois, offset, scale, 3, 4, 2, 0.1),
+        _cpu.deform_roi_pool_forward(x, rois, None, scale, 3, 4, 0, 0.1),
+        *_cpu.deform_roi_pool_backward(grad, x, rois, offset, scale, 2, 0.1)[:2],
+        _cpu.deform_roi_pool_backward(grad, x, rois, None, scale, 0, 0.1)[0],
+    ]
+    _, argmax = _cpu.roi_pool_forward(x, rois, scale, 3, 4)
+    out.append(_cpu.roi_pool_backward(grad, rois, argmax, x.shape))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_bitwise_equal_with_1_and_4_threads(monkeypatch, dtype):
+    monkeypatch.setattr(_sampling, "BUDGET", 64)  # a chunk of a box or two
+    monkeypatch.setattr(_parallel, "_BLOCK", 16)  # many layout blocks
+    args = _inputs(np.float32 if dtype == np.float16 else dtype)
+    if dtype == np.float16:
+        args = (args[0].astype(np.float16), args[1], args[2], args[3].astype(np.float16))
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "1")
+    one = _run_all(*args)
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "4")
+    assert _parallel.threads() == 4
+    four = _run_all(*args)
+    again = _run_all(*args)
+    for a, b, c in zip(one, four, again, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+        np.testing.assert_array_equal(b.view(np.uint8), c.view(np.uint8))
+
+
+def test_thread_count_setting(monkeypatch):
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "3")
+    assert _parallel.threads() == 3
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "lots")
+    with pytest.raises(ValueError, match="CUPROI_NUM_THREADS"):
+        _parallel.threads()
+    monkeypatch.delenv("CUPROI_NUM_THREADS")
+    assert _parallel.threads() >= 1
+
+
+def test_map_ordered_keeps_order_and_nests(monkeypatch):
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "4")
+    inner = _parallel.map_ordered(
+        lambda i: _parallel.map_ordered(lambda j: i * j, range(3)), range(9)
+    )
+    assert inner == [[i * j for j in range(3)] for i in range(9)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_roi_pool_fast_path_matches_generic(dtype):
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        n, c, h, w = 2, 3, int(rng.integers(1, 10)), int(rng.integers(1, 10))
+        x = rng.integers(-3, 3, (n, c, h, w)).astype(dtype)  # many ties
+        x.flat[rng.integers(0, x.size, 4)] = [np.nan, -np.inf, np.inf, -0.0]
+        if trial % 2:
+            x.flat[rng.integers(0, x.size, 6)] = -0.0
+        corner = rng.uniform(-4, 10, (5, 2))
+        rois = np.column_stack(
+            [rng.integers(0, n, 5), corner, corner + rng.uniform(-2, 8, (5, 2))]
+        ).astype(np.float32)
+        scale = float(rng.choice([0.5, 1.0, 2.0]))
+        bins = roi_pool._bins(rois, scale, 2, 3, h, w)
+        out, argmax = roi_pool._forward_keys(x, rois, bins)
+        expected, expected_argmax = roi_pool._forward_gather(x, rois, bins)
+        np.testing.assert_array_equal(argmax, expected_argmax)
+        np.testing.assert_array_equal(out, expected)  # NaN where NaN; -0.0 == 0.0
+        # The value is the input's own at argmax, sign of zero included.
+        image = rois[:, 0].astype(np.int64)[:, None, None, None]
+        channel = np.arange(c)[None, :, None, None]
+        at = np.maximum(argmax, 0)
+        picked = x[image, channel, at // w, at % w]
+        hit = argmax >= 0
+        np.testing.assert_array_equal(np.signbit(out[hit]), np.signbit(picked[hit]))
