@@ -194,8 +194,6 @@ def _run_bench(args):
 
 
 def _run_info(args):
-    from cuproi._cuda import _source
-
     cupy, gpu_line = _gpu()
     print(f"cuproi {cuproi.__version__} at {Path(cuproi.__file__).parent}")
     print(f"Python {platform.python_version()} on {platform.platform()}")
@@ -206,11 +204,7 @@ def _run_info(args):
     for line in _gpu_details(cupy):
         print(f"         {line}")
     print("\nCUDA kernels")
-    try:
-        folder = _source.kernels_dir()
-        print(f"  sources: {folder} ({len(list(folder.rglob('*.cu*')))} files)")
-    except FileNotFoundError as error:
-        print(f"  sources: not found ({error})")
+    print(f"  sources: {_kernel_sources()}")
     cache = Path(os.environ.get("CUPY_CACHE_DIR", Path.home() / ".cupy" / "kernel_cache"))
     source = "$CUPY_CACHE_DIR" if "CUPY_CACHE_DIR" in os.environ else "CuPy's default"
     state = f"{len(list(cache.iterdir()))} files" if cache.is_dir() else "not created yet"
@@ -228,6 +222,17 @@ def _run_info(args):
 
 # ---------------------------------------------------------------------------------------------
 # Environment
+
+
+def _kernel_sources():
+    """Where the CUDA sources are, or why they cannot be found; never raises (a diagnostic)."""
+    try:
+        from cuproi._cuda import _source
+
+        folder = _source.kernels_dir()
+    except Exception as error:
+        return f"not found ({type(error).__name__}: {error})"
+    return f"{folder} ({len(list(folder.rglob('*.cu*')))} files)"
 
 
 def _version(name):
