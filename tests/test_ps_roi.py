@@ -508,3 +508,47 @@ def test_inputs_are_not_written_and_strided_inputs_work():
 def test_docstring_examples(module):
     result = doctest.testmod(sys.modules[module], optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ---- random boxes: the two backends agree ---------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_coordinate = st.one_of(
+    st.floats(-15, 25, allow_nan=False, width=32),
+    st.sampled_from([0.0, 0.5, -0.5, 4.0, 9.5, 10.0, 12.0, -1.0, 1e4, -1e4]),
+)
+
+
+@pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    boxes=st.lists(
+        st.tuples(st.integers(0, 1), _coordinate, _coordinate, _coordinate, _coordinate),
+        min_size=1,
+        max_size=6,
+    ),
+    size=st.sampled_from([(1, 1), (2, 3), (3, 2)]),
+    scale=st.sampled_from([1.0, 0.5, 0.25]),
+    ratio=st.integers(-1, 3),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_backends_agree_on_random_boxes(boxes, size, scale, ratio, dtype):
+    """Degenerate, flipped, outside and huge boxes: finite results, CPU == host kernels."""
+    from cuproi import _cpu
+
+    hb = host_backend()
+    x = features(dtype, size)
+    rois = rois_for(np.array(boxes, np.float64), dtype)
+    g = grad(dtype, len(rois), size)
+    pairs = [
+        (b.ps_roi_align_forward(x, rois, scale, *size, ratio) for b in (_cpu, hb)),
+        (b.ps_roi_align_backward(g, rois, x.shape, scale, ratio) for b in (_cpu, hb)),
+        (b.ps_roi_pool_forward(x, rois, scale, *size) for b in (_cpu, hb)),
+        (b.ps_roi_pool_backward(g, rois, x.shape, scale) for b in (_cpu, hb)),
+    ]
+    for cpu, kernels in pairs:
+        assert np.isfinite(cpu).all()
+        assert_close(cpu, kernels.astype(np.float64), dtype)
