@@ -5,18 +5,23 @@ kind. Importing cuproi does not import CuPy.
 """
 
 from cuproi._version import __version__
-from cuproi.deform_roi_pool import deform_roi_pool, deform_roi_pool_backward
+from cuproi.deform_roi_pool import (
+    deform_roi_pool,
+    deform_roi_pool_backward,
+    deform_roi_pool_box_backward,
+)
 from cuproi.multi_scale_roi_align import multi_scale_roi_align, multi_scale_roi_align_backward
 from cuproi.ps_roi_align import ps_roi_align, ps_roi_align_backward
 from cuproi.ps_roi_pool import ps_roi_pool, ps_roi_pool_backward
 from cuproi.quantization import quantization_error
-from cuproi.roi_align import roi_align, roi_align_backward
+from cuproi.roi_align import roi_align, roi_align_backward, roi_align_box_backward
 from cuproi.roi_pool import roi_pool, roi_pool_backward
 
 __all__ = [
     "__version__",
     "deform_roi_pool",
     "deform_roi_pool_backward",
+    "deform_roi_pool_box_backward",
     "multi_scale_roi_align",
     "multi_scale_roi_align_backward",
     "ps_roi_align",
@@ -26,6 +31,7 @@ __all__ = [
     "quantization_error",
     "roi_align",
     "roi_align_backward",
+    "roi_align_box_backward",
     "roi_pool",
     "roi_pool_backward",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 _DLPACK_CPU, _DLPACK_CUDA = 1, 2  # DLDeviceType: kDLCPU, kDLCUDA
 
 # Arguments that may be None (absent), and those that may be a list of per-image arrays.
-_OPTIONAL = {"offset"}
+_OPTIONAL = {"offset", "mask"}
 _SEQUENCES = {"boxes"}
 
 

@@ -3,8 +3,31 @@
 from cuproi import _dispatch, _validate
 
 
+def _mask(xp, value, k, pooled, dtype, name="mask"):
+    """None, or a (K, 1, PH, PW) floating array in the compute dtype of ``dtype`` features."""
+    if value is None:
+        return None
+    if value.ndim != 4:
+        raise ValueError(f"{name} must be a 4-D array (K, 1, PH, PW); got shape {value.shape}")
+    if value.dtype.kind != "f":
+        raise TypeError(f"{name} must be float16, float32 or float64; got {value.dtype}")
+    expected = (k, 1, *pooled)
+    if value.shape != expected:
+        raise ValueError(
+            f"{name} must have shape {expected} (boxes, 1, output_size); got {value.shape}"
+        )
+    return xp.ascontiguousarray(value, dtype=_validate.compute_dtype(dtype))
+
+
 def deform_roi_pool(
-    input, boxes, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1
+    input,
+    boxes,
+    offset,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=0,
+    gamma=0.1,
+    mask=None,
 ):
     """Pool every box with bins shifted by learned offsets (Deformable RoI Pooling).
 
@@ -25,6 +48,9 @@ def deform_roi_pool(
         Samples per bin along each axis; ``<= 0`` picks ``ceil(box_size / output_size)``.
     gamma : float, optional
         Scale of the offsets (0.1 in the paper and in mmcv).
+    mask : (K, 1, PH, PW) array or None
+        Modulation of every bin (DCNv2; mmcv's ``ModulatedDeformRoIPoolPack``): the output is
+        ``mask * pooled``, multiplied inside the kernel in the same pass. None: no modulation.
 
     Returns
     -------
@@ -34,7 +60,8 @@ def deform_roi_pool(
     Raises
     ------
     TypeError, ValueError, IndexError
-        As :func:`cuproi.roi_align`; also for an ``offset`` of the wrong shape or dtype.
+        As :func:`cuproi.roi_align`; also for an ``offset`` or ``mask`` of the wrong shape or
+        dtype.
 
     Notes
     -----
@@ -43,6 +70,8 @@ def deform_roi_pool(
     ``(gamma * box_w * offset[k, 0, ph, pw], gamma * box_h * offset[k, 1, ph, pw])``. With
     ``offset=None`` this is ``roi_align(..., aligned=True)`` for boxes of at least one cell.
     It is an average of bilinear samples, not a max: it does not reduce to :func:`roi_pool`.
+    mmcv and DCNv2 apply the mask outside their kernels (a second pass over the output); here
+    it is one multiply per output element in the kernel, with the same result.
 
     References
     ----------
@@ -59,8 +88,13 @@ def deform_roi_pool(
     >>> offset[0, 0] = 5.0  # shift the bin right by 0.1 * 2 * 5 = 1 cell
     >>> cuproi.deform_roi_pool(x, boxes, offset, 1, sampling_ratio=2)
     array([[[[3.5]]]], dtype=float32)
+    >>> mask = np.full((1, 1, 1, 1), 0.5, dtype=np.float32)
+    >>> cuproi.deform_roi_pool(x, boxes, offset, 1, sampling_ratio=2, mask=mask)
+    array([[[[1.75]]]], dtype=float32)
     """
-    backend, (x, b, o), restore = _dispatch.prepare(input=input, boxes=boxes, offset=offset)
+    backend, (x, b, o, m), restore = _dispatch.prepare(
+        input=input, boxes=boxes, offset=offset, mask=mask
+    )
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
@@ -68,7 +102,8 @@ def deform_roi_pool(
     x = _validate.features(backend.xp, x)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
-    return restore(backend.deform_roi_pool_forward(x, rois, o, scale, *pooled, ratio, shift))
+    m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
+    return restore(backend.deform_roi_pool_forward(x, rois, o, scale, *pooled, ratio, shift, m))
 
 
 def deform_roi_pool_backward(
@@ -80,10 +115,11 @@ def deform_roi_pool_backward(
     spatial_scale=1.0,
     sampling_ratio=0,
     gamma=0.1,
+    mask=None,
     *,
     deterministic=False,
 ):
-    """Gradients of :func:`deform_roi_pool` with respect to the features and the offsets.
+    """Gradients of :func:`deform_roi_pool` with respect to the features, offsets and mask.
 
     Parameters
     ----------
@@ -91,7 +127,7 @@ def deform_roi_pool_backward(
         Gradient of a loss with respect to the output of :func:`deform_roi_pool`.
     input : (N, C, H, W) array
         The features of the forward call (the offset gradient reads them).
-    boxes, offset, output_size, spatial_scale, sampling_ratio, gamma
+    boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
         As in the forward call.
     deterministic : bool, optional
         Sum overlapping contributions in a fixed-point format whose total does not depend on
@@ -104,6 +140,13 @@ def deform_roi_pool_backward(
         Same array type and dtype as ``grad_output``.
     grad_offset : (K, 2, PH, PW) array or None
         Same dtype as ``offset``; None when ``offset`` is None.
+    grad_mask : (K, 1, PH, PW) array or None
+        Same dtype as ``mask``: the sum over channels of ``grad_output`` times the unmodulated
+        average; None when ``mask`` is None.
+
+        Always three values, one per differentiable argument, None for an argument not given
+        (the rule ``grad_offset`` already followed), so the return does not change shape with
+        the arguments. The box gradient is :func:`deform_roi_pool_box_backward`.
 
     Raises
     ------
@@ -122,9 +165,10 @@ def deform_roi_pool_backward(
     at a resolution of ``2**-124 * max|grad_output| * grad_output.size`` or finer, with 16 bytes
     of scratch per input element: the sum is exact and rounded once at the end, so it is also
     more accurate than the default. inf and NaN in ``grad_output`` propagate as in the default.
-    The CPU backend is always deterministic. The offset gradient is then summed over the
-    channels from a per-channel array, ``K * C * 2 * PH * PW`` values. No gradient flows to the
-    boxes.
+    The CPU backend is always deterministic. The offset (mask) gradient is then summed over
+    the channels from a per-channel array, ``K * C * 2 * PH * PW`` (``K * C * PH * PW``)
+    values. With a mask, ``grad_input`` and ``grad_offset`` are those of the unmodulated op
+    times the mask.
 
     Examples
     --------
@@ -134,13 +178,13 @@ def deform_roi_pool_backward(
     >>> boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]], dtype=np.float32)
     >>> offset = np.zeros((1, 2, 1, 1), dtype=np.float32)
     >>> g = np.ones((1, 1, 1, 1), dtype=np.float32)
-    >>> grad_x, grad_offset = cuproi.deform_roi_pool_backward(g, x, boxes, offset, 1,
-    ...                                                       sampling_ratio=2)
+    >>> grad_x, grad_offset, _ = cuproi.deform_roi_pool_backward(g, x, boxes, offset, 1,
+    ...                                                          sampling_ratio=2)
     >>> grad_offset.ravel()  # 0.1 * 2 cells * slopes of 1 (along x) and 4 (along y)
     array([0.2, 0.8], dtype=float32)
     """
-    backend, (g, x, b, o), restore = _dispatch.prepare(
-        grad_output=grad_output, input=input, boxes=boxes, offset=offset
+    backend, (g, x, b, o, m), restore = _dispatch.prepare(
+        grad_output=grad_output, input=input, boxes=boxes, offset=offset, mask=mask
     )
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
@@ -150,9 +194,92 @@ def deform_roi_pool_backward(
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled)
     o_compute = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
-    grad_input, grad_offset = backend.deform_roi_pool_backward(
-        g, x, rois, o_compute, scale, ratio, shift, deterministic=bool(deterministic)
+    m_compute = _mask(backend.xp, m, len(rois), pooled, x.dtype)
+    grad_input, grad_offset, grad_mask = backend.deform_roi_pool_backward(
+        g, x, rois, o_compute, scale, ratio, shift, bool(deterministic), m_compute
     )
     if grad_offset is not None:
         grad_offset = restore(grad_offset.astype(o.dtype, copy=False))
-    return restore(grad_input), grad_offset
+    if grad_mask is not None:
+        grad_mask = restore(grad_mask.astype(m.dtype, copy=False))
+    return restore(grad_input), grad_offset, grad_mask
+
+
+def deform_roi_pool_box_backward(
+    grad_output,
+    input,
+    boxes,
+    offset,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=0,
+    gamma=0.1,
+    mask=None,
+    *,
+    deterministic=False,
+):
+    """Gradient of :func:`deform_roi_pool` with respect to the box coordinates.
+
+    Parameters
+    ----------
+    grad_output : (K, C, PH, PW) array
+        Gradient of a loss with respect to the output of :func:`deform_roi_pool`.
+    input : (N, C, H, W) array
+        The features of the forward call.
+    boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
+        As in the forward call.
+    deterministic : bool, optional
+        Sum the terms of every box in a fixed order (GPU; default: atomic adds), from
+        ``4 * K * C * PH * PW`` per-element terms.
+
+    Returns
+    -------
+    (K, 5) array
+        ``d loss / d [batch_index, x1, y1, x2, y2]`` in the compute dtype, column 0 always 0;
+        list-of-(L_i, 4) boxes get the rows of their concatenation (see
+        :func:`roi_align_box_backward`).
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As :func:`deform_roi_pool_backward`.
+
+    Notes
+    -----
+    The exact derivative of the forward: bin ``(ph, pw)`` starts at ``x1 * spatial_scale -
+    0.5 + gamma * offset_x * box_width`` and a sample at fraction ``u`` of the box sits
+    ``u * box_width`` further, so it moves with ``x1`` by ``spatial_scale * (1 - gamma *
+    offset_x - u)`` and with ``x2`` by ``spatial_scale * (gamma * offset_x + u)``, times the
+    sample's slope (the right derivative of the bilinear surface, 0 in the edge bands), the
+    forward's weight 1/count and the mask. The adaptive sample count is piecewise constant
+    and contributes 0. Where a coefficient is negative (a large negative offset) the slope is
+    still taken from the right of the sample, so at a kink this is the derivative from that
+    side. Neither mmcv nor DCN gives a box gradient.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuproi
+    >>> x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)  # slope 1 along x, 4 along y
+    >>> boxes = np.array([[0, 1.0, 1.0, 3.0, 3.0]])
+    >>> g = np.ones((1, 1, 1, 1))
+    >>> cuproi.deform_roi_pool_box_backward(g, x, boxes, None, 1, sampling_ratio=2)
+    array([[0. , 0.5, 2. , 0.5, 2. ]])
+    """
+    backend, (g, x, b, o, m), restore = _dispatch.prepare(
+        grad_output=grad_output, input=input, boxes=boxes, offset=offset, mask=mask
+    )
+    pooled = _validate.output_size(output_size)
+    scale = _validate.spatial_scale(spatial_scale)
+    ratio = _validate.sampling_ratio(sampling_ratio)
+    shift = _validate.gamma(gamma)
+    x = _validate.features(backend.xp, x)
+    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled)
+    o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
+    m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
+    return restore(
+        backend.deform_roi_pool_backward(
+            g, x, rois, o, scale, ratio, shift, bool(deterministic), m, "boxes"
+        )
+    )

@@ -361,8 +361,9 @@ def _deform_roi_pool_bwd(static, residuals, grad):
     result = (
         jax.ShapeDtypeStruct(x.shape, grad.dtype),
         None if offset is None else jax.ShapeDtypeStruct(offset.shape, offset.dtype),
+        None,  # grad_mask: no mask here
     )
-    grad_input, grad_offset = _host(
+    grad_input, grad_offset, _ = _host(
         "deform_roi_pool_backward",
         result,
         grad,

@@ -18,7 +18,41 @@ _CONVENTIONS = """
 """
 
 
-def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+_POOL_MODES = ("avg", "max")
+
+_MAX_MODE = """
+    ``pool_mode="max"`` (mmcv's ``RoIAlign(pool_mode='max')``) keeps the largest of the bin's
+    ``gh x gw`` bilinear samples instead of their average, on the same sampling grid (both
+    ``aligned`` conventions). As in mmcv a sample outside ``[-1, H] x [-1, W]`` takes part with
+    value 0; the first maximum in scan order (sample rows, then columns) wins ties; a NaN sample
+    wins, so NaN propagates as in :func:`roi_pool`; a bin without samples (a zero-size aligned
+    box with adaptive sampling) gives 0, where mmcv gives -FLT_MAX on CUDA and -10000 on CPU.
+"""
+
+
+def _pool_mode(value):
+    if value not in _POOL_MODES:
+        raise ValueError(f"pool_mode must be 'avg' or 'max'; got {value!r}")
+    return value
+
+
+def _forward_input(backend, value, shape, name="input"):
+    """The forward's features given to a backward: validated and matching ``input_shape``."""
+    x = _validate.features(backend.xp, value, name)
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(x.shape)} but input_shape is {tuple(shape)}")
+    return x
+
+
+def roi_align(
+    input,
+    boxes,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=False,
+    pool_mode="avg",
+):
     """Pool a fixed-size feature from every box by bilinear sampling (RoI Align).
 
     Parameters
@@ -36,6 +70,9 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         Samples per bin along each axis; ``<= 0`` picks ``ceil(box_size / output_size)``.
     aligned : bool, optional
         Shift boxes by -0.5 cell (half-pixel convention).
+    pool_mode : {{"avg", "max"}}, optional
+        Average the samples of every bin (torchvision, the default) or keep their maximum
+        (mmcv's max mode). See Notes.
 
     Returns
     -------
@@ -56,10 +93,11 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     Notes
     -----
     {conventions}
+    {max_mode}
 
     See Also
     --------
-    roi_align_backward, roi_pool, deform_roi_pool
+    roi_align_backward, roi_align_box_backward, roi_pool, deform_roi_pool
 
     References
     ----------
@@ -73,14 +111,18 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     >>> boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]], dtype=np.float32)
     >>> cuproi.roi_align(x, boxes, output_size=1, sampling_ratio=2, aligned=True)
     array([[[[2.5]]]], dtype=float32)
+    >>> cuproi.roi_align(x, boxes, output_size=1, sampling_ratio=2, aligned=True, pool_mode="max")
+    array([[[[5.]]]], dtype=float32)
     """
     backend, (x, b), restore = _dispatch.prepare(input=input, boxes=boxes)
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
+    mode = _pool_mode(pool_mode)
     x = _validate.features(backend.xp, x)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    return restore(backend.roi_align_forward(x, rois, scale, *pooled, ratio, bool(aligned)))
+    forward = backend.roi_align_forward if mode == "avg" else backend.roi_align_max_forward
+    return restore(forward(x, rois, scale, *pooled, ratio, bool(aligned)))
 
 
 def roi_align_backward(
@@ -92,6 +134,8 @@ def roi_align_backward(
     sampling_ratio=-1,
     aligned=False,
     *,
+    pool_mode="avg",
+    input=None,
     deterministic=False,
 ):
     """Gradient of :func:`roi_align` with respect to its input features.
@@ -104,8 +148,13 @@ def roi_align_backward(
         The boxes of the forward call.
     input_shape : tuple of 4 ints
         ``(N, C, H, W)`` of the forward input.
-    output_size, spatial_scale, sampling_ratio, aligned
+    output_size, spatial_scale, sampling_ratio, aligned, pool_mode
         As in the forward call.
+    input : (N, C, H, W) array, optional
+        The features of the forward call, of shape ``input_shape``. Required with
+        ``pool_mode="max"``: the backward finds every bin's winning sample again from them
+        (no argmax is stored, so the forward's output is all a caller keeps). Not read in
+        avg mode, whose gradient does not depend on the features.
     deterministic : bool, optional
         Sum overlapping contributions in a fixed-point format whose total does not depend on
         the order of the additions, so that the GPU gives bit-identical gradients from run to
@@ -115,6 +164,8 @@ def roi_align_backward(
     -------
     (N, C, H, W) array
         Gradient with respect to the features, same array type and dtype as ``grad_output``.
+        In max mode each bin's gradient goes to the 4 bilinear neighbours of its winning
+        sample (as mmcv's), nowhere when the winner is an out-of-range zero or the bin is empty.
 
     Raises
     ------
@@ -131,7 +182,8 @@ def roi_align_backward(
     point, at a resolution of ``2**-124 * max|grad_output| * grad_output.size`` or finer, with
     16 bytes of scratch per input element: the sum is exact and rounded once at the end, so it
     is also more accurate than the default. inf and NaN in ``grad_output`` propagate as in the
-    default. The CPU backend is always deterministic. No gradient flows to the boxes.
+    default. The CPU backend is always deterministic. The gradient with respect to the boxes
+    is :func:`roi_align_box_backward`.
 
     Examples
     --------
@@ -144,18 +196,122 @@ def roi_align_backward(
            [0.25, 0.25, 0.  ],
            [0.  , 0.  , 0.  ]], dtype=float32)
     """
-    backend, (g, b), restore = _dispatch.prepare(grad_output=grad_output, boxes=boxes)
+    mode = _pool_mode(pool_mode)
+    if mode == "max" and input is None:
+        raise ValueError(
+            "roi_align_backward with pool_mode='max' needs input=, the features of the forward "
+            "call (the winning samples are found again from them)"
+        )
+    arrays = {"grad_output": grad_output, "boxes": boxes}
+    if mode == "max":
+        arrays["input"] = input
+    backend, prepared, restore = _dispatch.prepare(**arrays)
+    g, b = prepared[:2]
     shape = _validate.input_shape(input_shape)
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
     rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled)
-    return restore(
-        backend.roi_align_backward(
-            g, rois, shape, scale, ratio, bool(aligned), deterministic=bool(deterministic)
+    det = bool(deterministic)
+    if mode == "max":
+        x = _forward_input(backend, prepared[2], shape)
+        return restore(
+            backend.roi_align_max_backward(g, x, rois, scale, ratio, bool(aligned), det).astype(
+                g.dtype, copy=False
+            )
         )
+    return restore(
+        backend.roi_align_backward(g, rois, shape, scale, ratio, bool(aligned), deterministic=det)
     )
 
 
-roi_align.__doc__ = roi_align.__doc__.format(conventions=_CONVENTIONS)
+def roi_align_box_backward(
+    grad_output,
+    input,
+    boxes,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=False,
+    *,
+    pool_mode="avg",
+    deterministic=False,
+):
+    """Gradient of :func:`roi_align` with respect to the box coordinates.
+
+    Parameters
+    ----------
+    grad_output : (K, C, PH, PW) array
+        Gradient of a loss with respect to the output of :func:`roi_align`.
+    input : (N, C, H, W) array
+        The features of the forward call (the gradient is their slope at every sample).
+    boxes, output_size, spatial_scale, sampling_ratio, aligned, pool_mode
+        As in the forward call.
+    deterministic : bool, optional
+        Sum the terms of every box in a fixed order (GPU; default: atomic adds). It then holds
+        ``4 * K * C * PH * PW`` per-element terms in the compute dtype before summing them.
+
+    Returns
+    -------
+    (K, 5) array
+        ``d loss / d [batch_index, x1, y1, x2, y2]``, in the compute dtype (float32 for
+        float16 and float32 features, float64 for float64) and the array type of
+        ``grad_output``. Column 0 (the batch index) is always 0. Boxes given as a list of
+        per-image ``(L_i, 4)`` arrays get the rows of their concatenation, in order: the
+        gradient of list entry ``i`` is ``rows[sum(L[:i]) : sum(L[:i + 1]), 1:]``.
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As :func:`roi_align_backward`; also when ``input`` does not match ``grad_output``.
+
+    Notes
+    -----
+    This is the exact derivative of the forward: a sample at fraction ``u`` of the box width
+    sits at ``x1 * spatial_scale - shift + u * box_width``, so its value moves with ``x1`` by
+    ``slope * spatial_scale * (1 - u)`` and with ``x2`` by ``slope * spatial_scale * u`` (same
+    along y), summed over samples, channels and bins with the weights of the forward (1/count
+    in avg mode, the winning sample in max mode). The slope is the right derivative of the
+    bilinear surface, so it is correct at integer sample positions (where TensorFlow's
+    ``crop_and_resize`` and DCN, using floor/ceil neighbours, give 0); it is 0 across the edge
+    bands ``[-1, 0)`` and ``(H-1, H]`` where the forward replicates the edge, and outside
+    ``[-1, H]``. Two parts of the forward are piecewise constant and contribute 0: the
+    adaptive sample count ``ceil(box_size / output_size)`` and, with ``aligned=False``, the
+    legacy minimum size of one cell (while it holds, only the box start moves the samples,
+    so ``x2`` gets 0). In max mode the winner is also piecewise constant. None of the peers
+    gives box gradients for RoI Align. The public backward functions each return one gradient
+    (``roi_align_backward``: features; this function: boxes), so each keeps a stable return
+    type and the box gradient, which reads the features, is only paid for when asked.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuproi
+    >>> x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)  # slope 1 along x, 4 along y
+    >>> boxes = np.array([[0, 0.5, 0.5, 2.5, 2.5]])
+    >>> g = np.ones((1, 1, 1, 1))
+    >>> cuproi.roi_align_box_backward(g, x, boxes, 1, sampling_ratio=2, aligned=True)
+    array([[0. , 0.5, 2. , 0.5, 2. ]])
+    """
+    mode = _pool_mode(pool_mode)
+    backend, (g, x, b), restore = _dispatch.prepare(
+        grad_output=grad_output, input=input, boxes=boxes
+    )
+    pooled = _validate.output_size(output_size)
+    scale = _validate.spatial_scale(spatial_scale)
+    ratio = _validate.sampling_ratio(sampling_ratio)
+    x = _forward_input(backend, x, None)
+    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled)
+    det = bool(deterministic)
+    if mode == "max":
+        grad = backend.roi_align_max_backward(g, x, rois, scale, ratio, bool(aligned), det, "boxes")
+    else:
+        grad = backend.roi_align_backward(
+            g, rois, x.shape, scale, ratio, bool(aligned), det, x, "boxes"
+        )
+    return restore(grad)
+
+
+roi_align.__doc__ = roi_align.__doc__.format(conventions=_CONVENTIONS, max_mode=_MAX_MODE)

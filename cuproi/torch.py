@@ -74,15 +74,16 @@ def _roi_align(
     spatial_scale: float,
     sampling_ratio: int,
     aligned: bool,
+    pool_mode: str = "avg",
 ) -> Tensor:
     with _stream(input):
         return cuproi.roi_align(
-            input, rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned
+            input, rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned, pool_mode
         )
 
 
 @_roi_align.register_fake
-def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
+def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, pool_mode="avg"):
     return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
 
 
@@ -114,30 +115,104 @@ def _(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned, determini
     return grad.new_empty(input_shape)
 
 
+@torch.library.custom_op("cuproi::roi_align_max_backward", mutates_args=())
+def _roi_align_max_backward(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    deterministic: bool,
+) -> Tensor:
+    with _stream(grad):
+        return cuproi.roi_align_backward(
+            grad,
+            rois,
+            tuple(input.shape),
+            tuple(grad.shape[2:]),
+            spatial_scale,
+            sampling_ratio,
+            aligned,
+            pool_mode="max",
+            input=input,
+            deterministic=deterministic,
+        )
+
+
+@_roi_align_max_backward.register_fake
+def _(grad, input, rois, spatial_scale, sampling_ratio, aligned, deterministic):
+    return grad.new_empty(input.shape)
+
+
+@torch.library.custom_op("cuproi::roi_align_box_backward", mutates_args=())
+def _roi_align_box_backward(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    pool_mode: str,
+    deterministic: bool,
+) -> Tensor:
+    with _stream(grad):
+        grad_rois = cuproi.roi_align_box_backward(
+            grad,
+            input,
+            rois,
+            tuple(grad.shape[2:]),
+            spatial_scale,
+            sampling_ratio,
+            aligned,
+            pool_mode=pool_mode,
+            deterministic=deterministic,
+        )
+    return grad_rois.to(rois.dtype)
+
+
+@_roi_align_box_backward.register_fake
+def _(grad, input, rois, spatial_scale, sampling_ratio, aligned, pool_mode, deterministic):
+    return rois.new_empty(rois.shape)
+
+
 def _roi_align_setup(ctx, inputs, output):
-    input, rois, _, _, ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned = inputs
+    input, rois, _, _, ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned = inputs[:7]
+    ctx.pool_mode = inputs[7] if len(inputs) > 7 else "avg"
     ctx.input_shape = list(input.shape)
-    ctx.save_for_backward(rois)
+    # The features are kept only when a gradient reads them: max mode, or boxes with a gradient.
+    keep = ctx.pool_mode == "max" or rois.requires_grad
+    ctx.save_for_backward(rois, input if keep else None)
 
 
 def _roi_align_grad(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    grad_input = _roi_align_backward(
-        grad.contiguous(),
-        rois,
-        ctx.input_shape,
-        ctx.spatial_scale,
-        ctx.sampling_ratio,
-        ctx.aligned,
-        torch.are_deterministic_algorithms_enabled(),
-    )
-    return grad_input, None, None, None, None, None, None
+    rois, input = ctx.saved_tensors
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    grad = grad.contiguous()
+    grad_input = grad_rois = None
+    args = (ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned)
+    if ctx.needs_input_grad[0]:
+        if ctx.pool_mode == "max":
+            grad_input = _roi_align_max_backward(grad, input, rois, *args, deterministic)
+        else:
+            grad_input = _roi_align_backward(grad, rois, ctx.input_shape, *args, deterministic)
+    if ctx.needs_input_grad[1]:
+        grad_rois = _roi_align_box_backward(grad, input, rois, *args, ctx.pool_mode, deterministic)
+    return grad_input, grad_rois, None, None, None, None, None, None
 
 
 _roi_align.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
 
 
-def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+def roi_align(
+    input,
+    boxes,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=False,
+    pool_mode="avg",
+):
     """Differentiable :func:`cuproi.roi_align` on tensors, a drop-in for torchvision's.
 
     Parameters
@@ -146,13 +221,17 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         Features, float16, float32 or float64, on the CPU or a CUDA device.
     boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
         ``[batch_index, x1, y1, x2, y2]``, or one ``[x1, y1, x2, y2]`` tensor per image.
-    output_size, spatial_scale, sampling_ratio, aligned
-        As in :func:`cuproi.roi_align`.
+    output_size, spatial_scale, sampling_ratio, aligned, pool_mode
+        As in :func:`cuproi.roi_align` (``pool_mode="max"``: mmcv's max mode).
 
     Returns
     -------
     (K, C, PH, PW) Tensor
-        Differentiable with respect to ``input`` (not the boxes).
+        Differentiable with respect to ``input`` and to the boxes: a (K, 5) box tensor with
+        ``requires_grad=True`` gets the gradient of :func:`cuproi.roi_align_box_backward`
+        (column 0, the batch index, gets 0); per-image (L_i, 4) tensors get theirs through the
+        concatenation that builds the (K, 5) boxes. The features are saved for the backward
+        only in max mode or when the boxes require a gradient.
 
     Examples
     --------
@@ -166,7 +245,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     ((1, 8, 7, 7), (1, 8, 32, 32))
     """
     pooled_h, pooled_w = _validate.output_size(output_size)
-    return _roi_align(
+    args = (
         input,
         _rois(boxes, input),
         pooled_h,
@@ -175,6 +254,8 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         int(sampling_ratio),
         bool(aligned),
     )
+    # The default mode calls the op exactly as before (torch.compile sees the same graph).
+    return _roi_align(*args) if pool_mode == "avg" else _roi_align(*args, str(pool_mode))
 
 
 # ---- roi_pool --------------------------------------------------------------------------------
@@ -266,15 +347,16 @@ def _deform_roi_pool(
     spatial_scale: float,
     sampling_ratio: int,
     gamma: float,
+    mask: Tensor | None = None,
 ) -> Tensor:
     with _stream(input):
         return cuproi.deform_roi_pool(
-            input, rois, offset, (pooled_h, pooled_w), spatial_scale, sampling_ratio, gamma
+            input, rois, offset, (pooled_h, pooled_w), spatial_scale, sampling_ratio, gamma, mask
         )
 
 
 @_deform_roi_pool.register_fake
-def _(input, rois, offset, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma):
+def _(input, rois, offset, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, mask=None):
     return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
 
 
@@ -288,9 +370,10 @@ def _deform_roi_pool_backward(
     sampling_ratio: int,
     gamma: float,
     deterministic: bool,
-) -> tuple[Tensor, Tensor]:
+    mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     with _stream(grad):
-        grad_input, grad_offset = cuproi.deform_roi_pool_backward(
+        grad_input, grad_offset, grad_mask = cuproi.deform_roi_pool_backward(
             grad,
             input,
             rois,
@@ -299,43 +382,104 @@ def _deform_roi_pool_backward(
             spatial_scale,
             sampling_ratio,
             gamma,
+            mask,
             deterministic=deterministic,
         )
-    # An op returns tensors only: without offsets, an empty one stands for "no gradient".
-    return grad_input, grad.new_empty(0) if grad_offset is None else grad_offset
+    # An op returns tensors only: an empty one stands for "no gradient" (no offset, no mask).
+    return (
+        grad_input,
+        grad.new_empty(0) if grad_offset is None else grad_offset,
+        grad.new_empty(0) if grad_mask is None else grad_mask,
+    )
 
 
 @_deform_roi_pool_backward.register_fake
-def _(grad, input, rois, offset, spatial_scale, sampling_ratio, gamma, deterministic):
-    return input.new_empty(input.shape), grad.new_empty(0 if offset is None else offset.shape)
+def _(grad, input, rois, offset, spatial_scale, sampling_ratio, gamma, deterministic, mask=None):
+    return (
+        input.new_empty(input.shape),
+        grad.new_empty(0 if offset is None else offset.shape),
+        grad.new_empty(0 if mask is None else mask.shape),
+    )
+
+
+@torch.library.custom_op("cuproi::deform_roi_pool_box_backward", mutates_args=())
+def _deform_roi_pool_box_backward(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    mask: Tensor | None,
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    deterministic: bool,
+) -> Tensor:
+    with _stream(grad):
+        grad_rois = cuproi.deform_roi_pool_box_backward(
+            grad,
+            input,
+            rois,
+            offset,
+            tuple(grad.shape[2:]),
+            spatial_scale,
+            sampling_ratio,
+            gamma,
+            mask,
+            deterministic=deterministic,
+        )
+    return grad_rois.to(rois.dtype)
+
+
+@_deform_roi_pool_box_backward.register_fake
+def _(grad, input, rois, offset, mask, spatial_scale, sampling_ratio, gamma, deterministic):
+    return rois.new_empty(rois.shape)
 
 
 def _deform_setup(ctx, inputs, output):
-    input, rois, offset, _, _, ctx.spatial_scale, ctx.sampling_ratio, ctx.gamma = inputs
-    ctx.has_offset = offset is not None
-    ctx.save_for_backward(input, rois, offset)
+    input, rois, offset, _, _, ctx.spatial_scale, ctx.sampling_ratio, ctx.gamma = inputs[:8]
+    mask = inputs[8] if len(inputs) > 8 else None
+    ctx.has_offset, ctx.has_mask = offset is not None, mask is not None
+    ctx.save_for_backward(input, rois, offset, mask)
 
 
 def _deform_grad(ctx, grad):
-    input, rois, offset = ctx.saved_tensors
-    grad_input, grad_offset = _deform_roi_pool_backward(
-        grad.contiguous(),
-        input,
-        rois,
-        offset,
-        ctx.spatial_scale,
-        ctx.sampling_ratio,
-        ctx.gamma,
-        torch.are_deterministic_algorithms_enabled(),
+    input, rois, offset, mask = ctx.saved_tensors
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    grad = grad.contiguous()
+    args = (ctx.spatial_scale, ctx.sampling_ratio, ctx.gamma, deterministic)
+    grad_input = grad_offset = grad_mask = grad_rois = None
+    need = ctx.needs_input_grad
+    if need[0] or (ctx.has_offset and need[2]) or (ctx.has_mask and need[8]):
+        grad_input, grad_offset, grad_mask = _deform_roi_pool_backward(
+            grad, input, rois, offset, *args, mask
+        )
+    if need[1]:
+        grad_rois = _deform_roi_pool_box_backward(grad, input, rois, offset, mask, *args)
+    return (
+        grad_input,
+        grad_rois,
+        grad_offset if ctx.has_offset else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        grad_mask if ctx.has_mask else None,
     )
-    return grad_input, None, grad_offset if ctx.has_offset else None, None, None, None, None, None
 
 
 _deform_roi_pool.register_autograd(_deform_grad, setup_context=_deform_setup)
 
 
 def deform_roi_pool(
-    input, boxes, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1
+    input,
+    boxes,
+    offset,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=0,
+    gamma=0.1,
+    mask=None,
 ):
     """Differentiable :func:`cuproi.deform_roi_pool` on tensors, with mmcv's signature.
 
@@ -349,14 +493,17 @@ def deform_roi_pool(
         Per-bin shifts (x, y) in units of the box size, scaled by ``gamma``.
     output_size, spatial_scale, sampling_ratio, gamma
         As in :func:`cuproi.deform_roi_pool`.
+    mask : (K, 1, PH, PW) Tensor or None
+        Modulation of every bin (DCNv2), multiplied inside the kernel.
 
     Returns
     -------
     (K, C, PH, PW) Tensor
-        Differentiable with respect to ``input`` and ``offset``.
+        Differentiable with respect to ``input``, ``offset``, ``mask`` and the boxes (as in
+        :func:`roi_align`).
     """
     pooled_h, pooled_w = _validate.output_size(output_size)
-    return _deform_roi_pool(
+    args = (
         input,
         _rois(boxes, input),
         offset,
@@ -366,6 +513,7 @@ def deform_roi_pool(
         int(sampling_ratio),
         float(gamma),
     )
+    return _deform_roi_pool(*args) if mask is None else _deform_roi_pool(*args, mask)
 
 
 # ---- modules ---------------------------------------------------------------------------------
@@ -514,8 +662,8 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
 
     A second head (``PH*PW*C -> deform_fc_channels -> PH*PW``, sigmoid, last layer
     zero-initialised so the mask starts at 0.5) predicts a ``(K, 1, PH, PW)`` mask that
-    multiplies the deformed pooling. The last offsets and mask stay in :attr:`offset` and
-    :attr:`mask`.
+    multiplies the deformed pooling inside the kernel (mmcv multiplies outside). The last
+    offsets and mask stay in :attr:`offset` and :attr:`mask`.
     """
 
     def __init__(
@@ -540,7 +688,16 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
         self._check(input)
         plain, self.offset = self._predict(input, rois)
         self.mask = self.mask_fc(plain.flatten(1)).view(plain.shape[0], 1, *self.output_size)
-        return DeformRoIPool.forward(self, input, rois, self.offset) * self.mask
+        return deform_roi_pool(  # the mask multiplies inside the kernel, in the same pass
+            input,
+            rois,
+            self.offset,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.gamma,
+            self.mask,
+        )
 
 
 # ---- multi_scale_roi_align (FPN) ---------------------------------------------------------------

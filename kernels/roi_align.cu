@@ -10,12 +10,18 @@
 //   cuproi_roi_align_backward_<T>[_i64](
 //       I n, const T* grad_output, const C* rois, C spatial_scale, int batch, int channels,
 //       int height, int width, int pooled_h, int pooled_w, int sampling_ratio, int aligned,
-//       C* grad_input, u64* grad_fixed, const int* exponent, int deterministic)
+//       C* grad_input, u64* grad_fixed, const int* exponent, int deterministic,
+//       const T* input, C* grad_rois, int wrt_boxes)
 // n = K * channels * pooled_h * pooled_w (one thread per output element); input, output and
 // grad_output are contiguous NCHW; rois is (K, 5) [batch_index, x1, y1, x2, y2] in C, the
 // compute type (float for f16 and f32, double for f64). grad_input is a zeroed C buffer (float16
 // therefore accumulates in float32) and (grad_fixed, exponent, deterministic) select how it is
 // summed: see common/grad_sum.cuh.
+// The backward computes one of two gradients. wrt_boxes == 0: the input gradient (input and
+// grad_rois are not read). wrt_boxes != 0: the gradient with respect to the box coordinates,
+// which reads the features `input` and leaves grad_input alone: added with atomicAdd into the
+// zeroed (K, 5) grad_rois by default, or, when deterministic, written per output element to a
+// zeroed (n, 4) grad_rois that the caller sums per box (common/bilinear.cuh, BoxGrad).
 #include "common/bilinear.cuh"
 
 namespace cuproi {
@@ -43,7 +49,8 @@ template <typename T, typename C, typename I>
 __device__ void roi_align_backward(I n, const T* grad_output, const C* rois, C spatial_scale,
                                    int batch, int channels, int height, int width, int pooled_h,
                                    int pooled_w, int sampling_ratio, int aligned,
-                                   GradSum<C> grad_input) {
+                                   GradSum<C> grad_input, const T* input, BoxGrad<C> grad_rois,
+                                   int wrt_boxes) {
   CUPROI_KERNEL_LOOP(index, n, I) {
     const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
     const C* roi = rois + o.k * 5;
@@ -53,10 +60,18 @@ __device__ void roi_align_backward(I n, const T* grad_output, const C* rois, C s
                                 aligned ? C(0.5) : C(0), !aligned);
     const C grad = load(grad_output + index) / g.count;
     if (grad == C(0)) continue;
-    C unused_dx, unused_dy;
+    if (wrt_boxes) {  // the sample grid count is piecewise constant: its derivative is 0
+      C sx, ux, sy, uy;
+      bin_slopes(plane<const T, I>(input, b, o.c, channels, height, width), height, width, g,
+                 o.ph, o.pw, pooled_h, pooled_w, sx, ux, sy, uy);
+      add_box_terms(grad_rois, o.k, index, grad, spatial_scale, sx, ux, sy, uy, C(0), C(0),
+                    aligned || g.width > C(1), aligned || g.height > C(1));
+      continue;
+    }
+    C unused_dx, unused_dy, unused_value;
     bin_backward(grad_input.at(plane_offset<I>(b, o.c, channels, height, width)),
                  static_cast<const T*>(nullptr), height, width, g, o.ph, o.pw, grad, unused_dx,
-                 unused_dy);
+                 unused_dy, unused_value);
   }
 }
 
@@ -75,11 +90,14 @@ __device__ void roi_align_backward(I n, const T* grad_output, const C* rois, C s
   extern "C" __global__ void cuproi_roi_align_backward_##SFX##ISFX(                              \
       I n, const T* grad_output, const C* rois, C spatial_scale, int batch, int channels,         \
       int height, int width, int pooled_h, int pooled_w, int sampling_ratio, int aligned,         \
-      C* grad_input, cuproi::u64* grad_fixed, const int* exponent, int deterministic) {           \
+      C* grad_input, cuproi::u64* grad_fixed, const int* exponent, int deterministic,             \
+      const T* input, C* grad_rois, int wrt_boxes) {                                              \
+    const cuproi::BoxGrad<C> box = {grad_rois, deterministic != 0};                               \
     cuproi::roi_align_backward<T, C, I>(                                                          \
         n, grad_output, rois, spatial_scale, batch, channels, height, width, pooled_h, pooled_w,  \
         sampling_ratio, aligned,                                                                  \
-        cuproi::grad_sum(grad_input, grad_fixed, exponent, deterministic));                       \
+        cuproi::grad_sum(grad_input, grad_fixed, exponent, wrt_boxes ? 0 : deterministic), input, \
+        box, wrt_boxes);                                                                          \
   }
 
 CUPROI_EXPORT_ROI_ALIGN(cuproi::half, float, f16, int, )

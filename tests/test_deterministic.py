@@ -43,7 +43,7 @@ def gradients(b, x, rois, g, offset, deterministic):
         b.roi_align_backward(g, rois, x.shape, 0.5, 2, True, **det),
         b.roi_align_backward(g, rois, x.shape, 0.5, -1, False, **det),
         b.roi_pool_backward(g, rois, argmax, x.shape, **det),
-        *b.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1, **det),
+        *b.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1, **det)[:2],
     ]
 
 

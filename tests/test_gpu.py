@@ -111,7 +111,7 @@ def test_deform_backward_matches_oracle():
     boxes = box_zoo(0.7)
     offset = np.random.default_rng(1).normal(0, 2, (len(boxes), 2, 3, 4))
     g = np.random.default_rng(2).standard_normal((len(boxes), 3, 3, 4))
-    grad, grad_offset = _cuda.deform_roi_pool_backward(
+    grad, grad_offset, _ = _cuda.deform_roi_pool_backward(
         cupy.asarray(g), cupy.asarray(x), cupy.asarray(boxes), cupy.asarray(offset), 0.7, 0, 0.1
     )
     expected, expected_offset = reference.deform_roi_pool_backward(
@@ -185,7 +185,7 @@ def test_deterministic_backward_is_bit_identical_across_runs(dtype):
         return [
             cuproi.roi_align_backward(g, rois, x.shape, 7, 1.0, 2, True, **det),
             cuproi.roi_pool_backward(g, rois, argmax, x.shape, **det),
-            *cuproi.deform_roi_pool_backward(g, x, rois, offset, 7, 1.0, 2, 0.1, **det),
+            *cuproi.deform_roi_pool_backward(g, x, rois, offset, 7, 1.0, 2, 0.1, **det)[:2],
         ]
 
     first = run(True)
@@ -380,3 +380,39 @@ def test_ps_public_api_on_cupy():
     assert isinstance(cuproi.ps_roi_pool(x, boxes, 2), cupy.ndarray)
     with pytest.raises(ValueError, match="not a multiple"):
         cuproi.ps_roi_align(x, boxes, 3)
+
+
+# ---- op-family extensions: max mode, modulated deform_roi_pool, box gradients ---------------
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_family_matches_the_cpu_backend(dtype, deterministic):
+    rng = np.random.default_rng(0)
+    x = features(dtype)
+    rois = box_zoo(0.7).astype(dtype)
+    k, c = len(rois), x.shape[1]
+    g = rng.standard_normal((k, c, 3, 4)).astype(dtype)
+    offset = rng.normal(0, 0.5, (k, 2, 3, 4)).astype(dtype)
+    mask = rng.uniform(0, 1, (k, 1, 3, 4)).astype(dtype)
+    dev = [cupy.asarray(a) for a in (x, rois, g, offset, mask)]
+    det = {"deterministic": deterministic}
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-9, "atol": 1e-9}
+
+    def calls(xx, bb, gg, oo, mm):
+        return [
+            cuproi.roi_align(xx, bb, (3, 4), 0.7, 2, True, pool_mode="max"),
+            cuproi.roi_align_backward(
+                gg, bb, xx.shape, (3, 4), 0.7, -1, False, pool_mode="max", input=xx, **det
+            ),
+            cuproi.roi_align_box_backward(gg, xx, bb, (3, 4), 0.7, 2, True, **det),
+            cuproi.roi_align_box_backward(gg, xx, bb, (3, 4), 0.7, -1, False, **det),
+            cuproi.roi_align_box_backward(gg, xx, bb, (3, 4), 0.7, 2, True, pool_mode="max", **det),
+            cuproi.deform_roi_pool(xx, bb, oo, (3, 4), 0.7, 2, 0.1, mm),
+            *cuproi.deform_roi_pool_backward(gg, xx, bb, oo, (3, 4), 0.7, 2, 0.1, mm, **det),
+            cuproi.deform_roi_pool_box_backward(gg, xx, bb, oo, (3, 4), 0.7, 0, 0.1, mm, **det),
+        ]
+
+    for got, want in zip(calls(*dev), calls(x, rois, g, offset, mask), strict=True):
+        assert isinstance(got, cupy.ndarray)
+        np.testing.assert_allclose(got.get(), want, **tol)

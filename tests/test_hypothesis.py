@@ -288,7 +288,7 @@ def test_outputs_finite_typed_and_shaped(p, dtype):
     assert_finite(out, grad)
 
     out = cuproi.deform_roi_pool(x, rois, offset, p.pooled, p.scale, p.ratio, p.gamma)
-    grad, grad_offset = cuproi.deform_roi_pool_backward(
+    grad, grad_offset, _ = cuproi.deform_roi_pool_backward(
         g, x, rois, offset, p.pooled, p.scale, p.ratio, p.gamma
     )
     assert out.shape == shape and out.dtype == dtype
@@ -326,11 +326,11 @@ def check_deform_roi_pool_against_oracle(p, dtype, ratio):
     expected = reference.deform_roi_pool(x, rois, offset, *args, coord_dtype=cd)
     assert_close(out, expected, rel, cuproi.deform_roi_pool(np.abs(x), rois, offset, *args))
 
-    grad, grad_offset = cuproi.deform_roi_pool_backward(g, x, rois, offset, *args)
+    grad, grad_offset, _ = cuproi.deform_roi_pool_backward(g, x, rois, offset, *args)
     expected, expected_offset = reference.deform_roi_pool_backward(
         g, x, rois, offset, *args, coord_dtype=cd
     )
-    bound, _ = cuproi.deform_roi_pool_backward(np.abs(g), x, rois, offset, *args)
+    bound, *_ = cuproi.deform_roi_pool_backward(np.abs(g), x, rois, offset, *args)
     assert_close(grad, expected, rel, bound)
     if offset is None:
         assert grad_offset is None and expected_offset is None
@@ -435,7 +435,7 @@ def test_deform_roi_pool_adjoint(p):
     x, rois, offset, g = p.cast(np.float64)
     args = (p.pooled, p.scale, p.ratio, p.gamma)
     out = cuproi.deform_roi_pool(x, rois, offset, *args)
-    grad, _ = cuproi.deform_roi_pool_backward(g, x, rois, offset, *args)
+    grad, *_ = cuproi.deform_roi_pool_backward(g, x, rois, offset, *args)
     assert_adjoint(out, x, g, grad, cuproi.deform_roi_pool(np.abs(x), rois, offset, *args))
 
 
@@ -489,8 +489,8 @@ def compare_backends(p, dtype):
     assert_finite(expected, actual)
     assert_close(actual, expected, rel, _cpu.deform_roi_pool_forward(np.abs(x), rois, *args))
     args = (rois, offset, p.scale, p.ratio, p.gamma)
-    expected, expected_offset = _cpu.deform_roi_pool_backward(g, x, *args)
-    actual, actual_offset = kernel["deform_roi_pool_backward"](g, x, *args)
+    expected, expected_offset, _ = _cpu.deform_roi_pool_backward(g, x, *args)
+    actual, actual_offset, _ = kernel["deform_roi_pool_backward"](g, x, *args)
     assert_finite(expected, actual, expected_offset, actual_offset)
     assert actual.dtype == expected.dtype == dtype
     assert_close(actual, expected, rel, _cpu.deform_roi_pool_backward(np.abs(g), x, *args)[0])

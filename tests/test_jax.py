@@ -68,12 +68,12 @@ OPS = {
     "deform_roi_pool": (
         lambda x, b, o: cj.deform_roi_pool(x, b, o, OUT, SCALE, 2, 0.1),
         lambda x, b, o: cuproi.deform_roi_pool(x, b, o, OUT, SCALE, 2, 0.1),
-        lambda x, b, o, g: cuproi.deform_roi_pool_backward(g, x, b, o, OUT, SCALE, 2, 0.1),
+        lambda x, b, o, g: cuproi.deform_roi_pool_backward(g, x, b, o, OUT, SCALE, 2, 0.1)[:2],
     ),
     "deform_roi_pool_no_offset": (
         lambda x, b, o: cj.deform_roi_pool(x, b, None, OUT, SCALE),
         lambda x, b, o: cuproi.deform_roi_pool(x, b, None, OUT, SCALE),
-        lambda x, b, o, g: cuproi.deform_roi_pool_backward(g, x, b, None, OUT, SCALE),
+        lambda x, b, o, g: cuproi.deform_roi_pool_backward(g, x, b, None, OUT, SCALE)[:2],
     ),
 }
 

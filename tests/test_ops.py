@@ -243,7 +243,7 @@ def test_deform_roi_pool_backward(backend, dtype, ratio):
     x = features(dtype)
     offset = np.random.default_rng(6).normal(0, 2, (len(boxes), 2, 3, 4)).astype(rois.dtype)
     g = np.random.default_rng(7).standard_normal((len(boxes), 3, 3, 4)).astype(dtype)
-    grad, grad_offset = backend.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
+    grad, grad_offset, _ = backend.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
     expected, expected_offset = reference.deform_roi_pool_backward(
         g.astype(np.float64),
         x.astype(np.float64),
@@ -259,7 +259,7 @@ def test_deform_roi_pool_backward(backend, dtype, ratio):
     assert_close(grad, expected, dtype)
     rtol, atol = TOLERANCE[np.dtype(dtype)]
     np.testing.assert_allclose(grad_offset, expected_offset, rtol=10 * rtol, atol=10 * atol)
-    grad_none, offset_none = backend.deform_roi_pool_backward(g, x, rois, None, 0.7, ratio, 0.1)
+    grad_none, offset_none, _ = backend.deform_roi_pool_backward(g, x, rois, None, 0.7, ratio, 0.1)
     assert offset_none is None
 
 
@@ -271,7 +271,7 @@ def test_deform_roi_pool_adjoint(backend, ratio):
     offset = rng.normal(0, 2, (len(rois), 2, 3, 4))
     out = backend.deform_roi_pool_forward(x, rois, offset, 0.7, 3, 4, ratio, 0.1)
     g = rng.standard_normal(out.shape)
-    grad, _ = backend.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
+    grad, *_ = backend.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
     assert np.vdot(out, g) == pytest.approx(np.vdot(x, grad), rel=1e-12)
 
 
@@ -285,7 +285,7 @@ def test_grad_offset_finite_differences(backend, ratio):
     x = rng.standard_normal(SHAPE)
     g = rng.standard_normal((len(boxes), 3, 3, 4))
     offset = smooth_offsets(boxes, 1.0, ratio, 0.1, seed=10)
-    _, grad_offset = backend.deform_roi_pool_backward(g, x, rois, offset, 1.0, ratio, 0.1)
+    _, grad_offset, _ = backend.deform_roi_pool_backward(g, x, rois, offset, 1.0, ratio, 0.1)
     eps = 1e-7
     numeric = np.zeros_like(offset)
     for i in np.ndindex(offset.shape):
@@ -364,5 +364,5 @@ def test_empty_boxes_or_channels(backend, shape, k):
         backend.roi_pool_backward(g, rois, argmax, shape),
     ):
         assert grad.shape == shape and not grad.any()
-    grad, grad_offset = backend.deform_roi_pool_backward(g, x, rois, offset, 1.0, 0, 0.1)
+    grad, grad_offset, _ = backend.deform_roi_pool_backward(g, x, rois, offset, 1.0, 0, 0.1)
     assert grad.shape == shape and not grad.any() and not grad_offset.any()

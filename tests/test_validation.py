@@ -153,7 +153,7 @@ def call(
     if op == "roi_pool_backward":
         return cuproi.roi_pool_backward(grad, b, argmax, shape, **kw)
     if op == "deform_roi_pool_backward":
-        return cuproi.deform_roi_pool_backward(grad, x, b, offset, output_size, **kw)
+        return cuproi.deform_roi_pool_backward(grad, x, b, offset, output_size, **kw)[:2]
     raise AssertionError(op)
 
 
@@ -834,11 +834,11 @@ def test_empty_boxes_backward(op, dtype):
     elif op == "roi_pool_backward":
         results = [cuproi.roi_pool_backward(g, empty, np.zeros(g.shape, np.int32), x.shape)]
     else:
-        grad_x, grad_offset = cuproi.deform_roi_pool_backward(
+        grad_x, grad_offset, _ = cuproi.deform_roi_pool_backward(
             g, x, empty, np.zeros((0, 2, *OUT), dtype), OUT
         )
         assert grad_offset.shape == (0, 2, *OUT) and grad_offset.dtype == dtype
-        grad_x_none, none = cuproi.deform_roi_pool_backward(g, x, empty, None, OUT)
+        grad_x_none, none, _ = cuproi.deform_roi_pool_backward(g, x, empty, None, OUT)
         assert none is None
         results = [grad_x, grad_x_none]
     for grad in results:
@@ -1017,7 +1017,7 @@ def test_output_dtype_equals_input_dtype(dtype):
     assert grad.dtype == dtype and grad.shape == x.shape
     grad = cuproi.roi_pool_backward(g, b, argmax, x.shape)
     assert grad.dtype == dtype and grad.shape == x.shape
-    grad_x, grad_offset = cuproi.deform_roi_pool_backward(g, x, b, offset, OUT)
+    grad_x, grad_offset, _ = cuproi.deform_roi_pool_backward(g, x, b, offset, OUT)
     assert grad_x.dtype == dtype and grad_x.shape == x.shape
     assert grad_offset.dtype == dtype and grad_offset.shape == offset.shape
     for result in (grad, grad_x, grad_offset):

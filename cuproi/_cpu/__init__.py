@@ -17,6 +17,7 @@ from cuproi._cpu.multi_scale_roi_align import (
 from cuproi._cpu.ps_roi_align import ps_roi_align_backward, ps_roi_align_forward
 from cuproi._cpu.ps_roi_pool import ps_roi_pool_backward, ps_roi_pool_forward
 from cuproi._cpu.roi_align import roi_align_backward, roi_align_forward
+from cuproi._cpu.roi_align_max import roi_align_max_backward, roi_align_max_forward
 from cuproi._cpu.roi_pool import roi_pool_backward, roi_pool_forward
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "ps_roi_pool_forward",
     "roi_align_backward",
     "roi_align_forward",
+    "roi_align_max_backward",
+    "roi_align_max_forward",
     "roi_pool_backward",
     "roi_pool_forward",
 ]

@@ -69,7 +69,7 @@ def _operator(rois, g, axes, shape, k0, k1, slopes=False):
 
 
 def deform_roi_pool_forward(
-    input, rois, offset, spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma
+    input, rois, offset, spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma, mask=None
 ):
     n, c, h, w = input.shape
     shape = (n, h, w)
@@ -83,16 +83,41 @@ def deform_roi_pool_forward(
 
     for parts in _sampling.parts(_cost(axes, shape)):
         _parallel.map_ordered(lambda r: run(*r), parts)
+    if mask is not None:  # modulated (DCNv2): every bin's average times its mask
+        out *= mask
     return out.astype(input.dtype, copy=False)
 
 
 def deform_roi_pool_backward(
-    grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma, deterministic=False
+    grad_output,
+    input,
+    rois,
+    offset,
+    spatial_scale,
+    sampling_ratio,
+    gamma,
+    deterministic=False,
+    mask=None,
+    wrt="input",
 ):
     n, c, h, w = input.shape
     shape = (n, h, w)
     k, _, pooled_h, pooled_w = grad_output.shape
     ct = rois.dtype.type
+    if wrt == "boxes":  # the (K, 5) box gradient
+        from cuproi._cpu import _box_gradients
+
+        return _box_gradients.deform_roi_pool(
+            grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma, mask
+        )
+    dtype, grad_mask = grad_output.dtype, None
+    if mask is not None:  # out = mask * average: d / d mask = <g, average>; the rest sees g * mask
+        average = deform_roi_pool_forward(
+            input, rois, offset, spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma
+        )
+        grad_output = grad_output.astype(ct, copy=False)
+        grad_mask = (grad_output * average.astype(ct, copy=False)).sum(1, keepdims=True)
+        grad_output = grad_output * mask
     g = _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
     axes = _bin_axes(g, offset, (pooled_h, pooled_w), gamma)
     x_rows = None if offset is None else _sampling.pixels_by_channel(input.astype(ct, copy=False))
@@ -118,4 +143,4 @@ def deform_roi_pool_backward(
         ops = _parallel.map_ordered(lambda r: run(*r), parts)
         k0, k1 = parts[0][0], parts[-1][1]
         _sampling.add_transposed(grad_rows, ops, g_rows[k0 * bins : k1 * bins])
-    return _parallel.channels_first(grad_rows, input.shape, grad_output.dtype), grad_offset
+    return _parallel.channels_first(grad_rows, input.shape, dtype), grad_offset, grad_mask

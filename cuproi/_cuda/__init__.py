@@ -44,6 +44,7 @@ def multi_scale_roi_align_forward(features, *args):
     with features[0].device:
         return _ops.multi_scale_roi_align_forward(cupy, launch, features, *args)
 
+
 __all__ = [
     "deform_roi_pool_backward",
     "deform_roi_pool_forward",
@@ -55,6 +56,8 @@ __all__ = [
     "ps_roi_pool_forward",
     "roi_align_backward",
     "roi_align_forward",
+    "roi_align_max_backward",
+    "roi_align_max_forward",
     "roi_pool_backward",
     "roi_pool_forward",
 ]

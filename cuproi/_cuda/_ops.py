@@ -88,6 +88,30 @@ def roi_align_forward(
     return out
 
 
+class _BoxGrad:
+    """The zeroed box gradient of a backward with ``wrt_boxes`` (kernels/common/bilinear.cuh).
+
+    By default a (K, 5) array into which every output element adds with atomicAdd; when
+    ``deterministic``, an (n, 4) array of per-element terms, summed per box afterwards in a
+    fixed order (``n = K * C * PH * PW``, so ``16 * n`` bytes in float32).
+    """
+
+    def __init__(self, xp, grad_output, dtype, deterministic):
+        self.k = grad_output.shape[0]
+        self.deterministic = bool(deterministic) and grad_output.size > 0
+        self.xp = xp
+        shape = (grad_output.size, 4) if self.deterministic else (self.k, 5)
+        self.value = xp.zeros(shape, dtype)
+        # The kernel reads *exponent only in deterministic input-gradient mode: never here.
+        self.exponent = xp.zeros(1, np.int32)
+
+    def result(self):
+        if not self.deterministic:
+            return self.value
+        terms = self.value.reshape(self.k, -1, 4).sum(axis=1)
+        return self.xp.concatenate([self.xp.zeros((self.k, 1), terms.dtype), terms], axis=1)
+
+
 def roi_align_backward(
     xp,
     launch,
@@ -98,9 +122,35 @@ def roi_align_backward(
     sampling_ratio,
     aligned,
     deterministic=False,
+    input=None,
+    wrt="input",
 ):
+    """Gradient with respect to the input, or (``wrt="boxes"``) the (K, 5) boxes (reads input)."""
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
+    if wrt == "boxes":
+        box = _BoxGrad(xp, grad_output, rois.dtype, deterministic)
+        entry, index = _entry("roi_align", "backward", grad_output.dtype, grad_output, input)
+        launch(
+            "roi_align",
+            entry,
+            grad_output.size,
+            (
+                index(grad_output.size),
+                grad_output,
+                rois,
+                rois.dtype.type(spatial_scale),
+                *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
+                box.value,
+                box.value,  # the kernel never touches the input-gradient buffers here
+                box.exponent,
+                np.int32(box.deterministic),
+                input,
+                box.value,
+                np.int32(1),
+            ),
+        )
+        return box.result()
     grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
     entry, index = _entry("roi_align", "backward", grad_output.dtype, grad_output, grad.fixed)
     launch(
@@ -114,6 +164,9 @@ def roi_align_backward(
             rois.dtype.type(spatial_scale),
             *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
             *grad.args(),
+            grad_output,  # input: not read for the input gradient
+            grad.value,  # grad_rois: not written
+            np.int32(0),
         ),
     )
     return grad.result(launch, grad_output.dtype)
@@ -163,7 +216,17 @@ def roi_pool_backward(xp, launch, grad_output, rois, argmax, input_shape, determ
 
 
 def deform_roi_pool_forward(
-    xp, launch, input, rois, offset, spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma
+    xp,
+    launch,
+    input,
+    rois,
+    offset,
+    spatial_scale,
+    pooled_h,
+    pooled_w,
+    sampling_ratio,
+    gamma,
+    mask=None,
 ):
     n, c, h, w = input.shape
     ct = rois.dtype.type
@@ -179,6 +242,8 @@ def deform_roi_pool_forward(
             rois,
             rois if offset is None else offset,
             np.int32(offset is not None),
+            rois if mask is None else mask,
+            np.int32(mask is not None),
             ct(spatial_scale),
             np.int32(sampling_ratio),
             ct(gamma),
@@ -200,18 +265,56 @@ def deform_roi_pool_backward(
     sampling_ratio,
     gamma,
     deterministic=False,
+    mask=None,
+    wrt="input",
 ):
+    """``(grad_input, grad_offset, grad_mask)`` (None: no offset or mask), or the boxes' (K, 5)."""
     n, c, h, w = input.shape
     k, _, pooled_h, pooled_w = grad_output.shape
     ct = rois.dtype.type
+    scalars = (
+        rois if offset is None else offset,
+        np.int32(offset is not None),
+        rois if mask is None else mask,
+        np.int32(mask is not None),
+        ct(spatial_scale),
+        np.int32(sampling_ratio),
+        ct(gamma),
+        *_ints(n, c, h, w, pooled_h, pooled_w),
+    )
+    if wrt == "boxes":
+        box = _BoxGrad(xp, grad_output, ct, deterministic)
+        entry, index = _entry("deform_roi_pool", "backward", input.dtype, input, grad_output)
+        launch(
+            "deform_roi_pool",
+            entry,
+            grad_output.size,
+            (
+                index(grad_output.size),
+                grad_output,
+                input,
+                rois,
+                *scalars,
+                box.value,  # the input, offset and mask gradients are never touched here
+                box.value,
+                box.exponent,
+                np.int32(box.deterministic),
+                box.value,
+                box.value,
+                box.value,
+                np.int32(1),
+            ),
+        )
+        return box.result()
     grad = _GradSum(xp, input.shape, rois.dtype, grad_output, deterministic)
     # Deterministic: per-channel terms, summed over the channels below in a fixed order.
     per_channel = (k, c) if grad.deterministic else (k,)
     grad_offset = None if offset is None else xp.zeros((*per_channel, 2, pooled_h, pooled_w), ct)
+    grad_mask = None if mask is None else xp.zeros((*per_channel, 1, pooled_h, pooled_w), ct)
     entry, index = _entry(
         "deform_roi_pool", "backward", input.dtype, input, grad_output, grad.fixed, grad_offset
     )
-    # Without offsets the kernel never touches the offset pointers; any device array will do.
+    # Without offsets (mask) the kernel never touches those pointers; any device array will do.
     launch(
         "deform_roi_pool",
         entry,
@@ -221,19 +324,84 @@ def deform_roi_pool_backward(
             grad_output,
             input,
             rois,
-            rois if offset is None else offset,
-            np.int32(offset is not None),
-            ct(spatial_scale),
-            np.int32(sampling_ratio),
-            ct(gamma),
-            *_ints(n, c, h, w, pooled_h, pooled_w),
+            *scalars,
             *grad.args(),
             rois if grad_offset is None else grad_offset,
+            rois if grad_mask is None else grad_mask,
+            rois,  # grad_rois: not written
+            np.int32(0),
         ),
     )
-    if grad_offset is not None and grad.deterministic:
-        grad_offset = grad_offset.sum(axis=1)
-    return grad.result(launch, grad_output.dtype), grad_offset
+    if grad.deterministic:
+        grad_offset = None if grad_offset is None else grad_offset.sum(axis=1)
+        grad_mask = None if grad_mask is None else grad_mask.sum(axis=1)
+    return grad.result(launch, grad_output.dtype), grad_offset, grad_mask
+
+
+def roi_align_max_forward(
+    xp, launch, input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+):
+    n, c, h, w = input.shape
+    out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
+    entry, index = _entry("roi_align_max", "forward", input.dtype, input, out)
+    launch(
+        "roi_align_max",
+        entry,
+        out.size,
+        (
+            index(out.size),
+            input,
+            rois,
+            rois.dtype.type(spatial_scale),
+            *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
+            out,
+        ),
+    )
+    return out
+
+
+def roi_align_max_backward(
+    xp,
+    launch,
+    grad_output,
+    input,
+    rois,
+    spatial_scale,
+    sampling_ratio,
+    aligned,
+    deterministic=False,
+    wrt="input",
+):
+    """Gradient of the max mode with respect to the input, or (``wrt="boxes"``) the boxes."""
+    n, c, h, w = input.shape
+    _, _, pooled_h, pooled_w = grad_output.shape
+    head = (
+        grad_output,
+        input,
+        rois,
+        rois.dtype.type(spatial_scale),
+        *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
+    )
+    if wrt == "boxes":
+        box = _BoxGrad(xp, grad_output, rois.dtype, deterministic)
+        entry, index = _entry("roi_align_max", "backward", input.dtype, input, grad_output)
+        args = (box.value, box.value, box.exponent, np.int32(box.deterministic), box.value, 1)
+        launch(
+            "roi_align_max",
+            entry,
+            grad_output.size,
+            (index(grad_output.size), *head, *args[:-1], np.int32(1)),
+        )
+        return box.result()
+    grad = _GradSum(xp, input.shape, rois.dtype, grad_output, deterministic)
+    entry, index = _entry("roi_align_max", "backward", input.dtype, input, grad_output, grad.fixed)
+    launch(
+        "roi_align_max",
+        entry,
+        grad_output.size,
+        (index(grad_output.size), *head, *grad.args(), grad.value, np.int32(0)),
+    )
+    return grad.result(launch, grad_output.dtype)
 
 
 # ---- position-sensitive ops (ps_roi_align, ps_roi_pool) ---------------------------------------

@@ -7,6 +7,9 @@
 //   sample_range  the samples of one bin row/column that can fall inside the map
 //   bin_sum       sum of the interpolated samples of one bin (forward)
 //   bin_backward  its transpose, and its derivative with respect to the bin's position
+//   bin_slopes    derivatives of bin_sum with respect to the bin's position and extent (boxes)
+//   bin_max       the first maximum of a bin's samples in scan order (max mode)
+//   BoxGrad       where a box gradient goes: atomics into (K, 5), or per-element terms
 #pragma once
 
 #include "common/grad_sum.cuh"
@@ -173,17 +176,18 @@ __device__ __forceinline__ C bin_sum(const T* p, int height, int width, const Gr
 
 // Backward of bin_sum: adds grad times the weights of every sample to the gradient plane gp. When
 // the feature plane p is given, also sums the derivatives of the samples' values with respect to
-// x and y into dx and dy: the right derivative, zero in the bands where taps() flattens.
+// x and y into dx and dy (the right derivative, zero in the bands where taps() flattens) and the
+// samples' values into `value` (bin_sum, for the gradient of a mask that multiplies it).
 template <typename T, typename C>
 __device__ __forceinline__ void bin_backward(const GradSum<C>& gp, const T* p, int height, int width,
                                              const Grid<C>& g, int ph, int pw, C grad, C& dx,
-                                             C& dy) {
+                                             C& dy, C& value) {
   const C y_start = g.start_y + ph * g.bin_h;
   const C x_start = g.start_x + pw * g.bin_w;
   int iy0, iy1, ix0, ix1;
   sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
   sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
-  dx = dy = 0;
+  dx = dy = value = 0;
   for (int iy = iy0; iy < iy1; ++iy) {
     const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
     for (int ix = ix0; ix < ix1; ++ix) {
@@ -195,8 +199,150 @@ __device__ __forceinline__ void bin_backward(const GradSum<C>& gp, const T* p, i
       const C v10 = load(p + t.y1 * width + t.x0), v11 = load(p + t.y1 * width + t.x1);
       if (t.x_free) dx += t.hy * (v01 - v00) + t.ly * (v11 - v10);
       if (t.y_free) dy += t.hx * (v10 - v00) + t.lx * (v11 - v01);
+      value += t.hy * t.hx * v00 + t.hy * t.lx * v01 + t.ly * t.hx * v10 + t.ly * t.lx * v11;
     }
   }
+}
+
+// Slopes of the value of one sample along x and y: the right derivative (the taps' upper
+// neighbour minus the lower one), zero along an axis that taps() flattens (edge bands).
+template <typename T, typename C>
+__device__ __forceinline__ void sample_slopes(const T* p, int width, const Taps<C>& t, C& dx,
+                                              C& dy) {
+  const C v00 = load(p + t.y0 * width + t.x0), v01 = load(p + t.y0 * width + t.x1);
+  const C v10 = load(p + t.y1 * width + t.x0), v11 = load(p + t.y1 * width + t.x1);
+  dx = t.x_free ? t.hy * (v01 - v00) + t.ly * (v11 - v10) : C(0);
+  dy = t.y_free ? t.hx * (v10 - v00) + t.lx * (v11 - v01) : C(0);
+}
+
+// Derivatives of bin_sum over plane p with respect to where the bin's samples sit. Sample
+// (iy, ix) of bin (ph, pw) lies at fraction u = (pw + (ix + 0.5) / grid_w) / pooled_w of the
+// box width from its start (likewise v along y). Returns sx = sum of d value / dx over the
+// samples, ux = sum of u * d value / dx, and sy, uy along y: a box gradient needs no more
+// (x = start_x + u * width, so d x / d start_x = 1 and d x / d width = u).
+template <typename T, typename C>
+__device__ __forceinline__ void bin_slopes(const T* p, int height, int width, const Grid<C>& g,
+                                           int ph, int pw, int pooled_h, int pooled_w, C& sx,
+                                           C& ux, C& sy, C& uy) {
+  const C y_start = g.start_y + ph * g.bin_h;
+  const C x_start = g.start_x + pw * g.bin_w;
+  int iy0, iy1, ix0, ix1;
+  sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
+  sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
+  // Accumulate sample indices times slopes; the fractions u, v follow from them at the end.
+  sx = ux = sy = uy = 0;
+  for (int iy = iy0; iy < iy1; ++iy) {
+    const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
+    for (int ix = ix0; ix < ix1; ++ix) {
+      Taps<C> t;
+      if (!taps(height, width, y, sample_at(x_start, ix, g.bin_w, g.grid_w), t)) continue;
+      C dx, dy;
+      sample_slopes(p, width, t, dx, dy);
+      sx += dx;
+      ux += C(ix) * dx;
+      sy += dy;
+      uy += C(iy) * dy;
+    }
+  }
+  if (iy0 >= iy1 || ix0 >= ix1) return;  // no samples (also an empty grid: no 0 / 0 below)
+  ux = (C(pw) * sx + (ux + C(0.5) * sx) / C(g.grid_w)) / C(pooled_w);
+  uy = (C(ph) * sy + (uy + C(0.5) * sy) / C(g.grid_h)) / C(pooled_h);
+}
+
+// The maximum of the samples of bin (ph, pw), mmcv's pool_mode="max": a sample outside
+// [-1, H] x [-1, W] takes part with value 0, the first maximum in scan order (iy, then ix)
+// wins ties, a NaN wins (the first one met) and an empty grid gives 0. iy and ix name the
+// winning sample, or are -1 when the winner is an out-of-range zero or the grid is empty
+// (nothing to differentiate). Samples skipped by sample_range are out of range: the first of
+// them in scan order is found from the range bounds, so huge boxes stay cheap.
+template <typename T, typename C>
+__device__ __forceinline__ C bin_max(const T* p, int height, int width, const Grid<C>& g, int ph,
+                                     int pw, int& win_y, int& win_x) {
+  win_y = win_x = -1;
+  if (g.grid_h <= 0 || g.grid_w <= 0) return C(0);
+  const C y_start = g.start_y + ph * g.bin_h;
+  const C x_start = g.start_x + pw * g.bin_w;
+  int iy0, iy1, ix0, ix1;
+  sample_range(y_start, g.bin_h, g.grid_h, height, iy0, iy1);
+  sample_range(x_start, g.bin_w, g.grid_w, width, ix0, ix1);
+  if (iy0 >= iy1 || ix0 >= ix1) return C(0);  // every sample is an out-of-range zero
+  // Scan index of the first out-of-range sample (-1: none) among those outside the range.
+  long long first_out;
+  if (iy0 > 0 || ix0 > 0) first_out = 0;
+  else if (ix1 < g.grid_w) first_out = ix1;
+  else if (iy1 < g.grid_h) first_out = static_cast<long long>(iy1) * g.grid_w;
+  else first_out = -1;
+  C best = 0;
+  long long best_at = -1;
+  for (int iy = iy0; iy < iy1; ++iy) {
+    const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
+    for (int ix = ix0; ix < ix1; ++ix) {
+      const long long at = static_cast<long long>(iy) * g.grid_w + ix;
+      Taps<C> t;
+      if (!taps(height, width, y, sample_at(x_start, ix, g.bin_w, g.grid_w), t)) {
+        if (first_out < 0 || at < first_out) first_out = at;
+        continue;
+      }
+      const C v = interpolate(p, width, t);
+      if (best_at < 0 || v > best || (v != v && best == best)) {
+        best = v;
+        best_at = at;
+        win_y = iy;
+        win_x = ix;
+      }
+    }
+  }
+  if (best_at < 0) return C(0);
+  // An out-of-range zero competes: it wins when larger, or equal and earlier (NaN never loses).
+  if (first_out >= 0 && best == best && (best < C(0) || (best == C(0) && first_out < best_at))) {
+    win_y = win_x = -1;
+    return C(0);
+  }
+  return best;
+}
+
+// Where a box gradient goes. By default every output element adds its (x1, y1, x2, y2) terms to
+// row k of the zeroed (K, 5) gradient with atomicAdd (column 0, the batch index, stays 0); when
+// deterministic, element `index` writes its 4 terms to row `index` of a zeroed (n, 4) array,
+// which the caller sums per box in a fixed order.
+template <typename C>
+struct BoxGrad {
+  C* value;
+  bool deterministic;
+
+  template <typename I>
+  __device__ __forceinline__ void add(I k, I index, C x1, C y1, C x2, C y2) const {
+    if (deterministic) {
+      C* t = value + index * 4;
+      t[0] = x1;
+      t[1] = y1;
+      t[2] = x2;
+      t[3] = y2;
+    } else {
+      C* t = value + k * 5;
+      atomicAdd(t + 1, x1);
+      atomicAdd(t + 2, y1);
+      atomicAdd(t + 3, x2);
+      atomicAdd(t + 4, y2);
+    }
+  }
+};
+
+// Adds the box gradient of one output element: `grad` (already divided by the bin's count)
+// times the derivatives of its samples' positions. Along x a sample sits at
+// x1 * scale - shift + (a + u) * box_w with box_w = (x2 - x1) * scale, so d x / d x1 =
+// scale * (1 - a - u) and d x / d x2 = scale * (a + u); `a` is a shift of the bin in box widths
+// (deform_roi_pool's gamma * offset), sx and ux come from bin_slopes (or one sample). When the
+// box width is held by torchvision's legacy minimum (free_w false) it does not move: only the
+// start does. Likewise along y.
+template <typename C, typename I>
+__device__ __forceinline__ void add_box_terms(const BoxGrad<C>& out, I k, I index, C grad,
+                                              C scale, C sx, C ux, C sy, C uy, C ax, C ay,
+                                              bool free_w, bool free_h) {
+  const C px = free_w ? ax * sx + ux : C(0);
+  const C py = free_h ? ay * sy + uy : C(0);
+  const C f = grad * scale;
+  out.add(k, index, f * (sx - px), f * (sy - py), f * px, f * py);
 }
 
 }  // namespace cuproi

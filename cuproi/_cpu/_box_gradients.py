@@ -1,0 +1,71 @@
+"""Gradients with respect to the box coordinates of RoI Align (avg) and Deformable RoI Pooling.
+
+Every sample sits at ``x1 * scale - shift + (a + u) * box_w`` along x (``u`` its fraction of the
+box width, ``a`` a deformable bin's shift in box widths), so its value moves with x1 and x2
+through its slope; the box gradient sums ``d loss / d value * slope * d position / d x1`` (and
+x2, y1, y2) over the samples, channels and bins of the box. The slopes are the right derivatives
+of the bilinear surface (zero in the edge bands where the forward flattens it); the adaptive
+grid count is piecewise constant and contributes 0. See ``add_box_terms`` in the kernels.
+"""
+
+import numpy as np
+
+from cuproi._cpu import _samples, _sampling
+from cuproi._cpu.deform_roi_pool import _bin_axes
+
+
+def _box_gradient(grad_output, input, rois, g, y, x, scale, shift, free, mask):
+    n, c, h, w = input.shape
+    k, _, pooled_h, pooled_w = grad_output.shape
+    ct = rois.dtype.type
+    x_rows = _sampling.pixels_by_channel(input.astype(ct, copy=False))
+    g_rows = _sampling.bin_rows(grad_output.astype(ct, copy=False))
+    bins = pooled_h * pooled_w
+    per_bin = np.repeat(1.0 / g.count.astype(np.float64), bins).astype(ct)  # 1 / count
+    if mask is not None:
+        per_bin = per_bin * mask.reshape(-1)
+    out = np.zeros((k, 5), np.float64)
+    for k0, k1 in _samples.chunks(y, x, h, w, c):
+        yb, hb, gh, xb, wb, gw = _samples.bins_of(y, x, k0, k1)
+        s = _samples.samples(yb, hb, gh, xb, wb, gw, h, w)
+        image = rois[k0:k1, 0].astype(np.int64)[np.arange(len(yb)) // bins]
+        dx, dy = _samples.slopes(s, image, h, w, x_rows)
+        rows = k0 * bins + s.bin
+        weight = g_rows[rows] * per_bin[rows][:, None]
+        chunk_shift = None if shift is None else tuple(a[k0:k1].ravel() for a in shift)
+        out[k0:k1] = _samples.box_gradient(
+            s,
+            dx,
+            dy,
+            weight,
+            len(yb),
+            (pooled_h, pooled_w),
+            gh,
+            gw,
+            scale,
+            chunk_shift,
+            (free[0][k0:k1], free[1][k0:k1]),
+        )
+    return out.astype(ct)
+
+
+def roi_align(grad_output, input, rois, spatial_scale, sampling_ratio, aligned):
+    """(K, 5) gradient of roi_align (avg) with respect to ``rois`` (column 0 is 0)."""
+    pooled = grad_output.shape[2:]
+    g = _sampling.make_grid(
+        rois, spatial_scale, *pooled, sampling_ratio, 0.5 if aligned else 0.0, not aligned
+    )
+    y, x = _bin_axes(g, None, pooled, 0.0)
+    free = (aligned | (g.width > 1), aligned | (g.height > 1))
+    return _box_gradient(grad_output, input, rois, g, y, x, spatial_scale, None, free, None)
+
+
+def deform_roi_pool(grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma, mask):
+    """(K, 5) gradient of deform_roi_pool with respect to ``rois`` (column 0 is 0)."""
+    pooled = grad_output.shape[2:]
+    g = _sampling.make_grid(rois, spatial_scale, *pooled, sampling_ratio, 0.5, False)
+    y, x = _bin_axes(g, offset, pooled, gamma)
+    ct = rois.dtype.type
+    shift = None if offset is None else (ct(gamma) * offset[:, 0], ct(gamma) * offset[:, 1])
+    free = (np.ones(len(rois), bool), np.ones(len(rois), bool))
+    return _box_gradient(grad_output, input, rois, g, y, x, spatial_scale, shift, free, mask)
