@@ -92,6 +92,18 @@ def test_roi_pool_forward(backend, dtype, scale, size):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roi_pool_rounds_just_below_a_half_down(backend, dtype):
+    """C's round(0.5 - ulp) is 0; floor(v + 0.5) gives 1 in float32 (the sum rounds up)."""
+    below = np.nextafter(dtype(0.5), dtype(0))
+    x = features(dtype)
+    rois = np.array([[0, below, 2 + below, 5 - below, 7 + below]], dtype)
+    out, argmax = backend.roi_pool_forward(x, rois, 1.0, 2, 2)
+    expected, expected_argmax = reference.roi_pool(x, rois, (2, 2), 1.0, coord_dtype=dtype)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ratio", [0, 1, 2])
 @pytest.mark.parametrize("with_offset", [False, True])
 @pytest.mark.parametrize("scale", [1.0, 0.7])

@@ -7,32 +7,7 @@ of its row and column indicators over its area), applied per bin to that bin's s
 import numpy as np
 
 from cuproi._cpu import _ps, _sampling
-
-
-def _round(v):
-    """C round(): half away from zero, exact (``floor(|v| + 0.5)`` is not, e.g. 0.49999997)."""
-    a = np.abs(v)
-    r = np.floor(a)
-    r = r + (a - r >= v.dtype.type(0.5))
-    return np.copysign(r, v)
-
-
-def _bins(rois, spatial_scale, pooled_h, pooled_w, height, width):
-    """Cell ranges [lo, hi) of every bin row (K, PH) and column (K, PW), clipped to the map."""
-    ct = rois.dtype.type
-    scale = ct(spatial_scale)
-    x1, y1, x2, y2 = (_round(rois[:, i] * scale).astype(np.int64) for i in (1, 2, 3, 4))
-    bin_h = np.maximum(y2 - y1, 1).astype(ct) / ct(pooled_h)
-    bin_w = np.maximum(x2 - x1, 1).astype(ct) / ct(pooled_w)
-
-    def edges(first, bin_size, pooled, size):
-        p = np.arange(pooled + 1, dtype=ct)
-        lo = np.floor(p[:-1] * bin_size[:, None]).astype(np.int64) + first[:, None]
-        hi = np.ceil(p[1:] * bin_size[:, None]).astype(np.int64) + first[:, None]
-        lo, hi = np.clip(lo, 0, size), np.clip(hi, 0, size)
-        return lo, np.maximum(hi, lo)
-
-    return edges(y1, bin_h, pooled_h, height), edges(x1, bin_w, pooled_w, width)
+from cuproi._cpu.roi_pool import _bins
 
 
 def _indicator(lo, hi):
@@ -48,7 +23,7 @@ def _indicator(lo, hi):
 def _operators(rois, shape, spatial_scale, pooled_h, pooled_w):
     """Sparse averaging operators of the chunks of boxes, rows ordered (ph, pw, box)."""
     _, h, w = shape
-    (h0, h1), (w0, w1) = _bins(rois, spatial_scale, pooled_h, pooled_w, h, w)
+    h0, h1, w0, w1 = _bins(rois, spatial_scale, pooled_h, pooled_w, h, w, inclusive=False)
     rows, cols = h1 - h0, w1 - w0
     cost = rows.sum(1) * cols.sum(1)
 

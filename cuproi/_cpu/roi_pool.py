@@ -15,23 +15,33 @@ from cuproi._cpu import _parallel, _sampling
 
 
 def _round(v):
-    """C round(): half away from zero (numpy.round rounds half to even)."""
-    return np.copysign(np.floor(np.abs(v) + v.dtype.type(0.5)), v)
+    """C round(): half away from zero (numpy.round rounds half to even).
+
+    Exact: ``floor(|v| + 0.5)`` is not, it rounds 0.49999997 (float32) up to 1.
+    """
+    a = np.abs(v)
+    r = np.floor(a)
+    return np.copysign(r + (a - r >= v.dtype.type(0.5)), v)
 
 
-def _bins(rois, spatial_scale, pooled_h, pooled_w, height, width):
-    """Clipped cell ranges [h0, h1) x [w0, w1) of every bin: (K, PH) and (K, PW) arrays."""
+def _bins(rois, spatial_scale, pooled_h, pooled_w, height, width, inclusive=True):
+    """Clipped cell ranges [h0, h1) x [w0, w1) of every bin: (K, PH) and (K, PW) arrays.
+
+    The box is rounded to cells; its size is ``end - start + 1`` cells (RoI Pool's inclusive
+    end) or, with ``inclusive=False``, ``end - start`` (position-sensitive RoI Pool); at least 1.
+    """
     ct = rois.dtype.type
     scale = ct(spatial_scale)
     x1, y1, x2, y2 = (_round(rois[:, i] * scale).astype(np.int64) for i in (1, 2, 3, 4))
-    bin_h = np.maximum(y2 - y1 + 1, 1).astype(ct) / ct(pooled_h)
-    bin_w = np.maximum(x2 - x1 + 1, 1).astype(ct) / ct(pooled_w)
+    bin_h = np.maximum(y2 - y1 + inclusive, 1).astype(ct) / ct(pooled_h)
+    bin_w = np.maximum(x2 - x1 + inclusive, 1).astype(ct) / ct(pooled_w)
 
     def edges(first, bin_size, pooled, size):
         p = np.arange(pooled + 1, dtype=ct)
         lo = np.floor(p[:-1] * bin_size[:, None]).astype(np.int64) + first[:, None]
         hi = np.ceil(p[1:] * bin_size[:, None]).astype(np.int64) + first[:, None]
-        return np.clip(lo, 0, size), np.clip(hi, 0, size)
+        lo, hi = np.clip(lo, 0, size), np.clip(hi, 0, size)
+        return lo, np.maximum(hi, lo)  # an empty range, not a negative one
 
     return edges(y1, bin_h, pooled_h, height) + edges(x1, bin_w, pooled_w, width)
 
