@@ -66,14 +66,13 @@ class _GradSum:
         return self.value.astype(dtype, copy=False)
 
 
-def roi_align_forward(
-    xp, launch, input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
-):
+def _align_forward(source, xp, launch, input, rois, spatial_scale, pooled_h, pooled_w, *ints):
+    """Forward of kernels/<source>.cu, RoI Align's argument list (avg and max mode)."""
     n, c, h, w = input.shape
     out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
-    entry, index = _entry("roi_align", "forward", input.dtype, input, out)
+    entry, index = _entry(source, "forward", input.dtype, input, out)
     launch(
-        "roi_align",
+        source,
         entry,
         out.size,
         (
@@ -81,11 +80,28 @@ def roi_align_forward(
             input,
             rois,
             rois.dtype.type(spatial_scale),
-            *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
+            *_ints(n, c, h, w, pooled_h, pooled_w, *ints),
             out,
         ),
     )
     return out
+
+
+def roi_align_forward(
+    xp, launch, input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+):
+    return _align_forward(
+        "roi_align",
+        xp,
+        launch,
+        input,
+        rois,
+        spatial_scale,
+        pooled_h,
+        pooled_w,
+        sampling_ratio,
+        aligned,
+    )
 
 
 class _BoxGrad:
@@ -341,23 +357,18 @@ def deform_roi_pool_backward(
 def roi_align_max_forward(
     xp, launch, input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
 ):
-    n, c, h, w = input.shape
-    out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
-    entry, index = _entry("roi_align_max", "forward", input.dtype, input, out)
-    launch(
+    return _align_forward(
         "roi_align_max",
-        entry,
-        out.size,
-        (
-            index(out.size),
-            input,
-            rois,
-            rois.dtype.type(spatial_scale),
-            *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
-            out,
-        ),
+        xp,
+        launch,
+        input,
+        rois,
+        spatial_scale,
+        pooled_h,
+        pooled_w,
+        sampling_ratio,
+        aligned,
     )
-    return out
 
 
 def roi_align_max_backward(
