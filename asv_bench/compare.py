@@ -95,10 +95,10 @@ def calls(device, xp, boxes, size, dtype):
         "roi_align backward": lambda: cuproi.roi_align_backward(
             ga, ra, x.shape, size, aligned=True, **kw
         ),
-        "roi_pool forward": lambda: cuproi.roi_pool(xa, ra, size, 1 / 8),
         "roi_align backward, deterministic": lambda: cuproi.roi_align_backward(
             ga, ra, x.shape, size, aligned=True, deterministic=True, **kw
         ),
+        "roi_pool forward": lambda: cuproi.roi_pool(xa, ra, size, 1 / 8),
         "roi_pool backward": lambda: cuproi.roi_pool_backward(ga, ra, argmax, x.shape),
         "roi_pool backward, deterministic": lambda: cuproi.roi_pool_backward(
             ga, ra, argmax, x.shape, deterministic=True
@@ -133,6 +133,61 @@ def calls(device, xp, boxes, size, dtype):
     return ours, theirs, footprint_bytes(x, rois, size) if device == "cuda" else None
 
 
+def family_calls(device, xp, dtype, boxes=512, size=7):
+    """Position-sensitive RoI Align (R-FCN: 8 x 7 x 7 score maps) and multi-level RoI Align (FPN
+    levels P2 to P5 of an 800x1216 image) on the box head, as ``calls`` returns them."""
+    rng = np.random.default_rng(1)
+    x, rois, _ = workload(boxes, size, dtype)
+    ra = xp.asarray(rois)
+    scores = xp.asarray(rng.standard_normal((2, 8 * size * size, 100, 152)).astype(dtype))
+    g_ps = xp.asarray(rng.standard_normal((boxes, 8, size, size)).astype(dtype))
+    levels = [
+        xp.asarray(rng.standard_normal((2, 256, 200 // 2**i, 304 // 2**i)).astype(dtype))
+        for i in range(4)
+    ]
+    shapes = [level.shape for level in levels]
+    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    g = xp.asarray(rng.standard_normal((boxes, 256, size, size)).astype(dtype))
+    ours = {
+        "ps_roi_align forward": lambda: cuproi.ps_roi_align(scores, ra, size, 1 / 8, 2),
+        "ps_roi_align backward": lambda: cuproi.ps_roi_align_backward(
+            g_ps, ra, scores.shape, size, 1 / 8, 2
+        ),
+        "multi_scale_roi_align forward": lambda: cuproi.multi_scale_roi_align(
+            levels, ra, size, scales, 2
+        ),
+        "multi_scale_roi_align backward": lambda: cuproi.multi_scale_roi_align_backward(
+            g, ra, shapes, size, scales, 2
+        ),
+    }
+    theirs = {}
+    try:
+        import torch
+        from torchvision import ops
+    except ImportError:
+        return ours, theirs
+    ts = torch.from_numpy(xp_to_numpy(scores)).to(device)
+    tr = torch.from_numpy(rois).to(ts.dtype).to(device)
+    theirs["ps_roi_align forward"] = lambda: ops.ps_roi_align(ts, tr, size, 1 / 8, 2)
+    tl = {str(i): torch.from_numpy(xp_to_numpy(level)).to(device) for i, level in enumerate(levels)}
+    per_image = [tr[tr[:, 0] == i, 1:] for i in range(2)]
+    pooler = ops.MultiScaleRoIAlign(list(tl), size, 2)
+    theirs["multi_scale_roi_align forward"] = lambda: pooler(tl, per_image, [(800, 1216)] * 2)
+    try:
+        tsg = ts.clone().requires_grad_()
+        out = ops.ps_roi_align(tsg, tr, size, 1 / 8, 2)
+        tg = torch.from_numpy(xp_to_numpy(g_ps)).to(device)
+        theirs["ps_roi_align backward"] = lambda: torch.autograd.grad(out, tsg, tg, True)
+    except (RuntimeError, NotImplementedError):
+        pass
+    return ours, theirs
+
+
+def xp_to_numpy(a):
+    """A host copy of a NumPy or CuPy array."""
+    return a.get() if hasattr(a, "get") else a
+
+
 def cases(device, dtypes):
     """(name, dtype, cuproi callable, torchvision callable or None, bytes bound or None)."""
     xp = np
@@ -145,6 +200,10 @@ def cases(device, dtypes):
                 if device == "cpu" and "deterministic" in op:
                     continue  # the CPU backend is deterministic anyway: same call, same time
                 yield f"{name}, {op}", np.dtype(dtype).name, fn, theirs.get(op), bound
+    for dtype in dtypes:
+        ours, theirs = family_calls(device, xp, dtype)
+        for op, fn in ours.items():
+            yield f"box head, {op}", np.dtype(dtype).name, fn, theirs.get(op), None
 
 
 def main(argv=None):
