@@ -11,6 +11,7 @@ from cuproi.deform_roi_pool import (
     deform_roi_pool_box_backward,
 )
 from cuproi.multi_scale_roi_align import multi_scale_roi_align, multi_scale_roi_align_backward
+from cuproi.prroi_pool import prroi_pool, prroi_pool_backward, prroi_pool_box_backward
 from cuproi.ps_roi_align import ps_roi_align, ps_roi_align_backward
 from cuproi.ps_roi_pool import ps_roi_pool, ps_roi_pool_backward
 from cuproi.quantization import quantization_error
@@ -24,6 +25,9 @@ __all__ = [
     "deform_roi_pool_box_backward",
     "multi_scale_roi_align",
     "multi_scale_roi_align_backward",
+    "prroi_pool",
+    "prroi_pool_backward",
+    "prroi_pool_box_backward",
     "ps_roi_align",
     "ps_roi_align_backward",
     "ps_roi_pool",

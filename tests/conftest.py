@@ -21,6 +21,8 @@ BACKEND_OPS = (
     "ps_roi_pool_backward",
     "multi_scale_roi_align_forward",
     "multi_scale_roi_align_backward",
+    "prroi_pool_forward",
+    "prroi_pool_backward",
 )
 
 # (rtol, atol) against the float64 oracle, for features of order 1.

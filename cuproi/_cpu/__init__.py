@@ -14,6 +14,7 @@ from cuproi._cpu.multi_scale_roi_align import (
     multi_scale_roi_align_backward,
     multi_scale_roi_align_forward,
 )
+from cuproi._cpu.prroi_pool import prroi_pool_backward, prroi_pool_forward
 from cuproi._cpu.ps_roi_align import ps_roi_align_backward, ps_roi_align_forward
 from cuproi._cpu.ps_roi_pool import ps_roi_pool_backward, ps_roi_pool_forward
 from cuproi._cpu.roi_align import roi_align_backward, roi_align_forward
@@ -25,6 +26,8 @@ __all__ = [
     "deform_roi_pool_forward",
     "multi_scale_roi_align_backward",
     "multi_scale_roi_align_forward",
+    "prroi_pool_backward",
+    "prroi_pool_forward",
     "ps_roi_align_backward",
     "ps_roi_align_forward",
     "ps_roi_pool_backward",

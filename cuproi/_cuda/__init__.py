@@ -33,6 +33,8 @@ ps_roi_pool_backward = _on_device(_ops.ps_roi_pool_backward)
 multi_scale_roi_align_backward = _on_device(_ops.multi_scale_roi_align_backward)
 roi_align_max_forward = _on_device(_ops.roi_align_max_forward)
 roi_align_max_backward = _on_device(_ops.roi_align_max_backward)
+prroi_pool_forward = _on_device(_ops.prroi_pool_forward)
+prroi_pool_backward = _on_device(_ops.prroi_pool_backward)
 
 
 def multi_scale_roi_align_forward(features, *args):
@@ -50,6 +52,8 @@ __all__ = [
     "deform_roi_pool_forward",
     "multi_scale_roi_align_backward",
     "multi_scale_roi_align_forward",
+    "prroi_pool_backward",
+    "prroi_pool_forward",
     "ps_roi_align_backward",
     "ps_roi_align_forward",
     "ps_roi_pool_backward",

@@ -588,3 +588,80 @@ def multi_scale_roi_align_backward(
     )
     flat = grad.result(launch, grad_output.dtype)
     return [flat[starts[i] : starts[i + 1]].reshape(shape) for i, shape in enumerate(input_shapes)]
+
+
+# ---- prroi_pool ------------------------------------------------------------------------------
+
+
+def prroi_pool_forward(xp, launch, input, rois, spatial_scale, pooled_h, pooled_w):
+    n, c, h, w = input.shape
+    out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
+    entry, index = _entry("prroi_pool", "forward", input.dtype, input, out)
+    launch(
+        "prroi_pool",
+        entry,
+        out.size,
+        (
+            index(out.size),
+            input,
+            rois,
+            rois.dtype.type(spatial_scale),
+            *_ints(n, c, h, w, pooled_h, pooled_w),
+            out,
+        ),
+    )
+    return out
+
+
+def prroi_pool_backward(
+    xp,
+    launch,
+    grad_output,
+    rois,
+    input_shape,
+    spatial_scale,
+    deterministic=False,
+    input=None,
+    wrt="input",
+):
+    """Gradient with respect to the input, or (``wrt="boxes"``) the (K, 5) boxes (reads input)."""
+    n, c, h, w = input_shape
+    _, _, pooled_h, pooled_w = grad_output.shape
+    ct = rois.dtype.type
+    head = (grad_output, rois, ct(spatial_scale), *_ints(n, c, h, w, pooled_h, pooled_w))
+    if wrt == "boxes":
+        box = _BoxGrad(xp, grad_output, rois.dtype, deterministic)
+        entry, index = _entry("prroi_pool", "backward", grad_output.dtype, grad_output, input)
+        launch(
+            "prroi_pool",
+            entry,
+            grad_output.size,
+            (
+                index(grad_output.size),
+                *head,
+                box.value,  # the kernel never touches the input-gradient buffers here
+                box.value,
+                box.exponent,
+                np.int32(box.deterministic),
+                input,
+                box.value,
+                np.int32(1),
+            ),
+        )
+        return box.result()
+    grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
+    entry, index = _entry("prroi_pool", "backward", grad_output.dtype, grad_output, grad.fixed)
+    launch(
+        "prroi_pool",
+        entry,
+        grad_output.size,
+        (
+            index(grad_output.size),
+            *head,
+            *grad.args(),
+            grad_output,  # input: not read for the input gradient
+            grad.value,  # grad_rois: not written
+            np.int32(0),
+        ),
+    )
+    return grad.result(launch, grad_output.dtype)

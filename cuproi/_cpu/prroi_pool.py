@@ -1,0 +1,181 @@
+"""Precise RoI Pooling on the CPU: a separable sparse operator, chunked over boxes.
+
+The surface ``f(y, x) = sum v[h, w] hat(y - h) hat(x - w)`` integrates over a bin as
+``sum v[h, w] Wy[h] Wx[w]``, with ``Wy[h]`` the integral of ``hat(y - h)`` over the bin's rows
+divided by its height (likewise ``Wx``): the outer product of two short vectors per bin, the
+structure of RoI Align's sampling operator (``_sampling.AxisTaps`` and ``operator``), whose
+rows here are exact 1-D integrals instead of summed bilinear weights. The taps' slopes are the
+derivatives of those weights with respect to one edge of the bin, which gives the box gradient.
+Same coordinates, operation order and pixel ranges as kernels/prroi_pool.cu.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from cuproi._cpu import _parallel, _sampling
+
+
+class Axes(NamedTuple):
+    """One axis of every bin, shapes (K, P): start, size, first pixel and pixel count."""
+
+    start: np.ndarray
+    size: np.ndarray
+    lo: np.ndarray
+    count: np.ndarray
+
+
+def _axes(a, b, spatial_scale, pooled, size):
+    """Bins of the boxes' edges ``a``, ``b`` (K,) along an axis of ``size`` pixels."""
+    ct = a.dtype.type
+    scale = ct(spatial_scale)
+    begin = a * scale
+    extent = b * scale - begin
+    bin_size = np.maximum(extent, ct(0)) / ct(pooled)
+    start = begin[:, None] + np.arange(pooled, dtype=ct) * bin_size[:, None]
+    bin_size = np.repeat(bin_size[:, None], pooled, 1)
+    end = start + bin_size
+    # Pixels whose hat meets the bin; none when it has no size or lies beyond [-1, size].
+    valid = (bin_size > 0) & (end > ct(-1)) & (start < ct(size))
+    lo = np.clip(np.floor(start), 0, size - 1).astype(np.int64)
+    hi = np.clip(np.ceil(end), 0, size - 1).astype(np.int64)
+    count = np.where(valid, hi - lo + 1, 0)
+    return Axes(start, bin_size, np.where(valid, lo, 0), count)
+
+
+def hat(t):
+    return np.maximum(t.dtype.type(1) - np.abs(t), t.dtype.type(0))
+
+
+def hat_integral(a, b):
+    """Integral of ``hat`` over ``[a, b]`` (a <= b), from each piece's length and midpoint."""
+    ct = a.dtype.type
+    one, zero, half = ct(1), ct(0), ct(0.5)
+    l0, r0 = np.maximum(a, -one), np.minimum(b, zero)
+    l1, r1 = np.maximum(a, zero), np.minimum(b, one)
+    left = np.where(r0 > l0, (r0 - l0) * (one + half * (l0 + r0)), zero)
+    right = np.where(r1 > l1, (r1 - l1) * (one - half * (l1 + r1)), zero)
+    return left + right
+
+
+def _plan(rois, shape, spatial_scale, pooled_h, pooled_w):
+    """The y (K, PH) and x (K, PW) axes of every bin and a bound on each box's entries."""
+    _, h, w = shape
+    y = _axes(rois[:, 2], rois[:, 4], spatial_scale, pooled_h, h)
+    x = _axes(rois[:, 1], rois[:, 3], spatial_scale, pooled_w, w)
+    return y, x, y.count.sum(1) * x.count.sum(1)
+
+
+def _taps(axes, k0, k1, edge=None):
+    """AxisTaps of the bins of boxes ``k0:k1`` (rows (box, p) in C order).
+
+    ``weight`` is the normalized integral of every pixel's hat over the bin; ``slope`` its
+    derivative with respect to the bin's start (``edge=0``) or end (``edge=1``).
+    """
+    start, size, lo, count = (a[k0:k1].ravel() for a in axes)
+    first = np.cumsum(count) - count
+    row = np.repeat(np.arange(len(count)), count)
+    index = lo[row] + (np.arange(row.size) - first[row])
+    ct = start.dtype.type
+    s, z = start[row], size[row]
+    t = s - index.astype(ct)
+    weight = hat_integral(t, t + z) / z
+    if edge is None:
+        slope = np.zeros_like(weight)
+    elif edge == 0:
+        slope = (weight - hat(t)) / z
+    else:
+        slope = (hat((s + z) - index.astype(ct)) - weight) / z
+    ptr = np.concatenate([[0], np.cumsum(count)])
+    return _sampling.AxisTaps(ptr, index, weight, slope)
+
+
+def _operator(rois, plan, shape, k0, k1, edge=None):
+    """Sparse operator of boxes ``k0:k1``, one row per bin in (box, ph, pw) order.
+
+    With ``edge`` also the derivatives with respect to the bins' x and y start (0) or end (1).
+    """
+    y, x, _ = plan
+    pooled_h, pooled_w = y.start.shape[1], x.start.shape[1]
+    k = k1 - k0
+    box = np.repeat(np.arange(k), pooled_h * pooled_w)
+    ph, pw = np.meshgrid(np.arange(pooled_h), np.arange(pooled_w), indexing="ij")
+    return _sampling.operator(
+        _taps(y, k0, k1, edge),
+        _taps(x, k0, k1, edge),
+        y_of_bin=box * pooled_h + np.tile(ph.ravel(), k),
+        x_of_bin=box * pooled_w + np.tile(pw.ravel(), k),
+        image_of_bin=rois[k0:k1, 0].astype(np.int64)[box],
+        count_of_bin=np.ones(len(box)),
+        shape=shape,
+        dtype=rois.dtype,
+        slopes=edge is not None,
+    )
+
+
+def prroi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
+    n, c, h, w = input.shape
+    shape = (n, h, w)
+    x = input.astype(rois.dtype, copy=False)  # float16 is computed in float32
+    out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
+    x_rows = _sampling.pixels_by_channel(x)
+    plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
+
+    def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
+        _sampling.apply(_operator(rois, plan, shape, k0, k1), x_rows, out[k0:k1])
+
+    for parts in _sampling.parts(plan[-1]):
+        _parallel.map_ordered(lambda r: run(*r), parts)
+    return out.astype(input.dtype, copy=False)
+
+
+def _box_gradient(grad_output, input, rois, spatial_scale):
+    """(K, 5) gradient with respect to ``rois``: see kernels/prroi_pool.cu."""
+    n, c, h, w = input.shape
+    k, _, pooled_h, pooled_w = grad_output.shape
+    shape = (n, h, w)
+    ct = rois.dtype.type
+    x_rows = _sampling.pixels_by_channel(input.astype(ct, copy=False))
+    g_rows = _sampling.bin_rows(grad_output.astype(ct, copy=False))
+    bins = pooled_h * pooled_w
+    plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
+    # Fractions of the box at the start (u0) and end (u1) of every bin row and column.
+    uy0 = (np.arange(pooled_h) / pooled_h)[:, None]
+    uy1 = (np.arange(1, pooled_h + 1) / pooled_h)[:, None]
+    ux0 = np.arange(pooled_w) / pooled_w
+    ux1 = np.arange(1, pooled_w + 1) / pooled_w
+    out = np.zeros((k, 5), np.float64)
+    for k0, k1 in _sampling.chunks(plan[-1]):
+        g = g_rows[k0 * bins : k1 * bins]
+        d = []  # d out / d (x start, y start, x end, y end) of every bin, dotted with g
+        for edge in (0, 1):
+            _, mx, my = _operator(rois, plan, shape, k0, k1, edge)
+            for m in (mx, my):
+                term = np.einsum("bc,bc->b", m @ x_rows, g, dtype=np.float64)
+                d.append(term.reshape(k1 - k0, pooled_h, pooled_w))
+        dx0, dy0, dx1, dy1 = d
+        out[k0:k1, 1] = (dx0 * (1 - ux0) + dx1 * (1 - ux1)).sum((1, 2))
+        out[k0:k1, 2] = (dy0 * (1 - uy0) + dy1 * (1 - uy1)).sum((1, 2))
+        out[k0:k1, 3] = (dx0 * ux0 + dx1 * ux1).sum((1, 2))
+        out[k0:k1, 4] = (dy0 * uy0 + dy1 * uy1).sum((1, 2))
+    out[:, 1:] *= float(ct(spatial_scale))
+    return out.astype(ct)
+
+
+def prroi_pool_backward(
+    grad_output, rois, input_shape, spatial_scale, deterministic=False, input=None, wrt="input"
+):
+    if wrt == "boxes":  # the (K, 5) box gradient, which reads the features `input`
+        return _box_gradient(grad_output, input, rois, spatial_scale)
+    n, c, h, w = input_shape
+    shape = (n, h, w)
+    _, _, pooled_h, pooled_w = grad_output.shape
+    g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
+    grad_rows = np.zeros((n * h * w, c), rois.dtype)
+    bins = pooled_h * pooled_w
+    plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
+    for parts in _sampling.parts(plan[-1]):
+        ops = _parallel.map_ordered(lambda r: _operator(rois, plan, shape, *r), parts)
+        k0, k1 = parts[0][0], parts[-1][1]
+        _sampling.add_transposed(grad_rows, ops, g_rows[k0 * bins : k1 * bins])
+    return _parallel.channels_first(grad_rows, input_shape, grad_output.dtype)

@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Precise RoI Pooling (IoU-Net; mmcv's PrRoIPool): forward, and a backward for the features or
+// for the box coordinates.
+//
+// Entry points (T = f16 | f32 | f64, optional _i64 for 64-bit flat indices):
+//   cuproi_prroi_pool_forward_<T>[_i64](
+//       I n, const T* input, const C* rois, C spatial_scale, int batch, int channels,
+//       int height, int width, int pooled_h, int pooled_w, T* output)
+//   cuproi_prroi_pool_backward_<T>[_i64](
+//       I n, const T* grad_output, const C* rois, C spatial_scale, int batch, int channels,
+//       int height, int width, int pooled_h, int pooled_w,
+//       C* grad_input, u64* grad_fixed, const int* exponent, int deterministic,
+//       const T* input, C* grad_rois, int wrt_boxes)
+// n = K * channels * pooled_h * pooled_w (one thread per output element); input, output and
+// grad_output are contiguous NCHW; rois is (K, 5) [batch_index, x1, y1, x2, y2] in C, the
+// compute type (float for f16 and f32, double for f64).
+//
+// The feature plane is the continuous surface f(y, x) = sum_{h,w} v[h,w] hat(y - h) hat(x - w),
+// hat(t) = max(0, 1 - |t|): bilinear between pixel centres at integer coordinates (no half-pixel
+// shift) and falling to zero one cell beyond the map. A bin [y0, y0 + bh] x [x0, x0 + bw] with
+// y0 = y1 * s + ph * bh, bh = max(y2 * s - y1 * s, 0) / pooled_h (likewise x) outputs the exact
+// integral of f over it divided by its area, 0 when the area is 0. The integral factors per
+// cell: sum v[h,w] Wy[h] Wx[w] with Wy[h] = (1 / bh) * integral of hat(y - h) over [y0, y0 + bh]
+// (prroi_weight), so a thread visits only the rows and columns whose hat meets its bin, at most
+// ceil(bh) + 2 by ceil(bw) + 2 pixels, clipped to the map.
+//
+// The backward computes one of two gradients. wrt_boxes == 0: the input gradient, the transpose
+// of the forward, into the zeroed C buffer grad_input summed as (grad_fixed, exponent,
+// deterministic) select (common/grad_sum.cuh; input and grad_rois are not read). wrt_boxes != 0:
+// the exact derivative with respect to the box coordinates, which reads the features `input`:
+// d out / d y0 = (out - top) / bh and d out / d (y0 + bh) = (bottom - out) / bh, with top and
+// bottom the averages of f along the bin's top and bottom edges (likewise x), chained to
+// y1, y2 through the bin edges; a box of zero width or height gives 0 (its bins output the
+// constant 0). Added with atomicAdd into the zeroed (K, 5) grad_rois by default, or, when
+// deterministic, written per output element to a zeroed (n, 4) grad_rois that the caller sums
+// per box (common/bilinear.cuh, BoxGrad).
+#include "common/bilinear.cuh"
+
+namespace cuproi {
+
+// Integral of hat(t) over [a, b] (a <= b), summed piece by piece on [-1, 0] and [0, 1] from
+// each piece's length and midpoint (no cancellation between antiderivatives).
+template <typename C>
+__device__ __forceinline__ C hat_integral(C a, C b) {
+  C r = C(0);
+  const C l0 = a > C(-1) ? a : C(-1), r0 = b < C(0) ? b : C(0);
+  if (r0 > l0) r += (r0 - l0) * (C(1) + C(0.5) * (l0 + r0));
+  const C l1 = a > C(0) ? a : C(0), r1 = b < C(1) ? b : C(1);
+  if (r1 > l1) r += (r1 - l1) * (C(1) - C(0.5) * (l1 + r1));
+  return r;
+}
+
+template <typename C>
+__device__ __forceinline__ C hat(C t) {
+  const C a = C(1) - cabs(t);
+  return a > C(0) ? a : C(0);
+}
+
+// One axis of a bin: its start, size, and the pixels [lo, hi] whose hat meets it (empty when
+// hi < lo: a zero size, or a bin wholly beyond the band [-1, size] where f vanishes; NaN-safe).
+template <typename C>
+struct PrAxis {
+  C start, size;
+  int lo, hi;
+};
+
+template <typename C>
+__device__ __forceinline__ PrAxis<C> prroi_axis(C a, C b, C scale, int pooled, int p, int size) {
+  PrAxis<C> r;
+  const C begin = a * scale;
+  const C extent = b * scale - begin;
+  r.size = (extent > C(0) ? extent : C(0)) / C(pooled);
+  r.start = begin + C(p) * r.size;
+  r.lo = 0;
+  r.hi = -1;
+  const C end = r.start + r.size;
+  if (r.size > C(0) && end > C(-1) && r.start < C(size)) {
+    r.lo = r.start <= C(0) ? 0 : static_cast<int>(cfloor(r.start));
+    r.hi = end >= C(size - 1) ? size - 1 : static_cast<int>(cceil(end));
+  }
+  return r;
+}
+
+// Weight of pixel i along an axis: the integral of hat(t - i) over the bin, divided by its size.
+template <typename C>
+__device__ __forceinline__ C prroi_weight(const PrAxis<C>& ax, int i) {
+  const C a = ax.start - C(i);
+  return hat_integral(a, a + ax.size) / ax.size;
+}
+
+template <typename T, typename C, typename I>
+__device__ void prroi_pool_forward(I n, const T* input, const C* rois, C spatial_scale,
+                                   int batch, int channels, int height, int width, int pooled_h,
+                                   int pooled_w, T* output) {
+  CUPROI_KERNEL_LOOP(index, n, I) {
+    const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
+    const C* roi = rois + o.k * 5;
+    const int b = batch_of(roi, batch);
+    C sum = C(0);
+    if (b >= 0) {
+      const PrAxis<C> ay = prroi_axis(roi[2], roi[4], spatial_scale, pooled_h, o.ph, height);
+      const PrAxis<C> ax = prroi_axis(roi[1], roi[3], spatial_scale, pooled_w, o.pw, width);
+      const T* p = plane<const T, I>(input, b, o.c, channels, height, width);
+      for (int h = ay.lo; h <= ay.hi; ++h) {
+        C row = C(0);
+        for (int w = ax.lo; w <= ax.hi; ++w) row += prroi_weight(ax, w) * load(p + h * width + w);
+        sum += prroi_weight(ay, h) * row;
+      }
+    }
+    store(output + index, sum);
+  }
+}
+
+template <typename T, typename C, typename I>
+__device__ void prroi_pool_backward(I n, const T* grad_output, const C* rois, C spatial_scale,
+                                    int batch, int channels, int height, int width,
+                                    int pooled_h, int pooled_w, GradSum<C> grad_input,
+                                    const T* input, BoxGrad<C> grad_rois, int wrt_boxes) {
+  CUPROI_KERNEL_LOOP(index, n, I) {
+    const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
+    const C* roi = rois + o.k * 5;
+    const int b = batch_of(roi, batch);
+    if (b < 0) continue;
+    const C grad = load(grad_output + index);
+    if (grad == C(0)) continue;
+    const PrAxis<C> ay = prroi_axis(roi[2], roi[4], spatial_scale, pooled_h, o.ph, height);
+    const PrAxis<C> ax = prroi_axis(roi[1], roi[3], spatial_scale, pooled_w, o.pw, width);
+    if (!wrt_boxes) {
+      const GradSum<C> gp = grad_input.at(plane_offset<I>(b, o.c, channels, height, width));
+      for (int h = ay.lo; h <= ay.hi; ++h) {
+        const C gy = grad * prroi_weight(ay, h);
+        for (int w = ax.lo; w <= ax.hi; ++w) gp.add(h * width + w, gy * prroi_weight(ax, w));
+      }
+      continue;
+    }
+    if (ay.hi < ay.lo || ax.hi < ax.lo) continue;  // the bin's output is 0 around these boxes
+    // out, and the averages of f along the top, bottom, left and right edges of the bin.
+    C out = C(0), top = C(0), bottom = C(0), left = C(0), right = C(0);
+    const C y_end = ay.start + ay.size, x_end = ax.start + ax.size;
+    const T* p = plane<const T, I>(input, b, o.c, channels, height, width);
+    for (int h = ay.lo; h <= ay.hi; ++h) {
+      const C wy = prroi_weight(ay, h);
+      const C ty = hat(ay.start - C(h)), by = hat(y_end - C(h));
+      C row = C(0), row_l = C(0), row_r = C(0);
+      for (int w = ax.lo; w <= ax.hi; ++w) {
+        const C v = load(p + h * width + w);
+        row += prroi_weight(ax, w) * v;
+        row_l += hat(ax.start - C(w)) * v;
+        row_r += hat(x_end - C(w)) * v;
+      }
+      out += wy * row;
+      top += ty * row;
+      bottom += by * row;
+      left += wy * row_l;
+      right += wy * row_r;
+    }
+    // d out / d (bin start) and d out / d (bin end), per axis.
+    const C dy0 = (out - top) / ay.size, dy1 = (bottom - out) / ay.size;
+    const C dx0 = (out - left) / ax.size, dx1 = (right - out) / ax.size;
+    // start = a * s + p * (b - a) * s / P, end = a * s + (p + 1) * (b - a) * s / P.
+    const C uy0 = C(o.ph) / C(pooled_h), uy1 = C(o.ph + 1) / C(pooled_h);
+    const C ux0 = C(o.pw) / C(pooled_w), ux1 = C(o.pw + 1) / C(pooled_w);
+    const C f = grad * spatial_scale;
+    grad_rois.add(o.k, index, f * (dx0 * (C(1) - ux0) + dx1 * (C(1) - ux1)),
+                  f * (dy0 * (C(1) - uy0) + dy1 * (C(1) - uy1)), f * (dx0 * ux0 + dx1 * ux1),
+                  f * (dy0 * uy0 + dy1 * uy1));
+  }
+}
+
+}  // namespace cuproi
+
+// ---- exported entry points -------------------------------------------------------------------
+
+#define CUPROI_EXPORT_PRROI_POOL(T, C, SFX, I, ISFX)                                             \
+  extern "C" __global__ void cuproi_prroi_pool_forward_##SFX##ISFX(                              \
+      I n, const T* input, const C* rois, C spatial_scale, int batch, int channels, int height,   \
+      int width, int pooled_h, int pooled_w, T* output) {                                         \
+    cuproi::prroi_pool_forward<T, C, I>(n, input, rois, spatial_scale, batch, channels, height,  \
+                                        width, pooled_h, pooled_w, output);                       \
+  }                                                                                               \
+  extern "C" __global__ void cuproi_prroi_pool_backward_##SFX##ISFX(                             \
+      I n, const T* grad_output, const C* rois, C spatial_scale, int batch, int channels,         \
+      int height, int width, int pooled_h, int pooled_w, C* grad_input, cuproi::u64* grad_fixed,  \
+      const int* exponent, int deterministic, const T* input, C* grad_rois, int wrt_boxes) {      \
+    const cuproi::BoxGrad<C> box = {grad_rois, deterministic != 0};                               \
+    cuproi::prroi_pool_backward<T, C, I>(                                                         \
+        n, grad_output, rois, spatial_scale, batch, channels, height, width, pooled_h, pooled_w,  \
+        cuproi::grad_sum(grad_input, grad_fixed, exponent, wrt_boxes ? 0 : deterministic), input, \
+        box, wrt_boxes);                                                                          \
+  }
+
+CUPROI_EXPORT_PRROI_POOL(cuproi::half, float, f16, int, )
+CUPROI_EXPORT_PRROI_POOL(cuproi::half, float, f16, long long, _i64)
+CUPROI_EXPORT_PRROI_POOL(float, float, f32, int, )
+CUPROI_EXPORT_PRROI_POOL(float, float, f32, long long, _i64)
+CUPROI_EXPORT_PRROI_POOL(double, double, f64, int, )
+CUPROI_EXPORT_PRROI_POOL(double, double, f64, long long, _i64)
