@@ -416,3 +416,84 @@ def test_family_matches_the_cpu_backend(dtype, deterministic):
     for got, want in zip(calls(*dev), calls(x, rois, g, offset, mask), strict=True):
         assert isinstance(got, cupy.ndarray)
         np.testing.assert_allclose(got.get(), want, **tol)
+
+
+# ---- prroi_pool ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prroi_pool_matches_oracle(dtype):
+    import reference_prroi
+
+    size, scale = (3, 4), 0.7
+    x = features(dtype)
+    boxes = box_zoo(scale)
+    rois = rois_for(boxes, dtype)
+    g = np.random.default_rng(1).standard_normal((len(boxes), x.shape[1], *size)).astype(dtype)
+    coord = rois.dtype.type
+    xg, rg, gg = cupy.asarray(x), cupy.asarray(rois), cupy.asarray(g)
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    checks = [
+        (
+            _cuda.prroi_pool_forward(xg, rg, scale, *size),
+            reference_prroi.prroi_pool(x64, boxes, size, scale, coord),
+        ),
+        (
+            _cuda.prroi_pool_backward(gg, rg, x.shape, scale),
+            reference_prroi.prroi_pool_backward(g64, boxes, x.shape, size, scale, coord),
+        ),
+    ]
+    for got, want in checks:
+        assert isinstance(got, cupy.ndarray) and got.dtype == dtype
+        assert_close(got.get(), want, dtype)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prroi_pool_matches_the_cpu_backend(dtype, deterministic):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 20, 24)).astype(dtype)
+    corner = rng.uniform(-3, [22, 18], (64, 2))
+    rois = np.column_stack([rng.integers(0, 2, 64), corner, corner + rng.uniform(1, 12, (64, 2))])
+    rois = rois_for(rois, dtype)
+    g = rng.standard_normal((64, 5, 7, 7)).astype(dtype)
+    det = {"deterministic": deterministic}
+    tol = {np.float16: 2e-2, np.float32: 1e-4, np.float64: 1e-9}[dtype]
+
+    def calls(xx, bb, gg):
+        return [
+            cuproi.prroi_pool(xx, bb, 7, 0.5),
+            cuproi.prroi_pool_backward(gg, bb, xx.shape, 7, 0.5, **det),
+            cuproi.prroi_pool_box_backward(gg, xx, bb, 7, 0.5, **det),
+        ]
+
+    dev = [cupy.asarray(a) for a in (x, rois, g)]
+    for got, want in zip(calls(*dev), calls(x, rois, g), strict=True):
+        assert isinstance(got, cupy.ndarray)
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(
+            got.get().astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol * scale
+        )
+
+
+def test_prroi_pool_deterministic_backward_is_bit_identical_across_runs():
+    rng = np.random.default_rng(0)
+    shape = (2, 4, 20, 24)
+    corner = rng.uniform(-2, [22, 18], (4096, 2))
+    rois = np.column_stack(
+        [rng.integers(0, 2, 4096), corner, corner + rng.uniform(1, 12, (4096, 2))]
+    )
+    rois = cupy.asarray(rois.astype(np.float32))
+    g = cupy.asarray(rng.standard_normal((4096, 4, 7, 7)).astype(np.float32))
+    x = cupy.asarray(rng.standard_normal(shape).astype(np.float32))
+
+    def run():
+        return [
+            cuproi.prroi_pool_backward(g, rois, shape, 7, deterministic=True),
+            cuproi.prroi_pool_box_backward(g, x, rois, 7, deterministic=True),
+        ]
+
+    first = run()
+    for _ in range(3):
+        for a, b in zip(first, run(), strict=True):
+            cupy.testing.assert_array_equal(a, b)
