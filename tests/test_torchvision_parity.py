@@ -4,7 +4,7 @@ environment where they do)."""
 
 import numpy as np
 import pytest
-from test_ops import box_zoo, features
+from test_ops import SHAPE, box_zoo, features
 
 import cuproi
 
@@ -73,3 +73,65 @@ def test_cuproi_torch_is_a_drop_in(aligned, ratio):
     x.grad = None
     pooled = [f(x, boxes, 3, 0.5) for f in (ops.roi_pool, cuproi.torch.roi_pool)]
     torch.testing.assert_close(pooled[0], pooled[1], rtol=0, atol=0)
+
+
+def _regular(scale):
+    """The box zoo without the boxes where cuproi deliberately differs from torchvision's
+    position-sensitive ops: zero-size boxes (NaN there) and boxes reaching the last row or
+    column (its ps_roi_pool forward never reads them)."""
+    zoo = box_zoo(scale)
+    cells = zoo[:, 1:] * scale
+    keep = (cells[:, 2] > cells[:, 0] + 1) & (cells[:, 3] > cells[:, 1] + 1)
+    keep &= (cells[:, 2] < SHAPE[3] - 2) & (cells[:, 3] < SHAPE[2] - 2)
+    return zoo[keep]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ratio", [-1, 0, 1, 2])
+@pytest.mark.parametrize("scale", [1.0, 0.7])
+def test_ps_roi_align_and_pool(dtype, ratio, scale):
+    size = (2, 3)
+    x = np.random.default_rng(0).standard_normal((2, 4 * 6, 10, 12)).astype(dtype)
+    boxes = _regular(scale).astype(dtype)
+    assert len(boxes) >= 3
+    g = np.random.default_rng(1).standard_normal((len(boxes), 4, *size)).astype(dtype)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    for ours, theirs, backward in (
+        (
+            lambda: cuproi.ps_roi_align(x, boxes, size, scale, ratio),
+            lambda xt: ops.ps_roi_align(xt, torch.from_numpy(boxes), size, scale, ratio),
+            lambda: cuproi.ps_roi_align_backward(g, boxes, x.shape, size, scale, ratio),
+        ),
+        (
+            lambda: cuproi.ps_roi_pool(x, boxes, size, scale),
+            lambda xt: ops.ps_roi_pool(xt, torch.from_numpy(boxes), size, scale),
+            lambda: cuproi.ps_roi_pool_backward(g, boxes, x.shape, size, scale),
+        ),
+    ):
+        xt = torch.from_numpy(x).requires_grad_()
+        out = theirs(xt)
+        np.testing.assert_allclose(ours(), out.detach().numpy(), rtol=tol, atol=tol)
+        out.backward(torch.from_numpy(g))
+        np.testing.assert_allclose(backward(), xt.grad.numpy(), rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.parametrize("ratio", [-1, 2])
+def test_multi_scale_roi_align(ratio):
+    """The levels torchvision's MultiScaleRoIAlign picks, and its values, on P2 to P5."""
+    rng = np.random.default_rng(0)
+    levels = {
+        f"p{i}": torch.from_numpy(rng.standard_normal((2, 3, 256 >> i, 384 >> i)))
+        for i in range(2, 6)
+    }
+    extent = rng.uniform(8, 400, (200, 2))
+    corner = rng.uniform(0, [384, 256], (200, 2))
+    boxes = np.column_stack([rng.integers(0, 2, 200), corner, corner + extent])
+    per_image = [torch.from_numpy(boxes[boxes[:, 0] == i, 1:]) for i in range(2)]
+    pooler = ops.MultiScaleRoIAlign(list(levels), (7, 7), ratio)
+    theirs = pooler(levels, per_image, [(256, 384)] * 2).numpy()
+    # torchvision returns the boxes grouped by image: put cuproi's in the same order.
+    order = np.concatenate([np.flatnonzero(boxes[:, 0] == i) for i in range(2)])
+    ours = cuproi.multi_scale_roi_align(
+        [t.numpy() for t in levels.values()], boxes, 7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], ratio
+    )
+    np.testing.assert_allclose(ours[order], theirs, rtol=1e-12, atol=1e-12)
