@@ -16,6 +16,7 @@ from cuproi.ps_roi_align import ps_roi_align, ps_roi_align_backward
 from cuproi.ps_roi_pool import ps_roi_pool, ps_roi_pool_backward
 from cuproi.quantization import quantization_error
 from cuproi.roi_align import roi_align, roi_align_backward, roi_align_box_backward
+from cuproi.roi_align_rotated import roi_align_rotated, roi_align_rotated_backward
 from cuproi.roi_pool import roi_pool, roi_pool_backward
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "roi_align",
     "roi_align_backward",
     "roi_align_box_backward",
+    "roi_align_rotated",
+    "roi_align_rotated_backward",
     "roi_pool",
     "roi_pool_backward",
 ]

@@ -242,3 +242,78 @@ def position_sensitive_channels(channels, pooled, name="input"):
             f"C = C_out * PH * PW channels (C_out groups of PH * PW score maps)"
         )
     return channels // bins
+
+
+def rotated_boxes(xp, value, batch, scale, dtype, name="boxes"):
+    """Rotated boxes as a (K, 6) C-contiguous array in the compute dtype of ``dtype`` features.
+
+    ``value`` is a (K, 6) array [batch_index, cx, cy, w, h, angle] or a list of per-image (L, 5)
+    arrays [cx, cy, w, h, angle]. Checks, in one reduction: batch indices integral and in
+    [0, batch), every value finite, and the centre and size within MAX_COORDINATE feature cells
+    once scaled (the angle, in degrees, may be any finite value).
+    """
+    ct = compute_dtype(dtype)
+    if not 0 < ct.type(scale) < np.inf:
+        raise ValueError(
+            f"spatial_scale {scale} is not a positive {ct} (the compute dtype of "
+            f"{np.dtype(dtype)} features)"
+        )
+    if isinstance(value, (list, tuple)):
+        if len(value) > batch:
+            raise ValueError(
+                f"{name} is a list of {len(value)} per-image arrays but the input "
+                f"holds {batch} images"
+            )
+        parts = []
+        for i, b in enumerate(value):
+            if b.ndim != 2 or b.shape[1] != 5:
+                raise ValueError(
+                    f"{name}[{i}] must be an (L, 5) array [cx, cy, w, h, angle] of rotated "
+                    f"boxes; got shape {b.shape}"
+                )
+            _real_array(b, f"{name}[{i}]")
+            parts.append(xp.concatenate([xp.full((len(b), 1), i, ct), b.astype(ct)], axis=1))
+        rois = xp.concatenate(parts) if parts else xp.zeros((0, 6), ct)
+    else:
+        if value.ndim != 2 or value.shape[1] != 6:
+            hint = (
+                " (a (K, 5) array is either axis-aligned boxes [batch_index, x1, y1, x2, y2] "
+                "or rotated boxes without a batch index: add it as the first column, or pass "
+                "a list with one (L, 5) array per image)"
+                if value.ndim == 2 and value.shape[1] == 5
+                else ""
+            )
+            raise ValueError(
+                f"{name} must be a (K, 6) array [batch_index, cx, cy, w, h, angle] or a list "
+                f"of (L, 5) arrays [cx, cy, w, h, angle]; got shape {value.shape}{hint}"
+            )
+        _real_array(value, name)
+        rois = xp.ascontiguousarray(value, dtype=ct)
+    if len(rois):
+        index = rois[:, 0]
+        with np.errstate(invalid="ignore", over="ignore"):
+            ok = (index >= 0) & (index < batch) & (index == xp.floor(index))
+            ok &= (xp.abs(rois[:, 1:5]) * scale <= MAX_COORDINATE).all(axis=1)
+            ok &= xp.isfinite(rois[:, 5])
+        if not bool(ok.all()):
+            k = int(xp.argmin(ok))
+            _explain_rotated(rois[k].tolist(), k, batch, scale, name)
+    return rois
+
+
+def _explain_rotated(row, k, batch, scale, name):
+    """Raise the error that fits the first bad rotated box row."""
+    b, values = row[0], row[1:]
+    if not np.isfinite(b) or b != np.floor(b):
+        raise ValueError(f"{name}[{k}] has batch index {b}; batch indices must be whole numbers")
+    if not 0 <= b < batch:
+        valid = f"valid: 0 to {batch - 1}" if batch else "there is none"
+        raise IndexError(
+            f"{name}[{k}] has batch index {int(b)} but the input holds {batch} images ({valid})"
+        )
+    if not all(np.isfinite(values)):
+        raise ValueError(f"{name}[{k}] has non-finite values [cx, cy, w, h, angle] = {values}")
+    raise ValueError(
+        f"{name}[{k}] has centre and size [cx, cy, w, h] = {values[:4]}, which exceed "
+        f"+-{MAX_COORDINATE} feature cells at spatial_scale {scale}"
+    )

@@ -21,6 +21,8 @@ BACKEND_OPS = (
     "ps_roi_pool_backward",
     "multi_scale_roi_align_forward",
     "multi_scale_roi_align_backward",
+    "roi_align_rotated_forward",
+    "roi_align_rotated_backward",
     "prroi_pool_forward",
     "prroi_pool_backward",
 )

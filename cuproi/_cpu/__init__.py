@@ -19,6 +19,10 @@ from cuproi._cpu.ps_roi_align import ps_roi_align_backward, ps_roi_align_forward
 from cuproi._cpu.ps_roi_pool import ps_roi_pool_backward, ps_roi_pool_forward
 from cuproi._cpu.roi_align import roi_align_backward, roi_align_forward
 from cuproi._cpu.roi_align_max import roi_align_max_backward, roi_align_max_forward
+from cuproi._cpu.roi_align_rotated import (
+    roi_align_rotated_backward,
+    roi_align_rotated_forward,
+)
 from cuproi._cpu.roi_pool import roi_pool_backward, roi_pool_forward
 
 __all__ = [
@@ -36,6 +40,8 @@ __all__ = [
     "roi_align_forward",
     "roi_align_max_backward",
     "roi_align_max_forward",
+    "roi_align_rotated_backward",
+    "roi_align_rotated_forward",
     "roi_pool_backward",
     "roi_pool_forward",
 ]

@@ -33,6 +33,8 @@ ps_roi_pool_backward = _on_device(_ops.ps_roi_pool_backward)
 multi_scale_roi_align_backward = _on_device(_ops.multi_scale_roi_align_backward)
 roi_align_max_forward = _on_device(_ops.roi_align_max_forward)
 roi_align_max_backward = _on_device(_ops.roi_align_max_backward)
+roi_align_rotated_forward = _on_device(_ops.roi_align_rotated_forward)
+roi_align_rotated_backward = _on_device(_ops.roi_align_rotated_backward)
 prroi_pool_forward = _on_device(_ops.prroi_pool_forward)
 prroi_pool_backward = _on_device(_ops.prroi_pool_backward)
 
@@ -62,6 +64,8 @@ __all__ = [
     "roi_align_forward",
     "roi_align_max_backward",
     "roi_align_max_forward",
+    "roi_align_rotated_backward",
+    "roi_align_rotated_forward",
     "roi_pool_backward",
     "roi_pool_forward",
 ]

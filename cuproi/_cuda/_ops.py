@@ -665,3 +665,68 @@ def prroi_pool_backward(
         ),
     )
     return grad.result(launch, grad_output.dtype)
+
+
+# ---- roi_align_rotated -----------------------------------------------------------------------
+
+
+def roi_align_rotated_forward(
+    xp,
+    launch,
+    input,
+    rois,
+    spatial_scale,
+    pooled_h,
+    pooled_w,
+    sampling_ratio,
+    aligned,
+    clockwise,
+):
+    """Rotated RoI Align: rois (K, 6) [batch_index, cx, cy, w, h, angle in degrees]."""
+    return _align_forward(
+        "roi_align_rotated",
+        xp,
+        launch,
+        input,
+        rois,
+        spatial_scale,
+        pooled_h,
+        pooled_w,
+        sampling_ratio,
+        aligned,
+        clockwise,
+    )
+
+
+def roi_align_rotated_backward(
+    xp,
+    launch,
+    grad_output,
+    rois,
+    input_shape,
+    spatial_scale,
+    sampling_ratio,
+    aligned,
+    clockwise,
+    deterministic=False,
+):
+    n, c, h, w = input_shape
+    _, _, pooled_h, pooled_w = grad_output.shape
+    grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
+    entry, index = _entry(
+        "roi_align_rotated", "backward", grad_output.dtype, grad_output, grad.fixed
+    )
+    launch(
+        "roi_align_rotated",
+        entry,
+        grad_output.size,
+        (
+            index(grad_output.size),
+            grad_output,
+            rois,
+            rois.dtype.type(spatial_scale),
+            *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned, clockwise),
+            *grad.args(),
+        ),
+    )
+    return grad.result(launch, grad_output.dtype)

@@ -1,0 +1,214 @@
+"""Rotated RoI Align: RoI Align on boxes turned about their centre (detectron2, mmcv)."""
+
+from cuproi import _dispatch, _validate
+
+_CONVENTIONS = """
+    Boxes are ``[batch_index, cx, cy, w, h, angle]`` in input-image coordinates: centre, width,
+    height and an angle in **degrees, counter-clockwise** as seen on the image (y pointing down),
+    detectron2's ``ROIAlignRotated`` convention. ``clockwise=True`` negates the angle (mmcv's
+    flag). mmcv's ``RoIAlignRotated`` takes the angle in radians: pass
+    ``angle_radians * 180 / pi``.
+
+    ``spatial_scale`` maps the boxes onto the feature map. With ``aligned=True`` (the default,
+    and detectron2's only mode) the centre is shifted by -0.5 cell, ``c = (cx, cy) * scale -
+    0.5``, and the size ``(w, h) * scale`` is used as it is; with ``aligned=False`` the centre
+    is not shifted and a size below one cell is raised to one cell (mmcv's legacy mode). Bin
+    ``(ph, pw)`` averages a ``gh x gw`` grid of samples, ``gh = sampling_ratio`` or, when
+    ``sampling_ratio <= 0``, ``ceil(h * scale / PH)`` (likewise ``gw``). A sample is placed in
+    the box frame, from the corner ``(-h/2, -w/2)``:
+    ``yy = -h/2 + ph * bin_h + (iy + 0.5) * bin_h / gh`` (likewise ``xx``), then rotated about
+    the centre with ``theta = angle * pi / 180`` (``-angle`` when clockwise):
+    ``y = yy * cos(theta) - xx * sin(theta) + c_y`` and
+    ``x = yy * sin(theta) + xx * cos(theta) + c_x``.
+    Each sample is bilinear as in :func:`roi_align`: outside ``[-1, H] x [-1, W]`` it counts as
+    zero; inside that band but off the map it takes the value of the nearest edge. The average
+    divides by ``max(gh * gw, 1)``: with adaptive sampling a box of zero or negative size gives
+    zeros (detectron2's CPU kernel asserts a non-negative size instead). With angle 0 the
+    result equals :func:`roi_align` on the box ``[cx - w/2, cy - h/2, cx + w/2, cy + h/2]``
+    (same ``aligned``) up to rounding.
+
+    Coordinates are computed in float32 (float64 for float64 features) in the kernels'
+    operation order; float16 features accumulate in float32. ``cos`` and ``sin`` are computed
+    in double precision from the angle reduced to ``[-45, 45]`` degrees about the nearest
+    multiple of 90 degrees (so 0, 90, 180 and 270 degrees are exact rotations) and rounded to
+    the compute type, the same way on the CPU and the GPU; the backends may still differ in the
+    last ulp of a double ``cos``/``sin``, which is invisible after rounding to float32.
+"""
+
+
+def _flags(aligned, clockwise):
+    return bool(aligned), bool(clockwise)
+
+
+def roi_align_rotated(
+    input,
+    boxes,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=0,
+    aligned=True,
+    clockwise=False,
+):
+    """Pool a fixed-size feature from every rotated box by bilinear sampling.
+
+    Parameters
+    ----------
+    input : (N, C, H, W) array
+        Features, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
+    boxes : (K, 6) array or list of (L_i, 5) arrays
+        ``[batch_index, cx, cy, w, h, angle]`` per box (angle in degrees, counter-clockwise),
+        or one ``[cx, cy, w, h, angle]`` array per image, on the same device as ``input``.
+    output_size : int or (int, int)
+        Pooled size ``(PH, PW)``.
+    spatial_scale : float, optional
+        Factor from box coordinates to feature coordinates, e.g. 1/16 for stride 16.
+    sampling_ratio : int, optional
+        Samples per bin along each box axis; ``<= 0`` (default) picks
+        ``ceil(box_size / output_size)``.
+    aligned : bool, optional
+        Half-pixel convention (default, detectron2); False is mmcv's legacy mode (no shift,
+        minimum size 1).
+    clockwise : bool, optional
+        The angles turn clockwise (mmcv's flag): the same as negating them.
+
+    Returns
+    -------
+    (K, C, PH, PW) array
+        Same array type, device and dtype as ``input``.
+
+    Raises
+    ------
+    TypeError
+        Arrays of an unsupported type or dtype (integer, bool, complex features), non-integer
+        sizes.
+    ValueError
+        Wrong ranks or shapes (a (K, 5) box array), non-positive sizes or scale, non-finite or
+        fractional box values, centres or sizes beyond 2**20 feature cells, arrays on different
+        devices.
+    IndexError
+        A batch index outside ``[0, N)``.
+
+    Notes
+    -----
+    {conventions}
+
+    See Also
+    --------
+    roi_align_rotated_backward, roi_align
+
+    References
+    ----------
+    J. Ma et al., "Arbitrary-Oriented Scene Text Detection via Rotation Proposals", IEEE
+    Transactions on Multimedia, 2018 (Rotation RoI pooling); detectron2 ``ROIAlignRotated``.
+
+    Examples
+    --------
+    A 4 x 2 box and the same box turned by 90 degrees counter-clockwise: its first bin (the
+    left half) moves below the centre, its second bin above.
+
+    >>> import numpy as np
+    >>> import cuproi
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> boxes = np.array([[0, 2.0, 2.0, 4.0, 2.0, 0.0], [0, 2.0, 2.0, 4.0, 2.0, 90.0]])
+    >>> cuproi.roi_align_rotated(x, boxes.astype(np.float32), (1, 2), sampling_ratio=1)
+    array([[[[ 6.5,  8.5]]],
+    <BLANKLINE>
+    <BLANKLINE>
+           [[[11.5,  3.5]]]], dtype=float32)
+    """
+    backend, (x, b), restore = _dispatch.prepare(input=input, boxes=boxes)
+    pooled = _validate.output_size(output_size)
+    scale = _validate.spatial_scale(spatial_scale)
+    ratio = _validate.sampling_ratio(sampling_ratio)
+    x = _validate.features(backend.xp, x)
+    rois = _validate.rotated_boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    return restore(
+        backend.roi_align_rotated_forward(
+            x, rois, scale, *pooled, ratio, *_flags(aligned, clockwise)
+        )
+    )
+
+
+def roi_align_rotated_backward(
+    grad_output,
+    boxes,
+    input_shape,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=0,
+    aligned=True,
+    clockwise=False,
+    *,
+    deterministic=False,
+):
+    """Gradient of :func:`roi_align_rotated` with respect to its input features.
+
+    Parameters
+    ----------
+    grad_output : (K, C, PH, PW) array
+        Gradient of a loss with respect to the output of :func:`roi_align_rotated`.
+    boxes : (K, 6) array or list of (L_i, 5) arrays
+        The boxes of the forward call.
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)`` of the forward input.
+    output_size, spatial_scale, sampling_ratio, aligned, clockwise
+        As in the forward call.
+    deterministic : bool, optional
+        Sum overlapping contributions in a fixed-point format whose total does not depend on
+        the order of the additions, so that the GPU gives bit-identical gradients from run to
+        run (default: floating-point atomic adds, faster). See Notes.
+
+    Returns
+    -------
+    (N, C, H, W) array
+        Gradient with respect to the features, same array type and dtype as ``grad_output``.
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As :func:`roi_align_rotated`; also when ``grad_output`` does not match the boxes, the
+        channels of ``input_shape`` or ``output_size``.
+
+    Notes
+    -----
+    The backward is the exact transpose of the forward (the adjoint identity
+    ``<roi_align_rotated(x), g> == <x, roi_align_rotated_backward(g)>`` holds). On the GPU it
+    accumulates with atomic adds by default, so the order of the sums, and the last bits of the
+    result, may differ between runs; float16 accumulates in float32. With
+    ``deterministic=True`` the GPU sums in 128-bit fixed point (see
+    :func:`roi_align_backward`): bit-identical from run to run. The CPU backend is always
+    deterministic. No gradient flows to the boxes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuproi
+    >>> boxes = np.array([[0, 2.0, 2.0, 2.0, 2.0, 90.0]], dtype=np.float32)
+    >>> g = np.ones((1, 1, 1, 1), dtype=np.float32)
+    >>> cuproi.roi_align_rotated_backward(g, boxes, (1, 1, 4, 4), 1, sampling_ratio=1)[0, 0]
+    array([[0.  , 0.  , 0.  , 0.  ],
+           [0.  , 0.25, 0.25, 0.  ],
+           [0.  , 0.25, 0.25, 0.  ],
+           [0.  , 0.  , 0.  , 0.  ]], dtype=float32)
+    """
+    backend, (g, b), restore = _dispatch.prepare(grad_output=grad_output, boxes=boxes)
+    shape = _validate.input_shape(input_shape)
+    pooled = _validate.output_size(output_size)
+    scale = _validate.spatial_scale(spatial_scale)
+    ratio = _validate.sampling_ratio(sampling_ratio)
+    rois = _validate.rotated_boxes(backend.xp, b, shape[0], scale, g.dtype)
+    g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled)
+    return restore(
+        backend.roi_align_rotated_backward(
+            g,
+            rois,
+            shape,
+            scale,
+            ratio,
+            *_flags(aligned, clockwise),
+            deterministic=bool(deterministic),
+        )
+    )
+
+
+roi_align_rotated.__doc__ = roi_align_rotated.__doc__.format(conventions=_CONVENTIONS)
