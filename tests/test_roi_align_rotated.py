@@ -287,6 +287,28 @@ def test_huge_boxes_are_cheap_and_backends_agree():
     assert_close(cpu, kern.astype(np.float64), np.float32)
 
 
+def test_many_samples_in_one_box_are_built_in_pieces(monkeypatch):
+    """A fixed sampling_ratio of 300 (90000 samples per bin) in one box: the CPU operator is
+    built from pieces of samples within the budget, and matches the host kernels."""
+    from cuproi import _cpu
+
+    hb = host_backend()
+    x = features(np.float64)
+    boxes = np.array([[1, 6.0, 5.0, 7.0, 5.0, 33.0]])
+    g = grad(np.float64, 1, (2, 2))
+    kern = [
+        hb.roi_align_rotated_forward(x, boxes, 1.0, 2, 2, 300, True, False),
+        hb.roi_align_rotated_backward(g, boxes, SHAPE, 1.0, 300, True, False),
+    ]
+    monkeypatch.setattr(_sampling, "BUDGET", 1 << 14)
+    cpu = [
+        _cpu.roi_align_rotated_forward(x, boxes, 1.0, 2, 2, 300, True, False),
+        _cpu.roi_align_rotated_backward(g, boxes, SHAPE, 1.0, 300, True, False),
+    ]
+    for a, b in zip(cpu, kern, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+
+
 def test_cpu_chunks_give_the_same_result(monkeypatch):
     from cuproi import _cpu
 

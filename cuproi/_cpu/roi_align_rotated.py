@@ -118,34 +118,53 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligne
 
 
 def _operator(plan, k0, k1):
-    """Sparse operator of boxes ``k0:k1``: one row per bin, (box, ph, pw) in C order."""
+    """Sparse operator of boxes ``k0:k1``: one row per bin, (box, ph, pw) in C order.
+
+    The samples are enumerated in pieces of at most ``_sampling.BUDGET / 4`` (each gives 4
+    entries), whose matrices are summed: memory stays bounded even for one box with a huge
+    fixed ``sampling_ratio`` (up to 1024**2 samples per bin), while the result holds one entry
+    per (bin, pixel) pair.
+    """
     n, h, w = plan["shape"]
-    rois = plan["rois"]
-    ct = rois.dtype.type
+    ct = plan["rois"].dtype.type
     (iy0, iy1), (ix0, ix1) = ((r[0][k0:k1], r[1][k0:k1]) for r in plan["range"])
-    y_start, x_start = (a[k0:k1] for a in plan["start"])
-    pooled_h, pooled_w = y_start.shape[1], x_start.shape[1]
+    pooled_h, pooled_w = plan["start"][0].shape[1], plan["start"][1].shape[1]
     kk = k1 - k0
     bins = kk * pooled_h * pooled_w
     box = np.repeat(np.arange(kk), pooled_h * pooled_w)
     ph = np.tile(np.repeat(np.arange(pooled_h), pooled_w), kk)
     pw = np.tile(np.arange(pooled_w), kk * pooled_h)
-    ny = (iy1 - iy0)[box, ph]
     nx = (ix1 - ix0)[box, pw]
-    per_bin = ny * nx
-    total = int(per_bin.sum())
-    first = np.cumsum(per_bin) - per_bin
-    entry_bin = np.repeat(np.arange(bins), per_bin)
-    local = np.arange(total) - first[entry_bin]
+    counts = (iy1 - iy0)[box, ph] * nx
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    total = int(ends[-1]) if bins else 0
+    piece = max(_sampling.BUDGET // 4, 1)
+    a = None
+    for s0 in range(0, max(total, 1), piece):
+        samples = np.arange(s0, min(s0 + piece, total))
+        entry_bin = np.searchsorted(ends, samples, side="right")
+        local = samples - starts[entry_bin]
+        part = _samples_matrix(plan, k0, box, ph, pw, nx, entry_bin, local, bins)
+        a = part if a is None else a + part
+    a.sum_duplicates()
+    a.eliminate_zeros()
+    return a.astype(ct)
+
+
+def _samples_matrix(plan, k0, box, ph, pw, nx, entry_bin, local, bins):
+    """(bins x pixels) matrix of the given samples: ``local`` is each one's index in its bin."""
+    n, h, w = plan["shape"]
+    rois = plan["rois"]
     eb, ep, eq = box[entry_bin], ph[entry_bin], pw[entry_bin]
     width = nx[entry_bin]
-    sy = iy0[eb, ep] + local // width
-    sx = ix0[eb, eq] + local % width
+    sy = plan["range"][0][0][k0 + eb, ep] + local // width
+    sx = plan["range"][1][0][k0 + eb, eq] + local % width
     k = k0 + eb
     bin_h, bin_w = (a[k] for a in plan["bin"])
     grid_h, grid_w = (a[k] for a in plan["grid"])
-    yy = _sampling.sample_positions(y_start[eb, ep], bin_h, grid_h, sy)
-    xx = _sampling.sample_positions(x_start[eb, eq], bin_w, grid_w, sx)
+    yy = _sampling.sample_positions(plan["start"][0][k, ep], bin_h, grid_h, sy)
+    xx = _sampling.sample_positions(plan["start"][1][k, eq], bin_w, grid_w, sx)
     cos_t, sin_t = (a[k] for a in plan["rotation"])
     center_y, center_x = (a[k] for a in plan["center"])
     y = (yy * cos_t - xx * sin_t) + center_y
@@ -163,10 +182,7 @@ def _operator(plan, k0, k1):
     )
     inverse_count = 1.0 / plan["count"][k].astype(np.float64)
     values = np.concatenate([hy * hx, hy * lx, ly * hx, ly * lx]) * np.tile(inverse_count, 4)
-    a = scipy.sparse.csr_matrix((values, (rows, columns)), shape=(bins, n * h * w))
-    a.sum_duplicates()
-    a.eliminate_zeros()
-    return a.astype(ct)
+    return scipy.sparse.csr_matrix((values, (rows, columns)), shape=(bins, n * h * w))
 
 
 def roi_align_rotated_forward(
