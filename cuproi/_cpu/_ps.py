@@ -3,12 +3,12 @@
 Bin ``(ph, pw)`` of output channel ``c`` reads input channel ``(c * PH + ph) * PW + pw`` only:
 the input's channels form ``C_out`` groups of ``PH * PW`` score maps. So the features are laid
 out as ``PH * PW`` matrices ``X_j`` (pixels x ``C_out``), map ``j = ph * PW + pw`` of every
-group, and the operator of a chunk of boxes has its rows (bins) ordered ``(j, box)``: rows
-``j * kc : (j + 1) * kc`` are the bins at position ``j`` of the chunk's ``kc`` boxes, and their
-product with ``X_j`` is the output at that position for every output channel. The gradient is
-the transpose, ``A_j.T @ G_j``, summed over the pixels the chunk reads only. Every product is
-the work the GPU kernel does (the operator's entries times ``C_out``), chunks bound the memory,
-and the sums run in a fixed order: results are deterministic.
+group, stacked, and the operator of a chunk of boxes has its rows (bins) ordered ``(j, box)``:
+rows ``j * kc : (j + 1) * kc`` are the bins at position ``j`` of the chunk's ``kc`` boxes and
+read ``X_j`` only, so one product with the stack gives the output at every position for every
+output channel. The gradient is the transpose, over the rows of the stack the chunk reads.
+Every product is the work the GPU kernel does (the operator's entries times ``C_out``), chunks
+bound the memory, and every sum runs in a fixed order: results are deterministic.
 """
 
 import numpy as np
@@ -33,16 +33,28 @@ def bin_order(kc, pooled_h, pooled_w):
     return box, ph, pw
 
 
+def _stacked(a, kc, bins):
+    """The chunk's operator over the stacked maps: row block ``j`` reads map ``j`` only.
+
+    Column ``p`` of row block ``j`` becomes ``j * pixels + p``, so one sparse product with the
+    (PH*PW*N*H*W, C_out) stack of the score maps does the work of PH*PW products.
+    """
+    pixels = a.shape[1]
+    block = np.repeat(np.arange(bins), kc)  # the map each row reads
+    shift = np.repeat(block * pixels, np.diff(a.indptr))
+    return scipy.sparse.csr_matrix(
+        (a.data, a.indices + shift, a.indptr), shape=(bins * kc, bins * pixels)
+    )
+
+
 def forward(operators, x_maps, k, pooled_h, pooled_w, dtype):
     """(K, C_out, PH, PW) output of the operators ``(k0, k1, A)`` of every chunk of boxes."""
-    bins, _, c_out = x_maps.shape
+    bins, pixels, c_out = x_maps.shape
+    stack = x_maps.reshape(bins * pixels, c_out)
     out = np.zeros((bins, k, c_out), x_maps.dtype)
     for k0, k1, a in operators:
         kc = k1 - k0
-        for j in range(bins):
-            part = a[j * kc : (j + 1) * kc]
-            if part.nnz:
-                out[j, k0:k1] = part @ x_maps[j]
+        out[:, k0:k1] = (_stacked(a, kc, bins) @ stack).reshape(bins, kc, c_out)
     out = out.reshape(pooled_h, pooled_w, k, c_out).transpose(2, 3, 0, 1)
     return np.ascontiguousarray(out, dtype=dtype)
 
@@ -53,20 +65,14 @@ def backward(operators, grad_output, input_shape, compute):
     k, c_out, pooled_h, pooled_w = grad_output.shape
     bins = pooled_h * pooled_w
     g_maps = grad_output.astype(compute, copy=False).transpose(2, 3, 0, 1).reshape(bins, k, c_out)
-    g_maps = np.ascontiguousarray(g_maps)
-    grad = np.zeros((bins, n * h * w, c_out), compute)
+    grad = np.zeros((bins * n * h * w, c_out), compute)  # the stack of the maps' gradients
     for k0, k1, a in operators:
         kc = k1 - k0
-        for j in range(bins):
-            part = a[j * kc : (j + 1) * kc]
-            if part.nnz == 0:
-                continue
-            # Only the pixels the chunk reads: no dense (pixels x C_out) temporary per bin.
-            used, columns = np.unique(part.indices, return_inverse=True)
-            compact = scipy.sparse.csr_matrix(
-                (part.data, columns.ravel(), part.indptr), shape=(kc, len(used))
-            )
-            grad[j, used] += compact.T @ g_maps[j, k0:k1]
+        g_rows = np.ascontiguousarray(g_maps[:, k0:k1]).reshape(bins * kc, c_out)
+        t = _stacked(a, kc, bins).T.tocsr()
+        # Only the rows of the stack the chunk reads: most of it is far from every box.
+        used = np.flatnonzero(np.diff(t.indptr))
+        grad[used] += t[used] @ g_rows
     grad = grad.reshape(bins, n, h, w, c_out).transpose(1, 4, 0, 2, 3).reshape(input_shape)
     return np.ascontiguousarray(grad, dtype=grad_output.dtype)
 
