@@ -107,15 +107,19 @@ def input_shape(shape, name="input_shape"):
     return shape
 
 
-def grad_output(xp, g, k, channels, pooled, name="grad_output"):
-    """(K, C, PH, PW) floating gradient matching the boxes, channels and output size."""
+def grad_output(xp, g, k, channels, pooled, name="grad_output", dtype=None):
+    """(K, C, PH, PW) floating gradient matching the boxes, channels and output size.
+
+    With ``dtype`` (the features' dtype, for a backward that also reads the features) it is
+    cast to that dtype: the kernels read both arrays as one type.
+    """
     g = _float_array(xp, g, name, 4, "(K, C, PH, PW)")
     expected = (k, channels, *pooled)
     if g.shape != expected:
         raise ValueError(
             f"{name} must have shape {expected} (boxes, channels, output_size); got {g.shape}"
         )
-    return g
+    return g if dtype is None else g.astype(dtype, copy=False)
 
 
 def _real_array(array, name):

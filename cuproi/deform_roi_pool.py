@@ -192,7 +192,8 @@ def deform_roi_pool_backward(
     shift = _validate.gamma(gamma)
     x = _validate.features(backend.xp, x)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled)
+    dtype = g.dtype
+    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
     o_compute = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
     m_compute = _mask(backend.xp, m, len(rois), pooled, x.dtype)
     grad_input, grad_offset, grad_mask = backend.deform_roi_pool_backward(
@@ -202,7 +203,7 @@ def deform_roi_pool_backward(
         grad_offset = restore(grad_offset.astype(o.dtype, copy=False))
     if grad_mask is not None:
         grad_mask = restore(grad_mask.astype(m.dtype, copy=False))
-    return restore(grad_input), grad_offset, grad_mask
+    return restore(grad_input.astype(dtype, copy=False)), grad_offset, grad_mask
 
 
 def deform_roi_pool_box_backward(
@@ -275,7 +276,7 @@ def deform_roi_pool_box_backward(
     shift = _validate.gamma(gamma)
     x = _validate.features(backend.xp, x)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled)
+    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
     o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
     m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
     return restore(

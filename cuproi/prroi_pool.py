@@ -217,8 +217,7 @@ def prroi_pool_box_backward(
     scale = _validate.spatial_scale(spatial_scale)
     x = _validate.features(backend.xp, x)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled)
-    g = g.astype(x.dtype, copy=False)  # the kernel reads both in the features' dtype
+    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
     grad = backend.prroi_pool_backward(g, rois, x.shape, scale, bool(deterministic), x, "boxes")
     return restore(grad)
 

@@ -211,16 +211,16 @@ def roi_align_backward(
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
+    dtype = g.dtype
+    det = bool(deterministic)
+    if mode == "max":  # reads the features too: computes in their dtype
+        x = _forward_input(backend, prepared[2], shape)
+        rois = _validate.boxes(backend.xp, b, shape[0], scale, x.dtype)
+        g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled, dtype=x.dtype)
+        grad = backend.roi_align_max_backward(g, x, rois, scale, ratio, bool(aligned), det)
+        return restore(grad.astype(dtype, copy=False))
     rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled)
-    det = bool(deterministic)
-    if mode == "max":
-        x = _forward_input(backend, prepared[2], shape)
-        return restore(
-            backend.roi_align_max_backward(g, x, rois, scale, ratio, bool(aligned), det).astype(
-                g.dtype, copy=False
-            )
-        )
     return restore(
         backend.roi_align_backward(g, rois, shape, scale, ratio, bool(aligned), deterministic=det)
     )
@@ -303,7 +303,7 @@ def roi_align_box_backward(
     ratio = _validate.sampling_ratio(sampling_ratio)
     x = _forward_input(backend, x, None)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled)
+    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
     det = bool(deterministic)
     if mode == "max":
         grad = backend.roi_align_max_backward(g, x, rois, scale, ratio, bool(aligned), det, "boxes")

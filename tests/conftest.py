@@ -8,24 +8,8 @@ import pytest
 
 from cuproi import _cpu
 
-BACKEND_OPS = (
-    "roi_align_forward",
-    "roi_align_backward",
-    "roi_pool_forward",
-    "roi_pool_backward",
-    "deform_roi_pool_forward",
-    "deform_roi_pool_backward",
-    "ps_roi_align_forward",
-    "ps_roi_align_backward",
-    "ps_roi_pool_forward",
-    "ps_roi_pool_backward",
-    "multi_scale_roi_align_forward",
-    "multi_scale_roi_align_backward",
-    "roi_align_rotated_forward",
-    "roi_align_rotated_backward",
-    "prroi_pool_forward",
-    "prroi_pool_backward",
-)
+# Every function of the backends (cuproi._cpu and cuproi._cuda expose the same names).
+BACKEND_OPS = tuple(_cpu.__all__)
 
 # (rtol, atol) against the float64 oracle, for features of order 1.
 TOLERANCE = {

@@ -6,8 +6,9 @@ import functools
 import numpy as np
 import pytest
 import reference
-from conftest import TOLERANCE
+from conftest import TOLERANCE, host_backend
 
+import cuproi
 from cuproi._validate import compute_dtype
 
 SHAPE = (2, 3, 10, 12)  # N, C, H, W
@@ -378,3 +379,30 @@ def test_empty_boxes_or_channels(backend, shape, k):
         assert grad.shape == shape and not grad.any()
     grad, grad_offset, _ = backend.deform_roi_pool_backward(g, x, rois, offset, 1.0, 0, 0.1)
     assert grad.shape == shape and not grad.any() and not grad_offset.any()
+
+
+def test_backwards_that_read_the_features_take_a_gradient_of_another_dtype(monkeypatch):
+    """The kernels read grad_output and the features as one type: a float32 gradient for
+    float64 features is cast first, not misread (the public layer on the host-run kernels)."""
+    x = features(np.float64)
+    boxes = box_zoo(0.7)
+    rng = np.random.default_rng(5)
+    offset = rng.normal(0, 0.5, (len(boxes), 2, 3, 4))
+    g = rng.standard_normal((len(boxes), SHAPE[1], 3, 4)).astype(np.float32)
+
+    def calls():
+        return [
+            *cuproi.deform_roi_pool_backward(g, x, boxes, offset, (3, 4), 0.7, 2)[:2],
+            cuproi.deform_roi_pool_box_backward(g, x, boxes, offset, (3, 4), 0.7, 2),
+            cuproi.roi_align_box_backward(g, x, boxes, (3, 4), 0.7, 2, True),
+            cuproi.roi_align_backward(
+                g, boxes, x.shape, (3, 4), 0.7, 2, True, pool_mode="max", input=x
+            ),
+            cuproi.prroi_pool_box_backward(g, x, boxes, (3, 4), 0.7),
+        ]
+
+    expected = calls()  # the NumPy backend
+    monkeypatch.setattr(cuproi, "_cpu", host_backend())
+    for got, want in zip(calls(), expected, strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
