@@ -1,15 +1,19 @@
 """``python -m cuproi bench``: a quick timing of every op, beside torchvision where it works.
 
 The workload is small on purpose (seconds on a laptop CPU): stride-16 features of two 800x1216
-images with 64 channels, boxes of 16 to 400 pixels, 7x7 outputs, sampling_ratio 2. asv_bench/
-holds the real benchmarks.
+images with 64 channels, boxes of 16 to 400 pixels, 7x7 outputs, sampling_ratio 2. The rest of
+the family reads arrays derived from it (score maps, a two-level pyramid, rotated boxes, a
+mask). asv_bench/ holds the real benchmarks.
 """
 
+import functools
 import sys
 import time
+import types
 
 import numpy as np
 
+import cuproi
 from cuproi import _demo
 
 POOLED, SCALE, RATIO = (7, 7), 1 / 16, 2
@@ -36,7 +40,10 @@ def run(cupy, repeat, num_boxes, stream=None):
     x, boxes, offset, grad = workload(num_boxes)
     backends = _demo.backends(cupy)
     torchvision, why = _torchvision()
-    ops = _demo.runs(POOLED, SCALE, RATIO)
+    ops = [
+        (op, way, lambda a, e, c=call: c(a)) for op, way, call in _demo.runs(POOLED, SCALE, RATIO)
+    ]
+    ops += family_runs()
     rows = [(op, way, b) for op, way, _ in ops for b in backends]
     reference = {("roi_align", "forward"), ("roi_align", "backward")}
     reference |= {("roi_pool", "forward"), ("roi_pool", "backward")}
@@ -46,16 +53,18 @@ def run(cupy, repeat, num_boxes, stream=None):
         f"Workload: features {x.shape} float32 (stride 16), {num_boxes} boxes of 16-400 px, "
         f"output 7x7, sampling_ratio 2; median of {repeat} calls after a warm-up\n"
     )
-    header = f"{'op':<17}{'pass':<10}{'backend':<9}{'cuproi':>10}"
+    header = f"{'op':<22}{'pass':<10}{'backend':<9}{'cuproi':>10}"
     if torchvision:
         header += f"{'torchvision':>14}{'speed-up':>10}  max |diff| vs torchvision"
     lines = [header, "-" * len(header)]
     calls = {(op, way): call for op, way, call in ops}
     arrays = {b.name: _demo.inputs(b, x, boxes, offset, grad, POOLED, SCALE) for b in backends}
+    extras = {b.name: family_inputs(b, x, boxes, grad) for b in backends}
     for op, way, backend in rows:
         progress.show(f"{op} {way} on {backend.name}")
-        args = arrays[backend.name]
-        result, seconds = _demo.timed(lambda c=calls[op, way], a=args: c(a), backend.sync, repeat)
+        args, extra = arrays[backend.name], extras[backend.name]
+        timed = functools.partial(calls[op, way], args, extra)
+        result, seconds = _demo.timed(timed, backend.sync, repeat)
         theirs = ""
         if torchvision and (op, way) in reference:
             progress.show(f"torchvision {op} {way} on {backend.name}")
@@ -63,10 +72,119 @@ def run(cupy, repeat, num_boxes, stream=None):
             theirs = _compare(
                 torchvision, op, way, backend.name, (x, boxes, grad), ours, seconds, repeat
             )
-        lines.append(f"{op:<17}{way:<10}{backend.name:<9}{seconds * 1e3:>8.2f}ms{theirs}")
+        lines.append(f"{op:<22}{way:<10}{backend.name:<9}{seconds * 1e3:>8.2f}ms{theirs}")
     progress.done()
     print("\n".join(line.rstrip() for line in lines))
     print(f"\ntorchvision: {why}")
+
+
+def family_inputs(backend, x, boxes, grad):
+    """The arrays of the rest of the family, derived from the workload, on ``backend``."""
+    k = len(boxes)
+    centre, size = (boxes[:, 1:3] + boxes[:, 3:5]) / 2, boxes[:, 3:5] - boxes[:, 1:3]
+    angle = np.linspace(-90, 90, k, dtype=np.float32)
+    arrays = {
+        "maps": np.tile(x, (1, 2, 1, 1))[:, : 2 * POOLED[0] * POOLED[1]],  # 2 x 7 x 7 maps
+        "maps_grad": grad[:, :2],
+        "rotated": np.column_stack([boxes[:, 0], centre, size, angle]).astype(np.float32),
+        "mask": np.full((k, 1, *POOLED), 0.5, np.float32),
+        "coarse": x[:, :, ::2, ::2],  # the next pyramid level, stride 32
+    }
+    return types.SimpleNamespace(
+        **{name: backend.move(np.ascontiguousarray(a)) for name, a in arrays.items()}
+    )
+
+
+def family_runs():
+    """(op, pass, call(inputs, family inputs)) of the rest of the family."""
+    common = {"output_size": POOLED, "spatial_scale": SCALE, "sampling_ratio": RATIO}
+    scales = [SCALE, SCALE / 2]
+
+    def pyramid(a, e):
+        return [a.x, e.coarse]
+
+    return [
+        (
+            "roi_align max",
+            "forward",
+            lambda a, e: cuproi.roi_align(a.x, a.boxes, pool_mode="max", **common),
+        ),
+        (
+            "roi_align max",
+            "backward",
+            lambda a, e: cuproi.roi_align_backward(
+                a.grad, a.boxes, a.x.shape, pool_mode="max", input=a.x, **common
+            ),
+        ),
+        (
+            "roi_align",
+            "boxes",
+            lambda a, e: cuproi.roi_align_box_backward(
+                a.grad, a.x, a.boxes, aligned=True, **common
+            ),
+        ),
+        (
+            "deform_roi_pool mask",
+            "forward",
+            lambda a, e: cuproi.deform_roi_pool(a.x, a.boxes, a.offset, mask=e.mask, **common),
+        ),
+        (
+            "deform_roi_pool mask",
+            "backward",
+            lambda a, e: cuproi.deform_roi_pool_backward(
+                a.grad, a.x, a.boxes, a.offset, mask=e.mask, **common
+            )[0],
+        ),
+        ("ps_roi_align", "forward", lambda a, e: cuproi.ps_roi_align(e.maps, a.boxes, **common)),
+        (
+            "ps_roi_align",
+            "backward",
+            lambda a, e: cuproi.ps_roi_align_backward(e.maps_grad, a.boxes, e.maps.shape, **common),
+        ),
+        ("ps_roi_pool", "forward", lambda a, e: cuproi.ps_roi_pool(e.maps, a.boxes, POOLED, SCALE)),
+        (
+            "ps_roi_pool",
+            "backward",
+            lambda a, e: cuproi.ps_roi_pool_backward(
+                e.maps_grad, a.boxes, e.maps.shape, POOLED, SCALE
+            ),
+        ),
+        (
+            "roi_align_rotated",
+            "forward",
+            lambda a, e: cuproi.roi_align_rotated(a.x, e.rotated, **common),
+        ),
+        (
+            "roi_align_rotated",
+            "backward",
+            lambda a, e: cuproi.roi_align_rotated_backward(a.grad, e.rotated, a.x.shape, **common),
+        ),
+        ("prroi_pool", "forward", lambda a, e: cuproi.prroi_pool(a.x, a.boxes, POOLED, SCALE)),
+        (
+            "prroi_pool",
+            "backward",
+            lambda a, e: cuproi.prroi_pool_backward(a.grad, a.boxes, a.x.shape, POOLED, SCALE),
+        ),
+        (
+            "prroi_pool",
+            "boxes",
+            lambda a, e: cuproi.prroi_pool_box_backward(a.grad, a.x, a.boxes, POOLED, SCALE),
+        ),
+        (
+            "multi_scale_roi_align",
+            "forward",
+            lambda a, e: cuproi.multi_scale_roi_align(
+                pyramid(a, e), a.boxes, POOLED, scales, RATIO
+            ),
+        ),
+        (
+            "multi_scale_roi_align",
+            "backward",
+            lambda a, e: cuproi.multi_scale_roi_align_backward(
+                a.grad, a.boxes, [level.shape for level in pyramid(a, e)], POOLED, scales, RATIO
+            )[0],
+        ),
+    ]
 
 
 def _compare(torchvision, op, way, backend, arrays, ours, seconds, repeat):
