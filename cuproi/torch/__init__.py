@@ -1,0 +1,50 @@
+"""PyTorch adapter: cuproi's ops as differentiable torch operators and modules.
+
+Importing this module imports torch (an optional dependency; ``import cuproi`` alone does not).
+The ops are registered with ``torch.library`` as custom operators in the ``cuproi`` namespace,
+with fake (meta) implementations and registered autograd, so they work under ``torch.compile``
+without graph breaks, with fake tensors, and with ``torch.autograd.gradcheck``. Their backward
+calls cuproi's backward functions. Tensors reach the kernels through DLPack without copies: CPU
+tensors run on the NumPy backend, CUDA tensors on the CUDA kernels, on the tensor's device and
+torch's current stream. Under ``torch.use_deterministic_algorithms(True)`` the backward passes
+``deterministic=True``: bit-identical gradients from run to run on the GPU.
+
+Functions keep torchvision's positional signatures (mmcv's for ``deform_roi_pool``), so
+``torchvision.ops.roi_align`` can be replaced by :func:`cuproi.torch.roi_align`.
+"""
+
+from cuproi.torch._align import roi_align
+from cuproi.torch._deform import deform_roi_pool
+from cuproi.torch._modules import (
+    DeformRoIPool,
+    DeformRoIPoolPack,
+    ModulatedDeformRoIPoolPack,
+    RoIAlign,
+    RoIPool,
+)
+from cuproi.torch._multi_scale import MultiScaleRoIAlign, multi_scale_roi_align
+from cuproi.torch._pool import roi_pool
+from cuproi.torch._position_sensitive import PSRoIAlign, PSRoIPool, ps_roi_align, ps_roi_pool
+from cuproi.torch._prroi import PrRoIPool, prroi_pool
+from cuproi.torch._rotated import RoIAlignRotated, roi_align_rotated
+
+__all__ = [
+    "DeformRoIPool",
+    "DeformRoIPoolPack",
+    "ModulatedDeformRoIPoolPack",
+    "MultiScaleRoIAlign",
+    "PSRoIAlign",
+    "PSRoIPool",
+    "PrRoIPool",
+    "RoIAlign",
+    "RoIAlignRotated",
+    "RoIPool",
+    "deform_roi_pool",
+    "multi_scale_roi_align",
+    "prroi_pool",
+    "ps_roi_align",
+    "ps_roi_pool",
+    "roi_align",
+    "roi_align_rotated",
+    "roi_pool",
+]

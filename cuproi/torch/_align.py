@@ -1,0 +1,201 @@
+"""RoI Align (avg and max mode, gradients for the features and the boxes) as a torch op."""
+
+import torch
+from torch import Tensor
+
+import cuproi
+from cuproi import _validate
+from cuproi.torch._common import _rois, _stream
+
+
+@torch.library.custom_op("cuproi::roi_align", mutates_args=())
+def _roi_align(
+    input: Tensor,
+    rois: Tensor,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    pool_mode: str = "avg",
+) -> Tensor:
+    with _stream(input):
+        return cuproi.roi_align(
+            input, rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned, pool_mode
+        )
+
+
+@_roi_align.register_fake
+def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, pool_mode="avg"):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
+
+
+@torch.library.custom_op("cuproi::roi_align_backward", mutates_args=())
+def _roi_align_backward(
+    grad: Tensor,
+    rois: Tensor,
+    input_shape: list[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    deterministic: bool,
+) -> Tensor:
+    with _stream(grad):
+        return cuproi.roi_align_backward(
+            grad,
+            rois,
+            tuple(input_shape),
+            tuple(grad.shape[2:]),
+            spatial_scale,
+            sampling_ratio,
+            aligned,
+            deterministic=deterministic,
+        )
+
+
+@_roi_align_backward.register_fake
+def _(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned, deterministic):
+    return grad.new_empty(input_shape)
+
+
+@torch.library.custom_op("cuproi::roi_align_max_backward", mutates_args=())
+def _roi_align_max_backward(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    deterministic: bool,
+) -> Tensor:
+    with _stream(grad):
+        return cuproi.roi_align_backward(
+            grad,
+            rois,
+            tuple(input.shape),
+            tuple(grad.shape[2:]),
+            spatial_scale,
+            sampling_ratio,
+            aligned,
+            pool_mode="max",
+            input=input,
+            deterministic=deterministic,
+        )
+
+
+@_roi_align_max_backward.register_fake
+def _(grad, input, rois, spatial_scale, sampling_ratio, aligned, deterministic):
+    return grad.new_empty(input.shape)
+
+
+@torch.library.custom_op("cuproi::roi_align_box_backward", mutates_args=())
+def _roi_align_box_backward(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    pool_mode: str,
+    deterministic: bool,
+) -> Tensor:
+    with _stream(grad):
+        grad_rois = cuproi.roi_align_box_backward(
+            grad,
+            input,
+            rois,
+            tuple(grad.shape[2:]),
+            spatial_scale,
+            sampling_ratio,
+            aligned,
+            pool_mode=pool_mode,
+            deterministic=deterministic,
+        )
+    return grad_rois.to(rois.dtype)
+
+
+@_roi_align_box_backward.register_fake
+def _(grad, input, rois, spatial_scale, sampling_ratio, aligned, pool_mode, deterministic):
+    return rois.new_empty(rois.shape)
+
+
+def _roi_align_setup(ctx, inputs, output):
+    input, rois, _, _, ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned = inputs[:7]
+    ctx.pool_mode = inputs[7] if len(inputs) > 7 else "avg"
+    ctx.input_shape = list(input.shape)
+    # The features are kept only when a gradient reads them: max mode, or boxes with a gradient.
+    keep = ctx.pool_mode == "max" or rois.requires_grad
+    ctx.save_for_backward(rois, input if keep else None)
+
+
+def _roi_align_grad(ctx, grad):
+    rois, input = ctx.saved_tensors
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    grad = grad.contiguous()
+    grad_input = grad_rois = None
+    args = (ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned)
+    if ctx.needs_input_grad[0]:
+        if ctx.pool_mode == "max":
+            grad_input = _roi_align_max_backward(grad, input, rois, *args, deterministic)
+        else:
+            grad_input = _roi_align_backward(grad, rois, ctx.input_shape, *args, deterministic)
+    if ctx.needs_input_grad[1]:
+        grad_rois = _roi_align_box_backward(grad, input, rois, *args, ctx.pool_mode, deterministic)
+    return grad_input, grad_rois, None, None, None, None, None, None
+
+
+_roi_align.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
+
+
+def roi_align(
+    input,
+    boxes,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=False,
+    pool_mode="avg",
+):
+    """Differentiable :func:`cuproi.roi_align` on tensors, a drop-in for torchvision's.
+
+    Parameters
+    ----------
+    input : (N, C, H, W) Tensor
+        Features, float16, float32 or float64, on the CPU or a CUDA device.
+    boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
+        ``[batch_index, x1, y1, x2, y2]``, or one ``[x1, y1, x2, y2]`` tensor per image.
+    output_size, spatial_scale, sampling_ratio, aligned, pool_mode
+        As in :func:`cuproi.roi_align` (``pool_mode="max"``: mmcv's max mode).
+
+    Returns
+    -------
+    (K, C, PH, PW) Tensor
+        Differentiable with respect to ``input`` and to the boxes: a (K, 5) box tensor with
+        ``requires_grad=True`` gets the gradient of :func:`cuproi.roi_align_box_backward`
+        (column 0, the batch index, gets 0); per-image (L_i, 4) tensors get theirs through the
+        concatenation that builds the (K, 5) boxes. The features are saved for the backward
+        only in max mode or when the boxes require a gradient.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cuproi.torch
+    >>> x = torch.rand(1, 8, 32, 32, requires_grad=True)
+    >>> boxes = [torch.tensor([[4.0, 4.0, 20.0, 28.0]])]
+    >>> out = cuproi.torch.roi_align(x, boxes, 7, spatial_scale=1.0, sampling_ratio=2)
+    >>> out.sum().backward()
+    >>> tuple(out.shape), tuple(x.grad.shape)
+    ((1, 8, 7, 7), (1, 8, 32, 32))
+    """
+    pooled_h, pooled_w = _validate.output_size(output_size)
+    args = (
+        input,
+        _rois(boxes, input),
+        pooled_h,
+        pooled_w,
+        float(spatial_scale),
+        int(sampling_ratio),
+        bool(aligned),
+    )
+    # The default mode calls the op exactly as before (torch.compile sees the same graph).
+    return _roi_align(*args) if pool_mode == "avg" else _roi_align(*args, str(pool_mode))

@@ -1,0 +1,236 @@
+"""Multi-level (FPN) RoI Align as a torch op, and torchvision's MultiScaleRoIAlign."""
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+import cuproi
+from cuproi import _validate
+from cuproi.torch._common import _rois, _stream
+
+
+@torch.library.custom_op("cuproi::multi_scale_roi_align", mutates_args=())
+def _multi_scale_roi_align(
+    features: list[Tensor],
+    rois: Tensor,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scales: list[float],
+    sampling_ratio: int,
+    aligned: bool,
+    canonical_scale: float,
+    canonical_level: int,
+) -> Tensor:
+    with _stream(features[0]):
+        return cuproi.multi_scale_roi_align(
+            list(features),
+            rois,
+            (pooled_h, pooled_w),
+            spatial_scales,
+            sampling_ratio,
+            aligned,
+            canonical_scale,
+            canonical_level,
+        )
+
+
+@_multi_scale_roi_align.register_fake
+def _(features, rois, pooled_h, pooled_w, *args):
+    return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_h, pooled_w))
+
+
+@torch.library.custom_op("cuproi::multi_scale_roi_align_backward", mutates_args=())
+def _multi_scale_roi_align_backward(
+    grad: Tensor,
+    rois: Tensor,
+    input_shapes: list[int],
+    spatial_scales: list[float],
+    sampling_ratio: int,
+    aligned: bool,
+    canonical_scale: float,
+    canonical_level: int,
+    deterministic: bool,
+) -> list[Tensor]:
+    with _stream(grad):
+        grads = cuproi.multi_scale_roi_align_backward(
+            grad,
+            rois,
+            _shapes(input_shapes),
+            tuple(grad.shape[2:]),
+            spatial_scales,
+            sampling_ratio,
+            aligned,
+            canonical_scale,
+            canonical_level,
+            deterministic=deterministic,
+        )
+    return [g.clone() for g in grads] if grad.is_cuda else grads  # CUDA: views of one buffer
+
+
+@_multi_scale_roi_align_backward.register_fake
+def _(grad, rois, input_shapes, *args):
+    return [grad.new_empty(s) for s in _shapes(input_shapes)]
+
+
+def _shapes(flat):
+    """Per-level (N, C, H, W) from the flat list an op schema can carry."""
+    return [tuple(flat[i : i + 4]) for i in range(0, len(flat), 4)]
+
+
+def _multi_scale_setup(ctx, inputs, output):
+    features, rois, _, _, *ctx.options = inputs
+    ctx.input_shapes = [int(v) for f in features for v in f.shape]
+    ctx.save_for_backward(rois)
+
+
+def _multi_scale_grad(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    spatial_scales, sampling_ratio, aligned, canonical_scale, canonical_level = ctx.options
+    grads = _multi_scale_roi_align_backward(
+        grad.contiguous(),
+        rois,
+        ctx.input_shapes,
+        spatial_scales,
+        sampling_ratio,
+        aligned,
+        canonical_scale,
+        canonical_level,
+        torch.are_deterministic_algorithms_enabled(),
+    )
+    return list(grads), None, None, None, None, None, None, None, None
+
+
+_multi_scale_roi_align.register_autograd(_multi_scale_grad, setup_context=_multi_scale_setup)
+
+
+def multi_scale_roi_align(
+    features,
+    boxes,
+    output_size,
+    spatial_scales,
+    sampling_ratio=-1,
+    aligned=False,
+    canonical_scale=224,
+    canonical_level=4,
+):
+    """Differentiable :func:`cuproi.multi_scale_roi_align` on tensors (every level).
+
+    Parameters
+    ----------
+    features : list of (N, C, H_l, W_l) Tensors
+        The pyramid, finest first, on the CPU or one CUDA device.
+    boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
+        ``[batch_index, x1, y1, x2, y2]``, or one ``[x1, y1, x2, y2]`` tensor per image, in
+        image coordinates.
+    output_size, spatial_scales, sampling_ratio, aligned, canonical_scale, canonical_level
+        As in :func:`cuproi.multi_scale_roi_align`.
+
+    Returns
+    -------
+    (K, C, PH, PW) Tensor
+        Differentiable with respect to every level of ``features`` (not the boxes).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cuproi.torch
+    >>> p2 = torch.rand(1, 4, 64, 64, requires_grad=True)
+    >>> p3 = torch.rand(1, 4, 32, 32, requires_grad=True)
+    >>> boxes = [torch.tensor([[0.0, 0.0, 40.0, 40.0], [0.0, 0.0, 250.0, 250.0]])]
+    >>> out = cuproi.torch.multi_scale_roi_align([p2, p3], boxes, 7, [1 / 4, 1 / 8], 2)
+    >>> out.sum().backward()
+    >>> tuple(out.shape), p2.grad.abs().sum() > 0, p3.grad.abs().sum() > 0
+    ((2, 4, 7, 7), tensor(True), tensor(True))
+    """
+    pooled_h, pooled_w = _validate.output_size(output_size)
+    features = list(features)
+    return _multi_scale_roi_align(
+        features,
+        _rois(boxes, features[0]) if features else boxes,
+        pooled_h,
+        pooled_w,
+        [float(s) for s in spatial_scales],
+        int(sampling_ratio),
+        bool(aligned),
+        float(canonical_scale),
+        int(canonical_level),
+    )
+
+
+def _infer_scale(feature, image_size):
+    """The scale of a level by torchvision's rule: 2**round(log2(height / image height))."""
+    return 2.0 ** round(math.log2(feature.shape[-2] / image_size[0]))
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """FPN pooler with torchvision's interface (``torchvision.ops.MultiScaleRoIAlign``).
+
+    Pools every box from the level of ``x`` its size selects, all levels in one kernel launch
+    on the GPU (see :func:`cuproi.multi_scale_roi_align` for the level rule).
+
+    Parameters
+    ----------
+    featmap_names : list of str
+        Keys of the feature maps of ``x`` to pool from; they are taken in the order of ``x``.
+    output_size : int or (int, int)
+        Pooled size ``(PH, PW)``.
+    sampling_ratio : int
+        Samples per bin and axis; ``<= 0`` adaptive.
+    canonical_scale, canonical_level : optional
+        The level rule's constants (224 and 4, as in the FPN paper and torchvision).
+    aligned : bool, optional
+        Half-pixel boxes; torchvision has no such switch (always False).
+
+    Notes
+    -----
+    As torchvision, the scale of each level is inferred from its height and the largest image
+    height of ``image_shapes``, rounded to a power of two. Unlike torchvision, which infers the
+    scales on the first call and keeps them, they are inferred on every call (they depend
+    only on shapes: no device synchronisation); the last ones are in :attr:`scales`.
+    """
+
+    def __init__(
+        self,
+        featmap_names,
+        output_size,
+        sampling_ratio,
+        *,
+        canonical_scale=224,
+        canonical_level=4,
+        aligned=False,
+    ):
+        super().__init__()
+        self.featmap_names = list(featmap_names)
+        self.output_size = _validate.output_size(output_size)
+        self.sampling_ratio = sampling_ratio
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+        self.aligned = aligned
+        self.scales = None
+
+    def forward(self, x, boxes, image_shapes):
+        features = [v for k, v in x.items() if k in self.featmap_names]
+        if not features:
+            raise ValueError(f"x holds none of the feature maps {self.featmap_names}")
+        if not image_shapes:
+            raise ValueError("image_shapes must not be empty")
+        size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+        self.scales = [_infer_scale(f, size) for f in features]
+        return multi_scale_roi_align(
+            features,
+            boxes,
+            self.output_size,
+            self.scales,
+            self.sampling_ratio,
+            self.aligned,
+            self.canonical_scale,
+            self.canonical_level,
+        )
+
+    def extra_repr(self):
+        return (
+            f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
+            f"sampling_ratio={self.sampling_ratio}, canonical_scale={self.canonical_scale}, "
+            f"canonical_level={self.canonical_level}, aligned={self.aligned}"
+        )

@@ -1,0 +1,81 @@
+"""RoI Pool as a torch op."""
+
+import torch
+from torch import Tensor
+
+import cuproi
+from cuproi import _validate
+from cuproi.torch._common import _rois, _stream
+
+
+@torch.library.custom_op("cuproi::roi_pool", mutates_args=())
+def _roi_pool(
+    input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
+) -> tuple[Tensor, Tensor]:
+    with _stream(input):
+        return cuproi.roi_pool(input, rois, (pooled_h, pooled_w), spatial_scale, True)
+
+
+@_roi_pool.register_fake
+def _(input, rois, pooled_h, pooled_w, spatial_scale):
+    shape = (rois.shape[0], input.shape[1], pooled_h, pooled_w)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+
+
+@torch.library.custom_op("cuproi::roi_pool_backward", mutates_args=())
+def _roi_pool_backward(
+    grad: Tensor, rois: Tensor, argmax: Tensor, input_shape: list[int], deterministic: bool
+) -> Tensor:
+    with _stream(grad):
+        return cuproi.roi_pool_backward(
+            grad, rois, argmax, tuple(input_shape), deterministic=deterministic
+        )
+
+
+@_roi_pool_backward.register_fake
+def _(grad, rois, argmax, input_shape, deterministic):
+    return grad.new_empty(input_shape)
+
+
+def _roi_pool_setup(ctx, inputs, output):
+    input, rois = inputs[:2]
+    ctx.input_shape = list(input.shape)
+    ctx.save_for_backward(rois, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _roi_pool_grad(ctx, grad, grad_argmax):
+    rois, argmax = ctx.saved_tensors
+    grad_input = _roi_pool_backward(
+        grad.contiguous(),
+        rois,
+        argmax,
+        ctx.input_shape,
+        torch.are_deterministic_algorithms_enabled(),
+    )
+    return grad_input, None, None, None, None
+
+
+_roi_pool.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """Differentiable :func:`cuproi.roi_pool` on tensors, a drop-in for torchvision's.
+
+    Parameters
+    ----------
+    input : (N, C, H, W) Tensor
+        Features on the CPU or a CUDA device.
+    boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
+        As in :func:`roi_align`.
+    output_size, spatial_scale
+        As in :func:`cuproi.roi_pool`.
+
+    Returns
+    -------
+    (K, C, PH, PW) Tensor
+        The max of every bin; the gradient flows to the cell each maximum came from.
+    """
+    pooled_h, pooled_w = _validate.output_size(output_size)
+    out, _ = _roi_pool(input, _rois(boxes, input), pooled_h, pooled_w, float(spatial_scale))
+    return out
