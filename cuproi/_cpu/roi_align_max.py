@@ -87,7 +87,8 @@ def roi_align_max_backward(
                 strict=True,
             ):
                 pixel = (base + yy[at]) * w + xx[at]
-                np.add.at(grad_rows, (pixel, c_of), gv * wt[at])
+                # On the flat view: add.at's fast path for one index array (several times faster).
+                np.add.at(grad_rows.reshape(-1), pixel * c + c_of, gv * wt[at])
             continue
         weight = np.zeros((len(s.bin), c), ct)
         weight[at, c_of] = gv
