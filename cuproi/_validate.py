@@ -218,17 +218,20 @@ def argmax(xp, value, shape, plane, name="argmax"):
     """The argmax of roi_pool, shaped like the gradient, as C-contiguous int32.
 
     Its values must be -1 (empty bin) or a cell of the (H, W) plane, ``0 <= a < plane``:
-    checked in one reduction before the cast, so no value wraps or lands in another plane.
+    checked by its minimum and maximum before the cast, so no value wraps or lands in another
+    plane.
     """
     if value.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array (from roi_pool); got {value.dtype}")
     if value.shape != shape:
         raise ValueError(f"{name} must have the shape of grad_output {shape}; got {value.shape}")
-    if value.size and not bool(((value >= -1) & (value < plane)).all()):
-        raise ValueError(
-            f"{name} holds values outside [-1, {plane}) (-1 for an empty bin, "
-            f"else h * W + w): min {int(value.min())}, max {int(value.max())}"
-        )
+    if value.size:
+        low, high = int(value.min()), int(value.max())
+        if low < -1 or high >= plane:
+            raise ValueError(
+                f"{name} holds values outside [-1, {plane}) (-1 for an empty bin, "
+                f"else h * W + w): min {low}, max {high}"
+            )
     return xp.ascontiguousarray(value, dtype=np.int32)
 
 

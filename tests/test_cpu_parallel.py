@@ -34,6 +34,7 @@ def _run_all(x, rois, offset, grad):
         _cpu.roi_align_backward(grad, rois, x.shape, scale, 2, True),
         _cpu.roi_align_backward(grad, rois, x.shape, scale, -1, False),
         *_cpu.roi_pool_forward(x, rois, scale, 3, 4),
+        _cpu.roi_pool_forward(x, rois, scale, 3, 4, argmax=False)[0],
         _cpu.deform_roi_pool_forward(x, rois, offset, scale, 3, 4, 2, 0.1),
         _cpu.deform_roi_pool_forward(x, rois, None, scale, 3, 4, 0, 0.1),
         *_cpu.deform_roi_pool_backward(grad, x, rois, offset, scale, 2, 0.1)[:2],
@@ -81,29 +82,39 @@ def test_map_ordered_keeps_order_and_nests(monkeypatch):
     assert inner == [[i * j for j in range(3)] for i in range(9)]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_roi_pool_fast_path_matches_generic(dtype):
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_roi_pool_fast_paths_match_generic(dtype):
+    """The key-based path (argmax) and the value-only path (no argmax) of RoI Pool give what
+    the gather formulation gives, signs of zero included."""
     rng = np.random.default_rng(3)
     for trial in range(60):
         n, c, h, w = 2, 3, int(rng.integers(1, 10)), int(rng.integers(1, 10))
         x = rng.integers(-3, 3, (n, c, h, w)).astype(dtype)  # many ties
-        x.flat[rng.integers(0, x.size, 4)] = [np.nan, -np.inf, np.inf, -0.0]
-        if trial % 2:
+        x.flat[rng.integers(0, x.size, 3)] = [np.nan, -np.inf, np.inf]
+        if trial % 3 == 1:
             x.flat[rng.integers(0, x.size, 6)] = -0.0
+        elif trial % 3 == 2:
+            x[x == 0] = -0.0
         corner = rng.uniform(-4, 10, (5, 2))
         rois = np.column_stack(
             [rng.integers(0, n, 5), corner, corner + rng.uniform(-2, 8, (5, 2))]
         ).astype(np.float32)
         scale = float(rng.choice([0.5, 1.0, 2.0]))
         bins = roi_pool._bins(rois, scale, 2, 3, h, w)
-        out, argmax = roi_pool._forward_keys(x, rois, bins)
         expected, expected_argmax = roi_pool._forward_gather(x, rois, bins)
-        np.testing.assert_array_equal(argmax, expected_argmax)
-        np.testing.assert_array_equal(out, expected)  # NaN where NaN; -0.0 == 0.0
-        # The value is the input's own at argmax, sign of zero included.
+        # Every value is the input's own at the argmax, sign of zero included (NaN aside,
+        # whose sign bit means nothing).
         image = rois[:, 0].astype(np.int64)[:, None, None, None]
         channel = np.arange(c)[None, :, None, None]
-        at = np.maximum(argmax, 0)
+        at = np.maximum(expected_argmax, 0)
         picked = x[image, channel, at // w, at % w]
-        hit = argmax >= 0
-        np.testing.assert_array_equal(np.signbit(out[hit]), np.signbit(picked[hit]))
+        hit = (expected_argmax >= 0) & ~np.isnan(expected)
+        outs = [expected, roi_pool.roi_pool_forward(x, rois, scale, 2, 3, argmax=False)[0]]
+        if dtype != np.float64:  # no keys for float64
+            out, argmax = roi_pool._forward_keys(x, rois, bins)
+            np.testing.assert_array_equal(argmax, expected_argmax)
+            outs.append(out)
+        for out in outs:
+            assert out.dtype == dtype
+            np.testing.assert_array_equal(out, expected)  # NaN where NaN; -0.0 == 0.0
+            np.testing.assert_array_equal(np.signbit(out[hit]), np.signbit(picked[hit]))

@@ -90,6 +90,9 @@ def test_roi_pool_forward(backend, dtype, scale, size):
     assert out.dtype == dtype and argmax.dtype == np.int32
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(out, expected)  # a max selects a value: exact
+    values, _ = backend.roi_pool_forward(x, rois_for(box_zoo(scale), dtype), scale, *size, False)
+    assert values.dtype == dtype
+    np.testing.assert_array_equal(values, expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -359,6 +362,8 @@ def test_roi_pool_ties_and_non_finite(backend, dtype):
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(out.astype(np.float64), expected)
     assert np.isnan(out).any() and np.isneginf(out).any()
+    values, _ = backend.roi_pool_forward(x, rois_for(boxes, dtype), 1.0, 3, 4, argmax=False)
+    np.testing.assert_array_equal(values.astype(np.float64), expected)
 
 
 @pytest.mark.parametrize("shape, k", [((2, 3, 5, 6), 0), ((2, 0, 5, 6), 3)])

@@ -1,15 +1,18 @@
 """RoI Pool on the CPU: the maximum of every bin and the first cell (in scan order) holding it.
 
-float16 and float32 features take a fast path: every cell becomes one int64 key, its value
-mapped to an order-preserving int32 in the high half and its flat index complemented in the low
-half, so that a plain integer maximum finds the largest value and, among equal values, the first
-cell (NaN ranks above everything, so the first NaN wins). A bin's maximum is then separable:
-the maximum over each bin's columns for every row of the box, then over the bin's rows, reading
-each cell of the box about once per bin column it belongs to. float64
-features (no room for a 64-bit value and an index in one key) take the gather formulation.
+A bin's maximum is separable: the maximum over each bin's rows for every column of the box,
+then over the bin's columns, on a channels-last copy of the features so that NumPy's inner loops
+run along the channels. Without an argmax the copy holds the values themselves. With one,
+float16 and float32 features become int64 keys, the value mapped to an order-preserving int32
+in the high half and the flat index complemented in the low half, so that a plain integer
+maximum finds the largest value and, among equal values, the first cell (NaN ranks above
+everything, so the first NaN wins); float64 features (no room for a 64-bit value and an index
+in one key) take a gather formulation. The backward adds every gradient to its argmax cell,
+a few channels at a time, as a sparse product.
 """
 
 import numpy as np
+import scipy.sparse
 
 from cuproi._cpu import _parallel, _sampling
 
@@ -46,27 +49,37 @@ def _bins(rois, spatial_scale, pooled_h, pooled_w, height, width, inclusive=True
     return edges(y1, bin_h, pooled_h, height) + edges(x1, bin_w, pooled_w, width)
 
 
-def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
+def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, argmax=True):
+    """(out, argmax) of RoI Pool; ``argmax`` is None when not asked for (``argmax=False``)."""
     bins = _bins(rois, spatial_scale, pooled_h, pooled_w, *input.shape[2:])
-    if input.dtype.itemsize <= 4:
-        return _forward_keys(input, rois, bins)
-    return _forward_gather(input, rois, bins)
+    if not argmax:
+        table, negative_zero = _table(input, keys=False)
+        # A maximum of -0.0 and +0.0 may give either sign; the argmax paths take the first's.
+        if not negative_zero:
+            return _forward_values(table, rois, bins, input.dtype), None
+    forward = _forward_keys if input.dtype.itemsize <= 4 else _forward_gather
+    out, index = forward(input, rois, bins)
+    return out, (index if argmax else None)
 
 
 _LOW = np.int64(0xFFFFFFFF)
-_GROUP = 16  # boxes whose keys are decoded together
+_GROUP = 16  # boxes pooled together (see _pool)
+_SLAB = 8  # channels whose gradients are added together
 
 
-def _keys(x):
-    """Keys (N, H, W, C) of (N, C, H, W) features, and whether any is -0.0.
+def _table(x, keys):
+    """Channels-last (N, H, W, C) copy of (N, C, H, W) features, and whether any is -0.0.
 
-    ``key = ordered(value) << 32 | (2**32 - 1 - (h * W + w))``: ``ordered`` maps float32 to
-    int32 monotonically (negative floats have their magnitude bits flipped), after -0.0 is made
-    +0.0 (the two compare equal, so the first one must win) and every NaN a positive NaN (above
-    +inf). Built in blocks of rows, in parallel, so each block's passes stay in cache.
+    With ``keys``, every value becomes its int64 key
+    ``ordered(value) << 32 | (2**32 - 1 - (h * W + w))``: ``ordered`` maps float32 to int32
+    monotonically (negative floats have their magnitude bits flipped), after -0.0 is made +0.0
+    (the two compare equal, so the first one must win) and every NaN a positive NaN (above
+    +inf). Without, the values are copied as they are (float16 as float32, whose maximum NumPy
+    computes several times faster, exactly). Built in blocks of rows, in parallel, so each
+    block's passes stay in cache.
     """
     n, c, h, w = x.shape
-    keys = np.empty((n, h, w, c), np.int64)
+    table = np.empty((n, h, w, c), np.int64 if keys else np.promote_types(x.dtype, np.float32))
     low = _LOW - np.arange(h * w, dtype=np.int64).reshape(h, w)
     rows = max(_parallel._BLOCK // max(w, 1), 1)
     blocks = [(i, r, min(r + rows, h)) for i in range(n) for r in range(0, h, rows)]
@@ -75,20 +88,21 @@ def _keys(x):
         negative_zero = False
         for i, r0, r1 in blocks[start:stop]:
             block = x[i, :, r0:r1]
-            v = np.add(block, np.float32(0), dtype=np.float32)  # -0.0 + 0.0 is +0.0
-            nan = v != v
-            if nan.any():
-                v[nan] = np.nan
             if not negative_zero and (block == 0).any():
                 negative_zero = bool(np.signbit(block[block == 0]).any())
-            bits = v.view(np.int32)
-            bits ^= (bits >> 31) & np.int32(0x7FFFFFFF)
-            key = (bits.astype(np.int64) << 32) | low[r0:r1]
-            keys[i, r0:r1] = key.transpose(1, 2, 0)
+            if keys:
+                v = np.add(block, np.float32(0), dtype=np.float32)  # -0.0 + 0.0 is +0.0
+                nan = v != v
+                if nan.any():
+                    v[nan] = np.nan
+                bits = v.view(np.int32)
+                bits ^= (bits >> 31) & np.int32(0x7FFFFFFF)
+                block = (bits.astype(np.int64) << 32) | low[r0:r1]
+            table[i, r0:r1] = block.transpose(1, 2, 0)
         return negative_zero
 
     negative_zero = any(_parallel.for_ranges(build, np.ones(len(blocks))))
-    return keys, negative_zero
+    return table, negative_zero
 
 
 def _decode(keys):
@@ -99,52 +113,98 @@ def _decode(keys):
     return high.view(np.float32), index
 
 
+def _layout(rois, bins):
+    """The boxes' windows and bins, as Python lists for the loops, and the empty bins.
+
+    Per box: ``[image, top, bottom, left, right]`` of its window, and its bins' ``[start, stop)``
+    rows and columns relative to the window; then the (K, PH, PW) mask of empty bins.
+    """
+    h0, h1, w0, w1 = bins
+    top, left = h0[:, :1], w0[:, :1]
+    box = np.column_stack([rois[:, 0].astype(np.int64), top, h1[:, -1:], left, w1[:, -1:]])
+    rows = np.stack([h0 - top, h1 - top], 2)
+    cols = np.stack([w0 - left, w1 - left], 2)
+    empty = (h1 <= h0)[:, :, None] | (w1 <= w0)[:, None, :]
+    return box.tolist(), rows.tolist(), cols.tolist(), empty
+
+
+def _box_maxima(table, box, rows, cols, out):
+    """``out`` (PW, PH, C) = the maxima of one box's bins in ``table`` (N, H, W, C).
+
+    Separable: the maximum over each bin's rows for every column of the box, then over the
+    bin's columns, reading each cell about once per bin row it belongs to. Both reductions run
+    over the first axis of a C-contiguous block, NumPy's fastest order (a middle axis makes its
+    inner loop the short one), hence the transposed copy in between and the transposed ``out``.
+    Empty bins are left as they were.
+    """
+    i, y0, y1, x0, x1 = box
+    if y1 <= y0 or x1 <= x0:
+        return  # every bin is empty
+    window = table[i, y0:y1, x0:x1]
+    per_col = np.empty((len(rows), x1 - x0, table.shape[3]), table.dtype)
+    for p, (a, b) in enumerate(rows):
+        if b > a:
+            np.maximum.reduce(window[a:b], axis=0, out=per_col[p])
+    per_col = np.ascontiguousarray(per_col.transpose(1, 0, 2))
+    for q, (a, b) in enumerate(cols):
+        if b > a:
+            np.maximum.reduce(per_col[a:b], axis=0, out=out[q])
+
+
+def _pool(table, rois, bins, finish):
+    """The maxima of every box's bins, in groups of _GROUP boxes small enough to stay in cache.
+
+    ``finish(g0, g1, best, empty)`` takes each group's maxima ``best`` (G, PW, PH, C) and its
+    empty bins (G, PW, PH), which ``best`` holds garbage for. The groups are spread over the
+    backend's threads, which gain less here than elsewhere: the loop's dozen small NumPy calls
+    per box spend about half their time in Python, holding the GIL.
+    """
+    box, rows, cols, empty = _layout(rois, bins)
+    empty = empty.transpose(0, 2, 1)
+    pooled_w, pooled_h = empty.shape[1:]
+
+    def run(start, stop):
+        for g0 in range(start, stop, _GROUP):
+            g1 = min(g0 + _GROUP, stop)
+            best = np.empty((g1 - g0, pooled_w, pooled_h, table.shape[3]), table.dtype)
+            for j in range(g0, g1):
+                _box_maxima(table, box[j], rows[j], cols[j], best[j - g0])
+            finish(g0, g1, best, empty[g0:g1])
+
+    h0, h1, w0, w1 = bins
+    _parallel.for_ranges(run, (h1[:, -1] - h0[:, 0] + pooled_h) * (w1[:, -1] - w0[:, 0]) + 1)
+
+
+def _forward_values(table, rois, bins, dtype):
+    """The maxima alone, from a table of values: no argmax to find, so no keys to build."""
+    k, c = len(rois), table.shape[3]
+    out = np.empty((k, c, bins[0].shape[1], bins[2].shape[1]), dtype)
+
+    def finish(g0, g1, best, empty):
+        best[empty] = 0
+        out[g0:g1] = best.transpose(0, 3, 2, 1)
+
+    _pool(table, rois, bins, finish)
+    return out
+
+
 def _forward_keys(input, rois, bins):
     n, c, h, w = input.shape
     k = len(rois)
-    h0, h1, w0, w1 = bins
-    pooled_h, pooled_w = h0.shape[1], w0.shape[1]
-    keys, negative_zero = _keys(input)
-    image = rois[:, 0].astype(np.int64)
-    top, left = h0[:, :1], w0[:, :1]
-    # Per box: bin rows and columns relative to its window, as Python ints for the loops.
-    box = np.column_stack([image, top, h1[:, -1:], left, w1[:, -1:]]).tolist()
-    rows = np.stack([h0 - top, h1 - top], 2).tolist()
-    cols = np.stack([w0 - left, w1 - left], 2).tolist()
-    empty = (h1 <= h0)[:, :, None] | (w1 <= w0)[:, None, :]
-    out = np.empty((k, c, pooled_h * pooled_w), input.dtype)
-    argmax = np.empty((k, c, pooled_h * pooled_w), np.int32)
+    keys, negative_zero = _table(input, keys=True)
+    out = np.empty((k, c, bins[0].shape[1], bins[2].shape[1]), input.dtype)
+    argmax = np.empty(out.shape, np.int32)
 
-    def run(start, stop):
-        # Groups of boxes keep the temporaries small enough to stay in cache and be reused.
-        for g0 in range(start, stop, _GROUP):
-            g1 = min(g0 + _GROUP, stop)
-            best = np.empty((g1 - g0, pooled_h, pooled_w, c), np.int64)
-            for j in range(g0, g1):
-                i, y0, y1, x0, x1 = box[j]
-                if y1 <= y0 or x1 <= x0:
-                    continue  # every bin is empty
-                window = keys[i, y0:y1, x0:x1]
-                # max over each bin's columns for every row of the box, then over its rows;
-                # reducing a middle axis runs NumPy's inner loop along the channels.
-                per_row = np.empty((y1 - y0, pooled_w, c), np.int64)
-                for q, (a, b) in enumerate(cols[j]):
-                    if b > a:
-                        np.maximum.reduce(window[:, a:b], axis=1, out=per_row[:, q])
-                for p, (a, b) in enumerate(rows[j]):
-                    if b > a:
-                        np.maximum.reduce(per_row[a:b], axis=0, out=best[j - g0, p])
-            value, index = _decode(best)
-            value[empty[g0:g1]] = 0  # also hides what the skipped bins left in best
-            index[empty[g0:g1]] = -1
-            shape = (g1 - g0, pooled_h * pooled_w, c)
-            out[g0:g1] = value.reshape(shape).transpose(0, 2, 1)
-            argmax[g0:g1] = index.reshape(shape).transpose(0, 2, 1)
+    def finish(g0, g1, best, empty):
+        value, index = _decode(best)
+        value[empty] = 0
+        index[empty] = -1
+        out[g0:g1] = value.transpose(0, 3, 2, 1)
+        argmax[g0:g1] = index.transpose(0, 3, 2, 1)
 
-    _parallel.for_ranges(run, (h1[:, -1] - h0[:, 0]) * (w1[:, -1] - w0[:, 0] + pooled_w) + 1)
-    out = out.reshape(k, c, pooled_h, pooled_w)
-    argmax = argmax.reshape(k, c, pooled_h, pooled_w)
+    _pool(keys, rois, bins, finish)
     if negative_zero:  # keys hold +0.0 for -0.0: take the sign of zero from the input
+        image = rois[:, 0].astype(np.int64)
         box, channel, ph, pw = np.nonzero((out == 0) & (argmax >= 0))
         at = argmax[box, channel, ph, pw]
         out[box, channel, ph, pw] = input[image[box], channel, at // w, at % w]
@@ -188,7 +248,8 @@ def _forward_gather(input, rois, bins):
         # First hit in scan order: the smallest entry index among the hits of each segment.
         order = np.where(hit, np.arange(values.shape[0], dtype=np.int64)[:, None], values.shape[0])
         winner = np.minimum.reduceat(order, starts, axis=0)
-        out[k0 * pooled_h * pooled_w + full] = best
+        # The winner's own value: the maximum, with the sign of a zero that ties -0.0.
+        out[k0 * pooled_h * pooled_w + full] = np.take_along_axis(values, winner, axis=0)
         argmax[k0 * pooled_h * pooled_w + full] = (hh * w + ww)[winner]
     out = out.reshape(k, pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
     argmax = argmax.reshape(k, pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
@@ -199,16 +260,36 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape, deterministic=Fals
     n, c, h, w = input_shape
     k = len(rois)
     image = rois[:, 0].astype(np.int64)
-    plane = (image[:, None] * c + np.arange(c)) * (h * w)  # (K, C) offset of each plane
-    # float16 accumulates in float32. np.add.at adds in index order, so every cell sums its
-    # contributions in the order of the boxes and bins: deterministic, and one pass over
-    # the gradient instead of a full-size bincount per chunk.
-    dtype = np.promote_types(grad_output.dtype, np.float32)
-    grad = np.zeros(n * c * h * w, dtype)
-    per_box = argmax[0].size if k else 0
-    for k0, k1 in _sampling.chunks(np.full(k, per_box)):
-        at = argmax[k0:k1]
-        hit = at >= 0
-        target = (plane[k0:k1, :, None, None] + at)[hit]
-        np.add.at(grad, target, grad_output[k0:k1][hit].astype(dtype, copy=False))
-    return grad.reshape(input_shape).astype(grad_output.dtype, copy=False)
+    bins = argmax.shape[2] * argmax.shape[3]
+    at = argmax.reshape(k, c, bins)
+    g = grad_output.reshape(k, c, bins)
+    dtype = np.promote_types(grad_output.dtype, np.float32)  # float16 accumulates in float32
+    grad = np.empty((n, c, h * w), grad_output.dtype)
+    # Targets within a few channels' planes fit int32 (half the traffic of int64) but on
+    # giant maps.
+    index = np.int32 if n * _SLAB * (h * w + 1) < 2**31 else np.int64
+    entries = k * _SLAB * bins
+    columns = np.arange(entries + 1, dtype=index)
+    ones = np.ones(entries, dtype)
+
+    def run(c0, c1):
+        # A few channels at a time, whose cells stay in cache while their gradients are added.
+        # Every plane of cells starts with one more, where the empty bins (argmax -1) add.
+        for s0 in range(c0, c1, _SLAB):
+            s1 = min(s0 + _SLAB, c1)
+            first = (image[:, None] * (s1 - s0) + np.arange(s1 - s0)) * (h * w + 1) + 1
+            target = (at[:, s0:s1] + first[:, :, None].astype(index)).ravel()
+            # The scatter as a product with a sparse matrix of one entry per column: SciPy
+            # adds the columns in order (each cell sums its contributions in the order of the
+            # boxes and bins, deterministic whatever the threads) and releases the GIL, which
+            # np.add.at does not.
+            e = target.size
+            scatter = scipy.sparse.csc_matrix(
+                (g[:, s0:s1].astype(dtype).ravel(), target, columns[: e + 1]),
+                shape=(n * (s1 - s0) * (h * w + 1), e),
+            )
+            planes = (scatter @ ones[:e]).reshape(n, s1 - s0, h * w + 1)
+            grad[:, s0:s1] = planes[:, :, 1:]
+
+    _parallel.for_ranges(run, np.full(c, k))
+    return grad.reshape(input_shape)
