@@ -99,6 +99,9 @@ def calls(device, xp, boxes, size, dtype):
             ga, ra, x.shape, size, aligned=True, deterministic=True, **kw
         ),
         "roi_pool forward": lambda: cuproi.roi_pool(xa, ra, size, 1 / 8),
+        "roi_pool forward, argmax": lambda: cuproi.roi_pool(
+            xa, ra, size, 1 / 8, return_argmax=True
+        ),
         "roi_pool backward": lambda: cuproi.roi_pool_backward(ga, ra, argmax, x.shape),
         "roi_pool backward, deterministic": lambda: cuproi.roi_pool_backward(
             ga, ra, argmax, x.shape, deterministic=True
@@ -123,6 +126,8 @@ def calls(device, xp, boxes, size, dtype):
     txg = tx.clone().requires_grad_()
     theirs["roi_align forward"] = lambda: ops.roi_align(tx, tr, size, 1 / 8, 2, True)
     theirs["roi_pool forward"] = lambda: ops.roi_pool(tx, tr, size, 1 / 8)
+    # torchvision's kernel always finds the argmax, which its backward needs.
+    theirs["roi_pool forward, argmax"] = theirs["roi_pool forward"]
     try:  # the graphs the backward timings replay (retain_graph)
         out = ops.roi_align(txg, tr, size, 1 / 8, 2, True)
         theirs["roi_align backward"] = lambda: torch.autograd.grad(out, txg, tg, True)

@@ -245,7 +245,10 @@ def _roi_pool_with_argmax(static, x, rois):
 
 
 def _roi_pool_forward(static, x, rois):
-    return _roi_pool_with_argmax(static, x, rois)[0]
+    # The primal alone (no gradient taken): no argmax, which the CPU finds twice as fast.
+    pooled, scale, _ = static
+    out = _pooled_shape(x, rois, pooled)
+    return _host("roi_pool", out, x, rois, output_size=pooled, spatial_scale=scale)
 
 
 _roi_pool = jax.custom_vjp(_roi_pool_forward, nondiff_argnums=(0,))

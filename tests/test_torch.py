@@ -164,6 +164,29 @@ def test_deterministic_algorithms_reach_the_backward(monkeypatch, enabled):
     assert seen == [enabled] * 3
 
 
+def test_roi_pool_without_gradients_skips_the_argmax(monkeypatch):
+    """No gradient to take (no_grad, or an input that needs none): the value-only op, which
+    gives what the differentiable one does."""
+    x, boxes, _ = data()
+    expected = ct.roi_pool(x.clone().requires_grad_(), boxes, (3, 4), 0.7).detach()
+    asked = []
+    roi_pool = cuproi.roi_pool
+
+    def spy(*args, **kwargs):
+        asked.append(args[4] if len(args) > 4 else kwargs.get("return_argmax", False))
+        return roi_pool(*args, **kwargs)
+
+    monkeypatch.setattr(cuproi, "roi_pool", spy)
+    with torch.no_grad():
+        under_no_grad = ct.roi_pool(x.clone().requires_grad_(), boxes, (3, 4), 0.7)
+    plain = ct.roi_pool(x, boxes, (3, 4), 0.7)
+    compiled = torch.compile(lambda x: ct.roi_pool(x, boxes, (3, 4), 0.7), fullgraph=True)(x)
+    assert asked == [False, False, False]
+    for out in (under_no_grad, plain, compiled):
+        assert not out.requires_grad
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_custom_ops_pass_opcheck():
     x, boxes, offset = data()
     x.requires_grad_()
@@ -171,6 +194,7 @@ def test_custom_ops_pass_opcheck():
     calls = [
         (torch.ops.cuproi.roi_align.default, (x, boxes, 3, 4, 0.7, 2, True)),
         (torch.ops.cuproi.roi_pool.default, (x, boxes, 3, 4, 0.7)),
+        (torch.ops.cuproi.roi_pool_inference.default, (x.detach(), boxes, 3, 4, 0.7)),
         (torch.ops.cuproi.deform_roi_pool.default, (x, boxes, offset, 3, 4, 0.7, 0, 0.1)),
         (torch.ops.cuproi.deform_roi_pool.default, (x, boxes, None, 3, 4, 0.7, 0, 0.1)),
     ]
@@ -186,6 +210,7 @@ def test_fake_tensors_give_shapes():
         boxes = torch.empty(7, 5)
         assert ct.roi_align(x, boxes, 7, 1 / 16).shape == (7, 256, 7, 7)
         assert ct.roi_pool(x, boxes, (3, 5)).shape == (7, 256, 3, 5)
+        assert ct.roi_pool(x.requires_grad_(), boxes, (3, 5)).shape == (7, 256, 3, 5)
         assert ct.deform_roi_pool(x, boxes, torch.empty(7, 2, 7, 7), 7).shape == (7, 256, 7, 7)
 
 
