@@ -64,6 +64,37 @@ def test_bitwise_equal_with_1_and_4_threads(monkeypatch, dtype):
         np.testing.assert_array_equal(b.view(np.uint8), c.view(np.uint8))
 
 
+def _run_position_sensitive(x, rois, grad):
+    shape = x.shape
+    return [
+        _cpu.ps_roi_align_forward(x, rois, 1 / 8, 3, 4, 2),
+        _cpu.ps_roi_align_forward(x, rois, 1 / 8, 3, 4, -1),
+        _cpu.ps_roi_align_backward(grad, rois, shape, 1 / 8, 2),
+        _cpu.ps_roi_align_backward(grad, rois, shape, 1 / 8, -1),
+        _cpu.ps_roi_pool_forward(x, rois, 1 / 8, 3, 4),
+        _cpu.ps_roi_pool_backward(grad, rois, shape, 1 / 8),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_position_sensitive_bitwise_equal_with_1_and_4_threads(monkeypatch, dtype):
+    _, rois, _, _ = _inputs(dtype)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 2 * 12, 13, 17)).astype(dtype)  # 2 groups of 3 x 4 maps
+    grad = rng.standard_normal((len(rois), 2, 3, 4)).astype(dtype)
+    whole = _run_position_sensitive(x, rois, grad)  # one chunk of boxes
+    monkeypatch.setattr(_sampling, "BUDGET", 16)  # several chunks of boxes per bin position
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "1")
+    one = _run_position_sensitive(x, rois, grad)
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "4")
+    four = _run_position_sensitive(x, rois, grad)
+    for a, b, c in zip(one, four, whole, strict=True):
+        assert a.dtype == b.dtype == dtype and a.any()
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+        # Chunks only regroup the backward's sums.
+        np.testing.assert_allclose(b, c, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
 def test_thread_count_setting(monkeypatch):
     monkeypatch.setenv("CUPROI_NUM_THREADS", "3")
     assert _parallel.threads() == 3
