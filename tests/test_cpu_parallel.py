@@ -28,6 +28,7 @@ def _inputs(dtype, k=40, seed=0):
 def _run_all(x, rois, offset, grad):
     """Every CPU op and backward of cuproi._cpu on one input, as a flat list of arrays."""
     scale = 1 / 8
+    mask = np.linspace(0, 1, rois.shape[0] * 12, dtype=rois.dtype).reshape(-1, 1, 3, 4)
     out = [
         _cpu.roi_align_forward(x, rois, scale, 3, 4, 2, True),
         _cpu.roi_align_forward(x, rois, scale, 3, 4, -1, False),
@@ -39,6 +40,8 @@ def _run_all(x, rois, offset, grad):
         _cpu.deform_roi_pool_forward(x, rois, None, scale, 3, 4, 0, 0.1),
         *_cpu.deform_roi_pool_backward(grad, x, rois, offset, scale, 2, 0.1)[:2],
         _cpu.deform_roi_pool_backward(grad, x, rois, None, scale, 0, 0.1)[0],
+        *_cpu.deform_roi_pool_backward(grad, x, rois, offset, scale, 2, 0.1, mask=mask),
+        _cpu.deform_roi_pool_backward(grad, x, rois, None, scale, 0, 0.1, mask=mask)[2],
     ]
     _, argmax = _cpu.roi_pool_forward(x, rois, scale, 3, 4)
     out.append(_cpu.roi_pool_backward(grad, rois, argmax, x.shape))

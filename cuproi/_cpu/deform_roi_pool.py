@@ -110,18 +110,17 @@ def deform_roi_pool_backward(
         return _box_gradients.deform_roi_pool(
             grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma, mask
         )
-    dtype, grad_mask = grad_output.dtype, None
+    ct_grad = grad_output.astype(ct, copy=False)
+    grad_mask = None
     if mask is not None:  # out = mask * average: d / d mask = <g, average>; the rest sees g * mask
-        average = deform_roi_pool_forward(
-            input, rois, offset, spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma
-        )
-        grad_output = grad_output.astype(ct, copy=False)
-        grad_mask = (grad_output * average.astype(ct, copy=False)).sum(1, keepdims=True)
-        grad_output = grad_output * mask
+        plain_rows = _sampling.bin_rows(ct_grad)
+        ct_grad = ct_grad * mask
+        grad_mask = np.empty((k, 1, pooled_h, pooled_w), ct)
     g = _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
     axes = _bin_axes(g, offset, (pooled_h, pooled_w), gamma)
-    x_rows = None if offset is None else _sampling.pixels_by_channel(input.astype(ct, copy=False))
-    g_rows = _sampling.bin_rows(grad_output.astype(ct, copy=False))
+    reads = offset is not None or mask is not None  # the features, for those gradients
+    x_rows = _sampling.pixels_by_channel(input.astype(ct, copy=False)) if reads else None
+    g_rows = _sampling.bin_rows(ct_grad)
     grad_rows = np.zeros((n * h * w, c), ct)
     grad_offset = None if offset is None else np.zeros((k, 2, pooled_h, pooled_w), ct)
     # d out / d offset = gamma * box size * (mean over the bin's samples of d value / d position)
@@ -129,18 +128,29 @@ def deform_roi_pool_backward(
     bins = pooled_h * pooled_w
 
     def run(k0, k1):
-        """The operator of boxes k0:k1, after their offset gradients (row by row, in place)."""
-        if offset is None:
-            return _operator(rois, g, axes, shape, k0, k1)
-        a, d_dx, d_dy = _operator(rois, g, axes, shape, k0, k1, slopes=True)
-        g_part = g_rows[k0 * bins : k1 * bins]
+        """The operator of boxes k0:k1, after their offset and mask gradients."""
+        rows = slice(k0 * bins, k1 * bins)
         part = (k1 - k0, pooled_h, pooled_w)
-        grad_offset[k0:k1, 0] = ((d_dx @ x_rows) * g_part).sum(1).reshape(part) * scale_x[k0:k1]
-        grad_offset[k0:k1, 1] = ((d_dy @ x_rows) * g_part).sum(1).reshape(part) * scale_y[k0:k1]
+
+        def dot(operator, g_part):  # <g, operator @ X> of every bin, over the channels
+            return np.einsum("ij,ij->i", operator @ x_rows, g_part).reshape(part)
+
+        if offset is None:
+            a = _operator(rois, g, axes, shape, k0, k1)
+        else:
+            a, d_dx, d_dy = _operator(rois, g, axes, shape, k0, k1, slopes=True)
+            grad_offset[k0:k1, 0] = dot(d_dx, g_rows[rows]) * scale_x[k0:k1]
+            grad_offset[k0:k1, 1] = dot(d_dy, g_rows[rows]) * scale_y[k0:k1]
+        if mask is not None:  # the unmodulated average is this very operator's A @ X
+            grad_mask[k0:k1, 0] = dot(a, plain_rows[rows])
         return a
 
     for parts in _sampling.parts(_cost(axes, shape)):
         ops = _parallel.map_ordered(lambda r: run(*r), parts)
         k0, k1 = parts[0][0], parts[-1][1]
         _sampling.add_transposed(grad_rows, ops, g_rows[k0 * bins : k1 * bins])
-    return _parallel.channels_first(grad_rows, input.shape, dtype), grad_offset, grad_mask
+    return (
+        _parallel.channels_first(grad_rows, input.shape, grad_output.dtype),
+        grad_offset,
+        grad_mask,
+    )
