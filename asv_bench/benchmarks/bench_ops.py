@@ -37,6 +37,9 @@ class _Ops(Benchmark):
                 grad, boxes, x.shape, aligned=True, deterministic=True, **kw
             ),
             "roi_pool_forward": lambda: cuproi.roi_pool(x, boxes, size, 1 / 8),
+            "roi_pool_forward_argmax": lambda: cuproi.roi_pool(
+                x, boxes, size, 1 / 8, return_argmax=True
+            ),
             "roi_pool_backward": lambda: cuproi.roi_pool_backward(grad, boxes, argmax, x.shape),
             "roi_pool_backward_deterministic": lambda: cuproi.roi_pool_backward(
                 grad, boxes, argmax, x.shape, deterministic=True
@@ -79,6 +82,9 @@ class BoxHead(_Ops):
 
     def time_roi_pool_forward(self, *params):
         self.run("roi_pool_forward")
+
+    def time_roi_pool_forward_argmax(self, *params):
+        self.run("roi_pool_forward_argmax")
 
     def time_roi_pool_backward(self, *params):
         self.run("roi_pool_backward")
@@ -134,6 +140,9 @@ class GpuTime(_Ops):
 
     def track_roi_pool_forward(self, *params):
         return gpu_seconds(self.calls["roi_pool_forward"])
+
+    def track_roi_pool_forward_argmax(self, *params):
+        return gpu_seconds(self.calls["roi_pool_forward_argmax"])
 
     def track_roi_pool_backward(self, *params):
         return gpu_seconds(self.calls["roi_pool_backward"])
