@@ -62,7 +62,8 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, argmax=True
     return out, (index if argmax else None)
 
 
-_LOW = np.int64(0xFFFFFFFF)
+_INT32_MIN, _INT32_MAX = np.int32(-(2**31)), np.int32(2**31 - 1)
+_HIGH = 1 if np.little_endian else 0  # the int32 half of an int64 that holds its high bits
 _GROUP = 16  # boxes pooled together (see _pool)
 _SLAB = 8  # channels whose gradients are added together
 
@@ -70,17 +71,19 @@ _SLAB = 8  # channels whose gradients are added together
 def _table(x, keys):
     """Channels-last (N, H, W, C) copy of (N, C, H, W) features, and whether any is -0.0.
 
-    With ``keys``, every value becomes its int64 key
-    ``ordered(value) << 32 | (2**32 - 1 - (h * W + w))``: ``ordered`` maps float32 to int32
-    monotonically (negative floats have their magnitude bits flipped), after -0.0 is made +0.0
-    (the two compare equal, so the first one must win) and every NaN a positive NaN (above
-    +inf). Without, the values are copied as they are (float16 as float32, whose maximum NumPy
-    computes several times faster, exactly). Built in blocks of rows, in parallel, so each
-    block's passes stay in cache.
+    With ``keys``, every value becomes its int64 key ``ordered(value) << 32 | ~(h * W + w)``,
+    whose two int32 halves are written directly. ``ordered`` maps float32 to int32
+    monotonically: negative floats have their magnitude bits flipped and move up by one, so
+    that -0.0 meets +0.0 at 0 (the two compare equal: the first one must win), and every NaN
+    becomes the int32 maximum (above +inf, all equal: the first NaN wins). Without, the values
+    are copied as they are (float16 as float32, whose maximum NumPy computes several times
+    faster, exactly). Built in blocks of rows, in parallel, so each block's passes stay in
+    cache.
     """
     n, c, h, w = x.shape
     table = np.empty((n, h, w, c), np.int64 if keys else np.promote_types(x.dtype, np.float32))
-    low = _LOW - np.arange(h * w, dtype=np.int64).reshape(h, w)
+    halves = table.view(np.int32).reshape(n, h, w, c, 2) if keys else None
+    low = ~np.arange(h * w, dtype=np.int32).reshape(h, w, 1)
     rows = max(_parallel._BLOCK // max(w, 1), 1)
     blocks = [(i, r, min(r + rows, h)) for i in range(n) for r in range(0, h, rows)]
 
@@ -88,17 +91,20 @@ def _table(x, keys):
         negative_zero = False
         for i, r0, r1 in blocks[start:stop]:
             block = x[i, :, r0:r1]
-            if not negative_zero and (block == 0).any():
-                negative_zero = bool(np.signbit(block[block == 0]).any())
-            if keys:
-                v = np.add(block, np.float32(0), dtype=np.float32)  # -0.0 + 0.0 is +0.0
-                nan = v != v
-                if nan.any():
-                    v[nan] = np.nan
-                bits = v.view(np.int32)
-                bits ^= (bits >> 31) & np.int32(0x7FFFFFFF)
-                block = (bits.astype(np.int64) << 32) | low[r0:r1]
-            table[i, r0:r1] = block.transpose(1, 2, 0)
+            if not keys:
+                if not negative_zero and (block == 0).any():
+                    negative_zero = bool(np.signbit(block[block == 0]).any())
+                table[i, r0:r1] = block.transpose(1, 2, 0)
+                continue
+            bits = block.astype(np.float32, copy=False).view(np.int32)
+            negative_zero |= bool(bits.min() == _INT32_MIN)  # the bits of -0.0
+            sign = bits >> 31
+            ordered = bits ^ (sign & _INT32_MAX)
+            ordered -= sign
+            if np.isnan(block.max()):
+                ordered[np.isnan(block)] = _INT32_MAX
+            halves[i, r0:r1, :, :, _HIGH] = ordered.transpose(1, 2, 0)
+            halves[i, r0:r1, :, :, 1 - _HIGH] = low[r0:r1]
         return negative_zero
 
     negative_zero = any(_parallel.for_ranges(build, np.ones(len(blocks))))
@@ -106,11 +112,13 @@ def _table(x, keys):
 
 
 def _decode(keys):
-    """(value as float32, flat index as int32) of int64 keys."""
-    high = (keys >> 32).astype(np.int32)
-    high ^= (high >> 31) & np.int32(0x7FFFFFFF)
-    index = (_LOW - (keys & _LOW)).astype(np.int32)
-    return high.view(np.float32), index
+    """(value as float32, flat index as int32) of int64 keys: the inverse of _table's."""
+    halves = keys.view(np.int32).reshape(*keys.shape, 2)
+    bits = np.ascontiguousarray(halves[..., _HIGH])  # (NumPy's loops on strided views are slow)
+    sign = bits >> 31
+    bits += sign
+    bits ^= sign & _INT32_MAX
+    return bits.view(np.float32), np.invert(halves[..., 1 - _HIGH])
 
 
 def _layout(rois, bins):
