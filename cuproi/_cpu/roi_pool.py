@@ -82,6 +82,8 @@ def _table(x, keys):
     """
     n, c, h, w = x.shape
     table = np.empty((n, h, w, c), np.int64 if keys else np.promote_types(x.dtype, np.float32))
+    if table.size == 0:
+        return table, False
     halves = table.view(np.int32).reshape(n, h, w, c, 2) if keys else None
     low = ~np.arange(h * w, dtype=np.int32).reshape(h, w, 1)
     rows = max(_parallel._BLOCK // max(w, 1), 1)
