@@ -10,7 +10,7 @@ grid count is piecewise constant and contributes 0. See ``add_box_terms`` in the
 
 import numpy as np
 
-from cuproi._cpu import _samples, _sampling
+from cuproi._cpu import _parallel, _samples, _sampling
 from cuproi._cpu.deform_roi_pool import _bin_axes
 
 
@@ -25,7 +25,8 @@ def _box_gradient(grad_output, input, rois, g, y, x, scale, shift, free, mask):
     if mask is not None:
         per_bin = per_bin * mask.reshape(-1)
     out = np.zeros((k, 5), np.float64)
-    for k0, k1 in _samples.chunks(y, x, h, w, c):
+
+    def run(k0, k1):  # every range of boxes writes its own rows
         yb, hb, gh, xb, wb, gw = _samples.bins_of(y, x, k0, k1)
         s = _samples.samples(yb, hb, gh, xb, wb, gw, h, w)
         image = rois[k0:k1, 0].astype(np.int64)[np.arange(len(yb)) // bins]
@@ -46,6 +47,9 @@ def _box_gradient(grad_output, input, rois, g, y, x, scale, shift, free, mask):
             chunk_shift,
             (free[0][k0:k1], free[1][k0:k1]),
         )
+
+    for ranges in _samples.parts(y, x, h, w, c):
+        _parallel.map_ordered(lambda r: run(*r), ranges)
     return out.astype(ct)
 
 

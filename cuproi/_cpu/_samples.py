@@ -5,9 +5,9 @@ pooling needs every sample's value, and a box gradient weighs every sample's slo
 sample sits in the box, so these work on the samples themselves: ``samples`` lists the in-range
 samples of many bins (in scan order within a bin, with their taps), ``values`` and ``slopes``
 interpolate all channels at them. Boxes are processed in chunks whose ``samples x channels``
-arrays stay within ``_sampling.BUDGET`` entries. Positions are computed in the compute dtype in
-the operation order of the kernels (``_sampling.sample_positions``), so both backends pick the
-same samples, taps and winners.
+arrays stay within ``_sampling.BUDGET`` entries, each split into ranges for the threads.
+Positions are computed in the compute dtype in the operation order of the kernels
+(``_sampling.sample_positions``), so both backends pick the same samples, taps and winners.
 """
 
 from typing import NamedTuple
@@ -120,20 +120,29 @@ def scan_max(s, vals, bins):
     if len(s.bin):
         counts = np.bincount(s.bin, minlength=bins)
         has = np.flatnonzero(counts)
-        starts = (np.cumsum(counts) - counts)[has]
-        nan = np.isnan(vals)
-        with np.errstate(invalid="ignore"):
-            best = np.maximum.reduceat(vals, starts, axis=0)  # NaN propagates
-        row = np.arange(len(s.bin))
-        seg_best = np.repeat(best, counts[has], axis=0)
-        hit = (vals == seg_best) | (nan & np.isnan(seg_best))
-        first = np.minimum.reduceat(np.where(hit, row[:, None], len(row)), starts, axis=0)
-        value[has] = best
-        winner[has] = first
+        n = counts[has]
+        # Slot t of every bin holds its sample t, or its last one where it has fewer: repeats
+        # change neither the maximum nor the first sample that reaches it. One gather, then
+        # elementwise passes over the slots (np.maximum.reduceat is several times slower).
+        order = (np.cumsum(counts) - counts)[has, None] + np.minimum(
+            np.arange(n.max()), n[:, None] - 1
+        )
+        slots = vals[order]  # (bins with samples, slots, C)
+        best = slots[:, 0].copy()
+        for t in range(1, slots.shape[1]):
+            np.maximum(best, slots[:, t], out=best)  # NaN propagates
+        nan = np.isnan(best)
+        any_nan = nan.any()
+        first = np.empty(best.shape, np.int64)
+        for t in reversed(range(slots.shape[1])):  # the earliest hit is written last
+            hit = slots[:, t] == best
+            if any_nan:
+                hit |= nan & np.isnan(slots[:, t])
+            np.copyto(first, order[:, t, None], where=hit)
         # An out-of-range zero competes: it wins when larger, or equal and earlier.
         out = s.first_out[has][:, None]
         scan = s.scan[first]
-        zero = (out >= 0) & ~np.isnan(best) & ((best < 0) | ((best == 0) & (out < scan)))
+        zero = (out >= 0) & ~nan & ((best < 0) | ((best == 0) & (out < scan)))
         value[has] = np.where(zero, 0, best)
         winner[has] = np.where(zero, -1, first)
     return value, winner
@@ -144,13 +153,16 @@ def bins_of(y, x, k0, k1):
     return [np.ascontiguousarray(a[k0:k1]).ravel() for a in (*y, *x)]
 
 
-def chunks(y, x, height, width, channels):
-    """Ranges of boxes whose samples times ``channels`` stay within the budget."""
+def parts(y, x, height, width, channels):
+    """Chunks of boxes whose samples times ``channels`` stay within the budget.
+
+    Each chunk comes as its ranges of boxes for the threads (``_sampling.parts``).
+    """
     k = y[0].shape[0]
     ny = np.diff(np.stack(_sampling.sample_range(*(a.reshape(k, -1) for a in y), height)), axis=0)
     nx = np.diff(np.stack(_sampling.sample_range(*(a.reshape(k, -1) for a in x), width)), axis=0)
     cost = (ny[0] * nx[0]).sum(1) * max(channels, 1)
-    return _sampling.chunks(cost)
+    return _sampling.parts(cost)
 
 
 def box_gradient(s, dx, dy, weight, bins, pooled, grid_h, grid_w, scale, shift, free):

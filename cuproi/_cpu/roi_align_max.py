@@ -45,9 +45,13 @@ def roi_align_max_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampli
     x_rows = _sampling.pixels_by_channel(input.astype(rois.dtype, copy=False))
     out = np.zeros((len(rois), c, pooled_h, pooled_w), rois.dtype)
     _, y, x = _setup(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-    for k0, k1 in _samples.chunks(y, x, h, w, c):
+
+    def run(k0, k1):
         _, _, value, _, _ = _chunk(x_rows, rois, shape, y, x, k0, k1)
         out[k0:k1] = value.reshape(k1 - k0, pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
+
+    for ranges in _samples.parts(y, x, h, w, c):
+        _parallel.map_ordered(lambda r: run(*r), ranges)
     return out.astype(input.dtype, copy=False)
 
 
@@ -72,7 +76,9 @@ def roi_align_max_backward(
     grad_rows = np.zeros((n * h * w, c), ct) if wrt == "input" else None
     grad_rois = np.zeros((k, 5), np.float64)
     free = (aligned | (grid.width > 1), aligned | (grid.height > 1))
-    for k0, k1 in _samples.chunks(y, x, h, w, c):
+
+    def run(k0, k1):
+        """The winners of boxes k0:k1 (wrt input), or their box gradient, written in place."""
         s, image, _, winner, (gh, gw) = _chunk(x_rows, rois, shape, y, x, k0, k1)
         g = g_rows[k0 * bins : k1 * bins]
         won = winner >= 0
@@ -80,16 +86,7 @@ def roi_align_max_backward(
         at = winner[won]
         gv = g[b_of, c_of]
         if wrt == "input":
-            base = image[b_of] * h
-            for (yy, xx), wt in zip(
-                ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1)),
-                _samples.weights(s),
-                strict=True,
-            ):
-                pixel = (base + yy[at]) * w + xx[at]
-                # On the flat view: add.at's fast path for one index array (several times faster).
-                np.add.at(grad_rows.reshape(-1), pixel * c + c_of, gv * wt[at])
-            continue
+            return s, image, b_of, c_of, at, gv
         weight = np.zeros((len(s.bin), c), ct)
         weight[at, c_of] = gv
         dx, dy = _samples.slopes(s, image, h, w, x_rows)
@@ -106,6 +103,22 @@ def roi_align_max_backward(
             None,
             (free[0][k0:k1], free[1][k0:k1]),
         )
+
+    for ranges in _samples.parts(y, x, h, w, c):
+        found = _parallel.map_ordered(lambda r: run(*r), ranges)
+        if wrt != "input":
+            continue
+        # The scatter, in the order of the boxes whatever the threads: deterministic.
+        for s, image, b_of, c_of, at, gv in found:
+            base = image[b_of] * h
+            for (yy, xx), wt in zip(
+                ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1)),
+                _samples.weights(s),
+                strict=True,
+            ):
+                pixel = (base + yy[at]) * w + xx[at]
+                # On the flat view: add.at's fast path for one index array (several times faster).
+                np.add.at(grad_rows.reshape(-1), pixel * c + c_of, gv * wt[at])
     if wrt == "input":
         return _parallel.channels_first(grad_rows, input.shape, grad_output.dtype)
     return grad_rois.astype(ct)
