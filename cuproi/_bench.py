@@ -45,8 +45,7 @@ def run(cupy, repeat, num_boxes, stream=None):
     ]
     ops += family_runs()
     rows = [(op, way, b) for op, way, _ in ops for b in backends]
-    reference = {("roi_align", "forward"), ("roi_align", "backward")}
-    reference |= {("roi_pool", "forward"), ("roi_pool", "backward")}
+    reference = {(op, way) for op in _THEIRS for way in ("forward", "backward")}
     total = len(rows) + (sum((op, way) in reference for op, way, _ in rows) if torchvision else 0)
     progress = _Progress(total, stream)
     print(
@@ -59,7 +58,10 @@ def run(cupy, repeat, num_boxes, stream=None):
     lines = [header, "-" * len(header)]
     calls = {(op, way): call for op, way, call in ops}
     arrays = {b.name: _demo.inputs(b, x, boxes, offset, grad, POOLED, SCALE) for b in backends}
-    extras = {b.name: family_inputs(b, x, boxes, grad) for b in backends}
+    family = family_arrays(x, boxes, grad)
+    extras = {b.name: family_inputs(b, family) for b in backends}
+    # What torchvision's call of each op reads: (features, boxes, gradient of the output).
+    compared = {"ps_roi_align": (family["maps"], boxes, family["maps_grad"])}
     for op, way, backend in rows:
         progress.show(f"{op} {way} on {backend.name}")
         args, extra = arrays[backend.name], extras[backend.name]
@@ -69,17 +71,16 @@ def run(cupy, repeat, num_boxes, stream=None):
         if torchvision and (op, way) in reference:
             progress.show(f"torchvision {op} {way} on {backend.name}")
             ours = np.asarray(backend.back(result), np.float64)
-            theirs = _compare(
-                torchvision, op, way, backend.name, (x, boxes, grad), ours, seconds, repeat
-            )
+            inputs = compared.get(op, (x, boxes, grad))
+            theirs = _compare(torchvision, op, way, backend.name, inputs, ours, seconds, repeat)
         lines.append(f"{op:<22}{way:<10}{backend.name:<9}{seconds * 1e3:>8.2f}ms{theirs}")
     progress.done()
     print("\n".join(line.rstrip() for line in lines))
     print(f"\ntorchvision: {why}")
 
 
-def family_inputs(backend, x, boxes, grad):
-    """The arrays of the rest of the family, derived from the workload, on ``backend``."""
+def family_arrays(x, boxes, grad):
+    """The NumPy arrays of the rest of the family, derived from the workload."""
     k = len(boxes)
     centre, size = (boxes[:, 1:3] + boxes[:, 3:5]) / 2, boxes[:, 3:5] - boxes[:, 1:3]
     angle = np.linspace(-90, 90, k, dtype=np.float32)
@@ -90,9 +91,12 @@ def family_inputs(backend, x, boxes, grad):
         "mask": np.full((k, 1, *POOLED), 0.5, np.float32),
         "coarse": x[:, :, ::2, ::2],  # the next pyramid level, stride 32
     }
-    return types.SimpleNamespace(
-        **{name: backend.move(np.ascontiguousarray(a)) for name, a in arrays.items()}
-    )
+    return {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+
+
+def family_inputs(backend, arrays):
+    """The arrays of :func:`family_arrays` on ``backend``, as attributes."""
+    return types.SimpleNamespace(**{name: backend.move(a) for name, a in arrays.items()})
 
 
 def family_runs():
@@ -187,6 +191,15 @@ def family_runs():
     ]
 
 
+# torchvision's call of every op it has with cuproi's semantics on these boxes, on
+# (ops module, features, boxes).
+_THEIRS = {
+    "roi_align": lambda tv, x, b: tv.roi_align(x, b, POOLED, SCALE, RATIO, True),
+    "roi_pool": lambda tv, x, b: tv.roi_pool(x, b, POOLED, SCALE),
+    "ps_roi_align": lambda tv, x, b: tv.ps_roi_align(x, b, POOLED, SCALE, RATIO),
+}
+
+
 def _compare(torchvision, op, way, backend, arrays, ours, seconds, repeat):
     """The torchvision columns of one row: time, speed-up of cuproi, max |diff|."""
     torch, tv = torchvision
@@ -194,19 +207,15 @@ def _compare(torchvision, op, way, backend, arrays, ours, seconds, repeat):
     if device == "cuda" and not torch.cuda.is_available():
         return f"{'(no CUDA torch)':>14}"
     x, boxes, grad = (torch.from_numpy(a).to(device) for a in arrays)
+    pool = functools.partial(_THEIRS[op], tv)
     if way == "backward":
         x.requires_grad_(True)
-    if op == "roi_align":
-        out = tv.roi_align(x, boxes, POOLED, SCALE, sampling_ratio=RATIO, aligned=True)
-    else:
-        out = tv.roi_pool(x, boxes, POOLED, SCALE)
+        out = pool(x, boxes)
 
     def call():
         if way == "forward":
             with torch.no_grad():
-                if op == "roi_align":
-                    return tv.roi_align(x, boxes, POOLED, SCALE, sampling_ratio=RATIO, aligned=True)
-                return tv.roi_pool(x, boxes, POOLED, SCALE)
+                return pool(x, boxes)
         return torch.autograd.grad(out, x, grad, retain_graph=True)[0]
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

@@ -117,7 +117,7 @@ def test_bench_beside_torchvision(capsys, monkeypatch):
     import cuproi.torch as ct
 
     ops = types.ModuleType("torchvision.ops")
-    ops.roi_align, ops.roi_pool = ct.roi_align, ct.roi_pool
+    ops.roi_align, ops.roi_pool, ops.ps_roi_align = ct.roi_align, ct.roi_pool, ct.ps_roi_align
     fake = types.ModuleType("torchvision")
     fake.ops, fake.__version__ = ops, "0.0-stand-in"
     monkeypatch.setitem(sys.modules, "torchvision", fake)
@@ -126,9 +126,10 @@ def test_bench_beside_torchvision(capsys, monkeypatch):
     assert status == 0
     assert "speed-up" in out and "0.0-stand-in" in out
     rows = [line.split() for line in out.splitlines()]
-    rows = [r for r in rows if r[:1] in (["roi_align"], ["roi_pool"]) and r[1] in PASSES]
+    compared = (["roi_align"], ["roi_pool"], ["ps_roi_align"])
+    rows = [r for r in rows if r[:1] in compared and r[1] in PASSES]
     diffs = [float(row[-1]) for row in rows]
-    assert len(diffs) == 4 and max(diffs) < 1e-5
+    assert len(diffs) == 6 and max(diffs) < 1e-5
 
 
 @pytest.mark.parametrize(
