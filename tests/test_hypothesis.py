@@ -374,6 +374,8 @@ def test_roi_pool_matches_oracle(p, dtype):
     )
     np.testing.assert_array_equal(argmax, expected_argmax)  # distinct values: no ties
     np.testing.assert_array_equal(out.astype(np.float64), expected)  # a max is exact
+    values = cuproi.roi_pool(x, rois, p.pooled, p.scale)  # no argmax: the CPU's value path
+    np.testing.assert_array_equal(values.astype(np.float64), expected)
 
     boxes = pool_backward_boxes(rois, p.scale)
     grad = cuproi.roi_pool_backward(g, boxes, argmax, x.shape)
@@ -401,6 +403,8 @@ def test_roi_pool_ties_first_maximum_wins(p, levels, dtype):
     )
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(out.astype(np.float64), expected)
+    values = cuproi.roi_pool(x, rois, p.pooled, p.scale)
+    np.testing.assert_array_equal(values.astype(np.float64), expected)
     if host.COMPILER is not None:
         x, rois = _validate.features(np, x), _validate.boxes(np, rois, len(x), p.scale, x.dtype)
         actual, actual_argmax = host.bind("roi_pool_forward")(x, rois, p.scale, *p.pooled)
