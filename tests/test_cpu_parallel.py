@@ -98,6 +98,32 @@ def test_position_sensitive_bitwise_equal_with_1_and_4_threads(monkeypatch, dtyp
         np.testing.assert_allclose(b, c, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("wide", [False, True])
+def test_roi_pool_backward_over_channel_slabs(monkeypatch, dtype, wide):
+    """Several slabs of channels, empty bins, int32 or int64 targets: every cell sums its
+    contributions in the order of the boxes and bins, as np.add.at does, to the bit."""
+    if wide:
+        monkeypatch.setattr(roi_pool, "_INT32_TARGETS", 0)
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "3")
+    assert 19 > 2 * roi_pool._SLAB
+    rng = np.random.default_rng(5)
+    _, rois, _, _ = _inputs(np.float32)  # some boxes off the map: empty bins
+    x = rng.standard_normal((2, 19, 13, 17)).astype(dtype)
+    _, argmax = _cpu.roi_pool_forward(x, rois, 1 / 8, 3, 4)
+    assert (argmax < 0).any() and (argmax >= 0).any()
+    g = rng.standard_normal(argmax.shape).astype(dtype)
+    grad = _cpu.roi_pool_backward(g, rois, argmax, x.shape)
+    n, c, h, w = x.shape
+    accumulate = np.promote_types(dtype, np.float32)
+    expected = np.zeros(x.size, accumulate)
+    plane = (rois[:, 0].astype(np.int64)[:, None] * c + np.arange(c)) * (h * w)
+    hit = argmax >= 0
+    np.add.at(expected, (plane[:, :, None, None] + argmax)[hit], g[hit].astype(accumulate))
+    assert grad.dtype == dtype
+    np.testing.assert_array_equal(grad, expected.reshape(x.shape).astype(dtype))
+
+
 def test_thread_count_setting(monkeypatch):
     monkeypatch.setenv("CUPROI_NUM_THREADS", "3")
     assert _parallel.threads() == 3

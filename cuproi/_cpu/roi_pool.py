@@ -66,6 +66,7 @@ _INT32_MIN, _INT32_MAX = np.int32(-(2**31)), np.int32(2**31 - 1)
 _HIGH = 1 if np.little_endian else 0  # the int32 half of an int64 that holds its high bits
 _GROUP = 16  # boxes pooled together (see _pool)
 _SLAB = 8  # channels whose gradients are added together
+_INT32_TARGETS = 2**31  # the backward's targets are int32 below this many cells per slab
 
 
 def _table(x, keys):
@@ -277,7 +278,7 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape, deterministic=Fals
     grad = np.empty((n, c, h * w), grad_output.dtype)
     # Targets within a few channels' planes fit int32 (half the traffic of int64) but on
     # giant maps.
-    index = np.int32 if n * _SLAB * (h * w + 1) < 2**31 else np.int64
+    index = np.int32 if n * _SLAB * (h * w + 1) < _INT32_TARGETS else np.int64
     entries = k * _SLAB * bins
     columns = np.arange(entries + 1, dtype=index)
     ones = np.ones(entries, dtype)
