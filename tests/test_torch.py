@@ -164,10 +164,20 @@ def test_deterministic_algorithms_reach_the_backward(monkeypatch, enabled):
     assert seen == [enabled] * 3
 
 
-def test_roi_pool_without_gradients_skips_the_argmax(monkeypatch):
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="no CUDA device")],
+        ),
+    ],
+)
+def test_roi_pool_without_gradients_skips_the_argmax(monkeypatch, device):
     """No gradient to take (no_grad, or an input that needs none): the value-only op, which
     gives what the differentiable one does."""
-    x, boxes, _ = data()
+    x, boxes, _ = data(device=device)
     expected = ct.roi_pool(x.clone().requires_grad_(), boxes, (3, 4), 0.7).detach()
     asked = []
     roi_pool = cuproi.roi_pool
