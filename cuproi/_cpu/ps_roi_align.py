@@ -1,7 +1,7 @@
 """Position-sensitive RoI Align on the CPU.
 
 RoI Align's sparse sampling operator (_sampling), aligned and without a minimum box size,
-applied per bin position to that position's score maps (_ps).
+applied per row of bins to that row's score maps (_ps).
 """
 
 import numpy as np

@@ -1,8 +1,8 @@
 """Position-sensitive RoI Pool on the CPU.
 
 The average of every quantized bin as a sparse operator (a bin's weights are the outer product
-of its row and column indicators over its area), applied per bin position to that position's
-score maps (_ps).
+of its row and column indicators over its area), applied per row of bins to that row's score
+maps (_ps).
 """
 
 import numpy as np
