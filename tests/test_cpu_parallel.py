@@ -1,10 +1,11 @@
 """The CPU backend's threads: results bitwise equal whatever the number of threads.
 
 Every op is run with 1 and with 4 threads (``CUPROI_NUM_THREADS``) on inputs split into many
-chunks (a tiny ``_sampling.BUDGET``), so chunks, ranges and blocks are all exercised; outputs
-and gradients must agree bit for bit, since each element is computed by one task in a fixed
-order. Also checks the float32 fast path of RoI Pool against its generic (float64-capable)
-formulation on NaN, infinities, signed zeros and ties.
+chunks (a tiny ``_sampling.BUDGET``) and in one chunk that the threads split into ranges, so
+chunks, ranges and blocks are all exercised; outputs and gradients must agree bit for bit,
+since each element is computed by one task in a fixed order. Also checks RoI Pool's fast paths
+(keys, values) against its generic gather formulation on NaN, infinities, signed zeros and
+ties, and its backward over several channel slabs against np.add.at.
 """
 
 import numpy as np
@@ -45,12 +46,21 @@ def _run_all(x, rois, offset, grad):
     ]
     _, argmax = _cpu.roi_pool_forward(x, rois, scale, 3, 4)
     out.append(_cpu.roi_pool_backward(grad, rois, argmax, x.shape))
+    out += [  # max mode, its samples' winners found in ranges of boxes on the threads
+        _cpu.roi_align_max_forward(x, rois, scale, 3, 4, 2, True),
+        _cpu.roi_align_max_backward(grad, x, rois, scale, 2, True),
+        _cpu.roi_align_max_backward(grad, x, rois, scale, -1, False),
+        _cpu.roi_align_max_backward(grad, x, rois, scale, 2, True, wrt="boxes"),
+        _cpu.roi_align_backward(grad, rois, x.shape, scale, 2, True, input=x, wrt="boxes"),
+    ]
     return out
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
-def test_bitwise_equal_with_1_and_4_threads(monkeypatch, dtype):
-    monkeypatch.setattr(_sampling, "BUDGET", 64)  # a chunk of a box or two
+@pytest.mark.parametrize("budget", [64, None])
+def test_bitwise_equal_with_1_and_4_threads(monkeypatch, dtype, budget):
+    if budget:  # a chunk of a box or two; else one chunk, split into ranges for the threads
+        monkeypatch.setattr(_sampling, "BUDGET", budget)
     monkeypatch.setattr(_parallel, "_BLOCK", 16)  # many layout blocks
     args = _inputs(np.float32 if dtype == np.float16 else dtype)
     if dtype == np.float16:

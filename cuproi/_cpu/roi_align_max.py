@@ -85,8 +85,13 @@ def roi_align_max_backward(
         b_of, c_of = np.nonzero(won)
         at = winner[won]
         gv = g[b_of, c_of]
-        if wrt == "input":
-            return s, image, b_of, c_of, at, gv
+        if wrt == "input":  # (flat target, value) of the winners' contributions, tap by tap
+            base = image[b_of] * h
+            taps = ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1))
+            return [
+                (((base + yy[at]) * w + xx[at]) * c + c_of, gv * wt[at])
+                for (yy, xx), wt in zip(taps, _samples.weights(s), strict=True)
+            ]
         weight = np.zeros((len(s.bin), c), ct)
         weight[at, c_of] = gv
         dx, dy = _samples.slopes(s, image, h, w, x_rows)
@@ -108,17 +113,13 @@ def roi_align_max_backward(
         found = _parallel.map_ordered(lambda r: run(*r), ranges)
         if wrt != "input":
             continue
-        # The scatter, in the order of the boxes whatever the threads: deterministic.
-        for s, image, b_of, c_of, at, gv in found:
-            base = image[b_of] * h
-            for (yy, xx), wt in zip(
-                ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1)),
-                _samples.weights(s),
-                strict=True,
-            ):
-                pixel = (base + yy[at]) * w + xx[at]
-                # On the flat view: add.at's fast path for one index array (several times faster).
-                np.add.at(grad_rows.reshape(-1), pixel * c + c_of, gv * wt[at])
+        # Tap by tap over the whole chunk, its ranges in order: every cell adds its terms in
+        # the same order however the chunk was split over the threads (deterministic). On the
+        # flat view: add.at's fast path for one index array (several times faster).
+        for tap in range(4):
+            target = np.concatenate([contributions[tap][0] for contributions in found])
+            value = np.concatenate([contributions[tap][1] for contributions in found])
+            np.add.at(grad_rows.reshape(-1), target, value)
     if wrt == "input":
         return _parallel.channels_first(grad_rows, input.shape, grad_output.dtype)
     return grad_rois.astype(ct)
