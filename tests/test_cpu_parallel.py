@@ -108,6 +108,27 @@ def test_position_sensitive_bitwise_equal_with_1_and_4_threads(monkeypatch, dtyp
         np.testing.assert_allclose(b, c, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
 
 
+def test_roi_pool_float64_values_float32_cannot_tell_apart():
+    """float64 with argmax runs the keys of a float32 proxy: where the proxy ties values that
+    differ (or rounds them to 0 or inf), the exact maximum and its first cell still win."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 9, 11))
+    base = [1.0, 1e-310, 1e300, -1e-310]  # a normal, a subnormal, past float32's range, ...
+    for i, value in enumerate(base):
+        cells = rng.choice(x[0, 0].size, 5, replace=False)
+        # Ties in float32 only, the largest not first in scan order; and an exact tie.
+        x[0, i % 3].flat[cells] = value * (1 + np.array([0, 1e-12, 3e-12, 2e-12, 3e-12]))
+    rois = np.array([[0, 0, 0, 10, 8], [0, 2, 1, 9, 7], [1, 0, 0, 10, 8]], np.float64)
+    bins = roi_pool._bins(rois, 1.0, 2, 3, 9, 11)
+    out, argmax = roi_pool.roi_pool_forward(x, rois, 1.0, 2, 3)
+    expected, expected_argmax = roi_pool._forward_gather(x, rois, bins)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(out, expected)
+    with np.errstate(over="ignore"):
+        _, proxy_argmax = roi_pool._forward_keys(x.astype(np.float32), rois, bins)
+    assert (proxy_argmax != expected_argmax).any()  # the proxy alone would have been wrong
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("wide", [False, True])
 def test_roi_pool_backward_over_channel_slabs(monkeypatch, dtype, wide):
@@ -180,10 +201,9 @@ def test_roi_pool_fast_paths_match_generic(dtype):
         picked = x[image, channel, at // w, at % w]
         hit = (expected_argmax >= 0) & ~np.isnan(expected)
         outs = [expected, roi_pool.roi_pool_forward(x, rois, scale, 2, 3, argmax=False)[0]]
-        if dtype != np.float64:  # no keys for float64
-            out, argmax = roi_pool._forward_keys(x, rois, bins)
-            np.testing.assert_array_equal(argmax, expected_argmax)
-            outs.append(out)
+        out, argmax = roi_pool.roi_pool_forward(x, rois, scale, 2, 3)  # keys, or float64's proxy
+        np.testing.assert_array_equal(argmax, expected_argmax)
+        outs.append(out)
         for out in outs:
             assert out.dtype == dtype
             np.testing.assert_array_equal(out, expected)  # NaN where NaN; -0.0 == 0.0

@@ -7,8 +7,9 @@ float16 and float32 features become int64 keys, the value mapped to an order-pre
 in the high half and the flat index complemented in the low half, so that a plain integer
 maximum finds the largest value and, among equal values, the first cell (NaN ranks above
 everything, so the first NaN wins); float64 features (no room for a 64-bit value and an index
-in one key) take a gather formulation. The backward adds every gradient to its argmax cell,
-a few channels at a time, as a sparse product.
+in one key) use the keys of a float32 proxy, checked against their exact maxima, and a gather
+formulation for the boxes the proxy cannot decide. The backward adds every gradient to its
+argmax cell, a few channels at a time, as a sparse product.
 """
 
 import numpy as np
@@ -57,7 +58,7 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, argmax=True
         # A maximum of -0.0 and +0.0 may give either sign; the argmax paths take the first's.
         if not negative_zero:
             return _forward_values(table, rois, bins, input.dtype), None
-    forward = _forward_keys if input.dtype.itemsize <= 4 else _forward_gather
+    forward = _forward_keys if input.dtype.itemsize <= 4 else _forward_proxy
     out, index = forward(input, rois, bins)
     return out, (index if argmax else None)
 
@@ -219,6 +220,33 @@ def _forward_keys(input, rois, bins):
         box, channel, ph, pw = np.nonzero((out == 0) & (argmax >= 0))
         at = argmax[box, channel, ph, pw]
         out[box, channel, ph, pw] = input[image[box], channel, at // w, at % w]
+    return out, argmax
+
+
+def _forward_proxy(input, rois, bins):
+    """float64: the keys of a float32 proxy of the values, checked against the exact maxima.
+
+    Rounding to float32 keeps the order (x <= y gives proxy(x) <= proxy(y)), NaN and the sign
+    of zero, so the first cell that holds a bin's largest proxy comes no later than the first
+    that holds its largest value, and is that cell when its value is the bin's maximum. Where it
+    is not (two values the proxy cannot tell apart), the box takes the gather formulation.
+    """
+    n, c, h, w = input.shape
+    with np.errstate(over="ignore"):  # values past float32's range become its infinities
+        proxy = input.astype(np.float32)
+    _, argmax = _forward_keys(proxy, rois, bins)
+    best = _forward_values(_table(input, keys=False)[0], rois, bins, input.dtype)
+    plane = (rois[:, 0].astype(np.int64)[:, None] * c + np.arange(c)) * (h * w)
+    out = input.reshape(-1)[plane[:, :, None, None] + np.maximum(argmax, 0)]
+    out[argmax < 0] = 0
+    wrong = out != best
+    if wrong.any():
+        wrong &= ~(np.isnan(out) & np.isnan(best))  # NaN != NaN
+    boxes = np.flatnonzero(wrong.any(axis=(1, 2, 3)))
+    if boxes.size:
+        out[boxes], argmax[boxes] = _forward_gather(
+            input, rois[boxes], tuple(edge[boxes] for edge in bins)
+        )
     return out, argmax
 
 
