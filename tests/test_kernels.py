@@ -19,13 +19,20 @@ from cuproi._cuda import _ops, _source
 NVCC = shutil.which("nvcc")
 SOURCES = sorted(p.stem for p in _source.kernels_dir().glob("*.cu"))
 # Sources that serve the other kernels rather than an op: (directions, dtype suffixes).
-SUPPORT = {"fixed_point": (("finalize",), ("f32", "f64"))}
+SUPPORT = {
+    "fixed_point": (("finalize",), ("f32", "f64")),
+    "layout": (("transpose",), ("f16", "f32", "f64")),
+}
 OP_ENTRIES = (("forward", "backward"), ("f16", "f32", "f64"))
+# Ops with channels-last kernels beside the NCHW ones.
+CHANNELS_LAST = {"roi_align"}
 
 
 def entries(source):
     """Every entry point name the launch layer (_ops._entry) can ask of kernels/<source>.cu."""
     directions, suffixes = SUPPORT.get(source, OP_ENTRIES)
+    if source in CHANNELS_LAST:
+        directions = (*directions, *(f"{d}_nhwc" for d in directions))
     return {
         f"cuproi_{source}_{direction}_{suffix}{wide}"
         for direction, suffix, wide in itertools.product(directions, suffixes, ("", "_i64"))
@@ -107,7 +114,9 @@ def test_int64_index_variants(monkeypatch):
     calls = []
     launch = host.launch
     monkeypatch.setattr(_ops, "LARGE", 0)
-    monkeypatch.setattr(host, "launch", lambda *a: (calls.append(a[1]), launch(*a)))
+    monkeypatch.setattr(
+        host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k))
+    )
     wide = run()
     assert calls and all(name.endswith("_i64") for name in calls)
     for a, b in zip(narrow, wide, strict=True):

@@ -24,9 +24,13 @@ def _kernels():
     return kernel
 
 
-def launch(name, entry, n, args):
-    """Run ``entry`` of kernels/<name>.cu over ``n`` elements on the current device and stream."""
+def launch(name, entry, n, args, per_block=False):
+    """Run ``entry`` of kernels/<name>.cu over ``n`` elements on the current device and stream.
+
+    With ``per_block`` the ``n`` items are blocks' work (one block each, in a block-stride
+    loop) rather than threads'.
+    """
     if n == 0:
         return
-    blocks = min(-(-n // _THREADS), _MAX_BLOCKS)
+    blocks = min(n if per_block else -(-n // _THREADS), _MAX_BLOCKS)
     _kernels()(name, entry)((blocks,), (_THREADS,), args)

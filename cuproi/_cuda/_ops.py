@@ -29,6 +29,26 @@ def _ints(*values):
     return tuple(np.int32(v) for v in values)
 
 
+# Features with at least this many channels take roi_align's channels-last kernels: the lanes of
+# a warp take 32 consecutive channels of one bin there (kernels/roi_align.cu), which fewer
+# channels would leave idle.
+CHANNELS_LAST_FROM = 32
+_CHANNEL_TILE = 32  # channels per block of the channels-last kernels
+_TILE = 32  # kernels/layout.cu
+
+
+def _transpose(xp, launch, a, rows, cols):
+    """The C-contiguous array ``a``, read as (batch, rows, cols), as a (batch, cols, rows) one."""
+    batch = a.size // (rows * cols)
+    out = xp.empty((batch, cols, rows), a.dtype)
+    tiles = batch * -(-rows // _TILE) * -(-cols // _TILE)
+    entry, index = _entry("layout", "transpose", a.dtype, a)
+    launch(
+        "layout", entry, tiles, (index(tiles), a, *_ints(batch, rows, cols), out), per_block=True
+    )
+    return out
+
+
 class _GradSum:
     """The zeroed input-gradient buffers of a backward, and how the kernel sums into them.
 
@@ -90,6 +110,17 @@ def _align_forward(source, xp, launch, input, rois, spatial_scale, pooled_h, poo
 def roi_align_forward(
     xp, launch, input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
 ):
+    n, c, h, w = input.shape
+    if c >= CHANNELS_LAST_FROM:
+        # The features channels last, then one block per box and tile of channels.
+        x = _transpose(xp, launch, input, c, h * w)
+        out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
+        items = len(rois) * -(-c // _CHANNEL_TILE)
+        entry, index = _entry("roi_align", "forward_nhwc", input.dtype, input, out)
+        args = (x, rois, rois.dtype.type(spatial_scale))
+        ints = _ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned)
+        launch("roi_align", entry, items, (index(items), *args, *ints, out), per_block=True)
+        return out
     return _align_forward(
         "roi_align",
         xp,
@@ -167,6 +198,28 @@ def roi_align_backward(
             ),
         )
         return box.result()
+    if c >= CHANNELS_LAST_FROM:
+        # A channels-last gradient (coalesced atomic adds), transposed back at the end.
+        grad = _GradSum(xp, (n, h, w, c), rois.dtype, grad_output, deterministic)
+        items = len(rois) * -(-c // _CHANNEL_TILE)
+        name = "backward_nhwc"
+        entry, index = _entry("roi_align", name, grad_output.dtype, grad_output, grad.fixed)
+        launch(
+            "roi_align",
+            entry,
+            items,
+            (
+                index(items),
+                grad_output,
+                rois,
+                rois.dtype.type(spatial_scale),
+                *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
+                *grad.args(),
+            ),
+            per_block=True,
+        )
+        result = grad.result(launch, grad_output.dtype)
+        return _transpose(xp, launch, result, h * w, c).reshape(input_shape)
     grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
     entry, index = _entry("roi_align", "backward", grad_output.dtype, grad_output, grad.fixed)
     launch(

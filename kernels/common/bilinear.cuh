@@ -94,11 +94,39 @@ __device__ __forceinline__ void sample_range(C start, C bin, int grid, int size,
   if (hi < lo) hi = lo;
 }
 
-// The 4 neighbours of a sample and their weights. Outside [-1, H] x [-1, W] the sample is zero
-// (it still counts in the divisor); in the bands [-1, 0) and (H-1, H] the edge row or column is
-// replicated. The range test is written as !(inside) so that NaN takes the zero branch before
-// any int conversion. y_free / x_free say whether the value moves with y / x at this point
-// (false in the bands, where the coordinate is flattened): the right derivative is zero there.
+// The 2 neighbours of a coordinate along one axis of `size` cells and their weights: `l` at i1,
+// `h` = 1 - l at i0. Outside [-1, size] the sample is zero (it still counts in the divisor):
+// returns false. In the bands [-1, 0) and (size-1, size] the edge cell is replicated. The range
+// test is written as !(inside) so that NaN takes the zero branch before any int conversion.
+// `free` says whether the value moves with the coordinate at this point (false in the bands,
+// where it is flattened): the right derivative is zero there.
+template <typename C>
+struct AxisTap {
+  int i0, i1;
+  C l, h;
+  bool free;
+};
+
+template <typename C>
+__device__ __forceinline__ bool axis_tap(int size, C pos, AxisTap<C>& a) {
+  if (!(pos >= C(-1) && pos <= C(size))) return false;
+  a.free = pos >= C(0);
+  if (pos <= C(0)) pos = C(0);
+  a.i0 = static_cast<int>(pos);
+  if (a.i0 >= size - 1) {
+    a.i0 = a.i1 = size - 1;
+    pos = static_cast<C>(a.i0);
+    a.free = false;
+  } else {
+    a.i1 = a.i0 + 1;
+  }
+  a.l = pos - a.i0;
+  a.h = C(1) - a.l;
+  return true;
+}
+
+// The 4 neighbours of a sample and their weights: the taps of its two axes (axis_tap); false
+// when the sample is outside [-1, H] x [-1, W].
 template <typename C>
 struct Taps {
   int y0, y1, x0, x1;
@@ -107,50 +135,37 @@ struct Taps {
 };
 
 template <typename C>
+__device__ __forceinline__ Taps<C> combine(const AxisTap<C>& y, const AxisTap<C>& x) {
+  return Taps<C>{y.i0, y.i1, x.i0, x.i1, y.l, x.l, y.h, x.h, y.free, x.free};
+}
+
+template <typename C>
 __device__ __forceinline__ bool taps(int height, int width, C y, C x, Taps<C>& t) {
-  if (!(y >= C(-1) && y <= C(height) && x >= C(-1) && x <= C(width))) return false;
-  t.y_free = y >= C(0);
-  t.x_free = x >= C(0);
-  if (y <= C(0)) y = C(0);
-  if (x <= C(0)) x = C(0);
-  t.y0 = static_cast<int>(y);
-  t.x0 = static_cast<int>(x);
-  if (t.y0 >= height - 1) {
-    t.y0 = t.y1 = height - 1;
-    y = static_cast<C>(t.y0);
-    t.y_free = false;
-  } else {
-    t.y1 = t.y0 + 1;
-  }
-  if (t.x0 >= width - 1) {
-    t.x0 = t.x1 = width - 1;
-    x = static_cast<C>(t.x0);
-    t.x_free = false;
-  } else {
-    t.x1 = t.x0 + 1;
-  }
-  t.ly = y - t.y0;
-  t.lx = x - t.x0;
-  t.hy = C(1) - t.ly;
-  t.hx = C(1) - t.lx;
+  AxisTap<C> ty, tx;
+  if (!axis_tap(height, y, ty) || !axis_tap(width, x, tx)) return false;
+  t = combine(ty, tx);
   return true;
 }
 
-// Interpolated value at the taps of a (height, width) plane.
-template <typename T, typename C>
-__device__ __forceinline__ C interpolate(const T* p, int width, const Taps<C>& t) {
-  const C v00 = load(p + t.y0 * width + t.x0), v01 = load(p + t.y0 * width + t.x1);
-  const C v10 = load(p + t.y1 * width + t.x0), v11 = load(p + t.y1 * width + t.x1);
+// Interpolated value at the taps of a (height, width) plane whose cells lie `step` elements
+// apart (1 for NCHW, the channel count for NHWC).
+template <typename T, typename C, typename I = int>
+__device__ __forceinline__ C interpolate(const T* p, int width, const Taps<C>& t, I step = 1) {
+  const C v00 = load(p + static_cast<I>(t.y0 * width + t.x0) * step);
+  const C v01 = load(p + static_cast<I>(t.y0 * width + t.x1) * step);
+  const C v10 = load(p + static_cast<I>(t.y1 * width + t.x0) * step);
+  const C v11 = load(p + static_cast<I>(t.y1 * width + t.x1) * step);
   return t.hy * t.hx * v00 + t.hy * t.lx * v01 + t.ly * t.hx * v10 + t.ly * t.lx * v11;
 }
 
-// Adds g times the weights of the taps to a (height, width) gradient plane.
-template <typename C>
-__device__ __forceinline__ void scatter(const GradSum<C>& p, int width, const Taps<C>& t, C g) {
-  p.add(t.y0 * width + t.x0, g * t.hy * t.hx);
-  p.add(t.y0 * width + t.x1, g * t.hy * t.lx);
-  p.add(t.y1 * width + t.x0, g * t.ly * t.hx);
-  p.add(t.y1 * width + t.x1, g * t.ly * t.lx);
+// Adds g times the weights of the taps to a (height, width) gradient plane (cells `step` apart).
+template <typename C, typename I = int>
+__device__ __forceinline__ void scatter(const GradSum<C>& p, int width, const Taps<C>& t, C g,
+                                        I step = 1) {
+  p.add(static_cast<I>(t.y0 * width + t.x0) * step, g * t.hy * t.hx);
+  p.add(static_cast<I>(t.y0 * width + t.x1) * step, g * t.hy * t.lx);
+  p.add(static_cast<I>(t.y1 * width + t.x0) * step, g * t.ly * t.hx);
+  p.add(static_cast<I>(t.y1 * width + t.x1) * step, g * t.ly * t.lx);
 }
 
 // Sum of the interpolated samples of bin (ph, pw) of grid g over a (height, width) plane.

@@ -39,7 +39,8 @@ struct GradSum {
     return s;
   }
 
-  __device__ __forceinline__ void add(int i, C v) const {
+  template <typename I>
+  __device__ __forceinline__ void add(I i, C v) const {
     if (!deterministic) {
       atomicAdd(value + i, v);
       return;

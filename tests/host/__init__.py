@@ -66,8 +66,11 @@ def library(name):
     return ctypes.CDLL(str(lib))
 
 
-def launch(name, entry, n, args):
-    """Call ``entry`` of kernels/<name>.cu once; its grid-stride loop covers all ``n``."""
+def launch(name, entry, n, args, per_block=False):
+    """Call ``entry`` of kernels/<name>.cu once; its grid-stride loop covers all ``n``.
+
+    One thread of one block: a loop over blocks' work (``per_block``) covers it all as well.
+    """
     converted = []
     for a in args:
         if isinstance(a, np.ndarray):

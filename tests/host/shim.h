@@ -1,6 +1,8 @@
 // Host shim: lets g++ compile kernels/*.cu as plain C++ so the tests can run the CUDA sources on
 // the CPU. A launch becomes a single thread of a single block, which the kernels' grid-stride
-// loops turn into a serial walk over every element; atomics become plain adds.
+// loops turn into a serial walk over every element; atomics become plain adds. Shared memory
+// becomes static storage (the one thread is the whole block; the tests call one kernel at a
+// time) and a barrier has nothing to wait for.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -12,6 +14,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __restrict__
+#define __shared__ static
 
 struct cuproi_dim3 {
   unsigned int x, y, z;
@@ -19,6 +22,7 @@ struct cuproi_dim3 {
 static const cuproi_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0};
 static const cuproi_dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
 
+inline void __syncthreads() {}
 template <typename T> inline T __ldg(const T* p) { return *p; }
 template <typename T> inline T atomicAdd(T* p, T v) {
   const T old = *p;
