@@ -114,6 +114,10 @@ def calls(device, xp, boxes, size, dtype):
             ga, xa, ra, offset, size, deterministic=True, **kw
         ),
     }
+    if device == "cuda":  # the NCHW kernels, beside the channels-last ones chosen over them
+        ours["roi_align forward, NCHW kernel"] = nchw(ours["roi_align forward"])
+        ours["roi_align backward, NCHW kernel"] = nchw(ours["roi_align backward"])
+        ours["roi_align forward, its layout transpose alone"] = to_channels_last(xa)
     theirs = {}
     try:
         import torch
@@ -135,7 +139,34 @@ def calls(device, xp, boxes, size, dtype):
         theirs["roi_pool backward"] = lambda: torch.autograd.grad(pooled, txg, tg, True)
     except (RuntimeError, NotImplementedError):
         pass  # a dtype torchvision lacks: its forward timing reports the error
+    for op in list(theirs):
+        if f"{op}, NCHW kernel" in ours:
+            theirs[f"{op}, NCHW kernel"] = theirs[op]
     return ours, theirs, footprint_bytes(x, rois, size) if device == "cuda" else None
+
+
+def to_channels_last(x):
+    """The layout transpose the channels-last RoI Align kernels start with, alone."""
+    import cupy
+
+    from cuproi._cuda import _launch, _ops
+
+    n, c, h, w = x.shape
+    return lambda: _ops._transpose(cupy, _launch.launch, x, c, h * w)
+
+
+def nchw(fn):
+    """``fn`` run on RoI Align's NCHW kernels rather than its channels-last ones."""
+    from cuproi._cuda import _ops
+
+    def run():
+        saved, _ops.CHANNELS_LAST_FROM = _ops.CHANNELS_LAST_FROM, 2**31
+        try:
+            return fn()
+        finally:
+            _ops.CHANNELS_LAST_FROM = saved
+
+    return run
 
 
 def family_calls(device, xp, dtype, boxes=512, size=7):

@@ -31,7 +31,7 @@
 // which reads the features `input` and leaves grad_input alone: added with atomicAdd into the
 // zeroed (K, 5) grad_rois by default, or, when deterministic, written per output element to a
 // zeroed (n, 4) grad_rois that the caller sums per box (common/bilinear.cuh, BoxGrad).
-#include "common/bilinear.cuh"
+#include "common/channels_last.cuh"
 
 namespace cuproi {
 
@@ -84,99 +84,9 @@ __device__ void roi_align_backward(I n, const T* grad_output, const C* rois, C s
   }
 }
 
-// ---- channels-last kernels --------------------------------------------------------------------
-//
-// In NCHW every output element reads its own plane: the samples' coordinates and weights are
-// computed once per channel, and a warp's loads hit 32 scattered addresses. In NHWC the 32 lanes
-// of a warp take 32 consecutive channels of one bin: each tap is one coalesced load (or atomic
-// add), and the taps of the box along y and x are computed once per block into shared memory
-// (the grid is separable: a sample's y depends on its bin row only, its x on its bin column
-// only). Results and gradients go through shared memory so that the (K, C, PH, PW) arrays are
-// read and written in contiguous runs. A box whose grid has more samples per axis than the
-// tables hold (adaptive sampling on a huge box) computes its taps on the fly instead.
+// ---- channels-last kernels (common/channels_last.cuh) ---------------------------------------
 
-constexpr int CHANNEL_TILE = 32;  // channels of a block: one per lane of a warp
-constexpr int TABLE = 128;        // samples per axis (pooled * grid) kept in shared memory
-constexpr int BIN_CHUNK = 64;     // bins staged in shared memory at a time
-
-// The block's share of the work: box k, channels [c0, c0 + CHANNEL_TILE), and its box's taps.
-template <typename C, typename I>
-struct BoxTile {
-  I k;
-  int c0, b;  // b: the image, -1 for a box that names none (zeros, no gradient)
-  Grid<C> g;
-  const AxisTap<C>* ys;  // the tables, or nullptr: compute the taps on the fly
-  const AxisTap<C>* xs;
-};
-
-// Taps of the samples of every bin row (column) of a box along one axis: entry p * grid + i is
-// sample i of bin p, with i0 = -1 where the sample is out of range. Filled by the whole block.
-template <typename C>
-__device__ __forceinline__ void fill_axis(AxisTap<C>* table, C start, C bin, int grid,
-                                          int pooled, int size) {
-  for (int e = threadIdx.x; e < pooled * grid; e += blockDim.x) {
-    const int p = e / grid;
-    if (!axis_tap(size, sample_at(start + p * bin, e % grid, bin, grid), table[e]))
-      table[e].i0 = -1;
-  }
-}
-
-template <typename C, typename I>
-__device__ __forceinline__ BoxTile<C, I> box_tile(I item, const C* rois, C spatial_scale,
-                                                  int batch, int channels, int height, int width,
-                                                  int pooled_h, int pooled_w, int sampling_ratio,
-                                                  int aligned, AxisTap<C>* ys, AxisTap<C>* xs) {
-  const int tiles = (channels + CHANNEL_TILE - 1) / CHANNEL_TILE;
-  BoxTile<C, I> t;
-  t.k = item / tiles;
-  t.c0 = static_cast<int>(item % tiles) * CHANNEL_TILE;
-  const C* roi = rois + t.k * 5;
-  t.b = batch_of(roi, batch);
-  t.g = make_grid(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio,
-                  aligned ? C(0.5) : C(0), !aligned);
-  const bool fits = t.g.grid_h > 0 && t.g.grid_w > 0 && pooled_h * t.g.grid_h <= TABLE &&
-                    pooled_w * t.g.grid_w <= TABLE;
-  t.ys = fits ? ys : nullptr;
-  t.xs = fits ? xs : nullptr;
-  if (t.b >= 0 && fits) {
-    fill_axis(ys, t.g.start_y, t.g.bin_h, t.g.grid_h, pooled_h, height);
-    fill_axis(xs, t.g.start_x, t.g.bin_w, t.g.grid_w, pooled_w, width);
-  }
-  __syncthreads();
-  return t;
-}
-
-// Sample i of a bin along one axis: from the box's table, or computed (table == nullptr).
-template <typename C>
-__device__ __forceinline__ bool sample_tap(const AxisTap<C>* table, int p, int i, C start,
-                                           C bin, int grid, int size, AxisTap<C>& a) {
-  if (table != nullptr) {
-    a = table[p * grid + i];
-    return a.i0 >= 0;
-  }
-  return axis_tap(size, sample_at(start + p * bin, i, bin, grid), a);
-}
-
-// Calls visit(taps) for every in-range sample of bin (ph, pw), in bin_sum's order.
-template <typename C, typename I, typename Visit>
-__device__ __forceinline__ void each_sample(const BoxTile<C, I>& t, int height, int width,
-                                            int ph, int pw, Visit visit) {
-  const Grid<C>& g = t.g;
-  int iy0 = 0, iy1 = g.grid_h, ix0 = 0, ix1 = g.grid_w;
-  if (t.ys == nullptr) {  // a huge grid: only the samples that can be in range (bin_sum)
-    sample_range(g.start_y + ph * g.bin_h, g.bin_h, g.grid_h, height, iy0, iy1);
-    sample_range(g.start_x + pw * g.bin_w, g.bin_w, g.grid_w, width, ix0, ix1);
-  }
-  for (int iy = iy0; iy < iy1; ++iy) {
-    AxisTap<C> ty;
-    if (!sample_tap(t.ys, ph, iy, g.start_y, g.bin_h, g.grid_h, height, ty)) continue;
-    for (int ix = ix0; ix < ix1; ++ix) {
-      AxisTap<C> tx;
-      if (sample_tap(t.xs, pw, ix, g.start_x, g.bin_w, g.grid_w, width, tx))
-        visit(combine(ty, tx));
-    }
-  }
-}
+constexpr int BIN_CHUNK = 64;  // bins staged in shared memory at a time
 
 template <typename T, typename C, typename I>
 __device__ void roi_align_forward_nhwc(I items, const T* input, const C* rois, C spatial_scale,
@@ -187,16 +97,17 @@ __device__ void roi_align_forward_nhwc(I items, const T* input, const C* rois, C
   __shared__ C stage[CHANNEL_TILE][BIN_CHUNK + 1];  // + 1: a column of it spans the banks
   const int bins = pooled_h * pooled_w;
   for (I item = blockIdx.x; item < items; item += gridDim.x) {
-    const BoxTile<C, I> t = box_tile(item, rois, spatial_scale, batch, channels, height, width,
-                                     pooled_h, pooled_w, sampling_ratio, aligned, ys, xs);
+    const BoxTile<C, I> t =
+        box_tile(item, rois, spatial_scale, batch, channels, height, width, pooled_h, pooled_w,
+                 sampling_ratio, aligned ? C(0.5) : C(0), !aligned, ys, xs);
     for (int b0 = 0; b0 < bins; b0 += BIN_CHUNK) {
       const int chunk = min(BIN_CHUNK, bins - b0);
       for (int e = threadIdx.x; e < CHANNEL_TILE * chunk; e += blockDim.x) {
         const int lane = e % CHANNEL_TILE, j = e / CHANNEL_TILE, c = t.c0 + lane;
         C sum = 0;
         if (t.b >= 0 && c < channels) {
-          const T* p = input + static_cast<I>(t.b) * height * width * channels + c;
-          each_sample(t, height, width, (b0 + j) / pooled_w, (b0 + j) % pooled_w,
+          const T* p = input + channels_last_offset<I>(t.b, c, channels, height, width);
+          each_sample(t.g, t.ys, t.xs, height, width, (b0 + j) / pooled_w, (b0 + j) % pooled_w,
                       [&](const Taps<C>& taps) {
                         sum += interpolate(p, width, taps, static_cast<I>(channels));
                       });
@@ -222,14 +133,16 @@ __device__ void roi_align_backward_nhwc(I items, const T* grad_output, const C* 
   __shared__ C stage[CHANNEL_TILE][BIN_CHUNK + 1];
   const int bins = pooled_h * pooled_w;
   for (I item = blockIdx.x; item < items; item += gridDim.x) {
-    const BoxTile<C, I> t = box_tile(item, rois, spatial_scale, batch, channels, height, width,
-                                     pooled_h, pooled_w, sampling_ratio, aligned, ys, xs);
+    const BoxTile<C, I> t =
+        box_tile(item, rois, spatial_scale, batch, channels, height, width, pooled_h, pooled_w,
+                 sampling_ratio, aligned ? C(0.5) : C(0), !aligned, ys, xs);
     if (t.b < 0) continue;  // uniform over the block: box_tile's barrier is behind everyone
     for (int b0 = 0; b0 < bins; b0 += BIN_CHUNK) {
       const int chunk = min(BIN_CHUNK, bins - b0);
       for (int e = threadIdx.x; e < CHANNEL_TILE * chunk; e += blockDim.x) {
         const int lane = e / chunk, j = e % chunk, c = t.c0 + lane;
-        if (c < channels) stage[lane][j] = load(grad_output + (t.k * channels + c) * bins + b0 + j);
+        if (c < channels)
+          stage[lane][j] = load(grad_output + (t.k * channels + c) * bins + b0 + j);
       }
       __syncthreads();
       for (int e = threadIdx.x; e < CHANNEL_TILE * chunk; e += blockDim.x) {
@@ -237,8 +150,9 @@ __device__ void roi_align_backward_nhwc(I items, const T* grad_output, const C* 
         if (c >= channels) continue;
         const C grad = stage[lane][j] / t.g.count;
         if (grad == C(0)) continue;
-        const GradSum<C> gp = grad_input.at(static_cast<I>(t.b) * height * width * channels + c);
-        each_sample(t, height, width, (b0 + j) / pooled_w, (b0 + j) % pooled_w,
+        const GradSum<C> gp =
+            grad_input.at(channels_last_offset<I>(t.b, c, channels, height, width));
+        each_sample(t.g, t.ys, t.xs, height, width, (b0 + j) / pooled_w, (b0 + j) % pooled_w,
                     [&](const Taps<C>& taps) {
                       scatter(gp, width, taps, grad, static_cast<I>(channels));
                     });

@@ -1,15 +1,19 @@
-"""RoI Align's channels-last kernels and the layout kernel they need, run on the host.
+"""The channels-last kernels of RoI Align and Deformable RoI Pooling, and the layout kernel
+they need, run on the host.
 
 Features with many channels take the channels-last kernels (one block per box and tile of 32
-channels, the box's taps in shared memory) between two layout transposes. They are checked
-against the float64 oracle, and against the NCHW kernels, whose sums they compute in the same
-order: the results must be the same bits.
+channels, the box's taps in shared memory) between layout transposes. They are checked against
+the float64 oracles, and against the NCHW kernels, whose sums they compute in the same order:
+outputs and input gradients must be the same bits (the offset and mask gradients, summed over
+the channels in another grouping, agree to rounding).
 """
 
 import host
 import numpy as np
 import pytest
 import reference
+import reference_family
+from conftest import TOLERANCE
 from test_ops import assert_close, box_zoo, rois_for
 
 from cuproi._cuda import _ops
@@ -25,9 +29,7 @@ def entries(monkeypatch):
     """The entry points the host launches, in order."""
     called = []
     launch = host.launch
-    monkeypatch.setattr(
-        host, "launch", lambda *a, **k: (called.append(a[1]), launch(*a, **k))[1]
-    )
+    monkeypatch.setattr(host, "launch", lambda *a, **k: (called.append(a[1]), launch(*a, **k))[1])
     return called
 
 
@@ -124,16 +126,27 @@ def test_same_bits_as_nchw(dtype, channels, ratio, aligned, monkeypatch):
 
 def test_i64_entries(monkeypatch, entries):
     x, rois, g = _problem(np.float32, 40, seed=0)
-    narrow = host.bind("roi_align_forward")(x, rois, 0.5, 5, 3, 2, True)
-    narrow_grad = host.bind("roi_align_backward")(g, rois, x.shape, 0.5, 2, True)
+    offset = np.random.default_rng(4).normal(0, 1, (len(rois), 2, 5, 3)).astype(np.float32)
+
+    def run():
+        return [
+            host.bind("roi_align_forward")(x, rois, 0.5, 5, 3, 2, True),
+            host.bind("roi_align_backward")(g, rois, x.shape, 0.5, 2, True),
+            host.bind("deform_roi_pool_forward")(x, rois, offset, 0.5, 5, 3, 2, 0.1),
+            *host.bind("deform_roi_pool_backward")(g, x, rois, offset, 0.5, 2, 0.1)[:2],
+        ]
+
+    narrow = run()
     del entries[:]
     monkeypatch.setattr(_ops, "LARGE", 0)
-    wide = host.bind("roi_align_forward")(x, rois, 0.5, 5, 3, 2, True)
-    wide_grad = host.bind("roi_align_backward")(g, rois, x.shape, 0.5, 2, True)
-    assert "cuproi_roi_align_forward_nhwc_f32_i64" in entries
+    wide = run()
+    assert {
+        "cuproi_roi_align_forward_nhwc_f32_i64",
+        "cuproi_deform_roi_pool_backward_nhwc_f32_i64",
+    } <= set(entries)
     assert all(e.endswith("_i64") for e in entries)
-    np.testing.assert_array_equal(wide, narrow)
-    np.testing.assert_array_equal(wide_grad, narrow_grad)
+    for a, b in zip(narrow, wide, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_no_boxes():
@@ -143,3 +156,79 @@ def test_no_boxes():
     g = np.zeros((0, 32, 2, 2), np.float32)
     grad = host.bind("roi_align_backward")(g, rois, x.shape, 1.0, 2, True)
     assert grad.shape == x.shape and not grad.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ratio", [0, 2])
+def test_deform_matches_the_oracle(dtype, ratio, entries):
+    scale = 0.7
+    boxes = box_zoo(scale)
+    rois = rois_for(boxes, dtype)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(SHAPE).astype(dtype)
+    offset = rng.normal(0, 2, (len(boxes), 2, 3, 4)).astype(rois.dtype)
+    mask = rng.uniform(0, 1, (len(boxes), 1, 3, 4)).astype(rois.dtype)
+    g = rng.standard_normal((len(boxes), SHAPE[1], 3, 4)).astype(dtype)
+    coord = compute_dtype(dtype).type
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    out = host.bind("deform_roi_pool_forward")(x, rois, offset, scale, 3, 4, ratio, 0.1, mask)
+    grad, grad_offset, grad_mask = host.bind("deform_roi_pool_backward")(
+        g, x, rois, offset, scale, ratio, 0.1, mask=mask
+    )
+    sfx = {np.float32: "f32", np.float64: "f64"}[dtype]
+    assert entries == [
+        f"cuproi_layout_transpose_{sfx}",
+        f"cuproi_deform_roi_pool_forward_nhwc_{sfx}",
+        f"cuproi_layout_transpose_{sfx}",  # the features, for the offset and mask gradients
+        f"cuproi_deform_roi_pool_backward_nhwc_{sfx}",
+        f"cuproi_layout_transpose_{sfx}",  # the input gradient, back to NCHW
+    ]
+    expected = reference_family.deform_roi_pool_modulated(
+        x64, boxes, offset, mask, (3, 4), scale, ratio
+    )
+    assert_close(out, expected, dtype)
+    # The mask scales the output gradient; the oracle of the unmodulated op takes it so.
+    expected_grad, expected_offset = reference.deform_roi_pool_backward(
+        g64 * mask, x64, boxes, offset, (3, 4), scale, ratio, 0.1, coord_dtype=coord
+    )
+    assert_close(grad, expected_grad, dtype)
+    rtol, atol = TOLERANCE[np.dtype(dtype)]
+    np.testing.assert_allclose(grad_offset, expected_offset, rtol=10 * rtol, atol=10 * atol)
+    expected_mask = reference_family.deform_roi_pool_mask_grad(
+        g64, x64, boxes, offset, (3, 4), scale, ratio
+    )
+    np.testing.assert_allclose(grad_mask, expected_mask, rtol=10 * rtol, atol=10 * atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("channels", [33, 70])
+@pytest.mark.parametrize("ratio", [0, 2])
+@pytest.mark.parametrize("with_offset", [False, True])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_deform_same_bits_as_nchw(dtype, channels, ratio, with_offset, with_mask, monkeypatch):
+    x, rois, g = _problem(dtype, channels, seed=channels + ratio)
+    rng = np.random.default_rng(3)
+    offset = rng.normal(0, 1, (len(rois), 2, 5, 3)).astype(rois.dtype) if with_offset else None
+    mask = rng.uniform(0, 1, (len(rois), 1, 5, 3)).astype(rois.dtype) if with_mask else None
+
+    def run():
+        forward = host.bind("deform_roi_pool_forward")
+        backward = host.bind("deform_roi_pool_backward")
+        return [
+            forward(x, rois, offset, 0.5, 5, 3, ratio, 0.1, mask),
+            *backward(g, x, rois, offset, 0.5, ratio, 0.1, mask=mask),
+            *backward(g, x, rois, offset, 0.5, ratio, 0.1, True, mask=mask),
+        ]
+
+    channels_last = run()
+    nchw(monkeypatch)
+    expected = run()
+    for i in (0, 1, 4):  # the output and the input gradients
+        np.testing.assert_array_equal(channels_last[i], expected[i])
+    rtol, atol = TOLERANCE[np.dtype(compute_dtype(dtype))]
+    for i in (2, 3, 5, 6):  # the offset and mask gradients, where asked for
+        assert (channels_last[i] is None) == (expected[i] is None)
+        if expected[i] is not None:
+            assert channels_last[i].dtype == expected[i].dtype
+            np.testing.assert_allclose(channels_last[i], expected[i], rtol=rtol, atol=atol)
+    assert not np.any(channels_last[0][-2:])  # the rows that name no image

@@ -197,6 +197,53 @@ def test_deterministic_backward_is_bit_identical_across_runs(dtype):
         cupy.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
+# ---- RoI Align's channels-last kernels -------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 70, 45), (70000, 2, 3)])  # the second: > 65535 blocks
+def test_layout_transpose(dtype, shape):
+    from cuproi._cuda._launch import launch
+
+    a = cupy.asarray(np.random.default_rng(0).standard_normal(shape).astype(dtype))
+    out = _ops._transpose(cupy, launch, a, *shape[1:])
+    cupy.testing.assert_array_equal(out, a.transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channels_last_kernels_match_nchw(dtype, monkeypatch):
+    """The channels-last kernels compute the NCHW kernels' sums in the same order: the same bits
+    (but for the order of the default backward's atomic adds)."""
+    from test_channels_last import _problem
+
+    x, rois, g = (cupy.asarray(a) for a in _problem(dtype, 70, seed=0))
+    rng = np.random.default_rng(1)
+    offset = cupy.asarray(rng.normal(0, 1, (len(rois), 2, 5, 3)).astype(rois.dtype))
+    mask = cupy.asarray(rng.uniform(0, 1, (len(rois), 1, 5, 3)).astype(rois.dtype))
+
+    def run():
+        deform = _cuda.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1, True, mask)
+        return [  # first the results that must be the same bits
+            _cuda.roi_align_forward(x, rois, 0.5, 5, 3, 2, True),
+            _cuda.roi_align_forward(x, rois, 0.5, 5, 3, -1, False),
+            _cuda.roi_align_backward(g, rois, x.shape, 0.5, 2, True, deterministic=True),
+            _cuda.deform_roi_pool_forward(x, rois, offset, 0.5, 5, 3, 2, 0.1, mask),
+            deform[0],
+            _cuda.roi_align_backward(g, rois, x.shape, 0.5, 2, True),
+            *_cuda.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1, False, mask),
+            *deform[1:],
+        ]
+
+    channels_last = run()
+    monkeypatch.setattr(_ops, "CHANNELS_LAST_FROM", 2**31)
+    nchw = run()
+    for a, b in zip(channels_last[:5], nchw[:5], strict=True):
+        cupy.testing.assert_array_equal(a, b)
+    tol = 1e-2 if dtype == np.float16 else 1e-5
+    for a, b in zip(channels_last[5:], nchw[5:], strict=True):
+        cupy.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
 # ---- multi_scale_roi_align -------------------------------------------------------------------
 
 

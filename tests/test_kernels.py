@@ -25,7 +25,7 @@ SUPPORT = {
 }
 OP_ENTRIES = (("forward", "backward"), ("f16", "f32", "f64"))
 # Ops with channels-last kernels beside the NCHW ones.
-CHANNELS_LAST = {"roi_align"}
+CHANNELS_LAST = {"roi_align", "deform_roi_pool"}
 
 
 def entries(source):
@@ -114,9 +114,7 @@ def test_int64_index_variants(monkeypatch):
     calls = []
     launch = host.launch
     monkeypatch.setattr(_ops, "LARGE", 0)
-    monkeypatch.setattr(
-        host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k))
-    )
+    monkeypatch.setattr(host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k)))
     wide = run()
     assert calls and all(name.endswith("_i64") for name in calls)
     for a, b in zip(narrow, wide, strict=True):

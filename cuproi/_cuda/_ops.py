@@ -301,14 +301,18 @@ def deform_roi_pool_forward(
     n, c, h, w = input.shape
     ct = rois.dtype.type
     out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
-    entry, index = _entry("deform_roi_pool", "forward", input.dtype, input, out)
+    channels_last = c >= CHANNELS_LAST_FROM
+    entry, index = _entry(
+        "deform_roi_pool", "forward_nhwc" if channels_last else "forward", input.dtype, input, out
+    )
+    items = len(rois) * -(-c // _CHANNEL_TILE) if channels_last else out.size
     launch(
         "deform_roi_pool",
         entry,
-        out.size,
+        items,
         (
-            index(out.size),
-            input,
+            index(items),
+            _transpose(xp, launch, input, c, h * w) if channels_last else input,
             rois,
             rois if offset is None else offset,
             np.int32(offset is not None),
@@ -320,6 +324,7 @@ def deform_roi_pool_forward(
             *_ints(n, c, h, w, pooled_h, pooled_w),
             out,
         ),
+        per_block=channels_last,
     )
     return out
 
@@ -376,36 +381,52 @@ def deform_roi_pool_backward(
             ),
         )
         return box.result()
-    grad = _GradSum(xp, input.shape, rois.dtype, grad_output, deterministic)
-    # Deterministic: per-channel terms, summed over the channels below in a fixed order.
-    per_channel = (k, c) if grad.deterministic else (k,)
+    channels_last = c >= CHANNELS_LAST_FROM
+    grad = _GradSum(
+        xp, (n, h, w, c) if channels_last else input.shape, ct, grad_output, deterministic
+    )
+    # Deterministic: per-channel (per tile of channels, channels last) terms, summed over the
+    # channels (tiles) below in a fixed order.
+    tiles = -(-c // _CHANNEL_TILE) if channels_last else c
+    per_channel = (k, tiles) if grad.deterministic else (k,)
     grad_offset = None if offset is None else xp.zeros((*per_channel, 2, pooled_h, pooled_w), ct)
     grad_mask = None if mask is None else xp.zeros((*per_channel, 1, pooled_h, pooled_w), ct)
+    direction = "backward_nhwc" if channels_last else "backward"
     entry, index = _entry(
-        "deform_roi_pool", "backward", input.dtype, input, grad_output, grad.fixed, grad_offset
+        "deform_roi_pool", direction, input.dtype, input, grad_output, grad.fixed, grad_offset
     )
+    if channels_last:  # the features are read only for the offset and mask gradients
+        features = (
+            input if offset is None and mask is None else _transpose(xp, launch, input, c, h * w)
+        )
+        items, last = k * tiles, ()
+    else:
+        features, items, last = input, grad_output.size, (rois, np.int32(0))  # grad_rois unused
     # Without offsets (mask) the kernel never touches those pointers; any device array will do.
     launch(
         "deform_roi_pool",
         entry,
-        grad_output.size,
+        items,
         (
-            index(grad_output.size),
+            index(items),
             grad_output,
-            input,
+            features,
             rois,
             *scalars,
             *grad.args(),
             rois if grad_offset is None else grad_offset,
             rois if grad_mask is None else grad_mask,
-            rois,  # grad_rois: not written
-            np.int32(0),
+            *last,
         ),
+        per_block=channels_last,
     )
     if grad.deterministic:
         grad_offset = None if grad_offset is None else grad_offset.sum(axis=1)
         grad_mask = None if grad_mask is None else grad_mask.sum(axis=1)
-    return grad.result(launch, grad_output.dtype), grad_offset, grad_mask
+    result = grad.result(launch, grad_output.dtype)
+    if channels_last:
+        result = _transpose(xp, launch, result, h * w, c).reshape(input.shape)
+    return result, grad_offset, grad_mask
 
 
 def roi_align_max_forward(

@@ -189,6 +189,23 @@ __device__ __forceinline__ C bin_sum(const T* p, int height, int width, const Gr
   return sum;
 }
 
+// One sample of bin_backward: adds grad times its weights to the gradient plane gp and, when the
+// feature plane p is given, its slopes and value to dx, dy and value (cells `step` apart).
+template <typename T, typename C, typename I = int>
+__device__ __forceinline__ void sample_backward(const GradSum<C>& gp, const T* p, int width,
+                                                const Taps<C>& t, C grad, C& dx, C& dy,
+                                                C& value, I step = 1) {
+  scatter(gp, width, t, grad, step);
+  if (p == nullptr) return;
+  const C v00 = load(p + static_cast<I>(t.y0 * width + t.x0) * step);
+  const C v01 = load(p + static_cast<I>(t.y0 * width + t.x1) * step);
+  const C v10 = load(p + static_cast<I>(t.y1 * width + t.x0) * step);
+  const C v11 = load(p + static_cast<I>(t.y1 * width + t.x1) * step);
+  if (t.x_free) dx += t.hy * (v01 - v00) + t.ly * (v11 - v10);
+  if (t.y_free) dy += t.hx * (v10 - v00) + t.lx * (v11 - v01);
+  value += t.hy * t.hx * v00 + t.hy * t.lx * v01 + t.ly * t.hx * v10 + t.ly * t.lx * v11;
+}
+
 // Backward of bin_sum: adds grad times the weights of every sample to the gradient plane gp. When
 // the feature plane p is given, also sums the derivatives of the samples' values with respect to
 // x and y into dx and dy (the right derivative, zero in the bands where taps() flattens) and the
@@ -207,14 +224,8 @@ __device__ __forceinline__ void bin_backward(const GradSum<C>& gp, const T* p, i
     const C y = sample_at(y_start, iy, g.bin_h, g.grid_h);
     for (int ix = ix0; ix < ix1; ++ix) {
       Taps<C> t;
-      if (!taps(height, width, y, sample_at(x_start, ix, g.bin_w, g.grid_w), t)) continue;
-      scatter(gp, width, t, grad);
-      if (p == nullptr) continue;
-      const C v00 = load(p + t.y0 * width + t.x0), v01 = load(p + t.y0 * width + t.x1);
-      const C v10 = load(p + t.y1 * width + t.x0), v11 = load(p + t.y1 * width + t.x1);
-      if (t.x_free) dx += t.hy * (v01 - v00) + t.ly * (v11 - v10);
-      if (t.y_free) dy += t.hx * (v10 - v00) + t.lx * (v11 - v01);
-      value += t.hy * t.hx * v00 + t.hy * t.lx * v01 + t.ly * t.hx * v10 + t.ly * t.lx * v11;
+      if (taps(height, width, y, sample_at(x_start, ix, g.bin_w, g.grid_w), t))
+        sample_backward(gp, p, width, t, grad, dx, dy, value);
     }
   }
 }
