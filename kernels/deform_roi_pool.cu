@@ -175,12 +175,7 @@ __device__ void deform_roi_pool_forward_nhwc(I items, const T* input, const C* r
         }
         stage[lane][j] = value;
       }
-      __syncthreads();
-      for (int e = threadIdx.x; e < CHANNEL_TILE * chunk; e += blockDim.x) {
-        const int lane = e / chunk, j = e % chunk, c = t.c0 + lane;
-        if (c < channels) store(output + (t.k * channels + c) * bins + b0 + j, stage[lane][j]);
-      }
-      __syncthreads();
+      stage_out(output, stage, t, channels, bins, b0, chunk);
     }
   }
 }
@@ -205,12 +200,7 @@ __device__ void deform_roi_pool_backward_nhwc(I items, const T* grad_output, con
     if (t.b < 0) continue;  // uniform over the block: box_tile's barrier is behind everyone
     for (int b0 = 0; b0 < bins; b0 += DEFORM_BIN_CHUNK) {
       const int chunk = min(DEFORM_BIN_CHUNK, bins - b0);
-      for (int e = threadIdx.x; e < CHANNEL_TILE * chunk; e += blockDim.x) {
-        const int lane = e / chunk, j = e % chunk, c = t.c0 + lane;
-        if (c < channels)
-          stage[0][lane][j] = load(grad_output + (t.k * channels + c) * bins + b0 + j);
-      }
-      __syncthreads();
+      stage_in(stage[0], grad_output, t, channels, bins, b0, chunk);
       for (int e = threadIdx.x; e < CHANNEL_TILE * chunk; e += blockDim.x) {
         const int lane = e % CHANNEL_TILE, j = e / CHANNEL_TILE, c = t.c0 + lane;
         const int ph = (b0 + j) / pooled_w, pw = (b0 + j) % pooled_w;

@@ -114,12 +114,7 @@ __device__ void roi_align_forward_nhwc(I items, const T* input, const C* rois, C
         }
         stage[lane][j] = sum / t.g.count;
       }
-      __syncthreads();
-      for (int e = threadIdx.x; e < CHANNEL_TILE * chunk; e += blockDim.x) {
-        const int lane = e / chunk, j = e % chunk, c = t.c0 + lane;
-        if (c < channels) store(output + (t.k * channels + c) * bins + b0 + j, stage[lane][j]);
-      }
-      __syncthreads();
+      stage_out(output, stage, t, channels, bins, b0, chunk);
     }
   }
 }
@@ -139,12 +134,7 @@ __device__ void roi_align_backward_nhwc(I items, const T* grad_output, const C* 
     if (t.b < 0) continue;  // uniform over the block: box_tile's barrier is behind everyone
     for (int b0 = 0; b0 < bins; b0 += BIN_CHUNK) {
       const int chunk = min(BIN_CHUNK, bins - b0);
-      for (int e = threadIdx.x; e < CHANNEL_TILE * chunk; e += blockDim.x) {
-        const int lane = e / chunk, j = e % chunk, c = t.c0 + lane;
-        if (c < channels)
-          stage[lane][j] = load(grad_output + (t.k * channels + c) * bins + b0 + j);
-      }
-      __syncthreads();
+      stage_in(stage, grad_output, t, channels, bins, b0, chunk);
       for (int e = threadIdx.x; e < CHANNEL_TILE * chunk; e += blockDim.x) {
         const int lane = e % CHANNEL_TILE, j = e / CHANNEL_TILE, c = t.c0 + lane;
         if (c >= channels) continue;

@@ -14,6 +14,8 @@
 //   BoxTile      the work of one block: a box, a tile of channels, the box's taps
 //   box_tile     sets one up (a barrier: every thread of the block must call it)
 //   each_sample  visits the in-range samples of a bin in bin_sum's order
+//   stage_in, stage_out  move a chunk of bins of the block's channels between a (K, C, PH, PW)
+//                array and shared memory, in contiguous runs (barriers: the whole block calls)
 #pragma once
 
 #include "common/bilinear.cuh"
@@ -104,6 +106,31 @@ __device__ __forceinline__ void each_sample(const Grid<C>& g, const AxisTap<C>* 
       if (sample_tap(xs, pw, ix, g.start_x, g.bin_w, g.grid_w, width, tx)) visit(combine(ty, tx));
     }
   }
+}
+
+// stage[lane][j] = a[k, c0 + lane, bin b0 + j] for the chunk's bins of the block's channels of
+// a (K, C, PH, PW) array with `bins` bins, then a barrier.
+template <typename T, typename C, typename I, int N>
+__device__ __forceinline__ void stage_in(C (*stage)[N], const T* a, const BoxTile<C, I>& t,
+                                         int channels, int bins, int b0, int chunk) {
+  for (int e = threadIdx.x; e < CHANNEL_TILE * chunk; e += blockDim.x) {
+    const int lane = e / chunk, j = e % chunk, c = t.c0 + lane;
+    if (c < channels) stage[lane][j] = load(a + (t.k * channels + c) * bins + b0 + j);
+  }
+  __syncthreads();
+}
+
+// The inverse of stage_in, between two barriers (the first: stage is complete; the second: it
+// may be refilled).
+template <typename T, typename C, typename I, int N>
+__device__ __forceinline__ void stage_out(T* a, const C (*stage)[N], const BoxTile<C, I>& t,
+                                          int channels, int bins, int b0, int chunk) {
+  __syncthreads();
+  for (int e = threadIdx.x; e < CHANNEL_TILE * chunk; e += blockDim.x) {
+    const int lane = e / chunk, j = e % chunk, c = t.c0 + lane;
+    if (c < channels) store(a + (t.k * channels + c) * bins + b0 + j, stage[lane][j]);
+  }
+  __syncthreads();
 }
 
 // Offset of channel c of pixel (0, 0) of image b in an (N, H, W, C) array.
