@@ -10,6 +10,8 @@ import numbers
 
 import numpy as np
 
+from cuproi import _layout
+
 # Box coordinates times spatial_scale must stay within this many feature cells: it keeps every
 # index computation of the kernels exact in int32 and float32 (and a box of 2**20 cells is far
 # beyond any image).
@@ -74,17 +76,23 @@ def compute_dtype(dtype):
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
-def _float_array(xp, array, name, ndim, layout):
+def _float_array(xp, array, name, ndim, layout, keep=False):
+    """The checked array, C-contiguous (as it is when ``keep`` says its layout will do)."""
     if array.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array {layout}; got shape {array.shape}")
     if array.dtype not in _FLOATS:
         raise TypeError(f"{name} must be float16, float32 or float64; got {array.dtype}")
-    return xp.ascontiguousarray(array)
+    return array if keep and keep(array) else xp.ascontiguousarray(array)
 
 
-def features(xp, x, name="input"):
-    """(N, C, H, W) floating features, C-contiguous."""
-    x = _float_array(xp, x, name, 4, "(N, C, H, W)")
+def features(xp, x, name="input", channels_last=False):
+    """(N, C, H, W) floating features, C-contiguous.
+
+    With ``channels_last`` (for the ops whose backends read either layout) features stored
+    channels last are kept as they are.
+    """
+    keep = _layout.channels_last if channels_last else False
+    x = _float_array(xp, x, name, 4, "(N, C, H, W)", keep)
     input_shape(x.shape, name)
     return x
 

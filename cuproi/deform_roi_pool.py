@@ -34,7 +34,8 @@ def deform_roi_pool(
     Parameters
     ----------
     input : (N, C, H, W) array
-        Feature maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
+        Feature maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU). C-contiguous or
+        stored channels last, as in :func:`cuproi.roi_align`.
     boxes : (K, 5) array or list of (L_i, 4) arrays
         ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
     offset : (K, 2, PH, PW) array or None
@@ -99,7 +100,7 @@ def deform_roi_pool(
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
     shift = _validate.gamma(gamma)
-    x = _validate.features(backend.xp, x)
+    x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
     m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
@@ -118,6 +119,7 @@ def deform_roi_pool_backward(
     mask=None,
     *,
     deterministic=False,
+    channels_last=False,
 ):
     """Gradients of :func:`deform_roi_pool` with respect to the features, offsets and mask.
 
@@ -133,6 +135,8 @@ def deform_roi_pool_backward(
         Sum overlapping contributions in a fixed-point format whose total does not depend on
         the order of the additions, so that the GPU gives bit-identical gradients from run to
         run (default: floating-point atomic adds, faster). See Notes.
+    channels_last : bool, optional
+        Return ``grad_input`` stored channels last, as :func:`cuproi.roi_align_backward` does.
 
     Returns
     -------
@@ -190,14 +194,23 @@ def deform_roi_pool_backward(
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
     shift = _validate.gamma(gamma)
-    x = _validate.features(backend.xp, x)
+    x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     dtype = g.dtype
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
     o_compute = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
     m_compute = _mask(backend.xp, m, len(rois), pooled, x.dtype)
     grad_input, grad_offset, grad_mask = backend.deform_roi_pool_backward(
-        g, x, rois, o_compute, scale, ratio, shift, bool(deterministic), m_compute
+        g,
+        x,
+        rois,
+        o_compute,
+        scale,
+        ratio,
+        shift,
+        bool(deterministic),
+        m_compute,
+        channels_last=bool(channels_last),
     )
     if grad_offset is not None:
         grad_offset = restore(grad_offset.astype(o.dtype, copy=False))
@@ -274,7 +287,7 @@ def deform_roi_pool_box_backward(
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
     shift = _validate.gamma(gamma)
-    x = _validate.features(backend.xp, x)
+    x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
     o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)

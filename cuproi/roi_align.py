@@ -38,7 +38,7 @@ def _pool_mode(value):
 
 def _forward_input(backend, value, shape, name="input"):
     """The forward's features given to a backward: validated and matching ``input_shape``."""
-    x = _validate.features(backend.xp, value, name)
+    x = _validate.features(backend.xp, value, name, channels_last=True)
     if shape is not None and tuple(x.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(x.shape)} but input_shape is {tuple(shape)}")
     return x
@@ -58,7 +58,9 @@ def roi_align(
     Parameters
     ----------
     input : (N, C, H, W) array
-        Feature maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
+        Feature maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU). C-contiguous or
+        stored channels last (torch's ``channels_last``), read as they are; any other strides
+        are copied to C order first.
     boxes : (K, 5) array or list of (L_i, 4) arrays
         ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image
         (torchvision's convention), on the same device as ``input``.
@@ -119,7 +121,7 @@ def roi_align(
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
     mode = _pool_mode(pool_mode)
-    x = _validate.features(backend.xp, x)
+    x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     forward = backend.roi_align_forward if mode == "avg" else backend.roi_align_max_forward
     return restore(forward(x, rois, scale, *pooled, ratio, bool(aligned)))
@@ -137,6 +139,7 @@ def roi_align_backward(
     pool_mode="avg",
     input=None,
     deterministic=False,
+    channels_last=False,
 ):
     """Gradient of :func:`roi_align` with respect to its input features.
 
@@ -159,6 +162,10 @@ def roi_align_backward(
         Sum overlapping contributions in a fixed-point format whose total does not depend on
         the order of the additions, so that the GPU gives bit-identical gradients from run to
         run (default: floating-point atomic adds, faster). See Notes.
+    channels_last : bool, optional
+        Return the gradient stored channels last (an (N, C, H, W) view of (N, H, W, C) memory,
+        torch's ``channels_last`` format), the layout of channels-last features; on the GPU
+        that saves a transpose. Default: C-contiguous.
 
     Returns
     -------
@@ -217,12 +224,23 @@ def roi_align_backward(
         x = _forward_input(backend, prepared[2], shape)
         rois = _validate.boxes(backend.xp, b, shape[0], scale, x.dtype)
         g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled, dtype=x.dtype)
-        grad = backend.roi_align_max_backward(g, x, rois, scale, ratio, bool(aligned), det)
+        grad = backend.roi_align_max_backward(
+            g, x, rois, scale, ratio, bool(aligned), det, channels_last=bool(channels_last)
+        )
         return restore(grad.astype(dtype, copy=False))
     rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled)
     return restore(
-        backend.roi_align_backward(g, rois, shape, scale, ratio, bool(aligned), deterministic=det)
+        backend.roi_align_backward(
+            g,
+            rois,
+            shape,
+            scale,
+            ratio,
+            bool(aligned),
+            deterministic=det,
+            channels_last=bool(channels_last),
+        )
     )
 
 

@@ -232,3 +232,157 @@ def test_deform_same_bits_as_nchw(dtype, channels, ratio, with_offset, with_mask
             assert channels_last[i].dtype == expected[i].dtype
             np.testing.assert_allclose(channels_last[i], expected[i], rtol=rtol, atol=atol)
     assert not np.any(channels_last[0][-2:])  # the rows that name no image
+
+
+# ---- features stored channels last (torch's channels_last memory format) ------------------------
+
+
+def channels_last(x):
+    """The same values stored channels last: (N, C, H, W) strides over (N, H, W, C) memory."""
+    out = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert out.shape == x.shape and (x.shape[1] == 1 or not out.flags.c_contiguous)
+    return out
+
+
+def assert_stored_channels_last(a):
+    assert a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+STORED = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param(
+        "host-kernels",
+        marks=pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler"),
+        id="host-kernels",
+    ),
+]
+
+
+def _backend(name):
+    from conftest import host_backend
+
+    from cuproi import _cpu
+
+    return _cpu if name == "cpu" else host_backend()
+
+
+@pytest.mark.parametrize("backend_name", [p for p in STORED])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("channels", [1, 5, 33])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_stored_channels_last_gives_the_same_bits(backend_name, dtype, channels, deterministic):
+    """RoI Align and Deformable RoI Pooling (avg and max mode, input and box gradients) give
+    the same bits on features stored either way; asked for, the input gradients come back
+    stored channels last."""
+    backend = _backend(backend_name)
+    x, rois, g = _problem(dtype, channels, seed=channels)
+    rois, g = rois[:-2], g[:-2]  # every box names an image, as validated calls have it
+    rng = np.random.default_rng(5)
+    offset = rng.normal(0, 1, (len(rois), 2, 5, 3)).astype(rois.dtype)
+    mask = rng.uniform(0, 1, (len(rois), 1, 5, 3)).astype(rois.dtype)
+    det = deterministic
+
+    def run(x, layout):
+        deform_grads = backend.deform_roi_pool_backward(
+            g, x, rois, offset, 0.5, 0, 0.1, det, mask, channels_last=layout
+        )
+        return {
+            "forward": backend.roi_align_forward(x, rois, 0.5, 5, 3, 2, True),
+            "max forward": backend.roi_align_max_forward(x, rois, 0.5, 5, 3, 0, False),
+            "deform forward": backend.deform_roi_pool_forward(x, rois, offset, 0.5, 5, 3, 0, 0.1),
+            "backward": backend.roi_align_backward(
+                g, rois, x.shape, 0.5, 2, True, det, channels_last=layout
+            ),
+            "max backward": backend.roi_align_max_backward(
+                g, x, rois, 0.5, 0, False, det, channels_last=layout
+            ),
+            "box backward": backend.roi_align_backward(
+                g, rois, x.shape, 0.5, 2, True, det, x, "boxes"
+            ),
+            "deform backward": deform_grads[0],
+            "deform offset": deform_grads[1],
+            "deform mask": deform_grads[2],
+            "deform box backward": backend.deform_roi_pool_backward(
+                g, x, rois, offset, 0.5, 0, 0.1, det, mask, "boxes"
+            ),
+        }
+
+    expected = run(x, False)
+    stored = run(channels_last(x), True)
+    for name, value in expected.items():
+        if "backward" in name and "box" not in name:
+            assert_stored_channels_last(stored[name])
+            assert stored[name].dtype == value.dtype
+        if name in ("deform offset", "deform mask"):  # summed over channels in tiles or not
+            rtol, atol = TOLERANCE[np.dtype(compute_dtype(dtype))]
+            np.testing.assert_allclose(stored[name], value, rtol=rtol, atol=atol, err_msg=name)
+        else:
+            np.testing.assert_array_equal(stored[name], value, err_msg=name)
+
+
+@pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
+@pytest.mark.parametrize("channels", [5, 70])
+def test_stored_channels_last_needs_no_transpose(channels, entries):
+    x, rois, g = _problem(np.float32, channels, seed=1)
+    x = channels_last(x)
+    offset = np.zeros((len(rois), 2, 5, 3), np.float32)
+    host.bind("roi_align_forward")(x, rois, 0.5, 5, 3, 2, True)
+    host.bind("roi_align_backward")(g, rois, x.shape, 0.5, 2, True, channels_last=True)
+    host.bind("deform_roi_pool_forward")(x, rois, offset, 0.5, 5, 3, 2, 0.1)
+    host.bind("deform_roi_pool_backward")(g, x, rois, offset, 0.5, 2, 0.1, channels_last=True)
+    assert entries == [
+        "cuproi_roi_align_forward_nhwc_f32",
+        "cuproi_roi_align_backward_nhwc_f32",
+        "cuproi_deform_roi_pool_forward_nhwc_f32",
+        "cuproi_deform_roi_pool_backward_nhwc_f32",
+    ]
+
+
+def test_the_cpu_backend_reads_stored_channels_last_features_in_place():
+    from cuproi._cpu import _parallel
+
+    x = channels_last(np.random.default_rng(0).standard_normal((2, 6, 4, 5)).astype(np.float32))
+    rows = _parallel.channels_last(x)
+    assert rows.shape == (2 * 4 * 5, 6) and np.shares_memory(rows, x)
+    np.testing.assert_array_equal(rows, x.transpose(0, 2, 3, 1).reshape(-1, 6))
+    copied = _parallel.channels_last(x, np.float64)  # another dtype: a copy
+    assert not np.shares_memory(copied, x)
+    np.testing.assert_array_equal(copied, rows)
+
+
+def test_public_functions_read_and_return_channels_last(monkeypatch):
+    import cuproi
+    from cuproi import _cpu
+
+    x, rois, g = _problem(np.float32, 6, seed=2)
+    rois, g = rois[:-2], g[:-2]
+    stored = channels_last(x)
+    seen = []
+    forward = _cpu.roi_align_forward
+    monkeypatch.setattr(
+        _cpu, "roi_align_forward", lambda x, *a: (seen.append(x), forward(x, *a))[1]
+    )
+    out = cuproi.roi_align(stored, rois, (5, 3), 0.5, 2, True)
+    assert np.shares_memory(seen[0], stored)  # not copied to C order on the way in
+    np.testing.assert_array_equal(out, cuproi.roi_align(x, rois, (5, 3), 0.5, 2, True))
+
+    args = (rois, x.shape, (5, 3), 0.5, 2, True)
+    for kwargs in ({}, {"pool_mode": "max", "input": stored}):
+        grad = cuproi.roi_align_backward(g, *args, channels_last=True, **kwargs)
+        assert_stored_channels_last(grad)
+        np.testing.assert_array_equal(grad, cuproi.roi_align_backward(g, *args, **kwargs))
+        assert cuproi.roi_align_backward(g, *args, **kwargs).flags.c_contiguous
+
+    offset = np.random.default_rng(0).normal(0, 1, (len(rois), 2, 5, 3)).astype(np.float32)
+    deform = (rois, offset, (5, 3), 0.5, 2)
+    grads = cuproi.deform_roi_pool_backward(g, stored, *deform, channels_last=True)
+    assert_stored_channels_last(grads[0])
+    for a, b in zip(grads[:2], cuproi.deform_roi_pool_backward(g, x, *deform)[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # The ops without channels-last readers copy such features to C order first.
+    ps = channels_last(np.random.default_rng(1).standard_normal((2, 18, 9, 11)))
+    np.testing.assert_array_equal(
+        cuproi.ps_roi_align(ps, rois.astype(np.float64), 3, 0.5, 2),
+        cuproi.ps_roi_align(np.ascontiguousarray(ps), rois.astype(np.float64), 3, 0.5, 2),
+    )

@@ -244,6 +244,43 @@ def test_channels_last_kernels_match_nchw(dtype, monkeypatch):
         cupy.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [5, 70])
+def test_stored_channels_last_features_on_the_device(dtype, channels):
+    """Features stored channels last are read in place and give the NCHW results; the
+    gradients asked for channels last are stored so."""
+    from test_channels_last import _problem, assert_stored_channels_last, channels_last
+
+    x, rois, g = (cupy.asarray(a) for a in _problem(dtype, channels, seed=2))
+    rois, g = rois[:-2], g[:-2]
+    offset = cupy.asarray(np.random.default_rng(3).normal(0, 1, (len(rois), 2, 5, 3)))
+    offset = offset.astype(rois.dtype)
+    stored = cupy.asarray(channels_last(cupy.asnumpy(x)))
+    assert not stored.flags.c_contiguous
+    for f in (
+        lambda x: cuproi.roi_align(x, rois, (5, 3), 0.5, 2, True),
+        lambda x: cuproi.roi_align(x, rois, (5, 3), 0.5, 2, True, "max"),
+        lambda x: cuproi.deform_roi_pool(x, rois, offset, (5, 3), 0.5, 2),
+    ):
+        cupy.testing.assert_array_equal(f(stored), f(x))
+    args = (rois, x.shape, (5, 3), 0.5, 2, True)
+    tol = 1e-2 if dtype == np.float16 else 1e-5
+    for kwargs in ({"deterministic": True}, {"pool_mode": "max", "input": stored}):
+        grad = cuproi.roi_align_backward(g, *args, channels_last=True, **kwargs)
+        assert_stored_channels_last(grad)
+        expected = cuproi.roi_align_backward(g, *args, **kwargs)
+        cupy.testing.assert_allclose(grad, expected, rtol=tol, atol=tol)
+    grad, grad_offset, _ = cuproi.deform_roi_pool_backward(
+        g, stored, rois, offset, (5, 3), 0.5, 2, deterministic=True, channels_last=True
+    )
+    assert_stored_channels_last(grad)
+    expected = cuproi.deform_roi_pool_backward(
+        g, x, rois, offset, (5, 3), 0.5, 2, deterministic=True
+    )
+    cupy.testing.assert_array_equal(grad, expected[0])
+    cupy.testing.assert_allclose(grad_offset, expected[1], rtol=tol, atol=tol)
+
+
 # ---- multi_scale_roi_align -------------------------------------------------------------------
 
 

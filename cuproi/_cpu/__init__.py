@@ -1,8 +1,9 @@
 """NumPy/SciPy backend: the functions of cuproi._cuda, with the same names and signatures.
 
-Every function takes validated, C-contiguous host arrays: features in their own dtype, boxes
-(and offsets) as a (K, 5) array in the compute dtype (float32 for float16 and float32 features,
-float64 for float64), and returns host arrays. float16 features are computed in float32.
+Every function takes validated, C-contiguous host arrays: features in their own dtype (those of
+RoI Align and Deformable RoI Pooling may also be stored channels last), boxes (and offsets) as
+a (K, 5) array in the compute dtype (float32 for float16 and float32 features, float64 for
+float64), and returns host arrays. float16 features are computed in float32.
 Every backward is deterministic (its sums run in a fixed order), so their ``deterministic``
 argument changes nothing here.
 """

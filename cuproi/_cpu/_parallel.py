@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from cuproi import _layout
+
 _pools = {}
 _lock = threading.Lock()
 _inside = threading.local()  # set in pool threads: a task never waits on the pool it runs in
@@ -125,9 +127,12 @@ def channels_last(x, dtype=None):
 
     NumPy copies a transposed view element by element with a large stride, so whole-array
     copies are several times slower than copies of cache-sized blocks; the blocks are spread
-    over the threads.
+    over the threads. Features already stored channels last are not copied: the matrix is a
+    view of them.
     """
     n, c, h, w = x.shape
+    if _layout.channels_last(x) and x.dtype == (dtype or x.dtype):
+        return x.transpose(0, 2, 3, 1).reshape(n * h * w, c)
     src = x.reshape(n, c, h * w)
     out = np.empty((n, h * w, c), dtype or x.dtype)
 
@@ -149,3 +154,15 @@ def channels_first(rows, shape, dtype=None):
 
     _copy_blocks(copy, n, h * w)
     return out.reshape(shape)
+
+
+def gradient(rows, shape, dtype, channels_last=False):
+    """An input gradient summed as (N*H*W, C) rows as the (N, C, H, W) array of ``dtype``.
+
+    NCHW (copied in blocks), or with ``channels_last`` a view of the rows (no copy unless
+    ``dtype`` differs, and the copy is still channels last).
+    """
+    if not channels_last:
+        return channels_first(rows, shape, dtype)
+    n, c, h, w = shape
+    return rows.reshape(n, h, w, c).transpose(0, 3, 1, 2).astype(dtype, copy=False)

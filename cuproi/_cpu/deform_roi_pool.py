@@ -99,6 +99,7 @@ def deform_roi_pool_backward(
     deterministic=False,
     mask=None,
     wrt="input",
+    channels_last=False,
 ):
     n, c, h, w = input.shape
     shape = (n, h, w)
@@ -150,7 +151,7 @@ def deform_roi_pool_backward(
         k0, k1 = parts[0][0], parts[-1][1]
         _sampling.add_transposed(grad_rows, ops, g_rows[k0 * bins : k1 * bins])
     return (
-        _parallel.channels_first(grad_rows, input.shape, grad_output.dtype),
+        _parallel.gradient(grad_rows, input.shape, grad_output.dtype, channels_last),
         grad_offset,
         grad_mask,
     )

@@ -90,6 +90,7 @@ def roi_align_backward(
     deterministic=False,
     input=None,
     wrt="input",
+    channels_last=False,
 ):
     if wrt == "boxes":  # the (K, 5) box gradient, which reads the features `input`
         from cuproi._cpu import _box_gradients
@@ -108,4 +109,4 @@ def roi_align_backward(
         ops = _parallel.map_ordered(lambda r: _operator(rois, plan, shape, *r), parts)
         k0, k1 = parts[0][0], parts[-1][1]
         _sampling.add_transposed(grad_rows, ops, g_rows[k0 * bins : k1 * bins])
-    return _parallel.channels_first(grad_rows, input_shape, grad_output.dtype)
+    return _parallel.gradient(grad_rows, input_shape, grad_output.dtype, channels_last)

@@ -64,6 +64,7 @@ def roi_align_max_backward(
     aligned,
     deterministic=False,
     wrt="input",
+    channels_last=False,
 ):
     n, c, h, w = input.shape
     shape = (n, h, w)
@@ -121,5 +122,5 @@ def roi_align_max_backward(
             value = np.concatenate([contributions[tap][1] for contributions in found])
             np.add.at(grad_rows.reshape(-1), target, value)
     if wrt == "input":
-        return _parallel.channels_first(grad_rows, input.shape, grad_output.dtype)
+        return _parallel.gradient(grad_rows, input.shape, grad_output.dtype, channels_last)
     return grad_rois.astype(ct)

@@ -7,10 +7,13 @@ whatever the kernel expects) and calls ``launch(source, entry, n, args)``. The G
 sources compiled for the host, so this marshalling is checked on machines without a GPU.
 
 Arrays arrive validated and C-contiguous: features in their dtype, boxes and offsets in the
-compute dtype (float32 for float16 and float32 features, float64 for float64).
+compute dtype (float32 for float16 and float32 features, float64 for float64). The features of
+RoI Align and Deformable RoI Pooling may also be stored channels last (``cuproi._layout``).
 """
 
 import numpy as np
+
+from cuproi import _layout
 
 # Arrays of this many elements or more take the _i64 entry points (int32 flat indices overflow).
 LARGE = 2**31
@@ -29,9 +32,9 @@ def _ints(*values):
     return tuple(np.int32(v) for v in values)
 
 
-# Features with at least this many channels take roi_align's channels-last kernels: the lanes of
-# a warp take 32 consecutive channels of one bin there (kernels/roi_align.cu), which fewer
-# channels would leave idle.
+# NCHW features with at least this many channels are transposed for the channels-last kernels:
+# the lanes of a warp take 32 consecutive channels of one bin there (kernels/roi_align.cu), which
+# fewer channels would leave idle. Features stored channels last take them with any channels.
 CHANNELS_LAST_FROM = 32
 _CHANNEL_TILE = 32  # channels per block of the channels-last kernels
 _TILE = 32  # kernels/layout.cu
@@ -47,6 +50,32 @@ def _transpose(xp, launch, a, rows, cols):
         "layout", entry, tiles, (index(tiles), a, *_ints(batch, rows, cols), out), per_block=True
     )
     return out
+
+
+def _takes_channels_last(x):
+    """Whether the features ``x`` go to the channels-last kernels (see CHANNELS_LAST_FROM)."""
+    return x.shape[1] >= CHANNELS_LAST_FROM or not x.flags.c_contiguous
+
+
+def _nhwc(xp, launch, x):
+    """The features ``x`` as the channels-last kernels read them: C-contiguous (N, H, W, C)."""
+    n, c, h, w = x.shape
+    if _layout.channels_last(x):
+        return x.transpose(0, 2, 3, 1)  # a view: no copy
+    return _transpose(xp, launch, x, c, h * w)
+
+
+def _nchw(xp, x):
+    """The features ``x`` as the NCHW kernels read them: C-contiguous (N, C, H, W)."""
+    return xp.ascontiguousarray(x)
+
+
+def _input_gradient(xp, launch, grad, shape, channels_last):
+    """A channels-last input gradient (N, H, W, C) as (N, C, H, W): a view, or transposed."""
+    n, c, h, w = shape
+    if channels_last:
+        return grad.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+    return _transpose(xp, launch, grad, h * w, c).reshape(shape)
 
 
 class _GradSum:
@@ -89,6 +118,7 @@ class _GradSum:
 def _align_forward(source, xp, launch, input, rois, spatial_scale, pooled_h, pooled_w, *ints):
     """Forward of kernels/<source>.cu, RoI Align's argument list (avg and max mode)."""
     n, c, h, w = input.shape
+    input = _nchw(xp, input)
     out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
     entry, index = _entry(source, "forward", input.dtype, input, out)
     launch(
@@ -111,9 +141,8 @@ def roi_align_forward(
     xp, launch, input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
 ):
     n, c, h, w = input.shape
-    if c >= CHANNELS_LAST_FROM:
-        # The features channels last, then one block per box and tile of channels.
-        x = _transpose(xp, launch, input, c, h * w)
+    if _takes_channels_last(input):  # one block per box and tile of channels
+        x = _nhwc(xp, launch, input)
         out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
         items = len(rois) * -(-c // _CHANNEL_TILE)
         entry, index = _entry("roi_align", "forward_nhwc", input.dtype, input, out)
@@ -171,11 +200,16 @@ def roi_align_backward(
     deterministic=False,
     input=None,
     wrt="input",
+    channels_last=False,
 ):
-    """Gradient with respect to the input, or (``wrt="boxes"``) the (K, 5) boxes (reads input)."""
+    """Gradient with respect to the input, or (``wrt="boxes"``) the (K, 5) boxes (reads input).
+
+    The input gradient is NCHW, or with ``channels_last`` stored channels last.
+    """
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
     if wrt == "boxes":
+        input = _nchw(xp, input)
         box = _BoxGrad(xp, grad_output, rois.dtype, deterministic)
         entry, index = _entry("roi_align", "backward", grad_output.dtype, grad_output, input)
         launch(
@@ -198,8 +232,8 @@ def roi_align_backward(
             ),
         )
         return box.result()
-    if c >= CHANNELS_LAST_FROM:
-        # A channels-last gradient (coalesced atomic adds), transposed back at the end.
+    if channels_last or c >= CHANNELS_LAST_FROM:
+        # A channels-last gradient (coalesced atomic adds), transposed back at the end for NCHW.
         grad = _GradSum(xp, (n, h, w, c), rois.dtype, grad_output, deterministic)
         items = len(rois) * -(-c // _CHANNEL_TILE)
         name = "backward_nhwc"
@@ -218,8 +252,9 @@ def roi_align_backward(
             ),
             per_block=True,
         )
-        result = grad.result(launch, grad_output.dtype)
-        return _transpose(xp, launch, result, h * w, c).reshape(input_shape)
+        return _input_gradient(
+            xp, launch, grad.result(launch, grad_output.dtype), input_shape, channels_last
+        )
     grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
     entry, index = _entry("roi_align", "backward", grad_output.dtype, grad_output, grad.fixed)
     launch(
@@ -301,7 +336,7 @@ def deform_roi_pool_forward(
     n, c, h, w = input.shape
     ct = rois.dtype.type
     out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
-    channels_last = c >= CHANNELS_LAST_FROM
+    channels_last = _takes_channels_last(input)
     entry, index = _entry(
         "deform_roi_pool", "forward_nhwc" if channels_last else "forward", input.dtype, input, out
     )
@@ -312,7 +347,7 @@ def deform_roi_pool_forward(
         items,
         (
             index(items),
-            _transpose(xp, launch, input, c, h * w) if channels_last else input,
+            _nhwc(xp, launch, input) if channels_last else input,
             rois,
             rois if offset is None else offset,
             np.int32(offset is not None),
@@ -342,8 +377,12 @@ def deform_roi_pool_backward(
     deterministic=False,
     mask=None,
     wrt="input",
+    channels_last=False,
 ):
-    """``(grad_input, grad_offset, grad_mask)`` (None: no offset or mask), or the boxes' (K, 5)."""
+    """``(grad_input, grad_offset, grad_mask)`` (None: no offset or mask), or the boxes' (K, 5).
+
+    ``grad_input`` is NCHW, or with ``channels_last`` stored channels last.
+    """
     n, c, h, w = input.shape
     k, _, pooled_h, pooled_w = grad_output.shape
     ct = rois.dtype.type
@@ -358,6 +397,7 @@ def deform_roi_pool_backward(
         *_ints(n, c, h, w, pooled_h, pooled_w),
     )
     if wrt == "boxes":
+        input = _nchw(xp, input)
         box = _BoxGrad(xp, grad_output, ct, deterministic)
         entry, index = _entry("deform_roi_pool", "backward", input.dtype, input, grad_output)
         launch(
@@ -381,27 +421,23 @@ def deform_roi_pool_backward(
             ),
         )
         return box.result()
-    channels_last = c >= CHANNELS_LAST_FROM
-    grad = _GradSum(
-        xp, (n, h, w, c) if channels_last else input.shape, ct, grad_output, deterministic
-    )
+    nhwc = channels_last or _takes_channels_last(input)
+    grad = _GradSum(xp, (n, h, w, c) if nhwc else input.shape, ct, grad_output, deterministic)
     # Deterministic: per-channel (per tile of channels, channels last) terms, summed over the
     # channels (tiles) below in a fixed order.
-    tiles = -(-c // _CHANNEL_TILE) if channels_last else c
+    tiles = -(-c // _CHANNEL_TILE) if nhwc else c
     per_channel = (k, tiles) if grad.deterministic else (k,)
     grad_offset = None if offset is None else xp.zeros((*per_channel, 2, pooled_h, pooled_w), ct)
     grad_mask = None if mask is None else xp.zeros((*per_channel, 1, pooled_h, pooled_w), ct)
-    direction = "backward_nhwc" if channels_last else "backward"
+    direction = "backward_nhwc" if nhwc else "backward"
     entry, index = _entry(
         "deform_roi_pool", direction, input.dtype, input, grad_output, grad.fixed, grad_offset
     )
-    if channels_last:  # the features are read only for the offset and mask gradients
-        features = (
-            input if offset is None and mask is None else _transpose(xp, launch, input, c, h * w)
-        )
+    if nhwc:  # the features are read only for the offset and mask gradients
+        features = rois if offset is None and mask is None else _nhwc(xp, launch, input)
         items, last = k * tiles, ()
     else:
-        features, items, last = input, grad_output.size, (rois, np.int32(0))  # grad_rois unused
+        features, items, last = _nchw(xp, input), grad_output.size, (rois, np.int32(0))
     # Without offsets (mask) the kernel never touches those pointers; any device array will do.
     launch(
         "deform_roi_pool",
@@ -418,14 +454,14 @@ def deform_roi_pool_backward(
             rois if grad_mask is None else grad_mask,
             *last,
         ),
-        per_block=channels_last,
+        per_block=nhwc,
     )
     if grad.deterministic:
         grad_offset = None if grad_offset is None else grad_offset.sum(axis=1)
         grad_mask = None if grad_mask is None else grad_mask.sum(axis=1)
     result = grad.result(launch, grad_output.dtype)
-    if channels_last:
-        result = _transpose(xp, launch, result, h * w, c).reshape(input.shape)
+    if nhwc:
+        result = _input_gradient(xp, launch, result, input.shape, channels_last)
     return result, grad_offset, grad_mask
 
 
@@ -457,8 +493,13 @@ def roi_align_max_backward(
     aligned,
     deterministic=False,
     wrt="input",
+    channels_last=False,
 ):
-    """Gradient of the max mode with respect to the input, or (``wrt="boxes"``) the boxes."""
+    """Gradient of the max mode with respect to the input, or (``wrt="boxes"``) the boxes.
+
+    The input gradient is NCHW, or with ``channels_last`` stored channels last (transposed).
+    """
+    input = _nchw(xp, input)
     n, c, h, w = input.shape
     _, _, pooled_h, pooled_w = grad_output.shape
     head = (
@@ -487,7 +528,8 @@ def roi_align_max_backward(
         grad_output.size,
         (index(grad_output.size), *head, *grad.args(), grad.value, np.int32(0)),
     )
-    return grad.result(launch, grad_output.dtype)
+    result = grad.result(launch, grad_output.dtype)
+    return _layout.as_channels_last(xp, result) if channels_last else result
 
 
 # ---- position-sensitive ops (ps_roi_align, ps_roi_pool) ---------------------------------------
