@@ -164,16 +164,16 @@ def test_deterministic_algorithms_reach_the_backward(monkeypatch, enabled):
     assert seen == [enabled] * 3
 
 
-@pytest.mark.parametrize(
-    "device",
-    [
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="no CUDA device")],
-        ),
-    ],
-)
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="no CUDA device")],
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_roi_pool_without_gradients_skips_the_argmax(monkeypatch, device):
     """No gradient to take (no_grad, or an input that needs none): the value-only op, which
     gives what the differentiable one does."""
@@ -210,6 +210,65 @@ def test_custom_ops_pass_opcheck():
     ]
     for op, args in calls:
         torch.library.opcheck(op, args)
+
+
+def channels_last(x):
+    return x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(x.requires_grad)
+
+
+def test_custom_ops_pass_opcheck_on_channels_last_features():
+    """The fake implementations give the gradients the strides the real ones have."""
+    x, boxes, offset = data(seed=3)
+    x = channels_last(x).requires_grad_()
+    offset.requires_grad_()
+    g = torch.randn(len(boxes), 3, 3, 4, dtype=torch.float64)
+    ops = torch.ops.cuproi
+    plain = x.detach()  # the backward ops have no gradient of their own
+    calls = [
+        (ops.roi_align.default, (x, boxes, 3, 4, 0.7, 2, True)),
+        (ops.roi_align.default, (x, boxes, 3, 4, 0.7, 2, True, "max")),
+        (ops.deform_roi_pool.default, (x, boxes, offset, 3, 4, 0.7, 0, 0.1)),
+        (ops.roi_align_backward.default, (g, boxes, list(x.shape), 0.7, 2, True, False, True)),
+        (ops.roi_align_max_backward.default, (g, plain, boxes, 0.7, 2, True, False, True)),
+        (
+            ops.deform_roi_pool_backward.default,
+            (g, plain, boxes, offset.detach(), 0.7, 0, 0.1, False, None, True),
+        ),
+    ]
+    for op, args in calls:
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", ["roi_align", "roi_align_max", "deform_roi_pool"])
+def test_channels_last_features_get_channels_last_gradients(op, device):
+    """Features in torch's channels_last format give the same values and gradients (exactly:
+    deterministic sums on the GPU), the gradients stored channels last as well."""
+    x, boxes, offset = data(device=device, seed=4)
+    f = {
+        "roi_align": lambda x: ct.roi_align(x, boxes, (3, 4), 0.7, 2, True),
+        "roi_align_max": lambda x: ct.roi_align(x, boxes, (3, 4), 0.7, 2, True, "max"),
+        "deform_roi_pool": lambda x: ct.deform_roi_pool(x, boxes, offset, (3, 4), 0.7, 2),
+    }[op]
+    x.requires_grad_()
+    stored = channels_last(x)
+    assert not stored.is_contiguous()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out, expected = f(stored), f(x)
+        g = torch.randn_like(out)
+        (grad,) = torch.autograd.grad(out, stored, g)
+        (expected_grad,) = torch.autograd.grad(expected, x, g)
+        compiled = torch.compile(lambda x: (f(x) * g).sum(), fullgraph=True)
+        (compiled_grad,) = torch.autograd.grad(compiled(stored), stored)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()
+    assert expected_grad.is_contiguous()
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+    torch.testing.assert_close(compiled_grad, expected_grad)
 
 
 def test_fake_tensors_give_shapes():

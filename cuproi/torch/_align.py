@@ -5,7 +5,7 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch._common import _rois, _stream
+from cuproi.torch._common import _channels_last, _empty_gradient, _rois, _stream
 
 
 @torch.library.custom_op("cuproi::roi_align", mutates_args=())
@@ -39,6 +39,7 @@ def _roi_align_backward(
     sampling_ratio: int,
     aligned: bool,
     deterministic: bool,
+    channels_last: bool = False,
 ) -> Tensor:
     with _stream(grad):
         return cuproi.roi_align_backward(
@@ -50,12 +51,22 @@ def _roi_align_backward(
             sampling_ratio,
             aligned,
             deterministic=deterministic,
+            channels_last=channels_last,
         )
 
 
 @_roi_align_backward.register_fake
-def _(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned, deterministic):
-    return grad.new_empty(input_shape)
+def _(
+    grad,
+    rois,
+    input_shape,
+    spatial_scale,
+    sampling_ratio,
+    aligned,
+    deterministic,
+    channels_last=False,
+):
+    return _empty_gradient(input_shape, grad, channels_last)
 
 
 @torch.library.custom_op("cuproi::roi_align_max_backward", mutates_args=())
@@ -67,6 +78,7 @@ def _roi_align_max_backward(
     sampling_ratio: int,
     aligned: bool,
     deterministic: bool,
+    channels_last: bool = False,
 ) -> Tensor:
     with _stream(grad):
         return cuproi.roi_align_backward(
@@ -80,12 +92,15 @@ def _roi_align_max_backward(
             pool_mode="max",
             input=input,
             deterministic=deterministic,
+            channels_last=channels_last,
         )
 
 
 @_roi_align_max_backward.register_fake
-def _(grad, input, rois, spatial_scale, sampling_ratio, aligned, deterministic):
-    return grad.new_empty(input.shape)
+def _(
+    grad, input, rois, spatial_scale, sampling_ratio, aligned, deterministic, channels_last=False
+):
+    return _empty_gradient(input.shape, grad, channels_last)
 
 
 @torch.library.custom_op("cuproi::roi_align_box_backward", mutates_args=())
@@ -123,6 +138,7 @@ def _roi_align_setup(ctx, inputs, output):
     input, rois, _, _, ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned = inputs[:7]
     ctx.pool_mode = inputs[7] if len(inputs) > 7 else "avg"
     ctx.input_shape = list(input.shape)
+    ctx.channels_last = _channels_last(input)
     # The features are kept only when a gradient reads them: max mode, or boxes with a gradient.
     keep = ctx.pool_mode == "max" or rois.requires_grad
     ctx.save_for_backward(rois, input if keep else None)
@@ -134,11 +150,12 @@ def _roi_align_grad(ctx, grad):
     grad = grad.contiguous()
     grad_input = grad_rois = None
     args = (ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned)
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0]:  # in the features' layout, as torch's own ops do
+        layout = (deterministic, ctx.channels_last)
         if ctx.pool_mode == "max":
-            grad_input = _roi_align_max_backward(grad, input, rois, *args, deterministic)
+            grad_input = _roi_align_max_backward(grad, input, rois, *args, *layout)
         else:
-            grad_input = _roi_align_backward(grad, rois, ctx.input_shape, *args, deterministic)
+            grad_input = _roi_align_backward(grad, rois, ctx.input_shape, *args, *layout)
     if ctx.needs_input_grad[1]:
         grad_rois = _roi_align_box_backward(grad, input, rois, *args, ctx.pool_mode, deterministic)
     return grad_input, grad_rois, None, None, None, None, None, None

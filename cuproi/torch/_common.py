@@ -19,6 +19,17 @@ def _stream(tensor):
     return external
 
 
+def _channels_last(tensor):
+    """Whether 4-D features are stored channels last only: their gradient is then stored so too."""
+    return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
+
+
+def _empty_gradient(shape, like, channels_last):
+    """An uninitialised input gradient, in the layout the backward op returns it in."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
+
+
 def _rois(boxes, like):
     """(K, 5) box tensor from a tensor or torchvision's list of per-image (L, 4) tensors."""
     if isinstance(boxes, (list, tuple)):

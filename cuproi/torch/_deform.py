@@ -5,7 +5,7 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch._common import _rois, _stream
+from cuproi.torch._common import _channels_last, _empty_gradient, _rois, _stream
 
 
 @torch.library.custom_op("cuproi::deform_roi_pool", mutates_args=())
@@ -42,6 +42,7 @@ def _deform_roi_pool_backward(
     gamma: float,
     deterministic: bool,
     mask: Tensor | None = None,
+    channels_last: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     with _stream(grad):
         grad_input, grad_offset, grad_mask = cuproi.deform_roi_pool_backward(
@@ -55,6 +56,7 @@ def _deform_roi_pool_backward(
             gamma,
             mask,
             deterministic=deterministic,
+            channels_last=channels_last,
         )
     # An op returns tensors only: an empty one stands for "no gradient" (no offset, no mask).
     return (
@@ -65,9 +67,20 @@ def _deform_roi_pool_backward(
 
 
 @_deform_roi_pool_backward.register_fake
-def _(grad, input, rois, offset, spatial_scale, sampling_ratio, gamma, deterministic, mask=None):
+def _(
+    grad,
+    input,
+    rois,
+    offset,
+    spatial_scale,
+    sampling_ratio,
+    gamma,
+    deterministic,
+    mask=None,
+    channels_last=False,
+):
     return (
-        input.new_empty(input.shape),
+        _empty_gradient(input.shape, input, channels_last),
         grad.new_empty(0 if offset is None else offset.shape),
         grad.new_empty(0 if mask is None else mask.shape),
     )
@@ -122,7 +135,7 @@ def _deform_grad(ctx, grad):
     need = ctx.needs_input_grad
     if need[0] or (ctx.has_offset and need[2]) or (ctx.has_mask and need[8]):
         grad_input, grad_offset, grad_mask = _deform_roi_pool_backward(
-            grad, input, rois, offset, *args, mask
+            grad, input, rois, offset, *args, mask, _channels_last(input)
         )
     if need[1]:
         grad_rois = _deform_roi_pool_box_backward(grad, input, rois, offset, mask, *args)
