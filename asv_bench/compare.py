@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import cuproi  # noqa: E402
+from cuproi import _layout  # noqa: E402
 
 BANDWIDTH = {"H100": 3.0e12, "H200": 4.0e12}  # bytes/s, copy bandwidth (performance.md)
 
@@ -88,12 +89,19 @@ def calls(device, xp, boxes, size, dtype):
     x, rois, grad = workload(boxes, size, dtype)
     xa, ra, ga = (xp.asarray(a) for a in (x, rois, grad))
     offset = xp.zeros((boxes, 2, size, size), dtype)
+    stored = _layout.as_channels_last(xp, xa)  # torch's channels_last memory format
     kw = {"spatial_scale": 1 / 8, "sampling_ratio": 2}
     _, argmax = cuproi.roi_pool(xa, ra, size, 1 / 8, return_argmax=True)
     ours = {
         "roi_align forward": lambda: cuproi.roi_align(xa, ra, size, aligned=True, **kw),
         "roi_align backward": lambda: cuproi.roi_align_backward(
             ga, ra, x.shape, size, aligned=True, **kw
+        ),
+        "roi_align forward, channels-last features": lambda: cuproi.roi_align(
+            stored, ra, size, aligned=True, **kw
+        ),
+        "roi_align backward, channels-last gradient": lambda: cuproi.roi_align_backward(
+            ga, ra, x.shape, size, aligned=True, channels_last=True, **kw
         ),
         "roi_align backward, deterministic": lambda: cuproi.roi_align_backward(
             ga, ra, x.shape, size, aligned=True, deterministic=True, **kw
@@ -128,13 +136,22 @@ def calls(device, xp, boxes, size, dtype):
     tr = torch.from_numpy(rois).to(tx.dtype).to(device)  # torchvision wants one dtype
     tg = torch.from_numpy(grad).to(device)
     txg = tx.clone().requires_grad_()
+    tx_stored = tx.contiguous(memory_format=torch.channels_last)
+    tx_stored_g = tx_stored.clone().requires_grad_()  # clone keeps the memory format
     theirs["roi_align forward"] = lambda: ops.roi_align(tx, tr, size, 1 / 8, 2, True)
+    theirs["roi_align forward, channels-last features"] = lambda: ops.roi_align(
+        tx_stored, tr, size, 1 / 8, 2, True
+    )
     theirs["roi_pool forward"] = lambda: ops.roi_pool(tx, tr, size, 1 / 8)
     # torchvision's kernel always finds the argmax, which its backward needs.
     theirs["roi_pool forward, argmax"] = theirs["roi_pool forward"]
     try:  # the graphs the backward timings replay (retain_graph)
         out = ops.roi_align(txg, tr, size, 1 / 8, 2, True)
         theirs["roi_align backward"] = lambda: torch.autograd.grad(out, txg, tg, True)
+        out_stored = ops.roi_align(tx_stored_g, tr, size, 1 / 8, 2, True)
+        theirs["roi_align backward, channels-last gradient"] = lambda: torch.autograd.grad(
+            out_stored, tx_stored_g, tg, True
+        )
         pooled = ops.roi_pool(txg, tr, size, 1 / 8)
         theirs["roi_pool backward"] = lambda: torch.autograd.grad(pooled, txg, tg, True)
     except (RuntimeError, NotImplementedError):

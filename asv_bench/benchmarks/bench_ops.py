@@ -9,6 +9,7 @@ events (skipped without a GPU).
 import numpy as np
 
 import cuproi
+from cuproi import _layout
 
 from .common import BOX_SIZES, Benchmark, gpu_seconds, workload
 
@@ -28,10 +29,17 @@ class _Ops(Benchmark):
         offset = xp.asarray(rng.normal(0, 0.1, (num_boxes, 2, size, size)).astype(dtype))
         kw = {"output_size": size, "spatial_scale": 1 / 8, "sampling_ratio": 2}
         _, argmax = cuproi.roi_pool(x, boxes, size, 1 / 8, return_argmax=True)
+        stored = _layout.as_channels_last(xp, x)  # torch's channels_last memory format
         self.calls = {
             "roi_align_forward": lambda: cuproi.roi_align(x, boxes, aligned=True, **kw),
             "roi_align_backward": lambda: cuproi.roi_align_backward(
                 grad, boxes, x.shape, aligned=True, **kw
+            ),
+            "roi_align_forward_channels_last": lambda: cuproi.roi_align(
+                stored, boxes, aligned=True, **kw
+            ),
+            "roi_align_backward_channels_last": lambda: cuproi.roi_align_backward(
+                grad, boxes, x.shape, aligned=True, channels_last=True, **kw
             ),
             "roi_align_backward_deterministic": lambda: cuproi.roi_align_backward(
                 grad, boxes, x.shape, aligned=True, deterministic=True, **kw
@@ -79,6 +87,12 @@ class BoxHead(_Ops):
 
     def time_roi_align_backward_deterministic(self, *params):
         self.run("roi_align_backward_deterministic")
+
+    def time_roi_align_forward_channels_last(self, *params):
+        self.run("roi_align_forward_channels_last")
+
+    def time_roi_align_backward_channels_last(self, *params):
+        self.run("roi_align_backward_channels_last")
 
     def time_roi_pool_forward(self, *params):
         self.run("roi_pool_forward")
@@ -137,6 +151,12 @@ class GpuTime(_Ops):
 
     def track_roi_align_backward_deterministic(self, *params):
         return gpu_seconds(self.calls["roi_align_backward_deterministic"])
+
+    def track_roi_align_forward_channels_last(self, *params):
+        return gpu_seconds(self.calls["roi_align_forward_channels_last"])
+
+    def track_roi_align_backward_channels_last(self, *params):
+        return gpu_seconds(self.calls["roi_align_backward_channels_last"])
 
     def track_roi_pool_forward(self, *params):
         return gpu_seconds(self.calls["roi_pool_forward"])
