@@ -242,24 +242,42 @@ def apply(a, x_rows, out):
     out.reshape(k, c, ph * pw)[...] = (a @ x_rows).reshape(k, ph * pw, c).transpose(0, 2, 1)
 
 
-def add_transposed(grad_rows, operators, g_rows):
-    """``grad_rows += A.T @ G`` for ``A`` the row blocks ``operators`` stacked, in parallel.
+def zeros(shape, dtype, channels_last=False):
+    """A zeroed (N, C, H, W) gradient for :func:`add_transposed`, NCHW or stored channels last."""
+    if not channels_last:
+        return np.zeros(shape, dtype)
+    n, c, h, w = shape
+    return np.zeros((n, h, w, c), dtype).transpose(0, 3, 1, 2)
+
+
+def add_transposed(grad, operators, g_rows):
+    """``grad += A.T @ G`` for ``A`` the row blocks ``operators`` stacked, in parallel.
 
     ``A.T`` is built as a CSR matrix (one row per pixel, its entries in bin order) and split
-    into blocks of pixels, one task each: every pixel's sum runs over its bins in the same
-    order whatever the blocks, so the result does not depend on the number of threads.
+    into ranges of pixels, one task each: every pixel's sum runs over its bins in the same
+    order whatever the ranges, so the result does not depend on the number of threads. Each
+    range is computed in blocks of ``_parallel._BLOCK`` pixels that stay in cache, added
+    straight into ``grad`` (N, C, H, W), NCHW or channels last: no (N*H*W, C) gradient is
+    allocated and transposed afterwards.
     """
     a = operators[0] if len(operators) == 1 else scipy.sparse.vstack(operators, format="csr")
     if a.nnz == 0:
         return
     t = a.T.tocsr()
+    n, c, h, w = grad.shape
+    planes = grad.reshape(n, c, h * w)  # a view in either layout
 
-    def block(p0, p1):
-        part = t[p0:p1]
-        if part.nnz:
-            grad_rows[p0:p1] += part @ g_rows
+    def pixels(p0, p1):
+        q0 = p0
+        while q0 < p1:
+            image, s0 = divmod(q0, h * w)
+            q1 = min(p1, q0 + _parallel._BLOCK, (image + 1) * h * w)  # within one image
+            part = t[q0:q1]
+            if part.nnz:
+                planes[image, :, s0 : s0 + q1 - q0] += (part @ g_rows).T
+            q0 = q1
 
-    _parallel.for_ranges(block, np.diff(t.indptr))
+    _parallel.for_ranges(pixels, np.diff(t.indptr))
 
 
 def bin_rows(g):

@@ -122,7 +122,7 @@ def deform_roi_pool_backward(
     reads = offset is not None or mask is not None  # the features, for those gradients
     x_rows = _sampling.pixels_by_channel(input.astype(ct, copy=False)) if reads else None
     g_rows = _sampling.bin_rows(ct_grad)
-    grad_rows = np.zeros((n * h * w, c), ct)
+    grad = _sampling.zeros(input.shape, ct, channels_last)
     grad_offset = None if offset is None else np.zeros((k, 2, pooled_h, pooled_w), ct)
     # d out / d offset = gamma * box size * (mean over the bin's samples of d value / d position)
     scale_x, scale_y = (ct(gamma) * g.width)[:, None, None], (ct(gamma) * g.height)[:, None, None]
@@ -149,9 +149,9 @@ def deform_roi_pool_backward(
     for parts in _sampling.parts(_cost(axes, shape)):
         ops = _parallel.map_ordered(lambda r: run(*r), parts)
         k0, k1 = parts[0][0], parts[-1][1]
-        _sampling.add_transposed(grad_rows, ops, g_rows[k0 * bins : k1 * bins])
+        _sampling.add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins])
     return (
-        _parallel.gradient(grad_rows, input.shape, grad_output.dtype, channels_last),
+        grad.astype(grad_output.dtype, copy=False),
         grad_offset,
         grad_mask,
     )

@@ -217,7 +217,7 @@ def roi_align_rotated_backward(
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
     g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
-    grad_rows = np.zeros((n * h * w, c), rois.dtype)
+    grad = _sampling.zeros(input_shape, rois.dtype)
     bins = pooled_h * pooled_w
     plan = _plan(
         rois, (n, h, w), spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
@@ -225,5 +225,5 @@ def roi_align_rotated_backward(
     for parts in _sampling.parts(plan["cost"]):
         ops = _parallel.map_ordered(lambda r: _operator(plan, *r), parts)
         k0, k1 = parts[0][0], parts[-1][1]
-        _sampling.add_transposed(grad_rows, ops, g_rows[k0 * bins : k1 * bins])
-    return _parallel.channels_first(grad_rows, input_shape, grad_output.dtype)
+        _sampling.add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins])
+    return grad.astype(grad_output.dtype, copy=False)
