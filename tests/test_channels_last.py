@@ -248,33 +248,13 @@ def assert_stored_channels_last(a):
     assert a.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
-STORED = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "host-kernels",
-        marks=pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler"),
-        id="host-kernels",
-    ),
-]
-
-
-def _backend(name):
-    from conftest import host_backend
-
-    from cuproi import _cpu
-
-    return _cpu if name == "cpu" else host_backend()
-
-
-@pytest.mark.parametrize("backend_name", [p for p in STORED])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("channels", [1, 5, 33])
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_stored_channels_last_gives_the_same_bits(backend_name, dtype, channels, deterministic):
+def test_stored_channels_last_gives_the_same_bits(backend, dtype, channels, deterministic):
     """RoI Align and Deformable RoI Pooling (avg and max mode, input and box gradients) give
     the same bits on features stored either way; asked for, the input gradients come back
-    stored channels last."""
-    backend = _backend(backend_name)
+    stored channels last (on both backends: the `backend` fixture)."""
     x, rois, g = _problem(dtype, channels, seed=channels)
     rois, g = rois[:-2], g[:-2]  # every box names an image, as validated calls have it
     rng = np.random.default_rng(5)
