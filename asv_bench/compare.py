@@ -110,6 +110,12 @@ def calls(device, xp, boxes, size, dtype):
         "roi_pool forward, argmax": lambda: cuproi.roi_pool(
             xa, ra, size, 1 / 8, return_argmax=True
         ),
+        "roi_pool forward, channels-last features": lambda: cuproi.roi_pool(
+            stored, ra, size, 1 / 8
+        ),
+        "roi_pool forward, argmax, channels-last features": lambda: cuproi.roi_pool(
+            stored, ra, size, 1 / 8, return_argmax=True
+        ),
         "roi_pool backward": lambda: cuproi.roi_pool_backward(ga, ra, argmax, x.shape),
         "roi_pool backward, deterministic": lambda: cuproi.roi_pool_backward(
             ga, ra, argmax, x.shape, deterministic=True
@@ -145,6 +151,12 @@ def calls(device, xp, boxes, size, dtype):
     theirs["roi_pool forward"] = lambda: ops.roi_pool(tx, tr, size, 1 / 8)
     # torchvision's kernel always finds the argmax, which its backward needs.
     theirs["roi_pool forward, argmax"] = theirs["roi_pool forward"]
+    theirs["roi_pool forward, channels-last features"] = lambda: ops.roi_pool(
+        tx_stored, tr, size, 1 / 8
+    )
+    theirs["roi_pool forward, argmax, channels-last features"] = theirs[
+        "roi_pool forward, channels-last features"
+    ]
     try:  # the graphs the backward timings replay (retain_graph)
         out = ops.roi_align(txg, tr, size, 1 / 8, 2, True)
         theirs["roi_align backward"] = lambda: torch.autograd.grad(out, txg, tg, True)

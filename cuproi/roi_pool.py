@@ -63,7 +63,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
     backend, (x, b), restore = _dispatch.prepare(input=input, boxes=boxes)
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
-    x = _validate.features(backend.xp, x)
+    x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     out, argmax = backend.roi_pool_forward(x, rois, scale, *pooled, argmax=return_argmax)
     return (restore(out), restore(argmax)) if return_argmax else restore(out)

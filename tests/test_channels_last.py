@@ -300,6 +300,26 @@ def test_stored_channels_last_gives_the_same_bits(backend, dtype, channels, dete
             np.testing.assert_array_equal(stored[name], value, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("channels", [1, 5, 33])
+@pytest.mark.parametrize("argmax", [False, True])
+def test_roi_pool_on_stored_channels_last_gives_the_same_bits(backend, dtype, channels, argmax):
+    """Ties, zeros of both signs, NaN and -inf included: the same maxima, bit for bit (the sign
+    of a zero too), and the same first cells."""
+    x, rois, _ = _problem(dtype, channels, seed=channels)
+    rois = rois[:-2]
+    x = np.round(2 * x)  # ties, and -0.0 where a small negative value rounds to zero
+    x.reshape(-1)[::37] = np.nan
+    x.reshape(-1)[5::41] = -np.inf
+    assert np.any((x == 0) & np.signbit(x))
+    expected = backend.roi_pool_forward(x, rois, 0.5, 5, 3, argmax=argmax)
+    stored = backend.roi_pool_forward(channels_last(x), rois, 0.5, 5, 3, argmax=argmax)
+    bits = f"u{np.dtype(dtype).itemsize}"
+    np.testing.assert_array_equal(stored[0].view(bits), expected[0].view(bits))
+    if argmax:
+        np.testing.assert_array_equal(stored[1], expected[1])
+
+
 @pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
 @pytest.mark.parametrize("channels", [5, 70])
 def test_stored_channels_last_needs_no_transpose(channels, entries):
@@ -319,7 +339,7 @@ def test_stored_channels_last_needs_no_transpose(channels, entries):
 
 
 def test_the_cpu_backend_reads_stored_channels_last_features_in_place():
-    from cuproi._cpu import _parallel
+    from cuproi._cpu import _parallel, roi_pool
 
     x = channels_last(np.random.default_rng(0).standard_normal((2, 6, 4, 5)).astype(np.float32))
     rows = _parallel.channels_last(x)
@@ -328,6 +348,9 @@ def test_the_cpu_backend_reads_stored_channels_last_features_in_place():
     copied = _parallel.channels_last(x, np.float64)  # another dtype: a copy
     assert not np.shares_memory(copied, x)
     np.testing.assert_array_equal(copied, rows)
+    table, _ = roi_pool._table(x, keys=False)  # RoI Pool's table of values
+    assert np.shares_memory(table, x)
+    np.testing.assert_array_equal(table, x.transpose(0, 2, 3, 1))
 
 
 def test_public_functions_read_and_return_channels_last(monkeypatch):
@@ -359,6 +382,15 @@ def test_public_functions_read_and_return_channels_last(monkeypatch):
     assert_stored_channels_last(grads[0])
     for a, b in zip(grads[:2], cuproi.deform_roi_pool_backward(g, x, *deform)[:2], strict=True):
         np.testing.assert_array_equal(a, b)
+
+    pool = _cpu.roi_pool_forward
+    monkeypatch.setattr(
+        _cpu, "roi_pool_forward", lambda x, *a, **k: (seen.append(x), pool(x, *a, **k))[1]
+    )
+    for argmax in (False, True):
+        got = cuproi.roi_pool(stored, rois, (5, 3), 0.5, argmax)
+        assert np.shares_memory(seen[-1], stored)
+        np.testing.assert_equal(got, cuproi.roi_pool(x, rois, (5, 3), 0.5, argmax))
 
     # The ops without channels-last readers copy such features to C order first.
     ps = channels_last(np.random.default_rng(1).standard_normal((2, 18, 9, 11)))

@@ -261,6 +261,8 @@ def test_stored_channels_last_features_on_the_device(dtype, channels):
         lambda x: cuproi.roi_align(x, rois, (5, 3), 0.5, 2, True),
         lambda x: cuproi.roi_align(x, rois, (5, 3), 0.5, 2, True, "max"),
         lambda x: cuproi.deform_roi_pool(x, rois, offset, (5, 3), 0.5, 2),
+        lambda x: cuproi.roi_pool(x, rois, (5, 3), 0.5),
+        lambda x: cuproi.roi_pool(x, rois, (5, 3), 0.5, return_argmax=True)[1],
     ):
         cupy.testing.assert_array_equal(f(stored), f(x))
     args = (rois, x.shape, (5, 3), 0.5, 2, True)

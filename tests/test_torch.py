@@ -228,6 +228,8 @@ def test_custom_ops_pass_opcheck_on_channels_last_features():
         (ops.roi_align.default, (x, boxes, 3, 4, 0.7, 2, True)),
         (ops.roi_align.default, (x, boxes, 3, 4, 0.7, 2, True, "max")),
         (ops.deform_roi_pool.default, (x, boxes, offset, 3, 4, 0.7, 0, 0.1)),
+        (ops.roi_pool.default, (x, boxes, 3, 4, 0.7)),
+        (ops.roi_pool_inference.default, (plain, boxes, 3, 4, 0.7)),
         (ops.roi_align_backward.default, (g, boxes, list(x.shape), 0.7, 2, True, False, True)),
         (ops.roi_align_max_backward.default, (g, plain, boxes, 0.7, 2, True, False, True)),
         (
@@ -269,6 +271,30 @@ def test_channels_last_features_get_channels_last_gradients(op, device):
     assert expected_grad.is_contiguous()
     torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
     torch.testing.assert_close(compiled_grad, expected_grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_roi_pool_on_channels_last_features(device):
+    """The same values and gradients as on NCHW features; the gradient comes back NCHW, as
+    torchvision's does."""
+    x, boxes, _ = data(device=device, seed=5)
+    x.requires_grad_()
+    stored = channels_last(x)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out, expected = ct.roi_pool(stored, boxes, (3, 4), 0.7), ct.roi_pool(x, boxes, (3, 4), 0.7)
+        g = torch.randn_like(out)
+        (grad,) = torch.autograd.grad(out, stored, g)
+        (expected_grad,) = torch.autograd.grad(expected, x, g)
+        with torch.no_grad():
+            inference = ct.roi_pool(stored, boxes, (3, 4), 0.7)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(inference, expected, rtol=0, atol=0)
+    assert grad.is_contiguous()
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
 
 
 def test_fake_tensors_give_shapes():

@@ -48,6 +48,9 @@ class _Ops(Benchmark):
             "roi_pool_forward_argmax": lambda: cuproi.roi_pool(
                 x, boxes, size, 1 / 8, return_argmax=True
             ),
+            "roi_pool_forward_argmax_channels_last": lambda: cuproi.roi_pool(
+                stored, boxes, size, 1 / 8, return_argmax=True
+            ),
             "roi_pool_backward": lambda: cuproi.roi_pool_backward(grad, boxes, argmax, x.shape),
             "roi_pool_backward_deterministic": lambda: cuproi.roi_pool_backward(
                 grad, boxes, argmax, x.shape, deterministic=True
@@ -99,6 +102,9 @@ class BoxHead(_Ops):
 
     def time_roi_pool_forward_argmax(self, *params):
         self.run("roi_pool_forward_argmax")
+
+    def time_roi_pool_forward_argmax_channels_last(self, *params):
+        self.run("roi_pool_forward_argmax_channels_last")
 
     def time_roi_pool_backward(self, *params):
         self.run("roi_pool_backward")
@@ -163,6 +169,9 @@ class GpuTime(_Ops):
 
     def track_roi_pool_forward_argmax(self, *params):
         return gpu_seconds(self.calls["roi_pool_forward_argmax"])
+
+    def track_roi_pool_forward_argmax_channels_last(self, *params):
+        return gpu_seconds(self.calls["roi_pool_forward_argmax_channels_last"])
 
     def track_roi_pool_backward(self, *params):
         return gpu_seconds(self.calls["roi_pool_backward"])

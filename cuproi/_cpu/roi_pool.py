@@ -15,6 +15,7 @@ argmax cell, a few channels at a time, as a sparse product.
 import numpy as np
 import scipy.sparse
 
+from cuproi import _layout
 from cuproi._cpu import _parallel, _sampling
 
 
@@ -71,19 +72,21 @@ _INT32_TARGETS = 2**31  # the backward's targets are int32 below this many cells
 
 
 def _table(x, keys):
-    """Channels-last (N, H, W, C) copy of (N, C, H, W) features, and whether any is -0.0.
+    """Channels-last (N, H, W, C) table of (N, C, H, W) features, and whether any is -0.0.
 
     With ``keys``, every value becomes its int64 key ``ordered(value) << 32 | ~(h * W + w)``,
     whose two int32 halves are written directly. ``ordered`` maps float32 to int32
     monotonically: negative floats have their magnitude bits flipped and move up by one, so
     that -0.0 meets +0.0 at 0 (the two compare equal: the first one must win), and every NaN
-    becomes the int32 maximum (above +inf, all equal: the first NaN wins). Without, the values
-    are copied as they are (float16 as float32, whose maximum NumPy computes several times
-    faster, exactly). Built in blocks of rows, in parallel, so each block's passes stay in
-    cache.
+    becomes the int32 maximum (above +inf, all equal: the first NaN wins). Without, the table
+    holds the values (float16 as float32, whose maximum NumPy computes several times faster,
+    exactly): a view of features stored channels last, else a copy. Built in blocks of rows,
+    in parallel, so each block's passes stay in cache.
     """
     n, c, h, w = x.shape
-    table = np.empty((n, h, w, c), np.int64 if keys else np.promote_types(x.dtype, np.float32))
+    dtype = np.int64 if keys else np.promote_types(x.dtype, np.float32)
+    in_place = x.dtype == dtype and _layout.channels_last(x)
+    table = x.transpose(0, 2, 3, 1) if in_place else np.empty((n, h, w, c), dtype)
     if table.size == 0:
         return table, False
     halves = table.view(np.int32).reshape(n, h, w, c, 2) if keys else None
@@ -98,7 +101,8 @@ def _table(x, keys):
             if not keys:
                 if not negative_zero and (block == 0).any():
                     negative_zero = bool(np.signbit(block[block == 0]).any())
-                table[i, r0:r1] = block.transpose(1, 2, 0)
+                if not in_place:
+                    table[i, r0:r1] = block.transpose(1, 2, 0)
                 continue
             bits = block.astype(np.float32, copy=False).view(np.int32)
             negative_zero |= bool(bits.min() == _INT32_MIN)  # the bits of -0.0
@@ -125,7 +129,7 @@ def _decode(keys):
     return bits.view(np.float32), np.invert(halves[..., 1 - _HIGH])
 
 
-def _layout(rois, bins):
+def _windows(rois, bins):
     """The boxes' windows and bins, as Python lists for the loops, and the empty bins.
 
     Per box: ``[image, top, bottom, left, right]`` of its window, and its bins' ``[start, stop)``
@@ -171,7 +175,7 @@ def _pool(table, rois, bins, finish):
     backend's threads, which gain less here than elsewhere: the loop's dozen small NumPy calls
     per box spend about half their time in Python, holding the GIL.
     """
-    box, rows, cols, empty = _layout(rois, bins)
+    box, rows, cols, empty = _windows(rois, bins)
     empty = empty.transpose(0, 2, 1)
     pooled_w, pooled_h = empty.shape[1:]
 

@@ -278,6 +278,7 @@ def roi_align_backward(
 
 def roi_pool_forward(xp, launch, input, rois, spatial_scale, pooled_h, pooled_w, argmax=True):
     # The kernel finds the argmax while it takes the maximum: it is always returned.
+    input = _nchw(xp, input)
     n, c, h, w = input.shape
     out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
     argmax = xp.empty(out.shape, np.int32)
