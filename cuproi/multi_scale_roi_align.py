@@ -92,7 +92,10 @@ def _threshold(canonical_scale, k):
 
 def _features(xp, features):
     """Validated per-level features: same dtype, batch size and channels."""
-    levels = [_validate.features(xp, x, f"features[{i}]") for i, x in enumerate(features)]
+    levels = [
+        _validate.features(xp, x, f"features[{i}]", channels_last=True)
+        for i, x in enumerate(features)
+    ]
     n, c = levels[0].shape[:2]
     for i, x in enumerate(levels[1:], start=1):
         if x.dtype != levels[0].dtype:

@@ -84,7 +84,7 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     backend, (x, b), restore = _dispatch.prepare(input=input, boxes=boxes)
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
-    x = _validate.features(backend.xp, x)
+    x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     return restore(backend.prroi_pool_forward(x, rois, scale, *pooled))
 
@@ -215,7 +215,7 @@ def prroi_pool_box_backward(
     )
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
-    x = _validate.features(backend.xp, x)
+    x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
     grad = backend.prroi_pool_backward(g, rois, x.shape, scale, bool(deterministic), x, "boxes")

@@ -120,7 +120,7 @@ def roi_align_rotated(
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
-    x = _validate.features(backend.xp, x)
+    x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.rotated_boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     return restore(
         backend.roi_align_rotated_forward(

@@ -320,6 +320,39 @@ def test_roi_pool_on_stored_channels_last_gives_the_same_bits(backend, dtype, ch
         np.testing.assert_array_equal(stored[1], expected[1])
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("channels", [1, 5, 33])
+def test_the_family_on_stored_channels_last_gives_the_same_bits(backend, dtype, channels):
+    """Precise RoI Pooling (forward and box gradient), rotated RoI Align and multi-level RoI
+    Align read features stored channels last (in place on the CPU; the GPU kernels get an NCHW
+    copy) with the results of NCHW features, bit for bit."""
+    x, rois, g = _problem(dtype, channels, seed=channels)
+    rois, g = rois[:-2], g[:-2]
+    coarse = np.ascontiguousarray(x[:, :, ::2, ::2])
+    centre, size = (rois[:, 1:3] + rois[:, 3:5]) / 2, rois[:, 3:5] - rois[:, 1:3]
+    angle = np.linspace(-90, 90, len(rois), dtype=rois.dtype)
+    rotated = np.column_stack([rois[:, 0], centre, size, angle]).astype(rois.dtype)
+
+    def run(x, coarse):
+        return {
+            "prroi forward": backend.prroi_pool_forward(x, rois, 0.5, 5, 3),
+            "prroi box backward": backend.prroi_pool_backward(
+                g, rois, x.shape, 0.5, False, x, "boxes"
+            ),
+            "rotated forward": backend.roi_align_rotated_forward(
+                x, rotated, 0.5, 5, 3, 2, True, False
+            ),
+            "multi-scale forward": backend.multi_scale_roi_align_forward(
+                [x, coarse], rois, (0.5, 0.25), (30.0,), 5, 3, 2, True
+            ),
+        }
+
+    expected = run(x, coarse)
+    stored = run(channels_last(x), channels_last(coarse))
+    for name, value in expected.items():
+        np.testing.assert_array_equal(stored[name], value, err_msg=name)
+
+
 @pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
 @pytest.mark.parametrize("channels", [5, 70])
 def test_stored_channels_last_needs_no_transpose(channels, entries):
@@ -360,14 +393,31 @@ def test_public_functions_read_and_return_channels_last(monkeypatch):
     x, rois, g = _problem(np.float32, 6, seed=2)
     rois, g = rois[:-2], g[:-2]
     stored = channels_last(x)
-    seen = []
-    forward = _cpu.roi_align_forward
-    monkeypatch.setattr(
-        _cpu, "roi_align_forward", lambda x, *a: (seen.append(x), forward(x, *a))[1]
-    )
-    out = cuproi.roi_align(stored, rois, (5, 3), 0.5, 2, True)
-    assert np.shares_memory(seen[0], stored)  # not copied to C order on the way in
-    np.testing.assert_array_equal(out, cuproi.roi_align(x, rois, (5, 3), 0.5, 2, True))
+    seen = []  # the features (the first level's) each backend function below receives
+
+    def spy(name):
+        fn = getattr(_cpu, name)
+        first = (lambda x: x[0]) if name.startswith("multi_scale") else (lambda x: x)
+        monkeypatch.setattr(
+            _cpu, name, lambda x, *a, **k: (seen.append(first(x)), fn(x, *a, **k))[1]
+        )
+
+    for op in ("roi_align", "roi_pool", "prroi_pool", "roi_align_rotated", "multi_scale_roi_align"):
+        spy(f"{op}_forward")
+    rotated = np.column_stack([rois[:, :3], rois[:, 3:5] - rois[:, 1:3], np.full(len(rois), 30)])
+    rotated = rotated.astype(np.float32)
+    calls = [
+        lambda x: cuproi.roi_align(x, rois, (5, 3), 0.5, 2, True),
+        lambda x: cuproi.roi_pool(x, rois, (5, 3), 0.5),
+        lambda x: cuproi.roi_pool(x, rois, (5, 3), 0.5, True),
+        lambda x: cuproi.prroi_pool(x, rois, (5, 3), 0.5),
+        lambda x: cuproi.roi_align_rotated(x, rotated, (5, 3), 0.5, 2, True),
+        lambda x: cuproi.multi_scale_roi_align([x, x], rois, (5, 3), [0.5, 0.25], 2, True),
+    ]
+    for call in calls:
+        got = call(stored)
+        assert np.shares_memory(seen[-1], stored)  # not copied to C order on the way in
+        np.testing.assert_equal(got, call(x))
 
     args = (rois, x.shape, (5, 3), 0.5, 2, True)
     for kwargs in ({}, {"pool_mode": "max", "input": stored}):
@@ -382,15 +432,6 @@ def test_public_functions_read_and_return_channels_last(monkeypatch):
     assert_stored_channels_last(grads[0])
     for a, b in zip(grads[:2], cuproi.deform_roi_pool_backward(g, x, *deform)[:2], strict=True):
         np.testing.assert_array_equal(a, b)
-
-    pool = _cpu.roi_pool_forward
-    monkeypatch.setattr(
-        _cpu, "roi_pool_forward", lambda x, *a, **k: (seen.append(x), pool(x, *a, **k))[1]
-    )
-    for argmax in (False, True):
-        got = cuproi.roi_pool(stored, rois, (5, 3), 0.5, argmax)
-        assert np.shares_memory(seen[-1], stored)
-        np.testing.assert_equal(got, cuproi.roi_pool(x, rois, (5, 3), 0.5, argmax))
 
     # The ops without channels-last readers copy such features to C order first.
     ps = channels_last(np.random.default_rng(1).standard_normal((2, 18, 9, 11)))

@@ -263,6 +263,8 @@ def test_stored_channels_last_features_on_the_device(dtype, channels):
         lambda x: cuproi.deform_roi_pool(x, rois, offset, (5, 3), 0.5, 2),
         lambda x: cuproi.roi_pool(x, rois, (5, 3), 0.5),
         lambda x: cuproi.roi_pool(x, rois, (5, 3), 0.5, return_argmax=True)[1],
+        lambda x: cuproi.prroi_pool(x, rois, (5, 3), 0.5),
+        lambda x: cuproi.multi_scale_roi_align([x, x], rois, (5, 3), [0.5, 0.25], 2, True),
     ):
         cupy.testing.assert_array_equal(f(stored), f(x))
     args = (rois, x.shape, (5, 3), 0.5, 2, True)

@@ -647,6 +647,7 @@ def multi_scale_roi_align_forward(
     sampling_ratio,
     aligned,
 ):
+    features = [_nchw(xp, x) for x in features]
     n, c = features[0].shape[:2]
     dtype = features[0].dtype
     out = xp.empty((len(rois), c, pooled_h, pooled_w), dtype)
@@ -712,6 +713,7 @@ def multi_scale_roi_align_backward(
 
 
 def prroi_pool_forward(xp, launch, input, rois, spatial_scale, pooled_h, pooled_w):
+    input = _nchw(xp, input)
     n, c, h, w = input.shape
     out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
     entry, index = _entry("prroi_pool", "forward", input.dtype, input, out)
@@ -748,6 +750,7 @@ def prroi_pool_backward(
     ct = rois.dtype.type
     head = (grad_output, rois, ct(spatial_scale), *_ints(n, c, h, w, pooled_h, pooled_w))
     if wrt == "boxes":
+        input = _nchw(xp, input)
         box = _BoxGrad(xp, grad_output, rois.dtype, deterministic)
         entry, index = _entry("prroi_pool", "backward", grad_output.dtype, grad_output, input)
         launch(
