@@ -5,8 +5,9 @@
 
 Prints a Markdown table (median times, the ratio cuproi / torchvision, and on the GPU the
 lower bound of reference/performance.md section 4: output plus every touched feature element
-moved once at the device's memory bandwidth) for docs/benchmarks.md. torchvision is optional:
-without it only cuproi is timed. Workloads (reference/performance.md section 1): 2 images, 256
+moved once at the device's memory bandwidth) for docs/benchmarks.md, then whether each target
+of the performance issue holds on the box head. torchvision is optional: without it only cuproi
+is timed. Workloads (reference/performance.md section 1): 2 images, 256
 channels, one FPN level of an 800x1216 input at stride 8 (100x152), 512 boxes of 16 to 300
 pixels, 7x7 output, sampling_ratio 2, aligned; the mask head uses 14x14 outputs and 256 boxes.
 """
@@ -271,6 +272,63 @@ def cases(device, dtypes):
             yield f"box head, {op}", np.dtype(dtype).name, fn, theirs.get(op), None
 
 
+def verdicts(times, device):
+    """Markdown lines saying whether each target of the performance issue holds.
+
+    ``times`` maps ``(case, dtype)`` to ``(cuproi seconds, torchvision seconds or None)``, as
+    the table reports them; a target whose rows are missing is left out. All are judged on the
+    box head (the reference workload).
+    """
+    lines = []
+
+    def check(what, value, limit, unit=""):
+        verdict = "met" if value <= limit else "missed"
+        lines.append(f"- {what}: {value:.2f}{unit} (target: at most {limit}{unit}): {verdict}")
+
+    def ours(op, dtype="float32"):
+        return times.get((f"box head, {op}", dtype), (None, None))[0]
+
+    def ratio(*ops):
+        pairs = [times.get((f"box head, {op}", "float32"), (None, None)) for op in ops]
+        if all(a is not None and b for a, b in pairs):
+            return sum(a for a, _ in pairs) / sum(b for _, b in pairs)
+        return None
+
+    if device == "cpu":
+        value = ratio("roi_align forward", "roi_align backward")
+        if value is not None:
+            check("roi_align forward + backward, of torchvision's time", value, 0.25)
+        return lines
+    for op in (
+        "roi_align forward",
+        "roi_align backward",
+        "roi_align forward, channels-last features",
+        "roi_align backward, channels-last gradient",
+    ):
+        value = ratio(op)
+        if value is not None:
+            check(f"{op}, of torchvision's time", value, 0.5)
+    for op in ("forward", "backward"):
+        deform, align = ours(f"deform_roi_pool {op}"), ours(f"roi_align {op}")
+        if deform and align:
+            check(f"deform_roi_pool {op}, of roi_align's", deform / align, 1.3)
+    for op in ("roi_align", "roi_pool", "deform_roi_pool"):
+        deterministic, default = ours(f"{op} backward, deterministic"), ours(f"{op} backward")
+        if deterministic and default:
+            check(f"{op} deterministic backward, of the default's", deterministic / default, 2)
+    slower = sorted(
+        case.removeprefix("box head, ")
+        for (case, dtype), (t16, _) in times.items()
+        if dtype == "float16"
+        and case.startswith("box head, ")
+        and t16 > times.get((case, "float32"), (float("inf"),))[0]
+    )
+    if any(dtype == "float16" for _, dtype in times):
+        verdict = "met" if not slower else "missed by " + ", ".join(slower)
+        lines.append(f"- float16 at least as fast as float32 on every op: {verdict}")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
@@ -301,6 +359,7 @@ def main(argv=None):
     print(f"{machine}; cuproi {cuproi.__version__}, {versions}; median of {repeat} runs\n")
     print("| case | dtype | cuproi | torchvision | ratio | memory bound |")
     print("|---|---|---|---|---|---|")
+    times = {}
     for case, dtype, ours, theirs, bound in cases(args.device, dtypes):
         t_ours = run(ours, repeat)
         try:
@@ -308,10 +367,13 @@ def main(argv=None):
         except (RuntimeError, NotImplementedError) as error:  # e.g. a dtype torchvision lacks
             print(f"<!-- torchvision {case} {dtype}: {str(error).splitlines()[0]} -->")
             t_theirs = None
+        times[case, dtype] = (t_ours, t_theirs)
         ratio = f"{t_ours / t_theirs:.2f}" if t_theirs else "-"
         floor = f"{bound / bandwidth * 1e6:.0f} µs" if bound and bandwidth else "-"
         theirs_text = f"{t_theirs * 1e3:.3f} ms" if t_theirs else "-"
         print(f"| {case} | {dtype} | {t_ours * 1e3:.3f} ms | {theirs_text} | {ratio} | {floor} |")
+    print("\nTargets (box head):\n")
+    print("\n".join(verdicts(times, args.device)))
 
 
 if __name__ == "__main__":
