@@ -297,6 +297,34 @@ def test_roi_pool_on_channels_last_features(device):
     torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("op", ["prroi_pool", "roi_align_rotated", "multi_scale_roi_align"])
+def test_the_family_on_channels_last_features(op):
+    """The same values and gradients (for the features, and for the boxes where the op gives
+    one) as on NCHW features."""
+    x, boxes, _ = data(seed=6)
+    boxes = boxes.to(x.dtype)
+    centre, size = (boxes[:, 1:3] + boxes[:, 3:5]) / 2, boxes[:, 3:5] - boxes[:, 1:3]
+    rotated = torch.cat([boxes[:, :1], centre, size, torch.full_like(size[:, :1], 30)], 1)
+    f = {
+        "prroi_pool": lambda x, b: ct.prroi_pool(x, b, (3, 4), 0.7),
+        "roi_align_rotated": lambda x, b: ct.roi_align_rotated(x, rotated, (3, 4), 0.7, 2),
+        "multi_scale_roi_align": lambda x, b: ct.multi_scale_roi_align(
+            [x, x[:, :, ::2, ::2]], b, (3, 4), [0.7, 0.35], 2, True
+        ),
+    }[op]
+    x.requires_grad_()
+    boxes.requires_grad_(op == "prroi_pool")
+    stored = channels_last(x)
+    inputs = (stored, boxes) if boxes.requires_grad else (stored,)
+    out, expected = f(stored, boxes), f(x, boxes)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, inputs, g)
+    expected_grads = torch.autograd.grad(expected, (x, *inputs[1:]), g)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    for a, b in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_fake_tensors_give_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
