@@ -4,15 +4,19 @@ Each kernels/<name>.cu, as the loader hands it to NVRTC (includes inlined), is c
 compiler with shim.h (which turns a launch into one thread of one block) into a shared library,
 and its entry points are called through ctypes. ``launch`` has the signature of the GPU
 launcher, so ``cuproi._cuda._ops`` runs unchanged on NumPy arrays: the very code that marshals
-the GPU arguments is what these tests exercise.
+the GPU arguments is what these tests exercise. Inside ``with blocks(...)``, ``launch`` runs
+the launch's blocks and threads instead (shim.h, block simulator), in a chosen order.
 """
 
+import contextlib
 import ctypes
 import functools
 import os
+import random
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +70,65 @@ def library(name):
     return ctypes.CDLL(str(lib))
 
 
+_grid = None  # the settings of `blocks` while it is on
+
+
+@contextlib.contextmanager
+def blocks(threads=256, max_blocks=3, order="ascending", seed=0):
+    """Within it, ``launch`` runs ``threads`` threads per block and a grid sized like the GPU
+    launcher's (cuproi._cuda._launch) but of at most ``max_blocks`` blocks, so that the
+    kernels' block- and grid-stride loops take several turns.
+
+    The blocks run one after the other, their threads one at a time from barrier to barrier
+    (shim.h), both in ``order``: "ascending", "descending" or "shuffled" (by ``seed``).
+    """
+    global _grid
+    orders = ("ascending", "descending", "shuffled")
+    if order not in orders:
+        raise ValueError(f"order must be one of {orders}, got {order!r}")
+    _grid = (threads, max_blocks, orders.index(order), seed)
+    try:
+        yield
+    finally:
+        _grid = None
+
+
+@functools.cache
+def _workers(threads):
+    return ThreadPoolExecutor(threads, "cuproi-host-block")
+
+
+def _simulate(lib, function, args, n, per_block):
+    threads, max_blocks, order, seed = _grid
+    grid = min(n if per_block else -(-n // threads), max_blocks)
+    indices = list(range(grid))
+    if order == 1:
+        indices.reverse()
+    elif order == 2:
+        random.Random(seed).shuffle(indices)
+
+    def thread(index, t):
+        lib.cuproi_host_enter(index, t)
+        function(*args)
+        lib.cuproi_host_leave()
+
+    lib.cuproi_host_grid(grid, threads, order, seed)
+    try:
+        for index in indices:
+            lib.cuproi_host_block()
+            running = [_workers(threads).submit(thread, index, t) for t in range(threads)]
+            for r in running:
+                r.result()
+    finally:
+        lib.cuproi_host_grid(0, 1, 0, 0)
+
+
 def launch(name, entry, n, args, per_block=False):
     """Call ``entry`` of kernels/<name>.cu once; its grid-stride loop covers all ``n``.
 
     One thread of one block: a loop over blocks' work (``per_block``) covers it all as well.
+    Inside ``blocks``, the launch's blocks and threads (which skip ``n == 0``, as the GPU
+    launcher does).
     """
     converted = []
     for a in args:
@@ -82,9 +141,13 @@ def launch(name, entry, n, args, per_block=False):
             raise TypeError(
                 f"{entry}: argument {a!r} of type {type(a).__name__} is not an exact C type"
             )
-    function = getattr(library(name), entry)
+    lib = library(name)
+    function = getattr(lib, entry)
     function.restype = None
-    function(*converted)
+    if _grid is None:
+        function(*converted)
+    elif n > 0:
+        _simulate(lib, function, converted, n, per_block)
 
 
 def bind(op):
