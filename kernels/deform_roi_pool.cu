@@ -240,7 +240,8 @@ __device__ void deform_roi_pool_backward_nhwc(I items, const T* grad_output, con
         else
           atomicAdd(out + b0 + j, sum);
       }
-      __syncthreads();
+      // No barrier: stage[1..3] is next written after the barrier that ends the next chunk's
+      // (or the next item's) stage_in or box_tile, which every thread reaches after this loop.
     }
   }
 }
