@@ -142,6 +142,7 @@ def test_every_kernel_gives_the_one_thread_results_in_any_thread_order(dtype):
     rtol, atol = TOLERANCE[np.dtype(dtype)]
     serial = {name: run() for name, run in runs(dtype).items()}
     reordered = 0
+    # float64 differs in its shared-memory types, not its barriers: the cheaper orders suffice.
     for order, seed, threads in ORDERS[:3] if dtype == np.float64 else ORDERS:
         with host.blocks(threads, order=order, seed=seed):
             simulated = {name: run() for name, run in runs(dtype).items()}
