@@ -3,9 +3,11 @@
 Every op is run with 1 and with 4 threads (``CUPROI_NUM_THREADS``) on inputs split into many
 chunks (a tiny ``_sampling.BUDGET``) and in one chunk that the threads split into ranges, so
 chunks, ranges and blocks are all exercised; outputs and gradients must agree bit for bit,
-since each element is computed by one task in a fixed order. Also checks RoI Pool's fast paths
-(keys, values) against its generic gather formulation on NaN, infinities, signed zeros and
-ties, and its backward over several channel slabs against np.add.at.
+since each element is computed by one task in a fixed order. Inputs this small would take
+one thread (``_parallel.workers``), so those tests take every thread whatever the work, and
+check that the pool ran; then the choice of the number of threads itself. Also checks RoI
+Pool's fast paths (keys, values) against its generic gather formulation on NaN, infinities,
+signed zeros and ties, and its backward over several channel slabs against np.add.at.
 """
 
 import numpy as np
@@ -24,6 +26,16 @@ def _inputs(dtype, k=40, seed=0):
     offset = (0.3 * rng.standard_normal((k, 2, 3, 4))).astype(dtype)
     grad = rng.standard_normal((k, 5, 3, 4)).astype(dtype)
     return x, rois, offset, grad
+
+
+@pytest.fixture
+def every_thread(monkeypatch):
+    """Every step takes all the threads, whatever its work; yields the pools' sizes used."""
+    used = []
+    pool = _parallel._pool
+    monkeypatch.setattr(_parallel, "workers", lambda work, grain: _parallel.threads())
+    monkeypatch.setattr(_parallel, "_pool", lambda n: (used.append(n), pool(n))[1])
+    return used
 
 
 def _run_all(x, rois, offset, grad):
@@ -58,7 +70,7 @@ def _run_all(x, rois, offset, grad):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("budget", [64, None])
-def test_bitwise_equal_with_1_and_4_threads(monkeypatch, dtype, budget):
+def test_bitwise_equal_with_1_and_4_threads(monkeypatch, every_thread, dtype, budget):
     if budget:  # a chunk of a box or two; else one chunk, split into ranges for the threads
         monkeypatch.setattr(_sampling, "BUDGET", budget)
     monkeypatch.setattr(_parallel, "_BLOCK", 16)  # many layout blocks
@@ -67,10 +79,12 @@ def test_bitwise_equal_with_1_and_4_threads(monkeypatch, dtype, budget):
         args = (args[0].astype(np.float16), args[1], args[2], args[3].astype(np.float16))
     monkeypatch.setenv("CUPROI_NUM_THREADS", "1")
     one = _run_all(*args)
+    assert not every_thread
     monkeypatch.setenv("CUPROI_NUM_THREADS", "4")
     assert _parallel.threads() == 4
     four = _run_all(*args)
     again = _run_all(*args)
+    assert max(every_thread) == 4
     for a, b, c in zip(one, four, again, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
@@ -90,7 +104,7 @@ def _run_position_sensitive(x, rois, grad):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_position_sensitive_bitwise_equal_with_1_and_4_threads(monkeypatch, dtype):
+def test_position_sensitive_bitwise_equal_with_1_and_4_threads(monkeypatch, every_thread, dtype):
     _, rois, _, _ = _inputs(dtype)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 2 * 12, 13, 17)).astype(dtype)  # 2 groups of 3 x 4 maps
@@ -101,6 +115,7 @@ def test_position_sensitive_bitwise_equal_with_1_and_4_threads(monkeypatch, dtyp
     one = _run_position_sensitive(x, rois, grad)
     monkeypatch.setenv("CUPROI_NUM_THREADS", "4")
     four = _run_position_sensitive(x, rois, grad)
+    assert max(every_thread) == 3  # one per bin row
     for a, b, c in zip(one, four, whole, strict=True):
         assert a.dtype == b.dtype == dtype and a.any()
         np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
@@ -131,7 +146,7 @@ def test_roi_pool_float64_values_float32_cannot_tell_apart():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("wide", [False, True])
-def test_roi_pool_backward_over_channel_slabs(monkeypatch, dtype, wide):
+def test_roi_pool_backward_over_channel_slabs(monkeypatch, every_thread, dtype, wide):
     """Several slabs of channels, empty bins, int32 or int64 targets: every cell sums its
     contributions in the order of the boxes and bins, as np.add.at does, to the bit."""
     if wide:
@@ -153,6 +168,7 @@ def test_roi_pool_backward_over_channel_slabs(monkeypatch, dtype, wide):
     np.add.at(expected, (plane[:, :, None, None] + argmax)[hit], g[hit].astype(accumulate))
     assert grad.dtype == dtype
     np.testing.assert_array_equal(grad, expected.reshape(x.shape).astype(dtype))
+    assert 3 in every_thread
 
 
 def test_thread_count_setting(monkeypatch):
@@ -163,6 +179,54 @@ def test_thread_count_setting(monkeypatch):
         _parallel.threads()
     monkeypatch.delenv("CUPROI_NUM_THREADS")
     assert _parallel.threads() >= 1
+
+
+def test_workers_and_ranges(monkeypatch):
+    """One thread per grain of work, at least one, at most the setting; ranges for fewer
+    threads than there are come one per thread, so that no more than those run them."""
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "4")
+    assert [_parallel.workers(w, 10) for w in (0, 9, 10, 29, 30, 10**9)] == [1, 1, 1, 2, 3, 4]
+    cost = np.ones(100)
+    assert _parallel.ranges(cost, 1) == [(0, 100)]
+    assert _parallel.ranges(cost, 2) == [(0, 50), (50, 100)]
+    assert len(_parallel.ranges(cost)) == len(_parallel.ranges(cost, 4)) == 8  # spare ranges
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "1")
+    assert _parallel.ranges(cost) == _parallel.ranges(cost, 4) == [(0, 100)]
+
+
+@pytest.mark.parametrize("op", ["roi_align", "roi_pool", "ps_roi_align"])
+def test_small_work_stays_in_the_calling_thread(monkeypatch, op):
+    """A call whose work is below the grains makes no use of the pool, whatever the setting;
+    the same call with tiny grains does (so the grains, not the sizes, decided)."""
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "4")
+    x, rois, _, grad = _inputs(np.float32)
+    calls = {
+        "roi_align": lambda: (
+            _cpu.roi_align_forward(x, rois, 1 / 8, 3, 4, 2, True),
+            _cpu.roi_align_backward(grad, rois, x.shape, 1 / 8, 2, True),
+        ),
+        "roi_pool": lambda: (
+            _cpu.roi_pool_backward(
+                grad, rois, _cpu.roi_pool_forward(x, rois, 1 / 8, 3, 4)[1], x.shape
+            ),
+        ),
+        "ps_roi_align": lambda: (
+            _cpu.ps_roi_align_forward(np.repeat(x, 12, axis=1), rois, 1 / 8, 3, 4, 2),
+        ),
+    }
+    used = []
+    pool = _parallel._pool
+    monkeypatch.setattr(_parallel, "_pool", lambda n: (used.append(n), pool(n))[1])
+    small = calls[op]()
+    assert used == []
+    for grain in ("PRODUCT_GRAIN", "COPY_GRAIN"):
+        monkeypatch.setattr(_parallel, grain, 1)
+    monkeypatch.setattr(roi_pool, "_LOOP_CHANNELS", 1)
+    monkeypatch.setattr(roi_pool, "_SLAB_ENTRIES", 1)
+    threaded = calls[op]()
+    assert used and max(used) > 1
+    for a, b in zip(small, threaded, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_map_ordered_keeps_order_and_nests(monkeypatch):

@@ -9,7 +9,10 @@ of operations whatever the number of tasks, so outputs and gradients are bitwise
 
 The number of threads is ``CUPROI_NUM_THREADS`` when that environment variable is set (read at
 every call, so it can be changed at run time; ``1`` runs everything in the calling thread), else
-the number of cores this process may run on.
+the number of cores this process may run on. A step uses fewer when its work is small
+(:func:`workers`): between the long, GIL-free calls, every thread's range makes short NumPy
+calls (slicing, building operators) for which the threads queue on the GIL, so a range must
+hold enough work to pay for that.
 """
 
 import os
@@ -27,6 +30,13 @@ _inside = threading.local()  # set in pool threads: a task never waits on the po
 # Pixels per block of the layout changes below: a block of 256 channels stays in L2.
 _BLOCK = 512
 
+# Work per thread below which one more thread costs more than it saves (see workers), measured
+# on a 2-core VM with 7x7 outputs of 64 and 256 channels (docs/benchmarks.md, "One thread or
+# two"). Sparse products: multiply-adds, counting every operator entry as 16 more for building
+# it (_sampling.work_per_entry); RoI Align broke even near 12M.
+PRODUCT_GRAIN = 6_000_000
+COPY_GRAIN = 1_250_000  # elements of a layout change: two threads won from about 2.5M
+
 
 def threads():
     """Number of threads the backend uses: ``CUPROI_NUM_THREADS``, else the usable cores."""
@@ -42,6 +52,11 @@ def threads():
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def workers(work, grain):
+    """The threads worth using on ``work``: one per ``grain`` of it, from 1 to threads()."""
+    return min(threads(), max(int(work // grain), 1))
 
 
 def _pool(workers):
@@ -82,19 +97,22 @@ def split(cost, parts):
     return np.unique(edges).tolist()
 
 
-def ranges(cost, parts=None):
-    """Consecutive ``(start, stop)`` ranges of ``cost`` for the threads, about equal in cost.
+def ranges(cost, workers=None):
+    """Consecutive ``(start, stop)`` ranges of ``cost`` for ``workers`` threads (default: all).
 
-    A few more ranges than threads, so that a slow range does not leave the others idle.
+    Ranges are about equal in cost. For all the threads, a few more ranges than threads, so
+    that a slow range does not leave the others idle; for fewer (or one), one range each, so
+    that :func:`map_ordered` takes no more threads than that.
     """
-    parts = 2 * threads() if parts is None else parts
-    edges = split(cost, parts)
+    n = threads()
+    workers = n if workers is None else min(workers, n)
+    edges = split(cost, 2 * n if workers == n > 1 else workers)
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
-def for_ranges(fn, cost, parts=None):
+def for_ranges(fn, cost, workers=None):
     """``fn(start, stop)`` for the ranges of :func:`ranges`, in parallel; results in order."""
-    return map_ordered(lambda r: fn(*r), ranges(cost, parts))
+    return map_ordered(lambda r: fn(*r), ranges(cost, workers))
 
 
 def _blocks(n, pixels):
@@ -112,14 +130,14 @@ def _blocks(n, pixels):
     return [(i, min(i + step, n), 0, pixels) for i in range(0, n, step)]
 
 
-def _copy_blocks(copy, n, pixels):
+def _copy_blocks(copy, n, pixels, channels):
     blocks = _blocks(n, pixels)
 
     def run(start, stop):
         for block in blocks[start:stop]:
             copy(*block)
 
-    for_ranges(run, np.ones(len(blocks)))
+    for_ranges(run, np.ones(len(blocks)), workers(n * pixels * channels, COPY_GRAIN))
 
 
 def channels_last(x, dtype=None):
@@ -139,7 +157,7 @@ def channels_last(x, dtype=None):
     def copy(i0, i1, p0, p1):
         out[i0:i1, p0:p1] = src[i0:i1, :, p0:p1].transpose(0, 2, 1)
 
-    _copy_blocks(copy, n, h * w)
+    _copy_blocks(copy, n, h * w, c)
     return out.reshape(n * h * w, c)
 
 
@@ -152,7 +170,7 @@ def channels_first(rows, shape, dtype=None):
     def copy(i0, i1, p0, p1):
         out[i0:i1, :, p0:p1] = src[i0:i1, p0:p1].transpose(0, 2, 1)
 
-    _copy_blocks(copy, n, h * w)
+    _copy_blocks(copy, n, h * w, c)
     return out.reshape(shape)
 
 

@@ -62,16 +62,29 @@ def _operator(plan, k0, k1, ph):
     )
 
 
-def _each_row(plan, task):
-    """``task(ph, chunks)`` for every bin row ``ph``, spread over the threads."""
+def _each_row(plan, channels, task):
+    """``task(ph, chunks)`` for every bin row ``ph``, on the threads its work is worth.
+
+    ``channels`` is the number of output channels, the columns of every product. Each row
+    multiplies its operators and copies (or writes) its maps: as many threads as either is
+    worth.
+    """
+    n, h, w = plan.shape
     _, pooled_h, pooled_w = plan.count.shape
-    chunks = list(_sampling.chunks(plan.cost * pooled_w))  # the entries of a row of bins
+    cost = plan.cost * pooled_w  # a bound on the entries of a row of bins
+    chunks = list(_sampling.chunks(cost))
 
     def run(p0, p1):
         for ph in range(p0, p1):
             task(ph, chunks)
 
-    _parallel.for_ranges(run, np.ones(pooled_h))
+    products = float(cost.sum()) * pooled_h * _sampling.work_per_entry(channels, bound=True)
+    maps = n * channels * pooled_h * pooled_w * h * w
+    threads = max(
+        _parallel.workers(products, _parallel.PRODUCT_GRAIN),
+        _parallel.workers(maps, _parallel.COPY_GRAIN),
+    )
+    _parallel.for_ranges(run, np.ones(pooled_h), threads)
 
 
 def forward(input, plan):
@@ -90,7 +103,7 @@ def forward(input, plan):
             part = (_operator(plan, k0, k1, ph) @ stack).reshape(pooled_w, k1 - k0, c_out)
             out[k0:k1, :, ph] = part.transpose(1, 2, 0)
 
-    _each_row(plan, task)
+    _each_row(plan, c_out, task)
     return out
 
 
@@ -110,5 +123,5 @@ def backward(grad_output, plan, input_shape):
             stack = part if stack is None else stack + part
         grad[:, :, ph] = stack.reshape(pooled_w, n, h * w, c_out).transpose(1, 3, 0, 2)
 
-    _each_row(plan, task)
+    _each_row(plan, c_out, task)
     return grad.reshape(input_shape)

@@ -153,6 +153,12 @@ def bins_of(y, x, k0, k1):
     return [np.ascontiguousarray(a[k0:k1]).ravel() for a in (*y, *x)]
 
 
+# Work of a sample in one channel, in _parallel.PRODUCT_GRAIN's multiply-adds: gathering,
+# weighing and comparing its 4 corners (max mode's forward broke even near 0.4M samples x
+# channels, its backward sooner).
+_SAMPLE_WORK = 32
+
+
 def parts(y, x, height, width, channels):
     """Chunks of boxes whose samples times ``channels`` stay within the budget.
 
@@ -162,7 +168,7 @@ def parts(y, x, height, width, channels):
     ny = np.diff(np.stack(_sampling.sample_range(*(a.reshape(k, -1) for a in y), height)), axis=0)
     nx = np.diff(np.stack(_sampling.sample_range(*(a.reshape(k, -1) for a in x), width)), axis=0)
     cost = (ny[0] * nx[0]).sum(1) * max(channels, 1)
-    return _sampling.parts(cost)
+    return _sampling.parts(cost, _SAMPLE_WORK)
 
 
 def box_gradient(s, dx, dy, weight, bins, pooled, grid_h, grid_w, scale, shift, free):

@@ -221,14 +221,26 @@ def chunks(cost, budget=None):
         start = stop
 
 
-def parts(cost, budget=None):
+def parts(cost, work_per_cost, budget=None):
     """Yield, for every chunk of boxes (see :func:`chunks`), its ranges for the threads.
 
     Each item is a list of consecutive ``(first box, last box + 1)`` ranges covering one chunk,
-    of about equal cost (``_parallel.ranges``).
+    of about equal cost (``_parallel.ranges``), for as many threads as the chunk's work (its
+    cost times ``work_per_cost``, in ``_parallel.PRODUCT_GRAIN``'s units) is worth.
     """
     for k0, k1 in chunks(cost, budget):
-        yield [(k0 + a, k0 + b) for a, b in _parallel.ranges(cost[k0:k1])]
+        work = float(cost[k0:k1].sum()) * work_per_cost
+        workers = _parallel.workers(work, _parallel.PRODUCT_GRAIN)
+        yield [(k0 + a, k0 + b) for a, b in _parallel.ranges(cost[k0:k1], workers)]
+
+
+def work_per_entry(channels, bound=False):
+    """Work of an operator entry in a product with ``channels`` columns, building it included.
+
+    With ``bound``, per unit of a bound on the entries (:func:`samples_bound`'s products, about
+    twice as many as there turn out to be).
+    """
+    return (channels + 16) / (2 if bound else 1)
 
 
 def pixels_by_channel(x):
@@ -277,7 +289,10 @@ def add_transposed(grad, operators, g_rows):
                 planes[image, :, s0 : s0 + q1 - q0] += (part @ g_rows).T
             q0 = q1
 
-    _parallel.for_ranges(pixels, np.diff(t.indptr))
+    work = t.nnz * c  # multiply-adds: the operator is built already
+    _parallel.for_ranges(
+        pixels, np.diff(t.indptr), _parallel.workers(work, _parallel.PRODUCT_GRAIN)
+    )
 
 
 def bin_rows(g):

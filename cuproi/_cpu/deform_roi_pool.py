@@ -81,7 +81,7 @@ def deform_roi_pool_forward(
     def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
         _sampling.apply(_operator(rois, g, axes, shape, k0, k1), x_rows, out[k0:k1])
 
-    for parts in _sampling.parts(_cost(axes, shape)):
+    for parts in _sampling.parts(_cost(axes, shape), _sampling.work_per_entry(c, bound=True)):
         _parallel.map_ordered(lambda r: run(*r), parts)
     if mask is not None:  # modulated (DCNv2): every bin's average times its mask
         out *= mask
@@ -146,7 +146,7 @@ def deform_roi_pool_backward(
             grad_mask[k0:k1, 0] = dot(a, plain_rows[rows])
         return a
 
-    for parts in _sampling.parts(_cost(axes, shape)):
+    for parts in _sampling.parts(_cost(axes, shape), _sampling.work_per_entry(c, bound=True)):
         ops = _parallel.map_ordered(lambda r: run(*r), parts)
         k0, k1 = parts[0][0], parts[-1][1]
         _sampling.add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins])

@@ -124,7 +124,7 @@ def prroi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
         _sampling.apply(_operator(rois, plan, shape, k0, k1), x_rows, out[k0:k1])
 
-    for parts in _sampling.parts(plan[-1]):
+    for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c)):
         _parallel.map_ordered(lambda r: run(*r), parts)
     return out.astype(input.dtype, copy=False)
 
@@ -174,7 +174,7 @@ def prroi_pool_backward(
     grad = _sampling.zeros(input_shape, rois.dtype)
     bins = pooled_h * pooled_w
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
-    for parts in _sampling.parts(plan[-1]):
+    for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c)):
         ops = _parallel.map_ordered(lambda r: _operator(rois, plan, shape, *r), parts)
         k0, k1 = parts[0][0], parts[-1][1]
         _sampling.add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins])

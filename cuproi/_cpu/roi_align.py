@@ -75,7 +75,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
         _sampling.apply(_operator(rois, plan, shape, k0, k1), x_rows, out[k0:k1])
 
-    for parts in _sampling.parts(plan[-1]):
+    for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c, bound=True)):
         _parallel.map_ordered(lambda r: run(*r), parts)
     return out.astype(input.dtype, copy=False)
 
@@ -105,7 +105,7 @@ def roi_align_backward(
     grad = _sampling.zeros(input_shape, rois.dtype, channels_last)
     bins = pooled_h * pooled_w
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-    for parts in _sampling.parts(plan[-1]):
+    for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c, bound=True)):
         ops = _parallel.map_ordered(lambda r: _operator(rois, plan, shape, *r), parts)
         k0, k1 = parts[0][0], parts[-1][1]
         _sampling.add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins])

@@ -199,7 +199,7 @@ def roi_align_rotated_forward(
     def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
         _sampling.apply(_operator(plan, k0, k1), x_rows, out[k0:k1])
 
-    for parts in _sampling.parts(plan["cost"]):
+    for parts in _sampling.parts(plan["cost"], _sampling.work_per_entry(c)):
         _parallel.map_ordered(lambda r: run(*r), parts)
     return out.astype(input.dtype, copy=False)
 
@@ -222,7 +222,7 @@ def roi_align_rotated_backward(
     plan = _plan(
         rois, (n, h, w), spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
     )
-    for parts in _sampling.parts(plan["cost"]):
+    for parts in _sampling.parts(plan["cost"], _sampling.work_per_entry(c)):
         ops = _parallel.map_ordered(lambda r: _operator(plan, *r), parts)
         k0, k1 = parts[0][0], parts[-1][1]
         _sampling.add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins])

@@ -69,6 +69,13 @@ _HIGH = 1 if np.little_endian else 0  # the int32 half of an int64 that holds it
 _GROUP = 16  # boxes pooled together (see _pool)
 _SLAB = 8  # channels whose gradients are added together
 _INT32_TARGETS = 2**31  # the backward's targets are int32 below this many cells per slab
+# The box loop and the backward's slabs make one short NumPy call after another, so how many
+# threads the GIL lets them keep busy depends on each call's length, not on the total: one
+# thread per this many channels of the loop (64: two threads were always slower, 256: faster
+# with an argmax), and per this many entries of a slab (K = 128 boxes of 7x7 bins: slower,
+# 256: faster). Measured on a 2-core VM (docs/benchmarks.md, "One thread or two").
+_LOOP_CHANNELS = 128
+_SLAB_ENTRIES = 50_000
 
 
 def _table(x, keys):
@@ -115,7 +122,11 @@ def _table(x, keys):
             halves[i, r0:r1, :, :, 1 - _HIGH] = low[r0:r1]
         return negative_zero
 
-    negative_zero = any(_parallel.for_ranges(build, np.ones(len(blocks))))
+    # A key costs a few passes over its value: two threads won from about 1.2M of them (2.5M
+    # elements of a plain copy).
+    work = table.size * (2 if keys else 1)
+    threads = _parallel.workers(work, _parallel.COPY_GRAIN)
+    negative_zero = any(_parallel.for_ranges(build, np.ones(len(blocks)), threads))
     return table, negative_zero
 
 
@@ -171,11 +182,11 @@ def _pool(table, rois, bins, finish):
     """The maxima of every box's bins, in groups of _GROUP boxes small enough to stay in cache.
 
     ``finish(g0, g1, best, empty)`` takes each group's maxima ``best`` (G, PW, PH, C) and its
-    empty bins (G, PW, PH), which ``best`` holds garbage for. The groups are spread over the
-    backend's threads, though the box loop alone gains nothing from them: its dozen NumPy
-    calls per box last a few microseconds each, and threads queue for the GIL around every one
-    (the box head's loop took 47 ms on two threads, 31 ms on one). The whole forward, whose
-    ``finish`` copies are longer calls, was as fast or faster on two in the same measurement.
+    empty bins (G, PW, PH), which ``best`` holds garbage for. The groups are spread over one
+    thread per _LOOP_CHANNELS channels: the box loop alone gains nothing from threads (its
+    dozen NumPy calls per box last a few microseconds each, and threads queue for the GIL
+    around every one: the box head's loop took 47 ms on two threads, 31 ms on one), but the
+    ``finish`` copies and decoding of wide channels are long enough calls to gain.
     """
     box, rows, cols, empty = _windows(rois, bins)
     empty = empty.transpose(0, 2, 1)
@@ -190,7 +201,8 @@ def _pool(table, rois, bins, finish):
             finish(g0, g1, best, empty[g0:g1])
 
     h0, h1, w0, w1 = bins
-    _parallel.for_ranges(run, (h1[:, -1] - h0[:, 0] + pooled_h) * (w1[:, -1] - w0[:, 0]) + 1)
+    cost = (h1[:, -1] - h0[:, 0] + pooled_h) * (w1[:, -1] - w0[:, 0]) + 1
+    _parallel.for_ranges(run, cost, _parallel.workers(table.shape[3], _LOOP_CHANNELS))
 
 
 def _forward_values(table, rois, bins, dtype):
@@ -336,5 +348,5 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape, deterministic=Fals
             planes = (scatter @ ones[:e]).reshape(n, s1 - s0, h * w + 1)
             grad[:, s0:s1] = planes[:, :, 1:]
 
-    _parallel.for_ranges(run, np.full(c, k))
+    _parallel.for_ranges(run, np.full(c, k), _parallel.workers(entries, _SLAB_ENTRIES))
     return grad.reshape(input_shape)
