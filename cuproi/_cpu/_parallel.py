@@ -31,9 +31,9 @@ _inside = threading.local()  # set in pool threads: a task never waits on the po
 _BLOCK = 512
 
 # Work per thread below which one more thread costs more than it saves (see workers), measured
-# on a 2-core VM with 7x7 outputs of 64 and 256 channels (docs/benchmarks.md, "One thread or
-# two"). Sparse products: multiply-adds, counting every operator entry as 16 more for building
-# it (_sampling.work_per_entry); RoI Align broke even near 12M.
+# on a 2-core VM with 7x7 outputs of 64 and 256 channels (docs/benchmarks.md, "Threads on
+# small problems"). Sparse products: multiply-adds, counting every operator entry as 16 more
+# for building it (_sampling.work_per_entry); RoI Align broke even near 12M.
 PRODUCT_GRAIN = 6_000_000
 COPY_GRAIN = 1_250_000  # elements of a layout change: two threads won from about 2.5M
 

@@ -73,7 +73,7 @@ _INT32_TARGETS = 2**31  # the backward's targets are int32 below this many cells
 # threads the GIL lets them keep busy depends on each call's length, not on the total: one
 # thread per this many channels of the loop (64: two threads were always slower, 256: faster
 # with an argmax), and per this many entries of a slab (K = 128 boxes of 7x7 bins: slower,
-# 256: faster). Measured on a 2-core VM (docs/benchmarks.md, "One thread or two").
+# 256: faster). Measured on a 2-core VM (docs/benchmarks.md, "Threads on small problems").
 _LOOP_CHANNELS = 128
 _SLAB_ENTRIES = 50_000
 
