@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 
+from cuproi import _layout
 from cuproi._cpu import _parallel
 
 # Entries of the sparse operator built at once; boxes are processed in chunks below this.
@@ -174,12 +175,15 @@ def axis_taps(start, bin_size, grid, size):
     return AxisTaps(ptr, unique % size, weight, slope)
 
 
-def operator(ys, xs, y_of_bin, x_of_bin, image_of_bin, count_of_bin, shape, dtype, slopes=False):
+def operator(
+    ys, xs, y_of_bin, x_of_bin, image_of_bin, count_of_bin, shape, dtype, slopes=False, pixels=None
+):
     """Sparse (bins x N*H*W) matrix of the bins' averaged bilinear weights.
 
     ``ys``/``xs`` are AxisTaps; bin ``j`` uses y-row ``y_of_bin[j]`` and x-row ``x_of_bin[j]``
     of image ``image_of_bin[j]`` and divides by ``count_of_bin[j]``. With ``slopes`` also
-    returns the matrices of the derivatives with respect to the bin's x and y position.
+    returns the matrices of the derivatives with respect to the bin's x and y position. With
+    ``pixels`` (:func:`pixels_read`), the columns are their rows instead of all N*H*W pixels.
     """
     n, h, w = shape
     bins = len(y_of_bin)
@@ -193,11 +197,16 @@ def operator(ys, xs, y_of_bin, x_of_bin, image_of_bin, count_of_bin, shape, dtyp
     jy = ys.ptr[y_of_bin][entry_bin] + local // width
     jx = xs.ptr[x_of_bin][entry_bin] + local % width
     columns = (image_of_bin[entry_bin] * h + ys.index[jy]) * w + xs.index[jx]
+    size = n * h * w
+    if pixels is not None and pixels.slot is not None:
+        columns, size = pixels.slot[columns], len(pixels.rows)
+        if columns.size and columns.min() < 0:  # SciPy would read outside the rows
+            raise RuntimeError("cuproi: a sample reads a pixel that reach() left out")
     inverse_count = (1.0 / count_of_bin.astype(np.float64))[entry_bin]
 
     def matrix(values):
         return scipy.sparse.csr_matrix(
-            ((values * inverse_count).astype(dtype), columns, indptr), shape=(bins, n * h * w)
+            ((values * inverse_count).astype(dtype), columns, indptr), shape=(bins, size)
         )
 
     a = matrix(ys.weight[jy] * xs.weight[jx])
@@ -246,6 +255,55 @@ def work_per_entry(channels, bound=False):
 def pixels_by_channel(x):
     """(N, C, H, W) features as a C-contiguous (N*H*W, C) matrix, the layout of the products."""
     return _parallel.channels_last(x)
+
+
+class Pixels(NamedTuple):
+    """Pixels of a feature map as the rows of the products: see :func:`pixels_read`."""
+
+    rows: np.ndarray
+    slot: np.ndarray | None
+
+
+def pixels_read(x, cells, dtype=None):
+    """The pixels of (N, C, H, W) ``x`` that ``cells`` (:func:`reach`) cover, as Pixels.
+
+    ``rows`` is a C-contiguous (P, C) matrix of ``dtype`` and ``slot`` the (N*H*W,) row of
+    every pixel in it, for :func:`operator`; when the cells cover most of the map, every pixel
+    (P = N*H*W, as :func:`pixels_by_channel`) and ``slot`` None. Copying a large NCHW map
+    channels last costs more than a few boxes' products on it: this copies what they read.
+    """
+    n, _, h, w = x.shape
+    regions = None if _layout.channels_last(x) else _parallel.tiles(cells, n, h, w)
+    if regions is None:
+        return Pixels(_parallel.channels_last(x, dtype), None)
+    return Pixels(*_parallel.tile_rows(x, regions, dtype))
+
+
+def reach(image, y, x, shape):
+    """The cells that the samples of every box's bins may read, as ``_parallel.Cells``.
+
+    ``y`` and ``x`` are the (start, size) of each box's bins along the axis, arrays of shape
+    (K, ...) in feature coordinates (a size may be negative); a bin's samples lie between its
+    start and its end. A sample reads the cell at the floor of its position and the next,
+    clamped to the map; the bounds are widened by a cell and a relative 1e-5 for the rounding
+    of positions computed in float32, NaN bounds reach the whole axis, and the cells are
+    clipped to the (N, H, W) ``shape``.
+    """
+    _, h, w = shape
+
+    def axis(start, size, length):
+        start = np.asarray(start, np.float64)
+        end = start + size
+        every = tuple(range(1, start.ndim))
+        lo = np.fmin.reduce(np.fmin(start, end), axis=every)
+        hi = np.fmax.reduce(np.fmax(start, end), axis=every)
+        slack = 1 + 1e-5 * (np.abs(lo) + np.abs(hi))
+        with np.errstate(invalid="ignore"):
+            first = np.nan_to_num(np.floor(lo - slack), nan=-np.inf)
+            stop = np.nan_to_num(np.floor(hi + slack) + 2, nan=np.inf)
+        return (np.clip(v, 0, length).astype(np.int64) for v in (first, stop))
+
+    return _parallel.Cells(np.asarray(image).astype(np.int64), *axis(*y, h), *axis(*x, w))
 
 
 def apply(a, x_rows, out):

@@ -45,10 +45,11 @@ def _cost(axes, shape):
     return cost.sum(axis=(1, 2))  # (K, PH, PW) -> (K,)
 
 
-def _operator(rois, g, axes, shape, k0, k1, slopes=False):
+def _operator(rois, g, axes, shape, k0, k1, slopes=False, pixels=None):
     """Operator of boxes ``k0:k1`` (or (operator, d/dx, d/dy)), one row per bin in C order.
 
-    ``axes`` are the bins' (shifted) sampling rows and columns, from :func:`_bin_axes`.
+    ``axes`` are the bins' (shifted) sampling rows and columns, from :func:`_bin_axes`; the
+    columns are every pixel, or those of ``pixels`` (_sampling.pixels_read).
     """
     (y, x), (_, h, w) = axes, shape
     ys = _sampling.axis_taps(*(a[k0:k1].ravel() for a in y), h)
@@ -65,6 +66,7 @@ def _operator(rois, g, axes, shape, k0, k1, slopes=False):
         shape,
         rois.dtype.type,
         slopes=slopes,
+        pixels=pixels,
     )
 
 
@@ -75,11 +77,15 @@ def deform_roi_pool_forward(
     shape = (n, h, w)
     g = _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
     axes = _bin_axes(g, offset, (pooled_h, pooled_w), gamma)
-    x_rows = _sampling.pixels_by_channel(input.astype(rois.dtype, copy=False))
+    # float16 is computed in float32, converted as it is copied.
+    pixels = _sampling.pixels_read(
+        input, _sampling.reach(rois[:, 0], axes[0][:2], axes[1][:2], shape), rois.dtype
+    )
     out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
 
     def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
-        _sampling.apply(_operator(rois, g, axes, shape, k0, k1), x_rows, out[k0:k1])
+        a = _operator(rois, g, axes, shape, k0, k1, pixels=pixels)
+        _sampling.apply(a, pixels.rows, out[k0:k1])
 
     for parts in _sampling.parts(_cost(axes, shape), _sampling.work_per_entry(c, bound=True)):
         _parallel.map_ordered(lambda r: run(*r), parts)

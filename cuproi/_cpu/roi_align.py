@@ -43,8 +43,17 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligne
     return y, x, g.count, cost
 
 
-def _operator(rois, plan, shape, k0, k1):
-    """Sparse operator of boxes ``k0:k1``: one row per bin, (box, ph, pw) in C order."""
+def _reach(rois, plan, shape):
+    """The cells every box's samples may read (_sampling.reach)."""
+    y, x = plan[:2]
+    return _sampling.reach(rois[:, 0], y[:2], x[:2], shape)
+
+
+def _operator(rois, plan, shape, k0, k1, pixels=None):
+    """Sparse operator of boxes ``k0:k1``: one row per bin, (box, ph, pw) in C order.
+
+    Its columns are every pixel, or those of ``pixels`` (_sampling.pixels_read).
+    """
     _, h, w = shape
     y, x, count, _ = plan
     pooled_h, pooled_w = y[0].shape[1], x[0].shape[1]
@@ -61,19 +70,20 @@ def _operator(rois, plan, shape, k0, k1):
         count_of_bin=count[k0:k1][box],
         shape=shape,
         dtype=rois.dtype,
+        pixels=pixels,
     )
 
 
 def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
     n, c, h, w = input.shape
     shape = (n, h, w)
-    x = input.astype(rois.dtype, copy=False)  # float16 is computed in float32
     out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
-    x_rows = _sampling.pixels_by_channel(x)
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    # float16 is computed in float32, converted as it is copied.
+    pixels = _sampling.pixels_read(input, _reach(rois, plan, shape), rois.dtype)
 
     def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
-        _sampling.apply(_operator(rois, plan, shape, k0, k1), x_rows, out[k0:k1])
+        _sampling.apply(_operator(rois, plan, shape, k0, k1, pixels), pixels.rows, out[k0:k1])
 
     for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c, bound=True)):
         _parallel.map_ordered(lambda r: run(*r), parts)
