@@ -9,7 +9,8 @@ moved once at the device's memory bandwidth) for docs/benchmarks.md, then whethe
 of the performance issue holds on the box head. torchvision is optional: without it only cuproi
 is timed. Workloads (reference/performance.md section 1): 2 images, 256
 channels, one FPN level of an 800x1216 input at stride 8 (100x152), 512 boxes of 16 to 300
-pixels, 7x7 output, sampling_ratio 2, aligned; the mask head uses 14x14 outputs and 256 boxes.
+pixels, 7x7 output, sampling_ratio 2, aligned; the mask head uses 14x14 outputs and 256 boxes,
+and at inference 16 boxes on the P2 to P5 levels (a few detections on large maps).
 """
 
 import argparse
@@ -249,6 +250,44 @@ def family_calls(device, xp, dtype, boxes=512, size=7):
     return ours, theirs
 
 
+def inference_calls(device, xp, dtype, boxes=16, size=14):
+    """A few detections on the P2 to P5 levels of an 800x1216 image (the mask head at
+    inference): multi-level RoI Align, and RoI Align on P2 alone, as ``calls`` returns them."""
+    rng = np.random.default_rng(2)
+    _, rois, _ = workload(boxes, size, dtype)
+    ra = xp.asarray(rois)
+    levels = [
+        xp.asarray(rng.standard_normal((2, 256, 200 // 2**i, 304 // 2**i)).astype(dtype))
+        for i in range(4)
+    ]
+    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    ours = {
+        f"multi_scale_roi_align forward, {boxes} boxes": lambda: cuproi.multi_scale_roi_align(
+            levels, ra, size, scales, 2
+        ),
+        f"roi_align forward on P2, {boxes} boxes": lambda: cuproi.roi_align(
+            levels[0], ra, size, 1 / 4, 2, True
+        ),
+    }
+    theirs = {}
+    try:
+        import torch
+        from torchvision import ops
+    except ImportError:
+        return ours, theirs
+    tl = {str(i): torch.from_numpy(xp_to_numpy(level)).to(device) for i, level in enumerate(levels)}
+    tr = torch.from_numpy(rois).to(tl["0"].dtype).to(device)
+    per_image = [tr[tr[:, 0] == i, 1:] for i in range(2)]
+    pooler = ops.MultiScaleRoIAlign(list(tl), size, 2)
+    theirs[f"multi_scale_roi_align forward, {boxes} boxes"] = lambda: pooler(
+        tl, per_image, [(800, 1216)] * 2
+    )
+    theirs[f"roi_align forward on P2, {boxes} boxes"] = lambda: ops.roi_align(
+        tl["0"], tr, size, 1 / 4, 2, True
+    )
+    return ours, theirs
+
+
 def xp_to_numpy(a):
     """A host copy of a NumPy or CuPy array."""
     return a.get() if hasattr(a, "get") else a
@@ -270,6 +309,9 @@ def cases(device, dtypes):
         ours, theirs = family_calls(device, xp, dtype)
         for op, fn in ours.items():
             yield f"box head, {op}", np.dtype(dtype).name, fn, theirs.get(op), None
+        ours, theirs = inference_calls(device, xp, dtype)
+        for op, fn in ours.items():
+            yield f"mask head inference, {op}", np.dtype(dtype).name, fn, theirs.get(op), None
 
 
 def verdicts(times, device):

@@ -2,7 +2,8 @@
 
 The reference workload of reference/performance.md section 1: two 800x1216 images, 256
 channels, the P2-P5 levels (strides 4 to 32), 512 boxes per image of 16 to 600 pixels (so every
-level gets boxes), 7x7 outputs (box head) and 14x14 (mask head).
+level gets boxes), 7x7 outputs (box head) and 14x14 (mask head); and a few boxes at 14x14, the
+mask head at inference.
 """
 
 import numpy as np
@@ -63,4 +64,30 @@ class MultiScaleRoIAlign(Benchmark):
         cuproi.multi_scale_roi_align_backward(
             self.grad, self.boxes, self.shapes, deterministic=True, **self.kw
         )
+        self.sync()
+
+
+class Inference(Benchmark):
+    """A few detections over P2-P5 at 14x14 (the mask head at inference), forward only.
+
+    Few boxes on large maps: what the boxes read, not the size of the maps, should set the
+    time (``time_roi_align_p2`` pools every box from P2 alone).
+    """
+
+    param_names = [*Benchmark.param_names, "num_boxes"]
+    params = [*Benchmark.params, [16, 100]]
+
+    def setup(self, backend, num_boxes):
+        self.setup_backend(backend)
+        self.features = pyramid(self.xp)
+        self.boxes = self.xp.asarray(fpn_boxes(num_boxes))
+        self.time_forward(backend, num_boxes)
+        self.time_roi_align_p2(backend, num_boxes)
+
+    def time_forward(self, *params):
+        cuproi.multi_scale_roi_align(self.features, self.boxes, 14, SCALES, 2)
+        self.sync()
+
+    def time_roi_align_p2(self, *params):
+        cuproi.roi_align(self.features[0], self.boxes, 14, 1 / 4, 2, True)
         self.sync()
