@@ -22,7 +22,7 @@
 // y0 = y1 * s + ph * bh, bh = max(y2 * s - y1 * s, 0) / pooled_h (likewise x) outputs the exact
 // integral of f over it divided by its area, 0 when the area is 0. The integral factors per
 // cell: sum v[h,w] Wy[h] Wx[w] with Wy[h] = (1 / bh) * integral of hat(y - h) over [y0, y0 + bh]
-// (prroi_weight), so a thread visits only the rows and columns whose hat meets its bin, at most
+// (hat_share), so a thread visits only the rows and columns whose hat meets its bin, at most
 // ceil(bh) + 2 by ceil(bw) + 2 pixels, clipped to the map.
 //
 // The backward computes one of two gradients. wrt_boxes == 0: the input gradient, the transpose
@@ -30,31 +30,58 @@
 // deterministic) select (common/grad_sum.cuh; input and grad_rois are not read). wrt_boxes != 0:
 // the exact derivative with respect to the box coordinates, which reads the features `input`:
 // d out / d y0 = (out - top) / bh and d out / d (y0 + bh) = (bottom - out) / bh, with top and
-// bottom the averages of f along the bin's top and bottom edges (likewise x), chained to
-// y1, y2 through the bin edges; a box of zero width or height gives 0 (its bins output the
-// constant 0). Added with atomicAdd into the zeroed (K, 5) grad_rois by default, or, when
-// deterministic, written per output element to a zeroed (n, 4) grad_rois that the caller sums
-// per box (common/bilinear.cuh, BoxGrad).
+// bottom the averages of f along the bin's top and bottom edges (likewise x), computed per
+// pixel without those differences (hat_share), chained to y1, y2 through the bin edges; a box
+// of zero width or height gives 0 (its bins output the constant 0). Added with atomicAdd into
+// the zeroed (K, 5) grad_rois by default, or, when deterministic, written per output element to
+// a zeroed (n, 4) grad_rois that the caller sums per box (common/bilinear.cuh, BoxGrad).
 #include "common/bilinear.cuh"
 
 namespace cuproi {
 
-// Integral of hat(t) over [a, b] (a <= b), summed piece by piece on [-1, 0] and [0, 1] from
-// each piece's length and midpoint (no cancellation between antiderivatives).
+// A pixel's share of a bin along one axis. With t = the bin's start - the pixel and z = its size
+// (> 0): weight = (1 / z) * integral of hat over [t, t + z], and its derivatives with respect to
+// the bin's start and end, (weight - hat(t)) / z and (hat(t + z) - weight) / z. All three come
+// from the fractions f of [t, t + z] on the pieces of hat (below -1, rising on [-1, 0], falling
+// on [0, 1], above 1) and hat's averages on them, at their midpoints, never from the differences
+// (t + z) - t or weight - hat(t): those cancel when the bin is small (a box 1e-6 wide lost every
+// digit of its gradient in float32; one 1e-200 wide gave 1e261 in float64), whereas a bin
+// within one piece gets exactly all of it, and slopes of +-1/2 or 0, whatever its size.
+// Integrating hat's slopes over the pieces gives
+//   start = f1^2 / 2 + f1 f2 - f2^2 / 2 + f3 (f1 - f2),
+//   end   = f0 (f1 - f2) + f1^2 / 2 - f1 f2 - f2^2 / 2.
 template <typename C>
-__device__ __forceinline__ C hat_integral(C a, C b) {
-  C r = C(0);
-  const C l0 = a > C(-1) ? a : C(-1), r0 = b < C(0) ? b : C(0);
-  if (r0 > l0) r += (r0 - l0) * (C(1) + C(0.5) * (l0 + r0));
-  const C l1 = a > C(0) ? a : C(0), r1 = b < C(1) ? b : C(1);
-  if (r1 > l1) r += (r1 - l1) * (C(1) - C(0.5) * (l1 + r1));
-  return r;
-}
+struct HatShare {
+  C weight, start, end;
+};
 
 template <typename C>
-__device__ __forceinline__ C hat(C t) {
-  const C a = C(1) - cabs(t);
-  return a > C(0) ? a : C(0);
+__device__ __forceinline__ HatShare<C> hat_share(C t, C z) {
+  const C e = t + z;
+  // [t, e] on the rising piece ([l1, r1]) and on the falling one ([l2, r2]).
+  const C l1 = cmax(t, C(-1)), r1 = cmin(e, C(0)), l2 = cmax(t, C(0)), r2 = cmin(e, C(1));
+  C f0 = C(0), f1 = C(0), f2 = C(0), f3 = C(0);
+  if (t >= C(-1) && e <= C(0)) {
+    f1 = C(1);
+  } else if (t >= C(0) && e <= C(1)) {
+    f2 = C(1);
+  } else if (e <= C(-1)) {
+    f0 = C(1);
+  } else if (t >= C(1)) {
+    f3 = C(1);
+  } else {
+    const C inv = C(1) / z;
+    f0 = cmax(cmin(e, C(-1)) - t, C(0)) * inv;
+    f1 = cmax(r1 - l1, C(0)) * inv;
+    f2 = cmax(r2 - l2, C(0)) * inv;
+    f3 = cmax(e - cmax(t, C(1)), C(0)) * inv;
+  }
+  const C rise = C(0.5) * f1 * f1, fall = C(0.5) * f2 * f2, both = f1 * f2;
+  HatShare<C> s;
+  s.weight = f1 * (C(1) + C(0.5) * (l1 + r1)) + f2 * (C(1) - C(0.5) * (l2 + r2));
+  s.start = ((rise + both) - fall) + f3 * (f1 - f2);
+  s.end = f0 * (f1 - f2) + ((rise - both) - fall);
+  return s;
 }
 
 // One axis of a bin: its start, size, and the pixels [lo, hi] whose hat meets it (empty when
@@ -82,11 +109,10 @@ __device__ __forceinline__ PrAxis<C> prroi_axis(C a, C b, C scale, int pooled, i
   return r;
 }
 
-// Weight of pixel i along an axis: the integral of hat(t - i) over the bin, divided by its size.
+// Pixel i's share of a bin along an axis (hat_share).
 template <typename C>
-__device__ __forceinline__ C prroi_weight(const PrAxis<C>& ax, int i) {
-  const C a = ax.start - C(i);
-  return hat_integral(a, a + ax.size) / ax.size;
+__device__ __forceinline__ HatShare<C> prroi_share(const PrAxis<C>& ax, int i) {
+  return hat_share(ax.start - C(i), ax.size);
 }
 
 template <typename T, typename C, typename I>
@@ -104,8 +130,9 @@ __device__ void prroi_pool_forward(I n, const T* input, const C* rois, C spatial
       const T* p = plane<const T, I>(input, b, o.c, channels, height, width);
       for (int h = ay.lo; h <= ay.hi; ++h) {
         C row = C(0);
-        for (int w = ax.lo; w <= ax.hi; ++w) row += prroi_weight(ax, w) * load(p + h * width + w);
-        sum += prroi_weight(ay, h) * row;
+        for (int w = ax.lo; w <= ax.hi; ++w)
+          row += prroi_share(ax, w).weight * load(p + h * width + w);
+        sum += prroi_share(ay, h).weight * row;
       }
     }
     store(output + index, sum);
@@ -129,35 +156,31 @@ __device__ void prroi_pool_backward(I n, const T* grad_output, const C* rois, C 
     if (!wrt_boxes) {
       const GradSum<C> gp = grad_input.at(plane_offset<I>(b, o.c, channels, height, width));
       for (int h = ay.lo; h <= ay.hi; ++h) {
-        const C gy = grad * prroi_weight(ay, h);
-        for (int w = ax.lo; w <= ax.hi; ++w) gp.add(h * width + w, gy * prroi_weight(ax, w));
+        const C gy = grad * prroi_share(ay, h).weight;
+        for (int w = ax.lo; w <= ax.hi; ++w)
+          gp.add(h * width + w, gy * prroi_share(ax, w).weight);
       }
       continue;
     }
     if (ay.hi < ay.lo || ax.hi < ax.lo) continue;  // the bin's output is 0 around these boxes
-    // out, and the averages of f along the top, bottom, left and right edges of the bin.
-    C out = C(0), top = C(0), bottom = C(0), left = C(0), right = C(0);
-    const C y_end = ay.start + ay.size, x_end = ax.start + ax.size;
+    // d out / d (bin start) and d out / d (bin end), per axis.
+    C dy0 = C(0), dy1 = C(0), dx0 = C(0), dx1 = C(0);
     const T* p = plane<const T, I>(input, b, o.c, channels, height, width);
     for (int h = ay.lo; h <= ay.hi; ++h) {
-      const C wy = prroi_weight(ay, h);
-      const C ty = hat(ay.start - C(h)), by = hat(y_end - C(h));
-      C row = C(0), row_l = C(0), row_r = C(0);
+      const HatShare<C> sy = prroi_share(ay, h);
+      C row = C(0), row0 = C(0), row1 = C(0);
       for (int w = ax.lo; w <= ax.hi; ++w) {
+        const HatShare<C> sx = prroi_share(ax, w);
         const C v = load(p + h * width + w);
-        row += prroi_weight(ax, w) * v;
-        row_l += hat(ax.start - C(w)) * v;
-        row_r += hat(x_end - C(w)) * v;
+        row += sx.weight * v;
+        row0 += sx.start * v;
+        row1 += sx.end * v;
       }
-      out += wy * row;
-      top += ty * row;
-      bottom += by * row;
-      left += wy * row_l;
-      right += wy * row_r;
+      dy0 += sy.start * row;
+      dy1 += sy.end * row;
+      dx0 += sy.weight * row0;
+      dx1 += sy.weight * row1;
     }
-    // d out / d (bin start) and d out / d (bin end), per axis.
-    const C dy0 = (out - top) / ay.size, dy1 = (bottom - out) / ay.size;
-    const C dx0 = (out - left) / ax.size, dx1 = (right - out) / ax.size;
     // start = a * s + p * (b - a) * s / P, end = a * s + (p + 1) * (b - a) * s / P.
     const C uy0 = C(o.ph) / C(pooled_h), uy1 = C(o.ph + 1) / C(pooled_h);
     const C ux0 = C(o.pw) / C(pooled_w), ux1 = C(o.pw + 1) / C(pooled_w);

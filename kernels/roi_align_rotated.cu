@@ -93,15 +93,6 @@ struct RotatedGrid {
 };
 
 template <typename C>
-__device__ __forceinline__ C cmin(C a, C b) {
-  return a < b ? a : b;
-}
-template <typename C>
-__device__ __forceinline__ C cmax(C a, C b) {
-  return a > b ? a : b;
-}
-
-template <typename C>
 __device__ __forceinline__ RotatedGrid<C> make_rotated_grid(const C* roi, C spatial_scale,
                                                             int pooled_h, int pooled_w,
                                                             int sampling_ratio, int aligned,

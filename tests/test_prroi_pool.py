@@ -216,13 +216,35 @@ def test_box_gradient_matches_central_differences(ops, dtype, scale, size):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * np.abs(want).max())
 
 
-def test_box_gradient_of_a_ramp(backend):
-    """On f = x the average is the bin centre: d out / d x1 = d out / d x2 = 1/2 per bin."""
-    x = np.tile(np.arange(12, dtype=np.float64), (10, 1))[None, None]
-    rois = np.array([[0, 2.3, 1.5, 7.9, 6.2]])
-    g = np.ones((1, 1, 2, 3))
-    got = backend.prroi_pool_backward(g, rois, x.shape, 1.0, False, x, "boxes")
-    np.testing.assert_allclose(got, [[0, 3.0, 0, 3.0, 0]], atol=1e-12)
+@pytest.mark.parametrize(
+    "dtype, corner, size",
+    [
+        (np.float64, (2.3, 1.5), (5.6, 4.7)),
+        (np.float32, (2.3, 1.5), (5.6, 4.7)),
+        # Tiny boxes: the derivatives are differences of edge and bin averages over the bin
+        # size, which lost every digit when computed as such (1e261 at 1e-200).
+        (np.float32, (2.3, 1.5), (1e-6, 2e-6)),
+        (np.float64, (2.3, 1.5), (1e-12, 1e-13)),
+        (np.float64, (1e-190, 1e-190), (1e-200, 3e-200)),  # on the first pixel's falling hat
+    ],
+)
+def test_ramp_and_its_box_gradient(backend, dtype, corner, size):
+    """On f = x + 2 y the average is f at the bin centre, whatever the bin's size: summed over
+    a 2 x 3 grid of bins, d / d x1 = d / d x2 = 3 and d / d y1 = d / d y2 = 2 * 3."""
+    y, x = np.mgrid[:10, :12]
+    f = (x + 2.0 * y)[None, None].astype(dtype)
+    (x1, y1), (w, h) = corner, size
+    rois = np.array([[0, x1, y1, x1 + w, y1 + h]], compute_dtype(dtype))
+    assert (rois[0, 3:] > rois[0, 1:3]).all()
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    box = rois[0].astype(np.float64)
+    cy = box[2] + (np.arange(2) + 0.5) / 2 * (box[4] - box[2])
+    cx = box[1] + (np.arange(3) + 0.5) / 3 * (box[3] - box[1])
+    out = backend.prroi_pool_forward(f, rois, 1.0, 2, 3)
+    np.testing.assert_allclose(out[0, 0], cx + 2 * cy[:, None], rtol=tol, atol=tol)
+    g = np.ones((1, 1, 2, 3), dtype)
+    got = backend.prroi_pool_backward(g, rois, f.shape, 1.0, False, f, "boxes")
+    np.testing.assert_allclose(got, [[0, 3.0, 6.0, 3.0, 6.0]], rtol=tol, atol=tol)
 
 
 def test_box_gradient_is_zero_for_clamped_boxes(backend):

@@ -43,19 +43,44 @@ def _axes(a, b, spatial_scale, pooled, size):
     return Axes(start, bin_size, np.where(valid, lo, 0), count)
 
 
-def hat(t):
-    return np.maximum(t.dtype.type(1) - np.abs(t), t.dtype.type(0))
+def hat_share(t, z):
+    """A pixel's share of a bin along an axis, ``(weight, start, end)``.
 
-
-def hat_integral(a, b):
-    """Integral of ``hat`` over ``[a, b]`` (a <= b), from each piece's length and midpoint."""
-    ct = a.dtype.type
+    With ``t`` = the bin's start - the pixel and ``z`` = its size (> 0), ``weight`` is
+    ``(1 / z) * integral of hat over [t, t + z]``, ``start`` and ``end`` its derivatives with
+    respect to the bin's start and end, from the fractions of ``[t, t + z]`` on the pieces of
+    ``hat``: the operations of hat_share in kernels/prroi_pool.cu, which says why.
+    """
+    ct = t.dtype.type
     one, zero, half = ct(1), ct(0), ct(0.5)
-    l0, r0 = np.maximum(a, -one), np.minimum(b, zero)
-    l1, r1 = np.maximum(a, zero), np.minimum(b, one)
-    left = np.where(r0 > l0, (r0 - l0) * (one + half * (l0 + r0)), zero)
-    right = np.where(r1 > l1, (r1 - l1) * (one - half * (l1 + r1)), zero)
-    return left + right
+
+    def most(a, b):  # the kernels' cmax and cmin
+        return np.where(a > b, a, b)
+
+    def least(a, b):
+        return np.where(a < b, a, b)
+
+    e = t + z
+    l1, r1, l2, r2 = most(t, -one), least(e, zero), most(t, zero), least(e, one)
+    inv = one / z
+    clipped = [
+        most(least(e, -one) - t, zero) * inv,
+        most(r1 - l1, zero) * inv,
+        most(r2 - l2, zero) * inv,
+        most(e - most(t, one), zero) * inv,
+    ]
+    # Within a piece: all of it ((t + z) - t may round away from z); the kernel's order of tests.
+    piece = np.select(
+        [(t >= -one) & (e <= zero), (t >= zero) & (e <= one), e <= -one, t >= one], [1, 2, 0, 3], -1
+    )
+    f0, f1, f2, f3 = (
+        np.where(piece < 0, f, (piece == j).astype(ct)) for j, f in enumerate(clipped)
+    )
+    rise, fall, both = half * f1 * f1, half * f2 * f2, f1 * f2
+    weight = f1 * (one + half * (l1 + r1)) + f2 * (one - half * (l2 + r2))
+    start = ((rise + both) - fall) + f3 * (f1 - f2)
+    end = f0 * (f1 - f2) + ((rise - both) - fall)
+    return weight, start, end
 
 
 def _plan(rois, shape, spatial_scale, pooled_h, pooled_w):
@@ -79,13 +104,8 @@ def _taps(axes, k0, k1, edge=None):
     ct = start.dtype.type
     s, z = start[row], size[row]
     t = s - index.astype(ct)
-    weight = hat_integral(t, t + z) / z
-    if edge is None:
-        slope = np.zeros_like(weight)
-    elif edge == 0:
-        slope = (weight - hat(t)) / z
-    else:
-        slope = (hat((s + z) - index.astype(ct)) - weight) / z
+    weight, *slopes = hat_share(t, z)
+    slope = np.zeros_like(weight) if edge is None else slopes[edge]
     ptr = np.concatenate([[0], np.cumsum(count)])
     return _sampling.AxisTaps(ptr, index, weight, slope)
 

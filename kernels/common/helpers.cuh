@@ -59,6 +59,14 @@ __device__ __forceinline__ float cround(float v) { return roundf(v); }  // half 
 __device__ __forceinline__ double cround(double v) { return round(v); }
 __device__ __forceinline__ float cabs(float v) { return fabsf(v); }
 __device__ __forceinline__ double cabs(double v) { return fabs(v); }
+template <typename C>
+__device__ __forceinline__ C cmin(C a, C b) {
+  return a < b ? a : b;
+}
+template <typename C>
+__device__ __forceinline__ C cmax(C a, C b) {
+  return a > b ? a : b;
+}
 
 template <typename C> __device__ __forceinline__ C epsilon();
 template <> __device__ __forceinline__ float epsilon<float>() { return 1.1920929e-07f; }
