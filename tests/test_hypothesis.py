@@ -12,7 +12,9 @@ validation bound of ``_validate.MAX_COORDINATE`` cells). Properties:
   ties, where the first maximum in scan order wins;
 - the backward of roi_align and deform_roi_pool (offset fixed) is the adjoint of the forward;
 - the CUDA kernels run on the host (``host.bind``) equal the CPU backend on the same validated
-  arrays, forward and backward, roi_pool's argmax exactly.
+  arrays, forward and backward, roi_pool's argmax exactly; so do their variants: RoI Align's
+  max mode, Deformable RoI Pooling with a mask (modulated), and the gradients with respect to
+  the boxes of RoI Align, Deformable RoI Pooling and Precise RoI Pooling.
 
 The oracles visit every sample of every bin, and adaptive sampling puts ``ceil(box / output)``
 samples per bin and axis: a huge box means millions of samples. So an oracle comparison whose
@@ -529,3 +531,67 @@ def test_host_kernels_match_cpu(p, dtype):
 def test_huge_boxes_adaptive_sampling_host_kernels_match_cpu(p, dtype):
     # Millions of samples per bin, nearly all outside the map: finite, and both backends agree.
     compare_backends(p, dtype)
+
+
+def box_bound(x, g, scale, reach=1.0):
+    """Bound on the (K, 5) box gradients, per box: the slope of f along an axis is at most
+    2 max|x| per cell, a bin moves by at most ``reach`` times its box edge's move, and
+    ``scale`` turns image coordinates into cells."""
+    per_box = 2 * mag(x) * np.abs(g).reshape(len(g), -1).sum(1) * scale * reach
+    return np.broadcast_to(per_box[:, None], (len(g), 5))
+
+
+def compare_variants(p, dtype):
+    x, rois, offset, g = validated(p, dtype)
+    rel = tolerance(dtype)
+    ph, pw = p.pooled
+    kernel = {op: host.bind(op) for op in BACKEND_OPS}
+
+    def agree(op, args, bound, **kwargs):
+        expected = getattr(_cpu, op)(*args, **kwargs)
+        actual = kernel[op](*args, **kwargs)
+        assert_finite(expected, actual)
+        assert actual.dtype == expected.dtype
+        assert_close(actual, expected, rel, bound)
+
+    # Max mode: the largest bilinear sample of each bin; its gradient goes to that sample's taps.
+    agree("roi_align_max_forward", (x, rois, p.scale, ph, pw, p.ratio, p.aligned), mag(x))
+    args = (g, x, rois, p.scale, p.ratio, p.aligned)
+    agree("roi_align_max_backward", args, np.abs(g).sum())
+
+    # Modulated: every bin's average times its mask, of any sign and beyond 1 too.
+    mask = np.random.default_rng(len(rois)).uniform(-0.5, 1.5, (len(rois), 1, ph, pw))
+    mask = mask.astype(rois.dtype)
+    args = (rois, offset, p.scale, ph, pw, p.ratio, p.gamma)
+    bound = _cpu.deform_roi_pool_forward(np.abs(x), *args, mask=np.abs(mask))
+    agree("deform_roi_pool_forward", (x, *args), bound, mask=mask)
+    args = (rois, offset, p.scale, p.ratio, p.gamma)
+    expected = _cpu.deform_roi_pool_backward(g, x, *args, mask=mask)
+    actual = kernel["deform_roi_pool_backward"](g, x, *args, mask=mask)
+    bound = _cpu.deform_roi_pool_backward(np.abs(g), x, *args, mask=np.abs(mask))[0]
+    assert_close(actual[0], expected[0], rel, bound)
+    # d out / d mask is the bin's average: at most max|x| times the bin's |g|.
+    assert_close(actual[2], expected[2], rel, mag(x) * np.abs(g).sum(1, keepdims=True))
+    if offset is not None:
+        ones = np.ones_like(x[:, :1])
+        ones = _cpu.deform_roi_pool_forward(
+            ones, rois, offset, p.scale, ph, pw, p.ratio, p.gamma, np.abs(mask)
+        )
+        bound = offset_bound(ones, rois, p.scale, p.gamma, mag(x), g)
+        assert_close(actual[1], expected[1], rel, bound)
+
+    # Gradients with respect to the boxes (deform's bins also move with their offsets).
+    args = (g, rois, x.shape, p.scale, p.ratio, p.aligned)
+    agree("roi_align_backward", args, box_bound(x, g, p.scale), input=x, wrt="boxes")
+    args = (g, rois, x.shape, p.scale)
+    agree("prroi_pool_backward", args, box_bound(x, g, p.scale), input=x, wrt="boxes")
+    reach = 1 + abs(p.gamma) * (0.0 if offset is None else mag(offset))
+    args = (g, x, rois, offset, p.scale, p.ratio, p.gamma)
+    agree("deform_roi_pool_backward", args, box_bound(x, g, p.scale, reach), wrt="boxes")
+
+
+@needs_compiler
+@settings(max_examples=150, **SETTINGS)
+@given(p=problems(huge=True), dtype=st.sampled_from([np.float64, np.float32]))
+def test_host_kernel_variants_match_cpu(p, dtype):
+    compare_variants(p, dtype)
