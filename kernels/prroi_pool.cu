@@ -46,7 +46,8 @@ namespace cuproi {
 // on [0, 1], above 1) and hat's averages on them, at their midpoints, never from the differences
 // (t + z) - t or weight - hat(t): those cancel when the bin is small (a box 1e-6 wide lost every
 // digit of its gradient in float32; one 1e-200 wide gave 1e261 in float64), whereas a bin
-// within one piece gets exactly all of it, and slopes of +-1/2 or 0, whatever its size.
+// within one piece gets exactly all of it, hat's value at its centre from t and z, and slopes
+// of +-1/2 or 0, whatever its size.
 // Integrating hat's slopes over the pieces gives
 //   start = f1^2 / 2 + f1 f2 - f2^2 / 2 + f3 (f1 - f2),
 //   end   = f0 (f1 - f2) + f1^2 / 2 - f1 f2 - f2^2 / 2.
@@ -60,25 +61,29 @@ __device__ __forceinline__ HatShare<C> hat_share(C t, C z) {
   const C e = t + z;
   // [t, e] on the rising piece ([l1, r1]) and on the falling one ([l2, r2]).
   const C l1 = cmax(t, C(-1)), r1 = cmin(e, C(0)), l2 = cmax(t, C(0)), r2 = cmin(e, C(1));
+  HatShare<C> s;
   C f0 = C(0), f1 = C(0), f2 = C(0), f3 = C(0);
-  if (t >= C(-1) && e <= C(0)) {
+  if (t >= C(-1) && e <= C(0)) {  // hat's average on the piece: at the bin's centre
     f1 = C(1);
+    s.weight = (t + C(1)) + C(0.5) * z;
   } else if (t >= C(0) && e <= C(1)) {
     f2 = C(1);
+    s.weight = (C(1) - t) - C(0.5) * z;
   } else if (e <= C(-1)) {
     f0 = C(1);
+    s.weight = C(0);
   } else if (t >= C(1)) {
     f3 = C(1);
+    s.weight = C(0);
   } else {
     const C inv = C(1) / z;
     f0 = cmax(cmin(e, C(-1)) - t, C(0)) * inv;
     f1 = cmax(r1 - l1, C(0)) * inv;
     f2 = cmax(r2 - l2, C(0)) * inv;
     f3 = cmax(e - cmax(t, C(1)), C(0)) * inv;
+    s.weight = f1 * (C(1) + C(0.5) * (l1 + r1)) + f2 * (C(1) - C(0.5) * (l2 + r2));
   }
   const C rise = C(0.5) * f1 * f1, fall = C(0.5) * f2 * f2, both = f1 * f2;
-  HatShare<C> s;
-  s.weight = f1 * (C(1) + C(0.5) * (l1 + r1)) + f2 * (C(1) - C(0.5) * (l2 + r2));
   s.start = ((rise + both) - fall) + f3 * (f1 - f2);
   s.end = f0 * (f1 - f2) + ((rise - both) - fall);
   return s;

@@ -77,7 +77,11 @@ def hat_share(t, z):
         np.where(piece < 0, f, (piece == j).astype(ct)) for j, f in enumerate(clipped)
     )
     rise, fall, both = half * f1 * f1, half * f2 * f2, f1 * f2
-    weight = f1 * (one + half * (l1 + r1)) + f2 * (one - half * (l2 + r2))
+    weight = np.select(
+        [piece == 1, piece == 2, piece >= 0],
+        [(t + one) + half * z, (one - t) - half * z, zero],
+        f1 * (one + half * (l1 + r1)) + f2 * (one - half * (l2 + r2)),
+    )
     start = ((rise + both) - fall) + f3 * (f1 - f2)
     end = f0 * (f1 - f2) + ((rise - both) - fall)
     return weight, start, end
