@@ -247,6 +247,23 @@ def test_ramp_and_its_box_gradient(backend, dtype, corner, size):
     np.testing.assert_allclose(got, [[0, 3.0, 6.0, 3.0, 6.0]], rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tiny_bin_at_the_foot_of_a_hat(backend, dtype):
+    """A bin [d, 3d/2]^2 with d half an ulp of 1: pixels (0, 0) to (1, 1) share it with weights
+    1 - c and c along each axis, c = 5d/4 its centre, to float precision. For pixel 1 the bin
+    lies at the foot of the hat, t = d - 1; its end t + d/2 is not a float, and the weight,
+    computed from that rounded end, was off by 1.5 times itself."""
+    ct = compute_dtype(dtype).type
+    d = float(np.finfo(ct).eps) / 2
+    rois = np.array([[0, d, d, 1.5 * d, 1.5 * d]], ct)
+    c = 1.25 * d
+    g = np.ones((1, 1, 1, 1), dtype)
+    got = backend.prroi_pool_backward(g, rois, (1, 1, 4, 5), 1.0)
+    want = np.zeros((4, 5))
+    want[:2, :2] = np.outer([1 - c, c], [1 - c, c])
+    np.testing.assert_allclose(got[0, 0], want, rtol=4 * d, atol=0)
+
+
 def test_box_gradient_is_zero_for_clamped_boxes(backend):
     """A flipped box has width max(x2 - x1, 0) = 0: every output is 0 around it."""
     x = features(np.float64)
