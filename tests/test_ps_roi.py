@@ -273,6 +273,21 @@ def test_cpu_chunks_give_the_same_result(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
 
 
+def test_cpu_backward_in_runs_of_pixels(monkeypatch):
+    """The CPU backward writes its gradient a run of pixels at a time: many runs, one short."""
+    from cuproi import _cpu
+    from cuproi._cpu import _parallel
+
+    monkeypatch.setattr(_parallel, "_BLOCK", 7)  # 120 pixels: 17 runs of 7, then 1
+    size, scale = (3, 4), 0.7
+    rois = rois_for(box_zoo(scale), np.float64)
+    g = grad(np.float64, len(rois), size)
+    got = _cpu.ps_roi_align_backward(g, rois, shape_for(size), scale, 2)
+    assert_close(got, _oracle("ps_roi_align_backward", np.float64, size, scale, 2), np.float64)
+    got = _cpu.ps_roi_pool_backward(g, rois, shape_for(size), scale)
+    assert_close(got, _oracle("ps_roi_pool_backward", np.float64, size, scale), np.float64)
+
+
 # ---- deterministic sums and the int64 entry points (host kernels) ---------------------------
 
 
