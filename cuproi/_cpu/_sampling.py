@@ -189,30 +189,31 @@ def operator(
     bins = len(y_of_bin)
     my = np.diff(ys.ptr)[y_of_bin]
     mx = np.diff(xs.ptr)[x_of_bin]
-    per_bin = my * mx
-    indptr = np.concatenate([[0], np.cumsum(per_bin)])
-    entry_bin = np.repeat(np.arange(bins), per_bin)
-    local = np.arange(indptr[-1]) - indptr[entry_bin]
-    width = mx[entry_bin]
-    jy = ys.ptr[y_of_bin][entry_bin] + local // width
-    jx = xs.ptr[x_of_bin][entry_bin] + local % width
-    columns = (image_of_bin[entry_bin] * h + ys.index[jy]) * w + xs.index[jx]
+    indptr = np.concatenate([[0], np.cumsum(my * mx)])
+    # A bin's entries are its y taps, each followed by the run of its x taps: built per
+    # (bin, y tap) pair, then repeated along the runs (no division of entry numbers).
+    pair_bin = np.repeat(np.arange(bins), my)
+    jy = ys.ptr[y_of_bin][pair_bin] + (np.arange(pair_bin.size) - (np.cumsum(my) - my)[pair_bin])
+    run = mx[pair_bin]
+    jx = np.repeat(xs.ptr[x_of_bin][pair_bin] - (np.cumsum(run) - run), run)
+    jx += np.arange(jx.size)
+    row = (image_of_bin[pair_bin] * h + ys.index[jy]) * w
+    columns = np.repeat(row, run) + xs.index[jx]
     size = n * h * w
     if pixels is not None and pixels.slot is not None:
         columns, size = pixels.slot[columns], len(pixels.rows)
         if columns.size and columns.min() < 0:  # SciPy would read outside the rows
             raise RuntimeError("cuproi: a sample reads a pixel that reach() left out")
-    inverse_count = (1.0 / count_of_bin.astype(np.float64))[entry_bin]
+    inverse_count = (1.0 / count_of_bin.astype(np.float64))[pair_bin]
 
-    def matrix(values):
-        return scipy.sparse.csr_matrix(
-            ((values * inverse_count).astype(dtype), columns, indptr), shape=(bins, size)
-        )
+    def matrix(y_values, x_values):
+        values = np.repeat(y_values[jy] * inverse_count, run) * x_values[jx]
+        return scipy.sparse.csr_matrix((values.astype(dtype), columns, indptr), shape=(bins, size))
 
-    a = matrix(ys.weight[jy] * xs.weight[jx])
+    a = matrix(ys.weight, xs.weight)
     if not slopes:
         return a
-    return a, matrix(ys.weight[jy] * xs.slope[jx]), matrix(ys.slope[jy] * xs.weight[jx])
+    return a, matrix(ys.weight, xs.slope), matrix(ys.slope, xs.weight)
 
 
 def chunks(cost, budget=None):
