@@ -187,19 +187,19 @@ def _copy_blocks(copy, n, pixels, channels):
     for_ranges(run, np.ones(len(blocks)), workers(n * pixels * channels, COPY_GRAIN))
 
 
-def channels_last(x, dtype=None):
+def channels_last(x, dtype=None, empty=np.empty):
     """(N, C, H, W) array as a C-contiguous (N*H*W, C) matrix of ``dtype``, copied in blocks.
 
     NumPy copies a transposed view element by element with a large stride, so whole-array
     copies are several times slower than copies of cache-sized blocks; the blocks are spread
     over the threads. Features already stored channels last are not copied: the matrix is a
-    view of them.
+    view of them. A copy is allocated by ``empty(shape, dtype)``.
     """
     n, c, h, w = x.shape
     if _layout.channels_last(x) and x.dtype == (dtype or x.dtype):
         return x.transpose(0, 2, 3, 1).reshape(n * h * w, c)
     src = x.reshape(n, c, h * w)
-    out = np.empty((n, h * w, c), dtype or x.dtype)
+    out = empty((n, h * w, c), dtype or x.dtype)
 
     def copy(i0, i1, p0, p1):
         out[i0:i1, p0:p1] = src[i0:i1, :, p0:p1].transpose(0, 2, 1)
@@ -208,18 +208,18 @@ def channels_last(x, dtype=None):
     return out.reshape(n * h * w, c)
 
 
-def tile_rows(x, regions, dtype=None):
+def tile_rows(x, regions, dtype=None, empty=np.empty):
     """The ``regions`` (:func:`tiles`) of (N, C, H, W) ``x`` as C-contiguous (P, C) rows.
 
     Returns ``(rows, slot)``: the tiles' pixels one tile after another, each in row-major
     order, and the (N*H*W,) row of every pixel in ``rows`` (-1 outside the tiles). Only what
-    the tiles hold is allocated and written (a map mostly left unwritten would still cost its
-    huge pages in full).
+    the tiles hold is allocated (by ``empty(shape, dtype)``) and written (a map mostly left
+    unwritten would still cost its huge pages in full).
     """
     n, c, h, w = x.shape
     sizes = np.array([(y1 - y0) * (x1 - x0) for _, y0, y1, x0, x1 in regions], np.int64)
     first = (np.cumsum(sizes) - sizes).tolist()
-    rows = np.empty((int(sizes.sum()), c), dtype or x.dtype)
+    rows = empty((int(sizes.sum()), c), dtype or x.dtype)
     slot = np.full((n, h, w), -1, np.int64)
 
     def run(start, stop):

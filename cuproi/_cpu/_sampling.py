@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse
 
 from cuproi import _layout
-from cuproi._cpu import _parallel
+from cuproi._cpu import _parallel, _scratch
 
 # Entries of the sparse operator built at once; boxes are processed in chunks below this.
 BUDGET = 1 << 21
@@ -272,12 +272,13 @@ def pixels_read(x, cells, dtype=None):
     every pixel in it, for :func:`operator`; when the cells cover most of the map, every pixel
     (P = N*H*W, as :func:`pixels_by_channel`) and ``slot`` None. Copying a large NCHW map
     channels last costs more than a few boxes' products on it: this copies what they read.
+    A copy is taken from _scratch: give ``rows`` back to it when done.
     """
     n, _, h, w = x.shape
     regions = None if _layout.channels_last(x) else _parallel.tiles(cells, n, h, w)
     if regions is None:
-        return Pixels(_parallel.channels_last(x, dtype), None)
-    return Pixels(*_parallel.tile_rows(x, regions, dtype))
+        return Pixels(_parallel.channels_last(x, dtype, _scratch.take), None)
+    return Pixels(*_parallel.tile_rows(x, regions, dtype, _scratch.take))
 
 
 def reach(image, y, x, shape):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from cuproi._cpu import _parallel, _sampling
+from cuproi._cpu import _parallel, _sampling, _scratch
 
 
 def _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio):
@@ -89,6 +89,7 @@ def deform_roi_pool_forward(
 
     for parts in _sampling.parts(_cost(axes, shape), _sampling.work_per_entry(c, bound=True)):
         _parallel.map_ordered(lambda r: run(*r), parts)
+    _scratch.give(pixels.rows)
     if mask is not None:  # modulated (DCNv2): every bin's average times its mask
         out *= mask
     return out.astype(input.dtype, copy=False)

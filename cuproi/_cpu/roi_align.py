@@ -7,7 +7,7 @@ backend's threads (``_parallel``).
 
 import numpy as np
 
-from cuproi._cpu import _parallel, _sampling
+from cuproi._cpu import _parallel, _sampling, _scratch
 
 
 def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
@@ -87,6 +87,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
 
     for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c, bound=True)):
         _parallel.map_ordered(lambda r: run(*r), parts)
+    _scratch.give(pixels.rows)
     return out.astype(input.dtype, copy=False)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse
 
 from cuproi import _layout
-from cuproi._cpu import _parallel, _sampling
+from cuproi._cpu import _parallel, _sampling, _scratch
 
 
 def _round(v):
@@ -57,8 +57,10 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, argmax=True
     if not argmax:
         table, negative_zero = _table(input, keys=False)
         # A maximum of -0.0 and +0.0 may give either sign; the argmax paths take the first's.
-        if not negative_zero:
-            return _forward_values(table, rois, bins, input.dtype), None
+        out = None if negative_zero else _forward_values(table, rois, bins, input.dtype)
+        _scratch.give(table)
+        if out is not None:
+            return out, None
     forward = _forward_keys if input.dtype.itemsize <= 4 else _forward_proxy
     out, index = forward(input, rois, bins)
     return out, (index if argmax else None)
@@ -87,13 +89,14 @@ def _table(x, keys):
     that -0.0 meets +0.0 at 0 (the two compare equal: the first one must win), and every NaN
     becomes the int32 maximum (above +inf, all equal: the first NaN wins). Without, the table
     holds the values (float16 as float32, whose maximum NumPy computes several times faster,
-    exactly): a view of features stored channels last, else a copy. Built in blocks of rows,
-    in parallel, so each block's passes stay in cache.
+    exactly): a view of features stored channels last, else a copy, taken from _scratch (give
+    it back when done). Built in blocks of rows, in parallel, so each block's passes stay in
+    cache.
     """
     n, c, h, w = x.shape
     dtype = np.int64 if keys else np.promote_types(x.dtype, np.float32)
     in_place = x.dtype == dtype and _layout.channels_last(x)
-    table = x.transpose(0, 2, 3, 1) if in_place else np.empty((n, h, w, c), dtype)
+    table = x.transpose(0, 2, 3, 1) if in_place else _scratch.take((n, h, w, c), dtype)
     if table.size == 0:
         return table, False
     halves = table.view(np.int32).reshape(n, h, w, c, 2) if keys else None
@@ -233,6 +236,7 @@ def _forward_keys(input, rois, bins):
         argmax[g0:g1] = index.transpose(0, 3, 2, 1)
 
     _pool(keys, rois, bins, finish)
+    _scratch.give(keys)
     if negative_zero:  # keys hold +0.0 for -0.0: take the sign of zero from the input
         image = rois[:, 0].astype(np.int64)
         box, channel, ph, pw = np.nonzero((out == 0) & (argmax >= 0))
@@ -253,7 +257,9 @@ def _forward_proxy(input, rois, bins):
     with np.errstate(over="ignore"):  # values past float32's range become its infinities
         proxy = input.astype(np.float32)
     _, argmax = _forward_keys(proxy, rois, bins)
-    best = _forward_values(_table(input, keys=False)[0], rois, bins, input.dtype)
+    table = _table(input, keys=False)[0]
+    best = _forward_values(table, rois, bins, input.dtype)
+    _scratch.give(table)
     plane = (rois[:, 0].astype(np.int64)[:, None] * c + np.arange(c)) * (h * w)
     out = input.reshape(-1)[plane[:, :, None, None] + np.maximum(argmax, 0)]
     out[argmax < 0] = 0
