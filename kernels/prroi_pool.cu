@@ -75,12 +75,11 @@ __device__ __forceinline__ HatShare<C> hat_share(C t, C z) {
   } else if (t >= C(1)) {
     f3 = C(1);
     s.weight = C(0);
-  } else {
-    const C inv = C(1) / z;
-    f0 = cmax(cmin(e, C(-1)) - t, C(0)) * inv;
-    f1 = cmax(r1 - l1, C(0)) * inv;
-    f2 = cmax(r2 - l2, C(0)) * inv;
-    f3 = cmax(e - cmax(t, C(1)), C(0)) * inv;
+  } else {  // divided one by one: 1 / z overflows for a subnormal z (float32 below 2.9e-39)
+    f0 = cmax(cmin(e, C(-1)) - t, C(0)) / z;
+    f1 = cmax(r1 - l1, C(0)) / z;
+    f2 = cmax(r2 - l2, C(0)) / z;
+    f3 = cmax(e - cmax(t, C(1)), C(0)) / z;
     s.weight = f1 * (C(1) + C(0.5) * (l1 + r1)) + f2 * (C(1) - C(0.5) * (l2 + r2));
   }
   const C rise = C(0.5) * f1 * f1, fall = C(0.5) * f2 * f2, both = f1 * f2;

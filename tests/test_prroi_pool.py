@@ -247,6 +247,27 @@ def test_ramp_and_its_box_gradient(backend, dtype, corner, size):
     np.testing.assert_allclose(got, [[0, 3.0, 6.0, 3.0, 6.0]], rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize(
+    "dtype, y1, y2", [(np.float32, -1e-40, 2e-40), (np.float64, -1e-309, 2e-309)]
+)
+def test_subnormal_bins_across_a_peak(backend, dtype, y1, y2):
+    """Bins of subnormal height across the first row's peak: their shares of the hat's pieces
+    were computed times 1 / height, which overflows (the output was inf), and are now divided
+    by it. The oracle's (float64) area of a bin stays a nonzero number here."""
+    ct = compute_dtype(dtype).type
+    rois = np.array([[1, 0.5, y1, 3.5, y2]], ct)
+    x = features(dtype)
+    g = grad(dtype, 1, (2, 3))
+    want = reference_prroi.prroi_pool(x, rois, (2, 3), 1.0, coord_dtype=ct)
+    out = backend.prroi_pool_forward(x, rois, 1.0, 2, 3)
+    assert np.isfinite(out).all()
+    assert_close(out, want, dtype)
+    got = backend.prroi_pool_backward(g, rois, SHAPE, 1.0)
+    assert_close(
+        got, reference_prroi.prroi_pool_backward(g, rois, SHAPE, (2, 3), coord_dtype=ct), dtype
+    )
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tiny_bin_at_the_foot_of_a_hat(backend, dtype):
     """A bin [d, 3d/2]^2 with d half an ulp of 1: pixels (0, 0) to (1, 1) share it with weights

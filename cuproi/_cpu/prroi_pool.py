@@ -62,13 +62,15 @@ def hat_share(t, z):
 
     e = t + z
     l1, r1, l2, r2 = most(t, -one), least(e, zero), most(t, zero), least(e, one)
-    inv = one / z
-    clipped = [
-        most(least(e, -one) - t, zero) * inv,
-        most(r1 - l1, zero) * inv,
-        most(r2 - l2, zero) * inv,
-        most(e - most(t, one), zero) * inv,
-    ]
+    # Divided one by one: 1 / z overflows for a subnormal z (float32 below 2.9e-39). Lanes
+    # within one piece divide too (their fractions are replaced below): no warnings from those.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        clipped = [
+            most(least(e, -one) - t, zero) / z,
+            most(r1 - l1, zero) / z,
+            most(r2 - l2, zero) / z,
+            most(e - most(t, one), zero) / z,
+        ]
     # Within a piece: all of it ((t + z) - t may round away from z); the kernel's order of tests.
     piece = np.select(
         [(t >= -one) & (e <= zero), (t >= zero) & (e <= one), e <= -one, t >= one], [1, 2, 0, 3], -1
