@@ -29,7 +29,7 @@ CHANNELS_LAST = {"roi_align", "deform_roi_pool"}
 
 
 def entries(source):
-    """Every entry point name the launch layer (_ops._entry) can ask of kernels/<source>.cu."""
+    """Every entry point name the launch layer (_ops._run) can ask of kernels/<source>.cu."""
     directions, suffixes = SUPPORT.get(source, OP_ENTRIES)
     if source in CHANNELS_LAST:
         directions = (*directions, *(f"{d}_nhwc" for d in directions))
@@ -119,6 +119,45 @@ def test_int64_index_variants(monkeypatch):
     assert calls and all(name.endswith("_i64") for name in calls)
     for a, b in zip(narrow, wide, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
+def test_int64_index_for_any_large_argument(monkeypatch):
+    """The _i64 entry point is taken when any array argument is large, not only the features or
+    the output: the deterministic box terms (4 per output element) and the offsets of a
+    one-channel deform_roi_pool (2 per output element) outgrow both."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 1, 4, 5))
+    rois = np.array([[0, 0.5, 1.0, 6.5, 4.0], [0, 2.0, 0.0, 7.0, 5.5]])
+    g = rng.standard_normal((2, 1, 2, 3))
+    offset = rng.standard_normal((2, 2, 2, 3))
+    cases = {  # each on the backend bound to the launcher of the moment
+        "roi_align": lambda b: b.roi_align_backward(
+            g, rois, x.shape, 0.5, 2, True, deterministic=True, input=x, wrt="boxes"
+        ),
+        "prroi_pool": lambda b: b.prroi_pool_backward(
+            g, rois, x.shape, 0.5, deterministic=True, input=x, wrt="boxes"
+        ),
+        "roi_align_max": lambda b: b.roi_align_max_backward(
+            g, x, rois, 0.5, 2, True, deterministic=True, wrt="boxes"
+        ),
+        "deform_roi_pool boxes": lambda b: b.deform_roi_pool_backward(
+            g, x, rois, offset, 0.5, 2, 0.1, deterministic=True, wrt="boxes"
+        ),
+        "deform_roi_pool": lambda b: b.deform_roi_pool_forward(x, rois, offset, 0.5, 2, 3, 2, 0.1),
+    }
+    narrow = {name: run(host_backend()) for name, run in cases.items()}
+    calls = []
+    launch = host.launch
+    # Above the features (20 elements), the boxes (10) and every output or gradient (12); not
+    # above the box terms (48) or the offsets (24).
+    monkeypatch.setattr(_ops, "LARGE", 21)
+    monkeypatch.setattr(host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k)))
+    for name, run in cases.items():
+        calls.clear()
+        wide = run(host_backend())
+        assert calls and all(entry.endswith("_i64") for entry in calls), (name, calls)
+        np.testing.assert_array_equal(wide, narrow[name])
 
 
 def test_backends_expose_the_same_functions():

@@ -323,7 +323,7 @@ def test_int64_index_variants(monkeypatch):
     calls = []
     launch = host.launch
     monkeypatch.setattr(_ops, "LARGE", 0)
-    monkeypatch.setattr(host, "launch", lambda *a: (calls.append(a[1]), launch(*a)))
+    monkeypatch.setattr(host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k)))
     wide = run()
     assert calls and all(name.endswith("_i64") for name in calls)
     for a, c in zip(narrow, wide, strict=True):

@@ -21,11 +21,24 @@ LARGE = 2**31
 _SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
-def _entry(op, direction, dtype, *arrays):
-    """Entry point name and index type: the _i64 variant once an array reaches 2**31 elements."""
-    large = any(a.size >= LARGE for a in arrays if a is not None)
-    name = f"cuproi_{op}_{direction}_{_SUFFIX[np.dtype(dtype)]}" + ("_i64" if large else "")
-    return name, np.int64 if large else np.int32
+class _Index(int):
+    """A scalar argument in the kernel's index type: int32, or int64 in the _i64 variants."""
+
+
+def _run(launch, op, direction, dtype, items, *args, per_block=False):
+    """Launch ``items`` work items of ``op``'s ``direction`` entry point for ``dtype`` features.
+
+    Every kernel takes the item count first, in its index type, as are the ``_Index`` among
+    ``args``: int32, or int64 in the _i64 variant, taken once any array among the arguments
+    reaches LARGE elements, whichever it is (an offset into a buffer of box terms, 4 per output
+    element, or of deformable offsets, twice the output with one channel, overflows int32
+    before the features or the output do).
+    """
+    large = any(getattr(a, "ndim", 0) and a.size >= LARGE for a in args)
+    index = np.int64 if large else np.int32
+    entry = f"cuproi_{op}_{direction}_{_SUFFIX[np.dtype(dtype)]}" + ("_i64" if large else "")
+    args = [index(a) if isinstance(a, _Index) else a for a in args]
+    launch(op, entry, items, (index(items), *args), per_block=per_block)
 
 
 def _ints(*values):
@@ -45,9 +58,16 @@ def _transpose(xp, launch, a, rows, cols):
     batch = a.size // (rows * cols)
     out = xp.empty((batch, cols, rows), a.dtype)
     tiles = batch * -(-rows // _TILE) * -(-cols // _TILE)
-    entry, index = _entry("layout", "transpose", a.dtype, a)
-    launch(
-        "layout", entry, tiles, (index(tiles), a, *_ints(batch, rows, cols), out), per_block=True
+    _run(
+        launch,
+        "layout",
+        "transpose",
+        a.dtype,
+        tiles,
+        a,
+        *_ints(batch, rows, cols),
+        out,
+        per_block=True,
     )
     return out
 
@@ -109,9 +129,17 @@ class _GradSum:
     def result(self, launch, dtype):
         """The gradient in ``dtype`` (the fixed-point sums converted first)."""
         if self.deterministic:
-            entry, index = _entry("fixed_point", "finalize", self.value.dtype, self.fixed)
             n = self.value.size
-            launch("fixed_point", entry, n, (index(n), self.fixed, self.exponent, self.value))
+            _run(
+                launch,
+                "fixed_point",
+                "finalize",
+                self.value.dtype,
+                n,
+                self.fixed,
+                self.exponent,
+                self.value,
+            )
         return self.value.astype(dtype, copy=False)
 
 
@@ -120,20 +148,8 @@ def _align_forward(source, xp, launch, input, rois, spatial_scale, pooled_h, poo
     n, c, h, w = input.shape
     input = _nchw(xp, input)
     out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
-    entry, index = _entry(source, "forward", input.dtype, input, out)
-    launch(
-        source,
-        entry,
-        out.size,
-        (
-            index(out.size),
-            input,
-            rois,
-            rois.dtype.type(spatial_scale),
-            *_ints(n, c, h, w, pooled_h, pooled_w, *ints),
-            out,
-        ),
-    )
+    scalars = (rois.dtype.type(spatial_scale), *_ints(n, c, h, w, pooled_h, pooled_w, *ints))
+    _run(launch, source, "forward", input.dtype, out.size, input, rois, *scalars, out)
     return out
 
 
@@ -145,10 +161,22 @@ def roi_align_forward(
         x = _nhwc(xp, launch, input)
         out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
         items = len(rois) * -(-c // _CHANNEL_TILE)
-        entry, index = _entry("roi_align", "forward_nhwc", input.dtype, input, out)
-        args = (x, rois, rois.dtype.type(spatial_scale))
-        ints = _ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned)
-        launch("roi_align", entry, items, (index(items), *args, *ints, out), per_block=True)
+        scalars = (
+            rois.dtype.type(spatial_scale),
+            *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
+        )
+        _run(
+            launch,
+            "roi_align",
+            "forward_nhwc",
+            input.dtype,
+            items,
+            x,
+            rois,
+            *scalars,
+            out,
+            per_block=True,
+        )
         return out
     return _align_forward(
         "roi_align",
@@ -181,6 +209,14 @@ class _BoxGrad:
         # The kernel reads *exponent only in deterministic input-gradient mode: never here.
         self.exponent = xp.zeros(1, np.int32)
 
+    def args(self):
+        """Kernel arguments in the place of _GradSum.args (the same deterministic flag).
+
+        The input-gradient buffers are this gradient's: the kernel never touches them when it
+        computes the box gradient.
+        """
+        return self.value, self.value, self.exponent, np.int32(self.deterministic)
+
     def result(self):
         if not self.deterministic:
             return self.value
@@ -208,70 +244,60 @@ def roi_align_backward(
     """
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
+    scalars = (
+        rois.dtype.type(spatial_scale),
+        *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
+    )
     if wrt == "boxes":
-        input = _nchw(xp, input)
         box = _BoxGrad(xp, grad_output, rois.dtype, deterministic)
-        entry, index = _entry("roi_align", "backward", grad_output.dtype, grad_output, input)
-        launch(
+        _run(
+            launch,
             "roi_align",
-            entry,
+            "backward",
+            grad_output.dtype,
             grad_output.size,
-            (
-                index(grad_output.size),
-                grad_output,
-                rois,
-                rois.dtype.type(spatial_scale),
-                *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
-                box.value,
-                box.value,  # the kernel never touches the input-gradient buffers here
-                box.exponent,
-                np.int32(box.deterministic),
-                input,
-                box.value,
-                np.int32(1),
-            ),
+            grad_output,
+            rois,
+            *scalars,
+            *box.args(),
+            _nchw(xp, input),
+            box.value,
+            np.int32(1),
         )
         return box.result()
     if channels_last or c >= CHANNELS_LAST_FROM:
         # A channels-last gradient (coalesced atomic adds), transposed back at the end for NCHW.
         grad = _GradSum(xp, (n, h, w, c), rois.dtype, grad_output, deterministic)
         items = len(rois) * -(-c // _CHANNEL_TILE)
-        name = "backward_nhwc"
-        entry, index = _entry("roi_align", name, grad_output.dtype, grad_output, grad.fixed)
-        launch(
+        _run(
+            launch,
             "roi_align",
-            entry,
+            "backward_nhwc",
+            grad_output.dtype,
             items,
-            (
-                index(items),
-                grad_output,
-                rois,
-                rois.dtype.type(spatial_scale),
-                *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
-                *grad.args(),
-            ),
+            grad_output,
+            rois,
+            *scalars,
+            *grad.args(),
             per_block=True,
         )
         return _input_gradient(
             xp, launch, grad.result(launch, grad_output.dtype), input_shape, channels_last
         )
     grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
-    entry, index = _entry("roi_align", "backward", grad_output.dtype, grad_output, grad.fixed)
-    launch(
+    _run(
+        launch,
         "roi_align",
-        entry,
+        "backward",
+        grad_output.dtype,
         grad_output.size,
-        (
-            index(grad_output.size),
-            grad_output,
-            rois,
-            rois.dtype.type(spatial_scale),
-            *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
-            *grad.args(),
-            grad_output,  # input: not read for the input gradient
-            grad.value,  # grad_rois: not written
-            np.int32(0),
-        ),
+        grad_output,
+        rois,
+        *scalars,
+        *grad.args(),
+        grad_output,  # input: not read for the input gradient
+        grad.value,  # grad_rois: not written
+        np.int32(0),
     )
     return grad.result(launch, grad_output.dtype)
 
@@ -282,21 +308,8 @@ def roi_pool_forward(xp, launch, input, rois, spatial_scale, pooled_h, pooled_w,
     n, c, h, w = input.shape
     out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
     argmax = xp.empty(out.shape, np.int32)
-    entry, index = _entry("roi_pool", "forward", input.dtype, input, out)
-    launch(
-        "roi_pool",
-        entry,
-        out.size,
-        (
-            index(out.size),
-            input,
-            rois,
-            rois.dtype.type(spatial_scale),
-            *_ints(n, c, h, w, pooled_h, pooled_w),
-            out,
-            argmax,
-        ),
-    )
+    scalars = (rois.dtype.type(spatial_scale), *_ints(n, c, h, w, pooled_h, pooled_w))
+    _run(launch, "roi_pool", "forward", input.dtype, out.size, input, rois, *scalars, out, argmax)
     return out, argmax
 
 
@@ -304,19 +317,17 @@ def roi_pool_backward(xp, launch, grad_output, rois, argmax, input_shape, determ
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
     grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)
-    entry, index = _entry("roi_pool", "backward", grad_output.dtype, grad_output, grad.fixed)
-    launch(
+    _run(
+        launch,
         "roi_pool",
-        entry,
+        "backward",
+        grad_output.dtype,
         grad_output.size,
-        (
-            index(grad_output.size),
-            grad_output,
-            rois,
-            argmax,
-            *_ints(n, c, h, w, pooled_h, pooled_w),
-            *grad.args(),
-        ),
+        grad_output,
+        rois,
+        argmax,
+        *_ints(n, c, h, w, pooled_h, pooled_w),
+        *grad.args(),
     )
     return grad.result(launch, grad_output.dtype)
 
@@ -338,28 +349,23 @@ def deform_roi_pool_forward(
     ct = rois.dtype.type
     out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
     channels_last = _takes_channels_last(input)
-    entry, index = _entry(
-        "deform_roi_pool", "forward_nhwc" if channels_last else "forward", input.dtype, input, out
-    )
-    items = len(rois) * -(-c // _CHANNEL_TILE) if channels_last else out.size
-    launch(
+    _run(
+        launch,
         "deform_roi_pool",
-        entry,
-        items,
-        (
-            index(items),
-            _nhwc(xp, launch, input) if channels_last else input,
-            rois,
-            rois if offset is None else offset,
-            np.int32(offset is not None),
-            rois if mask is None else mask,
-            np.int32(mask is not None),
-            ct(spatial_scale),
-            np.int32(sampling_ratio),
-            ct(gamma),
-            *_ints(n, c, h, w, pooled_h, pooled_w),
-            out,
-        ),
+        "forward_nhwc" if channels_last else "forward",
+        input.dtype,
+        len(rois) * -(-c // _CHANNEL_TILE) if channels_last else out.size,
+        _nhwc(xp, launch, input) if channels_last else input,
+        rois,
+        rois if offset is None else offset,
+        np.int32(offset is not None),
+        rois if mask is None else mask,
+        np.int32(mask is not None),
+        ct(spatial_scale),
+        np.int32(sampling_ratio),
+        ct(gamma),
+        *_ints(n, c, h, w, pooled_h, pooled_w),
+        out,
         per_block=channels_last,
     )
     return out
@@ -398,28 +404,22 @@ def deform_roi_pool_backward(
         *_ints(n, c, h, w, pooled_h, pooled_w),
     )
     if wrt == "boxes":
-        input = _nchw(xp, input)
         box = _BoxGrad(xp, grad_output, ct, deterministic)
-        entry, index = _entry("deform_roi_pool", "backward", input.dtype, input, grad_output)
-        launch(
+        _run(
+            launch,
             "deform_roi_pool",
-            entry,
+            "backward",
+            input.dtype,
             grad_output.size,
-            (
-                index(grad_output.size),
-                grad_output,
-                input,
-                rois,
-                *scalars,
-                box.value,  # the input, offset and mask gradients are never touched here
-                box.value,
-                box.exponent,
-                np.int32(box.deterministic),
-                box.value,
-                box.value,
-                box.value,
-                np.int32(1),
-            ),
+            grad_output,
+            _nchw(xp, input),
+            rois,
+            *scalars,
+            *box.args(),
+            box.value,  # grad_offset and grad_mask: never touched here either
+            box.value,
+            box.value,  # grad_rois
+            np.int32(1),
         )
         return box.result()
     nhwc = channels_last or _takes_channels_last(input)
@@ -430,31 +430,26 @@ def deform_roi_pool_backward(
     per_channel = (k, tiles) if grad.deterministic else (k,)
     grad_offset = None if offset is None else xp.zeros((*per_channel, 2, pooled_h, pooled_w), ct)
     grad_mask = None if mask is None else xp.zeros((*per_channel, 1, pooled_h, pooled_w), ct)
-    direction = "backward_nhwc" if nhwc else "backward"
-    entry, index = _entry(
-        "deform_roi_pool", direction, input.dtype, input, grad_output, grad.fixed, grad_offset
-    )
     if nhwc:  # the features are read only for the offset and mask gradients
         features = rois if offset is None and mask is None else _nhwc(xp, launch, input)
         items, last = k * tiles, ()
     else:
         features, items, last = _nchw(xp, input), grad_output.size, (rois, np.int32(0))
     # Without offsets (mask) the kernel never touches those pointers; any device array will do.
-    launch(
+    _run(
+        launch,
         "deform_roi_pool",
-        entry,
+        "backward_nhwc" if nhwc else "backward",
+        input.dtype,
         items,
-        (
-            index(items),
-            grad_output,
-            features,
-            rois,
-            *scalars,
-            *grad.args(),
-            rois if grad_offset is None else grad_offset,
-            rois if grad_mask is None else grad_mask,
-            *last,
-        ),
+        grad_output,
+        features,
+        rois,
+        *scalars,
+        *grad.args(),
+        rois if grad_offset is None else grad_offset,
+        rois if grad_mask is None else grad_mask,
+        *last,
         per_block=nhwc,
     )
     if grad.deterministic:
@@ -510,25 +505,15 @@ def roi_align_max_backward(
         rois.dtype.type(spatial_scale),
         *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned),
     )
+    size = grad_output.size
     if wrt == "boxes":
         box = _BoxGrad(xp, grad_output, rois.dtype, deterministic)
-        entry, index = _entry("roi_align_max", "backward", input.dtype, input, grad_output)
-        args = (box.value, box.value, box.exponent, np.int32(box.deterministic), box.value, 1)
-        launch(
-            "roi_align_max",
-            entry,
-            grad_output.size,
-            (index(grad_output.size), *head, *args[:-1], np.int32(1)),
-        )
+        args = (*box.args(), box.value, np.int32(1))
+        _run(launch, "roi_align_max", "backward", input.dtype, size, *head, *args)
         return box.result()
     grad = _GradSum(xp, input.shape, rois.dtype, grad_output, deterministic)
-    entry, index = _entry("roi_align_max", "backward", input.dtype, input, grad_output, grad.fixed)
-    launch(
-        "roi_align_max",
-        entry,
-        grad_output.size,
-        (index(grad_output.size), *head, *grad.args(), grad.value, np.int32(0)),
-    )
+    args = (*grad.args(), grad.value, np.int32(0))  # grad_rois: not written
+    _run(launch, "roi_align_max", "backward", input.dtype, size, *head, *args)
     result = grad.result(launch, grad_output.dtype)
     return _layout.as_channels_last(xp, result) if channels_last else result
 
@@ -540,20 +525,8 @@ def _ps_launch(xp, launch, op, input, rois, spatial_scale, pooled_h, pooled_w, *
     """Forward of a position-sensitive op: (K, C / (PH * PW), PH, PW) output, one thread each."""
     n, c, h, w = input.shape
     out = xp.empty((len(rois), c // (pooled_h * pooled_w), pooled_h, pooled_w), input.dtype)
-    entry, index = _entry(op, "forward", input.dtype, input, out)
-    launch(
-        op,
-        entry,
-        out.size,
-        (
-            index(out.size),
-            input,
-            rois,
-            rois.dtype.type(spatial_scale),
-            *_ints(n, c, h, w, pooled_h, pooled_w, *extra),
-            out,
-        ),
-    )
+    scalars = (rois.dtype.type(spatial_scale), *_ints(n, c, h, w, pooled_h, pooled_w, *extra))
+    _run(launch, op, "forward", input.dtype, out.size, input, rois, *scalars, out)
     return out
 
 
@@ -564,20 +537,9 @@ def _ps_backward(
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
     grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
-    entry, index = _entry(op, "backward", grad_output.dtype, grad_output, grad.fixed)
-    launch(
-        op,
-        entry,
-        grad_output.size,
-        (
-            index(grad_output.size),
-            grad_output,
-            rois,
-            rois.dtype.type(spatial_scale),
-            *_ints(n, c, h, w, pooled_h, pooled_w, *extra),
-            *grad.args(),
-        ),
-    )
+    scalars = (rois.dtype.type(spatial_scale), *_ints(n, c, h, w, pooled_h, pooled_w, *extra))
+    args = (grad_output, rois, *scalars, *grad.args())
+    _run(launch, op, "backward", grad_output.dtype, grad_output.size, *args)
     return grad.result(launch, grad_output.dtype)
 
 
@@ -651,20 +613,18 @@ def multi_scale_roi_align_forward(
     n, c = features[0].shape[:2]
     dtype = features[0].dtype
     out = xp.empty((len(rois), c, pooled_h, pooled_w), dtype)
-    entry, index = _entry("multi_scale_roi_align", "forward", dtype, *features, out)
     slots = list(features) + [features[0]] * (MULTI_SCALE_LEVELS - len(features))
-    launch(
+    _run(
+        launch,
         "multi_scale_roi_align",
-        entry,
+        "forward",
+        dtype,
         out.size,
-        (
-            index(out.size),
-            *slots,
-            rois,
-            *_ints(n, c, pooled_h, pooled_w, sampling_ratio, aligned),
-            *_pyramid([f.shape for f in features], spatial_scales, thresholds, rois.dtype.type),
-            out,
-        ),
+        *slots,
+        rois,
+        *_ints(n, c, pooled_h, pooled_w, sampling_ratio, aligned),
+        *_pyramid([f.shape for f in features], spatial_scales, thresholds, rois.dtype.type),
+        out,
     )
     return out
 
@@ -687,23 +647,19 @@ def multi_scale_roi_align_backward(
     sizes = [int(np.prod(s)) for s in input_shapes]
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     grad = _GradSum(xp, (int(starts[-1]),), rois.dtype, grad_output, deterministic)
-    entry, index = _entry(
-        "multi_scale_roi_align", "backward", grad_output.dtype, grad_output, grad.fixed
-    )
     offsets = [int(s) for s in starts[:-1]] + [0] * (MULTI_SCALE_LEVELS - len(input_shapes))
-    launch(
+    _run(
+        launch,
         "multi_scale_roi_align",
-        entry,
+        "backward",
+        grad_output.dtype,
         grad_output.size,
-        (
-            index(grad_output.size),
-            grad_output,
-            rois,
-            *_ints(n, c, pooled_h, pooled_w, sampling_ratio, aligned),
-            *_pyramid(input_shapes, spatial_scales, thresholds, rois.dtype.type),
-            *(index(o) for o in offsets),
-            *grad.args(),
-        ),
+        grad_output,
+        rois,
+        *_ints(n, c, pooled_h, pooled_w, sampling_ratio, aligned),
+        *_pyramid(input_shapes, spatial_scales, thresholds, rois.dtype.type),
+        *map(_Index, offsets),
+        *grad.args(),
     )
     flat = grad.result(launch, grad_output.dtype)
     return [flat[starts[i] : starts[i + 1]].reshape(shape) for i, shape in enumerate(input_shapes)]
@@ -716,20 +672,8 @@ def prroi_pool_forward(xp, launch, input, rois, spatial_scale, pooled_h, pooled_
     input = _nchw(xp, input)
     n, c, h, w = input.shape
     out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
-    entry, index = _entry("prroi_pool", "forward", input.dtype, input, out)
-    launch(
-        "prroi_pool",
-        entry,
-        out.size,
-        (
-            index(out.size),
-            input,
-            rois,
-            rois.dtype.type(spatial_scale),
-            *_ints(n, c, h, w, pooled_h, pooled_w),
-            out,
-        ),
-    )
+    scalars = (rois.dtype.type(spatial_scale), *_ints(n, c, h, w, pooled_h, pooled_w))
+    _run(launch, "prroi_pool", "forward", input.dtype, out.size, input, rois, *scalars, out)
     return out
 
 
@@ -749,42 +693,16 @@ def prroi_pool_backward(
     _, _, pooled_h, pooled_w = grad_output.shape
     ct = rois.dtype.type
     head = (grad_output, rois, ct(spatial_scale), *_ints(n, c, h, w, pooled_h, pooled_w))
+    size = grad_output.size
     if wrt == "boxes":
-        input = _nchw(xp, input)
         box = _BoxGrad(xp, grad_output, rois.dtype, deterministic)
-        entry, index = _entry("prroi_pool", "backward", grad_output.dtype, grad_output, input)
-        launch(
-            "prroi_pool",
-            entry,
-            grad_output.size,
-            (
-                index(grad_output.size),
-                *head,
-                box.value,  # the kernel never touches the input-gradient buffers here
-                box.value,
-                box.exponent,
-                np.int32(box.deterministic),
-                input,
-                box.value,
-                np.int32(1),
-            ),
-        )
+        args = (*box.args(), _nchw(xp, input), box.value, np.int32(1))
+        _run(launch, "prroi_pool", "backward", grad_output.dtype, size, *head, *args)
         return box.result()
     grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
-    entry, index = _entry("prroi_pool", "backward", grad_output.dtype, grad_output, grad.fixed)
-    launch(
-        "prroi_pool",
-        entry,
-        grad_output.size,
-        (
-            index(grad_output.size),
-            *head,
-            *grad.args(),
-            grad_output,  # input: not read for the input gradient
-            grad.value,  # grad_rois: not written
-            np.int32(0),
-        ),
-    )
+    # The input is not read for the input gradient, and grad_rois is not written.
+    args = (*grad.args(), grad_output, grad.value, np.int32(0))
+    _run(launch, "prroi_pool", "backward", grad_output.dtype, size, *head, *args)
     return grad.result(launch, grad_output.dtype)
 
 
@@ -834,20 +752,16 @@ def roi_align_rotated_backward(
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
     grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
-    entry, index = _entry(
-        "roi_align_rotated", "backward", grad_output.dtype, grad_output, grad.fixed
-    )
-    launch(
+    _run(
+        launch,
         "roi_align_rotated",
-        entry,
+        "backward",
+        grad_output.dtype,
         grad_output.size,
-        (
-            index(grad_output.size),
-            grad_output,
-            rois,
-            rois.dtype.type(spatial_scale),
-            *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned, clockwise),
-            *grad.args(),
-        ),
+        grad_output,
+        rois,
+        rois.dtype.type(spatial_scale),
+        *_ints(n, c, h, w, pooled_h, pooled_w, sampling_ratio, aligned, clockwise),
+        *grad.args(),
     )
     return grad.result(launch, grad_output.dtype)
