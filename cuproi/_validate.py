@@ -135,6 +135,37 @@ def _real_array(array, name):
         raise TypeError(f"{name} must hold real numbers (float or int); got {array.dtype}")
 
 
+def _compute_dtype_for(scale, dtype):
+    """The compute dtype of ``dtype`` features, in which ``scale`` (if not None) is positive."""
+    ct = compute_dtype(dtype)
+    if scale is not None and not 0 < ct.type(scale) < np.inf:
+        raise ValueError(
+            f"spatial_scale {scale} is not a positive {ct} (the compute dtype of "
+            f"{np.dtype(dtype)} features)"
+        )
+    return ct
+
+
+def _per_image(xp, value, batch, ct, name, width, columns):
+    """(K, 1 + width) rows ``[batch_index, ...]`` in ``ct`` from per-image (L, width) arrays.
+
+    ``columns`` names what a row of them holds, for the errors: ``"[x1, y1, x2, y2]"``.
+    """
+    if len(value) > batch:
+        raise ValueError(
+            f"{name} is a list of {len(value)} per-image arrays but the input holds {batch} images"
+        )
+    parts = []
+    for i, b in enumerate(value):
+        if b.ndim != 2 or b.shape[1] != width:
+            raise ValueError(
+                f"{name}[{i}] must be an (L, {width}) array {columns}; got shape {b.shape}"
+            )
+        _real_array(b, f"{name}[{i}]")
+        parts.append(xp.concatenate([xp.full((len(b), 1), i, ct), b.astype(ct)], axis=1))
+    return xp.concatenate(parts) if parts else xp.zeros((0, width + 1), ct)
+
+
 def boxes(xp, value, batch, scale, dtype, name="boxes"):
     """Boxes as a (K, 5) C-contiguous array in the compute dtype of ``dtype`` features.
 
@@ -143,27 +174,9 @@ def boxes(xp, value, batch, scale, dtype, name="boxes"):
     [0, batch), coordinates finite and, unless ``scale`` is None (a backward that reads only
     the batch indices), within MAX_COORDINATE cells once scaled.
     """
-    ct = compute_dtype(dtype)
-    if scale is not None and not 0 < ct.type(scale) < np.inf:
-        raise ValueError(
-            f"spatial_scale {scale} is not a positive {ct} (the compute dtype of "
-            f"{np.dtype(dtype)} features)"
-        )
+    ct = _compute_dtype_for(scale, dtype)
     if isinstance(value, (list, tuple)):
-        if len(value) > batch:
-            raise ValueError(
-                f"{name} is a list of {len(value)} per-image arrays but the input "
-                f"holds {batch} images"
-            )
-        parts = []
-        for i, b in enumerate(value):
-            if b.ndim != 2 or b.shape[1] != 4:
-                raise ValueError(
-                    f"{name}[{i}] must be an (L, 4) array [x1, y1, x2, y2]; got shape {b.shape}"
-                )
-            _real_array(b, f"{name}[{i}]")
-            parts.append(xp.concatenate([xp.full((len(b), 1), i, ct), b.astype(ct)], axis=1))
-        rois = xp.concatenate(parts) if parts else xp.zeros((0, 5), ct)
+        rois = _per_image(xp, value, batch, ct, name, 4, "[x1, y1, x2, y2]")
     else:
         if value.ndim != 2 or value.shape[1] != 5:
             hint = (
@@ -267,28 +280,10 @@ def rotated_boxes(xp, value, batch, scale, dtype, name="boxes"):
     [0, batch), every value finite, and the centre and size within MAX_COORDINATE feature cells
     once scaled (the angle, in degrees, may be any finite value).
     """
-    ct = compute_dtype(dtype)
-    if not 0 < ct.type(scale) < np.inf:
-        raise ValueError(
-            f"spatial_scale {scale} is not a positive {ct} (the compute dtype of "
-            f"{np.dtype(dtype)} features)"
-        )
+    ct = _compute_dtype_for(scale, dtype)
     if isinstance(value, (list, tuple)):
-        if len(value) > batch:
-            raise ValueError(
-                f"{name} is a list of {len(value)} per-image arrays but the input "
-                f"holds {batch} images"
-            )
-        parts = []
-        for i, b in enumerate(value):
-            if b.ndim != 2 or b.shape[1] != 5:
-                raise ValueError(
-                    f"{name}[{i}] must be an (L, 5) array [cx, cy, w, h, angle] of rotated "
-                    f"boxes; got shape {b.shape}"
-                )
-            _real_array(b, f"{name}[{i}]")
-            parts.append(xp.concatenate([xp.full((len(b), 1), i, ct), b.astype(ct)], axis=1))
-        rois = xp.concatenate(parts) if parts else xp.zeros((0, 6), ct)
+        columns = "[cx, cy, w, h, angle] of rotated boxes"
+        rois = _per_image(xp, value, batch, ct, name, 5, columns)
     else:
         if value.ndim != 2 or value.shape[1] != 6:
             hint = (
