@@ -332,6 +332,24 @@ def roi_pool_backward(xp, launch, grad_output, rois, argmax, input_shape, determ
     return grad.result(launch, grad_output.dtype)
 
 
+def _deform_args(rois, offset, mask, spatial_scale, sampling_ratio, gamma, sizes):
+    """The arguments after the boxes of every deform_roi_pool kernel: offsets, mask, scalars.
+
+    An absent offset (mask) is passed as the boxes, with a flag that keeps the kernel off it.
+    """
+    ct = rois.dtype.type
+    return (
+        rois if offset is None else offset,
+        np.int32(offset is not None),
+        rois if mask is None else mask,
+        np.int32(mask is not None),
+        ct(spatial_scale),
+        np.int32(sampling_ratio),
+        ct(gamma),
+        *_ints(*sizes),
+    )
+
+
 def deform_roi_pool_forward(
     xp,
     launch,
@@ -346,7 +364,7 @@ def deform_roi_pool_forward(
     mask=None,
 ):
     n, c, h, w = input.shape
-    ct = rois.dtype.type
+    sizes = (n, c, h, w, pooled_h, pooled_w)
     out = xp.empty((len(rois), c, pooled_h, pooled_w), input.dtype)
     channels_last = _takes_channels_last(input)
     _run(
@@ -357,14 +375,7 @@ def deform_roi_pool_forward(
         len(rois) * -(-c // _CHANNEL_TILE) if channels_last else out.size,
         _nhwc(xp, launch, input) if channels_last else input,
         rois,
-        rois if offset is None else offset,
-        np.int32(offset is not None),
-        rois if mask is None else mask,
-        np.int32(mask is not None),
-        ct(spatial_scale),
-        np.int32(sampling_ratio),
-        ct(gamma),
-        *_ints(n, c, h, w, pooled_h, pooled_w),
+        *_deform_args(rois, offset, mask, spatial_scale, sampling_ratio, gamma, sizes),
         out,
         per_block=channels_last,
     )
@@ -393,16 +404,8 @@ def deform_roi_pool_backward(
     n, c, h, w = input.shape
     k, _, pooled_h, pooled_w = grad_output.shape
     ct = rois.dtype.type
-    scalars = (
-        rois if offset is None else offset,
-        np.int32(offset is not None),
-        rois if mask is None else mask,
-        np.int32(mask is not None),
-        ct(spatial_scale),
-        np.int32(sampling_ratio),
-        ct(gamma),
-        *_ints(n, c, h, w, pooled_h, pooled_w),
-    )
+    sizes = (n, c, h, w, pooled_h, pooled_w)
+    scalars = _deform_args(rois, offset, mask, spatial_scale, sampling_ratio, gamma, sizes)
     if wrt == "boxes":
         box = _BoxGrad(xp, grad_output, ct, deterministic)
         _run(
