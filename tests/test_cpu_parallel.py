@@ -12,6 +12,7 @@ signed zeros and ties, and its backward over several channel slabs against np.ad
 
 import numpy as np
 import pytest
+import scipy.sparse
 
 from cuproi import _cpu
 from cuproi._cpu import _parallel, _sampling, roi_pool
@@ -169,6 +170,30 @@ def test_roi_pool_backward_over_channel_slabs(monkeypatch, every_thread, dtype, 
     assert grad.dtype == dtype
     np.testing.assert_array_equal(grad, expected.reshape(x.shape).astype(dtype))
     assert 3 in every_thread
+
+
+def test_roi_pool_backward_entries_past_int32(monkeypatch):
+    """A slab's entries (boxes x channels x bins) can outnumber int32 before its target cells
+    do (about 5.5M boxes of 7x7 bins): both are then int64 (np.arange wraps silently)."""
+    rng = np.random.default_rng(6)
+    _, rois, _, _ = _inputs(np.float32)
+    x = rng.standard_normal((2, 9, 13, 17)).astype(np.float32)
+    _, argmax = _cpu.roi_pool_forward(x, rois, 1 / 8, 3, 4)
+    g = rng.standard_normal(argmax.shape).astype(np.float32)
+    expected = _cpu.roi_pool_backward(g, rois, argmax, x.shape)
+    targets, entries = 2 * roi_pool._SLAB * (13 * 17 + 1), len(rois) * roi_pool._SLAB * 12
+    assert targets < entries  # a bound between them: the targets alone would fit
+    monkeypatch.setattr(roi_pool, "_INT32_TARGETS", targets + 1)
+    passed = []
+    csc_matrix = scipy.sparse.csc_matrix
+
+    def spy(arg, **kwargs):
+        passed.append((arg[1].dtype, arg[2].dtype))
+        return csc_matrix(arg, **kwargs)
+
+    monkeypatch.setattr(scipy.sparse, "csc_matrix", spy)
+    np.testing.assert_array_equal(_cpu.roi_pool_backward(g, rois, argmax, x.shape), expected)
+    assert passed and all(dtypes == (np.int64, np.int64) for dtypes in passed)
 
 
 def test_thread_count_setting(monkeypatch):

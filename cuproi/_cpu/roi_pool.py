@@ -70,7 +70,7 @@ _INT32_MIN, _INT32_MAX = np.int32(-(2**31)), np.int32(2**31 - 1)
 _HIGH = 1 if np.little_endian else 0  # the int32 half of an int64 that holds its high bits
 _GROUP = 16  # boxes pooled together (see _pool)
 _SLAB = 8  # channels whose gradients are added together
-_INT32_TARGETS = 2**31  # the backward's targets are int32 below this many cells per slab
+_INT32_TARGETS = 2**31  # the backward's indices are int32 below this (cells, entries per slab)
 # The box loop and the backward's slabs make one short NumPy call after another, so how many
 # threads the GIL lets them keep busy depends on each call's length, not on the total: one
 # thread per this many channels of the loop (64: two threads were always slower, 256: faster
@@ -328,10 +328,11 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape, deterministic=Fals
     g = grad_output.reshape(k, c, bins)
     dtype = np.promote_types(grad_output.dtype, np.float32)  # float16 accumulates in float32
     grad = np.empty((n, c, h * w), grad_output.dtype)
-    # Targets within a few channels' planes fit int32 (half the traffic of int64) but on
-    # giant maps.
-    index = np.int32 if n * _SLAB * (h * w + 1) < _INT32_TARGETS else np.int64
     entries = k * _SLAB * bins
+    # A slab's targets (cells of a few channels' planes) and its entries fit int32 (half the
+    # traffic of int64) but on giant maps or batches of boxes.
+    fits = max(n * _SLAB * (h * w + 1), entries + 1) < _INT32_TARGETS
+    index = np.int32 if fits else np.int64
     columns = np.arange(entries + 1, dtype=index)
     ones = np.ones(entries, dtype)
 
