@@ -71,9 +71,11 @@ def _native(array, device, name):
             return cupy.from_dlpack(array)
     except (BufferError, RuntimeError, ValueError) as error:  # e.g. bfloat16 has no NumPy dtype
         dtype = getattr(array, "dtype", "unknown")
+        reason = str(error).rstrip(".")
         raise TypeError(
-            f"{name} (dtype {dtype}) cannot be read through DLPack: {error}. cuproi supports "
-            "float16, float32 and float64 features"
+            f"{name} (dtype {dtype}) cannot be read through DLPack ({reason}). cuproi's array "
+            "functions take float16, float32 and float64; cuproi.torch and cuproi.jax also "
+            "take bfloat16, computed in float32"
         ) from None
 
 

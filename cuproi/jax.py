@@ -19,6 +19,8 @@ arrays (or anything ``jax.numpy.asarray`` takes) and return JAX arrays of the in
   (``vmap_method="sequential"``).
 - **dtypes.** float16, float32 and float64 features as in cuproi; float64 needs
   ``jax.config.update("jax_enable_x64", True)`` (without it JAX makes every array float32).
+  bfloat16 features, offsets and boxes, which NumPy cannot hold, are computed in float32; the
+  result (and the gradients) are then bfloat16 again.
 
 **What happens on a GPU.** JAX hands a ``pure_callback`` host arrays: JAX arrays on a GPU are
 copied to the host, computed by cuproi's NumPy backend, and the results copied back to the GPU.
@@ -38,6 +40,7 @@ error (``jax.errors.JaxRuntimeError``) whose message contains cuproi's error typ
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +122,33 @@ def _boxes(boxes, x, scale):
     return jnp.concatenate(parts) if parts else jnp.zeros((0, 5), ct)
 
 
+def _float32(value):
+    """``value`` with its bfloat16 arrays (also inside lists and tuples) cast to float32."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_float32(item) for item in value)
+    if getattr(value, "dtype", None) == jnp.bfloat16:
+        return jnp.asarray(value, jnp.float32)
+    return value
+
+
+def _bfloat16_in_float32(function):
+    """Compute ``function``'s bfloat16 arrays in float32; bfloat16 features give bfloat16.
+
+    The casts are JAX operations: ``jax.grad`` and ``jax.jit`` see through them, and the
+    gradients of bfloat16 arrays come back in bfloat16.
+    """
+
+    @functools.wraps(function)
+    def wrapper(input, *args, **kwargs):
+        kwargs = {name: _float32(value) for name, value in kwargs.items()}
+        result = function(_float32(input), *_float32(args), **kwargs)
+        if getattr(input, "dtype", None) == jnp.bfloat16:
+            return result.astype(jnp.bfloat16)
+        return result
+
+    return wrapper
+
+
 def _pooled_shape(x, rois, pooled):
     return jax.ShapeDtypeStruct((rois.shape[0], x.shape[1], *pooled), x.dtype)
 
@@ -166,13 +196,15 @@ def _roi_align_bwd(static, rois, grad):
 _roi_align.defvjp(_roi_align_fwd, _roi_align_bwd)
 
 
+@_bfloat16_in_float32
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
     """Differentiable :func:`cuproi.roi_align` on JAX arrays (RoI Align).
 
     Parameters
     ----------
     input : (N, C, H, W) jax.Array
-        Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``).
+        Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``); bfloat16
+        is computed in float32 and returned as bfloat16.
     boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
         ``[batch_index, x1, y1, x2, y2]`` per box in input-image coordinates, or one
         ``[x1, y1, x2, y2]`` array per image (torchvision's convention). Read in float32 (float64
@@ -276,13 +308,15 @@ def _roi_pool_bwd(static, residuals, grad):
 _roi_pool.defvjp(_roi_pool_fwd, _roi_pool_bwd)
 
 
+@_bfloat16_in_float32
 def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Differentiable :func:`cuproi.roi_pool` on JAX arrays (RoI Pool, max over bins).
 
     Parameters
     ----------
     input : (N, C, H, W) jax.Array
-        Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``).
+        Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``); bfloat16
+        is computed in float32 and returned as bfloat16.
     boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
         ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
     output_size : int or (int, int)
@@ -384,6 +418,7 @@ def _deform_roi_pool_bwd(static, residuals, grad):
 _deform_roi_pool.defvjp(_deform_roi_pool_fwd, _deform_roi_pool_bwd)
 
 
+@_bfloat16_in_float32
 def deform_roi_pool(
     input, boxes, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1
 ):
@@ -392,7 +427,8 @@ def deform_roi_pool(
     Parameters
     ----------
     input : (N, C, H, W) jax.Array
-        Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``).
+        Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``); bfloat16
+        is computed in float32 and returned as bfloat16.
     boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
         ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
     offset : (K, 2, PH, PW) jax.Array or None

@@ -264,10 +264,31 @@ def test_bad_traced_boxes_fail_at_run_time_with_cuproi_message(name):
     assert f"{kind.__name__}: {message}" in str(info.value)
 
 
-def test_bfloat16_is_a_type_error():
-    x, boxes, _, _ = data(np.float32)
-    with pytest.raises(TypeError, match="input must be float16, float32 or float64; got bfloat16"):
-        cj.roi_align(jnp.asarray(x, jnp.bfloat16), jnp.asarray(boxes), OUT)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("op", OPS)
+def test_bfloat16_is_float32_rounded(op, jit):
+    """bfloat16 features, boxes and offsets (NumPy has no bfloat16): the values and gradients
+    of their float32 values, rounded to bfloat16."""
+    x, boxes, offset, g = (jnp.asarray(a, jnp.bfloat16) for a in data(np.float32))
+    wide = [np.asarray(a, np.float32) for a in (x, boxes, offset, g)]
+    call, forward, backward = OPS[op]
+
+    def loss(x, boxes, offset):
+        return jnp.sum(call(x, boxes, offset) * g)
+
+    fn, grad = call, jax.grad(loss, argnums=(0, 2))
+    if jit:
+        fn, grad = jax.jit(fn), jax.jit(grad)
+    out = fn(x, boxes, offset)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(out, jnp.asarray(forward(*wide[:3]), jnp.bfloat16))
+    grad_x, grad_offset = grad(x, boxes, offset)
+    expected_x, expected_offset = backward(*wide)
+    assert grad_x.dtype == grad_offset.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(grad_x, jnp.asarray(expected_x, jnp.bfloat16))
+    if expected_offset is not None:
+        np.testing.assert_array_equal(grad_offset, jnp.asarray(expected_offset, jnp.bfloat16))
+    assert np.asarray(grad_x, np.float32).any()
 
 
 # ---- packaging ------------------------------------------------------------------------------

@@ -89,12 +89,6 @@ def test_mixed_devices_name_both():
         cuproi.roi_align(x, _FakeCudaArray(), 3)
 
 
-def test_bfloat16_is_a_clear_type_error():
-    x, boxes, _ = data(torch.bfloat16)
-    with pytest.raises(TypeError, match="bfloat16"):
-        cuproi.roi_align(x, boxes, 3)
-
-
 # ---- cuproi.torch: autograd, custom ops, torch.compile ---------------------------------------
 
 

@@ -75,6 +75,28 @@ def test_cuproi_torch_is_a_drop_in(aligned, ratio):
     torch.testing.assert_close(pooled[0], pooled[1], rtol=0, atol=0)
 
 
+def test_cuproi_torch_is_a_drop_in_under_bfloat16_autocast():
+    """Under torch.autocast with bfloat16 (the CPU's default) torchvision's roi_align computes
+    in float32 and returns bfloat16; so does cuproi.torch's. The values may differ by one
+    bfloat16 rounding of float32 results that differ in the last bits (torch's default bfloat16
+    tolerance). (torchvision's roi_pool and ps ops have no autocast path and fail there.)"""
+    import cuproi.torch
+
+    x = torch.from_numpy(features(np.float32))
+    zoo = torch.from_numpy(box_zoo(0.5).astype(np.float32))
+    boxes = [zoo[zoo[:, 0] == i, 1:] for i in range(2)]
+    conv = torch.nn.Conv2d(x.shape[1], 4, 1)
+    results = []
+    for pool in (ops.roi_align, cuproi.torch.roi_align):
+        conv.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = pool(conv(x), boxes, (7, 5), 0.5, 2, True)
+        out.float().square().sum().backward()
+        assert out.dtype == torch.bfloat16
+        results.append((out, conv.weight.grad.clone()))
+    torch.testing.assert_close(results[1], results[0])
+
+
 def _regular(scale):
     """The box zoo without the boxes where cuproi deliberately differs from torchvision's
     position-sensitive ops: zero-size boxes (NaN there) and boxes reaching the last row or

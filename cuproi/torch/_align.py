@@ -5,7 +5,13 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch._common import _channels_last, _empty_gradient, _rois, _stream
+from cuproi.torch._common import (
+    _bfloat16_in_float32,
+    _channels_last,
+    _empty_gradient,
+    _rois,
+    _stream,
+)
 
 
 @torch.library.custom_op("cuproi::roi_align", mutates_args=())
@@ -164,6 +170,7 @@ def _roi_align_grad(ctx, grad):
 _roi_align.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
 
 
+@_bfloat16_in_float32
 def roi_align(
     input,
     boxes,
@@ -178,7 +185,8 @@ def roi_align(
     Parameters
     ----------
     input : (N, C, H, W) Tensor
-        Features, float16, float32 or float64, on the CPU or a CUDA device.
+        Features, float16, float32 or float64 (bfloat16 is computed in float32), on the CPU
+        or a CUDA device.
     boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
         ``[batch_index, x1, y1, x2, y2]``, or one ``[x1, y1, x2, y2]`` tensor per image.
     output_size, spatial_scale, sampling_ratio, aligned, pool_mode

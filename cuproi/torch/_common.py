@@ -1,6 +1,7 @@
-"""What every op of the adapter shares: torch's stream for CuPy, and the box tensors."""
+"""What every op of the adapter shares: torch's stream for CuPy, the box tensors, bfloat16."""
 
 import contextlib
+import functools
 
 import torch
 
@@ -36,3 +37,35 @@ def _rois(boxes, like):
         parts = [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)]
         return torch.cat(parts) if parts else like.new_zeros((0, 5))
     return boxes
+
+
+def _float32(value):
+    """``value`` with its bfloat16 tensors (also inside lists and tuples) cast to float32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype == torch.bfloat16 else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_float32(item) for item in value)
+    return value
+
+
+def _bfloat16_in_float32(function):
+    """Compute ``function``'s bfloat16 tensors in float32, and return bfloat16 for bfloat16 input.
+
+    cuproi's backends hold float16, float32 and float64 only (NumPy has no bfloat16), while
+    ``torch.autocast`` on the CPU, or with ``dtype=torch.bfloat16``, makes bfloat16 features,
+    offsets and masks. They are cast to float32, and the result back to the dtype of the
+    features (the first argument, or its first level): what torchvision's ops do under autocast.
+    The casts are torch operations, so autograd and ``torch.compile`` see through them, and the
+    gradients come back in bfloat16.
+    """
+
+    @functools.wraps(function)
+    def wrapper(input, *args, **kwargs):
+        kwargs = {name: _float32(value) for name, value in kwargs.items()}
+        result = function(_float32(input), *_float32(args), **kwargs)
+        first = input[0] if isinstance(input, (list, tuple)) and input else input
+        if getattr(first, "dtype", None) == torch.bfloat16:
+            return result.to(torch.bfloat16)
+        return result
+
+    return wrapper

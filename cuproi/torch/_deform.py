@@ -5,7 +5,13 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch._common import _channels_last, _empty_gradient, _rois, _stream
+from cuproi.torch._common import (
+    _bfloat16_in_float32,
+    _channels_last,
+    _empty_gradient,
+    _rois,
+    _stream,
+)
 
 
 @torch.library.custom_op("cuproi::deform_roi_pool", mutates_args=())
@@ -155,6 +161,7 @@ def _deform_grad(ctx, grad):
 _deform_roi_pool.register_autograd(_deform_grad, setup_context=_deform_setup)
 
 
+@_bfloat16_in_float32
 def deform_roi_pool(
     input,
     boxes,

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch._common import _rois, _stream
+from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
 
 
 @torch.library.custom_op("cuproi::multi_scale_roi_align", mutates_args=())
@@ -104,6 +104,7 @@ def _multi_scale_grad(ctx, grad):
 _multi_scale_roi_align.register_autograd(_multi_scale_grad, setup_context=_multi_scale_setup)
 
 
+@_bfloat16_in_float32
 def multi_scale_roi_align(
     features,
     boxes,

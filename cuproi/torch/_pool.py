@@ -5,7 +5,7 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch._common import _rois, _stream
+from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
 
 
 @torch.library.custom_op("cuproi::roi_pool", mutates_args=())
@@ -72,6 +72,7 @@ def _roi_pool_grad(ctx, grad, grad_argmax):
 _roi_pool.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
 
 
+@_bfloat16_in_float32
 def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Differentiable :func:`cuproi.roi_pool` on tensors, a drop-in for torchvision's.
 

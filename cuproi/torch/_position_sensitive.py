@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch._common import _rois, _stream
+from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
 
 
 def _ps_shape(input, rois, pooled_h, pooled_w):
@@ -78,6 +78,7 @@ def _ps_roi_align_grad(ctx, grad):
 _ps_roi_align.register_autograd(_ps_roi_align_grad, setup_context=_ps_roi_align_setup)
 
 
+@_bfloat16_in_float32
 def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
     """Differentiable :func:`cuproi.ps_roi_align` on tensors, a drop-in for torchvision's.
 
@@ -85,7 +86,7 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     ----------
     input : (N, C, H, W) Tensor
         Position-sensitive score maps, ``C`` a multiple of ``PH * PW``; float16, float32 or
-        float64, on the CPU or a CUDA device.
+        float64 (bfloat16 is computed in float32), on the CPU or a CUDA device.
     boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
         ``[batch_index, x1, y1, x2, y2]``, or one ``[x1, y1, x2, y2]`` tensor per image.
     output_size, spatial_scale, sampling_ratio
@@ -174,6 +175,7 @@ def _ps_roi_pool_grad(ctx, grad):
 _ps_roi_pool.register_autograd(_ps_roi_pool_grad, setup_context=_ps_roi_pool_setup)
 
 
+@_bfloat16_in_float32
 def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Differentiable :func:`cuproi.ps_roi_pool` on tensors, a drop-in for torchvision's.
 

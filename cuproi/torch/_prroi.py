@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch._common import _rois, _stream
+from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
 
 
 @torch.library.custom_op("cuproi::prroi_pool", mutates_args=())
@@ -86,13 +86,15 @@ def _prroi_pool_grad(ctx, grad):
 _prroi_pool.register_autograd(_prroi_pool_grad, setup_context=_prroi_pool_setup)
 
 
+@_bfloat16_in_float32
 def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Differentiable :func:`cuproi.prroi_pool` on tensors (mmcv's ``prroi_pool``).
 
     Parameters
     ----------
     input : (N, C, H, W) Tensor
-        Features, float16, float32 or float64, on the CPU or a CUDA device.
+        Features, float16, float32 or float64 (bfloat16 is computed in float32), on the CPU
+        or a CUDA device.
     boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
         ``[batch_index, x1, y1, x2, y2]``, or one ``[x1, y1, x2, y2]`` tensor per image.
     output_size, spatial_scale

@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch._common import _stream
+from cuproi.torch._common import _bfloat16_in_float32, _stream
 
 
 def _rotated_rois(boxes, like):
@@ -94,6 +94,7 @@ _roi_align_rotated.register_autograd(
 )
 
 
+@_bfloat16_in_float32
 def roi_align_rotated(
     input, boxes, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True, clockwise=False
 ):
@@ -102,7 +103,8 @@ def roi_align_rotated(
     Parameters
     ----------
     input : (N, C, H, W) Tensor
-        Features, float16, float32 or float64, on the CPU or a CUDA device.
+        Features, float16, float32 or float64 (bfloat16 is computed in float32), on the CPU
+        or a CUDA device.
     boxes : (K, 6) Tensor or list of (L_i, 5) Tensors
         ``[batch_index, cx, cy, w, h, angle]`` with the angle in degrees, counter-clockwise
         (detectron2's convention; for mmcv's radians pass ``angle * 180 / pi``), or one
