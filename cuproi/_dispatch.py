@@ -4,11 +4,12 @@
 ``cuproi._cuda`` for CUDA memory) that exposes the same functions under the same names, plus its
 array module as ``xp``; nothing else in cuproi asks which kind of array it holds.
 
-NumPy and CuPy arrays are used as they are. Any other array with ``__dlpack__`` (a PyTorch
-tensor, a JAX array, ...) comes in through ``numpy.from_dlpack`` or ``cupy.from_dlpack``
-without a copy, and results go back through the caller's own ``from_dlpack``: torch in, torch
-out; JAX in, JAX out. CuPy's ``from_dlpack`` hands its current stream to the producer, and
-torch's hands its own to CuPy, so no explicit synchronisation is needed on the way in or out.
+NumPy and CuPy arrays are used as they are (byte-swapped NumPy data is swapped to native
+order). Any other array with ``__dlpack__`` (a PyTorch tensor, a JAX array, ...) comes in
+through ``numpy.from_dlpack`` or ``cupy.from_dlpack`` without a copy, and results go back
+through the caller's own ``from_dlpack``: torch in, torch out; JAX in, JAX out. CuPy's
+``from_dlpack`` hands its current stream to the producer, and torch's hands its own to CuPy, so
+no explicit synchronisation is needed on the way in or out.
 """
 
 import sys
@@ -53,6 +54,8 @@ def _device(array, name):
 def _native(array, device, name):
     """The array as NumPy (host) or CuPy (CUDA), sharing memory with a foreign one."""
     cupy = sys.modules.get("cupy")
+    if isinstance(array, np.ndarray) and not array.dtype.isnative:  # byte-swapped (from a file)
+        return array.astype(array.dtype.newbyteorder("="))
     if isinstance(array, np.ndarray) or (cupy is not None and isinstance(array, cupy.ndarray)):
         return array
     if getattr(array, "requires_grad", False):  # torch will not export a tensor with a graph

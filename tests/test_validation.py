@@ -467,6 +467,24 @@ def test_input_unsupported_dtype(op, dtype):
         call(op, x, input_shape=(N, C, H, W))
 
 
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_byte_swapped_arrays_are_read_as_native(op, dtype):
+    """Big-endian NumPy data (from a file, say) gives the results, and dtypes, of native data:
+    every array argument (features, boxes, offsets, gradients, argmax) is swapped on the way in."""
+    x, b = features(dtype), boxes()
+    k = len(b)
+    arrays = {
+        "grad": default_grad(k, dtype=dtype),
+        "offset": default_offset(k, dtype),
+        "argmax": default_argmax((k, C, *OUT)),
+    }
+    swapped = {name: a.astype(a.dtype.newbyteorder(">")) for name, a in arrays.items()}
+    big = [a.astype(a.dtype.newbyteorder(">")) for a in (x, b)]
+    assert not big[0].dtype.isnative
+    _assert_same(call(op, *big, **swapped), call(op, x, b, **arrays))
+
+
 @pytest.mark.parametrize("op", WITH_INPUT)
 @pytest.mark.parametrize(
     "x, label, kind",
