@@ -398,6 +398,43 @@ def test_packs_start_as_plain_pooling_and_train(module):
         pack(torch.randn(2, 5, 16, 16), boxes)
 
 
+def _mmcv_head(sizes, last):
+    """mmcv's head layout: Linear, ReLU, ..., Linear, then ``last`` modules, in one Sequential."""
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1], *last)
+
+
+def test_packs_load_mmcv_checkpoints():
+    """The packs' parameters have mmcv's names and shapes (offset_fc: three Linear layers,
+    mask_fc: two then a Sigmoid), so an mmcv state dict loads strictly, and is used."""
+    c, hidden, bins = 4, 16, 6  # output (2, 3)
+    mmcv = torch.nn.Module()
+    mmcv.offset_fc = _mmcv_head([bins * c, hidden, hidden, bins * 2], [])
+    mmcv.mask_fc = _mmcv_head([bins * c, hidden, bins], [torch.nn.Sigmoid()])
+    state = mmcv.state_dict()
+    assert sorted(state) == sorted(
+        f"{head}.{i}.{p}"
+        for head, layers in (("offset_fc", (0, 2, 4)), ("mask_fc", (0, 2)))
+        for i in layers
+        for p in ("weight", "bias")
+    )
+    plain = ct.DeformRoIPoolPack((2, 3), c, hidden)
+    plain.load_state_dict({k: v for k, v in state.items() if k.startswith("offset_fc")})
+    modulated = ct.ModulatedDeformRoIPoolPack((2, 3), c, hidden)
+    modulated.load_state_dict(state)
+    x = torch.randn(1, c, 8, 8)
+    boxes = torch.tensor([[0, 1.0, 1.0, 6.0, 7.0]])
+    features = ct.deform_roi_pool(x, boxes, None, (2, 3)).flatten(1)
+    with torch.no_grad():
+        modulated(x, boxes)
+        plain(x, boxes)
+        torch.testing.assert_close(modulated.mask.flatten(1), mmcv.mask_fc(features))
+        torch.testing.assert_close(modulated.offset.flatten(1), mmcv.offset_fc(features))
+        torch.testing.assert_close(plain.offset, modulated.offset)
+
+
 def test_import_cuproi_does_not_import_torch():
     code = "import sys, cuproi; assert 'torch' not in sys.modules and 'cupy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

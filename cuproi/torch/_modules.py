@@ -168,9 +168,9 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
             output_size, output_channels, deform_fc_channels, spatial_scale, sampling_ratio, gamma
         )
         ph, pw = self.output_size
-        self.mask_fc = nn.Sequential(
-            _head(ph * pw * output_channels, deform_fc_channels, ph * pw, 2), nn.Sigmoid()
-        )
+        # One flat Sequential, as in mmcv, so that its checkpoints load (mask_fc.0, mask_fc.2).
+        head = _head(ph * pw * output_channels, deform_fc_channels, ph * pw, 2)
+        self.mask_fc = nn.Sequential(*head, nn.Sigmoid())
         self.mask = None
 
     def forward(self, input, rois):
