@@ -57,6 +57,13 @@ def spatial_scale(value):
     return scale
 
 
+def pool_mode(value):
+    """RoI Align's ``"avg"`` or ``"max"``."""
+    if value not in ("avg", "max"):
+        raise ValueError(f"pool_mode must be 'avg' or 'max'; got {value!r}")
+    return value
+
+
 def sampling_ratio(value):
     ratio = _integer(value, "sampling_ratio")
     if ratio > MAX_SAMPLING_RATIO:

@@ -18,8 +18,6 @@ _CONVENTIONS = """
 """
 
 
-_POOL_MODES = ("avg", "max")
-
 _MAX_MODE = """
     ``pool_mode="max"`` (mmcv's ``RoIAlign(pool_mode='max')``) keeps the largest of the bin's
     ``gh x gw`` bilinear samples instead of their average, on the same sampling grid (both
@@ -28,12 +26,6 @@ _MAX_MODE = """
     wins, so NaN propagates as in :func:`roi_pool`; a bin without samples (a zero-size aligned
     box with adaptive sampling) gives 0, where mmcv gives -FLT_MAX on CUDA and -10000 on CPU.
 """
-
-
-def _pool_mode(value):
-    if value not in _POOL_MODES:
-        raise ValueError(f"pool_mode must be 'avg' or 'max'; got {value!r}")
-    return value
 
 
 def _forward_input(backend, value, shape, name="input"):
@@ -120,7 +112,7 @@ def roi_align(
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
-    mode = _pool_mode(pool_mode)
+    mode = _validate.pool_mode(pool_mode)
     x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     forward = backend.roi_align_forward if mode == "avg" else backend.roi_align_max_forward
@@ -203,7 +195,7 @@ def roi_align_backward(
            [0.25, 0.25, 0.  ],
            [0.  , 0.  , 0.  ]], dtype=float32)
     """
-    mode = _pool_mode(pool_mode)
+    mode = _validate.pool_mode(pool_mode)
     if mode == "max" and input is None:
         raise ValueError(
             "roi_align_backward with pool_mode='max' needs input=, the features of the forward "
@@ -312,7 +304,7 @@ def roi_align_box_backward(
     >>> cuproi.roi_align_box_backward(g, x, boxes, 1, sampling_ratio=2, aligned=True)
     array([[0. , 0.5, 2. , 0.5, 2. ]])
     """
-    mode = _pool_mode(pool_mode)
+    mode = _validate.pool_mode(pool_mode)
     backend, (g, x, b), restore = _dispatch.prepare(
         grad_output=grad_output, input=input, boxes=boxes
     )

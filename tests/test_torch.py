@@ -370,6 +370,13 @@ def test_modules_equal_functions():
         ct.deform_roi_pool(x, boxes, offset, (3, 4), 0.7),
     )
     assert "aligned=True" in repr(ct.RoIAlign(3, 0.7, 2, True))
+    torch.testing.assert_close(
+        ct.RoIAlign(3, 0.7, 2, True, pool_mode="max")(x, boxes),
+        ct.roi_align(x, boxes, 3, 0.7, 2, True, "max"),
+    )
+    assert "pool_mode='max'" in repr(ct.RoIAlign(3, 0.7, 2, pool_mode="max"))
+    with pytest.raises(ValueError, match="pool_mode must be 'avg' or 'max'; got 'mean'"):
+        ct.RoIAlign(3, 0.7, 2, pool_mode="mean")
 
 
 @pytest.mark.parametrize("module", ["DeformRoIPoolPack", "ModulatedDeformRoIPoolPack"])

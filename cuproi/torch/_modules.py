@@ -9,24 +9,32 @@ from cuproi.torch._pool import roi_pool
 
 
 class RoIAlign(nn.Module):
-    """Module form of :func:`roi_align` (torchvision's ``RoIAlign``)."""
+    """Module form of :func:`roi_align` (torchvision's ``RoIAlign``; also mmcv's max mode)."""
 
-    def __init__(self, output_size, spatial_scale, sampling_ratio, aligned=False):
+    def __init__(self, output_size, spatial_scale, sampling_ratio, aligned=False, pool_mode="avg"):
         super().__init__()
         self.output_size = _validate.output_size(output_size)
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
+        self.pool_mode = _validate.pool_mode(pool_mode)  # mmcv's RoIAlign(pool_mode="max")
 
     def forward(self, input, rois):
         return roi_align(
-            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
+            input,
+            rois,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
+            self.pool_mode,
         )
 
     def extra_repr(self):
+        mode = "" if self.pool_mode == "avg" else f", pool_mode={self.pool_mode!r}"
         return (
             f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}{mode}"
         )
 
 
