@@ -20,15 +20,8 @@ class RoIAlign(nn.Module):
         self.pool_mode = _validate.pool_mode(pool_mode)  # mmcv's RoIAlign(pool_mode="max")
 
     def forward(self, input, rois):
-        return roi_align(
-            input,
-            rois,
-            self.output_size,
-            self.spatial_scale,
-            self.sampling_ratio,
-            self.aligned,
-            self.pool_mode,
-        )
+        mode = (self.sampling_ratio, self.aligned, self.pool_mode)
+        return roi_align(input, rois, self.output_size, self.spatial_scale, *mode)
 
     def extra_repr(self):
         mode = "" if self.pool_mode == "avg" else f", pool_mode={self.pool_mode!r}"
