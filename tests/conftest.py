@@ -1,12 +1,43 @@
-"""Shared fixtures: the backends every op is checked on, and tolerances per dtype."""
+"""Shared fixtures: the backends every op is checked on, tolerances per dtype, and the CuPy the
+tests see (real CuPy with a GPU, the stand-in of tests/cupy_standin without one)."""
 
+import functools
+import os
+import sys
+import threading
 import types
 
 import host
 import numpy as np
 import pytest
 
+import cuproi
 from cuproi import _cpu
+
+
+def _cupy_for_the_tests():
+    """Real CuPy where it sees a GPU; elsewhere the stand-in, installed as ``cupy``.
+
+    CUPROI_CUPY=standin asks for the stand-in even where a GPU is present.
+    """
+    if os.environ.get("CUPROI_CUPY") != "standin":
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                return cupy
+        except Exception:  # no CuPy, or no driver or device
+            pass
+        for name in [n for n in sys.modules if n.split(".")[0] in ("cupy", "cupyx")]:
+            del sys.modules[name]
+    import cupy_standin
+
+    return cupy_standin.install()
+
+
+CUPY = _cupy_for_the_tests()
+STANDIN = CUPY.__name__ == "cupy_standin"
+DEVICES = CUPY.cuda.runtime.getDeviceCount()
 
 # Every function of the backends (cuproi._cpu and cuproi._cuda expose the same names).
 BACKEND_OPS = tuple(_cpu.__all__)
@@ -36,3 +67,53 @@ def host_backend():
 def backend(request):
     """A backend module: the NumPy/SciPy one, or the CUDA kernels run on the host."""
     return _cpu if request.param == "cpu" else host_backend()
+
+
+_outermost = threading.local()
+
+
+def _from_device_zero(function, cupy):
+    """``function`` called with device 0 current; its CuPy results stay on its inputs' device."""
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        if getattr(_outermost, "inside", False):  # cuproi calling itself: untouched
+            return function(*args, **kwargs)
+        _outermost.inside = True
+        try:
+            with cupy.cuda.Device(0):
+                result = function(*args, **kwargs)
+        finally:
+            _outermost.inside = False
+        here = cupy.cuda.Device().id
+        for out in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(out, cupy.ndarray):
+                assert out.device.id == here, f"{function.__name__} returned on {out.device}"
+        return result
+
+    return call
+
+
+@pytest.fixture(autouse=True)
+def _gpu_inputs_on_the_second_device(request, monkeypatch):
+    """With two devices, every GPU test makes its arrays on device 1 while cuproi is called with
+    device 0 current: each call must run, allocate and validate on its input's device."""
+    if DEVICES < 2 or request.node.get_closest_marker("gpu") is None:
+        yield
+        return
+    from cuproi import _cuda
+
+    for module in (cuproi, _cuda):
+        for name in module.__all__:
+            if callable(getattr(module, name)):
+                monkeypatch.setattr(module, name, _from_device_zero(getattr(module, name), CUPY))
+    with CUPY.cuda.Device(1):
+        yield
+
+
+@pytest.fixture
+def host_syncs():
+    """The stand-in's log of a block: ``with host_syncs() as log`` (skips on a real GPU)."""
+    if not STANDIN:
+        pytest.skip("the transfer log is the CuPy stand-in's")
+    return CUPY.record

@@ -11,8 +11,10 @@ the launch's blocks and threads instead (shim.h, block simulator), in a chosen o
 import contextlib
 import ctypes
 import functools
+import hashlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -42,32 +44,47 @@ def _build_dir():
 @functools.cache
 def library(name):
     """kernels/<name>.cu compiled for the host and loaded."""
-    folder = _build_dir()
-    src = folder / f"{name}.cu"
-    src.write_text(_source.source(name))
-    lib = folder / f"{name}.so"
-    subprocess.run(
-        [
-            COMPILER,
-            "-O2",
-            "-std=c++17",
-            "-shared",
-            "-fPIC",
-            "-Wall",
-            "-Werror",
-            "-include",
-            str(SHIM),
-            "-x",
-            "c++",
-            str(src),
-            "-o",
-            str(lib),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return ctypes.CDLL(str(lib))
+    return build(_source.source(name))
+
+
+def _compile(text, *flags, suffix):
+    """Run the host compiler with shim.h on ``text``; the output file's path, cached by both."""
+    key = hashlib.sha256("\0".join((text, *flags)).encode()).hexdigest()[:24]
+    out = _build_dir() / f"{key}{suffix}"
+    if not out.exists():
+        src = _build_dir() / f"{key}.cu"
+        src.write_text(text)
+        command = [COMPILER, "-std=c++17", "-include", str(SHIM), "-x", "c++", str(src)]
+        subprocess.run([*command, *flags, "-o", str(out)], check=True, capture_output=True)
+    return out
+
+
+@functools.cache
+def build(text):
+    """CUDA source ``text`` compiled for the host and loaded."""
+    flags = ("-O2", "-shared", "-fPIC", "-Wall", "-Werror")
+    return ctypes.CDLL(str(_compile(text, *flags, suffix=".so")))
+
+
+_ENTRY = re.compile(r'extern "C" void (\w+)\s*\(([^)]*)\)')
+
+
+@functools.cache
+def signatures(text):
+    """{entry point: (parameter type, ...)} of the ``extern "C"`` kernels in CUDA ``text``.
+
+    Read from the preprocessed source (the entry points are written by macros); each type is
+    as declared, e.g. ``const cuproi::half*`` or ``long long``, without its parameter name.
+    """
+    expanded = _compile(text, "-E", "-P", suffix=".ii").read_text()
+    found = {}
+    for name, params in _ENTRY.findall(expanded):
+        if name.startswith(("cuproi_host_", "_")):  # the shim's own, the C library's
+            continue
+        found[name] = tuple(
+            " ".join(p.split()).rsplit(" ", 1)[0].replace(" *", "*") for p in params.split(",")
+        )
+    return found
 
 
 _grid = None  # the settings of `blocks` while it is on

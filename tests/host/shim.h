@@ -128,6 +128,20 @@ inline void __syncthreads() {
   cuproi_host::hand_over();
   cuproi_host::wait_turn(lock);
 }
+// CuPy compiles with -ftz=true: float32 arithmetic flushes subnormal inputs and results to zero.
+// The CuPy stand-in (tests/cupy_standin) mirrors it around a float32 kernel with the SSE control
+// bits FTZ and DAZ, which flush float64 too (kernels of float32 data rarely hold subnormal
+// doubles); elsewhere these return 0 and nothing is flushed.
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+extern "C" unsigned cuproi_host_flush_subnormals(int on) {
+  const unsigned before = _mm_getcsr();
+  _mm_setcsr(on ? before | 0x8040u : before & ~0x8040u);
+  return before;
+}
+#else
+extern "C" unsigned cuproi_host_flush_subnormals(int) { return 0; }
+#endif
 template <typename T> inline T __ldg(const T* p) { return *p; }
 template <typename T> inline T atomicAdd(T* p, T v) {
   const T old = *p;
