@@ -45,6 +45,12 @@ def _ints(*values):
     return tuple(np.int32(v) for v in values)
 
 
+def _unused(xp, dtype):
+    """An empty array (a null pointer) of ``dtype`` for a kernel argument the launch never reads
+    or writes: the kernel's pointer type is honoured, and nothing is allocated."""
+    return xp.empty(0, dtype)
+
+
 # NCHW features with at least this many channels are transposed for the channels-last kernels:
 # the lanes of a warp take 32 consecutive channels of one bin there (kernels/roi_align.cu), which
 # fewer channels would leave idle. Features stored channels last take them with any channels.
@@ -112,9 +118,8 @@ class _GradSum:
     def __init__(self, xp, shape, dtype, grad_output, deterministic):
         self.value = xp.zeros(shape, dtype)
         self.deterministic = bool(deterministic) and grad_output.size > 0
-        if not self.deterministic:
-            # The kernel never touches these two arguments; any device array will do.
-            self.fixed = self.exponent = self.value
+        if not self.deterministic:  # the kernel never touches these two
+            self.fixed, self.exponent = _unused(xp, np.uint64), _unused(xp, np.int32)
             return
         self.fixed = xp.zeros((*shape, 2), np.uint64)
         g = grad_output.astype(dtype, copy=False)
@@ -206,16 +211,12 @@ class _BoxGrad:
         self.xp = xp
         shape = (grad_output.size, 4) if self.deterministic else (self.k, 5)
         self.value = xp.zeros(shape, dtype)
-        # The kernel reads *exponent only in deterministic input-gradient mode: never here.
-        self.exponent = xp.zeros(1, np.int32)
+        # The kernel never touches the input-gradient buffers when it computes the box gradient.
+        self.unused = (_unused(xp, dtype), _unused(xp, np.uint64), _unused(xp, np.int32))
 
     def args(self):
-        """Kernel arguments in the place of _GradSum.args (the same deterministic flag).
-
-        The input-gradient buffers are this gradient's: the kernel never touches them when it
-        computes the box gradient.
-        """
-        return self.value, self.value, self.exponent, np.int32(self.deterministic)
+        """Kernel arguments in the place of _GradSum.args (the same deterministic flag)."""
+        return (*self.unused, np.int32(self.deterministic))
 
     def result(self):
         if not self.deterministic:
@@ -295,8 +296,8 @@ def roi_align_backward(
         rois,
         *scalars,
         *grad.args(),
-        grad_output,  # input: not read for the input gradient
-        grad.value,  # grad_rois: not written
+        _unused(xp, grad_output.dtype),  # input: not read for the input gradient
+        _unused(xp, rois.dtype),  # grad_rois: not written
         np.int32(0),
     )
     return grad.result(launch, grad_output.dtype)
@@ -419,8 +420,8 @@ def deform_roi_pool_backward(
             rois,
             *scalars,
             *box.args(),
-            box.value,  # grad_offset and grad_mask: never touched here either
-            box.value,
+            _unused(xp, ct),  # grad_offset and grad_mask: never touched here either
+            _unused(xp, ct),
             box.value,  # grad_rois
             np.int32(1),
         )
@@ -434,11 +435,12 @@ def deform_roi_pool_backward(
     grad_offset = None if offset is None else xp.zeros((*per_channel, 2, pooled_h, pooled_w), ct)
     grad_mask = None if mask is None else xp.zeros((*per_channel, 1, pooled_h, pooled_w), ct)
     if nhwc:  # the features are read only for the offset and mask gradients
-        features = rois if offset is None and mask is None else _nhwc(xp, launch, input)
+        unread = offset is None and mask is None
+        features = _unused(xp, input.dtype) if unread else _nhwc(xp, launch, input)
         items, last = k * tiles, ()
-    else:
-        features, items, last = _nchw(xp, input), grad_output.size, (rois, np.int32(0))
-    # Without offsets (mask) the kernel never touches those pointers; any device array will do.
+    else:  # grad_rois: not written
+        features, items, last = _nchw(xp, input), grad_output.size, (_unused(xp, ct), np.int32(0))
+    # Without offsets (mask) the kernel never touches their gradients.
     _run(
         launch,
         "deform_roi_pool",
@@ -450,8 +452,8 @@ def deform_roi_pool_backward(
         rois,
         *scalars,
         *grad.args(),
-        rois if grad_offset is None else grad_offset,
-        rois if grad_mask is None else grad_mask,
+        _unused(xp, ct) if grad_offset is None else grad_offset,
+        _unused(xp, ct) if grad_mask is None else grad_mask,
         *last,
         per_block=nhwc,
     )
@@ -515,7 +517,7 @@ def roi_align_max_backward(
         _run(launch, "roi_align_max", "backward", input.dtype, size, *head, *args)
         return box.result()
     grad = _GradSum(xp, input.shape, rois.dtype, grad_output, deterministic)
-    args = (*grad.args(), grad.value, np.int32(0))  # grad_rois: not written
+    args = (*grad.args(), _unused(xp, rois.dtype), np.int32(0))  # grad_rois: not written
     _run(launch, "roi_align_max", "backward", input.dtype, size, *head, *args)
     result = grad.result(launch, grad_output.dtype)
     return _layout.as_channels_last(xp, result) if channels_last else result
@@ -704,7 +706,7 @@ def prroi_pool_backward(
         return box.result()
     grad = _GradSum(xp, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
     # The input is not read for the input gradient, and grad_rois is not written.
-    args = (*grad.args(), grad_output, grad.value, np.int32(0))
+    args = (*grad.args(), _unused(xp, grad_output.dtype), _unused(xp, ct), np.int32(0))
     _run(launch, "prroi_pool", "backward", grad_output.dtype, size, *head, *args)
     return grad.result(launch, grad_output.dtype)
 
