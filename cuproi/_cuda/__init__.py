@@ -8,13 +8,13 @@ from cuproi._cuda import _ops
 
 
 def _on_device(op):
-    def run(first, *args):
+    def run(first, *args, **kwargs):
         import cupy
 
         from cuproi._cuda._launch import launch
 
         with first.device:
-            return op(cupy, launch, first, *args)
+            return op(cupy, launch, first, *args, **kwargs)
 
     run.__name__ = run.__qualname__ = op.__name__
     return run
@@ -39,14 +39,14 @@ prroi_pool_forward = _on_device(_ops.prroi_pool_forward)
 prroi_pool_backward = _on_device(_ops.prroi_pool_backward)
 
 
-def multi_scale_roi_align_forward(features, *args):
+def multi_scale_roi_align_forward(features, *args, **kwargs):
     """The fused multi-level forward, on the device of the first level's features."""
     import cupy
 
     from cuproi._cuda._launch import launch
 
     with features[0].device:
-        return _ops.multi_scale_roi_align_forward(cupy, launch, features, *args)
+        return _ops.multi_scale_roi_align_forward(cupy, launch, features, *args, **kwargs)
 
 
 __all__ = [
