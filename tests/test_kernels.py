@@ -223,3 +223,23 @@ def test_nvrtc_compiles(source):
     finally:
         nvrtc.destroyProgram(program)
     assert set(re.findall(r"\.visible \.entry (\w+)\(", ptx)) == entries(source)
+
+
+@pytest.mark.parametrize("per_block", [False, True])
+def test_int64_index_where_the_loop_index_would_wrap(per_block):
+    """The grid-stride loop's index runs up to ``items - 1 + stride``: once that passes int32's
+    largest value (8140 boxes x 1024 channels x 16 x 16 outputs, say), the _i64 entry point is
+    taken, though no array reaches 2**31 elements. Launched on a spy: nothing is allocated."""
+    from cuproi._cuda import _launch
+
+    entries = []
+
+    def spy(name, entry, n, args, per_block=False):
+        entries.append((entry, type(args[0])))
+
+    stride = _launch.grid(2**31 - 1, per_block)[1]
+    wraps = [2**31 - stride + 1] + ([] if per_block else [8140 * 1024 * 16 * 16])
+    for items in (2**31 - stride, *wraps):
+        _ops._run(spy, "roi_align", "forward", np.float32, items, per_block=per_block)
+    narrow = ("cuproi_roi_align_forward_f32", np.int32)
+    assert entries == [narrow] + [("cuproi_roi_align_forward_f32_i64", np.int64)] * len(wraps)

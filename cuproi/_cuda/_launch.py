@@ -24,6 +24,12 @@ def _kernels():
     return kernel
 
 
+def grid(n, per_block=False):
+    """Blocks of the launch of ``n`` items, and the stride of its grid-stride loop."""
+    blocks = min(n if per_block else -(-n // _THREADS), _MAX_BLOCKS)
+    return blocks, blocks if per_block else blocks * _THREADS
+
+
 def launch(name, entry, n, args, per_block=False):
     """Run ``entry`` of kernels/<name>.cu over ``n`` elements on the current device and stream.
 
@@ -32,5 +38,4 @@ def launch(name, entry, n, args, per_block=False):
     """
     if n == 0:
         return
-    blocks = min(n if per_block else -(-n // _THREADS), _MAX_BLOCKS)
-    _kernels()(name, entry)((blocks,), (_THREADS,), args)
+    _kernels()(name, entry)((grid(n, per_block)[0],), (_THREADS,), args)

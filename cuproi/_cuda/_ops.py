@@ -14,6 +14,7 @@ RoI Align and Deformable RoI Pooling may also be stored channels last (``cuproi.
 import numpy as np
 
 from cuproi import _layout
+from cuproi._cuda import _launch
 
 # Arrays of this many elements or more take the _i64 entry points (int32 flat indices overflow).
 LARGE = 2**31
@@ -29,12 +30,15 @@ def _run(launch, op, direction, dtype, items, *args, per_block=False):
     """Launch ``items`` work items of ``op``'s ``direction`` entry point for ``dtype`` features.
 
     Every kernel takes the item count first, in its index type, as are the ``_Index`` among
-    ``args``: int32, or int64 in the _i64 variant, taken once any array among the arguments
-    reaches LARGE elements, whichever it is (an offset into a buffer of box terms, 4 per output
-    element, or of deformable offsets, twice the output with one channel, overflows int32
-    before the features or the output do).
+    ``args``: int32, or int64 in the _i64 variant. The _i64 variant is taken once any array
+    among the arguments reaches LARGE elements, whichever it is (an offset into a buffer of box
+    terms, 4 per output element, or of deformable offsets, twice the output with one channel,
+    overflows int32 before the features or the output do), or once the grid-stride loop's last
+    step, ``items - 1 + stride``, would pass int32's largest value: the loop index would wrap
+    to a negative value below ``items`` and the loop would go on writing out of bounds.
     """
-    large = any(getattr(a, "ndim", 0) and a.size >= LARGE for a in args)
+    stride = _launch.grid(items, per_block)[1]
+    large = items + stride > 2**31 or any(getattr(a, "ndim", 0) and a.size >= LARGE for a in args)
     index = np.int64 if large else np.int32
     entry = f"cuproi_{op}_{direction}_{_SUFFIX[np.dtype(dtype)]}" + ("_i64" if large else "")
     args = [index(a) if isinstance(a, _Index) else a for a in args]
