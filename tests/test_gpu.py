@@ -10,6 +10,8 @@ from test_kernels import SOURCES, entries
 from test_ops import SHAPE, _oracle, assert_close, box_zoo, features, rois_for
 
 import cuproi
+from conftest import STANDIN
+
 from cuproi import _cpu
 from cuproi._cuda import _ops
 
@@ -24,6 +26,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(DEVICES == 0, reason="no CUDA 
 from cuproi import _cuda  # noqa: E402  (after the skip: its functions need a device)
 
 DTYPES = [np.float16, np.float32, np.float64]
+# Boxes of the run-to-run determinism tests: on a GPU, enough for thousands of atomic adds to
+# land on every cell in a different order each run. The stand-in runs one host thread, which
+# has no order to vary: a few boxes cover the same code at a small part of the cost.
+MANY = 256 if STANDIN else 4096
 
 
 def test_every_entry_point_compiles():
@@ -171,13 +177,13 @@ def test_deterministic_backward_is_bit_identical_across_runs(dtype):
     """Many boxes over one small map: thousands of atomic adds land on every cell."""
     rng = np.random.default_rng(0)
     x = cupy.asarray(rng.standard_normal((2, 64, 20, 24)).astype(dtype))
-    corner = rng.uniform(-2, [22, 18], (4096, 2))
+    corner = rng.uniform(-2, [22, 18], (MANY, 2))
     rois = np.column_stack(
-        [rng.integers(0, 2, 4096), corner, corner + rng.uniform(1, 12, (4096, 2))]
+        [rng.integers(0, 2, MANY), corner, corner + rng.uniform(1, 12, (MANY, 2))]
     )
     rois = cupy.asarray(rois.astype(dtype))
-    g = cupy.asarray(rng.standard_normal((4096, 64, 7, 7)).astype(dtype))
-    offset = cupy.asarray(rng.normal(0, 0.5, (4096, 2, 7, 7)).astype(dtype))
+    g = cupy.asarray(rng.standard_normal((MANY, 64, 7, 7)).astype(dtype))
+    offset = cupy.asarray(rng.normal(0, 0.5, (MANY, 2, 7, 7)).astype(dtype))
     _, argmax = cuproi.roi_pool(x, rois, 7, return_argmax=True)
 
     def run(deterministic):
@@ -345,7 +351,7 @@ def test_multi_scale_deterministic_backward_is_bit_identical_across_runs():
     from test_multi_scale import SCALES, SHAPES
 
     rng = np.random.default_rng(0)
-    k = 4096
+    k = MANY
     side = np.exp(rng.uniform(np.log(16), np.log(500), (k, 2)))
     corner = rng.uniform(0, 200, (k, 2))
     rois = np.column_stack([rng.integers(0, 2, k), corner, corner + side]).astype(np.float32)
@@ -438,12 +444,12 @@ def test_ps_ops_match_numpy_backend(dtype):
 def test_ps_deterministic_backward_is_bit_identical_across_runs(dtype):
     rng = np.random.default_rng(0)
     shape = (2, 4 * 49, 20, 24)
-    corner = rng.uniform(-2, [22, 18], (4096, 2))
+    corner = rng.uniform(-2, [22, 18], (MANY, 2))
     rois = np.column_stack(
-        [rng.integers(0, 2, 4096), corner, corner + rng.uniform(1, 12, (4096, 2))]
+        [rng.integers(0, 2, MANY), corner, corner + rng.uniform(1, 12, (MANY, 2))]
     )
     rois = cupy.asarray(rois.astype(dtype))
-    g = cupy.asarray(rng.standard_normal((4096, 4, 7, 7)).astype(dtype))
+    g = cupy.asarray(rng.standard_normal((MANY, 4, 7, 7)).astype(dtype))
 
     def run(deterministic):
         det = {"deterministic": deterministic}
@@ -567,12 +573,12 @@ def test_prroi_pool_matches_the_cpu_backend(dtype, deterministic):
 def test_prroi_pool_deterministic_backward_is_bit_identical_across_runs():
     rng = np.random.default_rng(0)
     shape = (2, 4, 20, 24)
-    corner = rng.uniform(-2, [22, 18], (4096, 2))
+    corner = rng.uniform(-2, [22, 18], (MANY, 2))
     rois = np.column_stack(
-        [rng.integers(0, 2, 4096), corner, corner + rng.uniform(1, 12, (4096, 2))]
+        [rng.integers(0, 2, MANY), corner, corner + rng.uniform(1, 12, (MANY, 2))]
     )
     rois = cupy.asarray(rois.astype(np.float32))
-    g = cupy.asarray(rng.standard_normal((4096, 4, 7, 7)).astype(np.float32))
+    g = cupy.asarray(rng.standard_normal((MANY, 4, 7, 7)).astype(np.float32))
     x = cupy.asarray(rng.standard_normal(shape).astype(np.float32))
 
     def run():
@@ -660,7 +666,7 @@ def test_rotated_matches_numpy_backend(dtype):
 def test_rotated_deterministic_backward_is_bit_identical_across_runs(dtype):
     rng = np.random.default_rng(0)
     shape = (2, 32, 20, 24)
-    k = 4096
+    k = MANY
     rois = np.column_stack(
         [
             rng.integers(0, 2, k),

@@ -12,6 +12,9 @@ launch is recorded.
 
 import ctypes
 import functools
+import hashlib
+import json
+import os
 import platform
 import re
 import shutil
@@ -54,9 +57,13 @@ _REGISTERS_PER_BLOCK = 65536
 
 @functools.cache
 def _resources(code):
-    """{entry: (registers, static shared bytes)} from ptxas, or {} without nvcc."""
+    """{entry: (registers, static shared bytes)} from ptxas, or {} without nvcc (kept beside
+    the host builds, by a hash of the code)."""
     if NVCC is None:
         return {}
+    saved = host._build_dir() / f"{hashlib.sha256(code.encode()).hexdigest()[:24]}.ptxas.json"
+    if saved.exists():
+        return {k: tuple(v) for k, v in json.loads(saved.read_text()).items()}
     with tempfile.TemporaryDirectory() as folder:
         src = Path(folder) / "module.cu"
         src.write_text(code)
@@ -75,6 +82,9 @@ def _resources(code):
         match = re.search(r"Used (\d+) registers.*?(\d+) bytes smem", line)
         if match and entry:
             found[entry] = (int(match.group(1)), int(match.group(2)))
+    partial = saved.with_name(f"{saved.name}.{os.getpid()}")
+    partial.write_text(json.dumps(found))
+    os.replace(partial, saved)
     return found
 
 

@@ -18,8 +18,9 @@ class CUDADriverError(RuntimeError):
     """The error CuPy raises for a failed driver call, such as a launch (cupy.cuda.driver)."""
 
 
-# Number of devices; tests set it with CUPROI_STANDIN_DEVICES (1 by default).
-DEVICES = int(os.environ.get("CUPROI_STANDIN_DEVICES", "1"))
+# Number of devices: CUPROI_STANDIN_DEVICES, 2 by default (the tests then put the inputs of
+# every GPU test on device 1 while device 0 is current: see conftest.py).
+DEVICES = int(os.environ.get("CUPROI_STANDIN_DEVICES", "2"))
 
 # Pairs (device, peer) between which peer access has been enabled (deviceEnablePeerAccess).
 peers = set()

@@ -38,7 +38,10 @@ _SCALARS = {
 
 @functools.cache
 def _build_dir():
-    return Path(tempfile.mkdtemp(prefix="cuproi-host-kernels-"))
+    """Builds are named by a hash of what made them, so test runs can share the folder."""
+    folder = Path(tempfile.gettempdir()) / f"cuproi-host-kernels-{os.getuid()}"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @functools.cache
@@ -49,13 +52,15 @@ def library(name):
 
 def _compile(text, *flags, suffix):
     """Run the host compiler with shim.h on ``text``; the output file's path, cached by both."""
-    key = hashlib.sha256("\0".join((text, *flags)).encode()).hexdigest()[:24]
+    key = hashlib.sha256("\0".join((SHIM.read_text(), text, *flags)).encode()).hexdigest()[:24]
     out = _build_dir() / f"{key}{suffix}"
     if not out.exists():
         src = _build_dir() / f"{key}.cu"
         src.write_text(text)
         command = [COMPILER, "-std=c++17", "-include", str(SHIM), "-x", "c++", str(src)]
-        subprocess.run([*command, *flags, "-o", str(out)], check=True, capture_output=True)
+        partial = out.with_name(f"{out.name}.{os.getpid()}")
+        subprocess.run([*command, *flags, "-o", str(partial)], check=True, capture_output=True)
+        os.replace(partial, out)  # whole, even with another run building it too
     return out
 
 
