@@ -12,6 +12,7 @@ through the caller's own ``from_dlpack``: torch in, torch out; JAX in, JAX out. 
 no explicit synchronisation is needed on the way in or out.
 """
 
+import functools
 import sys
 
 import numpy as np
@@ -96,6 +97,44 @@ def _restorer(framework):
         return jax.numpy.from_dlpack
     module = sys.modules.get(framework)
     return getattr(module, "from_dlpack", _identity)
+
+
+def _cuda_device(values):
+    """The CUDA device index of the first CUDA array among ``values`` (or in their lists)."""
+    cupy = sys.modules.get("cupy")
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            found = _cuda_device(value)
+            if found is not None:
+                return found
+        elif cupy is not None and isinstance(value, cupy.ndarray):
+            return value.device.id
+        elif not isinstance(value, np.ndarray) and hasattr(value, "__dlpack_device__"):
+            kind, index = value.__dlpack_device__()
+            if kind == _DLPACK_CUDA:
+                return index
+    return None
+
+
+def on_input_device(function):
+    """Run a public function with the CUDA device of its arrays current, if they have one.
+
+    CuPy allocates on the current device and runs every operation there, so the whole call
+    (conversion, validation, launches, the result) must see the inputs' device, not whichever
+    device the caller happens to have current.
+    """
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        device = _cuda_device((*args, *kwargs.values()))
+        if device is None:
+            return function(*args, **kwargs)
+        import cupy
+
+        with cupy.cuda.Device(device):
+            return function(*args, **kwargs)
+
+    return call
 
 
 def prepare(**arrays):

@@ -19,6 +19,7 @@ def _mask(xp, value, k, pooled, dtype, name="mask"):
     return xp.ascontiguousarray(value, dtype=_validate.compute_dtype(dtype))
 
 
+@_dispatch.on_input_device
 def deform_roi_pool(
     input,
     boxes,
@@ -107,6 +108,7 @@ def deform_roi_pool(
     return restore(backend.deform_roi_pool_forward(x, rois, o, scale, *pooled, ratio, shift, m))
 
 
+@_dispatch.on_input_device
 def deform_roi_pool_backward(
     grad_output,
     input,
@@ -219,6 +221,7 @@ def deform_roi_pool_backward(
     return restore(grad_input.astype(dtype, copy=False)), grad_offset, grad_mask
 
 
+@_dispatch.on_input_device
 def deform_roi_pool_box_backward(
     grad_output,
     input,

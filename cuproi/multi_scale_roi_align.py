@@ -125,6 +125,7 @@ def _count(levels, name):
     return len(levels)
 
 
+@_dispatch.on_input_device
 def multi_scale_roi_align(
     features,
     boxes,
@@ -220,6 +221,7 @@ def multi_scale_roi_align(
     )
 
 
+@_dispatch.on_input_device
 def multi_scale_roi_align_backward(
     grad_output,
     boxes,

@@ -26,6 +26,7 @@ _CONVENTIONS = """
 """
 
 
+@_dispatch.on_input_device
 def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Average the bilinear feature surface exactly over every bin (Precise RoI Pooling).
 
@@ -89,6 +90,7 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     return restore(backend.prroi_pool_forward(x, rois, scale, *pooled))
 
 
+@_dispatch.on_input_device
 def prroi_pool_backward(
     grad_output, boxes, input_shape, output_size, spatial_scale=1.0, *, deterministic=False
 ):
@@ -153,6 +155,7 @@ def prroi_pool_backward(
     )
 
 
+@_dispatch.on_input_device
 def prroi_pool_box_backward(
     grad_output, input, boxes, output_size, spatial_scale=1.0, *, deterministic=False
 ):

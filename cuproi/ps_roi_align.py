@@ -23,6 +23,7 @@ _CONVENTIONS = """
 """
 
 
+@_dispatch.on_input_device
 def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
     """Pool a fixed-size feature from every box, each bin from its own score map (PS RoI Align).
 
@@ -93,6 +94,7 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     return restore(backend.ps_roi_align_forward(x, rois, scale, *pooled, ratio))
 
 
+@_dispatch.on_input_device
 def ps_roi_align_backward(
     grad_output,
     boxes,

@@ -26,6 +26,7 @@ _CONVENTIONS = """
 """
 
 
+@_dispatch.on_input_device
 def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Average every quantized bin of every box over its own score map (PS RoI Pool).
 
@@ -93,6 +94,7 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     return restore(backend.ps_roi_pool_forward(x, rois, scale, *pooled))
 
 
+@_dispatch.on_input_device
 def ps_roi_pool_backward(
     grad_output, boxes, input_shape, output_size, spatial_scale=1.0, *, deterministic=False
 ):

@@ -36,6 +36,7 @@ def _forward_input(backend, value, shape, name="input"):
     return x
 
 
+@_dispatch.on_input_device
 def roi_align(
     input,
     boxes,
@@ -119,6 +120,7 @@ def roi_align(
     return restore(forward(x, rois, scale, *pooled, ratio, bool(aligned)))
 
 
+@_dispatch.on_input_device
 def roi_align_backward(
     grad_output,
     boxes,
@@ -236,6 +238,7 @@ def roi_align_backward(
     )
 
 
+@_dispatch.on_input_device
 def roi_align_box_backward(
     grad_output,
     input,

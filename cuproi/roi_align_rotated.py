@@ -40,6 +40,7 @@ def _flags(aligned, clockwise):
     return bool(aligned), bool(clockwise)
 
 
+@_dispatch.on_input_device
 def roi_align_rotated(
     input,
     boxes,
@@ -129,6 +130,7 @@ def roi_align_rotated(
     )
 
 
+@_dispatch.on_input_device
 def roi_align_rotated_backward(
     grad_output,
     boxes,

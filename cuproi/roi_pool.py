@@ -3,6 +3,7 @@
 from cuproi import _dispatch, _validate
 
 
+@_dispatch.on_input_device
 def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
     """Pool a fixed-size feature from every box by max pooling over quantized bins (RoI Pool).
 
@@ -69,6 +70,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
     return (restore(out), restore(argmax)) if return_argmax else restore(out)
 
 
+@_dispatch.on_input_device
 def roi_pool_backward(grad_output, boxes, argmax, input_shape, *, deterministic=False):
     """Gradient of :func:`roi_pool` with respect to its input features.
 
