@@ -4,6 +4,7 @@ Every op takes NumPy arrays (CPU backend) or CuPy arrays (CUDA kernels) and retu
 kind. Importing cuproi does not import CuPy.
 """
 
+from cuproi._validate import set_eager_checks
 from cuproi._version import __version__
 from cuproi.deform_roi_pool import (
     deform_roi_pool,
@@ -41,4 +42,5 @@ __all__ = [
     "roi_align_rotated_backward",
     "roi_pool",
     "roi_pool_backward",
+    "set_eager_checks",
 ]

@@ -2,11 +2,14 @@
 
 Every check raises TypeError (wrong kind or dtype), ValueError (wrong shape or value) or
 IndexError (a batch index outside the batch) with a message that says what was received and
-what is expected. Array checks take the array module ``xp`` of the backend, so that the only
-device-to-host traffic is one small reduction over the boxes.
+what is expected. Array checks take the array module ``xp`` of the backend. Checks of array
+values (boxes, argmax) raise at once on the CPU; on a GPU that would need a device-to-host copy,
+which stalls the host until the device has caught up (and breaks CUDA graph capture), so there
+the bad rows are disabled on the device instead, giving zeros, unless ``set_eager_checks(True)``.
 """
 
 import numbers
+import os
 
 import numpy as np
 
@@ -20,6 +23,53 @@ MAX_COORDINATE = 2**20
 MAX_SAMPLING_RATIO = 1024
 
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+_eager_on_device = os.environ.get("CUPROI_EAGER_CHECKS", "0") not in ("", "0")
+
+
+def set_eager_checks(enabled):
+    """Check box values and argmax on the GPU too, at the cost of a host synchronisation.
+
+    By default a CUDA call reads nothing back from the device: a box with a batch index outside
+    the batch or not whole, non-finite coordinates, or coordinates beyond 2**20 feature cells
+    gives zeros in the output (and no gradient), as an argmax value outside the plane gives no
+    gradient, where the CPU raises. With ``enabled`` the GPU raises the CPU's errors instead,
+    after one small reduction read back per call (a synchronisation: it stalls the host until
+    the device has finished its queued work, and cannot be captured in a CUDA graph). The
+    environment variable CUPROI_EAGER_CHECKS=1 sets it at import.
+
+    Parameters
+    ----------
+    enabled : bool
+        Raise on bad values on the GPU as on the CPU.
+
+    Returns
+    -------
+    bool
+        The setting before the call.
+
+    Examples
+    --------
+    >>> import cuproi
+    >>> before = cuproi.set_eager_checks(True)
+    >>> cuproi.set_eager_checks(before)
+    True
+    """
+    global _eager_on_device
+    before, _eager_on_device = _eager_on_device, bool(enabled)
+    return before
+
+
+def _eager(xp):
+    """Whether checks of array values may read them back: always in host memory (NumPy)."""
+    return xp is np or _eager_on_device
+
+
+def _disable_bad_rows(xp, rois, ok):
+    """``rois`` with batch index -1 and zero coordinates in the rows that are not ``ok``: every
+    kernel writes zeros for such a row and takes no gradient from it. A new array, computed on
+    the device; the caller's boxes are never written."""
+    return xp.where(ok[:, None], rois, xp.asarray([-1] + [0] * (rois.shape[1] - 1), rois.dtype))
 
 
 def _integer(value, name):
@@ -206,6 +256,8 @@ def boxes(xp, value, batch, scale, dtype, name="boxes"):
                 ok &= xp.isfinite(rois[:, 1:]).all(axis=1)
             else:
                 ok &= (xp.abs(rois[:, 1:]) * scale <= MAX_COORDINATE).all(axis=1)
+        if not _eager(xp):
+            return _disable_bad_rows(xp, rois, ok)
         if not bool(ok.all()):
             _explain(rois[int(xp.argmin(ok))].tolist(), int(xp.argmin(ok)), batch, scale, name)
     return rois
@@ -253,6 +305,8 @@ def argmax(xp, value, shape, plane, name="argmax"):
         raise TypeError(f"{name} must be an integer array (from roi_pool); got {value.dtype}")
     if value.shape != shape:
         raise ValueError(f"{name} must have the shape of grad_output {shape}; got {value.shape}")
+    if not _eager(xp):  # a value outside [-1, plane) gives no gradient, as -1 does
+        return xp.where((value >= -1) & (value < plane), value, -1).astype(np.int32)
     if value.size:
         low, high = int(value.min()), int(value.max())
         if low < -1 or high >= plane:
@@ -312,6 +366,8 @@ def rotated_boxes(xp, value, batch, scale, dtype, name="boxes"):
             ok = (index >= 0) & (index < batch) & (index == xp.floor(index))
             ok &= (xp.abs(rois[:, 1:5]) * scale <= MAX_COORDINATE).all(axis=1)
             ok &= xp.isfinite(rois[:, 5])
+        if not _eager(xp):
+            return _disable_bad_rows(xp, rois, ok)
         if not bool(ok.all()):
             k = int(xp.argmin(ok))
             _explain_rotated(rois[k].tolist(), k, batch, scale, name)

@@ -136,8 +136,16 @@ def test_public_api_returns_cupy_and_rejects_mixed_devices():
     assert isinstance(cuproi.roi_pool(x, per_image, 2), cupy.ndarray)
     with pytest.raises(ValueError, match="device"):
         cuproi.roi_align(x, boxes, 3)  # boxes still on the host
-    with pytest.raises(IndexError, match="batch index"):
-        cuproi.roi_align(x, cupy.asarray([[5.0, 0, 0, 1, 1]]), 3)
+    bad = cupy.asarray([[5.0, 0, 0, 1, 1], [0, 0, 0, 2, 2]])  # image 5 of 2
+    out = cuproi.roi_align(x, bad, 3)  # no host synchronisation: the bad row gives zeros
+    cupy.testing.assert_array_equal(out[0], 0)
+    cupy.testing.assert_array_equal(out[1], cuproi.roi_align(x, bad[1:], 3)[0])
+    before = cuproi.set_eager_checks(True)
+    try:
+        with pytest.raises(IndexError, match="batch index"):
+            cuproi.roi_align(x, bad, 3)
+    finally:
+        cuproi.set_eager_checks(before)
 
 
 def test_runs_on_the_current_stream():
