@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cuproi
-from cuproi import _cpu
+from cuproi import _cpu, _dispatch
 
 
 def _cupy_for_the_tests():
@@ -85,10 +85,10 @@ def _from_device_zero(function, cupy):
                 result = function(*args, **kwargs)
         finally:
             _outermost.inside = False
-        here = cupy.cuda.Device().id
+        device = _dispatch._cuda_device((*args, *kwargs.values()))
         for out in result if isinstance(result, (tuple, list)) else (result,):
             if isinstance(out, cupy.ndarray):
-                assert out.device.id == here, f"{function.__name__} returned on {out.device}"
+                assert out.device.id == device, f"{function.__name__} returned on {out.device}"
         return result
 
     return call

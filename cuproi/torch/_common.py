@@ -6,18 +6,27 @@ import functools
 import torch
 
 
+@contextlib.contextmanager
 def _stream(tensor):
-    """Context in which CuPy launches on torch's current stream of ``tensor``'s device."""
+    """Context in which CuPy runs on ``tensor``'s device and torch's current stream there.
+
+    The device is entered first: CuPy allocates on the current device, and refuses to enter a
+    stream of another device (CuPy 13's ``ExternalStream(ptr, index)``), while CuPy 14's
+    ``Stream.from_external`` knows no device and would run on whichever is current.
+    """
     if not tensor.is_cuda:
-        return contextlib.nullcontext()
+        yield
+        return
     import cupy
 
     stream = torch.cuda.current_stream(tensor.device)
-    if hasattr(stream, "__cuda_stream__") and hasattr(cupy.cuda.Stream, "from_external"):
-        external = cupy.cuda.Stream.from_external(stream)
-    else:  # CuPy < 14, or a torch stream without the CUDA stream protocol
-        external = cupy.cuda.ExternalStream(stream.cuda_stream, tensor.device.index)
-    return external
+    with cupy.cuda.Device(tensor.device.index):
+        if hasattr(stream, "__cuda_stream__") and hasattr(cupy.cuda.Stream, "from_external"):
+            external = cupy.cuda.Stream.from_external(stream)
+        else:  # CuPy < 14, or a torch stream without the CUDA stream protocol
+            external = cupy.cuda.ExternalStream(stream.cuda_stream, tensor.device.index)
+        with external:
+            yield
 
 
 def _channels_last(tensor):

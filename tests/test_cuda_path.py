@@ -1,0 +1,176 @@
+"""The CUDA path as a GPU user meets it: every public function on CuPy arrays, its host
+synchronisations, its device and stream, CuPy's compile options, and the launch rules.
+
+Runs on a GPU, and in CI on the CuPy stand-in (tests/cupy_standin); the tests that read the
+stand-in's log of transfers and launches skip on a real GPU.
+"""
+
+import types
+
+import numpy as np
+import pytest
+from conftest import CUPY, DEVICES, STANDIN
+
+import cuproi
+
+pytestmark = pytest.mark.gpu
+cupy = CUPY
+
+
+def _problem(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 12, 14)).astype(dtype)
+    ct = np.float64 if dtype == np.float64 else np.float32
+    corner = rng.uniform(-2, 10, (6, 2))
+    boxes = np.column_stack([[0, 1, 0, 1, 0, 1], corner, corner + rng.uniform(1, 8, (6, 2))])
+    boxes = boxes.astype(ct)
+    rotated = np.column_stack([boxes[:, :3], rng.uniform(1, 6, (6, 2)), rng.uniform(-90, 90, 6)])
+    g = rng.standard_normal((6, 8, 2, 2)).astype(dtype)
+    offset = rng.normal(0, 0.3, (6, 2, 2, 2)).astype(ct)
+    mask = rng.uniform(0, 1, (6, 1, 2, 2)).astype(ct)
+    return x, boxes, rotated.astype(ct), g, offset, mask, x[..., ::2, ::2].copy()
+
+
+def _every_call(x, boxes, rotated, g, offset, mask, x2, det):
+    """Every public function, forward and backward, on one problem."""
+    out, argmax = cuproi.roi_pool(x, boxes, 2, 0.5, return_argmax=True)
+    ps_g = g[:, :2]
+    return [
+        cuproi.roi_align(x, boxes, 2, 0.5, 2, True),
+        cuproi.roi_align(x, list(boxes[None, :3, 1:]) + [boxes[3:, 1:]], 2, 0.5),
+        cuproi.roi_align(x, boxes, 2, 0.5, 2, True, pool_mode="max"),
+        cuproi.roi_align_backward(g, boxes, x.shape, 2, 0.5, 2, True, deterministic=det),
+        cuproi.roi_align_backward(g, boxes, x.shape, 2, 0.5, pool_mode="max", input=x),
+        cuproi.roi_align_box_backward(g, x, boxes, 2, 0.5, 2, True, deterministic=det),
+        out,
+        cuproi.roi_pool_backward(g, boxes, argmax, x.shape, deterministic=det),
+        cuproi.deform_roi_pool(x, boxes, offset, 2, 0.5, 2, 0.1, mask),
+        *cuproi.deform_roi_pool_backward(g, x, boxes, offset, 2, 0.5, 2, 0.1, mask)[:3],
+        cuproi.deform_roi_pool_box_backward(g, x, boxes, offset, 2, 0.5, 2, 0.1, mask),
+        cuproi.ps_roi_align(x, boxes, 2, 0.5, 2),
+        cuproi.ps_roi_align_backward(ps_g, boxes, x.shape, 2, 0.5, 2, deterministic=det),
+        cuproi.ps_roi_pool(x, boxes, 2, 0.5),
+        cuproi.ps_roi_pool_backward(ps_g, boxes, x.shape, 2, 0.5, deterministic=det),
+        cuproi.prroi_pool(x, boxes, 2, 0.5),
+        cuproi.prroi_pool_backward(g, boxes, x.shape, 2, 0.5, deterministic=det),
+        cuproi.prroi_pool_box_backward(g, x, boxes, 2, 0.5, deterministic=det),
+        cuproi.roi_align_rotated(x, rotated, 2, 0.5, 2),
+        cuproi.roi_align_rotated_backward(g, rotated, x.shape, 2, 0.5, 2, deterministic=det),
+        cuproi.multi_scale_roi_align([x, x2], boxes, 2, [0.5, 0.25], 2),
+        *cuproi.multi_scale_roi_align_backward(g, boxes, [x.shape, x2.shape], 2, [0.5, 0.25], 2),
+    ]
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_every_function_matches_the_cpu_without_a_host_sync(host_syncs, deterministic):
+    """No call reads device memory back (no synchronisation, capturable in a CUDA graph), none
+    reads another device's memory, and the results are the NumPy backend's."""
+    problem = _problem()
+    on_device = [cupy.asarray(a) for a in problem]
+    with host_syncs() as log:
+        results = _every_call(*on_device, deterministic)
+    assert log.launches and log.transfers == [] and log.cross_device == []
+    for got, want in zip(results, _every_call(*problem, deterministic), strict=True):
+        assert isinstance(got, cupy.ndarray) and got.dtype == want.dtype
+        np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_rows_give_zeros_without_a_sync(host_syncs):
+    """Where the CPU raises (a batch index outside the batch or fractional, non-finite or huge
+    coordinates, an argmax off the plane), the GPU gives zeros and no gradient, and raises the
+    CPU's errors only with set_eager_checks(True)."""
+    x, boxes, rotated, g, *_ = (cupy.asarray(a) for a in _problem())  # on the current device
+    bad = boxes.copy()
+    bad[1, 0], bad[2, 0], bad[3, 1], bad[4, 2] = 7, 0.5, np.nan, 1e30
+    rotated[1, 0] = -1
+    _, argmax = cuproi.roi_pool(x, boxes, 2, 0.5, return_argmax=True)
+    argmax[0] = 10**6
+    forwards = [
+        lambda b: cuproi.roi_align(x, b, 2, 0.5, 2, True),
+        lambda b: cuproi.roi_pool(x, b, 2, 0.5),
+    ]
+    with host_syncs() as log:
+        outs = [f(bad) for f in forwards] + [
+            cuproi.roi_align_backward(g, bad, x.shape, 2, 0.5, 2, True),
+            cuproi.roi_align_rotated(x, rotated, 2, 0.5, 2),
+        ]
+        grad = cuproi.roi_pool_backward(g, boxes, argmax, x.shape)
+    assert log.transfers == []
+    for f, out in zip(forwards, outs, strict=False):
+        cupy.testing.assert_array_equal(out[1:5], 0)
+        cupy.testing.assert_array_equal(out[5], f(boxes[5:])[0])
+    good = [0, 5]
+    expected = cuproi.roi_align_backward(g[good], boxes[good], x.shape, 2, 0.5, 2, True)
+    cupy.testing.assert_allclose(outs[2], expected, rtol=1e-6, atol=1e-6)
+    cupy.testing.assert_array_equal(outs[3][1], 0)
+    expected = cuproi.roi_pool_backward(g[1:], boxes[1:], argmax[1:], x.shape)
+    cupy.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+    before = cuproi.set_eager_checks(True)
+    try:
+        with pytest.raises(IndexError, match=r"boxes\[1\] has batch index 7"):
+            cuproi.roi_align(x, bad, 2, 0.5)
+        with pytest.raises(ValueError, match=r"argmax holds values outside"):
+            cuproi.roi_pool_backward(g, boxes, argmax, x.shape)
+    finally:
+        cuproi.set_eager_checks(before)
+
+
+@pytest.mark.skipif(DEVICES < 2, reason="needs two devices")
+def test_inputs_on_another_device_than_the_current_one(host_syncs):
+    """Casts, per-image lists, validation, gradients and results all on the inputs' device."""
+    x, boxes, rotated, g, offset, mask, x2 = _problem(np.float32)
+    with cupy.cuda.Device(1):
+        problem = (x, boxes.astype(np.float64), rotated, g, offset, mask, x2)
+        args = [cupy.asarray(a) for a in problem]
+    with cupy.cuda.Device(0), host_syncs() as log:
+        results = _every_call(*args, True)
+    assert log.cross_device == [] and {launch[1] for launch in log.launches} == {1}
+    assert all(r.device.id == 1 for r in results)
+
+
+def test_float32_subnormals_are_flushed_on_the_gpu():
+    """CuPy compiles every kernel with -ftz=true (appended after cuproi's options, so it wins):
+    float32 arithmetic flushes subnormal inputs and results to zero, float64 keeps them. A map
+    of 1e-40 (float32 subnormal) pools to exactly 0 on the GPU, 1e-40 on the CPU."""
+    if STANDIN:
+        from cupy_standin import _kernels
+
+        if not _kernels.FLUSHES_SUBNORMALS:
+            pytest.skip("the stand-in mirrors -ftz=true on x86-64 only")
+    boxes = np.array([[0, 0.5, 0.5, 3.5, 3.5]])
+    for dtype in (np.float32, np.float64):
+        x = np.full((1, 1, 5, 5), 1e-40, dtype)
+        b = boxes.astype(dtype)
+        cpu = cuproi.roi_align(x, b, 2, sampling_ratio=2, aligned=True)
+        gpu = cupy.asnumpy(cuproi.roi_align(cupy.asarray(x), cupy.asarray(b), 2, 1.0, 2, True))
+        np.testing.assert_allclose(cpu, 1e-40, rtol=1e-3)
+        np.testing.assert_array_equal(gpu, 0 if dtype == np.float32 else cpu)
+
+
+def test_the_torch_adapter_runs_on_the_tensors_device_and_torch_stream(host_syncs, monkeypatch):
+    """cuproi.torch enters the tensor's device before torch's stream (CuPy 14's from_external
+    carries no device; CuPy 13's ExternalStream(ptr, index) refuses another device), and the
+    kernels run on that stream. CPU torch has no CUDA tensors: a tensor on cuda:1 is faked."""
+    torch = pytest.importorskip("torch")
+    if DEVICES < 2 or not STANDIN:
+        pytest.skip("needs the stand-in's second device")
+    from cuproi.torch._common import _stream
+
+    class TorchStream:  # what torch.cuda.current_stream gives: a handle and the protocol
+        cuda_stream = 0xBEEF0
+
+        def __cuda_stream__(self):
+            return (0, self.cuda_stream)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: TorchStream())
+    tensor = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1))
+    x, boxes = _problem()[:2]
+    with cupy.cuda.Device(1):
+        x, boxes = cupy.asarray(x), cupy.asarray(boxes)
+    for protocol in (True, False):  # CuPy 14, then CuPy 13's ExternalStream
+        if not protocol:
+            monkeypatch.delattr(cupy.cuda.Stream, "from_external")
+        with cupy.cuda.Device(0), host_syncs() as log, _stream(tensor):
+            assert cupy.cuda.Device().id == 1
+            cuproi.roi_align(x, boxes, 2, 0.5, 2, True)
+        assert {(launch[1], launch[2]) for launch in log.launches} == {(1, 0xBEEF0)}
