@@ -163,6 +163,7 @@ def test_docstring_example():
     assert runner.failures == 0
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_tensors_match_cpu():
     x, boxes = data(torch.float32)
