@@ -66,9 +66,11 @@ def _eager(xp):
 
 
 def _disable_bad_rows(xp, rois, ok):
-    """``rois`` with batch index -1 and zero coordinates in the rows that are not ``ok``: every
-    kernel writes zeros for such a row and takes no gradient from it. A new array, computed on
-    the device; the caller's boxes are never written."""
+    """``rois`` with batch index -1 and zero coordinates in the rows that are not ``ok``.
+
+    Every kernel writes zeros for such a row and takes no gradient from it. A new array,
+    computed on the device: the caller's boxes are never written.
+    """
     return xp.where(ok[:, None], rois, xp.asarray([-1] + [0] * (rois.shape[1] - 1), rois.dtype))
 
 

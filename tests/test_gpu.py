@@ -6,12 +6,11 @@ Skipped without CuPy or a CUDA device; run on a GPU machine with ``python -m pyt
 import numpy as np
 import pytest
 import reference
+from conftest import STANDIN
 from test_kernels import SOURCES, entries
 from test_ops import SHAPE, _oracle, assert_close, box_zoo, features, rois_for
 
 import cuproi
-from conftest import STANDIN
-
 from cuproi import _cpu
 from cuproi._cuda import _ops
 

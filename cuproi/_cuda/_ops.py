@@ -50,8 +50,10 @@ def _ints(*values):
 
 
 def _unused(xp, dtype):
-    """An empty array (a null pointer) of ``dtype`` for a kernel argument the launch never reads
-    or writes: the kernel's pointer type is honoured, and nothing is allocated."""
+    """An empty array (a null pointer) of ``dtype``, for a kernel argument never read or written.
+
+    The kernel's pointer type is honoured, and nothing is allocated.
+    """
     return xp.empty(0, dtype)
 
 
