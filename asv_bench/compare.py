@@ -26,15 +26,18 @@ import cuproi  # noqa: E402
 from cuproi import _layout  # noqa: E402
 
 BANDWIDTH = {"H100": 3.0e12, "H200": 4.0e12}  # bytes/s, copy bandwidth (performance.md)
+# Channels of the feature maps, and the factor the box counts are divided by: the reference
+# workloads', or with --smoke a tiny version of each that checks the script's every path.
+CHANNELS, FEWER = 256, 1
 
 
 def workload(boxes=512, size=7, dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((2, 256, 100, 152)).astype(dtype)
+    x = rng.standard_normal((2, CHANNELS, 100, 152)).astype(dtype)
     extent = rng.uniform(16, 300, (boxes, 2))
     corner = rng.uniform(0, [1216, 800], (boxes, 2)) - extent / 2
     rois = np.column_stack([rng.integers(0, 2, boxes), corner, corner + extent])
-    grad = rng.standard_normal((boxes, 256, size, size)).astype(dtype)
+    grad = rng.standard_normal((boxes, CHANNELS, size, size)).astype(dtype)
     return x, rois.astype(np.float32), grad
 
 
@@ -200,7 +203,7 @@ def nchw(fn):
     return run
 
 
-def family_calls(device, xp, dtype, boxes=512, size=7):
+def family_calls(device, xp, dtype, boxes, size=7):
     """Position-sensitive RoI Align (R-FCN: 8 x 7 x 7 score maps) and multi-level RoI Align (FPN
     levels P2 to P5 of an 800x1216 image) on the box head, as ``calls`` returns them."""
     rng = np.random.default_rng(1)
@@ -209,12 +212,12 @@ def family_calls(device, xp, dtype, boxes=512, size=7):
     scores = xp.asarray(rng.standard_normal((2, 8 * size * size, 100, 152)).astype(dtype))
     g_ps = xp.asarray(rng.standard_normal((boxes, 8, size, size)).astype(dtype))
     levels = [
-        xp.asarray(rng.standard_normal((2, 256, 200 // 2**i, 304 // 2**i)).astype(dtype))
+        xp.asarray(rng.standard_normal((2, CHANNELS, 200 // 2**i, 304 // 2**i)).astype(dtype))
         for i in range(4)
     ]
     shapes = [level.shape for level in levels]
     scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
-    g = xp.asarray(rng.standard_normal((boxes, 256, size, size)).astype(dtype))
+    g = xp.asarray(rng.standard_normal((boxes, CHANNELS, size, size)).astype(dtype))
     ours = {
         "ps_roi_align forward": lambda: cuproi.ps_roi_align(scores, ra, size, 1 / 8, 2),
         "ps_roi_align backward": lambda: cuproi.ps_roi_align_backward(
@@ -257,7 +260,7 @@ def inference_calls(device, xp, dtype, boxes=16, size=14):
     _, rois, _ = workload(boxes, size, dtype)
     ra = xp.asarray(rois)
     levels = [
-        xp.asarray(rng.standard_normal((2, 256, 200 // 2**i, 304 // 2**i)).astype(dtype))
+        xp.asarray(rng.standard_normal((2, CHANNELS, 200 // 2**i, 304 // 2**i)).astype(dtype))
         for i in range(4)
     ]
     scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
@@ -298,7 +301,7 @@ def cases(device, dtypes):
     xp = np
     if device == "cuda":
         import cupy as xp
-    for name, boxes, size in (("box head", 512, 7), ("mask head", 256, 14)):
+    for name, boxes, size in (("box head", 512 // FEWER, 7), ("mask head", 256 // FEWER, 14)):
         for dtype in dtypes:
             ours, theirs, bound = calls(device, xp, boxes, size, dtype)
             for op, fn in ours.items():
@@ -306,7 +309,7 @@ def cases(device, dtypes):
                     continue  # the CPU backend is deterministic anyway: same call, same time
                 yield f"{name}, {op}", np.dtype(dtype).name, fn, theirs.get(op), bound
     for dtype in dtypes:
-        ours, theirs = family_calls(device, xp, dtype)
+        ours, theirs = family_calls(device, xp, dtype, 512 // FEWER)
         for op, fn in ours.items():
             yield f"box head, {op}", np.dtype(dtype).name, fn, theirs.get(op), None
         ours, theirs = inference_calls(device, xp, dtype)
@@ -375,7 +378,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     parser.add_argument("--repeat", type=int, default=None, help="timed runs per case")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="8 channels and 1/16 of the boxes: runs every case quickly (timings meaningless)",
+    )
     args = parser.parse_args(argv)
+    global CHANNELS, FEWER
+    CHANNELS, FEWER = (8, 16) if args.smoke else (256, 1)
     repeat = args.repeat or (50 if args.device == "cuda" else 3)
     dtypes = [np.float32, np.float16] if args.device == "cuda" else [np.float32]
     run = timer(args.device)

@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "asv_bench"))
 import compare  # noqa: E402
 
@@ -67,3 +69,15 @@ def test_cpu_target_and_missing_rows():
     times[box("roi_align backward")] = (120 * MS, None)  # without torchvision: no verdict
     assert compare.verdicts(times, "cpu") == []
     assert compare.verdicts({}, "cuda") == []
+
+
+@pytest.mark.gpu
+def test_runs_on_the_cuda_path(capsys):
+    """Every case of the GPU comparison runs (tiny workloads; on the CuPy stand-in without a
+    GPU, so the times mean nothing), and the targets are judged from its table."""
+    compare.main(["--device", "cuda", "--repeat", "1", "--smoke"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| box head")]
+    assert len(rows) >= 30 and all(" ms |" in row for row in rows)
+    assert "Targets (box head):" in out
+    assert "- deform_roi_pool forward, of roi_align's:" in out
