@@ -69,9 +69,12 @@ def _disable_bad_rows(xp, rois, ok):
     """``rois`` with batch index -1 and zero coordinates in the rows that are not ``ok``.
 
     Every kernel writes zeros for such a row and takes no gradient from it. A new array,
-    computed on the device: the caller's boxes are never written.
+    computed on the device from scalars (no host-to-device copy): the caller's boxes are never
+    written.
     """
-    return xp.where(ok[:, None], rois, xp.asarray([-1] + [0] * (rois.shape[1] - 1), rois.dtype))
+    rois = xp.where(ok[:, None], rois, 0)
+    rois[:, 0] = xp.where(ok, rois[:, 0], -1)
+    return rois
 
 
 def _integer(value, name):
