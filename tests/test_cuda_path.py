@@ -174,3 +174,48 @@ def test_the_torch_adapter_runs_on_the_tensors_device_and_torch_stream(host_sync
             assert cupy.cuda.Device().id == 1
             cuproi.roi_align(x, boxes, 2, 0.5, 2, True)
         assert {(launch[1], launch[2]) for launch in log.launches} == {(1, 0xBEEF0)}
+
+
+class ForeignCudaArray:
+    """An array of another framework (torch, JAX) on CUDA device ``index``, which hands its
+    memory over through DLPack; host memory underneath, for the stand-in."""
+
+    def __init__(self, data, index):
+        self.data, self.index, self.streams = data, index, []
+
+    def __dlpack_device__(self):
+        return (2, self.index)
+
+    def __dlpack__(self, *, stream=None, **unused):
+        self.streams.append(stream)
+        return self.data.__dlpack__()
+
+
+def from_dlpack(array):
+    """The foreign framework's import of a result: what cuproi hands results back through."""
+    from cupy_standin import _HostCapsule
+
+    capsule = array.__dlpack__(stream=0xF00)  # the stream the framework will read it on
+    data = np.from_dlpack(_HostCapsule(capsule)).copy()  # writable, as a framework's tensor is
+    return ForeignCudaArray(data, array.__dlpack_device__()[1])
+
+
+def test_foreign_cuda_arrays_come_in_and_go_back_through_dlpack(host_syncs):
+    """A torch or JAX array on cuda:1 is read in place on device 1, on CuPy's current stream
+    there, and the result goes back as the caller's type through its own from_dlpack."""
+    if DEVICES < 2 or not STANDIN:
+        pytest.skip("needs the stand-in's second device")
+    x, boxes = _problem()[:2]
+    fx, fb = ForeignCudaArray(x, 1), ForeignCudaArray(boxes, 1)
+    with cupy.cuda.Device(1):
+        stream = cupy.cuda.Stream()
+    with cupy.cuda.Device(0), host_syncs() as log:
+        with cupy.cuda.Device(1), stream:
+            out = cuproi.roi_align(fx, fb, 2, 0.5, 2, True)
+        backward = cuproi.roi_align_backward(ForeignCudaArray(out.data, 1), fb, x.shape, 2, 0.5)
+    assert isinstance(out, ForeignCudaArray) and out.index == 1
+    np.testing.assert_allclose(out.data, cuproi.roi_align(x, boxes, 2, 0.5, 2, True), 1e-6, 1e-6)
+    assert isinstance(backward, ForeignCudaArray) and backward.index == 1
+    assert fx.streams[0] == stream.ptr  # the producer was handed the stream that reads it
+    assert [e for e in log.dlpack if e[0] == "export"] == [("export", 1, 0xF00)] * 2
+    assert log.transfers == [] and {launch[1] for launch in log.launches} == {1}

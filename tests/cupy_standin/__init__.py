@@ -105,11 +105,35 @@ def get_array_module(*args):
     return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else np
 
 
+class _HostCapsule:
+    """A producer's capsule as NumPy imports it (the stand-in's devices are host memory)."""
+
+    def __init__(self, capsule):
+        self.capsule = capsule
+
+    def __dlpack__(self, **unused):
+        return self.capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+
 def from_dlpack(array, *, device=None, copy=None):
-    """Zero-copy import; only the stand-in's own arrays live on its devices."""
+    """Zero-copy import of a CUDA array, as CuPy's: the producer is handed CuPy's current
+    stream (``__dlpack__(stream=...)``) and the array lives on the producer's device.
+
+    Producers of the tests say kDLCUDA in ``__dlpack_device__`` while their capsule holds
+    host memory (a CPU torch tensor, say); the import is recorded.
+    """
+    kind, index = array.__dlpack_device__()
+    if kind != 2:
+        raise BufferError(f"the CuPy stand-in imports CUDA memory only; got device type {kind}")
+    stream = cuda.get_current_stream().ptr or 1  # 1: the legacy default stream, per DLPack
+    _state.note("dlpack", "import", index, stream)
     if isinstance(array, ndarray):
         return ndarray._of(array._a, array._device)
-    raise BufferError(f"the CuPy stand-in cannot import {type(array).__name__} through DLPack")
+    data = np.from_dlpack(_HostCapsule(array.__dlpack__(stream=stream)))
+    return ndarray._of(data, _state.check_device(index))
 
 
 def install():

@@ -111,7 +111,13 @@ class ndarray:  # noqa: N801 (CuPy's name)
         return (2, self._device)  # kDLCUDA
 
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
-        raise BufferError("the CuPy stand-in's memory cannot leave through DLPack")
+        """The DLPack capsule of the NumPy memory (it says kDLCPU: consumers of the stand-in
+        are host code). ``stream`` is the consumer's, recorded as a CuPy producer would wait
+        on it."""
+        if stream is not None and not isinstance(stream, int):
+            raise TypeError(f"stream must be an int or None; got {type(stream).__name__}")
+        _state.note("dlpack", "export", self._device, stream)
+        return self._a.__dlpack__()
 
     def __len__(self):
         return len(self._a)

@@ -54,11 +54,13 @@ class Log:
     transfers: (what, nbytes) of every device-to-host copy (a host synchronisation).
     cross_device: (what, array device, running device) of every read of another device's memory.
     launches: (entry, device, stream ptr, grid, block) of every kernel launch.
+    dlpack: ("import" or "export", device, stream handed to the producer) of every exchange.
     """
 
     transfers: list = dataclasses.field(default_factory=list)
     cross_device: list = dataclasses.field(default_factory=list)
     launches: list = dataclasses.field(default_factory=list)
+    dlpack: list = dataclasses.field(default_factory=list)
 
 
 _logs = []  # the logs being recorded, innermost last
