@@ -7,12 +7,16 @@ from pathlib import Path
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+# Names the README binds to an adapter (``import cuproi.torch as ct``): a block that uses one
+# needs that adapter's framework, though it does not import it again.
+ALIASES = dict(re.findall(r"^import cuproi\.(torch|jax) as (\w+)", README, re.M))
 
 
 def _runnable(code):
     for framework in ("cupy", "torch", "jax"):
-        uses = re.search(rf"^(import|from) {framework}\b|cuproi\.{framework}\b", code, re.M)
-        if uses and importlib.util.find_spec(framework) is None:
+        alias = rf"|\b{ALIASES[framework]}\." if framework in ALIASES else ""
+        pattern = rf"^(import|from) {framework}\b|cuproi\.{framework}\b{alias}"
+        if re.search(pattern, code, re.M) and importlib.util.find_spec(framework) is None:
             return False
     if re.search(r"^import cupy", code, re.M):
         import cupy
