@@ -28,6 +28,12 @@ def _cupy_for_the_tests():
                 return cupy
         except Exception:  # no CuPy, or no driver or device
             pass
+        try:  # CuPy's NVRTC bindings (tests/test_kernels.py) load with the real CuPy in place
+            from cupy_backends.cuda.libs import nvrtc
+
+            nvrtc.getVersion()
+        except Exception:
+            pass
         for name in [n for n in sys.modules if n.split(".")[0] in ("cupy", "cupyx")]:
             del sys.modules[name]
     import cupy_standin
