@@ -103,6 +103,8 @@ def test_bench(capsys):
     timed = {line.split()[0] for line in out.splitlines() if line.endswith("ms")}
     ops = {name for name in cuproi.__all__ if not name.endswith("backward")}
     assert ops - {"__version__", "quantization_error", "set_eager_checks"} <= timed  # every op
+    backends = {line.split()[-2] for line in out.splitlines() if line.endswith("ms")}
+    assert backends == {"numpy", "cupy"}  # CuPy: a GPU, or the stand-in of tests/cupy_standin
     assert "torchvision:" in out
     assert "[" in err and "done in" in err  # the progress bar, on stderr
 
