@@ -33,9 +33,11 @@ def _ops(boxes):
 
 @pytest.mark.parametrize("op", list(_ops(None)))
 def test_gradcheck(op):
+    """On one image and one output channel (the full Jacobian costs a forward per input
+    element); test_values_and_gradients_equal_the_array_api covers the whole problem."""
     x, boxes = data(seed=1)
-    x.requires_grad_()
-    assert torch.autograd.gradcheck(_ops(boxes)[op], (x,))
+    x = x[:1, : SIZE[0] * SIZE[1]].clone().requires_grad_()
+    assert torch.autograd.gradcheck(_ops(boxes[boxes[:, 0] == 0])[op], (x,))
 
 
 def test_values_and_gradients_equal_the_array_api():
