@@ -137,6 +137,7 @@ def flat(results):
     return [np.asarray(a) for a in out if a is not None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_kernel_gives_the_one_thread_results_in_any_thread_order(dtype):
     rtol, atol = TOLERANCE[np.dtype(dtype)]

@@ -515,6 +515,7 @@ def compare_backends(p, dtype):
         )
 
 
+@pytest.mark.slow
 @needs_compiler
 @settings(max_examples=300, **SETTINGS)
 @given(p=problems(huge=True), dtype=st.sampled_from([np.float64, np.float32]))

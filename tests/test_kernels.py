@@ -44,6 +44,7 @@ def test_every_source_serves_an_op():
     assert set(SOURCES) == ops | set(SUPPORT)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 @pytest.mark.parametrize("arch", ["sm_75", "sm_80", "sm_90"])
 @pytest.mark.parametrize("source", SOURCES)
