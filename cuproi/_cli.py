@@ -247,7 +247,7 @@ def _gpu():
     try:
         import cupy
     except ImportError:
-        return None, "not installed (pip install 'cuproi[cuda12]' or 'cuproi[cuda13]')"
+        return None, "not installed (pip install cupy-cuda12x or cupy-cuda13x)"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except cupy.cuda.runtime.CUDARuntimeError as error:

@@ -69,7 +69,7 @@ def _native(array, device, name):
         except ImportError:
             raise TypeError(
                 f"{name} is on {device}: running on the GPU needs CuPy "
-                "(pip install 'cuproi[cuda12]' or 'cuproi[cuda13]')"
+                "(pip install cupy-cuda12x or cupy-cuda13x, for your CUDA version)"
             ) from None
         with cupy.cuda.Device(int(device.split(":")[1])):
             return cupy.from_dlpack(array)
