@@ -77,6 +77,22 @@ def _pool(workers):
         return _pools[workers]
 
 
+def _forget_pools():
+    """Start a forked child over with pools of its own.
+
+    A fork copies the pools' queues but not their threads (a task given to them would never
+    run, as in a torch DataLoader's workers), and the lock may have been held by a thread that
+    is gone.
+    """
+    global _lock
+    _pools.clear()
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
 def map_ordered(fn, items):
     """``[fn(item) for item in items]``, the calls spread over the backend's threads.
 
