@@ -165,8 +165,9 @@ def parts(y, x, height, width, channels):
     Each chunk comes as its ranges of boxes for the threads (``_sampling.parts``).
     """
     k = y[0].shape[0]
-    ny = np.diff(np.stack(_sampling.sample_range(*(a.reshape(k, -1) for a in y), height)), axis=0)
-    nx = np.diff(np.stack(_sampling.sample_range(*(a.reshape(k, -1) for a in x), width)), axis=0)
+    rows = [a.reshape(k, a.size // max(k, 1)) for a in (*y, *x)]  # (K, bins); also with K = 0
+    ny = np.diff(np.stack(_sampling.sample_range(*rows[:3], height)), axis=0)
+    nx = np.diff(np.stack(_sampling.sample_range(*rows[3:], width)), axis=0)
     cost = (ny[0] * nx[0]).sum(1) * max(channels, 1)
     return _sampling.parts(cost, _SAMPLE_WORK)
 
