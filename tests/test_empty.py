@@ -29,3 +29,20 @@ def test_every_function_on_the_cpu(deterministic):
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_every_function_on_the_gpu(deterministic):
     _check(_every_call(*_without_boxes(CUPY), deterministic), CUPY.asnumpy)
+
+
+@pytest.mark.parametrize("pool_mode", ["avg", "max"])
+def test_the_torch_adapter_with_boxes_that_require_grad(pool_mode):
+    torch = pytest.importorskip("torch")
+    import cuproi.torch as ct
+
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    boxes = torch.zeros(0, 5, requires_grad=True)
+    outs = [
+        ct.roi_align(x, boxes, 2, 1.0, 2, True, pool_mode=pool_mode),
+        ct.deform_roi_pool(x, boxes, None, 2),
+        ct.prroi_pool(x, boxes, 2),
+    ]
+    sum(out.sum() for out in outs).backward()
+    assert all(out.shape == (0, 3, 2, 2) for out in outs)
+    assert boxes.grad.shape == (0, 5) and not x.grad.any()
