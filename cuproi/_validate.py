@@ -208,6 +208,19 @@ def _compute_dtype_for(scale, dtype):
     return ct
 
 
+def _exact_indices(ct, batch, name):
+    """Refuse a batch whose indices the compute dtype cannot hold exactly.
+
+    float32 holds the whole numbers up to 2**24 only, and the kernels read the index from the
+    box row.
+    """
+    if ct == np.float32 and batch > 2**24:
+        raise ValueError(
+            f"{name}: a batch of {batch} images has indices beyond 2**24, which float32 boxes "
+            "cannot hold exactly; use float64 features (and boxes)"
+        )
+
+
 def _per_image(xp, value, batch, ct, name, width, columns):
     """(K, 1 + width) rows ``[batch_index, ...]`` in ``ct`` from per-image (L, width) arrays.
 
@@ -253,8 +266,11 @@ def boxes(xp, value, batch, scale, dtype, name="boxes"):
             )
         _real_array(value, name)
         rois = xp.ascontiguousarray(value, dtype=ct)
+    _exact_indices(ct, batch, name)
     if len(rois):
-        index = rois[:, 0]
+        # Checked as given, before the cast (float64 index 2**24 + 1 becomes float32 2**24;
+        # 1 + 1e-9 becomes 1).
+        index = rois[:, 0] if isinstance(value, (list, tuple)) else value[:, 0]
         with np.errstate(invalid="ignore", over="ignore"):
             ok = (index >= 0) & (index < batch) & (index == xp.floor(index))
             if scale is None:
@@ -264,7 +280,8 @@ def boxes(xp, value, batch, scale, dtype, name="boxes"):
         if not _eager(xp):
             return _disable_bad_rows(xp, rois, ok)
         if not bool(ok.all()):
-            _explain(rois[int(xp.argmin(ok))].tolist(), int(xp.argmin(ok)), batch, scale, name)
+            k = int(xp.argmin(ok))
+            _explain([float(index[k]), *rois[k, 1:].tolist()], k, batch, scale, name)
     return rois
 
 
@@ -276,7 +293,7 @@ def _explain(row, k, batch, scale, name):
     if not 0 <= b < batch:
         valid = f"valid: 0 to {batch - 1}" if batch else "there is none"
         raise IndexError(
-            f"{name}[{k}] has batch index {int(b)} but the input holds {batch} images ({valid})"
+            f"{name}[{k}] has batch index {b:.0f} but the input holds {batch} images ({valid})"
         )
     if not all(np.isfinite(coords)):
         raise ValueError(f"{name}[{k}] has non-finite coordinates {coords}")
@@ -365,8 +382,9 @@ def rotated_boxes(xp, value, batch, scale, dtype, name="boxes"):
             )
         _real_array(value, name)
         rois = xp.ascontiguousarray(value, dtype=ct)
+    _exact_indices(ct, batch, name)
     if len(rois):
-        index = rois[:, 0]
+        index = rois[:, 0] if isinstance(value, (list, tuple)) else value[:, 0]  # as given
         with np.errstate(invalid="ignore", over="ignore"):
             ok = (index >= 0) & (index < batch) & (index == xp.floor(index))
             ok &= (xp.abs(rois[:, 1:5]) * scale <= MAX_COORDINATE).all(axis=1)
@@ -375,7 +393,7 @@ def rotated_boxes(xp, value, batch, scale, dtype, name="boxes"):
             return _disable_bad_rows(xp, rois, ok)
         if not bool(ok.all()):
             k = int(xp.argmin(ok))
-            _explain_rotated(rois[k].tolist(), k, batch, scale, name)
+            _explain_rotated([float(index[k]), *rois[k, 1:].tolist()], k, batch, scale, name)
     return rois
 
 
@@ -387,7 +405,7 @@ def _explain_rotated(row, k, batch, scale, name):
     if not 0 <= b < batch:
         valid = f"valid: 0 to {batch - 1}" if batch else "there is none"
         raise IndexError(
-            f"{name}[{k}] has batch index {int(b)} but the input holds {batch} images ({valid})"
+            f"{name}[{k}] has batch index {b:.0f} but the input holds {batch} images ({valid})"
         )
     if not all(np.isfinite(values)):
         raise ValueError(f"{name}[{k}] has non-finite values [cx, cy, w, h, angle] = {values}")
