@@ -8,6 +8,7 @@ which stalls the host until the device has caught up (and breaks CUDA graph capt
 the bad rows are disabled on the device instead, giving zeros, unless ``set_eager_checks(True)``.
 """
 
+import math
 import numbers
 import os
 
@@ -89,9 +90,19 @@ def _real(value, name):
             f"{name} must be a real number; got {value!r} of type {type(value).__name__}"
         )
     value = float(value)
-    if not np.isfinite(value):
+    if not math.isfinite(value):  # math, not NumPy: torch.compile traces the torch adapter
         raise ValueError(f"{name} must be finite; got {value}")
     return value
+
+
+def flag(value, name):
+    """A yes/no option as a bool.
+
+    A bool or NumPy bool; any other value raises TypeError (the string ``"False"`` is truthy).
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool; got {value!r} of type {type(value).__name__}")
+    return bool(value)
 
 
 def output_size(value):
@@ -164,9 +175,10 @@ def input_shape(shape, name="input_shape"):
     try:
         shape = tuple(_integer(v, name) for v in shape)
     except TypeError:
-        raise TypeError(
-            f"{name} must be a sequence of 4 ints (N, C, H, W); got {shape!r}"
-        ) from None
+        got = repr(shape)
+        if hasattr(shape, "shape"):  # an array in its place: name its shape, not its values
+            got = f"an array of shape {tuple(shape.shape)} (give its .shape instead)"
+        raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W); got {got}") from None
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(f"{name} must be 4 non-negative ints (N, C, H, W); got {shape}")
     n, c, h, w = shape

@@ -210,9 +210,9 @@ def deform_roi_pool_backward(
         scale,
         ratio,
         shift,
-        bool(deterministic),
+        _validate.flag(deterministic, "deterministic"),
         m_compute,
-        channels_last=bool(channels_last),
+        channels_last=_validate.flag(channels_last, "channels_last"),
     )
     if grad_offset is not None:
         grad_offset = restore(grad_offset.astype(o.dtype, copy=False))
@@ -297,6 +297,15 @@ def deform_roi_pool_box_backward(
     m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
     return restore(
         backend.deform_roi_pool_backward(
-            g, x, rois, o, scale, ratio, shift, bool(deterministic), m, "boxes"
+            g,
+            x,
+            rois,
+            o,
+            scale,
+            ratio,
+            shift,
+            _validate.flag(deterministic, "deterministic"),
+            m,
+            "boxes",
         )
     )

@@ -216,7 +216,7 @@ def multi_scale_roi_align(
     rois = _validate.boxes(backend.xp, b, levels[0].shape[0], max(scales), dtype)
     return restore(
         backend.multi_scale_roi_align_forward(
-            levels, rois, scales, thresholds, *pooled, ratio, bool(aligned)
+            levels, rois, scales, thresholds, *pooled, ratio, _validate.flag(aligned, "aligned")
         )
     )
 
@@ -298,7 +298,14 @@ def multi_scale_roi_align_backward(
     rois = _validate.boxes(backend.xp, b, shapes[0][0], max(scales), g.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), shapes[0][1], pooled)
     grads = backend.multi_scale_roi_align_backward(
-        g, rois, shapes, scales, thresholds, ratio, bool(aligned), deterministic=bool(deterministic)
+        g,
+        rois,
+        shapes,
+        scales,
+        thresholds,
+        ratio,
+        _validate.flag(aligned, "aligned"),
+        deterministic=_validate.flag(deterministic, "deterministic"),
     )
     return [restore(x) for x in grads]
 

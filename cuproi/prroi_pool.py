@@ -151,7 +151,9 @@ def prroi_pool_backward(
     rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled)
     return restore(
-        backend.prroi_pool_backward(g, rois, shape, scale, deterministic=bool(deterministic))
+        backend.prroi_pool_backward(
+            g, rois, shape, scale, deterministic=_validate.flag(deterministic, "deterministic")
+        )
     )
 
 
@@ -221,7 +223,9 @@ def prroi_pool_box_backward(
     x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
-    grad = backend.prroi_pool_backward(g, rois, x.shape, scale, bool(deterministic), x, "boxes")
+    grad = backend.prroi_pool_backward(
+        g, rois, x.shape, scale, _validate.flag(deterministic, "deterministic"), x, "boxes"
+    )
     return restore(grad)
 
 

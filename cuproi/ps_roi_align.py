@@ -165,7 +165,12 @@ def ps_roi_align_backward(
     g = _validate.grad_output(backend.xp, g, len(rois), out_channels, pooled)
     return restore(
         backend.ps_roi_align_backward(
-            g, rois, shape, scale, ratio, deterministic=bool(deterministic)
+            g,
+            rois,
+            shape,
+            scale,
+            ratio,
+            deterministic=_validate.flag(deterministic, "deterministic"),
         )
     )
 

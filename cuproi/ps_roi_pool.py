@@ -155,7 +155,9 @@ def ps_roi_pool_backward(
     rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), out_channels, pooled)
     return restore(
-        backend.ps_roi_pool_backward(g, rois, shape, scale, deterministic=bool(deterministic))
+        backend.ps_roi_pool_backward(
+            g, rois, shape, scale, deterministic=_validate.flag(deterministic, "deterministic")
+        )
     )
 
 

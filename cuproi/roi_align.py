@@ -117,7 +117,7 @@ def roi_align(
     x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     forward = backend.roi_align_forward if mode == "avg" else backend.roi_align_max_forward
-    return restore(forward(x, rois, scale, *pooled, ratio, bool(aligned)))
+    return restore(forward(x, rois, scale, *pooled, ratio, _validate.flag(aligned, "aligned")))
 
 
 @_dispatch.on_input_device
@@ -213,13 +213,20 @@ def roi_align_backward(
     scale = _validate.spatial_scale(spatial_scale)
     ratio = _validate.sampling_ratio(sampling_ratio)
     dtype = g.dtype
-    det = bool(deterministic)
+    det = _validate.flag(deterministic, "deterministic")
     if mode == "max":  # reads the features too: computes in their dtype
         x = _forward_input(backend, prepared[2], shape)
         rois = _validate.boxes(backend.xp, b, shape[0], scale, x.dtype)
         g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled, dtype=x.dtype)
         grad = backend.roi_align_max_backward(
-            g, x, rois, scale, ratio, bool(aligned), det, channels_last=bool(channels_last)
+            g,
+            x,
+            rois,
+            scale,
+            ratio,
+            _validate.flag(aligned, "aligned"),
+            det,
+            channels_last=_validate.flag(channels_last, "channels_last"),
         )
         return restore(grad.astype(dtype, copy=False))
     rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
@@ -231,9 +238,9 @@ def roi_align_backward(
             shape,
             scale,
             ratio,
-            bool(aligned),
+            _validate.flag(aligned, "aligned"),
             deterministic=det,
-            channels_last=bool(channels_last),
+            channels_last=_validate.flag(channels_last, "channels_last"),
         )
     )
 
@@ -317,12 +324,14 @@ def roi_align_box_backward(
     x = _forward_input(backend, x, None)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
-    det = bool(deterministic)
+    det = _validate.flag(deterministic, "deterministic")
     if mode == "max":
-        grad = backend.roi_align_max_backward(g, x, rois, scale, ratio, bool(aligned), det, "boxes")
+        grad = backend.roi_align_max_backward(
+            g, x, rois, scale, ratio, _validate.flag(aligned, "aligned"), det, "boxes"
+        )
     else:
         grad = backend.roi_align_backward(
-            g, rois, x.shape, scale, ratio, bool(aligned), det, x, "boxes"
+            g, rois, x.shape, scale, ratio, _validate.flag(aligned, "aligned"), det, x, "boxes"
         )
     return restore(grad)
 

@@ -37,7 +37,7 @@ _CONVENTIONS = """
 
 
 def _flags(aligned, clockwise):
-    return bool(aligned), bool(clockwise)
+    return _validate.flag(aligned, "aligned"), _validate.flag(clockwise, "clockwise")
 
 
 @_dispatch.on_input_device
@@ -208,7 +208,7 @@ def roi_align_rotated_backward(
             scale,
             ratio,
             *_flags(aligned, clockwise),
-            deterministic=bool(deterministic),
+            deterministic=_validate.flag(deterministic, "deterministic"),
         )
     )
 

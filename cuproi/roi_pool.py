@@ -66,6 +66,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
     scale = _validate.spatial_scale(spatial_scale)
     x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    return_argmax = _validate.flag(return_argmax, "return_argmax")
     out, argmax = backend.roi_pool_forward(x, rois, scale, *pooled, argmax=return_argmax)
     return (restore(out), restore(argmax)) if return_argmax else restore(out)
 
@@ -132,4 +133,8 @@ def roi_pool_backward(grad_output, boxes, argmax, input_shape, *, deterministic=
         raise ValueError(f"grad_output must be a 4-D array (K, C, PH, PW); got shape {g.shape}")
     g = _validate.grad_output(backend.xp, g, len(rois), shape[1], g.shape[2:])
     a = _validate.argmax(backend.xp, a, g.shape, shape[2] * shape[3])
-    return restore(backend.roi_pool_backward(g, rois, a, shape, deterministic=bool(deterministic)))
+    return restore(
+        backend.roi_pool_backward(
+            g, rois, a, shape, deterministic=_validate.flag(deterministic, "deterministic")
+        )
+    )

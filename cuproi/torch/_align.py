@@ -218,9 +218,9 @@ def roi_align(
         _rois(boxes, input),
         pooled_h,
         pooled_w,
-        float(spatial_scale),
-        int(sampling_ratio),
-        bool(aligned),
+        _validate.spatial_scale(spatial_scale),
+        _validate.sampling_ratio(sampling_ratio),
+        _validate.flag(aligned, "aligned"),
     )
     # The default mode calls the op exactly as before (torch.compile sees the same graph).
     return _roi_align(*args) if pool_mode == "avg" else _roi_align(*args, str(pool_mode))

@@ -40,12 +40,22 @@ def _empty_gradient(shape, like, channels_last):
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
 
 
-def _rois(boxes, like):
-    """(K, 5) box tensor from a tensor or torchvision's list of per-image (L, 4) tensors."""
-    if isinstance(boxes, (list, tuple)):
-        parts = [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)]
-        return torch.cat(parts) if parts else like.new_zeros((0, 5))
-    return boxes
+def _rois(boxes, like, columns="[x1, y1, x2, y2]"):
+    """(K, 1 + width) box tensor from a tensor or torchvision's list of per-image (L, width).
+
+    Each per-image tensor is checked before its batch column is added, so that an error names
+    the shape it was given.
+    """
+    if not isinstance(boxes, (list, tuple)):
+        return boxes
+    width = columns.count(",") + 1
+    for i, b in enumerate(boxes):
+        if b.ndim != 2 or b.shape[1] != width:
+            raise ValueError(
+                f"boxes[{i}] must be an (L, {width}) tensor {columns}; got shape {tuple(b.shape)}"
+            )
+    parts = [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)]
+    return torch.cat(parts) if parts else like.new_zeros((0, width + 1))
 
 
 def _float32(value):

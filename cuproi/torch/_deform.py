@@ -200,8 +200,8 @@ def deform_roi_pool(
         offset,
         pooled_h,
         pooled_w,
-        float(spatial_scale),
-        int(sampling_ratio),
-        float(gamma),
+        _validate.spatial_scale(spatial_scale),
+        _validate.sampling_ratio(sampling_ratio),
+        _validate.gamma(gamma),
     )
     return _deform_roi_pool(*args) if mask is None else _deform_roi_pool(*args, mask)

@@ -14,9 +14,9 @@ class RoIAlign(nn.Module):
     def __init__(self, output_size, spatial_scale, sampling_ratio, aligned=False, pool_mode="avg"):
         super().__init__()
         self.output_size = _validate.output_size(output_size)
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
-        self.aligned = aligned
+        self.spatial_scale = _validate.spatial_scale(spatial_scale)
+        self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
+        self.aligned = _validate.flag(aligned, "aligned")
         self.pool_mode = _validate.pool_mode(pool_mode)  # mmcv's RoIAlign(pool_mode="max")
 
     def forward(self, input, rois):
@@ -37,7 +37,7 @@ class RoIPool(nn.Module):
     def __init__(self, output_size, spatial_scale):
         super().__init__()
         self.output_size = _validate.output_size(output_size)
-        self.spatial_scale = spatial_scale
+        self.spatial_scale = _validate.spatial_scale(spatial_scale)
 
     def forward(self, input, rois):
         return roi_pool(input, rois, self.output_size, self.spatial_scale)
@@ -52,9 +52,9 @@ class DeformRoIPool(nn.Module):
     def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
         super().__init__()
         self.output_size = _validate.output_size(output_size)
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
-        self.gamma = gamma
+        self.spatial_scale = _validate.spatial_scale(spatial_scale)
+        self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
+        self.gamma = _validate.gamma(gamma)
 
     def forward(self, input, rois, offset=None):
         return deform_roi_pool(

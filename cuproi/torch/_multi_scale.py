@@ -151,9 +151,9 @@ def multi_scale_roi_align(
         _rois(boxes, features[0]) if features else boxes,
         pooled_h,
         pooled_w,
-        [float(s) for s in spatial_scales],
-        int(sampling_ratio),
-        bool(aligned),
+        [_validate.spatial_scale(s) for s in spatial_scales],
+        _validate.sampling_ratio(sampling_ratio),
+        _validate.flag(aligned, "aligned"),
         float(canonical_scale),
         int(canonical_level),
     )
@@ -204,10 +204,10 @@ class MultiScaleRoIAlign(nn.Module):
         super().__init__()
         self.featmap_names = list(featmap_names)
         self.output_size = _validate.output_size(output_size)
-        self.sampling_ratio = sampling_ratio
+        self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
-        self.aligned = aligned
+        self.aligned = _validate.flag(aligned, "aligned")
         self.scales = None
 
     def forward(self, x, boxes, image_shapes):

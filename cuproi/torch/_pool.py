@@ -91,7 +91,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         The max of every bin; the gradient flows to the cell each maximum came from.
     """
     pooled_h, pooled_w = _validate.output_size(output_size)
-    args = (input, _rois(boxes, input), pooled_h, pooled_w, float(spatial_scale))
+    args = (input, _rois(boxes, input), pooled_h, pooled_w, _validate.spatial_scale(spatial_scale))
     if torch.is_grad_enabled() and input.requires_grad:
         return _roi_pool(*args)[0]
     # No gradient to take: the maxima alone, which the CPU finds twice as fast.

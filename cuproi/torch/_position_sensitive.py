@@ -116,8 +116,8 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
         _rois(boxes, input),
         pooled_h,
         pooled_w,
-        float(spatial_scale),
-        int(sampling_ratio),
+        _validate.spatial_scale(spatial_scale),
+        _validate.sampling_ratio(sampling_ratio),
     )
 
 
@@ -198,7 +198,8 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """
     pooled_h, pooled_w = _validate.output_size(output_size)
     _validate.position_sensitive_channels(input.shape[1], (pooled_h, pooled_w))
-    return _ps_roi_pool(input, _rois(boxes, input), pooled_h, pooled_w, float(spatial_scale))
+    scale = _validate.spatial_scale(spatial_scale)
+    return _ps_roi_pool(input, _rois(boxes, input), pooled_h, pooled_w, scale)
 
 
 class PSRoIAlign(nn.Module):
@@ -207,8 +208,8 @@ class PSRoIAlign(nn.Module):
     def __init__(self, output_size, spatial_scale, sampling_ratio):
         super().__init__()
         self.output_size = _validate.output_size(output_size)
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
+        self.spatial_scale = _validate.spatial_scale(spatial_scale)
+        self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
 
     def forward(self, input, rois):
         return ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
@@ -226,7 +227,7 @@ class PSRoIPool(nn.Module):
     def __init__(self, output_size, spatial_scale):
         super().__init__()
         self.output_size = _validate.output_size(output_size)
-        self.spatial_scale = spatial_scale
+        self.spatial_scale = _validate.spatial_scale(spatial_scale)
 
     def forward(self, input, rois):
         return ps_roi_pool(input, rois, self.output_size, self.spatial_scale)

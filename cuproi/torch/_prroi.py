@@ -121,7 +121,8 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     ((1, 8, 7, 7), (1, 8, 32, 32), (1, 5))
     """
     pooled_h, pooled_w = _validate.output_size(output_size)
-    return _prroi_pool(input, _rois(boxes, input), pooled_h, pooled_w, float(spatial_scale))
+    scale = _validate.spatial_scale(spatial_scale)
+    return _prroi_pool(input, _rois(boxes, input), pooled_h, pooled_w, scale)
 
 
 class PrRoIPool(nn.Module):
@@ -130,7 +131,7 @@ class PrRoIPool(nn.Module):
     def __init__(self, output_size, spatial_scale=1.0):
         super().__init__()
         self.output_size = _validate.output_size(output_size)
-        self.spatial_scale = float(spatial_scale)
+        self.spatial_scale = _validate.spatial_scale(spatial_scale)
 
     def forward(self, input, rois):
         return prroi_pool(input, rois, self.output_size, self.spatial_scale)

@@ -5,15 +5,12 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch._common import _bfloat16_in_float32, _stream
+from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
 
 
 def _rotated_rois(boxes, like):
     """(K, 6) box tensor from a tensor or a list of per-image (L, 5) rotated box tensors."""
-    if isinstance(boxes, (list, tuple)):
-        parts = [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)]
-        return torch.cat(parts) if parts else like.new_zeros((0, 6))
-    return boxes
+    return _rois(boxes, like, "[cx, cy, w, h, angle]")
 
 
 @torch.library.custom_op("cuproi::roi_align_rotated", mutates_args=())
@@ -134,10 +131,10 @@ def roi_align_rotated(
         _rotated_rois(boxes, input),
         pooled_h,
         pooled_w,
-        float(spatial_scale),
-        int(sampling_ratio),
-        bool(aligned),
-        bool(clockwise),
+        _validate.spatial_scale(spatial_scale),
+        _validate.sampling_ratio(sampling_ratio),
+        _validate.flag(aligned, "aligned"),
+        _validate.flag(clockwise, "clockwise"),
     )
 
 
@@ -150,10 +147,10 @@ class RoIAlignRotated(nn.Module):
     def __init__(self, output_size, spatial_scale, sampling_ratio=0, aligned=True, clockwise=False):
         super().__init__()
         self.output_size = _validate.output_size(output_size)
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
-        self.aligned = aligned
-        self.clockwise = clockwise
+        self.spatial_scale = _validate.spatial_scale(spatial_scale)
+        self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
+        self.aligned = _validate.flag(aligned, "aligned")
+        self.clockwise = _validate.flag(clockwise, "clockwise")
 
     def forward(self, input, rois):
         return roi_align_rotated(
