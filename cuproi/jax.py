@@ -261,7 +261,8 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     ratio = _validate.sampling_ratio(sampling_ratio)
     x = _features(x)
     rois = _boxes(boxes, x, scale)
-    return _roi_align((pooled, scale, ratio, bool(aligned), tuple(x.shape)), x, rois)
+    aligned = _validate.flag(aligned, "aligned")
+    return _roi_align((pooled, scale, ratio, aligned, tuple(x.shape)), x, rois)
 
 
 # ---- roi_pool --------------------------------------------------------------------------------

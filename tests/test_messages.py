@@ -116,3 +116,11 @@ def test_torch_scalars_are_checked_as_in_the_array_api(ct, op, kwargs, error, me
 def test_torch_modules_check_their_options_when_built(ct, module, kwargs, error, message):
     with pytest.raises(error, match=message):
         getattr(ct, module)(7, **kwargs)
+
+
+def test_jax_aligned_must_be_a_bool():
+    jnp = pytest.importorskip("jax.numpy")
+    import cuproi.jax as cj
+
+    with pytest.raises(TypeError, match="aligned must be a bool; got 'False'"):
+        cj.roi_align(jnp.asarray(X), jnp.asarray(BOXES), 2, aligned="False")
