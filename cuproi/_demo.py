@@ -240,7 +240,7 @@ def _figure(out, image, x, rois, offset, pooled, scale, ratio):
             x[0], rois[:1], pooled, scale, ratio, offset[:1], channel=SHOWN, image=image
         )
     except ImportError:
-        print("figure: not drawn, matplotlib is missing (pip install 'cuproi[viz]')")
+        print("figure: not drawn, matplotlib is missing (pip install matplotlib)")
         return None
     path = Path(out) / FIGURE
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """JAX adapter: cuproi's ops as differentiable JAX functions.
 
-Importing this module imports JAX (an optional dependency, ``pip install "cuproi[jax]"``;
+Importing this module imports JAX (an optional dependency, ``pip install jax``;
 ``import cuproi`` alone does not). :func:`roi_align`, :func:`roi_pool` and
 :func:`deform_roi_pool` keep the positional signatures of cuproi's array functions, take JAX
 arrays (or anything ``jax.numpy.asarray`` takes) and return JAX arrays of the input's dtype.

@@ -1,6 +1,6 @@
 """Pictures of RoI Pool, RoI Align and Deformable RoI Pool, drawn from the ops' own geometry.
 
-Needs matplotlib (``pip install 'cuproi[viz]'``), imported when a function is called, never on
+Needs matplotlib (``pip install matplotlib``), imported when a function is called, never on
 ``import cuproi``. Every function returns a :class:`matplotlib.figure.Figure` (notebooks show
 it; ``fig.savefig("roi.png")`` or ``fig.savefig("roi.svg")`` saves it) built without pyplot, so
 it works headless and stays out of pyplot's list of open figures.
