@@ -84,6 +84,14 @@ def _integer(value, name):
     return int(value)
 
 
+def positive_integer(value, name):
+    """A positive int: a count such as a number of channels."""
+    value = _integer(value, name)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive; got {value}")
+    return value
+
+
 def _real(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(
@@ -116,10 +124,10 @@ def output_size(value):
     return ph, pw
 
 
-def spatial_scale(value):
-    scale = _real(value, "spatial_scale")
+def spatial_scale(value, name="spatial_scale"):
+    scale = _real(value, name)
     if scale <= 0:
-        raise ValueError(f"spatial_scale must be positive; got {scale}")
+        raise ValueError(f"{name} must be positive; got {scale}")
     return scale
 
 
@@ -170,17 +178,27 @@ def features(xp, x, name="input", channels_last=False):
     return x
 
 
+def described(value):
+    """``value`` for an error message: an array by its shape and dtype, not its values."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        shape = tuple(value.shape)
+        hint = " (give its .shape instead)" if len(shape) == 4 else ""
+        return f"an array of shape {shape} and dtype {value.dtype}{hint}"
+    return repr(value)
+
+
 def input_shape(shape, name="input_shape"):
     """``(N, C, H, W)`` as ints, with a non-empty plane that int32 can index."""
+    given = shape
     try:
         shape = tuple(_integer(v, name) for v in shape)
     except TypeError:
-        got = repr(shape)
-        if hasattr(shape, "shape"):  # an array in its place: name its shape, not its values
-            got = f"an array of shape {tuple(shape.shape)} (give its .shape instead)"
-        raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W); got {got}") from None
+        raise TypeError(
+            f"{name} must be a sequence of 4 ints (N, C, H, W); got {described(given)}"
+        ) from None
     if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(f"{name} must be 4 non-negative ints (N, C, H, W); got {shape}")
+        got = described(given) if len(shape) != 4 else shape  # 1000 ints: not all of them
+        raise ValueError(f"{name} must be 4 non-negative ints (N, C, H, W); got {got}")
     n, c, h, w = shape
     if h < 1 or w < 1:
         raise ValueError(f"{name} must have height and width >= 1; got {shape}")

@@ -49,8 +49,8 @@ _CONVENTIONS = """
 """
 
 
-def _levels(spatial_scales, count, dtype, canonical_scale, canonical_level):
-    """Validated scales (floats) and the area thresholds of levels 1.. (float64)."""
+def _scales(spatial_scales, count):
+    """One positive finite float per level (cuproi.torch checks them before its op too)."""
     if isinstance(spatial_scales, (str, bytes)) or not hasattr(spatial_scales, "__len__"):
         raise TypeError(
             f"spatial_scales must be a sequence of floats, one per level; got {spatial_scales!r}"
@@ -60,7 +60,22 @@ def _levels(spatial_scales, count, dtype, canonical_scale, canonical_level):
             f"spatial_scales must hold one scale per level of features ({count}); "
             f"got {len(spatial_scales)}"
         )
-    scales = [_validate.spatial_scale(s) for s in spatial_scales]
+    return [
+        _validate.spatial_scale(s, f"spatial_scales[{i}]") for i, s in enumerate(spatial_scales)
+    ]
+
+
+def _canonical(canonical_scale, canonical_level):
+    """The level rule's constants: a positive finite float and an int."""
+    size = _validate._real(canonical_scale, "canonical_scale")
+    if size <= 0:
+        raise ValueError(f"canonical_scale must be positive; got {size}")
+    return size, _validate._integer(canonical_level, "canonical_level")
+
+
+def _levels(spatial_scales, count, dtype, canonical_scale, canonical_level):
+    """Validated scales (floats) and the area thresholds of levels 1.. (float64)."""
+    scales = _scales(spatial_scales, count)
     ct = _validate.compute_dtype(dtype)
     for s in scales:
         if not 0 < ct.type(s) < np.inf:
@@ -75,10 +90,7 @@ def _levels(spatial_scales, count, dtype, canonical_scale, canonical_level):
             f"[1/4, 1/8, 1/16, 1/32]); got {list(spatial_scales)}, i.e. levels "
             f"{k} (-log2 of the scales, rounded)"
         )
-    size = _validate._real(canonical_scale, "canonical_scale")
-    if size <= 0:
-        raise ValueError(f"canonical_scale must be positive; got {size}")
-    level = _validate._integer(canonical_level, "canonical_level")
+    size, level = _canonical(canonical_scale, canonical_level)
     return scales, tuple(_threshold(size, k[0] + j - level) for j in range(1, count))
 
 
@@ -113,9 +125,10 @@ def _features(xp, features):
 
 def _count(levels, name):
     if isinstance(levels, (str, bytes)) or not isinstance(levels, (list, tuple)):
-        raise TypeError(
-            f"{name} must be a list with one entry per pyramid level; got {type(levels).__name__}"
-        )
+        got = type(levels).__name__
+        if hasattr(levels, "shape"):  # one array for the whole list: name its shape, not values
+            got = f"an array of shape {tuple(levels.shape)}"
+        raise TypeError(f"{name} must be a list with one entry per pyramid level; got {got}")
     if levels and isinstance(levels[0], numbers.Integral):
         raise TypeError(
             f"{name} must be a list with one (N, C, H, W) shape per level; got one shape {levels}"

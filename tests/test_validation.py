@@ -779,6 +779,91 @@ def test_input_shape_as_array_or_list(op):
     _assert_same(call(op, input_shape=np.array((N, C, H, W))), expected)
 
 
+def _with_input_shape(name, shape):
+    """Call the backward ``name`` (every function that takes an input_shape) with ``shape``."""
+    g = np.ones((1, C, *OUT), np.float32)
+    b = boxes()[:1]
+    calls = {
+        "roi_align_backward": lambda: cuproi.roi_align_backward(g, b, shape, OUT),
+        "roi_pool_backward": lambda: cuproi.roi_pool_backward(
+            g, b, np.zeros(g.shape, np.int32), shape
+        ),
+        "ps_roi_align_backward": lambda: cuproi.ps_roi_align_backward(g, b, shape, OUT),
+        "ps_roi_pool_backward": lambda: cuproi.ps_roi_pool_backward(g, b, shape, OUT),
+        "prroi_pool_backward": lambda: cuproi.prroi_pool_backward(g, b, shape, OUT),
+        "roi_align_rotated_backward": lambda: cuproi.roi_align_rotated_backward(
+            g, np.array([[0, 2, 2, 2, 2, 0]], np.float32), shape, OUT
+        ),
+        "multi_scale_roi_align_backward": lambda: cuproi.multi_scale_roi_align_backward(
+            g, b, [shape], OUT, [1.0]
+        ),
+    }
+    return calls[name]()
+
+
+WITH_ANY_INPUT_SHAPE = (
+    "roi_align_backward",
+    "roi_pool_backward",
+    "ps_roi_align_backward",
+    "ps_roi_pool_backward",
+    "prroi_pool_backward",
+    "roi_align_rotated_backward",
+    "multi_scale_roi_align_backward",
+)
+
+
+@pytest.mark.parametrize("op", WITH_ANY_INPUT_SHAPE)
+@pytest.mark.parametrize(
+    "shape, error, message",
+    [
+        # The features themselves: named by shape and dtype, with the fix.
+        (
+            features(),
+            TypeError,
+            r"a sequence of 4 ints \(N, C, H, W\); got an array of shape \(2, 3, 5, 6\) and "
+            r"dtype float32 \(give its .shape instead\)$",
+        ),
+        # Ints, but 1000 of them: not printed one by one.
+        (
+            np.arange(1000),
+            ValueError,
+            r"4 non-negative ints \(N, C, H, W\); got an array of shape \(1000,\) and dtype "
+            r"int64$",
+        ),
+        # Four floats: no .shape to give.
+        (
+            np.array([2.0, 3, 5, 6]),
+            TypeError,
+            r"a sequence of 4 ints \(N, C, H, W\); got an array of shape \(4,\) and dtype "
+            r"float64$",
+        ),
+    ],
+)
+def test_an_array_in_place_of_input_shape_is_named_by_its_shape(op, shape, error, message):
+    name = "input_shapes[0]" if op.startswith("multi_scale") else "input_shape"
+    with pytest.raises(error) as info:
+        _with_input_shape(op, shape)
+    text = str(info.value)
+    assert text.startswith(f"{name} must be ") and re.search(message, text), text
+    assert len(text) < 200
+
+
+@pytest.mark.parametrize("argument", ["features", "input_shapes"])
+def test_an_array_in_place_of_a_list_of_levels_is_named_by_its_shape(argument):
+    x = features()
+    with pytest.raises(
+        TypeError,
+        match=rf"^{argument} must be a list with one entry per pyramid level; "
+        r"got an array of shape \(2, 3, 5, 6\)$",
+    ):
+        if argument == "features":
+            cuproi.multi_scale_roi_align(x, boxes(), OUT, [1.0])
+        else:
+            cuproi.multi_scale_roi_align_backward(
+                np.ones((4, C, *OUT), np.float32), boxes(), x, OUT, [1.0]
+            )
+
+
 @pytest.mark.parametrize("shape", [(4, C, 1, 3), (4, C, *OUT, 1), (3, C, *OUT), (4, C + 1, *OUT)])
 def test_argmax_wrong_shape(shape):
     with pytest.raises(
