@@ -46,10 +46,19 @@ def _rois(boxes, like, columns="[x1, y1, x2, y2]"):
     Each per-image tensor is checked before its batch column is added, so that an error names
     the shape it was given.
     """
-    if not isinstance(boxes, (list, tuple)):
-        return boxes
     width = columns.count(",") + 1
+    if not isinstance(boxes, (list, tuple)):
+        if not isinstance(boxes, torch.Tensor):
+            raise TypeError(
+                f"boxes must be a (K, {width + 1}) tensor [batch_index, {columns[1:]} or a list "
+                f"of (L, {width}) tensors {columns}; got {type(boxes).__name__}"
+            )
+        return boxes
     for i, b in enumerate(boxes):
+        if not isinstance(b, torch.Tensor):
+            raise TypeError(
+                f"boxes[{i}] must be an (L, {width}) tensor {columns}; got {type(b).__name__}"
+            )
         if b.ndim != 2 or b.shape[1] != width:
             raise ValueError(
                 f"boxes[{i}] must be an (L, {width}) tensor {columns}; got shape {tuple(b.shape)}"

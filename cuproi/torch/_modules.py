@@ -122,10 +122,14 @@ class DeformRoIPoolPack(DeformRoIPool):
         gamma=0.1,
     ):
         super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
-        self.output_channels = output_channels
-        self.deform_fc_channels = deform_fc_channels
+        self.output_channels = _validate.positive_integer(output_channels, "output_channels")
+        self.deform_fc_channels = _validate.positive_integer(
+            deform_fc_channels, "deform_fc_channels"
+        )
         ph, pw = self.output_size
-        self.offset_fc = _head(ph * pw * output_channels, deform_fc_channels, ph * pw * 2, 3)
+        self.offset_fc = _head(
+            ph * pw * self.output_channels, self.deform_fc_channels, ph * pw * 2, 3
+        )
         self.offset = None
 
     def _check(self, input):
@@ -170,7 +174,7 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
         )
         ph, pw = self.output_size
         # One flat Sequential, as in mmcv, so that its checkpoints load (mask_fc.0, mask_fc.2).
-        head = _head(ph * pw * output_channels, deform_fc_channels, ph * pw, 2)
+        head = _head(ph * pw * self.output_channels, self.deform_fc_channels, ph * pw, 2)
         self.mask_fc = nn.Sequential(*head, nn.Sigmoid())
         self.mask = None
 

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
+from cuproi.multi_scale_roi_align import _canonical, _count, _scales
 from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
 
 
@@ -144,18 +145,18 @@ def multi_scale_roi_align(
     >>> tuple(out.shape), p2.grad.abs().sum() > 0, p3.grad.abs().sum() > 0
     ((2, 4, 7, 7), tensor(True), tensor(True))
     """
+    count = _count(features, "features")
     pooled_h, pooled_w = _validate.output_size(output_size)
     features = list(features)
     return _multi_scale_roi_align(
         features,
-        _rois(boxes, features[0]) if features else boxes,
+        _rois(boxes, features[0]),
         pooled_h,
         pooled_w,
-        [_validate.spatial_scale(s) for s in spatial_scales],
+        _scales(spatial_scales, count),
         _validate.sampling_ratio(sampling_ratio),
         _validate.flag(aligned, "aligned"),
-        float(canonical_scale),
-        int(canonical_level),
+        *_canonical(canonical_scale, canonical_level),
     )
 
 
@@ -205,8 +206,7 @@ class MultiScaleRoIAlign(nn.Module):
         self.featmap_names = list(featmap_names)
         self.output_size = _validate.output_size(output_size)
         self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
-        self.canonical_scale = canonical_scale
-        self.canonical_level = canonical_level
+        self.canonical_scale, self.canonical_level = _canonical(canonical_scale, canonical_level)
         self.aligned = _validate.flag(aligned, "aligned")
         self.scales = None
 
