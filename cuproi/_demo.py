@@ -19,6 +19,7 @@ CHANNELS = ("red", "green", "blue", "brightness", "edges x", "edges y", "edges",
 SHOWN = CHANNELS.index("objects")  # the channel the figure draws
 SKY, GRASS, HORIZON = (0.55, 0.75, 0.95), (0.35, 0.6, 0.3), 300
 FIGURE = "cuproi_demo.png"
+OFFSETS = "synthetic, spreading the bins outwards; not learned"  # see offsets()
 
 # name: (x1, y1, x2, y2) in scene pixels, deliberately off the stride-16 grid.
 BOXES = {
@@ -201,7 +202,7 @@ def _method_table(x, rois, offset, grad, pooled, scale, ratio, err, found):
     quantization = {
         "roi_pool": f"edges {err.bin_shift_pixels.max():.0f} px, area {err.area_error.mean():.0%}",
         "roi_align": "none (exact box)",
-        "deform_roi_pool": "none (+ learned shifts)",
+        "deform_roi_pool": "none (+ per-bin shifts)",
     }
     header = (
         f"{'method':<17}{'pass':<10}{'backend':<9}{'output shape':<18}{'time':>10}  "
@@ -237,7 +238,15 @@ def _figure(out, image, x, rois, offset, pooled, scale, ratio):
         from cuproi import viz
 
         fig = viz.plot_comparison(
-            x[0], rois[:1], pooled, scale, ratio, offset[:1], channel=SHOWN, image=image
+            x[0],
+            rois[:1],
+            pooled,
+            scale,
+            ratio,
+            offset[:1],
+            offset_source=OFFSETS,
+            channel=SHOWN,
+            image=image,
         )
     except ImportError:
         print("figure: not drawn, matplotlib is missing (pip install matplotlib)")

@@ -5,7 +5,8 @@ Needs matplotlib (``pip install matplotlib``), imported when a function is calle
 it; ``fig.savefig("roi.png")`` or ``fig.savefig("roi.svg")`` saves it) built without pyplot, so
 it works headless and stays out of pyplot's list of open figures.
 
-Nothing is re-derived here: the RoI Pool bins are those of the CPU backend, the max-pooled cells
+Nothing is re-derived here: the cells RoI Pool's bins read are those of the CPU backend (the
+bins are drawn as its rounded box cut evenly, in the same arithmetic), the max-pooled cells
 come from calling :func:`cuproi.roi_pool` with ``return_argmax=True``, and the sample points of
 RoI Align and Deformable RoI Pool, their range test and their bilinear neighbours come from the
 sampling code both ops run. What you see is what the ops compute.
@@ -33,7 +34,7 @@ _ALIGN = "#2ca02c"
 _DEFORM = "#9467bd"
 _REGULAR = "#7f7f7f"
 _CHOSEN = "#e377c2"
-_MIDDLE = (0, None, None, 0, 0)  # first sample of the middle bin of the first box
+_AUTO = (0, None, None, None, None)  # a sample of the first box, picked by _pick
 _GREYS = {"cmap": "Greys", "interpolation": "nearest"}  # feature maps: dark = high
 
 
@@ -61,9 +62,10 @@ def plot_roi_pool(features, boxes, output_size, spatial_scale=1.0, *, channel=0,
     -------
     matplotlib.figure.Figure
         The figure. Its main Axes holds Rectangle patches with ``gid`` ``"exact box"``,
-        ``"quantized box"`` and ``"bin"`` (``K * PH * PW`` of them), the misaligned areas
-        (gids ``"lost"`` and ``"added"``) and a scatter (gid ``"max cells"``) with the maximum
-        cell of every non-empty bin.
+        ``"quantized box"`` and ``"bin"`` (``K * PH * PW`` of them: the quantized box cut into
+        equal parts), a ``"bin cells"`` patch (the cells the middle bin of the first box
+        reads), the misaligned areas (gids ``"lost"`` and ``"added"``) and a scatter (gid
+        ``"max cells"``) with the maximum cell of every non-empty bin, one point per bin.
 
     Raises
     ------
@@ -76,7 +78,9 @@ def plot_roi_pool(features, boxes, output_size, spatial_scale=1.0, *, channel=0,
     -----
     The quantized box is the union of the bins as the op reads them (clipped to the map); the
     area between it and the exact box is what :func:`cuproi.quantization_error` measures (that
-    function does not clip).
+    function does not clip). A bin reads every cell it touches (``floor`` of its start,
+    ``ceil`` of its end), so neighbouring bins whose shared edge falls inside a cell both read
+    it, and when that cell holds both maxima one star marks the two.
 
     Examples
     --------
@@ -90,12 +94,12 @@ def plot_roi_pool(features, boxes, output_size, spatial_scale=1.0, *, channel=0,
     pooled, scale = _validate.output_size(output_size), _validate.spatial_scale(spatial_scale)
     fig, main, legend, _ = _figure(ax)
     _draw_map(main, plane)
-    points = _pool_layers(main, plane, rois, pooled, scale)
+    points, geometry = _pool_layers(main, plane, rois, pooled, scale)
     view = _view(points, plane)
     _frame(main, plane, view, scale)
     _fit(main, legend, view)
     main.set_title(_pool_title(rois, pooled, scale), fontsize=10)
-    _legend(legend or main, _pool_legend())
+    _legend(legend or main, _pool_legend(geometry))
     return fig
 
 
@@ -107,7 +111,7 @@ def plot_roi_align(
     sampling_ratio=-1,
     aligned=False,
     *,
-    sample=_MIDDLE,
+    sample=_AUTO,
     channel=0,
     ax=None,
 ):
@@ -123,7 +127,10 @@ def plot_roi_align(
         Half-pixel shift, as :func:`cuproi.roi_align`.
     sample : tuple or None, optional
         ``(box, ph, pw, i, j)``: sample ``(i, j)`` (row, column) of bin ``(ph, pw)``, whose four
-        neighbours and weights are drawn (``ph`` or ``pw`` None: the middle bin); None for none.
+        neighbours and weights are drawn; None for none. Entries that are None are picked: the
+        sample nearest the centre of its box whose four neighbours are non-zero (else one with
+        a non-zero neighbour, else the one nearest the centre), so that the zoom shows values
+        to interpolate rather than an empty part of the map.
     ax : matplotlib.axes.Axes, optional
         Draw the main panel here instead of in a new figure; a new figure also gets a zoom on
         the chosen sample, with the neighbours' values and the weighted sum.
@@ -135,7 +142,8 @@ def plot_roi_align(
         samples that count (gid ``"samples"``: ``K * PH * PW * gh * gw`` points for boxes inside
         the map), a scatter of those outside ``[-1, H] x [-1, W]`` that add zero (gid ``"samples
         off the map"``) and, for the chosen sample, one line per neighbour (gid
-        ``"neighbour"``, four) labelled with its weight (gid ``"weight"``).
+        ``"neighbour"``, four) labelled with its weight (gid ``"weight"``). The legend lists
+        samples off the map only when there are some.
 
     Raises
     ------
@@ -163,7 +171,7 @@ def plot_roi_align(
     _frame(main, plane, view, scale)
     _fit(main, legend, view)
     main.set_title(_align_title(grids, pooled, aligned), fontsize=10)
-    _legend(legend or main, _align_legend(chosen is not None))
+    _legend(legend or main, _align_legend(main, chosen is not None))
     if zoom is not None:
         _bilinear_zoom(zoom, plane, chosen)
     return fig
@@ -178,10 +186,11 @@ def plot_deform_roi_pool(
     sampling_ratio=0,
     gamma=0.1,
     *,
+    offset_source=None,
     channel=0,
     ax=None,
 ):
-    """Draw Deformable RoI Pool: the regular bins and samples, the shifted ones, and arrows.
+    """Draw Deformable RoI Pool: the regular bins, the shifted bins and samples, and arrows.
 
     Parameters
     ----------
@@ -192,14 +201,18 @@ def plot_deform_roi_pool(
         ``gamma`` times the box width and height); None draws no shift.
     sampling_ratio, gamma : optional
         As :func:`cuproi.deform_roi_pool`.
+    offset_source : str, optional
+        Where the offsets come from, said in the title (``"learned"``, or ``"a synthetic
+        pattern, not learned"`` for made-up ones); None says nothing.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Its first Axes holds the regular bins (Rectangle gid ``"regular bin"``) and samples
-        (scatter gid ``"regular samples"``), the shifted bins (gid ``"bin"``) and samples (gid
-        ``"samples"``, ``K * PH * PW * gh * gw`` points for boxes inside the map) and a quiver
-        (gid ``"offsets"``) with one arrow per bin, from its regular centre to its shifted one.
+        Its first Axes holds the regular bins (Rectangle gid ``"regular bin"``, a faint grid:
+        their samples are RoI Align's), the shifted bins (gid ``"bin"``) and their samples
+        (scatter gid ``"samples"``, ``K * PH * PW * gh * gw`` points for boxes inside the map;
+        those that add zero in ``"samples off the map"``) and a quiver (gid ``"offsets"``) with
+        one arrow per bin, from its regular centre to its shifted one.
 
     Raises
     ------
@@ -227,8 +240,8 @@ def plot_deform_roi_pool(
     view = _view(points, plane)
     _frame(main, plane, view, scale)
     _fit(main, legend, view)
-    main.set_title(_deform_title(gamma, shift), fontsize=10)
-    _legend(legend or main, _deform_legend())
+    main.set_title(_deform_title(gamma, shift, offset is not None, offset_source), fontsize=10)
+    _legend(legend or main, _deform_legend(main))
     return fig
 
 
@@ -242,7 +255,8 @@ def plot_comparison(
     gamma=0.1,
     *,
     aligned=True,
-    sample=_MIDDLE,
+    sample=_AUTO,
+    offset_source=None,
     channel=0,
     image=None,
     width=18.0,
@@ -252,7 +266,7 @@ def plot_comparison(
     The top row draws the three methods on one view, as the single-method functions do. The
     bottom row shows the context (the input image with the feature grid, or the whole map),
     the bilinear interpolation of the chosen RoI Align sample, and the pooled outputs of the
-    three ops for the first box.
+    three ops for the first box on one colour scale.
 
     Parameters
     ----------
@@ -260,7 +274,7 @@ def plot_comparison(
         As :func:`plot_roi_pool`.
     sampling_ratio : int, optional
         Samples per bin of RoI Align and Deformable RoI Pool.
-    offset, gamma : optional
+    offset, gamma, offset_source : optional
         As :func:`plot_deform_roi_pool`.
     aligned, sample : optional
         As :func:`plot_roi_align`; ``sample`` None leaves out the zoom.
@@ -273,7 +287,8 @@ def plot_comparison(
     -------
     matplotlib.figure.Figure
         Axes titled ``"RoI Pool ..."``, ``"RoI Align ..."`` and ``"Deformable RoI Pool ..."``
-        first, then the bottom row.
+        first, then the bottom row. The outputs' images share one
+        :class:`~matplotlib.colors.Normalize`, drawn by their colour bar.
 
     Raises
     ------
@@ -304,7 +319,7 @@ def plot_comparison(
     top = [axes["pool"], axes["align"], axes["deform"]]
     for ax in top:
         _draw_map(ax, plane)
-    points = _pool_layers(top[0], plane, rois, pooled, scale)
+    points, geometry = _pool_layers(top[0], plane, rois, pooled, scale)
     points += _align_layers(top[1], plane, rois, grids, scale, chosen)
     deform, shift = _deform_layers(top[2], plane, rois, offset, pooled, scale, ratio, gamma)
     view = _view(points + deform, plane)
@@ -318,8 +333,12 @@ def plot_comparison(
     top[0].get_gridspec().set_height_ratios(rows)
     top[0].set_title(_pool_title(rois, pooled, scale), fontsize=10)
     top[1].set_title(_align_title(grids, pooled, aligned), fontsize=10)
-    top[2].set_title(_deform_title(gamma, shift), fontsize=10)
-    legends = [_pool_legend(), _align_legend(chosen is not None), _deform_legend()]
+    top[2].set_title(_deform_title(gamma, shift, offset is not None, offset_source), fontsize=10)
+    legends = [
+        _pool_legend(geometry),
+        _align_legend(top[1], chosen is not None),
+        _deform_legend(top[2]),
+    ]
     for name, handles in zip(["l0", "l1", "l2"], legends, strict=True):
         _legend(axes[name], handles)
     _context(axes["context"], plane, rois, scale, view, image)
@@ -329,10 +348,11 @@ def plot_comparison(
         _bilinear_zoom(axes["zoom"], plane, chosen)
     first = None if offset is None else offset[:1]
     _outputs(axes["outputs"], plane, rois[:1], first, pooled, scale, ratio, gamma, aligned)
+    source = f" ({offset_source})" if offset_source else ""
     fig.suptitle(
         "The same box, three ways. RoI Pool snaps the box and its bins to whole cells and takes "
         "the maximum of each bin;\nRoI Align averages bilinear samples of the exact bins; "
-        "Deformable RoI Pool does the same after shifting every bin by a learned offset",
+        f"Deformable RoI Pool does the same after shifting every bin by its own offset{source}",
         fontsize=13,
     )
     return fig
@@ -380,6 +400,16 @@ def _pattern(h, w):
     return np.sin(0.9 * xx) * np.cos(0.7 * yy) + 0.3 * np.sin(0.25 * (xx + yy))
 
 
+def _visible(plane):
+    """Magnitudes above this are non-zero as a reader sees it.
+
+    0.1% of the largest finite magnitude: rounding leaves dust of about 1e-8 where a map is
+    empty (the demo's sky), and a sample there shows only zeros to two decimals.
+    """
+    finite = np.abs(plane[np.isfinite(plane)])
+    return 1e-3 * float(finite.max()) if finite.size else 0.0
+
+
 def _offset(offset, k, pooled, dtype):
     return None if offset is None else _validate.offset(np, np.asarray(offset), k, pooled, dtype)
 
@@ -396,19 +426,29 @@ class _Pool(NamedTuple):
     cols: tuple  # (w0, w1), each (K, PW)
     region: np.ndarray  # (K, 4): union of the non-empty bins, NaN if all are empty
     argmax: np.ndarray  # (K, PH, PW) flat cell index, -1 for an empty bin
+    edges: tuple  # (y, x), (K, PH + 1) and (K, PW + 1): the rounded box cut into equal bins
 
 
 def _pool_geometry(plane, rois, pooled, scale):
-    from cuproi._cpu.roi_pool import _bins
+    from cuproi._cpu.roi_pool import _bins, _round
 
     h, w = plane.shape
     h0, h1, w0, w1 = _bins(rois, scale, *pooled, h, w)
+    # The bins before floor and ceil, in _bins' arithmetic: bin p spans [p, p + 1) times the
+    # bin size from the rounded start, and reads every cell it touches.
+    ct = rois.dtype.type
+    first = _round(rois[:, 1:3] * ct(scale))
+    size = np.maximum(_round(rois[:, 3:5] * ct(scale)) - first + 1, 1) / np.array(pooled[::-1], ct)
+    edges = tuple(
+        (np.arange(n + 1, dtype=ct) * size[:, a, None]).astype(np.float64) + first[:, a, None]
+        for a, n in ((1, pooled[0]), (0, pooled[1]))
+    )
     _, argmax = cuproi.roi_pool(plane[None, None], rois, pooled, scale, return_argmax=True)
     full = ((h1 > h0)[:, :, None] & (w1 > w0)[:, None, :]).any((1, 2))
     region = np.column_stack([w0.min(1), h0.min(1), w1.max(1), h1.max(1)]).astype(float)
     region[~full] = np.nan
     exact = rois[:, 1:].astype(np.float64) * scale
-    return _Pool(exact, (h0, h1), (w0, w1), region, argmax[:, 0])
+    return _Pool(exact, (h0, h1), (w0, w1), region, argmax[:, 0], edges)
 
 
 class _Samples(NamedTuple):
@@ -469,9 +509,8 @@ def _chosen(grids, plane, pooled, sample):
     """The sample ``(box, ph, pw, i, j)`` and its neighbours, by the ops' range and edge rules."""
     from cuproi._cpu import _sampling
 
-    k, ph, pw, i, j = sample
-    ph = pooled[0] // 2 if ph is None else ph
-    pw = pooled[1] // 2 if pw is None else pw
+    sample = tuple(sample)
+    k, ph, pw, i, j = _pick(grids, plane, sample) if None in sample else sample
     try:
         if min(k, ph, pw, i, j) < 0:
             raise IndexError
@@ -494,18 +533,61 @@ def _chosen(grids, plane, pooled, sample):
     return _Chosen((k, ph, pw, i, j), float(y), float(x), taps)
 
 
+def _pick(grids, plane, sample):
+    """``sample`` with its None entries filled, nearest the box centre on a non-zero part.
+
+    The candidates are the samples whose four neighbours are non-zero, else those with a
+    non-zero neighbour, else all; among them, the one nearest the centre of its box. The middle
+    of a box can lie on an empty part of the map (sky: zero features), where the zoom would
+    show a sum of zeros. Given entries that match no sample are kept (the caller reports
+    them); None entries then become 0.
+    """
+    from cuproi._cpu import _sampling
+
+    best, label = None, tuple(0 if v is None else v for v in sample)
+    floor = _visible(plane)
+    for k, g in enumerate(grids):
+        if sample[0] is not None and k != sample[0]:
+            continue
+        y, x = (a.astype(np.float64) for a in np.broadcast_arrays(g.y, g.x))  # (PH, PW, gh, gw)
+        index = np.indices(y.shape).reshape(4, -1)
+        keep = np.ones(y.size, bool)
+        for given, axis in zip(sample[1:], index, strict=True):
+            if given is not None:
+                keep &= axis == given
+        if not keep.any():
+            continue
+        y, x, index = y.ravel()[keep], x.ravel()[keep], index[:, keep]
+        counted = _sampling.in_range(y, plane.shape[0]) & _sampling.in_range(x, plane.shape[1])
+        low_y, high_y, _, _ = _sampling.edge_taps(np.where(counted, y, 0.0), plane.shape[0])
+        low_x, high_x, _, _ = _sampling.edge_taps(np.where(counted, x, 0.0), plane.shape[1])
+        values = plane[[low_y, low_y, high_y, high_y], [low_x, high_x, low_x, high_x]]
+        read = counted & (np.abs(values) > floor)
+        tier = np.where(read.all(0), 0, np.where(read.any(0), 1, 2))
+        centre_y = (g.bin_y.min() + (g.bin_y + g.size_y).max()) / 2
+        centre_x = (g.bin_x.min() + (g.bin_x + g.size_x).max()) / 2
+        distance = np.hypot(y - float(centre_y), x - float(centre_x))
+        n = np.lexsort((distance, tier))[0]
+        if best is None or (tier[n], distance[n]) < best:
+            best, label = (tier[n], distance[n]), (k, *(int(v) for v in index[:, n]))
+    return label
+
+
 # ---------------------------------------------------------------------------------------------
 # Layers: each draws one method into an Axes and returns the (x, y) points the view must show
 
 
 def _pool_layers(ax, plane, rois, pooled, scale):
+    """Draw; return the points to show and the geometry (for the legend)."""
     g = _pool_geometry(plane, rois, pooled, scale)
     points = []
     for k in range(len(rois)):
-        (h0, h1), (w0, w1) = (a[k] for a in g.rows), (a[k] for a in g.cols)
+        # The bins as cut, not the cells they read: those overlap by a cell wherever a bin
+        # edge falls inside one, and their outlines would draw every cell line of the box.
+        ys, xs = g.edges[0][k], g.edges[1][k]
         for p, q in np.ndindex(*pooled):
-            cells = (w0[q], h0[p], w1[q], h1[p])
-            ax.add_patch(_rect(cells, ec=_POOL_BINS, lw=0.9, gid="bin", zorder=3))
+            cut = (xs[q], ys[p], xs[q + 1], ys[p + 1])
+            ax.add_patch(_rect(cut, ec=_POOL_BINS, lw=1.3, gid="bin", zorder=3))
         exact, region = g.exact[k], g.region[k]
         if np.isfinite(region).all():
             _difference(ax, region, exact, _QUANTIZED, "added", hatch=None)
@@ -514,10 +596,17 @@ def _pool_layers(ax, plane, rois, pooled, scale):
             points += [region[:2], region[2:]]
         ax.add_patch(_rect(exact, ec=_EXACT, lw=2.2, ls="--", gid="exact box", zorder=6))
         points += [exact[:2], exact[2:]]
+    # What one bin reads, so that the overlap (and the stars bins share) can be seen.
+    p, q = pooled[0] // 2, pooled[1] // 2
+    (h0, h1), (w0, w1) = (a[0] for a in g.rows), (a[0] for a in g.cols)
+    if h1[p] > h0[p] and w1[q] > w0[q]:
+        cells = (w0[q], h0[p], w1[q], h1[p])
+        style = {"fc": _POOL_BINS, "alpha": 0.45, "ec": "none", "gid": "bin cells", "zorder": 2}
+        ax.add_patch(_rect(cells, fill=True, **style))
     rows, cols = np.divmod(g.argmax[g.argmax >= 0], plane.shape[1])
     star = {"marker": "*", "s": 90, "c": "gold", "edgecolors": "black", "linewidths": 0.6}
     ax.scatter(cols + 0.5, rows + 0.5, gid="max cells", zorder=7, **star)
-    return points
+    return points, g
 
 
 def _align_layers(ax, plane, rois, grids, scale, chosen):
@@ -530,18 +619,32 @@ def _align_layers(ax, plane, rois, grids, scale, chosen):
 
 def _deform_layers(ax, plane, rois, offset, pooled, scale, ratio, gamma):
     """Draw; return the points to show and the largest bin shift in cells."""
+    from matplotlib.colors import to_rgba
+
     points = _exact_boxes(ax, rois, scale)
     regular = _sample_grids(rois, pooled, scale, ratio)
     shifted = _sample_grids(rois, pooled, scale, ratio, offset=offset, gamma=gamma)
-    points += _sample_layers(
-        ax, plane, regular, _REGULAR, "regular bin", "regular samples", zorder=3, ls=":", s=8
-    )
-    points += _sample_layers(ax, plane, shifted, _DEFORM, "bin", "samples", zorder=4)
+    # The regular bins as a faint grid only (their samples are RoI Align's, drawn beside), the
+    # shifted ones as tinted tiles: outlines of both crossing each other read as clutter.
+    for g in regular:
+        for p, q in np.ndindex(g.bin_y.shape):
+            x0, y0 = g.bin_x[p, q] + 0.5, g.bin_y[p, q] + 0.5
+            corners = (x0, y0, x0 + g.size_x[p, q], y0 + g.size_y[p, q])
+            style = {"ec": _REGULAR, "lw": 0.8, "ls": ":", "gid": "regular bin", "zorder": 3}
+            ax.add_patch(_rect(corners, **style))
+            points += [corners[:2], corners[2:]]
+    tile = {"fc": to_rgba(_DEFORM, 0.13), "lw": 1.0}
+    points += _sample_layers(ax, plane, shifted, _DEFORM, "bin", "samples", 4, s=7, tile=tile)
     start = np.concatenate([_centres(s) for s in regular])
     move = np.concatenate([_centres(s) for s in shifted]) - start
-    in_data_units = {"angles": "xy", "scale_units": "xy", "scale": 1}
-    head = {"width": 0.004, "headwidth": 4, "headlength": 5, "headaxislength": 4.5}
-    ax.quiver(*start.T, *move.T, color="black", gid="offsets", zorder=8, **in_data_units, **head)
+    in_data_units = {"angles": "xy", "scale_units": "xy", "scale": 1, "units": "xy"}
+    # Shaft and head in cells, so that an arrow is as bold as the bins it moves; none for a
+    # bin that does not move (minlength 0).
+    shape = {"width": 0.07, "headwidth": 3.5, "headlength": 3.5, "headaxislength": 3.2}
+    edge = {"edgecolor": "white", "linewidth": 0.5, "minlength": 0}
+    ax.quiver(
+        *start.T, *move.T, color="black", gid="offsets", zorder=8, **in_data_units, **shape, **edge
+    )
     return points, float(np.hypot(*move.T).max(initial=0.0))
 
 
@@ -552,14 +655,19 @@ def _exact_boxes(ax, rois, scale):
     return [p for box in exact for p in (box[:2], box[2:])]
 
 
-def _sample_layers(ax, plane, grids, color, bin_gid, sample_gid, zorder, ls="-", s=14):
-    """Bins as rectangles, samples as dots (crosses for samples that add zero)."""
+def _sample_layers(ax, plane, grids, color, bin_gid, sample_gid, zorder, s=14, tile=None):
+    """Bins as rectangles (outlines, or tiles styled by ``tile``), samples as dots.
+
+    Samples that add zero are crosses.
+    """
     inside, outside, points = [np.zeros((0, 2))], [np.zeros((0, 2))], []
+    style = {"ec": color, "lw": 0.9, "gid": bin_gid, "zorder": zorder}
+    style.update(tile or {})
     for g in grids:
         for p, q in np.ndindex(g.bin_y.shape):
             x0, y0 = g.bin_x[p, q] + 0.5, g.bin_y[p, q] + 0.5
             corners = (x0, y0, x0 + g.size_x[p, q], y0 + g.size_y[p, q])
-            ax.add_patch(_rect(corners, ec=color, lw=0.9, ls=ls, gid=bin_gid, zorder=zorder))
+            ax.add_patch(_rect(corners, fill=tile is not None, **style))
             points += [corners[:2], corners[2:]]
         y, x = np.broadcast_arrays(g.y, g.x)
         xy = np.column_stack([x.ravel(), y.ravel()]).astype(np.float64) + 0.5
@@ -567,9 +675,9 @@ def _sample_layers(ax, plane, grids, color, bin_gid, sample_gid, zorder, ls="-",
         inside.append(xy[counted])
         outside.append(xy[~counted])
     inside, outside = np.concatenate(inside), np.concatenate(outside)
-    style = {"s": s, "c": color, "zorder": zorder + 1}
-    ax.scatter(*inside.T, edgecolors="white", linewidths=0.3, gid=sample_gid, **style)
-    ax.scatter(*outside.T, marker="x", gid=f"{sample_gid} off the map", **style)
+    dots = {"s": s, "c": color, "zorder": zorder + 1}
+    ax.scatter(*inside.T, edgecolors="white", linewidths=0.3, gid=sample_gid, **dots)
+    ax.scatter(*outside.T, marker="x", gid=f"{sample_gid} off the map", **dots)
     return points + list(inside) + list(outside)
 
 
@@ -664,29 +772,65 @@ def _context(ax, plane, rois, scale, view, image):
 
 
 def _outputs(ax, plane, rois, offset, pooled, scale, ratio, gamma, aligned):
-    """The (PH, PW) outputs of the three ops for the first box, side by side."""
+    """The (PH, PW) outputs of the three ops for the first box, on one colour scale.
+
+    The thumbnails go side by side, stacked, or two by two, whichever draws them largest at
+    the output's aspect in the room the figure's layout leaves the panel.
+    """
+    from matplotlib.colors import Normalize
+
     x = plane[None, None]
     common = {"output_size": pooled, "spatial_scale": scale, "sampling_ratio": ratio}
     outputs = [
         ("RoI Pool", cuproi.roi_pool(x, rois, pooled, scale)),
         ("RoI Align", cuproi.roi_align(x, rois, aligned=aligned, **common)),
-        ("Deformable", cuproi.deform_roi_pool(x, rois, offset, gamma=gamma, **common)),
+        ("Deformable RoI Pool", cuproi.deform_roi_pool(x, rois, offset, gamma=gamma, **common)),
     ]
+    # One norm for the three, so that a shade means the same value in each (the colour bar).
+    values = np.stack([out[0, 0] for _, out in outputs]).astype(np.float64)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    norm = Normalize(low, high if high > low else low + 1.0)
     ph, pw = pooled
-    gap = max(pw / 4, 0.5)
-    finite = plane[np.isfinite(plane)]
-    limits = (finite.min(), finite.max()) if finite.size else (0, 1)
-    for n, (name, out) in enumerate(outputs):
-        left = n * (pw + gap)
-        extent = (left, left + pw, ph, 0)
-        ax.imshow(
-            out[0, 0].astype(np.float64), extent=extent, vmin=limits[0], vmax=limits[1], **_GREYS
-        )
-        ax.text(left + pw / 2, -0.15 * ph, name, ha="center", va="bottom", fontsize=9)
-    ax.set_xlim(-0.2, 3 * pw + 2 * gap + 0.2)
-    ax.set_ylim(ph * 1.02, -0.35 * ph)
+    ax.set_title(
+        f"What the detection head gets: the {ph}x{pw} pooled output of box 0\n"
+        "(one grey scale for the three: dark = high)",
+        fontsize=10,
+    )
+    fig = ax.figure
+    fig.get_layout_engine().execute(fig)  # the panel's size once titles and labels have room
+    room = ax.get_position().size * fig.get_size_inches()
+    label, gap, bar = 0.28, 0.2, 0.75  # inches: a name above each, between them, colour bar
+    width, height = room[0] - bar, room[1]
+    layouts = [(1, 3), (3, 1), (2, 2)]  # (rows, columns)
+    inch = [  # inches per cell: the largest thumbnails each layout fits in the room
+        min((width - (c - 1) * gap) / (c * pw), (height - r * label - (r - 1) * gap) / (r * ph))
+        for r, c in layouts
+    ]
+    # A row or a column compares best: two by two only where it is clearly larger.
+    n = int(np.argmax(inch[:2])) if max(inch[:2]) >= inch[2] / 1.25 else 2
+    (rows, cols), inch = layouts[n], inch[n]
+    step_x, step_y = pw + gap / inch, ph + (label + gap) / inch  # in cells
+    for n, name in enumerate(name for name, _ in outputs):
+        left, top = (n % cols) * step_x, (n // cols) * step_y + label / inch
+        extent = (left, left + pw, top + ph, top)
+        image = ax.imshow(values[n], extent=extent, norm=norm, **_GREYS)
+        # A frame: the output's zeros are white, and without it its edge would not show.
+        ax.add_patch(_rect((left, top, left + pw, top + ph), ec="#888888", lw=0.6))
+        ax.text(left + pw / 2, top - 0.08 / inch, name, ha="center", va="bottom", fontsize=9)
+    right, bottom = cols * step_x - gap / inch, rows * step_y - gap / inch
+    # The colour bar beside the thumbnails, as tall as they are (an inset placed in cells).
+    cax = ax.inset_axes(
+        [right + 0.15 / inch, label / inch, 0.15 / inch, bottom - label / inch],
+        transform=ax.transData,
+    )
+    fig.colorbar(image, cax=cax).set_label("pooled value", fontsize=8)
+    cax.tick_params(labelsize=7)
+    margin = 0.03 / inch  # so that the frames' outer half is not clipped
+    ax.set_xlim(-margin, right + bar / inch)
+    ax.set_ylim(bottom + margin, -margin)
+    ax.set_aspect("equal")
     ax.set_axis_off()
-    ax.set_title(f"What the detection head gets: the {ph}x{pw} pooled output of box 0", fontsize=10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -826,7 +970,14 @@ def _marker(face, edge, marker="o", size=6):
     return {"ls": "none", "marker": marker, "mfc": face, "mec": edge, "ms": size}
 
 
-def _pool_legend():
+def _pool_legend(geometry):
+    argmax = geometry.argmax
+    bins, empty = argmax.size, int((argmax < 0).sum())
+    stars = len(np.unique(argmax[argmax >= 0]))
+    ph, pw = argmax.shape[1:]
+    shared = f"{stars} stars for {bins - empty} bins:\nbins sharing a cell share a star"
+    if empty:
+        shared += f"; {empty} empty\nbins have none"
     return _handles(
         _box_entry(),
         (
@@ -834,20 +985,35 @@ def _pool_legend():
             "quantized box: cells RoI Pool reads",
             {"fill": False, "ec": _QUANTIZED, "lw": 2},
         ),
-        ("patch", "bins rounded to whole cells", {"fill": False, "ec": _POOL_BINS}),
-        ("line", "max of each bin (argmax)", _marker("gold", "black", "*", 11)),
+        (
+            "patch",
+            f"{ph}x{pw} bins: the quantized box cut evenly",
+            {"fill": False, "ec": _POOL_BINS},
+        ),
+        (
+            "patch",
+            "cells the middle bin reads: all it touches",
+            {"fc": _POOL_BINS, "alpha": 0.45},
+        ),
+        ("line", f"max of each bin (argmax),\n{shared}", _marker("gold", "black", "*", 11)),
         ("patch", "area added by rounding", {"fc": _QUANTIZED, "alpha": 0.28}),
         ("patch", "area lost by rounding", {"fc": _EXACT, "alpha": 0.28, "hatch": "////"}),
     )
 
 
-def _align_legend(chosen):
+def _drawn(ax, gid):
+    """How many points the scatter ``gid`` of ``ax`` has: legends list only what is drawn."""
+    return sum(len(c.get_offsets()) for c in ax.collections if c.get_gid() == gid)
+
+
+def _align_legend(ax, chosen):
     entries = [
         _box_entry(),
         ("patch", "exact bins, no rounding", {"fill": False, "ec": _ALIGN}),
         ("line", "bilinear samples (averaged)", _marker(_ALIGN, "white")),
-        ("line", "sample off the map (adds 0)", _marker(_ALIGN, _ALIGN, "x")),
     ]
+    if _drawn(ax, "samples off the map"):
+        entries.append(("line", "sample off the map (adds 0)", _marker(_ALIGN, _ALIGN, "x")))
     if chosen:
         entries.append(
             (
@@ -859,14 +1025,19 @@ def _align_legend(chosen):
     return _handles(*entries)
 
 
-def _deform_legend():
-    return _handles(
+def _deform_legend(ax):
+    entries = [
         _box_entry(),
         ("patch", "regular bins (offset 0)", {"fill": False, "ec": _REGULAR, "ls": ":"}),
-        ("patch", "bins shifted by the offsets", {"fill": False, "ec": _DEFORM}),
+        ("patch", "bins shifted by the offsets", {"fc": _DEFORM, "alpha": 0.25, "ec": _DEFORM}),
         ("line", "shifted samples (averaged)", _marker(_DEFORM, "white")),
-        ("line", "shift of each bin", {"color": "black", "lw": 1.5, "marker": ">", "ms": 5}),
+    ]
+    if _drawn(ax, "samples off the map"):
+        entries.append(("line", "sample off the map (adds 0)", _marker(_DEFORM, _DEFORM, "x")))
+    entries.append(
+        ("line", "shift of each bin", {"color": "black", "lw": 1.5, "marker": ">", "ms": 5})
     )
+    return _handles(*entries)
 
 
 def _pool_title(rois, pooled, scale):
@@ -889,8 +1060,12 @@ def _align_title(grids, pooled, aligned):
     )
 
 
-def _deform_title(gamma, shift):
+def _deform_title(gamma, shift, offset, source):
+    if not offset:
+        return "Deformable RoI Pool (2017)\nno offset given: the bins stay where RoI Align's are"
+    source = f"\noffsets: {source}" if source else ""
     return (
         "Deformable RoI Pool (2017)\n"
-        f"RoI Align bins, each shifted by gamma x box size x offset; largest {shift:.2f} cells"
+        f"RoI Align bins shifted by {gamma:g} x box size x offset; largest {shift:.2f} cells"
+        f"{source}"
     )

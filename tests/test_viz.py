@@ -95,6 +95,58 @@ def test_roi_pool_bins_clipped_by_the_map_and_a_box_off_it():
     np.testing.assert_array_equal(corners(patches(ax, "quantized box")[0]), [0, 0, 7, 7])
 
 
+def legend_texts(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def c_round(v):
+    """C round(), half away from zero, as torchvision's roi_pool rounds box corners."""
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def test_roi_pool_bins_are_the_box_cut_evenly_not_the_cells_they_read():
+    # 17 x 10 cells in 7 x 7 bins: bin edges fall inside cells, so neighbouring bins read a
+    # cell in common. The bins drawn are the PH x PW parts of the rounded box, one outline
+    # each, not their overlapping cell ranges (whose outlines drew every cell line).
+    x, box, pooled = features(), BOXES[:1], (7, 7)
+    fig = viz.plot_roi_pool(x, box, pooled, SCALE)
+    ax = fig.axes[0]
+    bins = np.array([corners(p) for p in patches(ax, "bin")])
+    assert len(bins) == 7 * 7
+    start = c_round(box[0, 1:3] * SCALE)
+    size = np.maximum(c_round(box[0, 3:5] * SCALE) - start + 1, 1) / 7  # x, y
+    assert size[0] % 1 and size[1] % 1  # edges inside cells
+    for axis in (0, 1):
+        edges = np.unique(np.round(bins[:, [axis, axis + 2]], 6))
+        np.testing.assert_allclose(edges, start[axis] + size[axis] * np.arange(8), atol=1e-5)
+    quantized = corners(patches(ax, "quantized box")[0])
+    area = np.prod(quantized[2:] - quantized[:2])
+    np.testing.assert_allclose(np.prod(bins[:, 2:] - bins[:, :2], axis=1).sum(), area)
+    # The middle bin reads every cell it touches, floor of its start to ceil of its end, and
+    # its maximum (as roi_pool's argmax says) is among them.
+    lo = start + 3 * size
+    cells = np.concatenate([np.floor(lo), np.ceil(lo + size)])
+    (read,) = patches(ax, "bin cells")
+    np.testing.assert_array_equal(corners(read), cells)
+    _, argmax = cuproi.roi_pool(x[:, :1], box, pooled, SCALE, return_argmax=True)
+    row, col = divmod(int(argmax[0, 0, 3, 3]), 30)
+    assert cells[0] <= col < cells[2] and cells[1] <= row < cells[3]
+    # One star per bin, fewer where bins share their maximum cell: the legend says so.
+    stars = offsets(ax, "max cells")
+    assert len(stars) == 49
+    distinct = len(np.unique(argmax))
+    assert distinct < 49
+    (entry,) = [t for t in legend_texts(fig.axes[1]) if "max of each bin" in t]
+    assert f"{distinct} stars for 49 bins" in entry and "share a star" in entry
+
+
+def test_roi_pool_legend_counts_empty_bins():
+    fig = viz.plot_roi_pool((20, 30), [[600.0, 400.0, 700.0, 500.0]], 2, SCALE)
+    (entry,) = [t for t in legend_texts(fig.axes[1]) if "max of each bin" in t]
+    assert "0 stars for 0 bins" in entry and "4 empty" in entry
+    assert not patches(fig.axes[0], "bin cells")  # the middle bin reads nothing
+
+
 @pytest.mark.parametrize(("ratio", "aligned"), [(2, True), (3, False), (0, True), (-1, False)])
 def test_roi_align_figure(ratio, aligned):
     pooled = (3, 2)
@@ -173,13 +225,31 @@ def test_roi_align_samples_off_the_map_and_at_the_edge():
     assert len(lines) == 2 and {line.get_xdata()[1] for line in lines} == {29.5}
 
 
+def test_legends_list_samples_off_the_map_only_when_drawn():
+    inside = viz.plot_roi_align((20, 30), BOXES, 2, SCALE, 2)
+    assert not offsets(inside.axes[0], "samples off the map").size
+    assert not [t for t in legend_texts(inside.axes[2]) if "off the map" in t]
+    half_out = viz.plot_roi_align((20, 30), [[-80.0, 16.0, 48.0, 80.0]], 2, SCALE, 2)
+    assert [t for t in legend_texts(half_out.axes[2]) if "off the map" in t]
+    # Deformable: offsets pushing the bins of a box at the left edge off the map.
+    offset = np.zeros((1, 2, 2, 2), np.float32)
+    offset[:, 0] = -10.0  # 4 cells left: samples before -1
+    deform = viz.plot_deform_roi_pool((20, 30), [[16.0, 16.0, 80.0, 80.0]], offset, 2, SCALE)
+    assert offsets(deform.axes[0], "samples off the map").size
+    assert [t for t in legend_texts(deform.axes[1]) if "off the map" in t]
+    still = viz.plot_deform_roi_pool((20, 30), [[16.0, 16.0, 80.0, 80.0]], None, 2, SCALE)
+    assert not [t for t in legend_texts(still.axes[1]) if "off the map" in t]
+
+
 def test_deform_roi_pool_figure():
     pooled, gamma = (2, 3), 0.2
     offset = np.random.default_rng(1).normal(0, 1, (2, 2, *pooled)).astype(np.float32)
     fig = viz.plot_deform_roi_pool(features(), BOXES, offset, pooled, SCALE, 2, gamma)
     ax = fig.axes[0]
     assert len(patches(ax, "bin")) == len(patches(ax, "regular bin")) == 2 * 6
-    assert len(offsets(ax, "samples")) == len(offsets(ax, "regular samples")) == 2 * 6 * 4
+    assert len(offsets(ax, "samples")) == 2 * 6 * 4
+    # The regular bins are a grid only: their samples (RoI Align's) would double the dots.
+    assert not [c for c in ax.collections if c.get_gid() == "regular samples"]
     arrows = collection(ax, "offsets")
     assert arrows.N == 2 * 6
     # mmcv: bin (ph, pw) moves by gamma * (box width, box height) * offset[:, (0, 1), ph, pw].
@@ -190,11 +260,13 @@ def test_deform_roi_pool_figure():
     np.testing.assert_allclose(
         arrows.V, (gamma * size[:, 1, None, None] * offset[:, 1]).ravel(), atol=1e-5
     )
-    # Without offsets the bins stay: arrows of length zero, samples on the regular grid.
+    # Without offsets the bins stay: arrows of length zero, bins on the regular ones.
     fig = viz.plot_deform_roi_pool(features(), BOXES, None, pooled, SCALE, 2)
     ax = fig.axes[0]
     np.testing.assert_array_equal(collection(ax, "offsets").U, 0)
-    np.testing.assert_allclose(offsets(ax, "samples"), offsets(ax, "regular samples"))
+    shifted = [corners(p) for p in patches(ax, "bin")]
+    np.testing.assert_allclose(shifted, [corners(p) for p in patches(ax, "regular bin")])
+    assert "no offset" in ax.get_title()
 
 
 def test_comparison_figure():
@@ -229,6 +301,92 @@ def test_comparison_figure():
         np.testing.assert_allclose(got, want[0, 0], rtol=1e-6)
     without = viz.plot_comparison((20, 30), BOXES, 3, SCALE, sample=None)
     assert not [line for line in without.axes[1].lines if line.get_gid() == "neighbour"]
+
+
+def outputs_panel(fig):
+    (ax,) = [ax for ax in fig.axes if "pooled output" in ax.get_title()]
+    return ax
+
+
+@pytest.mark.parametrize("pooled", [(7, 7), (7, 14), (14, 7)])
+def test_comparison_outputs_share_one_colour_scale_and_fit_their_aspect(pooled):
+    x = features()
+    fig = viz.plot_comparison(x, BOXES[:1], pooled, SCALE, 2, channel=1)
+    ax = outputs_panel(fig)
+    images = ax.images
+    assert len(images) == 3
+    # One norm for the three thumbnails, drawn by one colour bar, spanning their values.
+    norm = images[0].norm
+    assert all(image.norm is norm for image in images)
+    colorbar = images[-1].colorbar
+    assert colorbar is not None and colorbar.norm is norm
+    values = np.stack([image.get_array() for image in images])
+    assert (norm.vmin, norm.vmax) == (values.min(), values.max())
+    # Each thumbnail at the output's aspect, and large: at least 10% of the panel (7x14
+    # outputs in a row of three filled 6% each).
+    fig.draw_without_rendering()  # constrained layout and equal aspect applied
+    panel = ax.get_position(original=True).size * fig.get_size_inches()
+    for image in images:
+        left, right, bottom, top = image.get_extent()
+        box = ax.transData.transform([(left, top), (right, bottom)]) / fig.dpi
+        width, height = np.abs(np.diff(box, axis=0))[0]
+        np.testing.assert_allclose(width / height, pooled[1] / pooled[0], rtol=1e-6)
+        assert width * height >= 0.1 * np.prod(panel)
+
+
+def chosen_neighbours(fig, plane):
+    """Values of the (up to) four cells around the chosen sample of a figure's first panels."""
+    (chosen,) = [
+        np.asarray(c.get_offsets())[0]
+        for ax in fig.axes
+        for c in ax.collections
+        if c.get_gid() == "chosen sample"
+    ][:1]
+    x, y = chosen - 0.5  # the ops' index coordinates, where cell i's value sits at i
+    h, w = plane.shape
+    rows = {min(max(int(np.floor(y)) + d, 0), h - 1) for d in (0, 1)}
+    cols = {min(max(int(np.floor(x)) + d, 0), w - 1) for d in (0, 1)}
+    return np.array([plane[r, c] for r in rows for c in cols])
+
+
+def test_zoomed_sample_lies_on_a_non_zero_part_of_the_map():
+    # Zero features but for a patch at the bottom right of the box: the middle of the box,
+    # where the zoom used to go, is empty.
+    plane = np.zeros((20, 30), np.float32)
+    plane[9:12, 14:18] = np.arange(1, 13).reshape(3, 4)
+    box = [[40.0, 40.0, 280.0, 190.0]]
+    for fig in (
+        viz.plot_roi_align(plane, box, 7, SCALE, 2, True),
+        viz.plot_comparison(plane, box, 7, SCALE, 2),
+    ):
+        assert (chosen_neighbours(fig, plane) != 0).all()
+    # Nothing non-zero: the sample nearest the centre, as before.
+    fig = viz.plot_roi_align(np.zeros((20, 30)), box, 7, SCALE, 2, True)
+    assert "bin (3, 3)" in fig.axes[1].get_title()
+    # A sample given in full is drawn as given, on zeros or not.
+    fig = viz.plot_roi_align(plane, box, 7, SCALE, 2, True, sample=(0, 0, 0, 0, 0))
+    assert "bin (0, 0), sample (0, 0)" in fig.axes[1].get_title()
+    # Entries given are kept, the others picked: bin row 6 holds no non-zero cell below it.
+    fig = viz.plot_roi_align(plane, box, 7, SCALE, 2, True, sample=(0, None, 2, None, None))
+    assert ", 2), sample" in fig.axes[1].get_title()
+
+
+def test_demo_wide_box_zooms_on_the_features_not_the_sky():
+    # The user's case: --boxes "10,10,300,200" --output-size 7x14. The box's middle is sky,
+    # whose features are zero up to rounding dust (about 1e-8).
+    from cuproi import _demo
+
+    x = _demo.features(_demo.scene(), 16)[0, _demo.SHOWN]
+    box, pooled = [[10.0, 10.0, 300.0, 200.0]], (7, 14)
+    offset = _demo.offsets(1, pooled)
+    fig = viz.plot_comparison(x, box, pooled, 1 / 16, 2, offset, offset_source=_demo.OFFSETS)
+    assert (chosen_neighbours(fig, x) > 1e-3 * x.max()).all()
+    (zoom,) = [ax for ax in fig.axes if "bilinear interpolation" in ax.get_title()]
+    assert float(zoom.get_xlabel().rsplit("= ", 1)[1]) > 0.01
+    # The demo's offsets are made up, and the titles say so.
+    deform = fig.axes[2].get_title()
+    assert "not learned" in deform and "not learned" in fig.get_suptitle()
+    assert "learned offset" not in fig.get_suptitle()
 
 
 def test_figures_save_as_png_and_svg(tmp_path):
