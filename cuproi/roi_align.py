@@ -214,6 +214,8 @@ def roi_align_backward(
     ratio = _validate.sampling_ratio(sampling_ratio)
     dtype = g.dtype
     det = _validate.flag(deterministic, "deterministic")
+    aligned = _validate.flag(aligned, "aligned")
+    channels_last = _validate.flag(channels_last, "channels_last")
     if mode == "max":  # reads the features too: computes in their dtype
         x = _forward_input(backend, prepared[2], shape)
         rois = _validate.boxes(backend.xp, b, shape[0], scale, x.dtype)
@@ -224,9 +226,9 @@ def roi_align_backward(
             rois,
             scale,
             ratio,
-            _validate.flag(aligned, "aligned"),
+            aligned,
             det,
-            channels_last=_validate.flag(channels_last, "channels_last"),
+            channels_last=channels_last,
         )
         return restore(grad.astype(dtype, copy=False))
     rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
@@ -238,9 +240,9 @@ def roi_align_backward(
             shape,
             scale,
             ratio,
-            _validate.flag(aligned, "aligned"),
+            aligned,
             deterministic=det,
-            channels_last=_validate.flag(channels_last, "channels_last"),
+            channels_last=channels_last,
         )
     )
 
@@ -325,14 +327,11 @@ def roi_align_box_backward(
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
     det = _validate.flag(deterministic, "deterministic")
+    aligned = _validate.flag(aligned, "aligned")
     if mode == "max":
-        grad = backend.roi_align_max_backward(
-            g, x, rois, scale, ratio, _validate.flag(aligned, "aligned"), det, "boxes"
-        )
+        grad = backend.roi_align_max_backward(g, x, rois, scale, ratio, aligned, det, "boxes")
     else:
-        grad = backend.roi_align_backward(
-            g, rois, x.shape, scale, ratio, _validate.flag(aligned, "aligned"), det, x, "boxes"
-        )
+        grad = backend.roi_align_backward(g, rois, x.shape, scale, ratio, aligned, det, x, "boxes")
     return restore(grad)
 
 
