@@ -200,10 +200,8 @@ def operator(
     row = (image_of_bin[pair_bin] * h + ys.index[jy]) * w
     columns = np.repeat(row, run) + xs.index[jx]
     size = n * h * w
-    if pixels is not None and pixels.slot is not None:
-        columns, size = pixels.slot[columns], len(pixels.rows)
-        if columns.size and columns.min() < 0:  # SciPy would read outside the rows
-            raise RuntimeError("cuproi: a sample reads a pixel that reach() left out")
+    if pixels is not None:
+        columns, size = pixels.index(columns), len(pixels.rows)
     inverse_count = (1.0 / count_of_bin.astype(np.float64))[pair_bin]
 
     def matrix(y_values, x_values):
@@ -263,6 +261,15 @@ class Pixels(NamedTuple):
 
     rows: np.ndarray
     slot: np.ndarray | None
+
+    def index(self, flat):
+        """The rows of ``rows`` that hold the pixels of flat (N*H*W) indices ``flat``."""
+        if self.slot is None:
+            return flat
+        rows = self.slot[flat]
+        if rows.size and rows.min() < 0:  # NumPy and SciPy would read outside the rows
+            raise RuntimeError("cuproi: a sample reads a pixel that reach() left out")
+        return rows
 
 
 def pixels_read(x, cells, dtype=None):
