@@ -18,7 +18,6 @@ hold enough work to pay for that.
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
 
 import numpy as np
 
@@ -37,14 +36,6 @@ _BLOCK = 512
 # for building it (_sampling.work_per_entry); RoI Align broke even near 12M.
 PRODUCT_GRAIN = 6_000_000
 COPY_GRAIN = 1_250_000  # elements of a layout change: two threads won from about 2.5M
-
-# Tiles of the layout changes that copy only the cells the boxes read (see tiles): 8 rows of 16
-# pixels. A map copied tile by tile took 1.1 to 1.2 times as long as in runs of _BLOCK pixels
-# (8 x 64 and 16 x 32 tiles no less), and the smaller the tiles, the closer they fit the
-# boxes (FPN's P2 on the box head: 0.81 of 8 x 16 tiles read, 0.95 of 8 x 64). When the boxes
-# reach more than this fraction of the tiles, the whole map is copied in runs instead.
-_TILE_ROWS, _TILE_COLS = 8, 16
-_WHOLE = 0.75
 
 
 def threads():
@@ -155,44 +146,6 @@ def _blocks(n, pixels):
     return [(i, min(i + step, n), 0, pixels) for i in range(0, n, step)]
 
 
-class Cells(NamedTuple):
-    """The cells ``[y0, y1) x [x0, x1)`` of image ``image`` that each box reads (int64, (K,))."""
-
-    image: np.ndarray
-    y0: np.ndarray
-    y1: np.ndarray
-    x0: np.ndarray
-    x1: np.ndarray
-
-
-def tiles(cells, n, h, w):
-    """``(image, y0, y1, x0, x1)`` of the tiles of an (N, H, W) map that ``cells`` overlap.
-
-    None when they overlap more than ``_WHOLE`` of the tiles. Each rectangle is added to a
-    difference array of the tile grid at its four corners, whose running sums along both
-    axes count the rectangles over every tile.
-    """
-    if n * h * w == 0:
-        return None
-    cols = min(w, _TILE_COLS)
-    rows = max(_TILE_ROWS * _TILE_COLS // cols, 1) if cols < _TILE_COLS else _TILE_ROWS
-    grid_h, grid_w = -(-h // rows), -(-w // cols)
-    some = (cells.y1 > cells.y0) & (cells.x1 > cells.x0)
-    image = cells.image[some]
-    top, bottom = cells.y0[some] // rows, (cells.y1[some] - 1) // rows + 1
-    left, right = cells.x0[some] // cols, (cells.x1[some] - 1) // cols + 1
-    count = np.zeros((n, grid_h + 1, grid_w + 1), np.int64)
-    for y, x, sign in ((top, left, 1), (top, right, -1), (bottom, left, -1), (bottom, right, 1)):
-        np.add.at(count, (image, y, x), sign)
-    touched = count.cumsum(1).cumsum(2)[:, :grid_h, :grid_w] > 0
-    if touched.mean() > _WHOLE:
-        return None
-    i, ty, tx = np.nonzero(touched)
-    y0, x0 = ty * rows, tx * cols
-    corners = np.column_stack([i, y0, np.minimum(y0 + rows, h), x0, np.minimum(x0 + cols, w)])
-    return corners.tolist()
-
-
 def _copy_blocks(copy, n, pixels, channels):
     blocks = _blocks(n, pixels)
 
@@ -222,30 +175,6 @@ def channels_last(x, dtype=None, empty=np.empty):
 
     _copy_blocks(copy, n, h * w, c)
     return out.reshape(n * h * w, c)
-
-
-def tile_rows(x, regions, dtype=None, empty=np.empty):
-    """The ``regions`` (:func:`tiles`) of (N, C, H, W) ``x`` as C-contiguous (P, C) rows.
-
-    Returns ``(rows, slot)``: the tiles' pixels one tile after another, each in row-major
-    order, and the (N*H*W,) row of every pixel in ``rows`` (-1 outside the tiles). Only what
-    the tiles hold is allocated (by ``empty(shape, dtype)``) and written (a map mostly left
-    unwritten would still cost its huge pages in full).
-    """
-    n, c, h, w = x.shape
-    sizes = np.array([(y1 - y0) * (x1 - x0) for _, y0, y1, x0, x1 in regions], np.int64)
-    first = (np.cumsum(sizes) - sizes).tolist()
-    rows = empty((int(sizes.sum()), c), dtype or x.dtype)
-    slot = np.full((n, h, w), -1, np.int64)
-
-    def run(start, stop):
-        for (i, y0, y1, x0, x1), p in zip(regions[start:stop], first[start:stop], strict=True):
-            q = p + (y1 - y0) * (x1 - x0)
-            rows[p:q].reshape(y1 - y0, x1 - x0, c)[...] = x[i, :, y0:y1, x0:x1].transpose(1, 2, 0)
-            slot[i, y0:y1, x0:x1] = np.arange(p, q).reshape(y1 - y0, x1 - x0)
-
-    for_ranges(run, sizes, workers(rows.size, COPY_GRAIN))
-    return rows, slot.reshape(-1)
 
 
 def channels_first(rows, shape, dtype=None):

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse
 
 from cuproi import _layout
-from cuproi._cpu import _parallel, _scratch
+from cuproi._cpu import _cells, _parallel, _scratch
 
 # Entries of the sparse operator built at once; boxes are processed in chunks below this.
 BUDGET = 1 << 21
@@ -183,7 +183,8 @@ def operator(
     ``ys``/``xs`` are AxisTaps; bin ``j`` uses y-row ``y_of_bin[j]`` and x-row ``x_of_bin[j]``
     of image ``image_of_bin[j]`` and divides by ``count_of_bin[j]``. With ``slopes`` also
     returns the matrices of the derivatives with respect to the bin's x and y position. With
-    ``pixels`` (:func:`pixels_read`), the columns are their rows instead of all N*H*W pixels.
+    ``pixels`` (:func:`pixels_read`, :func:`pixels_reached`), the columns are their rows
+    instead of all N*H*W pixels.
     """
     n, h, w = shape
     bins = len(y_of_bin)
@@ -197,11 +198,13 @@ def operator(
     run = mx[pair_bin]
     jx = np.repeat(xs.ptr[x_of_bin][pair_bin] - (np.cumsum(run) - run), run)
     jx += np.arange(jx.size)
-    row = (image_of_bin[pair_bin] * h + ys.index[jy]) * w
-    columns = np.repeat(row, run) + xs.index[jx]
-    size = n * h * w
-    if pixels is not None:
-        columns, size = pixels.index(columns), len(pixels.rows)
+    if pixels is None or pixels.runs is None:
+        row = (image_of_bin[pair_bin] * h + ys.index[jy]) * w
+        columns = np.repeat(row, run) + xs.index[jx]
+    else:
+        image, y = (np.repeat(a, run) for a in (image_of_bin[pair_bin], ys.index[jy]))
+        columns = pixels.at(image, y, xs.index[jx])
+    size = n * h * w if pixels is None else pixels.size
     inverse_count = (1.0 / count_of_bin.astype(np.float64))[pair_bin]
 
     def matrix(y_values, x_values):
@@ -257,39 +260,59 @@ def pixels_by_channel(x):
 
 
 class Pixels(NamedTuple):
-    """Pixels of a feature map as the rows of the products: see :func:`pixels_read`."""
+    """Pixels of an (N, H, W) map as the rows of the products: see :func:`pixels_read`.
 
-    rows: np.ndarray
-    slot: np.ndarray | None
+    ``rows`` is the (P, C) matrix (None where only the layout is needed: a backward), ``runs``
+    the _cells.Runs the rows hold, or None for every pixel in NCHW order.
+    """
+
+    rows: np.ndarray | None
+    runs: _cells.Runs | None
+    shape: tuple
+
+    @property
+    def size(self):
+        """P, the number of rows."""
+        return int(np.prod(self.shape)) if self.runs is None else self.runs.size
+
+    def at(self, image, y, x):
+        """The rows of the pixels ``(image, y, x)`` (broadcast int64 arrays)."""
+        if self.runs is None:
+            _, h, w = self.shape
+            return (image * h + y) * w + x
+        return self.runs.rows_of(image, y, x)
 
     def index(self, flat):
-        """The rows of ``rows`` that hold the pixels of flat (N*H*W) indices ``flat``."""
-        if self.slot is None:
+        """The rows of the pixels of flat (N*H*W) indices ``flat``."""
+        if self.runs is None:
             return flat
-        rows = self.slot[flat]
-        if rows.size and rows.min() < 0:  # NumPy and SciPy would read outside the rows
-            raise RuntimeError("cuproi: a sample reads a pixel that reach() left out")
-        return rows
+        _, h, w = self.shape
+        image, rest = np.divmod(flat, h * w)
+        return self.runs.rows_of(image, *np.divmod(rest, w))
 
 
 def pixels_read(x, cells, dtype=None):
     """The pixels of (N, C, H, W) ``x`` that ``cells`` (:func:`reach`) cover, as Pixels.
 
-    ``rows`` is a C-contiguous (P, C) matrix of ``dtype`` and ``slot`` the (N*H*W,) row of
-    every pixel in it, for :func:`operator`; when the cells cover most of the map, every pixel
-    (P = N*H*W, as :func:`pixels_by_channel`) and ``slot`` None. Copying a large NCHW map
-    channels last costs more than a few boxes' products on it: this copies what they read.
-    A copy is taken from _scratch: give ``rows`` back to it when done.
+    The rows are a C-contiguous matrix of ``dtype``: the runs of tiles the cells overlap
+    (_cells), or every pixel when they cover most of the map (as :func:`pixels_by_channel`).
+    Copying a large NCHW map channels last costs more than a few boxes' products on it: this
+    copies what they read. A copy is taken from _scratch: give ``rows`` back to it when done.
     """
     n, _, h, w = x.shape
-    regions = None if _layout.channels_last(x) else _parallel.tiles(cells, n, h, w)
-    if regions is None:
-        return Pixels(_parallel.channels_last(x, dtype, _scratch.take), None)
-    return Pixels(*_parallel.tile_rows(x, regions, dtype, _scratch.take))
+    runs = None if _layout.channels_last(x) else _cells.runs(cells, n, h, w)
+    if runs is None:
+        return Pixels(_parallel.channels_last(x, dtype, _scratch.take), None, (n, h, w))
+    return Pixels(_cells.copy_rows(x, runs, dtype, _scratch.take), runs, (n, h, w))
+
+
+def pixels_reached(cells, shape):
+    """The layout of :func:`pixels_read` for an (N, H, W) map, without rows: for a backward."""
+    return Pixels(None, _cells.runs(cells, *shape), tuple(shape))
 
 
 def reach(image, y, x, shape):
-    """The cells that the samples of every box's bins may read, as ``_parallel.Cells``.
+    """The cells that the samples of every box's bins may read, as ``_cells.Cells``.
 
     ``y`` and ``x`` are the (start, size) of each box's bins along the axis, arrays of shape
     (K, ...) in feature coordinates (a size may be negative); a bin's samples lie between its
@@ -312,7 +335,7 @@ def reach(image, y, x, shape):
             stop = np.nan_to_num(np.floor(hi + slack) + 2, nan=np.inf)
         return (np.clip(v, 0, length).astype(np.int64) for v in (first, stop))
 
-    return _parallel.Cells(np.asarray(image).astype(np.int64), *axis(*y, h), *axis(*x, w))
+    return _cells.Cells(np.asarray(image).astype(np.int64), *axis(*y, h), *axis(*x, w))
 
 
 def apply(a, x_rows, out):
@@ -329,15 +352,50 @@ def zeros(shape, dtype, channels_last=False):
     return np.zeros((n, h, w, c), dtype).transpose(0, 3, 1, 2)
 
 
-def add_transposed(grad, operators, g_rows):
+def input_gradient(shape, dtype, bins, parts, operator, g_rows, pixels=None, channels_last=False):
+    """The (N, C, H, W) input gradient ``A.T @ G`` of ``dtype``, summed over chunks of boxes.
+
+    ``parts`` are the chunks' ranges of boxes for the threads (:func:`parts`), ``operator(k0,
+    k1)`` builds the operator of boxes ``k0:k1`` (``bins`` rows per box; its columns the rows of
+    ``pixels``, or every pixel) and ``g_rows`` holds the bins' gradients in the compute dtype.
+    float16 is summed in float32: with one chunk each pixel's sum is rounded once, as it is
+    written, so no float32 gradient is allocated; with several it is, and rounded at the end.
+    """
+    parts = list(parts)
+    grad = zeros(shape, dtype if len(parts) <= 1 else g_rows.dtype, channels_last)
+    for ranges in parts:
+        ops = _parallel.map_ordered(lambda r: operator(*r), ranges)
+        k0, k1 = ranges[0][0], ranges[-1][1]
+        add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins], pixels)
+    return grad.astype(dtype, copy=False)
+
+
+def _blocks(shape, pixels):
+    """Blocks of ``pixels``' rows: an int64 array of ``[first row, last row + 1, image, *where]``.
+
+    ``where`` is ``(y0, y1, x0, x1)`` for a run of tiles, or ``(s0, s1)`` for a range of
+    ``_parallel._BLOCK`` pixels of an image in NCHW order (no runs: every pixel).
+    """
+    if pixels is not None and pixels.runs is not None:
+        return pixels.runs.blocks()
+    n, _, h, w = shape
+    per_image = -(-(h * w) // _parallel._BLOCK)
+    image = np.repeat(np.arange(n), per_image)
+    s0 = np.tile(np.arange(per_image) * _parallel._BLOCK, n)
+    s1 = np.minimum(s0 + _parallel._BLOCK, h * w)
+    return np.column_stack([image * h * w + s0, image * h * w + s1, image, s0, s1])
+
+
+def add_transposed(grad, operators, g_rows, pixels=None):
     """``grad += A.T @ G`` for ``A`` the row blocks ``operators`` stacked, in parallel.
 
-    ``A.T`` is built as a CSR matrix (one row per pixel, its entries in bin order) and split
-    into ranges of pixels, one task each: every pixel's sum runs over its bins in the same
-    order whatever the ranges, so the result does not depend on the number of threads. Each
-    range is computed in blocks of ``_parallel._BLOCK`` pixels that stay in cache, added
-    straight into ``grad`` (N, C, H, W), NCHW or channels last: no (N*H*W, C) gradient is
-    allocated and transposed afterwards.
+    ``A``'s columns are the rows of ``pixels`` (every pixel when None). ``A.T`` is built as a
+    CSR matrix (one row per pixel, its entries in bin order) and cut into blocks of pixels that
+    stay in cache (:func:`_blocks`), each computed and added straight into its cells of
+    ``grad`` (N, C, H, W), NCHW or channels last: no (pixels, C) gradient is allocated and
+    transposed afterwards. The blocks are spread over the threads; every pixel's sum runs over
+    its bins in the same order whatever the split, so the result does not depend on the number
+    of threads.
     """
     a = operators[0] if len(operators) == 1 else scipy.sparse.vstack(operators, format="csr")
     if a.nnz == 0:
@@ -345,21 +403,23 @@ def add_transposed(grad, operators, g_rows):
     t = a.T.tocsr()
     n, c, h, w = grad.shape
     planes = grad.reshape(n, c, h * w)  # a view in either layout
+    blocks = _blocks(grad.shape, pixels)
 
-    def pixels(p0, p1):
-        q0 = p0
-        while q0 < p1:
-            image, s0 = divmod(q0, h * w)
-            q1 = min(p1, q0 + _parallel._BLOCK, (image + 1) * h * w)  # within one image
+    def run(start, stop):
+        for q0, q1, image, *where in blocks[start:stop].tolist():
             part = t[q0:q1]
-            if part.nnz:
-                planes[image, :, s0 : s0 + q1 - q0] += (part @ g_rows).T
-            q0 = q1
+            if part.nnz == 0:
+                continue
+            if len(where) == 2:
+                cells = planes[image, :, where[0] : where[1]]
+            else:
+                y0, y1, x0, x1 = where
+                cells = grad[image, :, y0:y1, x0:x1]
+            cells += (part @ g_rows).T.reshape(cells.shape)
 
+    cost = t.indptr[blocks[:, 1]] - t.indptr[blocks[:, 0]]
     work = t.nnz * c  # multiply-adds: the operator is built already
-    _parallel.for_ranges(
-        pixels, np.diff(t.indptr), _parallel.workers(work, _parallel.PRODUCT_GRAIN)
-    )
+    _parallel.for_ranges(run, cost, _parallel.workers(work, _parallel.PRODUCT_GRAIN))
 
 
 def bin_rows(g):

@@ -49,7 +49,7 @@ def _operator(rois, g, axes, shape, k0, k1, slopes=False, pixels=None):
     """Operator of boxes ``k0:k1`` (or (operator, d/dx, d/dy)), one row per bin in C order.
 
     ``axes`` are the bins' (shifted) sampling rows and columns, from :func:`_bin_axes`; the
-    columns are every pixel, or those of ``pixels`` (_sampling.pixels_read).
+    columns are every pixel, or the rows of ``pixels`` (_sampling.pixels_read, reached).
     """
     (y, x), (_, h, w) = axes, shape
     ys = _sampling.axis_taps(*(a[k0:k1].ravel() for a in y), h)
@@ -126,10 +126,13 @@ def deform_roi_pool_backward(
         grad_mask = np.empty((k, 1, pooled_h, pooled_w), ct)
     g = _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
     axes = _bin_axes(g, offset, (pooled_h, pooled_w), gamma)
-    reads = offset is not None or mask is not None  # the features, for those gradients
-    x_rows = _sampling.pixels_by_channel(input.astype(ct, copy=False)) if reads else None
+    cells = _sampling.reach(rois[:, 0], axes[0][:2], axes[1][:2], shape)
+    if offset is not None or mask is not None:  # the features, for those gradients
+        pixels = _sampling.pixels_read(input, cells, ct)
+        x_rows = pixels.rows
+    else:
+        pixels = _sampling.pixels_reached(cells, shape)
     g_rows = _sampling.bin_rows(ct_grad)
-    grad = _sampling.zeros(input.shape, ct, channels_last)
     grad_offset = None if offset is None else np.zeros((k, 2, pooled_h, pooled_w), ct)
     # d out / d offset = gamma * box size * (mean over the bin's samples of d value / d position)
     scale_x, scale_y = (ct(gamma) * g.width)[:, None, None], (ct(gamma) * g.height)[:, None, None]
@@ -144,21 +147,25 @@ def deform_roi_pool_backward(
             return np.einsum("ij,ij->i", operator @ x_rows, g_part).reshape(part)
 
         if offset is None:
-            a = _operator(rois, g, axes, shape, k0, k1)
+            a = _operator(rois, g, axes, shape, k0, k1, pixels=pixels)
         else:
-            a, d_dx, d_dy = _operator(rois, g, axes, shape, k0, k1, slopes=True)
+            a, d_dx, d_dy = _operator(rois, g, axes, shape, k0, k1, slopes=True, pixels=pixels)
             grad_offset[k0:k1, 0] = dot(d_dx, g_rows[rows]) * scale_x[k0:k1]
             grad_offset[k0:k1, 1] = dot(d_dy, g_rows[rows]) * scale_y[k0:k1]
         if mask is not None:  # the unmodulated average is this very operator's A @ X
             grad_mask[k0:k1, 0] = dot(a, plain_rows[rows])
         return a
 
-    for parts in _sampling.parts(_cost(axes, shape), _sampling.work_per_entry(c, bound=True)):
-        ops = _parallel.map_ordered(lambda r: run(*r), parts)
-        k0, k1 = parts[0][0], parts[-1][1]
-        _sampling.add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins])
-    return (
-        grad.astype(grad_output.dtype, copy=False),
-        grad_offset,
-        grad_mask,
+    grad = _sampling.input_gradient(
+        input.shape,
+        grad_output.dtype,
+        bins,
+        _sampling.parts(_cost(axes, shape), _sampling.work_per_entry(c, bound=True)),
+        run,
+        g_rows,
+        pixels,
+        channels_last,
     )
+    if pixels.rows is not None:
+        _scratch.give(pixels.rows)
+    return grad, grad_offset, grad_mask

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cuproi._cpu import _parallel, _sampling
+from cuproi._cpu import _cells, _parallel, _sampling, _scratch
 
 
 class Axes(NamedTuple):
@@ -97,6 +97,18 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w):
     return y, x, y.count.sum(1) * x.count.sum(1)
 
 
+def _reach(rois, plan):
+    """The cells that the bins of every box integrate over (_cells.Cells)."""
+    y, x, _ = plan
+
+    def axis(a):
+        some = a.count > 0  # a box without such bins gets an empty range (lo > hi)
+        lo = np.where(some, a.lo, np.iinfo(np.int64).max).min(1)
+        return lo, np.where(some, a.lo + a.count, 0).max(1)
+
+    return _cells.Cells(rois[:, 0].astype(np.int64), *axis(y), *axis(x))
+
+
 def _taps(axes, k0, k1, edge=None):
     """AxisTaps of the bins of boxes ``k0:k1`` (rows (box, p) in C order).
 
@@ -116,10 +128,11 @@ def _taps(axes, k0, k1, edge=None):
     return _sampling.AxisTaps(ptr, index, weight, slope)
 
 
-def _operator(rois, plan, shape, k0, k1, edge=None):
+def _operator(rois, plan, shape, k0, k1, edge=None, pixels=None):
     """Sparse operator of boxes ``k0:k1``, one row per bin in (box, ph, pw) order.
 
     With ``edge`` also the derivatives with respect to the bins' x and y start (0) or end (1).
+    Its columns are every pixel, or the rows of ``pixels`` (_sampling.pixels_read, reached).
     """
     y, x, _ = plan
     pooled_h, pooled_w = y.start.shape[1], x.start.shape[1]
@@ -136,22 +149,25 @@ def _operator(rois, plan, shape, k0, k1, edge=None):
         shape=shape,
         dtype=rois.dtype,
         slopes=edge is not None,
+        pixels=pixels,
     )
 
 
 def prroi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     n, c, h, w = input.shape
     shape = (n, h, w)
-    x = input.astype(rois.dtype, copy=False)  # float16 is computed in float32
     out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
-    x_rows = _sampling.pixels_by_channel(x)
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
+    # float16 is computed in float32, converted as it is copied.
+    pixels = _sampling.pixels_read(input, _reach(rois, plan), rois.dtype)
 
     def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
-        _sampling.apply(_operator(rois, plan, shape, k0, k1), x_rows, out[k0:k1])
+        a = _operator(rois, plan, shape, k0, k1, pixels=pixels)
+        _sampling.apply(a, pixels.rows, out[k0:k1])
 
     for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c)):
         _parallel.map_ordered(lambda r: run(*r), parts)
+    _scratch.give(pixels.rows)
     return out.astype(input.dtype, copy=False)
 
 
@@ -161,10 +177,10 @@ def _box_gradient(grad_output, input, rois, spatial_scale):
     k, _, pooled_h, pooled_w = grad_output.shape
     shape = (n, h, w)
     ct = rois.dtype.type
-    x_rows = _sampling.pixels_by_channel(input.astype(ct, copy=False))
     g_rows = _sampling.bin_rows(grad_output.astype(ct, copy=False))
     bins = pooled_h * pooled_w
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
+    pixels = _sampling.pixels_read(input, _reach(rois, plan), ct)
     # Fractions of the box at the start (u0) and end (u1) of every bin row and column.
     uy0 = (np.arange(pooled_h) / pooled_h)[:, None]
     uy1 = (np.arange(1, pooled_h + 1) / pooled_h)[:, None]
@@ -175,15 +191,16 @@ def _box_gradient(grad_output, input, rois, spatial_scale):
         g = g_rows[k0 * bins : k1 * bins]
         d = []  # d out / d (x start, y start, x end, y end) of every bin, dotted with g
         for edge in (0, 1):
-            _, mx, my = _operator(rois, plan, shape, k0, k1, edge)
+            _, mx, my = _operator(rois, plan, shape, k0, k1, edge, pixels)
             for m in (mx, my):
-                term = np.einsum("bc,bc->b", m @ x_rows, g, dtype=np.float64)
+                term = np.einsum("bc,bc->b", m @ pixels.rows, g, dtype=np.float64)
                 d.append(term.reshape(k1 - k0, pooled_h, pooled_w))
         dx0, dy0, dx1, dy1 = d
         out[k0:k1, 1] = (dx0 * (1 - ux0) + dx1 * (1 - ux1)).sum((1, 2))
         out[k0:k1, 2] = (dy0 * (1 - uy0) + dy1 * (1 - uy1)).sum((1, 2))
         out[k0:k1, 3] = (dx0 * ux0 + dx1 * ux1).sum((1, 2))
         out[k0:k1, 4] = (dy0 * uy0 + dy1 * uy1).sum((1, 2))
+    _scratch.give(pixels.rows)
     out[:, 1:] *= float(ct(spatial_scale))
     return out.astype(ct)
 
@@ -197,11 +214,14 @@ def prroi_pool_backward(
     shape = (n, h, w)
     _, _, pooled_h, pooled_w = grad_output.shape
     g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
-    grad = _sampling.zeros(input_shape, rois.dtype)
-    bins = pooled_h * pooled_w
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
-    for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c)):
-        ops = _parallel.map_ordered(lambda r: _operator(rois, plan, shape, *r), parts)
-        k0, k1 = parts[0][0], parts[-1][1]
-        _sampling.add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins])
-    return grad.astype(grad_output.dtype, copy=False)
+    pixels = _sampling.pixels_reached(_reach(rois, plan), shape)
+    return _sampling.input_gradient(
+        input_shape,
+        grad_output.dtype,
+        pooled_h * pooled_w,
+        _sampling.parts(plan[-1], _sampling.work_per_entry(c)),
+        lambda k0, k1: _operator(rois, plan, shape, k0, k1, pixels=pixels),
+        g_rows,
+        pixels,
+    )

@@ -52,7 +52,7 @@ def _reach(rois, plan, shape):
 def _operator(rois, plan, shape, k0, k1, pixels=None):
     """Sparse operator of boxes ``k0:k1``: one row per bin, (box, ph, pw) in C order.
 
-    Its columns are every pixel, or those of ``pixels`` (_sampling.pixels_read).
+    Its columns are every pixel, or the rows of ``pixels`` (_sampling.pixels_read, reached).
     """
     _, h, w = shape
     y, x, count, _ = plan
@@ -113,11 +113,15 @@ def roi_align_backward(
     shape = (n, h, w)
     _, _, pooled_h, pooled_w = grad_output.shape
     g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
-    grad = _sampling.zeros(input_shape, rois.dtype, channels_last)
-    bins = pooled_h * pooled_w
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-    for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c, bound=True)):
-        ops = _parallel.map_ordered(lambda r: _operator(rois, plan, shape, *r), parts)
-        k0, k1 = parts[0][0], parts[-1][1]
-        _sampling.add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins])
-    return grad.astype(grad_output.dtype, copy=False)
+    pixels = _sampling.pixels_reached(_reach(rois, plan, shape), shape)
+    return _sampling.input_gradient(
+        input_shape,
+        grad_output.dtype,
+        pooled_h * pooled_w,
+        _sampling.parts(plan[-1], _sampling.work_per_entry(c, bound=True)),
+        lambda k0, k1: _operator(rois, plan, shape, k0, k1, pixels),
+        g_rows,
+        pixels,
+        channels_last,
+    )

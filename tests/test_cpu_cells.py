@@ -1,0 +1,243 @@
+"""The CPU backend copies channels last, and scatters gradients to, only the tiles the boxes read.
+
+A few boxes on a large NCHW map (inference on FPN's finest level) would otherwise pay for a
+copy of the whole map, and a backward for indices over all of it. Checked here: the runs of
+tiles are exactly those the boxes' cells overlap, the cells hold every pixel the sampling
+operators read (so no product reads a pixel left out), the copied rows and the row of every
+pixel, RoI Align and Deformable RoI Pooling on the runs against the float64 oracles and, bit
+for bit, against the same calls on the whole map, forward and backward.
+"""
+
+import numpy as np
+import pytest
+import reference
+
+from cuproi._cpu import _cells, _sampling, deform_roi_pool, roi_align
+
+
+def _cells_of(rng, n, h, w, k):
+    y = np.sort(rng.integers(-5, h + 5, (k, 2)), 1)
+    x = np.sort(rng.integers(-5, w + 5, (k, 2)), 1)
+    y, x = np.clip(y, 0, h), np.clip(x, 0, w)
+    return _cells.Cells(rng.integers(0, n, k), y[:, 0], y[:, 1], x[:, 0], x[:, 1])
+
+
+def _mask(runs):
+    """(N, H, W) count of the runs over every pixel."""
+    covered = np.zeros(runs.shape, np.int64)
+    for _, _, i, y0, y1, x0, x1 in runs.blocks().tolist():
+        covered[i, y0:y1, x0:x1] += 1
+    return covered
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 61), (1, 9, 5), (3, 20, 16), (1, 1, 200)])
+def test_runs_are_the_tiles_the_cells_overlap(monkeypatch, shape):
+    monkeypatch.setattr(_cells, "_WHOLE", 1.0)  # runs whatever the share read
+    n, h, w = shape
+    rows, cols = _cells._tile_size(w)
+    tiles_h, tiles_w = -(-h // rows), -(-w // cols)
+    rng = np.random.default_rng(sum(shape))
+    for k in (0, 1, 3, 12, 40):
+        cells = _cells_of(rng, n, h, w, k)
+        runs = _cells.runs(cells, n, h, w)
+        # Both ways of finding the tiles read (the larger k takes the tile grid's).
+        some = (cells.y1 > cells.y0) & (cells.x1 > cells.x0)
+        boxes = (
+            cells.image[some],
+            cells.y0[some] // rows,
+            (cells.y1[some] - 1) // rows + 1,
+            cells.x0[some] // cols,
+            (cells.x1[some] - 1) // cols + 1,
+        )
+        listed = _cells._listed(boxes, tiles_h, tiles_w)
+        np.testing.assert_array_equal(listed, _cells._counted(boxes, n, tiles_h, tiles_w))
+        read = np.zeros(shape, bool)
+        for i, y0, y1, x0, x1 in zip(*cells, strict=True):
+            read[i, y0:y1, x0:x1] = True
+        covered = _mask(runs)
+        assert covered.max(initial=0) <= 1  # no pixel twice
+        assert (covered[read] == 1).all()  # every pixel read is in a run
+        for _, _, i, y0, y1, x0, x1 in runs.blocks().tolist():
+            assert 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w
+            assert y1 - y0 <= rows and x1 - x0 <= _cells._RUN * cols
+            for t0 in range(x0, x1, cols):  # a tile is in a run only when some box reads it
+                assert read[i, y0:y1, t0 : t0 + cols].any()
+        assert list(np.diff(runs.first)) == [(b[4] - b[3]) * (b[6] - b[5]) for b in runs.blocks()]
+
+
+def test_runs_give_way_to_the_whole_map():
+    n, h, w = 1, 64, 64  # 32 tiles of 8 x 16
+    most = _cells.Cells(*np.array([[0], [0], [64], [0], [56]]))  # 28 of the 32 tiles
+    assert _cells.runs(most, n, h, w) is None
+    few = _cells.Cells(*np.array([[0], [0], [16], [0], [16]]))
+    assert _cells.runs(few, n, h, w).size == 2 * 8 * 16
+    assert _cells.runs(few, 0, h, w) is None  # nothing to copy
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("lookup", [True, False])
+def test_rows_and_the_row_of_every_pixel(monkeypatch, dtype, lookup):
+    monkeypatch.setattr(_cells, "_WHOLE", 1.0)
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "3")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 30, 41)).astype(dtype)
+    runs = _cells.runs(_cells_of(rng, 2, 30, 41, 4), 2, 30, 41)
+    assert (runs.lookup is not None) == (2 * 4 * 3 <= 4 * runs.size)
+    if not lookup:
+        runs = runs._replace(lookup=None)
+    rows = _cells.copy_rows(x, runs, np.float32)
+    assert rows.dtype == np.float32 and rows.flags.c_contiguous
+    i, y, xx = np.nonzero(_mask(runs))
+    pixels = _sampling.Pixels(rows, runs, runs.shape)
+    at = pixels.at(i, y, xx)
+    assert sorted(at) == list(range(len(rows)))  # every row is one pixel's
+    np.testing.assert_array_equal(rows[at], x[i, :, y, xx].astype(np.float32))
+    np.testing.assert_array_equal(pixels.index((i * 30 + y) * 41 + xx), at)
+    i, y, xx = np.nonzero(_mask(runs) == 0)
+    if i.size:
+        with pytest.raises(RuntimeError, match="reach"):
+            pixels.at(i[:1], y[:1], xx[:1])
+
+
+def test_few_tiles_of_a_huge_map_cost_what_they_read():
+    """Three small boxes on a 30000 x 30000 plane: runs listed box by box, no map-sized index."""
+    y0, y1 = np.array([5, 20000, 29990]), np.array([15, 20010, 30000])
+    cells = _cells.Cells(np.zeros(3, np.int64), y0, y1, y0, y1)
+    runs = _cells.runs(cells, 1, 30000, 30000)
+    assert runs.lookup is None and runs.size <= 3 * 4 * 8 * 16
+    assert len(runs.first) < 16
+
+
+def _boxes(rng, k, n, scale, h, w, far=False):
+    """Boxes across and past a map of h x w cells at ``scale``, some flipped (aligned)."""
+    corner = rng.uniform([-0.2 * w, -0.2 * h], [1.1 * w, 1.1 * h], (k, 2)) / scale
+    size = rng.uniform(-2, 0.4 * max(h, w), (k, 2)) / scale
+    if far:  # coordinates far past the map, where float32 rounds them by whole cells
+        corner[::3] *= 1e6
+        size[1::4] *= 1e5
+    return np.column_stack([rng.integers(0, n, k), corner, corner + size])
+
+
+def _deform_offset(rng, k, far=False):
+    offset = rng.standard_normal((k, 2, 3, 4))
+    if far:  # bins pushed far from their box, and a NaN offset
+        offset[::5] *= 40
+        offset[1, 0, 1, 2] = np.nan
+    return offset
+
+
+@pytest.mark.parametrize("op", ["roi_align", "deform_roi_pool"])
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("ratio", [2, -1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cells_hold_every_pixel_the_operator_reads(op, aligned, ratio, dtype):
+    rng = np.random.default_rng(int(aligned) + 2 * abs(ratio))
+    n, h, w, scale = 2, 23, 31, 0.25
+    rois = _boxes(rng, 60, n, scale, h, w, far=True).astype(dtype)
+    shape = (n, h, w)
+    if op == "roi_align":
+        plan = roi_align._plan(rois, shape, scale, 3, 4, ratio, aligned)
+        a = roi_align._operator(rois, plan, shape, 0, len(rois))
+        cells = roi_align._reach(rois, plan, shape)
+    else:  # always aligned; offsets shift every bin
+        g = deform_roi_pool._grid(rois, scale, 3, 4, ratio)
+        offset = _deform_offset(rng, len(rois), far=not aligned).astype(dtype)
+        axes = deform_roi_pool._bin_axes(g, offset, (3, 4), 0.1)
+        a = deform_roi_pool._operator(rois, g, axes, shape, 0, len(rois))
+        cells = _sampling.reach(rois[:, 0], axes[0][:2], axes[1][:2], shape)
+    a = a.tocoo()
+    assert a.nnz > 0
+    box = a.row // 12
+    image, y, x = np.unravel_index(a.col, shape)
+    assert (image == cells.image[box]).all()
+    assert ((cells.y0[box] <= y) & (y < cells.y1[box])).all()
+    assert ((cells.x0[box] <= x) & (x < cells.x1[box])).all()
+
+
+def _forward(op, x, rois, scale, offset):
+    if op == "roi_align":
+        return roi_align.roi_align_forward(x, rois, scale, 3, 4, 2, True)
+    return deform_roi_pool.deform_roi_pool_forward(x, rois, offset, scale, 3, 4, 2, 0.1)
+
+
+def _oracle(op, x, rois, scale, offset):
+    if op == "roi_align":
+        return reference.roi_align(x, rois, (3, 4), scale, 2, True)
+    return reference.deform_roi_pool(x, rois, offset, (3, 4), scale, 2, 0.1)
+
+
+@pytest.mark.parametrize("op", ["roi_align", "deform_roi_pool"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_forward_on_the_tiles_read(monkeypatch, op, dtype):
+    """A few boxes on a large map: tiles, the oracle's values, the whole copy's bits."""
+    rng = np.random.default_rng(3)
+    n, c, h, w, scale = 2, 3, 60, 90, 0.5
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    rois = _boxes(rng, 5, n, scale, h, w) / 3
+    rois[:, 0] = [0, 1, 1, 0, 1]
+    ct = np.float64 if dtype == np.float64 else np.float32
+    rois = rois.astype(ct)
+    offset = _deform_offset(rng, 5).astype(ct)
+    copied = []
+    copy_rows = _cells.copy_rows
+    monkeypatch.setattr(
+        _cells, "copy_rows", lambda *a: (copied.append(a[1].size), copy_rows(*a))[1]
+    )
+    out = _forward(op, x, rois, scale, offset)
+    assert copied and copied[0] < 0.5 * n * h * w  # a few of the tiles
+    assert out.dtype == dtype
+    expected = _oracle(op, x, rois, scale, offset)
+    tol = {np.float16: 2e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
+    np.testing.assert_allclose(out.astype(np.float64), expected, rtol=tol, atol=tol)
+    monkeypatch.setattr(_cells, "_WHOLE", -1.0)  # the whole map, always
+    whole = _forward(op, x, rois, scale, offset)
+    assert len(copied) == 1
+    np.testing.assert_array_equal(out.view(np.uint8), whole.view(np.uint8))
+
+
+def _backward(op, g, x, rois, scale, offset, channels_last):
+    if op == "roi_align":
+        return roi_align.roi_align_backward(
+            g, rois, x.shape, scale, 2, True, channels_last=channels_last
+        )
+    return deform_roi_pool.deform_roi_pool_backward(
+        g, x, rois, offset, scale, 2, 0.1, channels_last=channels_last
+    )[0]
+
+
+@pytest.mark.parametrize("op", ["roi_align", "deform_roi_pool"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_backward_on_the_tiles_read(monkeypatch, op, dtype, channels_last):
+    """The gradient scattered to the runs read: the oracle's, and the whole map's bits.
+
+    Also summed over many chunks of boxes: float16 is still rounded once, from float32 sums.
+    """
+    rng = np.random.default_rng(4)
+    n, c, h, w, scale = 2, 3, 60, 90, 0.5
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    rois = _boxes(rng, 5, n, scale, h, w) / 3
+    rois[:, 0] = [0, 1, 1, 0, 1]
+    ct = np.float32
+    rois = rois.astype(ct)
+    offset = _deform_offset(rng, 5).astype(ct)
+    g = rng.standard_normal((5, c, 3, 4)).astype(dtype)
+    reached = []
+    runs = _cells.runs
+    monkeypatch.setattr(_cells, "runs", lambda *a: (reached.append(runs(*a)), reached[-1])[1])
+    grad = _backward(op, g, x, rois, scale, offset, channels_last)
+    assert reached[-1] is not None and reached[-1].size < 0.5 * n * h * w
+    assert grad.dtype == dtype and grad.shape == x.shape
+    assert grad.transpose(0, 2, 3, 1).flags.c_contiguous == channels_last
+    if op == "roi_align":
+        expected = reference.roi_align_backward(g, rois, x.shape, (3, 4), scale, 2, True)
+        tol = {np.float16: 2e-3, np.float32: 1e-5}[dtype]
+        np.testing.assert_allclose(grad.astype(np.float64), expected, rtol=tol, atol=tol)
+    monkeypatch.setattr(_sampling, "BUDGET", 40)  # a chunk per box
+    chunked = _backward(op, g, x, rois, scale, offset, channels_last)
+    bits = np.ascontiguousarray(grad).view(np.uint8)
+    np.testing.assert_array_equal(bits, np.ascontiguousarray(chunked).view(np.uint8))
+    monkeypatch.setattr(_cells, "_WHOLE", -1.0)  # the whole map, always
+    whole = _backward(op, g, x, rois, scale, offset, channels_last)
+    assert reached[-1] is None
+    np.testing.assert_array_equal(bits, np.ascontiguousarray(whole).view(np.uint8))
