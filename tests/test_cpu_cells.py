@@ -11,8 +11,18 @@ for bit, against the same calls on the whole map, forward and backward.
 import numpy as np
 import pytest
 import reference
+import reference_prroi
+import reference_ps
 
-from cuproi._cpu import _cells, _sampling, deform_roi_pool, roi_align
+from cuproi._cpu import (
+    _cells,
+    _sampling,
+    deform_roi_pool,
+    prroi_pool,
+    ps_roi_align,
+    ps_roi_pool,
+    roi_align,
+)
 
 
 def _cells_of(rng, n, h, w, k):
@@ -241,3 +251,65 @@ def test_backward_on_the_tiles_read(monkeypatch, op, dtype, channels_last):
     whole = _backward(op, g, x, rois, scale, offset, channels_last)
     assert reached[-1] is None
     np.testing.assert_array_equal(bits, np.ascontiguousarray(whole).view(np.uint8))
+
+
+_FAMILY = {
+    "ps_roi_align": (
+        lambda x, r: ps_roi_align.ps_roi_align_forward(x, r, 0.5, 2, 3, 2),
+        lambda g, r, s: ps_roi_align.ps_roi_align_backward(g, r, s, 0.5, 2),
+        lambda x, r: reference_ps.ps_roi_align(x, r, (2, 3), 0.5, 2, np.float32),
+        lambda g, r, s: reference_ps.ps_roi_align_backward(g, r, s, (2, 3), 0.5, 2, np.float32),
+    ),
+    "ps_roi_pool": (
+        lambda x, r: ps_roi_pool.ps_roi_pool_forward(x, r, 0.5, 2, 3),
+        lambda g, r, s: ps_roi_pool.ps_roi_pool_backward(g, r, s, 0.5),
+        lambda x, r: reference_ps.ps_roi_pool(x, r, (2, 3), 0.5, np.float32),
+        lambda g, r, s: reference_ps.ps_roi_pool_backward(g, r, s, (2, 3), 0.5, np.float32),
+    ),
+    "prroi_pool": (
+        lambda x, r: prroi_pool.prroi_pool_forward(x, r, 0.5, 2, 3),
+        lambda g, r, s: prroi_pool.prroi_pool_backward(g, r, s, 0.5),
+        lambda x, r: reference_prroi.prroi_pool(x, r, (2, 3), 0.5, np.float32),
+        lambda g, r, s: reference_prroi.prroi_pool_backward(g, r, s, (2, 3), 0.5, np.float32),
+    ),
+}
+
+
+def _both(forward, backward, x, g, rois):
+    return forward(x, rois), backward(g, rois, x.shape)
+
+
+@pytest.mark.parametrize("op", sorted(_FAMILY))
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_family_on_the_tiles_read(monkeypatch, op, dtype):
+    """Position-sensitive ops (one stack of maps per bin row) and PrRoI on the runs read.
+
+    Forward and backward: the oracle's values, and the bits of the whole map and of many
+    chunks of boxes.
+    """
+    forward, backward, oracle, oracle_backward = _FAMILY[op]
+    rng = np.random.default_rng(5)
+    n, c, h, w, scale = 2, 12, 60, 90, 0.5
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    rois = (_boxes(rng, 4, n, scale, h, w) / 3).astype(np.float32)
+    rois[:, 0] = [0, 1, 1, 0]
+    g = rng.standard_normal((4, c // 6 if op != "prroi_pool" else c, 2, 3)).astype(dtype)
+    reached = []
+    runs = _cells.runs
+    monkeypatch.setattr(_cells, "runs", lambda *a: (reached.append(runs(*a)), reached[-1])[1])
+    results = _both(forward, backward, x, g, rois)
+    assert reached and all(r is not None for r in reached)
+    tol = {np.float16: 3e-3, np.float32: 1e-5}[dtype]
+    oracles = oracle(x.astype(np.float64), rois), oracle_backward(g, rois, x.shape)
+    for result, expected in zip(results, oracles, strict=True):
+        assert result.dtype == dtype
+        np.testing.assert_allclose(result.astype(np.float64), expected, rtol=tol, atol=tol)
+    monkeypatch.setattr(_sampling, "BUDGET", 20)  # a chunk per box
+    for result, again in zip(results, _both(forward, backward, x, g, rois), strict=True):
+        np.testing.assert_array_equal(result.view(np.uint8), again.view(np.uint8))
+    monkeypatch.setattr(_sampling, "BUDGET", 1 << 21)
+    monkeypatch.setattr(_cells, "_WHOLE", -1.0)  # the whole map, always
+    reached.clear()
+    for result, again in zip(results, _both(forward, backward, x, g, rois), strict=True):
+        np.testing.assert_array_equal(result.view(np.uint8), again.view(np.uint8))
+    assert reached and all(r is None for r in reached)

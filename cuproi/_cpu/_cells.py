@@ -173,17 +173,18 @@ def runs(cells, n, h, w):
 
 
 def copy_rows(x, runs, dtype=None, empty=np.empty):
-    """The pixels of ``runs`` in (N, C, H, W) ``x`` as a C-contiguous (P, C) matrix of ``dtype``.
+    """The pixels of ``runs`` in ``x`` as a C-contiguous (P, C) matrix of ``dtype``.
 
-    Allocated by ``empty(shape, dtype)``; run by run, in parallel.
+    ``x`` is an (N, C, H, W) array, or a sequence of N (C, H, W) arrays (the position-sensitive
+    ops' maps). Allocated by ``empty(shape, dtype)``; run by run, in parallel.
     """
-    c = x.shape[1]
-    out = empty((runs.size, c), dtype or x.dtype)
+    c = x[0].shape[0]
+    out = empty((runs.size, c), dtype or x[0].dtype)
     blocks = runs.blocks()
 
     def run(start, stop):
         for p, q, i, y0, y1, x0, x1 in blocks[start:stop].tolist():
-            out[p:q].reshape(y1 - y0, x1 - x0, c)[...] = x[i, :, y0:y1, x0:x1].transpose(1, 2, 0)
+            out[p:q].reshape(y1 - y0, x1 - x0, c)[...] = x[i][:, y0:y1, x0:x1].transpose(1, 2, 0)
 
     sizes = np.diff(runs.first)
     _parallel.for_ranges(run, sizes, _parallel.workers(out.size, _parallel.COPY_GRAIN))

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cuproi._cpu import _parallel, _sampling
+from cuproi._cpu import _cells, _parallel, _sampling, _scratch
 
 
 class Plan(NamedTuple):
@@ -38,13 +38,14 @@ class Plan(NamedTuple):
     dtype: np.dtype
 
 
-def _operator(plan, k0, k1, ph):
+def _operator(plan, k0, k1, ph, pixels):
     """Sparse operator of bin row ``ph`` of boxes ``k0:k1`` on the stack of the row's maps.
 
-    Its rows are ordered ``(pw, box)``, and row block ``pw`` reads the ``pw``-th (N*H*W) block
-    of columns: bin ``(ph, pw)`` reads map ``ph * PW + pw`` only, so a single product with the
-    (PW*N*H*W, C_out) stack of the row's maps does the work of PW products. (The column shift
-    is an image index shifted by ``pw * N``.)
+    Its rows are ordered ``(pw, box)``, and row block ``pw`` reads the ``pw``-th map of the
+    row: bin ``(ph, pw)`` reads map ``ph * PW + pw`` only, so a single product with the stack
+    of the row's maps does the work of PW products. The stack is an (PW*N, H, W) map whose
+    image ``pw * N + i`` is map ``pw`` of image ``i``; the columns are the rows of ``pixels``
+    on it (:func:`_pixels`).
     """
     n, h, w = plan.shape
     _, pooled_h, pooled_w = plan.count.shape
@@ -59,7 +60,42 @@ def _operator(plan, k0, k1, ph):
         count_of_bin=plan.count[box, ph, pw],
         shape=(pooled_w * n, h, w),
         dtype=plan.dtype,
+        pixels=pixels,
     )
+
+
+def _extent(taps, rows):
+    """``[first, last + 1)`` of the indices of every tap row in ``rows``; ``[0, 0)`` if none."""
+    lo, hi = taps.ptr[rows], taps.ptr[rows + 1]
+    if len(taps.index) == 0:
+        return np.zeros_like(lo), np.zeros_like(hi)
+    some = hi > lo
+    first = taps.index[np.minimum(lo, len(taps.index) - 1)]
+    last = taps.index[np.maximum(hi - 1, 0)] + 1
+    return np.where(some, first, 0), np.where(some, last, 0)
+
+
+def _pixels(plan, ph, maps=None):
+    """The pixels that bin row ``ph`` reads on the stack of the row's maps (_sampling.Pixels).
+
+    With ``maps`` (the stack's (C_out, H, W) maps), their rows too, copied in the compute
+    dtype: the runs of tiles read (_cells), or every pixel when they are most of the stack.
+    """
+    n, h, w = plan.shape
+    k, pooled_h, pooled_w = plan.count.shape
+    y0, y1 = _extent(plan.ys, np.arange(k) * pooled_h + ph)
+    x0, x1 = _extent(plan.xs, np.arange(k)[:, None] * pooled_w + np.arange(pooled_w))
+    image = plan.image[:, None] + np.arange(pooled_w) * n
+    y0, y1 = (np.repeat(a, pooled_w) for a in (y0, y1))
+    cells = _cells.Cells(image.ravel(), y0, y1, x0.ravel(), x1.ravel())
+    shape = (pooled_w * n, h, w)
+    runs = _cells.runs(cells, *shape)
+    if maps is None:
+        return _sampling.Pixels(None, runs, shape)
+    if runs is None:
+        rows = np.stack([m.reshape(m.shape[0], h * w).T for m in maps]).astype(plan.dtype)
+        return _sampling.Pixels(rows.reshape(-1, rows.shape[2]), None, shape)
+    return _sampling.Pixels(_cells.copy_rows(maps, runs, plan.dtype, _scratch.take), runs, shape)
 
 
 def _each_row(plan, channels, task):
@@ -87,45 +123,57 @@ def _each_row(plan, channels, task):
     _parallel.for_ranges(run, np.ones(pooled_h), threads)
 
 
+def _maps(x, ph):
+    """The stack of bin row ``ph``'s maps of (N, C_out, PH, PW, H, W) ``x``: (C_out, H, W) views.
+
+    Map ``pw * N + i`` is position ``pw``'s map of image ``i``.
+    """
+    n, _, _, pooled_w = x.shape[:4]
+    return [x[i, :, ph, pw] for pw in range(pooled_w) for i in range(n)]
+
+
 def forward(input, plan):
     """(K, C_out, PH, PW) output on (N, C, H, W) score maps."""
     n, c, h, w = input.shape
     k, pooled_h, pooled_w = plan.count.shape
     c_out = c // (pooled_h * pooled_w)
-    rows = input.reshape(n, c_out, pooled_h, pooled_w, h * w)
+    x = input.reshape(n, c_out, pooled_h, pooled_w, h, w)
     out = np.empty((k, c_out, pooled_h, pooled_w), input.dtype)
 
     def task(ph, chunks):
-        # The row's maps, channels last and stacked: (PW*N*H*W, C_out).
-        stack = np.ascontiguousarray(rows[:, :, ph].transpose(2, 0, 3, 1), plan.dtype)
-        stack = stack.reshape(pooled_w * n * h * w, c_out)
+        pixels = _pixels(plan, ph, _maps(x, ph))
         for k0, k1 in chunks:
-            part = (_operator(plan, k0, k1, ph) @ stack).reshape(pooled_w, k1 - k0, c_out)
+            part = (_operator(plan, k0, k1, ph, pixels) @ pixels.rows).reshape(
+                pooled_w, k1 - k0, c_out
+            )
             out[k0:k1, :, ph] = part.transpose(1, 2, 0)
+        _scratch.give(pixels.rows)
 
     _each_row(plan, c_out, task)
     return out
 
 
 def backward(grad_output, plan, input_shape):
-    """(N, C, H, W) input gradient: the transposed operators of every bin row."""
+    """(N, C, H, W) input gradient: the transposed operators of every bin row.
+
+    float16 is summed in float32, rounded once: as it is written when the boxes make one
+    chunk, else in a float32 gradient (see _sampling.input_gradient).
+    """
     n, c, h, w = input_shape
     k, c_out, pooled_h, pooled_w = grad_output.shape
-    grad = np.empty((n, c_out, pooled_h, pooled_w, h * w), grad_output.dtype)
+    several = len(list(_sampling.chunks(plan.cost * pooled_w))) > 1
+    grad = np.zeros(
+        (n, c_out, pooled_h, pooled_w, h, w), plan.dtype if several else grad_output.dtype
+    )
 
     def task(ph, chunks):
-        stack = None if chunks else np.zeros((pooled_w * n * h * w, c_out), plan.dtype)
+        pixels = _pixels(plan, ph)
         for k0, k1 in chunks:
             # The chunk's gradient rows in the operator's (pw, box) order.
             g_rows = np.ascontiguousarray(grad_output[k0:k1, :, ph].transpose(2, 0, 1), plan.dtype)
             g_rows = g_rows.reshape(pooled_w * (k1 - k0), c_out)
-            part = _operator(plan, k0, k1, ph).T @ g_rows
-            stack = part if stack is None else np.add(stack, part, out=stack)
-        # In runs of pixels whose rows of the stack stay in cache: copied whole, the transpose
-        # read the stack once per output channel, and took 2.7 times as long.
-        planes = stack.reshape(pooled_w, n, h * w, c_out).transpose(1, 3, 0, 2)
-        for p0 in range(0, h * w, _parallel._BLOCK):
-            grad[:, :, ph, :, p0 : p0 + _parallel._BLOCK] = planes[..., p0 : p0 + _parallel._BLOCK]
+            operator = _operator(plan, k0, k1, ph, pixels)
+            _sampling.add_transposed(_maps(grad, ph), [operator], g_rows, pixels)
 
     _each_row(plan, c_out, task)
-    return grad.reshape(input_shape)
+    return grad.reshape(input_shape).astype(grad_output.dtype, copy=False)

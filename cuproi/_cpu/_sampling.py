@@ -300,7 +300,8 @@ def pixels_read(x, cells, dtype=None):
     copies what they read. A copy is taken from _scratch: give ``rows`` back to it when done.
     """
     n, _, h, w = x.shape
-    runs = None if _layout.channels_last(x) else _cells.runs(cells, n, h, w)
+    in_place = _layout.channels_last(x) and x.dtype == (dtype or x.dtype)  # a view, no copy
+    runs = None if in_place else _cells.runs(cells, n, h, w)
     if runs is None:
         return Pixels(_parallel.channels_last(x, dtype, _scratch.take), None, (n, h, w))
     return Pixels(_cells.copy_rows(x, runs, dtype, _scratch.take), runs, (n, h, w))
@@ -370,7 +371,7 @@ def input_gradient(shape, dtype, bins, parts, operator, g_rows, pixels=None, cha
     return grad.astype(dtype, copy=False)
 
 
-def _blocks(shape, pixels):
+def _blocks(n, h, w, pixels):
     """Blocks of ``pixels``' rows: an int64 array of ``[first row, last row + 1, image, *where]``.
 
     ``where`` is ``(y0, y1, x0, x1)`` for a run of tiles, or ``(s0, s1)`` for a range of
@@ -378,7 +379,6 @@ def _blocks(shape, pixels):
     """
     if pixels is not None and pixels.runs is not None:
         return pixels.runs.blocks()
-    n, _, h, w = shape
     per_image = -(-(h * w) // _parallel._BLOCK)
     image = np.repeat(np.arange(n), per_image)
     s0 = np.tile(np.arange(per_image) * _parallel._BLOCK, n)
@@ -389,21 +389,21 @@ def _blocks(shape, pixels):
 def add_transposed(grad, operators, g_rows, pixels=None):
     """``grad += A.T @ G`` for ``A`` the row blocks ``operators`` stacked, in parallel.
 
-    ``A``'s columns are the rows of ``pixels`` (every pixel when None). ``A.T`` is built as a
-    CSR matrix (one row per pixel, its entries in bin order) and cut into blocks of pixels that
-    stay in cache (:func:`_blocks`), each computed and added straight into its cells of
-    ``grad`` (N, C, H, W), NCHW or channels last: no (pixels, C) gradient is allocated and
-    transposed afterwards. The blocks are spread over the threads; every pixel's sum runs over
-    its bins in the same order whatever the split, so the result does not depend on the number
-    of threads.
+    ``grad`` is an (N, C, H, W) array, NCHW or channels last, or a sequence of N (C, H, W)
+    arrays with contiguous planes; ``A``'s columns are the rows of ``pixels`` (every pixel when
+    None). ``A.T`` is built as a CSR matrix (one row per pixel, its entries in bin order) and
+    cut into blocks of pixels that stay in cache (:func:`_blocks`), each computed and added
+    straight into its cells of ``grad``: no (pixels, C) gradient is allocated and transposed
+    afterwards. The blocks are spread over the threads; every pixel's sum runs over its bins
+    in the same order whatever the split, so the result does not depend on the number of
+    threads.
     """
     a = operators[0] if len(operators) == 1 else scipy.sparse.vstack(operators, format="csr")
     if a.nnz == 0:
         return
     t = a.T.tocsr()
-    n, c, h, w = grad.shape
-    planes = grad.reshape(n, c, h * w)  # a view in either layout
-    blocks = _blocks(grad.shape, pixels)
+    n, (c, h, w) = len(grad), grad[0].shape
+    blocks = _blocks(n, h, w, pixels)
 
     def run(start, stop):
         for q0, q1, image, *where in blocks[start:stop].tolist():
@@ -411,10 +411,10 @@ def add_transposed(grad, operators, g_rows, pixels=None):
             if part.nnz == 0:
                 continue
             if len(where) == 2:
-                cells = planes[image, :, where[0] : where[1]]
+                cells = grad[image].reshape(c, h * w)[:, where[0] : where[1]]  # a view
             else:
                 y0, y1, x0, x1 = where
-                cells = grad[image, :, y0:y1, x0:x1]
+                cells = grad[image][:, y0:y1, x0:x1]
             cells += (part @ g_rows).T.reshape(cells.shape)
 
     cost = t.indptr[blocks[:, 1]] - t.indptr[blocks[:, 0]]
