@@ -22,6 +22,7 @@ from cuproi._cpu import (
     ps_roi_align,
     ps_roi_pool,
     roi_align,
+    roi_pool,
 )
 
 
@@ -313,3 +314,44 @@ def test_family_on_the_tiles_read(monkeypatch, op, dtype):
     for result, again in zip(results, _both(forward, backward, x, g, rois), strict=True):
         np.testing.assert_array_equal(result.view(np.uint8), again.view(np.uint8))
     assert reached and all(r is None for r in reached)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_roi_pool_on_the_tiles_read(monkeypatch, dtype):
+    """A few boxes on a large map: RoI Pool gathers their cells from the runs read.
+
+    Its backward sums over the cells the argmax names. Both give the table's and the slabs'
+    bits, ties, NaN and the sign of zero included.
+    """
+    rng = np.random.default_rng(6)
+    n, c, h, w, scale = 2, 3, 60, 90, 0.5
+    x = rng.integers(-3, 4, (n, c, h, w)).astype(dtype)  # many ties
+    x[0, 1, 5:9, 5:9] = -0.0
+    x[1, 2, 20, 30] = np.nan
+    rois = (_boxes(rng, 6, n, scale, h, w) / 3).astype(np.float32)
+    rois[:, 0] = [0, 1, 1, 0, 1, 0]
+    rois[0, 1:] = [8, 8, 18, 18]  # over the negative zeros
+    rois[1, 1:] = [50, 30, 70, 50]  # over the NaN
+    g = rng.standard_normal((6, c, 3, 4)).astype(dtype)
+    few = []
+    choose = roi_pool._few
+    monkeypatch.setattr(roi_pool, "_few", lambda *a: (few.append(choose(*a)), few[-1])[1])
+    out, argmax = roi_pool.roi_pool_forward(x, rois, scale, 3, 4)
+    grad = roi_pool.roi_pool_backward(g, rois, argmax, x.shape)
+    assert few == [True]
+    expected, expected_argmax = reference.roi_pool(x, rois, (3, 4), scale)
+    np.testing.assert_array_equal(out, expected.astype(dtype))
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    monkeypatch.setattr(roi_pool, "_few", lambda *a: False)
+    table_out, table_argmax = roi_pool.roi_pool_forward(x, rois, scale, 3, 4)
+    np.testing.assert_array_equal(out, table_out)  # NaN where NaN (whatever its payload)
+    zero = out == 0
+    assert zero.any() and (np.signbit(out[zero]) == np.signbit(table_out[zero])).all()
+    assert np.signbit(out[zero]).any()  # the boxes over the negative zeros return -0.0
+    np.testing.assert_array_equal(argmax, table_argmax)
+    expected_grad = reference.roi_pool_backward(g, rois, expected_argmax, x.shape)
+    tol = 2e-3 if dtype == np.float16 else 1e-6
+    np.testing.assert_allclose(grad.astype(np.float64), expected_grad, rtol=tol, atol=tol)
+    monkeypatch.setattr(roi_pool, "_named", lambda *a: None)
+    slabs = roi_pool.roi_pool_backward(g, rois, argmax, x.shape)
+    np.testing.assert_array_equal(grad.view(np.uint8), slabs.view(np.uint8))

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse
 
 from cuproi import _layout
-from cuproi._cpu import _parallel, _sampling, _scratch
+from cuproi._cpu import _cells, _parallel, _sampling, _scratch
 
 
 def _round(v):
@@ -51,9 +51,33 @@ def _bins(rois, spatial_scale, pooled_h, pooled_w, height, width, inclusive=True
     return edges(y1, bin_h, pooled_h, height) + edges(x1, bin_w, pooled_w, width)
 
 
+def _reach(rois, bins):
+    """The cells of every box's bins (_cells.Cells): its first bin's start to its last's end."""
+    h0, h1, w0, w1 = bins
+    return _cells.Cells(rois[:, 0].astype(np.int64), h0[:, 0], h1[:, -1], w0[:, 0], w1[:, -1])
+
+
+def _few(input, bins, argmax):
+    """Whether the boxes' bins hold so few cells that gathering them beats building a table.
+
+    The table holds the whole map channels last (int64 keys with an argmax): for a few boxes
+    on a large map, gathering the cells of their bins from the runs of tiles they read
+    (_forward_gather) costs what they read instead. A gathered cell and its share of the
+    reductions cost about 16 cells of a table of values, 8 of keys (256 channels on this
+    project's 2-core VM: 16 boxes of 2 to 8 cells on a 100x152 map, 4 to 64 on 200x304).
+    """
+    n, _, h, w = input.shape
+    h0, h1, w0, w1 = bins
+    cells = ((h1 - h0)[:, :, None] * (w1 - w0)[:, None, :]).sum()
+    return cells * (8 if argmax else 16) <= n * h * w
+
+
 def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, argmax=True):
     """(out, argmax) of RoI Pool; ``argmax`` is None when not asked for (``argmax=False``)."""
     bins = _bins(rois, spatial_scale, pooled_h, pooled_w, *input.shape[2:])
+    if _few(input, bins, argmax):
+        out, index = _forward_gather(input, rois, bins)
+        return out, (index if argmax else None)
     if not argmax:
         table, negative_zero = _table(input, keys=False)
         # A maximum of -0.0 and +0.0 may give either sign; the argmax paths take the first's.
@@ -286,7 +310,7 @@ def _forward_gather(input, rois, bins):
     # Bins as rows: (K * PH * PW, C).
     out = np.zeros((k * pooled_h * pooled_w, c), input.dtype)
     argmax = np.full((k * pooled_h * pooled_w, c), -1, np.int32)
-    x_rows = _sampling.pixels_by_channel(input)
+    pixels = _sampling.pixels_read(input, _reach(rois, bins))
     image = rois[:, 0].astype(np.int64)
     for k0, k1 in _sampling.chunks(cells.sum(1) * max(c, 1)):
         # Every (bin, cell) pair of the chunk, bins in order, cells in scan order (h, then w).
@@ -301,7 +325,7 @@ def _forward_gather(input, rois, bins):
         box += k0
         hh = h0[box, ph] + local // cols[box, 0, pw]
         ww = w0[box, pw] + local % cols[box, 0, pw]
-        values = x_rows[(image[box] * h + hh) * w + ww]  # (entries, C)
+        values = pixels.rows[pixels.at(image[box], hh, ww)]  # (entries, C)
         starts = first[full]
         best = np.maximum.reduceat(values, starts, axis=0)  # NaN propagates
         seg = np.repeat(np.arange(full.size), bins[full])
@@ -314,9 +338,57 @@ def _forward_gather(input, rois, bins):
         # The winner's own value: the maximum, with the sign of a zero that ties -0.0.
         out[k0 * pooled_h * pooled_w + full] = np.take_along_axis(values, winner, axis=0)
         argmax[k0 * pooled_h * pooled_w + full] = (hh * w + ww)[winner]
+    _scratch.give(pixels.rows)
     out = out.reshape(k, pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
     argmax = argmax.reshape(k, pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(out), np.ascontiguousarray(argmax)
+
+
+def _named(image, argmax, shape):
+    """The runs of tiles (_cells.Runs) holding the cells that each box's argmax names, or None.
+
+    None when they are most of the map: the slabs of :func:`roi_pool_backward` cover it.
+    """
+    n, _, h, w = shape
+    won = argmax >= 0
+    y, x = np.divmod(argmax, w)
+    box = (1, 2, 3)
+    cells = _cells.Cells(
+        image,
+        np.where(won, y, h).min(box, initial=h),
+        np.where(won, y + 1, 0).max(box, initial=0),
+        np.where(won, x, w).min(box, initial=w),
+        np.where(won, x + 1, 0).max(box, initial=0),
+    )
+    return _cells.runs(cells, n, h, w)
+
+
+def _backward_runs(grad_output, image, argmax, shape, dtype, runs):
+    """The gradient summed over the runs of cells the argmax names (:func:`_named`).
+
+    The same sums, in the same order, as the slabs of :func:`roi_pool_backward` (a sparse
+    product whose columns are the (box, channel, bin) entries in order), on the runs' cells
+    instead of every cell of the map: a few boxes on a large map touch a few of them. Empty
+    bins (argmax -1) add to one more row, left out.
+    """
+    n, c, h, w = shape
+    k, _, pooled_h, pooled_w = argmax.shape
+    y, x = np.divmod(argmax, argmax.dtype.type(w))
+    empty = argmax < 0
+    somewhere = (runs.image[0], runs.y0[0], runs.x0[0])  # a cell of the runs, for the empty
+    named = (image[:, None, None, None], y, x)
+    rows = runs.rows_of(*(np.where(empty, a, b) for a, b in zip(somewhere, named, strict=True)))
+    target = np.where(empty, runs.size, rows) * c + np.arange(c)[:, None, None]
+    e = target.size
+    scatter = scipy.sparse.csc_matrix(
+        (grad_output.astype(dtype, copy=False).ravel(), target.ravel(), np.arange(e + 1)),
+        shape=((runs.size + 1) * c, e),
+    )
+    sums = (scatter @ np.ones(e, dtype)).reshape(runs.size + 1, c)
+    grad = np.zeros(shape, grad_output.dtype)
+    for p, q, i, y0, y1, x0, x1 in runs.blocks().tolist():
+        grad[i, :, y0:y1, x0:x1] = sums[p:q].T.reshape(c, y1 - y0, x1 - x0)
+    return grad
 
 
 def roi_pool_backward(grad_output, rois, argmax, input_shape, deterministic=False):
@@ -324,9 +396,12 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape, deterministic=Fals
     k = len(rois)
     image = rois[:, 0].astype(np.int64)
     bins = argmax.shape[2] * argmax.shape[3]
+    dtype = np.promote_types(grad_output.dtype, np.float32)  # float16 accumulates in float32
+    runs = _named(image, argmax, input_shape)
+    if runs is not None:
+        return _backward_runs(grad_output, image, argmax, input_shape, dtype, runs)
     at = argmax.reshape(k, c, bins)
     g = grad_output.reshape(k, c, bins)
-    dtype = np.promote_types(grad_output.dtype, np.float32)  # float16 accumulates in float32
     grad = np.empty((n, c, h * w), grad_output.dtype)
     entries = k * _SLAB * bins
     # A slab's targets (cells of a few channels' planes) and its entries fit int32 (half the
