@@ -23,6 +23,26 @@ MAX_COORDINATE = 2**20
 # Upper bound on an explicit sampling_ratio (samples per bin and axis); typical values are 0-4.
 MAX_SAMPLING_RATIO = 1024
 
+MAX_OUTPUT_SIZE = 2**14
+"""Most bins along either side of ``output_size`` (each of PH and PW): 16384.
+
+Detectors pool 7 x 7 (box heads) to 28 x 28 (mask heads), 56 or 112 for fine masks; a crop
+resized to a whole image stays far below it too. Checked before anything is allocated, so a
+stray huge value (2**31 once asked ``roi_pool`` for 8 GB) gets a ValueError naming
+``output_size``, as does ``quantization_error``'s, whose work grows with it.
+"""
+
+MAX_OUTPUT_ELEMENTS = 2**32
+"""Most elements of an array an op allocates for its result: 4294967296 (16 GiB of float32).
+
+A forward's output has ``K * C * PH * PW`` elements (``output_size`` times the boxes and the
+channels), a backward's gradient ``N * C * H * W`` (``input_shape``; the sum over the levels of
+``multi_scale_roi_align_backward``). The largest a detector makes is about 10**8 (512 boxes for
+each of 16 images, 256 channels, 7 x 7 bins), and the kernels index arrays of 2**31 elements
+and more; beyond this limit a call is taken for a mistake and raises ValueError, from the
+shapes alone (no device synchronisation), before anything is allocated.
+"""
+
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 _eager_on_device = os.environ.get("CUPROI_EAGER_CHECKS", "0") not in ("", "0")
@@ -78,6 +98,16 @@ def _disable_bad_rows(xp, rois, ok):
     return rois
 
 
+def shown(value):
+    """``repr(value)`` for an error message, an int past 2**64 by its magnitude.
+
+    As ``2**1328 (or more)``: printing 10**5000 would fail, and 400 digits say no more.
+    """
+    if isinstance(value, numbers.Integral) and abs(int(value)) >= 2**64:
+        return f"{'-' if value < 0 else ''}2**{abs(int(value)).bit_length() - 1} (or more)"
+    return repr(value)
+
+
 def _integer(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}")
@@ -97,7 +127,10 @@ def _real(value, name):
         raise TypeError(
             f"{name} must be a real number; got {value!r} of type {type(value).__name__}"
         )
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float64's range, as 10**400
+        raise ValueError(f"{name} must be finite; got {shown(value)}") from None
     if not math.isfinite(value):  # math, not NumPy: torch.compile traces the torch adapter
         raise ValueError(f"{name} must be finite; got {value}")
     return value
@@ -121,13 +154,48 @@ def output_size(value):
     ph, pw = (_integer(v, "output_size") for v in pair)
     if ph <= 0 or pw <= 0:
         raise ValueError(f"output_size must be positive; got {value!r}")
+    if max(ph, pw) > MAX_OUTPUT_SIZE:
+        raise ValueError(
+            f"output_size must be at most {MAX_OUTPUT_SIZE} (MAX_OUTPUT_SIZE) along each side; "
+            f"got ({shown(ph)}, {shown(pw)})"
+        )
     return ph, pw
 
 
+def result_shape(shape, cause):
+    """``shape`` of a result about to be allocated, unless it exceeds MAX_OUTPUT_ELEMENTS.
+
+    ``cause`` names the arguments it comes from, for the error. Host integers only: no device
+    array is read.
+    """
+    count = math.prod(shape)
+    if count > MAX_OUTPUT_ELEMENTS:
+        raise ValueError(
+            f"{cause} gives a result of shape {tuple(shape)}, {count} elements; at most "
+            f"{MAX_OUTPUT_ELEMENTS} (MAX_OUTPUT_ELEMENTS = 2**32) are supported"
+        )
+    return shape
+
+
+def pooled_result(k, channels, pooled):
+    """The (K, C, PH, PW) shape of a forward's output, within MAX_OUTPUT_ELEMENTS."""
+    cause = f"output_size {tuple(pooled)} with {k} boxes and {channels} channels"
+    return result_shape((k, channels, *pooled), cause)
+
+
 def spatial_scale(value, name="spatial_scale"):
+    """A positive float of at most MAX_COORDINATE.
+
+    Beyond it one input pixel spans more feature cells than a whole box may.
+    """
     scale = _real(value, name)
     if scale <= 0:
         raise ValueError(f"{name} must be positive; got {scale}")
+    if scale > MAX_COORDINATE:
+        raise ValueError(
+            f"{name} must be at most {MAX_COORDINATE} (one input pixel would span more feature "
+            f"cells than a box may, MAX_COORDINATE); got {scale}"
+        )
     return scale
 
 
@@ -174,7 +242,7 @@ def features(xp, x, name="input", channels_last=False):
     """
     keep = _layout.channels_last if channels_last else False
     x = _float_array(xp, x, name, 4, "(N, C, H, W)", keep)
-    input_shape(x.shape, name)
+    _shape(x.shape, name)  # no size limit: these features exist already
     return x
 
 
@@ -188,6 +256,11 @@ def described(value):
 
 
 def input_shape(shape, name="input_shape"):
+    """``(N, C, H, W)`` of a gradient to allocate, as :func:`_shape` within MAX_OUTPUT_ELEMENTS."""
+    return result_shape(_shape(shape, name), name)
+
+
+def _shape(shape, name):
     """``(N, C, H, W)`` as ints, with a non-empty plane that int32 can index."""
     given = shape
     try:

@@ -103,6 +103,7 @@ def deform_roi_pool(
     shift = _validate.gamma(gamma)
     x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    _validate.pooled_result(len(rois), x.shape[1], pooled)
     o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
     m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
     return restore(backend.deform_roi_pool_forward(x, rois, o, scale, *pooled, ratio, shift, m))

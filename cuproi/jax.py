@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import cuproi
+import cuproi._cpu  # noqa: F401  (what the callbacks run, imported up front: see _OnHost)
 from cuproi import _validate
 
 __all__ = ["deform_roi_pool", "roi_align", "roi_pool"]
@@ -73,6 +74,12 @@ class _OnHost:
 
     Frozen, so hashable and equal for equal arguments: JAX then reuses the callback it compiled
     for an earlier eager call instead of compiling a new one on every call.
+
+    The NumPy backend it calls is imported with this module, not on the first call as cuproi
+    does: JAX dispatches asynchronously, so a callback may run while the interpreter shuts
+    down (a computation still pending when the script ends), when that import would fail
+    (its thread pool registers an exit hook: "can't register atexit after shutdown"). The
+    backend needs NumPy and SciPy, never CuPy.
     """
 
     function: str
@@ -261,6 +268,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     ratio = _validate.sampling_ratio(sampling_ratio)
     x = _features(x)
     rois = _boxes(boxes, x, scale)
+    _validate.pooled_result(rois.shape[0], x.shape[1], pooled)  # here, not in the callback
     aligned = _validate.flag(aligned, "aligned")
     return _roi_align((pooled, scale, ratio, aligned, tuple(x.shape)), x, rois)
 
@@ -365,6 +373,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     scale = _validate.spatial_scale(spatial_scale)
     x = _features(x)
     rois = _boxes(boxes, x, scale)
+    _validate.pooled_result(rois.shape[0], x.shape[1], pooled)  # here, not in the callback
     return _roi_pool((pooled, scale, tuple(x.shape)), x, rois)
 
 
@@ -484,6 +493,7 @@ def deform_roi_pool(
     shift = _validate.gamma(gamma)
     x = _features(x)
     rois = _boxes(boxes, x, scale)
+    _validate.pooled_result(rois.shape[0], x.shape[1], pooled)  # here, not in the callback
     if offset is not None:
         offset = _validate.offset(_ShapesOnly, jnp.asarray(offset), rois.shape[0], pooled, x.dtype)
     return _deform_roi_pool((pooled, scale, ratio, shift), x, rois, offset)

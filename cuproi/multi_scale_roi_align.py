@@ -12,6 +12,21 @@ MAX_LEVELS = 8
 # torchvision's LevelMapper adds this to the level before the floor (outside the log2).
 LEVEL_EPS = 1e-6
 
+MAX_CANONICAL_LEVEL = 64
+"""Largest ``abs(canonical_level)``: 64.
+
+Level ``k`` has stride ``2**k`` pixels, and FPN's levels are 2 to 6. A canonical level beyond
++-64 is a mistake that would send every box to one end of the pyramid (10**400 even to the
+wrong end, its thresholds being out of float64's range): it raises ValueError instead.
+"""
+
+MAX_CANONICAL_SCALE = 2.0**20
+"""Largest ``canonical_scale``: 2**20 pixels.
+
+The side of a box pooled from ``canonical_level``, 224 in FPN; 2**20 pixels is far beyond any
+image. A larger one raises ValueError.
+"""
+
 _CONVENTIONS = """
     **Level rule** (torchvision's ``MultiScaleRoIAlign``/``LevelMapper``, the FPN paper's
     Eq. 1). Level ``l`` of ``features`` has ``k_l = round(-log2(spatial_scales[l]))``; these must
@@ -66,11 +81,22 @@ def _scales(spatial_scales, count):
 
 
 def _canonical(canonical_scale, canonical_level):
-    """The level rule's constants: a positive finite float and an int."""
+    """The level rule's constants: a float in (0, MAX_CANONICAL_SCALE], an int within +-64."""
     size = _validate._real(canonical_scale, "canonical_scale")
     if size <= 0:
         raise ValueError(f"canonical_scale must be positive; got {size}")
-    return size, _validate._integer(canonical_level, "canonical_level")
+    if size > MAX_CANONICAL_SCALE:
+        raise ValueError(
+            f"canonical_scale must be at most {MAX_CANONICAL_SCALE:.0f} pixels "
+            f"(MAX_CANONICAL_SCALE); got {size}"
+        )
+    level = _validate._integer(canonical_level, "canonical_level")
+    if abs(level) > MAX_CANONICAL_LEVEL:
+        raise ValueError(
+            f"canonical_level must be within +-{MAX_CANONICAL_LEVEL} (MAX_CANONICAL_LEVEL; "
+            f"level k has stride 2**k); got {_validate.shown(level)}"
+        )
+    return size, level
 
 
 def _levels(spatial_scales, count, dtype, canonical_scale, canonical_level):
@@ -189,7 +215,10 @@ def multi_scale_roi_align(
     ValueError
         No level or more than 8, levels with different ``N`` or ``C``, one scale per level
         missing, scales that are not positive or do not halve per level, wrong box shapes,
-        non-finite or fractional box values, non-positive sizes, arrays on different devices.
+        non-finite or fractional box values, non-positive sizes, arrays on different devices;
+        sizes and scalars beyond cuproi's limits (``output_size`` above 16384 bins per side, an
+        output above 2**32 elements, scales above 2**20, ``canonical_scale`` above 2**20
+        pixels, ``canonical_level`` beyond +-64).
     IndexError
         A batch index outside ``[0, N)``.
 
@@ -227,6 +256,7 @@ def multi_scale_roi_align(
     dtype = levels[0].dtype
     scales, thresholds = _levels(spatial_scales, count, dtype, canonical_scale, canonical_level)
     rois = _validate.boxes(backend.xp, b, levels[0].shape[0], max(scales), dtype)
+    _validate.pooled_result(len(rois), levels[0].shape[1], pooled)
     return restore(
         backend.multi_scale_roi_align_forward(
             levels, rois, scales, thresholds, *pooled, ratio, _validate.flag(aligned, "aligned")
@@ -299,6 +329,8 @@ def multi_scale_roi_align_backward(
     count = _count(input_shapes, "input_shapes")
     backend, (g, b), restore = _dispatch.prepare(grad_output=grad_output, boxes=boxes)
     shapes = [_validate.input_shape(s, f"input_shapes[{i}]") for i, s in enumerate(input_shapes)]
+    total = sum(math.prod(s) for s in shapes)  # the GPU's gradients share one buffer
+    _validate.result_shape((total,), "input_shapes (all levels together)")
     for i, s in enumerate(shapes[1:], start=1):
         if s[:2] != shapes[0][:2]:
             raise ValueError(

@@ -87,6 +87,7 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     scale = _validate.spatial_scale(spatial_scale)
     x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    _validate.pooled_result(len(rois), x.shape[1], pooled)
     return restore(backend.prroi_pool_forward(x, rois, scale, *pooled))
 
 

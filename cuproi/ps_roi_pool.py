@@ -89,8 +89,9 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     pooled = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
     x = _validate.features(backend.xp, x)
-    _validate.position_sensitive_channels(x.shape[1], pooled)
+    out_channels = _validate.position_sensitive_channels(x.shape[1], pooled)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    _validate.pooled_result(len(rois), out_channels, pooled)
     return restore(backend.ps_roi_pool_forward(x, rois, scale, *pooled))
 
 

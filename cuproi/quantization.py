@@ -61,7 +61,9 @@ def quantization_error(boxes, spatial_scale, output_size) -> QuantizationError:
         Boxes that are not real numbers (or not a host array), a non-real scale, a non-integer
         output size.
     ValueError
-        Boxes of the wrong shape or with non-finite values, a non-positive scale or size.
+        Boxes of the wrong shape, with non-finite values or beyond ``+-2**20`` feature cells
+        once scaled (as in :func:`cuproi.roi_pool`); a scale that is not positive or above
+        ``2**20``; a size that is not positive or above ``MAX_OUTPUT_SIZE`` (16384) bins.
 
     Notes
     -----
@@ -101,9 +103,29 @@ def quantization_error(boxes, spatial_scale, output_size) -> QuantizationError:
     """
     scale = _validate.spatial_scale(spatial_scale)
     pooled_h, pooled_w = _validate.output_size(output_size)
-    rois = _boxes(boxes)
+    rois = _boxes(boxes, scale)
     ct = np.float64 if rois.dtype == np.float64 else np.float32
+    if not ct(scale) > 0:
+        raise ValueError(
+            f"spatial_scale {scale} is not a positive {np.dtype(ct)} (the dtype in which "
+            f"{rois.dtype} boxes are computed)"
+        )
     coords = rois[:, -4:].astype(ct)
+    # Boxes in chunks, so that the (boxes, bins) temporaries stay near _CHUNK elements.
+    step = max(_CHUNK // (max(pooled_h, pooled_w) + 1), 1)
+    parts = [
+        _errors(coords[i : i + step], scale, pooled_h, pooled_w, ct)
+        for i in range(0, max(len(coords), 1), step)
+    ]
+    return QuantizationError(*(np.concatenate(field) for field in zip(*parts, strict=True)))
+
+
+# Elements of the largest (boxes, bins) temporary of one chunk of boxes.
+_CHUNK = 2**20
+
+
+def _errors(coords, scale, pooled_h, pooled_w, ct):
+    """The QuantizationError of (K, 4) ``[x1, y1, x2, y2]`` coordinates in ``ct``."""
     x = _axis(coords[:, 0], coords[:, 2], scale, pooled_w, ct)
     y = _axis(coords[:, 1], coords[:, 3], scale, pooled_h, ct)
     box_shift = np.maximum(x.box_shift, y.box_shift)
@@ -167,8 +189,12 @@ def _areas(x, y):
     return lost, added
 
 
-def _boxes(boxes):
-    """Boxes as a (K, 4) or (K, 5) real host array; a single box becomes (1, n)."""
+def _boxes(boxes, scale):
+    """Boxes as a (K, 4) or (K, 5) real host array; a single box becomes (1, n).
+
+    Their coordinates must be finite and, times ``scale``, within MAX_COORDINATE cells, as
+    :func:`cuproi.roi_pool` requires: beyond, the cell indices would pass int64's range.
+    """
     try:
         rois = np.asarray(boxes)
     except (TypeError, ValueError) as error:
@@ -189,4 +215,13 @@ def _boxes(boxes):
     if not finite.all():
         k = int(np.argmin(finite))
         raise ValueError(f"boxes[{k}] has non-finite coordinates {rois[k, -4:].tolist()}")
-    return rois if rois.dtype == np.float64 else rois.astype(np.float32)
+    rois = rois if rois.dtype == np.float64 else rois.astype(np.float32)
+    with np.errstate(over="ignore"):  # as the op computes it; an overflow to inf is beyond too
+        within = (np.abs(rois[:, -4:]) * scale <= _validate.MAX_COORDINATE).all(1)
+    if not within.all():
+        k = int(np.argmin(within))
+        raise ValueError(
+            f"boxes[{k}] has coordinates {rois[k, -4:].tolist()}, which exceed "
+            f"+-{_validate.MAX_COORDINATE} feature cells at spatial_scale {scale}"
+        )
+    return rois

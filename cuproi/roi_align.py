@@ -81,7 +81,9 @@ def roi_align(
         sizes.
     ValueError
         Wrong ranks or shapes (a (K, 4) box array), non-positive sizes or scale, non-finite or
-        fractional box values, arrays on different devices.
+        fractional box values, arrays on different devices; sizes beyond cuproi's limits
+        (``output_size`` above 16384 bins per side, an output above 2**32 elements,
+        ``spatial_scale`` above 2**20, coordinates beyond 2**20 feature cells once scaled).
     IndexError
         A batch index outside ``[0, N)``.
 
@@ -116,6 +118,7 @@ def roi_align(
     mode = _validate.pool_mode(pool_mode)
     x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    _validate.pooled_result(len(rois), x.shape[1], pooled)
     forward = backend.roi_align_forward if mode == "avg" else backend.roi_align_max_forward
     return restore(forward(x, rois, scale, *pooled, ratio, _validate.flag(aligned, "aligned")))
 

@@ -123,6 +123,7 @@ def roi_align_rotated(
     ratio = _validate.sampling_ratio(sampling_ratio)
     x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.rotated_boxes(backend.xp, b, x.shape[0], scale, x.dtype)
+    _validate.pooled_result(len(rois), x.shape[1], pooled)
     return restore(
         backend.roi_align_rotated_forward(
             x, rois, scale, *pooled, ratio, *_flags(aligned, clockwise)
