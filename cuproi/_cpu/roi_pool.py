@@ -372,7 +372,9 @@ def _backward_runs(grad_output, image, argmax, shape, dtype, runs):
     bins (argmax -1) add to one more row, left out.
     """
     n, c, h, w = shape
-    k, _, pooled_h, pooled_w = argmax.shape
+    grad = np.zeros(shape, grad_output.dtype)
+    if runs.size == 0:  # no bin has a cell (or no box)
+        return grad
     y, x = np.divmod(argmax, argmax.dtype.type(w))
     empty = argmax < 0
     somewhere = (runs.image[0], runs.y0[0], runs.x0[0])  # a cell of the runs, for the empty
@@ -385,7 +387,6 @@ def _backward_runs(grad_output, image, argmax, shape, dtype, runs):
         shape=((runs.size + 1) * c, e),
     )
     sums = (scatter @ np.ones(e, dtype)).reshape(runs.size + 1, c)
-    grad = np.zeros(shape, grad_output.dtype)
     for p, q, i, y0, y1, x0, x1 in runs.blocks().tolist():
         grad[i, :, y0:y1, x0:x1] = sums[p:q].T.reshape(c, y1 - y0, x1 - x0)
     return grad
