@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse
 
 from cuproi import _cpu
-from cuproi._cpu import _parallel, _sampling, roi_pool
+from cuproi._cpu import _cells, _parallel, _sampling, roi_pool
 
 
 def _inputs(dtype, k=40, seed=0):
@@ -146,12 +146,19 @@ def test_roi_pool_float64_values_float32_cannot_tell_apart():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
-@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("wide", [False, True, "runs"])
 def test_roi_pool_backward_over_channel_slabs(monkeypatch, every_thread, dtype, wide):
     """Several slabs of channels, empty bins, int32 or int64 targets: every cell sums its
-    contributions in the order of the boxes and bins, as np.add.at does, to the bit."""
-    if wide:
+    contributions in the order of the boxes and bins, as np.add.at does, to the bit. So does
+    the sum over the runs of the cells named (a few boxes on a large map)."""
+    if wide is True:
         monkeypatch.setattr(roi_pool, "_INT32_TARGETS", 0)
+    named, found = roi_pool._named, []
+    if wide == "runs":  # every cell of the map in runs
+        monkeypatch.setattr(_cells, "_WHOLE", 1.0)
+        monkeypatch.setattr(roi_pool, "_named", lambda *a: (found.append(named(*a)), found[-1])[1])
+    else:
+        monkeypatch.setattr(roi_pool, "_named", lambda *a: None)
     monkeypatch.setenv("CUPROI_NUM_THREADS", "3")
     assert 19 > 2 * roi_pool._SLAB
     rng = np.random.default_rng(5)
@@ -170,6 +177,7 @@ def test_roi_pool_backward_over_channel_slabs(monkeypatch, every_thread, dtype, 
     assert grad.dtype == dtype
     np.testing.assert_array_equal(grad, expected.reshape(x.shape).astype(dtype))
     assert 3 in every_thread
+    assert all(runs is not None for runs in found) and len(found) == (wide == "runs")
 
 
 def test_roi_pool_backward_entries_past_int32(monkeypatch):
@@ -184,6 +192,7 @@ def test_roi_pool_backward_entries_past_int32(monkeypatch):
     targets, entries = 2 * roi_pool._SLAB * (13 * 17 + 1), len(rois) * roi_pool._SLAB * 12
     assert targets < entries  # a bound between them: the targets alone would fit
     monkeypatch.setattr(roi_pool, "_INT32_TARGETS", targets + 1)
+    monkeypatch.setattr(roi_pool, "_named", lambda *a: None)  # the slabs
     passed = []
     csc_matrix = scipy.sparse.csc_matrix
 
@@ -260,6 +269,15 @@ def test_map_ordered_keeps_order_and_nests(monkeypatch):
         lambda i: _parallel.map_ordered(lambda j: i * j, range(3)), range(9)
     )
     assert inner == [[i * j for j in range(3)] for i in range(9)]
+
+
+def test_map_ordered_runs_in_the_calling_thread_once_the_pool_takes_no_work(monkeypatch):
+    """At interpreter exit (a JAX computation still pending), pools refuse new work."""
+    monkeypatch.setenv("CUPROI_NUM_THREADS", "4")
+    closed = _parallel.ThreadPoolExecutor(2)
+    closed.shutdown()
+    monkeypatch.setattr(_parallel, "_pool", lambda workers: closed)
+    assert _parallel.map_ordered(lambda i: i * i, range(5)) == [0, 1, 4, 9, 16]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])

@@ -58,9 +58,6 @@ def test_a_computation_pending_at_exit_completes():
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
         JAX_PLATFORMS="cpu",
-        # One thread: the backend's pool takes no work once the interpreter shuts down, and
-        # this test is about the import.
-        CUPROI_NUM_THREADS="1",
     )
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120

@@ -88,13 +88,18 @@ def map_ordered(fn, items):
     """``[fn(item) for item in items]``, the calls spread over the backend's threads.
 
     Results come back in the order of ``items``. Runs in the calling thread when there is one
-    thread, one item, or when called from a task of the pool itself.
+    thread, one item, when called from a task of the pool itself, or when the pool takes no
+    more work: the interpreter is shutting down (a JAX computation still pending at exit).
     """
     items = list(items)
     workers = min(threads(), len(items))
     if workers <= 1 or getattr(_inside, "busy", False):
         return [fn(item) for item in items]
-    return list(_pool(workers).map(fn, items))
+    try:
+        results = _pool(workers).map(fn, items)  # submits every item, or raises at the first
+    except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+        return [fn(item) for item in items]
+    return list(results)
 
 
 def split(cost, parts):
