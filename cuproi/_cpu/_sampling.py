@@ -20,7 +20,6 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 
-from cuproi import _layout
 from cuproi._cpu import _cells, _parallel, _scratch
 
 # Entries of the sparse operator built at once; boxes are processed in chunks below this.
@@ -297,12 +296,13 @@ def pixels_read(x, cells, dtype=None):
     The rows are a C-contiguous matrix of ``dtype``: the runs of tiles the cells overlap
     (_cells), or every pixel when they cover most of the map (as :func:`pixels_by_channel`).
     Copying a large NCHW map channels last costs more than a few boxes' products on it: this
-    copies what they read. A copy is taken from _scratch: give ``rows`` back to it when done.
+    copies what they read. Even features stored channels last, which the products could read
+    in place, are copied then: a backward's layout (the same Pixels) then stays as small.
+    A copy is taken from _scratch: give ``rows`` back to it when done.
     """
     n, _, h, w = x.shape
-    in_place = _layout.channels_last(x) and x.dtype == (dtype or x.dtype)  # a view, no copy
-    runs = None if in_place else _cells.runs(cells, n, h, w)
-    if runs is None:
+    runs = _cells.runs(cells, n, h, w)
+    if runs is None:  # a view of features stored channels last, else a copy
         return Pixels(_parallel.channels_last(x, dtype, _scratch.take), None, (n, h, w))
     return Pixels(_cells.copy_rows(x, runs, dtype, _scratch.take), runs, (n, h, w))
 
