@@ -371,7 +371,7 @@ def _inputs(features, boxes, channel):
     else:
         plane = _plane(np.asarray(features), channel)
     plane = plane.astype(_validate.compute_dtype(plane.dtype), copy=False)
-    coords = _boxes(boxes)[:, -4:].astype(plane.dtype)
+    coords = _boxes(boxes, 1.0)[:, -4:].astype(plane.dtype)  # map cells
     if not len(coords):
         raise ValueError("boxes is empty: there is nothing to draw")
     return plane, np.column_stack([np.zeros(len(coords), plane.dtype), coords])
