@@ -19,6 +19,24 @@ def _mask(xp, value, k, pooled, dtype, name="mask"):
     return xp.ascontiguousarray(value, dtype=_validate.compute_dtype(dtype))
 
 
+def _unplaced(xp, offset):
+    """(K, 1, PH, PW) bins whose offset is NaN or infinite, or None without offsets.
+
+    Such a bin has no place on the map, so its output and its gradients with respect to its
+    offset, its mask and its box are NaN (as from NaN features): a network whose offsets
+    diverge sees it in its loss, rather than bins that silently pool 0. The features get
+    nothing from it (its samples have no cells).
+    """
+    return None if offset is None else ~xp.isfinite(offset).all(axis=1, keepdims=True)
+
+
+def _nan_where(xp, array, bins):
+    """``array`` with NaN in the rows of ``bins`` (:func:`_unplaced`, broadcast), in place."""
+    if array is not None and bins is not None:
+        xp.copyto(array, float("nan"), where=bins)
+    return array
+
+
 @_dispatch.on_input_device
 def deform_roi_pool(
     input,
@@ -106,7 +124,8 @@ def deform_roi_pool(
     _validate.pooled_result(len(rois), x.shape[1], pooled)
     o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
     m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
-    return restore(backend.deform_roi_pool_forward(x, rois, o, scale, *pooled, ratio, shift, m))
+    out = backend.deform_roi_pool_forward(x, rois, o, scale, *pooled, ratio, shift, m)
+    return restore(_nan_where(backend.xp, out, _unplaced(backend.xp, o)))
 
 
 @_dispatch.on_input_device
@@ -215,6 +234,9 @@ def deform_roi_pool_backward(
         m_compute,
         channels_last=_validate.flag(channels_last, "channels_last"),
     )
+    unplaced = _unplaced(backend.xp, o_compute)
+    _nan_where(backend.xp, grad_offset, unplaced)
+    _nan_where(backend.xp, grad_mask, unplaced)
     if grad_offset is not None:
         grad_offset = restore(grad_offset.astype(o.dtype, copy=False))
     if grad_mask is not None:
@@ -296,17 +318,19 @@ def deform_roi_pool_box_backward(
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
     o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
     m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
-    return restore(
-        backend.deform_roi_pool_backward(
-            g,
-            x,
-            rois,
-            o,
-            scale,
-            ratio,
-            shift,
-            _validate.flag(deterministic, "deterministic"),
-            m,
-            "boxes",
-        )
+    grad = backend.deform_roi_pool_backward(
+        g,
+        x,
+        rois,
+        o,
+        scale,
+        ratio,
+        shift,
+        _validate.flag(deterministic, "deterministic"),
+        m,
+        "boxes",
     )
+    if o is not None:  # a box with an unplaced bin: NaN for its coordinates
+        unplaced = _unplaced(backend.xp, o).any(axis=(1, 2, 3))
+        _nan_where(backend.xp, grad[:, 1:], unplaced[:, None])
+    return restore(grad)

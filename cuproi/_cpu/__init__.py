@@ -5,9 +5,14 @@ RoI Align and Deformable RoI Pooling may also be stored channels last), boxes (a
 a (K, 5) array in the compute dtype (float32 for float16 and float32 features, float64 for
 float64), and returns host arrays. float16 features are computed in float32.
 Every backward is deterministic (its sums run in a fixed order), so their ``deterministic``
-argument changes nothing here.
+argument changes nothing here. Like the CUDA kernels, they compute in IEEE arithmetic and warn
+of nothing: NaN and infinite features give NaN and infinities (0 * inf is NaN), which are the
+answer, not a mistake to report (``_ieee``).
 """
 
+import functools
+
+import numpy as np
 import numpy as xp  # noqa: F401  (the array module of this backend, used by the public layer)
 
 from cuproi._cpu.deform_roi_pool import deform_roi_pool_backward, deform_roi_pool_forward
@@ -25,6 +30,21 @@ from cuproi._cpu.roi_align_rotated import (
     roi_align_rotated_forward,
 )
 from cuproi._cpu.roi_pool import roi_pool_backward, roi_pool_forward
+
+
+def _ieee(function):
+    """``function`` computed with NumPy's floating-point warnings off (see the module).
+
+    The backend's threads take the calling thread's error state (_parallel.map_ordered).
+    """
+
+    @functools.wraps(function)
+    def quiet(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return function(*args, **kwargs)
+
+    return quiet
+
 
 __all__ = [
     "deform_roi_pool_backward",
@@ -46,3 +66,6 @@ __all__ = [
     "roi_pool_backward",
     "roi_pool_forward",
 ]
+
+# Every entry point, in IEEE arithmetic without warnings.
+globals().update({name: _ieee(globals()[name]) for name in __all__})

@@ -87,16 +87,23 @@ if hasattr(os, "register_at_fork"):  # POSIX
 def map_ordered(fn, items):
     """``[fn(item) for item in items]``, the calls spread over the backend's threads.
 
-    Results come back in the order of ``items``. Runs in the calling thread when there is one
-    thread, one item, when called from a task of the pool itself, or when the pool takes no
-    more work: the interpreter is shutting down (a JAX computation still pending at exit).
+    Results come back in the order of ``items``, computed in the caller's NumPy error state
+    (``np.errstate``). Runs in the calling thread when there is one thread, one item, when
+    called from a task of the pool itself, or when the pool takes no more work: the
+    interpreter is shutting down (a JAX computation still pending at exit).
     """
     items = list(items)
     workers = min(threads(), len(items))
     if workers <= 1 or getattr(_inside, "busy", False):
         return [fn(item) for item in items]
+    state = np.geterr()  # NumPy's error state is per thread: the tasks take the caller's
+
+    def task(item):
+        with np.errstate(**state):
+            return fn(item)
+
     try:
-        results = _pool(workers).map(fn, items)  # submits every item, or raises at the first
+        results = _pool(workers).map(task, items)  # submits every item, or raises at the first
     except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
         return [fn(item) for item in items]
     return list(results)

@@ -22,7 +22,8 @@ def _root(a):
 
 
 def _unwrap(value, what):
-    """NumPy data of stand-in arrays in ``value`` (also in lists), read on the current device."""
+    """NumPy data of stand-in arrays in ``value`` (also in lists and keyword dicts), read on the
+    current device."""
     if isinstance(value, ndarray):
         _state.reading(value._device, what)
         return value._a
@@ -30,6 +31,8 @@ def _unwrap(value, what):
         raise TypeError(f"Unsupported type {type(value)} ({what}): move it to the device first")
     if isinstance(value, (list, tuple)):
         return type(value)(_unwrap(v, what) for v in value)
+    if isinstance(value, dict):  # keyword arguments, as copyto's where=
+        return {key: _unwrap(v, what) for key, v in value.items()}
     return value
 
 
