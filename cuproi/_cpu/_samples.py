@@ -5,16 +5,21 @@ pooling needs every sample's value, and a box gradient weighs every sample's slo
 sample sits in the box, so these work on the samples themselves: ``samples`` lists the in-range
 samples of many bins (in scan order within a bin, with their taps), ``values`` and ``slopes``
 interpolate all channels at them. Boxes are processed in chunks whose ``samples x channels``
-arrays stay within ``_sampling.BUDGET`` entries, each split into ranges for the threads.
-Positions are computed in the compute dtype in the operation order of the kernels
-(``_sampling.sample_positions``), so both backends pick the same samples, taps and winners.
+arrays stay within ``_sampling.BUDGET`` entries, each split into ranges for the threads. A box
+that alone exceeds the budget (a huge ``sampling_ratio``, or an adaptive grid over a large map)
+is cut into pieces of its samples in scan order (``work``), reduced one after the other:
+max mode keeps a running winner per (bin, channel) (``Running``), the box gradients add every
+piece's terms to running sums in sample order (``add_terms``), so that the results do not
+depend on where the pieces are cut. Positions are computed in the compute dtype in the
+operation order of the kernels (``_sampling.sample_positions``), so both backends pick the same
+samples, taps and winners.
 """
 
 from typing import NamedTuple
 
 import numpy as np
 
-from cuproi._cpu import _sampling
+from cuproi._cpu import _parallel, _sampling
 
 
 class Samples(NamedTuple):
@@ -35,20 +40,57 @@ class Samples(NamedTuple):
     first_out: np.ndarray  # (B,) scan index of each bin's first out-of-range sample, -1: none
 
 
-def samples(y_start, bin_h, grid_h, x_start, bin_w, grid_w, height, width):
-    """In-range samples of bins given by their (start, bin size, grid) along y and x, each (B,)."""
-    ct = y_start.dtype.type
-    iy0, iy1 = _sampling.sample_range(y_start, bin_h, grid_h, height)
-    ix0, ix1 = _sampling.sample_range(x_start, bin_w, grid_w, width)
-    ny, nx = iy1 - iy0, ix1 - ix0
-    per_bin = ny * nx
-    bins = len(y_start)
-    b = np.repeat(np.arange(bins), per_bin)
-    local = np.arange(b.size) - np.repeat(np.cumsum(per_bin) - per_bin, per_bin)
-    iy = iy0[b] + local // np.maximum(nx[b], 1)
-    ix = ix0[b] + local % np.maximum(nx[b], 1)
+def _taps(b, iy, ix, axes, height, width):
+    """Positions (y, x) of samples ``(iy, ix)`` of bins ``b``; ``axes`` are the bins' arrays."""
+    y_start, bin_h, grid_h, x_start, bin_w, grid_w = axes
     y = _sampling.sample_positions(y_start[b], bin_h[b], grid_h[b], iy)
     x = _sampling.sample_positions(x_start[b], bin_w[b], grid_w[b], ix)
+    return y, x
+
+
+def _located(b, iy, ix, scan, y, x, height, width, first_out):
+    """Samples of bins ``b`` at positions ``y, x`` (in range), with their taps."""
+    ct = y.dtype.type
+    y0, y1, ly, y_free = _sampling.edge_taps(y, height)
+    x0, x1, lx, x_free = _sampling.edge_taps(x, width)
+    return Samples(
+        b, iy, ix, scan, y0, y1, x0, x1, ly.astype(ct), lx.astype(ct), y_free, x_free, first_out
+    )
+
+
+def candidates(y_start, bin_h, grid_h, x_start, bin_w, grid_w, height, width):
+    """Samples of each bin that may fall inside the map: ``(iy0, ny, ix0, nx)``, each (B,).
+
+    A bin's candidates are the ``ny x nx`` samples from ``(iy0, ix0)`` (``_sampling.
+    sample_range`` along each axis), numbered in scan order, one bin after another.
+    """
+    iy0, iy1 = _sampling.sample_range(y_start, bin_h, grid_h, height)
+    ix0, ix1 = _sampling.sample_range(x_start, bin_w, grid_w, width)
+    return iy0, iy1 - iy0, ix0, ix1 - ix0
+
+
+def samples(y_start, bin_h, grid_h, x_start, bin_w, grid_w, height, width, span=None):
+    """In-range samples of bins given by their (start, bin size, grid) along y and x, each (B,).
+
+    With ``span`` ``(e0, e1)``, only the candidates ``e0:e1`` (:func:`candidates`) are listed,
+    and ``first_out`` counts the out-of-range samples among those and outside the ranges.
+    """
+    axes = (y_start, bin_h, grid_h, x_start, bin_w, grid_w)
+    iy0, ny, ix0, nx = candidates(*axes, height, width)
+    iy1, ix1 = iy0 + ny, ix0 + nx
+    per_bin = ny * nx
+    bins = len(y_start)
+    if span is None:
+        b = np.repeat(np.arange(bins), per_bin)
+        local = np.arange(b.size) - np.repeat(np.cumsum(per_bin) - per_bin, per_bin)
+    else:  # a piece of the candidates, which may start and end inside a bin
+        ends = np.cumsum(per_bin)
+        e = np.arange(*span)
+        b = np.searchsorted(ends, e, side="right")
+        local = e - (ends - per_bin)[b]
+    iy = iy0[b] + local // np.maximum(nx[b], 1)
+    ix = ix0[b] + local % np.maximum(nx[b], 1)
+    y, x = _taps(b, iy, ix, axes, height, width)
     inside = _sampling.in_range(y, height) & _sampling.in_range(x, width)
     gw = grid_w.astype(np.int64)
     # First out-of-range sample in scan order: one skipped by the range, or one that fails the
@@ -68,18 +110,35 @@ def samples(y_start, bin_h, grid_h, x_start, bin_w, grid_w, height, width):
     first_out = np.where(first_out == big, -1, first_out)
     scan = (iy * gw[b] + ix)[inside]
     b, iy, ix, y, x = b[inside], iy[inside], ix[inside], y[inside], x[inside]
-    y0, y1, ly, y_free = _sampling.edge_taps(y, height)
-    x0, x1, lx, x_free = _sampling.edge_taps(x, width)
-    return Samples(
-        b, iy, ix, scan, y0, y1, x0, x1, ly.astype(ct), lx.astype(ct), y_free, x_free, first_out
-    )
+    return _located(b, iy, ix, scan, y, x, height, width, first_out)
 
 
-def _corners(s, image, height, width, x_rows):
+def samples_at(axes, height, width, b, scan):
+    """The samples ``scan`` (scan indices, in range) of bins ``b`` of ``axes``, as Samples.
+
+    ``axes`` are the bins' (start, bin size, grid) along y and x (:func:`samples`'s first six
+    arguments); positions and taps are computed as :func:`samples` does, to the bit.
+    """
+    gw = axes[5].astype(np.int64)[b]
+    iy, ix = scan // gw, scan % gw
+    y, x = _taps(b, iy, ix, axes, height, width)
+    return _located(b, iy, ix, scan, y, x, height, width, None)
+
+
+def subset(s, keep):
+    """The samples ``keep`` (indices or a mask) of Samples ``s`` (``first_out`` as it is)."""
+    return Samples(*(a[keep] for a in s[:-1]), s.first_out)
+
+
+def _corner(s, image, pixels, yy, xx):
+    """Feature rows (S, C) of one tap of every sample, read from ``pixels`` (_sampling.Pixels)."""
+    return pixels.rows[pixels.at(image[s.bin], yy, xx)]
+
+
+def _corners(s, image, pixels):
     """Feature rows (S, C) of the 4 taps of every sample: v00, v01, v10, v11."""
-    base = image[s.bin] * height
     return [
-        x_rows[(base + yy) * width + xx]
+        _corner(s, image, pixels, yy, xx)
         for yy, xx in ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1))
     ]
 
@@ -91,16 +150,27 @@ def weights(s):
     return hy * hx, hy * s.lx, s.ly * hx, s.ly * s.lx
 
 
-def values(s, image, height, width, x_rows):
-    """Interpolated values (S, C) of every sample, in the kernels' order of operations."""
-    v00, v01, v10, v11 = _corners(s, image, height, width, x_rows)
-    w00, w01, w10, w11 = weights(s)
-    return w00[:, None] * v00 + w01[:, None] * v01 + w10[:, None] * v10 + w11[:, None] * v11
+def values(s, image, pixels):
+    """Interpolated values (S, C) of every sample, in the kernels' order of operations.
+
+    ``((w00 v00 + w01 v01) + w10 v10) + w11 v11``, one tap at a time: two (S, C) arrays alive
+    instead of the four corners and their products.
+    """
+    taps = ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1))
+    total = None
+    for (yy, xx), wt in zip(taps, weights(s), strict=True):
+        term = _corner(s, image, pixels, yy, xx)
+        term *= wt[:, None]
+        if total is None:
+            total = term
+        else:
+            total += term
+    return total
 
 
-def slopes(s, image, height, width, x_rows):
+def slopes(s, image, pixels):
     """Right derivatives (S, C) of every sample's value along x and y (0 in the edge bands)."""
-    v00, v01, v10, v11 = _corners(s, image, height, width, x_rows)
+    v00, v01, v10, v11 = _corners(s, image, pixels)
     one = s.ly.dtype.type(1)
     hy, hx = (one - s.ly)[:, None], (one - s.lx)[:, None]
     dx = hy * (v01 - v00) + s.ly[:, None] * (v11 - v10)
@@ -108,44 +178,133 @@ def slopes(s, image, height, width, x_rows):
     return dx * s.x_free[:, None], dy * s.y_free[:, None]
 
 
+# Samples per bin up to which first_max reduces bins slot by slot: a pass over a set of bins
+# per slot (fast for the many small bins of a box head, where np.maximum.reduceat is several
+# times slower). Larger bins are reduced one at a time by argmax.
+_SLOTS = 256
+
+
+def first_max(s, vals, bins):
+    """The first maximum in scan order of every (bin, channel) over the samples ``s``.
+
+    Returns ``(has, first)``: the bins that have samples (H,) and the index in ``s`` of their
+    first maximum (H, C). A NaN is the maximum (its first occurrence wins); no out-of-range
+    zeros here (:func:`beats_zero`). Only indices are computed: no value is rounded, so any
+    grouping of the bins gives the same result.
+    """
+    counts = np.bincount(s.bin, minlength=bins)
+    has = np.flatnonzero(counts)
+    n = counts[has]
+    starts = np.cumsum(counts)[has] - n
+    first = np.empty((len(has), vals.shape[1]), np.int64)
+    # Small bins in classes of sizes within a factor of 4 (1-2, 3-8, 9-32, ...), so that the
+    # slots padded to the largest bin of a class are at most 4 times the samples.
+    level = np.where(n <= _SLOTS, np.ceil(np.log2(np.maximum(n, 1))) // 2, -1).astype(np.int64)
+    for group_level in np.unique(level):
+        group = np.flatnonzero(level == group_level)
+        if group_level >= 0:
+            first[group] = _first_by_slots(vals, starts[group], n[group])
+            continue
+        for j in group:  # argmax: the first maximum, or the first NaN
+            first[j] = starts[j] + vals[starts[j] : starts[j] + n[j]].argmax(axis=0)
+    return has, first
+
+
+def _first_by_slots(vals, starts, n):
+    """first_max of bins of ``n`` samples from ``starts``, one pass per slot."""
+    # Slot t of every bin holds its sample t, or its last one where it has fewer: repeats
+    # change neither the maximum nor the first sample that reaches it. One gather, then
+    # elementwise passes over the slots (np.maximum.reduceat is several times slower).
+    order = starts[:, None] + np.minimum(np.arange(n.max()), n[:, None] - 1)
+    slots = vals[order]  # (bins, slots, C)
+    best = slots[:, 0].copy()
+    for t in range(1, slots.shape[1]):
+        np.maximum(best, slots[:, t], out=best)  # NaN propagates
+    nan = np.isnan(best)
+    any_nan = nan.any()
+    first = np.empty(best.shape, np.int64)
+    for t in reversed(range(slots.shape[1])):  # the earliest hit is written last
+        hit = slots[:, t] == best
+        if any_nan:
+            hit |= nan & np.isnan(slots[:, t])
+        np.copyto(first, order[:, t, None], where=hit)
+    return first
+
+
+def beats_zero(best, at, out):
+    """Where an out-of-range sample at scan index ``out`` (-1: none) beats the winner ``best``.
+
+    The zero (mmcv's value of a sample off the map) wins when larger, or equal and earlier than
+    the winner's scan index ``at``; a NaN never loses (kernels: bin_max).
+    """
+    return (out >= 0) & ~np.isnan(best) & ((best < 0) | ((best == 0) & (out < at)))
+
+
 def scan_max(s, vals, bins):
     """Max-mode winner of every (bin, channel): ``(value (B, C), sample index (B, C) or -1)``.
 
     First maximum in scan order, a NaN wins, an out-of-range sample competes as 0 (its index is
-    -1: no gradient), a bin without samples gives 0 with index -1 (kernels: bin_max).
+    -1: no gradient), a bin without samples gives 0 with index -1 (kernels: bin_max). The value
+    is the winning sample's, as in the kernels.
     """
     c = vals.shape[1]
     value = np.zeros((bins, c), vals.dtype)
     winner = np.full((bins, c), -1, np.int64)
     if len(s.bin):
-        counts = np.bincount(s.bin, minlength=bins)
-        has = np.flatnonzero(counts)
-        n = counts[has]
-        # Slot t of every bin holds its sample t, or its last one where it has fewer: repeats
-        # change neither the maximum nor the first sample that reaches it. One gather, then
-        # elementwise passes over the slots (np.maximum.reduceat is several times slower).
-        order = (np.cumsum(counts) - counts)[has, None] + np.minimum(
-            np.arange(n.max()), n[:, None] - 1
-        )
-        slots = vals[order]  # (bins with samples, slots, C)
-        best = slots[:, 0].copy()
-        for t in range(1, slots.shape[1]):
-            np.maximum(best, slots[:, t], out=best)  # NaN propagates
-        nan = np.isnan(best)
-        any_nan = nan.any()
-        first = np.empty(best.shape, np.int64)
-        for t in reversed(range(slots.shape[1])):  # the earliest hit is written last
-            hit = slots[:, t] == best
-            if any_nan:
-                hit |= nan & np.isnan(slots[:, t])
-            np.copyto(first, order[:, t, None], where=hit)
-        # An out-of-range zero competes: it wins when larger, or equal and earlier.
-        out = s.first_out[has][:, None]
-        scan = s.scan[first]
-        zero = (out >= 0) & ~nan & ((best < 0) | ((best == 0) & (out < scan)))
+        has, first = first_max(s, vals, bins)
+        best = vals[first, np.arange(c)]
+        zero = beats_zero(best, s.scan[first], s.first_out[has][:, None])
         value[has] = np.where(zero, 0, best)
         winner[has] = np.where(zero, -1, first)
     return value, winner
+
+
+class Running:
+    """The max-mode winners of a set of bins, from pieces of their samples taken in scan order.
+
+    :meth:`add` takes each piece's first maxima; the earlier piece keeps a tie, a NaN wins
+    over a number, so the result is :func:`scan_max`'s however the samples were cut.
+    """
+
+    def __init__(self, bins, channels, dtype):
+        self.best = np.zeros((bins, channels), dtype)
+        self.at = np.full((bins, channels), -1, np.int64)  # scan index in the bin; -1: none
+        self.out = np.full(bins, -1, np.int64)  # first out-of-range scan index; -1: none
+
+    def add(self, has, best, at, first_out):
+        """Fold in a piece: its bins ``has``, their first maxima ``best`` at scan ``at``."""
+        now, now_at = self.best[has], self.at[has]
+        take = (now_at < 0) | (~np.isnan(now) & (np.isnan(best) | (best > now)))
+        self.best[has] = np.where(take, best, now)
+        self.at[has] = np.where(take, at, now_at)
+        some = first_out >= 0
+        fold = some & ((self.out < 0) | (first_out < self.out))
+        self.out[fold] = first_out[fold]
+
+    def result(self):
+        """``(value (B, C), winning scan index (B, C) or -1)``, out-of-range zeros included."""
+        zero = (self.at >= 0) & beats_zero(self.best, self.at, self.out[:, None])
+        return np.where(zero, 0, self.best), np.where(zero, -1, self.at)
+
+
+def piece_max(s, vals, bins):
+    """A piece's contribution to :class:`Running`: ``(has, best, scan index, first_out)``."""
+    has, first = first_max(s, vals, bins)
+    return has, vals[first, np.arange(vals.shape[1])], s.scan[first], s.first_out
+
+
+def winning(s, winner):
+    """The samples that win some channel, and ``winner`` as indices into them.
+
+    The box gradient of max mode reads the winners' slopes only (as the kernels do); this
+    keeps those samples, in their order.
+    """
+    used = np.zeros(len(s.bin) + 1, bool)
+    used[winner.ravel()] = True  # -1 marks the extra last slot
+    keep = np.flatnonzero(used[:-1])
+    remap = np.full(len(s.bin) + 1, -1, np.int64)
+    remap[keep] = np.arange(len(keep))
+    return subset(s, keep), remap[winner]
 
 
 def bins_of(y, x, k0, k1):
@@ -158,39 +317,87 @@ def bins_of(y, x, k0, k1):
 # channels, its backward sooner).
 _SAMPLE_WORK = 32
 
+# Arrays of one sample besides its channels (bin, grid indices, scan index, taps, weights,
+# positions and masks, and the temporaries that build them): counted as this many channels in
+# the size of a piece, so that a piece of few channels is not millions of samples long.
+_SAMPLE_WORDS = 16
 
-def parts(y, x, height, width, channels):
-    """Chunks of boxes whose samples times ``channels`` stay within the budget.
 
-    Each chunk comes as its ranges of boxes for the threads (``_sampling.parts``).
+def piece_size(channels):
+    """Samples in a piece of a box: ``samples x (channels + 16)`` within the budget."""
+    return max(_sampling.BUDGET // (max(channels, 1) + _SAMPLE_WORDS), 1)
+
+
+def work(y, x, height, width, channels):
+    """The chunks of boxes in order, each as ``(ranges, spans)``.
+
+    ``ranges`` are a chunk's ranges of boxes for the threads (``_sampling.parts``: its samples
+    times ``channels`` within the budget); ``spans`` is None, or for a chunk of one box with
+    more samples than :func:`piece_size`, the consecutive ``(e0, e1)`` pieces of its candidate
+    samples (:func:`samples`'s ``span``), to be reduced in order (:func:`in_order`).
     """
     k = y[0].shape[0]
     rows = [a.reshape(k, a.size // max(k, 1)) for a in (*y, *x)]  # (K, bins); also with K = 0
-    ny = np.diff(np.stack(_sampling.sample_range(*rows[:3], height)), axis=0)
-    nx = np.diff(np.stack(_sampling.sample_range(*rows[3:], width)), axis=0)
-    cost = (ny[0] * nx[0]).sum(1) * max(channels, 1)
-    return _sampling.parts(cost, _SAMPLE_WORK)
+    _, ny, _, nx = candidates(*rows, height, width)
+    count = (ny * nx).sum(1)
+    piece = piece_size(channels)
+    for ranges in _sampling.parts(count * max(channels, 1), _SAMPLE_WORK):
+        (k0, k1), n = ranges[0], int(count[ranges[0][0]])
+        if len(ranges) == 1 and k1 - k0 == 1 and n > piece:
+            yield ranges, [(e, min(e + piece, n)) for e in range(0, n, piece)]
+        else:
+            yield ranges, None
 
 
-def box_gradient(s, dx, dy, weight, bins, pooled, grid_h, grid_w, scale, shift, free):
-    """(K, 5) box gradient of ``bins`` (B, PH * PW per box) from sample slopes (S, C).
+def in_order(fn, items):
+    """``fn(item)`` for ``items``, yielded in order, computed by the threads a batch at a time.
 
-    ``weight`` (S, C) is d loss / d sample value per channel; ``grid_h``/``grid_w`` are the
-    bins' sample grids (B,), ``shift`` the bins' (ax, ay) extra shifts in box widths/heights
-    (deform_roi_pool's gamma * offset) or None, ``free`` the boxes' (free_w, free_h) flags (False
-    where torchvision's legacy minimum holds the size). Mirrors add_box_terms in the kernels.
+    Only a batch of results (one per thread) is alive at once: the caller folds each in.
+    """
+    step = _parallel.threads()
+    for i in range(0, len(items), step):
+        yield from _parallel.map_ordered(fn, items[i : i + step])
+
+
+def sample_terms(s, dx, dy, weight, pooled, grid_h, grid_w):
+    """The box-gradient terms of every sample, (4, S) float64: ``ex, u ex, ey, v ey``.
+
+    ``ex``/``ey`` are d loss / d position of the sample along x and y (its slopes ``dx``/``dy``
+    (S, C) weighed by ``weight`` (S, C), d loss / d value, summed over the channels), ``u``/``v``
+    its position as a fraction of the box (``grid_h``/``grid_w`` are the bins' grids).
     """
     ct = dx.dtype.type
     pooled_h, pooled_w = pooled
-    k = bins // (pooled_h * pooled_w)
     ex = (weight * dx).sum(1)
     ey = (weight * dy).sum(1)
     b = s.bin
     ph, pw = (b // pooled_w) % pooled_h, b % pooled_w
     u = (pw + (s.ix + ct(0.5)) / grid_w[b].astype(ct)) / ct(pooled_w)
     v = (ph + (s.iy + ct(0.5)) / grid_h[b].astype(ct)) / ct(pooled_h)
-    sx, ux = np.bincount(b, ex, bins), np.bincount(b, u * ex, bins)
-    sy, uy = np.bincount(b, ey, bins), np.bincount(b, v * ey, bins)
+    return np.stack([ex, u * ex, ey, v * ey]).astype(np.float64, copy=False)
+
+
+def add_terms(sums, b, terms):
+    """``sums[:, b] += terms`` (4, B) in sample order: the same sums however samples are cut.
+
+    np.add.at adds one term after another, as np.bincount does, so running sums continued
+    piece by piece equal the sums of all the samples at once, bit for bit.
+    """
+    for j in range(4):
+        np.add.at(sums[j], b, terms[j])
+
+
+def box_terms(sums, pooled, scale, shift, free):
+    """(K, 5) box gradient from the bins' summed terms ``sums`` (4, B) (:func:`sample_terms`).
+
+    ``shift`` is the bins' (ax, ay) extra shifts in box widths/heights (deform_roi_pool's
+    gamma * offset) or None, ``free`` the boxes' (free_w, free_h) flags (False where
+    torchvision's legacy minimum holds the size). Mirrors add_box_terms in the kernels.
+    """
+    pooled_h, pooled_w = pooled
+    bins = sums.shape[1]
+    k = bins // (pooled_h * pooled_w)
+    sx, ux, sy, uy = sums
     ax, ay = (0, 0) if shift is None else shift
     box = np.arange(bins) // (pooled_h * pooled_w)
     px = np.where(free[0][box], ax * sx + ux, 0)
@@ -200,3 +407,14 @@ def box_gradient(s, dx, dy, weight, bins, pooled, grid_h, grid_w, scale, shift, 
     for j in range(4):
         out[:, j + 1] = np.bincount(box, terms[:, j], k)
     return out
+
+
+def box_gradient(s, dx, dy, weight, bins, pooled, grid_h, grid_w, scale, shift, free):
+    """(K, 5) box gradient of ``bins`` (B, PH * PW per box) from sample slopes (S, C).
+
+    ``weight`` (S, C) is d loss / d sample value per channel; see :func:`sample_terms` and
+    :func:`box_terms` for the rest.
+    """
+    sums = np.zeros((4, bins), np.float64)
+    add_terms(sums, s.bin, sample_terms(s, dx, dy, weight, pooled, grid_h, grid_w))
+    return box_terms(sums, pooled, scale, shift, free)

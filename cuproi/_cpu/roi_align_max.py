@@ -3,12 +3,19 @@
 Bins are listed with their in-range samples (``_samples``), chunked over boxes so that the
 ``samples x channels`` values stay bounded; the winner of each (bin, channel) is the first
 maximum in scan order (an out-of-range sample competes as 0, a NaN wins), exactly as bin_max in
-kernels/common/bilinear.cuh.
+kernels/common/bilinear.cuh. A box with more samples than a chunk holds is reduced piece by
+piece (``_samples.Running``), and its winning samples are listed afterwards for the gradients:
+memory stays bounded whatever the ``sampling_ratio``. Only the tiles of the features that the
+boxes read are copied (``_sampling.pixels_read``), and the input gradient is added straight
+into its NCHW (or channels-last) array.
 """
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
-from cuproi._cpu import _parallel, _samples, _sampling
+from cuproi._cpu import _parallel, _samples, _sampling, _scratch
 from cuproi._cpu.deform_roi_pool import _bin_axes
 
 
@@ -26,33 +33,197 @@ def _setup(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, align
     return g, y, x
 
 
-def _chunk(x_rows, rois, shape, y, x, k0, k1):
+def _pixels(input, rois, y, x, shape, ct):
+    """The features' pixels that the boxes read, channels last in ``ct`` (float16: float32)."""
+    return _sampling.pixels_read(input, _sampling.reach(rois[:, 0], y[:2], x[:2], shape), ct)
+
+
+def _image_of_bins(rois, k0, k1, bins):
+    """Image of every bin of boxes ``k0:k1`` (``bins`` of them, in box order)."""
+    per_box = bins // max(k1 - k0, 1)
+    return rois[k0:k1, 0].astype(np.int64)[np.arange(bins) // max(per_box, 1)]
+
+
+def _chunk(pixels, rois, shape, y, x, k0, k1):
     """Samples, values and winners of boxes k0:k1 (bins in (box, ph, pw) order)."""
     _, h, w = shape
-    yb, hb, gh, xb, wb, gw = _samples.bins_of(y, x, k0, k1)
-    s = _samples.samples(yb, hb, gh, xb, wb, gw, h, w)
-    bins = len(yb)
-    per_box = bins // max(k1 - k0, 1)
-    image = rois[k0:k1, 0].astype(np.int64)[np.arange(bins) // max(per_box, 1)]
-    vals = _samples.values(s, image, h, w, x_rows)
+    axes = _samples.bins_of(y, x, k0, k1)
+    s = _samples.samples(*axes, h, w)
+    bins = len(axes[0])
+    image = _image_of_bins(rois, k0, k1, bins)
+    vals = _samples.values(s, image, pixels)
     value, winner = _samples.scan_max(s, vals, bins)
-    return s, image, value, winner, (gh, gw)
+    return s, image, value, winner, (axes[2], axes[5])
+
+
+def _box_in_pieces(pixels, rois, shape, y, x, k, spans):
+    """:func:`_chunk` of box ``k`` whose samples come in pieces ``spans``.
+
+    The samples returned are the winning ones only (``winner`` indexes them): every other
+    sample was dropped with its piece.
+    """
+    _, h, w = shape
+    c = pixels.rows.shape[1]
+    axes = _samples.bins_of(y, x, k, k + 1)
+    bins = len(axes[0])
+    image = _image_of_bins(rois, k, k + 1, bins)
+    running = _samples.Running(bins, c, pixels.rows.dtype)
+
+    def piece(span):
+        s = _samples.samples(*axes, h, w, span=span)
+        return _samples.piece_max(s, _samples.values(s, image, pixels), bins)
+
+    for has, best, at, first_out in _samples.in_order(piece, spans):
+        running.add(has, best, at, first_out)
+    value, at = running.result()
+    b_of, c_of = np.nonzero(at >= 0)
+    # The distinct winning samples in (bin, scan) order, and every winner's index among them.
+    pairs, inverse = np.unique(np.stack([b_of, at[b_of, c_of]], 1), axis=0, return_inverse=True)
+    s = _samples.samples_at(axes, h, w, pairs[:, 0], pairs[:, 1])
+    winner = np.full(at.shape, -1, np.int64)
+    winner[b_of, c_of] = inverse.ravel()
+    return s, image, value, winner, (axes[2], axes[5])
+
+
+def _chunks(pixels, rois, shape, y, x, fn):
+    """``fn(k0, k1, chunk)`` for every chunk of boxes (:func:`_chunk`), in order per chunk.
+
+    Yields, for every chunk of boxes, the list of ``fn``'s results over its ranges (computed by
+    the threads), in order.
+    """
+    _, h, w = shape
+    c = pixels.rows.shape[1]
+    for ranges, spans in _samples.work(y, x, h, w, c):
+        if spans is None:
+            run = lambda r: fn(*r, _chunk(pixels, rois, shape, y, x, *r))  # noqa: E731
+            yield _parallel.map_ordered(run, ranges)
+        else:
+            ((k0, k1),) = ranges
+            yield [fn(k0, k1, _box_in_pieces(pixels, rois, shape, y, x, k0, spans))]
 
 
 def roi_align_max_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
     n, c, h, w = input.shape
     shape = (n, h, w)
-    x_rows = _sampling.pixels_by_channel(input.astype(rois.dtype, copy=False))
     out = np.zeros((len(rois), c, pooled_h, pooled_w), rois.dtype)
     _, y, x = _setup(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    pixels = _pixels(input, rois, y, x, shape, rois.dtype)
 
-    def run(k0, k1):
-        _, _, value, _, _ = _chunk(x_rows, rois, shape, y, x, k0, k1)
+    def write(k0, k1, chunk):
+        value = chunk[2]
         out[k0:k1] = value.reshape(k1 - k0, pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
 
-    for ranges in _samples.parts(y, x, h, w, c):
-        _parallel.map_ordered(lambda r: run(*r), ranges)
+    for _ in _chunks(pixels, rois, shape, y, x, write):
+        pass
+    _scratch.give(pixels.rows)
     return out.astype(input.dtype, copy=False)
+
+
+class _Sum(NamedTuple):
+    """Where the input gradient is summed: see :func:`_sum_into`."""
+
+    memory: np.ndarray  # flat view that np.add.at adds into
+    target: Callable  # (image, channel, y, x) of cells -> their indices in memory
+    by_channel: bool  # memory holds one channel after another (NCHW)
+    finish: Callable  # () -> the (N, C, H, W) gradient
+
+
+def _sum_into(shape, ct, dtype, channels_last, pixels):
+    """The buffer that the input gradient of ``dtype`` is summed into, in ``ct``.
+
+    The gradient itself, NCHW or stored channels last; for float16 (summed in float32) on a
+    few tiles, float32 rows of the pixels that ``pixels`` (_sampling.pixels_read) covers only,
+    written into the float16 gradient at the end: no float32 copy of the whole gradient.
+    """
+    n, c, h, w = shape
+    if dtype != ct and pixels.runs is not None:
+        rows = np.zeros((pixels.size, c), ct)
+
+        def finish():
+            grad = _sampling.zeros(shape, dtype, channels_last)
+            for p, q, i, y0, y1, x0, x1 in pixels.runs.blocks().tolist():
+                grad[i, :, y0:y1, x0:x1] = rows[p:q].reshape(y1 - y0, x1 - x0, c).transpose(2, 0, 1)
+            return grad
+
+        def target(image, c_of, yy, xx):
+            return pixels.at(image, yy, xx) * c + c_of
+
+        return _Sum(rows.reshape(-1), target, False, finish)
+    grad = _sampling.zeros(shape, ct, channels_last)
+    if channels_last:
+
+        def target(image, c_of, yy, xx):
+            return ((image * h + yy) * w + xx) * c + c_of
+
+        memory = grad.transpose(0, 2, 3, 1).reshape(-1)  # the NHWC array: a view
+    else:
+
+        def target(image, c_of, yy, xx):
+            return ((image * c + c_of) * h + yy) * w + xx
+
+        memory = grad.reshape(-1)
+    return _Sum(memory, target, not channels_last, lambda: grad.astype(dtype, copy=False))
+
+
+def _input_gradient(g_rows, input, rois, y, x, bins, dtype, channels_last, pixels):
+    """The (N, C, H, W) input gradient of ``dtype``: the winners' taps weighed by ``g_rows``."""
+    n, c, h, w = input.shape
+    shape = (n, h, w)
+    total = _sum_into(input.shape, g_rows.dtype, dtype, channels_last, pixels)
+
+    def contributions(k0, k1, chunk):
+        """(target, value) of the winners' contributions of boxes k0:k1, tap by tap.
+
+        Winners are listed channel by channel for NCHW (the adds of one channel stay in its
+        plane), bin by bin for channels last: every cell sees its terms in bin order either way.
+        """
+        s, image, _, winner, _ = chunk
+        won = winner >= 0
+        if total.by_channel:
+            c_of, b_of = np.nonzero(won.T)
+        else:
+            b_of, c_of = np.nonzero(won)
+        at = winner[b_of, c_of]
+        gv = g_rows[k0 * bins + b_of, c_of]
+        taps = ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1))
+        return [
+            (total.target(image[b_of], c_of, yy[at], xx[at]), gv * wt[at])
+            for (yy, xx), wt in zip(taps, _samples.weights(s), strict=True)
+        ]
+
+    for found in _chunks(pixels, rois, shape, y, x, contributions):
+        # Tap by tap over the whole chunk, its ranges in order: every cell adds its terms in
+        # the same order however the chunk was split over the threads (deterministic). On the
+        # flat view: add.at's fast path for one index array (several times faster).
+        for tap in range(4):
+            target = np.concatenate([contributions[tap][0] for contributions in found])
+            value = np.concatenate([contributions[tap][1] for contributions in found])
+            np.add.at(total.memory, target, value)
+    return total.finish()
+
+
+def _box_gradient(g_rows, rois, y, x, shape, grid, bins, pooled, spatial_scale, aligned, pixels):
+    """The (K, 5) box gradient from the winning samples' slopes."""
+    grad_rois = np.zeros((len(rois), 5), np.float64)
+    free = (aligned | (grid.width > 1), aligned | (grid.height > 1))
+    c = g_rows.shape[1]
+
+    def run(k0, k1, chunk):
+        s, image, _, winner, (gh, gw) = chunk
+        s, winner = _samples.winning(s, winner)
+        won = winner >= 0
+        b_of, c_of = np.nonzero(won)
+        weight = np.zeros((len(s.bin), c), g_rows.dtype)
+        weight[winner[won], c_of] = g_rows[k0 * bins + b_of, c_of]
+        dx, dy = _samples.slopes(s, image, pixels)
+        chunk_free = (free[0][k0:k1], free[1][k0:k1])
+        grad_rois[k0:k1] = _samples.box_gradient(
+            s, dx, dy, weight, len(gh), pooled, gh, gw, spatial_scale, None, chunk_free
+        )
+
+    for _ in _chunks(pixels, rois, shape, y, x, run):
+        pass
+    return grad_rois
 
 
 def roi_align_max_backward(
@@ -68,59 +239,20 @@ def roi_align_max_backward(
 ):
     n, c, h, w = input.shape
     shape = (n, h, w)
-    k, _, pooled_h, pooled_w = grad_output.shape
+    _, _, pooled_h, pooled_w = grad_output.shape
     ct = rois.dtype.type
-    x_rows = _sampling.pixels_by_channel(input.astype(ct, copy=False))
     g_rows = _sampling.bin_rows(grad_output.astype(ct, copy=False))
     grid, y, x = _setup(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    pixels = _pixels(input, rois, y, x, shape, ct)
     bins = pooled_h * pooled_w
-    grad_rows = np.zeros((n * h * w, c), ct) if wrt == "input" else None
-    grad_rois = np.zeros((k, 5), np.float64)
-    free = (aligned | (grid.width > 1), aligned | (grid.height > 1))
-
-    def run(k0, k1):
-        """The winners of boxes k0:k1 (wrt input), or their box gradient, written in place."""
-        s, image, _, winner, (gh, gw) = _chunk(x_rows, rois, shape, y, x, k0, k1)
-        g = g_rows[k0 * bins : k1 * bins]
-        won = winner >= 0
-        b_of, c_of = np.nonzero(won)
-        at = winner[won]
-        gv = g[b_of, c_of]
-        if wrt == "input":  # (flat target, value) of the winners' contributions, tap by tap
-            base = image[b_of] * h
-            taps = ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1))
-            return [
-                (((base + yy[at]) * w + xx[at]) * c + c_of, gv * wt[at])
-                for (yy, xx), wt in zip(taps, _samples.weights(s), strict=True)
-            ]
-        weight = np.zeros((len(s.bin), c), ct)
-        weight[at, c_of] = gv
-        dx, dy = _samples.slopes(s, image, h, w, x_rows)
-        grad_rois[k0:k1] = _samples.box_gradient(
-            s,
-            dx,
-            dy,
-            weight,
-            len(gh),
-            (pooled_h, pooled_w),
-            gh,
-            gw,
-            spatial_scale,
-            None,
-            (free[0][k0:k1], free[1][k0:k1]),
-        )
-
-    for ranges in _samples.parts(y, x, h, w, c):
-        found = _parallel.map_ordered(lambda r: run(*r), ranges)
-        if wrt != "input":
-            continue
-        # Tap by tap over the whole chunk, its ranges in order: every cell adds its terms in
-        # the same order however the chunk was split over the threads (deterministic). On the
-        # flat view: add.at's fast path for one index array (several times faster).
-        for tap in range(4):
-            target = np.concatenate([contributions[tap][0] for contributions in found])
-            value = np.concatenate([contributions[tap][1] for contributions in found])
-            np.add.at(grad_rows.reshape(-1), target, value)
     if wrt == "input":
-        return _parallel.gradient(grad_rows, input.shape, grad_output.dtype, channels_last)
-    return grad_rois.astype(ct)
+        dtype = grad_output.dtype
+        out = _input_gradient(g_rows, input, rois, y, x, bins, dtype, channels_last, pixels)
+    else:
+        pooled = (pooled_h, pooled_w)
+        out = _box_gradient(
+            g_rows, rois, y, x, shape, grid, bins, pooled, spatial_scale, aligned, pixels
+        )
+        out = out.astype(ct)
+    _scratch.give(pixels.rows)
+    return out
