@@ -6,13 +6,15 @@ every sample of every bin is enumerated (only those that can fall inside the map
 ``A`` (bins x pixels). Forward is ``A @ X``, the input gradient ``A.T @ G``. Boxes are processed
 in chunks that bound the operator's memory (``_sampling.chunks``), split again into ranges for
 the backend's threads (``_parallel``). Coordinates are computed in the compute dtype in the
-operation order of kernels/roi_align_rotated.cu, so both backends take the same samples.
+operation order of kernels/roi_align_rotated.cu, so both backends take the same samples. The
+forward copies only the tiles of the features that the rotated boxes may read (``_reach``,
+``_sampling.pixels_read``).
 """
 
 import numpy as np
 import scipy.sparse
 
-from cuproi._cpu import _parallel, _sampling
+from cuproi._cpu import _parallel, _sampling, _scratch
 
 
 def rotation(angle, clockwise, ct):
@@ -105,6 +107,7 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligne
     cost = 4 * (iy[1] - iy[0]).sum(1) * (ix[1] - ix[0]).sum(1)
     return {
         "rois": rois,
+        "size": (height, width),
         "shape": shape,
         "center": (center_y, center_x),
         "bin": (bin_h, bin_w),
@@ -117,13 +120,34 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligne
     }
 
 
-def _operator(plan, k0, k1):
+def _reach(plan):
+    """The cells every rotated box's samples may read (``_sampling.reach``).
+
+    Every sample lies in its box, so within the box's axis-aligned bounding box: the centre
+    plus or minus ``|cos| h / 2 + |sin| w / 2`` along y and ``|sin| h / 2 + |cos| w / 2`` along
+    x, in double; reach() widens it by a cell and by far more than the rounding of positions
+    computed in float32, and a NaN box reaches the whole map.
+    """
+    rois = plan["rois"]
+    center_y, center_x = (a.astype(np.float64) for a in plan["center"])
+    half_h, half_w = (np.abs(a.astype(np.float64)) / 2 for a in plan["size"])
+    cos_t, sin_t = (np.abs(a.astype(np.float64)) for a in plan["rotation"])
+    extent_y = cos_t * half_h + sin_t * half_w
+    extent_x = sin_t * half_h + cos_t * half_w
+    y = ((center_y - extent_y)[:, None], (2 * extent_y)[:, None])
+    x = ((center_x - extent_x)[:, None], (2 * extent_x)[:, None])
+    return _sampling.reach(rois[:, 0], y, x, plan["shape"])
+
+
+def _operator(plan, k0, k1, pixels=None):
     """Sparse operator of boxes ``k0:k1``: one row per bin, (box, ph, pw) in C order.
 
     The samples are enumerated in pieces of at most ``_sampling.BUDGET / 4`` (each gives 4
     entries), whose matrices are summed: memory stays bounded even for one box with a huge
     fixed ``sampling_ratio`` (up to 1024**2 samples per bin), while the result holds one entry
-    per (bin, pixel) pair.
+    per (bin, pixel) pair. Its columns are every pixel, or the rows of ``pixels``
+    (_sampling.pixels_read): those are renumbered last, so that every row keeps its entries in
+    pixel order and a product sums them in the same order either way.
     """
     n, h, w = plan["shape"]
     ct = plan["rois"].dtype.type
@@ -149,7 +173,11 @@ def _operator(plan, k0, k1):
         a = part if a is None else a + part
     a.sum_duplicates()
     a.eliminate_zeros()
-    return a.astype(ct)
+    a = a.astype(ct)
+    if pixels is None:
+        return a
+    columns = pixels.index(a.indices)
+    return scipy.sparse.csr_matrix((a.data, columns, a.indptr), shape=(bins, len(pixels.rows)))
 
 
 def _samples_matrix(plan, k0, box, ph, pw, nx, entry_bin, local, bins):
@@ -189,18 +217,19 @@ def roi_align_rotated_forward(
     input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
 ):
     n, c, h, w = input.shape
-    x = input.astype(rois.dtype, copy=False)  # float16 is computed in float32
     out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
-    x_rows = _sampling.pixels_by_channel(x)
     plan = _plan(
         rois, (n, h, w), spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
     )
+    # float16 is computed in float32, converted as it is copied.
+    pixels = _sampling.pixels_read(input, _reach(plan), rois.dtype)
 
     def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
-        _sampling.apply(_operator(plan, k0, k1), x_rows, out[k0:k1])
+        _sampling.apply(_operator(plan, k0, k1, pixels), pixels.rows, out[k0:k1])
 
     for parts in _sampling.parts(plan["cost"], _sampling.work_per_entry(c)):
         _parallel.map_ordered(lambda r: run(*r), parts)
+    _scratch.give(pixels.rows)
     return out.astype(input.dtype, copy=False)
 
 
