@@ -13,6 +13,7 @@ import pytest
 import reference
 import reference_prroi
 import reference_ps
+import reference_rotated
 
 from cuproi._cpu import (
     _cells,
@@ -22,6 +23,7 @@ from cuproi._cpu import (
     ps_roi_align,
     ps_roi_pool,
     roi_align,
+    roi_align_rotated,
     roi_pool,
 )
 
@@ -254,6 +256,13 @@ def test_backward_on_the_tiles_read(monkeypatch, op, dtype, channels_last):
     np.testing.assert_array_equal(bits, np.ascontiguousarray(whole).view(np.uint8))
 
 
+def _rotated(boxes):
+    """(K, 6) rotated boxes of the same centres and sizes as (K, 5) ``boxes``, at 30 degrees."""
+    centre = (boxes[:, 1:3] + boxes[:, 3:5]) / 2
+    size = np.abs(boxes[:, 3:5] - boxes[:, 1:3])
+    return np.column_stack([boxes[:, 0], centre, size, np.full(len(boxes), 30)]).astype(boxes.dtype)
+
+
 _FAMILY = {
     "ps_roi_align": (
         lambda x, r: ps_roi_align.ps_roi_align_forward(x, r, 0.5, 2, 3, 2),
@@ -266,6 +275,20 @@ _FAMILY = {
         lambda g, r, s: ps_roi_pool.ps_roi_pool_backward(g, r, s, 0.5),
         lambda x, r: reference_ps.ps_roi_pool(x, r, (2, 3), 0.5, np.float32),
         lambda g, r, s: reference_ps.ps_roi_pool_backward(g, r, s, (2, 3), 0.5, np.float32),
+    ),
+    "roi_align_rotated": (
+        lambda x, r: roi_align_rotated.roi_align_rotated_forward(
+            x, _rotated(r), 0.5, 2, 3, 2, True, False
+        ),
+        lambda g, r, s: roi_align_rotated.roi_align_rotated_backward(
+            g, _rotated(r), s, 0.5, 2, True, False
+        ),
+        lambda x, r: reference_rotated.roi_align_rotated(
+            x, _rotated(r), (2, 3), 0.5, 2, True, False, np.float32
+        ),
+        lambda g, r, s: reference_rotated.roi_align_rotated_backward(
+            g, _rotated(r), s, (2, 3), 0.5, 2, True, False, np.float32
+        ),
     ),
     "prroi_pool": (
         lambda x, r: prroi_pool.prroi_pool_forward(x, r, 0.5, 2, 3),
@@ -294,7 +317,8 @@ def test_family_on_the_tiles_read(monkeypatch, op, dtype):
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     rois = (_boxes(rng, 4, n, scale, h, w) / 3).astype(np.float32)
     rois[:, 0] = [0, 1, 1, 0]
-    g = rng.standard_normal((4, c // 6 if op != "prroi_pool" else c, 2, 3)).astype(dtype)
+    channels = c if op in ("prroi_pool", "roi_align_rotated") else c // 6
+    g = rng.standard_normal((4, channels, 2, 3)).astype(dtype)
     reached = []
     runs = _cells.runs
     monkeypatch.setattr(_cells, "runs", lambda *a: (reached.append(runs(*a)), reached[-1])[1])

@@ -177,7 +177,7 @@ def _operator(plan, k0, k1, pixels=None):
     if pixels is None:
         return a
     columns = pixels.index(a.indices)
-    return scipy.sparse.csr_matrix((a.data, columns, a.indptr), shape=(bins, len(pixels.rows)))
+    return scipy.sparse.csr_matrix((a.data, columns, a.indptr), shape=(bins, pixels.size))
 
 
 def _samples_matrix(plan, k0, box, ph, pw, nx, entry_bin, local, bins):
@@ -246,13 +246,16 @@ def roi_align_rotated_backward(
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
     g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
-    grad = _sampling.zeros(input_shape, rois.dtype)
-    bins = pooled_h * pooled_w
     plan = _plan(
         rois, (n, h, w), spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
     )
-    for parts in _sampling.parts(plan["cost"], _sampling.work_per_entry(c)):
-        ops = _parallel.map_ordered(lambda r: _operator(plan, *r), parts)
-        k0, k1 = parts[0][0], parts[-1][1]
-        _sampling.add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins])
-    return grad.astype(grad_output.dtype, copy=False)
+    pixels = _sampling.pixels_reached(_reach(plan), (n, h, w))
+    return _sampling.input_gradient(
+        input_shape,
+        grad_output.dtype,
+        pooled_h * pooled_w,
+        _sampling.parts(plan["cost"], _sampling.work_per_entry(c)),
+        lambda k0, k1: _operator(plan, k0, k1, pixels),
+        g_rows,
+        pixels,
+    )

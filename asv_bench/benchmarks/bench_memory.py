@@ -1,0 +1,93 @@
+"""Working memory of the CPU backend: one small box on a large map, forward and backward.
+
+Inference on FPN's finest level, or a crop of a large image, pools a few boxes from a map
+thousands of cells wide. ``track_peak_beyond_result`` reports the peak bytes an op allocates
+beyond the arrays it returns (tracemalloc, to which NumPy reports its allocations), for one
+12x9-cell box on a 4000x4000 single-channel map (64 MB of float32): it should follow the box,
+not the map. ``time_`` gives the time of the same calls.
+"""
+
+import tracemalloc
+
+import numpy as np
+
+import cuproi
+
+SIZE = 4000
+BOX = np.array([[0, 2000, 2000, 2012, 2009]], np.float64)
+ROTATED = np.array([[0, 2006, 2004, 12, 9, 30]], np.float64)
+
+
+class OneBoxOnALargeMap:
+    """Peak bytes beyond the result, and time, of every op on one box (NumPy backend)."""
+
+    param_names = ["call", "dtype"]
+    params = [
+        [
+            "roi_align",
+            "roi_align_backward",
+            "roi_align_max",
+            "roi_align_max_backward",
+            "roi_pool",
+            "roi_pool_backward",
+            "deform_roi_pool",
+            "deform_roi_pool_backward",
+            "prroi_pool",
+            "prroi_pool_backward",
+            "ps_roi_align",
+            "ps_roi_align_backward",
+            "roi_align_rotated",
+            "roi_align_rotated_backward",
+        ],
+        ["float32", "float16"],
+    ]
+    timeout = 300
+
+    def setup(self, call, dtype):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((1, 1, SIZE, SIZE), np.float32).astype(dtype)
+        x4 = np.repeat(x, 4, axis=1)
+        g7 = np.ones((1, 1, 7, 7), dtype)
+        g2 = np.ones((1, 1, 2, 2), dtype)
+        offset = np.full((1, 2, 7, 7), 0.1, dtype)
+        argmax = cuproi.roi_pool(x, BOX, 7, return_argmax=True)[1]
+        self.call = {
+            "roi_align": lambda: cuproi.roi_align(x, BOX, 7, 1.0, 2, True),
+            "roi_align_backward": lambda: cuproi.roi_align_backward(
+                g7, BOX, x.shape, 7, 1.0, 2, True
+            ),
+            "roi_align_max": lambda: cuproi.roi_align(x, BOX, 7, 1.0, 2, True, pool_mode="max"),
+            "roi_align_max_backward": lambda: cuproi.roi_align_backward(
+                g7, BOX, x.shape, 7, 1.0, 2, True, pool_mode="max", input=x
+            ),
+            "roi_pool": lambda: cuproi.roi_pool(x, BOX, 7, return_argmax=True),
+            "roi_pool_backward": lambda: cuproi.roi_pool_backward(g7, BOX, argmax, x.shape),
+            "deform_roi_pool": lambda: cuproi.deform_roi_pool(x, BOX, offset, 7),
+            "deform_roi_pool_backward": lambda: cuproi.deform_roi_pool_backward(
+                g7, x, BOX, offset, 7
+            ),
+            "prroi_pool": lambda: cuproi.prroi_pool(x, BOX, 7),
+            "prroi_pool_backward": lambda: cuproi.prroi_pool_backward(g7, BOX, x.shape, 7),
+            "ps_roi_align": lambda: cuproi.ps_roi_align(x4, BOX, 2, 1.0, 2),
+            "ps_roi_align_backward": lambda: cuproi.ps_roi_align_backward(g2, BOX, x4.shape, 2),
+            "roi_align_rotated": lambda: cuproi.roi_align_rotated(x, ROTATED, 7, 1.0, 2),
+            "roi_align_rotated_backward": lambda: cuproi.roi_align_rotated_backward(
+                g7, ROTATED, x.shape, 7, 1.0, 2
+            ),
+        }[call]
+        self.call()  # warm: thread pools, the backend's kept scratch buffer
+
+    def time_call(self, call, dtype):
+        self.call()
+
+    def track_peak_beyond_result(self, call, dtype):
+        tracemalloc.start()
+        try:
+            result = self.call()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        arrays = result if isinstance(result, tuple) else (result,)
+        return peak - sum(a.nbytes for a in arrays if a is not None)
+
+    track_peak_beyond_result.unit = "bytes"
