@@ -29,6 +29,35 @@ def _framework(array):
     return type(array).__module__.split(".")[0]
 
 
+def _without_data(array):
+    """How a torch tensor that holds no data is described, or None for any other array.
+
+    A tensor on the meta device, or a fake tensor (torch.compile, torch.export and
+    FakeTensorMode trace with them), has a shape and a dtype but no memory: DLPack cannot
+    export it (meta: torch raises a bare "Unknown device type meta for Dlpack"), or exports a
+    pointer to nothing (fake).
+    """
+    if _framework(array) != "torch":
+        return None
+    if getattr(array, "is_meta", False):
+        return "a torch tensor on the 'meta' device"
+    fake = sys.modules.get("torch._subclasses.fake_tensor")  # none can exist before its import
+    if fake is not None and fake.is_fake(array):
+        return "a torch fake tensor (what torch.compile and torch.export trace with)"
+    return None
+
+
+def _refuse_without_data(array, name):
+    """TypeError naming ``name`` when ``array`` is a torch tensor without data."""
+    kind = _without_data(array)
+    if kind is not None:
+        raise TypeError(
+            f"{name} is {kind}, which holds no data; cuproi's array functions compute on CPU "
+            "or CUDA memory (cuproi.torch's functions take meta and fake tensors: they give "
+            "the output's shape)"
+        )
+
+
 def _device(array, name):
     """'cpu' or 'cuda:<id>' for a supported array; TypeError for anything else."""
     if isinstance(array, np.ndarray):
@@ -37,6 +66,7 @@ def _device(array, name):
     if cupy is not None and isinstance(array, cupy.ndarray):
         return f"cuda:{array.device.id}"
     if hasattr(array, "__dlpack__") and hasattr(array, "__dlpack_device__"):
+        _refuse_without_data(array, name)
         kind, index = array.__dlpack_device__()
         if kind == _DLPACK_CPU:
             return "cpu"
@@ -109,7 +139,11 @@ def _cuda_device(values):
                 return found
         elif cupy is not None and isinstance(value, cupy.ndarray):
             return value.device.id
-        elif not isinstance(value, np.ndarray) and hasattr(value, "__dlpack_device__"):
+        elif (
+            not isinstance(value, np.ndarray)
+            and hasattr(value, "__dlpack_device__")
+            and _without_data(value) is None  # prepare names it
+        ):
             kind, index = value.__dlpack_device__()
             if kind == _DLPACK_CUDA:
                 return index
@@ -137,6 +171,21 @@ def on_input_device(function):
     return call
 
 
+def one_device(seen):
+    """The one device of a call, from ``{device: first argument found there}``.
+
+    ``'cpu'`` when there is none. ValueError naming an argument on each device when there are
+    several: nothing is copied between devices. (cuproi.torch's fake kernels check their
+    tensors' devices with it too.)
+    """
+    if len(seen) > 1:
+        where = ", ".join(f"{label} on {device}" for device, label in seen.items())
+        raise ValueError(
+            f"all arrays must be on one device; got {where}. Move them to the same device first."
+        )
+    return next(iter(seen), "cpu")
+
+
 def prepare(**arrays):
     """Pick the backend for the named arrays of one call.
 
@@ -159,8 +208,8 @@ def prepare(**arrays):
     Raises
     ------
     TypeError
-        For a value that is not an array (None where an array is required), or an array on a
-        device other than CPU and CUDA.
+        For a value that is not an array (None where an array is required), an array on a
+        device other than CPU and CUDA, or a torch tensor without data (meta or fake).
     ValueError
         When the arrays live on different devices; nothing is copied between them.
     """
@@ -176,12 +225,7 @@ def prepare(**arrays):
     for pairs in filter(None, items.values()):
         for label, item in pairs:
             seen.setdefault(_device(item, label), label)
-    if len(seen) > 1:
-        where = ", ".join(f"{label} on {device}" for device, label in seen.items())
-        raise ValueError(
-            f"all arrays must be on one device; got {where}. Move them to the same device first."
-        )
-    device = next(iter(seen), "cpu")
+    device = one_device(seen)
     framework, native = None, []
     for name, pairs in items.items():
         if pairs is None:

@@ -7,7 +7,10 @@ without graph breaks, with fake tensors, and with ``torch.autograd.gradcheck``. 
 calls cuproi's backward functions. Tensors reach the kernels through DLPack without copies: CPU
 tensors run on the NumPy backend, CUDA tensors on the CUDA kernels, on the tensor's device and
 torch's current stream. Under ``torch.use_deterministic_algorithms(True)`` the backward passes
-``deterministic=True``: bit-identical gradients from run to run on the GPU.
+``deterministic=True``: bit-identical gradients from run to run on the GPU. The fake
+implementations refuse what the ops refuse (wrong ranks, shapes and dtypes, bad sizes), with
+the same exceptions and messages: ``torch.export`` raises them, ``torch.compile`` reports them
+as the cause of its ``TorchRuntimeError``.
 
 Functions keep torchvision's positional signatures (mmcv's for ``deform_roi_pool``), so
 ``torchvision.ops.roi_align`` can be replaced by :func:`cuproi.torch.roi_align`.

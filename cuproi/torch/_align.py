@@ -5,6 +5,8 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
+from cuproi.roi_align import _forward_input
+from cuproi.torch import _fake
 from cuproi.torch._common import (
     _bfloat16_in_float32,
     _channels_last,
@@ -33,6 +35,8 @@ def _roi_align(
 
 @_roi_align.register_fake
 def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, pool_mode="avg"):
+    ratio, mode = (_validate.sampling_ratio, sampling_ratio), (_validate.pool_mode, pool_mode)
+    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale, ratio, mode)
     return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
 
 
@@ -72,6 +76,8 @@ def _(
     deterministic,
     channels_last=False,
 ):
+    ratio = (_validate.sampling_ratio, sampling_ratio)
+    _fake.backward(grad, rois, input_shape, spatial_scale, ratio)
     return _empty_gradient(input_shape, grad, channels_last)
 
 
@@ -106,6 +112,15 @@ def _roi_align_max_backward(
 def _(
     grad, input, rois, spatial_scale, sampling_ratio, aligned, deterministic, channels_last=False
 ):
+    # cuproi.roi_align_backward's checks in max mode, which reads the features.
+    g, b, x = _fake.prepare(grad_output=grad, boxes=rois, input=input)
+    shape = _validate.input_shape(x.shape)
+    pooled = _validate.output_size(g.shape[2:])
+    scale = _validate.spatial_scale(_fake.hint(spatial_scale))
+    _validate.sampling_ratio(_fake.hint(sampling_ratio))
+    x = _forward_input(_fake.backend, x, shape)
+    k = _fake.boxes(b, shape[0], scale, x.dtype)
+    _validate.grad_output(_fake.xp, g, k, shape[1], pooled, dtype=x.dtype)
     return _empty_gradient(input.shape, grad, channels_last)
 
 
@@ -137,6 +152,8 @@ def _roi_align_box_backward(
 
 @_roi_align_box_backward.register_fake
 def _(grad, input, rois, spatial_scale, sampling_ratio, aligned, pool_mode, deterministic):
+    _validate.pool_mode(pool_mode)
+    _fake.box_backward(grad, input, rois, spatial_scale, (_validate.sampling_ratio, sampling_ratio))
     return rois.new_empty(rois.shape)
 
 

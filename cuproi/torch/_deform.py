@@ -5,6 +5,8 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
+from cuproi.deform_roi_pool import _mask
+from cuproi.torch import _fake
 from cuproi.torch._common import (
     _bfloat16_in_float32,
     _channels_last,
@@ -34,6 +36,12 @@ def _deform_roi_pool(
 
 @_deform_roi_pool.register_fake
 def _(input, rois, offset, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, mask=None):
+    options = (_validate.sampling_ratio, sampling_ratio), (_validate.gamma, gamma)
+    x, k, pooled, (o, m) = _fake.forward(
+        input, rois, pooled_h, pooled_w, spatial_scale, *options, offset=offset, mask=mask
+    )
+    _validate.offset(_fake.xp, o, k, pooled, x.dtype)
+    _mask(_fake.xp, m, k, pooled, x.dtype)
     return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
 
 
@@ -85,10 +93,12 @@ def _(
     mask=None,
     channels_last=False,
 ):
+    _check_backward(grad, input, rois, offset, mask, spatial_scale, sampling_ratio, gamma)
+    # As the op's: the input gradient in the dtype of grad, the others in their tensor's.
     return (
-        _empty_gradient(input.shape, input, channels_last),
-        grad.new_empty(0 if offset is None else offset.shape),
-        grad.new_empty(0 if mask is None else mask.shape),
+        _empty_gradient(input.shape, grad, channels_last),
+        grad.new_empty(0) if offset is None else offset.new_empty(offset.shape),
+        grad.new_empty(0) if mask is None else mask.new_empty(mask.shape),
     )
 
 
@@ -122,7 +132,18 @@ def _deform_roi_pool_box_backward(
 
 @_deform_roi_pool_box_backward.register_fake
 def _(grad, input, rois, offset, mask, spatial_scale, sampling_ratio, gamma, deterministic):
+    _check_backward(grad, input, rois, offset, mask, spatial_scale, sampling_ratio, gamma)
     return rois.new_empty(rois.shape)
+
+
+def _check_backward(grad, input, rois, offset, mask, spatial_scale, sampling_ratio, gamma):
+    """The checks of cuproi's deform_roi_pool_backward and _box_backward, for a fake kernel."""
+    options = (_validate.sampling_ratio, sampling_ratio), (_validate.gamma, gamma)
+    x, k, pooled, (o, m) = _fake.box_backward(
+        grad, input, rois, spatial_scale, *options, offset=offset, mask=mask
+    )
+    _validate.offset(_fake.xp, o, k, pooled, x.dtype)
+    _mask(_fake.xp, m, k, pooled, x.dtype)
 
 
 def _deform_setup(ctx, inputs, output):

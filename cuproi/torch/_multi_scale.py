@@ -7,7 +7,8 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
-from cuproi.multi_scale_roi_align import _canonical, _count, _scales
+from cuproi.multi_scale_roi_align import _canonical, _count, _features, _levels, _scales
+from cuproi.torch import _fake
 from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
 
 
@@ -23,7 +24,7 @@ def _multi_scale_roi_align(
     canonical_scale: float,
     canonical_level: int,
 ) -> Tensor:
-    with _stream(features[0]):
+    with _stream(features[0] if features else rois):  # no level: cuproi names the mistake
         return cuproi.multi_scale_roi_align(
             list(features),
             rois,
@@ -37,7 +38,28 @@ def _multi_scale_roi_align(
 
 
 @_multi_scale_roi_align.register_fake
-def _(features, rois, pooled_h, pooled_w, *args):
+def _(
+    features,
+    rois,
+    pooled_h,
+    pooled_w,
+    spatial_scales,
+    sampling_ratio,
+    aligned,
+    canonical_scale,
+    canonical_level,
+):
+    # cuproi.multi_scale_roi_align's checks.
+    count = _count(features, "features")
+    *levels, b = _fake.prepare(**{f"features[{i}]": f for i, f in enumerate(features)}, boxes=rois)
+    pooled = _validate.output_size(_fake.hint((pooled_h, pooled_w)))
+    _validate.sampling_ratio(_fake.hint(sampling_ratio))
+    levels = _features(_fake.xp, levels)
+    dtype = levels[0].dtype
+    rule = _fake.hint((canonical_scale, canonical_level))
+    scales, _ = _levels(_fake.hint(spatial_scales), count, dtype, *rule)
+    k = _fake.boxes(b, levels[0].shape[0], max(scales), dtype)
+    _validate.pooled_result(k, levels[0].shape[1], pooled)
     return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_h, pooled_w))
 
 
@@ -70,7 +92,36 @@ def _multi_scale_roi_align_backward(
 
 
 @_multi_scale_roi_align_backward.register_fake
-def _(grad, rois, input_shapes, *args):
+def _(
+    grad,
+    rois,
+    input_shapes,
+    spatial_scales,
+    sampling_ratio,
+    aligned,
+    canonical_scale,
+    canonical_level,
+    deterministic,
+):
+    # cuproi.multi_scale_roi_align_backward's checks.
+    given = _shapes(_fake.hint(input_shapes))
+    count = _count(given, "input_shapes")
+    g, b = _fake.prepare(grad_output=grad, boxes=rois)
+    shapes = [_validate.input_shape(s, f"input_shapes[{i}]") for i, s in enumerate(given)]
+    total = sum(math.prod(s) for s in shapes)
+    _validate.result_shape((total,), "input_shapes (all levels together)")
+    for i, s in enumerate(shapes[1:], start=1):
+        if s[:2] != shapes[0][:2]:
+            raise ValueError(
+                f"every level must have the same batch size and channels (N, C); "
+                f"input_shapes[0] has {shapes[0][:2]}, input_shapes[{i}] has {s[:2]}"
+            )
+    pooled = _validate.output_size(g.shape[2:])
+    _validate.sampling_ratio(_fake.hint(sampling_ratio))
+    rule = _fake.hint((canonical_scale, canonical_level))
+    scales, _ = _levels(_fake.hint(spatial_scales), count, g.dtype, *rule)
+    k = _fake.boxes(b, shapes[0][0], max(scales), g.dtype)
+    _validate.grad_output(_fake.xp, g, k, shapes[0][1], pooled)
     return [grad.new_empty(s) for s in _shapes(input_shapes)]
 
 

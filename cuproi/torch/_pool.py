@@ -5,6 +5,7 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
+from cuproi.torch import _fake
 from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
 
 
@@ -18,6 +19,7 @@ def _roi_pool(
 
 @_roi_pool.register_fake
 def _(input, rois, pooled_h, pooled_w, spatial_scale):
+    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale)
     shape = (rois.shape[0], input.shape[1], pooled_h, pooled_w)
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
 
@@ -32,6 +34,7 @@ def _roi_pool_inference(
 
 @_roi_pool_inference.register_fake
 def _(input, rois, pooled_h, pooled_w, spatial_scale):
+    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale)
     return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
 
 
@@ -47,6 +50,13 @@ def _roi_pool_backward(
 
 @_roi_pool_backward.register_fake
 def _(grad, rois, argmax, input_shape, deterministic):
+    # cuproi.roi_pool_backward's checks; the boxes' batch indices are all it reads of them.
+    g, b, a = _fake.prepare(grad_output=grad, boxes=rois, argmax=argmax)
+    shape = _validate.input_shape(tuple(_fake.hint(input_shape)))
+    k = _fake.boxes(b, shape[0], None, g.dtype)
+    _validate.grad_output(_fake.xp, g, k, shape[1], g.shape[2:])
+    if a.dtype.kind not in "iu" or a.shape != g.shape:  # its values aside, what it refuses
+        _validate.argmax(_fake.xp, a, g.shape, shape[2] * shape[3])
     return grad.new_empty(input_shape)
 
 

@@ -5,7 +5,11 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
+from cuproi.torch import _fake
 from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
+
+# The check of the features' channels: C_out groups of PH * PW score maps.
+_GROUPS = _validate.position_sensitive_channels
 
 
 def _ps_shape(input, rois, pooled_h, pooled_w):
@@ -27,6 +31,8 @@ def _ps_roi_align(
 
 @_ps_roi_align.register_fake
 def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio):
+    ratio = (_validate.sampling_ratio, sampling_ratio)
+    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale, ratio, channels=_GROUPS)
     return input.new_empty(_ps_shape(input, rois, pooled_h, pooled_w))
 
 
@@ -53,6 +59,8 @@ def _ps_roi_align_backward(
 
 @_ps_roi_align_backward.register_fake
 def _(grad, rois, input_shape, spatial_scale, sampling_ratio, deterministic):
+    ratio = (_validate.sampling_ratio, sampling_ratio)
+    _fake.backward(grad, rois, input_shape, spatial_scale, ratio, channels=_GROUPS)
     return grad.new_empty(input_shape)
 
 
@@ -131,6 +139,7 @@ def _ps_roi_pool(
 
 @_ps_roi_pool.register_fake
 def _(input, rois, pooled_h, pooled_w, spatial_scale):
+    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale, channels=_GROUPS)
     return input.new_empty(_ps_shape(input, rois, pooled_h, pooled_w))
 
 
@@ -151,6 +160,7 @@ def _ps_roi_pool_backward(
 
 @_ps_roi_pool_backward.register_fake
 def _(grad, rois, input_shape, spatial_scale, deterministic):
+    _fake.backward(grad, rois, input_shape, spatial_scale, channels=_GROUPS)
     return grad.new_empty(input_shape)
 
 

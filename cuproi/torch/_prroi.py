@@ -5,6 +5,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
+from cuproi.torch import _fake
 from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
 
 
@@ -18,6 +19,7 @@ def _prroi_pool(
 
 @_prroi_pool.register_fake
 def _(input, rois, pooled_h, pooled_w, spatial_scale):
+    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale)
     return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
 
 
@@ -38,6 +40,7 @@ def _prroi_pool_backward(
 
 @_prroi_pool_backward.register_fake
 def _(grad, rois, input_shape, spatial_scale, deterministic):
+    _fake.backward(grad, rois, input_shape, spatial_scale)
     return grad.new_empty(input_shape)
 
 
@@ -59,6 +62,7 @@ def _prroi_pool_box_backward(
 
 @_prroi_pool_box_backward.register_fake
 def _(grad, input, rois, spatial_scale, deterministic):
+    _fake.box_backward(grad, input, rois, spatial_scale)
     return rois.new_empty(rois.shape)
 
 

@@ -5,6 +5,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
+from cuproi.torch import _fake
 from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
 
 
@@ -32,6 +33,8 @@ def _roi_align_rotated(
 
 @_roi_align_rotated.register_fake
 def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, clockwise):
+    ratio = (_validate.sampling_ratio, sampling_ratio)
+    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale, ratio, rotated=True)
     return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
 
 
@@ -62,6 +65,8 @@ def _roi_align_rotated_backward(
 
 @_roi_align_rotated_backward.register_fake
 def _(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned, clockwise, deterministic):
+    ratio = (_validate.sampling_ratio, sampling_ratio)
+    _fake.backward(grad, rois, input_shape, spatial_scale, ratio, rotated=True)
     return grad.new_empty(input_shape)
 
 
