@@ -217,7 +217,14 @@ def sampling_ratio(value):
 
 
 def gamma(value):
-    return _real(value, "gamma")
+    """Deformable RoI Pooling's offset scale: finite, and at most MAX_COORDINATE in size.
+
+    Beyond it ``gamma * box size`` overflows float32, and the offset gradients are 0 * inf.
+    """
+    shift = _real(value, "gamma")
+    if abs(shift) > MAX_COORDINATE:
+        raise ValueError(f"gamma must be within +-{MAX_COORDINATE} (MAX_COORDINATE); got {shift}")
+    return shift
 
 
 def compute_dtype(dtype):

@@ -236,6 +236,23 @@ def test_spatial_scales_beyond_the_limit(op):
     _raises_early(lambda: call(2, 1e300), match)
 
 
+@pytest.mark.parametrize("gamma", [1e300, -2.0 * MAX_COORDINATE])
+@pytest.mark.parametrize("op", ["deform_roi_pool", "backward", "box_backward"])
+def test_gamma_beyond_the_limit(op, gamma):
+    """1e300 made the offset gradients 0 * inf = NaN (float32 gamma * box size overflows)."""
+    x, b = np.zeros((1, 1, 4, 4), np.float32), np.array([[0, 0, 0, 2, 2]], np.float32)
+    offset, g = np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.float32)
+    call = {
+        "deform_roi_pool": lambda: cuproi.deform_roi_pool(x, b, offset, 2, 1.0, 2, gamma),
+        "backward": lambda: cuproi.deform_roi_pool_backward(g, x, b, offset, 2, 1.0, 2, gamma),
+        "box_backward": lambda: cuproi.deform_roi_pool_box_backward(
+            g, x, b, offset, 2, 1.0, 2, gamma
+        ),
+    }[op]
+    _raises_early(call, r"gamma must be within \+-1048576")
+    assert np.isfinite(cuproi.deform_roi_pool_backward(g, x, b, offset, 2, 1.0, 2, 2**20)[1]).all()
+
+
 def test_spatial_scale_limit_is_exact():
     """2**20 is accepted (on float64 features, where 1e300 is a positive number too)."""
     x = np.zeros((1, 1, 4, 4))
