@@ -111,6 +111,20 @@ def test_multi_scale_spatial_scales_are_checked_before_the_op():
         FUNCTIONS["multi_scale_roi_align"](spatial_scales=[1.0, 0.5])
 
 
+@pytest.mark.parametrize("op", sorted(set(FUNCTIONS) - {"multi_scale_roi_align"}))
+@pytest.mark.parametrize("given", [[1.0, 2.0], features().numpy(), 3])
+def test_input_must_be_a_tensor(monkeypatch, op, given):
+    """torch's dispatcher raised RuntimeError "Expected a value of type 'Tensor'"."""
+    monkeypatch.setitem(globals(), "features", lambda channels=8: given)
+    with pytest.raises(TypeError, match=r"^input must be a torch.Tensor \(multi_scale.* got a "):
+        FUNCTIONS[op]()
+
+
+def test_multi_scale_levels_must_be_tensors():
+    with pytest.raises(TypeError, match=r"^input must be a torch.Tensor .*got a list holding a nd"):
+        ct.multi_scale_roi_align([features(), features().numpy()], BOXES, 2, [1.0, 0.5])
+
+
 def test_multi_scale_features_must_be_a_list():
     with pytest.raises(
         TypeError,

@@ -67,6 +67,21 @@ def _rois(boxes, like, columns="[x1, y1, x2, y2]"):
     return torch.cat(parts) if parts else like.new_zeros((0, width + 1))
 
 
+def _tensor_input(input):
+    """TypeError unless ``input`` is a tensor, or a list of them (multi-scale levels).
+
+    torch's dispatcher would say "Expected a value of type 'Tensor'" in a RuntimeError.
+    """
+    many = isinstance(input, (list, tuple))
+    bad = [v for v in (input if many else [input]) if not isinstance(v, torch.Tensor)]
+    if bad:
+        holding = f" holding a {type(bad[0]).__name__}" if many else ""
+        raise TypeError(
+            "input must be a torch.Tensor (multi_scale_roi_align: a list of them); got a "
+            f"{type(input).__name__}{holding}"
+        )
+
+
 def _float32(value):
     """``value`` with its bfloat16 tensors (also inside lists and tuples) cast to float32."""
     if isinstance(value, torch.Tensor):
@@ -89,6 +104,7 @@ def _bfloat16_in_float32(function):
 
     @functools.wraps(function)
     def wrapper(input, *args, **kwargs):
+        _tensor_input(input)
         kwargs = {name: _float32(value) for name, value in kwargs.items()}
         result = function(_float32(input), *_float32(args), **kwargs)
         first = input[0] if isinstance(input, (list, tuple)) and input else input

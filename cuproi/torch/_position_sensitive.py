@@ -118,7 +118,8 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     ((1, 2, 7, 7), (1, 98, 32, 32))
     """
     pooled_h, pooled_w = _validate.output_size(output_size)
-    _validate.position_sensitive_channels(input.shape[1], (pooled_h, pooled_w))
+    if getattr(input, "ndim", None) == 4:  # else the op names the rank it expects
+        _validate.position_sensitive_channels(input.shape[1], (pooled_h, pooled_w))
     return _ps_roi_align(
         input,
         _rois(boxes, input),
@@ -207,7 +208,8 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
         leaves it out; see :func:`cuproi.ps_roi_pool`).
     """
     pooled_h, pooled_w = _validate.output_size(output_size)
-    _validate.position_sensitive_channels(input.shape[1], (pooled_h, pooled_w))
+    if getattr(input, "ndim", None) == 4:  # else the op names the rank it expects
+        _validate.position_sensitive_channels(input.shape[1], (pooled_h, pooled_w))
     scale = _validate.spatial_scale(spatial_scale)
     return _ps_roi_pool(input, _rois(boxes, input), pooled_h, pooled_w, scale)
 
