@@ -264,6 +264,24 @@ def multi_scale_roi_align(
     )
 
 
+def _gradient_shapes(input_shapes):
+    """The (N, C, H, W) of every level's gradient, checked.
+
+    Every level has one batch size and channel count, and all of them together stay within
+    MAX_OUTPUT_ELEMENTS (the GPU's gradients share one buffer).
+    """
+    shapes = [_validate.input_shape(s, f"input_shapes[{i}]") for i, s in enumerate(input_shapes)]
+    total = sum(math.prod(s) for s in shapes)
+    _validate.result_shape((total,), "input_shapes (all levels together)")
+    for i, s in enumerate(shapes[1:], start=1):
+        if s[:2] != shapes[0][:2]:
+            raise ValueError(
+                f"every level must have the same batch size and channels (N, C); "
+                f"input_shapes[0] has {shapes[0][:2]}, input_shapes[{i}] has {s[:2]}"
+            )
+    return shapes
+
+
 @_dispatch.on_input_device
 def multi_scale_roi_align_backward(
     grad_output,
@@ -328,15 +346,7 @@ def multi_scale_roi_align_backward(
     """
     count = _count(input_shapes, "input_shapes")
     backend, (g, b), restore = _dispatch.prepare(grad_output=grad_output, boxes=boxes)
-    shapes = [_validate.input_shape(s, f"input_shapes[{i}]") for i, s in enumerate(input_shapes)]
-    total = sum(math.prod(s) for s in shapes)  # the GPU's gradients share one buffer
-    _validate.result_shape((total,), "input_shapes (all levels together)")
-    for i, s in enumerate(shapes[1:], start=1):
-        if s[:2] != shapes[0][:2]:
-            raise ValueError(
-                f"every level must have the same batch size and channels (N, C); "
-                f"input_shapes[0] has {shapes[0][:2]}, input_shapes[{i}] has {s[:2]}"
-            )
+    shapes = _gradient_shapes(input_shapes)
     pooled = _validate.output_size(output_size)
     ratio = _validate.sampling_ratio(sampling_ratio)
     scales, thresholds = _levels(spatial_scales, count, g.dtype, canonical_scale, canonical_level)

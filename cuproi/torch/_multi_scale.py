@@ -7,7 +7,14 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
-from cuproi.multi_scale_roi_align import _canonical, _count, _features, _levels, _scales
+from cuproi.multi_scale_roi_align import (
+    _canonical,
+    _count,
+    _features,
+    _gradient_shapes,
+    _levels,
+    _scales,
+)
 from cuproi.torch import _fake
 from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
 
@@ -107,15 +114,7 @@ def _(
     given = _shapes(_fake.hint(input_shapes))
     count = _count(given, "input_shapes")
     g, b = _fake.prepare(grad_output=grad, boxes=rois)
-    shapes = [_validate.input_shape(s, f"input_shapes[{i}]") for i, s in enumerate(given)]
-    total = sum(math.prod(s) for s in shapes)
-    _validate.result_shape((total,), "input_shapes (all levels together)")
-    for i, s in enumerate(shapes[1:], start=1):
-        if s[:2] != shapes[0][:2]:
-            raise ValueError(
-                f"every level must have the same batch size and channels (N, C); "
-                f"input_shapes[0] has {shapes[0][:2]}, input_shapes[{i}] has {s[:2]}"
-            )
+    shapes = _gradient_shapes(given)
     pooled = _validate.output_size(g.shape[2:])
     _validate.sampling_ratio(_fake.hint(sampling_ratio))
     rule = _fake.hint((canonical_scale, canonical_level))
