@@ -166,7 +166,7 @@ def runs(cells, n, h, w):
     y1, x1 = np.minimum(y0 + rows, h), np.minimum(x0 + length * cols, w)
     first = np.concatenate([[0], np.cumsum((y1 - y0) * (x1 - x0))])
     lookup = None
-    if tiles <= 4 * first[-1]:  # an index of the map's tiles no larger than what is read
+    if tiles <= 4 * first[-1]:  # an index of the map's tiles, at most 4 entries per pixel read
         lookup = np.full(tiles, -1, np.int64 if len(start) >= 2**31 else np.int32)
         lookup[read] = np.repeat(np.arange(len(start)), length)
     return Runs((n, h, w), image, y0, y1, x0, x1, first, (rows, cols), start, lookup)
