@@ -14,6 +14,7 @@ order). The other ops: test_cpu_memory.py.
 
 import tracemalloc
 
+import host
 import numpy as np
 import pytest
 import reference_family as oracle
@@ -216,6 +217,25 @@ def _interpolation(positions, size):
     m[np.arange(len(positions)), low] = 1 - frac
     m[np.arange(len(positions)), low + 1] = frac
     return m
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 300])
+def test_zero_ties_keep_the_first_sample_sign_as_the_kernels(monkeypatch, budget):
+    """A bin whose samples are all zeros, -0.0 first: the winner's -0.0, as bin_max gives.
+
+    (np.maximum kept the sign of a later zero.) In one chunk and in pieces of ~15 samples.
+    """
+    if host.COMPILER is None:
+        pytest.skip("no C++ compiler")
+    x = np.random.default_rng(6).standard_normal((1, 2, 12, 14)).astype(np.float32)
+    x[0, 0, :, :7] = -0.0
+    x[0, 0, :, 7:] = 0.0
+    rois = np.array([[0, 1.0, 1.0, 13.0, 11.0], [0, -3.0, -2.0, 9.0, 9.0]], np.float32)
+    want = host.bind("roi_align_max_forward")(x, rois, 1.0, 2, 2, 4, True)
+    monkeypatch.setattr(_sampling, "BUDGET", budget)
+    out = max_cpu.roi_align_max_forward(x, rois, 1.0, 2, 2, 4, True)
+    assert np.signbit(out[0, 0, :, 0]).all() and not np.signbit(out[0, 0, :, 1]).any()
+    np.testing.assert_array_equal(_bits(out), _bits(want))
 
 
 @pytest.mark.slow

@@ -169,13 +169,27 @@ def values(s, image, pixels):
 
 
 def slopes(s, image, pixels):
-    """Right derivatives (S, C) of every sample's value along x and y (0 in the edge bands)."""
+    """Right derivatives (S, C) of every sample's value along x and y (0 in the edge bands).
+
+    ``dx = (1 - ly) (v01 - v00) + ly (v11 - v10)`` and ``dy = (1 - lx) (v10 - v00) + lx (v11 -
+    v01)``, in place where the kernels' order of operations allows: fewer (S, C) temporaries.
+    """
     v00, v01, v10, v11 = _corners(s, image, pixels)
     one = s.ly.dtype.type(1)
     hy, hx = (one - s.ly)[:, None], (one - s.lx)[:, None]
-    dx = hy * (v01 - v00) + s.ly[:, None] * (v11 - v10)
-    dy = hx * (v10 - v00) + s.lx[:, None] * (v11 - v01)
-    return dx * s.x_free[:, None], dy * s.y_free[:, None]
+    dx = v01 - v00
+    dx *= hy
+    part = v11 - v10
+    part *= s.ly[:, None]
+    dx += part
+    dx *= s.x_free[:, None]
+    dy = v10 - v00
+    dy *= hx
+    np.subtract(v11, v01, out=part)
+    part *= s.lx[:, None]
+    dy += part
+    dy *= s.y_free[:, None]
+    return dx, dy
 
 
 # Samples per bin up to which first_max reduces bins slot by slot: a pass over a set of bins
@@ -187,27 +201,33 @@ _SLOTS = 256
 def first_max(s, vals, bins):
     """The first maximum in scan order of every (bin, channel) over the samples ``s``.
 
-    Returns ``(has, first)``: the bins that have samples (H,) and the index in ``s`` of their
-    first maximum (H, C). A NaN is the maximum (its first occurrence wins); no out-of-range
-    zeros here (:func:`beats_zero`). Only indices are computed: no value is rounded, so any
-    grouping of the bins gives the same result.
+    Returns ``(has, first, value)``: the bins that have samples (H,), the index in ``s`` of
+    their first maximum (H, C), and its value (the winning sample's bits: the sign of a zero,
+    the payload of a NaN). A NaN is the maximum (its first occurrence wins); no out-of-range
+    zeros here (:func:`beats_zero`). No value is rounded, so any grouping of the bins (or of
+    their samples, :class:`Running`) gives the same result.
     """
     counts = np.bincount(s.bin, minlength=bins)
     has = np.flatnonzero(counts)
     n = counts[has]
     starts = np.cumsum(counts)[has] - n
+    largest = n.max(initial=0)
+    if largest <= _SLOTS and largest * len(n) <= 2 * len(s.bin):  # padding at most 2x
+        return has, *_first_by_slots(vals, starts, n)
     first = np.empty((len(has), vals.shape[1]), np.int64)
+    value = np.empty(first.shape, vals.dtype)
     # Small bins in classes of sizes within a factor of 4 (1-2, 3-8, 9-32, ...), so that the
     # slots padded to the largest bin of a class are at most 4 times the samples.
-    level = np.where(n <= _SLOTS, np.ceil(np.log2(np.maximum(n, 1))) // 2, -1).astype(np.int64)
+    level = np.where(n <= _SLOTS, np.ceil(np.log2(n)) // 2, -1).astype(np.int64)
     for group_level in np.unique(level):
         group = np.flatnonzero(level == group_level)
         if group_level >= 0:
-            first[group] = _first_by_slots(vals, starts[group], n[group])
+            first[group], value[group] = _first_by_slots(vals, starts[group], n[group])
             continue
         for j in group:  # argmax: the first maximum, or the first NaN
             first[j] = starts[j] + vals[starts[j] : starts[j] + n[j]].argmax(axis=0)
-    return has, first
+            value[j] = value_at(vals, first[j])
+    return has, first, value
 
 
 def _first_by_slots(vals, starts, n):
@@ -215,7 +235,7 @@ def _first_by_slots(vals, starts, n):
     # Slot t of every bin holds its sample t, or its last one where it has fewer: repeats
     # change neither the maximum nor the first sample that reaches it. One gather, then
     # elementwise passes over the slots (np.maximum.reduceat is several times slower).
-    order = starts[:, None] + np.minimum(np.arange(n.max()), n[:, None] - 1)
+    order = starts[:, None] + np.minimum(np.arange(n.max(initial=1)), n[:, None] - 1)
     slots = vals[order]  # (bins, slots, C)
     best = slots[:, 0].copy()
     for t in range(1, slots.shape[1]):
@@ -228,7 +248,18 @@ def _first_by_slots(vals, starts, n):
         if any_nan:
             hit |= nan & np.isnan(slots[:, t])
         np.copyto(first, order[:, t, None], where=hit)
-    return first
+    # The maximum is the first sample's value to the bit, but where it is a zero (np.maximum
+    # may keep the sign of a later one) or a NaN (its payload).
+    odd = (best == 0) | nan
+    if odd.any():
+        best[odd] = value_at(vals, first)[odd]
+    return first, best
+
+
+def value_at(vals, first):
+    """``vals[first[..., c], c]``: the values of the samples ``first`` (..., C) of (S, C)."""
+    c = vals.shape[1]
+    return np.take(np.ascontiguousarray(vals), first * c + np.arange(c))  # one flat gather
 
 
 def beats_zero(best, at, out):
@@ -251,8 +282,7 @@ def scan_max(s, vals, bins):
     value = np.zeros((bins, c), vals.dtype)
     winner = np.full((bins, c), -1, np.int64)
     if len(s.bin):
-        has, first = first_max(s, vals, bins)
-        best = vals[first, np.arange(c)]
+        has, first, best = first_max(s, vals, bins)
         zero = beats_zero(best, s.scan[first], s.first_out[has][:, None])
         value[has] = np.where(zero, 0, best)
         winner[has] = np.where(zero, -1, first)
@@ -289,8 +319,8 @@ class Running:
 
 def piece_max(s, vals, bins):
     """A piece's contribution to :class:`Running`: ``(has, best, scan index, first_out)``."""
-    has, first = first_max(s, vals, bins)
-    return has, vals[first, np.arange(vals.shape[1])], s.scan[first], s.first_out
+    has, first, best = first_max(s, vals, bins)
+    return has, best, s.scan[first], s.first_out
 
 
 def winning(s, winner):
@@ -301,6 +331,8 @@ def winning(s, winner):
     """
     used = np.zeros(len(s.bin) + 1, bool)
     used[winner.ravel()] = True  # -1 marks the extra last slot
+    if used[:-1].all():  # many channels: every sample wins one
+        return s, winner
     keep = np.flatnonzero(used[:-1])
     remap = np.full(len(s.bin) + 1, -1, np.int64)
     remap[keep] = np.arange(len(keep))

@@ -120,11 +120,14 @@ def roi_align_max_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampli
 
 
 class _Sum(NamedTuple):
-    """Where the input gradient is summed: see :func:`_sum_into`."""
+    """Where the input gradient is summed: see :func:`_sum_into`.
+
+    Cell ``(image, channel, y, x)`` is ``memory[at(image, y, x) + channel * step]``.
+    """
 
     memory: np.ndarray  # flat view that np.add.at adds into
-    target: Callable  # (image, channel, y, x) of cells -> their indices in memory
-    by_channel: bool  # memory holds one channel after another (NCHW)
+    at: Callable  # (image, y, x) of pixels -> their index in memory for channel 0
+    step: int  # from one channel to the next
     finish: Callable  # () -> the (N, C, H, W) gradient
 
 
@@ -142,27 +145,20 @@ def _sum_into(shape, ct, dtype, channels_last, pixels):
         def finish():
             grad = _sampling.zeros(shape, dtype, channels_last)
             for p, q, i, y0, y1, x0, x1 in pixels.runs.blocks().tolist():
-                grad[i, :, y0:y1, x0:x1] = rows[p:q].reshape(y1 - y0, x1 - x0, c).transpose(2, 0, 1)
+                cells = rows[p:q].reshape(y1 - y0, x1 - x0, c)
+                grad[i, :, y0:y1, x0:x1] = cells.transpose(2, 0, 1)  # rounded once
             return grad
 
-        def target(image, c_of, yy, xx):
-            return pixels.at(image, yy, xx) * c + c_of
-
-        return _Sum(rows.reshape(-1), target, False, finish)
+        return _Sum(rows.reshape(-1), lambda i, y, x: pixels.at(i, y, x) * c, 1, finish)
     grad = _sampling.zeros(shape, ct, channels_last)
-    if channels_last:
 
-        def target(image, c_of, yy, xx):
-            return ((image * h + yy) * w + xx) * c + c_of
+    def finish():
+        return grad.astype(dtype, copy=False)
 
-        memory = grad.transpose(0, 2, 3, 1).reshape(-1)  # the NHWC array: a view
-    else:
-
-        def target(image, c_of, yy, xx):
-            return ((image * c + c_of) * h + yy) * w + xx
-
-        memory = grad.reshape(-1)
-    return _Sum(memory, target, not channels_last, lambda: grad.astype(dtype, copy=False))
+    if channels_last:  # the NHWC array, as a flat view
+        memory = grad.transpose(0, 2, 3, 1).reshape(-1)
+        return _Sum(memory, lambda i, y, x: ((i * h + y) * w + x) * c, 1, finish)
+    return _Sum(grad.reshape(-1), lambda i, y, x: ((i * c) * h + y) * w + x, h * w, finish)
 
 
 def _input_gradient(g_rows, input, rois, y, x, bins, dtype, channels_last, pixels):
@@ -172,22 +168,16 @@ def _input_gradient(g_rows, input, rois, y, x, bins, dtype, channels_last, pixel
     total = _sum_into(input.shape, g_rows.dtype, dtype, channels_last, pixels)
 
     def contributions(k0, k1, chunk):
-        """(target, value) of the winners' contributions of boxes k0:k1, tap by tap.
-
-        Winners are listed channel by channel for NCHW (the adds of one channel stay in its
-        plane), bin by bin for channels last: every cell sees its terms in bin order either way.
-        """
+        """(target, value) of the winners' contributions of boxes k0:k1, tap by tap."""
         s, image, _, winner, _ = chunk
-        won = winner >= 0
-        if total.by_channel:
-            c_of, b_of = np.nonzero(won.T)
-        else:
-            b_of, c_of = np.nonzero(won)
+        b_of, c_of = np.nonzero(winner >= 0)
         at = winner[b_of, c_of]
         gv = g_rows[k0 * bins + b_of, c_of]
+        channel = c_of * total.step
+        image = image[s.bin]
         taps = ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1))
-        return [
-            (total.target(image[b_of], c_of, yy[at], xx[at]), gv * wt[at])
+        return [  # each sample's cells first, then those of the winners (far more)
+            (total.at(image, yy, xx)[at] + channel, gv * wt[at])
             for (yy, xx), wt in zip(taps, _samples.weights(s), strict=True)
         ]
 
