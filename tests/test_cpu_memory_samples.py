@@ -334,3 +334,18 @@ def test_on_the_tiles_read_as_on_the_whole_map(monkeypatch, name, dtype):
     assert reached[-1] is None
     assert tiles.dtype == whole.dtype
     np.testing.assert_array_equal(_bits(tiles), _bits(whole))
+
+
+def test_memory_benchmark_runs():
+    """asv_bench's memory_samples benchmark, with a small sampling_ratio."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "asv_bench"))
+    from benchmarks import memory_samples
+
+    bench = memory_samples.OneBoxHugeSamplingRatio()
+    for op in memory_samples.OPS:
+        bench.setup(4, op)
+        bench.peakmem_one_box(4, op)
+        bench.time_one_box(4, op)
