@@ -11,6 +11,7 @@ index of the map's tiles when the boxes read enough of them to pay for it. When 
 most of the tiles, the ops use the whole map in NCHW pixel order instead (no runs).
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -134,10 +135,12 @@ def _counted(boxes, n, tiles_h, tiles_w):
     count the rectangles over every tile.
     """
     image, top, bottom, left, right = boxes
-    count = np.zeros((n, tiles_h + 1, tiles_w + 1), np.int32)
-    for y, x, sign in ((top, left, 1), (top, right, -1), (bottom, left, -1), (bottom, right, 1)):
-        np.add.at(count, (image, y, x), sign)
-    return np.flatnonzero(count.cumsum(1, np.int32).cumsum(2, np.int32)[:, :tiles_h, :tiles_w])
+    grid = (n, tiles_h + 1, tiles_w + 1)
+    corners = [(top, left), (top, right), (bottom, left), (bottom, right)]
+    at = np.concatenate([np.ravel_multi_index((image, y, x), grid) for y, x in corners])
+    sign = np.repeat([1, -1, -1, 1], len(image))
+    count = np.bincount(at, sign, math.prod(grid)).reshape(grid)  # np.add.at: 20 times slower
+    return np.flatnonzero(count.cumsum(1).cumsum(2)[:, :tiles_h, :tiles_w] > 0.5)
 
 
 def runs(cells, n, h, w):

@@ -344,12 +344,20 @@ def _forward_gather(input, rois, bins):
     return np.ascontiguousarray(out), np.ascontiguousarray(argmax)
 
 
+_FEW_ENTRIES = 0.25
+
+
 def _named(image, argmax, shape):
     """The runs of tiles (_cells.Runs) holding the cells that each box's argmax names, or None.
 
-    None when they are most of the map: the slabs of :func:`roi_pool_backward` cover it.
+    None when they are most of the map, or when the (box, channel, bin) entries are more than
+    _FEW_ENTRIES per cell of the map: the slabs of :func:`roi_pool_backward`, which cover the
+    map, are several times faster per entry (the box head's 12.8M entries on 7.8M cells took 3
+    times as long on the runs, 2-core VM).
     """
-    n, _, h, w = shape
+    n, c, h, w = shape
+    if argmax.size > _FEW_ENTRIES * n * c * h * w:
+        return None
     won = argmax >= 0
     y, x = np.divmod(argmax, w)
     box = (1, 2, 3)
