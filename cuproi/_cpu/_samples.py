@@ -40,7 +40,7 @@ class Samples(NamedTuple):
     first_out: np.ndarray  # (B,) scan index of each bin's first out-of-range sample, -1: none
 
 
-def _taps(b, iy, ix, axes, height, width):
+def _positions(b, iy, ix, axes):
     """Positions (y, x) of samples ``(iy, ix)`` of bins ``b``; ``axes`` are the bins' arrays."""
     y_start, bin_h, grid_h, x_start, bin_w, grid_w = axes
     y = _sampling.sample_positions(y_start[b], bin_h[b], grid_h[b], iy)
@@ -73,7 +73,7 @@ def samples(y_start, bin_h, grid_h, x_start, bin_w, grid_w, height, width, span=
     """In-range samples of bins given by their (start, bin size, grid) along y and x, each (B,).
 
     With ``span`` ``(e0, e1)``, only the candidates ``e0:e1`` (:func:`candidates`) are listed,
-    and ``first_out`` counts the out-of-range samples among those and outside the ranges.
+    and ``first_out`` is the first out-of-range sample among those or outside the candidates.
     """
     axes = (y_start, bin_h, grid_h, x_start, bin_w, grid_w)
     iy0, ny, ix0, nx = candidates(*axes, height, width)
@@ -90,7 +90,7 @@ def samples(y_start, bin_h, grid_h, x_start, bin_w, grid_w, height, width, span=
         local = e - (ends - per_bin)[b]
     iy = iy0[b] + local // np.maximum(nx[b], 1)
     ix = ix0[b] + local % np.maximum(nx[b], 1)
-    y, x = _taps(b, iy, ix, axes, height, width)
+    y, x = _positions(b, iy, ix, axes)
     inside = _sampling.in_range(y, height) & _sampling.in_range(x, width)
     gw = grid_w.astype(np.int64)
     # First out-of-range sample in scan order: one skipped by the range, or one that fails the
@@ -121,7 +121,7 @@ def samples_at(axes, height, width, b, scan):
     """
     gw = axes[5].astype(np.int64)[b]
     iy, ix = scan // gw, scan % gw
-    y, x = _taps(b, iy, ix, axes, height, width)
+    y, x = _positions(b, iy, ix, axes)
     return _located(b, iy, ix, scan, y, x, height, width, None)
 
 
@@ -250,9 +250,8 @@ def _first_by_slots(vals, starts, n):
         np.copyto(first, order[:, t, None], where=hit)
     # The maximum is the first sample's value to the bit, but where it is a zero (np.maximum
     # may keep the sign of a later one) or a NaN (its payload).
-    odd = (best == 0) | nan
-    if odd.any():
-        best[odd] = value_at(vals, first)[odd]
+    bins, channels = np.nonzero((best == 0) | nan)
+    best[bins, channels] = vals[first[bins, channels], channels]
     return first, best
 
 
