@@ -28,6 +28,12 @@ from cuproi._cpu import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _runs_however_many(monkeypatch):
+    """The runs of these small maps, which the cost of a run would often refuse (_cells._worth)."""
+    monkeypatch.setattr(_cells, "_RUN_COST", 0)
+
+
 def _cells_of(rng, n, h, w, k):
     y = np.sort(rng.integers(-5, h + 5, (k, 2)), 1)
     x = np.sort(rng.integers(-5, w + 5, (k, 2)), 1)

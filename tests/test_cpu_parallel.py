@@ -157,6 +157,7 @@ def test_roi_pool_backward_over_channel_slabs(monkeypatch, every_thread, dtype, 
     if wide == "runs":  # every cell of the map in runs
         monkeypatch.setattr(_cells, "_WHOLE", 1.0)
         monkeypatch.setattr(roi_pool, "_FEW_ENTRIES", np.inf)
+        monkeypatch.setattr(_cells, "_RUN_COST", 0)
         monkeypatch.setattr(roi_pool, "_named", lambda *a: (found.append(named(*a)), found[-1])[1])
     else:
         monkeypatch.setattr(roi_pool, "_named", lambda *a: None)

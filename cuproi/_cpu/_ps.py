@@ -14,6 +14,7 @@ contributions in the order of the boxes, then of the chunks): results are determ
 whatever the number of threads.
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -75,9 +76,10 @@ def _extent(taps, rows):
     return np.where(some, first, 0), np.where(some, last, 0)
 
 
-def _pixels(plan, ph, x=None):
+def _pixels(plan, ph, channels, x=None):
     """The pixels that bin row ``ph`` reads on the stack of the row's maps (_sampling.Pixels).
 
+    ``channels`` is the number of output channels, which a pixel's row holds.
     With ``x``, the (N, C_out, PH, PW, H, W) score maps, their rows too, in the compute dtype:
     the runs of tiles read (_cells), or every pixel of the stack, copied at once, when they
     are most of it.
@@ -90,12 +92,12 @@ def _pixels(plan, ph, x=None):
     y0, y1 = (np.repeat(a, pooled_w) for a in (y0, y1))
     cells = _cells.Cells(image.ravel(), y0, y1, x0.ravel(), x1.ravel())
     shape = (pooled_w * n, h, w)
-    runs = _cells.runs(cells, *shape)
+    runs = _cells.runs(cells, *shape, channels)
     if x is None:
         return _sampling.Pixels(None, runs, shape)
     if runs is None:  # (PW, N, H, W, C_out): the stack, channels last
         rows = np.ascontiguousarray(x[:, :, ph].transpose(2, 0, 3, 4, 1), plan.dtype)
-        return _sampling.Pixels(rows.reshape(-1, rows.shape[-1]), None, shape)
+        return _sampling.Pixels(rows.reshape(math.prod(shape), channels), None, shape)
     rows = _cells.copy_rows(_maps(x, ph), runs, plan.dtype, _scratch.take)
     return _sampling.Pixels(rows, runs, shape)
 
@@ -143,7 +145,7 @@ def forward(input, plan):
     out = np.empty((k, c_out, pooled_h, pooled_w), input.dtype)
 
     def task(ph, chunks):
-        pixels = _pixels(plan, ph, x)
+        pixels = _pixels(plan, ph, c_out, x)
         for k0, k1 in chunks:
             part = (_operator(plan, k0, k1, ph, pixels) @ pixels.rows).reshape(
                 pooled_w, k1 - k0, c_out
@@ -171,7 +173,7 @@ def backward(grad_output, plan, input_shape):
     )
 
     def task(ph, chunks):
-        pixels = _pixels(plan, ph)
+        pixels = _pixels(plan, ph, c_out)
         stack = None
         for k0, k1 in chunks:
             # The chunk's gradient rows in the operator's (pw, box) order.

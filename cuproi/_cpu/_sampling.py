@@ -301,15 +301,18 @@ def pixels_read(x, cells, dtype=None):
     A copy is taken from _scratch: give ``rows`` back to it when done.
     """
     n, _, h, w = x.shape
-    runs = _cells.runs(cells, n, h, w)
+    runs = _cells.runs(cells, n, h, w, x.shape[1])
     if runs is None:  # a view of features stored channels last, else a copy
         return Pixels(_parallel.channels_last(x, dtype, _scratch.take), None, (n, h, w))
     return Pixels(_cells.copy_rows(x, runs, dtype, _scratch.take), runs, (n, h, w))
 
 
-def pixels_reached(cells, shape):
-    """The layout of :func:`pixels_read` for an (N, H, W) map, without rows: for a backward."""
-    return Pixels(None, _cells.runs(cells, *shape), tuple(shape))
+def pixels_reached(cells, shape, channels):
+    """The layout of :func:`pixels_read` for an (N, H, W) map, without rows: for a backward.
+
+    ``channels`` is the number the gradient has (see _cells.runs).
+    """
+    return Pixels(None, _cells.runs(cells, *shape, channels), tuple(shape))
 
 
 def reach(image, y, x, shape):
@@ -386,17 +389,35 @@ def _blocks(n, h, w, pixels):
     return np.column_stack([image * h * w + s0, image * h * w + s1, image, s0, s1])
 
 
+# Elements of A.T @ G computed at once (1 MiB of float32): a span of consecutive blocks, whose
+# product stays in cache until its blocks are added to the gradient. One product per block
+# cost the runs of a few boxes (ps_roi_align's two output channels: thousands of runs a row)
+# more in SciPy's slicing than in the products.
+_SPAN = 1 << 18
+
+
+def _spans(blocks, channels):
+    """Consecutive ranges of ``blocks`` of at most _SPAN elements each (one block at least)."""
+    rows = np.cumsum(blocks[:, 1] - blocks[:, 0]) * max(channels, 1)
+    edges, start = [0], 0
+    while start < len(blocks):
+        base = rows[start - 1] if start else 0
+        start = max(int(np.searchsorted(rows, base + _SPAN, side="right")), start + 1)
+        edges.append(start)
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
 def add_transposed(grad, operators, g_rows, pixels=None):
     """``grad += A.T @ G`` for ``A`` the row blocks ``operators`` stacked, in parallel.
 
     ``grad`` is an (N, C, H, W) array, NCHW or channels last, or a sequence of N (C, H, W)
     arrays with contiguous planes; ``A``'s columns are the rows of ``pixels`` (every pixel when
     None). ``A.T`` is built as a CSR matrix (one row per pixel, its entries in bin order) and
-    cut into blocks of pixels that stay in cache (:func:`_blocks`), each computed and added
-    straight into its cells of ``grad``: no (pixels, C) gradient is allocated and transposed
-    afterwards. The blocks are spread over the threads; every pixel's sum runs over its bins
-    in the same order whatever the split, so the result does not depend on the number of
-    threads.
+    cut into spans of blocks of pixels (:func:`_blocks`, :func:`_spans`) that stay in cache,
+    each computed and added straight into its cells of ``grad``: no (pixels, C) gradient is
+    allocated and transposed afterwards. The spans are spread over the threads; every pixel's
+    sum runs over its bins in the same order whatever the split, so the result does not depend
+    on the number of threads.
     """
     a = operators[0] if len(operators) == 1 else scipy.sparse.vstack(operators, format="csr")
     if a.nnz == 0:
@@ -404,20 +425,25 @@ def add_transposed(grad, operators, g_rows, pixels=None):
     t = a.T.tocsr()
     n, (c, h, w) = len(grad), grad[0].shape
     blocks = _blocks(n, h, w, pixels)
+    spans = _spans(blocks, c)
 
     def run(start, stop):
-        for q0, q1, image, *where in blocks[start:stop].tolist():
-            part = t[q0:q1]
+        for b0, b1 in spans[start:stop]:
+            first, last = blocks[b0, 0], blocks[b1 - 1, 1]
+            part = t[first:last]
             if part.nnz == 0:
                 continue
-            if len(where) == 2:
-                cells = grad[image].reshape(c, h * w)[:, where[0] : where[1]]  # a view
-            else:
-                y0, y1, x0, x1 = where
-                cells = grad[image][:, y0:y1, x0:x1]
-            cells += (part @ g_rows).T.reshape(cells.shape)
+            product = part @ g_rows
+            for q0, q1, image, *where in blocks[b0:b1].tolist():
+                if len(where) == 2:
+                    cells = grad[image].reshape(c, h * w)[:, where[0] : where[1]]  # a view
+                else:
+                    y0, y1, x0, x1 = where
+                    cells = grad[image][:, y0:y1, x0:x1]
+                cells += product[q0 - first : q1 - first].T.reshape(cells.shape)
 
-    cost = t.indptr[blocks[:, 1]] - t.indptr[blocks[:, 0]]
+    edges = np.array(spans, np.int64).reshape(-1, 2)
+    cost = t.indptr[blocks[edges[:, 1] - 1, 1]] - t.indptr[blocks[edges[:, 0], 0]]
     work = t.nnz * c  # multiply-adds: the operator is built already
     _parallel.for_ranges(run, cost, _parallel.workers(work, _parallel.PRODUCT_GRAIN))
 

@@ -131,7 +131,7 @@ def deform_roi_pool_backward(
         pixels = _sampling.pixels_read(input, cells, ct)
         x_rows = pixels.rows
     else:
-        pixels = _sampling.pixels_reached(cells, shape)
+        pixels = _sampling.pixels_reached(cells, shape, c)
     g_rows = _sampling.bin_rows(ct_grad)
     grad_offset = None if offset is None else np.zeros((k, 2, pooled_h, pooled_w), ct)
     # d out / d offset = gamma * box size * (mean over the bin's samples of d value / d position)

@@ -215,7 +215,7 @@ def prroi_pool_backward(
     _, _, pooled_h, pooled_w = grad_output.shape
     g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
-    pixels = _sampling.pixels_reached(_reach(rois, plan), shape)
+    pixels = _sampling.pixels_reached(_reach(rois, plan), shape, c)
     return _sampling.input_gradient(
         input_shape,
         grad_output.dtype,

@@ -114,7 +114,7 @@ def roi_align_backward(
     _, _, pooled_h, pooled_w = grad_output.shape
     g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-    pixels = _sampling.pixels_reached(_reach(rois, plan, shape), shape)
+    pixels = _sampling.pixels_reached(_reach(rois, plan, shape), shape, c)
     return _sampling.input_gradient(
         input_shape,
         grad_output.dtype,

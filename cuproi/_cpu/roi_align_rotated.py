@@ -249,7 +249,7 @@ def roi_align_rotated_backward(
     plan = _plan(
         rois, (n, h, w), spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
     )
-    pixels = _sampling.pixels_reached(_reach(plan), (n, h, w))
+    pixels = _sampling.pixels_reached(_reach(plan), (n, h, w), c)
     return _sampling.input_gradient(
         input_shape,
         grad_output.dtype,

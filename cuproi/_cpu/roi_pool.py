@@ -344,7 +344,7 @@ def _forward_gather(input, rois, bins):
     return np.ascontiguousarray(out), np.ascontiguousarray(argmax)
 
 
-_FEW_ENTRIES = 0.25
+_FEW_ENTRIES = 0.01
 
 
 def _named(image, argmax, shape):
@@ -352,8 +352,9 @@ def _named(image, argmax, shape):
 
     None when they are most of the map, or when the (box, channel, bin) entries are more than
     _FEW_ENTRIES per cell of the map: the slabs of :func:`roi_pool_backward`, which cover the
-    map, are several times faster per entry (the box head's 12.8M entries on 7.8M cells took 3
-    times as long on the runs, 2-core VM).
+    map, are several times faster per entry (2-core VM, 256 channels, 7x7 bins: 16 boxes on
+    2x200x304 maps, 0.006 entries per cell, took 55 ms on the runs, 75 on the slabs; 100
+    boxes, 0.04, 219 against 80; the box head, 1.6, 372 against 122).
     """
     n, c, h, w = shape
     if argmax.size > _FEW_ENTRIES * n * c * h * w:
@@ -368,7 +369,7 @@ def _named(image, argmax, shape):
         np.where(won, x, w).min(box, initial=w),
         np.where(won, x + 1, 0).max(box, initial=0),
     )
-    return _cells.runs(cells, n, h, w)
+    return _cells.runs(cells, n, h, w, c)
 
 
 def _backward_runs(grad_output, image, argmax, shape, dtype, runs):
