@@ -86,17 +86,20 @@ def _box_in_pieces(pixels, rois, shape, y, x, k, spans):
 
 
 def _chunks(pixels, rois, shape, y, x, fn):
-    """``fn(k0, k1, chunk)`` for every chunk of boxes (:func:`_chunk`), in order per chunk.
+    """Yield, chunk by chunk of boxes, ``[fn(k0, k1, chunk) for each range k0:k1 of it]``.
 
-    Yields, for every chunk of boxes, the list of ``fn``'s results over its ranges (computed by
-    the threads), in order.
+    ``chunk`` is :func:`_chunk`'s (the ranges computed by the threads), or for a box that
+    comes in pieces :func:`_box_in_pieces`'s (its pieces computed by the threads).
     """
     _, h, w = shape
     c = pixels.rows.shape[1]
+
+    def run(k0, k1):
+        return fn(k0, k1, _chunk(pixels, rois, shape, y, x, k0, k1))
+
     for ranges, spans in _samples.work(y, x, h, w, c):
         if spans is None:
-            run = lambda r: fn(*r, _chunk(pixels, rois, shape, y, x, *r))  # noqa: E731
-            yield _parallel.map_ordered(run, ranges)
+            yield _parallel.map_ordered(lambda r: run(*r), ranges)
         else:
             ((k0, k1),) = ranges
             yield [fn(k0, k1, _box_in_pieces(pixels, rois, shape, y, x, k0, spans))]
