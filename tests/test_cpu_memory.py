@@ -9,29 +9,15 @@ float32 copy of the whole map). Max-mode RoI Align, rotated RoI Align and the bo
 test_cpu_memory_samples.py.
 """
 
-import tracemalloc
-
 import numpy as np
 import pytest
+from peak_memory import peak_beyond
 
 import cuproi
 
 SIZE = 1500  # a 1500 x 1500 plane: 9 MB of float32 per channel
 BOX = np.array([[0, 700, 700, 712, 709]], np.float64)
 ROTATED = np.array([[0, 706, 704, 12, 9, 30]], np.float64)
-
-
-def _peak_beyond(call):
-    """Peak bytes ``call`` allocates beyond the arrays it returns."""
-    call()  # warm: imports, thread pools, the backend's kept scratch buffer
-    tracemalloc.start()
-    try:
-        result = call()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    arrays = result if isinstance(result, (tuple, list)) else (result,)
-    return peak - sum(a.nbytes for a in arrays if a is not None)
 
 
 def _cases(x, x4, levels):
@@ -85,7 +71,7 @@ def cases(request):
 @pytest.mark.parametrize("name", _NAMES)
 def test_one_small_box_on_a_large_map(cases, name):
     plane, calls = cases
-    beyond = _peak_beyond(calls[name])
+    beyond = peak_beyond(calls[name])
     # What the box reads (a few tiles, operators of a few hundred entries) is some kilobytes;
     # 256 KiB (3 or 6 % of the plane) leaves room for NumPy's and SciPy's small temporaries.
     assert beyond < 2**18, f"{name}: {beyond} bytes beyond its result ({plane} in the plane)"

@@ -12,12 +12,12 @@ of the whole box at once (first maximum in scan order, NaN, out-of-range zeros, 
 order). The other ops: test_cpu_memory.py.
 """
 
-import tracemalloc
-
 import host
 import numpy as np
+import peak_memory
 import pytest
 import reference_family as oracle
+from peak_memory import peak_beyond
 
 import cuproi
 from cuproi._cpu import _cells, _samples, _sampling, roi_align_rotated
@@ -28,24 +28,6 @@ from cuproi._cpu import roi_align_max as max_cpu
 SIZE = 2000  # a 2000 x 2000 plane: 8 MB of float16 per channel, 16 MB of float32
 BOX = np.array([[0, 900, 1000, 910, 1010]], np.float64)
 ROTATED = np.array([[0, 905, 1005, 10, 10, 30]], np.float64)
-
-
-def _peak(call):
-    """``(result, peak bytes allocated while call runs)``."""
-    tracemalloc.start()
-    try:
-        result = call()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return result, peak
-
-
-def _peak_beyond(call):
-    """Peak bytes ``call`` allocates beyond the array it returns (after a warm call)."""
-    call()  # warm: imports, thread pools, the backend's kept scratch buffer
-    result, peak = _peak(call)
-    return peak - result.nbytes
 
 
 def _calls(x):
@@ -91,7 +73,7 @@ def test_one_small_box_on_a_large_map(large_map, name):
     Before, 1 to 3 times the map (8 to 256 MB here): the whole map copied channels last, in
     float32 for float16 features, and max mode's gradient summed aside then copied.
     """
-    beyond = _peak_beyond(_calls(large_map)[name])
+    beyond = peak_beyond(_calls(large_map)[name])
     # A few tiles of the map, a few hundred samples: 512 KiB is under 1/16 of the smallest map.
     assert beyond < 2**19, f"{name}: {beyond} bytes beyond its result ({large_map.nbytes} map)"
 
@@ -146,7 +128,7 @@ def test_huge_sampling_ratio_is_reduced_in_pieces(monkeypatch, name):
     monkeypatch.setattr(_sampling, "BUDGET", 1 << 30)  # the box in one chunk
     whole = call(*data, RATIO)
     monkeypatch.setattr(_sampling, "BUDGET", 1 << 18)
-    pieces, peak = _peak(lambda: call(*data, RATIO))
+    pieces, peak = peak_memory.peak(lambda: call(*data, RATIO))
     # A piece's samples times (channels + 16) are within the budget; a few words each, for the
     # pieces of both threads, stay under 32 bytes per budget entry (8 MB).
     assert peak - pieces.nbytes < 32 * _sampling.BUDGET, f"{name}: peak {peak}"
@@ -247,7 +229,9 @@ def test_sampling_ratio_512_on_one_box():
     """
     x = np.random.default_rng(4).standard_normal((1, 4, 64, 64)).astype(np.float32)
     rois = np.array([[0, 4.0, 4.0, 60.0, 60.0]], np.float32)
-    out, peak = _peak(lambda: max_cpu.roi_align_max_forward(x, rois, 1.0, 7, 7, 512, True))
+    out, peak = peak_memory.peak(
+        lambda: max_cpu.roi_align_max_forward(x, rois, 1.0, 7, 7, 512, True)
+    )
     assert peak < 100 * 2**20
     offsets = (np.arange(512) + 0.5) * 8 / 512
     want = np.empty(out.shape)
