@@ -230,7 +230,8 @@ def _backward(op, g, x, rois, scale, offset, channels_last):
 def test_backward_on_the_tiles_read(monkeypatch, op, dtype, channels_last):
     """The gradient scattered to the runs read: the oracle's, and the whole map's bits.
 
-    Also summed over many chunks of boxes: float16 is still rounded once, from float32 sums.
+    Also summed over many chunks (RoI Align: of a few bins each, its boxes then being too
+    large for a chunk): the same sums, up to float32 rounding where chunks meet.
     """
     rng = np.random.default_rng(4)
     n, c, h, w, scale = 2, 3, 60, 90, 0.5
@@ -252,14 +253,16 @@ def test_backward_on_the_tiles_read(monkeypatch, op, dtype, channels_last):
         expected = reference.roi_align_backward(g, rois, x.shape, (3, 4), scale, 2, True)
         tol = {np.float16: 2e-3, np.float32: 1e-5}[dtype]
         np.testing.assert_allclose(grad.astype(np.float64), expected, rtol=tol, atol=tol)
-    monkeypatch.setattr(_sampling, "BUDGET", 40)  # a chunk per box
-    chunked = _backward(op, g, x, rois, scale, offset, channels_last)
-    bits = np.ascontiguousarray(grad).view(np.uint8)
-    np.testing.assert_array_equal(bits, np.ascontiguousarray(chunked).view(np.uint8))
     monkeypatch.setattr(_cells, "_WHOLE", -1.0)  # the whole map, always
     whole = _backward(op, g, x, rois, scale, offset, channels_last)
     assert reached[-1] is None
+    bits = np.ascontiguousarray(grad).view(np.uint8)
     np.testing.assert_array_equal(bits, np.ascontiguousarray(whole).view(np.uint8))
+    for share in (0.75, -1.0):  # the runs, then the whole map
+        monkeypatch.setattr(_cells, "_WHOLE", share)
+        monkeypatch.setattr(_sampling, "BUDGET", 40)  # a chunk per box, or per few bins
+        chunked = _backward(op, g, x, rois, scale, offset, channels_last)
+        np.testing.assert_allclose(chunked, grad, rtol=1e-6, atol=1e-6 * np.abs(grad).max())
 
 
 def _rotated(boxes):

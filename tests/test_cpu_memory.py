@@ -11,9 +11,11 @@ test_cpu_memory_samples.py.
 
 import numpy as np
 import pytest
+import reference
 from peak_memory import peak_beyond
 
 import cuproi
+from cuproi._cpu import _sampling
 
 SIZE = 1500  # a 1500 x 1500 plane: 9 MB of float32 per channel
 BOX = np.array([[0, 700, 700, 712, 709]], np.float64)
@@ -75,3 +77,29 @@ def test_one_small_box_on_a_large_map(cases, name):
     # What the box reads (a few tiles, operators of a few hundred entries) is some kilobytes;
     # 256 KiB (3 or 6 % of the plane) leaves room for NumPy's and SciPy's small temporaries.
     assert beyond < 2**18, f"{name}: {beyond} bytes beyond its result ({plane} in the plane)"
+
+
+def test_one_box_over_the_whole_map_is_built_a_few_bins_at_a_time(monkeypatch):
+    """A box whose operator outgrows a chunk (adaptive sampling over a whole 1500^2 map).
+
+    It was built whole: three times the map forward and backward. Now its bins are boxes of
+    their own, built a few at a time, and the backward numbers afresh the pixels each chunk
+    reads: beyond the result, less than the gradient. Same values as the oracle.
+    """
+    monkeypatch.setattr(_sampling, "BUDGET", 1 << 18)
+    x = np.random.default_rng(1).standard_normal((1, 4, SIZE, SIZE), np.float32)
+    box = np.array([[0, 0, 0, SIZE, SIZE]], np.float64)
+    g = np.ones((1, 4, 7, 7), np.float32)
+    beyond = peak_beyond(lambda: cuproi.roi_align_backward(g, box, x.shape, 7, 1.0, 0, True))
+    assert beyond < x.nbytes, f"{beyond} bytes beyond a gradient of {x.nbytes}"
+    beyond = peak_beyond(lambda: cuproi.roi_align(x, box, 7, 1.0, 0, True))
+    assert beyond < 1.25 * x.nbytes  # the map copied channels last, and a chunk of bins
+    small = x[:, :, :60, :60]  # against the oracle, on a box too large for a chunk there too
+    monkeypatch.setattr(_sampling, "BUDGET", 200)
+    box = np.array([[0, 0, 0, 60, 60]], np.float64)
+    out = cuproi.roi_align(small, box, 7, 1.0, 0, True)
+    expected = reference.roi_align(small, box, (7, 7), 1.0, 0, True)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    grad = cuproi.roi_align_backward(g, box, small.shape, 7, 1.0, 0, True)
+    expected = reference.roi_align_backward(g, box, small.shape, (7, 7), 1.0, 0, True)
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)

@@ -76,23 +76,37 @@ def _extent(taps, rows):
     return np.where(some, first, 0), np.where(some, last, 0)
 
 
-def _pixels(plan, ph, channels, x=None):
-    """The pixels that bin row ``ph`` reads on the stack of the row's maps (_sampling.Pixels).
-
-    ``channels`` is the number of output channels, which a pixel's row holds.
-    With ``x``, the (N, C_out, PH, PW, H, W) score maps, their rows too, in the compute dtype:
-    the runs of tiles read (_cells), or every pixel of the stack, copied at once, when they
-    are most of it.
-    """
-    n, h, w = plan.shape
+def _reach(plan, ph):
+    """The cells that bin row ``ph`` of every box reads on the stack of the row's maps."""
+    n = plan.shape[0]
     k, pooled_h, pooled_w = plan.count.shape
     y0, y1 = _extent(plan.ys, np.arange(k) * pooled_h + ph)
     x0, x1 = _extent(plan.xs, np.arange(k)[:, None] * pooled_w + np.arange(pooled_w))
     image = plan.image[:, None] + np.arange(pooled_w) * n
     y0, y1 = (np.repeat(a, pooled_w) for a in (y0, y1))
-    cells = _cells.Cells(image.ravel(), y0, y1, x0.ravel(), x1.ravel())
-    shape = (pooled_w * n, h, w)
-    runs = _cells.runs(cells, *shape, channels)
+    return _cells.Cells(image.ravel(), y0, y1, x0.ravel(), x1.ravel())
+
+
+def _whole(plan, channels):
+    """Whether the rows take their whole stacks: as the middle row does (a guess).
+
+    Finding a row's runs costs about a millisecond (the box head's thousand boxes); the rows
+    of one call read alike, so the middle row decides for all. Either way gives the same bits.
+    """
+    return _pixels(plan, plan.count.shape[1] // 2, channels).runs is None
+
+
+def _pixels(plan, ph, channels, x=None, whole=False):
+    """The pixels that bin row ``ph`` reads on the stack of the row's maps (_sampling.Pixels).
+
+    ``channels`` is the number of output channels, which a pixel's row holds. With ``x``, the
+    (N, C_out, PH, PW, H, W) score maps, their rows too, in the compute dtype: the runs of
+    tiles read (_cells), or every pixel of the stack, copied at once, when they are most of it
+    or with ``whole`` (:func:`_whole`).
+    """
+    n, h, w = plan.shape
+    shape = (plan.count.shape[2] * n, h, w)
+    runs = None if whole else _cells.runs(_reach(plan, ph), *shape, channels)
     if x is None:
         return _sampling.Pixels(None, runs, shape)
     if runs is None:  # (PW, N, H, W, C_out): the stack, channels last
@@ -145,7 +159,7 @@ def forward(input, plan):
     out = np.empty((k, c_out, pooled_h, pooled_w), input.dtype)
 
     def task(ph, chunks):
-        pixels = _pixels(plan, ph, c_out, x)
+        pixels = _pixels(plan, ph, c_out, x, whole)
         for k0, k1 in chunks:
             part = (_operator(plan, k0, k1, ph, pixels) @ pixels.rows).reshape(
                 pooled_w, k1 - k0, c_out
@@ -153,6 +167,7 @@ def forward(input, plan):
             out[k0:k1, :, ph] = part.transpose(1, 2, 0)
         _scratch.give(pixels.rows)
 
+    whole = _whole(plan, c_out)
     _each_row(plan, c_out, task)
     return out
 
@@ -173,7 +188,7 @@ def backward(grad_output, plan, input_shape):
     )
 
     def task(ph, chunks):
-        pixels = _pixels(plan, ph, c_out)
+        pixels = _pixels(plan, ph, c_out, whole=whole)
         stack = None
         for k0, k1 in chunks:
             # The chunk's gradient rows in the operator's (pw, box) order.
@@ -193,5 +208,6 @@ def backward(grad_output, plan, input_shape):
             for p0 in range(0, h * w, _parallel._BLOCK):
                 row[..., p0 : p0 + _parallel._BLOCK] = planes[..., p0 : p0 + _parallel._BLOCK]
 
+    whole = _whole(plan, c_out)
     _each_row(plan, c_out, task)
     return grad.reshape(input_shape).astype(grad_output.dtype, copy=False)

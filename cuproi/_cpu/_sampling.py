@@ -397,14 +397,22 @@ _SPAN = 1 << 18
 
 
 def _spans(blocks, channels):
-    """Consecutive ranges of ``blocks`` of at most _SPAN elements each (one block at least)."""
-    rows = np.cumsum(blocks[:, 1] - blocks[:, 0]) * max(channels, 1)
-    edges, start = [0], 0
-    while start < len(blocks):
-        base = rows[start - 1] if start else 0
-        start = max(int(np.searchsorted(rows, base + _SPAN, side="right")), start + 1)
-        edges.append(start)
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    """Ranges of ``blocks`` of consecutive rows and at most _SPAN elements (one block at least).
+
+    A span ends where the next block does not start at its last row (blocks without entries
+    are left out of ``blocks``), so that its product holds no rows but its blocks'.
+    """
+    sizes = (blocks[:, 1] - blocks[:, 0]) * max(channels, 1)
+    breaks = np.flatnonzero(blocks[1:, 0] != blocks[:-1, 1]) + 1
+    spans = []
+    for s0, s1 in zip([0, *breaks], [*breaks, len(blocks)], strict=True):
+        total, start = np.cumsum(sizes[s0:s1]), 0
+        while start < s1 - s0:
+            base = total[start - 1] if start else 0
+            stop = max(int(np.searchsorted(total, base + _SPAN, side="right")), start + 1)
+            spans.append((s0 + start, s0 + stop))
+            start = stop
+    return spans
 
 
 def add_transposed(grad, operators, g_rows, pixels=None):
@@ -422,18 +430,19 @@ def add_transposed(grad, operators, g_rows, pixels=None):
     a = operators[0] if len(operators) == 1 else scipy.sparse.vstack(operators, format="csr")
     if a.nnz == 0:
         return
-    t = a.T.tocsr()
     n, (c, h, w) = len(grad), grad[0].shape
+    if isinstance(grad, np.ndarray) and 8 * a.nnz < a.shape[1]:
+        _add_few_pixels(grad, a, g_rows, pixels)
+        return
+    t = a.T.tocsr()
     blocks = _blocks(n, h, w, pixels)
+    blocks = blocks[t.indptr[blocks[:, 1]] > t.indptr[blocks[:, 0]]]  # those with entries
     spans = _spans(blocks, c)
 
     def run(start, stop):
         for b0, b1 in spans[start:stop]:
             first, last = blocks[b0, 0], blocks[b1 - 1, 1]
-            part = t[first:last]
-            if part.nnz == 0:
-                continue
-            product = part @ g_rows
+            product = t[first:last] @ g_rows
             for q0, q1, image, *where in blocks[b0:b1].tolist():
                 if len(where) == 2:
                     cells = grad[image].reshape(c, h * w)[:, where[0] : where[1]]  # a view
@@ -446,6 +455,34 @@ def add_transposed(grad, operators, g_rows, pixels=None):
     cost = t.indptr[blocks[edges[:, 1] - 1, 1]] - t.indptr[blocks[edges[:, 0], 0]]
     work = t.nnz * c  # multiply-adds: the operator is built already
     _parallel.for_ranges(run, cost, _parallel.workers(work, _parallel.PRODUCT_GRAIN))
+
+
+def _add_few_pixels(grad, a, g_rows, pixels):
+    """``grad += A.T @ G`` for an operator ``A`` with entries in few of the map's pixels.
+
+    A chunk of the bins of a box too large for one chunk (roi_align's _bins) reads a part of
+    a huge map: transposed over every pixel, each chunk would cost arrays of the whole map
+    (the backward of one box over a 4096^2 map took twice its memory beyond the gradient).
+    The pixels it reads are numbered afresh, A.T is built over them, and each pixel's sum (its
+    bins in order) is added once, to its cells.
+    """
+    n, c, h, w = grad.shape
+    read = np.zeros(a.shape[1], bool)  # a byte per pixel: a quarter of a float32 channel
+    read[a.indices] = True
+    rows = np.flatnonzero(read)
+    del read
+    columns = np.searchsorted(rows, a.indices)
+    compact = scipy.sparse.csr_matrix((a.data, columns, a.indptr), shape=(a.shape[0], len(rows)))
+    values = compact.T.tocsr() @ g_rows  # (pixels read, C)
+    if pixels is not None and pixels.runs is not None:
+        runs = pixels.runs
+        j = np.searchsorted(runs.first, rows, side="right") - 1
+        y, x = np.divmod(rows - runs.first[j], runs.x1[j] - runs.x0[j])
+        image, y, x = runs.image[j], runs.y0[j] + y, runs.x0[j] + x
+    else:
+        image, rest = np.divmod(rows, h * w)
+        y, x = np.divmod(rest, w)
+    grad[image, :, y, x] += values  # distinct pixels, each (C,)
 
 
 def bin_rows(g):

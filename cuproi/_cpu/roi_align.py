@@ -74,6 +74,36 @@ def _operator(rois, plan, shape, k0, k1, pixels=None):
     )
 
 
+def _bins(rois, plan, shape):
+    """``(rois, plan)`` with every bin a box of its own (1 x 1 bins, in (box, ph, pw) order).
+
+    A chunk holds one box at least, so a box whose operator outgrows the chunk budget (a box
+    over a whole 4096^2 map with adaptive sampling: 17M entries, three times the map in
+    memory) would be built whole; as boxes of one bin each, it is built a few bins at a time.
+    The bins keep their rows and columns of samples, so each bin's operator row, and so its
+    value, is the same.
+    """
+    _, h, w = shape
+    y, x, count, _ = plan
+    pooled_h, pooled_w = y[0].shape[1], x[0].shape[1]
+    y = tuple(np.repeat(a, pooled_w, axis=1).reshape(-1, 1) for a in y)
+    x = tuple(np.tile(a, (1, pooled_h)).reshape(-1, 1) for a in x)
+    # A bin's samples lie within its extent, so its taps along an axis are at most the cells
+    # the extent meets: a bound four times as tight as samples_bound's for a big bin.
+    taps_y, taps_x = (
+        np.minimum(_sampling.samples_bound(*a, size)[:, 0], np.ceil(np.abs(a[1][:, 0])) + 2)
+        for a, size in ((y, h), (x, w))
+    )
+    cost = taps_y * taps_x
+    bins = pooled_h * pooled_w
+    return np.repeat(rois, bins, axis=0), (y, x, np.repeat(count, bins), cost)
+
+
+def _too_large(plan):
+    """Whether a box's operator outgrows a chunk (see :func:`_bins`)."""
+    return len(plan[-1]) > 0 and plan[-1].max() > _sampling.BUDGET
+
+
 def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
     n, c, h, w = input.shape
     shape = (n, h, w)
@@ -81,13 +111,20 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     # float16 is computed in float32, converted as it is copied.
     pixels = _sampling.pixels_read(input, _reach(rois, plan, shape), rois.dtype)
+    target = out
+    if _too_large(plan):  # every bin a box: (K * PH * PW, C, 1, 1), then transposed
+        rois, plan = _bins(rois, plan, shape)
+        target = np.empty((len(rois), c, 1, 1), rois.dtype)
 
     def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
-        _sampling.apply(_operator(rois, plan, shape, k0, k1, pixels), pixels.rows, out[k0:k1])
+        a = _operator(rois, plan, shape, k0, k1, pixels)
+        _sampling.apply(a, pixels.rows, target[k0:k1])
 
     for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c, bound=True)):
         _parallel.map_ordered(lambda r: run(*r), parts)
     _scratch.give(pixels.rows)
+    if target is not out:
+        out[...] = target.reshape(len(out), pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
     return out.astype(input.dtype, copy=False)
 
 
@@ -115,10 +152,14 @@ def roi_align_backward(
     g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     pixels = _sampling.pixels_reached(_reach(rois, plan, shape), shape, c)
+    bins = pooled_h * pooled_w
+    if _too_large(plan):  # every bin a box, in the order of the gradient's rows
+        rois, plan = _bins(rois, plan, shape)
+        bins = 1
     return _sampling.input_gradient(
         input_shape,
         grad_output.dtype,
-        pooled_h * pooled_w,
+        bins,
         _sampling.parts(plan[-1], _sampling.work_per_entry(c, bound=True)),
         lambda k0, k1: _operator(rois, plan, shape, k0, k1, pixels),
         g_rows,
