@@ -187,28 +187,3 @@ def channels_last(x, dtype=None, empty=np.empty):
 
     _copy_blocks(copy, n, h * w, c)
     return out.reshape(n * h * w, c)
-
-
-def channels_first(rows, shape, dtype=None):
-    """(N*H*W, C) matrix as a C-contiguous (N, C, H, W) array of ``dtype``, copied in blocks."""
-    n, c, h, w = shape
-    src = rows.reshape(n, h * w, c)
-    out = np.empty((n, c, h * w), dtype or rows.dtype)
-
-    def copy(i0, i1, p0, p1):
-        out[i0:i1, :, p0:p1] = src[i0:i1, p0:p1].transpose(0, 2, 1)
-
-    _copy_blocks(copy, n, h * w, c)
-    return out.reshape(shape)
-
-
-def gradient(rows, shape, dtype, channels_last=False):
-    """An input gradient summed as (N*H*W, C) rows as the (N, C, H, W) array of ``dtype``.
-
-    NCHW (copied in blocks), or with ``channels_last`` a view of the rows (no copy unless
-    ``dtype`` differs, and the copy is still channels last).
-    """
-    if not channels_last:
-        return channels_first(rows, shape, dtype)
-    n, c, h, w = shape
-    return rows.reshape(n, h, w, c).transpose(0, 3, 1, 2).astype(dtype, copy=False)

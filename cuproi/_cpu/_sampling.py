@@ -253,11 +253,6 @@ def work_per_entry(channels, bound=False):
     return (channels + 16) / (2 if bound else 1)
 
 
-def pixels_by_channel(x):
-    """(N, C, H, W) features as a C-contiguous (N*H*W, C) matrix, the layout of the products."""
-    return _parallel.channels_last(x)
-
-
 class Pixels(NamedTuple):
     """Pixels of an (N, H, W) map as the rows of the products: see :func:`pixels_read`.
 
@@ -294,7 +289,7 @@ def pixels_read(x, cells, dtype=None):
     """The pixels of (N, C, H, W) ``x`` that ``cells`` (:func:`reach`) cover, as Pixels.
 
     The rows are a C-contiguous matrix of ``dtype``: the runs of tiles the cells overlap
-    (_cells), or every pixel when they cover most of the map (as :func:`pixels_by_channel`).
+    (_cells), or every pixel when they cover most of the map (``_parallel.channels_last``).
     Copying a large NCHW map channels last costs more than a few boxes' products on it: this
     copies what they read. Even features stored channels last, which the products could read
     in place, are copied then: a backward's layout (the same Pixels) then stays as small.
