@@ -188,15 +188,18 @@ def spatial_scale(value, name="spatial_scale"):
 
     Beyond it one input pixel spans more feature cells than a whole box may.
     """
-    scale = _real(value, name)
-    if scale <= 0:
-        raise ValueError(f"{name} must be positive; got {scale}")
-    if scale > MAX_COORDINATE:
-        raise ValueError(
-            f"{name} must be at most {MAX_COORDINATE} (one input pixel would span more feature "
-            f"cells than a box may, MAX_COORDINATE); got {scale}"
-        )
-    return scale
+    limit = f"{MAX_COORDINATE} (one input pixel would span more feature cells than a box may, "
+    return positive(value, name, MAX_COORDINATE, limit + "MAX_COORDINATE)")
+
+
+def positive(value, name, most, limit):
+    """A real in (0, ``most``]; ``limit`` says ``most`` in the error beyond it."""
+    number = _real(value, name)
+    if number <= 0:
+        raise ValueError(f"{name} must be positive; got {number}")
+    if number > most:
+        raise ValueError(f"{name} must be at most {limit}; got {number}")
+    return number
 
 
 def pool_mode(value):

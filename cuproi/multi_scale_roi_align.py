@@ -82,14 +82,8 @@ def _scales(spatial_scales, count):
 
 def _canonical(canonical_scale, canonical_level):
     """The level rule's constants: a float in (0, MAX_CANONICAL_SCALE], an int within +-64."""
-    size = _validate._real(canonical_scale, "canonical_scale")
-    if size <= 0:
-        raise ValueError(f"canonical_scale must be positive; got {size}")
-    if size > MAX_CANONICAL_SCALE:
-        raise ValueError(
-            f"canonical_scale must be at most {MAX_CANONICAL_SCALE:.0f} pixels "
-            f"(MAX_CANONICAL_SCALE); got {size}"
-        )
+    limit = f"{MAX_CANONICAL_SCALE:.0f} pixels (MAX_CANONICAL_SCALE)"
+    size = _validate.positive(canonical_scale, "canonical_scale", MAX_CANONICAL_SCALE, limit)
     level = _validate._integer(canonical_level, "canonical_level")
     if abs(level) > MAX_CANONICAL_LEVEL:
         raise ValueError(
