@@ -79,22 +79,67 @@ def test_one_small_box_on_a_large_map(cases, name):
     assert beyond < 2**18, f"{name}: {beyond} bytes beyond its result ({plane} in the plane)"
 
 
-def test_one_box_over_the_whole_map_is_built_a_few_bins_at_a_time(monkeypatch):
+def _whole_map_box(x):
+    """The calls on one box over the whole map ``x`` (adaptive sampling where there is some)."""
+    n, c, h, w = x.shape
+    box = np.array([[0, 0, 0, w, h]], np.float64)
+    g = np.ones((1, c, 7, 7), x.dtype)
+    offset = np.linspace(-0.2, 0.2, 98, dtype=x.dtype).reshape(1, 2, 7, 7)
+    mask = np.linspace(0.1, 1.0, 49, dtype=x.dtype).reshape(1, 1, 7, 7)
+    return {
+        "roi_align": lambda: cuproi.roi_align(x, box, 7, 1.0, 0, True),
+        "roi_align_backward": lambda: cuproi.roi_align_backward(g, box, x.shape, 7, 1.0, 0, True),
+        "deform_roi_pool": lambda: cuproi.deform_roi_pool(x, box, offset, 7, mask=mask),
+        "deform_roi_pool_backward": lambda: cuproi.deform_roi_pool_backward(
+            g, x, box, offset, 7, mask=mask
+        ),
+        "deform_roi_pool_backward no offset": lambda: cuproi.deform_roi_pool_backward(
+            g, x, box, None, 7
+        ),
+        "prroi_pool": lambda: cuproi.prroi_pool(x, box, 7),
+        "prroi_pool_backward": lambda: cuproi.prroi_pool_backward(g, box, x.shape, 7),
+        "prroi_pool_box_backward": lambda: cuproi.prroi_pool_box_backward(g, x, box, 7),
+    }
+
+
+_WHOLE_MAP = sorted(_whole_map_box(np.zeros((1, 1, 8, 8))))
+
+
+@pytest.mark.parametrize("name", _WHOLE_MAP)
+def test_one_box_over_the_whole_map_is_built_a_few_bins_at_a_time(monkeypatch, name):
     """A box whose operator outgrows a chunk (adaptive sampling over a whole 1500^2 map).
 
-    It was built whole: three times the map forward and backward. Now its bins are boxes of
-    their own, built a few at a time, and the backward numbers afresh the pixels each chunk
-    reads: beyond the result, less than the gradient. Same values as the oracle.
+    It was built whole: two to five times the map, forward and backward. Now its bins are
+    boxes of their own, built a few at a time (_sampling.too_large), and a backward numbers
+    afresh the pixels each chunk reads: beyond the result, less than the map.
     """
     monkeypatch.setattr(_sampling, "BUDGET", 1 << 18)
     x = np.random.default_rng(1).standard_normal((1, 4, SIZE, SIZE), np.float32)
-    box = np.array([[0, 0, 0, SIZE, SIZE]], np.float64)
+    beyond = peak_beyond(_whole_map_box(x)[name])
+    # A forward copies the map channels last (1x) and builds a chunk of bins.
+    assert beyond < 1.25 * x.nbytes, f"{beyond} bytes beyond the result, a map of {x.nbytes}"
+
+
+@pytest.mark.parametrize("name", _WHOLE_MAP)
+def test_a_box_built_a_few_bins_at_a_time_has_its_values(monkeypatch, name):
+    """The bins as boxes of their own give what the whole box gives (on a map where the box
+    fits a chunk), to float32's rounding: the rows are the same, the sums' order is not."""
+    x = np.random.default_rng(2).standard_normal((1, 3, 60, 60), np.float32)
+    whole = _whole_map_box(x)[name]()
+    monkeypatch.setattr(_sampling, "BUDGET", 200)
+    assert _sampling.too_large(np.array([61 * 61]))
+    pieces = _whole_map_box(x)[name]()
+    for a, b in zip(*(r if isinstance(r, tuple) else (r,) for r in (pieces, whole)), strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_roi_align_over_the_whole_map_a_few_bins_at_a_time_against_the_oracle(monkeypatch):
+    """The oracle's values on a box too large for a chunk."""
+    small = np.random.default_rng(1).standard_normal((1, 4, 60, 60), np.float32)
     g = np.ones((1, 4, 7, 7), np.float32)
-    beyond = peak_beyond(lambda: cuproi.roi_align_backward(g, box, x.shape, 7, 1.0, 0, True))
-    assert beyond < x.nbytes, f"{beyond} bytes beyond a gradient of {x.nbytes}"
-    beyond = peak_beyond(lambda: cuproi.roi_align(x, box, 7, 1.0, 0, True))
-    assert beyond < 1.25 * x.nbytes  # the map copied channels last, and a chunk of bins
-    small = x[:, :, :60, :60]  # against the oracle, on a box too large for a chunk there too
     monkeypatch.setattr(_sampling, "BUDGET", 200)
     box = np.array([[0, 0, 0, 60, 60]], np.float64)
     out = cuproi.roi_align(small, box, 7, 1.0, 0, True)

@@ -216,6 +216,37 @@ def operator(
     return a, matrix(ys.weight, xs.slope), matrix(ys.slope, xs.weight)
 
 
+def too_large(cost):
+    """Whether a box's operator outgrows a chunk (``cost`` (K,) bounds each box's entries).
+
+    A chunk holds one box at least, so such a box (one over a whole 4096^2 map with adaptive
+    sampling: 17M entries, three times the map in memory) would be built whole. The ops then
+    make every bin a box of its own (:func:`every_bin_a_box`), built a few bins at a time: each
+    bin's operator row, and so its value, is the same.
+    """
+    return len(cost) > 0 and cost.max() > BUDGET
+
+
+def every_bin_a_box(y, x):
+    """Separable bin axes as (K * PH * PW, 1) ones: every bin a box of its own.
+
+    ``y`` and ``x`` are sequences of (K, PH) and (K, PW) arrays (per bin row and column); the
+    boxes of the result are the bins in (box, ph, pw) order, the rows of a (K, C, PH, PW)
+    gradient's :func:`bin_rows`.
+    """
+    pooled_h, pooled_w = y[0].shape[1], x[0].shape[1]
+    return (
+        [np.repeat(a, pooled_w, axis=1).reshape(-1, 1) for a in y],
+        [np.tile(a, (1, pooled_h)).reshape(-1, 1) for a in x],
+    )
+
+
+def bins_to_boxes(rows, out):
+    """``out`` (K, C, PH, PW) from ``rows`` (K * PH * PW, C, ...): every bin's values, as a box."""
+    k, c, ph, pw = out.shape
+    out[...] = rows.reshape(k, ph, pw, c).transpose(0, 3, 1, 2)
+
+
 def chunks(cost, budget=None):
     """Consecutive ranges of boxes whose summed ``cost`` stays within ``budget`` (BUDGET).
 

@@ -45,6 +45,18 @@ def _cost(axes, shape):
     return cost.sum(axis=(1, 2))  # (K, PH, PW) -> (K,)
 
 
+def _bins(rois, g, axes):
+    """``(rois, g, axes)`` with every bin a box of its own, in (box, ph, pw) order.
+
+    See _sampling.too_large: each bin keeps its own sampling rows and columns, and so its
+    operator row.
+    """
+    bins = axes[0][0][0].size
+    y, x = ([a.reshape(-1, 1, 1) for a in axis] for axis in axes)
+    g = type(g)(*(np.repeat(a, bins) for a in g))
+    return np.repeat(rois, bins, axis=0), g, (y, x)
+
+
 def _operator(rois, g, axes, shape, k0, k1, slopes=False, pixels=None):
     """Operator of boxes ``k0:k1`` (or (operator, d/dx, d/dy)), one row per bin in C order.
 
@@ -82,14 +94,20 @@ def deform_roi_pool_forward(
         input, _sampling.reach(rois[:, 0], axes[0][:2], axes[1][:2], shape), rois.dtype
     )
     out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
+    target, cost = out, _cost(axes, shape)
+    if _sampling.too_large(cost):  # every bin a box: (K * PH * PW, C, 1, 1)
+        rois, g, axes = _bins(rois, g, axes)
+        target, cost = np.empty((len(rois), c, 1, 1), rois.dtype), _cost(axes, shape)
 
     def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
         a = _operator(rois, g, axes, shape, k0, k1, pixels=pixels)
-        _sampling.apply(a, pixels.rows, out[k0:k1])
+        _sampling.apply(a, pixels.rows, target[k0:k1])
 
-    for parts in _sampling.parts(_cost(axes, shape), _sampling.work_per_entry(c, bound=True)):
+    for parts in _sampling.parts(cost, _sampling.work_per_entry(c, bound=True)):
         _parallel.map_ordered(lambda r: run(*r), parts)
     _scratch.give(pixels.rows)
+    if target is not out:
+        _sampling.bins_to_boxes(target, out)
     if mask is not None:  # modulated (DCNv2): every bin's average times its mask
         out *= mask
     return out.astype(input.dtype, copy=False)
@@ -133,15 +151,21 @@ def deform_roi_pool_backward(
     else:
         pixels = _sampling.pixels_reached(cells, shape, c)
     g_rows = _sampling.bin_rows(ct_grad)
-    grad_offset = None if offset is None else np.zeros((k, 2, pooled_h, pooled_w), ct)
+    cost, pooled = _cost(axes, shape), (pooled_h, pooled_w)
+    if _sampling.too_large(cost):  # every bin a box, in the order of the gradient's rows
+        rois, g, axes = _bins(rois, g, axes)
+        cost, pooled = _cost(axes, shape), (1, 1)
+    units, bins = len(rois), pooled[0] * pooled[1]
+    grad_offset = None if offset is None else np.zeros((units, 2, *pooled), ct)
+    if grad_mask is not None:  # (K, 1, PH, PW) as the rows of its bins
+        grad_mask = grad_mask.reshape(units, 1, *pooled)
     # d out / d offset = gamma * box size * (mean over the bin's samples of d value / d position)
     scale_x, scale_y = (ct(gamma) * g.width)[:, None, None], (ct(gamma) * g.height)[:, None, None]
-    bins = pooled_h * pooled_w
 
     def run(k0, k1):
         """The operator of boxes k0:k1, after their offset and mask gradients."""
         rows = slice(k0 * bins, k1 * bins)
-        part = (k1 - k0, pooled_h, pooled_w)
+        part = (k1 - k0, *pooled)
 
         def dot(operator, g_part):  # <g, operator @ X> of every bin, over the channels
             return np.einsum("ij,ij->i", operator @ x_rows, g_part).reshape(part)
@@ -160,7 +184,7 @@ def deform_roi_pool_backward(
         input.shape,
         grad_output.dtype,
         bins,
-        _sampling.parts(_cost(axes, shape), _sampling.work_per_entry(c, bound=True)),
+        _sampling.parts(cost, _sampling.work_per_entry(c, bound=True)),
         run,
         g_rows,
         pixels,
@@ -168,4 +192,10 @@ def deform_roi_pool_backward(
     )
     if pixels.rows is not None:
         _scratch.give(pixels.rows)
+    if grad_mask is not None:
+        grad_mask = grad_mask.reshape(k, 1, pooled_h, pooled_w)
+    if grad_offset is not None and units != k:  # the bins' (x, y) rows as (K, 2, PH, PW)
+        grad_offset = np.ascontiguousarray(
+            grad_offset.reshape(k, pooled_h, pooled_w, 2).transpose(0, 3, 1, 2)
+        )
     return grad, grad_offset, grad_mask

@@ -97,6 +97,14 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w):
     return y, x, y.count.sum(1) * x.count.sum(1)
 
 
+def _bins(rois, plan):
+    """``(rois, plan)`` with every bin a box of its own (_sampling.every_bin_a_box)."""
+    y, x, _ = plan
+    bins = y.start.shape[1] * x.start.shape[1]
+    y, x = (Axes(*a) for a in _sampling.every_bin_a_box(y, x))
+    return np.repeat(rois, bins, axis=0), (y, x, y.count[:, 0] * x.count[:, 0])
+
+
 def _reach(rois, plan):
     """The cells that the bins of every box integrate over (_cells.Cells)."""
     y, x, _ = plan
@@ -160,14 +168,20 @@ def prroi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
     # float16 is computed in float32, converted as it is copied.
     pixels = _sampling.pixels_read(input, _reach(rois, plan), rois.dtype)
+    target = out
+    if _sampling.too_large(plan[-1]):  # every bin a box: (K * PH * PW, C, 1, 1)
+        rois, plan = _bins(rois, plan)
+        target = np.empty((len(rois), c, 1, 1), rois.dtype)
 
     def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
         a = _operator(rois, plan, shape, k0, k1, pixels=pixels)
-        _sampling.apply(a, pixels.rows, out[k0:k1])
+        _sampling.apply(a, pixels.rows, target[k0:k1])
 
     for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c)):
         _parallel.map_ordered(lambda r: run(*r), parts)
     _scratch.give(pixels.rows)
+    if target is not out:
+        _sampling.bins_to_boxes(target, out)
     return out.astype(input.dtype, copy=False)
 
 
@@ -181,25 +195,32 @@ def _box_gradient(grad_output, input, rois, spatial_scale):
     bins = pooled_h * pooled_w
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
     pixels = _sampling.pixels_read(input, _reach(rois, plan), ct)
+    if _sampling.too_large(plan[-1]):  # every bin a box: bins of one row each
+        rois, plan = _bins(rois, plan)
+        bins = 1
+    # d out / d (x start, y start, x end, y end) of every bin, dotted with g, in (box, ph, pw)
+    # order; chunks of boxes (or of bins) fill their rows.
+    d = np.empty((4, len(g_rows)), np.float64)
+    for k0, k1 in _sampling.chunks(plan[-1]):
+        rows = slice(k0 * bins, k1 * bins)
+        for edge in (0, 1):
+            _, mx, my = _operator(rois, plan, shape, k0, k1, edge, pixels)
+            for axis, m in enumerate((mx, my)):
+                terms = m @ pixels.rows
+                d[2 * edge + axis, rows] = np.einsum(
+                    "bc,bc->b", terms, g_rows[rows], dtype=np.float64
+                )
+    dx0, dy0, dx1, dy1 = d.reshape(4, k, pooled_h, pooled_w)
     # Fractions of the box at the start (u0) and end (u1) of every bin row and column.
     uy0 = (np.arange(pooled_h) / pooled_h)[:, None]
     uy1 = (np.arange(1, pooled_h + 1) / pooled_h)[:, None]
     ux0 = np.arange(pooled_w) / pooled_w
     ux1 = np.arange(1, pooled_w + 1) / pooled_w
     out = np.zeros((k, 5), np.float64)
-    for k0, k1 in _sampling.chunks(plan[-1]):
-        g = g_rows[k0 * bins : k1 * bins]
-        d = []  # d out / d (x start, y start, x end, y end) of every bin, dotted with g
-        for edge in (0, 1):
-            _, mx, my = _operator(rois, plan, shape, k0, k1, edge, pixels)
-            for m in (mx, my):
-                term = np.einsum("bc,bc->b", m @ pixels.rows, g, dtype=np.float64)
-                d.append(term.reshape(k1 - k0, pooled_h, pooled_w))
-        dx0, dy0, dx1, dy1 = d
-        out[k0:k1, 1] = (dx0 * (1 - ux0) + dx1 * (1 - ux1)).sum((1, 2))
-        out[k0:k1, 2] = (dy0 * (1 - uy0) + dy1 * (1 - uy1)).sum((1, 2))
-        out[k0:k1, 3] = (dx0 * ux0 + dx1 * ux1).sum((1, 2))
-        out[k0:k1, 4] = (dy0 * uy0 + dy1 * uy1).sum((1, 2))
+    out[:, 1] = (dx0 * (1 - ux0) + dx1 * (1 - ux1)).sum((1, 2))
+    out[:, 2] = (dy0 * (1 - uy0) + dy1 * (1 - uy1)).sum((1, 2))
+    out[:, 3] = (dx0 * ux0 + dx1 * ux1).sum((1, 2))
+    out[:, 4] = (dy0 * uy0 + dy1 * uy1).sum((1, 2))
     _scratch.give(pixels.rows)
     out[:, 1:] *= float(ct(spatial_scale))
     return out.astype(ct)
@@ -216,10 +237,14 @@ def prroi_pool_backward(
     g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
     pixels = _sampling.pixels_reached(_reach(rois, plan), shape, c)
+    bins = pooled_h * pooled_w
+    if _sampling.too_large(plan[-1]):  # every bin a box, in the order of the gradient's rows
+        rois, plan = _bins(rois, plan)
+        bins = 1
     return _sampling.input_gradient(
         input_shape,
         grad_output.dtype,
-        pooled_h * pooled_w,
+        bins,
         _sampling.parts(plan[-1], _sampling.work_per_entry(c)),
         lambda k0, k1: _operator(rois, plan, shape, k0, k1, pixels=pixels),
         g_rows,

@@ -75,33 +75,18 @@ def _operator(rois, plan, shape, k0, k1, pixels=None):
 
 
 def _bins(rois, plan, shape):
-    """``(rois, plan)`` with every bin a box of its own (1 x 1 bins, in (box, ph, pw) order).
-
-    A chunk holds one box at least, so a box whose operator outgrows the chunk budget (a box
-    over a whole 4096^2 map with adaptive sampling: 17M entries, three times the map in
-    memory) would be built whole; as boxes of one bin each, it is built a few bins at a time.
-    The bins keep their rows and columns of samples, so each bin's operator row, and so its
-    value, is the same.
-    """
+    """``(rois, plan)`` with every bin a box of its own (_sampling.every_bin_a_box)."""
     _, h, w = shape
     y, x, count, _ = plan
-    pooled_h, pooled_w = y[0].shape[1], x[0].shape[1]
-    y = tuple(np.repeat(a, pooled_w, axis=1).reshape(-1, 1) for a in y)
-    x = tuple(np.tile(a, (1, pooled_h)).reshape(-1, 1) for a in x)
+    bins = y[0].shape[1] * x[0].shape[1]
+    y, x = _sampling.every_bin_a_box(y, x)
     # A bin's samples lie within its extent, so its taps along an axis are at most the cells
     # the extent meets: a bound four times as tight as samples_bound's for a big bin.
     taps_y, taps_x = (
         np.minimum(_sampling.samples_bound(*a, size)[:, 0], np.ceil(np.abs(a[1][:, 0])) + 2)
         for a, size in ((y, h), (x, w))
     )
-    cost = taps_y * taps_x
-    bins = pooled_h * pooled_w
-    return np.repeat(rois, bins, axis=0), (y, x, np.repeat(count, bins), cost)
-
-
-def _too_large(plan):
-    """Whether a box's operator outgrows a chunk (see :func:`_bins`)."""
-    return len(plan[-1]) > 0 and plan[-1].max() > _sampling.BUDGET
+    return np.repeat(rois, bins, axis=0), (y, x, np.repeat(count, bins), taps_y * taps_x)
 
 
 def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
@@ -112,7 +97,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     # float16 is computed in float32, converted as it is copied.
     pixels = _sampling.pixels_read(input, _reach(rois, plan, shape), rois.dtype)
     target = out
-    if _too_large(plan):  # every bin a box: (K * PH * PW, C, 1, 1), then transposed
+    if _sampling.too_large(plan[-1]):  # every bin a box: (K * PH * PW, C, 1, 1)
         rois, plan = _bins(rois, plan, shape)
         target = np.empty((len(rois), c, 1, 1), rois.dtype)
 
@@ -124,7 +109,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
         _parallel.map_ordered(lambda r: run(*r), parts)
     _scratch.give(pixels.rows)
     if target is not out:
-        out[...] = target.reshape(len(out), pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
+        _sampling.bins_to_boxes(target, out)
     return out.astype(input.dtype, copy=False)
 
 
@@ -153,7 +138,7 @@ def roi_align_backward(
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     pixels = _sampling.pixels_reached(_reach(rois, plan, shape), shape, c)
     bins = pooled_h * pooled_w
-    if _too_large(plan):  # every bin a box, in the order of the gradient's rows
+    if _sampling.too_large(plan[-1]):  # every bin a box, in the order of the gradient's rows
         rois, plan = _bins(rois, plan, shape)
         bins = 1
     return _sampling.input_gradient(
