@@ -148,3 +148,63 @@ def test_roi_align_over_the_whole_map_a_few_bins_at_a_time_against_the_oracle(mo
     grad = cuproi.roi_align_backward(g, box, small.shape, 7, 1.0, 0, True)
     expected = reference.roi_align_backward(g, box, small.shape, (7, 7), 1.0, 0, True)
     np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def _backwards_of_many_boxes(x, boxes, rotated):
+    """Backward calls whose boxes cover most of the map ``x`` (float16).
+
+    Not yet the position-sensitive ops: a bin row whose boxes read most of its maps sums its
+    gradient whole, in float32, per thread (_ps.backward): 2 to 9 times the gradient.
+    """
+    shape, c = x.shape, x.shape[1]
+    g7 = np.ones((len(boxes), c, 7, 7), x.dtype)
+    return {
+        "roi_align_backward": lambda: cuproi.roi_align_backward(g7, boxes, shape, 7, 1.0, 2),
+        "roi_align_backward max": lambda: cuproi.roi_align_backward(
+            g7, boxes, shape, 7, 1.0, 2, pool_mode="max", input=x
+        ),
+        "deform_roi_pool_backward": lambda: cuproi.deform_roi_pool_backward(
+            g7, x, boxes, None, 7, sampling_ratio=2
+        ),
+        "prroi_pool_backward": lambda: cuproi.prroi_pool_backward(g7, boxes, shape, 7),
+        "roi_align_rotated_backward": lambda: cuproi.roi_align_rotated_backward(
+            g7, rotated, shape, 7, 1.0, 2
+        ),
+    }
+
+
+_MANY = sorted(_backwards_of_many_boxes(np.zeros((1, 4, 8, 8)), BOX, ROTATED))
+
+
+@pytest.mark.parametrize("name", _MANY)
+def test_float16_backward_of_several_chunks_costs_one_gradient(monkeypatch, name):
+    """float16 gradients are summed in float32; over several chunks of boxes that takes a
+    float32 gradient, which was then copied to float16: twice the gradient beyond it. It is
+    now rounded in its own memory (_sampling.narrow): the float32 sums, 1x, and small parts."""
+    monkeypatch.setattr(_sampling, "BUDGET", 1 << 12)  # many chunks
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 8, 1024, 1024), np.float32).astype(np.float16)
+    corner = rng.uniform(0, 700, (64, 2))
+    boxes = np.column_stack([np.zeros(64), corner, corner + rng.uniform(200, 320, (64, 2))])
+    rotated = np.column_stack(
+        [np.zeros(64), corner + 150, rng.uniform(200, 320, (64, 2)), rng.uniform(-90, 90, 64)]
+    )
+    call = _backwards_of_many_boxes(x, boxes, rotated)[name]
+    beyond = peak_beyond(call)
+    assert beyond < 1.25 * x.nbytes, f"{beyond} bytes beyond a gradient of {x.nbytes}"
+
+
+def test_narrow_rounds_once_in_place():
+    """_sampling.narrow: the float32 sums rounded to float16 as astype does, NCHW and channels
+    last, an odd number of elements, more elements than one step."""
+    rng = np.random.default_rng(4)
+    for shape, channels_last in [((2, 3, 5, 7), False), ((1, 3, 301, 299), True)]:
+        grad = _sampling.zeros(shape, np.float32, channels_last)
+        grad[...] = rng.standard_normal(shape) * 1000
+        expected = grad.astype(np.float16)
+        out = _sampling.narrow(grad, np.float16)
+        assert out.dtype == np.float16 and out.shape == shape
+        assert out.flags.c_contiguous != channels_last
+        np.testing.assert_array_equal(out, expected)
+    same = np.ones((1, 1, 2, 2), np.float32)
+    assert _sampling.narrow(same, np.float32) is same

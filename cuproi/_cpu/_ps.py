@@ -178,7 +178,7 @@ def backward(grad_output, plan, input_shape):
     A row scatters its gradient to the runs its bins read (a few boxes on a large map), or
     sums it whole over the stack of its maps (most of it read) and copies it. float16 is
     summed in float32 and rounded once: as it is written when the boxes make one chunk, else
-    in a float32 gradient (see _sampling.input_gradient).
+    in a float32 gradient rounded in its own memory (_sampling.narrow).
     """
     n, c, h, w = input_shape
     k, c_out, pooled_h, pooled_w = grad_output.shape
@@ -210,4 +210,4 @@ def backward(grad_output, plan, input_shape):
 
     whole = _whole(plan, c_out)
     _each_row(plan, c_out, task)
-    return grad.reshape(input_shape).astype(grad_output.dtype, copy=False)
+    return _sampling.narrow(grad.reshape(input_shape), grad_output.dtype)

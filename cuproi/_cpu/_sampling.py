@@ -382,6 +382,38 @@ def zeros(shape, dtype, channels_last=False):
     return np.zeros((n, h, w, c), dtype).transpose(0, 3, 1, 2)
 
 
+# Elements rounded at once by narrow(): 256 KiB of float32.
+_NARROW = 1 << 16
+
+
+def narrow(grad, dtype):
+    """The gradient ``grad`` (summed in float32) as ``dtype`` (float16), in its own memory.
+
+    Returns ``grad`` itself when it has ``dtype`` already. Else each element is rounded once,
+    in memory order, into the first half of ``grad``'s buffer, whose end is then given back
+    (``ndarray.resize``: a realloc), so a float16 gradient summed in float32 costs its
+    float32 sums, 1x the gradient beyond it, and no second array. ``grad`` must be an
+    (N, C, H, W) view (NCHW or channels last) of a C-contiguous array that nothing else
+    refers to, and is not to be used afterwards: its memory moves.
+    """
+    if grad.dtype == dtype:
+        return grad
+    owner = grad
+    while owner.base is not None:
+        owner = owner.base
+    shape, layout = grad.shape, grad.strides  # grad may be owner, whose shape resize changes
+    size = owner.size
+    wide, half = owner.reshape(-1), owner.reshape(-1).view(dtype)
+    for i in range(0, size, _NARROW):  # floats [i, j) land at or before where they were
+        j = min(i + _NARROW, size)
+        half[i:j] = wide[i:j]  # NumPy buffers the one overlapping copy, the first
+    del wide, half
+    ratio = owner.itemsize // np.dtype(dtype).itemsize
+    owner.resize(-(-size // ratio), refcheck=False)  # the caller's views die with the old memory
+    strides = tuple(s // ratio for s in layout)
+    return np.lib.stride_tricks.as_strided(owner.view(dtype)[:size], shape, strides)
+
+
 def input_gradient(shape, dtype, bins, parts, operator, g_rows, pixels=None, channels_last=False):
     """The (N, C, H, W) input gradient ``A.T @ G`` of ``dtype``, summed over chunks of boxes.
 
@@ -389,7 +421,8 @@ def input_gradient(shape, dtype, bins, parts, operator, g_rows, pixels=None, cha
     k1)`` builds the operator of boxes ``k0:k1`` (``bins`` rows per box; its columns the rows of
     ``pixels``, or every pixel) and ``g_rows`` holds the bins' gradients in the compute dtype.
     float16 is summed in float32: with one chunk each pixel's sum is rounded once, as it is
-    written, so no float32 gradient is allocated; with several it is, and rounded at the end.
+    written, so no float32 gradient is allocated; with several it is, and rounded at the end
+    in its own memory (:func:`narrow`).
     """
     parts = list(parts)
     grad = zeros(shape, dtype if len(parts) <= 1 else g_rows.dtype, channels_last)
@@ -397,7 +430,7 @@ def input_gradient(shape, dtype, bins, parts, operator, g_rows, pixels=None, cha
         ops = _parallel.map_ordered(lambda r: operator(*r), ranges)
         k0, k1 = ranges[0][0], ranges[-1][1]
         add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins], pixels)
-    return grad.astype(dtype, copy=False)
+    return narrow(grad, dtype)
 
 
 def _blocks(n, h, w, pixels):
