@@ -150,13 +150,13 @@ class _Axis(NamedTuple):
 def _axis(lo, hi, scale, pooled, ct):
     """Quantized bins of [lo, hi] (input pixels) next to the exact ones, one axis."""
     # Imported here so that importing cuproi does not load the CPU backend (and SciPy).
-    from cuproi._cpu.roi_pool import _round
+    from cuproi._cpu import _geometry
 
     exact_lo = lo * ct(scale)
     exact_hi = hi * ct(scale)
     # RoI Pool's quantization, as cuproi._cpu.roi_pool._bins computes it (without the clip).
-    first = _round(exact_lo).astype(np.int64)
-    last = _round(exact_hi).astype(np.int64)
+    first = _geometry.c_round(exact_lo).astype(np.int64)
+    last = _geometry.c_round(exact_hi).astype(np.int64)
     size = np.maximum(last - first + 1, 1).astype(ct) / ct(pooled)
     p = np.arange(pooled + 1, dtype=ct)
     starts = np.floor(p[:-1] * size[:, None]).astype(np.int64) + first[:, None]

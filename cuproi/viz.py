@@ -430,15 +430,16 @@ class _Pool(NamedTuple):
 
 
 def _pool_geometry(plane, rois, pooled, scale):
-    from cuproi._cpu.roi_pool import _bins, _round
+    from cuproi._cpu import _geometry
 
     h, w = plane.shape
-    h0, h1, w0, w1 = _bins(rois, scale, *pooled, h, w)
-    # The bins before floor and ceil, in _bins' arithmetic: bin p spans [p, p + 1) times the
+    h0, h1, w0, w1 = _geometry.pool_bins(rois, scale, *pooled, h, w)
+    # The bins before floor and ceil, in pool_bins' arithmetic: bin p spans [p, p + 1) times the
     # bin size from the rounded start, and reads every cell it touches.
     ct = rois.dtype.type
-    first = _round(rois[:, 1:3] * ct(scale))
-    size = np.maximum(_round(rois[:, 3:5] * ct(scale)) - first + 1, 1) / np.array(pooled[::-1], ct)
+    first = _geometry.c_round(rois[:, 1:3] * ct(scale))
+    last = _geometry.c_round(rois[:, 3:5] * ct(scale))
+    size = np.maximum(last - first + 1, 1) / np.array(pooled[::-1], ct)
     edges = tuple(
         (np.arange(n + 1, dtype=ct) * size[:, a, None]).astype(np.float64) + first[:, a, None]
         for a, n in ((1, pooled[0]), (0, pooled[1]))
@@ -464,16 +465,14 @@ class _Samples(NamedTuple):
 
 def _sample_grids(rois, pooled, scale, ratio, aligned=None, offset=None, gamma=0.1):
     """Bins and samples of every box: RoI Align's if ``aligned`` is given, else mmcv's."""
-    from cuproi._cpu import _sampling
-    from cuproi._cpu.deform_roi_pool import _bin_axes, _grid
+    from cuproi._cpu import _geometry, _sampling
 
     if aligned is None:
-        grid = _grid(rois, scale, *pooled, ratio)
-    else:  # the arguments cuproi._cpu.roi_align passes
-        grid = _sampling.make_grid(
-            rois, scale, *pooled, ratio, 0.5 if aligned else 0.0, not aligned
-        )
-    (start_y, size_y, grid_h), (start_x, size_x, grid_w) = _bin_axes(grid, offset, pooled, gamma)
+        grid = _geometry.deform_grid(rois, scale, *pooled, ratio)
+    else:
+        grid = _geometry.roi_align_grid(rois, scale, *pooled, ratio, aligned)
+    bins = _geometry.bin_axes(grid, offset, pooled, gamma)
+    (start_y, size_y, grid_h), (start_x, size_x, grid_w) = bins
     boxes = []
     for k in range(len(rois)):
         rows, cols = np.arange(max(grid_h[k, 0, 0], 0)), np.arange(max(grid_w[k, 0, 0], 0))

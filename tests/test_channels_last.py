@@ -372,13 +372,13 @@ def test_stored_channels_last_needs_no_transpose(channels, entries):
 
 
 def test_the_cpu_backend_reads_stored_channels_last_features_in_place():
-    from cuproi._cpu import _parallel, roi_pool
+    from cuproi._cpu import _cells, roi_pool
 
     x = channels_last(np.random.default_rng(0).standard_normal((2, 6, 4, 5)).astype(np.float32))
-    rows = _parallel.channels_last(x)
+    rows = _cells.channels_last(x)
     assert rows.shape == (2 * 4 * 5, 6) and np.shares_memory(rows, x)
     np.testing.assert_array_equal(rows, x.transpose(0, 2, 3, 1).reshape(-1, 6))
-    copied = _parallel.channels_last(x, np.float64)  # another dtype: a copy
+    copied = _cells.channels_last(x, np.float64)  # another dtype: a copy
     assert not np.shares_memory(copied, x)
     np.testing.assert_array_equal(copied, rows)
     table, _ = roi_pool._table(x, keys=False)  # RoI Pool's table of values

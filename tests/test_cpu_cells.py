@@ -17,6 +17,7 @@ import reference_rotated
 
 from cuproi._cpu import (
     _cells,
+    _geometry,
     _sampling,
     deform_roi_pool,
     prroi_pool,
@@ -159,9 +160,9 @@ def test_cells_hold_every_pixel_the_operator_reads(op, aligned, ratio, dtype):
         a = roi_align._operator(rois, plan, shape, 0, len(rois))
         cells = roi_align._reach(rois, plan, shape)
     else:  # always aligned; offsets shift every bin
-        g = deform_roi_pool._grid(rois, scale, 3, 4, ratio)
+        g = _geometry.deform_grid(rois, scale, 3, 4, ratio)
         offset = _deform_offset(rng, len(rois), far=not aligned).astype(dtype)
-        axes = deform_roi_pool._bin_axes(g, offset, (3, 4), 0.1)
+        axes = _geometry.bin_axes(g, offset, (3, 4), 0.1)
         a = deform_roi_pool._operator(rois, g, axes, shape, 0, len(rois))
         cells = _sampling.reach(rois[:, 0], axes[0][:2], axes[1][:2], shape)
     a = a.tocoo()

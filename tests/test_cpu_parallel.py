@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse
 
 from cuproi import _cpu
-from cuproi._cpu import _cells, _parallel, _sampling, roi_pool
+from cuproi._cpu import _cells, _geometry, _parallel, _sampling, roi_pool
 
 
 def _inputs(dtype, k=40, seed=0):
@@ -74,7 +74,7 @@ def _run_all(x, rois, offset, grad):
 def test_bitwise_equal_with_1_and_4_threads(monkeypatch, every_thread, dtype, budget):
     if budget:  # a chunk of a box or two; else one chunk, split into ranges for the threads
         monkeypatch.setattr(_sampling, "BUDGET", budget)
-    monkeypatch.setattr(_parallel, "_BLOCK", 16)  # many layout blocks
+    monkeypatch.setattr(_cells, "BLOCK", 16)  # many layout blocks
     args = _inputs(np.float32 if dtype == np.float16 else dtype)
     if dtype == np.float16:
         args = (args[0].astype(np.float16), args[1], args[2], args[3].astype(np.float16))
@@ -135,7 +135,7 @@ def test_roi_pool_float64_values_float32_cannot_tell_apart():
         # Ties in float32 only, the largest not first in scan order; and an exact tie.
         x[0, i % 3].flat[cells] = value * (1 + np.array([0, 1e-12, 3e-12, 2e-12, 3e-12]))
     rois = np.array([[0, 0, 0, 10, 8], [0, 2, 1, 9, 7], [1, 0, 0, 10, 8]], np.float64)
-    bins = roi_pool._bins(rois, 1.0, 2, 3, 9, 11)
+    bins = _geometry.pool_bins(rois, 1.0, 2, 3, 9, 11)
     out, argmax = roi_pool.roi_pool_forward(x, rois, 1.0, 2, 3)
     expected, expected_argmax = roi_pool._forward_gather(x, rois, bins)
     np.testing.assert_array_equal(argmax, expected_argmax)
@@ -300,7 +300,7 @@ def test_roi_pool_fast_paths_match_generic(dtype):
             [rng.integers(0, n, 5), corner, corner + rng.uniform(-2, 8, (5, 2))]
         ).astype(np.float32)
         scale = float(rng.choice([0.5, 1.0, 2.0]))
-        bins = roi_pool._bins(rois, scale, 2, 3, h, w)
+        bins = _geometry.pool_bins(rois, scale, 2, 3, h, w)
         expected, expected_argmax = roi_pool._forward_gather(x, rois, bins)
         # Every value is the input's own at the argmax, sign of zero included (NaN aside,
         # whose sign bit means nothing).

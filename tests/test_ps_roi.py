@@ -276,9 +276,9 @@ def test_cpu_chunks_give_the_same_result(monkeypatch):
 def test_cpu_backward_in_runs_of_pixels(monkeypatch):
     """The CPU backward writes its gradient a run of pixels at a time: many runs, one short."""
     from cuproi import _cpu
-    from cuproi._cpu import _parallel
+    from cuproi._cpu import _cells
 
-    monkeypatch.setattr(_parallel, "_BLOCK", 7)  # 120 pixels: 17 runs of 7, then 1
+    monkeypatch.setattr(_cells, "BLOCK", 7)  # 120 pixels: 17 runs of 7, then 1
     size, scale = (3, 4), 0.7
     rois = rois_for(box_zoo(scale), np.float64)
     g = grad(np.float64, len(rois), size)

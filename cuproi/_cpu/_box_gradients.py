@@ -10,8 +10,7 @@ grid count is piecewise constant and contributes 0. See ``add_box_terms`` in the
 
 import numpy as np
 
-from cuproi._cpu import _parallel, _samples, _sampling, _scratch
-from cuproi._cpu.deform_roi_pool import _bin_axes
+from cuproi._cpu import _geometry, _parallel, _samples, _sampling, _scratch
 
 
 def _box_gradient(grad_output, input, rois, g, y, x, scale, shift, free, mask):
@@ -73,10 +72,8 @@ def _box_gradient(grad_output, input, rois, g, y, x, scale, shift, free, mask):
 def roi_align(grad_output, input, rois, spatial_scale, sampling_ratio, aligned):
     """(K, 5) gradient of roi_align (avg) with respect to ``rois`` (column 0 is 0)."""
     pooled = grad_output.shape[2:]
-    g = _sampling.make_grid(
-        rois, spatial_scale, *pooled, sampling_ratio, 0.5 if aligned else 0.0, not aligned
-    )
-    y, x = _bin_axes(g, None, pooled, 0.0)
+    g = _geometry.roi_align_grid(rois, spatial_scale, *pooled, sampling_ratio, aligned)
+    y, x = _geometry.bin_axes(g, None, pooled, 0.0)
     free = (aligned | (g.width > 1), aligned | (g.height > 1))
     return _box_gradient(grad_output, input, rois, g, y, x, spatial_scale, None, free, None)
 
@@ -84,8 +81,8 @@ def roi_align(grad_output, input, rois, spatial_scale, sampling_ratio, aligned):
 def deform_roi_pool(grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma, mask):
     """(K, 5) gradient of deform_roi_pool with respect to ``rois`` (column 0 is 0)."""
     pooled = grad_output.shape[2:]
-    g = _sampling.make_grid(rois, spatial_scale, *pooled, sampling_ratio, 0.5, False)
-    y, x = _bin_axes(g, offset, pooled, gamma)
+    g = _geometry.deform_grid(rois, spatial_scale, *pooled, sampling_ratio)
+    y, x = _geometry.bin_axes(g, offset, pooled, gamma)
     ct = rois.dtype.type
     shift = None if offset is None else (ct(gamma) * offset[:, 0], ct(gamma) * offset[:, 1])
     free = (np.ones(len(rois), bool), np.ones(len(rois), bool))

@@ -1,4 +1,4 @@
-"""The cells of a feature map that the boxes read, as runs of tiles.
+"""The cells of a feature map that the boxes read, as runs of tiles, copied as rows.
 
 A few boxes on a large map read a small part of it. Copying the whole map channels last for
 them, or keeping a per-pixel index of it, costs memory and time in proportion to the map, not
@@ -16,14 +16,17 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cuproi import _layout
 from cuproi._cpu import _parallel
 
 # Tiles of 8 rows of 16 pixels. A map copied tile by tile took 1.1 to 1.2 times as long as in
-# runs of _parallel._BLOCK pixels (8 x 64 and 16 x 32 tiles no less), and the smaller the
+# runs of BLOCK pixels (8 x 64 and 16 x 32 tiles no less), and the smaller the
 # tiles, the closer they fit the boxes (FPN's P2 on the box head: 0.81 of 8 x 16 tiles read,
-# 0.95 of 8 x 64). Runs of up to 4 tiles (8 x 64 pixels, one _BLOCK) make fewer, longer copies
+# 0.95 of 8 x 64). Runs of up to 4 tiles (8 x 64 pixels, one BLOCK) make fewer, longer copies
 # and scatters. When the boxes reach more than _WHOLE of the tiles, the whole map is used.
 _TILE_ROWS, _TILE_COLS = 8, 16
+# Pixels per block of the whole-map layout changes (channels_last): 256 channels stay in L2.
+BLOCK = 512
 _RUN = 4
 _WHOLE = 0.75
 _RUN_COST = 8192  # elements: see _worth
@@ -208,3 +211,41 @@ def copy_rows(x, runs, dtype=None, empty=np.empty):
     sizes = np.diff(runs.first)
     _parallel.for_ranges(run, sizes, _parallel.workers(out.size, _parallel.COPY_GRAIN))
     return out
+
+
+def _blocks(n, pixels):
+    """(first image, last image + 1, first pixel, last pixel + 1) blocks of about BLOCK pixels.
+
+    Large images are cut into runs of pixels; small ones (a box's bins) are grouped.
+    """
+    if pixels >= BLOCK:
+        return [
+            (i, i + 1, p, min(p + BLOCK, pixels)) for i in range(n) for p in range(0, pixels, BLOCK)
+        ]
+    step = max(BLOCK // max(pixels, 1), 1)
+    return [(i, min(i + step, n), 0, pixels) for i in range(0, n, step)]
+
+
+def channels_last(x, dtype=None, empty=np.empty):
+    """(N, C, H, W) array as a C-contiguous (N*H*W, C) matrix of ``dtype``, copied in blocks.
+
+    NumPy copies a transposed view element by element with a large stride, so whole-array
+    copies are several times slower than copies of cache-sized blocks; the blocks are spread
+    over the threads. Features already stored channels last are not copied: the matrix is a
+    view of them. A copy is allocated by ``empty(shape, dtype)``.
+    """
+    n, c, h, w = x.shape
+    if _layout.channels_last(x) and x.dtype == (dtype or x.dtype):
+        return x.transpose(0, 2, 3, 1).reshape(n * h * w, c)
+    src = x.reshape(n, c, h * w)
+    out = empty((n, h * w, c), dtype or x.dtype)
+
+    blocks = _blocks(n, h * w)
+
+    def run(start, stop):
+        for i0, i1, p0, p1 in blocks[start:stop]:
+            out[i0:i1, p0:p1] = src[i0:i1, :, p0:p1].transpose(0, 2, 1)
+
+    threads = _parallel.workers(x.size, _parallel.COPY_GRAIN)
+    _parallel.for_ranges(run, np.ones(len(blocks)), threads)
+    return out.reshape(n * h * w, c)

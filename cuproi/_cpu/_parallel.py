@@ -1,4 +1,4 @@
-"""Threads of the CPU backend: one pool, ordered maps, and the layout changes every op needs.
+"""Threads of the CPU backend: one pool, ordered maps over ranges of work.
 
 The heavy steps of the backend (SciPy's sparse products, NumPy gathers, reductions and copies)
 run in C with the GIL released, so a few Python threads keep several cores busy, as
@@ -21,14 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from cuproi import _layout
-
 _pools = {}
 _lock = threading.Lock()
 _inside = threading.local()  # set in pool threads: a task never waits on the pool it runs in
-
-# Pixels per block of the layout changes below: a block of 256 channels stays in L2.
-_BLOCK = 512
 
 # Work per thread below which one more thread costs more than it saves (see workers), measured
 # on a 2-core VM with 7x7 outputs of 64 and 256 channels (docs/benchmarks.md, "Threads on
@@ -141,49 +136,3 @@ def ranges(cost, workers=None):
 def for_ranges(fn, cost, workers=None):
     """``fn(start, stop)`` for the ranges of :func:`ranges`, in parallel; results in order."""
     return map_ordered(lambda r: fn(*r), ranges(cost, workers))
-
-
-def _blocks(n, pixels):
-    """(first image, last image + 1, first pixel, last pixel + 1) blocks of about _BLOCK pixels.
-
-    Large images are cut into runs of pixels; small ones (a box's bins) are grouped.
-    """
-    if pixels >= _BLOCK:
-        return [
-            (i, i + 1, p, min(p + _BLOCK, pixels))
-            for i in range(n)
-            for p in range(0, pixels, _BLOCK)
-        ]
-    step = max(_BLOCK // max(pixels, 1), 1)
-    return [(i, min(i + step, n), 0, pixels) for i in range(0, n, step)]
-
-
-def _copy_blocks(copy, n, pixels, channels):
-    blocks = _blocks(n, pixels)
-
-    def run(start, stop):
-        for block in blocks[start:stop]:
-            copy(*block)
-
-    for_ranges(run, np.ones(len(blocks)), workers(n * pixels * channels, COPY_GRAIN))
-
-
-def channels_last(x, dtype=None, empty=np.empty):
-    """(N, C, H, W) array as a C-contiguous (N*H*W, C) matrix of ``dtype``, copied in blocks.
-
-    NumPy copies a transposed view element by element with a large stride, so whole-array
-    copies are several times slower than copies of cache-sized blocks; the blocks are spread
-    over the threads. Features already stored channels last are not copied: the matrix is a
-    view of them. A copy is allocated by ``empty(shape, dtype)``.
-    """
-    n, c, h, w = x.shape
-    if _layout.channels_last(x) and x.dtype == (dtype or x.dtype):
-        return x.transpose(0, 2, 3, 1).reshape(n * h * w, c)
-    src = x.reshape(n, c, h * w)
-    out = empty((n, h * w, c), dtype or x.dtype)
-
-    def copy(i0, i1, p0, p1):
-        out[i0:i1, p0:p1] = src[i0:i1, :, p0:p1].transpose(0, 2, 1)
-
-    _copy_blocks(copy, n, h * w, c)
-    return out.reshape(n * h * w, c)

@@ -205,8 +205,8 @@ def backward(grad_output, plan, input_shape):
             # transpose read the stack once per output channel, and took 2.7 times as long.
             planes = stack.reshape(pooled_w, n, h * w, c_out).transpose(1, 3, 0, 2)
             row = grad.reshape(n, c_out, pooled_h, pooled_w, h * w)[:, :, ph]
-            for p0 in range(0, h * w, _parallel._BLOCK):
-                row[..., p0 : p0 + _parallel._BLOCK] = planes[..., p0 : p0 + _parallel._BLOCK]
+            for p0 in range(0, h * w, _cells.BLOCK):
+                row[..., p0 : p0 + _cells.BLOCK] = planes[..., p0 : p0 + _cells.BLOCK]
 
     whole = _whole(plan, c_out)
     _each_row(plan, c_out, task)

@@ -26,47 +26,6 @@ from cuproi._cpu import _cells, _parallel, _scratch
 BUDGET = 1 << 21
 
 
-class Grid(NamedTuple):
-    """Sampling grid of every box, shapes (K,): see kernels/common/bilinear.cuh (make_grid)."""
-
-    start_y: np.ndarray
-    start_x: np.ndarray
-    height: np.ndarray
-    width: np.ndarray
-    bin_h: np.ndarray
-    bin_w: np.ndarray
-    grid_h: np.ndarray  # int64; <= 0 means no samples
-    grid_w: np.ndarray
-    count: np.ndarray  # divisor of the average, max(grid_h * grid_w, 1)
-
-
-def make_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, shift, min_one):
-    """Sampling grid of ``rois`` (K, 5) in their (compute) dtype.
-
-    ``shift`` is 0.5 for the half-pixel convention; ``min_one`` applies torchvision's legacy
-    clamp of the box size to at least 1 when not aligned.
-    """
-    ct = rois.dtype.type
-    scale, shift = ct(spatial_scale), ct(shift)
-    start_x = rois[:, 1] * scale - shift
-    start_y = rois[:, 2] * scale - shift
-    width = (rois[:, 3] * scale - shift) - start_x
-    height = (rois[:, 4] * scale - shift) - start_y
-    if min_one:
-        width = np.maximum(width, ct(1))
-        height = np.maximum(height, ct(1))
-    bin_h = height / ct(pooled_h)
-    bin_w = width / ct(pooled_w)
-    if sampling_ratio > 0:
-        grid_h = np.full(len(rois), sampling_ratio, np.int64)
-        grid_w = grid_h
-    else:
-        grid_h = np.ceil(bin_h).astype(np.int64)
-        grid_w = np.ceil(bin_w).astype(np.int64)
-    count = np.maximum(grid_h.astype(ct) * grid_w.astype(ct), ct(1))
-    return Grid(start_y, start_x, height, width, bin_h, bin_w, grid_h, grid_w, count)
-
-
 def sample_range(start, bin_size, grid, size):
     """Samples ``[lo, hi)`` of each bin that may fall inside ``[-1, size]``.
 
@@ -329,7 +288,7 @@ def pixels_read(x, cells, dtype=None):
     n, _, h, w = x.shape
     runs = _cells.runs(cells, n, h, w, x.shape[1])
     if runs is None:  # a view of features stored channels last, else a copy
-        return Pixels(_parallel.channels_last(x, dtype, _scratch.take), None, (n, h, w))
+        return Pixels(_cells.channels_last(x, dtype, _scratch.take), None, (n, h, w))
     return Pixels(_cells.copy_rows(x, runs, dtype, _scratch.take), runs, (n, h, w))
 
 
@@ -437,14 +396,14 @@ def _blocks(n, h, w, pixels):
     """Blocks of ``pixels``' rows: an int64 array of ``[first row, last row + 1, image, *where]``.
 
     ``where`` is ``(y0, y1, x0, x1)`` for a run of tiles, or ``(s0, s1)`` for a range of
-    ``_parallel._BLOCK`` pixels of an image in NCHW order (no runs: every pixel).
+    ``_cells.BLOCK`` pixels of an image in NCHW order (no runs: every pixel).
     """
     if pixels is not None and pixels.runs is not None:
         return pixels.runs.blocks()
-    per_image = -(-(h * w) // _parallel._BLOCK)
+    per_image = -(-(h * w) // _cells.BLOCK)
     image = np.repeat(np.arange(n), per_image)
-    s0 = np.tile(np.arange(per_image) * _parallel._BLOCK, n)
-    s1 = np.minimum(s0 + _parallel._BLOCK, h * w)
+    s0 = np.tile(np.arange(per_image) * _cells.BLOCK, n)
+    s1 = np.minimum(s0 + _cells.BLOCK, h * w)
     return np.column_stack([image * h * w + s0, image * h * w + s1, image, s0, s1])
 
 
@@ -546,4 +505,4 @@ def _add_few_pixels(grad, a, g_rows, pixels):
 
 def bin_rows(g):
     """(K, C, PH, PW) gradient as C-contiguous (K*PH*PW, C) rows, matching the operator's bins."""
-    return _parallel.channels_last(g)
+    return _cells.channels_last(g)

@@ -2,40 +2,7 @@
 
 import numpy as np
 
-from cuproi._cpu import _parallel, _sampling, _scratch
-
-
-def _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio):
-    """Sampling grid of mmcv: half-pixel shift, no minimum box size."""
-    return _sampling.make_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, 0.5, False)
-
-
-def _bin_axes(g, offset, pooled, gamma):
-    """(start, bin size, samples) of every bin along y and along x, each (K, PH, PW).
-
-    Bin ``(ph, pw)`` of grid ``g`` starts at the box corner shifted by
-    ``gamma * box size * offset[:, (x, y), ph, pw]`` (unshifted if ``offset`` is None), plus
-    ``ph`` (``pw``) bin sizes. cuproi.viz draws the bins from this.
-    """
-    pooled_h, pooled_w = pooled
-    bins = (len(g.start_y), pooled_h, pooled_w)
-    ct = g.start_y.dtype.type
-    start_y = g.start_y[:, None, None]
-    start_x = g.start_x[:, None, None]
-    if offset is not None:  # same operation order as deformed_grid() in the kernel
-        start_x = start_x + (ct(gamma) * g.width)[:, None, None] * offset[:, 0]
-        start_y = start_y + (ct(gamma) * g.height)[:, None, None] * offset[:, 1]
-    y = [
-        start_y + np.arange(pooled_h, dtype=ct)[:, None] * g.bin_h[:, None, None],
-        g.bin_h[:, None, None],
-        g.grid_h[:, None, None],
-    ]
-    x = [
-        start_x + np.arange(pooled_w, dtype=ct) * g.bin_w[:, None, None],
-        g.bin_w[:, None, None],
-        g.grid_w[:, None, None],
-    ]
-    return [np.broadcast_to(a, bins) for a in y], [np.broadcast_to(a, bins) for a in x]
+from cuproi._cpu import _geometry, _parallel, _sampling, _scratch
 
 
 def _cost(axes, shape):
@@ -60,7 +27,7 @@ def _bins(rois, g, axes):
 def _operator(rois, g, axes, shape, k0, k1, slopes=False, pixels=None):
     """Operator of boxes ``k0:k1`` (or (operator, d/dx, d/dy)), one row per bin in C order.
 
-    ``axes`` are the bins' (shifted) sampling rows and columns, from :func:`_bin_axes`; the
+    ``axes`` are the bins' (shifted) sampling rows and columns, from _geometry.bin_axes; the
     columns are every pixel, or the rows of ``pixels`` (_sampling.pixels_read, reached).
     """
     (y, x), (_, h, w) = axes, shape
@@ -87,8 +54,8 @@ def deform_roi_pool_forward(
 ):
     n, c, h, w = input.shape
     shape = (n, h, w)
-    g = _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
-    axes = _bin_axes(g, offset, (pooled_h, pooled_w), gamma)
+    g = _geometry.deform_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
+    axes = _geometry.bin_axes(g, offset, (pooled_h, pooled_w), gamma)
     # float16 is computed in float32, converted as it is copied.
     pixels = _sampling.pixels_read(
         input, _sampling.reach(rois[:, 0], axes[0][:2], axes[1][:2], shape), rois.dtype
@@ -142,8 +109,8 @@ def deform_roi_pool_backward(
         plain_rows = _sampling.bin_rows(ct_grad)
         ct_grad = ct_grad * mask
         grad_mask = np.empty((k, 1, pooled_h, pooled_w), ct)
-    g = _grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
-    axes = _bin_axes(g, offset, (pooled_h, pooled_w), gamma)
+    g = _geometry.deform_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
+    axes = _geometry.bin_axes(g, offset, (pooled_h, pooled_w), gamma)
     cells = _sampling.reach(rois[:, 0], axes[0][:2], axes[1][:2], shape)
     if offset is not None or mask is not None:  # the features, for those gradients
         pixels = _sampling.pixels_read(input, cells, ct)

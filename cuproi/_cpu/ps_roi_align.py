@@ -6,14 +6,14 @@ applied per row of bins to that row's score maps (_ps).
 
 import numpy as np
 
-from cuproi._cpu import _ps, _sampling
+from cuproi._cpu import _geometry, _ps, _sampling
 
 
 def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio):
     """The taps of every bin row and column, each box's divisor and its cost (_ps.Plan)."""
     _, h, w = shape
     ct = rois.dtype.type
-    g = _sampling.make_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, 0.5, False)
+    g = _geometry.make_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, 0.5, False)
     y = (
         g.start_y[:, None] + np.arange(pooled_h, dtype=ct) * g.bin_h[:, None],
         np.repeat(g.bin_h[:, None], pooled_h, 1),

@@ -7,8 +7,7 @@ maps (_ps).
 
 import numpy as np
 
-from cuproi._cpu import _ps, _sampling
-from cuproi._cpu.roi_pool import _bins
+from cuproi._cpu import _geometry, _ps, _sampling
 
 
 def _indicator(lo, hi):
@@ -24,7 +23,8 @@ def _indicator(lo, hi):
 def _plan(rois, shape, spatial_scale, pooled_h, pooled_w):
     """The cells of every bin row and column, each bin's area and each box's cost (_ps.Plan)."""
     _, h, w = shape
-    h0, h1, w0, w1 = _bins(rois, spatial_scale, pooled_h, pooled_w, h, w, inclusive=False)
+    bins = _geometry.pool_bins(rois, spatial_scale, pooled_h, pooled_w, h, w, inclusive=False)
+    h0, h1, w0, w1 = bins
     rows, cols = h1 - h0, w1 - w0
     return _ps.Plan(
         ys=_indicator(h0, h1),

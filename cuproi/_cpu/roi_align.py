@@ -7,7 +7,7 @@ backend's threads (``_parallel``).
 
 import numpy as np
 
-from cuproi._cpu import _parallel, _sampling, _scratch
+from cuproi._cpu import _geometry, _parallel, _sampling, _scratch
 
 
 def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
@@ -19,15 +19,7 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligne
     """
     _, h, w = shape
     ct = rois.dtype.type
-    g = _sampling.make_grid(
-        rois,
-        spatial_scale,
-        pooled_h,
-        pooled_w,
-        sampling_ratio,
-        0.5 if aligned else 0.0,
-        not aligned,
-    )
+    g = _geometry.roi_align_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     # Bin rows along y are (box, ph), along x (box, pw): every bin of a box row shares them.
     y = (
         g.start_y[:, None] + np.arange(pooled_h, dtype=ct) * g.bin_h[:, None],

@@ -15,21 +15,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cuproi._cpu import _parallel, _samples, _sampling, _scratch
-from cuproi._cpu.deform_roi_pool import _bin_axes
+from cuproi._cpu import _geometry, _parallel, _samples, _sampling, _scratch
 
 
 def _setup(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
-    g = _sampling.make_grid(
-        rois,
-        spatial_scale,
-        pooled_h,
-        pooled_w,
-        sampling_ratio,
-        0.5 if aligned else 0.0,
-        not aligned,
-    )
-    y, x = _bin_axes(g, None, (pooled_h, pooled_w), 0.0)
+    g = _geometry.roi_align_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    y, x = _geometry.bin_axes(g, None, (pooled_h, pooled_w), 0.0)
     return g, y, x
 
 

@@ -16,39 +16,7 @@ import numpy as np
 import scipy.sparse
 
 from cuproi import _layout
-from cuproi._cpu import _cells, _parallel, _sampling, _scratch
-
-
-def _round(v):
-    """C round(): half away from zero (numpy.round rounds half to even).
-
-    Exact: ``floor(|v| + 0.5)`` is not, it rounds 0.49999997 (float32) up to 1.
-    """
-    a = np.abs(v)
-    r = np.floor(a)
-    return np.copysign(r + (a - r >= v.dtype.type(0.5)), v)
-
-
-def _bins(rois, spatial_scale, pooled_h, pooled_w, height, width, inclusive=True):
-    """Clipped cell ranges [h0, h1) x [w0, w1) of every bin: (K, PH) and (K, PW) arrays.
-
-    The box is rounded to cells; its size is ``end - start + 1`` cells (RoI Pool's inclusive
-    end) or, with ``inclusive=False``, ``end - start`` (position-sensitive RoI Pool); at least 1.
-    """
-    ct = rois.dtype.type
-    scale = ct(spatial_scale)
-    x1, y1, x2, y2 = (_round(rois[:, i] * scale).astype(np.int64) for i in (1, 2, 3, 4))
-    bin_h = np.maximum(y2 - y1 + inclusive, 1).astype(ct) / ct(pooled_h)
-    bin_w = np.maximum(x2 - x1 + inclusive, 1).astype(ct) / ct(pooled_w)
-
-    def edges(first, bin_size, pooled, size):
-        p = np.arange(pooled + 1, dtype=ct)
-        lo = np.floor(p[:-1] * bin_size[:, None]).astype(np.int64) + first[:, None]
-        hi = np.ceil(p[1:] * bin_size[:, None]).astype(np.int64) + first[:, None]
-        lo, hi = np.clip(lo, 0, size), np.clip(hi, 0, size)
-        return lo, np.maximum(hi, lo)  # an empty range, not a negative one
-
-    return edges(y1, bin_h, pooled_h, height) + edges(x1, bin_w, pooled_w, width)
+from cuproi._cpu import _cells, _geometry, _parallel, _sampling, _scratch
 
 
 def _reach(rois, bins):
@@ -74,7 +42,7 @@ def _few(input, bins, argmax):
 
 def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, argmax=True):
     """(out, argmax) of RoI Pool; ``argmax`` is None when not asked for (``argmax=False``)."""
-    bins = _bins(rois, spatial_scale, pooled_h, pooled_w, *input.shape[2:])
+    bins = _geometry.pool_bins(rois, spatial_scale, pooled_h, pooled_w, *input.shape[2:])
     if _few(input, bins, argmax):
         out, index = _forward_gather(input, rois, bins)
         return out, (index if argmax else None)
@@ -125,7 +93,7 @@ def _table(x, keys):
         return table, False
     halves = table.view(np.int32).reshape(n, h, w, c, 2) if keys else None
     low = ~np.arange(h * w, dtype=np.int32).reshape(h, w, 1)
-    rows = max(_parallel._BLOCK // max(w, 1), 1)
+    rows = max(_cells.BLOCK // max(w, 1), 1)
     blocks = [(i, r, min(r + rows, h)) for i in range(n) for r in range(0, h, rows)]
 
     def build(start, stop):
