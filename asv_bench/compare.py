@@ -183,22 +183,22 @@ def to_channels_last(x):
     """The layout transpose the channels-last RoI Align kernels start with, alone."""
     import cupy
 
-    from cuproi._cuda import _launch, _ops
+    from cuproi._cuda import _launch
 
     n, c, h, w = x.shape
-    return lambda: _ops._transpose(cupy, _launch.launch, x, c, h * w)
+    return lambda: _launch.Device(cupy, _launch.launch).transpose(x, c, h * w)
 
 
 def nchw(fn):
     """``fn`` run on RoI Align's NCHW kernels rather than its channels-last ones."""
-    from cuproi._cuda import _ops
+    from cuproi._cuda import _launch
 
     def run():
-        saved, _ops.CHANNELS_LAST_FROM = _ops.CHANNELS_LAST_FROM, 2**31
+        saved, _launch.CHANNELS_LAST_FROM = _launch.CHANNELS_LAST_FROM, 2**31
         try:
             return fn()
         finally:
-            _ops.CHANNELS_LAST_FROM = saved
+            _launch.CHANNELS_LAST_FROM = saved
 
     return run
 

@@ -124,7 +124,7 @@ def deform_roi_pool(
     _validate.pooled_result(len(rois), x.shape[1], pooled)
     o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
     m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
-    out = backend.deform_roi_pool_forward(x, rois, o, scale, *pooled, ratio, shift, m)
+    out = backend.deform_roi_pool(x, rois, o, pooled, scale, ratio, shift, m)
     return restore(_nan_where(backend.xp, out, _unplaced(backend.xp, o)))
 
 
@@ -230,8 +230,8 @@ def deform_roi_pool_backward(
         scale,
         ratio,
         shift,
-        _validate.flag(deterministic, "deterministic"),
         m_compute,
+        deterministic=_validate.flag(deterministic, "deterministic"),
         channels_last=_validate.flag(channels_last, "channels_last"),
     )
     unplaced = _unplaced(backend.xp, o_compute)
@@ -318,7 +318,7 @@ def deform_roi_pool_box_backward(
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
     o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
     m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
-    grad = backend.deform_roi_pool_backward(
+    grad = backend.deform_roi_pool_box_backward(
         g,
         x,
         rois,
@@ -326,9 +326,8 @@ def deform_roi_pool_box_backward(
         scale,
         ratio,
         shift,
-        _validate.flag(deterministic, "deterministic"),
         m,
-        "boxes",
+        deterministic=_validate.flag(deterministic, "deterministic"),
     )
     if o is not None:  # a box with an unplaced bin: NaN for its coordinates
         unplaced = _unplaced(backend.xp, o).any(axis=(1, 2, 3))

@@ -252,8 +252,8 @@ def multi_scale_roi_align(
     rois = _validate.boxes(backend.xp, b, levels[0].shape[0], max(scales), dtype)
     _validate.pooled_result(len(rois), levels[0].shape[1], pooled)
     return restore(
-        backend.multi_scale_roi_align_forward(
-            levels, rois, scales, thresholds, *pooled, ratio, _validate.flag(aligned, "aligned")
+        backend.multi_scale_roi_align(
+            levels, rois, pooled, scales, ratio, _validate.flag(aligned, "aligned"), thresholds
         )
     )
 
@@ -351,9 +351,9 @@ def multi_scale_roi_align_backward(
         rois,
         shapes,
         scales,
-        thresholds,
         ratio,
         _validate.flag(aligned, "aligned"),
+        thresholds,
         deterministic=_validate.flag(deterministic, "deterministic"),
     )
     return [restore(x) for x in grads]

@@ -88,7 +88,7 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     _validate.pooled_result(len(rois), x.shape[1], pooled)
-    return restore(backend.prroi_pool_forward(x, rois, scale, *pooled))
+    return restore(backend.prroi_pool(x, rois, pooled, scale))
 
 
 @_dispatch.on_input_device
@@ -224,8 +224,8 @@ def prroi_pool_box_backward(
     x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
-    grad = backend.prroi_pool_backward(
-        g, rois, x.shape, scale, _validate.flag(deterministic, "deterministic"), x, "boxes"
+    grad = backend.prroi_pool_box_backward(
+        g, x, rois, scale, deterministic=_validate.flag(deterministic, "deterministic")
     )
     return restore(grad)
 

@@ -92,7 +92,7 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     out_channels = _validate.position_sensitive_channels(x.shape[1], pooled)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     _validate.pooled_result(len(rois), out_channels, pooled)
-    return restore(backend.ps_roi_pool_forward(x, rois, scale, *pooled))
+    return restore(backend.ps_roi_pool(x, rois, pooled, scale))
 
 
 @_dispatch.on_input_device

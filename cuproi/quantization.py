@@ -154,7 +154,7 @@ def _axis(lo, hi, scale, pooled, ct):
 
     exact_lo = lo * ct(scale)
     exact_hi = hi * ct(scale)
-    # RoI Pool's quantization, as cuproi._cpu.roi_pool._bins computes it (without the clip).
+    # RoI Pool's quantization, as cuproi._cpu._geometry.pool_bins computes it (without the clip).
     first = _geometry.c_round(exact_lo).astype(np.int64)
     last = _geometry.c_round(exact_hi).astype(np.int64)
     size = np.maximum(last - first + 1, 1).astype(ct) / ct(pooled)

@@ -119,8 +119,8 @@ def roi_align(
     x = _validate.features(backend.xp, x, channels_last=True)
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     _validate.pooled_result(len(rois), x.shape[1], pooled)
-    forward = backend.roi_align_forward if mode == "avg" else backend.roi_align_max_forward
-    return restore(forward(x, rois, scale, *pooled, ratio, _validate.flag(aligned, "aligned")))
+    aligned = _validate.flag(aligned, "aligned")
+    return restore(backend.roi_align(x, rois, pooled, scale, ratio, aligned, mode))
 
 
 @_dispatch.on_input_device
@@ -223,14 +223,16 @@ def roi_align_backward(
         x = _forward_input(backend, prepared[2], shape)
         rois = _validate.boxes(backend.xp, b, shape[0], scale, x.dtype)
         g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled, dtype=x.dtype)
-        grad = backend.roi_align_max_backward(
+        grad = backend.roi_align_backward(
             g,
-            x,
             rois,
+            shape,
             scale,
             ratio,
             aligned,
-            det,
+            pool_mode=mode,
+            input=x,
+            deterministic=det,
             channels_last=channels_last,
         )
         return restore(grad.astype(dtype, copy=False))
@@ -331,10 +333,9 @@ def roi_align_box_backward(
     g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
     det = _validate.flag(deterministic, "deterministic")
     aligned = _validate.flag(aligned, "aligned")
-    if mode == "max":
-        grad = backend.roi_align_max_backward(g, x, rois, scale, ratio, aligned, det, "boxes")
-    else:
-        grad = backend.roi_align_backward(g, rois, x.shape, scale, ratio, aligned, det, x, "boxes")
+    grad = backend.roi_align_box_backward(
+        g, x, rois, scale, ratio, aligned, pool_mode=mode, deterministic=det
+    )
     return restore(grad)
 
 

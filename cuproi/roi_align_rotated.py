@@ -125,9 +125,7 @@ def roi_align_rotated(
     rois = _validate.rotated_boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     _validate.pooled_result(len(rois), x.shape[1], pooled)
     return restore(
-        backend.roi_align_rotated_forward(
-            x, rois, scale, *pooled, ratio, *_flags(aligned, clockwise)
-        )
+        backend.roi_align_rotated(x, rois, pooled, scale, ratio, *_flags(aligned, clockwise))
     )
 
 

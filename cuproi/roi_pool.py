@@ -68,8 +68,8 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
     rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
     _validate.pooled_result(len(rois), x.shape[1], pooled)
     return_argmax = _validate.flag(return_argmax, "return_argmax")
-    out, argmax = backend.roi_pool_forward(x, rois, scale, *pooled, argmax=return_argmax)
-    return (restore(out), restore(argmax)) if return_argmax else restore(out)
+    result = backend.roi_pool(x, rois, pooled, scale, return_argmax)
+    return tuple(map(restore, result)) if return_argmax else restore(result)
 
 
 @_dispatch.on_input_device

@@ -15,20 +15,25 @@
 //       int has_offset, const C* mask, int has_mask, C spatial_scale, int sampling_ratio,
 //       C gamma, int batch, int channels, int height, int width, int pooled_h, int pooled_w,
 //       C* grad_input, u64* grad_fixed, const int* exponent, int deterministic, C* grad_offset,
-//       C* grad_mask, C* grad_rois, int wrt_boxes)
+//       C* grad_mask)
+//   cuproi_deform_roi_pool_box_backward_<T>[_i64](
+//       I n, const T* grad_output, const T* input, const C* rois, const C* offset,
+//       int has_offset, const C* mask, int has_mask, C spatial_scale, int sampling_ratio,
+//       C gamma, int batch, int channels, int height, int width, int pooled_h, int pooled_w,
+//       C* grad_rois, int deterministic)
 // n = K * channels * pooled_h * pooled_w; arrays contiguous; rois (K, 5), offset
 // (K, 2, pooled_h, pooled_w) and mask (K, 1, pooled_h, pooled_w) in C (float for f16 and f32,
 // double for f64). When has_offset (has_mask) is 0 the offset (mask) pointer is never read and
 // grad_offset (grad_mask) never written. The mask modulates the pooled value of every bin
 // (DCNv2, mmcv's ModulatedDeformRoIPoolPack): output = mask * average, in the same pass.
-// The backward computes one of two sets of gradients. wrt_boxes == 0: the input gradient, a
-// zeroed C buffer summed as (grad_fixed, exponent, deterministic) select (common/grad_sum.cuh),
-// and the offset and mask gradients, zeroed too: by default the (K, 2, pooled_h, pooled_w) and
-// (K, 1, pooled_h, pooled_w) gradients, to which every channel adds with atomicAdd; in
-// deterministic mode (K, channels, 2, pooled_h, pooled_w) and (K, channels, pooled_h, pooled_w)
-// arrays of per-channel terms, which the caller sums over the channels in a fixed order.
-// wrt_boxes != 0: only the gradient with respect to the box coordinates, into grad_rois as
-// common/bilinear.cuh (BoxGrad) describes.
+// The backward gives the input gradient, a zeroed C buffer summed as (grad_fixed, exponent,
+// deterministic) select (common/grad_sum.cuh), and the offset and mask gradients, zeroed too: by
+// default the (K, 2, pooled_h, pooled_w) and (K, 1, pooled_h, pooled_w) gradients, to which
+// every channel adds with atomicAdd; in deterministic mode (K, channels, 2, pooled_h, pooled_w)
+// and (K, channels, pooled_h, pooled_w) arrays of per-channel terms, which the caller sums over
+// the channels in a fixed order. It reads the features `input` only for the offset and mask
+// gradients. The box backward gives the gradient with respect to the box coordinates, into
+// grad_rois as common/bilinear.cuh (BoxGrad) describes.
 #include "common/channels_last.cuh"
 
 namespace cuproi {
@@ -84,8 +89,7 @@ __device__ void deform_roi_pool_backward(I n, const T* grad_output, const T* inp
                                          const C* mask, int has_mask, C spatial_scale,
                                          int sampling_ratio, C gamma, int batch, int channels,
                                          int height, int width, int pooled_h, int pooled_w,
-                                         GradSum<C> grad_input, C* grad_offset, C* grad_mask,
-                                         BoxGrad<C> grad_rois, int wrt_boxes) {
+                                         GradSum<C> grad_input, C* grad_offset, C* grad_mask) {
   CUPROI_KERNEL_LOOP(index, n, I) {
     const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
     const C* roi = rois + o.k * 5;
@@ -97,21 +101,13 @@ __device__ void deform_roi_pool_backward(I n, const T* grad_output, const T* inp
     if (grad == C(0)) continue;
     const int bins = pooled_h * pooled_w, bin = o.ph * pooled_w + o.pw;
     const C m = has_mask ? mask[o.k * bins + bin] : C(1);
-    const T* p = plane<const T, I>(input, b, o.c, channels, height, width);
-    if (wrt_boxes) {  // the bin moves with the box: start, size and the offset's shift
-      C sx, ux, sy, uy;
-      bin_slopes(p, height, width, g, o.ph, o.pw, pooled_h, pooled_w, sx, ux, sy, uy);
-      const C* shift = offset + o.k * 2 * bins + bin;
-      add_box_terms(grad_rois, o.k, index, grad * m, spatial_scale, sx, ux, sy, uy,
-                    has_offset ? gamma * shift[0] : C(0), has_offset ? gamma * shift[bins] : C(0),
-                    true, true);
-      continue;
-    }
+    // The features are read for the offset and mask gradients only.
+    const bool reads = has_offset || has_mask;
+    const T* p = reads ? plane<const T, I>(input, b, o.c, channels, height, width) : nullptr;
     // The bin's start moves by gamma * width per unit of offset_x (gamma * height for y).
     C dx, dy, value;
-    bin_backward(grad_input.at(plane_offset<I>(b, o.c, channels, height, width)),
-                 has_offset || has_mask ? p : nullptr, height, width, g, o.ph, o.pw, grad * m,
-                 dx, dy, value);
+    bin_backward(grad_input.at(plane_offset<I>(b, o.c, channels, height, width)), p, height,
+                 width, g, o.ph, o.pw, grad * m, dx, dy, value);
     if (has_mask) {  // d (mask * average) / d mask = average
       if (grad_input.deterministic)
         grad_mask[index] = grad * value;
@@ -129,6 +125,35 @@ __device__ void deform_roi_pool_backward(I n, const T* grad_output, const T* inp
       atomicAdd(go, gx);
       atomicAdd(go + bins, gy);
     }
+  }
+}
+
+template <typename T, typename C, typename I>
+__device__ void deform_roi_pool_box_backward(I n, const T* grad_output, const T* input,
+                                             const C* rois, const C* offset, int has_offset,
+                                             const C* mask, int has_mask, C spatial_scale,
+                                             int sampling_ratio, C gamma, int batch,
+                                             int channels, int height, int width, int pooled_h,
+                                             int pooled_w, BoxGrad<C> grad_rois) {
+  CUPROI_KERNEL_LOOP(index, n, I) {
+    const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
+    const C* roi = rois + o.k * 5;
+    const int b = batch_of(roi, batch);
+    if (b < 0) continue;
+    const Grid<C> g = deformed_grid(roi, offset, has_offset, o.k, o.ph, o.pw, spatial_scale,
+                                    sampling_ratio, gamma, pooled_h, pooled_w);
+    const C grad = load(grad_output + index) / g.count;
+    if (grad == C(0)) continue;
+    const int bins = pooled_h * pooled_w, bin = o.ph * pooled_w + o.pw;
+    const C m = has_mask ? mask[o.k * bins + bin] : C(1);
+    // The bin moves with the box: its start, its size and the offset's shift.
+    C sx, ux, sy, uy;
+    bin_slopes(plane<const T, I>(input, b, o.c, channels, height, width), height, width, g, o.ph,
+               o.pw, pooled_h, pooled_w, sx, ux, sy, uy);
+    const C* shift = offset + o.k * 2 * bins + bin;
+    add_box_terms(grad_rois, o.k, index, grad * m, spatial_scale, sx, ux, sy, uy,
+                  has_offset ? gamma * shift[0] : C(0), has_offset ? gamma * shift[bins] : C(0),
+                  true, true);
   }
 }
 
@@ -265,13 +290,22 @@ __device__ void deform_roi_pool_backward_nhwc(I items, const T* grad_output, con
       const C* mask, int has_mask, C spatial_scale, int sampling_ratio, C gamma, int batch,       \
       int channels, int height, int width, int pooled_h, int pooled_w, C* grad_input,             \
       cuproi::u64* grad_fixed, const int* exponent, int deterministic, C* grad_offset,            \
-      C* grad_mask, C* grad_rois, int wrt_boxes) {                                                \
-    const cuproi::BoxGrad<C> box = {grad_rois, deterministic != 0};                               \
+      C* grad_mask) {                                                                             \
     cuproi::deform_roi_pool_backward<T, C, I>(                                                    \
         n, grad_output, input, rois, offset, has_offset, mask, has_mask, spatial_scale,           \
         sampling_ratio, gamma, batch, channels, height, width, pooled_h, pooled_w,                \
-        cuproi::grad_sum(grad_input, grad_fixed, exponent, wrt_boxes ? 0 : deterministic),        \
-        grad_offset, grad_mask, box, wrt_boxes);                                                  \
+        cuproi::grad_sum(grad_input, grad_fixed, exponent, deterministic), grad_offset,           \
+        grad_mask);                                                                               \
+  }                                                                                               \
+  extern "C" __global__ void cuproi_deform_roi_pool_box_backward_##SFX##ISFX(                    \
+      I n, const T* grad_output, const T* input, const C* rois, const C* offset, int has_offset,  \
+      const C* mask, int has_mask, C spatial_scale, int sampling_ratio, C gamma, int batch,       \
+      int channels, int height, int width, int pooled_h, int pooled_w, C* grad_rois,              \
+      int deterministic) {                                                                        \
+    const cuproi::BoxGrad<C> box = {grad_rois, deterministic != 0};                               \
+    cuproi::deform_roi_pool_box_backward<T, C, I>(                                                \
+        n, grad_output, input, rois, offset, has_offset, mask, has_mask, spatial_scale,           \
+        sampling_ratio, gamma, batch, channels, height, width, pooled_h, pooled_w, box);          \
   }
 
 CUPROI_EXPORT_DEFORM_ROI_POOL(cuproi::half, float, f16, int, )

@@ -10,8 +10,11 @@
 //   cuproi_prroi_pool_backward_<T>[_i64](
 //       I n, const T* grad_output, const C* rois, C spatial_scale, int batch, int channels,
 //       int height, int width, int pooled_h, int pooled_w,
-//       C* grad_input, u64* grad_fixed, const int* exponent, int deterministic,
-//       const T* input, C* grad_rois, int wrt_boxes)
+//       C* grad_input, u64* grad_fixed, const int* exponent, int deterministic)
+//   cuproi_prroi_pool_box_backward_<T>[_i64](
+//       I n, const T* grad_output, const T* input, const C* rois, C spatial_scale, int batch,
+//       int channels, int height, int width, int pooled_h, int pooled_w, C* grad_rois,
+//       int deterministic)
 // n = K * channels * pooled_h * pooled_w (one thread per output element); input, output and
 // grad_output are contiguous NCHW; rois is (K, 5) [batch_index, x1, y1, x2, y2] in C, the
 // compute type (float for f16 and f32, double for f64).
@@ -25,16 +28,16 @@
 // (hat_share), so a thread visits only the rows and columns whose hat meets its bin, at most
 // ceil(bh) + 2 by ceil(bw) + 2 pixels, clipped to the map.
 //
-// The backward computes one of two gradients. wrt_boxes == 0: the input gradient, the transpose
-// of the forward, into the zeroed C buffer grad_input summed as (grad_fixed, exponent,
-// deterministic) select (common/grad_sum.cuh; input and grad_rois are not read). wrt_boxes != 0:
-// the exact derivative with respect to the box coordinates, which reads the features `input`:
-// d out / d y0 = (out - top) / bh and d out / d (y0 + bh) = (bottom - out) / bh, with top and
-// bottom the averages of f along the bin's top and bottom edges (likewise x), computed per
-// pixel without those differences (hat_share), chained to y1, y2 through the bin edges; a box
-// of zero width or height gives 0 (its bins output the constant 0). Added with atomicAdd into
-// the zeroed (K, 5) grad_rois by default, or, when deterministic, written per output element to
-// a zeroed (n, 4) grad_rois that the caller sums per box (common/bilinear.cuh, BoxGrad).
+// The backward gives the input gradient, the transpose of the forward, into the zeroed C buffer
+// grad_input summed as (grad_fixed, exponent, deterministic) select (common/grad_sum.cuh). The
+// box backward gives the exact derivative with respect to the box coordinates, which reads the
+// features `input`: d out / d y0 = (out - top) / bh and d out / d (y0 + bh) = (bottom - out) /
+// bh, with top and bottom the averages of f along the bin's top and bottom edges (likewise x),
+// computed per pixel without those differences (hat_share), chained to y1, y2 through the bin
+// edges; a box of zero width or height gives 0 (its bins output the constant 0). Added with
+// atomicAdd into the zeroed (K, 5) grad_rois by default, or, when deterministic, written per
+// output element to a zeroed (n, 4) grad_rois that the caller sums per box (common/bilinear.cuh,
+// BoxGrad).
 #include "common/bilinear.cuh"
 
 namespace cuproi {
@@ -146,8 +149,7 @@ __device__ void prroi_pool_forward(I n, const T* input, const C* rois, C spatial
 template <typename T, typename C, typename I>
 __device__ void prroi_pool_backward(I n, const T* grad_output, const C* rois, C spatial_scale,
                                     int batch, int channels, int height, int width,
-                                    int pooled_h, int pooled_w, GradSum<C> grad_input,
-                                    const T* input, BoxGrad<C> grad_rois, int wrt_boxes) {
+                                    int pooled_h, int pooled_w, GradSum<C> grad_input) {
   CUPROI_KERNEL_LOOP(index, n, I) {
     const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
     const C* roi = rois + o.k * 5;
@@ -157,15 +159,28 @@ __device__ void prroi_pool_backward(I n, const T* grad_output, const C* rois, C 
     if (grad == C(0)) continue;
     const PrAxis<C> ay = prroi_axis(roi[2], roi[4], spatial_scale, pooled_h, o.ph, height);
     const PrAxis<C> ax = prroi_axis(roi[1], roi[3], spatial_scale, pooled_w, o.pw, width);
-    if (!wrt_boxes) {
-      const GradSum<C> gp = grad_input.at(plane_offset<I>(b, o.c, channels, height, width));
-      for (int h = ay.lo; h <= ay.hi; ++h) {
-        const C gy = grad * prroi_share(ay, h).weight;
-        for (int w = ax.lo; w <= ax.hi; ++w)
-          gp.add(h * width + w, gy * prroi_share(ax, w).weight);
-      }
-      continue;
+    const GradSum<C> gp = grad_input.at(plane_offset<I>(b, o.c, channels, height, width));
+    for (int h = ay.lo; h <= ay.hi; ++h) {
+      const C gy = grad * prroi_share(ay, h).weight;
+      for (int w = ax.lo; w <= ax.hi; ++w) gp.add(h * width + w, gy * prroi_share(ax, w).weight);
     }
+  }
+}
+
+template <typename T, typename C, typename I>
+__device__ void prroi_pool_box_backward(I n, const T* grad_output, const T* input, const C* rois,
+                                        C spatial_scale, int batch, int channels, int height,
+                                        int width, int pooled_h, int pooled_w,
+                                        BoxGrad<C> grad_rois) {
+  CUPROI_KERNEL_LOOP(index, n, I) {
+    const OutputIndex<I> o = output_index(index, channels, pooled_h, pooled_w);
+    const C* roi = rois + o.k * 5;
+    const int b = batch_of(roi, batch);
+    if (b < 0) continue;
+    const C grad = load(grad_output + index);
+    if (grad == C(0)) continue;
+    const PrAxis<C> ay = prroi_axis(roi[2], roi[4], spatial_scale, pooled_h, o.ph, height);
+    const PrAxis<C> ax = prroi_axis(roi[1], roi[3], spatial_scale, pooled_w, o.pw, width);
     if (ay.hi < ay.lo || ax.hi < ax.lo) continue;  // the bin's output is 0 around these boxes
     // d out / d (bin start) and d out / d (bin end), per axis.
     C dy0 = C(0), dy1 = C(0), dx0 = C(0), dx1 = C(0);
@@ -209,12 +224,18 @@ __device__ void prroi_pool_backward(I n, const T* grad_output, const C* rois, C 
   extern "C" __global__ void cuproi_prroi_pool_backward_##SFX##ISFX(                             \
       I n, const T* grad_output, const C* rois, C spatial_scale, int batch, int channels,         \
       int height, int width, int pooled_h, int pooled_w, C* grad_input, cuproi::u64* grad_fixed,  \
-      const int* exponent, int deterministic, const T* input, C* grad_rois, int wrt_boxes) {      \
-    const cuproi::BoxGrad<C> box = {grad_rois, deterministic != 0};                               \
+      const int* exponent, int deterministic) {                                                   \
     cuproi::prroi_pool_backward<T, C, I>(                                                         \
         n, grad_output, rois, spatial_scale, batch, channels, height, width, pooled_h, pooled_w,  \
-        cuproi::grad_sum(grad_input, grad_fixed, exponent, wrt_boxes ? 0 : deterministic), input, \
-        box, wrt_boxes);                                                                          \
+        cuproi::grad_sum(grad_input, grad_fixed, exponent, deterministic));                       \
+  }                                                                                               \
+  extern "C" __global__ void cuproi_prroi_pool_box_backward_##SFX##ISFX(                         \
+      I n, const T* grad_output, const T* input, const C* rois, C spatial_scale, int batch,       \
+      int channels, int height, int width, int pooled_h, int pooled_w, C* grad_rois,              \
+      int deterministic) {                                                                        \
+    const cuproi::BoxGrad<C> box = {grad_rois, deterministic != 0};                               \
+    cuproi::prroi_pool_box_backward<T, C, I>(n, grad_output, input, rois, spatial_scale, batch,  \
+                                             channels, height, width, pooled_h, pooled_w, box);   \
   }
 
 CUPROI_EXPORT_PRROI_POOL(cuproi::half, float, f16, int, )

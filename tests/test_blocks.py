@@ -23,7 +23,7 @@ import test_multi_scale
 from conftest import TOLERANCE, host_backend
 from test_ops import box_zoo, rois_for
 
-from cuproi._cuda import _ops
+from cuproi._cuda import _launch
 
 pytestmark = pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
 
@@ -57,7 +57,7 @@ def runs(dtype):
     levels = test_multi_scale.pyramid(dtype)
     shapes = [a.shape for a in levels]
     level_rois = rois_for(test_multi_scale.boxes_zoo(), dtype)
-    pyramid = (test_multi_scale.SCALES, test_multi_scale.thresholds(dtype))
+    scales, thresholds = test_multi_scale.SCALES, test_multi_scale.thresholds(dtype)
     g_levels = rng.standard_normal((len(level_rois), levels[0].shape[1], *SIZE)).astype(dtype)
 
     def op(forward, backward):
@@ -66,20 +66,18 @@ def runs(dtype):
 
     def roi_align(x, g, ratio, aligned):
         return op(
-            [b.roi_align_forward(x, rois, 0.5, *SIZE, ratio, aligned)],
+            [b.roi_align(x, rois, SIZE, 0.5, ratio, aligned)],
             lambda **d: b.roi_align_backward(g, rois, x.shape, 0.5, ratio, aligned, **d),
         )
 
-    def deform(x, g, ratio, mask, wrt):  # wrt "input": the input, offset and mask gradients
+    def deform(x, g, ratio, mask, backward):  # deform_roi_pool_backward: input, offset, mask
         return op(
-            [b.deform_roi_pool_forward(x, rois, offset, 0.5, *SIZE, ratio, 0.1, mask)],
-            lambda **d: b.deform_roi_pool_backward(
-                g, x, rois, offset, 0.5, ratio, 0.1, mask=mask, wrt=wrt, **d
-            ),
+            [b.deform_roi_pool(x, rois, offset, SIZE, 0.5, ratio, 0.1, mask)],
+            lambda **d: backward(g, x, rois, offset, 0.5, ratio, 0.1, mask, **d),
         )
 
     def roi_pool():
-        out, argmax = b.roi_pool_forward(small, rois, 0.5, *SIZE)
+        out, argmax = b.roi_pool(small, rois, SIZE, 0.5, return_argmax=True)
         return op(
             [out, argmax], lambda **d: b.roi_pool_backward(g_small, rois, argmax, small.shape, **d)
         )
@@ -90,40 +88,44 @@ def runs(dtype):
         "roi_align, NCHW": lambda: roi_align(small, g_small, 2, True),
         "roi_align, box gradient": lambda: op(
             [],
-            lambda **d: b.roi_align_backward(
-                g_small, rois, small.shape, 0.5, 2, True, input=small, wrt="boxes", **d
-            ),
+            lambda **d: b.roi_align_box_backward(g_small, small, rois, 0.5, 2, True, **d),
         ),
-        "deform_roi_pool, channels last": lambda: deform(x, g, 2, mask, "input"),
-        "deform_roi_pool, NCHW": lambda: deform(small, g_small, 0, None, "input"),
-        "deform_roi_pool, box gradient": lambda: deform(small, g_small, 2, mask, "boxes"),
+        "deform_roi_pool, channels last": lambda: deform(x, g, 2, mask, b.deform_roi_pool_backward),
+        "deform_roi_pool, NCHW": lambda: deform(
+            small, g_small, 0, None, b.deform_roi_pool_backward
+        ),
+        "deform_roi_pool, box gradient": lambda: deform(
+            small, g_small, 2, mask, b.deform_roi_pool_box_backward
+        ),
         "roi_pool": roi_pool,
         "roi_align max mode": lambda: op(
-            [b.roi_align_max_forward(small, rois, 0.5, *SIZE, 2, True)],
-            lambda **d: b.roi_align_max_backward(g_small, small, rois, 0.5, 2, True, **d),
+            [b.roi_align(small, rois, SIZE, 0.5, 2, True, "max")],
+            lambda **d: b.roi_align_backward(
+                g_small, rois, small.shape, 0.5, 2, True, pool_mode="max", input=small, **d
+            ),
         ),
         "ps_roi_align": lambda: op(
-            [b.ps_roi_align_forward(ps, rois, 0.5, *SIZE, 2)],
+            [b.ps_roi_align(ps, rois, SIZE, 0.5, 2)],
             lambda **d: b.ps_roi_align_backward(g_ps, rois, ps.shape, 0.5, 2, **d),
         ),
         "ps_roi_pool": lambda: op(
-            [b.ps_roi_pool_forward(ps, rois, 0.5, *SIZE)],
+            [b.ps_roi_pool(ps, rois, SIZE, 0.5)],
             lambda **d: b.ps_roi_pool_backward(g_ps, rois, ps.shape, 0.5, **d),
         ),
         "prroi_pool": lambda: op(
-            [b.prroi_pool_forward(small, rois, 0.5, *SIZE)],
+            [b.prroi_pool(small, rois, SIZE, 0.5)],
             lambda **d: b.prroi_pool_backward(g_small, rois, small.shape, 0.5, **d),
         ),
         "roi_align_rotated": lambda: op(
-            [b.roi_align_rotated_forward(small, rotated, 0.5, *SIZE, 2, True, False)],
+            [b.roi_align_rotated(small, rotated, SIZE, 0.5, 2, True, False)],
             lambda **d: b.roi_align_rotated_backward(
                 g_small, rotated, small.shape, 0.5, 2, True, False, **d
             ),
         ),
         "multi_scale_roi_align": lambda: op(
-            [b.multi_scale_roi_align_forward(levels, level_rois, *pyramid, *SIZE, 2, True)],
+            [b.multi_scale_roi_align(levels, level_rois, SIZE, scales, 2, True, thresholds)],
             lambda **d: b.multi_scale_roi_align_backward(
-                g_levels, level_rois, shapes, *pyramid, 2, True, **d
+                g_levels, level_rois, shapes, scales, 2, True, thresholds, **d
             ),
         ),
     }
@@ -164,7 +166,7 @@ def test_layout_transpose(dtype, shape):
     a = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     for order, seed, threads in ORDERS:
         with host.blocks(threads, order=order, seed=seed):
-            out = _ops._transpose(np, host.launch, a, *shape[1:])
+            out = _launch.Device(np, host.launch).transpose(a, *shape[1:])
         np.testing.assert_array_equal(out, a.transpose(0, 2, 1))
 
 

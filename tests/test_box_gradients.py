@@ -24,7 +24,7 @@ def ops(request):
         return _cpu
     if host.COMPILER is None:
         pytest.skip("no C++ compiler")
-    names = ("roi_align_backward", "roi_align_max_backward", "deform_roi_pool_backward")
+    names = ("roi_align_box_backward", "deform_roi_pool_box_backward")
     return type("HostOps", (), {n: staticmethod(host.bind(n)) for n in names})
 
 
@@ -52,7 +52,7 @@ def test_roi_align_matches_oracle(ops, dtype, ratio, aligned):
     x, rois, g, _, _ = data(dtype)
     rois = np.vstack([rois, [[0, 3.2, 2.1, 3.6, 2.4]]]).astype(dtype)  # legacy clamp (1 cell)
     g = np.concatenate([g, g[:1]])
-    got = ops.roi_align_backward(g, rois, x.shape, 0.7, ratio, aligned, False, x, "boxes")
+    got = ops.roi_align_box_backward(g, x, rois, 0.7, ratio, aligned)
     want = oracle.roi_align_box_grad(g, x, rois, SIZE, 0.7, ratio, aligned)
     assert got.shape == (len(rois), 5) and (got[:, 0] == 0).all()
     np.testing.assert_allclose(got, want, **tolerance(dtype, want))
@@ -64,7 +64,7 @@ def test_roi_align_matches_oracle(ops, dtype, ratio, aligned):
 @pytest.mark.parametrize("aligned", [False, True])
 def test_roi_align_max_matches_oracle(ops, dtype, aligned):
     x, rois, g, _, _ = data(dtype)
-    got = ops.roi_align_max_backward(g, x, rois, 0.7, 2, aligned, False, "boxes")
+    got = ops.roi_align_box_backward(g, x, rois, 0.7, 2, aligned, pool_mode="max")
     want = oracle.roi_align_box_grad(g, x, rois, SIZE, 0.7, 2, aligned, "max")
     np.testing.assert_allclose(got, want, **tolerance(dtype, want))
 
@@ -76,7 +76,7 @@ def test_deform_matches_oracle(ops, dtype, ratio, extras):
     x, rois, g, offset, mask = data(dtype)
     offset = None if extras == "none" else offset
     mask = mask if extras == "offset+mask" else None
-    got = ops.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1, False, mask, "boxes")
+    got = ops.deform_roi_pool_box_backward(g, x, rois, offset, 0.7, ratio, 0.1, mask)
     want = oracle.deform_roi_pool_box_grad(g, x, rois, offset, SIZE, 0.7, ratio, 0.1, mask)
     np.testing.assert_allclose(got, want, **tolerance(dtype, want))
 
@@ -174,16 +174,14 @@ def test_deterministic_is_order_independent(dtype):
     x, rois, g, offset, mask = data(dtype, k=30)
     order = np.random.default_rng(8).permutation(len(rois))
     p = [np.ascontiguousarray(a[order]) for a in (rois, g, offset, mask)]
-    align = host.bind("roi_align_backward")
-    a = align(g, rois, x.shape, 0.7, -1, False, True, x, "boxes")
-    b = align(p[1], p[0], x.shape, 0.7, -1, False, True, x, "boxes")
+    align = host.bind("roi_align_box_backward")
+    a = align(g, x, rois, 0.7, -1, False, deterministic=True)
+    b = align(p[1], x, p[0], 0.7, -1, False, deterministic=True)
     np.testing.assert_array_equal(a[order], b)
-    np.testing.assert_allclose(
-        a, align(g, rois, x.shape, 0.7, -1, False, False, x, "boxes"), **tolerance(dtype, a)
-    )
-    deform = host.bind("deform_roi_pool_backward")
-    a = deform(g, x, rois, offset, 0.7, 2, 0.1, True, mask, "boxes")
-    b = deform(p[1], x, p[0], p[2], 0.7, 2, 0.1, True, p[3], "boxes")
+    np.testing.assert_allclose(a, align(g, x, rois, 0.7, -1, False), **tolerance(dtype, a))
+    deform = host.bind("deform_roi_pool_box_backward")
+    a = deform(g, x, rois, offset, 0.7, 2, 0.1, mask, deterministic=True)
+    b = deform(p[1], x, p[0], p[2], 0.7, 2, 0.1, p[3], deterministic=True)
     np.testing.assert_array_equal(a[order], b)
 
 

@@ -16,7 +16,7 @@ import reference_family
 from conftest import TOLERANCE
 from test_ops import assert_close, box_zoo, rois_for
 
-from cuproi._cuda import _ops
+from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype
 
 pytestmark = pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
@@ -35,21 +35,23 @@ def entries(monkeypatch):
 
 def nchw(monkeypatch):
     """Make every later call take the NCHW kernels."""
-    monkeypatch.setattr(_ops, "CHANNELS_LAST_FROM", 2**31)
+    monkeypatch.setattr(_launch, "CHANNELS_LAST_FROM", 2**31)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 33, 70), (3, 64, 31), (1, 5, 32)])
 def test_transpose(dtype, shape):
     a = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    out = _ops._transpose(np, host.launch, a, *shape[1:])
+    out = _launch.Device(np, host.launch).transpose(a, *shape[1:])
     np.testing.assert_array_equal(out, a.transpose(0, 2, 1))
 
 
 def test_transpose_i64(monkeypatch, entries):
     a = np.arange(3 * 40 * 35, dtype=np.float32).reshape(3, 40, 35)
-    monkeypatch.setattr(_ops, "LARGE", 0)
-    np.testing.assert_array_equal(_ops._transpose(np, host.launch, a, 40, 35), a.swapaxes(1, 2))
+    monkeypatch.setattr(_launch, "LARGE", 0)
+    np.testing.assert_array_equal(
+        _launch.Device(np, host.launch).transpose(a, 40, 35), a.swapaxes(1, 2)
+    )
     assert entries == ["cuproi_layout_transpose_f32_i64"]
 
 
@@ -64,7 +66,7 @@ def test_forward_and_backward_match_the_oracle(dtype, aligned, ratio, entries):
     x = rng.standard_normal(SHAPE).astype(dtype)
     g = rng.standard_normal((len(boxes), SHAPE[1], 3, 4)).astype(dtype)
     coord = compute_dtype(dtype).type
-    out = host.bind("roi_align_forward")(x, rois, scale, 3, 4, ratio, aligned)
+    out = host.bind("roi_align")(x, rois, (3, 4), scale, ratio, aligned)
     grad = host.bind("roi_align_backward")(g, rois, SHAPE, scale, ratio, aligned)
     assert [e.rsplit("_", 1)[0] for e in entries] == [
         "cuproi_layout_transpose",
@@ -108,10 +110,10 @@ def test_same_bits_as_nchw(dtype, channels, ratio, aligned, monkeypatch):
     x, rois, g = _problem(dtype, channels, seed=channels + ratio)
 
     def run():
-        forward = host.bind("roi_align_forward")
+        forward = host.bind("roi_align")
         backward = host.bind("roi_align_backward")
         return [
-            forward(x, rois, 0.5, 5, 3, ratio, aligned),
+            forward(x, rois, (5, 3), 0.5, ratio, aligned),
             backward(g, rois, x.shape, 0.5, ratio, aligned),
             backward(g, rois, x.shape, 0.5, ratio, aligned, deterministic=True),
         ]
@@ -130,15 +132,15 @@ def test_i64_entries(monkeypatch, entries):
 
     def run():
         return [
-            host.bind("roi_align_forward")(x, rois, 0.5, 5, 3, 2, True),
+            host.bind("roi_align")(x, rois, (5, 3), 0.5, 2, True),
             host.bind("roi_align_backward")(g, rois, x.shape, 0.5, 2, True),
-            host.bind("deform_roi_pool_forward")(x, rois, offset, 0.5, 5, 3, 2, 0.1),
+            host.bind("deform_roi_pool")(x, rois, offset, (5, 3), 0.5, 2, 0.1),
             *host.bind("deform_roi_pool_backward")(g, x, rois, offset, 0.5, 2, 0.1)[:2],
         ]
 
     narrow = run()
     del entries[:]
-    monkeypatch.setattr(_ops, "LARGE", 0)
+    monkeypatch.setattr(_launch, "LARGE", 0)
     wide = run()
     assert {
         "cuproi_roi_align_forward_nhwc_f32_i64",
@@ -152,7 +154,7 @@ def test_i64_entries(monkeypatch, entries):
 def test_no_boxes():
     x = np.ones((1, 32, 4, 4), np.float32)
     rois = np.zeros((0, 5), np.float32)
-    assert host.bind("roi_align_forward")(x, rois, 1.0, 2, 2, 2, True).shape == (0, 32, 2, 2)
+    assert host.bind("roi_align")(x, rois, (2, 2), 1.0, 2, True).shape == (0, 32, 2, 2)
     g = np.zeros((0, 32, 2, 2), np.float32)
     grad = host.bind("roi_align_backward")(g, rois, x.shape, 1.0, 2, True)
     assert grad.shape == x.shape and not grad.any()
@@ -171,9 +173,9 @@ def test_deform_matches_the_oracle(dtype, ratio, entries):
     g = rng.standard_normal((len(boxes), SHAPE[1], 3, 4)).astype(dtype)
     coord = compute_dtype(dtype).type
     x64, g64 = x.astype(np.float64), g.astype(np.float64)
-    out = host.bind("deform_roi_pool_forward")(x, rois, offset, scale, 3, 4, ratio, 0.1, mask)
+    out = host.bind("deform_roi_pool")(x, rois, offset, (3, 4), scale, ratio, 0.1, mask)
     grad, grad_offset, grad_mask = host.bind("deform_roi_pool_backward")(
-        g, x, rois, offset, scale, ratio, 0.1, mask=mask
+        g, x, rois, offset, scale, ratio, 0.1, mask
     )
     sfx = {np.float32: "f32", np.float64: "f64"}[dtype]
     assert entries == [
@@ -212,12 +214,12 @@ def test_deform_same_bits_as_nchw(dtype, channels, ratio, with_offset, with_mask
     mask = rng.uniform(0, 1, (len(rois), 1, 5, 3)).astype(rois.dtype) if with_mask else None
 
     def run():
-        forward = host.bind("deform_roi_pool_forward")
+        forward = host.bind("deform_roi_pool")
         backward = host.bind("deform_roi_pool_backward")
         return [
-            forward(x, rois, offset, 0.5, 5, 3, ratio, 0.1, mask),
-            *backward(g, x, rois, offset, 0.5, ratio, 0.1, mask=mask),
-            *backward(g, x, rois, offset, 0.5, ratio, 0.1, True, mask=mask),
+            forward(x, rois, offset, (5, 3), 0.5, ratio, 0.1, mask),
+            *backward(g, x, rois, offset, 0.5, ratio, 0.1, mask),
+            *backward(g, x, rois, offset, 0.5, ratio, 0.1, mask, deterministic=True),
         ]
 
     channels_last = run()
@@ -264,26 +266,35 @@ def test_stored_channels_last_gives_the_same_bits(backend, dtype, channels, dete
 
     def run(x, layout):
         deform_grads = backend.deform_roi_pool_backward(
-            g, x, rois, offset, 0.5, 0, 0.1, det, mask, channels_last=layout
+            g, x, rois, offset, 0.5, 0, 0.1, mask, deterministic=det, channels_last=layout
         )
         return {
-            "forward": backend.roi_align_forward(x, rois, 0.5, 5, 3, 2, True),
-            "max forward": backend.roi_align_max_forward(x, rois, 0.5, 5, 3, 0, False),
-            "deform forward": backend.deform_roi_pool_forward(x, rois, offset, 0.5, 5, 3, 0, 0.1),
+            "forward": backend.roi_align(x, rois, (5, 3), 0.5, 2, True),
+            "max forward": backend.roi_align(x, rois, (5, 3), 0.5, 0, False, "max"),
+            "deform forward": backend.deform_roi_pool(x, rois, offset, (5, 3), 0.5, 0, 0.1),
             "backward": backend.roi_align_backward(
-                g, rois, x.shape, 0.5, 2, True, det, channels_last=layout
+                g, rois, x.shape, 0.5, 2, True, deterministic=det, channels_last=layout
             ),
-            "max backward": backend.roi_align_max_backward(
-                g, x, rois, 0.5, 0, False, det, channels_last=layout
+            "max backward": backend.roi_align_backward(
+                g,
+                rois,
+                x.shape,
+                0.5,
+                0,
+                False,
+                pool_mode="max",
+                input=x,
+                deterministic=det,
+                channels_last=layout,
             ),
-            "box backward": backend.roi_align_backward(
-                g, rois, x.shape, 0.5, 2, True, det, x, "boxes"
+            "box backward": backend.roi_align_box_backward(
+                g, x, rois, 0.5, 2, True, deterministic=det
             ),
             "deform backward": deform_grads[0],
             "deform offset": deform_grads[1],
             "deform mask": deform_grads[2],
-            "deform box backward": backend.deform_roi_pool_backward(
-                g, x, rois, offset, 0.5, 0, 0.1, det, mask, "boxes"
+            "deform box backward": backend.deform_roi_pool_box_backward(
+                g, x, rois, offset, 0.5, 0, 0.1, mask, deterministic=det
             ),
         }
 
@@ -312,12 +323,13 @@ def test_roi_pool_on_stored_channels_last_gives_the_same_bits(backend, dtype, ch
     x.reshape(-1)[::37] = np.nan
     x.reshape(-1)[5::41] = -np.inf
     assert np.any((x == 0) & np.signbit(x))
-    expected = backend.roi_pool_forward(x, rois, 0.5, 5, 3, argmax=argmax)
-    stored = backend.roi_pool_forward(channels_last(x), rois, 0.5, 5, 3, argmax=argmax)
+    expected = backend.roi_pool(x, rois, (5, 3), 0.5, return_argmax=argmax)
+    stored = backend.roi_pool(channels_last(x), rois, (5, 3), 0.5, return_argmax=argmax)
     bits = f"u{np.dtype(dtype).itemsize}"
-    np.testing.assert_array_equal(stored[0].view(bits), expected[0].view(bits))
     if argmax:
         np.testing.assert_array_equal(stored[1], expected[1])
+        expected, stored = expected[0], stored[0]
+    np.testing.assert_array_equal(stored.view(bits), expected.view(bits))
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -335,15 +347,11 @@ def test_the_family_on_stored_channels_last_gives_the_same_bits(backend, dtype, 
 
     def run(x, coarse):
         return {
-            "prroi forward": backend.prroi_pool_forward(x, rois, 0.5, 5, 3),
-            "prroi box backward": backend.prroi_pool_backward(
-                g, rois, x.shape, 0.5, False, x, "boxes"
-            ),
-            "rotated forward": backend.roi_align_rotated_forward(
-                x, rotated, 0.5, 5, 3, 2, True, False
-            ),
-            "multi-scale forward": backend.multi_scale_roi_align_forward(
-                [x, coarse], rois, (0.5, 0.25), (30.0,), 5, 3, 2, True
+            "prroi forward": backend.prroi_pool(x, rois, (5, 3), 0.5),
+            "prroi box backward": backend.prroi_pool_box_backward(g, x, rois, 0.5),
+            "rotated forward": backend.roi_align_rotated(x, rotated, (5, 3), 0.5, 2, True, False),
+            "multi-scale forward": backend.multi_scale_roi_align(
+                [x, coarse], rois, (5, 3), (0.5, 0.25), 2, True, (30.0,)
             ),
         }
 
@@ -359,9 +367,9 @@ def test_stored_channels_last_needs_no_transpose(channels, entries):
     x, rois, g = _problem(np.float32, channels, seed=1)
     x = channels_last(x)
     offset = np.zeros((len(rois), 2, 5, 3), np.float32)
-    host.bind("roi_align_forward")(x, rois, 0.5, 5, 3, 2, True)
+    host.bind("roi_align")(x, rois, (5, 3), 0.5, 2, True)
     host.bind("roi_align_backward")(g, rois, x.shape, 0.5, 2, True, channels_last=True)
-    host.bind("deform_roi_pool_forward")(x, rois, offset, 0.5, 5, 3, 2, 0.1)
+    host.bind("deform_roi_pool")(x, rois, offset, (5, 3), 0.5, 2, 0.1)
     host.bind("deform_roi_pool_backward")(g, x, rois, offset, 0.5, 2, 0.1, channels_last=True)
     assert entries == [
         "cuproi_roi_align_forward_nhwc_f32",
@@ -372,7 +380,11 @@ def test_stored_channels_last_needs_no_transpose(channels, entries):
 
 
 def test_the_cpu_backend_reads_stored_channels_last_features_in_place():
-    from cuproi._cpu import _cells, roi_pool
+    import importlib
+
+    from cuproi._cpu import _cells
+
+    roi_pool = importlib.import_module("cuproi._cpu.roi_pool")  # the module, not the function
 
     x = channels_last(np.random.default_rng(0).standard_normal((2, 6, 4, 5)).astype(np.float32))
     rows = _cells.channels_last(x)
@@ -403,7 +415,7 @@ def test_public_functions_read_and_return_channels_last(monkeypatch):
         )
 
     for op in ("roi_align", "roi_pool", "prroi_pool", "roi_align_rotated", "multi_scale_roi_align"):
-        spy(f"{op}_forward")
+        spy(op)
     rotated = np.column_stack([rois[:, :3], rois[:, 3:5] - rois[:, 1:3], np.full(len(rois), 30)])
     rotated = rotated.astype(np.float32)
     calls = [

@@ -8,6 +8,8 @@ pixel, RoI Align and Deformable RoI Pooling on the runs against the float64 orac
 for bit, against the same calls on the whole map, forward and backward.
 """
 
+import importlib
+
 import numpy as np
 import pytest
 import reference
@@ -15,17 +17,20 @@ import reference_prroi
 import reference_ps
 import reference_rotated
 
-from cuproi._cpu import (
-    _cells,
-    _geometry,
-    _sampling,
-    deform_roi_pool,
-    prroi_pool,
-    ps_roi_align,
-    ps_roi_pool,
-    roi_align,
-    roi_align_rotated,
-    roi_pool,
+from cuproi._cpu import _cells, _geometry, _sampling
+
+# The op modules of the CPU backend (the attribute cuproi._cpu.<op> is the op's function).
+deform_roi_pool, prroi_pool, ps_roi_align, ps_roi_pool, roi_align, roi_align_rotated, roi_pool = (
+    importlib.import_module(f"cuproi._cpu.{op}")
+    for op in (
+        "deform_roi_pool",
+        "prroi_pool",
+        "ps_roi_align",
+        "ps_roi_pool",
+        "roi_align",
+        "roi_align_rotated",
+        "roi_pool",
+    )
 )
 
 
@@ -176,8 +181,8 @@ def test_cells_hold_every_pixel_the_operator_reads(op, aligned, ratio, dtype):
 
 def _forward(op, x, rois, scale, offset):
     if op == "roi_align":
-        return roi_align.roi_align_forward(x, rois, scale, 3, 4, 2, True)
-    return deform_roi_pool.deform_roi_pool_forward(x, rois, offset, scale, 3, 4, 2, 0.1)
+        return roi_align.roi_align(x, rois, (3, 4), scale, 2, True)
+    return deform_roi_pool.deform_roi_pool(x, rois, offset, (3, 4), scale, 2, 0.1)
 
 
 def _oracle(op, x, rois, scale, offset):
@@ -275,20 +280,20 @@ def _rotated(boxes):
 
 _FAMILY = {
     "ps_roi_align": (
-        lambda x, r: ps_roi_align.ps_roi_align_forward(x, r, 0.5, 2, 3, 2),
+        lambda x, r: ps_roi_align.ps_roi_align(x, r, (2, 3), 0.5, 2),
         lambda g, r, s: ps_roi_align.ps_roi_align_backward(g, r, s, 0.5, 2),
         lambda x, r: reference_ps.ps_roi_align(x, r, (2, 3), 0.5, 2, np.float32),
         lambda g, r, s: reference_ps.ps_roi_align_backward(g, r, s, (2, 3), 0.5, 2, np.float32),
     ),
     "ps_roi_pool": (
-        lambda x, r: ps_roi_pool.ps_roi_pool_forward(x, r, 0.5, 2, 3),
+        lambda x, r: ps_roi_pool.ps_roi_pool(x, r, (2, 3), 0.5),
         lambda g, r, s: ps_roi_pool.ps_roi_pool_backward(g, r, s, 0.5),
         lambda x, r: reference_ps.ps_roi_pool(x, r, (2, 3), 0.5, np.float32),
         lambda g, r, s: reference_ps.ps_roi_pool_backward(g, r, s, (2, 3), 0.5, np.float32),
     ),
     "roi_align_rotated": (
-        lambda x, r: roi_align_rotated.roi_align_rotated_forward(
-            x, _rotated(r), 0.5, 2, 3, 2, True, False
+        lambda x, r: roi_align_rotated.roi_align_rotated(
+            x, _rotated(r), (2, 3), 0.5, 2, True, False
         ),
         lambda g, r, s: roi_align_rotated.roi_align_rotated_backward(
             g, _rotated(r), s, 0.5, 2, True, False
@@ -301,7 +306,7 @@ _FAMILY = {
         ),
     ),
     "prroi_pool": (
-        lambda x, r: prroi_pool.prroi_pool_forward(x, r, 0.5, 2, 3),
+        lambda x, r: prroi_pool.prroi_pool(x, r, (2, 3), 0.5),
         lambda g, r, s: prroi_pool.prroi_pool_backward(g, r, s, 0.5),
         lambda x, r: reference_prroi.prroi_pool(x, r, (2, 3), 0.5, np.float32),
         lambda g, r, s: reference_prroi.prroi_pool_backward(g, r, s, (2, 3), 0.5, np.float32),
@@ -370,14 +375,14 @@ def test_roi_pool_on_the_tiles_read(monkeypatch, dtype):
     few = []
     choose = roi_pool._few
     monkeypatch.setattr(roi_pool, "_few", lambda *a: (few.append(choose(*a)), few[-1])[1])
-    out, argmax = roi_pool.roi_pool_forward(x, rois, scale, 3, 4)
+    out, argmax = roi_pool.roi_pool(x, rois, (3, 4), scale, return_argmax=True)
     grad = roi_pool.roi_pool_backward(g, rois, argmax, x.shape)
     assert few == [True]
     expected, expected_argmax = reference.roi_pool(x, rois, (3, 4), scale)
     np.testing.assert_array_equal(out, expected.astype(dtype))
     np.testing.assert_array_equal(argmax, expected_argmax)
     monkeypatch.setattr(roi_pool, "_few", lambda *a: False)
-    table_out, table_argmax = roi_pool.roi_pool_forward(x, rois, scale, 3, 4)
+    table_out, table_argmax = roi_pool.roi_pool(x, rois, (3, 4), scale, return_argmax=True)
     np.testing.assert_array_equal(out, table_out)  # NaN where NaN (whatever its payload)
     zero = out == 0
     assert zero.any() and (np.signbit(out[zero]) == np.signbit(table_out[zero])).all()

@@ -10,12 +10,17 @@ Pool's fast paths (keys, values) against its generic gather formulation on NaN, 
 signed zeros and ties, and its backward over several channel slabs against np.add.at.
 """
 
+import importlib
+
 import numpy as np
 import pytest
 import scipy.sparse
 
 from cuproi import _cpu
-from cuproi._cpu import _cells, _geometry, _parallel, _sampling, roi_pool
+from cuproi._cpu import _cells, _geometry, _parallel, _sampling
+
+# The op modules of the CPU backend (the attribute cuproi._cpu.<op> is the op's function).
+roi_pool = importlib.import_module("cuproi._cpu.roi_pool")
 
 
 def _inputs(dtype, k=40, seed=0):
@@ -44,27 +49,27 @@ def _run_all(x, rois, offset, grad):
     scale = 1 / 8
     mask = np.linspace(0, 1, rois.shape[0] * 12, dtype=rois.dtype).reshape(-1, 1, 3, 4)
     out = [
-        _cpu.roi_align_forward(x, rois, scale, 3, 4, 2, True),
-        _cpu.roi_align_forward(x, rois, scale, 3, 4, -1, False),
+        _cpu.roi_align(x, rois, (3, 4), scale, 2, True),
+        _cpu.roi_align(x, rois, (3, 4), scale, -1, False),
         _cpu.roi_align_backward(grad, rois, x.shape, scale, 2, True),
         _cpu.roi_align_backward(grad, rois, x.shape, scale, -1, False),
-        *_cpu.roi_pool_forward(x, rois, scale, 3, 4),
-        _cpu.roi_pool_forward(x, rois, scale, 3, 4, argmax=False)[0],
-        _cpu.deform_roi_pool_forward(x, rois, offset, scale, 3, 4, 2, 0.1),
-        _cpu.deform_roi_pool_forward(x, rois, None, scale, 3, 4, 0, 0.1),
+        *_cpu.roi_pool(x, rois, (3, 4), scale, return_argmax=True),
+        _cpu.roi_pool(x, rois, (3, 4), scale),
+        _cpu.deform_roi_pool(x, rois, offset, (3, 4), scale, 2, 0.1),
+        _cpu.deform_roi_pool(x, rois, None, (3, 4), scale, 0, 0.1),
         *_cpu.deform_roi_pool_backward(grad, x, rois, offset, scale, 2, 0.1)[:2],
         _cpu.deform_roi_pool_backward(grad, x, rois, None, scale, 0, 0.1)[0],
-        *_cpu.deform_roi_pool_backward(grad, x, rois, offset, scale, 2, 0.1, mask=mask),
-        _cpu.deform_roi_pool_backward(grad, x, rois, None, scale, 0, 0.1, mask=mask)[2],
+        *_cpu.deform_roi_pool_backward(grad, x, rois, offset, scale, 2, 0.1, mask),
+        _cpu.deform_roi_pool_backward(grad, x, rois, None, scale, 0, 0.1, mask)[2],
     ]
-    _, argmax = _cpu.roi_pool_forward(x, rois, scale, 3, 4)
+    _, argmax = _cpu.roi_pool(x, rois, (3, 4), scale, return_argmax=True)
     out.append(_cpu.roi_pool_backward(grad, rois, argmax, x.shape))
     out += [  # max mode, its samples' winners found in ranges of boxes on the threads
-        _cpu.roi_align_max_forward(x, rois, scale, 3, 4, 2, True),
-        _cpu.roi_align_max_backward(grad, x, rois, scale, 2, True),
-        _cpu.roi_align_max_backward(grad, x, rois, scale, -1, False),
-        _cpu.roi_align_max_backward(grad, x, rois, scale, 2, True, wrt="boxes"),
-        _cpu.roi_align_backward(grad, rois, x.shape, scale, 2, True, input=x, wrt="boxes"),
+        _cpu.roi_align(x, rois, (3, 4), scale, 2, True, "max"),
+        _cpu.roi_align_backward(grad, rois, x.shape, scale, 2, True, pool_mode="max", input=x),
+        _cpu.roi_align_backward(grad, rois, x.shape, scale, -1, False, pool_mode="max", input=x),
+        _cpu.roi_align_box_backward(grad, x, rois, scale, 2, True, pool_mode="max"),
+        _cpu.roi_align_box_backward(grad, x, rois, scale, 2, True),
     ]
     return out
 
@@ -95,11 +100,11 @@ def test_bitwise_equal_with_1_and_4_threads(monkeypatch, every_thread, dtype, bu
 def _run_position_sensitive(x, rois, grad):
     shape = x.shape
     return [
-        _cpu.ps_roi_align_forward(x, rois, 1 / 8, 3, 4, 2),
-        _cpu.ps_roi_align_forward(x, rois, 1 / 8, 3, 4, -1),
+        _cpu.ps_roi_align(x, rois, (3, 4), 1 / 8, 2),
+        _cpu.ps_roi_align(x, rois, (3, 4), 1 / 8, -1),
         _cpu.ps_roi_align_backward(grad, rois, shape, 1 / 8, 2),
         _cpu.ps_roi_align_backward(grad, rois, shape, 1 / 8, -1),
-        _cpu.ps_roi_pool_forward(x, rois, 1 / 8, 3, 4),
+        _cpu.ps_roi_pool(x, rois, (3, 4), 1 / 8),
         _cpu.ps_roi_pool_backward(grad, rois, shape, 1 / 8),
     ]
 
@@ -136,7 +141,7 @@ def test_roi_pool_float64_values_float32_cannot_tell_apart():
         x[0, i % 3].flat[cells] = value * (1 + np.array([0, 1e-12, 3e-12, 2e-12, 3e-12]))
     rois = np.array([[0, 0, 0, 10, 8], [0, 2, 1, 9, 7], [1, 0, 0, 10, 8]], np.float64)
     bins = _geometry.pool_bins(rois, 1.0, 2, 3, 9, 11)
-    out, argmax = roi_pool.roi_pool_forward(x, rois, 1.0, 2, 3)
+    out, argmax = roi_pool.roi_pool(x, rois, (2, 3), 1.0, return_argmax=True)
     expected, expected_argmax = roi_pool._forward_gather(x, rois, bins)
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(out, expected)
@@ -166,7 +171,7 @@ def test_roi_pool_backward_over_channel_slabs(monkeypatch, every_thread, dtype, 
     rng = np.random.default_rng(5)
     _, rois, _, _ = _inputs(np.float32)  # some boxes off the map: empty bins
     x = rng.standard_normal((2, 19, 13, 17)).astype(dtype)
-    _, argmax = _cpu.roi_pool_forward(x, rois, 1 / 8, 3, 4)
+    _, argmax = _cpu.roi_pool(x, rois, (3, 4), 1 / 8, return_argmax=True)
     assert (argmax < 0).any() and (argmax >= 0).any()
     g = rng.standard_normal(argmax.shape).astype(dtype)
     grad = _cpu.roi_pool_backward(g, rois, argmax, x.shape)
@@ -188,7 +193,7 @@ def test_roi_pool_backward_entries_past_int32(monkeypatch):
     rng = np.random.default_rng(6)
     _, rois, _, _ = _inputs(np.float32)
     x = rng.standard_normal((2, 9, 13, 17)).astype(np.float32)
-    _, argmax = _cpu.roi_pool_forward(x, rois, 1 / 8, 3, 4)
+    _, argmax = _cpu.roi_pool(x, rois, (3, 4), 1 / 8, return_argmax=True)
     g = rng.standard_normal(argmax.shape).astype(np.float32)
     expected = _cpu.roi_pool_backward(g, rois, argmax, x.shape)
     targets, entries = 2 * roi_pool._SLAB * (13 * 17 + 1), len(rois) * roi_pool._SLAB * 12
@@ -238,16 +243,16 @@ def test_small_work_stays_in_the_calling_thread(monkeypatch, op):
     x, rois, _, grad = _inputs(np.float32)
     calls = {
         "roi_align": lambda: (
-            _cpu.roi_align_forward(x, rois, 1 / 8, 3, 4, 2, True),
+            _cpu.roi_align(x, rois, (3, 4), 1 / 8, 2, True),
             _cpu.roi_align_backward(grad, rois, x.shape, 1 / 8, 2, True),
         ),
         "roi_pool": lambda: (
             _cpu.roi_pool_backward(
-                grad, rois, _cpu.roi_pool_forward(x, rois, 1 / 8, 3, 4)[1], x.shape
+                grad, rois, _cpu.roi_pool(x, rois, (3, 4), 1 / 8, return_argmax=True)[1], x.shape
             ),
         ),
         "ps_roi_align": lambda: (
-            _cpu.ps_roi_align_forward(np.repeat(x, 12, axis=1), rois, 1 / 8, 3, 4, 2),
+            _cpu.ps_roi_align(np.repeat(x, 12, axis=1), rois, (3, 4), 1 / 8, 2),
         ),
     }
     used = []
@@ -309,8 +314,10 @@ def test_roi_pool_fast_paths_match_generic(dtype):
         at = np.maximum(expected_argmax, 0)
         picked = x[image, channel, at // w, at % w]
         hit = (expected_argmax >= 0) & ~np.isnan(expected)
-        outs = [expected, roi_pool.roi_pool_forward(x, rois, scale, 2, 3, argmax=False)[0]]
-        out, argmax = roi_pool.roi_pool_forward(x, rois, scale, 2, 3)  # keys, or float64's proxy
+        outs = [expected, roi_pool.roi_pool(x, rois, (2, 3), scale)]
+        out, argmax = roi_pool.roi_pool(
+            x, rois, (2, 3), scale, return_argmax=True
+        )  # keys, or float64's proxy
         np.testing.assert_array_equal(argmax, expected_argmax)
         outs.append(out)
         for out in outs:

@@ -37,7 +37,7 @@ def data(dtype, seed=0):
 
 def gradients(b, x, rois, g, offset, deterministic):
     """Every gradient the three backwards give, as a list of arrays."""
-    _, argmax = b.roi_pool_forward(x, rois, 0.5, *SIZE)
+    _, argmax = b.roi_pool(x, rois, SIZE, 0.5, return_argmax=True)
     det = {"deterministic": deterministic}
     return [
         b.roi_align_backward(g, rois, x.shape, 0.5, 2, True, **det),
@@ -55,7 +55,7 @@ def permuted(x, rois, g, offset, order):
 def test_matches_oracle(backend, dtype):
     x, rois, g, offset = data(dtype)
     rtol, atol = TOLERANCE[np.dtype(dtype)]
-    _, argmax = backend.roi_pool_forward(x, rois, 0.5, *SIZE)
+    _, argmax = backend.roi_pool(x, rois, SIZE, 0.5, return_argmax=True)
     expected = [
         reference.roi_align_backward(g, rois, SHAPE, SIZE, 0.5, 2, True),
         reference.roi_align_backward(g, rois, SHAPE, SIZE, 0.5, -1, False),

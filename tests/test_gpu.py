@@ -12,7 +12,7 @@ from test_ops import SHAPE, _oracle, assert_close, box_zoo, features, rois_for
 
 import cuproi
 from cuproi import _cpu
-from cuproi._cuda import _ops
+from cuproi._cuda import _launch
 
 cupy = pytest.importorskip("cupy")
 try:
@@ -44,12 +44,11 @@ def test_every_entry_point_compiles():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_roi_align_matches_oracle(dtype, aligned, ratio):
     scale = 0.7
-    out = _cuda.roi_align_forward(
+    out = _cuda.roi_align(
         cupy.asarray(features(dtype)),
         cupy.asarray(rois_for(box_zoo(scale), dtype)),
+        (3, 4),
         scale,
-        3,
-        4,
         ratio,
         aligned,
     )
@@ -60,8 +59,12 @@ def test_roi_align_matches_oracle(dtype, aligned, ratio):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("size", [(3, 4), (7, 5)])
 def test_roi_pool_matches_oracle(dtype, size):
-    out, argmax = _cuda.roi_pool_forward(
-        cupy.asarray(features(dtype)), cupy.asarray(rois_for(box_zoo(0.5), dtype)), 0.5, *size
+    out, argmax = _cuda.roi_pool(
+        cupy.asarray(features(dtype)),
+        cupy.asarray(rois_for(box_zoo(0.5), dtype)),
+        size,
+        0.5,
+        return_argmax=True,
     )
     expected, expected_argmax = _oracle("roi_pool", dtype, 0.5, size)
     np.testing.assert_array_equal(argmax.get(), expected_argmax)
@@ -86,15 +89,15 @@ def test_all_ops_match_numpy_backend(dtype, ratio):
         )
 
     check(
-        _cuda.roi_align_forward(gpu[0], gpu[1], 0.7, 3, 4, ratio, True),
-        _cpu.roi_align_forward(x, rois, 0.7, 3, 4, ratio, True),
+        _cuda.roi_align(gpu[0], gpu[1], (3, 4), 0.7, ratio, True),
+        _cpu.roi_align(x, rois, (3, 4), 0.7, ratio, True),
     )
     check(
         _cuda.roi_align_backward(gpu[3], gpu[1], SHAPE, 0.7, ratio, False),
         _cpu.roi_align_backward(g, rois, SHAPE, 0.7, ratio, False),
     )
-    out, argmax = _cuda.roi_pool_forward(gpu[0], gpu[1], 0.7, 3, 4)
-    cpu_out, cpu_argmax = _cpu.roi_pool_forward(x, rois, 0.7, 3, 4)
+    out, argmax = _cuda.roi_pool(gpu[0], gpu[1], (3, 4), 0.7, return_argmax=True)
+    cpu_out, cpu_argmax = _cpu.roi_pool(x, rois, (3, 4), 0.7, return_argmax=True)
     np.testing.assert_array_equal(argmax.get(), cpu_argmax)
     check(out, cpu_out)
     check(
@@ -102,8 +105,8 @@ def test_all_ops_match_numpy_backend(dtype, ratio):
         _cpu.roi_pool_backward(g, rois, cpu_argmax, SHAPE),
     )
     check(
-        _cuda.deform_roi_pool_forward(gpu[0], gpu[1], gpu[2], 0.7, 3, 4, ratio, 0.1),
-        _cpu.deform_roi_pool_forward(x, rois, offset, 0.7, 3, 4, ratio, 0.1),
+        _cuda.deform_roi_pool(gpu[0], gpu[1], gpu[2], (3, 4), 0.7, ratio, 0.1),
+        _cpu.deform_roi_pool(x, rois, offset, (3, 4), 0.7, ratio, 0.1),
     )
     grads = _cuda.deform_roi_pool_backward(gpu[3], gpu[0], gpu[1], gpu[2], 0.7, ratio, 0.1)
     cpu_grads = _cpu.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
@@ -161,9 +164,9 @@ def test_runs_on_the_current_stream():
 def test_int64_index_variants(monkeypatch):
     x = cupy.asarray(features(np.float32))
     rois = cupy.asarray(rois_for(box_zoo(0.7), np.float32))
-    narrow = _cuda.roi_align_forward(x, rois, 0.7, 3, 4, -1, True)
-    monkeypatch.setattr(_ops, "LARGE", 0)
-    wide = _cuda.roi_align_forward(x, rois, 0.7, 3, 4, -1, True)
+    narrow = _cuda.roi_align(x, rois, (3, 4), 0.7, -1, True)
+    monkeypatch.setattr(_launch, "LARGE", 0)
+    wide = _cuda.roi_align(x, rois, (3, 4), 0.7, -1, True)
     cupy.testing.assert_array_equal(narrow, wide)
 
 
@@ -219,7 +222,7 @@ def test_layout_transpose(dtype, shape):
     from cuproi._cuda._launch import launch
 
     a = cupy.asarray(np.random.default_rng(0).standard_normal(shape).astype(dtype))
-    out = _ops._transpose(cupy, launch, a, *shape[1:])
+    out = _launch.Device(cupy, launch).transpose(a, *shape[1:])
     cupy.testing.assert_array_equal(out, a.transpose(0, 2, 1))
 
 
@@ -235,20 +238,22 @@ def test_channels_last_kernels_match_nchw(dtype, monkeypatch):
     mask = cupy.asarray(rng.uniform(0, 1, (len(rois), 1, 5, 3)).astype(rois.dtype))
 
     def run():
-        deform = _cuda.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1, True, mask)
+        deform = _cuda.deform_roi_pool_backward(
+            g, x, rois, offset, 0.5, 2, 0.1, mask, deterministic=True
+        )
         return [  # first the results that must be the same bits
-            _cuda.roi_align_forward(x, rois, 0.5, 5, 3, 2, True),
-            _cuda.roi_align_forward(x, rois, 0.5, 5, 3, -1, False),
+            _cuda.roi_align(x, rois, (5, 3), 0.5, 2, True),
+            _cuda.roi_align(x, rois, (5, 3), 0.5, -1, False),
             _cuda.roi_align_backward(g, rois, x.shape, 0.5, 2, True, deterministic=True),
-            _cuda.deform_roi_pool_forward(x, rois, offset, 0.5, 5, 3, 2, 0.1, mask),
+            _cuda.deform_roi_pool(x, rois, offset, (5, 3), 0.5, 2, 0.1, mask),
             deform[0],
             _cuda.roi_align_backward(g, rois, x.shape, 0.5, 2, True),
-            *_cuda.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1, False, mask),
+            *_cuda.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1, mask),
             *deform[1:],
         ]
 
     channels_last = run()
-    monkeypatch.setattr(_ops, "CHANNELS_LAST_FROM", 2**31)
+    monkeypatch.setattr(_launch, "CHANNELS_LAST_FROM", 2**31)
     nchw = run()
     for a, b in zip(channels_last[:5], nchw[:5], strict=True):
         cupy.testing.assert_array_equal(a, b)
@@ -311,8 +316,8 @@ def test_multi_scale_matches_numpy_backend_and_oracle(dtype, aligned):
     x = pyramid(dtype)
     rois = ms_rois(boxes_zoo(), dtype)
     t = thresholds(dtype)
-    out = _cuda.multi_scale_roi_align_forward(
-        [cupy.asarray(a) for a in x], cupy.asarray(rois), SCALES, t, *SIZE, -1, aligned
+    out = _cuda.multi_scale_roi_align(
+        [cupy.asarray(a) for a in x], cupy.asarray(rois), SIZE, SCALES, -1, aligned, t
     )
     assert isinstance(out, cupy.ndarray) and out.dtype == dtype
     if dtype == np.float16:
@@ -322,12 +327,12 @@ def test_multi_scale_matches_numpy_backend_and_oracle(dtype, aligned):
         )
         np.testing.assert_allclose(out.get().astype(np.float64), want, rtol=4e-3, atol=4e-3)
     else:
-        cpu = _cpu.multi_scale_roi_align_forward(x, rois, SCALES, t, *SIZE, -1, aligned)
+        cpu = _cpu.multi_scale_roi_align(x, rois, SIZE, SCALES, -1, aligned, t)
         np.testing.assert_allclose(out.get(), cpu, rtol=1e-5, atol=1e-5)
     g = np.random.default_rng(1).standard_normal(out.shape).astype(dtype)
     for det in (False, True):
         grads = _cuda.multi_scale_roi_align_backward(
-            cupy.asarray(g), cupy.asarray(rois), SHAPES, SCALES, t, -1, aligned, deterministic=det
+            cupy.asarray(g), cupy.asarray(rois), SHAPES, SCALES, -1, aligned, t, deterministic=det
         )
         coord = np.float32 if dtype != np.float64 else np.float64
         want = reference_multi_scale.multi_scale_roi_align_backward(
@@ -394,7 +399,7 @@ def test_ps_ops_match_oracle(dtype, ratio):
     x64, g64 = x.astype(np.float64), g.astype(np.float64)
     checks = [
         (
-            _cuda.ps_roi_align_forward(xg, rg, scale, *size, ratio),
+            _cuda.ps_roi_align(xg, rg, size, scale, ratio),
             reference_ps.ps_roi_align(x64, boxes, size, scale, ratio, coord),
         ),
         (
@@ -402,7 +407,7 @@ def test_ps_ops_match_oracle(dtype, ratio):
             reference_ps.ps_roi_align_backward(g64, boxes, x.shape, size, scale, ratio, coord),
         ),
         (
-            _cuda.ps_roi_pool_forward(xg, rg, scale, *size),
+            _cuda.ps_roi_pool(xg, rg, size, scale),
             reference_ps.ps_roi_pool(x64, boxes, size, scale, coord),
         ),
         (
@@ -425,16 +430,16 @@ def test_ps_ops_match_numpy_backend(dtype):
     tol = 2e-2 if dtype == np.float16 else 1e-5
     pairs = [
         (
-            _cuda.ps_roi_align_forward(xg, rg, 0.5, 7, 7, 0),
-            _cpu.ps_roi_align_forward(x, rois, 0.5, 7, 7, 0),
+            _cuda.ps_roi_align(xg, rg, (7, 7), 0.5, 0),
+            _cpu.ps_roi_align(x, rois, (7, 7), 0.5, 0),
         ),
         (
             _cuda.ps_roi_align_backward(gg, rg, x.shape, 0.5, 2, deterministic=True),
             _cpu.ps_roi_align_backward(g, rois, x.shape, 0.5, 2),
         ),
         (
-            _cuda.ps_roi_pool_forward(xg, rg, 0.5, 7, 7),
-            _cpu.ps_roi_pool_forward(x, rois, 0.5, 7, 7),
+            _cuda.ps_roi_pool(xg, rg, (7, 7), 0.5),
+            _cpu.ps_roi_pool(x, rois, (7, 7), 0.5),
         ),
         (
             _cuda.ps_roi_pool_backward(gg, rg, x.shape, 0.5),
@@ -536,7 +541,7 @@ def test_prroi_pool_matches_oracle(dtype):
     x64, g64 = x.astype(np.float64), g.astype(np.float64)
     checks = [
         (
-            _cuda.prroi_pool_forward(xg, rg, scale, *size),
+            _cuda.prroi_pool(xg, rg, size, scale),
             reference_prroi.prroi_pool(x64, boxes, size, scale, coord),
         ),
         (
@@ -620,7 +625,7 @@ def test_rotated_matches_oracle(dtype, flags):
     for ratio in (0, 2):
         checks = [
             (
-                _cuda.roi_align_rotated_forward(xg, rg, scale, *size, ratio, *flags),
+                _cuda.roi_align_rotated(xg, rg, size, scale, ratio, *flags),
                 reference_rotated.roi_align_rotated(
                     x64, boxes, size, scale, ratio, *flags, coord_dtype=coord
                 ),
@@ -655,11 +660,13 @@ def test_rotated_matches_numpy_backend(dtype):
     tol = 2e-2 if dtype == np.float16 else 1e-5
     pairs = [
         (
-            _cuda.roi_align_rotated_forward(xg, rg, 0.5, 7, 7, 0, True, False),
-            _cpu.roi_align_rotated_forward(x, rois, 0.5, 7, 7, 0, True, False),
+            _cuda.roi_align_rotated(xg, rg, (7, 7), 0.5, 0, True, False),
+            _cpu.roi_align_rotated(x, rois, (7, 7), 0.5, 0, True, False),
         ),
         (
-            _cuda.roi_align_rotated_backward(gg, rg, x.shape, 0.5, 2, False, True, True),
+            _cuda.roi_align_rotated_backward(
+                gg, rg, x.shape, 0.5, 2, False, True, deterministic=True
+            ),
             _cpu.roi_align_rotated_backward(g, rois, x.shape, 0.5, 2, False, True),
         ),
     ]

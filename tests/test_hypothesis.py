@@ -409,7 +409,9 @@ def test_roi_pool_ties_first_maximum_wins(p, levels, dtype):
     np.testing.assert_array_equal(values.astype(np.float64), expected)
     if host.COMPILER is not None:
         x, rois = _validate.features(np, x), _validate.boxes(np, rois, len(x), p.scale, x.dtype)
-        actual, actual_argmax = host.bind("roi_pool_forward")(x, rois, p.scale, *p.pooled)
+        actual, actual_argmax = host.bind("roi_pool")(
+            x, rois, p.pooled, p.scale, return_argmax=True
+        )
         np.testing.assert_array_equal(actual_argmax, expected_argmax)
         np.testing.assert_array_equal(actual.astype(np.float64), expected)
 
@@ -464,12 +466,12 @@ def compare_backends(p, dtype):
     ph, pw = p.pooled
     kernel = {op: host.bind(op) for op in BACKEND_OPS}
 
-    args = (p.scale, ph, pw, p.ratio, p.aligned)
-    expected = _cpu.roi_align_forward(x, rois, *args)
-    actual = kernel["roi_align_forward"](x, rois, *args)
+    args = (p.pooled, p.scale, p.ratio, p.aligned)
+    expected = _cpu.roi_align(x, rois, *args)
+    actual = kernel["roi_align"](x, rois, *args)
     assert actual.dtype == expected.dtype == dtype
     assert_finite(expected, actual)
-    assert_close(actual, expected, rel, _cpu.roi_align_forward(np.abs(x), rois, *args))
+    assert_close(actual, expected, rel, _cpu.roi_align(np.abs(x), rois, *args))
     args = (rois, x.shape, p.scale, p.ratio, p.aligned)
     expected = _cpu.roi_align_backward(g, *args)
     actual = kernel["roi_align_backward"](g, *args)
@@ -477,8 +479,8 @@ def compare_backends(p, dtype):
     assert_finite(expected, actual)
     assert_close(actual, expected, rel, _cpu.roi_align_backward(np.abs(g), *args))
 
-    expected, expected_argmax = _cpu.roi_pool_forward(x, rois, p.scale, ph, pw)
-    actual, argmax = kernel["roi_pool_forward"](x, rois, p.scale, ph, pw)
+    expected, expected_argmax = _cpu.roi_pool(x, rois, (ph, pw), p.scale, return_argmax=True)
+    actual, argmax = kernel["roi_pool"](x, rois, (ph, pw), p.scale, return_argmax=True)
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(actual, expected)
     assert argmax.dtype == expected_argmax.dtype == np.int32
@@ -488,12 +490,12 @@ def compare_backends(p, dtype):
     assert actual.dtype == expected.dtype == dtype
     assert_close(actual, expected, rel, _cpu.roi_pool_backward(np.abs(g), *args))
 
-    args = (offset, p.scale, ph, pw, p.ratio, p.gamma)
-    expected = _cpu.deform_roi_pool_forward(x, rois, *args)
-    actual = kernel["deform_roi_pool_forward"](x, rois, *args)
+    args = (offset, p.pooled, p.scale, p.ratio, p.gamma)
+    expected = _cpu.deform_roi_pool(x, rois, *args)
+    actual = kernel["deform_roi_pool"](x, rois, *args)
     assert actual.dtype == expected.dtype == dtype
     assert_finite(expected, actual)
-    assert_close(actual, expected, rel, _cpu.deform_roi_pool_forward(np.abs(x), rois, *args))
+    assert_close(actual, expected, rel, _cpu.deform_roi_pool(np.abs(x), rois, *args))
     args = (rois, offset, p.scale, p.ratio, p.gamma)
     expected, expected_offset, _ = _cpu.deform_roi_pool_backward(g, x, *args)
     actual, actual_offset, _ = kernel["deform_roi_pool_backward"](g, x, *args)
@@ -504,8 +506,8 @@ def compare_backends(p, dtype):
         assert actual_offset is None and expected_offset is None
     else:
         assert actual_offset.dtype == expected_offset.dtype
-        ones = _cpu.deform_roi_pool_forward(
-            np.ones_like(x[:, :1]), rois, offset, p.scale, ph, pw, p.ratio, p.gamma
+        ones = _cpu.deform_roi_pool(
+            np.ones_like(x[:, :1]), rois, offset, (ph, pw), p.scale, p.ratio, p.gamma
         )
         assert_close(
             actual_offset,
@@ -556,16 +558,17 @@ def compare_variants(p, dtype):
         assert_close(actual, expected, rel, bound)
 
     # Max mode: the largest bilinear sample of each bin; its gradient goes to that sample's taps.
-    agree("roi_align_max_forward", (x, rois, p.scale, ph, pw, p.ratio, p.aligned), mag(x))
-    args = (g, x, rois, p.scale, p.ratio, p.aligned)
-    agree("roi_align_max_backward", args, np.abs(g).sum())
+    args = (x, rois, p.pooled, p.scale, p.ratio, p.aligned, "max")
+    agree("roi_align", args, mag(x))
+    args = (g, rois, x.shape, p.scale, p.ratio, p.aligned)
+    agree("roi_align_backward", args, np.abs(g).sum(), pool_mode="max", input=x)
 
     # Modulated: every bin's average times its mask, of any sign and beyond 1 too.
     mask = np.random.default_rng(len(rois)).uniform(-0.5, 1.5, (len(rois), 1, ph, pw))
     mask = mask.astype(rois.dtype)
-    args = (rois, offset, p.scale, ph, pw, p.ratio, p.gamma)
-    bound = _cpu.deform_roi_pool_forward(np.abs(x), *args, mask=np.abs(mask))
-    agree("deform_roi_pool_forward", (x, *args), bound, mask=mask)
+    args = (rois, offset, p.pooled, p.scale, p.ratio, p.gamma)
+    bound = _cpu.deform_roi_pool(np.abs(x), *args, mask=np.abs(mask))
+    agree("deform_roi_pool", (x, *args), bound, mask=mask)
     args = (rois, offset, p.scale, p.ratio, p.gamma)
     expected = _cpu.deform_roi_pool_backward(g, x, *args, mask=mask)
     actual = kernel["deform_roi_pool_backward"](g, x, *args, mask=mask)
@@ -575,20 +578,20 @@ def compare_variants(p, dtype):
     assert_close(actual[2], expected[2], rel, mag(x) * np.abs(g).sum(1, keepdims=True))
     if offset is not None:
         ones = np.ones_like(x[:, :1])
-        ones = _cpu.deform_roi_pool_forward(
-            ones, rois, offset, p.scale, ph, pw, p.ratio, p.gamma, np.abs(mask)
+        ones = _cpu.deform_roi_pool(
+            ones, rois, offset, (ph, pw), p.scale, p.ratio, p.gamma, np.abs(mask)
         )
         bound = offset_bound(ones, rois, p.scale, p.gamma, mag(x), g)
         assert_close(actual[1], expected[1], rel, bound)
 
     # Gradients with respect to the boxes (deform's bins also move with their offsets).
-    args = (g, rois, x.shape, p.scale, p.ratio, p.aligned)
-    agree("roi_align_backward", args, box_bound(x, g, p.scale), input=x, wrt="boxes")
-    args = (g, rois, x.shape, p.scale)
-    agree("prroi_pool_backward", args, box_bound(x, g, p.scale), input=x, wrt="boxes")
+    args = (g, x, rois, p.scale, p.ratio, p.aligned)
+    agree("roi_align_box_backward", args, box_bound(x, g, p.scale))
+    args = (g, x, rois, p.scale)
+    agree("prroi_pool_box_backward", args, box_bound(x, g, p.scale))
     reach = 1 + abs(p.gamma) * (0.0 if offset is None else mag(offset))
     args = (g, x, rois, offset, p.scale, p.ratio, p.gamma)
-    agree("deform_roi_pool_backward", args, box_bound(x, g, p.scale, reach), wrt="boxes")
+    agree("deform_roi_pool_box_backward", args, box_bound(x, g, p.scale, reach))
 
 
 @needs_compiler

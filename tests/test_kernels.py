@@ -14,7 +14,7 @@ from conftest import host_backend
 
 import cuproi._cpu
 import cuproi._cuda
-from cuproi._cuda import _ops, _source
+from cuproi._cuda import _launch, _source
 
 NVCC = shutil.which("nvcc")
 SOURCES = sorted(p.stem for p in _source.kernels_dir().glob("*.cu"))
@@ -26,13 +26,26 @@ SUPPORT = {
 OP_ENTRIES = (("forward", "backward"), ("f16", "f32", "f64"))
 # Ops with channels-last kernels beside the NCHW ones.
 CHANNELS_LAST = {"roi_align", "deform_roi_pool"}
+# Ops with a max mode beside the average (forward, backward and box backward of their own).
+MAX_MODE = {"roi_align"}
+
+
+def _op(name):
+    """The op of a backend function: its name without _backward or _box_backward."""
+    return name.removesuffix("_backward").removesuffix("_box")
 
 
 def entries(source):
-    """Every entry point name the launch layer (_ops._run) can ask of kernels/<source>.cu."""
-    directions, suffixes = SUPPORT.get(source, OP_ENTRIES)
+    """Every entry point name the launch layer (_launch.Device.run) can ask of kernels/<source>.cu:
+    forward, backward and the box backward of the ops that have one, each in its modes."""
+    plain, suffixes = SUPPORT.get(source, OP_ENTRIES)
+    if f"{source}_box_backward" in cuproi._cpu.__all__:
+        plain = (*plain, "box_backward")
+    directions = plain
     if source in CHANNELS_LAST:
-        directions = (*directions, *(f"{d}_nhwc" for d in directions))
+        directions += tuple(f"{d}_nhwc" for d in ("forward", "backward"))
+    if source in MAX_MODE:
+        directions += tuple(f"{d}_max" for d in plain)
     return {
         f"cuproi_{source}_{direction}_{suffix}{wide}"
         for direction, suffix, wide in itertools.product(directions, suffixes, ("", "_i64"))
@@ -40,7 +53,7 @@ def entries(source):
 
 
 def test_every_source_serves_an_op():
-    ops = {name.rsplit("_", 1)[0] for name in cuproi._cpu.__all__}
+    ops = {_op(name) for name in cuproi._cpu.__all__}
     assert set(SOURCES) == ops | set(SUPPORT)
 
 
@@ -97,16 +110,16 @@ def test_int64_index_variants(monkeypatch):
 
     def run():
         b = host_backend()
-        out, argmax = b.roi_pool_forward(x, rois, 0.5, 2, 3)
+        out, argmax = b.roi_pool(x, rois, (2, 3), 0.5, return_argmax=True)
         return [
-            b.roi_align_forward(x, rois, 0.5, 2, 3, -1, True),
+            b.roi_align(x, rois, (2, 3), 0.5, -1, True),
             b.roi_align_backward(g, rois, x.shape, 0.5, 2, False),
             b.roi_align_backward(g, rois, x.shape, 0.5, 2, False, deterministic=True),
             out,
             argmax,
             b.roi_pool_backward(g, rois, argmax, x.shape),
             b.roi_pool_backward(g, rois, argmax, x.shape, deterministic=True),
-            b.deform_roi_pool_forward(x, rois, offset, 0.5, 2, 3, 0, 0.1),
+            b.deform_roi_pool(x, rois, offset, (2, 3), 0.5, 0, 0.1),
             *b.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1)[:2],
             *b.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1, deterministic=True)[:2],
         ]
@@ -114,7 +127,7 @@ def test_int64_index_variants(monkeypatch):
     narrow = run()
     calls = []
     launch = host.launch
-    monkeypatch.setattr(_ops, "LARGE", 0)
+    monkeypatch.setattr(_launch, "LARGE", 0)
     monkeypatch.setattr(host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k)))
     wide = run()
     assert calls and all(name.endswith("_i64") for name in calls)
@@ -133,26 +146,24 @@ def test_int64_index_for_any_large_argument(monkeypatch):
     g = rng.standard_normal((2, 1, 2, 3))
     offset = rng.standard_normal((2, 2, 2, 3))
     cases = {  # each on the backend bound to the launcher of the moment
-        "roi_align": lambda b: b.roi_align_backward(
-            g, rois, x.shape, 0.5, 2, True, deterministic=True, input=x, wrt="boxes"
+        "roi_align": lambda b: b.roi_align_box_backward(
+            g, x, rois, 0.5, 2, True, deterministic=True
         ),
-        "prroi_pool": lambda b: b.prroi_pool_backward(
-            g, rois, x.shape, 0.5, deterministic=True, input=x, wrt="boxes"
+        "prroi_pool": lambda b: b.prroi_pool_box_backward(g, x, rois, 0.5, deterministic=True),
+        "roi_align_max": lambda b: b.roi_align_box_backward(
+            g, x, rois, 0.5, 2, True, pool_mode="max", deterministic=True
         ),
-        "roi_align_max": lambda b: b.roi_align_max_backward(
-            g, x, rois, 0.5, 2, True, deterministic=True, wrt="boxes"
+        "deform_roi_pool boxes": lambda b: b.deform_roi_pool_box_backward(
+            g, x, rois, offset, 0.5, 2, 0.1, deterministic=True
         ),
-        "deform_roi_pool boxes": lambda b: b.deform_roi_pool_backward(
-            g, x, rois, offset, 0.5, 2, 0.1, deterministic=True, wrt="boxes"
-        ),
-        "deform_roi_pool": lambda b: b.deform_roi_pool_forward(x, rois, offset, 0.5, 2, 3, 2, 0.1),
+        "deform_roi_pool": lambda b: b.deform_roi_pool(x, rois, offset, (2, 3), 0.5, 2, 0.1),
     }
     narrow = {name: run(host_backend()) for name, run in cases.items()}
     calls = []
     launch = host.launch
     # Above the features (20 elements), the boxes (10) and every output or gradient (12); not
     # above the box terms (48) or the offsets (24).
-    monkeypatch.setattr(_ops, "LARGE", 21)
+    monkeypatch.setattr(_launch, "LARGE", 21)
     monkeypatch.setattr(host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k)))
     for name, run in cases.items():
         calls.clear()
@@ -231,8 +242,6 @@ def test_int64_index_where_the_loop_index_would_wrap(per_block):
     """The grid-stride loop's index runs up to ``items - 1 + stride``: once that passes int32's
     largest value (8140 boxes x 1024 channels x 16 x 16 outputs, say), the _i64 entry point is
     taken, though no array reaches 2**31 elements. Launched on a spy: nothing is allocated."""
-    from cuproi._cuda import _launch
-
     entries = []
 
     def spy(name, entry, n, args, per_block=False):
@@ -241,6 +250,6 @@ def test_int64_index_where_the_loop_index_would_wrap(per_block):
     stride = _launch.grid(2**31 - 1, per_block)[1]
     wraps = [2**31 - stride + 1] + ([] if per_block else [8140 * 1024 * 16 * 16])
     for items in (2**31 - stride, *wraps):
-        _ops._run(spy, "roi_align", "forward", np.float32, items, per_block=per_block)
+        _launch.Device(np, spy).run("roi_align", "forward", np.float32, items, per_block=per_block)
     narrow = ("cuproi_roi_align_forward_f32", np.int32)
     assert entries == [narrow] + [("cuproi_roi_align_forward_f32_i64", np.int64)] * len(wraps)

@@ -33,12 +33,12 @@ def test_matches_oracle(backend, dtype, ratio, with_offset):
     x, rois, g, offset, mask = data(dtype)
     offset = offset if with_offset else None
     rtol, atol = TOLERANCE[np.dtype(dtype)]
-    out = backend.deform_roi_pool_forward(x, rois, offset, 0.7, *SIZE, ratio, 0.1, mask)
+    out = backend.deform_roi_pool(x, rois, offset, SIZE, 0.7, ratio, 0.1, mask)
     want = oracle.deform_roi_pool_modulated(x, rois, offset, mask, SIZE, 0.7, ratio, 0.1)
     assert out.dtype == dtype
     np.testing.assert_allclose(out, want, rtol=rtol, atol=atol)
     grad_x, grad_offset, grad_mask = backend.deform_roi_pool_backward(
-        g, x, rois, offset, 0.7, ratio, 0.1, False, mask
+        g, x, rois, offset, 0.7, ratio, 0.1, mask
     )
     # d (m * f) / d input = m * d f / d input: the unmodulated backward of g * mask.
     gm = (g.astype(np.float64) * mask).astype(dtype)
@@ -73,15 +73,15 @@ def test_mask_gradient_is_exact_finite_difference():
 
 
 def test_float16_on_host_kernels():
-    b = {op: host.bind(op) for op in ("deform_roi_pool_forward", "deform_roi_pool_backward")}
+    b = {op: host.bind(op) for op in ("deform_roi_pool", "deform_roi_pool_backward")}
     x, rois, g, offset, mask = data(np.float16)
     rois, offset, mask = (a.astype(np.float32) for a in (rois, offset, mask))
     rtol, atol = TOLERANCE[np.dtype(np.float16)]
-    out = b["deform_roi_pool_forward"](x, rois, offset, 0.7, *SIZE, 2, 0.1, mask)
+    out = b["deform_roi_pool"](x, rois, offset, SIZE, 0.7, 2, 0.1, mask)
     assert out.dtype == np.float16
     want = oracle.deform_roi_pool_modulated(x, rois, offset, mask, SIZE, 0.7, 2, 0.1)
     np.testing.assert_allclose(out, want, rtol=rtol, atol=atol)
-    _, _, grad_mask = b["deform_roi_pool_backward"](g, x, rois, offset, 0.7, 2, 0.1, False, mask)
+    _, _, grad_mask = b["deform_roi_pool_backward"](g, x, rois, offset, 0.7, 2, 0.1, mask)
     want = oracle.deform_roi_pool_mask_grad(g, x, rois, offset, SIZE, 0.7, 2, 0.1)
     np.testing.assert_allclose(grad_mask, want, rtol=10 * rtol, atol=10 * atol)
 
@@ -93,14 +93,16 @@ def test_deterministic_backward_is_order_independent(dtype):
     order = np.random.default_rng(5).permutation(len(rois))
 
     def run(*arrays):
-        return backward(arrays[1], x, arrays[0], arrays[2], 0.7, 2, 0.1, True, arrays[3])
+        return backward(
+            arrays[1], x, arrays[0], arrays[2], 0.7, 2, 0.1, arrays[3], deterministic=True
+        )
 
     a = run(rois, g, offset, mask)
     b = run(*(np.ascontiguousarray(v[order]) for v in (rois, g, offset, mask)))
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1][order], b[1])
     np.testing.assert_array_equal(a[2][order], b[2])
-    plain = backward(g, x, rois, offset, 0.7, 2, 0.1, False, mask)
+    plain = backward(g, x, rois, offset, 0.7, 2, 0.1, mask)
     rtol, atol = TOLERANCE[np.dtype(dtype)]
     for got, want in zip(a, plain, strict=True):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)

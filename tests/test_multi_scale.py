@@ -9,7 +9,7 @@ from conftest import TOLERANCE, host_backend
 
 import cuproi
 from cuproi._cpu.multi_scale_roi_align import box_levels
-from cuproi._cuda import _ops
+from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype
 from cuproi.multi_scale_roi_align import MAX_LEVELS, _levels
 
@@ -105,8 +105,8 @@ def test_kernels_pick_the_same_levels(backend, dtype):
     inside = (boxes[:, 1:] >= 0).all(1) & (boxes[:, [3]] <= IMAGE[1]).all(1)
     inside &= (boxes[:, 4] <= IMAGE[0]) & (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 4] > boxes[:, 2])
     rois = rois_for(boxes[inside], dtype)
-    out = backend.multi_scale_roi_align_forward(
-        constant_pyramid(dtype), rois, SCALES, thresholds(dtype), 2, 2, 2, True
+    out = backend.multi_scale_roi_align(
+        constant_pyramid(dtype), rois, (2, 2), SCALES, 2, True, thresholds(dtype)
     )
     got = np.round(np.log2(out.astype(np.float64))).astype(np.int64)
     want = oracle.box_levels(rois, SCALES)
@@ -122,9 +122,7 @@ def test_kernels_pick_the_same_levels(backend, dtype):
 def test_forward_matches_oracle(backend, dtype, aligned, ratio):
     x = pyramid(dtype)
     rois = rois_for(boxes_zoo(), dtype)
-    out = backend.multi_scale_roi_align_forward(
-        x, rois, SCALES, thresholds(dtype), *SIZE, ratio, aligned
-    )
+    out = backend.multi_scale_roi_align(x, rois, SIZE, SCALES, ratio, aligned, thresholds(dtype))
     assert out.dtype == dtype and out.shape == (len(rois), C, *SIZE)
     want = oracle.multi_scale_roi_align(
         [a.astype(np.float64) for a in x],
@@ -145,7 +143,7 @@ def test_backward_matches_oracle(backend, dtype, aligned, deterministic):
     rois = rois_for(boxes_zoo(), dtype)
     g = np.random.default_rng(1).standard_normal((len(rois), C, *SIZE)).astype(dtype)
     grads = backend.multi_scale_roi_align_backward(
-        g, rois, SHAPES, SCALES, thresholds(dtype), -1, aligned, deterministic=deterministic
+        g, rois, SHAPES, SCALES, -1, aligned, thresholds(dtype), deterministic=deterministic
     )
     want = oracle.multi_scale_roi_align_backward(
         g, rois, SHAPES, SIZE, SCALES, -1, aligned, coord_dtype=compute_dtype(dtype).type
@@ -160,7 +158,7 @@ def test_float16_on_host_kernels():
     b = host_backend()
     x = pyramid(np.float16)
     rois = rois_for(boxes_zoo(), np.float16)
-    out = b.multi_scale_roi_align_forward(x, rois, SCALES, thresholds(np.float16), *SIZE, 2, True)
+    out = b.multi_scale_roi_align(x, rois, SIZE, SCALES, 2, True, thresholds(np.float16))
     assert out.dtype == np.float16
     want = oracle.multi_scale_roi_align(
         [a.astype(np.float64) for a in x], rois, SIZE, SCALES, 2, True, coord_dtype=np.float32
@@ -168,7 +166,7 @@ def test_float16_on_host_kernels():
     assert_close(out, want, np.float16)
     g = np.random.default_rng(1).standard_normal(out.shape).astype(np.float16)
     grads = b.multi_scale_roi_align_backward(
-        g, rois, SHAPES, SCALES, thresholds(np.float16), 2, True
+        g, rois, SHAPES, SCALES, 2, True, thresholds(np.float16)
     )
     want = oracle.multi_scale_roi_align_backward(
         g, rois, SHAPES, SIZE, SCALES, 2, True, coord_dtype=np.float32
@@ -184,9 +182,9 @@ def test_adjoint_identity(backend, dtype):
     x = pyramid(dtype, seed=4)
     rois = rois_for(boxes_zoo(), dtype)
     t = thresholds(dtype)
-    out = backend.multi_scale_roi_align_forward(x, rois, SCALES, t, *SIZE, -1, False)
+    out = backend.multi_scale_roi_align(x, rois, SIZE, SCALES, -1, False, t)
     g = np.random.default_rng(5).standard_normal(out.shape).astype(dtype)
-    grads = backend.multi_scale_roi_align_backward(g, rois, SHAPES, SCALES, t, -1, False)
+    grads = backend.multi_scale_roi_align_backward(g, rois, SHAPES, SCALES, -1, False, t)
     lhs = np.vdot(out.astype(np.float64), g.astype(np.float64))
     pairs = zip(x, grads, strict=True)
     rhs = sum(np.vdot(a.astype(np.float64), b.astype(np.float64)) for a, b in pairs)
@@ -201,18 +199,18 @@ def test_backends_agree_to_rounding():
     host = host_backend()
     from cuproi import _cpu
 
-    a = _cpu.multi_scale_roi_align_forward(x, rois, SCALES, t, *SIZE, -1, False)
-    b = host.multi_scale_roi_align_forward(x, rois, SCALES, t, *SIZE, -1, False)
+    a = _cpu.multi_scale_roi_align(x, rois, SIZE, SCALES, -1, False, t)
+    b = host.multi_scale_roi_align(x, rois, SIZE, SCALES, -1, False, t)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_single_level_is_roi_align(backend):
     x = pyramid(np.float64)[1]
     rois = rois_for(boxes_zoo(), np.float64)
-    out = backend.multi_scale_roi_align_forward([x], rois, [1 / 8], (), *SIZE, 2, True)
-    np.testing.assert_array_equal(out, backend.roi_align_forward(x, rois, 1 / 8, *SIZE, 2, True))
+    out = backend.multi_scale_roi_align([x], rois, SIZE, [1 / 8], 2, True, ())
+    np.testing.assert_array_equal(out, backend.roi_align(x, rois, SIZE, 1 / 8, 2, True))
     g = np.random.default_rng(2).standard_normal(out.shape)
-    (grad,) = backend.multi_scale_roi_align_backward(g, rois, [x.shape], [1 / 8], (), 2, True)
+    (grad,) = backend.multi_scale_roi_align_backward(g, rois, [x.shape], [1 / 8], 2, True, ())
     np.testing.assert_allclose(
         grad, backend.roi_align_backward(g, rois, x.shape, 1 / 8, 2, True), rtol=1e-13, atol=1e-13
     )
@@ -223,13 +221,13 @@ def test_empty_levels_and_no_boxes(backend):
     t = thresholds(np.float32)
     small = rois_for(boxes_zoo()[:2], np.float32)  # both on P2
     g = np.ones((2, C, *SIZE), np.float32)
-    grads = backend.multi_scale_roi_align_backward(g, small, SHAPES, SCALES, t, 2, True)
+    grads = backend.multi_scale_roi_align_backward(g, small, SHAPES, SCALES, 2, True, t)
     assert grads[0].any() and not any(a.any() for a in grads[1:])
     none = np.zeros((0, 5), np.float32)
-    out = backend.multi_scale_roi_align_forward(x, none, SCALES, t, *SIZE, 2, True)
+    out = backend.multi_scale_roi_align(x, none, SIZE, SCALES, 2, True, t)
     assert out.shape == (0, C, *SIZE)
     grads = backend.multi_scale_roi_align_backward(
-        np.zeros((0, C, *SIZE), np.float32), none, SHAPES, SCALES, t, 2, True, deterministic=True
+        np.zeros((0, C, *SIZE), np.float32), none, SHAPES, SCALES, 2, True, t, deterministic=True
     )
     assert [a.shape for a in grads] == SHAPES and not any(a.any() for a in grads)
 
@@ -289,7 +287,7 @@ def test_deterministic_backward_is_order_independent(dtype):
 
     def grads(rois, g, deterministic):
         return b.multi_scale_roi_align_backward(
-            g, rois, SHAPES, SCALES, t, 2, True, deterministic=deterministic
+            g, rois, SHAPES, SCALES, 2, True, t, deterministic=deterministic
         )
 
     first = grads(boxes, g, True)
@@ -312,17 +310,17 @@ def test_int64_index_variants(monkeypatch):
     def run():
         b = host_backend()
         return [
-            b.multi_scale_roi_align_forward(x, rois, SCALES, t, *SIZE, -1, False),
-            *b.multi_scale_roi_align_backward(g, rois, SHAPES, SCALES, t, -1, False),
+            b.multi_scale_roi_align(x, rois, SIZE, SCALES, -1, False, t),
+            *b.multi_scale_roi_align_backward(g, rois, SHAPES, SCALES, -1, False, t),
             *b.multi_scale_roi_align_backward(
-                g, rois, SHAPES, SCALES, t, -1, False, deterministic=True
+                g, rois, SHAPES, SCALES, -1, False, t, deterministic=True
             ),
         ]
 
     narrow = run()
     calls = []
     launch = host.launch
-    monkeypatch.setattr(_ops, "LARGE", 0)
+    monkeypatch.setattr(_launch, "LARGE", 0)
     monkeypatch.setattr(host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k)))
     wide = run()
     assert calls and all(name.endswith("_i64") for name in calls)
@@ -341,8 +339,8 @@ def test_eight_levels_on_host_kernels():
     rois = np.column_stack([np.zeros(len(side)), np.zeros(len(side)), np.zeros(len(side))])
     rois = np.column_stack([rois, side, side])
     t = thresholds(np.float64, 32, 3, scales)
-    a = _cpu.multi_scale_roi_align_forward(x, rois, scales, t, 1, 1, 1, True)
-    b = host_backend().multi_scale_roi_align_forward(x, rois, scales, t, 1, 1, 1, True)
+    a = _cpu.multi_scale_roi_align(x, rois, (1, 1), scales, 1, True, t)
+    b = host_backend().multi_scale_roi_align(x, rois, (1, 1), scales, 1, True, t)
     np.testing.assert_array_equal(a, b)
     assert len(set(np.round(np.log2(b[:, 0, 0, 0])))) == MAX_LEVELS
 

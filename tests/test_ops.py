@@ -73,8 +73,8 @@ SCALES = [1.0, 0.5, 0.7]
 @pytest.mark.parametrize("ratio", [-1, 0, 1, 2, 3])
 @pytest.mark.parametrize("scale", SCALES)
 def test_roi_align_forward(backend, dtype, aligned, ratio, scale):
-    out = backend.roi_align_forward(
-        features(dtype), rois_for(box_zoo(scale), dtype), scale, 3, 4, ratio, aligned
+    out = backend.roi_align(
+        features(dtype), rois_for(box_zoo(scale), dtype), (3, 4), scale, ratio, aligned
     )
     assert out.dtype == dtype and out.shape == (12, 3, 3, 4)
     assert_close(out, _oracle("roi_align", dtype, scale, (3, 4), ratio, aligned), dtype)
@@ -85,12 +85,14 @@ def test_roi_align_forward(backend, dtype, aligned, ratio, scale):
 @pytest.mark.parametrize("size", [(3, 4), (1, 1), (7, 5)])
 def test_roi_pool_forward(backend, dtype, scale, size):
     x = features(dtype)
-    out, argmax = backend.roi_pool_forward(x, rois_for(box_zoo(scale), dtype), scale, *size)
+    out, argmax = backend.roi_pool(
+        x, rois_for(box_zoo(scale), dtype), size, scale, return_argmax=True
+    )
     expected, expected_argmax = _oracle("roi_pool", dtype, scale, size)
     assert out.dtype == dtype and argmax.dtype == np.int32
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(out, expected)  # a max selects a value: exact
-    values, _ = backend.roi_pool_forward(x, rois_for(box_zoo(scale), dtype), scale, *size, False)
+    values = backend.roi_pool(x, rois_for(box_zoo(scale), dtype), size, scale, False)
     assert values.dtype == dtype
     np.testing.assert_array_equal(values, expected)
 
@@ -101,7 +103,7 @@ def test_roi_pool_rounds_just_below_a_half_down(backend, dtype):
     below = np.nextafter(dtype(0.5), dtype(0))
     x = features(dtype)
     rois = np.array([[0, below, 2 + below, 5 - below, 7 + below]], dtype)
-    out, argmax = backend.roi_pool_forward(x, rois, 1.0, 2, 2)
+    out, argmax = backend.roi_pool(x, rois, (2, 2), 1.0, return_argmax=True)
     expected, expected_argmax = reference.roi_pool(x, rois, (2, 2), 1.0, coord_dtype=dtype)
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(out, expected)
@@ -121,7 +123,7 @@ def test_deform_roi_pool_forward(backend, dtype, ratio, with_offset, scale):
     )
     rois = rois_for(boxes, dtype)
     o = None if offset is None else offset.astype(rois.dtype)
-    out = backend.deform_roi_pool_forward(x, rois, o, scale, 3, 4, ratio, 0.1)
+    out = backend.deform_roi_pool(x, rois, o, (3, 4), scale, ratio, 0.1)
     expected = reference.deform_roi_pool(
         x.astype(np.float64),
         boxes,
@@ -145,16 +147,16 @@ def test_float16(backend, aligned):
     assert rois.dtype == np.float32  # boxes are never rounded to half
     x64 = x.astype(np.float64)
     f32 = np.float32
-    out = backend.roi_align_forward(x, rois, 0.5, 3, 4, 2, aligned)
+    out = backend.roi_align(x, rois, (3, 4), 0.5, 2, aligned)
     assert out.dtype == np.float16
     assert_close(
         out, reference.roi_align(x64, boxes, (3, 4), 0.5, 2, aligned, coord_dtype=f32), np.float16
     )
-    out, argmax = backend.roi_pool_forward(x, rois, 0.5, 3, 4)
+    out, argmax = backend.roi_pool(x, rois, (3, 4), 0.5, return_argmax=True)
     expected, expected_argmax = reference.roi_pool(x64, boxes, (3, 4), 0.5, coord_dtype=f32)
     np.testing.assert_array_equal(out.astype(np.float64), expected)
     np.testing.assert_array_equal(argmax, expected_argmax)
-    out = backend.deform_roi_pool_forward(x, rois, None, 0.5, 3, 4, 0, 0.1)
+    out = backend.deform_roi_pool(x, rois, None, (3, 4), 0.5, 0, 0.1)
     assert_close(
         out,
         reference.deform_roi_pool(x64, boxes, None, (3, 4), 0.5, 0, 0.1, coord_dtype=f32),
@@ -198,7 +200,7 @@ def test_roi_align_adjoint(backend, aligned, ratio):
     rng = np.random.default_rng(4)
     x = rng.standard_normal(SHAPE)
     rois = rois_for(box_zoo(0.7), np.float64)
-    out = backend.roi_align_forward(x, rois, 0.7, 3, 4, ratio, aligned)
+    out = backend.roi_align(x, rois, (3, 4), 0.7, ratio, aligned)
     g = rng.standard_normal(out.shape)
     grad = backend.roi_align_backward(g, rois, SHAPE, 0.7, ratio, aligned)
     assert np.vdot(out, g) == pytest.approx(np.vdot(x, grad), rel=1e-12)
@@ -208,7 +210,7 @@ def test_roi_align_adjoint(backend, aligned, ratio):
 def test_roi_pool_backward(backend, dtype):
     boxes = box_zoo(0.5)
     rois = rois_for(boxes, dtype)
-    out, argmax = backend.roi_pool_forward(features(dtype), rois, 0.5, 3, 4)
+    out, argmax = backend.roi_pool(features(dtype), rois, (3, 4), 0.5, return_argmax=True)
     g = np.random.default_rng(5).standard_normal(out.shape).astype(dtype)
     grad = backend.roi_pool_backward(g, rois, argmax, SHAPE)
     expected = reference.roi_pool_backward(g.astype(np.float64), boxes, argmax, SHAPE)
@@ -285,7 +287,7 @@ def test_deform_roi_pool_adjoint(backend, ratio):
     x = rng.standard_normal(SHAPE)
     rois = rois_for(box_zoo(0.7), np.float64)
     offset = rng.normal(0, 2, (len(rois), 2, 3, 4))
-    out = backend.deform_roi_pool_forward(x, rois, offset, 0.7, 3, 4, ratio, 0.1)
+    out = backend.deform_roi_pool(x, rois, offset, (3, 4), 0.7, ratio, 0.1)
     g = rng.standard_normal(out.shape)
     grad, *_ = backend.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
     assert np.vdot(out, g) == pytest.approx(np.vdot(x, grad), rel=1e-12)
@@ -309,7 +311,7 @@ def test_grad_offset_finite_differences(backend, ratio):
         plus[i] += eps
         minus[i] -= eps
         f = [
-            np.vdot(g, backend.deform_roi_pool_forward(x, rois, o, 1.0, 3, 4, ratio, 0.1))
+            np.vdot(g, backend.deform_roi_pool(x, rois, o, (3, 4), 1.0, ratio, 0.1))
             for o in (plus, minus)
         ]
         numeric[i] = (f[0] - f[1]) / (2 * eps)
@@ -335,7 +337,7 @@ def test_huge_box_adaptive_sampling(backend, aligned):
     x = np.broadcast_to(ramp, (n, c, h, w)).copy()
     big = 2.0**18
     boxes = np.array([[0, -big, -big / 2, big, big / 3], [0, -big, 2.25, 3.5, 4.75]])
-    out = backend.roi_align_forward(x, rois_for(boxes, np.float64), 1.0, 7, 7, -1, aligned)
+    out = backend.roi_align(x, rois_for(boxes, np.float64), (7, 7), 1.0, -1, aligned)
     shift = 0.5 if aligned else 0.0
     for k, (_, x1, y1, x2, y2) in enumerate(boxes):
         sx, sy = x1 - shift, y1 - shift
@@ -357,12 +359,12 @@ def test_roi_pool_ties_and_non_finite(backend, dtype):
     x[0, 0, 2:5, 3:6] = np.nan
     x[1, 1, :, :4] = -np.inf
     boxes = box_zoo(1.0)
-    out, argmax = backend.roi_pool_forward(x, rois_for(boxes, dtype), 1.0, 3, 4)
+    out, argmax = backend.roi_pool(x, rois_for(boxes, dtype), (3, 4), 1.0, return_argmax=True)
     expected, expected_argmax = reference.roi_pool(x.astype(np.float64), boxes, (3, 4), 1.0)
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(out.astype(np.float64), expected)
     assert np.isnan(out).any() and np.isneginf(out).any()
-    values, _ = backend.roi_pool_forward(x, rois_for(boxes, dtype), 1.0, 3, 4, argmax=False)
+    values = backend.roi_pool(x, rois_for(boxes, dtype), (3, 4), 1.0, return_argmax=False)
     np.testing.assert_array_equal(values.astype(np.float64), expected)
 
 
@@ -373,10 +375,10 @@ def test_empty_boxes_or_channels(backend, shape, k):
     offset = np.zeros((k, 2, 2, 3), np.float32)
     bins = (k, shape[1], 2, 3)
     g = np.ones(bins, np.float32)
-    assert backend.roi_align_forward(x, rois, 1.0, 2, 3, 2, True).shape == bins
-    out, argmax = backend.roi_pool_forward(x, rois, 1.0, 2, 3)
+    assert backend.roi_align(x, rois, (2, 3), 1.0, 2, True).shape == bins
+    out, argmax = backend.roi_pool(x, rois, (2, 3), 1.0, return_argmax=True)
     assert out.shape == argmax.shape == bins and argmax.dtype == np.int32
-    assert backend.deform_roi_pool_forward(x, rois, offset, 1.0, 2, 3, 0, 0.1).shape == bins
+    assert backend.deform_roi_pool(x, rois, offset, (2, 3), 1.0, 0, 0.1).shape == bins
     for grad in (
         backend.roi_align_backward(g, rois, shape, 1.0, 2, True),
         backend.roi_pool_backward(g, rois, argmax, shape),

@@ -18,7 +18,7 @@ import cuproi
 import cuproi.prroi_pool
 from cuproi import _cpu
 from cuproi._cpu import _sampling
-from cuproi._cuda import _ops
+from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype
 
 SHAPE = (2, 3, 10, 12)
@@ -59,7 +59,7 @@ def _oracle(name, dtype, size, scale):
 
 @pytest.fixture(params=["cpu", "host-kernels"])
 def ops(request):
-    """A backend with prroi_pool_forward and prroi_pool_backward (box gradients included)."""
+    """A backend with prroi_pool, prroi_pool_backward and prroi_pool_box_backward."""
     if request.param == "cpu":
         return _cpu
     if host.COMPILER is None:
@@ -75,7 +75,7 @@ def ops(request):
 @pytest.mark.parametrize("size", SIZES)
 def test_forward(backend, dtype, scale, size):
     """Inside, outside, partly outside, degenerate, flipped and huge boxes (box_zoo)."""
-    out = backend.prroi_pool_forward(features(dtype), rois_for(box_zoo(scale), dtype), scale, *size)
+    out = backend.prroi_pool(features(dtype), rois_for(box_zoo(scale), dtype), size, scale)
     assert out.dtype == dtype and out.shape == (12, SHAPE[1], *size)
     assert np.isfinite(out).all()
     assert_close(out, _oracle("prroi_pool", dtype, size, scale), dtype)
@@ -100,7 +100,7 @@ def test_adjoint(backend, scale, size):
     x = rng.standard_normal(SHAPE)
     rois = rois_for(box_zoo(scale), np.float64)
     g = rng.standard_normal((len(rois), SHAPE[1], *size))
-    lhs = np.vdot(backend.prroi_pool_forward(x, rois, scale, *size), g)
+    lhs = np.vdot(backend.prroi_pool(x, rois, size, scale), g)
     rhs = np.vdot(x, backend.prroi_pool_backward(g, rois, SHAPE, scale))
     np.testing.assert_allclose(lhs, rhs, rtol=1e-12, atol=1e-12)
 
@@ -112,7 +112,7 @@ def test_float16(backend):
     boxes = box_zoo(0.5)
     rois = rois_for(boxes, np.float16)
     assert rois.dtype == np.float32
-    out = backend.prroi_pool_forward(x, rois, 0.5, *size)
+    out = backend.prroi_pool(x, rois, size, 0.5)
     assert out.dtype == np.float16
     expected = reference_prroi.prroi_pool(x.astype(np.float64), boxes, size, 0.5, np.float32)
     assert_close(out, expected, np.float16)
@@ -123,11 +123,9 @@ def test_float16(backend):
         g.astype(np.float64), boxes, SHAPE, size, 0.5, np.float32
     )
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=4e-3, atol=1e-2)
-    box = backend.prroi_pool_backward(g, rois, SHAPE, 0.5, False, x, "boxes")
+    box = backend.prroi_pool_box_backward(g, x, rois, 0.5)
     assert box.dtype == np.float32 and box.shape == (len(boxes), 5)
-    want = backend.prroi_pool_backward(
-        g.astype(np.float32), rois, SHAPE, 0.5, False, x.astype(np.float32), "boxes"
-    )
+    want = backend.prroi_pool_box_backward(g.astype(np.float32), x.astype(np.float32), rois, 0.5)
     np.testing.assert_allclose(box, want, rtol=1e-5, atol=1e-5)
 
 
@@ -141,7 +139,7 @@ def test_exact_integral_of_a_bilinear_surface(backend):
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     x = (yy * xx)[None, None]
     rois = np.array([[0, 0.3, 1.2, 5.4, 4.7], [0, 7.0, 0.0, 8.0, 2.0]])
-    out = backend.prroi_pool_forward(x, rois, 1.0, 1, 1)
+    out = backend.prroi_pool(x, rois, (1, 1), 1.0)
     np.testing.assert_allclose(out[0, 0, 0, 0], (0.3 + 5.4) / 2 * (1.2 + 4.7) / 2, rtol=1e-13)
     # Column 7 holds 7 * y; over x in [7, 8] the surface is 7 * y * (8 - x): half of it.
     np.testing.assert_allclose(out[1, 0, 0, 0], 7 * 1.0 * 0.5, rtol=1e-13)
@@ -153,26 +151,24 @@ def test_zero_area_bins_give_zero(backend, dtype):
     rois = rois_for(
         [[0, 4.0, 4.0, 4.0, 4.0], [1, 3.0, 2.5, 9.0, 2.5], [0, 7.5, 5.5, 2.5, 1.5]], dtype
     )
-    out = backend.prroi_pool_forward(x, rois, 1.0, 2, 2)
+    out = backend.prroi_pool(x, rois, (2, 2), 1.0)
     np.testing.assert_array_equal(out, 0)
     g = np.ones_like(out)
     np.testing.assert_array_equal(backend.prroi_pool_backward(g, rois, SHAPE, 1.0), 0)
-    np.testing.assert_array_equal(
-        backend.prroi_pool_backward(g, rois, SHAPE, 1.0, False, x, "boxes"), 0
-    )
+    np.testing.assert_array_equal(backend.prroi_pool_box_backward(g, x, rois, 1.0), 0)
 
 
 def test_empty_inputs(backend):
     x = features(np.float32)
     none = np.zeros((0, 5), np.float32)
-    assert backend.prroi_pool_forward(x, none, 1.0, 2, 2).shape == (0, SHAPE[1], 2, 2)
+    assert backend.prroi_pool(x, none, (2, 2), 1.0).shape == (0, SHAPE[1], 2, 2)
     g = np.zeros((0, SHAPE[1], 2, 2), np.float32)
     got = backend.prroi_pool_backward(g, none, SHAPE, 1.0)
     assert got.shape == SHAPE and not got.any()
-    assert backend.prroi_pool_backward(g, none, SHAPE, 1.0, True, x, "boxes").shape == (0, 5)
+    assert backend.prroi_pool_box_backward(g, x, none, 1.0, deterministic=True).shape == (0, 5)
     empty = np.zeros((2, 0, 4, 4), np.float32)  # no channels
     rois = rois_for(box_zoo(1.0), np.float32)
-    assert backend.prroi_pool_forward(empty, rois, 1.0, 2, 2).shape == (12, 0, 2, 2)
+    assert backend.prroi_pool(empty, rois, (2, 2), 1.0).shape == (12, 0, 2, 2)
 
 
 # ---- box gradients ---------------------------------------------------------------------------
@@ -207,8 +203,8 @@ def test_box_gradient_matches_central_differences(ops, dtype, scale, size):
     x = features(np.float64)
     g = grad(np.float64, len(boxes), size)
     want = _central_differences(x, boxes, g, size, scale)
-    got = ops.prroi_pool_backward(
-        g.astype(dtype), rois_for(boxes, dtype), SHAPE, scale, False, x.astype(dtype), "boxes"
+    got = ops.prroi_pool_box_backward(
+        g.astype(dtype), x.astype(dtype), rois_for(boxes, dtype), scale
     )
     assert got.shape == (len(boxes), 5) and got.dtype == compute_dtype(dtype)
     assert (got[:, 0] == 0).all()
@@ -240,10 +236,10 @@ def test_ramp_and_its_box_gradient(backend, dtype, corner, size):
     box = rois[0].astype(np.float64)
     cy = box[2] + (np.arange(2) + 0.5) / 2 * (box[4] - box[2])
     cx = box[1] + (np.arange(3) + 0.5) / 3 * (box[3] - box[1])
-    out = backend.prroi_pool_forward(f, rois, 1.0, 2, 3)
+    out = backend.prroi_pool(f, rois, (2, 3), 1.0)
     np.testing.assert_allclose(out[0, 0], cx + 2 * cy[:, None], rtol=tol, atol=tol)
     g = np.ones((1, 1, 2, 3), dtype)
-    got = backend.prroi_pool_backward(g, rois, f.shape, 1.0, False, f, "boxes")
+    got = backend.prroi_pool_box_backward(g, f, rois, 1.0)
     np.testing.assert_allclose(got, [[0, 3.0, 6.0, 3.0, 6.0]], rtol=tol, atol=tol)
 
 
@@ -259,7 +255,7 @@ def test_subnormal_bins_across_a_peak(backend, dtype, y1, y2):
     x = features(dtype)
     g = grad(dtype, 1, (2, 3))
     want = reference_prroi.prroi_pool(x, rois, (2, 3), 1.0, coord_dtype=ct)
-    out = backend.prroi_pool_forward(x, rois, 1.0, 2, 3)
+    out = backend.prroi_pool(x, rois, (2, 3), 1.0)
     assert np.isfinite(out).all()
     assert_close(out, want, dtype)
     got = backend.prroi_pool_backward(g, rois, SHAPE, 1.0)
@@ -290,17 +286,15 @@ def test_box_gradient_is_zero_for_clamped_boxes(backend):
     x = features(np.float64)
     rois = np.array([[0, 7.5, 5.5, 2.5, 1.5], [1, 7.5, 1.5, 2.5, 5.5]])
     g = np.ones((2, SHAPE[1], 2, 2))
-    np.testing.assert_array_equal(
-        backend.prroi_pool_backward(g, rois, SHAPE, 1.0, False, x, "boxes"), 0
-    )
+    np.testing.assert_array_equal(backend.prroi_pool_box_backward(g, x, rois, 1.0), 0)
 
 
 def test_box_gradient_deterministic_matches(ops):
     boxes = _smooth_boxes()
     x = features(np.float64)
     g = grad(np.float64, len(boxes), (2, 3))
-    a = ops.prroi_pool_backward(g, boxes, SHAPE, 0.7, False, x, "boxes")
-    b = ops.prroi_pool_backward(g, boxes, SHAPE, 0.7, True, x, "boxes")
+    a = ops.prroi_pool_box_backward(g, x, boxes, 0.7)
+    b = ops.prroi_pool_box_backward(g, x, boxes, 0.7, deterministic=True)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -316,9 +310,9 @@ def test_cpu_chunks_give_the_same_result(monkeypatch):
 
     def run():
         return [
-            _cpu.prroi_pool_forward(x, rois, 0.7, *size),
+            _cpu.prroi_pool(x, rois, size, 0.7),
             _cpu.prroi_pool_backward(g, rois, SHAPE, 0.7),
-            _cpu.prroi_pool_backward(g, rois, SHAPE, 0.7, False, x, "boxes"),
+            _cpu.prroi_pool_box_backward(g, x, rois, 0.7),
         ]
 
     whole = run()
@@ -367,7 +361,7 @@ def test_host_kernels_sum_independently_of_order(dtype):
     def run(r, gg, det):
         return (
             b.prroi_pool_backward(gg, r, SHAPE, 0.5, deterministic=det),
-            b.prroi_pool_backward(gg, r, SHAPE, 0.5, det, x, "boxes"),
+            b.prroi_pool_box_backward(gg, x, r, 0.5, deterministic=det),
         )
 
     first, first_box = run(rois, g, True)
@@ -390,16 +384,16 @@ def test_int64_index_variants(monkeypatch):
     def run():
         b = host_backend()
         return [
-            b.prroi_pool_forward(x, rois, 0.7, 2, 3),
+            b.prroi_pool(x, rois, (2, 3), 0.7),
             b.prroi_pool_backward(g, rois, SHAPE, 0.7),
             b.prroi_pool_backward(g, rois, SHAPE, 0.7, deterministic=True),
-            b.prroi_pool_backward(g, rois, SHAPE, 0.7, True, x, "boxes"),
+            b.prroi_pool_box_backward(g, x, rois, 0.7, deterministic=True),
         ]
 
     narrow = run()
     calls = []
     launch = host.launch
-    monkeypatch.setattr(_ops, "LARGE", 0)
+    monkeypatch.setattr(_launch, "LARGE", 0)
     monkeypatch.setattr(host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k)))
     wide = run()
     assert calls and all(name.endswith("_i64") for name in calls)
@@ -413,10 +407,10 @@ def test_kernels_skip_a_bad_batch_index():
     b = host_backend()
     x = features(np.float32)
     rois = np.array([[5, 1.0, 1.0, 6.0, 6.0], [-1, 1.0, 1.0, 6.0, 6.0]], np.float32)
-    assert not b.prroi_pool_forward(x, rois, 1.0, 2, 2).any()
+    assert not b.prroi_pool(x, rois, (2, 2), 1.0).any()
     g = np.ones((2, SHAPE[1], 2, 2), np.float32)
     assert not b.prroi_pool_backward(g, rois, SHAPE, 1.0).any()
-    assert not b.prroi_pool_backward(g, rois, SHAPE, 1.0, False, x, "boxes").any()
+    assert not b.prroi_pool_box_backward(g, x, rois, 1.0).any()
 
 
 # ---- the public functions --------------------------------------------------------------------
@@ -439,7 +433,7 @@ def test_public_functions_equal_the_backend():
     x = _x(np.float64)
     rois = BOXES.astype(np.float64)
     np.testing.assert_array_equal(
-        cuproi.prroi_pool(x, BOXES, OUT, 0.5), _cpu.prroi_pool_forward(x, rois, 0.5, *OUT)
+        cuproi.prroi_pool(x, BOXES, OUT, 0.5), _cpu.prroi_pool(x, rois, OUT, 0.5)
     )
     g = _g(dtype=np.float64)
     np.testing.assert_array_equal(
@@ -448,7 +442,7 @@ def test_public_functions_equal_the_backend():
     )
     np.testing.assert_array_equal(
         cuproi.prroi_pool_box_backward(g, x, BOXES, OUT, 0.5, deterministic=True),
-        _cpu.prroi_pool_backward(g, rois, x.shape, 0.5, False, x, "boxes"),
+        _cpu.prroi_pool_box_backward(g, x, rois, 0.5),
     )
 
 
@@ -565,9 +559,9 @@ def test_backends_agree_on_random_boxes(boxes, size, scale, dtype):
     rois = rois_for(np.array(boxes, np.float64), dtype)
     g = grad(dtype, len(rois), size)
     pairs = [
-        (b.prroi_pool_forward(x, rois, scale, *size) for b in (_cpu, hb)),
+        (b.prroi_pool(x, rois, size, scale) for b in (_cpu, hb)),
         (b.prroi_pool_backward(g, rois, SHAPE, scale) for b in (_cpu, hb)),
-        (b.prroi_pool_backward(g, rois, SHAPE, scale, False, x, "boxes") for b in (_cpu, hb)),
+        (b.prroi_pool_box_backward(g, x, rois, scale) for b in (_cpu, hb)),
     ]
     pairs = [[np.asarray(a) for a in pair] for pair in pairs]
     # The box gradient divides differences of averages by the bin size: in float32 its

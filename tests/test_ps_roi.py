@@ -18,7 +18,7 @@ import cuproi
 import cuproi.ps_roi_align
 import cuproi.ps_roi_pool
 from cuproi._cpu import _sampling
-from cuproi._cuda import _ops
+from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype
 
 C_OUT = 2
@@ -71,8 +71,8 @@ SCALES = [1.0, 0.5, 0.7]
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("size", SIZES)
 def test_ps_roi_align_forward(backend, dtype, ratio, scale, size):
-    out = backend.ps_roi_align_forward(
-        features(dtype, size), rois_for(box_zoo(scale), dtype), scale, *size, ratio
+    out = backend.ps_roi_align(
+        features(dtype, size), rois_for(box_zoo(scale), dtype), size, scale, ratio
     )
     assert out.dtype == dtype and out.shape == (12, C_OUT, *size)
     assert np.isfinite(out).all()
@@ -83,9 +83,7 @@ def test_ps_roi_align_forward(backend, dtype, ratio, scale, size):
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("size", [*SIZES, (7, 5)])
 def test_ps_roi_pool_forward(backend, dtype, scale, size):
-    out = backend.ps_roi_pool_forward(
-        features(dtype, size), rois_for(box_zoo(scale), dtype), scale, *size
-    )
+    out = backend.ps_roi_pool(features(dtype, size), rois_for(box_zoo(scale), dtype), size, scale)
     assert out.dtype == dtype and out.shape == (12, C_OUT, *size)
     assert_close(out, _oracle("ps_roi_pool", dtype, size, scale), dtype)
 
@@ -120,7 +118,7 @@ def test_ps_roi_align_adjoint(backend, ratio, size):
     rng = np.random.default_rng(4)
     x = rng.standard_normal(shape_for(size))
     rois = rois_for(box_zoo(0.7), np.float64)
-    out = backend.ps_roi_align_forward(x, rois, 0.7, *size, ratio)
+    out = backend.ps_roi_align(x, rois, size, 0.7, ratio)
     g = rng.standard_normal(out.shape)
     got = backend.ps_roi_align_backward(g, rois, x.shape, 0.7, ratio)
     assert np.vdot(out, g) == pytest.approx(np.vdot(x, got), rel=1e-12)
@@ -133,7 +131,7 @@ def test_ps_roi_pool_adjoint(backend, scale, size):
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape_for(size))
     rois = rois_for(box_zoo(scale), np.float64)
-    out = backend.ps_roi_pool_forward(x, rois, scale, *size)
+    out = backend.ps_roi_pool(x, rois, size, scale)
     g = rng.standard_normal(out.shape)
     got = backend.ps_roi_pool_backward(g, rois, x.shape, scale)
     assert np.vdot(out, g) == pytest.approx(np.vdot(x, got), rel=1e-12)
@@ -147,11 +145,11 @@ def test_float16(backend):
     rois = rois_for(boxes, np.float16)
     assert rois.dtype == np.float32
     x64, f32 = x.astype(np.float64), np.float32
-    out = backend.ps_roi_align_forward(x, rois, 0.5, *size, 2)
+    out = backend.ps_roi_align(x, rois, size, 0.5, 2)
     assert out.dtype == np.float16
     expected = reference_ps.ps_roi_align(x64, boxes, size, 0.5, 2, coord_dtype=f32)
     assert_close(out, expected, np.float16)
-    out = backend.ps_roi_pool_forward(x, rois, 0.5, *size)
+    out = backend.ps_roi_pool(x, rois, size, 0.5)
     assert out.dtype == np.float16
     assert_close(out, reference_ps.ps_roi_pool(x64, boxes, size, 0.5, coord_dtype=f32), np.float16)
     g = grad(np.float16, len(boxes), size)
@@ -176,12 +174,12 @@ def test_zero_size_box_gives_zero_not_nan(backend, dtype):
     rois = rois_for(
         [[0, 4.0, 4.0, 4.0, 4.0], [1, 3.0, 2.5, 9.0, 2.5], [0, 7.5, 5.5, 2.5, 1.5]], dtype
     )
-    out = backend.ps_roi_align_forward(x, rois, 1.0, 2, 2, -1)
+    out = backend.ps_roi_align(x, rois, (2, 2), 1.0, -1)
     np.testing.assert_array_equal(out, 0)
     grad_in = backend.ps_roi_align_backward(np.ones_like(out), rois, x.shape, 1.0, -1)
     np.testing.assert_array_equal(grad_in, 0)
     # With a fixed sampling_ratio the samples collapse onto one point: its value.
-    point = backend.ps_roi_align_forward(x, rois[:1], 1.0, 2, 2, 2)
+    point = backend.ps_roi_align(x, rois[:1], (2, 2), 1.0, 2)
     np.testing.assert_allclose(
         point[0, 0, 0, 0],
         x[0, 0, 3, 3] * 0.25 + x[0, 0, 3, 4] * 0.25 + x[0, 0, 4, 3] * 0.25 + x[0, 0, 4, 4] * 0.25,
@@ -195,7 +193,7 @@ def test_ps_roi_pool_reads_the_last_row_and_column(backend):
     n, c, h, w = 1, 4, 6, 6
     x = np.arange(n * c * h * w, dtype=np.float64).reshape(n, c, h, w)
     rois = np.array([[0, 2.0, 2.0, 6.0, 6.0]])
-    out = backend.ps_roi_pool_forward(x, rois, 1.0, 2, 2)
+    out = backend.ps_roi_pool(x, rois, (2, 2), 1.0)
     np.testing.assert_array_equal(out[0, 0, 1, 1], x[0, 3, 4:6, 4:6].mean())
     got = backend.ps_roi_pool_backward(np.ones_like(out), rois, x.shape, 1.0)
     expected = np.zeros((h, w))
@@ -215,19 +213,15 @@ def test_channel_mapping(backend):
     ).copy()
     rois = np.array([[0, 0.0, 0.0, 7.0, 5.0]], np.float32)
     expected = np.arange(c_out * ph * pw, dtype=np.float32).reshape(1, c_out, ph, pw)
-    np.testing.assert_allclose(
-        backend.ps_roi_align_forward(x, rois, 1.0, ph, pw, 2), expected, rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        backend.ps_roi_pool_forward(x, rois, 1.0, ph, pw), expected, rtol=1e-6
-    )
+    np.testing.assert_allclose(backend.ps_roi_align(x, rois, (ph, pw), 1.0, 2), expected, rtol=1e-6)
+    np.testing.assert_allclose(backend.ps_roi_pool(x, rois, (ph, pw), 1.0), expected, rtol=1e-6)
 
 
 def test_empty_inputs(backend):
     x = features(np.float32, (2, 2))
     none = np.zeros((0, 5), np.float32)
-    assert backend.ps_roi_align_forward(x, none, 1.0, 2, 2, -1).shape == (0, C_OUT, 2, 2)
-    assert backend.ps_roi_pool_forward(x, none, 1.0, 2, 2).shape == (0, C_OUT, 2, 2)
+    assert backend.ps_roi_align(x, none, (2, 2), 1.0, -1).shape == (0, C_OUT, 2, 2)
+    assert backend.ps_roi_pool(x, none, (2, 2), 1.0).shape == (0, C_OUT, 2, 2)
     g = np.zeros((0, C_OUT, 2, 2), np.float32)
     for got in (
         backend.ps_roi_align_backward(g, none, x.shape, 1.0, -1),
@@ -236,8 +230,8 @@ def test_empty_inputs(backend):
         assert got.shape == x.shape and not got.any()
     empty = np.zeros((2, 0, 4, 4), np.float32)  # no channels
     rois = rois_for(box_zoo(1.0), np.float32)
-    assert backend.ps_roi_align_forward(empty, rois, 1.0, 2, 2, -1).shape == (12, 0, 2, 2)
-    assert backend.ps_roi_pool_forward(empty, rois, 1.0, 2, 2).shape == (12, 0, 2, 2)
+    assert backend.ps_roi_align(empty, rois, (2, 2), 1.0, -1).shape == (12, 0, 2, 2)
+    assert backend.ps_roi_pool(empty, rois, (2, 2), 1.0).shape == (12, 0, 2, 2)
 
 
 def test_cpu_chunks_give_the_same_result(monkeypatch):
@@ -251,9 +245,9 @@ def test_cpu_chunks_give_the_same_result(monkeypatch):
 
     def run():
         return [
-            _cpu.ps_roi_align_forward(x, rois, 0.7, *size, -1),
+            _cpu.ps_roi_align(x, rois, size, 0.7, -1),
             _cpu.ps_roi_align_backward(g, rois, x.shape, 0.7, -1),
-            _cpu.ps_roi_pool_forward(x, rois, 0.7, *size),
+            _cpu.ps_roi_pool(x, rois, size, 0.7),
             _cpu.ps_roi_pool_backward(g, rois, x.shape, 0.7),
         ]
 
@@ -351,10 +345,10 @@ def test_int64_index_variants(monkeypatch):
     def run():
         b = host_backend()
         return [
-            b.ps_roi_align_forward(x, rois, 0.7, 2, 3, -1),
+            b.ps_roi_align(x, rois, (2, 3), 0.7, -1),
             b.ps_roi_align_backward(g, rois, x.shape, 0.7, 2),
             b.ps_roi_align_backward(g, rois, x.shape, 0.7, 2, deterministic=True),
-            b.ps_roi_pool_forward(x, rois, 0.7, 2, 3),
+            b.ps_roi_pool(x, rois, (2, 3), 0.7),
             b.ps_roi_pool_backward(g, rois, x.shape, 0.7),
             b.ps_roi_pool_backward(g, rois, x.shape, 0.7, deterministic=True),
         ]
@@ -362,7 +356,7 @@ def test_int64_index_variants(monkeypatch):
     narrow = run()
     calls = []
     launch = host.launch
-    monkeypatch.setattr(_ops, "LARGE", 0)
+    monkeypatch.setattr(_launch, "LARGE", 0)
     monkeypatch.setattr(host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k)))
     wide = run()
     assert calls and all(name.endswith("_i64") for name in calls)
@@ -376,8 +370,8 @@ def test_kernels_skip_a_bad_batch_index():
     b = host_backend()
     x = features(np.float32, (2, 2))
     rois = np.array([[5, 1.0, 1.0, 6.0, 6.0], [-1, 1.0, 1.0, 6.0, 6.0]], np.float32)
-    assert not b.ps_roi_align_forward(x, rois, 1.0, 2, 2, 2).any()
-    assert not b.ps_roi_pool_forward(x, rois, 1.0, 2, 2).any()
+    assert not b.ps_roi_align(x, rois, (2, 2), 1.0, 2).any()
+    assert not b.ps_roi_pool(x, rois, (2, 2), 1.0).any()
     g = np.ones((2, C_OUT, 2, 2), np.float32)
     assert not b.ps_roi_align_backward(g, rois, x.shape, 1.0, 2).any()
     assert not b.ps_roi_pool_backward(g, rois, x.shape, 1.0).any()
@@ -406,10 +400,10 @@ def test_public_functions_equal_the_backend():
     rois = BOXES.astype(np.float64)
     np.testing.assert_array_equal(
         cuproi.ps_roi_align(x, BOXES, PS_OUT, 0.5, 2),
-        _cpu.ps_roi_align_forward(x, rois, 0.5, *PS_OUT, 2),
+        _cpu.ps_roi_align(x, rois, PS_OUT, 0.5, 2),
     )
     np.testing.assert_array_equal(
-        cuproi.ps_roi_pool(x, BOXES, PS_OUT, 0.5), _cpu.ps_roi_pool_forward(x, rois, 0.5, *PS_OUT)
+        cuproi.ps_roi_pool(x, BOXES, PS_OUT, 0.5), _cpu.ps_roi_pool(x, rois, PS_OUT, 0.5)
     )
     g = _g(dtype=np.float64)
     np.testing.assert_array_equal(
@@ -559,9 +553,9 @@ def test_backends_agree_on_random_boxes(boxes, size, scale, ratio, dtype):
     rois = rois_for(np.array(boxes, np.float64), dtype)
     g = grad(dtype, len(rois), size)
     pairs = [
-        (b.ps_roi_align_forward(x, rois, scale, *size, ratio) for b in (_cpu, hb)),
+        (b.ps_roi_align(x, rois, size, scale, ratio) for b in (_cpu, hb)),
         (b.ps_roi_align_backward(g, rois, x.shape, scale, ratio) for b in (_cpu, hb)),
-        (b.ps_roi_pool_forward(x, rois, scale, *size) for b in (_cpu, hb)),
+        (b.ps_roi_pool(x, rois, size, scale) for b in (_cpu, hb)),
         (b.ps_roi_pool_backward(g, rois, x.shape, scale) for b in (_cpu, hb)),
     ]
     for cpu, kernels in pairs:

@@ -28,7 +28,7 @@ def data(dtype, seed=0, k=12):
 def forward(b, x, rois, ratio, aligned, scale=0.7):
     if b is None:
         return cuproi.roi_align(x, rois, SIZE, scale, ratio, aligned, pool_mode="max")
-    return b.roi_align_max_forward(x, rois, scale, *SIZE, ratio, aligned)
+    return b.roi_align(x, rois, SIZE, scale, ratio, aligned, "max")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -41,7 +41,9 @@ def test_forward_and_backward_match_oracle(backend, dtype, ratio, aligned):
     assert out.dtype == dtype and out.shape == (len(rois), SHAPE[1], *SIZE)
     want = oracle.roi_align_max(x, rois, SIZE, 0.7, ratio, aligned)
     np.testing.assert_allclose(out, want, rtol=rtol, atol=atol)
-    grad = backend.roi_align_max_backward(g, x, rois, 0.7, ratio, aligned)
+    grad = backend.roi_align_backward(
+        g, rois, x.shape, 0.7, ratio, aligned, pool_mode="max", input=x
+    )
     assert grad.dtype == dtype and grad.shape == x.shape
     want = oracle.roi_align_max_backward(g, x, rois, SIZE, 0.7, ratio, aligned)
     np.testing.assert_allclose(grad, want, rtol=rtol, atol=atol)
@@ -51,45 +53,25 @@ def test_float16_on_host_kernels():
     if host.COMPILER is None:
         pytest.skip("no C++ compiler")
     b = host_backend()
-    b.roi_align_max_forward = host.bind("roi_align_max_forward")
-    b.roi_align_max_backward = host.bind("roi_align_max_backward")
     x, rois, g = data(np.float16)
     rtol, atol = TOLERANCE[np.dtype(np.float16)]
     rois32 = rois.astype(np.float32)
-    out = b.roi_align_max_forward(x, rois32, 0.7, *SIZE, 2, True)
+    out = b.roi_align(x, rois32, SIZE, 0.7, 2, True, "max")
     assert out.dtype == np.float16
     np.testing.assert_allclose(out, oracle.roi_align_max(x, rois32, SIZE, 0.7, 2, True), rtol, atol)
-    grad = b.roi_align_max_backward(g, x, rois32, 0.7, 2, True)
+    grad = b.roi_align_backward(g, rois32, x.shape, 0.7, 2, True, pool_mode="max", input=x)
     want = oracle.roi_align_max_backward(g, x, rois32, SIZE, 0.7, 2, True)
     np.testing.assert_allclose(grad, want, rtol, atol)
-
-
-@pytest.fixture(params=["cpu", "host-kernels"])
-def family(request):
-    """A backend with the max-mode functions (the host kernels are bound here)."""
-    if request.param == "cpu":
-        from cuproi import _cpu
-
-        return _cpu
-    if host.COMPILER is None:
-        pytest.skip("no C++ compiler")
-    b = host_backend()
-    b.roi_align_max_forward = host.bind("roi_align_max_forward")
-    b.roi_align_max_backward = host.bind("roi_align_max_backward")
-    return b
-
-
-@pytest.fixture
-def backend(family):  # noqa: F811  (the family fixture extends the shared one)
-    return family
 
 
 def test_ties_first_sample_in_scan_order_wins(backend):
     x = np.ones((1, 1, 6, 6))
     rois = np.array([[0, 1.0, 1.0, 5.0, 5.0]])
-    out = backend.roi_align_max_forward(x, rois, 1.0, 1, 1, 2, False)
+    out = backend.roi_align(x, rois, (1, 1), 1.0, 2, False, "max")
     assert out.item() == 1.0
-    grad = backend.roi_align_max_backward(np.ones_like(out), x, rois, 1.0, 2, False)
+    grad = backend.roi_align_backward(
+        np.ones_like(out), rois, x.shape, 1.0, 2, False, pool_mode="max", input=x
+    )
     # Samples at (2, 2), (2, 4), (4, 2), (4, 4): the first wins, exactly on cell (2, 2).
     want = np.zeros((6, 6))
     want[2, 2] = 1.0
@@ -100,10 +82,12 @@ def test_nan_propagates_and_takes_the_gradient(backend):
     x = np.arange(36, dtype=np.float64).reshape(1, 1, 6, 6)
     x[0, 0, 2, 2] = np.nan
     rois = np.array([[0, 0.0, 0.0, 6.0, 6.0]])
-    out = backend.roi_align_max_forward(x, rois, 1.0, 1, 1, 3, False)
+    out = backend.roi_align(x, rois, (1, 1), 1.0, 3, False, "max")
     assert np.isnan(out.item())
     # The first NaN sample in scan order gets the gradient (its 4 neighbours).
-    grad = backend.roi_align_max_backward(np.ones_like(out), x, rois, 1.0, 3, False)
+    grad = backend.roi_align_backward(
+        np.ones_like(out), rois, x.shape, 1.0, 3, False, pool_mode="max", input=x
+    )
     want = oracle.roi_align_max_backward(np.ones_like(out), x, rois, 1, 1.0, 3, False)
     np.testing.assert_allclose(grad, want)
 
@@ -111,9 +95,11 @@ def test_nan_propagates_and_takes_the_gradient(backend):
 def test_empty_bin_gives_zero_and_no_gradient(backend):
     x = -np.ones((1, 2, 5, 5))
     rois = np.array([[0, 2.0, 2.0, 2.0, 2.0]])  # zero size, aligned, adaptive: no samples
-    out = backend.roi_align_max_forward(x, rois, 1.0, 2, 2, -1, True)
+    out = backend.roi_align(x, rois, (2, 2), 1.0, -1, True, "max")
     np.testing.assert_array_equal(out, 0)
-    grad = backend.roi_align_max_backward(np.ones_like(out), x, rois, 1.0, -1, True)
+    grad = backend.roi_align_backward(
+        np.ones_like(out), rois, x.shape, 1.0, -1, True, pool_mode="max", input=x
+    )
     np.testing.assert_array_equal(grad, 0)
 
 
@@ -122,12 +108,14 @@ def test_out_of_range_samples_compete_as_zero(backend, box):
     """Negative features: a sample outside the map (value 0, as in mmcv) wins, no gradient."""
     x = -1.0 - np.random.default_rng(0).uniform(size=(1, 1, 5, 5))
     rois = np.array([box])
-    out = backend.roi_align_max_forward(x, rois, 1.0, 1, 1, -1, False)
+    out = backend.roi_align(x, rois, (1, 1), 1.0, -1, False, "max")
     assert out.item() == 0.0
-    grad = backend.roi_align_max_backward(np.ones_like(out), x, rois, 1.0, -1, False)
+    grad = backend.roi_align_backward(
+        np.ones_like(out), rois, x.shape, 1.0, -1, False, pool_mode="max", input=x
+    )
     np.testing.assert_array_equal(grad, 0)
     # Positive features: the in-range maximum wins over the zeros.
-    out = backend.roi_align_max_forward(-x, rois, 1.0, 1, 1, -1, False)
+    out = backend.roi_align(-x, rois, (1, 1), 1.0, -1, False, "max")
     np.testing.assert_allclose(out, oracle.roi_align_max(-x, rois, 1, 1.0, -1, False))
 
 
@@ -175,18 +163,19 @@ def test_list_boxes():
 def test_deterministic_backward_is_order_independent(dtype):
     if host.COMPILER is None:
         pytest.skip("no C++ compiler")
-    backward = host.bind("roi_align_max_backward")
+    backward = host.bind("roi_align_backward")
     x, rois, g = data(dtype, k=40)
     order = np.random.default_rng(3).permutation(len(rois))
-    a = backward(g, x, rois, 0.7, -1, False, deterministic=True)
+    options = {"pool_mode": "max", "input": x, "deterministic": True}
+    a = backward(g, rois, x.shape, 0.7, -1, False, **options)
     b = backward(
         np.ascontiguousarray(g[order]),
-        x,
         np.ascontiguousarray(rois[order]),
+        x.shape,
         0.7,
         -1,
         False,
-        deterministic=True,
+        **options,
     )
     np.testing.assert_array_equal(a, b)
     rtol, atol = TOLERANCE[np.dtype(dtype)]

@@ -17,7 +17,7 @@ from conftest import TOLERANCE, host_backend
 import cuproi
 import cuproi.roi_align_rotated
 from cuproi._cpu import _sampling
-from cuproi._cuda import _ops
+from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype
 
 SHAPE = (2, 3, 10, 12)
@@ -83,8 +83,8 @@ FLAGS = [(True, False), (True, True), (False, False), (False, True)]
 @pytest.mark.parametrize("flags", FLAGS)
 def test_forward(backend, dtype, ratio, scale, flags):
     size = (3, 4)
-    out = backend.roi_align_rotated_forward(
-        features(dtype), rois_for(ZOO, dtype), scale, *size, ratio, *flags
+    out = backend.roi_align_rotated(
+        features(dtype), rois_for(ZOO, dtype), size, scale, ratio, *flags
     )
     assert out.dtype == dtype and out.shape == (len(ZOO), SHAPE[1], *size)
     assert np.isfinite(out).all()
@@ -107,8 +107,8 @@ def test_backward(backend, dtype, ratio, scale, flags):
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("ratio", [-1, 3])
 def test_other_sizes(backend, size, ratio):
-    out = backend.roi_align_rotated_forward(
-        features(np.float64), rois_for(ZOO, np.float64), 0.7, *size, ratio, True, False
+    out = backend.roi_align_rotated(
+        features(np.float64), rois_for(ZOO, np.float64), size, 0.7, ratio, True, False
     )
     assert_close(out, _oracle("roi_align_rotated", np.float64, size, 0.7, ratio), np.float64)
 
@@ -119,7 +119,7 @@ def test_adjoint(backend, flags, ratio):
     x = features(np.float64)
     rois = rois_for(ZOO, np.float64)
     g = grad(np.float64, len(rois), (3, 4))
-    out = backend.roi_align_rotated_forward(x, rois, 0.5, 3, 4, ratio, *flags)
+    out = backend.roi_align_rotated(x, rois, (3, 4), 0.5, ratio, *flags)
     back = backend.roi_align_rotated_backward(g, rois, SHAPE, 0.5, ratio, *flags)
     np.testing.assert_allclose((out * g).sum(), (x * back).sum(), rtol=1e-12)
 
@@ -131,7 +131,7 @@ def test_float16(backend):
     rois = rois_for(ZOO, np.float16)
     assert rois.dtype == np.float32
     x64, f32 = x.astype(np.float64), np.float32
-    out = backend.roi_align_rotated_forward(x, rois, 0.5, *size, 2, True, False)
+    out = backend.roi_align_rotated(x, rois, size, 0.5, 2, True, False)
     assert out.dtype == np.float16
     want = reference_rotated.roi_align_rotated(x64, ZOO, size, 0.5, 2, coord_dtype=f32)
     assert_close(out, want, np.float16)
@@ -147,12 +147,14 @@ def test_float16(backend):
 def test_empty_inputs(backend):
     x = features(np.float32)
     rois = np.zeros((0, 6), np.float32)
-    out = backend.roi_align_rotated_forward(x, rois, 1.0, 2, 2, 0, True, False)
+    out = backend.roi_align_rotated(x, rois, (2, 2), 1.0, 0, True, False)
     assert out.shape == (0, SHAPE[1], 2, 2)
     g = np.zeros((0, SHAPE[1], 2, 2), np.float32)
     got = backend.roi_align_rotated_backward(g, rois, SHAPE, 1.0, 0, True, False)
     assert got.shape == SHAPE and not got.any()
-    got = backend.roi_align_rotated_backward(g, rois, SHAPE, 1.0, 0, True, False, True)
+    got = backend.roi_align_rotated_backward(
+        g, rois, SHAPE, 1.0, 0, True, False, deterministic=True
+    )
     assert got.shape == SHAPE and not got.any()
 
 
@@ -176,10 +178,8 @@ def test_angle_zero_is_roi_align(backend, aligned, ratio, dtype):
     cx, cy, w, h = rotated[:, 1:5].T
     boxes = np.column_stack([rotated[:, 0], cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
     x = features(dtype)
-    got = backend.roi_align_rotated_forward(
-        x, rois_for(rotated, dtype), 0.5, 3, 4, ratio, aligned, False
-    )
-    want = backend.roi_align_forward(x, rois_for(boxes, dtype), 0.5, 3, 4, ratio, aligned)
+    got = backend.roi_align_rotated(x, rois_for(rotated, dtype), (3, 4), 0.5, ratio, aligned, False)
+    want = backend.roi_align(x, rois_for(boxes, dtype), (3, 4), 0.5, ratio, aligned)
     rtol, atol = TOLERANCE[np.dtype(dtype)]
     np.testing.assert_allclose(got, want, rtol=10 * rtol, atol=10 * atol)
 
@@ -191,8 +191,8 @@ def test_angle_180_reverses_the_bins(backend, aligned):
     turned[:, 5] = 180.0
     x = features(np.float64)
     rois = rois_for(boxes, np.float64)
-    out = backend.roi_align_rotated_forward(x, rois, 1.0, 3, 4, 2, aligned, False)
-    out180 = backend.roi_align_rotated_forward(x, turned, 1.0, 3, 4, 2, aligned, False)
+    out = backend.roi_align_rotated(x, rois, (3, 4), 1.0, 2, aligned, False)
+    out180 = backend.roi_align_rotated(x, turned, (3, 4), 1.0, 2, aligned, False)
     np.testing.assert_allclose(out180, out[:, :, ::-1, ::-1], rtol=1e-12, atol=1e-12)
 
 
@@ -211,11 +211,11 @@ def test_angle_90_is_counter_clockwise(backend):
     other = boxes.copy()
     # aligned: index = coordinate - 0.5, so W - 1 - (cx - 0.5) = (W - cx) - 0.5.
     other[:, 1], other[:, 2], other[:, 5] = boxes[:, 2], width - boxes[:, 1], 180.0
-    got = backend.roi_align_rotated_forward(x, boxes, 1.0, 3, 4, 2, True, False)
-    want = backend.roi_align_rotated_forward(z, other, 1.0, 3, 4, 2, True, False)
+    got = backend.roi_align_rotated(x, boxes, (3, 4), 1.0, 2, True, False)
+    want = backend.roi_align_rotated(z, other, (3, 4), 1.0, 2, True, False)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     # The clockwise flag turns the other way: -90 degrees is a different result.
-    cw = backend.roi_align_rotated_forward(x, boxes, 1.0, 3, 4, 2, True, True)
+    cw = backend.roi_align_rotated(x, boxes, (3, 4), 1.0, 2, True, True)
     assert not np.allclose(cw, got)
 
 
@@ -225,17 +225,17 @@ def test_clockwise_negates_and_angles_are_periodic(backend, dtype):
     boxes[:, 5] = np.round(np.random.default_rng(5).uniform(-200, 200, len(boxes)) * 8) / 8
     x = features(dtype)
     rois = rois_for(boxes, dtype)
-    base = backend.roi_align_rotated_forward(x, rois, 0.5, 3, 4, 0, True, False)
+    base = backend.roi_align_rotated(x, rois, (3, 4), 0.5, 0, True, False)
     negated = rois.copy()
     negated[:, 5] = -negated[:, 5]
     np.testing.assert_array_equal(
-        backend.roi_align_rotated_forward(x, negated, 0.5, 3, 4, 0, True, True), base
+        backend.roi_align_rotated(x, negated, (3, 4), 0.5, 0, True, True), base
     )
     turned = rois.copy()
     turned[:, 5] = rois[:, 5] + 720  # exact in float32 too for these angles
     assert (turned[:, 5] - 720 == rois[:, 5]).all()
     np.testing.assert_allclose(
-        backend.roi_align_rotated_forward(x, turned, 0.5, 3, 4, 0, True, False),
+        backend.roi_align_rotated(x, turned, (3, 4), 0.5, 0, True, False),
         base,
         *TOLERANCE[np.dtype(dtype)],
     )
@@ -277,10 +277,10 @@ def test_huge_boxes_are_cheap_and_backends_agree():
     )
     g = grad(np.float32, len(boxes), (2, 2))
     for b in (_cpu, hb):
-        out = b.roi_align_rotated_forward(x, boxes, 1.0, 2, 2, 0, True, False)
+        out = b.roi_align_rotated(x, boxes, (2, 2), 1.0, 0, True, False)
         assert np.isfinite(out).all()
-    cpu = _cpu.roi_align_rotated_forward(x, boxes, 1.0, 2, 2, 0, True, False)
-    kern = hb.roi_align_rotated_forward(x, boxes, 1.0, 2, 2, 0, True, False)
+    cpu = _cpu.roi_align_rotated(x, boxes, (2, 2), 1.0, 0, True, False)
+    kern = hb.roi_align_rotated(x, boxes, (2, 2), 1.0, 0, True, False)
     assert_close(cpu, kern.astype(np.float64), np.float32)
     cpu = _cpu.roi_align_rotated_backward(g, boxes, SHAPE, 1.0, 0, True, False)
     kern = hb.roi_align_rotated_backward(g, boxes, SHAPE, 1.0, 0, True, False)
@@ -297,12 +297,12 @@ def test_many_samples_in_one_box_are_built_in_pieces(monkeypatch):
     boxes = np.array([[1, 6.0, 5.0, 7.0, 5.0, 33.0]])
     g = grad(np.float64, 1, (2, 2))
     kern = [
-        hb.roi_align_rotated_forward(x, boxes, 1.0, 2, 2, 300, True, False),
+        hb.roi_align_rotated(x, boxes, (2, 2), 1.0, 300, True, False),
         hb.roi_align_rotated_backward(g, boxes, SHAPE, 1.0, 300, True, False),
     ]
     monkeypatch.setattr(_sampling, "BUDGET", 1 << 14)
     cpu = [
-        _cpu.roi_align_rotated_forward(x, boxes, 1.0, 2, 2, 300, True, False),
+        _cpu.roi_align_rotated(x, boxes, (2, 2), 1.0, 300, True, False),
         _cpu.roi_align_rotated_backward(g, boxes, SHAPE, 1.0, 300, True, False),
     ]
     for a, b in zip(cpu, kern, strict=True):
@@ -318,7 +318,7 @@ def test_cpu_chunks_give_the_same_result(monkeypatch):
 
     def run():
         return [
-            _cpu.roi_align_rotated_forward(x, rois, 0.7, 3, 4, 0, True, False),
+            _cpu.roi_align_rotated(x, rois, (3, 4), 0.7, 0, True, False),
             _cpu.roi_align_rotated_backward(g, rois, SHAPE, 0.7, 0, True, False),
         ]
 
@@ -398,7 +398,7 @@ def test_int64_index_variants(monkeypatch):
     def run():
         b = host_backend()
         return [
-            b.roi_align_rotated_forward(x, rois, 0.7, 2, 3, 0, True, False),
+            b.roi_align_rotated(x, rois, (2, 3), 0.7, 0, True, False),
             b.roi_align_rotated_backward(g, rois, SHAPE, 0.7, 2, False, True),
             b.roi_align_rotated_backward(g, rois, SHAPE, 0.7, 2, True, False, deterministic=True),
         ]
@@ -406,7 +406,7 @@ def test_int64_index_variants(monkeypatch):
     narrow = run()
     calls = []
     launch = host.launch
-    monkeypatch.setattr(_ops, "LARGE", 0)
+    monkeypatch.setattr(_launch, "LARGE", 0)
     monkeypatch.setattr(host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k)))
     wide = run()
     assert calls and all(name.endswith("_i64") for name in calls)
@@ -419,7 +419,7 @@ def test_kernels_skip_a_bad_batch_index():
     b = host_backend()
     x = features(np.float32)
     rois = np.array([[5, 4.0, 4.0, 6.0, 6.0, 30], [-1, 4.0, 4.0, 6.0, 6.0, 0]], np.float32)
-    assert not b.roi_align_rotated_forward(x, rois, 1.0, 2, 2, 2, True, False).any()
+    assert not b.roi_align_rotated(x, rois, (2, 2), 1.0, 2, True, False).any()
     g = np.ones((2, SHAPE[1], 2, 2), np.float32)
     assert not b.roi_align_rotated_backward(g, rois, SHAPE, 1.0, 2, True, False).any()
 
@@ -436,7 +436,7 @@ def test_public_functions_equal_the_backend():
     rois = BOXES.astype(np.float64)
     np.testing.assert_array_equal(
         cuproi.roi_align_rotated(x, BOXES, (2, 3), 0.5, 2, False, True),
-        _cpu.roi_align_rotated_forward(x, rois, 0.5, 2, 3, 2, False, True),
+        _cpu.roi_align_rotated(x, rois, (2, 3), 0.5, 2, False, True),
     )
     g = grad(np.float64, 2, (2, 3))
     np.testing.assert_array_equal(
@@ -567,7 +567,7 @@ def test_backends_agree_on_random_boxes(boxes, size, scale, ratio, flags, dtype)
     rois = rois_for(np.array(boxes, np.float64), dtype)
     g = grad(dtype, len(rois), size)
     pairs = [
-        (b.roi_align_rotated_forward(x, rois, scale, *size, ratio, *flags) for b in (_cpu, hb)),
+        (b.roi_align_rotated(x, rois, size, scale, ratio, *flags) for b in (_cpu, hb)),
         (b.roi_align_rotated_backward(g, rois, SHAPE, scale, ratio, *flags) for b in (_cpu, hb)),
     ]
     for cpu, kernels in pairs:

@@ -279,7 +279,7 @@ def pixels_read(x, cells, dtype=None):
     """The pixels of (N, C, H, W) ``x`` that ``cells`` (:func:`reach`) cover, as Pixels.
 
     The rows are a C-contiguous matrix of ``dtype``: the runs of tiles the cells overlap
-    (_cells), or every pixel when they cover most of the map (``_parallel.channels_last``).
+    (_cells), or every pixel when they cover most of the map (``_cells.channels_last``).
     Copying a large NCHW map channels last costs more than a few boxes' products on it: this
     copies what they read. Even features stored channels last, which the products could read
     in place, are copied then: a backward's layout (the same Pixels) then stays as small.

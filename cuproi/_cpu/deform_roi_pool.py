@@ -49,9 +49,10 @@ def _operator(rois, g, axes, shape, k0, k1, slopes=False, pixels=None):
     )
 
 
-def deform_roi_pool_forward(
-    input, rois, offset, spatial_scale, pooled_h, pooled_w, sampling_ratio, gamma, mask=None
+def deform_roi_pool(
+    input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, mask=None
 ):
+    pooled_h, pooled_w = output_size
     n, c, h, w = input.shape
     shape = (n, h, w)
     g = _geometry.deform_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
@@ -88,21 +89,16 @@ def deform_roi_pool_backward(
     spatial_scale,
     sampling_ratio,
     gamma,
-    deterministic=False,
     mask=None,
-    wrt="input",
+    *,
+    deterministic=False,
     channels_last=False,
 ):
+    """``(grad_input, grad_offset, grad_mask)``, None for an absent offset or mask."""
     n, c, h, w = input.shape
     shape = (n, h, w)
     k, _, pooled_h, pooled_w = grad_output.shape
     ct = rois.dtype.type
-    if wrt == "boxes":  # the (K, 5) box gradient
-        from cuproi._cpu import _box_gradients
-
-        return _box_gradients.deform_roi_pool(
-            grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma, mask
-        )
     ct_grad = grad_output.astype(ct, copy=False)
     grad_mask = None
     if mask is not None:  # out = mask * average: d / d mask = <g, average>; the rest sees g * mask
@@ -166,3 +162,23 @@ def deform_roi_pool_backward(
             grad_offset.reshape(k, pooled_h, pooled_w, 2).transpose(0, 3, 1, 2)
         )
     return grad, grad_offset, grad_mask
+
+
+def deform_roi_pool_box_backward(
+    grad_output,
+    input,
+    rois,
+    offset,
+    spatial_scale,
+    sampling_ratio,
+    gamma,
+    mask=None,
+    *,
+    deterministic=False,
+):
+    """The (K, 5) gradient with respect to the boxes."""
+    from cuproi._cpu import _box_gradients  # it imports this module
+
+    return _box_gradients.deform_roi_pool(
+        grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma, mask
+    )

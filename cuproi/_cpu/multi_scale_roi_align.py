@@ -7,7 +7,7 @@ box order. The per-level calls are chunked and bounded in memory by RoI Align it
 
 import numpy as np
 
-from cuproi._cpu.roi_align import roi_align_backward, roi_align_forward
+from cuproi._cpu.roi_align import roi_align, roi_align_backward
 
 
 def box_levels(rois, thresholds):
@@ -26,18 +26,16 @@ def box_levels(rois, thresholds):
     return levels
 
 
-def multi_scale_roi_align_forward(
-    features, rois, spatial_scales, thresholds, pooled_h, pooled_w, sampling_ratio, aligned
+def multi_scale_roi_align(
+    features, rois, output_size, spatial_scales, sampling_ratio, aligned, thresholds
 ):
     _, c = features[0].shape[:2]
-    out = np.zeros((len(rois), c, pooled_h, pooled_w), features[0].dtype)
+    out = np.zeros((len(rois), c, *output_size), features[0].dtype)
     levels = box_levels(rois, thresholds)
     for level, (x, scale) in enumerate(zip(features, spatial_scales, strict=True)):
         idx = np.flatnonzero(levels == level)
         if idx.size:
-            out[idx] = roi_align_forward(
-                x, rois[idx], scale, pooled_h, pooled_w, sampling_ratio, aligned
-            )
+            out[idx] = roi_align(x, rois[idx], output_size, scale, sampling_ratio, aligned)
     return out
 
 
@@ -46,9 +44,10 @@ def multi_scale_roi_align_backward(
     rois,
     input_shapes,
     spatial_scales,
-    thresholds,
     sampling_ratio,
     aligned,
+    thresholds,
+    *,
     deterministic=False,
 ):
     levels = box_levels(rois, thresholds)

@@ -161,7 +161,8 @@ def _operator(rois, plan, shape, k0, k1, edge=None, pixels=None):
     )
 
 
-def prroi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
+def prroi_pool(input, rois, output_size, spatial_scale):
+    pooled_h, pooled_w = output_size
     n, c, h, w = input.shape
     shape = (n, h, w)
     out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
@@ -226,11 +227,7 @@ def _box_gradient(grad_output, input, rois, spatial_scale):
     return out.astype(ct)
 
 
-def prroi_pool_backward(
-    grad_output, rois, input_shape, spatial_scale, deterministic=False, input=None, wrt="input"
-):
-    if wrt == "boxes":  # the (K, 5) box gradient, which reads the features `input`
-        return _box_gradient(grad_output, input, rois, spatial_scale)
+def prroi_pool_backward(grad_output, rois, input_shape, spatial_scale, *, deterministic=False):
     n, c, h, w = input_shape
     shape = (n, h, w)
     _, _, pooled_h, pooled_w = grad_output.shape
@@ -250,3 +247,8 @@ def prroi_pool_backward(
         g_rows,
         pixels,
     )
+
+
+def prroi_pool_box_backward(grad_output, input, rois, spatial_scale, *, deterministic=False):
+    """The (K, 5) gradient with respect to the boxes, which reads the features ``input``."""
+    return _box_gradient(grad_output, input, rois, spatial_scale)

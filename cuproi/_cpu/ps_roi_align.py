@@ -37,14 +37,15 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio):
     )
 
 
-def ps_roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio):
+def ps_roi_align(input, rois, output_size, spatial_scale, sampling_ratio):
+    pooled_h, pooled_w = output_size
     n, _, h, w = input.shape
     plan = _plan(rois, (n, h, w), spatial_scale, pooled_h, pooled_w, sampling_ratio)
     return _ps.forward(input, plan)
 
 
 def ps_roi_align_backward(
-    grad_output, rois, input_shape, spatial_scale, sampling_ratio, deterministic=False
+    grad_output, rois, input_shape, spatial_scale, sampling_ratio, *, deterministic=False
 ):
     n, _, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape

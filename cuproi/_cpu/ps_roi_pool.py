@@ -37,12 +37,12 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w):
     )
 
 
-def ps_roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
+def ps_roi_pool(input, rois, output_size, spatial_scale):
     n, _, h, w = input.shape
-    return _ps.forward(input, _plan(rois, (n, h, w), spatial_scale, pooled_h, pooled_w))
+    return _ps.forward(input, _plan(rois, (n, h, w), spatial_scale, *output_size))
 
 
-def ps_roi_pool_backward(grad_output, rois, input_shape, spatial_scale, deterministic=False):
+def ps_roi_pool_backward(grad_output, rois, input_shape, spatial_scale, *, deterministic=False):
     n, _, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
     plan = _plan(rois, (n, h, w), spatial_scale, pooled_h, pooled_w)

@@ -7,7 +7,7 @@ backend's threads (``_parallel``).
 
 import numpy as np
 
-from cuproi._cpu import _geometry, _parallel, _sampling, _scratch
+from cuproi._cpu import _geometry, _parallel, _sampling, _scratch, roi_align_max
 
 
 def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
@@ -81,7 +81,12 @@ def _bins(rois, plan, shape):
     return np.repeat(rois, bins, axis=0), (y, x, np.repeat(count, bins), taps_y * taps_x)
 
 
-def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+def roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, pool_mode="avg"):
+    if pool_mode == "max":
+        return roi_align_max.forward(
+            input, rois, spatial_scale, *output_size, sampling_ratio, aligned
+        )
+    pooled_h, pooled_w = output_size
     n, c, h, w = input.shape
     shape = (n, h, w)
     out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
@@ -112,17 +117,16 @@ def roi_align_backward(
     spatial_scale,
     sampling_ratio,
     aligned,
-    deterministic=False,
+    *,
+    pool_mode="avg",
     input=None,
-    wrt="input",
+    deterministic=False,
     channels_last=False,
 ):
-    if wrt == "boxes":  # the (K, 5) box gradient, which reads the features `input`
-        from cuproi._cpu import _box_gradients
-
-        return _box_gradients.roi_align(
-            grad_output, input, rois, spatial_scale, sampling_ratio, aligned
-        )
+    """The input gradient (the max mode reads the features ``input``)."""
+    if pool_mode == "max":
+        args = (grad_output, input, rois, spatial_scale, sampling_ratio, aligned)
+        return roi_align_max.backward(*args, channels_last=channels_last)
     n, c, h, w = input_shape
     shape = (n, h, w)
     _, _, pooled_h, pooled_w = grad_output.shape
@@ -143,3 +147,23 @@ def roi_align_backward(
         pixels,
         channels_last,
     )
+
+
+def roi_align_box_backward(
+    grad_output,
+    input,
+    rois,
+    spatial_scale,
+    sampling_ratio,
+    aligned,
+    *,
+    pool_mode="avg",
+    deterministic=False,
+):
+    """The (K, 5) gradient with respect to the boxes, which reads the features ``input``."""
+    args = (grad_output, input, rois, spatial_scale, sampling_ratio, aligned)
+    if pool_mode == "max":
+        return roi_align_max.box_backward(*args)
+    from cuproi._cpu import _box_gradients  # it imports deform_roi_pool, which imports this
+
+    return _box_gradients.roi_align(*args)

@@ -96,7 +96,7 @@ def _chunks(pixels, rois, shape, y, x, fn):
             yield [fn(k0, k1, _box_in_pieces(pixels, rois, shape, y, x, k0, spans))]
 
 
-def roi_align_max_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+def forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
     n, c, h, w = input.shape
     shape = (n, h, w)
     out = np.zeros((len(rois), c, pooled_h, pooled_w), rois.dtype)
@@ -210,33 +210,38 @@ def _box_gradient(g_rows, rois, y, x, shape, grid, bins, pooled, spatial_scale, 
     return grad_rois
 
 
-def roi_align_max_backward(
-    grad_output,
-    input,
-    rois,
-    spatial_scale,
-    sampling_ratio,
-    aligned,
-    deterministic=False,
-    wrt="input",
-    channels_last=False,
-):
+def _winners(grad_output, input, rois, spatial_scale, sampling_ratio, aligned):
+    """What both backwards read: the gradient's rows, the sampling grid, the pixels read."""
     n, c, h, w = input.shape
     shape = (n, h, w)
     _, _, pooled_h, pooled_w = grad_output.shape
-    ct = rois.dtype.type
-    g_rows = _sampling.bin_rows(grad_output.astype(ct, copy=False))
+    g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
     grid, y, x = _setup(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-    pixels = _pixels(input, rois, y, x, shape, ct)
-    bins = pooled_h * pooled_w
-    if wrt == "input":
-        dtype = grad_output.dtype
-        out = _input_gradient(g_rows, input, rois, y, x, bins, dtype, channels_last, pixels)
-    else:
-        pooled = (pooled_h, pooled_w)
-        out = _box_gradient(
-            g_rows, rois, y, x, shape, grid, bins, pooled, spatial_scale, aligned, pixels
-        )
-        out = out.astype(ct)
+    return g_rows, grid, y, x, _pixels(input, rois, y, x, shape, rois.dtype)
+
+
+def backward(grad_output, input, rois, spatial_scale, sampling_ratio, aligned, channels_last=False):
+    """The input gradient, NCHW or stored channels last."""
+    g_rows, _, y, x, pixels = _winners(
+        grad_output, input, rois, spatial_scale, sampling_ratio, aligned
+    )
+    bins = grad_output.shape[2] * grad_output.shape[3]
+    dtype = grad_output.dtype
+    out = _input_gradient(g_rows, input, rois, y, x, bins, dtype, channels_last, pixels)
     _scratch.give(pixels.rows)
     return out
+
+
+def box_backward(grad_output, input, rois, spatial_scale, sampling_ratio, aligned):
+    """The (K, 5) gradient with respect to the boxes."""
+    g_rows, grid, y, x, pixels = _winners(
+        grad_output, input, rois, spatial_scale, sampling_ratio, aligned
+    )
+    n, c, h, w = input.shape
+    pooled = grad_output.shape[2:]
+    bins = pooled[0] * pooled[1]
+    out = _box_gradient(
+        g_rows, rois, y, x, (n, h, w), grid, bins, pooled, spatial_scale, aligned, pixels
+    )
+    _scratch.give(pixels.rows)
+    return out.astype(rois.dtype.type)

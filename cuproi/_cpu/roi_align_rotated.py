@@ -213,9 +213,8 @@ def _samples_matrix(plan, k0, box, ph, pw, nx, entry_bin, local, bins):
     return scipy.sparse.csr_matrix((values, (rows, columns)), shape=(bins, n * h * w))
 
 
-def roi_align_rotated_forward(
-    input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
-):
+def roi_align_rotated(input, rois, output_size, spatial_scale, sampling_ratio, aligned, clockwise):
+    pooled_h, pooled_w = output_size
     n, c, h, w = input.shape
     out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
     plan = _plan(
@@ -241,6 +240,7 @@ def roi_align_rotated_backward(
     sampling_ratio,
     aligned,
     clockwise,
+    *,
     deterministic=False,
 ):
     n, c, h, w = input_shape

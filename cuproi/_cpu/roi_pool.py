@@ -40,9 +40,15 @@ def _few(input, bins, argmax):
     return cells * (8 if argmax else 16) <= n * h * w
 
 
-def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, argmax=True):
-    """(out, argmax) of RoI Pool; ``argmax`` is None when not asked for (``argmax=False``)."""
-    bins = _geometry.pool_bins(rois, spatial_scale, pooled_h, pooled_w, *input.shape[2:])
+def roi_pool(input, rois, output_size, spatial_scale, return_argmax=False):
+    """RoI Pool's output, and with ``return_argmax`` its argmax: ``(out, argmax)``."""
+    out, argmax = _forward(input, rois, output_size, spatial_scale, return_argmax)
+    return (out, argmax) if return_argmax else out
+
+
+def _forward(input, rois, output_size, spatial_scale, argmax):
+    """(out, argmax); ``argmax`` is None when not asked for (``argmax=False``)."""
+    bins = _geometry.pool_bins(rois, spatial_scale, *output_size, *input.shape[2:])
     if _few(input, bins, argmax):
         out, index = _forward_gather(input, rois, bins)
         return out, (index if argmax else None)
@@ -369,7 +375,7 @@ def _backward_runs(grad_output, image, argmax, shape, dtype, runs):
     return grad
 
 
-def roi_pool_backward(grad_output, rois, argmax, input_shape, deterministic=False):
+def roi_pool_backward(grad_output, rois, argmax, input_shape, *, deterministic=False):
     n, c, h, w = input_shape
     k = len(rois)
     image = rois[:, 0].astype(np.int64)

@@ -1,74 +1,88 @@
 """CuPy backend: the functions of cuproi._cpu on device arrays, through kernels/*.cu.
 
-Same names and signatures as cuproi._cpu. Importing this module does not import cupy; the first
-call does. Each call runs on the device of its first array and on CuPy's current stream.
+Same names and signatures as cuproi._cpu (see there for how they follow the public API).
+Importing this module does not import cupy; the first call does. Each call runs on the device
+of its first array (the first level's features for multi_scale_roi_align) and on CuPy's
+current stream.
+
+Every function here is ``cuproi._cuda.<op module>.<name>`` with its first argument, the
+``_launch.Device`` it launches on, bound to CuPy and the CUDA launcher; the unbound function is
+its ``__wrapped__`` (the tests bind it to NumPy and the kernels compiled for the host).
 """
 
-from cuproi._cuda import _ops
+import functools
+import inspect
+
+from cuproi._cuda import (
+    deform_roi_pool,
+    multi_scale_roi_align,
+    prroi_pool,
+    ps_roi_align,
+    ps_roi_pool,
+    roi_align,
+    roi_align_rotated,
+    roi_pool,
+)
+
+
+def _gpu():
+    """CuPy and the CUDA launcher (cupy looked up on every call, as an import would)."""
+    import cupy
+
+    from cuproi._cuda import _launch
+
+    return _launch.Device(cupy, _launch.launch)
 
 
 def _on_device(op):
+    @functools.wraps(op)
     def run(first, *args, **kwargs):
-        import cupy
+        arrays = first if isinstance(first, list) else [first]
+        with arrays[0].device:
+            return op(_gpu(), first, *args, **kwargs)
 
-        from cuproi._cuda._launch import launch
-
-        with first.device:
-            return op(cupy, launch, first, *args, **kwargs)
-
-    run.__name__ = run.__qualname__ = op.__name__
+    # The signature callers see: without the device.
+    signature = inspect.signature(op)
+    run.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
     return run
 
 
-roi_align_forward = _on_device(_ops.roi_align_forward)
-roi_align_backward = _on_device(_ops.roi_align_backward)
-roi_pool_forward = _on_device(_ops.roi_pool_forward)
-roi_pool_backward = _on_device(_ops.roi_pool_backward)
-deform_roi_pool_forward = _on_device(_ops.deform_roi_pool_forward)
-deform_roi_pool_backward = _on_device(_ops.deform_roi_pool_backward)
-ps_roi_align_forward = _on_device(_ops.ps_roi_align_forward)
-ps_roi_align_backward = _on_device(_ops.ps_roi_align_backward)
-ps_roi_pool_forward = _on_device(_ops.ps_roi_pool_forward)
-ps_roi_pool_backward = _on_device(_ops.ps_roi_pool_backward)
-multi_scale_roi_align_backward = _on_device(_ops.multi_scale_roi_align_backward)
-roi_align_max_forward = _on_device(_ops.roi_align_max_forward)
-roi_align_max_backward = _on_device(_ops.roi_align_max_backward)
-roi_align_rotated_forward = _on_device(_ops.roi_align_rotated_forward)
-roi_align_rotated_backward = _on_device(_ops.roi_align_rotated_backward)
-prroi_pool_forward = _on_device(_ops.prroi_pool_forward)
-prroi_pool_backward = _on_device(_ops.prroi_pool_backward)
-
-
-def multi_scale_roi_align_forward(features, *args, **kwargs):
-    """The fused multi-level forward, on the device of the first level's features."""
-    import cupy
-
-    from cuproi._cuda._launch import launch
-
-    with features[0].device:
-        return _ops.multi_scale_roi_align_forward(cupy, launch, features, *args, **kwargs)
-
-
 __all__ = [
+    "deform_roi_pool",
     "deform_roi_pool_backward",
-    "deform_roi_pool_forward",
+    "deform_roi_pool_box_backward",
+    "multi_scale_roi_align",
     "multi_scale_roi_align_backward",
-    "multi_scale_roi_align_forward",
+    "prroi_pool",
     "prroi_pool_backward",
-    "prroi_pool_forward",
+    "prroi_pool_box_backward",
+    "ps_roi_align",
     "ps_roi_align_backward",
-    "ps_roi_align_forward",
+    "ps_roi_pool",
     "ps_roi_pool_backward",
-    "ps_roi_pool_forward",
+    "roi_align",
     "roi_align_backward",
-    "roi_align_forward",
-    "roi_align_max_backward",
-    "roi_align_max_forward",
+    "roi_align_box_backward",
+    "roi_align_rotated",
     "roi_align_rotated_backward",
-    "roi_align_rotated_forward",
+    "roi_pool",
     "roi_pool_backward",
-    "roi_pool_forward",
 ]
+
+_MODULES = (
+    deform_roi_pool,
+    multi_scale_roi_align,
+    prroi_pool,
+    ps_roi_align,
+    ps_roi_pool,
+    roi_align,
+    roi_align_rotated,
+    roi_pool,
+)
+# Every entry point, from the module of its op, on the GPU (the module names are rebound here).
+globals().update(
+    {name: _on_device(getattr(m, name)) for m in _MODULES for name in __all__ if hasattr(m, name)}
+)
 
 
 def __getattr__(name):

@@ -3,9 +3,10 @@
 Each kernels/<name>.cu, as the loader hands it to NVRTC (includes inlined), is compiled by a C++
 compiler with shim.h (which turns a launch into one thread of one block) into a shared library,
 and its entry points are called through ctypes. ``launch`` has the signature of the GPU
-launcher, so ``cuproi._cuda._ops`` runs unchanged on NumPy arrays: the very code that marshals
-the GPU arguments is what these tests exercise. Inside ``with blocks(...)``, ``launch`` runs
-the launch's blocks and threads instead (shim.h, block simulator), in a chosen order.
+launcher, so the launches of ``cuproi._cuda`` run unchanged on NumPy arrays (``bind``): the very
+code that marshals the GPU arguments is what these tests exercise. Inside ``with blocks(...)``,
+``launch`` runs the launch's blocks and threads instead (shim.h, block simulator), in a chosen
+order.
 """
 
 import contextlib
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cuproi._cuda import _ops, _source
+import cuproi._cuda
+from cuproi._cuda import _launch, _source
 
 SHIM = Path(__file__).with_name("shim.h")
 COMPILER = shutil.which(os.environ.get("CXX", "g++"))
@@ -172,6 +174,11 @@ def launch(name, entry, n, args, per_block=False):
         _simulate(lib, function, converted, n, per_block)
 
 
+def device():
+    """The ``_launch.Device`` of the host: NumPy arrays, kernels run by ``launch``."""
+    return _launch.Device(np, launch)
+
+
 def bind(op):
-    """``cuproi._cuda._ops.<op>`` bound to NumPy and the host launcher: the backend signature."""
-    return functools.partial(getattr(_ops, op), np, launch)
+    """``cuproi._cuda.<op>`` on NumPy and the host launcher: the backend signature."""
+    return functools.partial(getattr(cuproi._cuda, op).__wrapped__, device())

@@ -1,0 +1,45 @@
+"""Rotated RoI Align's launches (kernels/roi_align_rotated.cu).
+
+Boxes are (K, 6): [batch_index, cx, cy, w, h, angle in degrees].
+"""
+
+from cuproi._cuda._launch import GradSum, ints
+
+
+def _scalars(rois, input_shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise):
+    sizes = (*input_shape, *output_size, sampling_ratio, aligned, clockwise)
+    return (rois.dtype.type(spatial_scale), *ints(*sizes))
+
+
+def roi_align_rotated(
+    device, input, rois, output_size, spatial_scale, sampling_ratio, aligned, clockwise
+):
+    input = device.nchw(input)
+    out = device.xp.empty((len(rois), input.shape[1], *output_size), input.dtype)
+    scalars = _scalars(
+        rois, input.shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise
+    )
+    device.run("roi_align_rotated", "forward", input.dtype, out.size, input, rois, *scalars, out)
+    return out
+
+
+def roi_align_rotated_backward(
+    device,
+    grad_output,
+    rois,
+    input_shape,
+    spatial_scale,
+    sampling_ratio,
+    aligned,
+    clockwise,
+    *,
+    deterministic=False,
+):
+    grad = GradSum(device, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
+    output_size = grad_output.shape[2:]
+    scalars = _scalars(
+        rois, input_shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise
+    )
+    args = (grad_output, rois, *scalars, *grad.args())
+    device.run("roi_align_rotated", "backward", grad_output.dtype, grad_output.size, *args)
+    return grad.result(grad_output.dtype)

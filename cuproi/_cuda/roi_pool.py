@@ -1,0 +1,24 @@
+"""RoI Pool's launches (kernels/roi_pool.cu)."""
+
+import numpy as np
+
+from cuproi._cuda._launch import GradSum, ints
+
+
+def roi_pool(device, input, rois, output_size, spatial_scale, return_argmax=False):
+    # The kernel finds the argmax while it takes the maximum, asked for or not.
+    input = device.nchw(input)
+    out = device.xp.empty((len(rois), input.shape[1], *output_size), input.dtype)
+    argmax = device.xp.empty(out.shape, np.int32)
+    scalars = (rois.dtype.type(spatial_scale), *ints(*input.shape, *output_size))
+    args = (input, rois, *scalars, out, argmax)
+    device.run("roi_pool", "forward", input.dtype, out.size, *args)
+    return (out, argmax) if return_argmax else out
+
+
+def roi_pool_backward(device, grad_output, rois, argmax, input_shape, *, deterministic=False):
+    grad = GradSum(device, input_shape, rois.dtype, grad_output, deterministic)
+    sizes = ints(*input_shape, *grad_output.shape[2:])
+    args = (grad_output, rois, argmax, *sizes, *grad.args())
+    device.run("roi_pool", "backward", grad_output.dtype, grad_output.size, *args)
+    return grad.result(grad_output.dtype)
