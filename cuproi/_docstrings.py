@@ -13,7 +13,11 @@ from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Parameters.
+# Parameters. ``{op}`` in a block stands for the op that :func:`fill` is given.
+
+GRAD_OUTPUT = """\
+grad_output : (K, C, PH, PW) array
+    Gradient of a loss with respect to the output of :func:`{op}`."""
 
 INPUT = """\
 input : (N, C, H, W) array
@@ -61,6 +65,41 @@ channels_last : bool, optional
     torch's ``channels_last`` format), the layout of channels-last features; on the GPU
     that saves a transpose. Default: C-contiguous."""
 
+# The position-sensitive ops (R-FCN), whose C input channels are score maps for C / (PH * PW)
+# output channels.
+
+SCORE_MAPS = """\
+input : (N, C, H, W) array
+    Position-sensitive score maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
+    ``C`` must be a multiple of ``PH * PW``."""
+
+SCORE_MAPS_POOLED = """\
+(K, C / (PH * PW), PH, PW) array
+    Same array type, device and dtype as ``input``."""
+
+SCORE_MAPS_VALUE_ERROR = """\
+ValueError
+    ``C`` not a multiple of ``PH * PW``; wrong ranks or shapes (a (K, 4) box array),
+    non-positive sizes or scale, non-finite or fractional box values, arrays on different
+    devices."""
+
+SCORE_MAPS_GRAD_OUTPUT = """\
+grad_output : (K, C / (PH * PW), PH, PW) array
+    Gradient of a loss with respect to the output of :func:`{op}`."""
+
+SCORE_MAPS_INPUT_SHAPE = """\
+input_shape : tuple of 4 ints
+    ``(N, C, H, W)`` of the forward input; ``C`` a multiple of ``PH * PW``."""
+
+SCORE_MAPS_BACKWARD_ERRORS = """\
+TypeError, ValueError, IndexError
+    As :func:`{op}`; also when ``grad_output`` does not match the boxes, the
+    channels ``C / (PH * PW)`` of ``input_shape`` or ``output_size``."""
+
+RFCN = """\
+J. Dai, Y. Li, K. He, J. Sun, "R-FCN: Object Detection via Region-based Fully
+Convolutional Networks", NeurIPS 2016."""
+
 # Returns.
 
 POOLED = """\
@@ -80,6 +119,11 @@ BOX_GRADIENT = """\
     gradient of list entry ``i`` is ``rows[sum(L[:i]) : sum(L[:i + 1]), 1:]``."""
 
 # Raises.
+
+BACKWARD_ERRORS = """\
+TypeError, ValueError, IndexError
+    As :func:`{op}`; also when ``grad_output`` does not match the boxes,
+    the channels of ``input_shape`` or ``output_size``."""
 
 TYPE_ERROR = """\
 TypeError
@@ -104,6 +148,8 @@ default. inf and NaN in ``grad_output`` propagate as in the default. The CPU bac
 deterministic."""
 
 SHARED = {
+    "grad_output": GRAD_OUTPUT,
+    "backward_errors": BACKWARD_ERRORS,
     "input": INPUT,
     "boxes": BOXES,
     "forward_boxes": FORWARD_BOXES,
@@ -117,6 +163,13 @@ SHARED = {
     "pooled": POOLED,
     "grad_input": GRAD_INPUT,
     "box_gradient": BOX_GRADIENT,
+    "score_maps": SCORE_MAPS,
+    "score_maps_pooled": SCORE_MAPS_POOLED,
+    "score_maps_value_error": SCORE_MAPS_VALUE_ERROR,
+    "score_maps_grad_output": SCORE_MAPS_GRAD_OUTPUT,
+    "score_maps_input_shape": SCORE_MAPS_INPUT_SHAPE,
+    "score_maps_backward_errors": SCORE_MAPS_BACKWARD_ERRORS,
+    "rfcn": RFCN,
     "type_error": TYPE_ERROR,
     "index_error": INDEX_ERROR,
     "atomic_adds": ATOMIC_ADDS,
@@ -127,11 +180,13 @@ SHARED = {
 _PLACE = re.compile(r"^( *)\{(\w+)\}$", re.MULTILINE)
 
 
-def fill(**blocks: str) -> Callable[[F], F]:
+def fill(op: str | None = None, **blocks: str) -> Callable[[F], F]:
     """Decorator: put the shared blocks, and ``blocks`` of the module, into a docstring.
 
     Parameters
     ----------
+    op : str, optional
+        The forward op the function belongs to, for the blocks that name it (``{op}``).
     **blocks : str
         Further blocks by name (an op's conventions), as the shared ones: dedented text.
         Surrounding blank lines and a common indentation are removed.
@@ -140,7 +195,7 @@ def fill(**blocks: str) -> Callable[[F], F]:
     -------
     callable
         Sets ``function.__doc__`` and returns ``function`` itself. A ``{name}`` line naming
-        no block raises KeyError at import.
+        no block, or a block naming ``{op}`` without ``op``, raises KeyError at import.
     """
     named = {**SHARED, **{name: textwrap.dedent(text).strip("\n") for name, text in blocks.items()}}
 
@@ -148,7 +203,12 @@ def fill(**blocks: str) -> Callable[[F], F]:
         indent, name = match.groups()
         if name not in named:
             raise KeyError(f"no docstring block named {name!r}; known: {sorted(named)}")
-        return textwrap.indent(named[name], indent)
+        text = named[name]
+        if "{op}" in text:
+            if op is None:
+                raise KeyError(f"docstring block {name!r} names the op: give fill(op=...)")
+            text = text.replace("{op}", op)
+        return textwrap.indent(text, indent)
 
     def decorate(function: F) -> F:
         if function.__doc__:  # None under python -OO

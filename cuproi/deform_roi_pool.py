@@ -29,16 +29,9 @@ def _box_backward_call(
     grad_output, input, boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
 ):
     """The checked arguments of a backward (:func:`cuproi._arguments.box_backward`)."""
+    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.gamma, gamma)
     return _arguments.box_backward(
-        grad_output,
-        input,
-        boxes,
-        output_size,
-        spatial_scale,
-        (_validate.sampling_ratio, sampling_ratio),
-        (_validate.gamma, gamma),
-        offset=offset,
-        mask=mask,
+        grad_output, input, boxes, output_size, spatial_scale, *checks, offset=offset, mask=mask
     )
 
 
@@ -123,15 +116,9 @@ def deform_roi_pool(
     >>> cuproi.deform_roi_pool(x, boxes, offset, 1, sampling_ratio=2, mask=mask)
     array([[[[1.75]]]], dtype=float32)
     """
+    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.gamma, gamma)
     call = _arguments.forward(
-        input,
-        boxes,
-        output_size,
-        spatial_scale,
-        (_validate.sampling_ratio, sampling_ratio),
-        (_validate.gamma, gamma),
-        offset=offset,
-        mask=mask,
+        input, boxes, output_size, spatial_scale, *checks, offset=offset, mask=mask
     )
     backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
     (ratio, shift), restore = call.options, call.restore
@@ -141,7 +128,7 @@ def deform_roi_pool(
 
 
 @_dispatch.on_input_device
-@_docstrings.fill()
+@_docstrings.fill(op="deform_roi_pool")
 def deform_roi_pool_backward(
     grad_output: ArrayT,
     input: ArrayT,
@@ -160,8 +147,7 @@ def deform_roi_pool_backward(
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`deform_roi_pool`.
+    {grad_output}
     input : (N, C, H, W) array
         The features of the forward call (the offset gradient reads them).
     boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
@@ -247,7 +233,7 @@ def deform_roi_pool_backward(
 
 
 @_dispatch.on_input_device
-@_docstrings.fill()
+@_docstrings.fill(op="deform_roi_pool")
 def deform_roi_pool_box_backward(
     grad_output: ArrayT,
     input: ArrayT,
@@ -265,8 +251,7 @@ def deform_roi_pool_box_backward(
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`deform_roi_pool`.
+    {grad_output}
     input : (N, C, H, W) array
         The features of the forward call.
     boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask

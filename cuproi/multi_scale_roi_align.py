@@ -156,7 +156,7 @@ def multi_scale_roi_align(
 
 
 @_dispatch.on_input_device
-@_docstrings.fill()
+@_docstrings.fill(op="multi_scale_roi_align")
 def multi_scale_roi_align_backward(
     grad_output: ArrayT,
     boxes: Boxes[ArrayT],
@@ -174,8 +174,7 @@ def multi_scale_roi_align_backward(
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`multi_scale_roi_align`.
+    {grad_output}
     {forward_boxes}
     input_shapes : list of tuples of 4 ints
         ``(N, C, H_l, W_l)`` of every level of the forward call, finest first.

@@ -84,7 +84,7 @@ def prroi_pool(
 
 
 @_dispatch.on_input_device
-@_docstrings.fill()
+@_docstrings.fill(op="prroi_pool")
 def prroi_pool_backward(
     grad_output: ArrayT,
     boxes: Boxes[ArrayT],
@@ -98,8 +98,7 @@ def prroi_pool_backward(
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`prroi_pool`.
+    {grad_output}
     {forward_boxes}
     {input_shape}
     output_size, spatial_scale
@@ -112,9 +111,7 @@ def prroi_pool_backward(
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`prroi_pool`; also when ``grad_output`` does not match the boxes, the
-        channels of ``input_shape`` or ``output_size``.
+    {backward_errors}
 
     Notes
     -----
@@ -146,7 +143,7 @@ def prroi_pool_backward(
 
 
 @_dispatch.on_input_device
-@_docstrings.fill()
+@_docstrings.fill(op="prroi_pool")
 def prroi_pool_box_backward(
     grad_output: ArrayT,
     input: ArrayT,
@@ -160,8 +157,7 @@ def prroi_pool_box_backward(
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`prroi_pool`.
+    {grad_output}
     input : (N, C, H, W) array
         The features of the forward call.
     boxes, output_size, spatial_scale

@@ -6,6 +6,9 @@ torchvision's semantics, without its 0/0 on boxes of zero size.
 from cuproi import _arguments, _dispatch, _docstrings, _validate
 from cuproi._types import ArrayT, Boxes, OutputSize, Shape
 
+# Output channels of the score maps, or ValueError: C / (PH * PW).
+_GROUPS = _validate.position_sensitive_channels
+
 _CONVENTIONS = """
     The input's ``C`` channels are ``C_out = C / (PH * PW)`` groups of ``PH * PW``
     position-sensitive score maps: bin ``(ph, pw)`` of output channel ``c`` reads input channel
@@ -37,9 +40,7 @@ def ps_roi_align(
 
     Parameters
     ----------
-    input : (N, C, H, W) array
-        Position-sensitive score maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
-        ``C`` must be a multiple of ``PH * PW``.
+    {score_maps}
     {boxes}
     {output_size}
     {spatial_scale}
@@ -47,16 +48,12 @@ def ps_roi_align(
 
     Returns
     -------
-    (K, C / (PH * PW), PH, PW) array
-        Same array type, device and dtype as ``input``.
+    {score_maps_pooled}
 
     Raises
     ------
     {type_error}
-    ValueError
-        ``C`` not a multiple of ``PH * PW``; wrong ranks or shapes (a (K, 4) box array),
-        non-positive sizes or scale, non-finite or fractional box values, arrays on different
-        devices.
+    {score_maps_value_error}
     {index_error}
 
     Notes
@@ -69,8 +66,7 @@ def ps_roi_align(
 
     References
     ----------
-    J. Dai, Y. Li, K. He, J. Sun, "R-FCN: Object Detection via Region-based Fully
-    Convolutional Networks", NeurIPS 2016.
+    {rfcn}
 
     Examples
     --------
@@ -84,14 +80,9 @@ def ps_roi_align(
     array([[[[1., 2.],
              [3., 4.]]]], dtype=float32)
     """
+    ratio = (_validate.sampling_ratio, sampling_ratio)
     call = _arguments.forward(
-        input,
-        boxes,
-        output_size,
-        spatial_scale,
-        (_validate.sampling_ratio, sampling_ratio),
-        channels=_validate.position_sensitive_channels,
-        channels_last=False,
+        input, boxes, output_size, spatial_scale, ratio, channels=_GROUPS, channels_last=False
     )
     backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
     (ratio,), restore = call.options, call.restore
@@ -99,7 +90,7 @@ def ps_roi_align(
 
 
 @_dispatch.on_input_device
-@_docstrings.fill()
+@_docstrings.fill(op="ps_roi_align")
 def ps_roi_align_backward(
     grad_output: ArrayT,
     boxes: Boxes[ArrayT],
@@ -114,11 +105,9 @@ def ps_roi_align_backward(
 
     Parameters
     ----------
-    grad_output : (K, C / (PH * PW), PH, PW) array
-        Gradient of a loss with respect to the output of :func:`ps_roi_align`.
+    {score_maps_grad_output}
     {forward_boxes}
-    input_shape : tuple of 4 ints
-        ``(N, C, H, W)`` of the forward input; ``C`` a multiple of ``PH * PW``.
+    {score_maps_input_shape}
     output_size, spatial_scale, sampling_ratio
         As in the forward call.
     {deterministic}
@@ -129,9 +118,7 @@ def ps_roi_align_backward(
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`ps_roi_align`; also when ``grad_output`` does not match the boxes, the
-        channels ``C / (PH * PW)`` of ``input_shape`` or ``output_size``.
+    {score_maps_backward_errors}
 
     Notes
     -----
@@ -154,14 +141,9 @@ def ps_roi_align_backward(
            [0.  , 0.  , 0.25, 0.25],
            [0.  , 0.  , 0.25, 0.25]], dtype=float32)
     """
+    ratio = (_validate.sampling_ratio, sampling_ratio)
     call = _arguments.backward(
-        grad_output,
-        boxes,
-        input_shape,
-        output_size,
-        spatial_scale,
-        (_validate.sampling_ratio, sampling_ratio),
-        channels=_validate.position_sensitive_channels,
+        grad_output, boxes, input_shape, output_size, spatial_scale, ratio, channels=_GROUPS
     )
     backend, g, rois, shape, scale = call.backend, call.g, call.rois, call.shape, call.scale
     (ratio,), restore = call.options, call.restore

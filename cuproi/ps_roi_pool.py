@@ -6,6 +6,9 @@ torchvision's semantics, with one clipping for forward and backward.
 from cuproi import _arguments, _dispatch, _docstrings, _validate
 from cuproi._types import ArrayT, Boxes, OutputSize, Shape
 
+# Output channels of the score maps, or ValueError: C / (PH * PW).
+_GROUPS = _validate.position_sensitive_channels
+
 _CONVENTIONS = """
     The input's ``C`` channels are ``C_out = C / (PH * PW)`` groups of ``PH * PW``
     position-sensitive score maps: bin ``(ph, pw)`` of output channel ``c`` reads input channel
@@ -36,25 +39,19 @@ def ps_roi_pool(
 
     Parameters
     ----------
-    input : (N, C, H, W) array
-        Position-sensitive score maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
-        ``C`` must be a multiple of ``PH * PW``.
+    {score_maps}
     {boxes}
     {output_size}
     {spatial_scale}
 
     Returns
     -------
-    (K, C / (PH * PW), PH, PW) array
-        Same array type, device and dtype as ``input``.
+    {score_maps_pooled}
 
     Raises
     ------
     {type_error}
-    ValueError
-        ``C`` not a multiple of ``PH * PW``; wrong ranks or shapes (a (K, 4) box array),
-        non-positive sizes or scale, non-finite or fractional box values, arrays on different
-        devices.
+    {score_maps_value_error}
     {index_error}
 
     Notes
@@ -67,8 +64,7 @@ def ps_roi_pool(
 
     References
     ----------
-    J. Dai, Y. Li, K. He, J. Sun, "R-FCN: Object Detection via Region-based Fully
-    Convolutional Networks", NeurIPS 2016.
+    {rfcn}
 
     Examples
     --------
@@ -83,12 +79,7 @@ def ps_roi_pool(
              [42.5, 60.5]]]], dtype=float32)
     """
     call = _arguments.forward(
-        input,
-        boxes,
-        output_size,
-        spatial_scale,
-        channels=_validate.position_sensitive_channels,
-        channels_last=False,
+        input, boxes, output_size, spatial_scale, channels=_GROUPS, channels_last=False
     )
     backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
     restore = call.restore
@@ -96,7 +87,7 @@ def ps_roi_pool(
 
 
 @_dispatch.on_input_device
-@_docstrings.fill()
+@_docstrings.fill(op="ps_roi_pool")
 def ps_roi_pool_backward(
     grad_output: ArrayT,
     boxes: Boxes[ArrayT],
@@ -110,11 +101,9 @@ def ps_roi_pool_backward(
 
     Parameters
     ----------
-    grad_output : (K, C / (PH * PW), PH, PW) array
-        Gradient of a loss with respect to the output of :func:`ps_roi_pool`.
+    {score_maps_grad_output}
     {forward_boxes}
-    input_shape : tuple of 4 ints
-        ``(N, C, H, W)`` of the forward input; ``C`` a multiple of ``PH * PW``.
+    {score_maps_input_shape}
     output_size, spatial_scale
         As in the forward call.
     {deterministic}
@@ -125,9 +114,7 @@ def ps_roi_pool_backward(
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`ps_roi_pool`; also when ``grad_output`` does not match the boxes, the
-        channels ``C / (PH * PW)`` of ``input_shape`` or ``output_size``.
+    {score_maps_backward_errors}
 
     Notes
     -----
@@ -150,12 +137,7 @@ def ps_roi_pool_backward(
            [0.  , 0.  , 0.  , 0.  ]], dtype=float32)
     """
     call = _arguments.backward(
-        grad_output,
-        boxes,
-        input_shape,
-        output_size,
-        spatial_scale,
-        channels=_validate.position_sensitive_channels,
+        grad_output, boxes, input_shape, output_size, spatial_scale, channels=_GROUPS
     )
     backend, g, rois, shape, scale = call.backend, call.g, call.rois, call.shape, call.scale
     return call.restore(

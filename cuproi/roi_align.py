@@ -102,14 +102,8 @@ def roi_align(
     >>> cuproi.roi_align(x, boxes, output_size=1, sampling_ratio=2, aligned=True, pool_mode="max")
     array([[[[5.]]]], dtype=float32)
     """
-    call = _arguments.forward(
-        input,
-        boxes,
-        output_size,
-        spatial_scale,
-        (_validate.sampling_ratio, sampling_ratio),
-        (_validate.pool_mode, pool_mode),
-    )
+    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.pool_mode, pool_mode)
+    call = _arguments.forward(input, boxes, output_size, spatial_scale, *checks)
     backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
     ratio, mode = call.options
     forward = backend.roi_align_forward if mode == "avg" else backend.roi_align_max_forward
@@ -117,7 +111,7 @@ def roi_align(
 
 
 @_dispatch.on_input_device
-@_docstrings.fill()
+@_docstrings.fill(op="roi_align")
 def roi_align_backward(
     grad_output: ArrayT,
     boxes: Boxes[ArrayT],
@@ -136,8 +130,7 @@ def roi_align_backward(
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`roi_align`.
+    {grad_output}
     {forward_boxes}
     {input_shape}
     output_size, spatial_scale, sampling_ratio, aligned, pool_mode
@@ -159,9 +152,7 @@ def roi_align_backward(
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`roi_align`; also when ``grad_output`` does not match the boxes, the channels
-        of ``input_shape`` or ``output_size``.
+    {backward_errors}
 
     Notes
     -----
@@ -188,17 +179,15 @@ def roi_align_backward(
             "roi_align_backward with pool_mode='max' needs input=, the features of the forward "
             "call (the winning samples are found again from them)"
         )
-    call = _arguments.backward(
-        grad_output,
-        boxes,
-        input_shape,
-        output_size,
-        spatial_scale,
+    checks = (
         (_validate.sampling_ratio, sampling_ratio),
         (_validate.flag, deterministic, "deterministic"),
         (_validate.flag, aligned, "aligned"),
         (_validate.flag, channels_last, "channels_last"),
-        input=input if mode == "max" else None,  # max mode computes in the features' dtype
+    )
+    features = input if mode == "max" else None  # max mode computes in the features' dtype
+    call = _arguments.backward(
+        grad_output, boxes, input_shape, output_size, spatial_scale, *checks, input=features
     )
     backend, restore, x, rois, g = call.backend, call.restore, call.x, call.rois, call.g
     shape, scale, dtype = call.shape, call.scale, call.grad_dtype
@@ -230,7 +219,7 @@ def roi_align_backward(
 
 
 @_dispatch.on_input_device
-@_docstrings.fill()
+@_docstrings.fill(op="roi_align")
 def roi_align_box_backward(
     grad_output: ArrayT,
     input: ArrayT,
@@ -247,8 +236,7 @@ def roi_align_box_backward(
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`roi_align`.
+    {grad_output}
     input : (N, C, H, W) array
         The features of the forward call (the gradient is their slope at every sample).
     boxes, output_size, spatial_scale, sampling_ratio, aligned, pool_mode
@@ -293,14 +281,8 @@ def roi_align_box_backward(
     array([[0. , 0.5, 2. , 0.5, 2. ]])
     """
     mode = _validate.pool_mode(pool_mode)
-    call = _arguments.box_backward(
-        grad_output,
-        input,
-        boxes,
-        output_size,
-        spatial_scale,
-        (_validate.sampling_ratio, sampling_ratio),
-    )
+    ratio = (_validate.sampling_ratio, sampling_ratio)
+    call = _arguments.box_backward(grad_output, input, boxes, output_size, spatial_scale, ratio)
     backend, x, rois, g, scale = call.backend, call.x, call.rois, call.g, call.scale
     (ratio,) = call.options
     det = _validate.flag(deterministic, "deterministic")

@@ -113,14 +113,8 @@ def roi_align_rotated(
     <BLANKLINE>
            [[[11.5,  3.5]]]], dtype=float32)
     """
-    call = _arguments.forward(
-        input,
-        boxes,
-        output_size,
-        spatial_scale,
-        (_validate.sampling_ratio, sampling_ratio),
-        rotated=True,
-    )
+    ratio = (_validate.sampling_ratio, sampling_ratio)
+    call = _arguments.forward(input, boxes, output_size, spatial_scale, ratio, rotated=True)
     backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
     (ratio,), restore = call.options, call.restore
     return restore(
@@ -131,7 +125,7 @@ def roi_align_rotated(
 
 
 @_dispatch.on_input_device
-@_docstrings.fill()
+@_docstrings.fill(op="roi_align_rotated")
 def roi_align_rotated_backward(
     grad_output: ArrayT,
     boxes: Boxes[ArrayT],
@@ -148,8 +142,7 @@ def roi_align_rotated_backward(
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`roi_align_rotated`.
+    {grad_output}
     boxes : (K, 6) array or list of (L_i, 5) arrays
         The boxes of the forward call.
     {input_shape}
@@ -163,9 +156,7 @@ def roi_align_rotated_backward(
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`roi_align_rotated`; also when ``grad_output`` does not match the boxes, the
-        channels of ``input_shape`` or ``output_size``.
+    {backward_errors}
 
     Notes
     -----
@@ -187,14 +178,9 @@ def roi_align_rotated_backward(
            [0.  , 0.25, 0.25, 0.  ],
            [0.  , 0.  , 0.  , 0.  ]], dtype=float32)
     """
+    ratio = (_validate.sampling_ratio, sampling_ratio)
     call = _arguments.backward(
-        grad_output,
-        boxes,
-        input_shape,
-        output_size,
-        spatial_scale,
-        (_validate.sampling_ratio, sampling_ratio),
-        rotated=True,
+        grad_output, boxes, input_shape, output_size, spatial_scale, ratio, rotated=True
     )
     backend, g, rois, shape, scale = call.backend, call.g, call.rois, call.shape, call.scale
     (ratio,), restore = call.options, call.restore

@@ -107,7 +107,7 @@ def roi_pool(
 
 
 @_dispatch.on_input_device
-@_docstrings.fill()
+@_docstrings.fill(op="roi_pool")
 def roi_pool_backward(
     grad_output: ArrayT,
     boxes: Boxes[ArrayT],
@@ -120,8 +120,7 @@ def roi_pool_backward(
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`roi_pool`.
+    {grad_output}
     boxes : (K, 5) array or list of (L_i, 4) arrays
         The boxes of the forward call (for their batch indices).
     argmax : (K, C, PH, PW) integer array
