@@ -25,16 +25,6 @@ def _nan_where(xp, array, bins):
     return array
 
 
-def _box_backward_call(
-    grad_output, input, boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
-):
-    """The checked arguments of a backward (:func:`cuproi._arguments.box_backward`)."""
-    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.gamma, gamma)
-    return _arguments.box_backward(
-        grad_output, input, boxes, output_size, spatial_scale, *checks, offset=offset, mask=mask
-    )
-
-
 def _modulation(call):
     """The call's offset and mask, checked against its boxes and output size, or None."""
     o, m = call.others
@@ -203,8 +193,9 @@ def deform_roi_pool_backward(
     >>> grad_offset.ravel()  # 0.1 * 2 cells * slopes of 1 (along x) and 4 (along y)
     array([0.2, 0.8], dtype=float32)
     """
-    call = _box_backward_call(
-        grad_output, input, boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
+    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.gamma, gamma)
+    call = _arguments.box_backward(
+        grad_output, input, boxes, output_size, spatial_scale, *checks, offset=offset, mask=mask
     )
     backend, x, rois, g, scale = call.backend, call.x, call.rois, call.g, call.scale
     (ratio, shift), restore = call.options, call.restore
@@ -294,8 +285,9 @@ def deform_roi_pool_box_backward(
     >>> cuproi.deform_roi_pool_box_backward(g, x, boxes, None, 1, sampling_ratio=2)
     array([[0. , 0.5, 2. , 0.5, 2. ]])
     """
-    call = _box_backward_call(
-        grad_output, input, boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
+    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.gamma, gamma)
+    call = _arguments.box_backward(
+        grad_output, input, boxes, output_size, spatial_scale, *checks, offset=offset, mask=mask
     )
     backend, x, rois, g, scale = call.backend, call.x, call.rois, call.g, call.scale
     ratio, shift = call.options
