@@ -14,8 +14,13 @@ no explicit synchronisation is needed on the way in or out.
 
 import functools
 import sys
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import numpy as np
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _DLPACK_CPU, _DLPACK_CUDA = 1, 2  # DLDeviceType: kDLCPU, kDLCUDA
 
@@ -150,7 +155,7 @@ def _cuda_device(values):
     return None
 
 
-def on_input_device(function):
+def on_input_device(function: Callable[P, R]) -> Callable[P, R]:
     """Run a public function with the CUDA device of its arrays current, if they have one.
 
     CuPy allocates on the current device and runs every operation there, so the whole call
@@ -159,7 +164,7 @@ def on_input_device(function):
     """
 
     @functools.wraps(function)
-    def call(*args, **kwargs):
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
         device = _cuda_device((*args, *kwargs.values()))
         if device is None:
             return function(*args, **kwargs)

@@ -11,6 +11,8 @@ the bad rows are disabled on the device instead, giving zeros, unless ``set_eage
 import math
 import numbers
 import os
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,7 +50,7 @@ _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _eager_on_device = os.environ.get("CUPROI_EAGER_CHECKS", "0") not in ("", "0")
 
 
-def set_eager_checks(enabled):
+def set_eager_checks(enabled: bool) -> bool:
     """Check box values and argmax on the GPU too, at the cost of a host synchronisation.
 
     By default a CUDA call reads nothing back from the device: a box with a batch index outside
@@ -108,7 +110,8 @@ def shown(value):
     return repr(value)
 
 
-def _integer(value, name):
+def integer(value, name):
+    """An int (a bool is refused: ``True`` is no size)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}")
     return int(value)
@@ -116,7 +119,7 @@ def _integer(value, name):
 
 def positive_integer(value, name):
     """A positive int: a count such as a number of channels."""
-    value = _integer(value, name)
+    value = integer(value, name)
     if value <= 0:
         raise ValueError(f"{name} must be positive; got {value}")
     return value
@@ -151,7 +154,7 @@ def output_size(value):
     pair = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else (value, value)
     if len(pair) != 2:
         raise ValueError(f"output_size must be an int or a pair (h, w); got {value!r}")
-    ph, pw = (_integer(v, "output_size") for v in pair)
+    ph, pw = (integer(v, "output_size") for v in pair)
     if ph <= 0 or pw <= 0:
         raise ValueError(f"output_size must be positive; got {value!r}")
     if max(ph, pw) > MAX_OUTPUT_SIZE:
@@ -210,7 +213,7 @@ def pool_mode(value):
 
 
 def sampling_ratio(value):
-    ratio = _integer(value, "sampling_ratio")
+    ratio = integer(value, "sampling_ratio")
     if ratio > MAX_SAMPLING_RATIO:
         raise ValueError(
             f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} (<= 0 means "
@@ -256,6 +259,17 @@ def features(xp, x, name="input", channels_last=False):
     return x
 
 
+def forward_features(xp, x, shape, name="input"):
+    """The forward's features given to a backward: as :func:`features`, either layout kept.
+
+    Unless ``shape`` is None they must have that shape (the backward's ``input_shape``).
+    """
+    x = features(xp, x, name, channels_last=True)
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(x.shape)} but input_shape is {tuple(shape)}")
+    return x
+
+
 def described(value):
     """``value`` for an error message: an array by its shape and dtype, not its values."""
     if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -274,7 +288,7 @@ def _shape(shape, name):
     """``(N, C, H, W)`` as ints, with a non-empty plane that int32 can index."""
     given = shape
     try:
-        shape = tuple(_integer(v, name) for v in shape)
+        shape = tuple(integer(v, name) for v in shape)
     except TypeError:
         raise TypeError(
             f"{name} must be a sequence of 4 ints (N, C, H, W); got {described(given)}"
@@ -354,29 +368,31 @@ def _per_image(xp, value, batch, ct, name, width, columns):
     return xp.concatenate(parts) if parts else xp.zeros((0, width + 1), ct)
 
 
-def boxes(xp, value, batch, scale, dtype, name="boxes"):
-    """Boxes as a (K, 5) C-contiguous array in the compute dtype of ``dtype`` features.
+class _BoxKind(NamedTuple):
+    """What tells one kind of box row from another, for :func:`_box_rows`."""
 
-    ``value`` is a (K, 5) array [batch_index, x1, y1, x2, y2] or a list of per-image (L, 4)
-    arrays [x1, y1, x2, y2]. Checks, in one reduction: batch indices integral and in
-    [0, batch), coordinates finite and, unless ``scale`` is None (a backward that reads only
-    the batch indices), within MAX_COORDINATE cells once scaled.
+    width: int  # values per row after the batch index
+    columns: str  # what the per-image arrays hold, for their errors
+    expected: str  # the (K, 1 + width) array, for its error
+    hint: str  # added to that error for a (K, width) array: the batch index is missing
+    within: Callable  # (xp, rois, scale) -> whether each row's values are finite and in range
+    explain: Callable  # (values, k, scale, name) -> raise the error of a row's bad values
+
+
+def _box_rows(xp, value, batch, scale, dtype, name, kind):
+    """Box rows of ``kind`` as a C-contiguous array in the compute dtype of ``dtype`` features.
+
+    ``value`` is a (K, 1 + width) array or a list of per-image (L, width) arrays. Checks, in
+    one reduction: batch indices integral and in [0, batch), and the row's values as ``kind``
+    says.
     """
     ct = _compute_dtype_for(scale, dtype)
     if isinstance(value, (list, tuple)):
-        rois = _per_image(xp, value, batch, ct, name, 4, "[x1, y1, x2, y2]")
+        rois = _per_image(xp, value, batch, ct, name, kind.width, kind.columns)
     else:
-        if value.ndim != 2 or value.shape[1] != 5:
-            hint = (
-                " (a (K, 4) array has no batch index: add it as the first column, or pass "
-                "a list with one (L, 4) array per image)"
-                if value.ndim == 2 and value.shape[1] == 4
-                else ""
-            )
-            raise ValueError(
-                f"{name} must be a (K, 5) array [batch_index, x1, y1, x2, y2] or "
-                f"a list of (L, 4) arrays; got shape {value.shape}{hint}"
-            )
+        if value.ndim != 2 or value.shape[1] != kind.width + 1:
+            hint = kind.hint if value.ndim == 2 and value.shape[1] == kind.width else ""
+            raise ValueError(f"{name} must be {kind.expected}; got shape {value.shape}{hint}")
         _real_array(value, name)
         rois = xp.ascontiguousarray(value, dtype=ct)
     _exact_indices(ct, batch, name)
@@ -386,34 +402,139 @@ def boxes(xp, value, batch, scale, dtype, name="boxes"):
         index = rois[:, 0] if isinstance(value, (list, tuple)) else value[:, 0]
         with np.errstate(invalid="ignore", over="ignore"):
             ok = (index >= 0) & (index < batch) & (index == xp.floor(index))
-            if scale is None:
-                ok &= xp.isfinite(rois[:, 1:]).all(axis=1)
-            else:
-                ok &= (xp.abs(rois[:, 1:]) * scale <= MAX_COORDINATE).all(axis=1)
+            ok &= kind.within(xp, rois, scale)
         if not _eager(xp):
             return _disable_bad_rows(xp, rois, ok)
         if not bool(ok.all()):
             k = int(xp.argmin(ok))
-            _explain([float(index[k]), *rois[k, 1:].tolist()], k, batch, scale, name)
+            b = float(index[k])
+            if not np.isfinite(b) or b != np.floor(b):
+                raise ValueError(
+                    f"{name}[{k}] has batch index {b}; batch indices must be whole numbers"
+                )
+            if not 0 <= b < batch:
+                valid = f"valid: 0 to {batch - 1}" if batch else "there is none"
+                raise IndexError(
+                    f"{name}[{k}] has batch index {b:.0f} but the input holds {batch} images "
+                    f"({valid})"
+                )
+            kind.explain(rois[k, 1:].tolist(), k, scale, name)
     return rois
 
 
-def _explain(row, k, batch, scale, name):
-    """Raise the error that fits the first bad box row."""
-    b, coords = row[0], row[1:]
-    if not np.isfinite(b) or b != np.floor(b):
-        raise ValueError(f"{name}[{k}] has batch index {b}; batch indices must be whole numbers")
-    if not 0 <= b < batch:
-        valid = f"valid: 0 to {batch - 1}" if batch else "there is none"
-        raise IndexError(
-            f"{name}[{k}] has batch index {b:.0f} but the input holds {batch} images ({valid})"
-        )
+def _coordinates_within(xp, rois, scale):
+    """Finite coordinates, within MAX_COORDINATE cells once scaled (unless ``scale`` is None)."""
+    if scale is None:
+        return xp.isfinite(rois[:, 1:]).all(axis=1)
+    return (xp.abs(rois[:, 1:]) * scale <= MAX_COORDINATE).all(axis=1)
+
+
+def _explain_coordinates(coords, k, scale, name):
     if not all(np.isfinite(coords)):
         raise ValueError(f"{name}[{k}] has non-finite coordinates {coords}")
     raise ValueError(
         f"{name}[{k}] has coordinates {coords}, which exceed +-{MAX_COORDINATE} feature cells "
         f"at spatial_scale {scale}"
     )
+
+
+_AXIS_ALIGNED = _BoxKind(
+    4,
+    "[x1, y1, x2, y2]",
+    "a (K, 5) array [batch_index, x1, y1, x2, y2] or a list of (L, 4) arrays",
+    " (a (K, 4) array has no batch index: add it as the first column, or pass a list with "
+    "one (L, 4) array per image)",
+    _coordinates_within,
+    _explain_coordinates,
+)
+
+
+def boxes(xp, value, batch, scale, dtype, name="boxes"):
+    """Boxes as a (K, 5) C-contiguous array in the compute dtype of ``dtype`` features.
+
+    ``value`` is a (K, 5) array [batch_index, x1, y1, x2, y2] or a list of per-image (L, 4)
+    arrays [x1, y1, x2, y2]. Checks, in one reduction: batch indices integral and in
+    [0, batch), coordinates finite and, unless ``scale`` is None (a backward that reads only
+    the batch indices), within MAX_COORDINATE cells once scaled.
+    """
+    return _box_rows(xp, value, batch, scale, dtype, name, _AXIS_ALIGNED)
+
+
+def _centre_and_size_within(xp, rois, scale):
+    """Centre and size within MAX_COORDINATE cells once scaled, a finite angle."""
+    return (xp.abs(rois[:, 1:5]) * scale <= MAX_COORDINATE).all(axis=1) & xp.isfinite(rois[:, 5])
+
+
+def _explain_rotated(values, k, scale, name):
+    if not all(np.isfinite(values)):
+        raise ValueError(f"{name}[{k}] has non-finite values [cx, cy, w, h, angle] = {values}")
+    raise ValueError(
+        f"{name}[{k}] has centre and size [cx, cy, w, h] = {values[:4]}, which exceed "
+        f"+-{MAX_COORDINATE} feature cells at spatial_scale {scale}"
+    )
+
+
+_ROTATED = _BoxKind(
+    5,
+    "[cx, cy, w, h, angle] of rotated boxes",
+    "a (K, 6) array [batch_index, cx, cy, w, h, angle] or a list of (L, 5) arrays "
+    "[cx, cy, w, h, angle]",
+    " (a (K, 5) array is either axis-aligned boxes [batch_index, x1, y1, x2, y2] or rotated "
+    "boxes without a batch index: add it as the first column, or pass a list with one "
+    "(L, 5) array per image)",
+    _centre_and_size_within,
+    _explain_rotated,
+)
+
+
+def rotated_boxes(xp, value, batch, scale, dtype, name="boxes"):
+    """Rotated boxes as a (K, 6) C-contiguous array in the compute dtype of ``dtype`` features.
+
+    ``value`` is a (K, 6) array [batch_index, cx, cy, w, h, angle] or a list of per-image (L, 5)
+    arrays [cx, cy, w, h, angle]. Checks, in one reduction: batch indices integral and in
+    [0, batch), every value finite, and the centre and size within MAX_COORDINATE feature cells
+    once scaled (the angle, in degrees, may be any finite value).
+    """
+    return _box_rows(xp, value, batch, scale, dtype, name, _ROTATED)
+
+
+def host_boxes(boxes, scale):
+    """Boxes as a (K, 4) or (K, 5) real host array; a single box becomes (1, n).
+
+    The boxes of :func:`cuproi.quantization_error`. Their coordinates must be finite and, times
+    ``scale``, within MAX_COORDINATE cells, as :func:`cuproi.roi_pool` requires: beyond, the
+    cell indices would pass int64's range.
+    """
+    try:
+        rois = np.asarray(boxes)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"boxes must be a NumPy array or array_like of numbers; got "
+            f"{type(boxes).__module__}.{type(boxes).__name__} ({error})"
+        ) from None
+    if rois.dtype.kind not in "fiu":
+        raise TypeError(f"boxes must hold real numbers (float or int); got {rois.dtype}")
+    if rois.ndim == 1 and rois.shape[0] in (4, 5):
+        rois = rois[None]
+    if rois.ndim != 2 or rois.shape[1] not in (4, 5):
+        raise ValueError(
+            "boxes must be a (K, 5) array [batch_index, x1, y1, x2, y2] or a (K, 4) array "
+            f"[x1, y1, x2, y2]; got shape {rois.shape}"
+        )
+    finite = np.isfinite(rois[:, -4:]).all(1)
+    if not finite.all():
+        k = int(np.argmin(finite))
+        raise ValueError(f"boxes[{k}] has non-finite coordinates {rois[k, -4:].tolist()}")
+    rois = rois if rois.dtype == np.float64 else rois.astype(np.float32)
+    with np.errstate(over="ignore"):  # as the op computes it; an overflow to inf is beyond too
+        within = (np.abs(rois[:, -4:]) * scale <= MAX_COORDINATE).all(1)
+    if not within.all():
+        k = int(np.argmin(within))
+        raise ValueError(
+            f"boxes[{k}] has coordinates {rois[k, -4:].tolist()}, which exceed "
+            f"+-{MAX_COORDINATE} feature cells at spatial_scale {scale}"
+        )
+    return rois
 
 
 def offset(xp, value, k, pooled, dtype, name="offset"):
@@ -425,6 +546,22 @@ def offset(xp, value, k, pooled, dtype, name="offset"):
     if value.shape != expected:
         raise ValueError(
             f"{name} must have shape {expected} (boxes, (dx, dy), output_size); got {value.shape}"
+        )
+    return xp.ascontiguousarray(value, dtype=compute_dtype(dtype))
+
+
+def mask(xp, value, k, pooled, dtype, name="mask"):
+    """None, or a (K, 1, PH, PW) floating array in the compute dtype of ``dtype`` features."""
+    if value is None:
+        return None
+    if value.ndim != 4:
+        raise ValueError(f"{name} must be a 4-D array (K, 1, PH, PW); got shape {value.shape}")
+    if value.dtype.kind != "f":
+        raise TypeError(f"{name} must be float16, float32 or float64; got {value.dtype}")
+    expected = (k, 1, *pooled)
+    if value.shape != expected:
+        raise ValueError(
+            f"{name} must have shape {expected} (boxes, 1, output_size); got {value.shape}"
         )
     return xp.ascontiguousarray(value, dtype=compute_dtype(dtype))
 
@@ -466,63 +603,3 @@ def position_sensitive_channels(channels, pooled, name="input"):
             f"C = C_out * PH * PW channels (C_out groups of PH * PW score maps)"
         )
     return channels // bins
-
-
-def rotated_boxes(xp, value, batch, scale, dtype, name="boxes"):
-    """Rotated boxes as a (K, 6) C-contiguous array in the compute dtype of ``dtype`` features.
-
-    ``value`` is a (K, 6) array [batch_index, cx, cy, w, h, angle] or a list of per-image (L, 5)
-    arrays [cx, cy, w, h, angle]. Checks, in one reduction: batch indices integral and in
-    [0, batch), every value finite, and the centre and size within MAX_COORDINATE feature cells
-    once scaled (the angle, in degrees, may be any finite value).
-    """
-    ct = _compute_dtype_for(scale, dtype)
-    if isinstance(value, (list, tuple)):
-        columns = "[cx, cy, w, h, angle] of rotated boxes"
-        rois = _per_image(xp, value, batch, ct, name, 5, columns)
-    else:
-        if value.ndim != 2 or value.shape[1] != 6:
-            hint = (
-                " (a (K, 5) array is either axis-aligned boxes [batch_index, x1, y1, x2, y2] "
-                "or rotated boxes without a batch index: add it as the first column, or pass "
-                "a list with one (L, 5) array per image)"
-                if value.ndim == 2 and value.shape[1] == 5
-                else ""
-            )
-            raise ValueError(
-                f"{name} must be a (K, 6) array [batch_index, cx, cy, w, h, angle] or a list "
-                f"of (L, 5) arrays [cx, cy, w, h, angle]; got shape {value.shape}{hint}"
-            )
-        _real_array(value, name)
-        rois = xp.ascontiguousarray(value, dtype=ct)
-    _exact_indices(ct, batch, name)
-    if len(rois):
-        index = rois[:, 0] if isinstance(value, (list, tuple)) else value[:, 0]  # as given
-        with np.errstate(invalid="ignore", over="ignore"):
-            ok = (index >= 0) & (index < batch) & (index == xp.floor(index))
-            ok &= (xp.abs(rois[:, 1:5]) * scale <= MAX_COORDINATE).all(axis=1)
-            ok &= xp.isfinite(rois[:, 5])
-        if not _eager(xp):
-            return _disable_bad_rows(xp, rois, ok)
-        if not bool(ok.all()):
-            k = int(xp.argmin(ok))
-            _explain_rotated([float(index[k]), *rois[k, 1:].tolist()], k, batch, scale, name)
-    return rois
-
-
-def _explain_rotated(row, k, batch, scale, name):
-    """Raise the error that fits the first bad rotated box row."""
-    b, values = row[0], row[1:]
-    if not np.isfinite(b) or b != np.floor(b):
-        raise ValueError(f"{name}[{k}] has batch index {b}; batch indices must be whole numbers")
-    if not 0 <= b < batch:
-        valid = f"valid: 0 to {batch - 1}" if batch else "there is none"
-        raise IndexError(
-            f"{name}[{k}] has batch index {b:.0f} but the input holds {batch} images ({valid})"
-        )
-    if not all(np.isfinite(values)):
-        raise ValueError(f"{name}[{k}] has non-finite values [cx, cy, w, h, angle] = {values}")
-    raise ValueError(
-        f"{name}[{k}] has centre and size [cx, cy, w, h] = {values[:4]}, which exceed "
-        f"+-{MAX_COORDINATE} feature cells at spatial_scale {scale}"
-    )

@@ -1,22 +1,10 @@
 """Deformable RoI Pooling (Deformable ConvNets): RoI Align with learned per-bin offsets."""
 
-from cuproi import _dispatch, _validate
+from cuproi import _arguments, _dispatch, _docstrings, _validate
+from cuproi._types import ArrayT, Boxes, OutputSize
 
-
-def _mask(xp, value, k, pooled, dtype, name="mask"):
-    """None, or a (K, 1, PH, PW) floating array in the compute dtype of ``dtype`` features."""
-    if value is None:
-        return None
-    if value.ndim != 4:
-        raise ValueError(f"{name} must be a 4-D array (K, 1, PH, PW); got shape {value.shape}")
-    if value.dtype.kind != "f":
-        raise TypeError(f"{name} must be float16, float32 or float64; got {value.dtype}")
-    expected = (k, 1, *pooled)
-    if value.shape != expected:
-        raise ValueError(
-            f"{name} must have shape {expected} (boxes, 1, output_size); got {value.shape}"
-        )
-    return xp.ascontiguousarray(value, dtype=_validate.compute_dtype(dtype))
+# The former name of :func:`cuproi._validate.mask`, which cuproi.torch still imports from here.
+_mask = _validate.mask
 
 
 def _unplaced(xp, offset):
@@ -37,17 +25,28 @@ def _nan_where(xp, array, bins):
     return array
 
 
+def _modulation(call):
+    """The call's offset and mask, checked against its boxes and output size, or None."""
+    o, m = call.others
+    xp, k, dtype = call.backend.xp, len(call.rois), call.x.dtype
+    return (
+        _validate.offset(xp, o, k, call.pooled, dtype),
+        _validate.mask(xp, m, k, call.pooled, dtype),
+    )
+
+
 @_dispatch.on_input_device
+@_docstrings.fill()
 def deform_roi_pool(
-    input,
-    boxes,
-    offset,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=0,
-    gamma=0.1,
-    mask=None,
-):
+    input: ArrayT,
+    boxes: Boxes[ArrayT],
+    offset: ArrayT | None,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+    mask: ArrayT | None = None,
+) -> ArrayT:
     """Pool every box with bins shifted by learned offsets (Deformable RoI Pooling).
 
     Parameters
@@ -55,17 +54,13 @@ def deform_roi_pool(
     input : (N, C, H, W) array
         Feature maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU). C-contiguous or
         stored channels last, as in :func:`cuproi.roi_align`.
-    boxes : (K, 5) array or list of (L_i, 4) arrays
-        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
+    {boxes}
     offset : (K, 2, PH, PW) array or None
         Per-bin shift: channel 0 along x, channel 1 along y, in units of the box width and
         height, multiplied by ``gamma``. None pools without shifts.
-    output_size : int or (int, int)
-        Pooled size ``(PH, PW)``.
-    spatial_scale : float, optional
-        Factor from box coordinates to feature coordinates.
-    sampling_ratio : int, optional
-        Samples per bin along each axis; ``<= 0`` picks ``ceil(box_size / output_size)``.
+    {output_size}
+    {spatial_scale}
+    {sampling_ratio}
     gamma : float, optional
         Scale of the offsets (0.1 in the paper and in mmcv).
     mask : (K, 1, PH, PW) array or None
@@ -74,8 +69,7 @@ def deform_roi_pool(
 
     Returns
     -------
-    (K, C, PH, PW) array
-        Same array type, device and dtype as ``input``.
+    {pooled}
 
     Raises
     ------
@@ -112,51 +106,43 @@ def deform_roi_pool(
     >>> cuproi.deform_roi_pool(x, boxes, offset, 1, sampling_ratio=2, mask=mask)
     array([[[[1.75]]]], dtype=float32)
     """
-    backend, (x, b, o, m), restore = _dispatch.prepare(
-        input=input, boxes=boxes, offset=offset, mask=mask
+    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.gamma, gamma)
+    call = _arguments.forward(
+        input, boxes, output_size, spatial_scale, *checks, offset=offset, mask=mask
     )
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    ratio = _validate.sampling_ratio(sampling_ratio)
-    shift = _validate.gamma(gamma)
-    x = _validate.features(backend.xp, x, channels_last=True)
-    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    _validate.pooled_result(len(rois), x.shape[1], pooled)
-    o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
-    m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
+    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
+    (ratio, shift), restore = call.options, call.restore
+    o, m = _modulation(call)
     out = backend.deform_roi_pool(x, rois, o, pooled, scale, ratio, shift, m)
     return restore(_nan_where(backend.xp, out, _unplaced(backend.xp, o)))
 
 
 @_dispatch.on_input_device
+@_docstrings.fill(op="deform_roi_pool")
 def deform_roi_pool_backward(
-    grad_output,
-    input,
-    boxes,
-    offset,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=0,
-    gamma=0.1,
-    mask=None,
+    grad_output: ArrayT,
+    input: ArrayT,
+    boxes: Boxes[ArrayT],
+    offset: ArrayT | None,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+    mask: ArrayT | None = None,
     *,
-    deterministic=False,
-    channels_last=False,
-):
+    deterministic: bool = False,
+    channels_last: bool = False,
+) -> tuple[ArrayT, ArrayT | None, ArrayT | None]:
     """Gradients of :func:`deform_roi_pool` with respect to the features, offsets and mask.
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`deform_roi_pool`.
+    {grad_output}
     input : (N, C, H, W) array
         The features of the forward call (the offset gradient reads them).
     boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
         As in the forward call.
-    deterministic : bool, optional
-        Sum overlapping contributions in a fixed-point format whose total does not depend on
-        the order of the additions, so that the GPU gives bit-identical gradients from run to
-        run (default: floating-point atomic adds, faster). See Notes.
+    {deterministic}
     channels_last : bool, optional
         Return ``grad_input`` stored channels last, as :func:`cuproi.roi_align_backward` does.
 
@@ -187,11 +173,9 @@ def deform_roi_pool_backward(
     H]`` along the clamped axis. Inside a band the derivative along the other axis is the slope
     of the edge row or column; mmcv gets that wrong (it computes it from the unclamped
     position). On the GPU both gradients accumulate with atomic adds by default, so their last
-    bits may vary between runs. With ``deterministic=True`` the GPU sums in 128-bit fixed point,
-    at a resolution of ``2**-124 * max|grad_output| * grad_output.size`` or finer, with 16 bytes
-    of scratch per input element: the sum is exact and rounded once at the end, so it is also
-    more accurate than the default. inf and NaN in ``grad_output`` propagate as in the default.
-    The CPU backend is always deterministic. The offset (mask) gradient is then summed over
+    bits may vary between runs.
+    {fixed_point}
+    The offset (mask) gradient is then summed over
     the channels from a per-channel array, ``K * C * 2 * PH * PW`` (``K * C * PH * PW``)
     values. With a mask, ``grad_input`` and ``grad_offset`` are those of the unmodulated op
     times the mask.
@@ -209,19 +193,13 @@ def deform_roi_pool_backward(
     >>> grad_offset.ravel()  # 0.1 * 2 cells * slopes of 1 (along x) and 4 (along y)
     array([0.2, 0.8], dtype=float32)
     """
-    backend, (g, x, b, o, m), restore = _dispatch.prepare(
-        grad_output=grad_output, input=input, boxes=boxes, offset=offset, mask=mask
+    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.gamma, gamma)
+    call = _arguments.box_backward(
+        grad_output, input, boxes, output_size, spatial_scale, *checks, offset=offset, mask=mask
     )
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    ratio = _validate.sampling_ratio(sampling_ratio)
-    shift = _validate.gamma(gamma)
-    x = _validate.features(backend.xp, x, channels_last=True)
-    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    dtype = g.dtype
-    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
-    o_compute = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
-    m_compute = _mask(backend.xp, m, len(rois), pooled, x.dtype)
+    backend, x, rois, g, scale = call.backend, call.x, call.rois, call.g, call.scale
+    (ratio, shift), restore = call.options, call.restore
+    o_compute, m_compute = _modulation(call)
     grad_input, grad_offset, grad_mask = backend.deform_roi_pool_backward(
         g,
         x,
@@ -237,33 +215,34 @@ def deform_roi_pool_backward(
     unplaced = _unplaced(backend.xp, o_compute)
     _nan_where(backend.xp, grad_offset, unplaced)
     _nan_where(backend.xp, grad_mask, unplaced)
+    o, m = call.others
     if grad_offset is not None:
         grad_offset = restore(grad_offset.astype(o.dtype, copy=False))
     if grad_mask is not None:
         grad_mask = restore(grad_mask.astype(m.dtype, copy=False))
-    return restore(grad_input.astype(dtype, copy=False)), grad_offset, grad_mask
+    return restore(grad_input.astype(call.grad_dtype, copy=False)), grad_offset, grad_mask
 
 
 @_dispatch.on_input_device
+@_docstrings.fill(op="deform_roi_pool")
 def deform_roi_pool_box_backward(
-    grad_output,
-    input,
-    boxes,
-    offset,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=0,
-    gamma=0.1,
-    mask=None,
+    grad_output: ArrayT,
+    input: ArrayT,
+    boxes: Boxes[ArrayT],
+    offset: ArrayT | None,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+    mask: ArrayT | None = None,
     *,
-    deterministic=False,
-):
+    deterministic: bool = False,
+) -> ArrayT:
     """Gradient of :func:`deform_roi_pool` with respect to the box coordinates.
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`deform_roi_pool`.
+    {grad_output}
     input : (N, C, H, W) array
         The features of the forward call.
     boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
@@ -306,18 +285,13 @@ def deform_roi_pool_box_backward(
     >>> cuproi.deform_roi_pool_box_backward(g, x, boxes, None, 1, sampling_ratio=2)
     array([[0. , 0.5, 2. , 0.5, 2. ]])
     """
-    backend, (g, x, b, o, m), restore = _dispatch.prepare(
-        grad_output=grad_output, input=input, boxes=boxes, offset=offset, mask=mask
+    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.gamma, gamma)
+    call = _arguments.box_backward(
+        grad_output, input, boxes, output_size, spatial_scale, *checks, offset=offset, mask=mask
     )
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    ratio = _validate.sampling_ratio(sampling_ratio)
-    shift = _validate.gamma(gamma)
-    x = _validate.features(backend.xp, x, channels_last=True)
-    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
-    o = _validate.offset(backend.xp, o, len(rois), pooled, x.dtype)
-    m = _mask(backend.xp, m, len(rois), pooled, x.dtype)
+    backend, x, rois, g, scale = call.backend, call.x, call.rois, call.g, call.scale
+    ratio, shift = call.options
+    o, m = _modulation(call)
     grad = backend.deform_roi_pool_box_backward(
         g,
         x,
@@ -332,4 +306,4 @@ def deform_roi_pool_box_backward(
     if o is not None:  # a box with an unplaced bin: NaN for its coordinates
         unplaced = _unplaced(backend.xp, o).any(axis=(1, 2, 3))
         _nan_where(backend.xp, grad[:, 1:], unplaced[:, None])
-    return restore(grad)
+    return call.restore(grad)

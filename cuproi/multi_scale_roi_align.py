@@ -1,31 +1,13 @@
 """Multi-level (FPN) RoI Align: every box pooled from the pyramid level its size selects."""
 
-import math
-import numbers
+from collections.abc import Sequence
 
-import numpy as np
-
-from cuproi import _dispatch, _validate
-
-# Levels the fused kernels take: FPN detectors use 4 or 5 (P2-P5, P2-P6).
-MAX_LEVELS = 8
-# torchvision's LevelMapper adds this to the level before the floor (outside the log2).
-LEVEL_EPS = 1e-6
-
-MAX_CANONICAL_LEVEL = 64
-"""Largest ``abs(canonical_level)``: 64.
-
-Level ``k`` has stride ``2**k`` pixels, and FPN's levels are 2 to 6. A canonical level beyond
-+-64 is a mistake that would send every box to one end of the pyramid (10**400 even to the
-wrong end, its thresholds being out of float64's range): it raises ValueError instead.
-"""
-
-MAX_CANONICAL_SCALE = 2.0**20
-"""Largest ``canonical_scale``: 2**20 pixels.
-
-The side of a box pooled from ``canonical_level``, 224 in FPN; 2**20 pixels is far beyond any
-image. A larger one raises ValueError.
-"""
+from cuproi import _dispatch, _docstrings, _pyramid, _validate
+from cuproi._pyramid import LEVEL_EPS as LEVEL_EPS
+from cuproi._pyramid import MAX_CANONICAL_LEVEL as MAX_CANONICAL_LEVEL
+from cuproi._pyramid import MAX_CANONICAL_SCALE as MAX_CANONICAL_SCALE
+from cuproi._pyramid import MAX_LEVELS as MAX_LEVELS
+from cuproi._types import ArrayT, Boxes, OutputSize, Shape
 
 _CONVENTIONS = """
     **Level rule** (torchvision's ``MultiScaleRoIAlign``/``LevelMapper``, the FPN paper's
@@ -64,111 +46,27 @@ _CONVENTIONS = """
 """
 
 
-def _scales(spatial_scales, count):
-    """One positive finite float per level (cuproi.torch checks them before its op too)."""
-    if isinstance(spatial_scales, (str, bytes)) or not hasattr(spatial_scales, "__len__"):
-        raise TypeError(
-            f"spatial_scales must be a sequence of floats, one per level; got {spatial_scales!r}"
-        )
-    if len(spatial_scales) != count:
-        raise ValueError(
-            f"spatial_scales must hold one scale per level of features ({count}); "
-            f"got {len(spatial_scales)}"
-        )
-    return [
-        _validate.spatial_scale(s, f"spatial_scales[{i}]") for i, s in enumerate(spatial_scales)
-    ]
-
-
-def _canonical(canonical_scale, canonical_level):
-    """The level rule's constants: a float in (0, MAX_CANONICAL_SCALE], an int within +-64."""
-    limit = f"{MAX_CANONICAL_SCALE:.0f} pixels (MAX_CANONICAL_SCALE)"
-    size = _validate.positive(canonical_scale, "canonical_scale", MAX_CANONICAL_SCALE, limit)
-    level = _validate._integer(canonical_level, "canonical_level")
-    if abs(level) > MAX_CANONICAL_LEVEL:
-        raise ValueError(
-            f"canonical_level must be within +-{MAX_CANONICAL_LEVEL} (MAX_CANONICAL_LEVEL; "
-            f"level k has stride 2**k); got {_validate.shown(level)}"
-        )
-    return size, level
-
-
-def _levels(spatial_scales, count, dtype, canonical_scale, canonical_level):
-    """Validated scales (floats) and the area thresholds of levels 1.. (float64)."""
-    scales = _scales(spatial_scales, count)
-    ct = _validate.compute_dtype(dtype)
-    for s in scales:
-        if not 0 < ct.type(s) < np.inf:
-            raise ValueError(
-                f"spatial_scales value {s} is not a positive {ct} (the compute dtype of "
-                f"{np.dtype(dtype)} features)"
-            )
-    k = [round(-math.log2(s)) for s in scales]
-    if k != list(range(k[0], k[0] + count)):
-        raise ValueError(
-            "spatial_scales must halve from each level to the next, finest first (e.g. "
-            f"[1/4, 1/8, 1/16, 1/32]); got {list(spatial_scales)}, i.e. levels "
-            f"{k} (-log2 of the scales, rounded)"
-        )
-    size, level = _canonical(canonical_scale, canonical_level)
-    return scales, tuple(_threshold(size, k[0] + j - level) for j in range(1, count))
-
-
-def _threshold(canonical_scale, k):
-    """Box area from which LevelMapper's level reaches ``canonical_level + k``, in float64."""
-    try:
-        return (canonical_scale * 2.0 ** (k - LEVEL_EPS)) ** 2
-    except OverflowError:  # an absurd canonical_level: no box reaches the level
-        return math.inf
-
-
-def _features(xp, features):
-    """Validated per-level features: same dtype, batch size and channels."""
-    levels = [
-        _validate.features(xp, x, f"features[{i}]", channels_last=True)
-        for i, x in enumerate(features)
-    ]
-    n, c = levels[0].shape[:2]
-    for i, x in enumerate(levels[1:], start=1):
-        if x.dtype != levels[0].dtype:
-            raise TypeError(
-                f"features must share one dtype; features[0] is {levels[0].dtype}, "
-                f"features[{i}] is {x.dtype}"
-            )
-        if x.shape[:2] != (n, c):
-            raise ValueError(
-                f"every level must have the same batch size and channels (N, C); features[0] "
-                f"has {(n, c)}, features[{i}] has {x.shape[:2]} (shape {x.shape})"
-            )
-    return levels
-
-
-def _count(levels, name):
-    if isinstance(levels, (str, bytes)) or not isinstance(levels, (list, tuple)):
-        got = type(levels).__name__
-        if hasattr(levels, "shape"):  # one array for the whole list: name its shape, not values
-            got = f"an array of shape {tuple(levels.shape)}"
-        raise TypeError(f"{name} must be a list with one entry per pyramid level; got {got}")
-    if levels and isinstance(levels[0], numbers.Integral):
-        raise TypeError(
-            f"{name} must be a list with one (N, C, H, W) shape per level; got one shape {levels}"
-        )
-    if not 1 <= len(levels) <= MAX_LEVELS:
-        raise ValueError(f"{name} must hold 1 to {MAX_LEVELS} levels; got {len(levels)}")
-    return len(levels)
+# The former names of the pyramid's checks, which cuproi.torch still imports from here.
+_scales = _pyramid.level_scales
+_canonical = _pyramid.canonical
+_levels = _pyramid.level_rule
+_features = _pyramid.level_features
+_count = _pyramid.count_levels
+_gradient_shapes = _pyramid.gradient_shapes
 
 
 @_dispatch.on_input_device
+@_docstrings.fill(conventions=_CONVENTIONS)
 def multi_scale_roi_align(
-    features,
-    boxes,
-    output_size,
-    spatial_scales,
-    sampling_ratio=-1,
-    aligned=False,
-    canonical_scale=224,
-    canonical_level=4,
-):
+    features: Sequence[ArrayT],
+    boxes: Boxes[ArrayT],
+    output_size: OutputSize,
+    spatial_scales: Sequence[float],
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    canonical_scale: float = 224,
+    canonical_level: int = 4,
+) -> ArrayT:
     """Pool every box from the feature-pyramid level that fits its size (FPN RoI Align).
 
     Parameters
@@ -179,8 +77,7 @@ def multi_scale_roi_align(
     boxes : (K, 5) array or list of (L_i, 4) arrays
         ``[batch_index, x1, y1, x2, y2]`` per box in input-image coordinates, or one
         ``[x1, y1, x2, y2]`` array per image, on the device of ``features``.
-    output_size : int or (int, int)
-        Pooled size ``(PH, PW)``.
+    {output_size}
     spatial_scales : sequence of float
         Scale of every level (1 / stride), e.g. ``[1/4, 1/8, 1/16, 1/32]``: halving from one
         level to the next.
@@ -213,8 +110,7 @@ def multi_scale_roi_align(
         sizes and scalars beyond cuproi's limits (``output_size`` above 16384 bins per side, an
         output above 2**32 elements, scales above 2**20, ``canonical_scale`` above 2**20
         pixels, ``canonical_level`` beyond +-64).
-    IndexError
-        A batch index outside ``[0, N)``.
+    {index_error}
 
     Notes
     -----
@@ -240,15 +136,16 @@ def multi_scale_roi_align(
     >>> out[:, 0, 0, 0].round(4)  # the small box reads P2 (zeros), the large one P3 (ones)
     array([0., 1.], dtype=float32)
     """
-    count = _count(features, "features")
+    count = _pyramid.count_levels(features, "features")
     names = {f"features[{i}]": x for i, x in enumerate(features)}
     backend, arrays, restore = _dispatch.prepare(**names, boxes=boxes)
     *levels, b = arrays
     pooled = _validate.output_size(output_size)
     ratio = _validate.sampling_ratio(sampling_ratio)
-    levels = _features(backend.xp, levels)
+    levels = _pyramid.level_features(backend.xp, levels)
     dtype = levels[0].dtype
-    scales, thresholds = _levels(spatial_scales, count, dtype, canonical_scale, canonical_level)
+    rule = canonical_scale, canonical_level
+    scales, thresholds = _pyramid.level_rule(spatial_scales, count, dtype, *rule)
     rois = _validate.boxes(backend.xp, b, levels[0].shape[0], max(scales), dtype)
     _validate.pooled_result(len(rois), levels[0].shape[1], pooled)
     return restore(
@@ -258,53 +155,32 @@ def multi_scale_roi_align(
     )
 
 
-def _gradient_shapes(input_shapes):
-    """The (N, C, H, W) of every level's gradient, checked.
-
-    Every level has one batch size and channel count, and all of them together stay within
-    MAX_OUTPUT_ELEMENTS (the GPU's gradients share one buffer).
-    """
-    shapes = [_validate.input_shape(s, f"input_shapes[{i}]") for i, s in enumerate(input_shapes)]
-    total = sum(math.prod(s) for s in shapes)
-    _validate.result_shape((total,), "input_shapes (all levels together)")
-    for i, s in enumerate(shapes[1:], start=1):
-        if s[:2] != shapes[0][:2]:
-            raise ValueError(
-                f"every level must have the same batch size and channels (N, C); "
-                f"input_shapes[0] has {shapes[0][:2]}, input_shapes[{i}] has {s[:2]}"
-            )
-    return shapes
-
-
 @_dispatch.on_input_device
+@_docstrings.fill(op="multi_scale_roi_align")
 def multi_scale_roi_align_backward(
-    grad_output,
-    boxes,
-    input_shapes,
-    output_size,
-    spatial_scales,
-    sampling_ratio=-1,
-    aligned=False,
-    canonical_scale=224,
-    canonical_level=4,
+    grad_output: ArrayT,
+    boxes: Boxes[ArrayT],
+    input_shapes: Sequence[Shape],
+    output_size: OutputSize,
+    spatial_scales: Sequence[float],
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    canonical_scale: float = 224,
+    canonical_level: int = 4,
     *,
-    deterministic=False,
-):
+    deterministic: bool = False,
+) -> list[ArrayT]:
     """Gradient of :func:`multi_scale_roi_align` with respect to every level's features.
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`multi_scale_roi_align`.
-    boxes : (K, 5) array or list of (L_i, 4) arrays
-        The boxes of the forward call.
+    {grad_output}
+    {forward_boxes}
     input_shapes : list of tuples of 4 ints
         ``(N, C, H_l, W_l)`` of every level of the forward call, finest first.
     output_size, spatial_scales, sampling_ratio, aligned, canonical_scale, canonical_level
         As in the forward call.
-    deterministic : bool, optional
-        Sum overlapping contributions in order-independent fixed point on the GPU, so that
-        the gradients are bit-identical from run to run (see :func:`roi_align_backward`).
+    {deterministic}
 
     Returns
     -------
@@ -323,9 +199,10 @@ def multi_scale_roi_align_backward(
     -----
     Each box's gradient goes to its level only (the level rule of the forward); the backward
     is the exact transpose of the forward (``<multi_scale_roi_align(x), g> == sum_l <x_l,
-    grad_l>``). The GPU accumulates with atomic adds by default, so the last bits may differ
-    between runs; ``deterministic=True`` removes that. The CPU backend is always
-    deterministic. No gradient flows to the boxes.
+    grad_l>``).
+    {atomic_adds}
+    {fixed_point}
+    No gradient flows to the boxes.
 
     Examples
     --------
@@ -338,12 +215,13 @@ def multi_scale_roi_align_backward(
     >>> [round(float(gl.sum()), 4) for gl in grads]  # each box's unit gradient, on its level
     [1.0, 1.0]
     """
-    count = _count(input_shapes, "input_shapes")
+    count = _pyramid.count_levels(input_shapes, "input_shapes")
     backend, (g, b), restore = _dispatch.prepare(grad_output=grad_output, boxes=boxes)
-    shapes = _gradient_shapes(input_shapes)
+    shapes = _pyramid.gradient_shapes(input_shapes)
     pooled = _validate.output_size(output_size)
     ratio = _validate.sampling_ratio(sampling_ratio)
-    scales, thresholds = _levels(spatial_scales, count, g.dtype, canonical_scale, canonical_level)
+    rule = canonical_scale, canonical_level
+    scales, thresholds = _pyramid.level_rule(spatial_scales, count, g.dtype, *rule)
     rois = _validate.boxes(backend.xp, b, shapes[0][0], max(scales), g.dtype)
     g = _validate.grad_output(backend.xp, g, len(rois), shapes[0][1], pooled)
     grads = backend.multi_scale_roi_align_backward(
@@ -357,6 +235,3 @@ def multi_scale_roi_align_backward(
         deterministic=_validate.flag(deterministic, "deterministic"),
     )
     return [restore(x) for x in grads]
-
-
-multi_scale_roi_align.__doc__ = multi_scale_roi_align.__doc__.format(conventions=_CONVENTIONS)

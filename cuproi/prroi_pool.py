@@ -4,7 +4,8 @@ mmcv's ``PrRoIPool`` semantics (from vacancy/PreciseRoIPooling), in float16, flo
 float64, with gradients for the features and for the box coordinates.
 """
 
-from cuproi import _dispatch, _validate
+from cuproi import _arguments, _dispatch, _docstrings, _validate
+from cuproi._types import ArrayT, Boxes, OutputSize, Shape
 
 _CONVENTIONS = """
     The feature map is the continuous surface ``f(y, x) = sum_{h, w} v[h, w] hat(y - h)
@@ -27,36 +28,30 @@ _CONVENTIONS = """
 
 
 @_dispatch.on_input_device
-def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
+@_docstrings.fill(conventions=_CONVENTIONS)
+def prroi_pool(
+    input: ArrayT, boxes: Boxes[ArrayT], output_size: OutputSize, spatial_scale: float = 1.0
+) -> ArrayT:
     """Average the bilinear feature surface exactly over every bin (Precise RoI Pooling).
 
     Parameters
     ----------
-    input : (N, C, H, W) array
-        Feature maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
-    boxes : (K, 5) array or list of (L_i, 4) arrays
-        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image
-        (torchvision's convention), on the same device as ``input``.
-    output_size : int or (int, int)
-        Pooled size ``(PH, PW)``.
-    spatial_scale : float, optional
-        Factor from box coordinates to feature coordinates, e.g. 1/16 for stride 16.
+    {input}
+    {boxes}
+    {output_size}
+    {spatial_scale}
 
     Returns
     -------
-    (K, C, PH, PW) array
-        Same array type, device and dtype as ``input``.
+    {pooled}
 
     Raises
     ------
-    TypeError
-        Arrays of an unsupported type or dtype (integer, bool, complex features), non-integer
-        sizes.
+    {type_error}
     ValueError
         Wrong ranks or shapes (a (K, 4) box array), non-positive sizes or scale, non-finite or
         fractional box values, arrays on different devices.
-    IndexError
-        A batch index outside ``[0, N)``.
+    {index_error}
 
     Notes
     -----
@@ -82,56 +77,49 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     >>> cuproi.prroi_pool(x, boxes, output_size=(1, 2)).round(4)
     array([[[[1.75, 3.25]]]], dtype=float32)
     """
-    backend, (x, b), restore = _dispatch.prepare(input=input, boxes=boxes)
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    x = _validate.features(backend.xp, x, channels_last=True)
-    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    _validate.pooled_result(len(rois), x.shape[1], pooled)
+    call = _arguments.forward(input, boxes, output_size, spatial_scale)
+    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
+    restore = call.restore
     return restore(backend.prroi_pool(x, rois, pooled, scale))
 
 
 @_dispatch.on_input_device
+@_docstrings.fill(op="prroi_pool")
 def prroi_pool_backward(
-    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, *, deterministic=False
-):
+    grad_output: ArrayT,
+    boxes: Boxes[ArrayT],
+    input_shape: Shape,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    *,
+    deterministic: bool = False,
+) -> ArrayT:
     """Gradient of :func:`prroi_pool` with respect to its input features.
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`prroi_pool`.
-    boxes : (K, 5) array or list of (L_i, 4) arrays
-        The boxes of the forward call.
-    input_shape : tuple of 4 ints
-        ``(N, C, H, W)`` of the forward input.
+    {grad_output}
+    {forward_boxes}
+    {input_shape}
     output_size, spatial_scale
         As in the forward call.
-    deterministic : bool, optional
-        Sum overlapping contributions in a fixed-point format whose total does not depend on
-        the order of the additions, so that the GPU gives bit-identical gradients from run to
-        run (default: floating-point atomic adds, faster). See Notes.
+    {deterministic}
 
     Returns
     -------
-    (N, C, H, W) array
-        Gradient with respect to the features, same array type and dtype as ``grad_output``.
+    {grad_input}
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`prroi_pool`; also when ``grad_output`` does not match the boxes, the
-        channels of ``input_shape`` or ``output_size``.
+    {backward_errors}
 
     Notes
     -----
     The op is linear in the features, so no features are needed: the backward is the exact
-    transpose of the forward (``<prroi_pool(x), g> == <x, prroi_pool_backward(g)>``). On the
-    GPU it accumulates with atomic adds by default, so the order of the sums, and the last bits
-    of the result, may differ between runs; float16 accumulates in float32. With
-    ``deterministic=True`` the GPU sums in 128-bit fixed point (see
-    :func:`roi_align_backward`): bit-identical from run to run. The CPU backend is always
-    deterministic. The gradient with respect to the boxes is
+    transpose of the forward (``<prroi_pool(x), g> == <x, prroi_pool_backward(g)>``).
+    {atomic_adds}
+    {fixed_point}
+    The gradient with respect to the boxes is
     :func:`prroi_pool_box_backward`.
 
     Examples
@@ -145,13 +133,9 @@ def prroi_pool_backward(
            [0.  , 0.25, 0.25],
            [0.  , 0.25, 0.25]], dtype=float32)
     """
-    backend, (g, b), restore = _dispatch.prepare(grad_output=grad_output, boxes=boxes)
-    shape = _validate.input_shape(input_shape)
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
-    g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled)
-    return restore(
+    call = _arguments.backward(grad_output, boxes, input_shape, output_size, spatial_scale)
+    backend, g, rois, shape, scale = call.backend, call.g, call.rois, call.shape, call.scale
+    return call.restore(
         backend.prroi_pool_backward(
             g, rois, shape, scale, deterministic=_validate.flag(deterministic, "deterministic")
         )
@@ -159,30 +143,30 @@ def prroi_pool_backward(
 
 
 @_dispatch.on_input_device
+@_docstrings.fill(op="prroi_pool")
 def prroi_pool_box_backward(
-    grad_output, input, boxes, output_size, spatial_scale=1.0, *, deterministic=False
-):
+    grad_output: ArrayT,
+    input: ArrayT,
+    boxes: Boxes[ArrayT],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    *,
+    deterministic: bool = False,
+) -> ArrayT:
     """Gradient of :func:`prroi_pool` with respect to the box coordinates.
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`prroi_pool`.
+    {grad_output}
     input : (N, C, H, W) array
         The features of the forward call.
     boxes, output_size, spatial_scale
         As in the forward call.
-    deterministic : bool, optional
-        Sum the terms of every box in a fixed order (GPU; default: atomic adds). It then holds
-        ``4 * K * C * PH * PW`` per-element terms in the compute dtype before summing them.
+    {box_deterministic}
 
     Returns
     -------
-    (K, 5) array
-        ``d loss / d [batch_index, x1, y1, x2, y2]``, in the compute dtype (float32 for
-        float16 and float32 features, float64 for float64) and the array type of
-        ``grad_output``. Column 0 (the batch index) is always 0. Boxes given as a list of
-        per-image ``(L_i, 4)`` arrays get the rows of their concatenation, in order.
+    {box_gradient}
 
     Raises
     ------
@@ -216,18 +200,9 @@ def prroi_pool_box_backward(
     >>> cuproi.prroi_pool_box_backward(g, x, boxes, 1)[:, [1, 3]]  # d / d x1, d / d x2
     array([[0.5, 0.5]])
     """
-    backend, (g, x, b), restore = _dispatch.prepare(
-        grad_output=grad_output, input=input, boxes=boxes
-    )
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    x = _validate.features(backend.xp, x, channels_last=True)
-    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
+    call = _arguments.box_backward(grad_output, input, boxes, output_size, spatial_scale)
+    backend, x, rois, g, scale = call.backend, call.x, call.rois, call.g, call.scale
     grad = backend.prroi_pool_box_backward(
         g, x, rois, scale, deterministic=_validate.flag(deterministic, "deterministic")
     )
-    return restore(grad)
-
-
-prroi_pool.__doc__ = prroi_pool.__doc__.format(conventions=_CONVENTIONS)
+    return call.restore(grad)

@@ -3,7 +3,11 @@
 torchvision's semantics, with one clipping for forward and backward.
 """
 
-from cuproi import _dispatch, _validate
+from cuproi import _arguments, _dispatch, _docstrings, _validate
+from cuproi._types import ArrayT, Boxes, OutputSize, Shape
+
+# Output channels of the score maps, or ValueError: C / (PH * PW).
+_GROUPS = _validate.position_sensitive_channels
 
 _CONVENTIONS = """
     The input's ``C`` channels are ``C_out = C / (PH * PW)`` groups of ``PH * PW``
@@ -27,38 +31,28 @@ _CONVENTIONS = """
 
 
 @_dispatch.on_input_device
-def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+@_docstrings.fill(conventions=_CONVENTIONS)
+def ps_roi_pool(
+    input: ArrayT, boxes: Boxes[ArrayT], output_size: OutputSize, spatial_scale: float = 1.0
+) -> ArrayT:
     """Average every quantized bin of every box over its own score map (PS RoI Pool).
 
     Parameters
     ----------
-    input : (N, C, H, W) array
-        Position-sensitive score maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
-        ``C`` must be a multiple of ``PH * PW``.
-    boxes : (K, 5) array or list of (L_i, 4) arrays
-        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image
-        (torchvision's convention), on the same device as ``input``.
-    output_size : int or (int, int)
-        Pooled size ``(PH, PW)``.
-    spatial_scale : float, optional
-        Factor from box coordinates to feature coordinates, e.g. 1/16 for stride 16.
+    {score_maps}
+    {boxes}
+    {output_size}
+    {spatial_scale}
 
     Returns
     -------
-    (K, C / (PH * PW), PH, PW) array
-        Same array type, device and dtype as ``input``.
+    {score_maps_pooled}
 
     Raises
     ------
-    TypeError
-        Arrays of an unsupported type or dtype (integer, bool, complex features), non-integer
-        sizes.
-    ValueError
-        ``C`` not a multiple of ``PH * PW``; wrong ranks or shapes (a (K, 4) box array),
-        non-positive sizes or scale, non-finite or fractional box values, arrays on different
-        devices.
-    IndexError
-        A batch index outside ``[0, N)``.
+    {type_error}
+    {score_maps_value_error}
+    {index_error}
 
     Notes
     -----
@@ -70,8 +64,7 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
 
     References
     ----------
-    J. Dai, Y. Li, K. He, J. Sun, "R-FCN: Object Detection via Region-based Fully
-    Convolutional Networks", NeurIPS 2016.
+    {rfcn}
 
     Examples
     --------
@@ -85,56 +78,51 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     array([[[[ 2.5, 20.5],
              [42.5, 60.5]]]], dtype=float32)
     """
-    backend, (x, b), restore = _dispatch.prepare(input=input, boxes=boxes)
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    x = _validate.features(backend.xp, x)
-    out_channels = _validate.position_sensitive_channels(x.shape[1], pooled)
-    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    _validate.pooled_result(len(rois), out_channels, pooled)
+    call = _arguments.forward(
+        input, boxes, output_size, spatial_scale, channels=_GROUPS, channels_last=False
+    )
+    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
+    restore = call.restore
     return restore(backend.ps_roi_pool(x, rois, pooled, scale))
 
 
 @_dispatch.on_input_device
+@_docstrings.fill(op="ps_roi_pool")
 def ps_roi_pool_backward(
-    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, *, deterministic=False
-):
+    grad_output: ArrayT,
+    boxes: Boxes[ArrayT],
+    input_shape: Shape,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    *,
+    deterministic: bool = False,
+) -> ArrayT:
     """Gradient of :func:`ps_roi_pool` with respect to its input features.
 
     Parameters
     ----------
-    grad_output : (K, C / (PH * PW), PH, PW) array
-        Gradient of a loss with respect to the output of :func:`ps_roi_pool`.
-    boxes : (K, 5) array or list of (L_i, 4) arrays
-        The boxes of the forward call.
-    input_shape : tuple of 4 ints
-        ``(N, C, H, W)`` of the forward input; ``C`` a multiple of ``PH * PW``.
+    {score_maps_grad_output}
+    {forward_boxes}
+    {score_maps_input_shape}
     output_size, spatial_scale
         As in the forward call.
-    deterministic : bool, optional
-        Sum overlapping contributions in a fixed-point format whose total does not depend on
-        the order of the additions, so that the GPU gives bit-identical gradients from run to
-        run (default: floating-point atomic adds, faster). See Notes.
+    {deterministic}
 
     Returns
     -------
-    (N, C, H, W) array
-        Gradient with respect to the features, same array type and dtype as ``grad_output``.
+    {grad_input}
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`ps_roi_pool`; also when ``grad_output`` does not match the boxes, the
-        channels ``C / (PH * PW)`` of ``input_shape`` or ``output_size``.
+    {score_maps_backward_errors}
 
     Notes
     -----
     Every bin spreads its gradient evenly over the cells it averaged (the same cells as the
-    forward, see :func:`ps_roi_pool`): the backward is the exact transpose of the forward. On
-    the GPU it accumulates with atomic adds by default, so the last bits of the result may
-    differ between runs; float16 accumulates in float32. With ``deterministic=True`` the GPU
-    sums in 128-bit fixed point (see :func:`roi_align_backward`): bit-identical from run to
-    run. The CPU backend is always deterministic. No gradient flows to the boxes.
+    forward, see :func:`ps_roi_pool`): the backward is the exact transpose of the forward.
+    {atomic_adds}
+    {fixed_point}
+    No gradient flows to the boxes.
 
     Examples
     --------
@@ -148,18 +136,12 @@ def ps_roi_pool_backward(
            [0.  , 0.  , 0.  , 0.  ],
            [0.  , 0.  , 0.  , 0.  ]], dtype=float32)
     """
-    backend, (g, b), restore = _dispatch.prepare(grad_output=grad_output, boxes=boxes)
-    shape = _validate.input_shape(input_shape)
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    out_channels = _validate.position_sensitive_channels(shape[1], pooled, "input_shape")
-    rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
-    g = _validate.grad_output(backend.xp, g, len(rois), out_channels, pooled)
-    return restore(
+    call = _arguments.backward(
+        grad_output, boxes, input_shape, output_size, spatial_scale, channels=_GROUPS
+    )
+    backend, g, rois, shape, scale = call.backend, call.g, call.rois, call.shape, call.scale
+    return call.restore(
         backend.ps_roi_pool_backward(
             g, rois, shape, scale, deterministic=_validate.flag(deterministic, "deterministic")
         )
     )
-
-
-ps_roi_pool.__doc__ = ps_roi_pool.__doc__.format(conventions=_CONVENTIONS)

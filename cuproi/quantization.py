@@ -3,8 +3,10 @@
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from cuproi import _validate
+from cuproi import _docstrings, _validate
+from cuproi._types import OutputSize
 
 
 class QuantizationError(NamedTuple):
@@ -24,7 +26,10 @@ class QuantizationError(NamedTuple):
     area_error: np.ndarray
 
 
-def quantization_error(boxes, spatial_scale, output_size) -> QuantizationError:
+@_docstrings.fill()
+def quantization_error(
+    boxes: ArrayLike, spatial_scale: float, output_size: OutputSize
+) -> QuantizationError:
     """Misalignment introduced by RoI Pool's two rounding steps, per box (vectorized).
 
     Parameters
@@ -34,8 +39,7 @@ def quantization_error(boxes, spatial_scale, output_size) -> QuantizationError:
         single box may be given as a 1-D array). The batch index is not used.
     spatial_scale : float
         Factor from box coordinates to feature coordinates, e.g. 1/16 for stride 16.
-    output_size : int or (int, int)
-        Pooled size ``(PH, PW)``.
+    {output_size}
 
     Returns
     -------
@@ -103,7 +107,7 @@ def quantization_error(boxes, spatial_scale, output_size) -> QuantizationError:
     """
     scale = _validate.spatial_scale(spatial_scale)
     pooled_h, pooled_w = _validate.output_size(output_size)
-    rois = _boxes(boxes, scale)
+    rois = _validate.host_boxes(boxes, scale)
     ct = np.float64 if rois.dtype == np.float64 else np.float32
     if not ct(scale) > 0:
         raise ValueError(
@@ -189,39 +193,5 @@ def _areas(x, y):
     return lost, added
 
 
-def _boxes(boxes, scale):
-    """Boxes as a (K, 4) or (K, 5) real host array; a single box becomes (1, n).
-
-    Their coordinates must be finite and, times ``scale``, within MAX_COORDINATE cells, as
-    :func:`cuproi.roi_pool` requires: beyond, the cell indices would pass int64's range.
-    """
-    try:
-        rois = np.asarray(boxes)
-    except (TypeError, ValueError) as error:
-        raise TypeError(
-            f"boxes must be a NumPy array or array_like of numbers; got "
-            f"{type(boxes).__module__}.{type(boxes).__name__} ({error})"
-        ) from None
-    if rois.dtype.kind not in "fiu":
-        raise TypeError(f"boxes must hold real numbers (float or int); got {rois.dtype}")
-    if rois.ndim == 1 and rois.shape[0] in (4, 5):
-        rois = rois[None]
-    if rois.ndim != 2 or rois.shape[1] not in (4, 5):
-        raise ValueError(
-            "boxes must be a (K, 5) array [batch_index, x1, y1, x2, y2] or a (K, 4) array "
-            f"[x1, y1, x2, y2]; got shape {rois.shape}"
-        )
-    finite = np.isfinite(rois[:, -4:]).all(1)
-    if not finite.all():
-        k = int(np.argmin(finite))
-        raise ValueError(f"boxes[{k}] has non-finite coordinates {rois[k, -4:].tolist()}")
-    rois = rois if rois.dtype == np.float64 else rois.astype(np.float32)
-    with np.errstate(over="ignore"):  # as the op computes it; an overflow to inf is beyond too
-        within = (np.abs(rois[:, -4:]) * scale <= _validate.MAX_COORDINATE).all(1)
-    if not within.all():
-        k = int(np.argmin(within))
-        raise ValueError(
-            f"boxes[{k}] has coordinates {rois[k, -4:].tolist()}, which exceed "
-            f"+-{_validate.MAX_COORDINATE} feature cells at spatial_scale {scale}"
-        )
-    return rois
+# The former name of :func:`cuproi._validate.host_boxes`, which cuproi.viz imports from here.
+_boxes = _validate.host_boxes

@@ -1,6 +1,7 @@
 """RoI Align (Mask R-CNN): average of bilinear samples in every bin, torchvision's semantics."""
 
-from cuproi import _dispatch, _validate
+from cuproi import _arguments, _dispatch, _docstrings, _validate
+from cuproi._types import ArrayT, Boxes, OutputSize, PoolMode, Shape
 
 _CONVENTIONS = """
     Boxes are ``[batch_index, x1, y1, x2, y2]`` in input-image coordinates; ``spatial_scale``
@@ -29,23 +30,21 @@ _MAX_MODE = """
 
 
 def _forward_input(backend, value, shape, name="input"):
-    """The forward's features given to a backward: validated and matching ``input_shape``."""
-    x = _validate.features(backend.xp, value, name, channels_last=True)
-    if shape is not None and tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(x.shape)} but input_shape is {tuple(shape)}")
-    return x
+    """:func:`cuproi._validate.forward_features`, by its former name (cuproi.torch uses it)."""
+    return _validate.forward_features(backend.xp, value, shape, name)
 
 
 @_dispatch.on_input_device
+@_docstrings.fill(conventions=_CONVENTIONS, max_mode=_MAX_MODE)
 def roi_align(
-    input,
-    boxes,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=-1,
-    aligned=False,
-    pool_mode="avg",
-):
+    input: ArrayT,
+    boxes: Boxes[ArrayT],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    pool_mode: PoolMode = "avg",
+) -> ArrayT:
     """Pool a fixed-size feature from every box by bilinear sampling (RoI Align).
 
     Parameters
@@ -54,42 +53,34 @@ def roi_align(
         Feature maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU). C-contiguous or
         stored channels last (torch's ``channels_last``), read as they are; any other strides
         are copied to C order first.
-    boxes : (K, 5) array or list of (L_i, 4) arrays
-        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image
-        (torchvision's convention), on the same device as ``input``.
-    output_size : int or (int, int)
-        Pooled size ``(PH, PW)``.
-    spatial_scale : float, optional
-        Factor from box coordinates to feature coordinates, e.g. 1/16 for stride 16.
-    sampling_ratio : int, optional
-        Samples per bin along each axis; ``<= 0`` picks ``ceil(box_size / output_size)``.
+    {boxes}
+    {output_size}
+    {spatial_scale}
+    {sampling_ratio}
     aligned : bool, optional
         Shift boxes by -0.5 cell (half-pixel convention).
-    pool_mode : {{"avg", "max"}}, optional
+    pool_mode : {"avg", "max"}, optional
         Average the samples of every bin (torchvision, the default) or keep their maximum
         (mmcv's max mode). See Notes.
 
     Returns
     -------
-    (K, C, PH, PW) array
-        Same array type, device and dtype as ``input``.
+    {pooled}
 
     Raises
     ------
-    TypeError
-        Arrays of an unsupported type or dtype (integer, bool, complex features), non-integer
-        sizes.
+    {type_error}
     ValueError
         Wrong ranks or shapes (a (K, 4) box array), non-positive sizes or scale, non-finite or
         fractional box values, arrays on different devices; sizes beyond cuproi's limits
         (``output_size`` above 16384 bins per side, an output above 2**32 elements,
         ``spatial_scale`` above 2**20, coordinates beyond 2**20 feature cells once scaled).
-    IndexError
-        A batch index outside ``[0, N)``.
+    {index_error}
 
     Notes
     -----
     {conventions}
+
     {max_mode}
 
     See Also
@@ -111,43 +102,37 @@ def roi_align(
     >>> cuproi.roi_align(x, boxes, output_size=1, sampling_ratio=2, aligned=True, pool_mode="max")
     array([[[[5.]]]], dtype=float32)
     """
-    backend, (x, b), restore = _dispatch.prepare(input=input, boxes=boxes)
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    ratio = _validate.sampling_ratio(sampling_ratio)
-    mode = _validate.pool_mode(pool_mode)
-    x = _validate.features(backend.xp, x, channels_last=True)
-    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    _validate.pooled_result(len(rois), x.shape[1], pooled)
+    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.pool_mode, pool_mode)
+    call = _arguments.forward(input, boxes, output_size, spatial_scale, *checks)
+    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
+    ratio, mode = call.options
     aligned = _validate.flag(aligned, "aligned")
-    return restore(backend.roi_align(x, rois, pooled, scale, ratio, aligned, mode))
+    return call.restore(backend.roi_align(x, rois, pooled, scale, ratio, aligned, mode))
 
 
 @_dispatch.on_input_device
+@_docstrings.fill(op="roi_align")
 def roi_align_backward(
-    grad_output,
-    boxes,
-    input_shape,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=-1,
-    aligned=False,
+    grad_output: ArrayT,
+    boxes: Boxes[ArrayT],
+    input_shape: Shape,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
     *,
-    pool_mode="avg",
-    input=None,
-    deterministic=False,
-    channels_last=False,
-):
+    pool_mode: PoolMode = "avg",
+    input: ArrayT | None = None,
+    deterministic: bool = False,
+    channels_last: bool = False,
+) -> ArrayT:
     """Gradient of :func:`roi_align` with respect to its input features.
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`roi_align`.
-    boxes : (K, 5) array or list of (L_i, 4) arrays
-        The boxes of the forward call.
-    input_shape : tuple of 4 ints
-        ``(N, C, H, W)`` of the forward input.
+    {grad_output}
+    {forward_boxes}
+    {input_shape}
     output_size, spatial_scale, sampling_ratio, aligned, pool_mode
         As in the forward call.
     input : (N, C, H, W) array, optional
@@ -155,14 +140,8 @@ def roi_align_backward(
         ``pool_mode="max"``: the backward finds every bin's winning sample again from them
         (no argmax is stored, so the forward's output is all a caller keeps). Not read in
         avg mode, whose gradient does not depend on the features.
-    deterministic : bool, optional
-        Sum overlapping contributions in a fixed-point format whose total does not depend on
-        the order of the additions, so that the GPU gives bit-identical gradients from run to
-        run (default: floating-point atomic adds, faster). See Notes.
-    channels_last : bool, optional
-        Return the gradient stored channels last (an (N, C, H, W) view of (N, H, W, C) memory,
-        torch's ``channels_last`` format), the layout of channels-last features; on the GPU
-        that saves a transpose. Default: C-contiguous.
+    {deterministic}
+    {channels_last}
 
     Returns
     -------
@@ -173,21 +152,15 @@ def roi_align_backward(
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`roi_align`; also when ``grad_output`` does not match the boxes, the channels
-        of ``input_shape`` or ``output_size``.
+    {backward_errors}
 
     Notes
     -----
     The backward is the exact transpose of the forward (the adjoint identity ``<roi_align(x), g>
-    == <x, roi_align_backward(g)>`` holds). On the GPU it accumulates with atomic adds by
-    default, so the order of the sums, and the last bits of the result, may differ between runs;
-    float16 accumulates in float32. With ``deterministic=True`` the GPU sums in 128-bit fixed
-    point, at a resolution of ``2**-124 * max|grad_output| * grad_output.size`` or finer, with
-    16 bytes of scratch per input element: the sum is exact and rounded once at the end, so it
-    is also more accurate than the default. inf and NaN in ``grad_output`` propagate as in the
-    default. The CPU backend is always deterministic. The gradient with respect to the boxes
-    is :func:`roi_align_box_backward`.
+    == <x, roi_align_backward(g)>`` holds).
+    {atomic_adds}
+    {fixed_point}
+    The gradient with respect to the boxes is :func:`roi_align_box_backward`.
 
     Examples
     --------
@@ -206,23 +179,20 @@ def roi_align_backward(
             "roi_align_backward with pool_mode='max' needs input=, the features of the forward "
             "call (the winning samples are found again from them)"
         )
-    arrays = {"grad_output": grad_output, "boxes": boxes}
+    checks = (
+        (_validate.sampling_ratio, sampling_ratio),
+        (_validate.flag, deterministic, "deterministic"),
+        (_validate.flag, aligned, "aligned"),
+        (_validate.flag, channels_last, "channels_last"),
+    )
+    features = input if mode == "max" else None  # max mode computes in the features' dtype
+    call = _arguments.backward(
+        grad_output, boxes, input_shape, output_size, spatial_scale, *checks, input=features
+    )
+    backend, restore, x, rois, g = call.backend, call.restore, call.x, call.rois, call.g
+    shape, scale, dtype = call.shape, call.scale, call.grad_dtype
+    ratio, det, aligned, channels_last = call.options
     if mode == "max":
-        arrays["input"] = input
-    backend, prepared, restore = _dispatch.prepare(**arrays)
-    g, b = prepared[:2]
-    shape = _validate.input_shape(input_shape)
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    ratio = _validate.sampling_ratio(sampling_ratio)
-    dtype = g.dtype
-    det = _validate.flag(deterministic, "deterministic")
-    aligned = _validate.flag(aligned, "aligned")
-    channels_last = _validate.flag(channels_last, "channels_last")
-    if mode == "max":  # reads the features too: computes in their dtype
-        x = _forward_input(backend, prepared[2], shape)
-        rois = _validate.boxes(backend.xp, b, shape[0], scale, x.dtype)
-        g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled, dtype=x.dtype)
         grad = backend.roi_align_backward(
             g,
             rois,
@@ -236,8 +206,6 @@ def roi_align_backward(
             channels_last=channels_last,
         )
         return restore(grad.astype(dtype, copy=False))
-    rois = _validate.boxes(backend.xp, b, shape[0], scale, g.dtype)
-    g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled)
     return restore(
         backend.roi_align_backward(
             g,
@@ -253,40 +221,33 @@ def roi_align_backward(
 
 
 @_dispatch.on_input_device
+@_docstrings.fill(op="roi_align")
 def roi_align_box_backward(
-    grad_output,
-    input,
-    boxes,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=-1,
-    aligned=False,
+    grad_output: ArrayT,
+    input: ArrayT,
+    boxes: Boxes[ArrayT],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
     *,
-    pool_mode="avg",
-    deterministic=False,
-):
+    pool_mode: PoolMode = "avg",
+    deterministic: bool = False,
+) -> ArrayT:
     """Gradient of :func:`roi_align` with respect to the box coordinates.
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`roi_align`.
+    {grad_output}
     input : (N, C, H, W) array
         The features of the forward call (the gradient is their slope at every sample).
     boxes, output_size, spatial_scale, sampling_ratio, aligned, pool_mode
         As in the forward call.
-    deterministic : bool, optional
-        Sum the terms of every box in a fixed order (GPU; default: atomic adds). It then holds
-        ``4 * K * C * PH * PW`` per-element terms in the compute dtype before summing them.
+    {box_deterministic}
 
     Returns
     -------
-    (K, 5) array
-        ``d loss / d [batch_index, x1, y1, x2, y2]``, in the compute dtype (float32 for
-        float16 and float32 features, float64 for float64) and the array type of
-        ``grad_output``. Column 0 (the batch index) is always 0. Boxes given as a list of
-        per-image ``(L_i, 4)`` arrays get the rows of their concatenation, in order: the
-        gradient of list entry ``i`` is ``rows[sum(L[:i]) : sum(L[:i + 1]), 1:]``.
+    {box_gradient}
 
     Raises
     ------
@@ -322,21 +283,13 @@ def roi_align_box_backward(
     array([[0. , 0.5, 2. , 0.5, 2. ]])
     """
     mode = _validate.pool_mode(pool_mode)
-    backend, (g, x, b), restore = _dispatch.prepare(
-        grad_output=grad_output, input=input, boxes=boxes
-    )
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    ratio = _validate.sampling_ratio(sampling_ratio)
-    x = _forward_input(backend, x, None)
-    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    g = _validate.grad_output(backend.xp, g, len(rois), x.shape[1], pooled, dtype=x.dtype)
+    ratio = (_validate.sampling_ratio, sampling_ratio)
+    call = _arguments.box_backward(grad_output, input, boxes, output_size, spatial_scale, ratio)
+    backend, x, rois, g, scale = call.backend, call.x, call.rois, call.g, call.scale
+    (ratio,) = call.options
     det = _validate.flag(deterministic, "deterministic")
     aligned = _validate.flag(aligned, "aligned")
     grad = backend.roi_align_box_backward(
         g, x, rois, scale, ratio, aligned, pool_mode=mode, deterministic=det
     )
-    return restore(grad)
-
-
-roi_align.__doc__ = roi_align.__doc__.format(conventions=_CONVENTIONS, max_mode=_MAX_MODE)
+    return call.restore(grad)

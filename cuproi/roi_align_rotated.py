@@ -1,6 +1,7 @@
 """Rotated RoI Align: RoI Align on boxes turned about their centre (detectron2, mmcv)."""
 
-from cuproi import _dispatch, _validate
+from cuproi import _arguments, _dispatch, _docstrings, _validate
+from cuproi._types import ArrayT, Boxes, OutputSize, Shape
 
 _CONVENTIONS = """
     Boxes are ``[batch_index, cx, cy, w, h, angle]`` in input-image coordinates: centre, width,
@@ -41,15 +42,16 @@ def _flags(aligned, clockwise):
 
 
 @_dispatch.on_input_device
+@_docstrings.fill(conventions=_CONVENTIONS)
 def roi_align_rotated(
-    input,
-    boxes,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=0,
-    aligned=True,
-    clockwise=False,
-):
+    input: ArrayT,
+    boxes: Boxes[ArrayT],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    clockwise: bool = False,
+) -> ArrayT:
     """Pool a fixed-size feature from every rotated box by bilinear sampling.
 
     Parameters
@@ -59,10 +61,8 @@ def roi_align_rotated(
     boxes : (K, 6) array or list of (L_i, 5) arrays
         ``[batch_index, cx, cy, w, h, angle]`` per box (angle in degrees, counter-clockwise),
         or one ``[cx, cy, w, h, angle]`` array per image, on the same device as ``input``.
-    output_size : int or (int, int)
-        Pooled size ``(PH, PW)``.
-    spatial_scale : float, optional
-        Factor from box coordinates to feature coordinates, e.g. 1/16 for stride 16.
+    {output_size}
+    {spatial_scale}
     sampling_ratio : int, optional
         Samples per bin along each box axis; ``<= 0`` (default) picks
         ``ceil(box_size / output_size)``.
@@ -74,20 +74,16 @@ def roi_align_rotated(
 
     Returns
     -------
-    (K, C, PH, PW) array
-        Same array type, device and dtype as ``input``.
+    {pooled}
 
     Raises
     ------
-    TypeError
-        Arrays of an unsupported type or dtype (integer, bool, complex features), non-integer
-        sizes.
+    {type_error}
     ValueError
         Wrong ranks or shapes (a (K, 5) box array), non-positive sizes or scale, non-finite or
         fractional box values, centres or sizes beyond 2**20 feature cells, arrays on different
         devices.
-    IndexError
-        A batch index outside ``[0, N)``.
+    {index_error}
 
     Notes
     -----
@@ -117,68 +113,56 @@ def roi_align_rotated(
     <BLANKLINE>
            [[[11.5,  3.5]]]], dtype=float32)
     """
-    backend, (x, b), restore = _dispatch.prepare(input=input, boxes=boxes)
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    ratio = _validate.sampling_ratio(sampling_ratio)
-    x = _validate.features(backend.xp, x, channels_last=True)
-    rois = _validate.rotated_boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    _validate.pooled_result(len(rois), x.shape[1], pooled)
+    ratio = (_validate.sampling_ratio, sampling_ratio)
+    call = _arguments.forward(input, boxes, output_size, spatial_scale, ratio, rotated=True)
+    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
+    (ratio,), restore = call.options, call.restore
     return restore(
         backend.roi_align_rotated(x, rois, pooled, scale, ratio, *_flags(aligned, clockwise))
     )
 
 
 @_dispatch.on_input_device
+@_docstrings.fill(op="roi_align_rotated")
 def roi_align_rotated_backward(
-    grad_output,
-    boxes,
-    input_shape,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=0,
-    aligned=True,
-    clockwise=False,
+    grad_output: ArrayT,
+    boxes: Boxes[ArrayT],
+    input_shape: Shape,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    clockwise: bool = False,
     *,
-    deterministic=False,
-):
+    deterministic: bool = False,
+) -> ArrayT:
     """Gradient of :func:`roi_align_rotated` with respect to its input features.
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`roi_align_rotated`.
+    {grad_output}
     boxes : (K, 6) array or list of (L_i, 5) arrays
         The boxes of the forward call.
-    input_shape : tuple of 4 ints
-        ``(N, C, H, W)`` of the forward input.
+    {input_shape}
     output_size, spatial_scale, sampling_ratio, aligned, clockwise
         As in the forward call.
-    deterministic : bool, optional
-        Sum overlapping contributions in a fixed-point format whose total does not depend on
-        the order of the additions, so that the GPU gives bit-identical gradients from run to
-        run (default: floating-point atomic adds, faster). See Notes.
+    {deterministic}
 
     Returns
     -------
-    (N, C, H, W) array
-        Gradient with respect to the features, same array type and dtype as ``grad_output``.
+    {grad_input}
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`roi_align_rotated`; also when ``grad_output`` does not match the boxes, the
-        channels of ``input_shape`` or ``output_size``.
+    {backward_errors}
 
     Notes
     -----
     The backward is the exact transpose of the forward (the adjoint identity
-    ``<roi_align_rotated(x), g> == <x, roi_align_rotated_backward(g)>`` holds). On the GPU it
-    accumulates with atomic adds by default, so the order of the sums, and the last bits of the
-    result, may differ between runs; float16 accumulates in float32. With
-    ``deterministic=True`` the GPU sums in 128-bit fixed point (see
-    :func:`roi_align_backward`): bit-identical from run to run. The CPU backend is always
-    deterministic. No gradient flows to the boxes.
+    ``<roi_align_rotated(x), g> == <x, roi_align_rotated_backward(g)>`` holds).
+    {atomic_adds}
+    {fixed_point}
+    No gradient flows to the boxes.
 
     Examples
     --------
@@ -192,13 +176,12 @@ def roi_align_rotated_backward(
            [0.  , 0.25, 0.25, 0.  ],
            [0.  , 0.  , 0.  , 0.  ]], dtype=float32)
     """
-    backend, (g, b), restore = _dispatch.prepare(grad_output=grad_output, boxes=boxes)
-    shape = _validate.input_shape(input_shape)
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    ratio = _validate.sampling_ratio(sampling_ratio)
-    rois = _validate.rotated_boxes(backend.xp, b, shape[0], scale, g.dtype)
-    g = _validate.grad_output(backend.xp, g, len(rois), shape[1], pooled)
+    ratio = (_validate.sampling_ratio, sampling_ratio)
+    call = _arguments.backward(
+        grad_output, boxes, input_shape, output_size, spatial_scale, ratio, rotated=True
+    )
+    backend, g, rois, shape, scale = call.backend, call.g, call.rois, call.shape, call.scale
+    (ratio,), restore = call.options, call.restore
     return restore(
         backend.roi_align_rotated_backward(
             g,
@@ -210,6 +193,3 @@ def roi_align_rotated_backward(
             deterministic=_validate.flag(deterministic, "deterministic"),
         )
     )
-
-
-roi_align_rotated.__doc__ = roi_align_rotated.__doc__.format(conventions=_CONVENTIONS)

@@ -1,22 +1,59 @@
 """RoI Pool (Fast R-CNN): max over quantized bins, torchvision's semantics."""
 
-from cuproi import _dispatch, _validate
+from typing import Literal, overload
+
+from cuproi import _arguments, _dispatch, _docstrings, _validate
+from cuproi._types import ArrayT, Boxes, OutputSize, Shape
+
+
+@overload
+def roi_pool(
+    input: ArrayT,
+    boxes: Boxes[ArrayT],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    return_argmax: Literal[False] = False,
+) -> ArrayT: ...
+
+
+@overload
+def roi_pool(
+    input: ArrayT,
+    boxes: Boxes[ArrayT],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    *,
+    return_argmax: Literal[True],
+) -> tuple[ArrayT, ArrayT]: ...
+
+
+@overload
+def roi_pool(
+    input: ArrayT,
+    boxes: Boxes[ArrayT],
+    output_size: OutputSize,
+    spatial_scale: float,
+    return_argmax: Literal[True],
+) -> tuple[ArrayT, ArrayT]: ...
 
 
 @_dispatch.on_input_device
-def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
+@_docstrings.fill()
+def roi_pool(
+    input: ArrayT,
+    boxes: Boxes[ArrayT],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    return_argmax: bool = False,
+) -> ArrayT | tuple[ArrayT, ArrayT]:
     """Pool a fixed-size feature from every box by max pooling over quantized bins (RoI Pool).
 
     Parameters
     ----------
-    input : (N, C, H, W) array
-        Feature maps, float16, float32 or float64; NumPy (CPU) or CuPy (GPU).
-    boxes : (K, 5) array or list of (L_i, 4) arrays
-        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
-    output_size : int or (int, int)
-        Pooled size ``(PH, PW)``.
-    spatial_scale : float, optional
-        Factor from box coordinates to feature coordinates.
+    {input}
+    {boxes}
+    {output_size}
+    {spatial_scale}
     return_argmax : bool, optional
         Also return the position of every maximum, which :func:`roi_pool_backward` needs.
 
@@ -61,35 +98,35 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
     array([[ 5,  7],
            [13, 15]], dtype=int32)
     """
-    backend, (x, b), restore = _dispatch.prepare(input=input, boxes=boxes)
-    pooled = _validate.output_size(output_size)
-    scale = _validate.spatial_scale(spatial_scale)
-    x = _validate.features(backend.xp, x, channels_last=True)
-    rois = _validate.boxes(backend.xp, b, x.shape[0], scale, x.dtype)
-    _validate.pooled_result(len(rois), x.shape[1], pooled)
+    call = _arguments.forward(input, boxes, output_size, spatial_scale)
+    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
+    restore = call.restore
     return_argmax = _validate.flag(return_argmax, "return_argmax")
     result = backend.roi_pool(x, rois, pooled, scale, return_argmax)
     return tuple(map(restore, result)) if return_argmax else restore(result)
 
 
 @_dispatch.on_input_device
-def roi_pool_backward(grad_output, boxes, argmax, input_shape, *, deterministic=False):
+@_docstrings.fill(op="roi_pool")
+def roi_pool_backward(
+    grad_output: ArrayT,
+    boxes: Boxes[ArrayT],
+    argmax: ArrayT,
+    input_shape: Shape,
+    *,
+    deterministic: bool = False,
+) -> ArrayT:
     """Gradient of :func:`roi_pool` with respect to its input features.
 
     Parameters
     ----------
-    grad_output : (K, C, PH, PW) array
-        Gradient of a loss with respect to the output of :func:`roi_pool`.
+    {grad_output}
     boxes : (K, 5) array or list of (L_i, 4) arrays
         The boxes of the forward call (for their batch indices).
     argmax : (K, C, PH, PW) integer array
         The ``argmax`` returned by ``roi_pool(..., return_argmax=True)``.
-    input_shape : tuple of 4 ints
-        ``(N, C, H, W)`` of the forward input.
-    deterministic : bool, optional
-        Sum overlapping contributions in a fixed-point format whose total does not depend on
-        the order of the additions, so that the GPU gives bit-identical gradients from run to
-        run (default: floating-point atomic adds, faster). See Notes.
+    {input_shape}
+    {deterministic}
 
     Returns
     -------
@@ -106,11 +143,9 @@ def roi_pool_backward(grad_output, boxes, argmax, input_shape, *, deterministic=
     Notes
     -----
     Overlapping bins can add to one cell; on the GPU these sums use atomic adds by default, so
-    their order may vary between runs. With ``deterministic=True`` the GPU sums in 128-bit fixed
-    point, at a resolution of ``2**-124 * max|grad_output| * grad_output.size`` or finer, with
-    16 bytes of scratch per input element: the sum is exact and rounded once at the end, so it
-    is also more accurate than the default. inf and NaN in ``grad_output`` propagate as in the
-    default. The CPU backend is always deterministic. Empty bins (argmax -1) contribute nothing.
+    their order may vary between runs.
+    {fixed_point}
+    Empty bins (argmax -1) contribute nothing.
 
     Examples
     --------

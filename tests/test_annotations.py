@@ -1,0 +1,42 @@
+"""Every public function is fully annotated, and the package ships its ``py.typed`` marker."""
+
+import importlib.resources
+import inspect
+import typing
+
+import pytest
+
+import cuproi
+from cuproi._types import ArrayT
+
+PUBLIC = [getattr(cuproi, name) for name in cuproi.__all__ if callable(getattr(cuproi, name))]
+
+
+@pytest.mark.parametrize("function", PUBLIC, ids=lambda f: f.__name__)
+def test_every_parameter_and_the_return_are_annotated(function):
+    hints = typing.get_type_hints(function)  # resolves every annotation
+    missing = [p for p in inspect.signature(function).parameters if p not in hints]
+    assert not missing, f"{function.__name__}: no annotation for {missing}"
+    assert "return" in hints, f"{function.__name__}: no return annotation"
+
+
+@pytest.mark.parametrize(
+    "function",
+    [f for f in PUBLIC if f.__name__ not in ("quantization_error", "set_eager_checks")],
+    ids=lambda f: f.__name__,
+)
+def test_the_result_has_the_array_type_of_the_arguments(function):
+    """torch in, torch out: the first array argument and the result share one type variable."""
+    hints = typing.get_type_hints(function)
+    first = hints[next(iter(inspect.signature(function).parameters))]
+    assert ArrayT in (first, *typing.get_args(first))
+    assert ArrayT in _type_variables(hints["return"])
+
+
+def _type_variables(hint):
+    args = typing.get_args(hint)
+    return {hint} if not args else set().union(*(_type_variables(a) for a in args))
+
+
+def test_py_typed_ships():
+    assert importlib.resources.files("cuproi").joinpath("py.typed").is_file()
