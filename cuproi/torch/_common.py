@@ -1,4 +1,9 @@
-"""What the ops of the adapter share: torch's stream for CuPy, the box tensors, bfloat16."""
+"""What the ops of the adapter share: torch's stream, the boxes, the checked arguments, bfloat16.
+
+CuPy runs on torch's current stream (:func:`stream`, :func:`run_backward`); boxes come as a
+tensor or torchvision's per-image list (:func:`rois`), checked with the output size and the
+scale (:func:`first_arguments`); bfloat16 is computed in float32.
+"""
 
 import contextlib
 import functools
