@@ -154,7 +154,7 @@ def test_the_torch_adapter_runs_on_the_tensors_device_and_torch_stream(host_sync
     torch = pytest.importorskip("torch")
     if DEVICES < 2 or not STANDIN:
         pytest.skip("needs the stand-in's second device")
-    from cuproi.torch._common import _stream
+    from cuproi.torch._common import stream
 
     class TorchStream:  # what torch.cuda.current_stream gives: a handle and the protocol
         cuda_stream = 0xBEEF0
@@ -170,7 +170,7 @@ def test_the_torch_adapter_runs_on_the_tensors_device_and_torch_stream(host_sync
     for protocol in (True, False):  # CuPy 14, then CuPy 13's ExternalStream
         if not protocol:
             monkeypatch.delattr(cupy.cuda.Stream, "from_external")
-        with cupy.cuda.Device(0), host_syncs() as log, _stream(tensor):
+        with cupy.cuda.Device(0), host_syncs() as log, stream(tensor):
             assert cupy.cuda.Device().id == 1
             cuproi.roi_align(x, boxes, 2, 0.5, 2, True)
         assert {(launch[1], launch[2]) for launch in log.launches} == {(1, 0xBEEF0)}

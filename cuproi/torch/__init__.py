@@ -16,20 +16,19 @@ Functions keep torchvision's positional signatures (mmcv's for ``deform_roi_pool
 ``torchvision.ops.roi_align`` can be replaced by :func:`cuproi.torch.roi_align`.
 """
 
-from cuproi.torch._align import roi_align
-from cuproi.torch._deform import deform_roi_pool
-from cuproi.torch._modules import (
+from cuproi.torch.deform_roi_pool import (
     DeformRoIPool,
     DeformRoIPoolPack,
     ModulatedDeformRoIPoolPack,
-    RoIAlign,
-    RoIPool,
+    deform_roi_pool,
 )
-from cuproi.torch._multi_scale import MultiScaleRoIAlign, multi_scale_roi_align
-from cuproi.torch._pool import roi_pool
-from cuproi.torch._position_sensitive import PSRoIAlign, PSRoIPool, ps_roi_align, ps_roi_pool
-from cuproi.torch._prroi import PrRoIPool, prroi_pool
-from cuproi.torch._rotated import RoIAlignRotated, roi_align_rotated
+from cuproi.torch.multi_scale_roi_align import MultiScaleRoIAlign, multi_scale_roi_align
+from cuproi.torch.prroi_pool import PrRoIPool, prroi_pool
+from cuproi.torch.ps_roi_align import PSRoIAlign, ps_roi_align
+from cuproi.torch.ps_roi_pool import PSRoIPool, ps_roi_pool
+from cuproi.torch.roi_align import RoIAlign, roi_align
+from cuproi.torch.roi_align_rotated import RoIAlignRotated, roi_align_rotated
+from cuproi.torch.roi_pool import RoIPool, roi_pool
 
 __all__ = [
     "DeformRoIPool",

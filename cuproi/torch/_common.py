@@ -1,13 +1,20 @@
-"""What every op of the adapter shares: torch's stream for CuPy, the box tensors, bfloat16."""
+"""What the ops of the adapter share: torch's stream, the boxes, the checked arguments, bfloat16.
+
+CuPy runs on torch's current stream (:func:`stream`, :func:`run_backward`); boxes come as a
+tensor or torchvision's per-image list (:func:`rois`), checked with the output size and the
+scale (:func:`first_arguments`); bfloat16 is computed in float32.
+"""
 
 import contextlib
 import functools
 
 import torch
 
+from cuproi import _validate
+
 
 @contextlib.contextmanager
-def _stream(tensor):
+def stream(tensor):
     """Context in which CuPy runs on ``tensor``'s device and torch's current stream there.
 
     The device is entered first: CuPy allocates on the current device, and refuses to enter a
@@ -19,28 +26,50 @@ def _stream(tensor):
         return
     import cupy
 
-    stream = torch.cuda.current_stream(tensor.device)
+    current = torch.cuda.current_stream(tensor.device)
     with cupy.cuda.Device(tensor.device.index):
-        if hasattr(stream, "__cuda_stream__") and hasattr(cupy.cuda.Stream, "from_external"):
-            external = cupy.cuda.Stream.from_external(stream)
+        if hasattr(current, "__cuda_stream__") and hasattr(cupy.cuda.Stream, "from_external"):
+            external = cupy.cuda.Stream.from_external(current)
         else:  # CuPy < 14, or a torch stream without the CUDA stream protocol
-            external = cupy.cuda.ExternalStream(stream.cuda_stream, tensor.device.index)
+            external = cupy.cuda.ExternalStream(current.cuda_stream, tensor.device.index)
         with external:
             yield
 
 
-def _channels_last(tensor):
+def run_backward(function, grad, leading, *options, **keywords):
+    """``function(grad, *leading, output_size, *options, **keywords)`` on ``grad``'s stream.
+
+    cuproi's backward functions take the output size after their arrays (and the input's
+    shape); a backward op passes the last two sizes of the gradient it is given.
+
+    Parameters
+    ----------
+    function : callable
+        One of cuproi's backward functions.
+    grad : (K, C, PH, PW) Tensor
+        The gradient of the op's output.
+    leading : tuple
+        What ``function`` takes between ``grad`` and the output size: the boxes and the
+        input's shape, or the features, the boxes and the op's further tensors.
+    *options, **keywords
+        What it takes after the output size.
+    """
+    with stream(grad):
+        return function(grad, *leading, tuple(grad.shape[2:]), *options, **keywords)
+
+
+def stored_channels_last(tensor):
     """Whether 4-D features are stored channels last only: their gradient is then stored so too."""
     return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
 
 
-def _empty_gradient(shape, like, channels_last):
+def empty_gradient(shape, like, channels_last):
     """An uninitialised input gradient, in the layout the backward op returns it in."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
 
 
-def _rois(boxes, like, columns="[x1, y1, x2, y2]"):
+def rois(boxes, like, columns="[x1, y1, x2, y2]"):
     """(K, 1 + width) box tensor from a tensor or torchvision's list of per-image (L, width).
 
     Each per-image tensor is checked before its batch column is added, so that an error names
@@ -67,6 +96,16 @@ def _rois(boxes, like, columns="[x1, y1, x2, y2]"):
     return torch.cat(parts) if parts else like.new_zeros((0, width + 1))
 
 
+def first_arguments(input, boxes, output_size, spatial_scale, columns="[x1, y1, x2, y2]"):
+    """An op's first arguments, checked: ``(input, rois, pooled_h, pooled_w, spatial_scale)``.
+
+    ``output_size`` is checked first, then the boxes (see :func:`rois`), then the scale.
+    """
+    pooled_h, pooled_w = _validate.output_size(output_size)
+    box_tensor = rois(boxes, input, columns)
+    return input, box_tensor, pooled_h, pooled_w, _validate.spatial_scale(spatial_scale)
+
+
 def _tensor_input(input):
     """TypeError unless ``input`` is a tensor, or a list of them (multi-scale levels).
 
@@ -91,7 +130,7 @@ def _float32(value):
     return value
 
 
-def _bfloat16_in_float32(function):
+def bfloat16_in_float32(function):
     """Compute ``function``'s bfloat16 tensors in float32, and return bfloat16 for bfloat16 input.
 
     cuproi's backends hold float16, float32 and float64 only (NumPy has no bfloat16), while
@@ -113,3 +152,13 @@ def _bfloat16_in_float32(function):
         return result
 
     return wrapper
+
+
+def score_maps(input, pooled):
+    """Check that 4-D ``input`` holds a group of ``PH * PW`` score maps per output channel.
+
+    Before the boxes are read, as the position-sensitive ops do; another rank is left to the
+    op, which names the rank it expects.
+    """
+    if getattr(input, "ndim", None) == 4:
+        _validate.position_sensitive_channels(input.shape[1], pooled)

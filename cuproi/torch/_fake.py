@@ -238,3 +238,9 @@ def box_backward(grad, input, rois, spatial_scale, *options, **others):
     k = boxes(b, x.shape[0], scale, x.dtype)
     _validate.grad_output(xp, g, k, x.shape[1], pooled, dtype=x.dtype)
     return x, k, pooled, rest
+
+
+def output(input, rois, pooled_h, pooled_w, channels=None):
+    """A forward op's (K, C, PH, PW) output, without data; C is the input's by default."""
+    channels = input.shape[1] if channels is None else channels
+    return input.new_empty((rois.shape[0], channels, pooled_h, pooled_w))

@@ -1,48 +1,48 @@
-"""RoI Pool as a torch op."""
+"""RoI Pool as a torch op, and its module."""
 
 import torch
 from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch import _fake
-from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
+from cuproi.torch import _common, _fake
+from cuproi.torch._module import OpModule
 
 
 @torch.library.custom_op("cuproi::roi_pool", mutates_args=())
 def _roi_pool(
     input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
 ) -> tuple[Tensor, Tensor]:
-    with _stream(input):
+    with _common.stream(input):
         return cuproi.roi_pool(input, rois, (pooled_h, pooled_w), spatial_scale, True)
 
 
 @_roi_pool.register_fake
 def _(input, rois, pooled_h, pooled_w, spatial_scale):
     _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale)
-    shape = (rois.shape[0], input.shape[1], pooled_h, pooled_w)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+    out = _fake.output(input, rois, pooled_h, pooled_w)
+    return out, input.new_empty(out.shape, dtype=torch.int32)
 
 
 @torch.library.custom_op("cuproi::roi_pool_inference", mutates_args=())
 def _roi_pool_inference(
     input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
 ) -> Tensor:
-    with _stream(input):
+    with _common.stream(input):
         return cuproi.roi_pool(input, rois, (pooled_h, pooled_w), spatial_scale)
 
 
 @_roi_pool_inference.register_fake
 def _(input, rois, pooled_h, pooled_w, spatial_scale):
     _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale)
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
+    return _fake.output(input, rois, pooled_h, pooled_w)
 
 
 @torch.library.custom_op("cuproi::roi_pool_backward", mutates_args=())
 def _roi_pool_backward(
     grad: Tensor, rois: Tensor, argmax: Tensor, input_shape: list[int], deterministic: bool
 ) -> Tensor:
-    with _stream(grad):
+    with _common.stream(grad):
         return cuproi.roi_pool_backward(
             grad, rois, argmax, tuple(input_shape), deterministic=deterministic
         )
@@ -82,7 +82,7 @@ def _roi_pool_grad(ctx, grad, grad_argmax):
 _roi_pool.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
 
 
-@_bfloat16_in_float32
+@_common.bfloat16_in_float32
 def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Differentiable :func:`cuproi.roi_pool` on tensors, a drop-in for torchvision's.
 
@@ -100,9 +100,14 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     (K, C, PH, PW) Tensor
         The max of every bin; the gradient flows to the cell each maximum came from.
     """
-    pooled_h, pooled_w = _validate.output_size(output_size)
-    args = (input, _rois(boxes, input), pooled_h, pooled_w, _validate.spatial_scale(spatial_scale))
+    args = _common.first_arguments(input, boxes, output_size, spatial_scale)
     if torch.is_grad_enabled() and input.requires_grad:
         return _roi_pool(*args)[0]
     # No gradient to take: the maxima alone, which the CPU finds twice as fast.
     return _roi_pool_inference(*args)
+
+
+class RoIPool(OpModule):
+    """Module form of :func:`roi_pool` (torchvision's ``RoIPool``)."""
+
+    _op = staticmethod(roi_pool)

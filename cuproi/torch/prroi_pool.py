@@ -1,41 +1,39 @@
 """Precise RoI Pooling as a torch op (gradients for the features and the boxes), and its module."""
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch import _fake
-from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
+from cuproi.torch import _autograd, _common, _fake
+from cuproi.torch._module import OpModule
 
 
 @torch.library.custom_op("cuproi::prroi_pool", mutates_args=())
 def _prroi_pool(
     input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
 ) -> Tensor:
-    with _stream(input):
+    with _common.stream(input):
         return cuproi.prroi_pool(input, rois, (pooled_h, pooled_w), spatial_scale)
 
 
 @_prroi_pool.register_fake
 def _(input, rois, pooled_h, pooled_w, spatial_scale):
     _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale)
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
+    return _fake.output(input, rois, pooled_h, pooled_w)
 
 
 @torch.library.custom_op("cuproi::prroi_pool_backward", mutates_args=())
 def _prroi_pool_backward(
     grad: Tensor, rois: Tensor, input_shape: list[int], spatial_scale: float, deterministic: bool
 ) -> Tensor:
-    with _stream(grad):
-        return cuproi.prroi_pool_backward(
-            grad,
-            rois,
-            tuple(input_shape),
-            tuple(grad.shape[2:]),
-            spatial_scale,
-            deterministic=deterministic,
-        )
+    return _common.run_backward(
+        cuproi.prroi_pool_backward,
+        grad,
+        (rois, tuple(input_shape)),
+        spatial_scale,
+        deterministic=deterministic,
+    )
 
 
 @_prroi_pool_backward.register_fake
@@ -48,15 +46,13 @@ def _(grad, rois, input_shape, spatial_scale, deterministic):
 def _prroi_pool_box_backward(
     grad: Tensor, input: Tensor, rois: Tensor, spatial_scale: float, deterministic: bool
 ) -> Tensor:
-    with _stream(grad):
-        grad_rois = cuproi.prroi_pool_box_backward(
-            grad,
-            input,
-            rois,
-            tuple(grad.shape[2:]),
-            spatial_scale,
-            deterministic=deterministic,
-        )
+    grad_rois = _common.run_backward(
+        cuproi.prroi_pool_box_backward,
+        grad,
+        (input, rois),
+        spatial_scale,
+        deterministic=deterministic,
+    )
     return grad_rois.to(rois.dtype)
 
 
@@ -66,31 +62,10 @@ def _(grad, input, rois, spatial_scale, deterministic):
     return rois.new_empty(rois.shape)
 
 
-def _prroi_pool_setup(ctx, inputs, output):
-    input, rois, _, _, ctx.spatial_scale = inputs
-    ctx.input_shape = list(input.shape)
-    # The features are kept only when the box gradient, which reads them, is wanted.
-    ctx.save_for_backward(rois, input if rois.requires_grad else None)
+_autograd.register(_prroi_pool, _prroi_pool_backward, _prroi_pool_box_backward)
 
 
-def _prroi_pool_grad(ctx, grad):
-    rois, input = ctx.saved_tensors
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    grad = grad.contiguous()
-    grad_input = grad_rois = None
-    if ctx.needs_input_grad[0]:
-        grad_input = _prroi_pool_backward(
-            grad, rois, ctx.input_shape, ctx.spatial_scale, deterministic
-        )
-    if ctx.needs_input_grad[1]:
-        grad_rois = _prroi_pool_box_backward(grad, input, rois, ctx.spatial_scale, deterministic)
-    return grad_input, grad_rois, None, None, None
-
-
-_prroi_pool.register_autograd(_prroi_pool_grad, setup_context=_prroi_pool_setup)
-
-
-@_bfloat16_in_float32
+@_common.bfloat16_in_float32
 def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Differentiable :func:`cuproi.prroi_pool` on tensors (mmcv's ``prroi_pool``).
 
@@ -126,19 +101,13 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     """
     pooled_h, pooled_w = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
-    return _prroi_pool(input, _rois(boxes, input), pooled_h, pooled_w, scale)
+    return _prroi_pool(input, _common.rois(boxes, input), pooled_h, pooled_w, scale)
 
 
-class PrRoIPool(nn.Module):
+class PrRoIPool(OpModule):
     """Module form of :func:`prroi_pool` (mmcv's ``PrRoIPool``)."""
 
+    _op = staticmethod(prroi_pool)
+
     def __init__(self, output_size, spatial_scale=1.0):
-        super().__init__()
-        self.output_size = _validate.output_size(output_size)
-        self.spatial_scale = _validate.spatial_scale(spatial_scale)
-
-    def forward(self, input, rois):
-        return prroi_pool(input, rois, self.output_size, self.spatial_scale)
-
-    def extra_repr(self):
-        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+        super().__init__(output_size, spatial_scale)

@@ -1,17 +1,12 @@
 """Rotated RoI Align as a torch op, and its module."""
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch import _fake
-from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
-
-
-def _rotated_rois(boxes, like):
-    """(K, 6) box tensor from a tensor or a list of per-image (L, 5) rotated box tensors."""
-    return _rois(boxes, like, "[cx, cy, w, h, angle]")
+from cuproi.torch import _autograd, _common, _fake
+from cuproi.torch._module import OpModule
 
 
 @torch.library.custom_op("cuproi::roi_align_rotated", mutates_args=())
@@ -25,7 +20,7 @@ def _roi_align_rotated(
     aligned: bool,
     clockwise: bool,
 ) -> Tensor:
-    with _stream(input):
+    with _common.stream(input):
         return cuproi.roi_align_rotated(
             input, rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned, clockwise
         )
@@ -35,7 +30,7 @@ def _roi_align_rotated(
 def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, clockwise):
     ratio = (_validate.sampling_ratio, sampling_ratio)
     _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale, ratio, rotated=True)
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
+    return _fake.output(input, rois, pooled_h, pooled_w)
 
 
 @torch.library.custom_op("cuproi::roi_align_rotated_backward", mutates_args=())
@@ -49,18 +44,16 @@ def _roi_align_rotated_backward(
     clockwise: bool,
     deterministic: bool,
 ) -> Tensor:
-    with _stream(grad):
-        return cuproi.roi_align_rotated_backward(
-            grad,
-            rois,
-            tuple(input_shape),
-            tuple(grad.shape[2:]),
-            spatial_scale,
-            sampling_ratio,
-            aligned,
-            clockwise,
-            deterministic=deterministic,
-        )
+    return _common.run_backward(
+        cuproi.roi_align_rotated_backward,
+        grad,
+        (rois, tuple(input_shape)),
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        clockwise,
+        deterministic=deterministic,
+    )
 
 
 @_roi_align_rotated_backward.register_fake
@@ -70,33 +63,10 @@ def _(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned, clockwise
     return grad.new_empty(input_shape)
 
 
-def _roi_align_rotated_setup(ctx, inputs, output):
-    input, rois, _, _, ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned, ctx.clockwise = inputs
-    ctx.input_shape = list(input.shape)
-    ctx.save_for_backward(rois)
+_autograd.register(_roi_align_rotated, _roi_align_rotated_backward)
 
 
-def _roi_align_rotated_grad(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    grad_input = _roi_align_rotated_backward(
-        grad.contiguous(),
-        rois,
-        ctx.input_shape,
-        ctx.spatial_scale,
-        ctx.sampling_ratio,
-        ctx.aligned,
-        ctx.clockwise,
-        torch.are_deterministic_algorithms_enabled(),
-    )
-    return grad_input, None, None, None, None, None, None, None
-
-
-_roi_align_rotated.register_autograd(
-    _roi_align_rotated_grad, setup_context=_roi_align_rotated_setup
-)
-
-
-@_bfloat16_in_float32
+@_common.bfloat16_in_float32
 def roi_align_rotated(
     input, boxes, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True, clockwise=False
 ):
@@ -130,47 +100,26 @@ def roi_align_rotated(
     >>> tuple(out.shape), tuple(x.grad.shape)
     ((1, 4, 7, 7), (1, 4, 32, 32))
     """
-    pooled_h, pooled_w = _validate.output_size(output_size)
+    rotated = "[cx, cy, w, h, angle]"
     return _roi_align_rotated(
-        input,
-        _rotated_rois(boxes, input),
-        pooled_h,
-        pooled_w,
-        _validate.spatial_scale(spatial_scale),
+        *_common.first_arguments(input, boxes, output_size, spatial_scale, columns=rotated),
         _validate.sampling_ratio(sampling_ratio),
         _validate.flag(aligned, "aligned"),
         _validate.flag(clockwise, "clockwise"),
     )
 
 
-class RoIAlignRotated(nn.Module):
+class RoIAlignRotated(OpModule):
     """Module form of :func:`roi_align_rotated` (detectron2's ``ROIAlignRotated``).
 
     mmcv's ``RoIAlignRotated`` too, with the angle in degrees instead of radians.
     """
 
+    _op = staticmethod(roi_align_rotated)
+    _options = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "clockwise")
+
     def __init__(self, output_size, spatial_scale, sampling_ratio=0, aligned=True, clockwise=False):
-        super().__init__()
-        self.output_size = _validate.output_size(output_size)
-        self.spatial_scale = _validate.spatial_scale(spatial_scale)
+        super().__init__(output_size, spatial_scale)
         self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
         self.aligned = _validate.flag(aligned, "aligned")
         self.clockwise = _validate.flag(clockwise, "clockwise")
-
-    def forward(self, input, rois):
-        return roi_align_rotated(
-            input,
-            rois,
-            self.output_size,
-            self.spatial_scale,
-            self.sampling_ratio,
-            self.aligned,
-            self.clockwise,
-        )
-
-    def extra_repr(self):
-        return (
-            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, "
-            f"clockwise={self.clockwise}"
-        )

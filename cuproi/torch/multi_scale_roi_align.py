@@ -15,8 +15,7 @@ from cuproi.multi_scale_roi_align import (
     _levels,
     _scales,
 )
-from cuproi.torch import _fake
-from cuproi.torch._common import _bfloat16_in_float32, _rois, _stream
+from cuproi.torch import _autograd, _common, _fake
 
 
 @torch.library.custom_op("cuproi::multi_scale_roi_align", mutates_args=())
@@ -31,7 +30,7 @@ def _multi_scale_roi_align(
     canonical_scale: float,
     canonical_level: int,
 ) -> Tensor:
-    with _stream(features[0] if features else rois):  # no level: cuproi names the mistake
+    with _common.stream(features[0] if features else rois):  # no level: cuproi names the mistake
         return cuproi.multi_scale_roi_align(
             list(features),
             rois,
@@ -82,19 +81,17 @@ def _multi_scale_roi_align_backward(
     canonical_level: int,
     deterministic: bool,
 ) -> list[Tensor]:
-    with _stream(grad):
-        grads = cuproi.multi_scale_roi_align_backward(
-            grad,
-            rois,
-            _shapes(input_shapes),
-            tuple(grad.shape[2:]),
-            spatial_scales,
-            sampling_ratio,
-            aligned,
-            canonical_scale,
-            canonical_level,
-            deterministic=deterministic,
-        )
+    grads = _common.run_backward(
+        cuproi.multi_scale_roi_align_backward,
+        grad,
+        (rois, _shapes(input_shapes)),
+        spatial_scales,
+        sampling_ratio,
+        aligned,
+        canonical_scale,
+        canonical_level,
+        deterministic=deterministic,
+    )
     return [g.clone() for g in grads] if grad.is_cuda else grads  # CUDA: views of one buffer
 
 
@@ -129,33 +126,15 @@ def _shapes(flat):
     return [tuple(flat[i : i + 4]) for i in range(0, len(flat), 4)]
 
 
-def _multi_scale_setup(ctx, inputs, output):
-    features, rois, _, _, *ctx.options = inputs
-    ctx.input_shapes = [int(v) for f in features for v in f.shape]
-    ctx.save_for_backward(rois)
+def _flat_shapes(features):
+    """The (N, C, H, W) of every level in one flat list, as the backward op takes them."""
+    return [int(v) for f in features for v in f.shape]
 
 
-def _multi_scale_grad(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    spatial_scales, sampling_ratio, aligned, canonical_scale, canonical_level = ctx.options
-    grads = _multi_scale_roi_align_backward(
-        grad.contiguous(),
-        rois,
-        ctx.input_shapes,
-        spatial_scales,
-        sampling_ratio,
-        aligned,
-        canonical_scale,
-        canonical_level,
-        torch.are_deterministic_algorithms_enabled(),
-    )
-    return list(grads), None, None, None, None, None, None, None, None
+_autograd.register(_multi_scale_roi_align, _multi_scale_roi_align_backward, shape=_flat_shapes)
 
 
-_multi_scale_roi_align.register_autograd(_multi_scale_grad, setup_context=_multi_scale_setup)
-
-
-@_bfloat16_in_float32
+@_common.bfloat16_in_float32
 def multi_scale_roi_align(
     features,
     boxes,
@@ -200,7 +179,7 @@ def multi_scale_roi_align(
     features = list(features)
     return _multi_scale_roi_align(
         features,
-        _rois(boxes, features[0]),
+        _common.rois(boxes, features[0]),
         pooled_h,
         pooled_w,
         _scales(spatial_scales, count),

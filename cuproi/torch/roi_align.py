@@ -1,4 +1,4 @@
-"""RoI Align (avg and max mode, gradients for the features and the boxes) as a torch op."""
+"""RoI Align (avg and max mode; gradients for the features and the boxes): op and module."""
 
 import torch
 from torch import Tensor
@@ -6,14 +6,8 @@ from torch import Tensor
 import cuproi
 from cuproi import _validate
 from cuproi.roi_align import _forward_input
-from cuproi.torch import _fake
-from cuproi.torch._common import (
-    _bfloat16_in_float32,
-    _channels_last,
-    _empty_gradient,
-    _rois,
-    _stream,
-)
+from cuproi.torch import _common, _fake
+from cuproi.torch._module import OpModule
 
 
 @torch.library.custom_op("cuproi::roi_align", mutates_args=())
@@ -27,7 +21,7 @@ def _roi_align(
     aligned: bool,
     pool_mode: str = "avg",
 ) -> Tensor:
-    with _stream(input):
+    with _common.stream(input):
         return cuproi.roi_align(
             input, rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned, pool_mode
         )
@@ -37,7 +31,7 @@ def _roi_align(
 def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, pool_mode="avg"):
     ratio, mode = (_validate.sampling_ratio, sampling_ratio), (_validate.pool_mode, pool_mode)
     _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale, ratio, mode)
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
+    return _fake.output(input, rois, pooled_h, pooled_w)
 
 
 @torch.library.custom_op("cuproi::roi_align_backward", mutates_args=())
@@ -51,18 +45,16 @@ def _roi_align_backward(
     deterministic: bool,
     channels_last: bool = False,
 ) -> Tensor:
-    with _stream(grad):
-        return cuproi.roi_align_backward(
-            grad,
-            rois,
-            tuple(input_shape),
-            tuple(grad.shape[2:]),
-            spatial_scale,
-            sampling_ratio,
-            aligned,
-            deterministic=deterministic,
-            channels_last=channels_last,
-        )
+    return _common.run_backward(
+        cuproi.roi_align_backward,
+        grad,
+        (rois, tuple(input_shape)),
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        deterministic=deterministic,
+        channels_last=channels_last,
+    )
 
 
 @_roi_align_backward.register_fake
@@ -78,7 +70,7 @@ def _(
 ):
     ratio = (_validate.sampling_ratio, sampling_ratio)
     _fake.backward(grad, rois, input_shape, spatial_scale, ratio)
-    return _empty_gradient(input_shape, grad, channels_last)
+    return _common.empty_gradient(input_shape, grad, channels_last)
 
 
 @torch.library.custom_op("cuproi::roi_align_max_backward", mutates_args=())
@@ -92,20 +84,18 @@ def _roi_align_max_backward(
     deterministic: bool,
     channels_last: bool = False,
 ) -> Tensor:
-    with _stream(grad):
-        return cuproi.roi_align_backward(
-            grad,
-            rois,
-            tuple(input.shape),
-            tuple(grad.shape[2:]),
-            spatial_scale,
-            sampling_ratio,
-            aligned,
-            pool_mode="max",
-            input=input,
-            deterministic=deterministic,
-            channels_last=channels_last,
-        )
+    return _common.run_backward(
+        cuproi.roi_align_backward,
+        grad,
+        (rois, tuple(input.shape)),
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        pool_mode="max",
+        input=input,
+        deterministic=deterministic,
+        channels_last=channels_last,
+    )
 
 
 @_roi_align_max_backward.register_fake
@@ -121,7 +111,7 @@ def _(
     x = _forward_input(_fake.backend, x, shape)
     k = _fake.boxes(b, shape[0], scale, x.dtype)
     _validate.grad_output(_fake.xp, g, k, shape[1], pooled, dtype=x.dtype)
-    return _empty_gradient(input.shape, grad, channels_last)
+    return _common.empty_gradient(input.shape, grad, channels_last)
 
 
 @torch.library.custom_op("cuproi::roi_align_box_backward", mutates_args=())
@@ -135,18 +125,16 @@ def _roi_align_box_backward(
     pool_mode: str,
     deterministic: bool,
 ) -> Tensor:
-    with _stream(grad):
-        grad_rois = cuproi.roi_align_box_backward(
-            grad,
-            input,
-            rois,
-            tuple(grad.shape[2:]),
-            spatial_scale,
-            sampling_ratio,
-            aligned,
-            pool_mode=pool_mode,
-            deterministic=deterministic,
-        )
+    grad_rois = _common.run_backward(
+        cuproi.roi_align_box_backward,
+        grad,
+        (input, rois),
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        pool_mode=pool_mode,
+        deterministic=deterministic,
+    )
     return grad_rois.to(rois.dtype)
 
 
@@ -161,7 +149,7 @@ def _roi_align_setup(ctx, inputs, output):
     input, rois, _, _, ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned = inputs[:7]
     ctx.pool_mode = inputs[7] if len(inputs) > 7 else "avg"
     ctx.input_shape = list(input.shape)
-    ctx.channels_last = _channels_last(input)
+    ctx.channels_last = _common.stored_channels_last(input)
     # The features are kept only when a gradient reads them: max mode, or boxes with a gradient.
     keep = ctx.pool_mode == "max" or rois.requires_grad
     ctx.save_for_backward(rois, input if keep else None)
@@ -187,7 +175,7 @@ def _roi_align_grad(ctx, grad):
 _roi_align.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
 
 
-@_bfloat16_in_float32
+@_common.bfloat16_in_float32
 def roi_align(
     input,
     boxes,
@@ -229,15 +217,28 @@ def roi_align(
     >>> tuple(out.shape), tuple(x.grad.shape)
     ((1, 8, 7, 7), (1, 8, 32, 32))
     """
-    pooled_h, pooled_w = _validate.output_size(output_size)
     args = (
-        input,
-        _rois(boxes, input),
-        pooled_h,
-        pooled_w,
-        _validate.spatial_scale(spatial_scale),
+        *_common.first_arguments(input, boxes, output_size, spatial_scale),
         _validate.sampling_ratio(sampling_ratio),
         _validate.flag(aligned, "aligned"),
     )
     # The default mode calls the op exactly as before (torch.compile sees the same graph).
     return _roi_align(*args) if pool_mode == "avg" else _roi_align(*args, str(pool_mode))
+
+
+class RoIAlign(OpModule):
+    """Module form of :func:`roi_align` (torchvision's ``RoIAlign``; also mmcv's max mode)."""
+
+    _op = staticmethod(roi_align)
+    _options = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "pool_mode")
+
+    def __init__(self, output_size, spatial_scale, sampling_ratio, aligned=False, pool_mode="avg"):
+        super().__init__(output_size, spatial_scale)
+        self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
+        self.aligned = _validate.flag(aligned, "aligned")
+        self.pool_mode = _validate.pool_mode(pool_mode)  # mmcv's RoIAlign(pool_mode="max")
+
+    def extra_repr(self):
+        # torchvision's repr, which has no pool_mode, unless mmcv's "max" is chosen (quoted).
+        shown = super().extra_repr().removesuffix(f", pool_mode={self.pool_mode}")
+        return shown if self.pool_mode == "avg" else f"{shown}, pool_mode={self.pool_mode!r}"

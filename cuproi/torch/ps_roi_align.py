@@ -1,0 +1,113 @@
+"""Position-sensitive RoI Align (R-FCN) as a torch op, and its module."""
+
+import torch
+from torch import Tensor
+
+import cuproi
+from cuproi import _validate
+from cuproi.torch import _autograd, _common, _fake
+from cuproi.torch._module import OpModule
+
+
+@torch.library.custom_op("cuproi::ps_roi_align", mutates_args=())
+def _ps_roi_align(
+    input: Tensor,
+    rois: Tensor,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+) -> Tensor:
+    with _common.stream(input):
+        return cuproi.ps_roi_align(input, rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio)
+
+
+@_ps_roi_align.register_fake
+def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio):
+    ratio, groups = (
+        (_validate.sampling_ratio, sampling_ratio),
+        _validate.position_sensitive_channels,
+    )
+    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale, ratio, channels=groups)
+    return _fake.output(input, rois, pooled_h, pooled_w, input.shape[1] // (pooled_h * pooled_w))
+
+
+@torch.library.custom_op("cuproi::ps_roi_align_backward", mutates_args=())
+def _ps_roi_align_backward(
+    grad: Tensor,
+    rois: Tensor,
+    input_shape: list[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    deterministic: bool,
+) -> Tensor:
+    return _common.run_backward(
+        cuproi.ps_roi_align_backward,
+        grad,
+        (rois, tuple(input_shape)),
+        spatial_scale,
+        sampling_ratio,
+        deterministic=deterministic,
+    )
+
+
+@_ps_roi_align_backward.register_fake
+def _(grad, rois, input_shape, spatial_scale, sampling_ratio, deterministic):
+    ratio, groups = (
+        (_validate.sampling_ratio, sampling_ratio),
+        _validate.position_sensitive_channels,
+    )
+    _fake.backward(grad, rois, input_shape, spatial_scale, ratio, channels=groups)
+    return grad.new_empty(input_shape)
+
+
+_autograd.register(_ps_roi_align, _ps_roi_align_backward)
+
+
+@_common.bfloat16_in_float32
+def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+    """Differentiable :func:`cuproi.ps_roi_align` on tensors, a drop-in for torchvision's.
+
+    Parameters
+    ----------
+    input : (N, C, H, W) Tensor
+        Position-sensitive score maps, ``C`` a multiple of ``PH * PW``; float16, float32 or
+        float64 (bfloat16 is computed in float32), on the CPU or a CUDA device.
+    boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
+        ``[batch_index, x1, y1, x2, y2]``, or one ``[x1, y1, x2, y2]`` tensor per image.
+    output_size, spatial_scale, sampling_ratio
+        As in :func:`cuproi.ps_roi_align`.
+
+    Returns
+    -------
+    (K, C / (PH * PW), PH, PW) Tensor
+        Differentiable with respect to ``input`` (not the boxes). A box of zero size gives 0
+        where torchvision gives NaN; otherwise torchvision's values.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cuproi.torch
+    >>> x = torch.rand(1, 2 * 7 * 7, 32, 32, requires_grad=True)
+    >>> boxes = [torch.tensor([[4.0, 4.0, 20.0, 28.0]])]
+    >>> out = cuproi.torch.ps_roi_align(x, boxes, 7, spatial_scale=1.0, sampling_ratio=2)
+    >>> out.sum().backward()
+    >>> tuple(out.shape), tuple(x.grad.shape)
+    ((1, 2, 7, 7), (1, 98, 32, 32))
+    """
+    _common.score_maps(input, _validate.output_size(output_size))  # before the boxes
+    return _ps_roi_align(
+        *_common.first_arguments(input, boxes, output_size, spatial_scale),
+        _validate.sampling_ratio(sampling_ratio),
+    )
+
+
+class PSRoIAlign(OpModule):
+    """Module form of :func:`ps_roi_align` (torchvision's ``PSRoIAlign``)."""
+
+    _op = staticmethod(ps_roi_align)
+    _options = ("output_size", "spatial_scale", "sampling_ratio")
+
+    def __init__(self, output_size, spatial_scale, sampling_ratio):
+        super().__init__(output_size, spatial_scale)
+        self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)

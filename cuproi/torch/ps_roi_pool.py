@@ -1,0 +1,80 @@
+"""Position-sensitive RoI Pool (R-FCN) as a torch op, and its module."""
+
+import torch
+from torch import Tensor
+
+import cuproi
+from cuproi import _validate
+from cuproi.torch import _autograd, _common, _fake
+from cuproi.torch._module import OpModule
+
+
+@torch.library.custom_op("cuproi::ps_roi_pool", mutates_args=())
+def _ps_roi_pool(
+    input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
+) -> Tensor:
+    with _common.stream(input):
+        return cuproi.ps_roi_pool(input, rois, (pooled_h, pooled_w), spatial_scale)
+
+
+@_ps_roi_pool.register_fake
+def _(input, rois, pooled_h, pooled_w, spatial_scale):
+    groups = _validate.position_sensitive_channels
+    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale, channels=groups)
+    return _fake.output(input, rois, pooled_h, pooled_w, input.shape[1] // (pooled_h * pooled_w))
+
+
+@torch.library.custom_op("cuproi::ps_roi_pool_backward", mutates_args=())
+def _ps_roi_pool_backward(
+    grad: Tensor, rois: Tensor, input_shape: list[int], spatial_scale: float, deterministic: bool
+) -> Tensor:
+    return _common.run_backward(
+        cuproi.ps_roi_pool_backward,
+        grad,
+        (rois, tuple(input_shape)),
+        spatial_scale,
+        deterministic=deterministic,
+    )
+
+
+@_ps_roi_pool_backward.register_fake
+def _(grad, rois, input_shape, spatial_scale, deterministic):
+    groups = _validate.position_sensitive_channels
+    _fake.backward(grad, rois, input_shape, spatial_scale, channels=groups)
+    return grad.new_empty(input_shape)
+
+
+_autograd.register(_ps_roi_pool, _ps_roi_pool_backward)
+
+
+@_common.bfloat16_in_float32
+def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """Differentiable :func:`cuproi.ps_roi_pool` on tensors, a drop-in for torchvision's.
+
+    Parameters
+    ----------
+    input : (N, C, H, W) Tensor
+        Position-sensitive score maps, ``C`` a multiple of ``PH * PW``, on the CPU or a CUDA
+        device.
+    boxes : (K, 5) Tensor or list of (L_i, 4) Tensors
+        As in :func:`ps_roi_align`.
+    output_size, spatial_scale
+        As in :func:`cuproi.ps_roi_pool`.
+
+    Returns
+    -------
+    (K, C / (PH * PW), PH, PW) Tensor
+        The mean of every bin over its score map; differentiable with respect to ``input``.
+        Bins reaching the last row or column of the map include it (torchvision's forward
+        leaves it out; see :func:`cuproi.ps_roi_pool`).
+    """
+    pooled_h, pooled_w = _validate.output_size(output_size)
+    _common.score_maps(input, (pooled_h, pooled_w))
+    scale = _validate.spatial_scale(spatial_scale)
+    return _ps_roi_pool(input, _common.rois(boxes, input), pooled_h, pooled_w, scale)
+
+
+class PSRoIPool(OpModule):
+    """Module form of :func:`ps_roi_pool` (torchvision's ``PSRoIPool``)."""
+
+    _op = staticmethod(ps_roi_pool)
