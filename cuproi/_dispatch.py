@@ -87,7 +87,7 @@ def _device(array, name):
     )
 
 
-def _native(array, device, name):
+def native(array, device, name):
     """The array as NumPy (host) or CuPy (CUDA), sharing memory with a foreign one."""
     cupy = sys.modules.get("cupy")
     if isinstance(array, np.ndarray) and not array.dtype.isnative:  # byte-swapped (from a file)
@@ -231,20 +231,20 @@ def prepare(**arrays):
         for label, item in pairs:
             seen.setdefault(_device(item, label), label)
     device = one_device(seen)
-    framework, native = None, []
+    framework, prepared = None, []
     for name, pairs in items.items():
         if pairs is None:
-            native.append(None)
+            prepared.append(None)
             continue
         converted = []
         for label, item in pairs:
-            converted.append(_native(item, device, label))
+            converted.append(native(item, device, label))
             if framework is None and converted[-1] is not item:
                 framework = _framework(item)
         single = not isinstance(arrays[name], (list, tuple)) or name not in _SEQUENCES
-        native.append(converted[0] if single else converted)
+        prepared.append(converted[0] if single else converted)
     if device == "cpu":
         from cuproi import _cpu as backend
     else:
         from cuproi import _cuda as backend
-    return backend, tuple(native), _identity if framework is None else _restorer(framework)
+    return backend, tuple(prepared), _identity if framework is None else _restorer(framework)

@@ -4,7 +4,6 @@ from cuproi import _arguments, _dispatch, _docstrings, _validate
 from cuproi._types import ArrayT, Boxes, OutputSize
 
 # The former name of :func:`cuproi._validate.mask`, which cuproi.torch still imports from here.
-_mask = _validate.mask
 
 
 def _unplaced(xp, offset):

@@ -46,15 +46,6 @@ _CONVENTIONS = """
 """
 
 
-# The former names of the pyramid's checks, which cuproi.torch still imports from here.
-_scales = _pyramid.level_scales
-_canonical = _pyramid.canonical
-_levels = _pyramid.level_rule
-_features = _pyramid.level_features
-_count = _pyramid.count_levels
-_gradient_shapes = _pyramid.gradient_shapes
-
-
 @_dispatch.on_input_device
 @_docstrings.fill(conventions=_CONVENTIONS)
 def multi_scale_roi_align(

@@ -194,4 +194,3 @@ def _areas(x, y):
 
 
 # The former name of :func:`cuproi._validate.host_boxes`, which cuproi.viz imports from here.
-_boxes = _validate.host_boxes

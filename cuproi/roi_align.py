@@ -29,11 +29,6 @@ _MAX_MODE = """
 """
 
 
-def _forward_input(backend, value, shape, name="input"):
-    """:func:`cuproi._validate.forward_features`, by its former name (cuproi.torch uses it)."""
-    return _validate.forward_features(backend.xp, value, shape, name)
-
-
 @_dispatch.on_input_device
 @_docstrings.fill(conventions=_CONVENTIONS, max_mode=_MAX_MODE)
 def roi_align(

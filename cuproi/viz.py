@@ -364,14 +364,12 @@ def plot_comparison(
 
 def _inputs(features, boxes, channel):
     """(H, W) map and (K, 5) boxes on image 0, both in the compute dtype of the map."""
-    from cuproi.quantization import _boxes  # the box checks of quantization_error
-
     if isinstance(features, tuple) and all(isinstance(v, (int, np.integer)) for v in features):
         plane = _pattern(*_validate.input_shape((1, 1, *features), "features shape")[2:])
     else:
         plane = _plane(np.asarray(features), channel)
     plane = plane.astype(_validate.compute_dtype(plane.dtype), copy=False)
-    coords = _boxes(boxes, 1.0)[:, -4:].astype(plane.dtype)  # map cells
+    coords = _validate.host_boxes(boxes, 1.0)[:, -4:].astype(plane.dtype)  # map cells
     if not len(coords):
         raise ValueError("boxes is empty: there is nothing to draw")
     return plane, np.column_stack([np.zeros(len(coords), plane.dtype), coords])

@@ -8,10 +8,11 @@ import reference_multi_scale as oracle
 from conftest import TOLERANCE, host_backend
 
 import cuproi
+from cuproi import _pyramid
 from cuproi._cpu.multi_scale_roi_align import box_levels
 from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype
-from cuproi.multi_scale_roi_align import MAX_LEVELS, _levels
+from cuproi.multi_scale_roi_align import MAX_LEVELS
 
 # Two 512x640 images through a P2-P5 pyramid (strides 4 to 32).
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
@@ -55,7 +56,8 @@ def rois_for(boxes, dtype):
 
 
 def thresholds(dtype, canonical_scale=224, canonical_level=4, scales=SCALES):
-    return _levels(scales, len(scales), np.dtype(dtype), canonical_scale, canonical_level)[1]
+    canonical = (canonical_scale, canonical_level)
+    return _pyramid.level_rule(scales, len(scales), np.dtype(dtype), *canonical)[1]
 
 
 def assert_close(actual, expected, dtype):

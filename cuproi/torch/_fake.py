@@ -97,7 +97,7 @@ def _numpy_dtype(dtype, name):
 
     with unset_fake_temporarily():  # a real tensor, also while a FakeTensorMode is active
         empty = torch.empty(0, dtype=dtype, device="cpu")
-    return _dispatch._native(empty, "cpu", name).dtype
+    return _dispatch.native(empty, "cpu", name).dtype
 
 
 def _device(tensor):

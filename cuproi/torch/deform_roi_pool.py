@@ -8,7 +8,6 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
-from cuproi.deform_roi_pool import _mask
 from cuproi.torch import _common, _fake
 from cuproi.torch._module import OpModule
 
@@ -38,7 +37,7 @@ def _(input, rois, offset, pooled_h, pooled_w, spatial_scale, sampling_ratio, ga
         input, rois, pooled_h, pooled_w, spatial_scale, *options, offset=offset, mask=mask
     )
     _validate.offset(_fake.xp, o, k, pooled, x.dtype)
-    _mask(_fake.xp, m, k, pooled, x.dtype)
+    _validate.mask(_fake.xp, m, k, pooled, x.dtype)
     return _fake.output(input, rois, pooled_h, pooled_w)
 
 
@@ -134,7 +133,7 @@ def _check_backward(grad, input, rois, offset, mask, spatial_scale, sampling_rat
         grad, input, rois, spatial_scale, *options, offset=offset, mask=mask
     )
     _validate.offset(_fake.xp, o, k, pooled, x.dtype)
-    _mask(_fake.xp, m, k, pooled, x.dtype)
+    _validate.mask(_fake.xp, m, k, pooled, x.dtype)
 
 
 def _deform_setup(ctx, inputs, output):

@@ -6,15 +6,7 @@ import torch
 from torch import Tensor, nn
 
 import cuproi
-from cuproi import _validate
-from cuproi.multi_scale_roi_align import (
-    _canonical,
-    _count,
-    _features,
-    _gradient_shapes,
-    _levels,
-    _scales,
-)
+from cuproi import _pyramid, _validate
 from cuproi.torch import _autograd, _common, _fake
 
 
@@ -56,14 +48,14 @@ def _(
     canonical_level,
 ):
     # cuproi.multi_scale_roi_align's checks.
-    count = _count(features, "features")
+    count = _pyramid.count_levels(features, "features")
     *levels, b = _fake.prepare(**{f"features[{i}]": f for i, f in enumerate(features)}, boxes=rois)
     pooled = _validate.output_size(_fake.hint((pooled_h, pooled_w)))
     _validate.sampling_ratio(_fake.hint(sampling_ratio))
-    levels = _features(_fake.xp, levels)
+    levels = _pyramid.level_features(_fake.xp, levels)
     dtype = levels[0].dtype
     rule = _fake.hint((canonical_scale, canonical_level))
-    scales, _ = _levels(_fake.hint(spatial_scales), count, dtype, *rule)
+    scales, _ = _pyramid.level_rule(_fake.hint(spatial_scales), count, dtype, *rule)
     k = _fake.boxes(b, levels[0].shape[0], max(scales), dtype)
     _validate.pooled_result(k, levels[0].shape[1], pooled)
     return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_h, pooled_w))
@@ -109,13 +101,13 @@ def _(
 ):
     # cuproi.multi_scale_roi_align_backward's checks.
     given = _shapes(_fake.hint(input_shapes))
-    count = _count(given, "input_shapes")
+    count = _pyramid.count_levels(given, "input_shapes")
     g, b = _fake.prepare(grad_output=grad, boxes=rois)
-    shapes = _gradient_shapes(given)
+    shapes = _pyramid.gradient_shapes(given)
     pooled = _validate.output_size(g.shape[2:])
     _validate.sampling_ratio(_fake.hint(sampling_ratio))
     rule = _fake.hint((canonical_scale, canonical_level))
-    scales, _ = _levels(_fake.hint(spatial_scales), count, g.dtype, *rule)
+    scales, _ = _pyramid.level_rule(_fake.hint(spatial_scales), count, g.dtype, *rule)
     k = _fake.boxes(b, shapes[0][0], max(scales), g.dtype)
     _validate.grad_output(_fake.xp, g, k, shapes[0][1], pooled)
     return [grad.new_empty(s) for s in _shapes(input_shapes)]
@@ -174,7 +166,7 @@ def multi_scale_roi_align(
     >>> tuple(out.shape), p2.grad.abs().sum() > 0, p3.grad.abs().sum() > 0
     ((2, 4, 7, 7), tensor(True), tensor(True))
     """
-    count = _count(features, "features")
+    count = _pyramid.count_levels(features, "features")
     pooled_h, pooled_w = _validate.output_size(output_size)
     features = list(features)
     return _multi_scale_roi_align(
@@ -182,10 +174,10 @@ def multi_scale_roi_align(
         _common.rois(boxes, features[0]),
         pooled_h,
         pooled_w,
-        _scales(spatial_scales, count),
+        _pyramid.level_scales(spatial_scales, count),
         _validate.sampling_ratio(sampling_ratio),
         _validate.flag(aligned, "aligned"),
-        *_canonical(canonical_scale, canonical_level),
+        *_pyramid.canonical(canonical_scale, canonical_level),
     )
 
 
@@ -235,7 +227,8 @@ class MultiScaleRoIAlign(nn.Module):
         self.featmap_names = list(featmap_names)
         self.output_size = _validate.output_size(output_size)
         self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
-        self.canonical_scale, self.canonical_level = _canonical(canonical_scale, canonical_level)
+        canonical = _pyramid.canonical(canonical_scale, canonical_level)
+        self.canonical_scale, self.canonical_level = canonical
         self.aligned = _validate.flag(aligned, "aligned")
         self.scales = None
 

@@ -5,7 +5,6 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.roi_align import _forward_input
 from cuproi.torch import _common, _fake
 from cuproi.torch._module import OpModule
 
@@ -108,7 +107,7 @@ def _(
     pooled = _validate.output_size(g.shape[2:])
     scale = _validate.spatial_scale(_fake.hint(spatial_scale))
     _validate.sampling_ratio(_fake.hint(sampling_ratio))
-    x = _forward_input(_fake.backend, x, shape)
+    x = _validate.forward_features(_fake.xp, x, shape)
     k = _fake.boxes(b, shape[0], scale, x.dtype)
     _validate.grad_output(_fake.xp, g, k, shape[1], pooled, dtype=x.dtype)
     return _common.empty_gradient(input.shape, grad, channels_last)
