@@ -317,14 +317,15 @@ def _deform_roi_pool(p):
     }
 
 
-def _calls(forward, backward, sampled=True):
+def _calls(op, sampled=True):
     """The forward and backward calls of an op of the common signature.
 
-    That is ``forward(input, boxes, output_size, spatial_scale[, sampling_ratio])`` and
-    ``backward(grad, boxes, input_shape, <the same>, *, deterministic)``.
+    That is ``cuproi.<op>(input, boxes, output_size, spatial_scale[, sampling_ratio])`` and
+    ``cuproi.<op>_backward(grad, boxes, input_shape, <the same>, *, deterministic)``.
     """
 
     def build(p):
+        forward, backward = getattr(cuproi, op), getattr(cuproi, f"{op}_backward")
         args = (p.output_size, p.spatial_scale) + ((p.sampling_ratio,) if sampled else ())
         x, b, g = p.x, p.boxes, p.grad
         shape = [level.shape for level in x] if isinstance(x, list) else x.shape
@@ -340,16 +341,15 @@ def _calls(forward, backward, sampled=True):
 def _prroi_pool(p):
     x, b, g, size, scale = p.x, p.boxes, p.grad, p.output_size, p.spatial_scale
     return {
-        **_calls(cuproi.prroi_pool, cuproi.prroi_pool_backward, sampled=False)(p),
+        **_calls("prroi_pool", sampled=False)(p),
         "box_backward": lambda: cuproi.prroi_pool_box_backward(g, x, b, size, scale),
     }
 
 
 def _multi_scale_roi_align(p):
     levels, b, size, scale, ratio = p.x, p.boxes, p.output_size, p.spatial_scale, p.sampling_ratio
-    build = _calls(cuproi.multi_scale_roi_align, cuproi.multi_scale_roi_align_backward)
     return {
-        **build(p),
+        **_calls("multi_scale_roi_align")(p),
         "roi_align_finest": lambda: cuproi.roi_align(levels[0], b, size, scale[0], ratio, True),
     }
 
@@ -358,9 +358,9 @@ _CALLS = {
     "roi_align": _roi_align,
     "roi_pool": _roi_pool,
     "deform_roi_pool": _deform_roi_pool,
-    "ps_roi_align": _calls(cuproi.ps_roi_align, cuproi.ps_roi_align_backward),
-    "ps_roi_pool": _calls(cuproi.ps_roi_pool, cuproi.ps_roi_pool_backward, sampled=False),
-    "roi_align_rotated": _calls(cuproi.roi_align_rotated, cuproi.roi_align_rotated_backward),
+    "ps_roi_align": _calls("ps_roi_align"),
+    "ps_roi_pool": _calls("ps_roi_pool", sampled=False),
+    "roi_align_rotated": _calls("roi_align_rotated"),
     "prroi_pool": _prroi_pool,
     "multi_scale_roi_align": _multi_scale_roi_align,
 }
