@@ -228,7 +228,8 @@ def cases(device, dtypes):
     xp = np
     if device == "cuda":
         import cupy as xp
-    for name, boxes, size in (("box head", 512 // FEWER, 7), ("mask head", 256 // FEWER, 14)):
+    for name, head in _workloads.HEADS.items():
+        boxes, size = head["num_boxes"] // FEWER, head["output_size"]
         for dtype in dtypes:
             ours, theirs, bound = calls(device, xp, boxes, size, dtype)
             for op, fn in ours.items():
@@ -236,7 +237,8 @@ def cases(device, dtypes):
                     continue  # the CPU backend is deterministic anyway: same call, same time
                 yield f"{name}, {op}", np.dtype(dtype).name, fn, theirs.get(op), bound
     for dtype in dtypes:
-        ours, theirs = ps_and_multi_scale_calls(device, xp, dtype, 512 // FEWER)
+        boxes = _workloads.HEADS["box head"]["num_boxes"] // FEWER
+        ours, theirs = ps_and_multi_scale_calls(device, xp, dtype, boxes)
         for op, fn in ours.items():
             yield f"box head, {op}", np.dtype(dtype).name, fn, theirs.get(op), None
         ours, theirs = inference_calls(device, xp, dtype)
