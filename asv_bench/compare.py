@@ -7,38 +7,51 @@ Prints a Markdown table (median times, the ratio cuproi / torchvision, and on th
 lower bound of reference/performance.md section 4: output plus every touched feature element
 moved once at the device's memory bandwidth) for docs/benchmarks.md, then whether each target
 of the performance issue holds on the box head. torchvision is optional: without it only cuproi
-is timed. Workloads (reference/performance.md section 1): 2 images, 256
-channels, one FPN level of an 800x1216 input at stride 8 (100x152), 512 boxes of 16 to 300
-pixels, 7x7 output, sampling_ratio 2, aligned; the mask head uses 14x14 outputs and 256 boxes,
-and at inference 16 boxes on the P2 to P5 levels (a few detections on large maps).
+is timed. Workloads (``cuproi._workloads``, as in the asv benchmarks; reference/performance.md
+section 1): 2 images, 256 channels, one FPN level of an 800x1216 input at stride 8 (100x152),
+512 boxes of 16 to 300 pixels, 7x7 output, sampling_ratio 2, aligned; the mask head uses 14x14
+outputs and 256 boxes, and at inference 16 boxes on the P2 to P5 levels (a few detections on
+large maps).
 """
 
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import cuproi  # noqa: E402
-from cuproi import _layout  # noqa: E402
+from cuproi import _timing, _workloads  # noqa: E402
 
 BANDWIDTH = {"H100": 3.0e12, "H200": 4.0e12}  # bytes/s, copy bandwidth (performance.md)
 # Channels of the feature maps, and the factor the box counts are divided by: the reference
 # workloads', or with --smoke a tiny version of each that checks the script's every path.
 CHANNELS, FEWER = 256, 1
-
-
-def workload(boxes=512, size=7, dtype=np.float32, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((2, CHANNELS, 100, 152)).astype(dtype)
-    extent = rng.uniform(16, 300, (boxes, 2))
-    corner = rng.uniform(0, [1216, 800], (boxes, 2)) - extent / 2
-    rois = np.column_stack([rng.integers(0, 2, boxes), corner, corner + extent])
-    grad = rng.standard_normal((boxes, CHANNELS, size, size)).astype(dtype)
-    return x, rois.astype(np.float32), grad
+# The rows of the box and mask heads: {op: {call of _workloads.calls: what the row says}}.
+ROWS = {
+    "roi_align": {
+        "forward": "forward",
+        "backward": "backward",
+        "forward_channels_last": "forward, channels-last features",
+        "backward_channels_last": "backward, channels-last gradient",
+        "backward_deterministic": "backward, deterministic",
+    },
+    "roi_pool": {
+        "forward": "forward",
+        "forward_argmax": "forward, argmax",
+        "forward_channels_last": "forward, channels-last features",
+        "forward_argmax_channels_last": "forward, argmax, channels-last features",
+        "backward": "backward",
+        "backward_deterministic": "backward, deterministic",
+    },
+    "deform_roi_pool": {
+        "forward": "forward",
+        "backward": "backward",
+        "backward_deterministic": "backward, deterministic",
+    },
+}
 
 
 def footprint_bytes(x, rois, size, scale=1 / 8):
@@ -56,96 +69,38 @@ def footprint_bytes(x, rois, size, scale=1 / 8):
 
 
 def timer(device):
-    """(time a callable in seconds: median of repeats, what was measured)."""
+    """A function timing a callable: ``run(fn, repeat)`` -> median seconds of ``repeat`` calls."""
     if device == "cpu":
-
-        def run(fn, repeat):
-            fn()
-            times = []
-            for _ in range(repeat):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            return float(np.median(times))
-
-        return run
-    import cupy
-
-    def run(fn, repeat):
-        # CUDA events on the legacy default stream, which both CuPy and torch launch on by
-        # default; the device is idle at each start, so host launch overhead is counted too.
-        fn()
-        cupy.cuda.Device().synchronize()
-        times = []
-        for _ in range(repeat):
-            start, end = cupy.cuda.Event(), cupy.cuda.Event()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
-        return float(np.median(times))
-
-    return run
+        return lambda fn, repeat: _timing.host_seconds(fn, lambda: None, repeat)[1]
+    return _timing.device_seconds
 
 
 def calls(device, xp, boxes, size, dtype):
-    """The timed calls of one workload: ({op: cuproi call}, {op: torchvision call}, bound)."""
-    x, rois, grad = workload(boxes, size, dtype)
-    xa, ra, ga = (xp.asarray(a) for a in (x, rois, grad))
-    offset = xp.zeros((boxes, 2, size, size), dtype)
-    stored = _layout.as_channels_last(xp, xa)  # torch's channels_last memory format
-    kw = {"spatial_scale": 1 / 8, "sampling_ratio": 2}
-    _, argmax = cuproi.roi_pool(xa, ra, size, 1 / 8, return_argmax=True)
-    ours = {
-        "roi_align forward": lambda: cuproi.roi_align(xa, ra, size, aligned=True, **kw),
-        "roi_align backward": lambda: cuproi.roi_align_backward(
-            ga, ra, x.shape, size, aligned=True, **kw
-        ),
-        "roi_align forward, channels-last features": lambda: cuproi.roi_align(
-            stored, ra, size, aligned=True, **kw
-        ),
-        "roi_align backward, channels-last gradient": lambda: cuproi.roi_align_backward(
-            ga, ra, x.shape, size, aligned=True, channels_last=True, **kw
-        ),
-        "roi_align backward, deterministic": lambda: cuproi.roi_align_backward(
-            ga, ra, x.shape, size, aligned=True, deterministic=True, **kw
-        ),
-        "roi_pool forward": lambda: cuproi.roi_pool(xa, ra, size, 1 / 8),
-        "roi_pool forward, argmax": lambda: cuproi.roi_pool(
-            xa, ra, size, 1 / 8, return_argmax=True
-        ),
-        "roi_pool forward, channels-last features": lambda: cuproi.roi_pool(
-            stored, ra, size, 1 / 8
-        ),
-        "roi_pool forward, argmax, channels-last features": lambda: cuproi.roi_pool(
-            stored, ra, size, 1 / 8, return_argmax=True
-        ),
-        "roi_pool backward": lambda: cuproi.roi_pool_backward(ga, ra, argmax, x.shape),
-        "roi_pool backward, deterministic": lambda: cuproi.roi_pool_backward(
-            ga, ra, argmax, x.shape, deterministic=True
-        ),
-        "deform_roi_pool forward": lambda: cuproi.deform_roi_pool(xa, ra, offset, size, **kw),
-        "deform_roi_pool backward": lambda: cuproi.deform_roi_pool_backward(
-            ga, xa, ra, offset, size, **kw
-        ),
-        "deform_roi_pool backward, deterministic": lambda: cuproi.deform_roi_pool_backward(
-            ga, xa, ra, offset, size, deterministic=True, **kw
-        ),
-    }
+    """The timed calls of one workload: ({op: cuproi call}, {op: torchvision call}, bound).
+
+    Deformable RoI Pooling reads zero offsets: the boxes' own bins, as RoI Align samples them.
+    """
+    host = _workloads.problem(
+        "deform_roi_pool", boxes, size, channels=CHANNELS, offset_sigma=0, dtype=dtype
+    )
+    xa = host.to(xp)
+    ours = {}
+    for op, rows in ROWS.items():
+        every = _workloads.calls(op, xa)
+        ours.update({f"{op} {row}": every[name] for name, row in rows.items()})
     if device == "cuda":  # the NCHW kernels, beside the channels-last ones chosen over them
         ours["roi_align forward, NCHW kernel"] = nchw(ours["roi_align forward"])
         ours["roi_align backward, NCHW kernel"] = nchw(ours["roi_align backward"])
-        ours["roi_align forward, its layout transpose alone"] = to_channels_last(xa)
+        ours["roi_align forward, its layout transpose alone"] = to_channels_last(xa.x)
     theirs = {}
     try:
         import torch
         from torchvision import ops
     except ImportError:
         return ours, theirs, None
-    tx = torch.from_numpy(x).to(device)
-    tr = torch.from_numpy(rois).to(tx.dtype).to(device)  # torchvision wants one dtype
-    tg = torch.from_numpy(grad).to(device)
+    tx = torch.from_numpy(host.x).to(device)
+    tr = torch.from_numpy(host.boxes).to(tx.dtype).to(device)  # torchvision wants one dtype
+    tg = torch.from_numpy(host.grad).to(device)
     txg = tx.clone().requires_grad_()
     tx_stored = tx.contiguous(memory_format=torch.channels_last)
     tx_stored_g = tx_stored.clone().requires_grad_()  # clone keeps the memory format
@@ -176,7 +131,7 @@ def calls(device, xp, boxes, size, dtype):
     for op in list(theirs):
         if f"{op}, NCHW kernel" in ours:
             theirs[f"{op}, NCHW kernel"] = theirs[op]
-    return ours, theirs, footprint_bytes(x, rois, size) if device == "cuda" else None
+    return ours, theirs, footprint_bytes(host.x, host.boxes, size) if device == "cuda" else None
 
 
 def to_channels_last(x):
@@ -203,50 +158,31 @@ def nchw(fn):
     return run
 
 
-def family_calls(device, xp, dtype, boxes, size=7):
+def ps_and_multi_scale_calls(device, xp, dtype, boxes, size=7):
     """Position-sensitive RoI Align (R-FCN: 8 x 7 x 7 score maps) and multi-level RoI Align (FPN
     levels P2 to P5 of an 800x1216 image) on the box head, as ``calls`` returns them."""
-    rng = np.random.default_rng(1)
-    x, rois, _ = workload(boxes, size, dtype)
-    ra = xp.asarray(rois)
-    scores = xp.asarray(rng.standard_normal((2, 8 * size * size, 100, 152)).astype(dtype))
-    g_ps = xp.asarray(rng.standard_normal((boxes, 8, size, size)).astype(dtype))
-    levels = [
-        xp.asarray(rng.standard_normal((2, CHANNELS, 200 // 2**i, 304 // 2**i)).astype(dtype))
-        for i in range(4)
-    ]
-    shapes = [level.shape for level in levels]
-    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
-    g = xp.asarray(rng.standard_normal((boxes, CHANNELS, size, size)).astype(dtype))
-    ours = {
-        "ps_roi_align forward": lambda: cuproi.ps_roi_align(scores, ra, size, 1 / 8, 2),
-        "ps_roi_align backward": lambda: cuproi.ps_roi_align_backward(
-            g_ps, ra, scores.shape, size, 1 / 8, 2
-        ),
-        "multi_scale_roi_align forward": lambda: cuproi.multi_scale_roi_align(
-            levels, ra, size, scales, 2
-        ),
-        "multi_scale_roi_align backward": lambda: cuproi.multi_scale_roi_align_backward(
-            g, ra, shapes, size, scales, 2
-        ),
-    }
+    ps = _workloads.problem("ps_roi_align", boxes, size, channels=8, dtype=dtype)
+    fpn = _workloads.problem(
+        "multi_scale_roi_align", boxes, size, channels=CHANNELS, stride=4, dtype=dtype
+    )
+    ours = {}
+    for op, host in (("ps_roi_align", ps), ("multi_scale_roi_align", fpn)):
+        every = _workloads.calls(op, host.to(xp))
+        ours.update({f"{op} {way}": every[way] for way in ("forward", "backward")})
     theirs = {}
     try:
         import torch
         from torchvision import ops
     except ImportError:
         return ours, theirs
-    ts = torch.from_numpy(xp_to_numpy(scores)).to(device)
-    tr = torch.from_numpy(rois).to(ts.dtype).to(device)
+    ts = torch.from_numpy(ps.x).to(device)
+    tr = torch.from_numpy(ps.boxes).to(ts.dtype).to(device)
     theirs["ps_roi_align forward"] = lambda: ops.ps_roi_align(ts, tr, size, 1 / 8, 2)
-    tl = {str(i): torch.from_numpy(xp_to_numpy(level)).to(device) for i, level in enumerate(levels)}
-    per_image = [tr[tr[:, 0] == i, 1:] for i in range(2)]
-    pooler = ops.MultiScaleRoIAlign(list(tl), size, 2)
-    theirs["multi_scale_roi_align forward"] = lambda: pooler(tl, per_image, [(800, 1216)] * 2)
+    theirs["multi_scale_roi_align forward"] = torchvision_pyramid(torch, ops, device, fpn)[0]
     try:
         tsg = ts.clone().requires_grad_()
         out = ops.ps_roi_align(tsg, tr, size, 1 / 8, 2)
-        tg = torch.from_numpy(xp_to_numpy(g_ps)).to(device)
+        tg = torch.from_numpy(ps.grad).to(device)
         theirs["ps_roi_align backward"] = lambda: torch.autograd.grad(out, tsg, tg, True)
     except (RuntimeError, NotImplementedError):
         pass
@@ -256,44 +192,35 @@ def family_calls(device, xp, dtype, boxes, size=7):
 def inference_calls(device, xp, dtype, boxes=16, size=14):
     """A few detections on the P2 to P5 levels of an 800x1216 image (the mask head at
     inference): multi-level RoI Align, and RoI Align on P2 alone, as ``calls`` returns them."""
-    rng = np.random.default_rng(2)
-    _, rois, _ = workload(boxes, size, dtype)
-    ra = xp.asarray(rois)
-    levels = [
-        xp.asarray(rng.standard_normal((2, CHANNELS, 200 // 2**i, 304 // 2**i)).astype(dtype))
-        for i in range(4)
-    ]
-    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
-    ours = {
-        f"multi_scale_roi_align forward, {boxes} boxes": lambda: cuproi.multi_scale_roi_align(
-            levels, ra, size, scales, 2
-        ),
-        f"roi_align forward on P2, {boxes} boxes": lambda: cuproi.roi_align(
-            levels[0], ra, size, 1 / 4, 2, True
-        ),
-    }
+    host = _workloads.problem(
+        "multi_scale_roi_align", boxes, size, channels=CHANNELS, stride=4, dtype=dtype
+    )
+    every = _workloads.calls("multi_scale_roi_align", host.to(xp))
+    multi, p2 = (
+        f"multi_scale_roi_align forward, {boxes} boxes",
+        f"roi_align forward on P2, {boxes} boxes",
+    )
+    ours = {multi: every["forward"], p2: every["roi_align_finest"]}
     theirs = {}
     try:
         import torch
         from torchvision import ops
     except ImportError:
         return ours, theirs
-    tl = {str(i): torch.from_numpy(xp_to_numpy(level)).to(device) for i, level in enumerate(levels)}
-    tr = torch.from_numpy(rois).to(tl["0"].dtype).to(device)
-    per_image = [tr[tr[:, 0] == i, 1:] for i in range(2)]
-    pooler = ops.MultiScaleRoIAlign(list(tl), size, 2)
-    theirs[f"multi_scale_roi_align forward, {boxes} boxes"] = lambda: pooler(
-        tl, per_image, [(800, 1216)] * 2
-    )
-    theirs[f"roi_align forward on P2, {boxes} boxes"] = lambda: ops.roi_align(
-        tl["0"], tr, size, 1 / 4, 2, True
-    )
+    theirs[multi], finest, tr = torchvision_pyramid(torch, ops, device, host)
+    theirs[p2] = lambda: ops.roi_align(finest, tr, size, 1 / 4, 2, True)
     return ours, theirs
 
 
-def xp_to_numpy(a):
-    """A host copy of a NumPy or CuPy array."""
-    return a.get() if hasattr(a, "get") else a
+def torchvision_pyramid(torch, ops, device, host):
+    """(torchvision's MultiScaleRoIAlign call, its finest level, the boxes) for the NumPy
+    problem ``host`` of multi_scale_roi_align."""
+    levels = {str(i): torch.from_numpy(level).to(device) for i, level in enumerate(host.x)}
+    tr = torch.from_numpy(host.boxes).to(levels["0"].dtype).to(device)
+    per_image = [tr[tr[:, 0] == i, 1:] for i in range(_workloads.IMAGES)]
+    pooler = ops.MultiScaleRoIAlign(list(levels), host.output_size, host.sampling_ratio)
+    sizes = [_workloads.IMAGE] * _workloads.IMAGES
+    return (lambda: pooler(levels, per_image, sizes)), levels["0"], tr
 
 
 def cases(device, dtypes):
@@ -301,7 +228,8 @@ def cases(device, dtypes):
     xp = np
     if device == "cuda":
         import cupy as xp
-    for name, boxes, size in (("box head", 512 // FEWER, 7), ("mask head", 256 // FEWER, 14)):
+    for name, head in _workloads.HEADS.items():
+        boxes, size = head["num_boxes"] // FEWER, head["output_size"]
         for dtype in dtypes:
             ours, theirs, bound = calls(device, xp, boxes, size, dtype)
             for op, fn in ours.items():
@@ -309,7 +237,8 @@ def cases(device, dtypes):
                     continue  # the CPU backend is deterministic anyway: same call, same time
                 yield f"{name}, {op}", np.dtype(dtype).name, fn, theirs.get(op), bound
     for dtype in dtypes:
-        ours, theirs = family_calls(device, xp, dtype, 512 // FEWER)
+        boxes = _workloads.HEADS["box head"]["num_boxes"] // FEWER
+        ours, theirs = ps_and_multi_scale_calls(device, xp, dtype, boxes)
         for op, fn in ours.items():
             yield f"box head, {op}", np.dtype(dtype).name, fn, theirs.get(op), None
         ours, theirs = inference_calls(device, xp, dtype)

@@ -1,194 +1,92 @@
 """``python -m cuproi bench``: a quick timing of every op, beside torchvision where it works.
 
 The workload is small on purpose (seconds on a laptop CPU): stride-16 features of two 800x1216
-images with 64 channels, boxes of 16 to 400 pixels, 7x7 outputs, sampling_ratio 2. The rest of
-the family reads arrays derived from it (score maps, a two-level pyramid, rotated boxes, a
-mask). asv_bench/ holds the real benchmarks.
+images with 64 channels (2 x 7 x 7 score maps for the position-sensitive ops; the stride-16 and
+-32 levels for multi-scale RoI Align), boxes of 16 to 400 pixels, 7x7 outputs, sampling_ratio 2,
+drawn by ``cuproi._workloads`` like the real benchmarks in asv_bench/.
 """
 
 import functools
 import sys
 import time
-import types
 
 import numpy as np
 
-import cuproi
-from cuproi import _demo
+from cuproi import _demo, _timing, _workloads
 
 POOLED, SCALE, RATIO = (7, 7), 1 / 16, 2
+WORKLOAD = {
+    "output_size": POOLED,
+    "channels": 64,
+    "stride": round(1 / SCALE),
+    "extent": (16, 400),
+    "sampling_ratio": RATIO,
+}
+# The rows of the table: (op shown, pass, op, call of _workloads.calls), the demo's first.
+ROWS = [
+    *_demo.ROWS,
+    ("roi_align max", "forward", "roi_align", "max_forward"),
+    ("roi_align max", "backward", "roi_align", "max_backward"),
+    ("roi_align", "boxes", "roi_align", "box_backward"),
+    ("deform_roi_pool mask", "forward", "deform_roi_pool", "modulated_forward"),
+    ("deform_roi_pool mask", "backward", "deform_roi_pool", "modulated_backward"),
+    *[
+        (op, way, op, way)
+        for op in ("ps_roi_align", "ps_roi_pool", "roi_align_rotated", "prroi_pool")
+        for way in ("forward", "backward")
+    ],
+    ("prroi_pool", "boxes", "prroi_pool", "box_backward"),
+    ("multi_scale_roi_align", "forward", "multi_scale_roi_align", "forward"),
+    ("multi_scale_roi_align", "backward", "multi_scale_roi_align", "backward"),
+]
 
 
-def workload(num_boxes, channels=64, seed=0):
-    """(x, boxes, offset, grad): (2, C, 50, 76) float32 features and ``num_boxes`` boxes."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:50, 0:76]
-    c = np.arange(channels)[:, None, None]
-    pattern = np.sin(0.2 * xx + 0.05 * c) * np.cos(0.3 * yy - 0.1 * c)
-    x = (pattern + 0.1 * rng.standard_normal((2, channels, 50, 76))).astype(np.float32)
-    size = rng.uniform(16, 400, (num_boxes, 2))
-    corner = rng.uniform(-50, [1216, 800], (num_boxes, 2))
-    boxes = np.column_stack([rng.integers(0, 2, num_boxes), corner, corner + size])
-    offset = rng.normal(0, 1, (num_boxes, 2, *POOLED)).astype(np.float32)
-    grad = rng.standard_normal((num_boxes, channels, *POOLED)).astype(np.float32)
-    return x, boxes.astype(np.float32), offset, grad
+def problems(num_boxes):
+    """{op: its NumPy problem} for every op of ROWS, all with the same ``num_boxes`` boxes."""
+    found = {}
+    for _, _, op, _ in ROWS:
+        maps = {"channels": 2} if op in ("ps_roi_align", "ps_roi_pool") else {}
+        found[op] = _workloads.problem(op, num_boxes, **{**WORKLOAD, **maps})
+    return found
 
 
 def run(cupy, repeat, num_boxes, stream=None):
     """Time every op on every backend (and torchvision); print the table on stdout."""
     stream = sys.stderr if stream is None else stream
-    x, boxes, offset, grad = workload(num_boxes)
-    backends = _demo.backends(cupy)
+    hosts = problems(num_boxes)
+    backends = _timing.backends(cupy)
     torchvision, why = _torchvision()
-    ops = [
-        (op, way, lambda a, e, c=call: c(a)) for op, way, call in _demo.runs(POOLED, SCALE, RATIO)
-    ]
-    ops += family_runs()
-    rows = [(op, way, b) for op, way, _ in ops for b in backends]
+    rows = [(row, b) for row in ROWS for b in backends]
     reference = {(op, way) for op in _THEIRS for way in ("forward", "backward")}
-    total = len(rows) + (sum((op, way) in reference for op, way, _ in rows) if torchvision else 0)
-    progress = _Progress(total, stream)
+    compared = sum(row[:2] in reference for row, _ in rows) if torchvision else 0
+    progress = _Progress(len(rows) + compared, stream)
     print(
-        f"Workload: features {x.shape} float32 (stride 16), {num_boxes} boxes of 16-400 px, "
-        f"output 7x7, sampling_ratio 2; median of {repeat} calls after a warm-up\n"
+        f"Workload: features {hosts['roi_align'].x.shape} float32 (stride 16), {num_boxes} boxes "
+        f"of 16-400 px, output 7x7, sampling_ratio 2; median of {repeat} calls after a warm-up\n"
     )
     header = f"{'op':<22}{'pass':<10}{'backend':<9}{'cuproi':>10}"
     if torchvision:
         header += f"{'torchvision':>14}{'speed-up':>10}  max |diff| vs torchvision"
     lines = [header, "-" * len(header)]
-    calls = {(op, way): call for op, way, call in ops}
-    arrays = {b.name: _demo.inputs(b, x, boxes, offset, grad, POOLED, SCALE) for b in backends}
-    family = family_arrays(x, boxes, grad)
-    extras = {b.name: family_inputs(b, family) for b in backends}
-    # What torchvision's call of each op reads: (features, boxes, gradient of the output).
-    compared = {"ps_roi_align": (family["maps"], boxes, family["maps_grad"])}
-    for op, way, backend in rows:
-        progress.show(f"{op} {way} on {backend.name}")
-        args, extra = arrays[backend.name], extras[backend.name]
-        timed = functools.partial(calls[op, way], args, extra)
-        result, seconds = _demo.timed(timed, backend.sync, repeat)
+    calls = {}
+    for backend in backends:
+        for op, host in hosts.items():
+            calls[backend.name, op] = _workloads.calls(op, host.to(backend.xp))
+    for (shown, way, op, name), backend in rows:
+        progress.show(f"{shown} {way} on {backend.name}")
+        call = calls[backend.name, op][name]
+        result, seconds = _timing.host_seconds(call, backend.sync, repeat)
         theirs = ""
-        if torchvision and (op, way) in reference:
-            progress.show(f"torchvision {op} {way} on {backend.name}")
+        if torchvision and (shown, way) in reference:
+            progress.show(f"torchvision {shown} {way} on {backend.name}")
             ours = np.asarray(backend.back(result), np.float64)
-            inputs = compared.get(op, (x, boxes, grad))
-            theirs = _compare(torchvision, op, way, backend.name, inputs, ours, seconds, repeat)
-        lines.append(f"{op:<22}{way:<10}{backend.name:<9}{seconds * 1e3:>8.2f}ms{theirs}")
+            host = hosts[op]
+            inputs = (host.x, host.boxes, host.grad)
+            theirs = _compare(torchvision, shown, way, backend.name, inputs, ours, seconds, repeat)
+        lines.append(f"{shown:<22}{way:<10}{backend.name:<9}{seconds * 1e3:>8.2f}ms{theirs}")
     progress.done()
     print("\n".join(line.rstrip() for line in lines))
     print(f"\ntorchvision: {why}")
-
-
-def family_arrays(x, boxes, grad):
-    """The NumPy arrays of the rest of the family, derived from the workload."""
-    k = len(boxes)
-    centre, size = (boxes[:, 1:3] + boxes[:, 3:5]) / 2, boxes[:, 3:5] - boxes[:, 1:3]
-    angle = np.linspace(-90, 90, k, dtype=np.float32)
-    arrays = {
-        "maps": np.tile(x, (1, 2, 1, 1))[:, : 2 * POOLED[0] * POOLED[1]],  # 2 x 7 x 7 maps
-        "maps_grad": grad[:, :2],
-        "rotated": np.column_stack([boxes[:, 0], centre, size, angle]).astype(np.float32),
-        "mask": np.full((k, 1, *POOLED), 0.5, np.float32),
-        "coarse": x[:, :, ::2, ::2],  # the next pyramid level, stride 32
-    }
-    return {name: np.ascontiguousarray(a) for name, a in arrays.items()}
-
-
-def family_inputs(backend, arrays):
-    """The arrays of :func:`family_arrays` on ``backend``, as attributes."""
-    return types.SimpleNamespace(**{name: backend.move(a) for name, a in arrays.items()})
-
-
-def family_runs():
-    """(op, pass, call(inputs, family inputs)) of the rest of the family."""
-    common = {"output_size": POOLED, "spatial_scale": SCALE, "sampling_ratio": RATIO}
-    scales = [SCALE, SCALE / 2]
-
-    def pyramid(a, e):
-        return [a.x, e.coarse]
-
-    return [
-        (
-            "roi_align max",
-            "forward",
-            lambda a, e: cuproi.roi_align(a.x, a.boxes, pool_mode="max", **common),
-        ),
-        (
-            "roi_align max",
-            "backward",
-            lambda a, e: cuproi.roi_align_backward(
-                a.grad, a.boxes, a.x.shape, pool_mode="max", input=a.x, **common
-            ),
-        ),
-        (
-            "roi_align",
-            "boxes",
-            lambda a, e: cuproi.roi_align_box_backward(
-                a.grad, a.x, a.boxes, aligned=True, **common
-            ),
-        ),
-        (
-            "deform_roi_pool mask",
-            "forward",
-            lambda a, e: cuproi.deform_roi_pool(a.x, a.boxes, a.offset, mask=e.mask, **common),
-        ),
-        (
-            "deform_roi_pool mask",
-            "backward",
-            lambda a, e: cuproi.deform_roi_pool_backward(
-                a.grad, a.x, a.boxes, a.offset, mask=e.mask, **common
-            )[0],
-        ),
-        ("ps_roi_align", "forward", lambda a, e: cuproi.ps_roi_align(e.maps, a.boxes, **common)),
-        (
-            "ps_roi_align",
-            "backward",
-            lambda a, e: cuproi.ps_roi_align_backward(e.maps_grad, a.boxes, e.maps.shape, **common),
-        ),
-        ("ps_roi_pool", "forward", lambda a, e: cuproi.ps_roi_pool(e.maps, a.boxes, POOLED, SCALE)),
-        (
-            "ps_roi_pool",
-            "backward",
-            lambda a, e: cuproi.ps_roi_pool_backward(
-                e.maps_grad, a.boxes, e.maps.shape, POOLED, SCALE
-            ),
-        ),
-        (
-            "roi_align_rotated",
-            "forward",
-            lambda a, e: cuproi.roi_align_rotated(a.x, e.rotated, **common),
-        ),
-        (
-            "roi_align_rotated",
-            "backward",
-            lambda a, e: cuproi.roi_align_rotated_backward(a.grad, e.rotated, a.x.shape, **common),
-        ),
-        ("prroi_pool", "forward", lambda a, e: cuproi.prroi_pool(a.x, a.boxes, POOLED, SCALE)),
-        (
-            "prroi_pool",
-            "backward",
-            lambda a, e: cuproi.prroi_pool_backward(a.grad, a.boxes, a.x.shape, POOLED, SCALE),
-        ),
-        (
-            "prroi_pool",
-            "boxes",
-            lambda a, e: cuproi.prroi_pool_box_backward(a.grad, a.x, a.boxes, POOLED, SCALE),
-        ),
-        (
-            "multi_scale_roi_align",
-            "forward",
-            lambda a, e: cuproi.multi_scale_roi_align(
-                pyramid(a, e), a.boxes, POOLED, scales, RATIO
-            ),
-        ),
-        (
-            "multi_scale_roi_align",
-            "backward",
-            lambda a, e: cuproi.multi_scale_roi_align_backward(
-                a.grad, a.boxes, [level.shape for level in pyramid(a, e)], POOLED, scales, RATIO
-            )[0],
-        ),
-    ]
 
 
 # torchvision's call of every op it has with cuproi's semantics on these boxes, on
@@ -219,7 +117,7 @@ def _compare(torchvision, op, way, backend, arrays, ours, seconds, repeat):
         return torch.autograd.grad(out, x, grad, retain_graph=True)[0]
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    theirs, their_seconds = _demo.timed(call, sync, repeat)
+    theirs, their_seconds = _timing.host_seconds(call, sync, repeat)
     diff = np.abs(theirs.detach().cpu().numpy().astype(np.float64) - ours).max(initial=0.0)
     return f"{their_seconds * 1e3:>12.2f}ms{their_seconds / seconds:>9.2f}x  {diff:.2e}"
 

@@ -6,13 +6,12 @@ channels (colour, brightness, edge strength), a stand-in for a CNN backbone that
 objects visible in every channel.
 """
 
-import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 import cuproi
+from cuproi import _timing, _workloads
 
 HEIGHT, WIDTH = 384, 576
 CHANNELS = ("red", "green", "blue", "brightness", "edges x", "edges y", "edges", "objects")
@@ -83,77 +82,12 @@ def offsets(k, pooled):
     return np.broadcast_to(field, (k, 2, ph, pw)).astype(np.float32)
 
 
-class Backend(NamedTuple):
-    name: str
-    move: object  # host array -> backend array
-    back: object  # backend array -> host array
-    sync: object  # wait for the device
-
-
-def backends(cupy):
-    found = [Backend("numpy", np.asarray, np.asarray, lambda: None)]
-    if cupy is not None:
-        sync = cupy.cuda.get_current_stream().synchronize
-        found.append(Backend("cupy", cupy.asarray, cupy.asnumpy, lambda: sync()))
-    return found
-
-
-def timed(call, sync, repeat=3):
-    """(result, median seconds) after one warm-up call (which compiles a kernel)."""
-    call()
-    sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = call()
-        sync()
-        times.append(time.perf_counter() - start)
-    return result, float(np.median(times))
-
-
-class Inputs(NamedTuple):
-    """The arrays of one call, on one backend; ``argmax`` is roi_pool's, for its backward."""
-
-    x: object
-    boxes: object
-    offset: object
-    grad: object
-    argmax: object
-
-
-def inputs(backend, x, boxes, offset, grad, pooled, scale):
-    """Host arrays moved to ``backend``, with the argmax roi_pool_backward needs."""
-    x, boxes, offset, grad = (backend.move(a) for a in (x, boxes, offset, grad))
-    _, argmax = cuproi.roi_pool(x, boxes, pooled, scale, return_argmax=True)
-    return Inputs(x, boxes, offset, grad, argmax)
-
-
-def runs(pooled, scale, ratio):
-    """(method, pass, call(inputs)) of the three ops, forward and backward."""
-    common = {"output_size": pooled, "spatial_scale": scale, "sampling_ratio": ratio}
-
-    def align_backward(a):
-        return cuproi.roi_align_backward(a.grad, a.boxes, a.x.shape, aligned=True, **common)
-
-    def deform_backward(a):
-        return cuproi.deform_roi_pool_backward(a.grad, a.x, a.boxes, a.offset, **common)[0]
-
-    return [
-        ("roi_pool", "forward", lambda a: cuproi.roi_pool(a.x, a.boxes, pooled, scale)),
-        (
-            "roi_pool",
-            "backward",
-            lambda a: cuproi.roi_pool_backward(a.grad, a.boxes, a.argmax, a.x.shape),
-        ),
-        ("roi_align", "forward", lambda a: cuproi.roi_align(a.x, a.boxes, aligned=True, **common)),
-        ("roi_align", "backward", align_backward),
-        (
-            "deform_roi_pool",
-            "forward",
-            lambda a: cuproi.deform_roi_pool(a.x, a.boxes, a.offset, **common),
-        ),
-        ("deform_roi_pool", "backward", deform_backward),
-    ]
+# The rows of the method table: (op shown, pass, op, call of _workloads.calls).
+ROWS = [
+    (op, way, op, way)
+    for op in ("roi_pool", "roi_align", "deform_roi_pool")
+    for way in ("forward", "backward")
+]
 
 
 def run(out, boxes, pooled, stride, ratio, cupy):
@@ -164,8 +98,8 @@ def run(out, boxes, pooled, stride, ratio, cupy):
     rois = np.array([[0, *boxes[n]] for n in names], np.float32)
     scale = 1 / stride
     offset = offsets(len(rois), pooled)
-    grad = np.random.default_rng(0).standard_normal((len(rois), x.shape[1], *pooled))
-    grad = grad.astype(np.float32)
+    grad = _workloads.gradient(len(rois), x.shape[1], pooled)
+    problem = _workloads.Problem(x, rois, grad, pooled, scale, ratio, offset=offset)
     err = cuproi.quantization_error(rois, scale, pooled)
     print(
         f"Example: built-in scene {HEIGHT}x{WIDTH} px; features {x.shape} float32 at stride "
@@ -174,7 +108,7 @@ def run(out, boxes, pooled, stride, ratio, cupy):
     )
     _box_table(names, rois, stride, err)
     print()
-    _method_table(x, rois, offset, grad, pooled, scale, ratio, err, backends(cupy))
+    _method_table(problem, err, _timing.backends(cupy))
     print()
     return _figure(out, image, x, rois, offset, pooled, scale, ratio)
 
@@ -198,7 +132,7 @@ def _box_table(names, rois, stride, err):
         )
 
 
-def _method_table(x, rois, offset, grad, pooled, scale, ratio, err, found):
+def _method_table(problem, err, found):
     quantization = {
         "roi_pool": f"edges {err.bin_shift_pixels.max():.0f} px, area {err.area_error.mean():.0%}",
         "roi_align": "none (exact box)",
@@ -210,12 +144,18 @@ def _method_table(x, rois, offset, grad, pooled, scale, ratio, err, found):
     )
     print(header)
     print("-" * len(header))
-    arrays = {b.name: inputs(b, x, rois, offset, grad, pooled, scale) for b in found}
-    for method, direction, call in runs(pooled, scale, ratio):
+    ops = dict.fromkeys(op for _, _, op, _ in ROWS)
+    calls = {}
+    for backend in found:
+        arrays = problem.to(backend.xp)
+        calls.update({(backend.name, op): _workloads.calls(op, arrays) for op in ops})
+    for method, direction, op, name in ROWS:
         reference = None
         for backend in found:
-            args = arrays[backend.name]
-            result, seconds = timed(lambda call=call, args=args: call(args), backend.sync)
+            call = calls[backend.name, op][name]
+            result, seconds = _timing.host_seconds(call, backend.sync)
+            if isinstance(result, tuple):  # Deformable RoI Pool's (grad_input, grad_offset)
+                result = result[0]
             result = np.asarray(backend.back(result), np.float64)
             if reference is None:
                 reference = result

@@ -185,6 +185,7 @@ def test_python_dash_m_demo_headless(tmp_path):
 def test_workload_of_the_bench_is_valid():
     from cuproi import _bench
 
-    x, boxes, offset, grad = _bench.workload(10)
+    p = _bench.problems(10)["deform_roi_pool"]
+    x, boxes, offset, grad = p.x, p.boxes, p.offset, p.grad
     assert x.shape == (2, 64, 50, 76) and boxes.shape == (10, 5) and offset.shape == (10, 2, 7, 7)
     assert grad.shape == (10, 64, 7, 7) and np.isin(boxes[:, 0], [0, 1]).all()

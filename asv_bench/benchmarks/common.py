@@ -1,24 +1,52 @@
-"""Shared pieces of the cuproi benchmarks: the backend axis, workloads, and GPU event timing."""
+"""Shared pieces of the op benchmarks: the backend axis, the timed calls, the reference heads.
+
+Workloads and calls come from ``cuproi._workloads`` (reference/performance.md section 1), the
+same ones ``asv_bench/compare.py`` and ``python -m cuproi bench`` time. A benchmark class names
+its op (``op``) and the calls it times (``timed``, names of ``cuproi._workloads.calls``) and
+gets one method per call: ``time_<call>``, or ``track_<call>`` (device seconds from CUDA
+events) in a ``DeviceTime`` class. The classes here time nothing themselves, so asv lists only
+the subclasses in the ``bench_<op>.py`` modules.
+"""
 
 import numpy as np
 
-# Box extents in input pixels for the size sweeps: small (P3-level) to large (P5-level) objects.
-BOX_SIZES = {"small": (16, 64), "medium": (64, 256), "large": (256, 800)}
+from cuproi import _timing, _workloads
+
+BACKENDS = ["numpy", "cupy"]
+DTYPES = ["float32", "float16"]
 
 
 class Benchmark:
-    """Holds ``self.xp`` and ``self.sync`` for the backend of the current parameters.
+    """Holds ``self.xp``, ``self.sync`` and ``self.calls`` for the current parameters.
 
-    ``setup_backend`` raises NotImplementedError (asv: skipped) when CuPy or a GPU is missing,
-    and every timed call should end with ``self.sync()`` so GPU work is inside the timing.
+    ``prepare`` raises NotImplementedError (asv: skipped) when CuPy or a GPU is missing, and
+    runs every call once (compiles the kernels); every timed call ends with ``self.sync()`` so
+    GPU work is inside the timing.
     """
 
     param_names = ["backend"]
-    params = [["numpy", "cupy"]]
+    params = [BACKENDS]
     timeout = 300
+    op, timed = None, ()
+    prefix = "time"
 
-    def setup_backend(self, backend):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls.__dict__.get("timed", ()):
+            setattr(cls, f"{cls.prefix}_{name}", cls.method(name))
+
+    @staticmethod
+    def method(name):
+        def time(self, *params):
+            self.calls[name]()
+            self.sync()
+
+        return time
+
+    def setup_backend(self, backend, dtype="float32"):
         if backend == "numpy":
+            if dtype == "float16":
+                raise NotImplementedError("the CPU backend computes float16 in float32")
             self.xp, self.sync = np, lambda: None
             return
         try:
@@ -31,32 +59,82 @@ class Benchmark:
         self.xp = cupy
         self.sync = cupy.cuda.get_current_stream().synchronize
 
-
-def workload(num_boxes, channels=256, height=100, width=152, stride=8, extent=(16, 300), seed=0):
-    """Features of one FPN level of two 800x1216 images, and boxes ``extent`` pixels wide.
-
-    Returns float32 features (2, channels, height, width) and (num_boxes, 5) boxes whose centres
-    are uniform over the image.
-    """
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((2, channels, height, width), dtype=np.float32)
-    size = rng.uniform(*extent, (num_boxes, 2))
-    corner = rng.uniform(0, [width * stride, height * stride], (num_boxes, 2)) - size / 2
-    boxes = np.column_stack([rng.integers(0, 2, num_boxes), corner, corner + size])
-    return x, boxes.astype(np.float32)
+    def prepare(self, backend, dtype="float32", **workload):
+        """Arrays of ``_workloads.problem(self.op, dtype=dtype, **workload)`` on ``backend``,
+        and the calls named in ``timed`` on them (``self.calls``), each run once."""
+        self.setup_backend(backend, dtype)
+        problem = _workloads.problem(self.op, dtype=dtype, **workload).to(self.xp)
+        every = _workloads.calls(self.op, problem)
+        self.calls = {name: every[name] for name in self.timed}
+        for call in self.calls.values():
+            call()
+        self.sync()
 
 
-def gpu_seconds(fn, repeat=20):
-    """Median device time of ``fn`` in seconds, from CUDA events around each call."""
-    import cupy
+class DeviceTime(Benchmark):
+    """Device time (CUDA events) of the calls: ``track_<call>``; skipped without a GPU."""
 
-    fn()
-    times = []
-    for _ in range(repeat):
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
-    return float(np.median(times))
+    unit = "seconds"
+    prefix = "track"
+
+    @staticmethod
+    def method(name):
+        def track(self, *params):
+            return _timing.device_seconds(self.calls[name])
+
+        return track
+
+
+class BoxHead(Benchmark):
+    """The box head on one FPN level (stride 8): 512 boxes of 16 to 300 pixels, 7x7 outputs."""
+
+    param_names = [*Benchmark.param_names, "dtype"]
+    params = [*Benchmark.params, DTYPES]
+    head = "box head"
+
+    def setup(self, backend, dtype):
+        self.prepare(backend, dtype, **_workloads.HEADS[self.head])
+
+
+class Sweep(Benchmark):
+    """Cost growth with the number of boxes and their size (64 channels, 7x7, float32)."""
+
+    param_names = [*Benchmark.param_names, "num_boxes", "box_size"]
+    params = [*Benchmark.params, list(_workloads.SWEEP_BOXES), list(_workloads.BOX_SIZES)]
+
+    def setup(self, backend, num_boxes, box_size):
+        extent = _workloads.BOX_SIZES[box_size]
+        self.prepare(backend, num_boxes=num_boxes, extent=extent, **_workloads.SWEEP)
+
+
+class HeadsDeviceTime(DeviceTime):
+    """Device time of the box and mask heads, float32 and float16."""
+
+    param_names = ["workload", "dtype"]
+    params = [list(_workloads.HEADS), DTYPES]
+
+    def setup(self, workload, dtype):
+        self.prepare("cupy", dtype, **_workloads.HEADS[workload])
+
+
+class RfcnHeads(Benchmark):
+    """R-FCN's classification (21 outputs) and box (8) heads: 600 boxes of 32 to 512 pixels on
+    one stride-16 map (50x76), 7x7 bins, so 21 x 49 and 8 x 49 score maps."""
+
+    param_names = [*Benchmark.param_names, "head", "dtype"]
+    params = [*Benchmark.params, list(_workloads.RFCN_CHANNELS), DTYPES]
+
+    def setup(self, backend, head, dtype):
+        channels = _workloads.RFCN_CHANNELS[head]
+        self.prepare(backend, dtype, channels=channels, **_workloads.SINGLE_MAP_HEAD)
+
+
+class RfcnHeadsDeviceTime(DeviceTime):
+    """Device time of R-FCN's two heads, float32 and float16."""
+
+    param_names = ["head", "dtype"]
+    params = [list(_workloads.RFCN_CHANNELS), DTYPES]
+
+    def setup(self, head, dtype):
+        channels = _workloads.RFCN_CHANNELS[head]
+        self.prepare("cupy", dtype, channels=channels, **_workloads.SINGLE_MAP_HEAD)
