@@ -23,12 +23,11 @@ from peak_memory import peak_beyond
 
 import cuproi
 from cuproi._cpu import _cells, _samples, _sampling
-from cuproi._cpu import roi_align_max as max_cpu
 
 # The op modules of the CPU backend (the attribute cuproi._cpu.<op> is the op's function).
 roi_align_rotated = importlib.import_module("cuproi._cpu.roi_align_rotated")
 deform_cpu = importlib.import_module("cuproi._cpu.deform_roi_pool")
-avg_cpu = importlib.import_module("cuproi._cpu.roi_align")
+align_cpu = importlib.import_module("cuproi._cpu.roi_align")
 
 SIZE = 2000  # a 2000 x 2000 plane: 8 MB of float16 per channel, 16 MB of float32
 BOX = np.array([[0, 900, 1000, 910, 1010]], np.float64)
@@ -99,13 +98,17 @@ def _one_box(dtype=np.float32, channels=4):
 
 
 _ONE_BOX = {
-    "max": lambda x, r, g, o, ratio: max_cpu.forward(x, r, 1.0, 7, 7, ratio, True),
-    "max backward": lambda x, r, g, o, ratio: max_cpu.backward(g, x, r, 1.0, ratio, True),
-    "max backward channels last": lambda x, r, g, o, ratio: max_cpu.backward(
-        g, x, r, 1.0, ratio, True, channels_last=True
+    "max": lambda x, r, g, o, ratio: align_cpu.roi_align(x, r, (7, 7), 1.0, ratio, True, "max"),
+    "max backward": lambda x, r, g, o, ratio: align_cpu.roi_align_backward(
+        g, r, x.shape, 1.0, ratio, True, pool_mode="max", input=x
     ),
-    "max box backward": lambda x, r, g, o, ratio: max_cpu.box_backward(g, x, r, 1.0, ratio, True),
-    "avg box backward": lambda x, r, g, o, ratio: avg_cpu.roi_align_box_backward(
+    "max backward channels last": lambda x, r, g, o, ratio: align_cpu.roi_align_backward(
+        g, r, x.shape, 1.0, ratio, True, pool_mode="max", input=x, channels_last=True
+    ),
+    "max box backward": lambda x, r, g, o, ratio: align_cpu.roi_align_box_backward(
+        g, x, r, 1.0, ratio, True, pool_mode="max"
+    ),
+    "avg box backward": lambda x, r, g, o, ratio: align_cpu.roi_align_box_backward(
         g, x, r, 1.0, ratio, True
     ),
     "deform box backward": lambda x, r, g, o, ratio: deform_cpu.deform_roi_pool_box_backward(
@@ -163,10 +166,12 @@ def test_pieces_keep_ties_nan_and_zeros(monkeypatch, box, dtype):
 
     def run():
         return [
-            max_cpu.forward(x, rois, 1.0, 2, 3, 40, True),
-            max_cpu.backward(g, x, rois, 1.0, 40, True),
-            max_cpu.backward(g, x, rois, 1.0, 40, True, channels_last=True),
-            max_cpu.box_backward(g, x, rois, 1.0, 40, True),
+            align_cpu.roi_align(x, rois, (2, 3), 1.0, 40, True, "max"),
+            align_cpu.roi_align_backward(g, rois, x.shape, 1.0, 40, True, pool_mode="max", input=x),
+            align_cpu.roi_align_backward(
+                g, rois, x.shape, 1.0, 40, True, pool_mode="max", input=x, channels_last=True
+            ),
+            align_cpu.roi_align_box_backward(g, x, rois, 1.0, 40, True, pool_mode="max"),
         ]
 
     monkeypatch.setattr(_sampling, "BUDGET", 1 << 30)
@@ -216,7 +221,7 @@ def test_zero_ties_keep_the_first_sample_sign_as_the_kernels(monkeypatch, budget
     rois = np.array([[0, 1.0, 1.0, 13.0, 11.0], [0, -3.0, -2.0, 9.0, 9.0]], np.float32)
     want = host.bind("roi_align")(x, rois, (2, 2), 1.0, 4, True, "max")
     monkeypatch.setattr(_sampling, "BUDGET", budget)
-    out = max_cpu.forward(x, rois, 1.0, 2, 2, 4, True)
+    out = align_cpu.roi_align(x, rois, (2, 2), 1.0, 4, True, "max")
     assert np.signbit(out[0, 0, :, 0]).all() and not np.signbit(out[0, 0, :, 1]).any()
     np.testing.assert_array_equal(_bits(out), _bits(want))
 
@@ -230,7 +235,9 @@ def test_sampling_ratio_512_on_one_box():
     """
     x = np.random.default_rng(4).standard_normal((1, 4, 64, 64)).astype(np.float32)
     rois = np.array([[0, 4.0, 4.0, 60.0, 60.0]], np.float32)
-    out, peak = peak_memory.peak(lambda: max_cpu.forward(x, rois, 1.0, 7, 7, 512, True))
+    out, peak = peak_memory.peak(
+        lambda: align_cpu.roi_align(x, rois, (7, 7), 1.0, 512, True, "max")
+    )
     assert peak < 100 * 2**20
     offsets = (np.arange(512) + 0.5) * 8 / 512
     want = np.empty(out.shape)
@@ -270,13 +277,17 @@ def test_rotated_reach_holds_every_pixel_the_operator_reads(aligned, dtype):
 
 def _family_calls(x, rois, rotated, g):
     return {
-        "max": lambda: max_cpu.forward(x, rois, 0.5, 3, 4, 2, True),
-        "max backward": lambda: max_cpu.backward(g, x, rois, 0.5, 2, True),
-        "max backward channels last": lambda: max_cpu.backward(
-            g, x, rois, 0.5, 2, True, channels_last=True
+        "max": lambda: align_cpu.roi_align(x, rois, (3, 4), 0.5, 2, True, "max"),
+        "max backward": lambda: align_cpu.roi_align_backward(
+            g, rois, x.shape, 0.5, 2, True, pool_mode="max", input=x
         ),
-        "max box backward": lambda: max_cpu.box_backward(g, x, rois, 0.5, 2, True),
-        "avg box backward": lambda: avg_cpu.roi_align_box_backward(g, x, rois, 0.5, 2, True),
+        "max backward channels last": lambda: align_cpu.roi_align_backward(
+            g, rois, x.shape, 0.5, 2, True, pool_mode="max", input=x, channels_last=True
+        ),
+        "max box backward": lambda: align_cpu.roi_align_box_backward(
+            g, x, rois, 0.5, 2, True, pool_mode="max"
+        ),
+        "avg box backward": lambda: align_cpu.roi_align_box_backward(g, x, rois, 0.5, 2, True),
         "rotated": lambda: roi_align_rotated.roi_align_rotated(
             x, rotated, (3, 4), 0.5, 2, True, False
         ),

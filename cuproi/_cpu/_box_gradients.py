@@ -10,10 +10,10 @@ grid count is piecewise constant and contributes 0. See ``add_box_terms`` in the
 
 import numpy as np
 
-from cuproi._cpu import _geometry, _parallel, _samples, _sampling, _scratch
+from cuproi._cpu import _parallel, _samples, _sampling, _scratch
 
 
-def _box_gradient(grad_output, input, rois, g, y, x, scale, shift, free, mask):
+def box_gradient(grad_output, input, rois, g, y, x, scale, shift, free, mask):
     """(K, 5) box gradient from every sample, in chunks of boxes or pieces of one box.
 
     Only the tiles of the features that the boxes read are copied (_sampling.pixels_read).
@@ -67,23 +67,3 @@ def _box_gradient(grad_output, input, rois, g, y, x, scale, shift, free, mask):
             run_in_pieces(*ranges[0], spans)
     _scratch.give(pixels.rows)
     return out.astype(ct)
-
-
-def roi_align(grad_output, input, rois, spatial_scale, sampling_ratio, aligned):
-    """(K, 5) gradient of roi_align (avg) with respect to ``rois`` (column 0 is 0)."""
-    pooled = grad_output.shape[2:]
-    g = _geometry.roi_align_grid(rois, spatial_scale, *pooled, sampling_ratio, aligned)
-    y, x = _geometry.bin_axes(g, None, pooled, 0.0)
-    free = (aligned | (g.width > 1), aligned | (g.height > 1))
-    return _box_gradient(grad_output, input, rois, g, y, x, spatial_scale, None, free, None)
-
-
-def deform_roi_pool(grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma, mask):
-    """(K, 5) gradient of deform_roi_pool with respect to ``rois`` (column 0 is 0)."""
-    pooled = grad_output.shape[2:]
-    g = _geometry.deform_grid(rois, spatial_scale, *pooled, sampling_ratio)
-    y, x = _geometry.bin_axes(g, offset, pooled, gamma)
-    ct = rois.dtype.type
-    shift = None if offset is None else (ct(gamma) * offset[:, 0], ct(gamma) * offset[:, 1])
-    free = (np.ones(len(rois), bool), np.ones(len(rois), bool))
-    return _box_gradient(grad_output, input, rois, g, y, x, spatial_scale, shift, free, mask)

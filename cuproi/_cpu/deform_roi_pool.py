@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from cuproi._cpu import _geometry, _parallel, _sampling, _scratch
+from cuproi._cpu import _box_gradients, _geometry, _parallel, _sampling, _scratch
 
 
 def _cost(axes, shape):
@@ -177,8 +177,12 @@ def deform_roi_pool_box_backward(
     deterministic=False,
 ):
     """The (K, 5) gradient with respect to the boxes."""
-    from cuproi._cpu import _box_gradients  # it imports this module
-
-    return _box_gradients.deform_roi_pool(
-        grad_output, input, rois, offset, spatial_scale, sampling_ratio, gamma, mask
+    pooled = grad_output.shape[2:]
+    g = _geometry.deform_grid(rois, spatial_scale, *pooled, sampling_ratio)
+    y, x = _geometry.bin_axes(g, offset, pooled, gamma)
+    ct = rois.dtype.type
+    shift = None if offset is None else (ct(gamma) * offset[:, 0], ct(gamma) * offset[:, 1])
+    free = (np.ones(len(rois), bool), np.ones(len(rois), bool))
+    return _box_gradients.box_gradient(
+        grad_output, input, rois, g, y, x, spatial_scale, shift, free, mask
     )

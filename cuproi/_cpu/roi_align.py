@@ -3,11 +3,24 @@
 Boxes are processed in chunks that bound the operator's memory (``_sampling.chunks``); each
 chunk is split again into ranges of boxes whose operators are built and applied by the
 backend's threads (``_parallel``).
+
+Max mode (mmcv's pool_mode="max") reduces the samples of every bin instead. Bins are listed with
+their in-range samples (``_samples``), chunked over boxes so that the ``samples x channels``
+values stay bounded; the winner of each (bin, channel) is the first maximum in scan order (an
+out-of-range sample competes as 0, a NaN wins), exactly as bin_max in
+kernels/common/bilinear.cuh. A box with more samples than a chunk holds is reduced piece by
+piece (``_samples.Running``), and its winning samples are listed afterwards for the gradients:
+memory stays bounded whatever the ``sampling_ratio``. Only the tiles of the features that the
+boxes read are copied (``_sampling.pixels_read``), and the input gradient is added straight into
+its NCHW (or channels-last) array.
 """
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
-from cuproi._cpu import _geometry, _parallel, _sampling, _scratch, roi_align_max
+from cuproi._cpu import _box_gradients, _geometry, _parallel, _samples, _sampling, _scratch
 
 
 def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
@@ -83,9 +96,7 @@ def _bins(rois, plan, shape):
 
 def roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, pool_mode="avg"):
     if pool_mode == "max":
-        return roi_align_max.forward(
-            input, rois, spatial_scale, *output_size, sampling_ratio, aligned
-        )
+        return _max_forward(input, rois, spatial_scale, *output_size, sampling_ratio, aligned)
     pooled_h, pooled_w = output_size
     n, c, h, w = input.shape
     shape = (n, h, w)
@@ -126,7 +137,7 @@ def roi_align_backward(
     """The input gradient (the max mode reads the features ``input``)."""
     if pool_mode == "max":
         args = (grad_output, input, rois, spatial_scale, sampling_ratio, aligned)
-        return roi_align_max.backward(*args, channels_last=channels_last)
+        return _max_backward(*args, channels_last=channels_last)
     n, c, h, w = input_shape
     shape = (n, h, w)
     _, _, pooled_h, pooled_w = grad_output.shape
@@ -163,7 +174,243 @@ def roi_align_box_backward(
     """The (K, 5) gradient with respect to the boxes, which reads the features ``input``."""
     args = (grad_output, input, rois, spatial_scale, sampling_ratio, aligned)
     if pool_mode == "max":
-        return roi_align_max.box_backward(*args)
-    from cuproi._cpu import _box_gradients  # it imports deform_roi_pool, which imports this
+        return _max_box_backward(*args)
+    pooled = grad_output.shape[2:]
+    g = _geometry.roi_align_grid(rois, spatial_scale, *pooled, sampling_ratio, aligned)
+    y, x = _geometry.bin_axes(g, None, pooled, 0.0)
+    free = (aligned | (g.width > 1), aligned | (g.height > 1))  # the legacy min size 1 holds
+    return _box_gradients.box_gradient(
+        grad_output, input, rois, g, y, x, spatial_scale, None, free, None
+    )
 
-    return _box_gradients.roi_align(*args)
+
+# Max mode: the samples of every bin, reduced (see the module notes).
+
+
+def _max_grid(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+    g = _geometry.roi_align_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    y, x = _geometry.bin_axes(g, None, (pooled_h, pooled_w), 0.0)
+    return g, y, x
+
+
+def _pixels(input, rois, y, x, shape, ct):
+    """The features' pixels that the boxes read, channels last in ``ct`` (float16: float32)."""
+    return _sampling.pixels_read(input, _sampling.reach(rois[:, 0], y[:2], x[:2], shape), ct)
+
+
+def _image_of_bins(rois, k0, k1, bins):
+    """Image of every bin of boxes ``k0:k1`` (``bins`` of them, in box order)."""
+    per_box = bins // max(k1 - k0, 1)
+    return rois[k0:k1, 0].astype(np.int64)[np.arange(bins) // max(per_box, 1)]
+
+
+def _chunk(pixels, rois, shape, y, x, k0, k1):
+    """Samples, values and winners of boxes k0:k1 (bins in (box, ph, pw) order)."""
+    _, h, w = shape
+    axes = _samples.bins_of(y, x, k0, k1)
+    s = _samples.samples(*axes, h, w)
+    bins = len(axes[0])
+    image = _image_of_bins(rois, k0, k1, bins)
+    vals = _samples.values(s, image, pixels)
+    value, winner = _samples.scan_max(s, vals, bins)
+    return s, image, value, winner, (axes[2], axes[5])
+
+
+def _box_in_pieces(pixels, rois, shape, y, x, k, spans):
+    """:func:`_chunk` of box ``k`` whose samples come in pieces ``spans``.
+
+    The samples returned are the winning ones only (``winner`` indexes them): every other
+    sample was dropped with its piece.
+    """
+    _, h, w = shape
+    c = pixels.rows.shape[1]
+    axes = _samples.bins_of(y, x, k, k + 1)
+    bins = len(axes[0])
+    image = _image_of_bins(rois, k, k + 1, bins)
+    running = _samples.Running(bins, c, pixels.rows.dtype)
+
+    def piece(span):
+        s = _samples.samples(*axes, h, w, span=span)
+        return _samples.piece_max(s, _samples.values(s, image, pixels), bins)
+
+    for has, best, at, first_out in _samples.in_order(piece, spans):
+        running.add(has, best, at, first_out)
+    value, at = running.result()
+    b_of, c_of = np.nonzero(at >= 0)
+    # The distinct winning samples in (bin, scan) order, and every winner's index among them.
+    pairs, inverse = np.unique(np.stack([b_of, at[b_of, c_of]], 1), axis=0, return_inverse=True)
+    s = _samples.samples_at(axes, h, w, pairs[:, 0], pairs[:, 1])
+    winner = np.full(at.shape, -1, np.int64)
+    winner[b_of, c_of] = inverse.ravel()
+    return s, image, value, winner, (axes[2], axes[5])
+
+
+def _chunks(pixels, rois, shape, y, x, fn):
+    """Yield, chunk by chunk of boxes, ``[fn(k0, k1, chunk) for each range k0:k1 of it]``.
+
+    ``chunk`` is :func:`_chunk`'s (the ranges computed by the threads), or for a box that
+    comes in pieces :func:`_box_in_pieces`'s (its pieces computed by the threads).
+    """
+    _, h, w = shape
+    c = pixels.rows.shape[1]
+
+    def run(k0, k1):
+        return fn(k0, k1, _chunk(pixels, rois, shape, y, x, k0, k1))
+
+    for ranges, spans in _samples.work(y, x, h, w, c):
+        if spans is None:
+            yield _parallel.map_ordered(lambda r: run(*r), ranges)
+        else:
+            ((k0, k1),) = ranges
+            yield [fn(k0, k1, _box_in_pieces(pixels, rois, shape, y, x, k0, spans))]
+
+
+def _max_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+    n, c, h, w = input.shape
+    shape = (n, h, w)
+    out = np.zeros((len(rois), c, pooled_h, pooled_w), rois.dtype)
+    _, y, x = _max_grid(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    pixels = _pixels(input, rois, y, x, shape, rois.dtype)
+
+    def write(k0, k1, chunk):
+        value = chunk[2]
+        out[k0:k1] = value.reshape(k1 - k0, pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
+
+    for _ in _chunks(pixels, rois, shape, y, x, write):
+        pass
+    _scratch.give(pixels.rows)
+    return out.astype(input.dtype, copy=False)
+
+
+class _Sum(NamedTuple):
+    """Where the input gradient is summed: see :func:`_sum_into`.
+
+    Cell ``(image, channel, y, x)`` is ``memory[at(image, y, x) + channel * step]``.
+    """
+
+    memory: np.ndarray  # flat view that np.add.at adds into
+    at: Callable  # (image, y, x) of pixels -> their index in memory for channel 0
+    step: int  # from one channel to the next
+    finish: Callable  # () -> the (N, C, H, W) gradient
+
+
+def _sum_into(shape, ct, dtype, channels_last, pixels):
+    """The buffer that the input gradient of ``dtype`` is summed into, in ``ct``.
+
+    The gradient itself, NCHW or stored channels last; for float16 (summed in float32) on a
+    few tiles, float32 rows of the pixels that ``pixels`` (_sampling.pixels_read) covers only,
+    written into the float16 gradient at the end: no float32 copy of the whole gradient.
+    """
+    n, c, h, w = shape
+    if dtype != ct and pixels.runs is not None:
+        rows = np.zeros((pixels.size, c), ct)
+
+        def finish():
+            grad = _sampling.zeros(shape, dtype, channels_last)
+            for p, q, i, y0, y1, x0, x1 in pixels.runs.blocks().tolist():
+                cells = rows[p:q].reshape(y1 - y0, x1 - x0, c)
+                grad[i, :, y0:y1, x0:x1] = cells.transpose(2, 0, 1)  # rounded once
+            return grad
+
+        return _Sum(rows.reshape(-1), lambda i, y, x: pixels.at(i, y, x) * c, 1, finish)
+    grad = _sampling.zeros(shape, ct, channels_last)
+
+    def finish():  # rounded in its own memory: 1x the gradient beyond it, not 2x
+        return _sampling.narrow(grad, dtype)
+
+    if channels_last:  # the NHWC array, as a flat view
+        memory = grad.transpose(0, 2, 3, 1).reshape(-1)
+        return _Sum(memory, lambda i, y, x: ((i * h + y) * w + x) * c, 1, finish)
+    return _Sum(grad.reshape(-1), lambda i, y, x: ((i * c) * h + y) * w + x, h * w, finish)
+
+
+def _max_input_gradient(g_rows, input, rois, y, x, bins, dtype, channels_last, pixels):
+    """The (N, C, H, W) input gradient of ``dtype``: the winners' taps weighed by ``g_rows``."""
+    n, c, h, w = input.shape
+    shape = (n, h, w)
+    total = _sum_into(input.shape, g_rows.dtype, dtype, channels_last, pixels)
+
+    def contributions(k0, k1, chunk):
+        """(target, value) of the winners' contributions of boxes k0:k1, tap by tap."""
+        s, image, _, winner, _ = chunk
+        b_of, c_of = np.nonzero(winner >= 0)
+        at = winner[b_of, c_of]
+        gv = g_rows[k0 * bins + b_of, c_of]
+        channel = c_of * total.step
+        image = image[s.bin]
+        taps = ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1))
+        return [  # each sample's cells first, then those of the winners (far more)
+            (total.at(image, yy, xx)[at] + channel, gv * wt[at])
+            for (yy, xx), wt in zip(taps, _samples.weights(s), strict=True)
+        ]
+
+    for found in _chunks(pixels, rois, shape, y, x, contributions):
+        # Tap by tap over the whole chunk, its ranges in order: every cell adds its terms in
+        # the same order however the chunk was split over the threads (deterministic). On the
+        # flat view: add.at's fast path for one index array (several times faster).
+        for tap in range(4):
+            target = np.concatenate([contributions[tap][0] for contributions in found])
+            value = np.concatenate([contributions[tap][1] for contributions in found])
+            np.add.at(total.memory, target, value)
+    return total.finish()
+
+
+def _max_box_gradient(g_rows, rois, y, x, shape, grid, bins, pooled, scale, aligned, pixels):
+    """The (K, 5) box gradient from the winning samples' slopes."""
+    grad_rois = np.zeros((len(rois), 5), np.float64)
+    free = (aligned | (grid.width > 1), aligned | (grid.height > 1))
+    c = g_rows.shape[1]
+
+    def run(k0, k1, chunk):
+        s, image, _, winner, (gh, gw) = chunk
+        s, winner = _samples.winning(s, winner)
+        won = winner >= 0
+        b_of, c_of = np.nonzero(won)
+        weight = np.zeros((len(s.bin), c), g_rows.dtype)
+        weight[winner[won], c_of] = g_rows[k0 * bins + b_of, c_of]
+        dx, dy = _samples.slopes(s, image, pixels)
+        chunk_free = (free[0][k0:k1], free[1][k0:k1])
+        grad_rois[k0:k1] = _samples.box_gradient(
+            s, dx, dy, weight, len(gh), pooled, gh, gw, scale, None, chunk_free
+        )
+
+    for _ in _chunks(pixels, rois, shape, y, x, run):
+        pass
+    return grad_rois
+
+
+def _max_winners(grad_output, input, rois, spatial_scale, sampling_ratio, aligned):
+    """What both backwards read: the gradient's rows, the sampling grid, the pixels read."""
+    n, c, h, w = input.shape
+    shape = (n, h, w)
+    _, _, pooled_h, pooled_w = grad_output.shape
+    g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
+    grid, y, x = _max_grid(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    return g_rows, grid, y, x, _pixels(input, rois, y, x, shape, rois.dtype)
+
+
+def _max_backward(grad_output, input, rois, spatial_scale, sampling_ratio, aligned, channels_last):
+    """The input gradient, NCHW or stored channels last."""
+    g_rows, _, y, x, pixels = _max_winners(
+        grad_output, input, rois, spatial_scale, sampling_ratio, aligned
+    )
+    bins = grad_output.shape[2] * grad_output.shape[3]
+    dtype = grad_output.dtype
+    out = _max_input_gradient(g_rows, input, rois, y, x, bins, dtype, channels_last, pixels)
+    _scratch.give(pixels.rows)
+    return out
+
+
+def _max_box_backward(grad_output, input, rois, spatial_scale, sampling_ratio, aligned):
+    """The (K, 5) gradient with respect to the boxes."""
+    g_rows, grid, y, x, pixels = _max_winners(
+        grad_output, input, rois, spatial_scale, sampling_ratio, aligned
+    )
+    n, c, h, w = input.shape
+    pooled = grad_output.shape[2:]
+    bins = pooled[0] * pooled[1]
+    out = _max_box_gradient(
+        g_rows, rois, y, x, (n, h, w), grid, bins, pooled, spatial_scale, aligned, pixels
+    )
+    _scratch.give(pixels.rows)
+    return out.astype(rois.dtype.type)
