@@ -24,6 +24,23 @@ R = TypeVar("R")
 
 _DLPACK_CPU, _DLPACK_CUDA = 1, 2  # DLDeviceType: kDLCPU, kDLCUDA
 
+# The functions every backend (cuproi._cpu, cuproi._cuda) exports, by the op whose module in the
+# backend defines them: the op functions of the public API.
+OPS = {
+    "deform_roi_pool": (
+        "deform_roi_pool",
+        "deform_roi_pool_backward",
+        "deform_roi_pool_box_backward",
+    ),
+    "multi_scale_roi_align": ("multi_scale_roi_align", "multi_scale_roi_align_backward"),
+    "prroi_pool": ("prroi_pool", "prroi_pool_backward", "prroi_pool_box_backward"),
+    "ps_roi_align": ("ps_roi_align", "ps_roi_align_backward"),
+    "ps_roi_pool": ("ps_roi_pool", "ps_roi_pool_backward"),
+    "roi_align": ("roi_align", "roi_align_backward", "roi_align_box_backward"),
+    "roi_align_rotated": ("roi_align_rotated", "roi_align_rotated_backward"),
+    "roi_pool": ("roi_pool", "roi_pool_backward"),
+}
+
 # Arguments that may be None (absent), and those that may be a list of per-image arrays.
 _OPTIONAL = {"offset", "mask"}
 _SEQUENCES = {"boxes"}

@@ -25,25 +25,12 @@ NaN), which are the answer, not a mistake to report (``_ieee``).
 """
 
 import functools
+import importlib
 
 import numpy as np
 import numpy as xp  # noqa: F401  (the array module of this backend, used by the public layer)
 
-from cuproi._cpu.deform_roi_pool import (
-    deform_roi_pool,
-    deform_roi_pool_backward,
-    deform_roi_pool_box_backward,
-)
-from cuproi._cpu.multi_scale_roi_align import (
-    multi_scale_roi_align,
-    multi_scale_roi_align_backward,
-)
-from cuproi._cpu.prroi_pool import prroi_pool, prroi_pool_backward, prroi_pool_box_backward
-from cuproi._cpu.ps_roi_align import ps_roi_align, ps_roi_align_backward
-from cuproi._cpu.ps_roi_pool import ps_roi_pool, ps_roi_pool_backward
-from cuproi._cpu.roi_align import roi_align, roi_align_backward, roi_align_box_backward
-from cuproi._cpu.roi_align_rotated import roi_align_rotated, roi_align_rotated_backward
-from cuproi._cpu.roi_pool import roi_pool, roi_pool_backward
+from cuproi import _dispatch
 
 
 def _ieee(function):
@@ -60,27 +47,14 @@ def _ieee(function):
     return quiet
 
 
-__all__ = [
-    "deform_roi_pool",
-    "deform_roi_pool_backward",
-    "deform_roi_pool_box_backward",
-    "multi_scale_roi_align",
-    "multi_scale_roi_align_backward",
-    "prroi_pool",
-    "prroi_pool_backward",
-    "prroi_pool_box_backward",
-    "ps_roi_align",
-    "ps_roi_align_backward",
-    "ps_roi_pool",
-    "ps_roi_pool_backward",
-    "roi_align",
-    "roi_align_backward",
-    "roi_align_box_backward",
-    "roi_align_rotated",
-    "roi_align_rotated_backward",
-    "roi_pool",
-    "roi_pool_backward",
-]
+__all__ = [name for names in _dispatch.OPS.values() for name in names]
 
-# Every entry point, in IEEE arithmetic without warnings.
-globals().update({name: _ieee(globals()[name]) for name in __all__})
+# Every entry point, from the module of its op, in IEEE arithmetic without warnings (the names
+# of the op modules are rebound here to their ops' functions).
+globals().update(
+    {
+        name: _ieee(getattr(importlib.import_module(f"cuproi._cpu.{op}"), name))
+        for op, names in _dispatch.OPS.items()
+        for name in names
+    }
+)

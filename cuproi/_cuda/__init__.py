@@ -11,18 +11,10 @@ its ``__wrapped__`` (the tests bind it to NumPy and the kernels compiled for the
 """
 
 import functools
+import importlib
 import inspect
 
-from cuproi._cuda import (
-    deform_roi_pool,
-    multi_scale_roi_align,
-    prroi_pool,
-    ps_roi_align,
-    ps_roi_pool,
-    roi_align,
-    roi_align_rotated,
-    roi_pool,
-)
+from cuproi import _dispatch
 
 
 def _gpu():
@@ -47,41 +39,16 @@ def _on_device(op):
     return run
 
 
-__all__ = [
-    "deform_roi_pool",
-    "deform_roi_pool_backward",
-    "deform_roi_pool_box_backward",
-    "multi_scale_roi_align",
-    "multi_scale_roi_align_backward",
-    "prroi_pool",
-    "prroi_pool_backward",
-    "prroi_pool_box_backward",
-    "ps_roi_align",
-    "ps_roi_align_backward",
-    "ps_roi_pool",
-    "ps_roi_pool_backward",
-    "roi_align",
-    "roi_align_backward",
-    "roi_align_box_backward",
-    "roi_align_rotated",
-    "roi_align_rotated_backward",
-    "roi_pool",
-    "roi_pool_backward",
-]
+__all__ = [name for names in _dispatch.OPS.values() for name in names]
 
-_MODULES = (
-    deform_roi_pool,
-    multi_scale_roi_align,
-    prroi_pool,
-    ps_roi_align,
-    ps_roi_pool,
-    roi_align,
-    roi_align_rotated,
-    roi_pool,
-)
-# Every entry point, from the module of its op, on the GPU (the module names are rebound here).
+# Every entry point, from the module of its op, on the GPU (the names of the op modules are
+# rebound here to their ops' functions).
 globals().update(
-    {name: _on_device(getattr(m, name)) for m in _MODULES for name in __all__ if hasattr(m, name)}
+    {
+        name: _on_device(getattr(importlib.import_module(f"cuproi._cuda.{op}"), name))
+        for op, names in _dispatch.OPS.items()
+        for name in names
+    }
 )
 
 
