@@ -1,15 +1,16 @@
 """Gradients with respect to the box coordinates: roi_align_box_backward (avg and max, both
 aligned modes) and deform_roi_pool_box_backward (offsets, mask), on both backends, against the
-analytic float64 oracle of reference_family.py and against finite differences of the float64
+analytic float64 oracles of tests/oracles and against finite differences of the float64
 forward: central differences at smooth points, right differences where samples sit exactly on
 integer positions (where TensorFlow's and DCN's box gradients vanish)."""
 
 import host
 import numpy as np
 import pytest
-import reference
-import reference_family as oracle
 from conftest import TOLERANCE
+from oracles import calculus
+from oracles import deform_roi_pool as deform_oracle
+from oracles import roi_align as align_oracle
 
 import cuproi
 from cuproi import _cpu
@@ -53,7 +54,7 @@ def test_roi_align_matches_oracle(ops, dtype, ratio, aligned):
     rois = np.vstack([rois, [[0, 3.2, 2.1, 3.6, 2.4]]]).astype(dtype)  # legacy clamp (1 cell)
     g = np.concatenate([g, g[:1]])
     got = ops.roi_align_box_backward(g, x, rois, 0.7, ratio, aligned)
-    want = oracle.roi_align_box_grad(g, x, rois, SIZE, 0.7, ratio, aligned)
+    want = align_oracle.roi_align_box_grad(g, x, rois, SIZE, 0.7, ratio, aligned)
     assert got.shape == (len(rois), 5) and (got[:, 0] == 0).all()
     np.testing.assert_allclose(got, want, **tolerance(dtype, want))
     if not aligned:  # the clamped box: its x2 and y2 do not move the samples
@@ -65,7 +66,7 @@ def test_roi_align_matches_oracle(ops, dtype, ratio, aligned):
 def test_roi_align_max_matches_oracle(ops, dtype, aligned):
     x, rois, g, _, _ = data(dtype)
     got = ops.roi_align_box_backward(g, x, rois, 0.7, 2, aligned, pool_mode="max")
-    want = oracle.roi_align_box_grad(g, x, rois, SIZE, 0.7, 2, aligned, "max")
+    want = align_oracle.roi_align_box_grad(g, x, rois, SIZE, 0.7, 2, aligned, "max")
     np.testing.assert_allclose(got, want, **tolerance(dtype, want))
 
 
@@ -77,7 +78,7 @@ def test_deform_matches_oracle(ops, dtype, ratio, extras):
     offset = None if extras == "none" else offset
     mask = mask if extras == "offset+mask" else None
     got = ops.deform_roi_pool_box_backward(g, x, rois, offset, 0.7, ratio, 0.1, mask)
-    want = oracle.deform_roi_pool_box_grad(g, x, rois, offset, SIZE, 0.7, ratio, 0.1, mask)
+    want = deform_oracle.deform_roi_pool_box_grad(g, x, rois, offset, SIZE, 0.7, ratio, 0.1, mask)
     np.testing.assert_allclose(got, want, **tolerance(dtype, want))
 
 
@@ -88,10 +89,10 @@ def test_roi_align_central_differences(aligned, ratio):
     grad = cuproi.roi_align_box_backward(g, x, rois, SIZE, 0.7, ratio, aligned)
 
     def forward(r):
-        return reference.roi_align(x, r, SIZE, 0.7, ratio, aligned)
+        return align_oracle.roi_align(x, r, SIZE, 0.7, ratio, aligned)
 
     np.testing.assert_allclose(
-        grad, oracle.numeric_box_grad(forward, g, rois), rtol=1e-5, atol=1e-6
+        grad, calculus.numeric_box_grad(forward, g, rois), rtol=1e-5, atol=1e-6
     )
 
 
@@ -100,10 +101,10 @@ def test_roi_align_max_central_differences():
     grad = cuproi.roi_align_box_backward(g, x, rois, SIZE, 0.7, 2, True, pool_mode="max")
 
     def forward(r):
-        return oracle.roi_align_max(x, r, SIZE, 0.7, 2, True)
+        return align_oracle.roi_align_max(x, r, SIZE, 0.7, 2, True)
 
     np.testing.assert_allclose(
-        grad, oracle.numeric_box_grad(forward, g, rois), rtol=1e-5, atol=1e-6
+        grad, calculus.numeric_box_grad(forward, g, rois), rtol=1e-5, atol=1e-6
     )
 
 
@@ -117,7 +118,7 @@ def test_deform_central_differences(with_mask):
         return cuproi.deform_roi_pool(x, r, offset, SIZE, 0.7, 2, 0.1, mask)
 
     np.testing.assert_allclose(
-        grad, oracle.numeric_box_grad(forward, g, rois), rtol=1e-5, atol=1e-6
+        grad, calculus.numeric_box_grad(forward, g, rois), rtol=1e-5, atol=1e-6
     )
 
 
@@ -137,9 +138,9 @@ def test_integer_sample_positions_take_the_right_derivative(aligned):
     grad = cuproi.roi_align_box_backward(g, x, rois, SIZE, 1.0, 2, aligned)
 
     def forward(r):
-        return reference.roi_align(x, r, SIZE, 1.0, 2, aligned)
+        return align_oracle.roi_align(x, r, SIZE, 1.0, 2, aligned)
 
-    right = oracle.right_box_grad(forward, g, rois)
+    right = calculus.right_box_grad(forward, g, rois)
     np.testing.assert_allclose(grad, right, rtol=1e-5, atol=1e-5)
     assert np.abs(grad[:, 1:]).min() > 1e-3  # none vanishes
 
@@ -153,7 +154,9 @@ def test_integer_positions_deform():
     def forward(r):
         return cuproi.deform_roi_pool(x, r, None, SIZE, 1.0, 2)
 
-    np.testing.assert_allclose(grad, oracle.right_box_grad(forward, g, rois), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        grad, calculus.right_box_grad(forward, g, rois), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_list_boxes_get_concatenated_rows():

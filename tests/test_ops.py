@@ -1,12 +1,14 @@
 """The three ops, forward and backward, on the CPU backend and on the CUDA kernels run on the host,
-against the float64 loop oracles of reference.py over dtypes, conventions and a zoo of boxes."""
+against the float64 loop oracles of tests/oracles over dtypes, conventions and a zoo of boxes."""
 
 import functools
 
 import numpy as np
 import pytest
-import reference
 from conftest import TOLERANCE, host_backend
+from oracles import deform_roi_pool as deform_oracle
+from oracles import roi_align as align_oracle
+from oracles import roi_pool as pool_oracle
 
 import cuproi
 from cuproi._validate import compute_dtype
@@ -58,10 +60,10 @@ def _oracle(name, dtype, *args):
     boxes = box_zoo(args[0])
     if name == "roi_align":
         scale, size, ratio, aligned = args
-        return reference.roi_align(x, boxes, size, scale, ratio, aligned, coord_dtype=coord)
+        return align_oracle.roi_align(x, boxes, size, scale, ratio, aligned, coord_dtype=coord)
     if name == "roi_pool":
         scale, size = args
-        return reference.roi_pool(x, boxes, size, scale, coord_dtype=coord)
+        return pool_oracle.roi_pool(x, boxes, size, scale, coord_dtype=coord)
     raise ValueError(name)
 
 
@@ -104,7 +106,7 @@ def test_roi_pool_rounds_just_below_a_half_down(backend, dtype):
     x = features(dtype)
     rois = np.array([[0, below, 2 + below, 5 - below, 7 + below]], dtype)
     out, argmax = backend.roi_pool(x, rois, (2, 2), 1.0, return_argmax=True)
-    expected, expected_argmax = reference.roi_pool(x, rois, (2, 2), 1.0, coord_dtype=dtype)
+    expected, expected_argmax = pool_oracle.roi_pool(x, rois, (2, 2), 1.0, coord_dtype=dtype)
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(out, expected)
 
@@ -124,7 +126,7 @@ def test_deform_roi_pool_forward(backend, dtype, ratio, with_offset, scale):
     rois = rois_for(boxes, dtype)
     o = None if offset is None else offset.astype(rois.dtype)
     out = backend.deform_roi_pool(x, rois, o, (3, 4), scale, ratio, 0.1)
-    expected = reference.deform_roi_pool(
+    expected = deform_oracle.deform_roi_pool(
         x.astype(np.float64),
         boxes,
         o,
@@ -150,22 +152,24 @@ def test_float16(backend, aligned):
     out = backend.roi_align(x, rois, (3, 4), 0.5, 2, aligned)
     assert out.dtype == np.float16
     assert_close(
-        out, reference.roi_align(x64, boxes, (3, 4), 0.5, 2, aligned, coord_dtype=f32), np.float16
+        out,
+        align_oracle.roi_align(x64, boxes, (3, 4), 0.5, 2, aligned, coord_dtype=f32),
+        np.float16,
     )
     out, argmax = backend.roi_pool(x, rois, (3, 4), 0.5, return_argmax=True)
-    expected, expected_argmax = reference.roi_pool(x64, boxes, (3, 4), 0.5, coord_dtype=f32)
+    expected, expected_argmax = pool_oracle.roi_pool(x64, boxes, (3, 4), 0.5, coord_dtype=f32)
     np.testing.assert_array_equal(out.astype(np.float64), expected)
     np.testing.assert_array_equal(argmax, expected_argmax)
     out = backend.deform_roi_pool(x, rois, None, (3, 4), 0.5, 0, 0.1)
     assert_close(
         out,
-        reference.deform_roi_pool(x64, boxes, None, (3, 4), 0.5, 0, 0.1, coord_dtype=f32),
+        deform_oracle.deform_roi_pool(x64, boxes, None, (3, 4), 0.5, 0, 0.1, coord_dtype=f32),
         np.float16,
     )
     g = np.random.default_rng(2).standard_normal(out.shape).astype(np.float16)
     grad = backend.roi_align_backward(g, rois, SHAPE, 0.5, 2, aligned)
     assert grad.dtype == np.float16
-    expected = reference.roi_align_backward(
+    expected = align_oracle.roi_align_backward(
         g.astype(np.float64), boxes, SHAPE, (3, 4), 0.5, 2, aligned, coord_dtype=f32
     )
     np.testing.assert_allclose(grad.astype(np.float64), expected, rtol=4e-3, atol=1e-2)
@@ -179,7 +183,7 @@ def test_roi_align_backward(backend, dtype, aligned, ratio, scale):
     boxes = box_zoo(scale)
     g = np.random.default_rng(3).standard_normal((len(boxes), 3, 3, 4)).astype(dtype)
     grad = backend.roi_align_backward(g, rois_for(boxes, dtype), SHAPE, scale, ratio, aligned)
-    expected = reference.roi_align_backward(
+    expected = align_oracle.roi_align_backward(
         g.astype(np.float64),
         boxes,
         SHAPE,
@@ -213,7 +217,7 @@ def test_roi_pool_backward(backend, dtype):
     out, argmax = backend.roi_pool(features(dtype), rois, (3, 4), 0.5, return_argmax=True)
     g = np.random.default_rng(5).standard_normal(out.shape).astype(dtype)
     grad = backend.roi_pool_backward(g, rois, argmax, SHAPE)
-    expected = reference.roi_pool_backward(g.astype(np.float64), boxes, argmax, SHAPE)
+    expected = pool_oracle.roi_pool_backward(g.astype(np.float64), boxes, argmax, SHAPE)
     assert grad.dtype == dtype
     assert_close(grad, expected, dtype)
 
@@ -262,7 +266,7 @@ def test_deform_roi_pool_backward(backend, dtype, ratio):
     offset = np.random.default_rng(6).normal(0, 2, (len(boxes), 2, 3, 4)).astype(rois.dtype)
     g = np.random.default_rng(7).standard_normal((len(boxes), 3, 3, 4)).astype(dtype)
     grad, grad_offset, _ = backend.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
-    expected, expected_offset = reference.deform_roi_pool_backward(
+    expected, expected_offset = deform_oracle.deform_roi_pool_backward(
         g.astype(np.float64),
         x.astype(np.float64),
         boxes,
@@ -360,7 +364,7 @@ def test_roi_pool_ties_and_non_finite(backend, dtype):
     x[1, 1, :, :4] = -np.inf
     boxes = box_zoo(1.0)
     out, argmax = backend.roi_pool(x, rois_for(boxes, dtype), (3, 4), 1.0, return_argmax=True)
-    expected, expected_argmax = reference.roi_pool(x.astype(np.float64), boxes, (3, 4), 1.0)
+    expected, expected_argmax = pool_oracle.roi_pool(x.astype(np.float64), boxes, (3, 4), 1.0)
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(out.astype(np.float64), expected)
     assert np.isnan(out).any() and np.isneginf(out).any()

@@ -1,6 +1,6 @@
 """Position-sensitive RoI Align and RoI Pool (R-FCN): both backends (the NumPy/SciPy one and the
-CUDA kernels run on the host) against the float64 loop oracles of reference_ps.py, the adjoint
-identity, torchvision's known defects (0/0, unequal clipping) fixed, deterministic sums, the
+CUDA kernels run on the host) against the float64 loop oracles of tests/oracles/ps_roi_*.py, the
+adjoint identity, torchvision's known defects (0/0, unequal clipping) fixed, deterministic sums, the
 int64 entry points, chunking, and the validation of the public functions."""
 
 import doctest
@@ -10,8 +10,9 @@ import sys
 import host
 import numpy as np
 import pytest
-import reference_ps
 from conftest import TOLERANCE, host_backend
+from oracles import ps_roi_align as ps_align_oracle
+from oracles import ps_roi_pool as ps_pool_oracle
 from test_ops import box_zoo
 
 import cuproi
@@ -50,10 +51,11 @@ def _oracle(name, dtype, size, scale, *args):
     if name.endswith("backward"):
         g = grad(dtype, len(boxes), size).astype(np.float64)
         shape = shape_for(size)
-        fn = getattr(reference_ps, name)
+        fn = getattr(ps_align_oracle if name.startswith("ps_roi_align") else ps_pool_oracle, name)
         return fn(g, boxes, shape, size, scale, *args, coord_dtype=coord)
     x = features(dtype, size).astype(np.float64)  # the rounded features the backend sees
-    return getattr(reference_ps, name)(x, boxes, size, scale, *args, coord_dtype=coord)
+    oracle = ps_align_oracle if name.startswith("ps_roi_align") else ps_pool_oracle
+    return getattr(oracle, name)(x, boxes, size, scale, *args, coord_dtype=coord)
 
 
 def grad(dtype, k, size, seed=3):
@@ -147,20 +149,22 @@ def test_float16(backend):
     x64, f32 = x.astype(np.float64), np.float32
     out = backend.ps_roi_align(x, rois, size, 0.5, 2)
     assert out.dtype == np.float16
-    expected = reference_ps.ps_roi_align(x64, boxes, size, 0.5, 2, coord_dtype=f32)
+    expected = ps_align_oracle.ps_roi_align(x64, boxes, size, 0.5, 2, coord_dtype=f32)
     assert_close(out, expected, np.float16)
     out = backend.ps_roi_pool(x, rois, size, 0.5)
     assert out.dtype == np.float16
-    assert_close(out, reference_ps.ps_roi_pool(x64, boxes, size, 0.5, coord_dtype=f32), np.float16)
+    assert_close(
+        out, ps_pool_oracle.ps_roi_pool(x64, boxes, size, 0.5, coord_dtype=f32), np.float16
+    )
     g = grad(np.float16, len(boxes), size)
     g64 = g.astype(np.float64)
     got = backend.ps_roi_align_backward(g, rois, x.shape, 0.5, 2)
     assert got.dtype == np.float16
-    expected = reference_ps.ps_roi_align_backward(g64, boxes, x.shape, size, 0.5, 2, f32)
+    expected = ps_align_oracle.ps_roi_align_backward(g64, boxes, x.shape, size, 0.5, 2, f32)
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=4e-3, atol=1e-2)
     got = backend.ps_roi_pool_backward(g, rois, x.shape, 0.5)
     assert got.dtype == np.float16
-    expected = reference_ps.ps_roi_pool_backward(g64, boxes, x.shape, size, 0.5, f32)
+    expected = ps_pool_oracle.ps_roi_pool_backward(g64, boxes, x.shape, size, 0.5, f32)
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=4e-3, atol=1e-2)
 
 
@@ -200,7 +204,7 @@ def test_ps_roi_pool_reads_the_last_row_and_column(backend):
     expected[4:6, 4:6] = 0.25
     np.testing.assert_array_equal(got[0, 3], expected)
     # torchvision's forward clipping, for the record: one cell only.
-    tv = reference_ps.ps_roi_pool(x, rois, 2, 1.0, clip_last=True)
+    tv = ps_pool_oracle.ps_roi_pool(x, rois, 2, 1.0, clip_last=True)
     assert tv[0, 0, 1, 1] == x[0, 3, 4, 4]
 
 
@@ -309,9 +313,9 @@ def test_deterministic_matches_oracle(backend, dtype):
     rois, g = _overlapping(dtype)
     shape = shape_for((3, 4))
     expected = [
-        reference_ps.ps_roi_align_backward(g, rois, shape, (3, 4), 0.5, 2, dtype),
-        reference_ps.ps_roi_align_backward(g, rois, shape, (3, 4), 0.5, -1, dtype),
-        reference_ps.ps_roi_pool_backward(g, rois, shape, (3, 4), 0.5, dtype),
+        ps_align_oracle.ps_roi_align_backward(g, rois, shape, (3, 4), 0.5, 2, dtype),
+        ps_align_oracle.ps_roi_align_backward(g, rois, shape, (3, 4), 0.5, -1, dtype),
+        ps_pool_oracle.ps_roi_pool_backward(g, rois, shape, (3, 4), 0.5, dtype),
     ]
     for got, want in zip(_gradients(backend, rois, g, True), expected, strict=True):
         assert got.dtype == dtype

@@ -1,12 +1,12 @@
 """Max-mode RoI Align (``pool_mode="max"``, mmcv's semantics): forward and backward on both
-backends against the float64 oracle of reference_family.py, ties, NaN, empty bins, samples
+backends against the float64 oracle of tests/oracles/roi_align.py, ties, NaN, empty bins, samples
 outside the map, validation, and the deterministic backward."""
 
 import host
 import numpy as np
 import pytest
-import reference_family as oracle
 from conftest import TOLERANCE, host_backend
+from oracles import roi_align as align_oracle
 
 import cuproi
 
@@ -39,13 +39,13 @@ def test_forward_and_backward_match_oracle(backend, dtype, ratio, aligned):
     rtol, atol = TOLERANCE[np.dtype(dtype)]
     out = forward(backend, x, rois, ratio, aligned)
     assert out.dtype == dtype and out.shape == (len(rois), SHAPE[1], *SIZE)
-    want = oracle.roi_align_max(x, rois, SIZE, 0.7, ratio, aligned)
+    want = align_oracle.roi_align_max(x, rois, SIZE, 0.7, ratio, aligned)
     np.testing.assert_allclose(out, want, rtol=rtol, atol=atol)
     grad = backend.roi_align_backward(
         g, rois, x.shape, 0.7, ratio, aligned, pool_mode="max", input=x
     )
     assert grad.dtype == dtype and grad.shape == x.shape
-    want = oracle.roi_align_max_backward(g, x, rois, SIZE, 0.7, ratio, aligned)
+    want = align_oracle.roi_align_max_backward(g, x, rois, SIZE, 0.7, ratio, aligned)
     np.testing.assert_allclose(grad, want, rtol=rtol, atol=atol)
 
 
@@ -58,9 +58,11 @@ def test_float16_on_host_kernels():
     rois32 = rois.astype(np.float32)
     out = b.roi_align(x, rois32, SIZE, 0.7, 2, True, "max")
     assert out.dtype == np.float16
-    np.testing.assert_allclose(out, oracle.roi_align_max(x, rois32, SIZE, 0.7, 2, True), rtol, atol)
+    np.testing.assert_allclose(
+        out, align_oracle.roi_align_max(x, rois32, SIZE, 0.7, 2, True), rtol, atol
+    )
     grad = b.roi_align_backward(g, rois32, x.shape, 0.7, 2, True, pool_mode="max", input=x)
-    want = oracle.roi_align_max_backward(g, x, rois32, SIZE, 0.7, 2, True)
+    want = align_oracle.roi_align_max_backward(g, x, rois32, SIZE, 0.7, 2, True)
     np.testing.assert_allclose(grad, want, rtol, atol)
 
 
@@ -88,7 +90,7 @@ def test_nan_propagates_and_takes_the_gradient(backend):
     grad = backend.roi_align_backward(
         np.ones_like(out), rois, x.shape, 1.0, 3, False, pool_mode="max", input=x
     )
-    want = oracle.roi_align_max_backward(np.ones_like(out), x, rois, 1, 1.0, 3, False)
+    want = align_oracle.roi_align_max_backward(np.ones_like(out), x, rois, 1, 1.0, 3, False)
     np.testing.assert_allclose(grad, want)
 
 
@@ -116,7 +118,7 @@ def test_out_of_range_samples_compete_as_zero(backend, box):
     np.testing.assert_array_equal(grad, 0)
     # Positive features: the in-range maximum wins over the zeros.
     out = backend.roi_align(-x, rois, (1, 1), 1.0, -1, False, "max")
-    np.testing.assert_allclose(out, oracle.roi_align_max(-x, rois, 1, 1.0, -1, False))
+    np.testing.assert_allclose(out, align_oracle.roi_align_max(-x, rois, 1, 1.0, -1, False))
 
 
 def test_avg_mode_is_unchanged():
@@ -140,7 +142,7 @@ def test_public_backward_needs_input_in_max_mode():
     with pytest.raises(ValueError, match="pool_mode must be"):
         cuproi.roi_align_backward(g, rois, x.shape, SIZE, pool_mode="Max", input=x)
     grad = cuproi.roi_align_backward(g, rois, x.shape, SIZE, 0.7, 2, True, pool_mode="max", input=x)
-    want = oracle.roi_align_max_backward(g, x, rois, SIZE, 0.7, 2, True)
+    want = align_oracle.roi_align_max_backward(g, x, rois, SIZE, 0.7, 2, True)
     np.testing.assert_allclose(grad, want, rtol=1e-12, atol=1e-12)
     # avg mode ignores input
     np.testing.assert_array_equal(
@@ -179,5 +181,5 @@ def test_deterministic_backward_is_order_independent(dtype):
     )
     np.testing.assert_array_equal(a, b)
     rtol, atol = TOLERANCE[np.dtype(dtype)]
-    want = oracle.roi_align_max_backward(g, x, rois, SIZE, 0.7, -1, False)
+    want = align_oracle.roi_align_max_backward(g, x, rois, SIZE, 0.7, -1, False)
     np.testing.assert_allclose(a, want, rtol=rtol, atol=atol)
