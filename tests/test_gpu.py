@@ -44,23 +44,6 @@ def test_every_entry_point_compiles():
             assert _kernels()(source, entry) is not None
 
 
-@pytest.mark.parametrize("aligned", [False, True])
-@pytest.mark.parametrize("ratio", [-1, 0, 2])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_roi_align_matches_oracle(dtype, aligned, ratio):
-    scale = 0.7
-    out = _cuda.roi_align(
-        cupy.asarray(features(dtype)),
-        cupy.asarray(rois_for(box_zoo(scale), dtype)),
-        (3, 4),
-        scale,
-        ratio,
-        aligned,
-    )
-    assert isinstance(out, cupy.ndarray) and out.dtype == dtype
-    assert_close(out.get(), _oracle("roi_align", dtype, scale, (3, 4), ratio, aligned), dtype)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("size", [(3, 4), (7, 5)])
 def test_roi_pool_matches_oracle(dtype, size):

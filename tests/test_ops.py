@@ -1,5 +1,6 @@
-"""The three ops, forward and backward, on the CPU backend and on the CUDA kernels run on the host,
-against the float64 loop oracles of tests/oracles over dtypes, conventions and a zoo of boxes."""
+"""RoI Pool and Deformable RoI Pool, forward and backward, on the CPU backend and on the CUDA
+kernels run on the host, against the float64 loop oracles of tests/oracles over dtypes,
+conventions and a zoo of boxes (RoI Align: test_roi_align.py)."""
 
 import functools
 
@@ -7,49 +8,11 @@ import numpy as np
 import pytest
 from conftest import TOLERANCE, host_backend
 from oracles import deform_roi_pool as deform_oracle
-from oracles import roi_align as align_oracle
 from oracles import roi_pool as pool_oracle
+from roi_op_tester import SHAPE, assert_close, box_zoo, features, rois_for
 
 import cuproi
 from cuproi._validate import compute_dtype
-
-SHAPE = (2, 3, 10, 12)  # N, C, H, W
-
-
-def box_zoo(scale):
-    """Boxes in image coordinates covering every case the semantics treat specially."""
-    in_cells = np.array(
-        [
-            [0, 1.3, 2.2, 7.7, 6.1],  # inside, fractional corners
-            [1, 0.0, 0.0, 11.0, 9.0],  # the whole map
-            [1, -3.2, -2.5, 4.1, 5.3],  # partly outside, top left
-            [0, 8.6, 6.3, 15.2, 13.7],  # partly outside, bottom right: samples in the bands
-            [1, 14.0, 12.0, 20.0, 18.0],  # wholly outside
-            [0, -6.0, -6.0, -2.0, -3.0],  # wholly outside, negative side
-            [0, 4.0, 4.0, 4.0, 4.0],  # a point
-            [1, 3.0, 2.5, 9.0, 2.5],  # zero height
-            [0, 7.5, 5.5, 2.5, 1.5],  # flipped
-            [1, 5.2, 3.3, 5.9, 3.8],  # smaller than a cell
-            [0, -0.5, -0.5, 11.5, 9.5],  # the map's pixel edges
-            [1, -40.0, -30.0, 60.0, 50.0],  # far beyond the map on every side
-        ]
-    )
-    in_cells[:, 1:] /= scale
-    return in_cells
-
-
-def features(dtype, seed=0):
-    return np.random.default_rng(seed).standard_normal(SHAPE).astype(dtype)
-
-
-def rois_for(boxes, dtype):
-    """Boxes as the backends take them: (K, 5) in the compute dtype."""
-    return np.ascontiguousarray(boxes, dtype=compute_dtype(dtype))
-
-
-def assert_close(actual, expected, dtype):
-    rtol, atol = TOLERANCE[np.dtype(dtype)]
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
 
 
 @functools.cache
@@ -58,9 +21,6 @@ def _oracle(name, dtype, *args):
     x = features(dtype).astype(np.float64)  # the rounded features the backend sees
     coord = compute_dtype(dtype).type
     boxes = box_zoo(args[0])
-    if name == "roi_align":
-        scale, size, ratio, aligned = args
-        return align_oracle.roi_align(x, boxes, size, scale, ratio, aligned, coord_dtype=coord)
     if name == "roi_pool":
         scale, size = args
         return pool_oracle.roi_pool(x, boxes, size, scale, coord_dtype=coord)
@@ -68,18 +28,6 @@ def _oracle(name, dtype, *args):
 
 
 SCALES = [1.0, 0.5, 0.7]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("aligned", [False, True])
-@pytest.mark.parametrize("ratio", [-1, 0, 1, 2, 3])
-@pytest.mark.parametrize("scale", SCALES)
-def test_roi_align_forward(backend, dtype, aligned, ratio, scale):
-    out = backend.roi_align(
-        features(dtype), rois_for(box_zoo(scale), dtype), (3, 4), scale, ratio, aligned
-    )
-    assert out.dtype == dtype and out.shape == (12, 3, 3, 4)
-    assert_close(out, _oracle("roi_align", dtype, scale, (3, 4), ratio, aligned), dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -140,8 +88,7 @@ def test_deform_roi_pool_forward(backend, dtype, ratio, with_offset, scale):
     assert_close(out, expected, dtype)
 
 
-@pytest.mark.parametrize("aligned", [False, True])
-def test_float16(backend, aligned):
+def test_float16(backend):
     """float16 features, float32 coordinates and accumulation: the oracle on the same halves."""
     x = features(np.float16)
     boxes = box_zoo(0.5)
@@ -149,13 +96,6 @@ def test_float16(backend, aligned):
     assert rois.dtype == np.float32  # boxes are never rounded to half
     x64 = x.astype(np.float64)
     f32 = np.float32
-    out = backend.roi_align(x, rois, (3, 4), 0.5, 2, aligned)
-    assert out.dtype == np.float16
-    assert_close(
-        out,
-        align_oracle.roi_align(x64, boxes, (3, 4), 0.5, 2, aligned, coord_dtype=f32),
-        np.float16,
-    )
     out, argmax = backend.roi_pool(x, rois, (3, 4), 0.5, return_argmax=True)
     expected, expected_argmax = pool_oracle.roi_pool(x64, boxes, (3, 4), 0.5, coord_dtype=f32)
     np.testing.assert_array_equal(out.astype(np.float64), expected)
@@ -166,48 +106,6 @@ def test_float16(backend, aligned):
         deform_oracle.deform_roi_pool(x64, boxes, None, (3, 4), 0.5, 0, 0.1, coord_dtype=f32),
         np.float16,
     )
-    g = np.random.default_rng(2).standard_normal(out.shape).astype(np.float16)
-    grad = backend.roi_align_backward(g, rois, SHAPE, 0.5, 2, aligned)
-    assert grad.dtype == np.float16
-    expected = align_oracle.roi_align_backward(
-        g.astype(np.float64), boxes, SHAPE, (3, 4), 0.5, 2, aligned, coord_dtype=f32
-    )
-    np.testing.assert_allclose(grad.astype(np.float64), expected, rtol=4e-3, atol=1e-2)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("aligned", [False, True])
-@pytest.mark.parametrize("ratio", [-1, 2])
-@pytest.mark.parametrize("scale", [1.0, 0.7])
-def test_roi_align_backward(backend, dtype, aligned, ratio, scale):
-    boxes = box_zoo(scale)
-    g = np.random.default_rng(3).standard_normal((len(boxes), 3, 3, 4)).astype(dtype)
-    grad = backend.roi_align_backward(g, rois_for(boxes, dtype), SHAPE, scale, ratio, aligned)
-    expected = align_oracle.roi_align_backward(
-        g.astype(np.float64),
-        boxes,
-        SHAPE,
-        (3, 4),
-        scale,
-        ratio,
-        aligned,
-        coord_dtype=compute_dtype(dtype).type,
-    )
-    assert grad.dtype == dtype and grad.shape == SHAPE
-    assert_close(grad, expected, dtype)
-
-
-@pytest.mark.parametrize("aligned", [False, True])
-@pytest.mark.parametrize("ratio", [-1, 1, 2])
-def test_roi_align_adjoint(backend, aligned, ratio):
-    """<A x, g> == <x, A^T g>: the backward is the exact transpose of the forward."""
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal(SHAPE)
-    rois = rois_for(box_zoo(0.7), np.float64)
-    out = backend.roi_align(x, rois, (3, 4), 0.7, ratio, aligned)
-    g = rng.standard_normal(out.shape)
-    grad = backend.roi_align_backward(g, rois, SHAPE, 0.7, ratio, aligned)
-    assert np.vdot(out, g) == pytest.approx(np.vdot(x, grad), rel=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -323,37 +221,6 @@ def test_grad_offset_finite_differences(backend, ratio):
     assert np.abs(grad_offset).max() > 0.1  # the check is not vacuous
 
 
-def _axis_mean(start, bin_size, grid, size, values):
-    """Mean over a bin's samples along one axis of values(position) (zero out of range), in
-    float64 by brute force over every sample: an independent check of the skipping of samples
-    outside the map."""
-    pos = start + (np.arange(grid) + 0.5) * bin_size / grid
-    inside = (pos >= -1) & (pos <= size)
-    return values(np.clip(pos[inside], 0, size - 1)).sum() / grid
-
-
-@pytest.mark.parametrize("aligned", [False, True])
-def test_huge_box_adaptive_sampling(backend, aligned):
-    """A box of 2**18 cells with adaptive sampling (37k x 37k samples per bin) is bounded by the
-    map, not the box, and loses no in-range sample: checked on a map that varies along x only."""
-    n, c, h, w = 1, 1, 6, 9
-    ramp = np.arange(w, dtype=np.float64)
-    x = np.broadcast_to(ramp, (n, c, h, w)).copy()
-    big = 2.0**18
-    boxes = np.array([[0, -big, -big / 2, big, big / 3], [0, -big, 2.25, 3.5, 4.75]])
-    out = backend.roi_align(x, rois_for(boxes, np.float64), (7, 7), 1.0, -1, aligned)
-    shift = 0.5 if aligned else 0.0
-    for k, (_, x1, y1, x2, y2) in enumerate(boxes):
-        sx, sy = x1 - shift, y1 - shift
-        rw, rh = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
-        gh, gw = int(np.ceil(rh / 7)), int(np.ceil(rw / 7))
-        for ph in range(7):
-            fy = _axis_mean(sy + ph * rh / 7, rh / 7, gh, h, np.ones_like)
-            for pw in range(7):
-                fx = _axis_mean(sx + pw * rw / 7, rw / 7, gw, w, lambda p: np.interp(p, ramp, ramp))
-                assert out[k, 0, ph, pw] == pytest.approx(fy * fx, rel=1e-9, abs=1e-12)
-
-
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_roi_pool_ties_and_non_finite(backend, dtype):
     """Ties go to the first cell in scan order; a NaN propagates (argmax: the first NaN); a bin of
@@ -379,15 +246,11 @@ def test_empty_boxes_or_channels(backend, shape, k):
     offset = np.zeros((k, 2, 2, 3), np.float32)
     bins = (k, shape[1], 2, 3)
     g = np.ones(bins, np.float32)
-    assert backend.roi_align(x, rois, (2, 3), 1.0, 2, True).shape == bins
     out, argmax = backend.roi_pool(x, rois, (2, 3), 1.0, return_argmax=True)
     assert out.shape == argmax.shape == bins and argmax.dtype == np.int32
     assert backend.deform_roi_pool(x, rois, offset, (2, 3), 1.0, 0, 0.1).shape == bins
-    for grad in (
-        backend.roi_align_backward(g, rois, shape, 1.0, 2, True),
-        backend.roi_pool_backward(g, rois, argmax, shape),
-    ):
-        assert grad.shape == shape and not grad.any()
+    grad = backend.roi_pool_backward(g, rois, argmax, shape)
+    assert grad.shape == shape and not grad.any()
     grad, grad_offset, _ = backend.deform_roi_pool_backward(g, x, rois, offset, 1.0, 0, 0.1)
     assert grad.shape == shape and not grad.any() and not grad_offset.any()
 
