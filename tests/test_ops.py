@@ -1,62 +1,15 @@
-"""RoI Pool and Deformable RoI Pool, forward and backward, on the CPU backend and on the CUDA
+"""Deformable RoI Pool, forward and backward, on the CPU backend and on the CUDA
 kernels run on the host, against the float64 loop oracles of tests/oracles over dtypes,
-conventions and a zoo of boxes (RoI Align: test_roi_align.py)."""
-
-import functools
+conventions and a zoo of boxes (RoI Align and RoI Pool: test_roi_align.py, test_roi_pool.py)."""
 
 import numpy as np
 import pytest
 from conftest import TOLERANCE, host_backend
 from oracles import deform_roi_pool as deform_oracle
-from oracles import roi_pool as pool_oracle
 from roi_op_tester import SHAPE, assert_close, box_zoo, features, rois_for
 
 import cuproi
 from cuproi._validate import compute_dtype
-
-
-@functools.cache
-def _oracle(name, dtype, *args):
-    """Oracle results, cached across backends (the loops are slow)."""
-    x = features(dtype).astype(np.float64)  # the rounded features the backend sees
-    coord = compute_dtype(dtype).type
-    boxes = box_zoo(args[0])
-    if name == "roi_pool":
-        scale, size = args
-        return pool_oracle.roi_pool(x, boxes, size, scale, coord_dtype=coord)
-    raise ValueError(name)
-
-
-SCALES = [1.0, 0.5, 0.7]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("size", [(3, 4), (1, 1), (7, 5)])
-def test_roi_pool_forward(backend, dtype, scale, size):
-    x = features(dtype)
-    out, argmax = backend.roi_pool(
-        x, rois_for(box_zoo(scale), dtype), size, scale, return_argmax=True
-    )
-    expected, expected_argmax = _oracle("roi_pool", dtype, scale, size)
-    assert out.dtype == dtype and argmax.dtype == np.int32
-    np.testing.assert_array_equal(argmax, expected_argmax)
-    np.testing.assert_array_equal(out, expected)  # a max selects a value: exact
-    values = backend.roi_pool(x, rois_for(box_zoo(scale), dtype), size, scale, False)
-    assert values.dtype == dtype
-    np.testing.assert_array_equal(values, expected)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_roi_pool_rounds_just_below_a_half_down(backend, dtype):
-    """C's round(0.5 - ulp) is 0; floor(v + 0.5) gives 1 in float32 (the sum rounds up)."""
-    below = np.nextafter(dtype(0.5), dtype(0))
-    x = features(dtype)
-    rois = np.array([[0, below, 2 + below, 5 - below, 7 + below]], dtype)
-    out, argmax = backend.roi_pool(x, rois, (2, 2), 1.0, return_argmax=True)
-    expected, expected_argmax = pool_oracle.roi_pool(x, rois, (2, 2), 1.0, coord_dtype=dtype)
-    np.testing.assert_array_equal(argmax, expected_argmax)
-    np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -96,28 +49,12 @@ def test_float16(backend):
     assert rois.dtype == np.float32  # boxes are never rounded to half
     x64 = x.astype(np.float64)
     f32 = np.float32
-    out, argmax = backend.roi_pool(x, rois, (3, 4), 0.5, return_argmax=True)
-    expected, expected_argmax = pool_oracle.roi_pool(x64, boxes, (3, 4), 0.5, coord_dtype=f32)
-    np.testing.assert_array_equal(out.astype(np.float64), expected)
-    np.testing.assert_array_equal(argmax, expected_argmax)
     out = backend.deform_roi_pool(x, rois, None, (3, 4), 0.5, 0, 0.1)
     assert_close(
         out,
         deform_oracle.deform_roi_pool(x64, boxes, None, (3, 4), 0.5, 0, 0.1, coord_dtype=f32),
         np.float16,
     )
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_roi_pool_backward(backend, dtype):
-    boxes = box_zoo(0.5)
-    rois = rois_for(boxes, dtype)
-    out, argmax = backend.roi_pool(features(dtype), rois, (3, 4), 0.5, return_argmax=True)
-    g = np.random.default_rng(5).standard_normal(out.shape).astype(dtype)
-    grad = backend.roi_pool_backward(g, rois, argmax, SHAPE)
-    expected = pool_oracle.roi_pool_backward(g.astype(np.float64), boxes, argmax, SHAPE)
-    assert grad.dtype == dtype
-    assert_close(grad, expected, dtype)
 
 
 def smooth_offsets(boxes, scale, ratio, gamma, seed, pooled=(3, 4), margin=1e-3):
@@ -221,24 +158,6 @@ def test_grad_offset_finite_differences(backend, ratio):
     assert np.abs(grad_offset).max() > 0.1  # the check is not vacuous
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_roi_pool_ties_and_non_finite(backend, dtype):
-    """Ties go to the first cell in scan order; a NaN propagates (argmax: the first NaN); a bin of
-    -inf gives -inf with a valid argmax."""
-    rng = np.random.default_rng(11)
-    x = rng.integers(0, 3, SHAPE).astype(dtype)  # many ties
-    x[0, 0, 2:5, 3:6] = np.nan
-    x[1, 1, :, :4] = -np.inf
-    boxes = box_zoo(1.0)
-    out, argmax = backend.roi_pool(x, rois_for(boxes, dtype), (3, 4), 1.0, return_argmax=True)
-    expected, expected_argmax = pool_oracle.roi_pool(x.astype(np.float64), boxes, (3, 4), 1.0)
-    np.testing.assert_array_equal(argmax, expected_argmax)
-    np.testing.assert_array_equal(out.astype(np.float64), expected)
-    assert np.isnan(out).any() and np.isneginf(out).any()
-    values = backend.roi_pool(x, rois_for(boxes, dtype), (3, 4), 1.0, return_argmax=False)
-    np.testing.assert_array_equal(values.astype(np.float64), expected)
-
-
 @pytest.mark.parametrize("shape, k", [((2, 3, 5, 6), 0), ((2, 0, 5, 6), 3)])
 def test_empty_boxes_or_channels(backend, shape, k):
     x = np.ones(shape, np.float32)
@@ -246,11 +165,7 @@ def test_empty_boxes_or_channels(backend, shape, k):
     offset = np.zeros((k, 2, 2, 3), np.float32)
     bins = (k, shape[1], 2, 3)
     g = np.ones(bins, np.float32)
-    out, argmax = backend.roi_pool(x, rois, (2, 3), 1.0, return_argmax=True)
-    assert out.shape == argmax.shape == bins and argmax.dtype == np.int32
     assert backend.deform_roi_pool(x, rois, offset, (2, 3), 1.0, 0, 0.1).shape == bins
-    grad = backend.roi_pool_backward(g, rois, argmax, shape)
-    assert grad.shape == shape and not grad.any()
     grad, grad_offset, _ = backend.deform_roi_pool_backward(g, x, rois, offset, 1.0, 0, 0.1)
     assert grad.shape == shape and not grad.any() and not grad_offset.any()
 
