@@ -107,6 +107,8 @@ class RoIOpTester:
         Feature dtypes of the oracle checks.
     forward_cases, backward_cases, adjoint_cases : list of dict
         Parameter grids (one dict a test) of the forward, backward and adjoint checks.
+    grids : dict
+        Grids of an op's own checks, by test name (the forward grid where none is named).
     invalid : list of (str, callable, type, str)
         The validation table: a label, a call on valid inputs made invalid (it takes a
         namespace of valid ``x``, ``boxes``, ``g`` and the extras), the exception and a regular
@@ -120,6 +122,7 @@ class RoIOpTester:
     forward_cases = [{}]
     backward_cases = [{}]
     adjoint_cases = [{}]
+    grids = {}
     invalid = []
 
     # ---- what a subclass declares -------------------------------------------------------------
@@ -157,6 +160,7 @@ class RoIOpTester:
             "test_forward_matches_oracle": cls.forward_cases,
             "test_backward_matches_oracle": cls.backward_cases,
             "test_adjoint": cls.adjoint_cases,
+            **cls.grids,
         }
         if "case" in metafunc.fixturenames:
             # An op's own checks with a case take the forward grid.

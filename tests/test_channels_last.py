@@ -14,7 +14,7 @@ import pytest
 from conftest import TOLERANCE
 from oracles import deform_roi_pool as deform_oracle
 from oracles import roi_align as align_oracle
-from test_ops import assert_close, box_zoo, rois_for
+from roi_op_tester import assert_close, box_zoo, rois_for
 
 from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype

@@ -12,8 +12,8 @@ from oracles import prroi_pool as prroi_oracle
 from oracles import ps_roi_align as ps_align_oracle
 from oracles import ps_roi_pool as ps_pool_oracle
 from oracles import roi_align_rotated as rotated_oracle
+from roi_op_tester import SHAPE, assert_close, box_zoo, features, rois_for
 from test_kernels import SOURCES, entries
-from test_ops import SHAPE, assert_close, box_zoo, features, rois_for
 
 import cuproi
 from cuproi import _cpu

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import TOLERANCE, host_backend
 from oracles import prroi_pool as prroi_oracle
-from test_ops import box_zoo
+from roi_op_tester import box_zoo
 
 import cuproi
 import cuproi.prroi_pool

@@ -13,7 +13,7 @@ import pytest
 from conftest import TOLERANCE, host_backend
 from oracles import ps_roi_align as ps_align_oracle
 from oracles import ps_roi_pool as ps_pool_oracle
-from test_ops import box_zoo
+from roi_op_tester import box_zoo
 
 import cuproi
 import cuproi.ps_roi_align

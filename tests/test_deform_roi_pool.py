@@ -1,47 +1,84 @@
-"""Deformable RoI Pool, forward and backward, on the CPU backend and on the CUDA
-kernels run on the host, against the float64 loop oracles of tests/oracles over dtypes,
-conventions and a zoo of boxes (RoI Align and RoI Pool: test_roi_align.py, test_roi_pool.py)."""
+"""Deformable RoI Pool (mmcv.ops.deform_roi_pool) on every backend against the float64 loop
+oracle of tests/oracles/deform_roi_pool.py: the shared checks of roi_op_tester with and without
+offsets, then what is particular to the offsets (their gradient against the oracle and against
+finite differences, half precision, no boxes)."""
 
 import numpy as np
 import pytest
 from conftest import TOLERANCE, host_backend
 from oracles import deform_roi_pool as deform_oracle
-from roi_op_tester import SHAPE, assert_close, box_zoo, features, rois_for
+from roi_op_tester import SHAPE, RoIOpTester, assert_close, box_zoo, features, rois_for
 
 import cuproi
 from cuproi._validate import compute_dtype
 
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("ratio", [0, 1, 2])
-@pytest.mark.parametrize("with_offset", [False, True])
-@pytest.mark.parametrize("scale", [1.0, 0.7])
-def test_deform_roi_pool_forward(backend, dtype, ratio, with_offset, scale):
-    x = features(dtype)
-    boxes = box_zoo(scale)
-    offset = (
-        np.random.default_rng(1).normal(0, 2, (len(boxes), 2, 3, 4)).astype(dtype)
-        if with_offset
-        else None
-    )
-    rois = rois_for(boxes, dtype)
-    o = None if offset is None else offset.astype(rois.dtype)
-    out = backend.deform_roi_pool(x, rois, o, (3, 4), scale, ratio, 0.1)
-    expected = deform_oracle.deform_roi_pool(
-        x.astype(np.float64),
-        boxes,
-        o,
-        (3, 4),
-        scale,
-        ratio,
-        0.1,
-        coord_dtype=compute_dtype(dtype).type,
-    )
-    assert out.dtype == dtype
-    assert_close(out, expected, dtype)
+SIZE = (3, 4)
 
 
-def test_float16(backend):
+class TestDeformRoIPool(RoIOpTester):
+    size = SIZE
+    forward_cases = [
+        {"scale": scale, "ratio": ratio, "offset": offset}
+        for scale in (1.0, 0.7)
+        for ratio in (0, 1, 2)
+        for offset in (False, True)
+    ]
+    backward_cases = [{"scale": 0.7, "ratio": ratio, "offset": True} for ratio in (0, 2)]
+    adjoint_cases = backward_cases
+    grids = {"test_grad_offset_matches_oracle": backward_cases}
+    test_validation = None  # test_validation.py checks the offsets with every op's arguments
+
+    def extras(self, boxes, case, dtype):
+        if not case["offset"]:
+            return {"offset": None}
+        offset = np.random.default_rng(1).normal(0, 2, (len(boxes), 2, *SIZE))
+        return {"offset": offset.astype(compute_dtype(dtype))}
+
+    def forward(self, x, boxes, case, offset, **options):
+        return cuproi.deform_roi_pool(
+            x, boxes, offset, SIZE, case["scale"], case["ratio"], 0.1, **options
+        )
+
+    def backward(self, g, x, boxes, case, offset, **options):
+        return self.backwards(g, x, boxes, case, offset, **options)[0]
+
+    def backwards(self, g, x, boxes, case, offset, **options):
+        args = (SIZE, case["scale"], case["ratio"], 0.1)
+        return cuproi.deform_roi_pool_backward(g, x, boxes, offset, *args, **options)
+
+    def oracle(self, x, boxes, case, coord_dtype, offset):
+        args = (SIZE, case["scale"], case["ratio"], 0.1)
+        return deform_oracle.deform_roi_pool(x, boxes, offset, *args, coord_dtype=coord_dtype)
+
+    def oracle_backward(self, g, x, boxes, case, coord_dtype, offset):
+        args = (SIZE, case["scale"], case["ratio"], 0.1)
+        return deform_oracle.deform_roi_pool_backward(
+            g, x, boxes, offset, *args, coord_dtype=coord_dtype
+        )[0]
+
+    def test_grad_offset_matches_oracle(self, on, dtype, case):
+        """The offsets' gradient within 10 times the dtype's tolerance; None without offsets."""
+        boxes, (x, _, extras), (xd, rois, extras_d) = self.inputs(on, dtype, case)
+        g = self.gradient(dtype, len(boxes), case)
+        _, grad_offset, _ = self.backwards(on.put(g), xd, rois, case, **extras_d)
+        _, expected = deform_oracle.deform_roi_pool_backward(
+            g.astype(np.float64),
+            x.astype(np.float64),
+            boxes,
+            extras["offset"],
+            SIZE,
+            case["scale"],
+            case["ratio"],
+            0.1,
+            coord_dtype=compute_dtype(dtype).type,
+        )
+        rtol, atol = TOLERANCE[np.dtype(dtype)]
+        np.testing.assert_allclose(on.get(grad_offset), expected, rtol=10 * rtol, atol=10 * atol)
+        _, none, _ = self.backwards(on.put(g), xd, rois, case, None)
+        assert none is None
+
+
+def test_float16(on):
     """float16 features, float32 coordinates and accumulation: the oracle on the same halves."""
     x = features(np.float16)
     boxes = box_zoo(0.5)
@@ -49,7 +86,7 @@ def test_float16(backend):
     assert rois.dtype == np.float32  # boxes are never rounded to half
     x64 = x.astype(np.float64)
     f32 = np.float32
-    out = backend.deform_roi_pool(x, rois, None, (3, 4), 0.5, 0, 0.1)
+    out = on.get(cuproi.deform_roi_pool(on.put(x), on.put(rois), None, SIZE, 0.5, 0, 0.1))
     assert_close(
         out,
         deform_oracle.deform_roi_pool(x64, boxes, None, (3, 4), 0.5, 0, 0.1, coord_dtype=f32),
@@ -92,46 +129,6 @@ def smooth_offsets(boxes, scale, ratio, gamma, seed, pooled=(3, 4), margin=1e-3)
     raise RuntimeError("no smooth offsets found")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("ratio", [0, 2])
-def test_deform_roi_pool_backward(backend, dtype, ratio):
-    boxes = box_zoo(0.7)
-    rois = rois_for(boxes, dtype)
-    x = features(dtype)
-    offset = np.random.default_rng(6).normal(0, 2, (len(boxes), 2, 3, 4)).astype(rois.dtype)
-    g = np.random.default_rng(7).standard_normal((len(boxes), 3, 3, 4)).astype(dtype)
-    grad, grad_offset, _ = backend.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
-    expected, expected_offset = deform_oracle.deform_roi_pool_backward(
-        g.astype(np.float64),
-        x.astype(np.float64),
-        boxes,
-        offset,
-        (3, 4),
-        0.7,
-        ratio,
-        0.1,
-        coord_dtype=compute_dtype(dtype).type,
-    )
-    assert grad.dtype == dtype
-    assert_close(grad, expected, dtype)
-    rtol, atol = TOLERANCE[np.dtype(dtype)]
-    np.testing.assert_allclose(grad_offset, expected_offset, rtol=10 * rtol, atol=10 * atol)
-    grad_none, offset_none, _ = backend.deform_roi_pool_backward(g, x, rois, None, 0.7, ratio, 0.1)
-    assert offset_none is None
-
-
-@pytest.mark.parametrize("ratio", [0, 2])
-def test_deform_roi_pool_adjoint(backend, ratio):
-    rng = np.random.default_rng(8)
-    x = rng.standard_normal(SHAPE)
-    rois = rois_for(box_zoo(0.7), np.float64)
-    offset = rng.normal(0, 2, (len(rois), 2, 3, 4))
-    out = backend.deform_roi_pool(x, rois, offset, (3, 4), 0.7, ratio, 0.1)
-    g = rng.standard_normal(out.shape)
-    grad, *_ = backend.deform_roi_pool_backward(g, x, rois, offset, 0.7, ratio, 0.1)
-    assert np.vdot(out, g) == pytest.approx(np.vdot(x, grad), rel=1e-12)
-
-
 @pytest.mark.parametrize("ratio", [0, 2])
 def test_grad_offset_finite_differences(backend, ratio):
     """grad_offset is the derivative of the backend's own forward (float64, smooth points,
@@ -167,7 +164,8 @@ def test_empty_boxes_or_channels(backend, shape, k):
     g = np.ones(bins, np.float32)
     assert backend.deform_roi_pool(x, rois, offset, (2, 3), 1.0, 0, 0.1).shape == bins
     grad, grad_offset, _ = backend.deform_roi_pool_backward(g, x, rois, offset, 1.0, 0, 0.1)
-    assert grad.shape == shape and not grad.any() and not grad_offset.any()
+    assert grad.shape == shape and not grad.any()
+    assert grad_offset.shape == offset.shape and not grad_offset.any()
 
 
 def test_backwards_that_read_the_features_take_a_gradient_of_another_dtype(monkeypatch):
