@@ -9,8 +9,6 @@ from conftest import STANDIN
 from oracles import deform_roi_pool as deform_oracle
 from oracles import multi_scale_roi_align as multi_scale_oracle
 from oracles import prroi_pool as prroi_oracle
-from oracles import ps_roi_align as ps_align_oracle
-from oracles import ps_roi_pool as ps_pool_oracle
 from oracles import roi_align_rotated as rotated_oracle
 from roi_op_tester import SHAPE, assert_close, box_zoo, features, rois_for
 from test_kernels import SOURCES, entries
@@ -354,41 +352,6 @@ def test_multi_scale_deterministic_backward_is_bit_identical_across_runs():
 
 
 # ---- ps_roi_align, ps_roi_pool ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("ratio", [-1, 2])
-def test_ps_ops_match_oracle(dtype, ratio):
-
-    size, scale = (3, 4), 0.7
-    x = np.random.default_rng(0).standard_normal((2, 24, 10, 12)).astype(dtype)
-    boxes = box_zoo(scale)
-    rois = rois_for(boxes, dtype)
-    g = np.random.default_rng(1).standard_normal((len(boxes), 2, *size)).astype(dtype)
-    coord = rois.dtype.type
-    xg, rg, gg = cupy.asarray(x), cupy.asarray(rois), cupy.asarray(g)
-    x64, g64 = x.astype(np.float64), g.astype(np.float64)
-    checks = [
-        (
-            _cuda.ps_roi_align(xg, rg, size, scale, ratio),
-            ps_align_oracle.ps_roi_align(x64, boxes, size, scale, ratio, coord),
-        ),
-        (
-            _cuda.ps_roi_align_backward(gg, rg, x.shape, scale, ratio),
-            ps_align_oracle.ps_roi_align_backward(g64, boxes, x.shape, size, scale, ratio, coord),
-        ),
-        (
-            _cuda.ps_roi_pool(xg, rg, size, scale),
-            ps_pool_oracle.ps_roi_pool(x64, boxes, size, scale, coord),
-        ),
-        (
-            _cuda.ps_roi_pool_backward(gg, rg, x.shape, scale),
-            ps_pool_oracle.ps_roi_pool_backward(g64, boxes, x.shape, size, scale, coord),
-        ),
-    ]
-    for got, want in checks:
-        assert isinstance(got, cupy.ndarray) and got.dtype == dtype
-        assert_close(got.get(), want, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
