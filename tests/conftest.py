@@ -75,6 +75,59 @@ def backend(request):
     return _cpu if request.param == "cpu" else host_backend()
 
 
+class On:
+    """One backend behind the public functions: ``put`` gives an input array of it (NumPy, or
+    CuPy for ``cuda``), ``get`` brings a result back as NumPy."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def put(self, array):
+        return CUPY.asarray(array) if self.name == "cuda" and array is not None else array
+
+    def get(self, array):
+        return CUPY.asnumpy(array) if isinstance(array, CUPY.ndarray) else array
+
+
+@functools.cache
+def _host_kernels():
+    return host_backend()
+
+
+@pytest.fixture(
+    params=[
+        "cpu",
+        pytest.param(
+            "host",
+            marks=pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler"),
+        ),
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(
+                    STANDIN and host.COMPILER is None, reason="the stand-in needs a C++ compiler"
+                ),
+            ],
+        ),
+    ]
+)
+def on(request, monkeypatch):
+    """The backend the public functions run on: ``cpu`` (NumPy arrays, cuproi._cpu), ``host``
+    (NumPy arrays routed to the CUDA kernels compiled for the host) or ``cuda`` (CuPy arrays:
+    cuproi._cuda on a GPU or on the stand-in)."""
+    if request.param == "host":
+        monkeypatch.setattr(cuproi, "_cpu", _host_kernels())
+    return On(request.param)
+
+
+def pytest_generate_tests(metafunc):
+    """A test class that declares its grids (tests/roi_op_tester.py) parametrises its checks."""
+    generate = getattr(metafunc.cls, "generate_tests", None)
+    if generate is not None:
+        generate(metafunc)
+
+
 _outermost = threading.local()
 
 

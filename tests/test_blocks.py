@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import test_multi_scale
 from conftest import TOLERANCE, host_backend
-from test_ops import box_zoo, rois_for
+from roi_op_tester import box_zoo, rois_for
 
 from cuproi._cuda import _launch
 

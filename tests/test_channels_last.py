@@ -11,10 +11,10 @@ the channels in another grouping, agree to rounding).
 import host
 import numpy as np
 import pytest
-import reference
-import reference_family
 from conftest import TOLERANCE
-from test_ops import assert_close, box_zoo, rois_for
+from oracles import deform_roi_pool as deform_oracle
+from oracles import roi_align as align_oracle
+from roi_op_tester import assert_close, box_zoo, rois_for
 
 from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype
@@ -77,9 +77,9 @@ def test_forward_and_backward_match_the_oracle(dtype, aligned, ratio, entries):
     assert out.dtype == dtype and out.shape == (len(boxes), SHAPE[1], 3, 4)
     assert grad.dtype == dtype and grad.shape == SHAPE
     x64, g64 = x.astype(np.float64), g.astype(np.float64)
-    expected = reference.roi_align(x64, boxes, (3, 4), scale, ratio, aligned, coord_dtype=coord)
+    expected = align_oracle.roi_align(x64, boxes, (3, 4), scale, ratio, aligned, coord_dtype=coord)
     assert_close(out, expected, dtype)
-    expected = reference.roi_align_backward(
+    expected = align_oracle.roi_align_backward(
         g64, boxes, SHAPE, (3, 4), scale, ratio, aligned, coord_dtype=coord
     )
     assert_close(grad, expected, dtype)
@@ -185,18 +185,18 @@ def test_deform_matches_the_oracle(dtype, ratio, entries):
         f"cuproi_deform_roi_pool_backward_nhwc_{sfx}",
         f"cuproi_layout_transpose_{sfx}",  # the input gradient, back to NCHW
     ]
-    expected = reference_family.deform_roi_pool_modulated(
+    expected = deform_oracle.deform_roi_pool_modulated(
         x64, boxes, offset, mask, (3, 4), scale, ratio
     )
     assert_close(out, expected, dtype)
     # The mask scales the output gradient; the oracle of the unmodulated op takes it so.
-    expected_grad, expected_offset = reference.deform_roi_pool_backward(
+    expected_grad, expected_offset = deform_oracle.deform_roi_pool_backward(
         g64 * mask, x64, boxes, offset, (3, 4), scale, ratio, 0.1, coord_dtype=coord
     )
     assert_close(grad, expected_grad, dtype)
     rtol, atol = TOLERANCE[np.dtype(dtype)]
     np.testing.assert_allclose(grad_offset, expected_offset, rtol=10 * rtol, atol=10 * atol)
-    expected_mask = reference_family.deform_roi_pool_mask_grad(
+    expected_mask = deform_oracle.deform_roi_pool_mask_grad(
         g64, x64, boxes, offset, (3, 4), scale, ratio
     )
     np.testing.assert_allclose(grad_mask, expected_mask, rtol=10 * rtol, atol=10 * atol)

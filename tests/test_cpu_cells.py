@@ -12,10 +12,13 @@ import importlib
 
 import numpy as np
 import pytest
-import reference
-import reference_prroi
-import reference_ps
-import reference_rotated
+from oracles import deform_roi_pool as deform_oracle
+from oracles import prroi_pool as prroi_oracle
+from oracles import ps_roi_align as ps_align_oracle
+from oracles import ps_roi_pool as ps_pool_oracle
+from oracles import roi_align as align_oracle
+from oracles import roi_align_rotated as rotated_oracle
+from oracles import roi_pool as pool_oracle
 
 from cuproi._cpu import _cells, _geometry, _sampling
 
@@ -187,8 +190,8 @@ def _forward(op, x, rois, scale, offset):
 
 def _oracle(op, x, rois, scale, offset):
     if op == "roi_align":
-        return reference.roi_align(x, rois, (3, 4), scale, 2, True)
-    return reference.deform_roi_pool(x, rois, offset, (3, 4), scale, 2, 0.1)
+        return align_oracle.roi_align(x, rois, (3, 4), scale, 2, True)
+    return deform_oracle.deform_roi_pool(x, rois, offset, (3, 4), scale, 2, 0.1)
 
 
 @pytest.mark.parametrize("op", ["roi_align", "deform_roi_pool"])
@@ -256,7 +259,7 @@ def test_backward_on_the_tiles_read(monkeypatch, op, dtype, channels_last):
     assert grad.dtype == dtype and grad.shape == x.shape
     assert grad.transpose(0, 2, 3, 1).flags.c_contiguous == channels_last
     if op == "roi_align":
-        expected = reference.roi_align_backward(g, rois, x.shape, (3, 4), scale, 2, True)
+        expected = align_oracle.roi_align_backward(g, rois, x.shape, (3, 4), scale, 2, True)
         tol = {np.float16: 2e-3, np.float32: 1e-5}[dtype]
         np.testing.assert_allclose(grad.astype(np.float64), expected, rtol=tol, atol=tol)
     monkeypatch.setattr(_cells, "_WHOLE", -1.0)  # the whole map, always
@@ -282,14 +285,14 @@ _FAMILY = {
     "ps_roi_align": (
         lambda x, r: ps_roi_align.ps_roi_align(x, r, (2, 3), 0.5, 2),
         lambda g, r, s: ps_roi_align.ps_roi_align_backward(g, r, s, 0.5, 2),
-        lambda x, r: reference_ps.ps_roi_align(x, r, (2, 3), 0.5, 2, np.float32),
-        lambda g, r, s: reference_ps.ps_roi_align_backward(g, r, s, (2, 3), 0.5, 2, np.float32),
+        lambda x, r: ps_align_oracle.ps_roi_align(x, r, (2, 3), 0.5, 2, np.float32),
+        lambda g, r, s: ps_align_oracle.ps_roi_align_backward(g, r, s, (2, 3), 0.5, 2, np.float32),
     ),
     "ps_roi_pool": (
         lambda x, r: ps_roi_pool.ps_roi_pool(x, r, (2, 3), 0.5),
         lambda g, r, s: ps_roi_pool.ps_roi_pool_backward(g, r, s, 0.5),
-        lambda x, r: reference_ps.ps_roi_pool(x, r, (2, 3), 0.5, np.float32),
-        lambda g, r, s: reference_ps.ps_roi_pool_backward(g, r, s, (2, 3), 0.5, np.float32),
+        lambda x, r: ps_pool_oracle.ps_roi_pool(x, r, (2, 3), 0.5, np.float32),
+        lambda g, r, s: ps_pool_oracle.ps_roi_pool_backward(g, r, s, (2, 3), 0.5, np.float32),
     ),
     "roi_align_rotated": (
         lambda x, r: roi_align_rotated.roi_align_rotated(
@@ -298,18 +301,18 @@ _FAMILY = {
         lambda g, r, s: roi_align_rotated.roi_align_rotated_backward(
             g, _rotated(r), s, 0.5, 2, True, False
         ),
-        lambda x, r: reference_rotated.roi_align_rotated(
+        lambda x, r: rotated_oracle.roi_align_rotated(
             x, _rotated(r), (2, 3), 0.5, 2, True, False, np.float32
         ),
-        lambda g, r, s: reference_rotated.roi_align_rotated_backward(
+        lambda g, r, s: rotated_oracle.roi_align_rotated_backward(
             g, _rotated(r), s, (2, 3), 0.5, 2, True, False, np.float32
         ),
     ),
     "prroi_pool": (
         lambda x, r: prroi_pool.prroi_pool(x, r, (2, 3), 0.5),
         lambda g, r, s: prroi_pool.prroi_pool_backward(g, r, s, 0.5),
-        lambda x, r: reference_prroi.prroi_pool(x, r, (2, 3), 0.5, np.float32),
-        lambda g, r, s: reference_prroi.prroi_pool_backward(g, r, s, (2, 3), 0.5, np.float32),
+        lambda x, r: prroi_oracle.prroi_pool(x, r, (2, 3), 0.5, np.float32),
+        lambda g, r, s: prroi_oracle.prroi_pool_backward(g, r, s, (2, 3), 0.5, np.float32),
     ),
 }
 
@@ -378,7 +381,7 @@ def test_roi_pool_on_the_tiles_read(monkeypatch, dtype):
     out, argmax = roi_pool.roi_pool(x, rois, (3, 4), scale, return_argmax=True)
     grad = roi_pool.roi_pool_backward(g, rois, argmax, x.shape)
     assert few == [True]
-    expected, expected_argmax = reference.roi_pool(x, rois, (3, 4), scale)
+    expected, expected_argmax = pool_oracle.roi_pool(x, rois, (3, 4), scale)
     np.testing.assert_array_equal(out, expected.astype(dtype))
     np.testing.assert_array_equal(argmax, expected_argmax)
     monkeypatch.setattr(roi_pool, "_few", lambda *a: False)
@@ -388,7 +391,7 @@ def test_roi_pool_on_the_tiles_read(monkeypatch, dtype):
     assert zero.any() and (np.signbit(out[zero]) == np.signbit(table_out[zero])).all()
     assert np.signbit(out[zero]).any()  # the boxes over the negative zeros return -0.0
     np.testing.assert_array_equal(argmax, table_argmax)
-    expected_grad = reference.roi_pool_backward(g, rois, expected_argmax, x.shape)
+    expected_grad = pool_oracle.roi_pool_backward(g, rois, expected_argmax, x.shape)
     tol = 2e-3 if dtype == np.float16 else 1e-6
     np.testing.assert_allclose(grad.astype(np.float64), expected_grad, rtol=tol, atol=tol)
     monkeypatch.setattr(roi_pool, "_named", lambda *a: None)

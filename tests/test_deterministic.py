@@ -10,8 +10,10 @@ to be able to fail). The GPU test of run-to-run equality is in test_gpu.py.
 
 import numpy as np
 import pytest
-import reference
 from conftest import TOLERANCE, host_backend
+from oracles import deform_roi_pool as deform_oracle
+from oracles import roi_align as align_oracle
+from oracles import roi_pool as pool_oracle
 
 SHAPE = (2, 3, 9, 11)
 SIZE = (3, 4)
@@ -57,10 +59,10 @@ def test_matches_oracle(backend, dtype):
     rtol, atol = TOLERANCE[np.dtype(dtype)]
     _, argmax = backend.roi_pool(x, rois, SIZE, 0.5, return_argmax=True)
     expected = [
-        reference.roi_align_backward(g, rois, SHAPE, SIZE, 0.5, 2, True),
-        reference.roi_align_backward(g, rois, SHAPE, SIZE, 0.5, -1, False),
-        reference.roi_pool_backward(g, rois, argmax, SHAPE),
-        *reference.deform_roi_pool_backward(g, x, rois, offset, SIZE, 0.5, 2, 0.1),
+        align_oracle.roi_align_backward(g, rois, SHAPE, SIZE, 0.5, 2, True),
+        align_oracle.roi_align_backward(g, rois, SHAPE, SIZE, 0.5, -1, False),
+        pool_oracle.roi_pool_backward(g, rois, argmax, SHAPE),
+        *deform_oracle.deform_roi_pool_backward(g, x, rois, offset, SIZE, 0.5, 2, 0.1),
     ]
     for got, want in zip(gradients(backend, x, rois, g, offset, True), expected, strict=True):
         assert got.dtype == dtype
@@ -104,7 +106,7 @@ def test_scale_follows_the_gradient(magnitude):
     x, rois, g, _ = data(np.float64)
     g = g * magnitude
     got = b.roi_align_backward(g, rois, SHAPE, 0.5, 2, True, deterministic=True)
-    want = reference.roi_align_backward(g, rois, SHAPE, SIZE, 0.5, 2, True)
+    want = align_oracle.roi_align_backward(g, rois, SHAPE, SIZE, 0.5, 2, True)
     np.testing.assert_allclose(got / magnitude, want / magnitude, rtol=1e-12, atol=1e-12)
 
 

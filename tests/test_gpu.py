@@ -5,10 +5,13 @@ Skipped without CuPy or a CUDA device; run on a GPU machine with ``python -m pyt
 
 import numpy as np
 import pytest
-import reference
 from conftest import STANDIN
+from oracles import deform_roi_pool as deform_oracle
+from oracles import multi_scale_roi_align as multi_scale_oracle
+from oracles import prroi_pool as prroi_oracle
+from oracles import roi_align_rotated as rotated_oracle
+from roi_op_tester import SHAPE, assert_close, box_zoo, features, rois_for
 from test_kernels import SOURCES, entries
-from test_ops import SHAPE, _oracle, assert_close, box_zoo, features, rois_for
 
 import cuproi
 from cuproi import _cpu
@@ -37,38 +40,6 @@ def test_every_entry_point_compiles():
     for source in SOURCES:
         for entry in sorted(entries(source)):
             assert _kernels()(source, entry) is not None
-
-
-@pytest.mark.parametrize("aligned", [False, True])
-@pytest.mark.parametrize("ratio", [-1, 0, 2])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_roi_align_matches_oracle(dtype, aligned, ratio):
-    scale = 0.7
-    out = _cuda.roi_align(
-        cupy.asarray(features(dtype)),
-        cupy.asarray(rois_for(box_zoo(scale), dtype)),
-        (3, 4),
-        scale,
-        ratio,
-        aligned,
-    )
-    assert isinstance(out, cupy.ndarray) and out.dtype == dtype
-    assert_close(out.get(), _oracle("roi_align", dtype, scale, (3, 4), ratio, aligned), dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("size", [(3, 4), (7, 5)])
-def test_roi_pool_matches_oracle(dtype, size):
-    out, argmax = _cuda.roi_pool(
-        cupy.asarray(features(dtype)),
-        cupy.asarray(rois_for(box_zoo(0.5), dtype)),
-        size,
-        0.5,
-        return_argmax=True,
-    )
-    expected, expected_argmax = _oracle("roi_pool", dtype, 0.5, size)
-    np.testing.assert_array_equal(argmax.get(), expected_argmax)
-    np.testing.assert_array_equal(out.get(), expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -122,7 +93,7 @@ def test_deform_backward_matches_oracle():
     grad, grad_offset, _ = _cuda.deform_roi_pool_backward(
         cupy.asarray(g), cupy.asarray(x), cupy.asarray(boxes), cupy.asarray(offset), 0.7, 0, 0.1
     )
-    expected, expected_offset = reference.deform_roi_pool_backward(
+    expected, expected_offset = deform_oracle.deform_roi_pool_backward(
         g, x, boxes, offset, (3, 4), 0.7, 0, 0.1
     )
     np.testing.assert_allclose(grad.get(), expected, rtol=1e-10, atol=1e-12)
@@ -309,7 +280,6 @@ def test_stored_channels_last_features_on_the_device(dtype, channels):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("aligned", [False, True])
 def test_multi_scale_matches_numpy_backend_and_oracle(dtype, aligned):
-    import reference_multi_scale
     from test_multi_scale import SCALES, SHAPES, SIZE, boxes_zoo, pyramid, thresholds
     from test_multi_scale import rois_for as ms_rois
 
@@ -322,7 +292,7 @@ def test_multi_scale_matches_numpy_backend_and_oracle(dtype, aligned):
     assert isinstance(out, cupy.ndarray) and out.dtype == dtype
     if dtype == np.float16:
         x64 = [a.astype(np.float64) for a in x]
-        want = reference_multi_scale.multi_scale_roi_align(
+        want = multi_scale_oracle.multi_scale_roi_align(
             x64, rois, SIZE, SCALES, -1, aligned, coord_dtype=np.float32
         )
         np.testing.assert_allclose(out.get().astype(np.float64), want, rtol=4e-3, atol=4e-3)
@@ -335,7 +305,7 @@ def test_multi_scale_matches_numpy_backend_and_oracle(dtype, aligned):
             cupy.asarray(g), cupy.asarray(rois), SHAPES, SCALES, -1, aligned, t, deterministic=det
         )
         coord = np.float32 if dtype != np.float64 else np.float64
-        want = reference_multi_scale.multi_scale_roi_align_backward(
+        want = multi_scale_oracle.multi_scale_roi_align_backward(
             g, rois, SHAPES, SIZE, SCALES, -1, aligned, coord_dtype=coord
         )
         tol = 1e-2 if dtype == np.float16 else 1e-4
@@ -382,42 +352,6 @@ def test_multi_scale_deterministic_backward_is_bit_identical_across_runs():
 
 
 # ---- ps_roi_align, ps_roi_pool ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("ratio", [-1, 2])
-def test_ps_ops_match_oracle(dtype, ratio):
-    import reference_ps
-
-    size, scale = (3, 4), 0.7
-    x = np.random.default_rng(0).standard_normal((2, 24, 10, 12)).astype(dtype)
-    boxes = box_zoo(scale)
-    rois = rois_for(boxes, dtype)
-    g = np.random.default_rng(1).standard_normal((len(boxes), 2, *size)).astype(dtype)
-    coord = rois.dtype.type
-    xg, rg, gg = cupy.asarray(x), cupy.asarray(rois), cupy.asarray(g)
-    x64, g64 = x.astype(np.float64), g.astype(np.float64)
-    checks = [
-        (
-            _cuda.ps_roi_align(xg, rg, size, scale, ratio),
-            reference_ps.ps_roi_align(x64, boxes, size, scale, ratio, coord),
-        ),
-        (
-            _cuda.ps_roi_align_backward(gg, rg, x.shape, scale, ratio),
-            reference_ps.ps_roi_align_backward(g64, boxes, x.shape, size, scale, ratio, coord),
-        ),
-        (
-            _cuda.ps_roi_pool(xg, rg, size, scale),
-            reference_ps.ps_roi_pool(x64, boxes, size, scale, coord),
-        ),
-        (
-            _cuda.ps_roi_pool_backward(gg, rg, x.shape, scale),
-            reference_ps.ps_roi_pool_backward(g64, boxes, x.shape, size, scale, coord),
-        ),
-    ]
-    for got, want in checks:
-        assert isinstance(got, cupy.ndarray) and got.dtype == dtype
-        assert_close(got.get(), want, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -529,7 +463,6 @@ def test_family_matches_the_cpu_backend(dtype, deterministic):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_prroi_pool_matches_oracle(dtype):
-    import reference_prroi
 
     size, scale = (3, 4), 0.7
     x = features(dtype)
@@ -542,11 +475,11 @@ def test_prroi_pool_matches_oracle(dtype):
     checks = [
         (
             _cuda.prroi_pool(xg, rg, size, scale),
-            reference_prroi.prroi_pool(x64, boxes, size, scale, coord),
+            prroi_oracle.prroi_pool(x64, boxes, size, scale, coord),
         ),
         (
             _cuda.prroi_pool_backward(gg, rg, x.shape, scale),
-            reference_prroi.prroi_pool_backward(g64, boxes, x.shape, size, scale, coord),
+            prroi_oracle.prroi_pool_backward(g64, boxes, x.shape, size, scale, coord),
         ),
     ]
     for got, want in checks:
@@ -611,7 +544,6 @@ def test_prroi_pool_deterministic_backward_is_bit_identical_across_runs():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("flags", [(True, False), (False, True)])
 def test_rotated_matches_oracle(dtype, flags):
-    import reference_rotated
     from test_roi_align_rotated import ZOO
 
     size, scale = (3, 4), 0.7
@@ -626,13 +558,13 @@ def test_rotated_matches_oracle(dtype, flags):
         checks = [
             (
                 _cuda.roi_align_rotated(xg, rg, size, scale, ratio, *flags),
-                reference_rotated.roi_align_rotated(
+                rotated_oracle.roi_align_rotated(
                     x64, boxes, size, scale, ratio, *flags, coord_dtype=coord
                 ),
             ),
             (
                 _cuda.roi_align_rotated_backward(gg, rg, x.shape, scale, ratio, *flags),
-                reference_rotated.roi_align_rotated_backward(
+                rotated_oracle.roi_align_rotated_backward(
                     g64, boxes, x.shape, size, scale, ratio, *flags, coord_dtype=coord
                 ),
             ),

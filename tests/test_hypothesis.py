@@ -6,7 +6,7 @@ validation bound of ``_validate.MAX_COORDINATE`` cells). Properties:
 
 - every output is finite, of the input dtype and of the documented shape;
 - the CPU backend (public API on NumPy arrays) equals the float64 loop oracles of
-  ``reference.py`` (float64: to ~1e-9; float32: to ~1e-5, with the oracle's coordinates in
+  ``tests/oracles`` (float64: to ~1e-9; float32: to ~1e-5, with the oracle's coordinates in
   float32 like cuproi's), relative to the magnitude of the inputs each entry is made of (see
   ``assert_close``); roi_pool's argmax equals the oracle's exactly, on distinct values and, with
   ties, where the first maximum in scan order wins;
@@ -29,10 +29,12 @@ from dataclasses import dataclass
 import host
 import numpy as np
 import pytest
-import reference
 from conftest import BACKEND_OPS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oracles import deform_roi_pool as deform_oracle
+from oracles import roi_align as align_oracle
+from oracles import roi_pool as pool_oracle
 
 import cuproi
 from cuproi import _cpu, _validate
@@ -311,11 +313,11 @@ def check_roi_align_against_oracle(p, dtype, ratio):
     args = (p.pooled, p.scale, ratio, p.aligned)
 
     out = cuproi.roi_align(x, rois, *args)
-    expected = reference.roi_align(x, rois, *args, coord_dtype=cd)
+    expected = align_oracle.roi_align(x, rois, *args, coord_dtype=cd)
     assert_close(out, expected, rel, cuproi.roi_align(np.abs(x), rois, *args))
 
     grad = cuproi.roi_align_backward(g, rois, x.shape, *args)
-    expected = reference.roi_align_backward(g, rois, x.shape, *args, coord_dtype=cd)
+    expected = align_oracle.roi_align_backward(g, rois, x.shape, *args, coord_dtype=cd)
     assert_close(grad, expected, rel, cuproi.roi_align_backward(np.abs(g), rois, x.shape, *args))
 
 
@@ -325,11 +327,11 @@ def check_deform_roi_pool_against_oracle(p, dtype, ratio):
     args = (p.pooled, p.scale, ratio, p.gamma)
 
     out = cuproi.deform_roi_pool(x, rois, offset, *args)
-    expected = reference.deform_roi_pool(x, rois, offset, *args, coord_dtype=cd)
+    expected = deform_oracle.deform_roi_pool(x, rois, offset, *args, coord_dtype=cd)
     assert_close(out, expected, rel, cuproi.deform_roi_pool(np.abs(x), rois, offset, *args))
 
     grad, grad_offset, _ = cuproi.deform_roi_pool_backward(g, x, rois, offset, *args)
-    expected, expected_offset = reference.deform_roi_pool_backward(
+    expected, expected_offset = deform_oracle.deform_roi_pool_backward(
         g, x, rois, offset, *args, coord_dtype=cd
     )
     bound, *_ = cuproi.deform_roi_pool_backward(np.abs(g), x, rois, offset, *args)
@@ -371,7 +373,7 @@ def test_roi_pool_matches_oracle(p, dtype):
     # RoI Pool visits the cells of each bin clipped to the map: the oracle is cheap for any box.
     x, rois, _, g = p.cast(dtype)
     out, argmax = cuproi.roi_pool(x, rois, p.pooled, p.scale, return_argmax=True)
-    expected, expected_argmax = reference.roi_pool(
+    expected, expected_argmax = pool_oracle.roi_pool(
         x, rois, p.pooled, p.scale, coord_dtype=coord_dtype(dtype)
     )
     np.testing.assert_array_equal(argmax, expected_argmax)  # distinct values: no ties
@@ -381,7 +383,7 @@ def test_roi_pool_matches_oracle(p, dtype):
 
     boxes = pool_backward_boxes(rois, p.scale)
     grad = cuproi.roi_pool_backward(g, boxes, argmax, x.shape)
-    expected = reference.roi_pool_backward(g, rois, expected_argmax, x.shape)
+    expected = pool_oracle.roi_pool_backward(g, rois, expected_argmax, x.shape)
     assert_close(
         grad,
         expected,
@@ -400,7 +402,7 @@ def test_roi_pool_ties_first_maximum_wins(p, levels, dtype):
     x, rois, _, _ = p.cast(dtype)
     x = np.round(x / max(mag(x), 1e-300) * levels).astype(dtype)
     out, argmax = cuproi.roi_pool(x, rois, p.pooled, p.scale, return_argmax=True)
-    expected, expected_argmax = reference.roi_pool(
+    expected, expected_argmax = pool_oracle.roi_pool(
         x, rois, p.pooled, p.scale, coord_dtype=coord_dtype(dtype)
     )
     np.testing.assert_array_equal(argmax, expected_argmax)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_ops import box_zoo
+from roi_op_tester import box_zoo
 
 import cuproi
 

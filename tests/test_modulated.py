@@ -1,12 +1,13 @@
 """Modulated Deformable RoI Pooling (``deform_roi_pool(..., mask=...)``, DCNv2 / mmcv's
-ModulatedDeformRoIPoolPack): the mask multiplies inside the kernel; forward, the three gradients
-and validation on both backends against reference_family.py, and the deterministic backward."""
+ModulatedDeformRoIPoolPack): the mask multiplies inside the kernel; forward, the three gradients and
+validation on both backends against tests/oracles/deform_roi_pool.py, and the deterministic
+backward."""
 
 import host
 import numpy as np
 import pytest
-import reference_family as oracle
 from conftest import TOLERANCE
+from oracles import deform_roi_pool as deform_oracle
 
 import cuproi
 
@@ -34,7 +35,7 @@ def test_matches_oracle(backend, dtype, ratio, with_offset):
     offset = offset if with_offset else None
     rtol, atol = TOLERANCE[np.dtype(dtype)]
     out = backend.deform_roi_pool(x, rois, offset, SIZE, 0.7, ratio, 0.1, mask)
-    want = oracle.deform_roi_pool_modulated(x, rois, offset, mask, SIZE, 0.7, ratio, 0.1)
+    want = deform_oracle.deform_roi_pool_modulated(x, rois, offset, mask, SIZE, 0.7, ratio, 0.1)
     assert out.dtype == dtype
     np.testing.assert_allclose(out, want, rtol=rtol, atol=atol)
     grad_x, grad_offset, grad_mask = backend.deform_roi_pool_backward(
@@ -51,7 +52,7 @@ def test_matches_oracle(backend, dtype, ratio, with_offset):
         np.testing.assert_allclose(grad_offset, plain_offset, rtol=10 * rtol, atol=10 * atol)
     else:
         assert grad_offset is None
-    want_mask = oracle.deform_roi_pool_mask_grad(g, x, rois, offset, SIZE, 0.7, ratio, 0.1)
+    want_mask = deform_oracle.deform_roi_pool_mask_grad(g, x, rois, offset, SIZE, 0.7, ratio, 0.1)
     assert grad_mask.shape == mask.shape
     np.testing.assert_allclose(grad_mask, want_mask, rtol=rtol, atol=10 * atol)
 
@@ -79,10 +80,10 @@ def test_float16_on_host_kernels():
     rtol, atol = TOLERANCE[np.dtype(np.float16)]
     out = b["deform_roi_pool"](x, rois, offset, SIZE, 0.7, 2, 0.1, mask)
     assert out.dtype == np.float16
-    want = oracle.deform_roi_pool_modulated(x, rois, offset, mask, SIZE, 0.7, 2, 0.1)
+    want = deform_oracle.deform_roi_pool_modulated(x, rois, offset, mask, SIZE, 0.7, 2, 0.1)
     np.testing.assert_allclose(out, want, rtol=rtol, atol=atol)
     _, _, grad_mask = b["deform_roi_pool_backward"](g, x, rois, offset, 0.7, 2, 0.1, mask)
-    want = oracle.deform_roi_pool_mask_grad(g, x, rois, offset, SIZE, 0.7, 2, 0.1)
+    want = deform_oracle.deform_roi_pool_mask_grad(g, x, rois, offset, SIZE, 0.7, 2, 0.1)
     np.testing.assert_allclose(grad_mask, want, rtol=10 * rtol, atol=10 * atol)
 
 

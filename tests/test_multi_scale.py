@@ -1,11 +1,11 @@
 """multi_scale_roi_align: level assignment (boundaries included), values, per-level gradients,
 the adjoint identity, determinism and validation, on the CPU backend and on the CUDA kernels run
-on the host, against the float64 loop oracle of reference_multi_scale.py."""
+on the host, against the float64 loop oracle of tests/oracles/multi_scale_roi_align.py."""
 
 import numpy as np
 import pytest
-import reference_multi_scale as oracle
 from conftest import TOLERANCE, host_backend
+from oracles import multi_scale_roi_align as multi_scale_oracle
 
 import cuproi
 from cuproi import _pyramid
@@ -71,7 +71,7 @@ def assert_close(actual, expected, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_levels_match_torchvision_rule(dtype):
     rois = rois_for(boxes_zoo(), dtype)
-    want = oracle.box_levels(rois, SCALES)
+    want = multi_scale_oracle.box_levels(rois, SCALES)
     np.testing.assert_array_equal(box_levels(rois, thresholds(dtype)), want)
     assert set(want) == {0, 1, 2, 3}
 
@@ -91,7 +91,7 @@ def test_levels_with_other_canonical_sizes(canonical):
     rng = np.random.default_rng(3)
     side = np.exp(rng.uniform(np.log(2), np.log(3000), (400, 2)))
     rois = np.column_stack([np.zeros(400), np.zeros((400, 2)), side]).astype(np.float64)
-    want = oracle.box_levels(rois, SCALES, *canonical)
+    want = multi_scale_oracle.box_levels(rois, SCALES, *canonical)
     np.testing.assert_array_equal(box_levels(rois, thresholds(np.float64, *canonical)), want)
 
 
@@ -111,7 +111,7 @@ def test_kernels_pick_the_same_levels(backend, dtype):
         constant_pyramid(dtype), rois, (2, 2), SCALES, 2, True, thresholds(dtype)
     )
     got = np.round(np.log2(out.astype(np.float64))).astype(np.int64)
-    want = oracle.box_levels(rois, SCALES)
+    want = multi_scale_oracle.box_levels(rois, SCALES)
     assert (got == want[:, None, None, None]).all()
 
 
@@ -126,7 +126,7 @@ def test_forward_matches_oracle(backend, dtype, aligned, ratio):
     rois = rois_for(boxes_zoo(), dtype)
     out = backend.multi_scale_roi_align(x, rois, SIZE, SCALES, ratio, aligned, thresholds(dtype))
     assert out.dtype == dtype and out.shape == (len(rois), C, *SIZE)
-    want = oracle.multi_scale_roi_align(
+    want = multi_scale_oracle.multi_scale_roi_align(
         [a.astype(np.float64) for a in x],
         rois,
         SIZE,
@@ -147,7 +147,7 @@ def test_backward_matches_oracle(backend, dtype, aligned, deterministic):
     grads = backend.multi_scale_roi_align_backward(
         g, rois, SHAPES, SCALES, -1, aligned, thresholds(dtype), deterministic=deterministic
     )
-    want = oracle.multi_scale_roi_align_backward(
+    want = multi_scale_oracle.multi_scale_roi_align_backward(
         g, rois, SHAPES, SIZE, SCALES, -1, aligned, coord_dtype=compute_dtype(dtype).type
     )
     assert len(grads) == len(SHAPES)
@@ -162,7 +162,7 @@ def test_float16_on_host_kernels():
     rois = rois_for(boxes_zoo(), np.float16)
     out = b.multi_scale_roi_align(x, rois, SIZE, SCALES, 2, True, thresholds(np.float16))
     assert out.dtype == np.float16
-    want = oracle.multi_scale_roi_align(
+    want = multi_scale_oracle.multi_scale_roi_align(
         [a.astype(np.float64) for a in x], rois, SIZE, SCALES, 2, True, coord_dtype=np.float32
     )
     assert_close(out, want, np.float16)
@@ -170,7 +170,7 @@ def test_float16_on_host_kernels():
     grads = b.multi_scale_roi_align_backward(
         g, rois, SHAPES, SCALES, 2, True, thresholds(np.float16)
     )
-    want = oracle.multi_scale_roi_align_backward(
+    want = multi_scale_oracle.multi_scale_roi_align_backward(
         g, rois, SHAPES, SIZE, SCALES, 2, True, coord_dtype=np.float32
     )
     for got, w in zip(grads, want, strict=True):
@@ -244,10 +244,12 @@ def test_public_api_equals_oracle_and_accepts_box_lists():
     flat = np.concatenate([boxes[boxes[:, 0] == i] for i in range(N)])
     out = cuproi.multi_scale_roi_align(x, per_image, SIZE, SCALES, 2, True)
     np.testing.assert_array_equal(out, cuproi.multi_scale_roi_align(x, flat, SIZE, SCALES, 2, True))
-    assert_close(out, oracle.multi_scale_roi_align(x, flat, SIZE, SCALES, 2, True), np.float64)
+    assert_close(
+        out, multi_scale_oracle.multi_scale_roi_align(x, flat, SIZE, SCALES, 2, True), np.float64
+    )
     g = np.random.default_rng(0).standard_normal(out.shape)
     grads = cuproi.multi_scale_roi_align_backward(g, per_image, SHAPES, SIZE, SCALES, 2, True)
-    want = oracle.multi_scale_roi_align_backward(g, flat, SHAPES, SIZE, SCALES, 2, True)
+    want = multi_scale_oracle.multi_scale_roi_align_backward(g, flat, SHAPES, SIZE, SCALES, 2, True)
     for a, w in zip(grads, want, strict=True):
         assert_close(a, w, np.float64)
 
@@ -258,7 +260,7 @@ def test_canonical_arguments_reach_the_rule():
     out = cuproi.multi_scale_roi_align(
         x, boxes, SIZE, SCALES, 2, False, canonical_scale=56, canonical_level=3
     )
-    want = oracle.multi_scale_roi_align(x, boxes, SIZE, SCALES, 2, False, 56, 3)
+    want = multi_scale_oracle.multi_scale_roi_align(x, boxes, SIZE, SCALES, 2, False, 56, 3)
     assert_close(out, want, np.float64)
 
 
@@ -268,7 +270,7 @@ def test_approximate_scales_sample_at_their_value():
     scales = [0.26, 0.124, 1 / 16, 0.031]
     boxes = boxes_zoo()[:6]
     out = cuproi.multi_scale_roi_align(x, boxes, SIZE, scales, 2, True)
-    want = oracle.multi_scale_roi_align(x, boxes, SIZE, scales, 2, True)
+    want = multi_scale_oracle.multi_scale_roi_align(x, boxes, SIZE, scales, 2, True)
     assert_close(out, want, np.float64)
 
 

@@ -1,18 +1,16 @@
 """Precise RoI Pooling: both backends (the NumPy/SciPy one and the CUDA kernels run on the host)
-against the float64 cell-by-cell oracle of reference_prroi.py, the adjoint identity, the box
-gradient against central differences of the oracle, deterministic sums, the int64 entry points,
+against the float64 cell-by-cell oracle of tests/oracles/prroi_pool.py, the adjoint identity, the
+box gradient against central differences of the oracle, deterministic sums, the int64 entry points,
 chunking, and the validation of the public functions."""
 
-import doctest
 import functools
-import sys
 
 import host
 import numpy as np
 import pytest
-import reference_prroi
 from conftest import TOLERANCE, host_backend
-from test_ops import box_zoo
+from oracles import prroi_pool as prroi_oracle
+from roi_op_tester import box_zoo
 
 import cuproi
 import cuproi.prroi_pool
@@ -52,9 +50,9 @@ def _oracle(name, dtype, size, scale):
     boxes = box_zoo(scale)
     if name.endswith("backward"):
         g = grad(dtype, len(boxes), size).astype(np.float64)
-        return reference_prroi.prroi_pool_backward(g, boxes, SHAPE, size, scale, coord)
+        return prroi_oracle.prroi_pool_backward(g, boxes, SHAPE, size, scale, coord)
     x = features(dtype).astype(np.float64)
-    return reference_prroi.prroi_pool(x, boxes, size, scale, coord)
+    return prroi_oracle.prroi_pool(x, boxes, size, scale, coord)
 
 
 @pytest.fixture(params=["cpu", "host-kernels"])
@@ -114,12 +112,12 @@ def test_float16(backend):
     assert rois.dtype == np.float32
     out = backend.prroi_pool(x, rois, size, 0.5)
     assert out.dtype == np.float16
-    expected = reference_prroi.prroi_pool(x.astype(np.float64), boxes, size, 0.5, np.float32)
+    expected = prroi_oracle.prroi_pool(x.astype(np.float64), boxes, size, 0.5, np.float32)
     assert_close(out, expected, np.float16)
     g = grad(np.float16, len(boxes), size)
     got = backend.prroi_pool_backward(g, rois, SHAPE, 0.5)
     assert got.dtype == np.float16
-    expected = reference_prroi.prroi_pool_backward(
+    expected = prroi_oracle.prroi_pool_backward(
         g.astype(np.float64), boxes, SHAPE, size, 0.5, np.float32
     )
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=4e-3, atol=1e-2)
@@ -190,7 +188,7 @@ def _central_differences(x, boxes, g, size, scale, eps=1e-6):
             plus, minus = boxes[k : k + 1].copy(), boxes[k : k + 1].copy()
             plus[0, j] += eps
             minus[0, j] -= eps
-            f = [reference_prroi.prroi_pool(x, b, size, scale) for b in (plus, minus)]
+            f = [prroi_oracle.prroi_pool(x, b, size, scale) for b in (plus, minus)]
             out[k, j] = np.vdot(f[0][0] - f[1][0], g[k]) / (2 * eps)
     return out
 
@@ -254,13 +252,13 @@ def test_subnormal_bins_across_a_peak(backend, dtype, y1, y2):
     rois = np.array([[1, 0.5, y1, 3.5, y2]], ct)
     x = features(dtype)
     g = grad(dtype, 1, (2, 3))
-    want = reference_prroi.prroi_pool(x, rois, (2, 3), 1.0, coord_dtype=ct)
+    want = prroi_oracle.prroi_pool(x, rois, (2, 3), 1.0, coord_dtype=ct)
     out = backend.prroi_pool(x, rois, (2, 3), 1.0)
     assert np.isfinite(out).all()
     assert_close(out, want, dtype)
     got = backend.prroi_pool_backward(g, rois, SHAPE, 1.0)
     assert_close(
-        got, reference_prroi.prroi_pool_backward(g, rois, SHAPE, (2, 3), coord_dtype=ct), dtype
+        got, prroi_oracle.prroi_pool_backward(g, rois, SHAPE, (2, 3), coord_dtype=ct), dtype
     )
 
 
@@ -344,7 +342,7 @@ def _overlapping(dtype, k=24, seed=0):
 def test_deterministic_matches_oracle(backend, dtype):
     rois, g = _overlapping(dtype)
     got = backend.prroi_pool_backward(g, rois, SHAPE, 0.5, deterministic=True)
-    want = reference_prroi.prroi_pool_backward(g, rois, SHAPE, (3, 4), 0.5, dtype)
+    want = prroi_oracle.prroi_pool_backward(g, rois, SHAPE, (3, 4), 0.5, dtype)
     assert got.dtype == dtype
     assert_close(got, want, dtype)
 
@@ -519,13 +517,6 @@ def test_inputs_are_not_written_and_strided_inputs_work():
     np.testing.assert_array_equal(out, cuproi.prroi_pool(x, boxes, OUT, 0.5))
     np.testing.assert_array_equal(x, before[0])
     np.testing.assert_array_equal(boxes, before[1])
-
-
-def test_docstring_examples():
-    result = doctest.testmod(
-        sys.modules["cuproi.prroi_pool"], optionflags=doctest.NORMALIZE_WHITESPACE
-    )
-    assert result.attempted > 0 and result.failed == 0
 
 
 # ---- random boxes: the two backends agree ---------------------------------------------------

@@ -1,18 +1,17 @@
 """Position-sensitive RoI Align and RoI Pool (R-FCN): both backends (the NumPy/SciPy one and the
-CUDA kernels run on the host) against the float64 loop oracles of reference_ps.py, the adjoint
-identity, torchvision's known defects (0/0, unequal clipping) fixed, deterministic sums, the
+CUDA kernels run on the host) against the float64 loop oracles of tests/oracles/ps_roi_*.py, the
+adjoint identity, torchvision's known defects (0/0, unequal clipping) fixed, deterministic sums, the
 int64 entry points, chunking, and the validation of the public functions."""
 
-import doctest
 import functools
-import sys
 
 import host
 import numpy as np
 import pytest
-import reference_ps
 from conftest import TOLERANCE, host_backend
-from test_ops import box_zoo
+from oracles import ps_roi_align as ps_align_oracle
+from oracles import ps_roi_pool as ps_pool_oracle
+from roi_op_tester import RoIOpTester, box_zoo
 
 import cuproi
 import cuproi.ps_roi_align
@@ -44,97 +43,109 @@ def assert_close(actual, expected, dtype):
 
 @functools.cache
 def _oracle(name, dtype, size, scale, *args):
-    """Oracle results, cached across backends (the loops are slow)."""
+    """Oracle results, cached (the loops are slow)."""
     coord = compute_dtype(dtype).type
     boxes = box_zoo(scale)
+    oracle = ps_align_oracle if name.startswith("ps_roi_align") else ps_pool_oracle
     if name.endswith("backward"):
         g = grad(dtype, len(boxes), size).astype(np.float64)
-        shape = shape_for(size)
-        fn = getattr(reference_ps, name)
-        return fn(g, boxes, shape, size, scale, *args, coord_dtype=coord)
+        return getattr(oracle, name)(
+            g, boxes, shape_for(size), size, scale, *args, coord_dtype=coord
+        )
     x = features(dtype, size).astype(np.float64)  # the rounded features the backend sees
-    return getattr(reference_ps, name)(x, boxes, size, scale, *args, coord_dtype=coord)
+    return getattr(oracle, name)(x, boxes, size, scale, *args, coord_dtype=coord)
 
 
 def grad(dtype, k, size, seed=3):
     return np.random.default_rng(seed).standard_normal((k, C_OUT, *size)).astype(dtype)
 
 
-SCALES = [1.0, 0.5, 0.7]
-
-
 # ---- against the oracles ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("ratio", [-1, 0, 1, 2])
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("size", SIZES)
-def test_ps_roi_align_forward(backend, dtype, ratio, scale, size):
-    out = backend.ps_roi_align(
-        features(dtype, size), rois_for(box_zoo(scale), dtype), size, scale, ratio
-    )
-    assert out.dtype == dtype and out.shape == (12, C_OUT, *size)
-    assert np.isfinite(out).all()
-    assert_close(out, _oracle("ps_roi_align", dtype, size, scale, ratio), dtype)
+class TestPSRoIAlign(RoIOpTester):
+    """Position-sensitive RoI Align: C = C_OUT * PH * PW input channels."""
+
+    forward_cases = [
+        {"size": size, "scale": scale, "ratio": ratio}
+        for size in SIZES
+        for scale in (1.0, 0.5, 0.7)
+        for ratio in (-1, 0, 1, 2)
+    ]
+    backward_cases = [
+        {"size": size, "scale": scale, "ratio": ratio}
+        for size in ((3, 4), (2, 2))
+        for scale in (1.0, 0.7)
+        for ratio in (-1, 2)
+    ]
+    adjoint_cases = [
+        {"size": size, "scale": 0.7, "ratio": ratio}
+        for size in ((3, 4), (2, 2))
+        for ratio in (-1, 1, 2)
+    ]
+    test_validation = None  # the validation tests below
+
+    def input_shape(self, case):
+        return shape_for(case["size"])
+
+    def output_tail(self, case):
+        return (C_OUT, *case["size"])
+
+    def forward(self, x, boxes, case):
+        return cuproi.ps_roi_align(x, boxes, case["size"], case["scale"], case["ratio"])
+
+    def backward(self, g, x, boxes, case, **options):
+        args = (x.shape, case["size"], case["scale"], case["ratio"])
+        return cuproi.ps_roi_align_backward(g, boxes, *args, **options)
+
+    def oracle(self, x, boxes, case, coord_dtype):
+        args = (case["size"], case["scale"], case["ratio"])
+        return ps_align_oracle.ps_roi_align(x, boxes, *args, coord_dtype=coord_dtype)
+
+    def oracle_backward(self, g, x, boxes, case, coord_dtype):
+        args = (x.shape, case["size"], case["scale"], case["ratio"])
+        return ps_align_oracle.ps_roi_align_backward(g, boxes, *args, coord_dtype=coord_dtype)
+
+    def assert_forward(self, out, expected, dtype):
+        assert np.isfinite(out).all()
+        assert_close(out, expected, dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("size", [*SIZES, (7, 5)])
-def test_ps_roi_pool_forward(backend, dtype, scale, size):
-    out = backend.ps_roi_pool(features(dtype, size), rois_for(box_zoo(scale), dtype), size, scale)
-    assert out.dtype == dtype and out.shape == (12, C_OUT, *size)
-    assert_close(out, _oracle("ps_roi_pool", dtype, size, scale), dtype)
+class TestPSRoIPool(TestPSRoIAlign):
+    forward_cases = [
+        {"size": size, "scale": scale, "ratio": 0}
+        for size in (*SIZES, (7, 5))
+        for scale in (1.0, 0.5, 0.7)
+    ]
+    backward_cases = [
+        {"size": size, "scale": scale, "ratio": 0}
+        for size in ((3, 4), (2, 2))
+        for scale in (1.0, 0.7)
+    ]
+    # Also in the bins that reach the last row and column (one clipping for both).
+    adjoint_cases = [
+        {"size": size, "scale": scale, "ratio": 0}
+        for size in ((3, 4), (7, 5))
+        for scale in (1.0, 0.7)
+    ]
 
+    def forward(self, x, boxes, case):
+        return cuproi.ps_roi_pool(x, boxes, case["size"], case["scale"])
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("ratio", [-1, 2])
-@pytest.mark.parametrize("scale", [1.0, 0.7])
-@pytest.mark.parametrize("size", [(3, 4), (2, 2)])
-def test_ps_roi_align_backward(backend, dtype, ratio, scale, size):
-    boxes = box_zoo(scale)
-    g = grad(dtype, len(boxes), size)
-    got = backend.ps_roi_align_backward(g, rois_for(boxes, dtype), shape_for(size), scale, ratio)
-    assert got.dtype == dtype and got.shape == shape_for(size)
-    assert_close(got, _oracle("ps_roi_align_backward", dtype, size, scale, ratio), dtype)
+    def backward(self, g, x, boxes, case, **options):
+        args = (x.shape, case["size"], case["scale"])
+        return cuproi.ps_roi_pool_backward(g, boxes, *args, **options)
 
+    def oracle(self, x, boxes, case, coord_dtype):
+        args = (case["size"], case["scale"])
+        return ps_pool_oracle.ps_roi_pool(x, boxes, *args, coord_dtype=coord_dtype)
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("scale", [1.0, 0.7])
-@pytest.mark.parametrize("size", [(3, 4), (2, 2)])
-def test_ps_roi_pool_backward(backend, dtype, scale, size):
-    boxes = box_zoo(scale)
-    g = grad(dtype, len(boxes), size)
-    got = backend.ps_roi_pool_backward(g, rois_for(boxes, dtype), shape_for(size), scale)
-    assert got.dtype == dtype and got.shape == shape_for(size)
-    assert_close(got, _oracle("ps_roi_pool_backward", dtype, size, scale), dtype)
+    def oracle_backward(self, g, x, boxes, case, coord_dtype):
+        args = (x.shape, case["size"], case["scale"])
+        return ps_pool_oracle.ps_roi_pool_backward(g, boxes, *args, coord_dtype=coord_dtype)
 
-
-@pytest.mark.parametrize("ratio", [-1, 1, 2])
-@pytest.mark.parametrize("size", [(3, 4), (2, 2)])
-def test_ps_roi_align_adjoint(backend, ratio, size):
-    """<A x, g> == <x, A^T g>: the backward is the exact transpose of the forward."""
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal(shape_for(size))
-    rois = rois_for(box_zoo(0.7), np.float64)
-    out = backend.ps_roi_align(x, rois, size, 0.7, ratio)
-    g = rng.standard_normal(out.shape)
-    got = backend.ps_roi_align_backward(g, rois, x.shape, 0.7, ratio)
-    assert np.vdot(out, g) == pytest.approx(np.vdot(x, got), rel=1e-12)
-
-
-@pytest.mark.parametrize("scale", [1.0, 0.7])
-@pytest.mark.parametrize("size", [(3, 4), (7, 5)])
-def test_ps_roi_pool_adjoint(backend, scale, size):
-    """Also in the bins that reach the last row and column (one clipping for both)."""
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(shape_for(size))
-    rois = rois_for(box_zoo(scale), np.float64)
-    out = backend.ps_roi_pool(x, rois, size, scale)
-    g = rng.standard_normal(out.shape)
-    got = backend.ps_roi_pool_backward(g, rois, x.shape, scale)
-    assert np.vdot(out, g) == pytest.approx(np.vdot(x, got), rel=1e-12)
+    def assert_forward(self, out, expected, dtype):
+        assert_close(out, expected, dtype)
 
 
 def test_float16(backend):
@@ -147,20 +158,22 @@ def test_float16(backend):
     x64, f32 = x.astype(np.float64), np.float32
     out = backend.ps_roi_align(x, rois, size, 0.5, 2)
     assert out.dtype == np.float16
-    expected = reference_ps.ps_roi_align(x64, boxes, size, 0.5, 2, coord_dtype=f32)
+    expected = ps_align_oracle.ps_roi_align(x64, boxes, size, 0.5, 2, coord_dtype=f32)
     assert_close(out, expected, np.float16)
     out = backend.ps_roi_pool(x, rois, size, 0.5)
     assert out.dtype == np.float16
-    assert_close(out, reference_ps.ps_roi_pool(x64, boxes, size, 0.5, coord_dtype=f32), np.float16)
+    assert_close(
+        out, ps_pool_oracle.ps_roi_pool(x64, boxes, size, 0.5, coord_dtype=f32), np.float16
+    )
     g = grad(np.float16, len(boxes), size)
     g64 = g.astype(np.float64)
     got = backend.ps_roi_align_backward(g, rois, x.shape, 0.5, 2)
     assert got.dtype == np.float16
-    expected = reference_ps.ps_roi_align_backward(g64, boxes, x.shape, size, 0.5, 2, f32)
+    expected = ps_align_oracle.ps_roi_align_backward(g64, boxes, x.shape, size, 0.5, 2, f32)
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=4e-3, atol=1e-2)
     got = backend.ps_roi_pool_backward(g, rois, x.shape, 0.5)
     assert got.dtype == np.float16
-    expected = reference_ps.ps_roi_pool_backward(g64, boxes, x.shape, size, 0.5, f32)
+    expected = ps_pool_oracle.ps_roi_pool_backward(g64, boxes, x.shape, size, 0.5, f32)
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=4e-3, atol=1e-2)
 
 
@@ -200,7 +213,7 @@ def test_ps_roi_pool_reads_the_last_row_and_column(backend):
     expected[4:6, 4:6] = 0.25
     np.testing.assert_array_equal(got[0, 3], expected)
     # torchvision's forward clipping, for the record: one cell only.
-    tv = reference_ps.ps_roi_pool(x, rois, 2, 1.0, clip_last=True)
+    tv = ps_pool_oracle.ps_roi_pool(x, rois, 2, 1.0, clip_last=True)
     assert tv[0, 0, 1, 1] == x[0, 3, 4, 4]
 
 
@@ -309,9 +322,9 @@ def test_deterministic_matches_oracle(backend, dtype):
     rois, g = _overlapping(dtype)
     shape = shape_for((3, 4))
     expected = [
-        reference_ps.ps_roi_align_backward(g, rois, shape, (3, 4), 0.5, 2, dtype),
-        reference_ps.ps_roi_align_backward(g, rois, shape, (3, 4), 0.5, -1, dtype),
-        reference_ps.ps_roi_pool_backward(g, rois, shape, (3, 4), 0.5, dtype),
+        ps_align_oracle.ps_roi_align_backward(g, rois, shape, (3, 4), 0.5, 2, dtype),
+        ps_align_oracle.ps_roi_align_backward(g, rois, shape, (3, 4), 0.5, -1, dtype),
+        ps_pool_oracle.ps_roi_pool_backward(g, rois, shape, (3, 4), 0.5, dtype),
     ]
     for got, want in zip(_gradients(backend, rois, g, True), expected, strict=True):
         assert got.dtype == dtype
@@ -511,12 +524,6 @@ def test_inputs_are_not_written_and_strided_inputs_work():
     )
     np.testing.assert_array_equal(x, before[0])
     np.testing.assert_array_equal(boxes, before[1])
-
-
-@pytest.mark.parametrize("module", ["cuproi.ps_roi_align", "cuproi.ps_roi_pool"])
-def test_docstring_examples(module):
-    result = doctest.testmod(sys.modules[module], optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
 
 
 # ---- random boxes: the two backends agree ---------------------------------------------------

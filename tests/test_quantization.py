@@ -177,12 +177,3 @@ def test_vectorized_for_many_boxes():
 def test_bad_arguments(args, error, match):
     with pytest.raises(error, match=match):
         cuproi.quantization_error(*args)
-
-
-def test_docstring_example():
-    import doctest
-
-    import cuproi.quantization
-
-    result = doctest.testmod(cuproi.quantization, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

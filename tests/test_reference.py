@@ -1,4 +1,4 @@
-"""Self-tests of the float64 loop oracles in tests/reference.py.
+"""Self-tests of the float64 loop oracles in tests/oracles.
 
 These validate the oracles themselves (hand-computed literals, adjoint
 identities, finite differences); they do not touch cuproi.
@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference as ref  # noqa: E402
+from oracles import deform_roi_pool as deform_oracle  # noqa: E402
+from oracles import roi_align as align_oracle  # noqa: E402
+from oracles import roi_pool as pool_oracle  # noqa: E402
+from oracles import sampling  # noqa: E402
 
 # 4x4 "arange" map: A[y, x] = 4*y + x.  Bilinear interpolation of a linear
 # function is exact, so inside [0, 3] x [0, 3] every sample value is 4*y + x;
@@ -30,53 +33,55 @@ def _img():
 
 def test_bilinear_literals_arange():
     img = _img()
-    assert ref.bilinear(img, 1.5, 2.25) == pytest.approx(8.25)  # 4*1.5 + 2.25
-    assert ref.bilinear(img, 1.0, 2.0) == pytest.approx(6.0)  # exact pixel
-    assert ref.bilinear(img, -0.5, 1.5) == pytest.approx(1.5)  # y band -> y = 0
-    assert ref.bilinear(img, 3.5, 3.5) == pytest.approx(15.0)  # both upper bands -> (3, 3)
-    assert ref.bilinear(img, -1.0, 2.0) == pytest.approx(2.0)  # y = -1 is still in range
-    assert ref.bilinear(img, 4.0, 4.0) == pytest.approx(15.0)  # y = H, x = W in range
-    assert ref.bilinear(img, 4.0001, 0.0) == 0.0  # beyond H -> 0
-    assert ref.bilinear(img, 0.0, -1.0001) == 0.0  # beyond -1 -> 0
-    assert ref.bilinear(img, float("nan"), 1.0) == 0.0  # NaN fails the range test
+    assert sampling.bilinear(img, 1.5, 2.25) == pytest.approx(8.25)  # 4*1.5 + 2.25
+    assert sampling.bilinear(img, 1.0, 2.0) == pytest.approx(6.0)  # exact pixel
+    assert sampling.bilinear(img, -0.5, 1.5) == pytest.approx(1.5)  # y band -> y = 0
+    assert sampling.bilinear(img, 3.5, 3.5) == pytest.approx(15.0)  # both upper bands -> (3, 3)
+    assert sampling.bilinear(img, -1.0, 2.0) == pytest.approx(2.0)  # y = -1 is still in range
+    assert sampling.bilinear(img, 4.0, 4.0) == pytest.approx(15.0)  # y = H, x = W in range
+    assert sampling.bilinear(img, 4.0001, 0.0) == 0.0  # beyond H -> 0
+    assert sampling.bilinear(img, 0.0, -1.0001) == 0.0  # beyond -1 -> 0
+    assert sampling.bilinear(img, float("nan"), 1.0) == 0.0  # NaN fails the range test
 
 
 def test_bilinear_literals_nonlinear():
     img = np.array([[0.0, 1.0], [10.0, 30.0]])
     # (y, x) = (0.25, 0.5): 0.75*0.5*0 + 0.75*0.5*1 + 0.25*0.5*10 + 0.25*0.5*30 = 0.375 + 5
-    assert ref.bilinear(img, 0.25, 0.5) == pytest.approx(5.375)
+    assert sampling.bilinear(img, 0.25, 0.5) == pytest.approx(5.375)
     # y = 1.5 is in the upper band (H-1 = 1): y -> 1, row 1 interpolated: 10 + 0.5*20
-    assert ref.bilinear(img, 1.5, 0.5) == pytest.approx(20.0)
+    assert sampling.bilinear(img, 1.5, 0.5) == pytest.approx(20.0)
 
 
 def test_bilinear_grad_literals_arange():
     img = _img()
-    assert ref.bilinear_grad(img, 1.5, 2.25) == pytest.approx((4.0, 1.0))
+    assert sampling.bilinear_grad(img, 1.5, 2.25) == pytest.approx((4.0, 1.0))
     # exact interior integer coordinates: right derivative, not zero
-    assert ref.bilinear_grad(img, 1.5, 1.0) == pytest.approx((4.0, 1.0))
-    assert ref.bilinear_grad(img, 1.0, 1.5) == pytest.approx((4.0, 1.0))
-    assert ref.bilinear_grad(img, 0.0, 0.0) == pytest.approx((4.0, 1.0))
+    assert sampling.bilinear_grad(img, 1.5, 1.0) == pytest.approx((4.0, 1.0))
+    assert sampling.bilinear_grad(img, 1.0, 1.5) == pytest.approx((4.0, 1.0))
+    assert sampling.bilinear_grad(img, 0.0, 0.0) == pytest.approx((4.0, 1.0))
     # y bands: d/dy = 0 but d/dx is the edge row's slope (1), NOT zero
-    assert ref.bilinear_grad(img, 3.5, 1.25) == pytest.approx((0.0, 1.0))
-    assert ref.bilinear_grad(img, -0.5, 1.25) == pytest.approx((0.0, 1.0))
-    assert ref.bilinear_grad(img, 3.0, 1.25) == pytest.approx((0.0, 1.0))  # y = H-1 flattened
+    assert sampling.bilinear_grad(img, 3.5, 1.25) == pytest.approx((0.0, 1.0))
+    assert sampling.bilinear_grad(img, -0.5, 1.25) == pytest.approx((0.0, 1.0))
+    assert sampling.bilinear_grad(img, 3.0, 1.25) == pytest.approx((0.0, 1.0))  # y = H-1 flattened
     # x bands: d/dx = 0, d/dy is the edge column's slope (4)
-    assert ref.bilinear_grad(img, 1.5, -0.5) == pytest.approx((4.0, 0.0))
-    assert ref.bilinear_grad(img, 1.5, 3.5) == pytest.approx((4.0, 0.0))
-    assert ref.bilinear_grad(img, 1.5, 3.0) == pytest.approx((4.0, 0.0))
+    assert sampling.bilinear_grad(img, 1.5, -0.5) == pytest.approx((4.0, 0.0))
+    assert sampling.bilinear_grad(img, 1.5, 3.5) == pytest.approx((4.0, 0.0))
+    assert sampling.bilinear_grad(img, 1.5, 3.0) == pytest.approx((4.0, 0.0))
     # out of range
-    assert ref.bilinear_grad(img, -1.5, 1.0) == (0.0, 0.0)
-    assert ref.bilinear_grad(img, 1.0, 4.5) == (0.0, 0.0)
+    assert sampling.bilinear_grad(img, -1.5, 1.0) == (0.0, 0.0)
+    assert sampling.bilinear_grad(img, 1.0, 4.5) == (0.0, 0.0)
 
 
 def test_bilinear_grad_literals_nonlinear():
     img = np.array([[0.0, 1.0], [10.0, 30.0]])
     # dx = (1-ly)(v01-v00) + ly(v11-v10) = 0.75*1 + 0.25*20 ; dy = (1-lx)(v10-v00) + lx(v11-v01)
-    assert ref.bilinear_grad(img, 0.25, 0.5) == pytest.approx((0.5 * 10 + 0.5 * 29, 0.75 + 5.0))
+    assert sampling.bilinear_grad(img, 0.25, 0.5) == pytest.approx(
+        (0.5 * 10 + 0.5 * 29, 0.75 + 5.0)
+    )
     # upper y band: ly = 0 on row 1, dx = 30 - 10 (mmcv's unclamped formula gives 0 here)
-    assert ref.bilinear_grad(img, 1.5, 0.5) == pytest.approx((0.0, 20.0))
+    assert sampling.bilinear_grad(img, 1.5, 0.5) == pytest.approx((0.0, 20.0))
     # lower y band: row 0 slope
-    assert ref.bilinear_grad(img, -0.5, 0.5) == pytest.approx((0.0, 1.0))
+    assert sampling.bilinear_grad(img, -0.5, 0.5) == pytest.approx((0.0, 1.0))
 
 
 def test_bilinear_grad_is_right_derivative():
@@ -89,10 +94,10 @@ def test_bilinear_grad_is_right_derivative():
     h = 1e-7
     for y in ys:
         for x in xs:
-            f0 = ref.bilinear(img, y, x)
-            fd_x = (ref.bilinear(img, y, x + h) - f0) / h
-            fd_y = (ref.bilinear(img, y + h, x) - f0) / h
-            dy, dx = ref.bilinear_grad(img, y, x)
+            f0 = sampling.bilinear(img, y, x)
+            fd_x = (sampling.bilinear(img, y, x + h) - f0) / h
+            fd_y = (sampling.bilinear(img, y + h, x) - f0) / h
+            dy, dx = sampling.bilinear_grad(img, y, x)
             assert dx == pytest.approx(fd_x, abs=1e-6), (y, x)
             assert dy == pytest.approx(fd_y, abs=1e-6), (y, x)
 
@@ -103,7 +108,7 @@ def test_bilinear_grad_is_right_derivative():
 
 
 def _ra(rois, output_size, **kw):
-    return ref.roi_align(A4, np.array(rois, dtype=np.float64), output_size, **kw)
+    return align_oracle.roi_align(A4, np.array(rois, dtype=np.float64), output_size, **kw)
 
 
 def test_roi_align_literal_fixed_sampling():
@@ -173,7 +178,7 @@ def test_roi_align_out_of_range_counts_in_divisor():
     assert out[0, 0, 0, 0] == pytest.approx(6.5)
     # grad: the out-of-range samples scatter nothing, in-range ones g/4 * weights
     g = np.ones((1, 1, 1, 1))
-    gi = ref.roi_align_backward(
+    gi = align_oracle.roi_align_backward(
         g, np.array([[0, -4, 0, 0, 2.0]]), (1, 1, 4, 4), 1, sampling_ratio=2
     )
     expected = np.zeros((4, 4))
@@ -192,7 +197,7 @@ def test_roi_align_batch_index_and_channels():
     x[1, 0] = 100 + A4[0, 0]
     x[1, 1] = -A4[0, 0]
     rois = np.array([[1, 0, 0, 2, 2], [0, 0, 0, 2, 2], [1.0, 0, 0, 2, 2]])
-    out = ref.roi_align(x, rois, 1, sampling_ratio=2)
+    out = align_oracle.roi_align(x, rois, 1, sampling_ratio=2)
     np.testing.assert_allclose(out[:, :, 0, 0], [[105, -5], [5, 10], [105, -5]], rtol=1e-14)
     assert out.dtype == np.float64 and out.shape == (3, 2, 1, 1)
 
@@ -207,8 +212,8 @@ def test_roi_align_coord_dtype_float32():
     rw = ex - sx  # 2.0 in float32 arithmetic
     bw = rw / f(1)
     xs = (sx + f(0) * bw) + ((f(0) + f(0.5)) * bw) / f(1)
-    out32 = ref.roi_align(x, rois, 1, sampling_ratio=1, coord_dtype=np.float32)
-    out64 = ref.roi_align(x, rois, 1, sampling_ratio=1)
+    out32 = align_oracle.roi_align(x, rois, 1, sampling_ratio=1, coord_dtype=np.float32)
+    out64 = align_oracle.roi_align(x, rois, 1, sampling_ratio=1)
     assert out32[0, 0, 0, 0] == pytest.approx(float(xs), rel=0, abs=1e-14)
     assert out64[0, 0, 0, 0] == pytest.approx(0.1 + 1.0, rel=0, abs=1e-14)
     assert out32[0, 0, 0, 0] != out64[0, 0, 0, 0]
@@ -217,8 +222,10 @@ def test_roi_align_coord_dtype_float32():
     xr = rng.standard_normal((1, 2, 6, 7))
     rois = np.array([[0, 0.5, 0.25, 4.75, 3.5], [0, -1.5, 2.0, 3.0, 6.5]])
     for aligned in (False, True):
-        a = ref.roi_align(xr, rois, 2, sampling_ratio=2, aligned=aligned, coord_dtype=np.float32)
-        b = ref.roi_align(xr, rois, 2, sampling_ratio=2, aligned=aligned)
+        a = align_oracle.roi_align(
+            xr, rois, 2, sampling_ratio=2, aligned=aligned, coord_dtype=np.float32
+        )
+        b = align_oracle.roi_align(xr, rois, 2, sampling_ratio=2, aligned=aligned)
         np.testing.assert_array_equal(a, b)
 
 
@@ -254,9 +261,11 @@ def test_coord_dtype_float32_operation_order():
             exp_d.append(np.mean([float(v) for v in xd]))
         sxd_alt = sx + f(0.1) * (rw * f(off_x))
         n_alt_def += sxd_alt != sxd
-        out = ref.roi_align(colmap, rois, (1, 2), 1.0, 3, True, coord_dtype=np.float32)
+        out = align_oracle.roi_align(colmap, rois, (1, 2), 1.0, 3, True, coord_dtype=np.float32)
         np.testing.assert_allclose(out[0, 0, 0], exp_a, rtol=0, atol=1e-13)
-        out = ref.deform_roi_pool(colmap, rois, offset, (1, 2), 1.0, 3, 0.1, coord_dtype=np.float32)
+        out = deform_oracle.deform_roi_pool(
+            colmap, rois, offset, (1, 2), 1.0, 3, 0.1, coord_dtype=np.float32
+        )
         np.testing.assert_allclose(out[0, 0, 0], exp_d, rtol=0, atol=1e-13)
     assert n_alt > 0 and n_alt_def > 0  # the checks above discriminate the operation order
 
@@ -288,9 +297,11 @@ def test_roi_align_adjoint(aligned, sampling_ratio, coord_dtype):
     rois = _random_rois(rng, 5, N, H, W)
     rois[:, 1:] *= 2.0  # with spatial_scale 0.5
     out_size = (2, 3)
-    y = ref.roi_align(x, rois, out_size, 0.5, sampling_ratio, aligned, coord_dtype=coord_dtype)
+    y = align_oracle.roi_align(
+        x, rois, out_size, 0.5, sampling_ratio, aligned, coord_dtype=coord_dtype
+    )
     g = rng.standard_normal(y.shape)
-    gx = ref.roi_align_backward(
+    gx = align_oracle.roi_align_backward(
         g, rois, x.shape, out_size, 0.5, sampling_ratio, aligned, coord_dtype=coord_dtype
     )
     lhs = np.sum(y * g)
@@ -301,14 +312,14 @@ def test_roi_align_adjoint(aligned, sampling_ratio, coord_dtype):
 
 def test_roi_align_backward_literal():
     # Box (0,0)-(2,2), not aligned, sr=1: one sample at (1, 1) -> all weight on pixel (1, 1)
-    gi = ref.roi_align_backward(
+    gi = align_oracle.roi_align_backward(
         np.full((1, 1, 1, 1), 3.0), np.array([[0, 0, 0, 2, 2.0]]), (1, 1, 4, 4), 1, sampling_ratio=1
     )
     expected = np.zeros((1, 1, 4, 4))
     expected[0, 0, 1, 1] = 3.0
     np.testing.assert_allclose(gi, expected, rtol=0, atol=1e-15)
     # aligned sr=1 on box (0,0)-(2,2): sample (0.5, 0.5) -> 3/4 on each of the 4 pixels
-    gi = ref.roi_align_backward(
+    gi = align_oracle.roi_align_backward(
         np.full((1, 1, 1, 1), 3.0),
         np.array([[0, 0, 0, 2, 2.0]]),
         (1, 1, 4, 4),
@@ -330,7 +341,7 @@ M = np.array([[1, 5, 2, 0], [3, 4, 9, 9], [7, 0, 6, 8], [2, 8, 1, 3]], dtype=np.
 
 def _rp(rois, output_size, x=None, **kw):
     x = M[None, None] if x is None else x
-    return ref.roi_pool(x, np.array(rois, dtype=np.float64), output_size, **kw)
+    return pool_oracle.roi_pool(x, np.array(rois, dtype=np.float64), output_size, **kw)
 
 
 def test_roi_pool_literal_quadrants():
@@ -355,7 +366,9 @@ def test_roi_pool_literal_rounding_half_away_from_zero():
     # 2.5 -> 3: box (2.5, 2.5)-(3, 3) is the single pixel (3, 3) = 3
     out, am = _rp([[0, 2.5, 2.5, 3, 3]], 1)
     assert out[0, 0, 0, 0] == 3.0 and am[0, 0, 0, 0] == 15
-    assert [ref._c_round(v) for v in (0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999999999999994)] == [
+    assert [
+        sampling.c_round(v) for v in (0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999999999999994)
+    ] == [
         1,
         2,
         3,
@@ -390,7 +403,7 @@ def test_roi_pool_literal_ties_and_overlap():
     out, am = _rp([[0, 0, 0, 2, 0]], (1, 2))
     np.testing.assert_array_equal(out[0, 0], [[5, 5]])
     np.testing.assert_array_equal(am[0, 0], [[1, 1]])
-    gi = ref.roi_pool_backward(
+    gi = pool_oracle.roi_pool_backward(
         np.array([[[[2.0, 3.0]]]]), np.array([[0, 0, 0, 2, 0.0]]), am, (1, 1, 4, 4)
     )
     expected = np.zeros((1, 1, 4, 4))
@@ -427,7 +440,7 @@ def test_roi_pool_backward_matches_argmax_definition():
     N, C, H, W = 2, 3, 6, 7
     x = rng.standard_normal((N, C, H, W))
     rois = _random_rois(rng, 6, N, H, W)
-    out, am = ref.roi_pool(x, rois, (2, 3))
+    out, am = pool_oracle.roi_pool(x, rois, (2, 3))
     # argmax points at the max value (or -1 with out == 0)
     for k in range(rois.shape[0]):
         b = int(rois[k, 0])
@@ -440,7 +453,7 @@ def test_roi_pool_backward_matches_argmax_definition():
                     assert x[b, c].flat[a] == out[(k, c) + i]
     assert (am >= 0).any() and (am == -1).any()
     g = rng.standard_normal(out.shape)
-    gi = ref.roi_pool_backward(g, rois, am, x.shape)
+    gi = pool_oracle.roi_pool_backward(g, rois, am, x.shape)
     expected = np.zeros(x.shape)
     for k in range(rois.shape[0]):
         b = int(rois[k, 0])
@@ -453,8 +466,8 @@ def test_roi_pool_backward_matches_argmax_definition():
     # directional finite difference (distinct random values -> argmax locally constant)
     d = rng.standard_normal(x.shape)
     eps = 1e-7
-    fp = np.sum(g * ref.roi_pool(x + eps * d, rois, (2, 3))[0])
-    fm = np.sum(g * ref.roi_pool(x - eps * d, rois, (2, 3))[0])
+    fp = np.sum(g * pool_oracle.roi_pool(x + eps * d, rois, (2, 3))[0])
+    fm = np.sum(g * pool_oracle.roi_pool(x - eps * d, rois, (2, 3))[0])
     assert (fp - fm) / (2 * eps) == pytest.approx(np.sum(gi * d), rel=1e-6)
 
 
@@ -470,49 +483,56 @@ def test_deform_none_equals_roi_align_aligned():
     rois = _random_rois(rng, 6, N, H, W)
     rois[:, 1:] *= 2.0
     for sr in (0, 1, 2):
-        d = ref.deform_roi_pool(x, rois, None, (2, 3), 0.5, sr)
-        a = ref.roi_align(x, rois, (2, 3), 0.5, sr, aligned=True)
+        d = deform_oracle.deform_roi_pool(x, rois, None, (2, 3), 0.5, sr)
+        a = align_oracle.roi_align(x, rois, (2, 3), 0.5, sr, aligned=True)
         np.testing.assert_array_equal(d, a)
-        d0 = ref.deform_roi_pool(x, rois, np.zeros((6, 2, 2, 3)), (2, 3), 0.5, sr)
+        d0 = deform_oracle.deform_roi_pool(x, rois, np.zeros((6, 2, 2, 3)), (2, 3), 0.5, sr)
         np.testing.assert_array_equal(d0, d)
     # boxes of size >= 1: also equal under sampling_ratio=-1 style adaptive grids
     big = np.array([[0, 0.3, 0.2, 4.1, 3.9], [1, 1.0, 1.5, 5.5, 4.0]])
     np.testing.assert_array_equal(
-        ref.deform_roi_pool(x, big, None, 2),
-        ref.roi_align(x, big, 2, sampling_ratio=-1, aligned=True),
+        deform_oracle.deform_roi_pool(x, big, None, 2),
+        align_oracle.roi_align(x, big, 2, sampling_ratio=-1, aligned=True),
     )
     # no min size: a tiny box matches aligned=True (unclamped) exactly, and its value is the
     # sample at 0.5 + 0.1 = 0.6, not the clamped aligned=False sample at 1.5
     tiny = np.array([[0, 1.0, 1.0, 1.2, 1.2]])
-    d = ref.deform_roi_pool(x, tiny, None, 1, sampling_ratio=1)[0, 0, 0, 0]
-    assert d == ref.roi_align(x, tiny, 1, sampling_ratio=1, aligned=True)[0, 0, 0, 0]
-    assert d == pytest.approx(ref.bilinear(x[0, 0], 0.6, 0.6), rel=1e-12)
-    assert ref.deform_roi_pool(A4, tiny, None, 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(
-        3.0
-    )
+    d = deform_oracle.deform_roi_pool(x, tiny, None, 1, sampling_ratio=1)[0, 0, 0, 0]
+    assert d == align_oracle.roi_align(x, tiny, 1, sampling_ratio=1, aligned=True)[0, 0, 0, 0]
+    assert d == pytest.approx(sampling.bilinear(x[0, 0], 0.6, 0.6), rel=1e-12)
+    assert deform_oracle.deform_roi_pool(A4, tiny, None, 1, sampling_ratio=1)[
+        0, 0, 0, 0
+    ] == pytest.approx(3.0)
 
 
 def test_deform_literal_offset():
     # Box (0.5,0.5)-(2.5,2.5): aligned start 0, rw = rh = 2, one bin, sr=1 -> sample (1, 1) = 5
     rois = np.array([[0, 0.5, 0.5, 2.5, 2.5]])
-    assert ref.deform_roi_pool(A4, rois, None, 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(
-        5.0
-    )
+    assert deform_oracle.deform_roi_pool(A4, rois, None, 1, sampling_ratio=1)[
+        0, 0, 0, 0
+    ] == pytest.approx(5.0)
     # offset x = 0.5: start shifts by 0.1*2*0.5 = 0.1 -> x = 1.1 -> 5.1
     off = np.array([[[[0.5]], [[0.0]]]])
-    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(5.1)
+    assert deform_oracle.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1)[
+        0, 0, 0, 0
+    ] == pytest.approx(5.1)
     # plus offset y = -1: y start -0.2 -> y = 0.8 -> 4*0.8 + 1.1 = 4.3
     off = np.array([[[[0.5]], [[-1.0]]]])
-    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(4.3)
+    assert deform_oracle.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1)[
+        0, 0, 0, 0
+    ] == pytest.approx(4.3)
     # gamma = 1, offset (x, y) = (1, -1): x start 0 + 1*2*1 = 2 -> x = 3 ;
     # y start 0 + 1*2*(-1) = -2 -> y = -1 (still in range, clamped to 0) -> 4*0 + 3 = 3
     off = np.array([[[[1.0]], [[-1.0]]]])
-    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1, gamma=1.0)[
+    assert deform_oracle.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1, gamma=1.0)[
         0, 0, 0, 0
     ] == pytest.approx(3.0)
     # gamma = 1, offset y = -1.1: y = -1.2 -> out of range -> 0
     off = np.array([[[[0.0]], [[-1.1]]]])
-    assert ref.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1, gamma=1.0)[0, 0, 0, 0] == 0.0
+    assert (
+        deform_oracle.deform_roi_pool(A4, rois, off, 1, sampling_ratio=1, gamma=1.0)[0, 0, 0, 0]
+        == 0.0
+    )
 
 
 def test_deform_offset_equals_shifted_box():
@@ -525,7 +545,7 @@ def test_deform_offset_equals_shifted_box():
         ox, oy = rng.uniform(-1, 1, 2)
         rois = np.array([[0, x1, y1, x1 + w, y1 + h]])
         off = np.array([[[[ox]], [[oy]]]])
-        d = ref.deform_roi_pool(x, rois, off, 1, sampling_ratio=2, gamma=0.2)
+        d = deform_oracle.deform_roi_pool(x, rois, off, 1, sampling_ratio=2, gamma=0.2)
         sh = np.array(
             [
                 [
@@ -537,7 +557,7 @@ def test_deform_offset_equals_shifted_box():
                 ]
             ]
         )
-        a = ref.roi_align(x, sh, 1, sampling_ratio=2, aligned=True)
+        a = align_oracle.roi_align(x, sh, 1, sampling_ratio=2, aligned=True)
         np.testing.assert_allclose(d, a, rtol=1e-12, atol=1e-12)
 
 
@@ -553,17 +573,17 @@ def test_deform_backward_grad_input_adjoint():
     rois = _random_rois(rng, 5, N, H, W)
     for sr in (0, 2):
         off = rng.uniform(-0.5, 0.5, (5, 2, 2, 3))
-        y = ref.deform_roi_pool(x, rois, off, (2, 3), 1.0, sr, 0.15)
+        y = deform_oracle.deform_roi_pool(x, rois, off, (2, 3), 1.0, sr, 0.15)
         g = rng.standard_normal(y.shape)
-        gx, go = ref.deform_roi_pool_backward(g, x, rois, off, (2, 3), 1.0, sr, 0.15)
+        gx, go = deform_oracle.deform_roi_pool_backward(g, x, rois, off, (2, 3), 1.0, sr, 0.15)
         assert go.shape == off.shape
         assert np.sum(y * g) == pytest.approx(np.sum(x * gx), rel=1e-12, abs=1e-12)
         # with offset None: grad_offset is None and grad_input is roi_align's (aligned)
-        gx0, go0 = ref.deform_roi_pool_backward(g, x, rois, None, (2, 3), 1.0, sr, 0.15)
+        gx0, go0 = deform_oracle.deform_roi_pool_backward(g, x, rois, None, (2, 3), 1.0, sr, 0.15)
         assert go0 is None
         np.testing.assert_allclose(
             gx0,
-            ref.roi_align_backward(g, rois, x.shape, (2, 3), 1.0, sr, True),
+            align_oracle.roi_align_backward(g, rois, x.shape, (2, 3), 1.0, sr, True),
             rtol=1e-13,
             atol=1e-13,
         )
@@ -573,24 +593,24 @@ def test_deform_grad_offset_literal():
     rois = np.array([[0, 0.5, 0.5, 2.5, 2.5]])
     # sample at the integer point (1, 1): right derivatives dx = A[1,2]-A[1,1] = 1, dy = 4
     # grad_offset = g * gamma*rw/count * (dx, dy) = 0.2 * (1, 4)
-    _, go = ref.deform_roi_pool_backward(
+    _, go = deform_oracle.deform_roi_pool_backward(
         np.ones((1, 1, 1, 1)), A4, rois, np.zeros((1, 2, 1, 1)), 1, sampling_ratio=1
     )
     np.testing.assert_allclose(go[0, :, 0, 0], [0.2, 0.8], rtol=1e-14)
     # sample in the upper y band: box y from 3.7 to 4.7 (aligned 3.2..4.2, rh = 1), sr=1
     #   y = 3.7 -> clamped to 3, x = 1: value 13 ; dx = edge row slope 1 -> 0.1*2*1 = 0.2 ; dy = 0
     rois = np.array([[0, 0.5, 3.7, 2.5, 4.7]])
-    assert ref.deform_roi_pool(A4, rois, None, 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(
-        13.0
-    )
-    _, go = ref.deform_roi_pool_backward(
+    assert deform_oracle.deform_roi_pool(A4, rois, None, 1, sampling_ratio=1)[
+        0, 0, 0, 0
+    ] == pytest.approx(13.0)
+    _, go = deform_oracle.deform_roi_pool_backward(
         np.full((1, 1, 1, 1), 2.0), A4, rois, np.zeros((1, 2, 1, 1)), 1, sampling_ratio=1
     )
     np.testing.assert_allclose(go[0, :, 0, 0], [2 * 0.2, 0.0], rtol=1e-14, atol=1e-15)
     # 2 samples per axis in one bin (count 4): box (0.5,0.5)-(2.5,2.5), sr=2 -> samples at
     # 0.5 and 1.5 per axis, all interior -> dx = 1 each, dy = 4 each
     #   grad_offset = g * gamma*rw/4 * sum(4 samples) = 0.2/4 * (4, 16) = (0.2, 0.8)
-    _, go = ref.deform_roi_pool_backward(
+    _, go = deform_oracle.deform_roi_pool_backward(
         np.ones((1, 1, 1, 1)),
         A4,
         np.array([[0, 0.5, 0.5, 2.5, 2.5]]),
@@ -603,16 +623,16 @@ def test_deform_grad_offset_literal():
 
 def _all_samples(rois, offset, output_size, spatial_scale, sampling_ratio, gamma):
     """All (y, x) sample coordinates of the deform forward (float64)."""
-    PH, PW = ref._pair(output_size)
+    PH, PW = sampling.checked_pair(output_size)
     pts = []
     for k in range(rois.shape[0]):
-        g = ref._align_geometry(
+        g = sampling.align_geometry(
             rois[k], spatial_scale, (PH, PW), sampling_ratio, True, False, np.float64
         )
         for ph in range(PH):
             for pw in range(PW):
-                sy, sx, _, _ = ref._deform_starts(g, offset, k, ph, pw, gamma, np.float64)
-                ys, xs = ref._sample_coords(sy, sx, ph, pw, g, np.float64)
+                sy, sx, _, _ = sampling.deform_starts(g, offset, k, ph, pw, gamma, np.float64)
+                ys, xs = sampling.sample_coords(sy, sx, ph, pw, g, np.float64)
                 pts.extend((yy, xx) for yy in ys for xx in xs)
     return np.array(pts)
 
@@ -658,10 +678,10 @@ def test_deform_grad_offset_finite_differences():
         assert np.any(yint & xint)
 
         g = rng.standard_normal((K, C, PH, PW))
-        _, go = ref.deform_roi_pool_backward(g, x, rois, off, (PH, PW), 1.0, sr, gamma)
+        _, go = deform_oracle.deform_roi_pool_backward(g, x, rois, off, (PH, PW), 1.0, sr, gamma)
 
         def loss(o, g=g, sr=sr):
-            return np.sum(g * ref.deform_roi_pool(x, rois, o, (PH, PW), 1.0, sr, gamma))
+            return np.sum(g * deform_oracle.deform_roi_pool(x, rois, o, (PH, PW), 1.0, sr, gamma))
 
         eps = 1e-6
         fd = np.zeros_like(off)

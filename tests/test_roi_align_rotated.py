@@ -1,18 +1,16 @@
 """Rotated RoI Align: both backends (the NumPy/SciPy one and the CUDA kernels run on the host)
-against the float64 loop oracle of reference_rotated.py, the adjoint identity, the angle
-convention (0 degrees is roi_align, 90 and 180 degrees are turns of the map, the clockwise flag,
-periodicity), deterministic sums, the int64 entry points, chunking, huge boxes, and the
+against the float64 loop oracle of tests/oracles/roi_align_rotated.py, the adjoint identity, the
+angle convention (0 degrees is roi_align, 90 and 180 degrees are turns of the map, the clockwise
+flag, periodicity), deterministic sums, the int64 entry points, chunking, huge boxes, and the
 validation of the public functions."""
 
-import doctest
 import functools
-import sys
 
 import host
 import numpy as np
 import pytest
-import reference_rotated
 from conftest import TOLERANCE, host_backend
+from oracles import roi_align_rotated as rotated_oracle
 
 import cuproi
 import cuproi.roi_align_rotated
@@ -66,10 +64,10 @@ def _oracle(name, dtype, size, scale, *args):
     boxes = rois_for(ZOO, dtype).astype(np.float64)
     if name.endswith("backward"):
         g = grad(dtype, len(boxes), size).astype(np.float64)
-        fn = reference_rotated.roi_align_rotated_backward
+        fn = rotated_oracle.roi_align_rotated_backward
         return fn(g, boxes, SHAPE, size, scale, *args, coord_dtype=coord)
     x = features(dtype).astype(np.float64)
-    return reference_rotated.roi_align_rotated(x, boxes, size, scale, *args, coord_dtype=coord)
+    return rotated_oracle.roi_align_rotated(x, boxes, size, scale, *args, coord_dtype=coord)
 
 
 # ---- against the oracle ----------------------------------------------------------------------
@@ -133,12 +131,12 @@ def test_float16(backend):
     x64, f32 = x.astype(np.float64), np.float32
     out = backend.roi_align_rotated(x, rois, size, 0.5, 2, True, False)
     assert out.dtype == np.float16
-    want = reference_rotated.roi_align_rotated(x64, ZOO, size, 0.5, 2, coord_dtype=f32)
+    want = rotated_oracle.roi_align_rotated(x64, ZOO, size, 0.5, 2, coord_dtype=f32)
     assert_close(out, want, np.float16)
     g = grad(np.float16, len(rois), size)
     got = backend.roi_align_rotated_backward(g, rois, SHAPE, 0.5, 2, True, False)
     assert got.dtype == np.float16
-    want = reference_rotated.roi_align_rotated_backward(
+    want = rotated_oracle.roi_align_rotated_backward(
         g.astype(np.float64), ZOO, SHAPE, size, 0.5, 2, coord_dtype=f32
     )
     np.testing.assert_allclose(got.astype(np.float64), want, rtol=4e-3, atol=1e-2)
@@ -253,7 +251,7 @@ def test_rotation_is_exact_at_quarter_turns():
     np.testing.assert_allclose(s, [0.5, -np.sqrt(0.5)], rtol=1e-15)
     for a in (30.0, 90.0, -135.0, 1234.5):
         got = np.ravel(rotation(np.array([a]), False, np.float64))
-        np.testing.assert_allclose(got, reference_rotated.rotation(a), rtol=1e-15, atol=1e-16)
+        np.testing.assert_allclose(got, rotated_oracle.rotation(a), rtol=1e-15, atol=1e-16)
 
 
 # ---- bounded work and memory ----------------------------------------------------------------
@@ -360,10 +358,10 @@ def _gradients(b, rois, g, deterministic):
 def test_deterministic_matches_oracle(backend, dtype):
     rois, g = _overlapping(dtype)
     expected = [
-        reference_rotated.roi_align_rotated_backward(
+        rotated_oracle.roi_align_rotated_backward(
             g, rois, SHAPE, (3, 4), 0.5, 2, True, False, dtype
         ),
-        reference_rotated.roi_align_rotated_backward(
+        rotated_oracle.roi_align_rotated_backward(
             g, rois, SHAPE, (3, 4), 0.5, 0, False, True, dtype
         ),
     ]
@@ -519,13 +517,6 @@ def test_inputs_are_not_written_and_strided_inputs_work():
     )
     np.testing.assert_array_equal(x, before[0])
     np.testing.assert_array_equal(boxes, before[1])
-
-
-def test_docstring_examples():
-    result = doctest.testmod(
-        sys.modules["cuproi.roi_align_rotated"], optionflags=doctest.NORMALIZE_WHITESPACE
-    )
-    assert result.attempted > 0 and result.failed == 0
 
 
 # ---- random boxes: the two backends agree ---------------------------------------------------

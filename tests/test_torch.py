@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_ops import box_zoo
+from roi_op_tester import box_zoo
 
 import cuproi
 from cuproi import _dispatch

@@ -5,7 +5,7 @@ import doctest
 
 import numpy as np
 import pytest
-from test_ops import box_zoo
+from roi_op_tester import box_zoo
 
 import cuproi
 

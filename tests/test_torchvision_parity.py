@@ -4,7 +4,7 @@ environment where they do)."""
 
 import numpy as np
 import pytest
-from test_ops import SHAPE, box_zoo, features
+from roi_op_tester import SHAPE, box_zoo, features
 
 import cuproi
 

@@ -7,16 +7,16 @@ _multiscale_roi_align; FPN paper Eq. 1), not from cuproi: each box's level is
     lvl   = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)
     level = clamp(lvl, k_min, k_max) - k_min,      area = (x2 - x1) * (y2 - y1)
 
-evaluated here with Python floats (float64 math.log2 / math.sqrt), one box at a time, and the
-box is pooled by the single-level loop oracle ``reference.roi_align`` on that level. cuproi's
-documented choice for a box of zero or negative area (torchvision: sqrt of a negative number is
-NaN, which matches no level) is the finest level: a zero area has log2 = -inf, clamped to k_min.
-"""
+evaluated here with Python floats (float64 math.log2 / math.sqrt), one box at a time, and the box is
+pooled by the single-level loop oracle ``oracles.roi_align.roi_align`` on that level. cuproi's
+documented choice for a box of zero or negative area (torchvision: sqrt of a negative number is NaN,
+which matches no level) is the finest level: a zero area has log2 = -inf, clamped to k_min."""
 
 import math
 
 import numpy as np
-import reference
+
+from oracles import roi_align as single_level
 
 EPS = 1e-6
 
@@ -51,14 +51,14 @@ def multi_scale_roi_align(
     *,
     coord_dtype=np.float64,
 ):
-    """(K, C, PH, PW) float64: every box pooled by reference.roi_align from its level."""
+    """(K, C, PH, PW) float64: every box pooled by the single-level oracle from its level."""
     rois = np.asarray(rois)
     levels = box_levels(rois, spatial_scales, canonical_scale, canonical_level)
     c = features[0].shape[1]
     ph, pw = (output_size, output_size) if np.isscalar(output_size) else output_size
     out = np.zeros((len(rois), c, ph, pw))
     for k, level in enumerate(levels):
-        out[k] = reference.roi_align(
+        out[k] = single_level.roi_align(
             features[level],
             rois[k : k + 1],
             (ph, pw),
@@ -88,7 +88,7 @@ def multi_scale_roi_align_backward(
     levels = box_levels(rois, spatial_scales, canonical_scale, canonical_level)
     grads = [np.zeros(s) for s in input_shapes]
     for k, level in enumerate(levels):
-        grads[level] += reference.roi_align_backward(
+        grads[level] += single_level.roi_align_backward(
             np.asarray(grad_output[k : k + 1], np.float64),
             rois[k : k + 1],
             input_shapes[level],

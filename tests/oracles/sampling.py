@@ -1,0 +1,223 @@
+"""Scalar helpers shared by the Caffe2-style oracles: C rounding, the RoI Align geometry in the
+coordinate dtype, the sample coordinates and the bilinear rule with its right derivative.
+
+See the package docstring for the conventions (``coord_dtype``, truncation, C ``round``).
+"""
+
+import math
+
+import numpy as np
+
+
+def checked_pair(output_size):
+    """int or (PH, PW) -> (PH, PW) as python ints."""
+    if isinstance(output_size, (int, np.integer)):
+        ph = pw = int(output_size)
+    else:
+        ph, pw = output_size
+        ph, pw = int(ph), int(pw)
+    if ph <= 0 or pw <= 0:
+        raise ValueError(f"output_size must be positive, got {output_size!r}")
+    return ph, pw
+
+
+def ctype(coord_dtype):
+    """numpy scalar type used for coordinate arithmetic."""
+    t = np.dtype(coord_dtype)
+    if t.kind != "f":
+        raise TypeError(f"coord_dtype must be a floating dtype, got {coord_dtype!r}")
+    return t.type
+
+
+def features(x):
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {x.shape!r}")
+    return x.astype(np.float64)
+
+
+def rois_array(rois):
+    rois = np.asarray(rois)
+    if rois.ndim != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must be (K, 5), got shape {rois.shape!r}")
+    return rois
+
+
+def batch_index(rois, k):
+    """b_k = (int) rois[k, 0] (truncation toward zero)."""
+    return int(rois[k, 0])
+
+
+def c_round(v):
+    """C round(): half away from zero, returned as a python int."""
+    v = float(v)
+    a = abs(v)
+    r = math.floor(a)
+    if a - r >= 0.5:
+        r += 1
+    return int(r) if v >= 0 else -int(r)
+
+
+def std_max(a, b):
+    """std::max(a, b) == (a < b) ? b : a  (keeps a when a is NaN)."""
+    return b if a < b else a
+
+
+def sampling_grid(rh_over_ph, rw_over_pw, sampling_ratio):
+    """(gh, gw, count).  gh/gw may be <= 0, which means 'no samples'."""
+    if sampling_ratio > 0:
+        gh = gw = int(sampling_ratio)
+    else:
+        gh = int(math.ceil(float(rh_over_ph)))
+        gw = int(math.ceil(float(rw_over_pw)))
+    count = max(gh * gw, 1)
+    return gh, gw, count
+
+
+def align_geometry(roi, spatial_scale, output_size, sampling_ratio, aligned, min_size, coord_dtype):
+    """Coordinate-dtype geometry of one RoIAlign-style box.
+
+    Returns a dict with sx, sy, rw, rh, bh, bw (coord_dtype scalars) and
+    gh, gw, count (python ints).
+    """
+    cd = ctype(coord_dtype)
+    PH, PW = output_size
+    s = cd(spatial_scale)
+    off = cd(0.5) if aligned else cd(0.0)
+    sx = cd(roi[1]) * s - off
+    sy = cd(roi[2]) * s - off
+    ex = cd(roi[3]) * s - off
+    ey = cd(roi[4]) * s - off
+    rw = ex - sx
+    rh = ey - sy
+    if min_size:
+        rw = std_max(rw, cd(1.0))
+        rh = std_max(rh, cd(1.0))
+    bh = rh / cd(PH)
+    bw = rw / cd(PW)
+    gh, gw, count = sampling_grid(bh, bw, sampling_ratio)
+    return dict(sx=sx, sy=sy, rw=rw, rh=rh, bh=bh, bw=bw, gh=gh, gw=gw, count=count)
+
+
+def sample_coords(start_y, start_x, ph, pw, g, coord_dtype):
+    """Sample coordinates of bin (ph, pw) as lists of float64 values.
+
+    y(ph, iy) = (sy + ph*bh) + ((iy + 0.5) * bh) / gh   (this exact order,
+    every operation in coord_dtype); likewise for x.
+    """
+    cd = ctype(coord_dtype)
+    half = cd(0.5)
+    ys = []
+    for iy in range(g["gh"]):
+        y = (start_y + cd(ph) * g["bh"]) + ((cd(iy) + half) * g["bh"]) / cd(g["gh"])
+        ys.append(float(y))
+    xs = []
+    for ix in range(g["gw"]):
+        x = (start_x + cd(pw) * g["bw"]) + ((cd(ix) + half) * g["bw"]) / cd(g["gw"])
+        xs.append(float(x))
+    return ys, xs
+
+
+def deform_starts(g, offset, k, ph, pw, gamma, coord_dtype):
+    """Shifted bin start (sy', sx') in coord_dtype and the two offset scales.
+
+    sx' = sx + ((gamma * rw) * offset[k, 0, ph, pw]);
+    sy' = sy + ((gamma * rh) * offset[k, 1, ph, pw]).
+    """
+    cd = ctype(coord_dtype)
+    gam = cd(gamma)
+    scale_x = gam * g["rw"]
+    scale_y = gam * g["rh"]
+    if offset is None:
+        return g["sy"], g["sx"], scale_y, scale_x
+    sx = g["sx"] + scale_x * cd(offset[k, 0, ph, pw])
+    sy = g["sy"] + scale_y * cd(offset[k, 1, ph, pw])
+    return sy, sx, scale_y, scale_x
+
+
+def in_range(H, W, y, x):
+    return -1.0 <= y <= H and -1.0 <= x <= W
+
+
+def neighbours(H, W, y, x):
+    """Clamped neighbour indices and fractional parts, exactly as in RoIAlign.
+
+    Assumes the sample is in range.  Returns (yl, yh, xl, xh, ly, lx).
+    """
+    y = max(y, 0.0)
+    x = max(x, 0.0)
+    yl = int(y)
+    if yl >= H - 1:
+        yl = yh = H - 1
+        y = float(yl)
+    else:
+        yh = yl + 1
+    xl = int(x)
+    if xl >= W - 1:
+        xl = xh = W - 1
+        x = float(xl)
+    else:
+        xh = xl + 1
+    ly = y - yl
+    lx = x - xl
+    return yl, yh, xl, xh, ly, lx
+
+
+def bilinear_weights(H, W, y, x):
+    """List of ((row, col), weight) for the 4 neighbours, or [] if out of range."""
+    y = float(y)
+    x = float(x)
+    if not in_range(H, W, y, x):
+        return []
+    yl, yh, xl, xh, ly, lx = neighbours(H, W, y, x)
+    hy = 1.0 - ly
+    hx = 1.0 - lx
+    return [((yl, xl), hy * hx), ((yl, xh), hy * lx), ((yh, xl), ly * hx), ((yh, xh), ly * lx)]
+
+
+def bilinear(img, y, x):
+    """Caffe2/torchvision RoIAlign bilinear interpolation of a (H, W) image.
+
+    Out of range (not -1 <= y <= H and -1 <= x <= W) -> 0.  Inside the bands
+    [-1, 0) and (H-1, H] the edge row/column is replicated.
+    """
+    img = np.asarray(img, dtype=np.float64)
+    H, W = img.shape
+    value = 0.0
+    for (r, c), w in bilinear_weights(H, W, y, x):
+        value += w * float(img[r, c])
+    return value
+
+
+def bilinear_grad(img, y, x):
+    """Right derivatives (d/dy, d/dx) of :func:`bilinear` (the clamped function).
+
+    One-sided derivative in the +y / +x direction everywhere:
+    * 0 if the sample is out of range;
+    * d/dx = 0 if x < 0 (clamp band) or int(max(x, 0)) >= W-1 (upper band),
+      otherwise (1-ly)*(img[yl,xh]-img[yl,xl]) + ly*(img[yh,xh]-img[yh,xl]) with
+      yl, yh, ly from the clamped y (so in y's bands the x-derivative is the edge
+      row's slope, not zero);
+    * at an interior integer x, xl = x, lx = 0 and d/dx = img[., x+1] - img[., x];
+    * d/dy symmetric.
+    """
+    img = np.asarray(img, dtype=np.float64)
+    H, W = img.shape
+    y = float(y)
+    x = float(x)
+    if not in_range(H, W, y, x):
+        return 0.0, 0.0
+    yl, yh, xl, xh, ly, lx = neighbours(H, W, y, x)
+    v00 = float(img[yl, xl])
+    v01 = float(img[yl, xh])
+    v10 = float(img[yh, xl])
+    v11 = float(img[yh, xh])
+    if x < 0.0 or int(max(x, 0.0)) >= W - 1:
+        dx = 0.0
+    else:
+        dx = (1.0 - ly) * (v01 - v00) + ly * (v11 - v10)
+    if y < 0.0 or int(max(y, 0.0)) >= H - 1:
+        dy = 0.0
+    else:
+        dy = (1.0 - lx) * (v10 - v00) + lx * (v11 - v01)
+    return dy, dx

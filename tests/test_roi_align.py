@@ -1,0 +1,451 @@
+"""RoI Align (avg and max mode, the box gradient) on every backend against the float64 loop
+oracles of tests/oracles/roi_align.py: the shared checks of roi_op_tester, then what is
+particular to RoI Align (half precision, huge boxes, max-mode ties, NaN and empty bins, box
+gradients against the oracle and finite differences)."""
+
+import host
+import numpy as np
+import pytest
+from conftest import TOLERANCE
+from oracles import calculus
+from oracles import roi_align as align_oracle
+from roi_op_tester import (
+    BOX_SIZE,
+    SHAPE,
+    RoIOpTester,
+    assert_close,
+    box_gradient_inputs,
+    box_tolerance,
+    box_zoo,
+    features,
+    rois_for,
+)
+
+import cuproi
+
+SIZE = (3, 4)
+
+
+def grid(**axes):
+    """Every combination of the values of ``axes``, as dicts."""
+    cases = [{}]
+    for name, values in axes.items():
+        cases = [{**c, name: v} for c in cases for v in values]
+    return cases
+
+
+class TestRoIAlign(RoIOpTester):
+    size = SIZE
+    forward_cases = grid(scale=[1.0, 0.5, 0.7], ratio=[-1, 0, 1, 2, 3], aligned=[False, True])
+    backward_cases = grid(scale=[1.0, 0.7], ratio=[-1, 2], aligned=[False, True])
+    adjoint_cases = grid(scale=[0.7], ratio=[-1, 1, 2], aligned=[False, True])
+    pool_mode = "avg"
+    invalid = [
+        (
+            "pool_mode",
+            lambda v: cuproi.roi_align(v.x, v.boxes, SIZE, pool_mode="sum"),
+            ValueError,
+            "pool_mode must be 'avg' or 'max'",
+        ),
+        (
+            "backward pool_mode",
+            lambda v: cuproi.roi_align_backward(
+                v.g, v.boxes, v.x.shape, SIZE, pool_mode="Max", input=v.x
+            ),
+            ValueError,
+            "pool_mode must be",
+        ),
+        (
+            "max backward without input",
+            lambda v: cuproi.roi_align_backward(
+                v.g, v.boxes, v.x.shape, SIZE, 0.7, 2, True, pool_mode="max"
+            ),
+            ValueError,
+            "needs input=",
+        ),
+        (
+            "max backward input of another shape",
+            lambda v: cuproi.roi_align_backward(
+                v.g, v.boxes, (2, 3, 10, 13), SIZE, 0.7, 2, True, pool_mode="max", input=v.x
+            ),
+            ValueError,
+            "input has shape",
+        ),
+        (
+            "box backward grad_output",
+            lambda v: cuproi.roi_align_box_backward(v.g[:, :2], v.x, v.boxes, SIZE),
+            ValueError,
+            "grad_output must have shape",
+        ),
+        (
+            "box backward batch index",
+            lambda v: cuproi.roi_align_box_backward(
+                v.g, v.x, np.vstack([[5, 1, 1, 4, 4], v.boxes[1:]]), SIZE
+            ),
+            IndexError,
+            "batch index 5",
+        ),
+        (
+            "box backward integer features",
+            lambda v: cuproi.roi_align_box_backward(v.g, v.x.astype(np.int64), v.boxes, SIZE),
+            TypeError,
+            "input must be float16",
+        ),
+        (
+            "box backward pool_mode",
+            lambda v: cuproi.roi_align_box_backward(v.g, v.x, v.boxes, SIZE, pool_mode="min"),
+            ValueError,
+            "pool_mode must be",
+        ),
+    ]
+
+    def forward(self, x, boxes, case, **options):
+        return cuproi.roi_align(
+            x, boxes, SIZE, case["scale"], case["ratio"], case["aligned"], **options
+        )
+
+    def backward(self, g, x, boxes, case, **options):
+        return cuproi.roi_align_backward(
+            g, boxes, x.shape, SIZE, case["scale"], case["ratio"], case["aligned"], **options
+        )
+
+    def oracle(self, x, boxes, case, coord_dtype):
+        args = (SIZE, case["scale"], case["ratio"], case["aligned"])
+        return align_oracle.roi_align(x, boxes, *args, coord_dtype=coord_dtype)
+
+    def oracle_backward(self, g, x, boxes, case, coord_dtype):
+        args = (SIZE, case["scale"], case["ratio"], case["aligned"])
+        return align_oracle.roi_align_backward(g, boxes, x.shape, *args, coord_dtype=coord_dtype)
+
+
+def max_data(dtype, seed=0, k=12):
+    """Features (2, 3, 9, 11), ``k`` random boxes then one far beyond the map, a point and a
+    flipped box, and a gradient of the (3, 4) output."""
+    rng = np.random.default_rng(seed)
+    corner = rng.uniform(-3, [10, 8], (k, 2))
+    size = rng.uniform(0.3, 9, (k, 2))
+    rois = np.column_stack([rng.integers(0, 2, k), corner, corner + size])
+    rois = np.vstack([rois, [[1, -40, -40, 50, 50], [0, 3, 3, 3, 3], [1, 6, 2, 1, 1]]])
+    x = rng.standard_normal((2, 3, 9, 11))
+    g = rng.standard_normal((len(rois), 3, *SIZE))
+    return x.astype(dtype), rois.astype(dtype), g.astype(dtype)
+
+
+class TestRoIAlignMax(TestRoIAlign):
+    """mmcv's ``pool_mode="max"``: the oracle computes in float64 on the rounded boxes."""
+
+    shape = (2, 3, 9, 11)
+    forward_cases = grid(scale=[0.7], ratio=[2, -1], aligned=[False, True])
+    backward_cases = forward_cases
+    adjoint_cases = forward_cases
+    test_validation = None  # TestRoIAlign's table covers both modes
+
+    def boxes(self, case):
+        return max_data(np.float64)[1]
+
+    def forward(self, x, boxes, case, **options):
+        return super().forward(x, boxes, case, pool_mode="max", **options)
+
+    def backward(self, g, x, boxes, case, **options):
+        return super().backward(g, x, boxes, case, pool_mode="max", input=x, **options)
+
+    def oracle(self, x, boxes, case, coord_dtype):
+        args = (SIZE, case["scale"], case["ratio"], case["aligned"])
+        return align_oracle.roi_align_max(x, boxes.astype(coord_dtype), *args)
+
+    def oracle_backward(self, g, x, boxes, case, coord_dtype):
+        args = (SIZE, case["scale"], case["ratio"], case["aligned"])
+        return align_oracle.roi_align_max_backward(g, x, boxes.astype(coord_dtype), *args)
+
+
+# ---- half precision and huge boxes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_float16(on, aligned):
+    """float16 features, float32 coordinates and accumulation: the oracle on the same halves."""
+    x = features(np.float16)
+    boxes = box_zoo(0.5)
+    rois = rois_for(boxes, np.float16)
+    assert rois.dtype == np.float32  # boxes are never rounded to half
+    x64 = x.astype(np.float64)
+    f32 = np.float32
+    out = on.get(cuproi.roi_align(on.put(x), on.put(rois), SIZE, 0.5, 2, aligned))
+    assert out.dtype == np.float16
+    want = align_oracle.roi_align(x64, boxes, SIZE, 0.5, 2, aligned, coord_dtype=f32)
+    assert_close(out, want, np.float16)
+    g = np.random.default_rng(2).standard_normal(out.shape).astype(np.float16)
+    grad = on.get(cuproi.roi_align_backward(on.put(g), on.put(rois), SHAPE, SIZE, 0.5, 2, aligned))
+    assert grad.dtype == np.float16
+    expected = align_oracle.roi_align_backward(
+        g.astype(np.float64), boxes, SHAPE, SIZE, 0.5, 2, aligned, coord_dtype=f32
+    )
+    np.testing.assert_allclose(grad.astype(np.float64), expected, rtol=4e-3, atol=1e-2)
+
+
+def test_float16_max(on):
+    x, rois, g = max_data(np.float16)
+    rois32 = rois.astype(np.float32)
+    rtol, atol = TOLERANCE[np.dtype(np.float16)]
+    out = on.get(cuproi.roi_align(on.put(x), on.put(rois32), SIZE, 0.7, 2, True, pool_mode="max"))
+    assert out.dtype == np.float16
+    np.testing.assert_allclose(
+        out, align_oracle.roi_align_max(x, rois32, SIZE, 0.7, 2, True), rtol, atol
+    )
+    grad = cuproi.roi_align_backward(
+        on.put(g), on.put(rois32), x.shape, SIZE, 0.7, 2, True, pool_mode="max", input=on.put(x)
+    )
+    want = align_oracle.roi_align_max_backward(g, x, rois32, SIZE, 0.7, 2, True)
+    np.testing.assert_allclose(on.get(grad), want, rtol, atol)
+
+
+def _axis_mean(start, bin_size, grid, size, values):
+    """Mean over a bin's samples along one axis of values(position) (zero out of range), in
+    float64 by brute force over every sample: an independent check of the skipping of samples
+    outside the map."""
+    pos = start + (np.arange(grid) + 0.5) * bin_size / grid
+    inside = (pos >= -1) & (pos <= size)
+    return values(np.clip(pos[inside], 0, size - 1)).sum() / grid
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_huge_box_adaptive_sampling(on, aligned):
+    """A box of 2**18 cells with adaptive sampling (37k x 37k samples per bin) is bounded by the
+    map, not the box, and loses no in-range sample: checked on a map that varies along x only."""
+    n, c, h, w = 1, 1, 6, 9
+    ramp = np.arange(w, dtype=np.float64)
+    x = np.broadcast_to(ramp, (n, c, h, w)).copy()
+    big = 2.0**18
+    boxes = np.array([[0, -big, -big / 2, big, big / 3], [0, -big, 2.25, 3.5, 4.75]])
+    out = on.get(cuproi.roi_align(on.put(x), on.put(boxes), (7, 7), 1.0, -1, aligned))
+    shift = 0.5 if aligned else 0.0
+    for k, (_, x1, y1, x2, y2) in enumerate(boxes):
+        sx, sy = x1 - shift, y1 - shift
+        rw, rh = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+        gh, gw = int(np.ceil(rh / 7)), int(np.ceil(rw / 7))
+        for ph in range(7):
+            fy = _axis_mean(sy + ph * rh / 7, rh / 7, gh, h, np.ones_like)
+            for pw in range(7):
+                fx = _axis_mean(sx + pw * rw / 7, rw / 7, gw, w, lambda p: np.interp(p, ramp, ramp))
+                assert out[k, 0, ph, pw] == pytest.approx(fy * fx, rel=1e-9, abs=1e-12)
+
+
+# ---- max mode ----------------------------------------------------------------------------------
+
+
+def max_pool(on, x, rois, size, ratio, aligned):
+    """Max-mode forward and the backward of a gradient of ones, as NumPy arrays."""
+    out = cuproi.roi_align(on.put(x), on.put(rois), size, 1.0, ratio, aligned, pool_mode="max")
+    grad = cuproi.roi_align_backward(
+        on.put(np.ones(out.shape)), on.put(rois), x.shape, size, 1.0, ratio, aligned,
+        pool_mode="max", input=on.put(x),
+    )  # fmt: skip
+    return on.get(out), on.get(grad)
+
+
+def test_ties_first_sample_in_scan_order_wins(on):
+    x = np.ones((1, 1, 6, 6))
+    out, grad = max_pool(on, x, np.array([[0, 1.0, 1.0, 5.0, 5.0]]), (1, 1), 2, False)
+    assert out.item() == 1.0
+    # Samples at (2, 2), (2, 4), (4, 2), (4, 4): the first wins, exactly on cell (2, 2).
+    want = np.zeros((6, 6))
+    want[2, 2] = 1.0
+    np.testing.assert_array_equal(grad[0, 0], want)
+
+
+def test_nan_propagates_and_takes_the_gradient(on):
+    x = np.arange(36, dtype=np.float64).reshape(1, 1, 6, 6)
+    x[0, 0, 2, 2] = np.nan
+    rois = np.array([[0, 0.0, 0.0, 6.0, 6.0]])
+    out, grad = max_pool(on, x, rois, (1, 1), 3, False)
+    assert np.isnan(out.item())
+    # The first NaN sample in scan order gets the gradient (its 4 neighbours).
+    want = align_oracle.roi_align_max_backward(np.ones_like(out), x, rois, 1, 1.0, 3, False)
+    np.testing.assert_allclose(grad, want)
+
+
+def test_empty_bin_gives_zero_and_no_gradient(on):
+    x = -np.ones((1, 2, 5, 5))
+    # zero size, aligned, adaptive: no samples
+    out, grad = max_pool(on, x, np.array([[0, 2.0, 2.0, 2.0, 2.0]]), (2, 2), -1, True)
+    np.testing.assert_array_equal(out, 0)
+    np.testing.assert_array_equal(grad, 0)
+
+
+@pytest.mark.parametrize("box", [[0, -6.0, -6.0, 3.0, 3.0], [0, -500.0, -500.0, 900.0, 800.0]])
+def test_out_of_range_samples_compete_as_zero(on, box):
+    """Negative features: a sample outside the map (value 0, as in mmcv) wins, no gradient."""
+    x = -1.0 - np.random.default_rng(0).uniform(size=(1, 1, 5, 5))
+    rois = np.array([box])
+    out, grad = max_pool(on, x, rois, (1, 1), -1, False)
+    assert out.item() == 0.0
+    np.testing.assert_array_equal(grad, 0)
+    # Positive features: the in-range maximum wins over the zeros.
+    out, _ = max_pool(on, -x, rois, (1, 1), -1, False)
+    np.testing.assert_allclose(out, align_oracle.roi_align_max(-x, rois, 1, 1.0, -1, False))
+
+
+def test_avg_mode_is_unchanged():
+    x, rois, _ = max_data(np.float64)
+    a = cuproi.roi_align(x, rois, SIZE, 0.7, 2, True)
+    b = cuproi.roi_align(x, rois, SIZE, 0.7, 2, True, pool_mode="avg")
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, cuproi.roi_align(x, rois, SIZE, 0.7, 2, True, pool_mode="max"))
+
+
+def test_public_max_backward_takes_input_and_avg_ignores_it():
+    x, rois, g = max_data(np.float64)
+    grad = cuproi.roi_align_backward(g, rois, x.shape, SIZE, 0.7, 2, True, pool_mode="max", input=x)
+    want = align_oracle.roi_align_max_backward(g, x, rois, SIZE, 0.7, 2, True)
+    np.testing.assert_allclose(grad, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(
+        cuproi.roi_align_backward(g, rois, x.shape, SIZE, 0.7, 2, True, input=x),
+        cuproi.roi_align_backward(g, rois, x.shape, SIZE, 0.7, 2, True),
+    )
+
+
+def test_list_boxes_max():
+    x, rois, _ = max_data(np.float64)
+    per_image = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    ordered = np.vstack([rois[rois[:, 0] == i] for i in range(2)])
+    np.testing.assert_array_equal(
+        cuproi.roi_align(x, per_image, SIZE, 0.7, 2, True, pool_mode="max"),
+        cuproi.roi_align(x, ordered, SIZE, 0.7, 2, True, pool_mode="max"),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_deterministic_max_backward_is_order_independent(dtype):
+    if host.COMPILER is None:
+        pytest.skip("no C++ compiler")
+    backward = host.bind("roi_align_backward")
+    x, rois, g = max_data(dtype, k=40)
+    order = np.random.default_rng(3).permutation(len(rois))
+    options = {"pool_mode": "max", "input": x, "deterministic": True}
+    a = backward(g, rois, x.shape, 0.7, -1, False, **options)
+    b = backward(
+        np.ascontiguousarray(g[order]),
+        np.ascontiguousarray(rois[order]),
+        x.shape,
+        0.7,
+        -1,
+        False,
+        **options,
+    )
+    np.testing.assert_array_equal(a, b)
+    rtol, atol = TOLERANCE[np.dtype(dtype)]
+    want = align_oracle.roi_align_max_backward(g, x, rois, SIZE, 0.7, -1, False)
+    np.testing.assert_allclose(a, want, rtol=rtol, atol=atol)
+
+
+# ---- the gradient with respect to the boxes ---------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ratio", [2, -1])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_box_backward_matches_oracle(on, dtype, ratio, aligned):
+    x, rois, g, _, _ = box_gradient_inputs(dtype)
+    rois = np.vstack([rois, [[0, 3.2, 2.1, 3.6, 2.4]]]).astype(dtype)  # legacy clamp (1 cell)
+    g = np.concatenate([g, g[:1]])
+    got = cuproi.roi_align_box_backward(
+        on.put(g), on.put(x), on.put(rois), BOX_SIZE, 0.7, ratio, aligned
+    )
+    got = on.get(got)
+    want = align_oracle.roi_align_box_grad(g, x, rois, BOX_SIZE, 0.7, ratio, aligned)
+    assert got.shape == (len(rois), 5) and (got[:, 0] == 0).all()
+    np.testing.assert_allclose(got, want, **box_tolerance(dtype, want))
+    if not aligned:  # the clamped box: its x2 and y2 do not move the samples
+        assert got[-1, 3] == 0 and got[-1, 4] == 0 and got[-1, 1] != 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_max_box_backward_matches_oracle(on, dtype, aligned):
+    x, rois, g, _, _ = box_gradient_inputs(dtype)
+    got = cuproi.roi_align_box_backward(
+        on.put(g), on.put(x), on.put(rois), BOX_SIZE, 0.7, 2, aligned, pool_mode="max"
+    )
+    want = align_oracle.roi_align_box_grad(g, x, rois, BOX_SIZE, 0.7, 2, aligned, "max")
+    np.testing.assert_allclose(on.get(got), want, **box_tolerance(dtype, want))
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("ratio", [2, -1])
+def test_box_backward_central_differences(aligned, ratio):
+    x, rois, g, _, _ = box_gradient_inputs(np.float64, seed=1)
+    grad = cuproi.roi_align_box_backward(g, x, rois, BOX_SIZE, 0.7, ratio, aligned)
+
+    def forward(r):
+        return align_oracle.roi_align(x, r, BOX_SIZE, 0.7, ratio, aligned)
+
+    np.testing.assert_allclose(
+        grad, calculus.numeric_box_grad(forward, g, rois), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_max_box_backward_central_differences():
+    x, rois, g, _, _ = box_gradient_inputs(np.float64, seed=2)
+    grad = cuproi.roi_align_box_backward(g, x, rois, BOX_SIZE, 0.7, 2, True, pool_mode="max")
+
+    def forward(r):
+        return align_oracle.roi_align_max(x, r, BOX_SIZE, 0.7, 2, True)
+
+    np.testing.assert_allclose(
+        grad, calculus.numeric_box_grad(forward, g, rois), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_integer_sample_positions_take_the_right_derivative(aligned):
+    """Every sample exactly on a cell: the derivative from the right, not 0 as in TF/DCN."""
+    x, _, _, _, _ = box_gradient_inputs(np.float64, seed=4)
+    shift = 0.5 if aligned else 0.0
+    # 2x3 bins, 2 samples per bin: box 4 x 6 cells from (1, 2) puts samples on integers.
+    rois = np.array(
+        [
+            [0, 2 + shift, 1 + shift, 8 + shift, 5 + shift],
+            [1, 1 + shift, 2 + shift, 7 + shift, 6 + shift],
+        ]
+    )
+    g = np.random.default_rng(5).standard_normal((2, x.shape[1], *BOX_SIZE))
+    grad = cuproi.roi_align_box_backward(g, x, rois, BOX_SIZE, 1.0, 2, aligned)
+
+    def forward(r):
+        return align_oracle.roi_align(x, r, BOX_SIZE, 1.0, 2, aligned)
+
+    right = calculus.right_box_grad(forward, g, rois)
+    np.testing.assert_allclose(grad, right, rtol=1e-5, atol=1e-5)
+    assert np.abs(grad[:, 1:]).min() > 1e-3  # none vanishes
+
+
+def test_box_backward_list_boxes_get_concatenated_rows():
+    x, rois, g, _, _ = box_gradient_inputs(np.float64)
+    order = np.argsort(rois[:, 0], kind="stable")
+    ordered, g = rois[order], g[order]
+    per_image = [ordered[ordered[:, 0] == i, 1:] for i in range(2)]
+    np.testing.assert_array_equal(
+        cuproi.roi_align_box_backward(g, x, per_image, BOX_SIZE, 0.7, 2, True),
+        cuproi.roi_align_box_backward(g, x, ordered, BOX_SIZE, 0.7, 2, True),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_deterministic_box_backward_is_order_independent(dtype):
+    if host.COMPILER is None:
+        pytest.skip("no C++ compiler")
+    x, rois, g, _, _ = box_gradient_inputs(dtype, k=30)
+    order = np.random.default_rng(8).permutation(len(rois))
+    align = host.bind("roi_align_box_backward")
+    a = align(g, x, rois, 0.7, -1, False, deterministic=True)
+    b = align(
+        np.ascontiguousarray(g[order]),
+        x,
+        np.ascontiguousarray(rois[order]),
+        0.7,
+        -1,
+        False,
+        deterministic=True,
+    )
+    np.testing.assert_array_equal(a[order], b)
+    np.testing.assert_allclose(a, align(g, x, rois, 0.7, -1, False), **box_tolerance(dtype, a))

@@ -1,0 +1,113 @@
+"""RoI Pool (Fast R-CNN, torchvision.ops.roi_pool) on every backend against the float64 loop
+oracle of tests/oracles/roi_pool.py: the shared checks of roi_op_tester, then what is particular
+to a max with its argmax (exact values, C rounding, ties, NaN and -inf, half precision)."""
+
+import numpy as np
+import pytest
+from oracles import roi_pool as pool_oracle
+from roi_op_tester import RoIOpTester, box_zoo, features, rois_for
+
+import cuproi
+
+SIZE = (3, 4)
+
+
+class TestRoIPool(RoIOpTester):
+    size = SIZE
+    forward_cases = [
+        {"scale": scale, "size": size}
+        for scale in (1.0, 0.5, 0.7)
+        for size in ((3, 4), (1, 1), (7, 5))
+    ]
+    backward_cases = [{"scale": 0.5, "size": SIZE}]
+    adjoint_cases = backward_cases
+    test_validation = None  # nothing of its own: test_validation.py checks every op
+
+    def forward(self, x, boxes, case, **options):
+        return cuproi.roi_pool(x, boxes, case["size"], case["scale"], **options)
+
+    def backward(self, g, x, boxes, case, **options):
+        _, argmax = self.forward(x, boxes, case, return_argmax=True)
+        return cuproi.roi_pool_backward(g, boxes, argmax, x.shape, **options)
+
+    def oracle(self, x, boxes, case, coord_dtype):
+        return pool_oracle.roi_pool(x, boxes, case["size"], case["scale"], coord_dtype=coord_dtype)[
+            0
+        ]
+
+    def oracle_backward(self, g, x, boxes, case, coord_dtype):
+        _, argmax = pool_oracle.roi_pool(
+            x, boxes, case["size"], case["scale"], coord_dtype=coord_dtype
+        )
+        return pool_oracle.roi_pool_backward(g, boxes, argmax, x.shape)
+
+    def assert_forward(self, out, expected, dtype):
+        np.testing.assert_array_equal(out, expected)  # a max selects a value: exact
+
+    def test_argmax_matches_oracle(self, on, dtype, case):
+        x = features(dtype)
+        boxes = box_zoo(case["scale"])
+        rois = on.put(rois_for(boxes, dtype))
+        out, argmax = self.forward(on.put(x), rois, case, return_argmax=True)
+        _, expected = pool_oracle.roi_pool(
+            x.astype(np.float64), boxes, case["size"], case["scale"], coord_dtype=rois.dtype.type
+        )
+        assert on.get(argmax).dtype == np.int32
+        np.testing.assert_array_equal(on.get(argmax), expected)
+        np.testing.assert_array_equal(on.get(out), on.get(self.forward(on.put(x), rois, case)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rounds_just_below_a_half_down(on, dtype):
+    """C's round(0.5 - ulp) is 0; floor(v + 0.5) gives 1 in float32 (the sum rounds up)."""
+    below = np.nextafter(dtype(0.5), dtype(0))
+    x = features(dtype)
+    rois = np.array([[0, below, 2 + below, 5 - below, 7 + below]], dtype)
+    out, argmax = cuproi.roi_pool(on.put(x), on.put(rois), (2, 2), 1.0, return_argmax=True)
+    expected, expected_argmax = pool_oracle.roi_pool(x, rois, (2, 2), 1.0, coord_dtype=dtype)
+    np.testing.assert_array_equal(on.get(argmax), expected_argmax)
+    np.testing.assert_array_equal(on.get(out), expected)
+
+
+def test_float16(on):
+    """float16 features, float32 coordinates: the oracle on the same halves, exactly."""
+    x = features(np.float16)
+    boxes = box_zoo(0.5)
+    rois = rois_for(boxes, np.float16)
+    assert rois.dtype == np.float32  # boxes are never rounded to half
+    out, argmax = cuproi.roi_pool(on.put(x), on.put(rois), SIZE, 0.5, return_argmax=True)
+    expected, expected_argmax = pool_oracle.roi_pool(
+        x.astype(np.float64), boxes, SIZE, 0.5, coord_dtype=np.float32
+    )
+    assert on.get(out).dtype == np.float16
+    np.testing.assert_array_equal(on.get(out).astype(np.float64), expected)
+    np.testing.assert_array_equal(on.get(argmax), expected_argmax)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_ties_and_non_finite(on, dtype):
+    """Ties go to the first cell in scan order; a NaN propagates (argmax: the first NaN); a bin of
+    -inf gives -inf with a valid argmax."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 3, (2, 3, 10, 12)).astype(dtype)  # many ties
+    x[0, 0, 2:5, 3:6] = np.nan
+    x[1, 1, :, :4] = -np.inf
+    boxes = box_zoo(1.0)
+    rois = on.put(rois_for(boxes, dtype))
+    out, argmax = cuproi.roi_pool(on.put(x), rois, SIZE, 1.0, return_argmax=True)
+    out, argmax = on.get(out), on.get(argmax)
+    expected, expected_argmax = pool_oracle.roi_pool(x.astype(np.float64), boxes, SIZE, 1.0)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(out.astype(np.float64), expected)
+    assert np.isnan(out).any() and np.isneginf(out).any()
+    values = on.get(cuproi.roi_pool(on.put(x), rois, SIZE, 1.0, return_argmax=False))
+    np.testing.assert_array_equal(values.astype(np.float64), expected)
+
+
+@pytest.mark.parametrize("shape, k", [((2, 3, 5, 6), 0), ((2, 0, 5, 6), 3)])
+def test_no_boxes_or_no_channels_argmax(on, shape, k):
+    x = on.put(np.ones(shape, np.float32))
+    rois = on.put(rois_for(box_zoo(1.0)[:k], np.float32))
+    out, argmax = cuproi.roi_pool(x, rois, (2, 3), 1.0, return_argmax=True)
+    bins = (k, shape[1], 2, 3)
+    assert out.shape == argmax.shape == bins and on.get(argmax).dtype == np.int32
