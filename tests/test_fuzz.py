@@ -6,7 +6,7 @@ huge sizes and scalars, values of the wrong type. The call must either raise ``V
 ``TypeError`` or ``IndexError``, or return arrays of the right kind: no other exception (an
 ``AttributeError`` from deep inside, NumPy's "array is too big"), no NumPy ``RuntimeWarning``,
 and finite results where every input was finite. The correctness of valid calls is checked
-against the oracles elsewhere (test_ops.py, test_hypothesis.py).
+against the oracles elsewhere (the test_<op>.py files, test_hypothesis.py).
 """
 
 import warnings
