@@ -43,14 +43,32 @@ def make_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, shift, mi
         height = np.maximum(height, ct(1))
     bin_h = height / ct(pooled_h)
     bin_w = width / ct(pooled_w)
+    return Grid(
+        start_y,
+        start_x,
+        height,
+        width,
+        bin_h,
+        bin_w,
+        *samples_per_bin(bin_h, bin_w, sampling_ratio),
+    )
+
+
+def samples_per_bin(bin_h, bin_w, sampling_ratio):
+    """``(grid_h, grid_w, count)`` of bins of sizes ``bin_h`` x ``bin_w`` (K,) each.
+
+    ``sampling_ratio`` samples per axis, or where it is 0 or less as many as the bin is cells
+    (rounded up, the adaptive grid); ``count``, the divisor of a bin's average, is at least 1.
+    """
+    ct = bin_h.dtype.type
     if sampling_ratio > 0:
-        grid_h = np.full(len(rois), sampling_ratio, np.int64)
+        grid_h = np.full(len(bin_h), sampling_ratio, np.int64)
         grid_w = grid_h
     else:
         grid_h = np.ceil(bin_h).astype(np.int64)
         grid_w = np.ceil(bin_w).astype(np.int64)
     count = np.maximum(grid_h.astype(ct) * grid_w.astype(ct), ct(1))
-    return Grid(start_y, start_x, height, width, bin_h, bin_w, grid_h, grid_w, count)
+    return grid_h, grid_w, count
 
 
 def roi_align_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):

@@ -14,7 +14,7 @@ forward copies only the tiles of the features that the rotated boxes may read (`
 import numpy as np
 import scipy.sparse
 
-from cuproi._cpu import _parallel, _sampling, _scratch
+from cuproi._cpu import _geometry, _parallel, _sampling, _scratch
 
 
 def rotation(angle, clockwise, ct):
@@ -76,13 +76,7 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligne
         height = np.maximum(height, ct(1))
     bin_h = height / ct(pooled_h)
     bin_w = width / ct(pooled_w)
-    if sampling_ratio > 0:
-        grid_h = np.full(len(rois), sampling_ratio, np.int64)
-        grid_w = grid_h
-    else:
-        grid_h = np.ceil(height / ct(pooled_h)).astype(np.int64)
-        grid_w = np.ceil(width / ct(pooled_w)).astype(np.int64)
-    count = np.maximum(grid_h.astype(ct) * grid_w.astype(ct), ct(1))
+    grid_h, grid_w, count = _geometry.samples_per_bin(bin_h, bin_w, sampling_ratio)
     cos_t, sin_t = rotation(rois[:, 5], clockwise, ct)
     # Box-frame bounds of the map area [-1, H] x [-1, W]: yy = cos dy + sin dx, xx = cos dx -
     # sin dy for its corners (dy, dx) relative to the centre.
