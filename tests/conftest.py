@@ -94,31 +94,38 @@ def _host_kernels():
     return host_backend()
 
 
-@pytest.fixture(
-    params=[
-        "cpu",
-        pytest.param(
-            "host",
-            marks=pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler"),
-        ),
-        pytest.param(
-            "cuda",
-            marks=[
-                pytest.mark.gpu,
-                pytest.mark.skipif(
-                    STANDIN and host.COMPILER is None, reason="the stand-in needs a C++ compiler"
-                ),
-            ],
-        ),
-    ]
+_HOST = pytest.param(
+    "host", marks=pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
 )
+_CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(
+            STANDIN and host.COMPILER is None, reason="the stand-in needs a C++ compiler"
+        ),
+    ],
+)
+
+
+def _on(request, monkeypatch):
+    if request.param == "host":
+        monkeypatch.setattr(cuproi, "_cpu", _host_kernels())
+    return On(request.param)
+
+
+@pytest.fixture(params=["cpu", _HOST, _CUDA])
 def on(request, monkeypatch):
     """The backend the public functions run on: ``cpu`` (NumPy arrays, cuproi._cpu), ``host``
     (NumPy arrays routed to the CUDA kernels compiled for the host) or ``cuda`` (CuPy arrays:
     cuproi._cuda on a GPU or on the stand-in)."""
-    if request.param == "host":
-        monkeypatch.setattr(cuproi, "_cpu", _host_kernels())
-    return On(request.param)
+    return _on(request, monkeypatch)
+
+
+@pytest.fixture(params=[_HOST, _CUDA])
+def kernels_on(request, monkeypatch):
+    """The backends of ``on`` that run the CUDA kernels: ``host`` and ``cuda``."""
+    return _on(request, monkeypatch)
 
 
 def pytest_generate_tests(metafunc):

@@ -9,7 +9,9 @@ or the CuPy stand-in, which runs the same kernels through ``cuproi._cuda``).
 
 Checks: forward and backward against the oracle for every dtype (``conftest.TOLERANCE``), the
 adjoint identity ``<A x, g> == <x, A^T g>``, no boxes and no channels, ``deterministic=True``
-repeating its bits, and the validation table.
+repeating its bits and ignoring the order of the boxes, per-image box lists, strided inputs
+left unwritten, the validation table; on the kernels (``kernels_on``: host and cuda) the _i64
+entry points and rows naming no image; on the NumPy backend, boxes split into many chunks.
 """
 
 import types
@@ -17,7 +19,11 @@ import types
 import numpy as np
 import pytest
 from conftest import TOLERANCE
+from oracles import calculus
 
+from cuproi import _validate
+from cuproi._cpu import _sampling
+from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype
 
 SHAPE = (2, 3, 10, 12)  # N, C, H, W
@@ -115,6 +121,9 @@ class RoIOpTester:
         expression its message matches.
     size : tuple of int
         (PH, PW) of the output.
+    box_backward : method or None
+        The public box backward, ``box_backward(g, x, boxes, case, **extras)``, where the op has
+        one: the checks of the gradients then cover it too.
     """
 
     shape = SHAPE
@@ -124,6 +133,7 @@ class RoIOpTester:
     adjoint_cases = [{}]
     grids = {}
     invalid = []
+    box_backward = None
 
     # ---- what a subclass declares -------------------------------------------------------------
 
@@ -168,6 +178,9 @@ class RoIOpTester:
             metafunc.parametrize("case", cases, ids=[case_id(c) for c in cases])
         if "dtype" in metafunc.fixturenames:
             metafunc.parametrize("dtype", cls.dtypes, ids=[np.dtype(d).name for d in cls.dtypes])
+        if "box_case" in metafunc.fixturenames:
+            cases = cls.box_cases
+            metafunc.parametrize("box_case", cases, ids=[case_id(c) for c in cases])
         if "row" in metafunc.fixturenames:
             metafunc.parametrize("row", cls.invalid, ids=[r[0] for r in cls.invalid])
 
@@ -217,11 +230,38 @@ class RoIOpTester:
         """The forward's comparison with the oracle (a subclass may ask for exact equality)."""
         assert_close(out, expected, dtype)
 
+    def everything(self, on, x, rois, extras, g, case, **options):
+        """Every result of the op as NumPy arrays: the forward, the backward's gradients and,
+        where the op has one, the box backward's. ``extras`` and the NumPy ``x``, ``rois`` and
+        ``g`` are put on the backend ``on`` here."""
+        x, g = on.put(x), on.put(g)
+        rois = rois if isinstance(rois, list) else on.put(rois)
+        extras = {k: on.put(v) for k, v in extras.items()}
+        results = [
+            self.forward(x, rois, case, **extras),
+            self.backward(g, x, rois, case, **options, **extras),
+        ]
+        if self.box_backward is not None:
+            results.append(self.box_backward(g, x, rois, case, **options, **extras))
+        flat = []
+        for r in results:
+            flat.extend(r if isinstance(r, tuple) else (r,))
+        return [on.get(r) for r in flat]
+
+    def host_inputs(self, dtype, case, boxes=None):
+        """NumPy (x, rois, extras, g) of ``case`` for ``boxes`` (by default the box zoo)."""
+        boxes = self.boxes(case) if boxes is None else boxes
+        x = features(dtype, 0, self.input_shape(case))
+        extras = self.extras(boxes, case, dtype)
+        return x, rois_for(boxes, dtype), extras, self.gradient(dtype, len(boxes), case)
+
     # ---- the checks ---------------------------------------------------------------------------
 
     def test_forward_matches_oracle(self, on, dtype, case):
         boxes, _, (x, rois, extras) = self.inputs(on, dtype, case)
-        out = on.get(self.forward(x, rois, case, **extras))
+        raw = self.forward(x, rois, case, **extras)
+        assert type(raw) is type(x)  # CuPy in, CuPy out
+        out = on.get(raw)
         assert out.dtype == dtype and out.shape == (len(boxes), *self.output_tail(case))
         self.assert_forward(out, self._oracle("forward", dtype, _frozen(case)), dtype)
 
@@ -281,3 +321,179 @@ class RoIOpTester:
         )
         with pytest.raises(error, match=message):
             call(valid)
+
+    def test_deterministic_ignores_the_order_of_boxes(self, kernels_on, dtype):
+        """Permuting the boxes reorders the kernels' atomic sums: ``deterministic=True`` keeps
+        its bits. On the host kernels the default sums change with the order (so the check can
+        fail). (The NumPy backend sums in box order, the same on every run.)"""
+        on = kernels_on
+        case = self.adjoint_cases[0]
+        zoo = self.boxes(case)
+        boxes = np.vstack([zoo, zoo + np.r_[0, np.full(zoo.shape[1] - 1, 0.3)]])  # overlapping
+        x, rois, extras, g = self.host_inputs(dtype, case, boxes)
+        order = np.random.default_rng(1).permutation(len(rois))
+
+        def run(rows, deterministic):
+            rest = {k: v[rows] for k, v in extras.items()}
+            results = self.everything(on, x, rois[rows], rest, g[rows], case, **deterministic)
+            # The gradients; those of each box (offsets, boxes) back in the first order.
+            back = np.argsort(rows)
+            return [r[back] if len(r) == len(rows) else r for r in results[1:]]
+
+        for det in (True, False):
+            first = run(np.arange(len(rois)), {"deterministic": det})
+            again = run(order, {"deterministic": det})
+            same = [np.array_equal(a, b) for a, b in zip(first, again, strict=True)]
+            if det:
+                assert all(same)
+            elif on.name == "host":
+                assert not all(same)
+
+    def test_box_list_equals_the_array(self, on):
+        """A list of per-image (L, .) arrays is the (K, .) array of their rows, image by image."""
+        case = self.adjoint_cases[0]
+        x, rois, extras, g = self.host_inputs(np.float32, case)
+        rows = np.argsort(rois[:, 0], kind="stable")
+        rois, g = rois[rows], g[rows]
+        extras = {k: v[rows] for k, v in extras.items()}
+        per_image = [on.put(rois[rois[:, 0] == i, 1:]) for i in range(len(x))]
+        whole = self.everything(on, x, rois, extras, g, case)
+        listed = self.everything(on, x, per_image, extras, g, case)
+        for a, b in zip(whole, listed, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def test_strided_inputs_are_read_and_not_written(self, on):
+        """Fortran-ordered features and strided boxes, gradients and extras: the same results
+        as contiguous ones, and no input written."""
+        case = self.adjoint_cases[0]
+        inputs = self.host_inputs(np.float64, case)
+        x, rois, extras, g = inputs
+
+        def strided(a):
+            wide = np.zeros((*a.shape[:-1], 2 * a.shape[-1]), a.dtype)
+            wide[..., ::2] = a
+            return wide[..., ::2]
+
+        before = [a.copy() for a in (x, rois, g, *extras.values())]
+        views = {k: strided(v) for k, v in extras.items()}
+        odd = self.everything(on, np.asfortranarray(x), strided(rois), views, strided(g), case)
+        for a, b in zip(odd, self.everything(on, *inputs, case), strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(before, (x, rois, g, *extras.values()), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def test_int64_entry_points(self, kernels_on, monkeypatch):
+        """With every array counted as large, every launch takes its _i64 entry point: the same
+        bits."""
+        case = self.adjoint_cases[0]
+        inputs = self.host_inputs(np.float64, case)
+        narrow = self.everything(kernels_on, *inputs, case)
+        narrow += self.everything(kernels_on, *inputs, case, deterministic=True)[1:]
+        entries = []
+        run = _launch.Device.run
+
+        def recording(device, *args, **kwargs):
+            def launch(name, entry, *rest, **options):
+                entries.append(entry)
+                return device.launch(name, entry, *rest, **options)
+
+            return run(types.SimpleNamespace(launch=launch), *args, **kwargs)
+
+        monkeypatch.setattr(_launch, "LARGE", 0)
+        monkeypatch.setattr(_launch.Device, "run", recording)
+        wide = self.everything(kernels_on, *inputs, case)
+        wide += self.everything(kernels_on, *inputs, case, deterministic=True)[1:]
+        assert entries and all(entry.endswith("_i64") for entry in entries)
+        for a, b in zip(narrow, wide, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def test_rows_naming_no_image_give_zeros(self, kernels_on, monkeypatch):
+        """Unchecked (as on a GPU without eager checks), a row whose batch index names no image
+        reaches the kernels, which read nothing for it and write zeros."""
+        case = self.adjoint_cases[0]
+        x, rois, extras, g = self.host_inputs(np.float32, case)
+        bad = np.vstack([rois[:2], rois[:2]])
+        bad[:2, 0] = (len(x) + 3, -1)
+        g2 = np.vstack([g[:2], g[:2]])
+        extras2 = {k: np.concatenate([v[:2], v[:2]]) for k, v in extras.items()}
+        good = self.everything(
+            kernels_on, x, rois[:2], {k: v[:2] for k, v in extras.items()}, g[:2], case
+        )
+        monkeypatch.setattr(_validate, "_eager", lambda xp: False)
+        monkeypatch.setattr(_validate, "_disable_bad_rows", lambda xp, rois, ok: rois)
+        out, grad, *per_box = self.everything(kernels_on, x, bad, extras2, g2, case)
+        assert not out[:2].any()
+        np.testing.assert_array_equal(out[2:], good[0])
+        np.testing.assert_allclose(grad, good[1], rtol=1e-6, atol=1e-6)
+        for a, b in zip(per_box, good[2:], strict=True):  # offset, mask and box gradients
+            assert not a[:2].any()
+            np.testing.assert_allclose(a[2:], b, rtol=1e-6, atol=1e-6)
+
+    def test_cpu_chunks_give_the_same_result(self, monkeypatch):
+        """A tiny budget splits the boxes into many chunks on the NumPy backend: the same
+        values."""
+        case = self.adjoint_cases[0]
+        inputs = self.host_inputs(np.float64, case)
+        whole = self.everything(On_CPU, *inputs, case)
+        chunks, seen = _sampling.chunks, []
+
+        def small(cost, budget=None):
+            parts = list(chunks(cost, 40))
+            seen.append(len(parts))
+            return iter(parts)
+
+        monkeypatch.setattr(_sampling, "chunks", small)
+        split = self.everything(On_CPU, *inputs, case)
+        assert seen and max(seen) > 3
+        for a, b in zip(whole, split, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+
+
+class BoxGradientChecks:
+    """The checks of an op's box backward, for a ``RoIOpTester`` whose op has one: a base before
+    ``RoIOpTester``, with ``box_backward`` and ``oracle_box_backward`` declared.
+
+    The boxes are random, at least 1.3 cells wide and high, where the box gradient is smooth:
+    against the oracle on every backend, and against central differences of the oracle's
+    forward on the NumPy backend.
+    """
+
+    box_cases = [{}]
+
+    def oracle_box_backward(self, g, x, boxes, case, coord_dtype, **extras):
+        """The float64 oracle's (K, 5) gradient with respect to the boxes."""
+        raise NotImplementedError
+
+    def smooth_inputs(self, dtype, case, seed=0, k=8):
+        """NumPy (x, rois, extras, g) of ``case`` for ``k`` random boxes of at least 1.3 cells."""
+        rng = np.random.default_rng(seed)
+        corner = rng.uniform(-2, [8, 6], (k, 2)) / case.get("scale", 1.0)
+        size = rng.uniform(1.3, 7, (k, 2)) / case.get("scale", 1.0)
+        boxes = np.column_stack([rng.integers(0, 2, k), corner, corner + size])
+        return self.host_inputs(dtype, case, boxes)
+
+    def test_box_backward_matches_oracle(self, on, dtype, box_case):
+        x, rois, extras, g = self.smooth_inputs(dtype, box_case)
+        put = {k: on.put(v) for k, v in extras.items()}
+        raw = self.box_backward(on.put(g), on.put(x), on.put(rois), box_case, **put)
+        got = on.get(raw)
+        assert got.dtype == compute_dtype(dtype) and got.shape == rois.shape
+        assert not got[:, 0].any()  # the batch index has no gradient
+        wide = {k: None if v is None else v.astype(np.float64) for k, v in extras.items()}
+        coord = compute_dtype(dtype).type
+        args = (g.astype(np.float64), x.astype(np.float64), rois.astype(np.float64))
+        want = self.oracle_box_backward(*args, box_case, coord, **wide)
+        np.testing.assert_allclose(got, want, **box_tolerance(dtype, want))
+
+    def test_box_backward_central_differences(self, box_case):
+        x, rois, extras, g = self.smooth_inputs(np.float64, box_case, seed=1)
+        grad = self.box_backward(g, x, rois, box_case, **extras)
+
+        def forward(r):
+            return self.oracle(x, r, box_case, np.float64, **extras)
+
+        numeric = calculus.numeric_box_grad(forward, g, rois)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
+
+
+On_CPU = types.SimpleNamespace(name="cpu", put=lambda a: a, get=np.asarray)

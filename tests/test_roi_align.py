@@ -3,7 +3,6 @@ oracles of tests/oracles/roi_align.py: the shared checks of roi_op_tester, then 
 particular to RoI Align (half precision, huge boxes, max-mode ties, NaN and empty bins, box
 gradients against the oracle and finite differences)."""
 
-import host
 import numpy as np
 import pytest
 from conftest import TOLERANCE
@@ -12,6 +11,7 @@ from oracles import roi_align as align_oracle
 from roi_op_tester import (
     BOX_SIZE,
     SHAPE,
+    BoxGradientChecks,
     RoIOpTester,
     assert_close,
     box_gradient_inputs,
@@ -34,8 +34,9 @@ def grid(**axes):
     return cases
 
 
-class TestRoIAlign(RoIOpTester):
+class TestRoIAlign(BoxGradientChecks, RoIOpTester):
     size = SIZE
+    box_cases = grid(scale=[0.7], ratio=[2, -1], aligned=[False, True])
     forward_cases = grid(scale=[1.0, 0.5, 0.7], ratio=[-1, 0, 1, 2, 3], aligned=[False, True])
     backward_cases = grid(scale=[1.0, 0.7], ratio=[-1, 2], aligned=[False, True])
     adjoint_cases = grid(scale=[0.7], ratio=[-1, 1, 2], aligned=[False, True])
@@ -117,6 +118,16 @@ class TestRoIAlign(RoIOpTester):
         args = (SIZE, case["scale"], case["ratio"], case["aligned"])
         return align_oracle.roi_align_backward(g, boxes, x.shape, *args, coord_dtype=coord_dtype)
 
+    def box_backward(self, g, x, boxes, case, **options):
+        args = (SIZE, case["scale"], case["ratio"], case["aligned"])
+        return cuproi.roi_align_box_backward(
+            g, x, boxes, *args, pool_mode=self.pool_mode, **options
+        )
+
+    def oracle_box_backward(self, g, x, boxes, case, coord_dtype):
+        args = (SIZE, case["scale"], case["ratio"], case["aligned"], self.pool_mode)
+        return align_oracle.roi_align_box_grad(g, x, boxes.astype(coord_dtype), *args)
+
 
 def max_data(dtype, seed=0, k=12):
     """Features (2, 3, 9, 11), ``k`` random boxes then one far beyond the map, a point and a
@@ -138,6 +149,8 @@ class TestRoIAlignMax(TestRoIAlign):
     forward_cases = grid(scale=[0.7], ratio=[2, -1], aligned=[False, True])
     backward_cases = forward_cases
     adjoint_cases = forward_cases
+    box_cases = grid(scale=[0.7], ratio=[2], aligned=[False, True])
+    pool_mode = "max"
     test_validation = None  # TestRoIAlign's table covers both modes
 
     def boxes(self, case):
@@ -304,96 +317,19 @@ def test_public_max_backward_takes_input_and_avg_ignores_it():
     )
 
 
-def test_list_boxes_max():
-    x, rois, _ = max_data(np.float64)
-    per_image = [rois[rois[:, 0] == i, 1:] for i in range(2)]
-    ordered = np.vstack([rois[rois[:, 0] == i] for i in range(2)])
-    np.testing.assert_array_equal(
-        cuproi.roi_align(x, per_image, SIZE, 0.7, 2, True, pool_mode="max"),
-        cuproi.roi_align(x, ordered, SIZE, 0.7, 2, True, pool_mode="max"),
-    )
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_deterministic_max_backward_is_order_independent(dtype):
-    if host.COMPILER is None:
-        pytest.skip("no C++ compiler")
-    backward = host.bind("roi_align_backward")
-    x, rois, g = max_data(dtype, k=40)
-    order = np.random.default_rng(3).permutation(len(rois))
-    options = {"pool_mode": "max", "input": x, "deterministic": True}
-    a = backward(g, rois, x.shape, 0.7, -1, False, **options)
-    b = backward(
-        np.ascontiguousarray(g[order]),
-        np.ascontiguousarray(rois[order]),
-        x.shape,
-        0.7,
-        -1,
-        False,
-        **options,
-    )
-    np.testing.assert_array_equal(a, b)
-    rtol, atol = TOLERANCE[np.dtype(dtype)]
-    want = align_oracle.roi_align_max_backward(g, x, rois, SIZE, 0.7, -1, False)
-    np.testing.assert_allclose(a, want, rtol=rtol, atol=atol)
-
-
 # ---- the gradient with respect to the boxes ---------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("ratio", [2, -1])
-@pytest.mark.parametrize("aligned", [False, True])
-def test_box_backward_matches_oracle(on, dtype, ratio, aligned):
-    x, rois, g, _, _ = box_gradient_inputs(dtype)
-    rois = np.vstack([rois, [[0, 3.2, 2.1, 3.6, 2.4]]]).astype(dtype)  # legacy clamp (1 cell)
-    g = np.concatenate([g, g[:1]])
-    got = cuproi.roi_align_box_backward(
-        on.put(g), on.put(x), on.put(rois), BOX_SIZE, 0.7, ratio, aligned
-    )
+def test_box_backward_of_a_box_held_at_the_legacy_minimum(on, dtype):
+    """aligned=False widens a box to one cell: its x2 and y2 do not move the samples."""
+    x, _, g, _, _ = box_gradient_inputs(dtype)
+    rois = np.array([[0, 3.2, 2.1, 3.6, 2.4]], dtype)
+    got = cuproi.roi_align_box_backward(on.put(g[:1]), on.put(x), on.put(rois), BOX_SIZE, 0.7)
     got = on.get(got)
-    want = align_oracle.roi_align_box_grad(g, x, rois, BOX_SIZE, 0.7, ratio, aligned)
-    assert got.shape == (len(rois), 5) and (got[:, 0] == 0).all()
+    want = align_oracle.roi_align_box_grad(g[:1], x, rois, BOX_SIZE, 0.7, -1, False)
     np.testing.assert_allclose(got, want, **box_tolerance(dtype, want))
-    if not aligned:  # the clamped box: its x2 and y2 do not move the samples
-        assert got[-1, 3] == 0 and got[-1, 4] == 0 and got[-1, 1] != 0
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("aligned", [False, True])
-def test_max_box_backward_matches_oracle(on, dtype, aligned):
-    x, rois, g, _, _ = box_gradient_inputs(dtype)
-    got = cuproi.roi_align_box_backward(
-        on.put(g), on.put(x), on.put(rois), BOX_SIZE, 0.7, 2, aligned, pool_mode="max"
-    )
-    want = align_oracle.roi_align_box_grad(g, x, rois, BOX_SIZE, 0.7, 2, aligned, "max")
-    np.testing.assert_allclose(on.get(got), want, **box_tolerance(dtype, want))
-
-
-@pytest.mark.parametrize("aligned", [False, True])
-@pytest.mark.parametrize("ratio", [2, -1])
-def test_box_backward_central_differences(aligned, ratio):
-    x, rois, g, _, _ = box_gradient_inputs(np.float64, seed=1)
-    grad = cuproi.roi_align_box_backward(g, x, rois, BOX_SIZE, 0.7, ratio, aligned)
-
-    def forward(r):
-        return align_oracle.roi_align(x, r, BOX_SIZE, 0.7, ratio, aligned)
-
-    np.testing.assert_allclose(
-        grad, calculus.numeric_box_grad(forward, g, rois), rtol=1e-5, atol=1e-6
-    )
-
-
-def test_max_box_backward_central_differences():
-    x, rois, g, _, _ = box_gradient_inputs(np.float64, seed=2)
-    grad = cuproi.roi_align_box_backward(g, x, rois, BOX_SIZE, 0.7, 2, True, pool_mode="max")
-
-    def forward(r):
-        return align_oracle.roi_align_max(x, r, BOX_SIZE, 0.7, 2, True)
-
-    np.testing.assert_allclose(
-        grad, calculus.numeric_box_grad(forward, g, rois), rtol=1e-5, atol=1e-6
-    )
+    assert got[0, 3] == 0 and got[0, 4] == 0 and got[0, 1] != 0
 
 
 @pytest.mark.parametrize("aligned", [False, True])
@@ -417,35 +353,3 @@ def test_integer_sample_positions_take_the_right_derivative(aligned):
     right = calculus.right_box_grad(forward, g, rois)
     np.testing.assert_allclose(grad, right, rtol=1e-5, atol=1e-5)
     assert np.abs(grad[:, 1:]).min() > 1e-3  # none vanishes
-
-
-def test_box_backward_list_boxes_get_concatenated_rows():
-    x, rois, g, _, _ = box_gradient_inputs(np.float64)
-    order = np.argsort(rois[:, 0], kind="stable")
-    ordered, g = rois[order], g[order]
-    per_image = [ordered[ordered[:, 0] == i, 1:] for i in range(2)]
-    np.testing.assert_array_equal(
-        cuproi.roi_align_box_backward(g, x, per_image, BOX_SIZE, 0.7, 2, True),
-        cuproi.roi_align_box_backward(g, x, ordered, BOX_SIZE, 0.7, 2, True),
-    )
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_deterministic_box_backward_is_order_independent(dtype):
-    if host.COMPILER is None:
-        pytest.skip("no C++ compiler")
-    x, rois, g, _, _ = box_gradient_inputs(dtype, k=30)
-    order = np.random.default_rng(8).permutation(len(rois))
-    align = host.bind("roi_align_box_backward")
-    a = align(g, x, rois, 0.7, -1, False, deterministic=True)
-    b = align(
-        np.ascontiguousarray(g[order]),
-        x,
-        np.ascontiguousarray(rois[order]),
-        0.7,
-        -1,
-        False,
-        deterministic=True,
-    )
-    np.testing.assert_array_equal(a[order], b)
-    np.testing.assert_allclose(a, align(g, x, rois, 0.7, -1, False), **box_tolerance(dtype, a))
