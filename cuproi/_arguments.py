@@ -60,6 +60,20 @@ class Call(NamedTuple):
     options: tuple
     others: tuple
 
+    def run(self, op, *arguments, **keywords):
+        """``op`` of the backend on the checked ``arguments`` and options, restored.
+
+        ``arguments`` lead: the backend's arrays and sizes (such as ``call.x, call.rois,
+        call.pooled, call.scale``); the checked options follow them, then ``keywords``, of
+        which ``deterministic`` is checked here, last. Each array of a tuple result is restored.
+        """
+        if "deterministic" in keywords:
+            keywords["deterministic"] = _validate.flag(keywords["deterministic"], "deterministic")
+        result = getattr(self.backend, op)(*arguments, *self.options, **keywords)
+        if isinstance(result, tuple):
+            return tuple(None if r is None else self.restore(r) for r in result)
+        return self.restore(result)
+
 
 def options(checks):
     """Run each ``(check, value, *arguments)``: ``check(value, *arguments)``, in order.

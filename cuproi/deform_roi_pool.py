@@ -3,8 +3,6 @@
 from cuproi import _arguments, _dispatch, _docstrings, _validate
 from cuproi._types import ArrayT, Boxes, OutputSize
 
-# The former name of :func:`cuproi._validate.mask`, which cuproi.torch still imports from here.
-
 
 def _unplaced(xp, offset):
     """(K, 1, PH, PW) bins whose offset is NaN or infinite, or None without offsets.
@@ -109,11 +107,11 @@ def deform_roi_pool(
     call = _arguments.forward(
         input, boxes, output_size, spatial_scale, *checks, offset=offset, mask=mask
     )
-    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
-    (ratio, shift), restore = call.options, call.restore
     o, m = _modulation(call)
-    out = backend.deform_roi_pool(x, rois, o, pooled, scale, ratio, shift, m)
-    return restore(_nan_where(backend.xp, out, _unplaced(backend.xp, o)))
+    out = call.backend.deform_roi_pool(
+        call.x, call.rois, o, call.pooled, call.scale, *call.options, m
+    )
+    return call.restore(_nan_where(call.backend.xp, out, _unplaced(call.backend.xp, o)))
 
 
 @_dispatch.on_input_device
@@ -196,30 +194,27 @@ def deform_roi_pool_backward(
     call = _arguments.box_backward(
         grad_output, input, boxes, output_size, spatial_scale, *checks, offset=offset, mask=mask
     )
-    backend, x, rois, g, scale = call.backend, call.x, call.rois, call.g, call.scale
-    (ratio, shift), restore = call.options, call.restore
-    o_compute, m_compute = _modulation(call)
-    grad_input, grad_offset, grad_mask = backend.deform_roi_pool_backward(
-        g,
-        x,
-        rois,
-        o_compute,
-        scale,
-        ratio,
-        shift,
-        m_compute,
+    o, m = _modulation(call)
+    grads = call.backend.deform_roi_pool_backward(
+        call.g,
+        call.x,
+        call.rois,
+        o,
+        call.scale,
+        *call.options,
+        m,
         deterministic=_validate.flag(deterministic, "deterministic"),
         channels_last=_validate.flag(channels_last, "channels_last"),
     )
-    unplaced = _unplaced(backend.xp, o_compute)
-    _nan_where(backend.xp, grad_offset, unplaced)
-    _nan_where(backend.xp, grad_mask, unplaced)
-    o, m = call.others
-    if grad_offset is not None:
-        grad_offset = restore(grad_offset.astype(o.dtype, copy=False))
-    if grad_mask is not None:
-        grad_mask = restore(grad_mask.astype(m.dtype, copy=False))
-    return restore(grad_input.astype(call.grad_dtype, copy=False)), grad_offset, grad_mask
+    grad_input, *per_bin = grads
+    unplaced = _unplaced(call.backend.xp, o)
+    # Each gradient in the dtype of what it differentiates: grad_output's, the offset's, the mask's.
+    per_bin = [_nan_where(call.backend.xp, grad, unplaced) for grad in per_bin]
+    dtypes = (call.grad_dtype, *(None if a is None else a.dtype for a in call.others))
+    return tuple(
+        None if grad is None else call.restore(grad.astype(dtype, copy=False))
+        for grad, dtype in zip((grad_input, *per_bin), dtypes, strict=True)
+    )
 
 
 @_dispatch.on_input_device
@@ -288,21 +283,11 @@ def deform_roi_pool_box_backward(
     call = _arguments.box_backward(
         grad_output, input, boxes, output_size, spatial_scale, *checks, offset=offset, mask=mask
     )
-    backend, x, rois, g, scale = call.backend, call.x, call.rois, call.g, call.scale
-    ratio, shift = call.options
     o, m = _modulation(call)
-    grad = backend.deform_roi_pool_box_backward(
-        g,
-        x,
-        rois,
-        o,
-        scale,
-        ratio,
-        shift,
-        m,
-        deterministic=_validate.flag(deterministic, "deterministic"),
+    xp, det = call.backend.xp, _validate.flag(deterministic, "deterministic")
+    grad = call.backend.deform_roi_pool_box_backward(
+        call.g, call.x, call.rois, o, call.scale, *call.options, m, deterministic=det
     )
     if o is not None:  # a box with an unplaced bin: NaN for its coordinates
-        unplaced = _unplaced(backend.xp, o).any(axis=(1, 2, 3))
-        _nan_where(backend.xp, grad[:, 1:], unplaced[:, None])
+        _nan_where(xp, grad[:, 1:], _unplaced(xp, o).any(axis=(1, 2, 3))[:, None])
     return call.restore(grad)

@@ -4,7 +4,7 @@ mmcv's ``PrRoIPool`` semantics (from vacancy/PreciseRoIPooling), in float16, flo
 float64, with gradients for the features and for the box coordinates.
 """
 
-from cuproi import _arguments, _dispatch, _docstrings, _validate
+from cuproi import _arguments, _dispatch, _docstrings
 from cuproi._types import ArrayT, Boxes, OutputSize, Shape
 
 _CONVENTIONS = """
@@ -78,9 +78,7 @@ def prroi_pool(
     array([[[[1.75, 3.25]]]], dtype=float32)
     """
     call = _arguments.forward(input, boxes, output_size, spatial_scale)
-    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
-    restore = call.restore
-    return restore(backend.prroi_pool(x, rois, pooled, scale))
+    return call.run("prroi_pool", call.x, call.rois, call.pooled, call.scale)
 
 
 @_dispatch.on_input_device
@@ -134,12 +132,8 @@ def prroi_pool_backward(
            [0.  , 0.25, 0.25]], dtype=float32)
     """
     call = _arguments.backward(grad_output, boxes, input_shape, output_size, spatial_scale)
-    backend, g, rois, shape, scale = call.backend, call.g, call.rois, call.shape, call.scale
-    return call.restore(
-        backend.prroi_pool_backward(
-            g, rois, shape, scale, deterministic=_validate.flag(deterministic, "deterministic")
-        )
-    )
+    arguments = call.g, call.rois, call.shape, call.scale
+    return call.run("prroi_pool_backward", *arguments, deterministic=deterministic)
 
 
 @_dispatch.on_input_device
@@ -201,8 +195,5 @@ def prroi_pool_box_backward(
     array([[0.5, 0.5]])
     """
     call = _arguments.box_backward(grad_output, input, boxes, output_size, spatial_scale)
-    backend, x, rois, g, scale = call.backend, call.x, call.rois, call.g, call.scale
-    grad = backend.prroi_pool_box_backward(
-        g, x, rois, scale, deterministic=_validate.flag(deterministic, "deterministic")
-    )
-    return call.restore(grad)
+    arguments = call.g, call.x, call.rois, call.scale
+    return call.run("prroi_pool_box_backward", *arguments, deterministic=deterministic)

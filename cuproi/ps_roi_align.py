@@ -84,9 +84,7 @@ def ps_roi_align(
     call = _arguments.forward(
         input, boxes, output_size, spatial_scale, ratio, channels=_GROUPS, channels_last=False
     )
-    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
-    (ratio,), restore = call.options, call.restore
-    return restore(backend.ps_roi_align(x, rois, pooled, scale, ratio))
+    return call.run("ps_roi_align", call.x, call.rois, call.pooled, call.scale)
 
 
 @_dispatch.on_input_device
@@ -145,15 +143,5 @@ def ps_roi_align_backward(
     call = _arguments.backward(
         grad_output, boxes, input_shape, output_size, spatial_scale, ratio, channels=_GROUPS
     )
-    backend, g, rois, shape, scale = call.backend, call.g, call.rois, call.shape, call.scale
-    (ratio,), restore = call.options, call.restore
-    return restore(
-        backend.ps_roi_align_backward(
-            g,
-            rois,
-            shape,
-            scale,
-            ratio,
-            deterministic=_validate.flag(deterministic, "deterministic"),
-        )
-    )
+    arguments = call.g, call.rois, call.shape, call.scale
+    return call.run("ps_roi_align_backward", *arguments, deterministic=deterministic)

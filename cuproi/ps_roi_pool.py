@@ -81,9 +81,7 @@ def ps_roi_pool(
     call = _arguments.forward(
         input, boxes, output_size, spatial_scale, channels=_GROUPS, channels_last=False
     )
-    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
-    restore = call.restore
-    return restore(backend.ps_roi_pool(x, rois, pooled, scale))
+    return call.run("ps_roi_pool", call.x, call.rois, call.pooled, call.scale)
 
 
 @_dispatch.on_input_device
@@ -139,9 +137,5 @@ def ps_roi_pool_backward(
     call = _arguments.backward(
         grad_output, boxes, input_shape, output_size, spatial_scale, channels=_GROUPS
     )
-    backend, g, rois, shape, scale = call.backend, call.g, call.rois, call.shape, call.scale
-    return call.restore(
-        backend.ps_roi_pool_backward(
-            g, rois, shape, scale, deterministic=_validate.flag(deterministic, "deterministic")
-        )
-    )
+    arguments = call.g, call.rois, call.shape, call.scale
+    return call.run("ps_roi_pool_backward", *arguments, deterministic=deterministic)

@@ -97,12 +97,13 @@ def roi_align(
     >>> cuproi.roi_align(x, boxes, output_size=1, sampling_ratio=2, aligned=True, pool_mode="max")
     array([[[[5.]]]], dtype=float32)
     """
-    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.pool_mode, pool_mode)
+    checks = (
+        (_validate.sampling_ratio, sampling_ratio),
+        (_validate.flag, aligned, "aligned"),
+        (_validate.pool_mode, pool_mode),
+    )
     call = _arguments.forward(input, boxes, output_size, spatial_scale, *checks)
-    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
-    ratio, mode = call.options
-    aligned = _validate.flag(aligned, "aligned")
-    return call.restore(backend.roi_align(x, rois, pooled, scale, ratio, aligned, mode))
+    return call.run("roi_align", call.x, call.rois, call.pooled, call.scale)
 
 
 @_dispatch.on_input_device
@@ -174,45 +175,24 @@ def roi_align_backward(
             "roi_align_backward with pool_mode='max' needs input=, the features of the forward "
             "call (the winning samples are found again from them)"
         )
-    checks = (
-        (_validate.sampling_ratio, sampling_ratio),
-        (_validate.flag, deterministic, "deterministic"),
-        (_validate.flag, aligned, "aligned"),
-        (_validate.flag, channels_last, "channels_last"),
-    )
+    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.flag, aligned, "aligned")
+    channels_last = _validate.flag(channels_last, "channels_last")
     features = input if mode == "max" else None  # max mode computes in the features' dtype
     call = _arguments.backward(
         grad_output, boxes, input_shape, output_size, spatial_scale, *checks, input=features
     )
-    backend, restore, x, rois, g = call.backend, call.restore, call.x, call.rois, call.g
-    shape, scale, dtype = call.shape, call.scale, call.grad_dtype
-    ratio, det, aligned, channels_last = call.options
-    if mode == "max":
-        grad = backend.roi_align_backward(
-            g,
-            rois,
-            shape,
-            scale,
-            ratio,
-            aligned,
-            pool_mode=mode,
-            input=x,
-            deterministic=det,
-            channels_last=channels_last,
-        )
-        return restore(grad.astype(dtype, copy=False))
-    return restore(
-        backend.roi_align_backward(
-            g,
-            rois,
-            shape,
-            scale,
-            ratio,
-            aligned,
-            deterministic=det,
-            channels_last=channels_last,
-        )
+    grad = call.backend.roi_align_backward(
+        call.g,
+        call.rois,
+        call.shape,
+        call.scale,
+        *call.options,
+        pool_mode=mode,
+        input=call.x,
+        deterministic=_validate.flag(deterministic, "deterministic"),
+        channels_last=channels_last,
     )
+    return call.restore(grad.astype(call.grad_dtype, copy=False))
 
 
 @_dispatch.on_input_device
@@ -278,13 +258,9 @@ def roi_align_box_backward(
     array([[0. , 0.5, 2. , 0.5, 2. ]])
     """
     mode = _validate.pool_mode(pool_mode)
-    ratio = (_validate.sampling_ratio, sampling_ratio)
-    call = _arguments.box_backward(grad_output, input, boxes, output_size, spatial_scale, ratio)
-    backend, x, rois, g, scale = call.backend, call.x, call.rois, call.g, call.scale
-    (ratio,) = call.options
-    det = _validate.flag(deterministic, "deterministic")
-    aligned = _validate.flag(aligned, "aligned")
-    grad = backend.roi_align_box_backward(
-        g, x, rois, scale, ratio, aligned, pool_mode=mode, deterministic=det
+    checks = (_validate.sampling_ratio, sampling_ratio), (_validate.flag, aligned, "aligned")
+    call = _arguments.box_backward(grad_output, input, boxes, output_size, spatial_scale, *checks)
+    arguments = call.g, call.x, call.rois, call.scale
+    return call.run(
+        "roi_align_box_backward", *arguments, pool_mode=mode, deterministic=deterministic
     )
-    return call.restore(grad)

@@ -37,8 +37,13 @@ _CONVENTIONS = """
 """
 
 
-def _flags(aligned, clockwise):
-    return _validate.flag(aligned, "aligned"), _validate.flag(clockwise, "clockwise")
+def _checks(sampling_ratio, aligned, clockwise):
+    """The option checks of both functions, in the backend's order of the options."""
+    return (
+        (_validate.sampling_ratio, sampling_ratio),
+        (_validate.flag, aligned, "aligned"),
+        (_validate.flag, clockwise, "clockwise"),
+    )
 
 
 @_dispatch.on_input_device
@@ -113,13 +118,9 @@ def roi_align_rotated(
     <BLANKLINE>
            [[[11.5,  3.5]]]], dtype=float32)
     """
-    ratio = (_validate.sampling_ratio, sampling_ratio)
-    call = _arguments.forward(input, boxes, output_size, spatial_scale, ratio, rotated=True)
-    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
-    (ratio,), restore = call.options, call.restore
-    return restore(
-        backend.roi_align_rotated(x, rois, pooled, scale, ratio, *_flags(aligned, clockwise))
-    )
+    checks = _checks(sampling_ratio, aligned, clockwise)
+    call = _arguments.forward(input, boxes, output_size, spatial_scale, *checks, rotated=True)
+    return call.run("roi_align_rotated", call.x, call.rois, call.pooled, call.scale)
 
 
 @_dispatch.on_input_device
@@ -176,20 +177,9 @@ def roi_align_rotated_backward(
            [0.  , 0.25, 0.25, 0.  ],
            [0.  , 0.  , 0.  , 0.  ]], dtype=float32)
     """
-    ratio = (_validate.sampling_ratio, sampling_ratio)
+    checks = _checks(sampling_ratio, aligned, clockwise)
     call = _arguments.backward(
-        grad_output, boxes, input_shape, output_size, spatial_scale, ratio, rotated=True
+        grad_output, boxes, input_shape, output_size, spatial_scale, *checks, rotated=True
     )
-    backend, g, rois, shape, scale = call.backend, call.g, call.rois, call.shape, call.scale
-    (ratio,), restore = call.options, call.restore
-    return restore(
-        backend.roi_align_rotated_backward(
-            g,
-            rois,
-            shape,
-            scale,
-            ratio,
-            *_flags(aligned, clockwise),
-            deterministic=_validate.flag(deterministic, "deterministic"),
-        )
-    )
+    arguments = call.g, call.rois, call.shape, call.scale
+    return call.run("roi_align_rotated_backward", *arguments, deterministic=deterministic)

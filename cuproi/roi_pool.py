@@ -98,12 +98,9 @@ def roi_pool(
     array([[ 5,  7],
            [13, 15]], dtype=int32)
     """
-    call = _arguments.forward(input, boxes, output_size, spatial_scale)
-    backend, x, rois, scale, pooled = call.backend, call.x, call.rois, call.scale, call.pooled
-    restore = call.restore
-    return_argmax = _validate.flag(return_argmax, "return_argmax")
-    result = backend.roi_pool(x, rois, pooled, scale, return_argmax)
-    return tuple(map(restore, result)) if return_argmax else restore(result)
+    argmax = (_validate.flag, return_argmax, "return_argmax")
+    call = _arguments.forward(input, boxes, output_size, spatial_scale, argmax)
+    return call.run("roi_pool", call.x, call.rois, call.pooled, call.scale)
 
 
 @_dispatch.on_input_device
@@ -169,8 +166,5 @@ def roi_pool_backward(
         raise ValueError(f"grad_output must be a 4-D array (K, C, PH, PW); got shape {g.shape}")
     g = _validate.grad_output(backend.xp, g, len(rois), shape[1], g.shape[2:])
     a = _validate.argmax(backend.xp, a, g.shape, shape[2] * shape[3])
-    return restore(
-        backend.roi_pool_backward(
-            g, rois, a, shape, deterministic=_validate.flag(deterministic, "deterministic")
-        )
-    )
+    det = _validate.flag(deterministic, "deterministic")
+    return restore(backend.roi_pool_backward(g, rois, a, shape, deterministic=det))
