@@ -12,15 +12,19 @@ adjoint identity ``<A x, g> == <x, A^T g>``, no boxes and no channels, ``determi
 repeating its bits and ignoring the order of the boxes, per-image box lists, strided inputs
 left unwritten, the validation table; on the kernels (``kernels_on``: host and cuda) the _i64
 entry points and rows naming no image; on the NumPy backend, boxes split into many chunks.
+``assert_backends_agree`` compares the NumPy backend with the host kernels on any boxes (the
+hypothesis checks of ``random_boxes``); ``PositionSensitive`` sizes the features of the R-FCN ops.
 """
 
 import types
 
 import numpy as np
 import pytest
-from conftest import TOLERANCE
+from conftest import TOLERANCE, host_backend
+from hypothesis import strategies as st
 from oracles import calculus
 
+import cuproi
 from cuproi import _validate
 from cuproi._cpu import _sampling
 from cuproi._cuda import _launch
@@ -65,6 +69,19 @@ def assert_close(actual, expected, dtype):
     """``actual`` within the tolerance of ``dtype`` (conftest.TOLERANCE) of float64 ``expected``."""
     rtol, atol = TOLERANCE[np.dtype(dtype)]
     np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
+
+
+_COORDINATE = st.one_of(
+    st.floats(-15, 25, allow_nan=False, width=32),
+    st.sampled_from([0.0, 0.5, -0.5, 4.0, 9.5, 10.0, 12.0, -1.0, 1e4, -1e4]),
+)
+
+
+def random_boxes(max_size=6):
+    """A hypothesis strategy of (K, 5) float64 boxes on 2 images of ``SHAPE``: degenerate,
+    flipped, outside the map and huge ones among them."""
+    row = st.tuples(st.integers(0, 1), *[_COORDINATE] * 4)
+    return st.lists(row, min_size=1, max_size=max_size).map(lambda r: np.array(r, np.float64))
 
 
 BOX_SIZE = (2, 3)  # (PH, PW) of the box-gradient checks
@@ -254,6 +271,18 @@ class RoIOpTester:
         x = features(dtype, 0, self.input_shape(case))
         extras = self.extras(boxes, case, dtype)
         return x, rois_for(boxes, dtype), extras, self.gradient(dtype, len(boxes), case)
+
+    def assert_backends_agree(self, boxes, case, dtype):
+        """Every result of the op on ``boxes`` is finite on the NumPy backend and within the
+        tolerance of ``dtype`` of the host kernels' (the checks of random boxes)."""
+        inputs = self.host_inputs(dtype, case, boxes)
+        cpu = self.everything(On_CPU, *inputs, case)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(cuproi, "_cpu", host_backend())
+            kernels = self.everything(On_CPU, *inputs, case)
+        for a, b in zip(cpu, kernels, strict=True):
+            assert np.isfinite(a).all()
+            assert_close(a, b.astype(np.float64), dtype)
 
     # ---- the checks ---------------------------------------------------------------------------
 
@@ -494,6 +523,22 @@ class BoxGradientChecks:
 
         numeric = calculus.numeric_box_grad(forward, g, rois)
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
+
+
+class PositionSensitive:
+    """The features of a position-sensitive op (R-FCN), for its ``RoIOpTester`` (a base before
+    it): bin (ph, pw) of output channel c reads input channel (c * PH + ph) * PW + pw, so a
+    case's ``size`` (PH, PW) takes ``c_out * PH * PW`` channels."""
+
+    c_out = 2
+
+    def input_shape(self, case):
+        n, _, h, w = self.shape
+        ph, pw = case["size"]
+        return (n, self.c_out * ph * pw, h, w)
+
+    def output_tail(self, case):
+        return (self.c_out, *case["size"])
 
 
 On_CPU = types.SimpleNamespace(name="cpu", put=lambda a: a, get=np.asarray)
