@@ -12,17 +12,23 @@ adjoint identity ``<A x, g> == <x, A^T g>``, no boxes and no channels, ``determi
 repeating its bits and ignoring the order of the boxes, per-image box lists, strided inputs
 left unwritten, the validation table; on the kernels (``kernels_on``: host and cuda) the _i64
 entry points and rows naming no image; on the NumPy backend, boxes split into many chunks.
+``assert_backends_agree`` compares the NumPy backend with the host kernels on any boxes (the
+hypothesis checks of ``on_random_boxes``); ``PositionSensitiveChecks`` adds those of the R-FCN ops.
 """
 
 import types
 
+import host
 import numpy as np
 import pytest
-from conftest import TOLERANCE
+from conftest import TOLERANCE, host_backend
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from oracles import calculus
 
+import cuproi
 from cuproi import _validate
-from cuproi._cpu import _sampling
+from cuproi._cpu import _cells, _sampling
 from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype
 
@@ -65,6 +71,39 @@ def assert_close(actual, expected, dtype):
     """``actual`` within the tolerance of ``dtype`` (conftest.TOLERANCE) of float64 ``expected``."""
     rtol, atol = TOLERANCE[np.dtype(dtype)]
     np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
+
+
+_COORDINATE = st.one_of(
+    st.floats(-15, 25, allow_nan=False, width=32),
+    st.sampled_from([0.0, 0.5, -0.5, 4.0, 9.5, 10.0, 12.0, -1.0, 1e4, -1e4]),
+)
+
+
+def random_boxes(max_size=6):
+    """A hypothesis strategy of (K, 5) float64 boxes on 2 images of ``SHAPE``: degenerate,
+    flipped, outside the map and huge ones among them."""
+    row = st.tuples(st.integers(0, 1), *[_COORDINATE] * 4)
+    return st.lists(row, min_size=1, max_size=max_size).map(lambda r: np.array(r, np.float64))
+
+
+def on_random_boxes(**axes):
+    """Make a test of ``(self, boxes, case, dtype)`` a hypothesis test: ``random_boxes``, a case
+    of the strategies ``axes`` and float32 or float64, for ``assert_backends_agree`` (skipped
+    without a C++ compiler)."""
+
+    def decorate(test):
+        drawn = given(
+            boxes=random_boxes(),
+            case=st.fixed_dictionaries(axes),
+            dtype=st.sampled_from([np.float32, np.float64]),
+        )(test)
+        slow = settings(
+            max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        )
+        no_compiler = pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
+        return no_compiler(slow(drawn))
+
+    return decorate
 
 
 BOX_SIZE = (2, 3)  # (PH, PW) of the box-gradient checks
@@ -254,6 +293,18 @@ class RoIOpTester:
         x = features(dtype, 0, self.input_shape(case))
         extras = self.extras(boxes, case, dtype)
         return x, rois_for(boxes, dtype), extras, self.gradient(dtype, len(boxes), case)
+
+    def assert_backends_agree(self, boxes, case, dtype):
+        """Every result of the op on ``boxes`` is finite on the NumPy backend and within the
+        tolerance of ``dtype`` of the host kernels' (the checks of random boxes)."""
+        inputs = self.host_inputs(dtype, case, boxes)
+        cpu = self.everything(On_CPU, *inputs, case)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(cuproi, "_cpu", host_backend())
+            kernels = self.everything(On_CPU, *inputs, case)
+        for a, b in zip(cpu, kernels, strict=True):
+            assert np.isfinite(a).all()
+            assert_close(a, b.astype(np.float64), dtype)
 
     # ---- the checks ---------------------------------------------------------------------------
 
@@ -494,6 +545,98 @@ class BoxGradientChecks:
 
         numeric = calculus.numeric_box_grad(forward, g, rois)
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
+
+
+class PositionSensitiveChecks:
+    """The checks of a position-sensitive op (R-FCN), for its ``RoIOpTester`` (a base before it),
+    with ``op`` its public forward's name and cases naming a ``size`` (PH, PW).
+
+    Bin (ph, pw) of output channel c reads input channel (c * PH + ph) * PW + pw, so the features
+    of a case take ``c_out * PH * PW`` channels. Checks: the channel map; the channels a multiple
+    of the bins (of an int ``output_size`` n too: n * n), forward and backward, on every backend;
+    float16 features against the oracle, deterministic sums included, and the CPU backward
+    writing its gradient in runs of pixels (each on the cases ``grids`` names for it).
+    """
+
+    c_out = 2
+    op = None
+    test_validation = None  # its checks are test_channels_are_a_multiple_of_the_bins
+
+    def input_shape(self, case):
+        n, _, h, w = self.shape
+        ph, pw = case["size"]
+        return (n, self.c_out * ph * pw, h, w)
+
+    def output_tail(self, case):
+        return (self.c_out, *case["size"])
+
+    def public(self, suffix=""):
+        """The public forward, or with ``suffix="_backward"`` the backward (looked up on each
+        call: conftest wraps the public functions of GPU tests)."""
+        return getattr(cuproi, self.op + suffix)
+
+    def test_channel_mapping(self, on):
+        """Output channel c, bin (ph, pw) reads input channel (c * PH + ph) * PW + pw."""
+        channels = np.arange(3 * 2 * 3, dtype=np.float32)
+        x = np.broadcast_to(channels[None, :, None, None], (1, 18, 5, 7)).copy()
+        rois = np.array([[0, 0.0, 0.0, 7.0, 5.0]], np.float32)
+        out = on.get(self.public()(on.put(x), on.put(rois), (2, 3)))
+        np.testing.assert_allclose(out, channels.reshape(1, 3, 2, 3), rtol=1e-6)
+
+    def test_an_int_output_size_is_square(self, on):
+        """output_size n is (n, n): n * n bins to a group of channels (and the defaults:
+        spatial_scale 1, adaptive sampling)."""
+        x = on.put(features(np.float32, shape=(2, 8, 10, 12)))
+        rois = on.put(rois_for(box_zoo(1.0), np.float32))
+        out = on.get(self.public()(x, rois, 2))
+        assert out.shape == (12, 2, 2, 2)
+        explicit = {"size": (2, 2), "scale": 1.0, "ratio": -1}
+        np.testing.assert_array_equal(out, on.get(self.forward(x, rois, explicit)))
+        with pytest.raises(ValueError, match="8 channels, .* not a multiple of output_size 3 x 3"):
+            self.public()(x, rois, 3)
+
+    @pytest.mark.parametrize("channels", [5, 7, 13])
+    def test_channels_are_a_multiple_of_the_bins(self, on, channels):
+        """C_out groups of PH * PW score maps, else a ValueError naming the counts; the backward
+        checks the channels of input_shape, and a grad_output of C (not C_out) channels."""
+        x = on.put(features(np.float32, shape=(2, channels, 10, 12)))
+        rois = on.put(rois_for(box_zoo(1.0), np.float32))
+        message = rf"{channels} channels, which is not a multiple of output_size 2 x 3 = 6"
+        with pytest.raises(ValueError, match="input has " + message):
+            self.public()(x, rois, (2, 3))
+        backward = self.public("_backward")
+        g = on.put(np.ones((12, 2, 2, 3), np.float32))
+        with pytest.raises(ValueError, match="input_shape has " + message):
+            backward(g, rois, (2, channels, 10, 12), (2, 3))
+        g = on.put(np.ones((12, 12, 2, 3), np.float32))  # the input's channels
+        with pytest.raises(ValueError, match=r"grad_output must have shape \(12, 2, 2, 3\)"):
+            backward(g, rois, (2, 12, 10, 12), (2, 3))
+
+    def test_float16(self, on, case):
+        """float16 features, float32 coordinates and accumulation: the oracle on the same
+        halves, with and without deterministic sums (which repeat their bits)."""
+        x, rois, _, g = self.host_inputs(np.float16, case)
+        assert rois.dtype == np.float32  # boxes are never rounded to half
+        boxes, x64 = self.boxes(case), x.astype(np.float64)
+        out = on.get(self.forward(on.put(x), on.put(rois), case))
+        assert out.dtype == np.float16
+        assert_close(out, self.oracle(x64, boxes, case, np.float32), np.float16)
+        want = self.oracle_backward(g.astype(np.float64), x64, boxes, case, np.float32)
+        grads = [
+            on.get(self.backward(on.put(g), x, on.put(rois), case, deterministic=det))
+            for det in (False, True, True)
+        ]
+        np.testing.assert_array_equal(grads[1], grads[2])
+        for grad in grads:
+            assert grad.dtype == np.float16
+            np.testing.assert_allclose(grad.astype(np.float64), want, rtol=4e-3, atol=1e-2)
+
+    def test_cpu_backward_in_runs_of_pixels(self, monkeypatch, case):
+        """The CPU backward writes its gradient a run of pixels at a time: many runs, one short."""
+        monkeypatch.setattr(_cells, "BLOCK", 7)  # 120 pixels: 17 runs of 7, then 1
+        x, rois, _, g = self.host_inputs(np.float64, case)
+        want = self.oracle_backward(g, x, self.boxes(case), case, np.float64)
+        assert_close(self.backward(g, x, rois, case), want, np.float64)
 
 
 On_CPU = types.SimpleNamespace(name="cpu", put=lambda a: a, get=np.asarray)
