@@ -1,26 +1,24 @@
-"""Rotated RoI Align: both backends (the NumPy/SciPy one and the CUDA kernels run on the host)
-against the float64 loop oracle of tests/oracles/roi_align_rotated.py, the adjoint identity, the
-angle convention (0 degrees is roi_align, 90 and 180 degrees are turns of the map, the clockwise
-flag, periodicity), deterministic sums, the int64 entry points, chunking, huge boxes, and the
-validation of the public functions."""
-
-import functools
+"""Rotated RoI Align (detectron2 ROIAlignRotated, mmcv RoIAlignRotated) on every backend against
+the float64 loop oracle of tests/oracles/roi_align_rotated.py: the shared checks of roi_op_tester
+over the aligned and clockwise flags, then what is particular to rotated boxes (the angle
+convention: 0 degrees is roi_align, 90 and 180 degrees are turns of the map, the clockwise flag,
+periodicity, exact quarter turns; half precision, huge boxes, many samples in one box, the
+defaults, (K, 6) boxes)."""
 
 import host
 import numpy as np
 import pytest
 from conftest import TOLERANCE, host_backend
 from oracles import roi_align_rotated as rotated_oracle
+from roi_op_tester import SHAPE, RoIOpTester, assert_close, features, rois_for
 
 import cuproi
-import cuproi.roi_align_rotated
+from cuproi import _cpu
 from cuproi._cpu import _sampling
-from cuproi._cuda import _launch
-from cuproi._validate import compute_dtype
 
-SHAPE = (2, 3, 10, 12)
-SIZES = [(3, 4), (1, 1), (2, 2)]
-SCALES = [1.0, 0.5]
+SIZE = (3, 4)
+# (aligned, clockwise)
+FLAGS = [(True, False), (True, True), (False, False), (False, True)]
 
 # [batch_index, cx, cy, w, h, angle (degrees)]
 ZOO = np.array(
@@ -41,125 +39,141 @@ ZOO = np.array(
 )
 
 
-def features(dtype, shape=SHAPE, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+def arguments(case):
+    """(output_size, spatial_scale, sampling_ratio, aligned, clockwise) of ``case``."""
+    return case.get("size", SIZE), case["scale"], case["ratio"], case["aligned"], case["clockwise"]
 
 
-def grad(dtype, k, size, channels=SHAPE[1], seed=3):
-    return np.random.default_rng(seed).standard_normal((k, channels, *size)).astype(dtype)
+def with_boxes(boxes, backward):
+    """The forward or the backward on the valid inputs ``v``, with ``boxes(v.boxes)``."""
+    if backward:
+        return lambda v: cuproi.roi_align_rotated_backward(v.g, boxes(v.boxes), v.x.shape, SIZE)
+    return lambda v: cuproi.roi_align_rotated(v.x, boxes(v.boxes), SIZE)
 
 
-def rois_for(boxes, dtype):
-    return np.ascontiguousarray(boxes, dtype=compute_dtype(dtype))
+# Boxes refused for their shape as rotated boxes, their angle or their size: (label, boxes made
+# of the valid ones, exception, message). The checks every op shares are test_validation.py's.
+BAD_BOXES = [
+    ("(K, 5) boxes", lambda b: b[:, :5], ValueError, r"\(K, 6\).*axis-aligned"),
+    (
+        "(K, 4) boxes",
+        lambda b: b[:, :4],
+        ValueError,
+        r"\(K, 6\) array \[batch_index, cx, cy, w, h, angle\]",
+    ),
+    ("one box", lambda b: b[0], ValueError, r"\(K, 6\)"),
+    (
+        "axis-aligned boxes per image",
+        lambda b: [b[b[:, 0] == i, 1:5] for i in range(2)],
+        ValueError,
+        r"boxes\[0\] must be an \(L, 5\)",
+    ),
+    ("NaN angle", lambda b: np.vstack([b[1:], [0, 1, 1, 2, 2, np.nan]]), ValueError, "non-finite"),
+    ("huge width", lambda b: np.vstack([b[1:], [0, 1, 1, 3e6, 2, 0]]), ValueError, "exceed"),
+]
 
 
-def assert_close(actual, expected, dtype):
-    rtol, atol = TOLERANCE[np.dtype(dtype)]
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
+class TestRoIAlignRotated(RoIOpTester):
+    size = SIZE
+    forward_cases = [
+        {"scale": scale, "ratio": ratio, "aligned": aligned, "clockwise": clockwise}
+        for scale in (1.0, 0.5)
+        for ratio in (0, 1, 2)
+        for aligned, clockwise in FLAGS
+    ] + [
+        {"size": size, "scale": 0.7, "ratio": ratio, "aligned": True, "clockwise": False}
+        for size in ((3, 4), (1, 1), (2, 2))
+        for ratio in (-1, 3)
+    ]
+    # At scale 0.5, the deterministic sums.
+    backward_cases = [
+        {"scale": s, "ratio": ratio, "aligned": aligned, "clockwise": cw, "deterministic": s < 1}
+        for s in (1.0, 0.5)
+        for ratio in (0, 2)
+        for aligned, cw in FLAGS
+    ]
+    adjoint_cases = [
+        {"scale": 0.5, "ratio": ratio, "aligned": aligned, "clockwise": clockwise}
+        for ratio in (0, 2)
+        for aligned, clockwise in FLAGS
+    ]
+    invalid = [
+        (f"{'backward' if backward else 'forward'} {label}", with_boxes(boxes, backward), *raises)
+        for label, boxes, *raises in BAD_BOXES
+        for backward in (False, True)
+    ]
+
+    def forward(self, x, boxes, case):
+        return cuproi.roi_align_rotated(x, boxes, *arguments(case))
+
+    def backward(self, g, x, boxes, case, **options):
+        options = {"deterministic": case.get("deterministic", False), **options}
+        return cuproi.roi_align_rotated_backward(g, boxes, x.shape, *arguments(case), **options)
+
+    def oracle(self, x, boxes, case, coord_dtype):
+        boxes = boxes.astype(coord_dtype)  # the angles too, as the backends read them
+        return rotated_oracle.roi_align_rotated(x, boxes, *arguments(case), coord_dtype=coord_dtype)
+
+    def oracle_backward(self, g, x, boxes, case, coord_dtype):
+        boxes = boxes.astype(coord_dtype)
+        return rotated_oracle.roi_align_rotated_backward(
+            g, boxes, x.shape, *arguments(case), coord_dtype=coord_dtype
+        )
+
+    def boxes(self, case):
+        return ZOO
+
+    def assert_forward(self, out, expected, dtype):
+        assert np.isfinite(out).all()
+        assert_close(out, expected, dtype)
 
 
-@functools.cache
-def _oracle(name, dtype, size, scale, *args):
-    coord = compute_dtype(dtype).type
-    boxes = rois_for(ZOO, dtype).astype(np.float64)
-    if name.endswith("backward"):
-        g = grad(dtype, len(boxes), size).astype(np.float64)
-        fn = rotated_oracle.roi_align_rotated_backward
-        return fn(g, boxes, SHAPE, size, scale, *args, coord_dtype=coord)
-    x = features(dtype).astype(np.float64)
-    return rotated_oracle.roi_align_rotated(x, boxes, size, scale, *args, coord_dtype=coord)
+def rotated(on, x, boxes, *args):
+    """The public forward on the backend ``on``, as NumPy."""
+    return on.get(cuproi.roi_align_rotated(on.put(x), on.put(boxes), *args))
 
 
-# ---- against the oracle ----------------------------------------------------------------------
-
-FLAGS = [(True, False), (True, True), (False, False), (False, True)]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("ratio", [0, 1, 2])
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("flags", FLAGS)
-def test_forward(backend, dtype, ratio, scale, flags):
-    size = (3, 4)
-    out = backend.roi_align_rotated(
-        features(dtype), rois_for(ZOO, dtype), size, scale, ratio, *flags
-    )
-    assert out.dtype == dtype and out.shape == (len(ZOO), SHAPE[1], *size)
-    assert np.isfinite(out).all()
-    assert_close(out, _oracle("roi_align_rotated", dtype, size, scale, ratio, *flags), dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("ratio", [0, 2])
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("flags", FLAGS)
-def test_backward(backend, dtype, ratio, scale, flags):
-    size = (3, 4)
-    g = grad(dtype, len(ZOO), size)
-    got = backend.roi_align_rotated_backward(g, rois_for(ZOO, dtype), SHAPE, scale, ratio, *flags)
-    assert got.dtype == dtype and got.shape == SHAPE
-    want = _oracle("roi_align_rotated_backward", dtype, size, scale, ratio, *flags)
-    assert_close(got, want, dtype)
-
-
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("ratio", [-1, 3])
-def test_other_sizes(backend, size, ratio):
-    out = backend.roi_align_rotated(
-        features(np.float64), rois_for(ZOO, np.float64), size, 0.7, ratio, True, False
-    )
-    assert_close(out, _oracle("roi_align_rotated", np.float64, size, 0.7, ratio), np.float64)
-
-
-@pytest.mark.parametrize("flags", FLAGS)
-@pytest.mark.parametrize("ratio", [0, 2])
-def test_adjoint(backend, flags, ratio):
-    x = features(np.float64)
-    rois = rois_for(ZOO, np.float64)
-    g = grad(np.float64, len(rois), (3, 4))
-    out = backend.roi_align_rotated(x, rois, (3, 4), 0.5, ratio, *flags)
-    back = backend.roi_align_rotated_backward(g, rois, SHAPE, 0.5, ratio, *flags)
-    np.testing.assert_allclose((out * g).sum(), (x * back).sum(), rtol=1e-12)
-
-
-def test_float16(backend):
+def test_float16(on):
     """float16 features, float32 coordinates and accumulation: the oracle on the same halves."""
-    size = (3, 4)
     x = features(np.float16)
     rois = rois_for(ZOO, np.float16)
-    assert rois.dtype == np.float32
+    assert rois.dtype == np.float32  # boxes are never rounded to half
     x64, f32 = x.astype(np.float64), np.float32
-    out = backend.roi_align_rotated(x, rois, size, 0.5, 2, True, False)
+    out = rotated(on, x, rois, SIZE, 0.5, 2, True, False)
     assert out.dtype == np.float16
-    want = rotated_oracle.roi_align_rotated(x64, ZOO, size, 0.5, 2, coord_dtype=f32)
+    want = rotated_oracle.roi_align_rotated(x64, ZOO, SIZE, 0.5, 2, coord_dtype=f32)
     assert_close(out, want, np.float16)
-    g = grad(np.float16, len(rois), size)
-    got = backend.roi_align_rotated_backward(g, rois, SHAPE, 0.5, 2, True, False)
+    g = np.random.default_rng(3).standard_normal(out.shape).astype(np.float16)
+    got = cuproi.roi_align_rotated_backward(on.put(g), on.put(rois), SHAPE, SIZE, 0.5, 2)
+    got = on.get(got)
     assert got.dtype == np.float16
     want = rotated_oracle.roi_align_rotated_backward(
-        g.astype(np.float64), ZOO, SHAPE, size, 0.5, 2, coord_dtype=f32
+        g.astype(np.float64), ZOO, SHAPE, SIZE, 0.5, 2, coord_dtype=f32
     )
     np.testing.assert_allclose(got.astype(np.float64), want, rtol=4e-3, atol=1e-2)
 
 
-def test_empty_inputs(backend):
-    x = features(np.float32)
-    rois = np.zeros((0, 6), np.float32)
-    out = backend.roi_align_rotated(x, rois, (2, 2), 1.0, 0, True, False)
-    assert out.shape == (0, SHAPE[1], 2, 2)
-    g = np.zeros((0, SHAPE[1], 2, 2), np.float32)
-    got = backend.roi_align_rotated_backward(g, rois, SHAPE, 1.0, 0, True, False)
-    assert got.shape == SHAPE and not got.any()
-    got = backend.roi_align_rotated_backward(
-        g, rois, SHAPE, 1.0, 0, True, False, deterministic=True
+def test_defaults_and_box_dtype():
+    """Defaults: a square output, scale 1, adaptive sampling, aligned, counter-clockwise; float32
+    boxes with float64 features are read in float64; an empty list is no boxes."""
+    x = features(np.float64)
+    boxes = ZOO.astype(np.float32)
+    default = cuproi.roi_align_rotated(x, boxes, 3)
+    explicit = _cpu.roi_align_rotated(x, boxes.astype(np.float64), (3, 3), 1.0, 0, True, False)
+    np.testing.assert_array_equal(default, explicit)
+    g = np.random.default_rng(3).standard_normal(default.shape)
+    np.testing.assert_array_equal(
+        cuproi.roi_align_rotated_backward(g, boxes, SHAPE, 3),
+        _cpu.roi_align_rotated_backward(g, ZOO, SHAPE, 1.0, 0, True, False),
     )
-    assert got.shape == SHAPE and not got.any()
+    assert cuproi.roi_align_rotated(x, [], 3).shape == (0, SHAPE[1], 3, 3)
 
 
 # ---- the angle convention ----------------------------------------------------------------------
 
 
-def _random_boxes(k, seed, min_size=1.0):
+def random_boxes(k, seed, min_size=1.0):
+    """``k`` boxes at angle 0 about the map, at least ``min_size`` wide and high."""
     rng = np.random.default_rng(seed)
     centre = rng.uniform([-1, -1], [13, 11], (k, 2))
     size = rng.uniform(min_size, 9, (k, 2))
@@ -169,32 +183,31 @@ def _random_boxes(k, seed, min_size=1.0):
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("ratio", [0, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_angle_zero_is_roi_align(backend, aligned, ratio, dtype):
+def test_angle_zero_is_roi_align(on, aligned, ratio, dtype):
     # At least one cell after scaling: not aligned, a smaller box is widened to one cell about
     # its centre here, from its start by roi_align.
-    rotated = _random_boxes(16, 1, min_size=2.1)
-    cx, cy, w, h = rotated[:, 1:5].T
-    boxes = np.column_stack([rotated[:, 0], cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+    boxes = random_boxes(16, 1, min_size=2.1)
+    cx, cy, w, h = boxes[:, 1:5].T
+    corners = np.column_stack([boxes[:, 0], cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
     x = features(dtype)
-    got = backend.roi_align_rotated(x, rois_for(rotated, dtype), (3, 4), 0.5, ratio, aligned, False)
-    want = backend.roi_align(x, rois_for(boxes, dtype), (3, 4), 0.5, ratio, aligned)
+    got = rotated(on, x, rois_for(boxes, dtype), SIZE, 0.5, ratio, aligned, False)
+    want = cuproi.roi_align(on.put(x), on.put(rois_for(corners, dtype)), SIZE, 0.5, ratio, aligned)
     rtol, atol = TOLERANCE[np.dtype(dtype)]
-    np.testing.assert_allclose(got, want, rtol=10 * rtol, atol=10 * atol)
+    np.testing.assert_allclose(got, on.get(want), rtol=10 * rtol, atol=10 * atol)
 
 
 @pytest.mark.parametrize("aligned", [True, False])
-def test_angle_180_reverses_the_bins(backend, aligned):
-    boxes = _random_boxes(16, 2)
+def test_angle_180_reverses_the_bins(on, aligned):
+    boxes = random_boxes(16, 2)
     turned = boxes.copy()
     turned[:, 5] = 180.0
     x = features(np.float64)
-    rois = rois_for(boxes, np.float64)
-    out = backend.roi_align_rotated(x, rois, (3, 4), 1.0, 2, aligned, False)
-    out180 = backend.roi_align_rotated(x, turned, (3, 4), 1.0, 2, aligned, False)
+    out = rotated(on, x, boxes, SIZE, 1.0, 2, aligned, False)
+    out180 = rotated(on, x, turned, SIZE, 1.0, 2, aligned, False)
     np.testing.assert_allclose(out180, out[:, :, ::-1, ::-1], rtol=1e-12, atol=1e-12)
 
 
-def test_angle_90_is_counter_clockwise(backend):
+def test_angle_90_is_counter_clockwise(on):
     """90 degrees on X is 180 degrees on X turned counter-clockwise by np.rot90 (see below).
 
     np.rot90(X)[i, j] = X[j, W - 1 - i]. A 90-degree counter-clockwise box samples X at
@@ -204,38 +217,33 @@ def test_angle_90_is_counter_clockwise(backend):
     x = features(np.float64)
     width = x.shape[3]
     z = np.ascontiguousarray(np.rot90(x, 1, axes=(2, 3)))
-    boxes = _random_boxes(16, 3)
+    boxes = random_boxes(16, 3)
     boxes[:, 5] = 90.0
     other = boxes.copy()
     # aligned: index = coordinate - 0.5, so W - 1 - (cx - 0.5) = (W - cx) - 0.5.
     other[:, 1], other[:, 2], other[:, 5] = boxes[:, 2], width - boxes[:, 1], 180.0
-    got = backend.roi_align_rotated(x, boxes, (3, 4), 1.0, 2, True, False)
-    want = backend.roi_align_rotated(z, other, (3, 4), 1.0, 2, True, False)
+    got = rotated(on, x, boxes, SIZE, 1.0, 2, True, False)
+    want = rotated(on, z, other, SIZE, 1.0, 2, True, False)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     # The clockwise flag turns the other way: -90 degrees is a different result.
-    cw = backend.roi_align_rotated(x, boxes, (3, 4), 1.0, 2, True, True)
-    assert not np.allclose(cw, got)
+    assert not np.allclose(rotated(on, x, boxes, SIZE, 1.0, 2, True, True), got)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_clockwise_negates_and_angles_are_periodic(backend, dtype):
-    boxes = _random_boxes(12, 4)
+def test_clockwise_negates_and_angles_are_periodic(on, dtype):
+    boxes = random_boxes(12, 4)
     boxes[:, 5] = np.round(np.random.default_rng(5).uniform(-200, 200, len(boxes)) * 8) / 8
     x = features(dtype)
     rois = rois_for(boxes, dtype)
-    base = backend.roi_align_rotated(x, rois, (3, 4), 0.5, 0, True, False)
+    base = rotated(on, x, rois, SIZE, 0.5, 0, True, False)
     negated = rois.copy()
     negated[:, 5] = -negated[:, 5]
-    np.testing.assert_array_equal(
-        backend.roi_align_rotated(x, negated, (3, 4), 0.5, 0, True, True), base
-    )
+    np.testing.assert_array_equal(rotated(on, x, negated, SIZE, 0.5, 0, True, True), base)
     turned = rois.copy()
     turned[:, 5] = rois[:, 5] + 720  # exact in float32 too for these angles
     assert (turned[:, 5] - 720 == rois[:, 5]).all()
     np.testing.assert_allclose(
-        backend.roi_align_rotated(x, turned, (3, 4), 0.5, 0, True, False),
-        base,
-        *TOLERANCE[np.dtype(dtype)],
+        rotated(on, x, turned, SIZE, 0.5, 0, True, False), base, *TOLERANCE[np.dtype(dtype)]
     )
 
 
@@ -257,12 +265,9 @@ def test_rotation_is_exact_at_quarter_turns():
 # ---- bounded work and memory ----------------------------------------------------------------
 
 
-def test_huge_boxes_are_cheap_and_backends_agree():
+def test_huge_boxes_are_cheap_and_backends_agree(kernels_on):
     """Adaptive sampling of a 10**6-cell box: 5 * 10**5 samples per bin axis, but only those
-    near the map are visited (both backends), and they agree."""
-    from cuproi import _cpu
-
-    hb = host_backend()
+    near the map are visited (the kernels and the NumPy backend), and they agree."""
     x = features(np.float32)
     boxes = np.array(
         [
@@ -273,253 +278,38 @@ def test_huge_boxes_are_cheap_and_backends_agree():
         ],
         np.float32,
     )
-    g = grad(np.float32, len(boxes), (2, 2))
-    for b in (_cpu, hb):
-        out = b.roi_align_rotated(x, boxes, (2, 2), 1.0, 0, True, False)
-        assert np.isfinite(out).all()
-    cpu = _cpu.roi_align_rotated(x, boxes, (2, 2), 1.0, 0, True, False)
-    kern = hb.roi_align_rotated(x, boxes, (2, 2), 1.0, 0, True, False)
-    assert_close(cpu, kern.astype(np.float64), np.float32)
-    cpu = _cpu.roi_align_rotated_backward(g, boxes, SHAPE, 1.0, 0, True, False)
-    kern = hb.roi_align_rotated_backward(g, boxes, SHAPE, 1.0, 0, True, False)
-    assert_close(cpu, kern.astype(np.float64), np.float32)
+    g = np.random.default_rng(3).standard_normal((len(boxes), SHAPE[1], 2, 2)).astype(np.float32)
+    args = ((2, 2), 1.0, 0, True, False)
+    out = rotated(kernels_on, x, boxes, *args)
+    assert np.isfinite(out).all()
+    assert_close(_cpu.roi_align_rotated(x, boxes, *args), out, np.float32)
+    put = kernels_on.put
+    grad = cuproi.roi_align_rotated_backward(put(g), put(boxes), SHAPE, *args)
+    want = _cpu.roi_align_rotated_backward(g, boxes, SHAPE, *args[1:])
+    assert_close(want, kernels_on.get(grad).astype(np.float64), np.float32)
 
 
-def test_many_samples_in_one_box_are_built_in_pieces(monkeypatch):
+def test_many_samples_in_one_box_are_built_in_pieces(kernels_on, monkeypatch):
     """A fixed sampling_ratio of 300 (90000 samples per bin) in one box: the CPU operator is
-    built from pieces of samples within the budget, and matches the host kernels."""
-    from cuproi import _cpu
-
-    hb = host_backend()
+    built from pieces of samples within the budget, and matches the kernels."""
     x = features(np.float64)
     boxes = np.array([[1, 6.0, 5.0, 7.0, 5.0, 33.0]])
-    g = grad(np.float64, 1, (2, 2))
-    kern = [
-        hb.roi_align_rotated(x, boxes, (2, 2), 1.0, 300, True, False),
-        hb.roi_align_rotated_backward(g, boxes, SHAPE, 1.0, 300, True, False),
+    g = np.random.default_rng(3).standard_normal((1, SHAPE[1], 2, 2))
+    put = kernels_on.put
+    kernels = [
+        rotated(kernels_on, x, boxes, (2, 2), 1.0, 300),
+        cuproi.roi_align_rotated_backward(put(g), put(boxes), SHAPE, (2, 2), 1.0, 300),
     ]
     monkeypatch.setattr(_sampling, "BUDGET", 1 << 14)
     cpu = [
         _cpu.roi_align_rotated(x, boxes, (2, 2), 1.0, 300, True, False),
         _cpu.roi_align_rotated_backward(g, boxes, SHAPE, 1.0, 300, True, False),
     ]
-    for a, b in zip(cpu, kern, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+    for a, b in zip(cpu, kernels, strict=True):
+        np.testing.assert_allclose(a, kernels_on.get(b), rtol=1e-11, atol=1e-12)
 
 
-def test_cpu_chunks_give_the_same_result(monkeypatch):
-    from cuproi import _cpu
-
-    x = features(np.float64)
-    rois = rois_for(ZOO, np.float64)
-    g = grad(np.float64, len(rois), (3, 4))
-
-    def run():
-        return [
-            _cpu.roi_align_rotated(x, rois, (3, 4), 0.7, 0, True, False),
-            _cpu.roi_align_rotated_backward(g, rois, SHAPE, 0.7, 0, True, False),
-        ]
-
-    whole = run()
-    chunks = _sampling.chunks
-    seen = []
-
-    def small(cost, budget=None):
-        parts = list(chunks(cost, 200))
-        seen.append(len(parts))
-        return iter(parts)
-
-    monkeypatch.setattr(_sampling, "chunks", small)
-    split = run()
-    assert seen and max(seen) > 3
-    for a, b in zip(whole, split, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
-
-
-# ---- deterministic sums and the int64 entry points (host kernels) ---------------------------
-
-
-def _overlapping(dtype, k=24, seed=0):
-    rng = np.random.default_rng(seed)
-    boxes = _random_boxes(k, seed, 0.5)
-    boxes[:, 5] = rng.uniform(-180, 180, k)
-    return boxes.astype(dtype), rng.standard_normal((k, SHAPE[1], 3, 4)).astype(dtype)
-
-
-def _gradients(b, rois, g, deterministic):
-    det = {"deterministic": deterministic}
-    return [
-        b.roi_align_rotated_backward(g, rois, SHAPE, 0.5, 2, True, False, **det),
-        b.roi_align_rotated_backward(g, rois, SHAPE, 0.5, 0, False, True, **det),
-    ]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_deterministic_matches_oracle(backend, dtype):
-    rois, g = _overlapping(dtype)
-    expected = [
-        rotated_oracle.roi_align_rotated_backward(
-            g, rois, SHAPE, (3, 4), 0.5, 2, True, False, dtype
-        ),
-        rotated_oracle.roi_align_rotated_backward(
-            g, rois, SHAPE, (3, 4), 0.5, 0, False, True, dtype
-        ),
-    ]
-    for got, want in zip(_gradients(backend, rois, g, True), expected, strict=True):
-        assert got.dtype == dtype
-        assert_close(got, want, dtype)
-
-
-@pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_host_kernels_sum_independently_of_order(dtype):
-    b = host_backend()
-    rois, g = _overlapping(dtype)
-    order = np.random.default_rng(1).permutation(len(rois))
-    shuffled = np.ascontiguousarray(rois[order]), np.ascontiguousarray(g[order])
-    first = _gradients(b, rois, g, True)
-    again = _gradients(b, *shuffled, True)
-    for a, c in zip(first, again, strict=True):
-        np.testing.assert_array_equal(a, c)
-    # The default floating-point atomics do depend on the order: the test can fail.
-    plain = _gradients(b, rois, g, False)
-    reordered = _gradients(b, *shuffled, False)
-    assert not all(np.array_equal(a, c) for a, c in zip(plain, reordered, strict=True))
-
-
-@pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
-def test_int64_index_variants(monkeypatch):
-    x = features(np.float64)
-    rois = rois_for(ZOO, np.float64)
-    g = grad(np.float64, len(rois), (2, 3))
-
-    def run():
-        b = host_backend()
-        return [
-            b.roi_align_rotated(x, rois, (2, 3), 0.7, 0, True, False),
-            b.roi_align_rotated_backward(g, rois, SHAPE, 0.7, 2, False, True),
-            b.roi_align_rotated_backward(g, rois, SHAPE, 0.7, 2, True, False, deterministic=True),
-        ]
-
-    narrow = run()
-    calls = []
-    launch = host.launch
-    monkeypatch.setattr(_launch, "LARGE", 0)
-    monkeypatch.setattr(host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k)))
-    wide = run()
-    assert calls and all(name.endswith("_i64") for name in calls)
-    for a, b in zip(narrow, wide, strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
-def test_kernels_skip_a_bad_batch_index():
-    b = host_backend()
-    x = features(np.float32)
-    rois = np.array([[5, 4.0, 4.0, 6.0, 6.0, 30], [-1, 4.0, 4.0, 6.0, 6.0, 0]], np.float32)
-    assert not b.roi_align_rotated(x, rois, (2, 2), 1.0, 2, True, False).any()
-    g = np.ones((2, SHAPE[1], 2, 2), np.float32)
-    assert not b.roi_align_rotated_backward(g, rois, SHAPE, 1.0, 2, True, False).any()
-
-
-# ---- the public functions --------------------------------------------------------------------
-
-BOXES = np.array([[0, 4.0, 3.0, 5.0, 3.0, 30.0], [1, 6.0, 5.0, 4.0, 6.0, -60.0]], np.float32)
-
-
-def test_public_functions_equal_the_backend():
-    from cuproi import _cpu
-
-    x = features(np.float64)
-    rois = BOXES.astype(np.float64)
-    np.testing.assert_array_equal(
-        cuproi.roi_align_rotated(x, BOXES, (2, 3), 0.5, 2, False, True),
-        _cpu.roi_align_rotated(x, rois, (2, 3), 0.5, 2, False, True),
-    )
-    g = grad(np.float64, 2, (2, 3))
-    np.testing.assert_array_equal(
-        cuproi.roi_align_rotated_backward(
-            g, BOXES, SHAPE, (2, 3), 0.5, 2, False, True, deterministic=True
-        ),
-        _cpu.roi_align_rotated_backward(g, rois, SHAPE, 0.5, 2, False, True),
-    )
-
-
-def test_defaults_and_box_list():
-    x = features(np.float32)
-    default = cuproi.roi_align_rotated(x, BOXES, 3)
-    explicit = cuproi.roi_align_rotated(x, BOXES, (3, 3), 1.0, 0, True, False)
-    np.testing.assert_array_equal(default, explicit)
-    listed = cuproi.roi_align_rotated(x, [BOXES[:1, 1:], BOXES[1:, 1:]], 3)
-    np.testing.assert_array_equal(listed, default)
-    g = grad(np.float32, 2, (3, 3))
-    np.testing.assert_array_equal(
-        cuproi.roi_align_rotated_backward(g, [BOXES[:1, 1:], BOXES[1:, 1:]], SHAPE, 3),
-        cuproi.roi_align_rotated_backward(g, BOXES, SHAPE, 3),
-    )
-    assert cuproi.roi_align_rotated(x, [], 3).shape == (0, SHAPE[1], 3, 3)
-
-
-@pytest.mark.parametrize(
-    "boxes, error, match",
-    [
-        (BOXES[:, :5], ValueError, r"\(K, 6\).*axis-aligned"),
-        (BOXES[:, :4], ValueError, r"\(K, 6\) array \[batch_index, cx, cy, w, h, angle\]"),
-        (BOXES[0], ValueError, r"\(K, 6\)"),
-        ([BOXES[:, 1:5]], ValueError, r"boxes\[0\] must be an \(L, 5\)"),
-        ([BOXES[:, 1:]] * 3, ValueError, "list of 3 per-image arrays"),
-        (np.array([[0.5, 1, 1, 2, 2, 0]]), ValueError, "whole numbers"),
-        (np.array([[2, 1, 1, 2, 2, 0]]), IndexError, "holds 2 images"),
-        (np.array([[-1, 1, 1, 2, 2, 0]]), IndexError, "batch index -1"),
-        (np.array([[0, 1, 1, 2, 2, np.nan]]), ValueError, "non-finite"),
-        (np.array([[0, np.inf, 1, 2, 2, 0]]), ValueError, "non-finite"),
-        (np.array([[0, 1, 1, 3e6, 2, 0]]), ValueError, "exceed"),
-        (np.array([[0, 1, 1, 2, 2, 0]], np.complex64), TypeError, "real numbers"),
-    ],
-)
-def test_box_validation(boxes, error, match):
-    x = features(np.float32)
-    with pytest.raises(error, match=match):
-        cuproi.roi_align_rotated(x, boxes, 2)
-    g = grad(np.float32, 1 if np.ndim(boxes) == 2 and len(boxes) == 1 else 2, (2, 2))
-    with pytest.raises(error, match=match):
-        cuproi.roi_align_rotated_backward(g, boxes, SHAPE, 2)
-
-
-def test_other_validation():
-    x = features(np.float32)
-    with pytest.raises(TypeError, match="float16, float32 or float64"):
-        cuproi.roi_align_rotated(x.astype(np.int32), BOXES, 2)
-    with pytest.raises(ValueError, match="4-D"):
-        cuproi.roi_align_rotated(x[0], BOXES, 2)
-    with pytest.raises(ValueError, match="output_size must be positive"):
-        cuproi.roi_align_rotated(x, BOXES, 0)
-    with pytest.raises(ValueError, match="spatial_scale must be positive"):
-        cuproi.roi_align_rotated(x, BOXES, 2, spatial_scale=0.0)
-    with pytest.raises(TypeError, match="sampling_ratio must be an int"):
-        cuproi.roi_align_rotated(x, BOXES, 2, sampling_ratio=1.5)
-    with pytest.raises(ValueError, match="scale 1e-300 is not a positive float32"):
-        cuproi.roi_align_rotated(x, BOXES, 2, spatial_scale=1e-300)
-    with pytest.raises(ValueError, match=r"grad_output must have shape \(2, 3, 2, 2\)"):
-        cuproi.roi_align_rotated_backward(grad(np.float32, 2, (3, 3)), BOXES, SHAPE, 2)
-    with pytest.raises(ValueError, match="input_shape"):
-        cuproi.roi_align_rotated_backward(grad(np.float32, 2, (2, 2)), BOXES, (2, 3, 10), 2)
-
-
-def test_inputs_are_not_written_and_strided_inputs_work():
-    x = features(np.float64, (2, 3, 10, 24))
-    strided = x[:, :, :, ::2]
-    boxes = np.asfortranarray(BOXES.astype(np.float64))
-    before = x.copy(), boxes.copy()
-    np.testing.assert_array_equal(
-        cuproi.roi_align_rotated(strided, boxes, 2),
-        cuproi.roi_align_rotated(np.ascontiguousarray(strided), BOXES.astype(np.float64), 2),
-    )
-    np.testing.assert_array_equal(x, before[0])
-    np.testing.assert_array_equal(boxes, before[1])
-
-
-# ---- random boxes: the two backends agree ---------------------------------------------------
+# ---- random boxes: the NumPy backend and the host kernels agree ------------------------------
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -551,12 +341,10 @@ _angle = st.one_of(
 )
 def test_backends_agree_on_random_boxes(boxes, size, scale, ratio, flags, dtype):
     """Degenerate, flipped, outside and huge boxes: finite results, CPU == host kernels."""
-    from cuproi import _cpu
-
     hb = host_backend()
     x = features(dtype)
     rois = rois_for(np.array(boxes, np.float64), dtype)
-    g = grad(dtype, len(rois), size)
+    g = np.random.default_rng(3).standard_normal((len(rois), SHAPE[1], *size)).astype(dtype)
     pairs = [
         (b.roi_align_rotated(x, rois, size, scale, ratio, *flags) for b in (_cpu, hb)),
         (b.roi_align_rotated_backward(g, rois, SHAPE, scale, ratio, *flags) for b in (_cpu, hb)),
