@@ -1,68 +1,10 @@
 """Precise RoI Pooling as a torch op (gradients for the features and the boxes), and its module."""
 
-import torch
-from torch import Tensor
-
-import cuproi
 from cuproi import _validate
-from cuproi.torch import _autograd, _common, _fake
+from cuproi.torch import _autograd, _common
 from cuproi.torch._module import OpModule
 
-
-@torch.library.custom_op("cuproi::prroi_pool", mutates_args=())
-def _prroi_pool(
-    input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
-) -> Tensor:
-    with _common.stream(input):
-        return cuproi.prroi_pool(input, rois, (pooled_h, pooled_w), spatial_scale)
-
-
-@_prroi_pool.register_fake
-def _(input, rois, pooled_h, pooled_w, spatial_scale):
-    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale)
-    return _fake.output(input, rois, pooled_h, pooled_w)
-
-
-@torch.library.custom_op("cuproi::prroi_pool_backward", mutates_args=())
-def _prroi_pool_backward(
-    grad: Tensor, rois: Tensor, input_shape: list[int], spatial_scale: float, deterministic: bool
-) -> Tensor:
-    return _common.run_backward(
-        cuproi.prroi_pool_backward,
-        grad,
-        (rois, tuple(input_shape)),
-        spatial_scale,
-        deterministic=deterministic,
-    )
-
-
-@_prroi_pool_backward.register_fake
-def _(grad, rois, input_shape, spatial_scale, deterministic):
-    _fake.backward(grad, rois, input_shape, spatial_scale)
-    return grad.new_empty(input_shape)
-
-
-@torch.library.custom_op("cuproi::prroi_pool_box_backward", mutates_args=())
-def _prroi_pool_box_backward(
-    grad: Tensor, input: Tensor, rois: Tensor, spatial_scale: float, deterministic: bool
-) -> Tensor:
-    grad_rois = _common.run_backward(
-        cuproi.prroi_pool_box_backward,
-        grad,
-        (input, rois),
-        spatial_scale,
-        deterministic=deterministic,
-    )
-    return grad_rois.to(rois.dtype)
-
-
-@_prroi_pool_box_backward.register_fake
-def _(grad, input, rois, spatial_scale, deterministic):
-    _fake.box_backward(grad, input, rois, spatial_scale)
-    return rois.new_empty(rois.shape)
-
-
-_autograd.register(_prroi_pool, _prroi_pool_backward, _prroi_pool_box_backward)
+_prroi_pool = _autograd.define("prroi_pool", box_backward=True)
 
 
 @_common.bfloat16_in_float32

@@ -1,67 +1,15 @@
 """Position-sensitive RoI Align (R-FCN) as a torch op, and its module."""
 
-import torch
-from torch import Tensor
-
-import cuproi
 from cuproi import _validate
-from cuproi.torch import _autograd, _common, _fake
+from cuproi.torch import _autograd, _common
 from cuproi.torch._module import OpModule
 
-
-@torch.library.custom_op("cuproi::ps_roi_align", mutates_args=())
-def _ps_roi_align(
-    input: Tensor,
-    rois: Tensor,
-    pooled_h: int,
-    pooled_w: int,
-    spatial_scale: float,
-    sampling_ratio: int,
-) -> Tensor:
-    with _common.stream(input):
-        return cuproi.ps_roi_align(input, rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio)
-
-
-@_ps_roi_align.register_fake
-def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio):
-    ratio, groups = (
-        (_validate.sampling_ratio, sampling_ratio),
-        _validate.position_sensitive_channels,
-    )
-    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale, ratio, channels=groups)
-    return _fake.output(input, rois, pooled_h, pooled_w, input.shape[1] // (pooled_h * pooled_w))
-
-
-@torch.library.custom_op("cuproi::ps_roi_align_backward", mutates_args=())
-def _ps_roi_align_backward(
-    grad: Tensor,
-    rois: Tensor,
-    input_shape: list[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    deterministic: bool,
-) -> Tensor:
-    return _common.run_backward(
-        cuproi.ps_roi_align_backward,
-        grad,
-        (rois, tuple(input_shape)),
-        spatial_scale,
-        sampling_ratio,
-        deterministic=deterministic,
-    )
-
-
-@_ps_roi_align_backward.register_fake
-def _(grad, rois, input_shape, spatial_scale, sampling_ratio, deterministic):
-    ratio, groups = (
-        (_validate.sampling_ratio, sampling_ratio),
-        _validate.position_sensitive_channels,
-    )
-    _fake.backward(grad, rois, input_shape, spatial_scale, ratio, channels=groups)
-    return grad.new_empty(input_shape)
-
-
-_autograd.register(_ps_roi_align, _ps_roi_align_backward)
+_ps_roi_align = _autograd.define(
+    "ps_roi_align",
+    ("SymInt sampling_ratio",),
+    (_validate.sampling_ratio,),
+    channels=_validate.position_sensitive_channels,
+)
 
 
 @_common.bfloat16_in_float32

@@ -1,50 +1,10 @@
 """Position-sensitive RoI Pool (R-FCN) as a torch op, and its module."""
 
-import torch
-from torch import Tensor
-
-import cuproi
 from cuproi import _validate
-from cuproi.torch import _autograd, _common, _fake
+from cuproi.torch import _autograd, _common
 from cuproi.torch._module import OpModule
 
-
-@torch.library.custom_op("cuproi::ps_roi_pool", mutates_args=())
-def _ps_roi_pool(
-    input: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float
-) -> Tensor:
-    with _common.stream(input):
-        return cuproi.ps_roi_pool(input, rois, (pooled_h, pooled_w), spatial_scale)
-
-
-@_ps_roi_pool.register_fake
-def _(input, rois, pooled_h, pooled_w, spatial_scale):
-    groups = _validate.position_sensitive_channels
-    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale, channels=groups)
-    return _fake.output(input, rois, pooled_h, pooled_w, input.shape[1] // (pooled_h * pooled_w))
-
-
-@torch.library.custom_op("cuproi::ps_roi_pool_backward", mutates_args=())
-def _ps_roi_pool_backward(
-    grad: Tensor, rois: Tensor, input_shape: list[int], spatial_scale: float, deterministic: bool
-) -> Tensor:
-    return _common.run_backward(
-        cuproi.ps_roi_pool_backward,
-        grad,
-        (rois, tuple(input_shape)),
-        spatial_scale,
-        deterministic=deterministic,
-    )
-
-
-@_ps_roi_pool_backward.register_fake
-def _(grad, rois, input_shape, spatial_scale, deterministic):
-    groups = _validate.position_sensitive_channels
-    _fake.backward(grad, rois, input_shape, spatial_scale, channels=groups)
-    return grad.new_empty(input_shape)
-
-
-_autograd.register(_ps_roi_pool, _ps_roi_pool_backward)
+_ps_roi_pool = _autograd.define("ps_roi_pool", channels=_validate.position_sensitive_channels)
 
 
 @_common.bfloat16_in_float32

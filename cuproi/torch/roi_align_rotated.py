@@ -1,69 +1,15 @@
 """Rotated RoI Align as a torch op, and its module."""
 
-import torch
-from torch import Tensor
-
-import cuproi
 from cuproi import _validate
-from cuproi.torch import _autograd, _common, _fake
+from cuproi.torch import _autograd, _common
 from cuproi.torch._module import OpModule
 
-
-@torch.library.custom_op("cuproi::roi_align_rotated", mutates_args=())
-def _roi_align_rotated(
-    input: Tensor,
-    rois: Tensor,
-    pooled_h: int,
-    pooled_w: int,
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-    clockwise: bool,
-) -> Tensor:
-    with _common.stream(input):
-        return cuproi.roi_align_rotated(
-            input, rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned, clockwise
-        )
-
-
-@_roi_align_rotated.register_fake
-def _(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, clockwise):
-    ratio = (_validate.sampling_ratio, sampling_ratio)
-    _fake.forward(input, rois, pooled_h, pooled_w, spatial_scale, ratio, rotated=True)
-    return _fake.output(input, rois, pooled_h, pooled_w)
-
-
-@torch.library.custom_op("cuproi::roi_align_rotated_backward", mutates_args=())
-def _roi_align_rotated_backward(
-    grad: Tensor,
-    rois: Tensor,
-    input_shape: list[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-    clockwise: bool,
-    deterministic: bool,
-) -> Tensor:
-    return _common.run_backward(
-        cuproi.roi_align_rotated_backward,
-        grad,
-        (rois, tuple(input_shape)),
-        spatial_scale,
-        sampling_ratio,
-        aligned,
-        clockwise,
-        deterministic=deterministic,
-    )
-
-
-@_roi_align_rotated_backward.register_fake
-def _(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned, clockwise, deterministic):
-    ratio = (_validate.sampling_ratio, sampling_ratio)
-    _fake.backward(grad, rois, input_shape, spatial_scale, ratio, rotated=True)
-    return grad.new_empty(input_shape)
-
-
-_autograd.register(_roi_align_rotated, _roi_align_rotated_backward)
+_roi_align_rotated = _autograd.define(
+    "roi_align_rotated",
+    ("SymInt sampling_ratio", "bool aligned", "bool clockwise"),
+    (_validate.sampling_ratio,),
+    rotated=True,
+)
 
 
 @_common.bfloat16_in_float32
