@@ -128,6 +128,12 @@ def kernels_on(request, monkeypatch):
     return _on(request, monkeypatch)
 
 
+@pytest.fixture(params=[_CUDA])
+def cuda_on(request, monkeypatch):
+    """The ``cuda`` backend of ``on`` alone."""
+    return _on(request, monkeypatch)
+
+
 def pytest_generate_tests(metafunc):
     """A test class that declares its grids (tests/roi_op_tester.py) parametrises its checks."""
     generate = getattr(metafunc.cls, "generate_tests", None)
