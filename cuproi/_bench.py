@@ -50,8 +50,12 @@ def problems(num_boxes):
     return found
 
 
-def run(cupy, repeat, num_boxes, stream=None):
-    """Time every op on every backend (and torchvision); print the table on stdout."""
+def run(cupy, repeat, num_boxes, stream=None, seconds=0.2):
+    """Time every op on every backend (and torchvision); print the table on stdout.
+
+    Each row is timed by :func:`cuproi._timing.autorange`, cuproi's and torchvision's alike:
+    at least ``repeat`` calls filling ``seconds``, after two warm-up calls.
+    """
     stream = sys.stderr if stream is None else stream
     hosts = problems(num_boxes)
     backends = _timing.backends(cupy)
@@ -62,11 +66,12 @@ def run(cupy, repeat, num_boxes, stream=None):
     progress = _Progress(len(rows) + compared, stream)
     print(
         f"Workload: features {hosts['roi_align'].x.shape} float32 (stride 16), {num_boxes} boxes "
-        f"of 16-400 px, output 7x7, sampling_ratio 2; median of {repeat} calls after a warm-up\n"
+        f"of 16-400 px, output 7x7, sampling_ratio 2; each time the median of the calls "
+        f"counted beside it: at least {repeat}, filling {seconds:g} s, after two warm-up calls\n"
     )
-    header = f"{'op':<22}{'pass':<10}{'backend':<9}{'cuproi':>10}"
+    header = f"{'op':<22}{'pass':<10}{'backend':<9}{'cuproi':>10}{'calls':>7}"
     if torchvision:
-        header += f"{'torchvision':>14}{'speed-up':>10}  max |diff| vs torchvision"
+        header += f"{'torchvision':>14}{'calls':>7}{'speed-up':>10}  max |diff| vs torchvision"
     lines = [header, "-" * len(header)]
     calls = {}
     for backend in backends:
@@ -75,15 +80,17 @@ def run(cupy, repeat, num_boxes, stream=None):
     for (shown, way, op, name), backend in rows:
         progress.show(f"{shown} {way} on {backend.name}")
         call = calls[backend.name, op][name]
-        result, seconds = _timing.host_seconds(call, backend.sync, repeat)
+        result, median, count = _timing.autorange(call, backend.sync, repeat, seconds)
         theirs = ""
         if torchvision and (shown, way) in reference:
             progress.show(f"torchvision {shown} {way} on {backend.name}")
             ours = np.asarray(backend.back(result), np.float64)
             host = hosts[op]
             inputs = (host.x, host.boxes, host.grad)
-            theirs = _compare(torchvision, shown, way, backend.name, inputs, ours, seconds, repeat)
-        lines.append(f"{shown:<22}{way:<10}{backend.name:<9}{seconds * 1e3:>8.2f}ms{theirs}")
+            timing = (median, repeat, seconds)
+            theirs = _compare(torchvision, shown, way, backend.name, inputs, ours, *timing)
+        timed = f"{median * 1e3:>8.2f}ms{count:>7}"
+        lines.append(f"{shown:<22}{way:<10}{backend.name:<9}{timed}{theirs}")
     progress.done()
     print("\n".join(line.rstrip() for line in lines))
     print(f"\ntorchvision: {why}")
@@ -98,8 +105,8 @@ _THEIRS = {
 }
 
 
-def _compare(torchvision, op, way, backend, arrays, ours, seconds, repeat):
-    """The torchvision columns of one row: time, speed-up of cuproi, max |diff|."""
+def _compare(torchvision, op, way, backend, arrays, ours, median, repeat, seconds):
+    """The torchvision columns of one row: time, calls, speed-up of cuproi, max |diff|."""
     torch, tv = torchvision
     device = "cuda" if backend == "cupy" else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -117,9 +124,9 @@ def _compare(torchvision, op, way, backend, arrays, ours, seconds, repeat):
         return torch.autograd.grad(out, x, grad, retain_graph=True)[0]
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    theirs, their_seconds = _timing.host_seconds(call, sync, repeat)
+    theirs, their_median, count = _timing.autorange(call, sync, repeat, seconds)
     diff = np.abs(theirs.detach().cpu().numpy().astype(np.float64) - ours).max(initial=0.0)
-    return f"{their_seconds * 1e3:>12.2f}ms{their_seconds / seconds:>9.2f}x  {diff:.2e}"
+    return f"{their_median * 1e3:>12.2f}ms{count:>7}{their_median / median:>10.2f}x  {diff:.2e}"
 
 
 def _torchvision():

@@ -102,7 +102,14 @@ def _parser():
         type=_bounded_int("repeat", 1, 100),
         default=3,
         metavar="N",
-        help="timed calls per op (the median is shown; default: 3)",
+        help="timed calls per op at least (the median is shown; default: 3)",
+    )
+    bench.add_argument(
+        "--min-time",
+        type=_bounded_float("min-time", 0.0, 60.0),
+        default=0.2,
+        metavar="S",
+        help="seconds of timed calls per op at least, after two warm-up calls (default: 0.2)",
     )
     bench.add_argument(
         "--num-boxes",
@@ -119,19 +126,27 @@ def _parser():
 # Option types: a bad value becomes argparse's usage error (exit status 2) with this message
 
 
-def _bounded_int(name, low, high):
+def _bounded(kind, what, name, low, high):
     def parse(text):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer; got {text!r}") from None
-        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} must be {what}; got {text!r}") from None
+        if not low <= value <= high:  # also refuses a NaN
             raise argparse.ArgumentTypeError(
                 f"{name} must be between {low} and {high}; got {value}"
             )
         return value
 
     return parse
+
+
+def _bounded_int(name, low, high):
+    return _bounded(int, "an integer", name, low, high)
+
+
+def _bounded_float(name, low, high):
+    return _bounded(float, "a number", name, low, high)
 
 
 def _output_size(text):
@@ -189,7 +204,7 @@ def _run_bench(args):
 
     cupy, gpu_line = _gpu()
     _backends_header(gpu_line)
-    _bench.run(cupy, args.repeat, args.num_boxes)
+    _bench.run(cupy, args.repeat, args.num_boxes, seconds=args.min_time)
     return 0
 
 

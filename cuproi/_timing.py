@@ -44,6 +44,27 @@ def host_seconds(call, sync, repeat=3):
     return result, float(np.median(times))
 
 
+def autorange(call, sync, at_least=3, seconds=0.2, most=10_000):
+    """(result, median host-clock seconds, calls timed): as many calls as fill ``seconds``.
+
+    Two warm-up calls first: the first compiles the kernels and imports what the op needs
+    lazily, the second fills what the first left to build (caches, thread pools), so that a
+    small problem is not timed by its setup. Then calls are timed until there are at least
+    ``at_least`` of them and they took ``seconds`` in all (at most ``most``); ``sync`` ends
+    every call, so device work is timed too.
+    """
+    for _ in range(2):
+        call()
+        sync()
+    times = []
+    while len(times) < most and (len(times) < at_least or sum(times) < seconds):
+        start = time.perf_counter()
+        result = call()
+        sync()
+        times.append(time.perf_counter() - start)
+    return result, float(np.median(times)), len(times)
+
+
 def device_seconds(call, repeat=20):
     """Median device seconds of ``repeat`` calls after a warm-up, from CUDA events around each.
 

@@ -2,6 +2,7 @@
 options stop with argparse's usage error (exit status 2) and a message naming the problem."""
 
 import os
+import re
 import subprocess
 import sys
 import types
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import cuproi
+from cuproi import _timing
 from cuproi.__main__ import main
 
 ROOT = Path(__file__).parents[1]
@@ -97,15 +99,38 @@ def test_info(capsys, monkeypatch, tmp_path):
     assert "matplotlib" in out and "torchvision" in out
 
 
+# A timed row of the bench table: op (may hold a space), pass, backend, cuproi's median and
+# its number of calls; torchvision's columns follow where it works.
+ROW = re.compile(
+    r"^(?P<op>.{22})(?P<way>\S+) +(?P<backend>numpy|cupy) +(?P<ms>[\d.]+)ms +(?P<calls>\d+)"
+    r"(?: +(?P<their_ms>[\d.]+)ms +(?P<their_calls>\d+) +[\d.]+x +(?P<diff>\S+))?$"
+)
+BENCH = ("bench", "--repeat", "2", "--num-boxes", "8", "--min-time", "0")
+
+
+def bench_rows(out):
+    """The timed rows of the bench table, as dicts of ROW's groups."""
+    return [m.groupdict() for m in map(ROW.match, out.splitlines()) if m]
+
+
 def test_bench(capsys):
-    status, out, err = run(capsys, "bench", "--repeat", "1", "--num-boxes", "8")
+    """Every op timed on both backends, with torchvision's columns where it works (both ways
+    of running the suite: with and without torchvision)."""
+    status, out, err = run(capsys, *BENCH)
     assert status == 0
-    timed = {line.split()[0] for line in out.splitlines() if line.endswith("ms")}
+    rows = bench_rows(out)
     ops = {name for name in cuproi.__all__ if not name.endswith("backward")}
+    timed = {row["op"].split()[0] for row in rows}
     assert ops - {"__version__", "quantization_error", "set_eager_checks"} <= timed  # every op
-    backends = {line.split()[-2] for line in out.splitlines() if line.endswith("ms")}
-    assert backends == {"numpy", "cupy"}  # CuPy: a GPU, or the stand-in of tests/cupy_standin
-    assert "torchvision:" in out
+    # CuPy: a GPU, or the stand-in of tests/cupy_standin.
+    assert {row["backend"] for row in rows} == {"numpy", "cupy"}
+    assert all(int(row["calls"]) >= 2 for row in rows)  # --repeat 2
+    assert "at least 2, filling 0 s, after two warm-up calls" in out
+    compared = [row for row in rows if row["their_ms"]]
+    if "torchvision: not available" in out:
+        assert not compared
+    else:
+        assert all(int(row["their_calls"]) >= 2 for row in compared)
     assert "[" in err and "done in" in err  # the progress bar, on stderr
 
 
@@ -124,14 +149,31 @@ def test_bench_beside_torchvision(capsys, monkeypatch):
     fake.ops, fake.__version__ = ops, "0.0-stand-in"
     monkeypatch.setitem(sys.modules, "torchvision", fake)
     monkeypatch.setitem(sys.modules, "torchvision.ops", ops)
-    status, out, _ = run(capsys, "bench", "--repeat", "1", "--num-boxes", "8")
+    status, out, _ = run(capsys, *BENCH)
     assert status == 0
     assert "speed-up" in out and "0.0-stand-in" in out
-    rows = [line.split() for line in out.splitlines()]
-    compared = (["roi_align"], ["roi_pool"], ["ps_roi_align"])
-    rows = [r for r in rows if r[:1] in compared and r[1] in PASSES and r[2] == "numpy"]
-    diffs = [float(row[-1]) for row in rows]
-    assert len(diffs) == 6 and max(diffs) < 1e-5
+    compared = [row for row in bench_rows(out) if row["their_ms"]]
+    assert {(row["op"].strip(), row["way"], row["backend"]) for row in compared} >= {
+        (op, way, "numpy") for op in ("roi_align", "roi_pool", "ps_roi_align") for way in PASSES
+    }
+    assert all(int(row["their_calls"]) >= 2 for row in compared)
+    assert max(float(row["diff"]) for row in compared) < 1e-5
+
+
+def test_autorange_warms_up_and_fills_its_time():
+    """Two warm-up calls are not timed; calls go on until both the count and the time are met."""
+    durations = iter([0.5, 0.5, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01])
+    calls = []
+
+    def call():
+        calls.append(next(durations))
+        return len(calls)
+
+    clock = iter(np.cumsum([0.0] + [d for d in [0.01] * 6 for _ in (0, 1)]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_timing.time, "perf_counter", lambda: next(clock))
+        result, median, count = _timing.autorange(call, lambda: None, at_least=2, seconds=0.035)
+    assert count == 4 and result == 6 and median == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize(
@@ -149,6 +191,8 @@ def test_bench_beside_torchvision(capsys, monkeypatch):
         (["demo", "--stride", "x"], "stride must be an integer; got 'x'"),
         (["demo", "--sampling-ratio", "-1"], "sampling ratio must be between 0 and 16"),
         (["bench", "--repeat", "0"], "repeat must be between 1 and 100"),
+        (["bench", "--min-time", "nan"], "min-time must be between 0.0 and 60.0; got nan"),
+        (["bench", "--min-time", "x"], "min-time must be a number; got 'x'"),
         (["demo", "--unknown"], "unrecognized arguments: --unknown"),
         (["nonsense"], "invalid choice: 'nonsense'"),
     ],
