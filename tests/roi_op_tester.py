@@ -200,6 +200,11 @@ class RoIOpTester:
         """The float64 oracle's gradient with respect to the features."""
         raise NotImplementedError
 
+    def gradients(self, g, x, boxes, case, **options):
+        """Every gradient of the backward (the features' first) as a tuple, for the checks that
+        compare whole results: by default the features' gradient alone."""
+        return (self.backward(g, x, boxes, case, **options),)
+
     # ---- the grids ----------------------------------------------------------------------------
 
     @classmethod
@@ -278,7 +283,7 @@ class RoIOpTester:
         extras = {k: on.put(v) for k, v in extras.items()}
         results = [
             self.forward(x, rois, case, **extras),
-            self.backward(g, x, rois, case, **options, **extras),
+            self.gradients(g, x, rois, case, **options, **extras),
         ]
         if self.box_backward is not None:
             results.append(self.box_backward(g, x, rois, case, **options, **extras))
@@ -347,6 +352,9 @@ class RoIOpTester:
         g = on.put(np.ones(out.shape, np.float32))
         grad = on.get(self.backward(g, on.put(x), rois, case, **extras))
         assert grad.shape == shape and not grad.any()
+        if self.box_backward is not None:
+            box = on.get(self.box_backward(g, on.put(x), rois, case, **extras))
+            assert box.shape == (k, 5) and not box.any()
 
     def test_deterministic_repeats_its_bits(self, on, dtype):
         """``deterministic=True`` gives the same bits on every call, the oracle's gradient."""
@@ -540,18 +548,24 @@ class BoxGradientChecks:
         boxes = np.column_stack([rng.integers(0, 2, k), corner, corner + size])
         return self.host_inputs(dtype, case, boxes)
 
+    def box_oracle_tolerance(self, dtype, want):
+        """``assert_allclose``'s tolerance of the box backward against the oracle's ``want``."""
+        return box_tolerance(dtype, want)
+
     def test_box_backward_matches_oracle(self, on, dtype, box_case):
+        """The box backward, with and without ``deterministic=True``, against the oracle."""
         x, rois, extras, g = self.smooth_inputs(dtype, box_case)
-        put = {k: on.put(v) for k, v in extras.items()}
-        raw = self.box_backward(on.put(g), on.put(x), on.put(rois), box_case, **put)
-        got = on.get(raw)
-        assert got.dtype == compute_dtype(dtype) and got.shape == rois.shape
-        assert not got[:, 0].any()  # the batch index has no gradient
         wide = {k: None if v is None else v.astype(np.float64) for k, v in extras.items()}
         coord = compute_dtype(dtype).type
         args = (g.astype(np.float64), x.astype(np.float64), rois.astype(np.float64))
         want = self.oracle_box_backward(*args, box_case, coord, **wide)
-        np.testing.assert_allclose(got, want, **box_tolerance(dtype, want))
+        put = {k: on.put(v) for k, v in extras.items()}
+        for options in ({}, {"deterministic": True}):
+            raw = self.box_backward(on.put(g), on.put(x), on.put(rois), box_case, **options, **put)
+            got = on.get(raw)
+            assert got.dtype == compute_dtype(dtype) and got.shape == rois.shape
+            assert not got[:, 0].any()  # the batch index has no gradient
+            np.testing.assert_allclose(got, want, **self.box_oracle_tolerance(dtype, want))
 
     def test_box_backward_central_differences(self, box_case):
         x, rois, extras, g = self.smooth_inputs(np.float64, box_case, seed=1)
