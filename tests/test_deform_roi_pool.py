@@ -109,12 +109,8 @@ class TestDeformRoIPool(BoxGradientChecks, RoIOpTester):
         boxes, (x, _, extras), (xd, rois, extras_d) = self.inputs(on, dtype, case)
         g = self.gradient(dtype, len(boxes), case)
         wide = {k: None if v is None else v.astype(np.float64) for k, v in extras.items()}
-        return (g.astype(np.float64), x.astype(np.float64), boxes, wide), (
-            on.put(g),
-            xd,
-            rois,
-            extras_d,
-        )
+        wide = (g.astype(np.float64), x.astype(np.float64), boxes, wide)
+        return wide, (on.put(g), xd, rois, extras_d)
 
     def test_grad_offset_matches_oracle(self, on, dtype, case):
         """The offsets' gradient, with and without ``deterministic=True``, within 10 times the
@@ -206,38 +202,31 @@ class TestModulatedDeformRoIPool(TestDeformRoIPool):
             np.testing.assert_allclose(got, want, rtol=rtol, atol=10 * atol)
 
 
-def test_float16(on):
-    """float16 features, float32 coordinates and accumulation: the oracle on the same halves."""
-    x = features(np.float16)
-    boxes = box_zoo(0.5)
-    rois = rois_for(boxes, np.float16)
-    assert rois.dtype == np.float32  # boxes are never rounded to half
-    x64 = x.astype(np.float64)
-    f32 = np.float32
-    out = on.get(cuproi.deform_roi_pool(on.put(x), on.put(rois), None, SIZE, 0.5, 0, 0.1))
-    assert_close(
-        out,
-        deform_oracle.deform_roi_pool(x64, boxes, None, (3, 4), 0.5, 0, 0.1, coord_dtype=f32),
-        np.float16,
-    )
-
-
-def test_float16_with_a_mask(on):
-    """float16 features, float32 offsets and mask: the forward and the mask's gradient (10
-    times the tolerance) against the oracle on the same halves."""
-    tester, case = TestModulatedDeformRoIPool(), TestModulatedDeformRoIPool.adjoint_cases[0]
+@pytest.mark.parametrize(
+    "tester, case",
+    [
+        (TestDeformRoIPool(), {"scale": 0.5, "ratio": 0, "offset": False}),
+        (TestModulatedDeformRoIPool(), TestModulatedDeformRoIPool.adjoint_cases[0]),
+    ],
+    ids=["plain", "offset-and-mask"],
+)
+def test_float16(on, tester, case):
+    """float16 features, float32 boxes, offsets and mask, float32 accumulation: the forward and
+    the mask's gradient (10 times the tolerance) against the oracle on the same halves."""
     x, rois, extras, g = tester.host_inputs(np.float16, case)
-    assert rois.dtype == extras["offset"].dtype == extras["mask"].dtype == np.float32
+    assert rois.dtype == np.float32  # boxes are never rounded to half
+    assert all(v is None or v.dtype == np.float32 for v in extras.values())
     put = {k: on.put(v) for k, v in extras.items()}
     out = on.get(tester.forward(on.put(x), on.put(rois), case, **put))
     assert out.dtype == np.float16
     x64, g64, boxes = x.astype(np.float64), g.astype(np.float64), rois.astype(np.float64)
     assert_close(out, tester.oracle(x64, boxes, case, np.float32, **extras), np.float16)
-    grad_mask = on.get(tester.backwards(on.put(g), on.put(x), on.put(rois), case, **put)[2])
-    args = (extras["offset"], *tester.args(case))
-    want = deform_oracle.deform_roi_pool_mask_grad(g64, x64, boxes, *args)
-    rtol, atol = TOLERANCE[np.dtype(np.float16)]
-    np.testing.assert_allclose(grad_mask, want, rtol=10 * rtol, atol=10 * atol)
+    if "mask" in extras:
+        grad_mask = on.get(tester.backwards(on.put(g), on.put(x), on.put(rois), case, **put)[2])
+        args = (extras["offset"], *tester.args(case))
+        want = deform_oracle.deform_roi_pool_mask_grad(g64, x64, boxes, *args)
+        rtol, atol = TOLERANCE[np.dtype(np.float16)]
+        np.testing.assert_allclose(grad_mask, want, rtol=10 * rtol, atol=10 * atol)
 
 
 def test_mask_gradient_is_an_exact_finite_difference():
