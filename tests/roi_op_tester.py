@@ -299,14 +299,20 @@ class RoIOpTester:
         extras = self.extras(boxes, case, dtype)
         return x, rois_for(boxes, dtype), extras, self.gradient(dtype, len(boxes), case)
 
-    def assert_backends_agree(self, boxes, case, dtype):
-        """Every result of the op on ``boxes`` is finite on the NumPy backend and within the
-        tolerance of ``dtype`` of the host kernels' (the checks of random boxes)."""
+    def backend_results(self, boxes, case, dtype):
+        """The NumPy (x, rois, extras, g) of ``boxes``, then every result of the op on them on
+        the NumPy backend and on the host kernels."""
         inputs = self.host_inputs(dtype, case, boxes)
         cpu = self.everything(On_CPU, *inputs, case)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(cuproi, "_cpu", host_backend())
             kernels = self.everything(On_CPU, *inputs, case)
+        return inputs, cpu, kernels
+
+    def assert_backends_agree(self, boxes, case, dtype):
+        """Every result of the op on ``boxes`` is finite on the NumPy backend and within the
+        tolerance of ``dtype`` of the host kernels' (the checks of random boxes)."""
+        _, cpu, kernels = self.backend_results(boxes, case, dtype)
         for a, b in zip(cpu, kernels, strict=True):
             assert np.isfinite(a).all()
             assert_close(a, b.astype(np.float64), dtype)

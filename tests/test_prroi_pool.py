@@ -4,26 +4,26 @@ gradient against central differences of the oracle), then what is particular to 
 integral (half precision, bilinear and linear surfaces, zero-area bins, tiny and subnormal
 bins), and the backends on random boxes."""
 
-import host
 import numpy as np
 import pytest
-from conftest import TOLERANCE, host_backend
+from conftest import TOLERANCE
+from hypothesis import strategies as st
 from oracles import calculus
 from oracles import prroi_pool as prroi_oracle
 from roi_op_tester import (
     SHAPE,
     BoxGradientChecks,
-    On_CPU,
     RoIOpTester,
     assert_close,
     box_tolerance,
     box_zoo,
     features,
+    on_random_boxes,
     rois_for,
 )
 
 import cuproi
-from cuproi._validate import MAX_COORDINATE, compute_dtype
+from cuproi._validate import compute_dtype
 
 SIZE = (3, 4)
 
@@ -77,6 +77,26 @@ class TestPrRoIPool(BoxGradientChecks, RoIOpTester):
         tolerance = box_tolerance(dtype, want)
         floor = 1e-7 * max(1.0, np.abs(want).max())
         return {"rtol": max(tolerance["rtol"], 1e-7), "atol": max(tolerance["atol"], floor)}
+
+    @on_random_boxes(
+        size=st.sampled_from([(1, 1), (2, 3), (3, 2)]), scale=st.sampled_from([1.0, 0.5, 0.25])
+    )
+    def test_backends_agree_on_random_boxes(self, boxes, case, dtype):
+        """Degenerate, flipped, outside and huge boxes: finite results, CPU == host kernels (the
+        box gradient on bins of 0.05 cells or more, relative to the largest)."""
+        (_, rois, _, _), cpu, kernels = self.backend_results(boxes, case, dtype)
+        # The box gradient divides differences of averages by the bin size: in float32 its
+        # rounding error grows like eps / bin size.
+        scale = rois.dtype.type(case["scale"])
+        extent = (rois[:, 3:] - rois[:, 1:3]) * scale / np.array(case["size"][::-1])
+        wide = (extent >= 0.05).all(1) | (extent <= 0).any(1)
+        cpu[2], kernels[2] = cpu[2][wide], kernels[2][wide]
+        rtol, atol = TOLERANCE[np.dtype(dtype)]
+        for i, (a, b) in enumerate(zip(cpu, kernels, strict=True)):
+            assert np.isfinite(a).all()
+            # Box gradients scale like features / bin size: relative to the largest.
+            largest = max(1.0, np.abs(a).max()) if i == 2 and a.size else 1.0
+            np.testing.assert_allclose(a, b.astype(np.float64), rtol=rtol, atol=atol * largest)
 
 
 # ---- half precision --------------------------------------------------------------------------
@@ -233,50 +253,3 @@ def test_defaults():
     ]
     for a, b in pairs:
         np.testing.assert_array_equal(a, b)
-
-
-# ---- random boxes: the backends agree --------------------------------------------------------
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-# The public functions take coordinates up to MAX_COORDINATE cells: the largest is the huge box.
-_coordinate = st.one_of(
-    st.floats(-15, 25, allow_nan=False, width=32),
-    st.sampled_from([0.0, 0.5, -0.5, 4.0, 9.5, 10.0, 12.0, -1.0, 1e4, -1e4, MAX_COORDINATE]),
-)
-
-
-@pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    boxes=st.lists(
-        st.tuples(st.integers(0, 1), _coordinate, _coordinate, _coordinate, _coordinate),
-        min_size=1,
-        max_size=6,
-    ),
-    size=st.sampled_from([(1, 1), (2, 3), (3, 2)]),
-    scale=st.sampled_from([1.0, 0.5, 0.25]),
-    dtype=st.sampled_from([np.float32, np.float64]),
-)
-def test_backends_agree_on_random_boxes(boxes, size, scale, dtype):
-    """Degenerate, flipped, outside and huge boxes: finite results, the NumPy backend equals the
-    host kernels (forward, backward and box backward)."""
-    tester, case = TestPrRoIPool(), {"scale": scale, "size": size}
-    x, rois, _, g = tester.host_inputs(dtype, case, np.array(boxes, np.float64))
-    cpu = tester.everything(On_CPU, x, rois, {}, g, case)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cuproi, "_cpu", host_backend())
-        kernels = tester.everything(On_CPU, x, rois, {}, g, case)
-    # The box gradient divides differences of averages by the bin size: in float32 its
-    # rounding error grows like eps / bin size, so it is compared on bins of 0.05 cells or more.
-    extent = (rois[:, 3:] - rois[:, 1:3]) * rois.dtype.type(scale) / np.array(size[::-1])
-    wide = (extent >= 0.05).all(1) | (extent <= 0).any(1)
-    cpu[2], kernels[2] = cpu[2][wide], kernels[2][wide]
-    for i, (a, b) in enumerate(zip(cpu, kernels, strict=True)):
-        assert np.isfinite(a).all()
-        # Box gradients scale like features / bin size: relative to the largest.
-        atol_scale = max(1.0, np.abs(a).max()) if i == 2 and a.size else 1.0
-        rtol, atol = TOLERANCE[np.dtype(dtype)]
-        np.testing.assert_allclose(a, b.astype(np.float64), rtol=rtol, atol=atol * atol_scale)
