@@ -163,6 +163,9 @@ class RoIOpTester:
     box_backward : method or None
         The public box backward, ``box_backward(g, x, boxes, case, **extras)``, where the op has
         one: the checks of the gradients then cover it too.
+    gradients : method
+        Every gradient of the backward (offsets', masks' too) for the checks that compare whole
+        results; by default the features' alone.
     """
 
     shape = SHAPE
@@ -536,8 +539,9 @@ class BoxGradientChecks:
     ``RoIOpTester``, with ``box_backward`` and ``oracle_box_backward`` declared.
 
     The boxes are random, at least 1.3 cells wide and high, where the box gradient is smooth:
-    against the oracle on every backend, and against central differences of the oracle's
-    forward on the NumPy backend.
+    against the oracle on every backend (with ``deterministic=True`` too, within
+    ``box_oracle_tolerance``), and against central differences of the oracle's forward on the
+    NumPy backend.
     """
 
     box_cases = [{}]
