@@ -8,6 +8,7 @@ ones, box gradients where samples sit on integers)."""
 import numpy as np
 import pytest
 from conftest import TOLERANCE, host_backend
+from hypothesis import strategies as st
 from oracles import calculus
 from oracles import deform_roi_pool as deform_oracle
 from roi_op_tester import (
@@ -17,6 +18,7 @@ from roi_op_tester import (
     assert_close,
     box_zoo,
     features,
+    on_random_boxes,
     rois_for,
 )
 
@@ -125,6 +127,13 @@ class TestDeformRoIPool(BoxGradientChecks, RoIOpTester):
             np.testing.assert_allclose(got, want, rtol=10 * rtol, atol=10 * atol)
         assert self.backwards(g, x, rois, case, **{**extras, "offset": None})[1] is None
 
+    @on_random_boxes(
+        scale=st.sampled_from([1.0, 0.5, 0.25]), ratio=st.integers(0, 3), offset=st.booleans()
+    )
+    def test_backends_agree_on_random_boxes(self, boxes, case, dtype):
+        """Degenerate, flipped, outside and huge boxes: finite results, CPU == host kernels."""
+        self.assert_backends_agree(boxes, case, dtype)
+
 
 class TestModulatedDeformRoIPool(TestDeformRoIPool):
     """With a mask (DCNv2): the forward, the three gradients and the box backward against the
@@ -139,6 +148,8 @@ class TestModulatedDeformRoIPool(TestDeformRoIPool):
     adjoint_cases = forward_cases[:1]
     box_cases = [{"scale": 0.7, "ratio": ratio, "offset": True} for ratio in (2, 0)]
     grids = {"test_grad_offset_matches_oracle": [c for c in forward_cases if c["offset"]]}
+    # Hypothesis runs a test in one class only; test_hypothesis.py compares masked backends.
+    test_backends_agree_on_random_boxes = None
     invalid = [
         (
             "mask shape",
