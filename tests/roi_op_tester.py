@@ -163,6 +163,9 @@ class RoIOpTester:
     box_backward : method or None
         The public box backward, ``box_backward(g, x, boxes, case, **extras)``, where the op has
         one: the checks of the gradients then cover it too.
+    gradients : method
+        Every gradient of the backward (offsets', masks' too) for the checks that compare whole
+        results; by default the features' alone.
     """
 
     shape = SHAPE
@@ -199,6 +202,11 @@ class RoIOpTester:
     def oracle_backward(self, g, x, boxes, case, coord_dtype, **extras):
         """The float64 oracle's gradient with respect to the features."""
         raise NotImplementedError
+
+    def gradients(self, g, x, boxes, case, **options):
+        """Every gradient of the backward (the features' first) as a tuple, for the checks that
+        compare whole results: by default the features' gradient alone."""
+        return (self.backward(g, x, boxes, case, **options),)
 
     # ---- the grids ----------------------------------------------------------------------------
 
@@ -278,7 +286,7 @@ class RoIOpTester:
         extras = {k: on.put(v) for k, v in extras.items()}
         results = [
             self.forward(x, rois, case, **extras),
-            self.backward(g, x, rois, case, **options, **extras),
+            self.gradients(g, x, rois, case, **options, **extras),
         ]
         if self.box_backward is not None:
             results.append(self.box_backward(g, x, rois, case, **options, **extras))
@@ -294,14 +302,20 @@ class RoIOpTester:
         extras = self.extras(boxes, case, dtype)
         return x, rois_for(boxes, dtype), extras, self.gradient(dtype, len(boxes), case)
 
-    def assert_backends_agree(self, boxes, case, dtype):
-        """Every result of the op on ``boxes`` is finite on the NumPy backend and within the
-        tolerance of ``dtype`` of the host kernels' (the checks of random boxes)."""
+    def backend_results(self, boxes, case, dtype):
+        """The NumPy (x, rois, extras, g) of ``boxes``, then every result of the op on them on
+        the NumPy backend and on the host kernels."""
         inputs = self.host_inputs(dtype, case, boxes)
         cpu = self.everything(On_CPU, *inputs, case)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(cuproi, "_cpu", host_backend())
             kernels = self.everything(On_CPU, *inputs, case)
+        return inputs, cpu, kernels
+
+    def assert_backends_agree(self, boxes, case, dtype):
+        """Every result of the op on ``boxes`` is finite on the NumPy backend and within the
+        tolerance of ``dtype`` of the host kernels' (the checks of random boxes)."""
+        _, cpu, kernels = self.backend_results(boxes, case, dtype)
         for a, b in zip(cpu, kernels, strict=True):
             assert np.isfinite(a).all()
             assert_close(a, b.astype(np.float64), dtype)
@@ -347,6 +361,9 @@ class RoIOpTester:
         g = on.put(np.ones(out.shape, np.float32))
         grad = on.get(self.backward(g, on.put(x), rois, case, **extras))
         assert grad.shape == shape and not grad.any()
+        if self.box_backward is not None:
+            box = on.get(self.box_backward(g, on.put(x), rois, case, **extras))
+            assert box.shape == (k, 5) and not box.any()
 
     def test_deterministic_repeats_its_bits(self, on, dtype):
         """``deterministic=True`` gives the same bits on every call, the oracle's gradient."""
@@ -522,8 +539,9 @@ class BoxGradientChecks:
     ``RoIOpTester``, with ``box_backward`` and ``oracle_box_backward`` declared.
 
     The boxes are random, at least 1.3 cells wide and high, where the box gradient is smooth:
-    against the oracle on every backend, and against central differences of the oracle's
-    forward on the NumPy backend.
+    against the oracle on every backend (with ``deterministic=True`` too, within
+    ``box_oracle_tolerance``), and against central differences of the oracle's forward on the
+    NumPy backend.
     """
 
     box_cases = [{}]
@@ -540,18 +558,24 @@ class BoxGradientChecks:
         boxes = np.column_stack([rng.integers(0, 2, k), corner, corner + size])
         return self.host_inputs(dtype, case, boxes)
 
+    def box_oracle_tolerance(self, dtype, want):
+        """``assert_allclose``'s tolerance of the box backward against the oracle's ``want``."""
+        return box_tolerance(dtype, want)
+
     def test_box_backward_matches_oracle(self, on, dtype, box_case):
+        """The box backward, with and without ``deterministic=True``, against the oracle."""
         x, rois, extras, g = self.smooth_inputs(dtype, box_case)
-        put = {k: on.put(v) for k, v in extras.items()}
-        raw = self.box_backward(on.put(g), on.put(x), on.put(rois), box_case, **put)
-        got = on.get(raw)
-        assert got.dtype == compute_dtype(dtype) and got.shape == rois.shape
-        assert not got[:, 0].any()  # the batch index has no gradient
         wide = {k: None if v is None else v.astype(np.float64) for k, v in extras.items()}
         coord = compute_dtype(dtype).type
         args = (g.astype(np.float64), x.astype(np.float64), rois.astype(np.float64))
         want = self.oracle_box_backward(*args, box_case, coord, **wide)
-        np.testing.assert_allclose(got, want, **box_tolerance(dtype, want))
+        put = {k: on.put(v) for k, v in extras.items()}
+        for options in ({}, {"deterministic": True}):
+            raw = self.box_backward(on.put(g), on.put(x), on.put(rois), box_case, **options, **put)
+            got = on.get(raw)
+            assert got.dtype == compute_dtype(dtype) and got.shape == rois.shape
+            assert not got[:, 0].any()  # the batch index has no gradient
+            np.testing.assert_allclose(got, want, **self.box_oracle_tolerance(dtype, want))
 
     def test_box_backward_central_differences(self, box_case):
         x, rois, extras, g = self.smooth_inputs(np.float64, box_case, seed=1)

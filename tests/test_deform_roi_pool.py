@@ -1,21 +1,38 @@
-"""Deformable RoI Pool (mmcv.ops.deform_roi_pool) on every backend against the float64 loop
-oracle of tests/oracles/deform_roi_pool.py: the shared checks of roi_op_tester with and without
-offsets, then what is particular to the offsets (their gradient against the oracle and against
-finite differences, half precision, no boxes)."""
+"""Deformable RoI Pool (mmcv.ops.deform_roi_pool) and its modulated form (DCNv2, mmcv's
+ModulatedDeformRoIPoolPack: ``mask=``) on every backend against the float64 loop oracles of
+tests/oracles/deform_roi_pool.py: the shared checks of roi_op_tester and its box-gradient checks
+without offsets, with offsets and with a mask, then what is particular to the offsets and the mask
+(their gradients against the oracle and against finite differences, half precision, a mask of
+ones, box gradients where samples sit on integers)."""
 
 import numpy as np
 import pytest
 from conftest import TOLERANCE, host_backend
+from hypothesis import strategies as st
+from oracles import calculus
 from oracles import deform_roi_pool as deform_oracle
-from roi_op_tester import SHAPE, RoIOpTester, assert_close, box_zoo, features, rois_for
+from roi_op_tester import (
+    SHAPE,
+    BoxGradientChecks,
+    RoIOpTester,
+    assert_close,
+    box_zoo,
+    features,
+    on_random_boxes,
+    rois_for,
+)
 
 import cuproi
 from cuproi._validate import compute_dtype
 
 SIZE = (3, 4)
+GAMMA = 0.1
 
 
-class TestDeformRoIPool(RoIOpTester):
+class TestDeformRoIPool(BoxGradientChecks, RoIOpTester):
+    """Without a mask: the forward, the gradients of the features and the offsets, and the box
+    backward against the oracle."""
+
     size = SIZE
     forward_cases = [
         {"scale": scale, "ratio": ratio, "offset": offset}
@@ -25,8 +42,21 @@ class TestDeformRoIPool(RoIOpTester):
     ]
     backward_cases = [{"scale": 0.7, "ratio": ratio, "offset": True} for ratio in (0, 2)]
     adjoint_cases = backward_cases
+    box_cases = [
+        {"scale": 0.7, "ratio": ratio, "offset": offset}
+        for ratio in (2, 0)
+        for offset in (False, True)
+    ]
     grids = {"test_grad_offset_matches_oracle": backward_cases}
-    test_validation = None  # test_validation.py checks the offsets with every op's arguments
+    # test_validation.py checks the offsets with every op's arguments but the box backward's.
+    invalid = [
+        (
+            "box backward offset",
+            lambda v: cuproi.deform_roi_pool_box_backward(v.g, v.x, v.boxes, v.offset[:, :1], SIZE),
+            ValueError,
+            r"offset must have shape \(12, 2, 3, 4\)",
+        ),
+    ]
 
     def extras(self, boxes, case, dtype):
         if not case["offset"]:
@@ -34,64 +64,226 @@ class TestDeformRoIPool(RoIOpTester):
         offset = np.random.default_rng(1).normal(0, 2, (len(boxes), 2, *SIZE))
         return {"offset": offset.astype(compute_dtype(dtype))}
 
-    def forward(self, x, boxes, case, offset, **options):
-        return cuproi.deform_roi_pool(
-            x, boxes, offset, SIZE, case["scale"], case["ratio"], 0.1, **options
+    def args(self, case):
+        """The arguments after the offset: output size, scale, sampling ratio and gamma."""
+        return SIZE, case["scale"], case["ratio"], GAMMA
+
+    def forward(self, x, boxes, case, offset, mask=None, **options):
+        return cuproi.deform_roi_pool(x, boxes, offset, *self.args(case), mask, **options)
+
+    def backward(self, g, x, boxes, case, **extras):
+        return self.backwards(g, x, boxes, case, **extras)[0]
+
+    def backwards(self, g, x, boxes, case, offset, mask=None, **options):
+        """The public backward's three gradients (features, offsets, mask; None where absent)."""
+        args = (offset, *self.args(case), mask)
+        return cuproi.deform_roi_pool_backward(g, x, boxes, *args, **options)
+
+    def gradients(self, g, x, boxes, case, **extras):
+        return tuple(a for a in self.backwards(g, x, boxes, case, **extras) if a is not None)
+
+    def box_backward(self, g, x, boxes, case, offset, mask=None, **options):
+        args = (offset, *self.args(case), mask)
+        return cuproi.deform_roi_pool_box_backward(g, x, boxes, *args, **options)
+
+    def oracle(self, x, boxes, case, coord_dtype, offset, mask=None):
+        out = deform_oracle.deform_roi_pool(
+            x, boxes, offset, *self.args(case), coord_dtype=coord_dtype
+        )
+        return out if mask is None else out * mask  # DCNv2: the mask scales each bin
+
+    def oracle_gradients(self, g, x, boxes, case, coord_dtype, offset, mask=None):
+        """The oracle's gradients of the features and the offsets: with a mask, those of the
+        unmodulated op for the gradient times the mask."""
+        g = g if mask is None else g * mask
+        return deform_oracle.deform_roi_pool_backward(
+            g, x, boxes, offset, *self.args(case), coord_dtype=coord_dtype
         )
 
-    def backward(self, g, x, boxes, case, offset, **options):
-        return self.backwards(g, x, boxes, case, offset, **options)[0]
+    def oracle_backward(self, g, x, boxes, case, coord_dtype, **extras):
+        return self.oracle_gradients(g, x, boxes, case, coord_dtype, **extras)[0]
 
-    def backwards(self, g, x, boxes, case, offset, **options):
-        args = (SIZE, case["scale"], case["ratio"], 0.1)
-        return cuproi.deform_roi_pool_backward(g, x, boxes, offset, *args, **options)
+    def oracle_box_backward(self, g, x, boxes, case, coord_dtype, offset, mask=None):
+        return deform_oracle.deform_roi_pool_box_grad(g, x, boxes, offset, *self.args(case), mask)
 
-    def oracle(self, x, boxes, case, coord_dtype, offset):
-        args = (SIZE, case["scale"], case["ratio"], 0.1)
-        return deform_oracle.deform_roi_pool(x, boxes, offset, *args, coord_dtype=coord_dtype)
-
-    def oracle_backward(self, g, x, boxes, case, coord_dtype, offset):
-        args = (SIZE, case["scale"], case["ratio"], 0.1)
-        return deform_oracle.deform_roi_pool_backward(
-            g, x, boxes, offset, *args, coord_dtype=coord_dtype
-        )[0]
-
-    def test_grad_offset_matches_oracle(self, on, dtype, case):
-        """The offsets' gradient within 10 times the dtype's tolerance; None without offsets."""
+    def wide_inputs(self, on, dtype, case):
+        """The float64 oracle's (g, x, boxes, extras) and the backend's (g, x, rois, extras)."""
         boxes, (x, _, extras), (xd, rois, extras_d) = self.inputs(on, dtype, case)
         g = self.gradient(dtype, len(boxes), case)
-        _, grad_offset, _ = self.backwards(on.put(g), xd, rois, case, **extras_d)
-        _, expected = deform_oracle.deform_roi_pool_backward(
-            g.astype(np.float64),
-            x.astype(np.float64),
-            boxes,
-            extras["offset"],
-            SIZE,
-            case["scale"],
-            case["ratio"],
-            0.1,
-            coord_dtype=compute_dtype(dtype).type,
-        )
+        wide = {k: None if v is None else v.astype(np.float64) for k, v in extras.items()}
+        wide = (g.astype(np.float64), x.astype(np.float64), boxes, wide)
+        return wide, (on.put(g), xd, rois, extras_d)
+
+    def test_grad_offset_matches_oracle(self, on, dtype, case):
+        """The offsets' gradient, with and without ``deterministic=True``, within 10 times the
+        dtype's tolerance; None without offsets."""
+        wide, (g, x, rois, extras) = self.wide_inputs(on, dtype, case)
+        _, want = self.oracle_gradients(*wide[:3], case, compute_dtype(dtype).type, **wide[3])
         rtol, atol = TOLERANCE[np.dtype(dtype)]
-        np.testing.assert_allclose(on.get(grad_offset), expected, rtol=10 * rtol, atol=10 * atol)
-        _, none, _ = self.backwards(on.put(g), xd, rois, case, None)
-        assert none is None
+        for deterministic in (False, True):
+            grads = self.backwards(g, x, rois, case, **extras, deterministic=deterministic)
+            got = on.get(grads[1])
+            assert got.dtype == extras["offset"].dtype and got.shape == extras["offset"].shape
+            np.testing.assert_allclose(got, want, rtol=10 * rtol, atol=10 * atol)
+        assert self.backwards(g, x, rois, case, **{**extras, "offset": None})[1] is None
 
-
-def test_float16(on):
-    """float16 features, float32 coordinates and accumulation: the oracle on the same halves."""
-    x = features(np.float16)
-    boxes = box_zoo(0.5)
-    rois = rois_for(boxes, np.float16)
-    assert rois.dtype == np.float32  # boxes are never rounded to half
-    x64 = x.astype(np.float64)
-    f32 = np.float32
-    out = on.get(cuproi.deform_roi_pool(on.put(x), on.put(rois), None, SIZE, 0.5, 0, 0.1))
-    assert_close(
-        out,
-        deform_oracle.deform_roi_pool(x64, boxes, None, (3, 4), 0.5, 0, 0.1, coord_dtype=f32),
-        np.float16,
+    @on_random_boxes(
+        scale=st.sampled_from([1.0, 0.5, 0.25]), ratio=st.integers(0, 3), offset=st.booleans()
     )
+    def test_backends_agree_on_random_boxes(self, boxes, case, dtype):
+        """Degenerate, flipped, outside and huge boxes: finite results, CPU == host kernels."""
+        self.assert_backends_agree(boxes, case, dtype)
+
+
+class TestModulatedDeformRoIPool(TestDeformRoIPool):
+    """With a mask (DCNv2): the forward, the three gradients and the box backward against the
+    oracle, with and without offsets."""
+
+    forward_cases = [
+        {"scale": 0.7, "ratio": ratio, "offset": offset}
+        for ratio in (2, 0)
+        for offset in (True, False)
+    ]
+    backward_cases = forward_cases
+    adjoint_cases = forward_cases[:1]
+    box_cases = [{"scale": 0.7, "ratio": ratio, "offset": True} for ratio in (2, 0)]
+    grids = {"test_grad_offset_matches_oracle": [c for c in forward_cases if c["offset"]]}
+    # Hypothesis runs a test in one class only; test_hypothesis.py compares masked backends.
+    test_backends_agree_on_random_boxes = None
+    invalid = [
+        (
+            "mask shape",
+            lambda v: cuproi.deform_roi_pool(v.x, v.boxes, v.offset, SIZE, mask=v.mask[:, :, :2]),
+            ValueError,
+            r"mask must have shape \(12, 1, 3, 4\)",
+        ),
+        (
+            "mask rank",
+            lambda v: cuproi.deform_roi_pool(v.x, v.boxes, v.offset, SIZE, mask=v.mask[:, 0]),
+            ValueError,
+            "mask must be a 4-D array",
+        ),
+        (
+            "mask dtype",
+            lambda v: cuproi.deform_roi_pool(
+                v.x, v.boxes, v.offset, SIZE, mask=v.mask.astype(np.int32)
+            ),
+            TypeError,
+            "mask must be float16, float32 or float64",
+        ),
+        (
+            "mask not an array",
+            lambda v: cuproi.deform_roi_pool(v.x, v.boxes, v.offset, SIZE, mask=[[1.0]]),
+            TypeError,
+            "mask must be an array",
+        ),
+        (
+            "backward mask shape",
+            lambda v: cuproi.deform_roi_pool_backward(
+                v.g, v.x, v.boxes, v.offset, SIZE, mask=v.mask[:5]
+            ),
+            ValueError,
+            "mask must have shape",
+        ),
+        (
+            "box backward mask shape",
+            lambda v: cuproi.deform_roi_pool_box_backward(
+                v.g, v.x, v.boxes, v.offset, SIZE, mask=v.mask[:3]
+            ),
+            ValueError,
+            "mask must have shape",
+        ),
+    ]
+
+    def extras(self, boxes, case, dtype):
+        mask = np.random.default_rng(2).uniform(0, 1, (len(boxes), 1, *SIZE))
+        return {**super().extras(boxes, case, dtype), "mask": mask.astype(compute_dtype(dtype))}
+
+    def test_grad_mask_matches_oracle(self, on, dtype, case):
+        """The mask's gradient, with and without ``deterministic=True``, in the mask's dtype: the
+        sum over the channels of the output's gradient times the unmodulated op."""
+        (g, x, boxes, extras), (gd, xd, rois, extras_d) = self.wide_inputs(on, dtype, case)
+        args = (extras["offset"], *self.args(case))
+        want = deform_oracle.deform_roi_pool_mask_grad(g, x, boxes, *args)
+        rtol, atol = TOLERANCE[np.dtype(dtype)]
+        for deterministic in (False, True):
+            grads = self.backwards(gd, xd, rois, case, **extras_d, deterministic=deterministic)
+            got = on.get(grads[2])
+            assert got.dtype == extras_d["mask"].dtype and got.shape == extras["mask"].shape
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=10 * atol)
+
+
+@pytest.mark.parametrize(
+    "tester, case",
+    [
+        (TestDeformRoIPool(), {"scale": 0.5, "ratio": 0, "offset": False}),
+        (TestModulatedDeformRoIPool(), TestModulatedDeformRoIPool.adjoint_cases[0]),
+    ],
+    ids=["plain", "offset-and-mask"],
+)
+def test_float16(on, tester, case):
+    """float16 features, float32 boxes, offsets and mask, float32 accumulation: the forward and
+    the mask's gradient (10 times the tolerance) against the oracle on the same halves."""
+    x, rois, extras, g = tester.host_inputs(np.float16, case)
+    assert rois.dtype == np.float32  # boxes are never rounded to half
+    assert all(v is None or v.dtype == np.float32 for v in extras.values())
+    put = {k: on.put(v) for k, v in extras.items()}
+    out = on.get(tester.forward(on.put(x), on.put(rois), case, **put))
+    assert out.dtype == np.float16
+    x64, g64, boxes = x.astype(np.float64), g.astype(np.float64), rois.astype(np.float64)
+    assert_close(out, tester.oracle(x64, boxes, case, np.float32, **extras), np.float16)
+    if "mask" in extras:
+        grad_mask = on.get(tester.backwards(on.put(g), on.put(x), on.put(rois), case, **put)[2])
+        args = (extras["offset"], *tester.args(case))
+        want = deform_oracle.deform_roi_pool_mask_grad(g64, x64, boxes, *args)
+        rtol, atol = TOLERANCE[np.dtype(np.float16)]
+        np.testing.assert_allclose(grad_mask, want, rtol=10 * rtol, atol=10 * atol)
+
+
+def test_mask_gradient_is_an_exact_finite_difference():
+    """The output is linear in the mask: a central difference is exact up to rounding."""
+    tester, case = TestModulatedDeformRoIPool(), TestModulatedDeformRoIPool.adjoint_cases[0]
+    x, rois, extras, g = tester.host_inputs(np.float64, case)
+    grad_mask = tester.backwards(g, x, rois, case, **extras)[2]
+    mask, eps = extras.pop("mask"), 1e-3
+    for k, ph, pw in [(0, 0, 0), (3, 1, 2), (11, 2, 3)]:
+        plus, minus = mask.copy(), mask.copy()
+        plus[k, 0, ph, pw] += eps
+        minus[k, 0, ph, pw] -= eps
+        f = [np.vdot(g, tester.forward(x, rois, case, mask=m, **extras)) for m in (plus, minus)]
+        assert grad_mask[k, 0, ph, pw] == pytest.approx((f[0] - f[1]) / (2 * eps), rel=1e-9)
+
+
+def test_mask_of_ones_is_the_plain_op_and_none_keeps_the_tuple():
+    tester, case = TestDeformRoIPool(), TestDeformRoIPool.adjoint_cases[0]
+    x, rois, extras, g = tester.host_inputs(np.float64, case)
+    ones = np.ones((len(rois), 1, *SIZE))
+    np.testing.assert_array_equal(
+        tester.forward(x, rois, case, mask=ones, **extras), tester.forward(x, rois, case, **extras)
+    )
+    plain = tester.backwards(g, x, rois, case, **extras)
+    assert len(plain) == 3 and plain[2] is None
+    masked = tester.backwards(g, x, rois, case, mask=ones, **extras)
+    for a, b in zip(masked[:2], plain[:2], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    # A float32 mask with float64 features: the mask's gradient has the mask's dtype.
+    single = tester.backwards(g, x, rois, case, mask=ones.astype(np.float32), **extras)
+    assert single[2].dtype == np.float32
+
+
+def test_integer_box_positions_take_the_right_derivative():
+    """Every sample exactly on a cell: the box gradient is the derivative from the right, not 0
+    as in DCN."""
+    x = features(np.float64, seed=6, shape=(2, 3, 9, 11))
+    rois = np.array([[0, 2.5, 1.5, 8.5, 5.5]])  # 2x3 bins, 2 samples a bin: all on integers
+    g = np.random.default_rng(7).standard_normal((1, x.shape[1], 2, 3))
+    grad = cuproi.deform_roi_pool_box_backward(g, x, rois, None, (2, 3), 1.0, 2)
+
+    def forward(r):
+        return cuproi.deform_roi_pool(x, r, None, (2, 3), 1.0, 2)
+
+    right = calculus.right_box_grad(forward, g, rois)
+    np.testing.assert_allclose(grad, right, rtol=1e-5, atol=1e-5)
 
 
 def smooth_offsets(boxes, scale, ratio, gamma, seed, pooled=(3, 4), margin=1e-3):
