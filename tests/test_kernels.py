@@ -100,42 +100,6 @@ def test_host_build_exports_every_entry(source):
 
 
 @pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
-def test_int64_index_variants(monkeypatch):
-    """The _i64 entry points give the same results as the int32 ones (forced on small arrays)."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 3, 7, 9))
-    rois = np.array([[0, 1.2, 0.5, 6.3, 5.5], [1, -2.0, 1.0, 4.0, 9.0], [1, 3, 3, 3, 3]])
-    offset = rng.standard_normal((3, 2, 2, 3))
-    g = rng.standard_normal((3, 3, 2, 3))
-
-    def run():
-        b = host_backend()
-        out, argmax = b.roi_pool(x, rois, (2, 3), 0.5, return_argmax=True)
-        return [
-            b.roi_align(x, rois, (2, 3), 0.5, -1, True),
-            b.roi_align_backward(g, rois, x.shape, 0.5, 2, False),
-            b.roi_align_backward(g, rois, x.shape, 0.5, 2, False, deterministic=True),
-            out,
-            argmax,
-            b.roi_pool_backward(g, rois, argmax, x.shape),
-            b.roi_pool_backward(g, rois, argmax, x.shape, deterministic=True),
-            b.deform_roi_pool(x, rois, offset, (2, 3), 0.5, 0, 0.1),
-            *b.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1)[:2],
-            *b.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1, deterministic=True)[:2],
-        ]
-
-    narrow = run()
-    calls = []
-    launch = host.launch
-    monkeypatch.setattr(_launch, "LARGE", 0)
-    monkeypatch.setattr(host, "launch", lambda *a, **k: (calls.append(a[1]), launch(*a, **k)))
-    wide = run()
-    assert calls and all(name.endswith("_i64") for name in calls)
-    for a, b in zip(narrow, wide, strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
 def test_int64_index_for_any_large_argument(monkeypatch):
     """The _i64 entry point is taken when any array argument is large, not only the features or
     the output: the deterministic box terms (4 per output element) and the offsets of a
