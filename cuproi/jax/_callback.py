@@ -114,7 +114,11 @@ def _write(xp, targets, results):
 def _vma(array):
     """The manual mesh axes along which ``array`` varies (inside ``shard_map``), or none."""
     typeof = getattr(jax, "typeof", None)  # JAX >= 0.4.36
-    return frozenset(getattr(typeof(array), "vma", ())) if typeof else frozenset()
+    if typeof is None:
+        return frozenset()
+    aval = typeof(array)
+    manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10; ``vma`` before it
+    return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
 
 
 def vma(tree):
