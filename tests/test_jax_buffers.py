@@ -12,7 +12,15 @@ import types
 import numpy as np
 import pytest
 from conftest import CUPY, STANDIN, TOLERANCE
-from test_jax import CASES, assert_cotangent, assert_gradients, loss_of, output_gradient, to_jax
+from test_jax import (
+    CASES,
+    assert_cotangent,
+    assert_gradients,
+    loss_of,
+    output_gradient,
+    to_jax,
+    x64,  # noqa: F401  (autouse: float64 ops)
+)
 
 import cuproi
 from cuproi import _results
@@ -21,14 +29,6 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 cj = pytest.importorskip("cuproi.jax")
 _callback = pytest.importorskip("cuproi.jax._callback")
-
-
-@pytest.fixture(autouse=True)
-def x64():
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 from roi_op_tester import box_zoo
+from test_jax import x64  # noqa: F401  (autouse: 64-bit dtypes, an int64 offset)
 
 import cuproi
 
@@ -16,15 +17,6 @@ cj = pytest.importorskip("cuproi.jax")
 SCALE = 0.7
 OUT = (3, 4)
 SHAPE = (2, 3, 10, 12)
-
-
-@pytest.fixture(autouse=True)
-def x64():
-    """64-bit dtypes (an int64 offset, float64 levels) need JAX's x64 mode; restored after."""
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
 
 
 def data():

@@ -16,7 +16,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cuproi import _arguments, _pyramid, _validate
+from cuproi import _arguments, _docstrings, _pyramid, _validate
+
+# Docstring blocks of the ops, placed by cuproi._docstrings.fill (a ``{name}`` line).
+_DOCSTRINGS = {
+    "jax_input": """
+        input : (N, C, H, W) jax.Array
+            Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``); bfloat16
+            is computed in float32 and returned as bfloat16.
+        """,
+    "jax_boxes": """
+        boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
+            ``[batch_index, x1, y1, x2, y2]`` per box in input-image coordinates, or one
+            ``[x1, y1, x2, y2]`` array per image (torchvision's convention).
+        """,
+    "jax_raises": """
+        TypeError, ValueError, IndexError
+            As :func:`cuproi.{op}`, when called, also while ``jax.jit`` traces. Bad values of
+            traced boxes are found when the computation runs: on the CPU JAX raises a
+            ``JaxRuntimeError`` that holds cuproi's error and message (see :mod:`cuproi.jax`).
+        """,
+}
+
+
+def documented(op):
+    """Decorator: the docstring blocks of cuproi.jax in the docstring of ``op``."""
+    return _docstrings.fill(op=op, **_DOCSTRINGS)
 
 
 class Spec:

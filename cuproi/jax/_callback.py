@@ -59,8 +59,13 @@ class _Call:
         if kind != _DLPACK_CUDA:
             self._into(np, np.from_dlpack, outputs, arrays)
             return
-        import cupy
-
+        try:
+            import cupy
+        except ImportError:
+            raise ImportError(
+                "cuproi.jax runs JAX's GPU arrays on cuproi's CUDA kernels, through CuPy: pip "
+                "install cupy-cuda12x or cupy-cuda13x, for your CUDA version"
+            ) from None
         # Entering XLA's stream makes CuPy launch on it and hand it to every DLPack export.
         with cupy.cuda.Device(device), cupy.cuda.ExternalStream(context.stream, device):
             self._into(cupy, cupy.from_dlpack, outputs, arrays)

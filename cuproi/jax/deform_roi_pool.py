@@ -43,6 +43,7 @@ def _backward(options, arrays, saved, wanted, grad):
 _deform_roi_pool = _vjp.op(_primal, _backward)
 
 
+@_arguments.documented("deform_roi_pool")
 @_arguments.bfloat16_in_float32
 def deform_roi_pool(
     input, boxes, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1, mask=None
@@ -51,11 +52,8 @@ def deform_roi_pool(
 
     Parameters
     ----------
-    input : (N, C, H, W) jax.Array
-        Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``); bfloat16
-        is computed in float32 and returned as bfloat16.
-    boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
-        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
+    {jax_input}
+    {jax_boxes}
     offset : (K, 2, PH, PW) jax.Array or None
         Per-bin shift, channel 0 along x and channel 1 along y, in units of the box width and
         height, multiplied by ``gamma``; floating. None pools without shifts.
@@ -73,9 +71,7 @@ def deform_roi_pool(
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`cuproi.deform_roi_pool`; see :func:`cuproi.jax.roi_align` for errors under
-        ``jax.jit``.
+    {jax_raises}
 
     Examples
     --------

@@ -35,6 +35,7 @@ def _backward(options, arrays, saved, wanted, grad):
 _multi_scale_roi_align = _vjp.op(_primal, _backward)
 
 
+@_arguments.documented("multi_scale_roi_align")
 @_arguments.bfloat16_in_float32
 def multi_scale_roi_align(
     features,
@@ -53,8 +54,7 @@ def multi_scale_roi_align(
     features : list of (N, C, H_l, W_l) jax.Array
         The pyramid levels, finest first, of one dtype (float16, float32 or float64; bfloat16
         is computed in float32 and returned as bfloat16).
-    boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
-        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
+    {jax_boxes}
     output_size, spatial_scales, sampling_ratio, aligned, canonical_scale, canonical_level
         As in :func:`cuproi.multi_scale_roi_align`; static.
 
@@ -66,9 +66,7 @@ def multi_scale_roi_align(
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`cuproi.multi_scale_roi_align`; see :func:`cuproi.jax.roi_align` for errors
-        under ``jax.jit``.
+    {jax_raises}
 
     Examples
     --------

@@ -13,17 +13,15 @@ class _Options(NamedTuple):
 _prroi_pool = _vjp.pooling("prroi_pool", box_gradient=True)
 
 
+@_arguments.documented("prroi_pool")
 @_arguments.bfloat16_in_float32
 def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Differentiable :func:`cuproi.prroi_pool` on JAX arrays (Precise RoI Pooling).
 
     Parameters
     ----------
-    input : (N, C, H, W) jax.Array
-        Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``); bfloat16
-        is computed in float32 and returned as bfloat16.
-    boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
-        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
+    {jax_input}
+    {jax_boxes}
     output_size, spatial_scale
         As in :func:`cuproi.prroi_pool`; static.
 
@@ -36,9 +34,7 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`cuproi.prroi_pool`; see :func:`cuproi.jax.roi_align` for errors under
-        ``jax.jit``.
+    {jax_raises}
 
     Examples
     --------

@@ -17,6 +17,7 @@ class _Options(NamedTuple):
 _ps_roi_align = _vjp.pooling("ps_roi_align", channels=_GROUPS)
 
 
+@_arguments.documented("ps_roi_align")
 @_arguments.bfloat16_in_float32
 def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
     """Differentiable :func:`cuproi.ps_roi_align` on JAX arrays (position-sensitive RoI Align).
@@ -26,8 +27,7 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     input : (N, C, H, W) jax.Array
         Score maps, ``C = C_out * PH * PW``; float16, float32 or float64 (bfloat16 is computed
         in float32 and returned as bfloat16).
-    boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
-        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
+    {jax_boxes}
     output_size, spatial_scale, sampling_ratio
         As in :func:`cuproi.ps_roi_align`; static.
 
@@ -39,9 +39,7 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`cuproi.ps_roi_align`; see :func:`cuproi.jax.roi_align` for errors under
-        ``jax.jit``.
+    {jax_raises}
 
     Examples
     --------

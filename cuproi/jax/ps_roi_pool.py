@@ -16,6 +16,7 @@ class _Options(NamedTuple):
 _ps_roi_pool = _vjp.pooling("ps_roi_pool", channels=_GROUPS)
 
 
+@_arguments.documented("ps_roi_pool")
 @_arguments.bfloat16_in_float32
 def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Differentiable :func:`cuproi.ps_roi_pool` on JAX arrays (position-sensitive RoI Pool).
@@ -25,8 +26,7 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     input : (N, C, H, W) jax.Array
         Score maps, ``C = C_out * PH * PW``; float16, float32 or float64 (bfloat16 is computed
         in float32 and returned as bfloat16).
-    boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
-        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
+    {jax_boxes}
     output_size, spatial_scale
         As in :func:`cuproi.ps_roi_pool`; static.
 
@@ -39,9 +39,7 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`cuproi.ps_roi_pool`; see :func:`cuproi.jax.roi_align` for errors under
-        ``jax.jit``.
+    {jax_raises}
 
     Examples
     --------

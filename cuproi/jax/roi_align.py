@@ -20,6 +20,7 @@ _roi_align = _vjp.pooling(
 )
 
 
+@_arguments.documented("roi_align")
 @_arguments.bfloat16_in_float32
 def roi_align(
     input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, pool_mode="avg"
@@ -28,13 +29,8 @@ def roi_align(
 
     Parameters
     ----------
-    input : (N, C, H, W) jax.Array
-        Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``); bfloat16
-        is computed in float32 and returned as bfloat16.
-    boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
-        ``[batch_index, x1, y1, x2, y2]`` per box in input-image coordinates, or one
-        ``[x1, y1, x2, y2]`` array per image (torchvision's convention). Read in float32 (float64
-        for float64 features).
+    {jax_input}
+    {jax_boxes}
     output_size, spatial_scale, sampling_ratio, aligned, pool_mode
         As in :func:`cuproi.roi_align`; static (Python values, not traced).
 
@@ -48,10 +44,7 @@ def roi_align(
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`cuproi.roi_align`, when called (also while ``jax.jit`` traces). Bad values of
-        traced boxes are found when the computation runs: JAX raises them as a
-        ``JaxRuntimeError`` that holds cuproi's error and message (see :mod:`cuproi.jax`).
+    {jax_raises}
 
     Examples
     --------

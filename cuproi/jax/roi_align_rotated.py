@@ -17,6 +17,7 @@ class _Options(NamedTuple):
 _roi_align_rotated = _vjp.pooling("roi_align_rotated")
 
 
+@_arguments.documented("roi_align_rotated")
 @_arguments.bfloat16_in_float32
 def roi_align_rotated(
     input, boxes, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True, clockwise=False
@@ -25,9 +26,7 @@ def roi_align_rotated(
 
     Parameters
     ----------
-    input : (N, C, H, W) jax.Array
-        Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``); bfloat16
-        is computed in float32 and returned as bfloat16.
+    {jax_input}
     boxes : (K, 6) jax.Array or list of (L_i, 5) jax.Array
         ``[batch_index, cx, cy, w, h, angle]`` per box (angle in degrees, counter-clockwise),
         or one ``[cx, cy, w, h, angle]`` array per image.
@@ -43,9 +42,7 @@ def roi_align_rotated(
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`cuproi.roi_align_rotated`; see :func:`cuproi.jax.roi_align` for errors under
-        ``jax.jit``.
+    {jax_raises}
 
     Examples
     --------

@@ -49,17 +49,15 @@ def _backward(options, arrays, argmax, wanted, grad):
 _roi_pool = _vjp.op(_primal, _backward, _forward)
 
 
+@_arguments.documented("roi_pool")
 @_arguments.bfloat16_in_float32
 def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
     """Differentiable :func:`cuproi.roi_pool` on JAX arrays (RoI Pool, max over bins).
 
     Parameters
     ----------
-    input : (N, C, H, W) jax.Array
-        Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``); bfloat16
-        is computed in float32 and returned as bfloat16.
-    boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
-        ``[batch_index, x1, y1, x2, y2]`` per box, or one ``[x1, y1, x2, y2]`` array per image.
+    {jax_input}
+    {jax_boxes}
     output_size, spatial_scale, return_argmax
         As in :func:`cuproi.roi_pool`; static.
 
@@ -75,9 +73,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
 
     Raises
     ------
-    TypeError, ValueError, IndexError
-        As :func:`cuproi.roi_pool`; see :func:`cuproi.jax.roi_align` for errors under
-        ``jax.jit``.
+    {jax_raises}
 
     Examples
     --------
