@@ -282,6 +282,18 @@ def test_only_the_gradients_asked_for_are_computed():
     assert callbacks((0, 1)) == (1, 1)
 
 
+@pytest.mark.parametrize("flags", ["", "--xla_gpu_deterministic_ops=true"])
+def test_xlas_deterministic_switch_makes_the_backwards_deterministic(flags, monkeypatch):
+    """XLA_FLAGS=--xla_gpu_deterministic_ops=true: every backward sums in fixed point."""
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    case = CASES["deform_roi_pool"]
+    arrays = to_jax(case.arrays(np.float32))
+    grad = jax.grad(lambda *a: case.call(cj, *a).sum(), argnums=(0, 1, 2, 3))
+    text = str(jax.make_jaxpr(grad)(*arrays))
+    on = ("deterministic", bool(flags))
+    assert text.count(f"{on}") == 2 and text.count(f"{(on[0], not on[1])}") == 0
+
+
 def test_signatures_are_those_of_the_array_functions():
     for name in cj.__all__:
         ours = inspect.signature(getattr(cj, name)).parameters

@@ -6,17 +6,13 @@ import re
 import numpy as np
 import pytest
 from roi_op_tester import box_zoo
-from test_jax import x64  # noqa: F401  (autouse: 64-bit dtypes, an int64 offset)
+from test_jax import OUT, SCALE, SHAPE, x64  # noqa: F401  (x64 autouse: an int64 offset)
 
 import cuproi
 
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 cj = pytest.importorskip("cuproi.jax")
-
-SCALE = 0.7
-OUT = (3, 4)
-SHAPE = (2, 3, 10, 12)
 
 
 def data():

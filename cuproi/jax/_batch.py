@@ -57,6 +57,17 @@ def _images(arrays, options):
     return shape[0]
 
 
+def _shared(function, arrays):
+    """Whether the whole batch reads the same features (batch axes of size 1), one copy of them.
+
+    Not for an input gradient, which each element has of its own.
+    """
+    if function.endswith("_backward") and not function.endswith("_box_backward"):
+        return False
+    levels = [arrays["input"]] if arrays.get("input") is not None else arrays.get("features", [])
+    return all(math.prod(_lead(x, 4)) == 1 for x in levels or [])
+
+
 def _renumbered(xp, function, boxes, images, count, options):
     """(count * K, width) boxes with element ``b``'s batch indices moved to its own images.
 
@@ -100,13 +111,7 @@ def fold(xp, function, arrays, options):
     if not batch:
         return arrays, options, ()
     count = math.prod(batch)
-    gradient = function.endswith("_backward") and not function.endswith("_box_backward")
-    shared = not gradient and all(
-        math.prod(_lead(x, 4)) == 1
-        for name in _FEATURES
-        if arrays.get(name) is not None
-        for x in (arrays[name] if name == "features" else [arrays[name]])
-    )
+    shared = _shared(function, arrays)
     images = _images(arrays, options)
     merged = {}
     for name, value in arrays.items():
