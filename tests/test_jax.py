@@ -1,11 +1,20 @@
-"""JAX adapter: cuproi.jax equals the array API forward, jax.grad equals cuproi's backward
-functions (eager and under jax.jit), finite differences for the offsets, errors, lazy import."""
+"""cuproi.jax: every op equals its array function, and jax.grad equals cuproi's backward
+functions (features, offsets, masks, levels, and the boxes where cuproi has a box backward),
+eagerly and under jax.jit, in every dtype; jax.vmap as one call; bfloat16; per-image and
+empty boxes; finite differences for the offsets; signatures, examples and imports.
+
+Errors are in test_jax_errors.py, where the computation runs (XLA's buffers, the fallback, a
+GPU) in test_jax_buffers.py, several devices in test_jax_devices.py.
+"""
 
 import doctest
-import re
+import importlib
+import inspect
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -22,6 +31,35 @@ OUT = (3, 4)
 SHAPE = (2, 3, 10, 12)
 DTYPES = [np.float16, np.float32, np.float64]
 
+# [batch_index, cx, cy, w, h, angle]: turned, empty, flipped, outside and beyond the map.
+ROTATED = np.array(
+    [
+        [0, 5.0, 4.0, 6.0, 3.0, 0.0],
+        [1, 6.0, 5.0, 7.5, 4.5, 30.0],
+        [0, 3.0, 7.0, 4.0, 6.0, 90.0],
+        [1, 8.0, 2.0, 5.0, 5.0, -45.0],
+        [0, 6.0, 5.0, 0.0, 0.0, 10.0],
+        [1, 6.0, 5.0, -2.0, 3.0, 20.0],
+        [0, -6.0, 20.0, 4.0, 4.0, 60.0],
+        [1, 6.0, 5.0, 30.0, 26.0, 77.0],
+    ]
+)
+# FPN levels P2 and P3 of a 48 x 64 image; with canonical_scale 16 a box of side 8 or more
+# goes to P3. Small, large, flipped, outside and level-straddling boxes of both images.
+LEVELS = [(2, 3, 12, 16), (2, 3, 6, 8)]
+LEVEL_SCALES = [1 / 4, 1 / 8]
+LEVEL_BOXES = np.array(
+    [
+        [0, 2.0, 3.0, 7.0, 9.0],
+        [1, 10.0, 4.0, 40.0, 30.0],
+        [0, 30.0, 20.0, 33.0, 22.5],
+        [1, -8.0, -4.0, 12.0, 18.0],
+        [0, 50.0, 40.0, 44.0, 35.0],
+        [1, 0.0, 0.0, 64.0, 48.0],
+        [0, 60.0, 40.0, 70.0, 52.0],
+    ]
+)
+
 
 @pytest.fixture(autouse=True)
 def x64():
@@ -32,266 +70,394 @@ def x64():
     jax.config.update("jax_enable_x64", before)
 
 
-def data(dtype, seed=0):
-    """Features, boxes of every special case, offsets and an output gradient, as NumPy."""
+def _ct(dtype):
+    """The boxes' dtype for ``dtype`` features: cuproi's compute dtype."""
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _maps(dtype, channels=SHAPE[1], seed=0):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(SHAPE).astype(dtype)
-    boxes = box_zoo(SCALE).astype(np.float32)
+    return rng.standard_normal((SHAPE[0], channels, *SHAPE[2:])).astype(dtype)
+
+
+def _plain(dtype):
+    return _maps(dtype), box_zoo(SCALE).astype(_ct(dtype))
+
+
+def _score_maps(dtype):
+    return _maps(dtype, SHAPE[1] * OUT[0] * OUT[1]), box_zoo(SCALE).astype(_ct(dtype))
+
+
+def _deformable(dtype):
+    x, boxes = _plain(dtype)
+    rng = np.random.default_rng(1)
     offset = rng.uniform(-1, 1, (len(boxes), 2, *OUT)).astype(dtype)
-    grad = rng.standard_normal((len(boxes), SHAPE[1], *OUT)).astype(dtype)
-    return x, boxes, offset, grad
+    mask = rng.uniform(0.2, 1, (len(boxes), 1, *OUT)).astype(dtype)
+    return x, boxes, offset, mask
 
 
-# Each op as (cuproi.jax call, the array API's forward, the array API's backward) on
-# (x, boxes, offset[, grad]); the backward returns (grad_input, grad_offset or None).
-OPS = {
-    "roi_align": (
-        lambda x, b, o: cj.roi_align(x, b, OUT, SCALE, 2, True),
-        lambda x, b, o: cuproi.roi_align(x, b, OUT, SCALE, 2, True),
-        lambda x, b, o, g: (cuproi.roi_align_backward(g, b, x.shape, OUT, SCALE, 2, True), None),
+def _rotated(dtype):
+    return _maps(dtype), ROTATED.astype(_ct(dtype))
+
+
+def _pyramid(dtype):
+    rng = np.random.default_rng(2)
+    levels = [rng.standard_normal(shape).astype(dtype) for shape in LEVELS]
+    return levels, LEVEL_BOXES.astype(_ct(dtype))
+
+
+class Case(NamedTuple):
+    """An op of both modules: ``call(module, *arrays)`` with ``module`` cuproi or cuproi.jax,
+    its arrays (NumPy, the features or levels first), and the expected cotangent of each
+    array from cuproi's backward functions (None: zero)."""
+
+    call: Callable
+    arrays: Callable  # dtype -> tuple of arrays
+    backward: Callable  # (arrays, g) -> tuple, one entry per array
+
+
+def _roi_pool_backward(x, b, g):
+    argmax = cuproi.roi_pool(x, b, OUT, SCALE, return_argmax=True)[1]
+    return cuproi.roi_pool_backward(g, b, argmax, x.shape), None
+
+
+def _deform_backward(x, b, o, m, g):
+    args = (OUT, SCALE, 2, 0.1)
+    grad_x, grad_o, grad_m = cuproi.deform_roi_pool_backward(g, x, b, o, *args, mask=m)
+    return grad_x, cuproi.deform_roi_pool_box_backward(g, x, b, o, *args, mask=m), grad_o, grad_m
+
+
+MAX = {"pool_mode": "max"}
+CASES = {
+    "roi_align": Case(
+        lambda m, x, b: m.roi_align(x, b, OUT, SCALE, 2, True),
+        _plain,
+        lambda x, b, g: (
+            cuproi.roi_align_backward(g, b, x.shape, OUT, SCALE, 2, True),
+            cuproi.roi_align_box_backward(g, x, b, OUT, SCALE, 2, True),
+        ),
     ),
-    "roi_align_adaptive": (
-        lambda x, b, o: cj.roi_align(x, b, OUT, SCALE),
-        lambda x, b, o: cuproi.roi_align(x, b, OUT, SCALE),
-        lambda x, b, o, g: (cuproi.roi_align_backward(g, b, x.shape, OUT, SCALE), None),
+    "roi_align_max_adaptive": Case(
+        lambda m, x, b: m.roi_align(x, b, OUT, SCALE, -1, False, "max"),
+        _plain,
+        lambda x, b, g: (
+            cuproi.roi_align_backward(g, b, x.shape, OUT, SCALE, input=x, **MAX),
+            cuproi.roi_align_box_backward(g, x, b, OUT, SCALE, **MAX),
+        ),
     ),
-    "roi_pool": (
-        lambda x, b, o: cj.roi_pool(x, b, OUT, SCALE),
-        lambda x, b, o: cuproi.roi_pool(x, b, OUT, SCALE),
-        lambda x, b, o, g: (
-            cuproi.roi_pool_backward(
-                g, b, cuproi.roi_pool(x, b, OUT, SCALE, return_argmax=True)[1], x.shape
+    "roi_pool": Case(lambda m, x, b: m.roi_pool(x, b, OUT, SCALE), _plain, _roi_pool_backward),
+    "deform_roi_pool": Case(
+        lambda m, x, b, o, k: m.deform_roi_pool(x, b, o, OUT, SCALE, 2, 0.1, k),
+        _deformable,
+        _deform_backward,
+    ),
+    "deform_roi_pool_no_offset": Case(
+        lambda m, x, b: m.deform_roi_pool(x, b, None, OUT, SCALE),
+        _plain,
+        lambda x, b, g: (
+            cuproi.deform_roi_pool_backward(g, x, b, None, OUT, SCALE)[0],
+            cuproi.deform_roi_pool_box_backward(g, x, b, None, OUT, SCALE),
+        ),
+    ),
+    "ps_roi_align": Case(
+        lambda m, x, b: m.ps_roi_align(x, b, OUT, SCALE, 2),
+        _score_maps,
+        lambda x, b, g: (cuproi.ps_roi_align_backward(g, b, x.shape, OUT, SCALE, 2), None),
+    ),
+    "ps_roi_pool": Case(
+        lambda m, x, b: m.ps_roi_pool(x, b, OUT, SCALE),
+        _score_maps,
+        lambda x, b, g: (cuproi.ps_roi_pool_backward(g, b, x.shape, OUT, SCALE), None),
+    ),
+    "roi_align_rotated": Case(
+        lambda m, x, b: m.roi_align_rotated(x, b, OUT, 0.5, 2, True, True),
+        _rotated,
+        lambda x, b, g: (
+            cuproi.roi_align_rotated_backward(g, b, x.shape, OUT, 0.5, 2, True, True),
+            None,
+        ),
+    ),
+    "prroi_pool": Case(
+        lambda m, x, b: m.prroi_pool(x, b, OUT, SCALE),
+        _plain,
+        lambda x, b, g: (
+            cuproi.prroi_pool_backward(g, b, x.shape, OUT, SCALE),
+            cuproi.prroi_pool_box_backward(g, x, b, OUT, SCALE),
+        ),
+    ),
+    "multi_scale_roi_align": Case(
+        lambda m, levels, b: m.multi_scale_roi_align(levels, b, OUT, LEVEL_SCALES, 2, True, 16),
+        _pyramid,
+        lambda levels, b, g: (
+            cuproi.multi_scale_roi_align_backward(
+                g, b, [x.shape for x in levels], OUT, LEVEL_SCALES, 2, True, 16
             ),
             None,
         ),
     ),
-    "deform_roi_pool": (
-        lambda x, b, o: cj.deform_roi_pool(x, b, o, OUT, SCALE, 2, 0.1),
-        lambda x, b, o: cuproi.deform_roi_pool(x, b, o, OUT, SCALE, 2, 0.1),
-        lambda x, b, o, g: cuproi.deform_roi_pool_backward(g, x, b, o, OUT, SCALE, 2, 0.1)[:2],
-    ),
-    "deform_roi_pool_no_offset": (
-        lambda x, b, o: cj.deform_roi_pool(x, b, None, OUT, SCALE),
-        lambda x, b, o: cuproi.deform_roi_pool(x, b, None, OUT, SCALE),
-        lambda x, b, o, g: cuproi.deform_roi_pool_backward(g, x, b, None, OUT, SCALE)[:2],
-    ),
 }
 
 
-# ---- forward and gradients against the array API -------------------------------------------
+def to_jax(arrays, dtype=None):
+    """NumPy arrays (and lists of them) as JAX arrays (of ``dtype`` when given)."""
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype), arrays)
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def output_gradient(case, arrays, seed=3):
+    """A random cotangent of the op's output, in its dtype."""
+    out = case.call(cuproi, *arrays)
+    return np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)
+
+
+def loss_of(case, g):
+    """``<op(*arrays), g>``, and the output beside it (``has_aux``)."""
+
+    def loss(*arrays):
+        out = case.call(cj, *arrays)
+        return jnp.sum(out * g), out
+
+    return loss
+
+
+def assert_cotangent(got, expected, like):
+    """``got`` is cuproi's ``expected`` exactly (dtype too), or zeros shaped like ``like``."""
+    if isinstance(like, list):
+        expected = [None] * len(like) if expected is None else expected
+        for got_level, want, level in zip(got, expected, like, strict=True):
+            assert_cotangent(got_level, want, level)
+        return
+    assert got.shape == like.shape
+    if expected is None:
+        assert not np.asarray(got).any()
+        return
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def assert_gradients(grads, case, arrays, g):
+    for got, want, array in zip(grads, case.backward(*arrays, g), arrays, strict=True):
+        assert_cotangent(got, want, array)
+
+
+# ---- forward and gradients against the array functions ----------------------------------
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("op", OPS)
-def test_forward_equals_array_api(op, dtype, jit):
-    x, boxes, offset, _ = data(dtype)
-    call, forward, _ = OPS[op]
-    fn = jax.jit(call) if jit else call
-    out = fn(jnp.asarray(x), jnp.asarray(boxes), jnp.asarray(offset))
-    expected = forward(x, boxes, offset)
-    assert isinstance(out, jax.Array)
-    assert out.dtype == dtype and out.shape == (len(boxes), SHAPE[1], *OUT)
+@pytest.mark.parametrize("name", CASES)
+def test_forward_and_gradients_equal_the_array_functions(name, dtype):
+    """The output and jax.grad of every array, under jit; eagerly too for float32 (eager
+    JAX compiles every small operation of the gradient on its own: slow to do for all)."""
+    case = CASES[name]
+    arrays = case.arrays(dtype)
+    g = output_gradient(case, arrays)
+    expected = case.call(cuproi, *arrays)
+    grad = jax.grad(loss_of(case, g), argnums=tuple(range(len(arrays))), has_aux=True)
+    modes = {"jit": jax.jit(grad), "eager": grad} if dtype == np.float32 else {"jit": jax.jit(grad)}
+    for mode, fn in modes.items():
+        grads, out = fn(*to_jax(arrays))
+        assert isinstance(out, jax.Array) and out.dtype == dtype, mode
+        np.testing.assert_array_equal(np.asarray(out), expected, err_msg=mode)
+        assert_gradients(grads, case, arrays, g)
+    out = case.call(cj, *to_jax(arrays))  # the primal alone, eagerly, no gradient taken
+    assert out.dtype == dtype
     np.testing.assert_array_equal(np.asarray(out), expected)
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("op", OPS)
-def test_grad_equals_backward(op, dtype, jit):
-    x, boxes, offset, g = data(dtype)
-    call, _, backward = OPS[op]
+def test_only_the_gradients_asked_for_are_computed():
+    """The box gradient (which reads the features) runs only when the boxes get one."""
+    case = CASES["roi_align"]
+    x, b = to_jax(case.arrays(np.float32))
 
-    def loss(x, boxes, offset):
-        return jnp.sum(call(x, boxes, offset) * g)
+    def callbacks(argnums):
+        def loss(x, b):
+            return case.call(cj, x, b).sum()
 
-    grad = jax.grad(loss, argnums=(0, 1, 2))
-    if jit:
-        grad = jax.jit(grad)
-    grad_x, grad_boxes, grad_offset = grad(*map(jnp.asarray, (x, boxes, offset)))
-    expected_x, expected_offset = backward(x, boxes, offset, g)
-    assert isinstance(grad_x, jax.Array) and grad_x.dtype == dtype
-    np.testing.assert_array_equal(np.asarray(grad_x), expected_x)
-    assert grad_boxes.shape == boxes.shape and not np.asarray(grad_boxes).any()
-    if expected_offset is None:  # the op ignores offset: its gradient is zero
-        assert not np.asarray(grad_offset).any()
-    else:
-        assert grad_offset.dtype == dtype
-        np.testing.assert_array_equal(np.asarray(grad_offset), expected_offset)
-
-
-def test_per_image_boxes_equal_k5_boxes():
-    x, boxes, offset, g = data(np.float64)
-    order = np.argsort(boxes[:, 0], kind="stable")
-    boxes, offset, g = boxes[order], offset[order], g[order]
-    per_image = [jnp.asarray(boxes[boxes[:, 0] == i, 1:]) for i in range(SHAPE[0])]
-
-    def loss(x, b, o):
-        return jnp.sum(cj.deform_roi_pool(x, b, o, OUT, SCALE) * g)
-
-    xj, oj = jnp.asarray(x), jnp.asarray(offset)
-    grad = jax.grad(loss, argnums=(0, 1, 2))
-    flat = grad(xj, jnp.asarray(boxes), oj)
-    for listed in (grad(xj, per_image, oj), jax.jit(grad)(xj, per_image, oj)):
-        np.testing.assert_array_equal(np.asarray(flat[0]), np.asarray(listed[0]))
-        np.testing.assert_array_equal(np.asarray(flat[2]), np.asarray(listed[2]))
-        assert [b.shape for b in listed[1]] == [b.shape for b in per_image]
-        assert not any(np.asarray(b).any() for b in listed[1])
-
-
-def test_vmap_loops_over_the_batch():
-    x, boxes, offset, g = data(np.float32)
-    xs = jnp.stack([jnp.asarray(x), 2 * jnp.asarray(x) + 1])
-    b = jnp.asarray(boxes)
-    out = jax.jit(jax.vmap(lambda x: cj.roi_align(x, b, OUT, SCALE)))(xs)
-    for i in range(2):
-        np.testing.assert_array_equal(
-            np.asarray(out[i]), cuproi.roi_align(np.asarray(xs[i]), boxes, OUT, SCALE)
+        text = str(jax.make_jaxpr(jax.grad(loss, argnums))(x, b))
+        return text.count("function='roi_align_box_backward'"), text.count(
+            "function='roi_align_backward'"
         )
-    grads = jax.vmap(jax.grad(lambda x: jnp.sum(cj.roi_pool(x, b, OUT, SCALE) * g)))(xs)
-    for i in range(2):
-        _, argmax = cuproi.roi_pool(np.asarray(xs[i]), boxes, OUT, SCALE, return_argmax=True)
-        expected = cuproi.roi_pool_backward(g, boxes, argmax, SHAPE)
-        np.testing.assert_array_equal(np.asarray(grads[i]), expected)
+
+    assert callbacks(0) == (0, 1)
+    assert callbacks(1) == (1, 0)
+    assert callbacks((0, 1)) == (1, 1)
 
 
-def test_offset_gradient_by_finite_differences():
-    """Reverse mode against central differences in float64, at a smooth point: random offsets
-    put no sample on an integer position, a band edge or the [-1, H] limits."""
-    from jax.test_util import check_grads
+@pytest.mark.parametrize("flags", ["", "--xla_gpu_deterministic_ops=true"])
+def test_xlas_deterministic_switch_makes_the_backwards_deterministic(flags, monkeypatch):
+    """XLA_FLAGS=--xla_gpu_deterministic_ops=true: every backward sums in fixed point."""
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    case = CASES["deform_roi_pool"]
+    arrays = to_jax(case.arrays(np.float32))
+    grad = jax.grad(lambda *a: case.call(cj, *a).sum(), argnums=(0, 1, 2, 3))
+    text = str(jax.make_jaxpr(grad)(*arrays))
+    on = ("deterministic", bool(flags))
+    assert text.count(f"{on}") == 2 and text.count(f"{(on[0], not on[1])}") == 0
 
-    x, boxes, offset, _ = data(np.float64, seed=1)
-    b = jnp.asarray(boxes)
 
-    def f(x, offset):
-        return cj.deform_roi_pool(x, b, offset, OUT, SCALE, 2, 0.3)
+def test_signatures_are_those_of_the_array_functions():
+    for name in cj.__all__:
+        ours = inspect.signature(getattr(cj, name)).parameters
+        theirs = inspect.signature(getattr(cuproi, name)).parameters
+        assert [(p.name, p.default, p.kind) for p in ours.values()] == [
+            (p.name, p.default, p.kind) for p in theirs.values()
+        ], name
 
-    check_grads(f, (jnp.asarray(x), jnp.asarray(offset)), order=1, modes=["rev"], eps=1e-6)
-    check_grads(jax.jit(f), (jnp.asarray(x), jnp.asarray(offset)), 1, modes=["rev"], eps=1e-6)
+
+def test_roi_pool_return_argmax():
+    x, b = _plain(np.float32)
+    out, argmax = jax.jit(lambda x: cj.roi_pool(x, b, OUT, SCALE, True))(jnp.asarray(x))
+    want_out, want_argmax = cuproi.roi_pool(x, b, OUT, SCALE, return_argmax=True)
+    np.testing.assert_array_equal(np.asarray(out), want_out)
+    assert argmax.dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(argmax), want_argmax)
+    g = output_gradient(CASES["roi_pool"], (x, b))
+    grad = jax.grad(lambda x: jnp.sum(cj.roi_pool(x, b, OUT, SCALE, True)[0] * g))(jnp.asarray(x))
+    np.testing.assert_array_equal(
+        np.asarray(grad), cuproi.roi_pool_backward(g, b, want_argmax, SHAPE)
+    )
+
+
+# ---- jax.vmap: one call for the whole batch ----------------------------------------------
+
+
+def _batch(arrays, count=2):
+    """``count`` elements of a case's arrays: features scaled and shifted, box coordinates
+    (not their batch indices) moved, offsets and masks scaled; stacked."""
+
+    def element(i):
+        def change(a, role):
+            if role == "boxes":
+                return np.concatenate([a[:, :1], a[:, 1:] * (1 + 0.1 * i) + i], axis=1)
+            return a * (1 + i) + (i if role == "features" else 0) * 0.5
+
+        features, boxes, *rest = arrays
+        moved = jax.tree.map(lambda a: change(a, "features"), features)
+        return (moved, change(boxes, "boxes"), *[change(a, "other") for a in rest])
+
+    elements = [element(i) for i in range(count)]
+    stacked = jax.tree.map(lambda *a: np.stack(a), *elements)
+    return elements, stacked
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_vmap_equals_each_element(name):
+    """jit(vmap(grad)) over features, boxes and the other arrays at once."""
+    case = CASES[name]
+    elements, stacked = _batch(case.arrays(np.float32))
+    g = output_gradient(case, elements[0])
+    grad = jax.grad(loss_of(case, g), argnums=tuple(range(len(stacked))), has_aux=True)
+    grads, out = jax.jit(jax.vmap(grad))(*to_jax(stacked))
+    for i, arrays in enumerate(elements):
+        np.testing.assert_array_equal(np.asarray(out[i]), case.call(cuproi, *arrays))
+        assert_gradients(jax.tree.map(lambda a, i=i: a[i], grads), case, arrays, g)
+
+
+def test_vmap_over_boxes_of_shared_features_and_nested():
+    """Features shared by the batch (in_axes None), and vmap of vmap."""
+    case = CASES["roi_align"]
+    (x, b), g = case.arrays(np.float32), None
+    elements, (_, boxes) = _batch((x, b), 3)
+    g = output_gradient(case, (x, b))
+    grad = jax.grad(loss_of(case, g), argnums=(0, 1), has_aux=True)
+    (grad_x, grad_b), out = jax.jit(jax.vmap(grad, in_axes=(None, 0)))(*to_jax((x, boxes)))
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(out[i]), case.call(cuproi, x, boxes[i]))
+        assert_gradients((grad_x[i], grad_b[i]), case, (x, boxes[i]), g)
+    grid = jnp.stack([to_jax(boxes), to_jax(boxes[::-1])])  # (2, 3, K, 5)
+    features = jnp.stack([jnp.asarray(x), 2 * jnp.asarray(x)])  # (2, N, C, H, W)
+    nested = jax.vmap(jax.vmap(lambda x, b: case.call(cj, x, b), (None, 0)), (0, 0))
+    out = nested(features, grid)
+    for i, j in np.ndindex(2, 3):
+        want = case.call(cuproi, np.asarray(features[i]), np.asarray(grid[i, j]))
+        np.testing.assert_array_equal(np.asarray(out[i, j]), want)
+
+
+# ---- bfloat16, per-image and empty boxes, finite differences -----------------------------
+
+
+# The casts are the same for every op: one of each kind of arguments (features and boxes,
+# argmax, offset and mask, none, a list of levels).
+BFLOAT16 = ["roi_align", "roi_align_max_adaptive", "roi_pool", "deform_roi_pool"]
+BFLOAT16 += ["deform_roi_pool_no_offset", "multi_scale_roi_align"]
+
+
+@pytest.mark.parametrize("name", BFLOAT16)
+def test_bfloat16_is_float32_rounded(name):
+    """bfloat16 arrays (NumPy has no bfloat16) under jit: the values and gradients of their
+    float32 values, rounded to bfloat16 once."""
+    case = CASES[name]
+    arrays = to_jax(case.arrays(np.float32), jnp.bfloat16)
+    wide = jax.tree.map(lambda a: np.asarray(a, np.float32), arrays)
+    g = jnp.asarray(output_gradient(case, wide), jnp.bfloat16)
+    grad = jax.grad(loss_of(case, g), argnums=tuple(range(len(arrays))), has_aux=True)
+    grads, out = jax.jit(grad)(*arrays)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(out, jnp.asarray(case.call(cuproi, *wide), jnp.bfloat16))
+    expected = case.backward(*wide, np.asarray(g, np.float32))
+    assert all(got.dtype == jnp.bfloat16 for got in jax.tree.leaves(grads))
+    rounded = jax.tree.map(lambda a: None if a is None else jnp.asarray(a, jnp.bfloat16), expected)
+    for got, want, array in zip(grads, rounded, arrays, strict=True):
+        assert_cotangent(got, want, array)
+    assert np.asarray(jax.tree.leaves(grads)[0], np.float32).any()
+
+
+def test_bfloat16_eager():
+    case = CASES["deform_roi_pool"]
+    arrays = to_jax(case.arrays(np.float32), jnp.bfloat16)
+    wide = jax.tree.map(lambda a: np.asarray(a, np.float32), arrays)
+    out = case.call(cj, *arrays)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(out, jnp.asarray(case.call(cuproi, *wide), jnp.bfloat16))
+
+
+@pytest.mark.parametrize("name", ["roi_align", "deform_roi_pool", "roi_align_rotated"])
+def test_per_image_boxes_equal_k5_boxes(name):
+    """torchvision's per-image lists: the same values and gradients, the boxes' gradient on
+    their coordinates."""
+    case = CASES[name]
+    x, boxes, *rest = case.arrays(np.float64)
+    order = np.argsort(boxes[:, 0], kind="stable")
+    boxes, rest = boxes[order], [a[order] for a in rest]
+    per_image = [boxes[boxes[:, 0] == i, 1:] for i in range(SHAPE[0])]
+    g = output_gradient(case, (x, boxes, *rest))
+    argnums = tuple(range(2 + len(rest)))
+    grad = jax.grad(loss_of(case, g), argnums=argnums, has_aux=True)
+    (flat, out) = jax.jit(grad)(*to_jax((x, boxes, *rest)))
+    for fn in (jax.jit(grad), grad) if name == "deform_roi_pool" else (jax.jit(grad),):
+        listed, listed_out = fn(*to_jax((x, per_image, *rest)))
+        np.testing.assert_array_equal(np.asarray(listed_out), np.asarray(out))
+        for got, want in zip(listed[:1] + listed[2:], flat[:1] + flat[2:], strict=True):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        np.testing.assert_array_equal(np.concatenate(listed[1]), np.asarray(flat[1])[:, 1:])
 
 
 def test_empty_boxes():
-    x, _, _, _ = data(np.float32)
+    x, _ = _plain(np.float32)
     xj, none = jnp.asarray(x), jnp.zeros((0, 5), jnp.float32)
     assert cj.roi_align(xj, none, OUT).shape == (0, SHAPE[1], *OUT)
     assert cj.roi_pool(xj, [], OUT).shape == (0, SHAPE[1], *OUT)
     grad = jax.grad(lambda x: cj.roi_pool(x, none, OUT).sum())(xj)
     assert grad.shape == SHAPE and not np.asarray(grad).any()
+    grad = jax.jit(jax.vmap(jax.grad(lambda x: cj.prroi_pool(x, none, OUT).sum())))(xj[None])
+    assert grad.shape == (1, *SHAPE) and not np.asarray(grad).any()
 
 
-# ---- errors ---------------------------------------------------------------------------------
+def test_offset_and_mask_gradients_by_finite_differences():
+    """Reverse mode against central differences in float64, at a smooth point: random offsets
+    put no sample on an integer position, a band edge or the [-1, H] limits."""
+    from jax.test_util import check_grads
+
+    x, boxes, offset, mask = _deformable(np.float64)
+
+    def f(x, offset, mask):
+        return cj.deform_roi_pool(x, boxes, offset, OUT, SCALE, 2, 0.3, mask)
+
+    args = to_jax((x, offset, mask))
+    check_grads(f, args, order=1, modes=["rev"], eps=1e-6)
+    check_grads(jax.jit(f), args, order=1, modes=["rev"], eps=1e-6)
 
 
-def _bad(x=None, boxes=None, offset=None, **static):
-    """A call with one bad argument, made on NumPy arrays or JAX arrays."""
-    return {"x": x, "boxes": boxes, "offset": offset, **static}
-
-
-def _cases():
-    x, boxes, offset, _ = data(np.float32)
-    wrong_batch, fractional, infinite = boxes.copy(), boxes.copy(), boxes.copy()
-    wrong_batch[3, 0] = 2
-    fractional[1, 0] = 0.5
-    infinite[2, 3] = np.inf
-    return {
-        "integer features": _bad(x=x.astype(np.int32)),
-        "3-D features": _bad(x=x[0]),
-        "boxes without batch index": _bad(boxes=boxes[:, 1:]),
-        "boolean boxes": _bad(boxes=boxes > 0),
-        "per-image box of 5 columns": _bad(boxes=[boxes[:2], boxes[2:, 1:]]),
-        "batch index out of range": _bad(boxes=wrong_batch),
-        "fractional batch index": _bad(boxes=fractional),
-        "infinite coordinate": _bad(boxes=infinite),
-        "offset of the wrong shape": _bad(offset=offset[:, :, :2]),
-        "integer offset": _bad(offset=offset.astype(np.int64)),
-        "output_size zero": _bad(output_size=0),
-        "negative spatial_scale": _bad(spatial_scale=-1.0),
-        "fractional sampling_ratio": _bad(sampling_ratio=1.5),
-        "infinite gamma": _bad(gamma=float("inf")),
-    }
-
-
-CASES = _cases()
-VALUE_CASES = {"batch index out of range", "fractional batch index", "infinite coordinate"}
-
-
-def _call(module, case, x, boxes, offset):
-    static = {"output_size": OUT, "spatial_scale": SCALE, "sampling_ratio": 2, "gamma": 0.1}
-    static.update({k: v for k, v in case.items() if k not in ("x", "boxes", "offset")})
-    return module.deform_roi_pool(x, boxes, offset, **static)
-
-
-def _arguments(case, to=np.asarray):
-    x, boxes, offset, _ = data(np.float32)
-    x = case["x"] if case["x"] is not None else x
-    boxes = case["boxes"] if case["boxes"] is not None else boxes
-    offset = case["offset"] if case["offset"] is not None else offset
-    boxes = [to(b) for b in boxes] if isinstance(boxes, list) else to(boxes)
-    return to(x), boxes, to(offset)
-
-
-def _expected(case):
-    """cuproi's own error on NumPy arrays: the type and message the adapter must give."""
-    with pytest.raises((TypeError, ValueError, IndexError)) as info:
-        _call(cuproi, case, *_arguments(case))
-    return info.type, str(info.value)
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_bad_input_gives_cuproi_error(name):
-    kind, message = _expected(CASES[name])
-    arguments = _arguments(CASES[name], jnp.asarray)
-    with pytest.raises(kind, match=re.escape(message)):  # eager
-        _call(cj, CASES[name], *arguments)
-    with pytest.raises(kind, match=re.escape(message)):  # the boxes known while jit traces
-        jax.jit(lambda x, o: _call(cj, CASES[name], x, arguments[1], o))(arguments[0], arguments[2])
-
-
-@pytest.mark.parametrize("name", sorted(set(CASES) - VALUE_CASES))
-def test_bad_shapes_dtypes_and_scalars_fail_while_tracing(name):
-    kind, message = _expected(CASES[name])
-    with pytest.raises(kind, match=re.escape(message)):
-        jax.jit(lambda *a: _call(cj, CASES[name], *a))(*_arguments(CASES[name], jnp.asarray))
-
-
-@pytest.mark.parametrize("name", sorted(VALUE_CASES))
-def test_bad_traced_boxes_fail_at_run_time_with_cuproi_message(name):
-    """Box values traced under jit are checked in the callback: JAX wraps the error."""
-    kind, message = _expected(CASES[name])
-    with pytest.raises(Exception) as info:
-        out = jax.jit(lambda *a: _call(cj, CASES[name], *a))(*_arguments(CASES[name], jnp.asarray))
-        out.block_until_ready()
-    assert f"{kind.__name__}: {message}" in str(info.value)
-
-
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("op", OPS)
-def test_bfloat16_is_float32_rounded(op, jit):
-    """bfloat16 features, boxes and offsets (NumPy has no bfloat16): the values and gradients
-    of their float32 values, rounded to bfloat16."""
-    x, boxes, offset, g = (jnp.asarray(a, jnp.bfloat16) for a in data(np.float32))
-    wide = [np.asarray(a, np.float32) for a in (x, boxes, offset, g)]
-    call, forward, backward = OPS[op]
-
-    def loss(x, boxes, offset):
-        return jnp.sum(call(x, boxes, offset) * g)
-
-    fn, grad = call, jax.grad(loss, argnums=(0, 2))
-    if jit:
-        fn, grad = jax.jit(fn), jax.jit(grad)
-    out = fn(x, boxes, offset)
-    assert out.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(out, jnp.asarray(forward(*wide[:3]), jnp.bfloat16))
-    grad_x, grad_offset = grad(x, boxes, offset)
-    expected_x, expected_offset = backward(*wide)
-    assert grad_x.dtype == grad_offset.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(grad_x, jnp.asarray(expected_x, jnp.bfloat16))
-    if expected_offset is not None:
-        np.testing.assert_array_equal(grad_offset, jnp.asarray(expected_offset, jnp.bfloat16))
-    assert np.asarray(grad_x, np.float32).any()
-
-
-# ---- packaging ------------------------------------------------------------------------------
+# ---- the package ------------------------------------------------------------------------
 
 
 def test_import_cuproi_does_not_import_jax_and_adapter_not_cupy():
@@ -306,10 +472,22 @@ def test_import_cuproi_does_not_import_jax_and_adapter_not_cupy():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 
-def test_docstring_examples():
+def test_every_op_is_exported():
+    ops = {"roi_align", "roi_pool", "deform_roi_pool", "ps_roi_align", "ps_roi_pool"}
+    ops |= {"roi_align_rotated", "prroi_pool", "multi_scale_roi_align"}
+    assert set(cj.__all__) == ops
+    for name in ops:
+        assert getattr(cj, name).__module__ == f"cuproi.jax.{name}"
+
+
+@pytest.mark.parametrize("module", ["cuproi.jax", *[f"cuproi.jax.{op}" for op in cj.__all__]])
+def test_docstring_examples(module):
     jax.config.update("jax_enable_x64", False)  # the examples show float32; the fixture restores
-    result = doctest.testmod(cj, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
+    result = doctest.testmod(
+        importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE
+    )
+    assert result.failed == 0
+    assert result.attempted > 0 or module == "cuproi.jax"
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])

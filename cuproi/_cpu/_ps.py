@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cuproi import _results
 from cuproi._cpu import _cells, _parallel, _sampling, _scratch
 
 
@@ -156,7 +157,7 @@ def forward(input, plan):
     k, pooled_h, pooled_w = plan.count.shape
     c_out = c // (pooled_h * pooled_w)
     x = input.reshape(n, c_out, pooled_h, pooled_w, h, w)
-    out = np.empty((k, c_out, pooled_h, pooled_w), input.dtype)
+    out = _results.empty(np, (k, c_out, pooled_h, pooled_w), input.dtype)
 
     def task(ph, chunks):
         pixels = _pixels(plan, ph, c_out, x, whole)
@@ -183,8 +184,8 @@ def backward(grad_output, plan, input_shape):
     n, c, h, w = input_shape
     k, c_out, pooled_h, pooled_w = grad_output.shape
     several = len(list(_sampling.chunks(plan.cost * pooled_w))) > 1
-    grad = np.zeros(
-        (n, c_out, pooled_h, pooled_w, h, w), plan.dtype if several else grad_output.dtype
+    grad = _results.zeros(
+        np, (n, c_out, pooled_h, pooled_w, h, w), plan.dtype if several else grad_output.dtype
     )
 
     def task(ph, chunks):

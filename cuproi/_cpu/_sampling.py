@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 
+from cuproi import _results
 from cuproi._cpu import _cells, _parallel, _scratch
 
 # Entries of the sparse operator built at once; boxes are processed in chunks below this.
@@ -336,7 +337,7 @@ def apply(a, x_rows, out):
 def zeros(shape, dtype, channels_last=False):
     """A zeroed (N, C, H, W) gradient for :func:`add_transposed`, NCHW or stored channels last."""
     if not channels_last:
-        return np.zeros(shape, dtype)
+        return _results.zeros(np, shape, dtype)
     n, c, h, w = shape
     return np.zeros((n, h, w, c), dtype).transpose(0, 3, 1, 2)
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from cuproi import _results
 from cuproi._cpu import _box_gradients, _geometry, _parallel, _sampling, _scratch
 
 
@@ -61,7 +62,7 @@ def deform_roi_pool(
     pixels = _sampling.pixels_read(
         input, _sampling.reach(rois[:, 0], axes[0][:2], axes[1][:2], shape), rois.dtype
     )
-    out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
+    out = _results.empty(np, (len(rois), c, pooled_h, pooled_w), rois.dtype)
     target, cost = out, _cost(axes, shape)
     if _sampling.too_large(cost):  # every bin a box: (K * PH * PW, C, 1, 1)
         rois, g, axes = _bins(rois, g, axes)
@@ -104,7 +105,7 @@ def deform_roi_pool_backward(
     if mask is not None:  # out = mask * average: d / d mask = <g, average>; the rest sees g * mask
         plain_rows = _sampling.bin_rows(ct_grad)
         ct_grad = ct_grad * mask
-        grad_mask = np.empty((k, 1, pooled_h, pooled_w), ct)
+        grad_mask = _results.empty(np, (k, 1, pooled_h, pooled_w), ct)
     g = _geometry.deform_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
     axes = _geometry.bin_axes(g, offset, (pooled_h, pooled_w), gamma)
     cells = _sampling.reach(rois[:, 0], axes[0][:2], axes[1][:2], shape)
@@ -119,7 +120,7 @@ def deform_roi_pool_backward(
         rois, g, axes = _bins(rois, g, axes)
         cost, pooled = _cost(axes, shape), (1, 1)
     units, bins = len(rois), pooled[0] * pooled[1]
-    grad_offset = None if offset is None else np.zeros((units, 2, *pooled), ct)
+    grad_offset = None if offset is None else _results.zeros(np, (units, 2, *pooled), ct)
     if grad_mask is not None:  # (K, 1, PH, PW) as the rows of its bins
         grad_mask = grad_mask.reshape(units, 1, *pooled)
     # d out / d offset = gamma * box size * (mean over the bin's samples of d value / d position)

@@ -7,6 +7,7 @@ box order. The per-level calls are chunked and bounded in memory by RoI Align it
 
 import numpy as np
 
+from cuproi import _results
 from cuproi._cpu.roi_align import roi_align, roi_align_backward
 
 
@@ -30,7 +31,7 @@ def multi_scale_roi_align(
     features, rois, output_size, spatial_scales, sampling_ratio, aligned, thresholds
 ):
     _, c = features[0].shape[:2]
-    out = np.zeros((len(rois), c, *output_size), features[0].dtype)
+    out = _results.zeros(np, (len(rois), c, *output_size), features[0].dtype)
     levels = box_levels(rois, thresholds)
     for level, (x, scale) in enumerate(zip(features, spatial_scales, strict=True)):
         idx = np.flatnonzero(levels == level)
@@ -58,5 +59,5 @@ def multi_scale_roi_align_backward(
             g = np.ascontiguousarray(grad_output[idx])
             grads.append(roi_align_backward(g, rois[idx], shape, scale, sampling_ratio, aligned))
         else:
-            grads.append(np.zeros(shape, grad_output.dtype))
+            grads.append(_results.zeros(np, shape, grad_output.dtype))
     return grads

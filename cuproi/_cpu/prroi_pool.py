@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cuproi import _results
 from cuproi._cpu import _cells, _parallel, _sampling, _scratch
 
 
@@ -165,7 +166,7 @@ def prroi_pool(input, rois, output_size, spatial_scale):
     pooled_h, pooled_w = output_size
     n, c, h, w = input.shape
     shape = (n, h, w)
-    out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
+    out = _results.empty(np, (len(rois), c, pooled_h, pooled_w), rois.dtype)
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
     # float16 is computed in float32, converted as it is copied.
     pixels = _sampling.pixels_read(input, _reach(rois, plan), rois.dtype)

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cuproi import _results
 from cuproi._cpu import _box_gradients, _geometry, _parallel, _samples, _sampling, _scratch
 
 
@@ -100,7 +101,7 @@ def roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, 
     pooled_h, pooled_w = output_size
     n, c, h, w = input.shape
     shape = (n, h, w)
-    out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
+    out = _results.empty(np, (len(rois), c, pooled_h, pooled_w), rois.dtype)
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     # float16 is computed in float32, converted as it is copied.
     pixels = _sampling.pixels_read(input, _reach(rois, plan, shape), rois.dtype)
@@ -268,7 +269,7 @@ def _chunks(pixels, rois, shape, y, x, fn):
 def _max_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
     n, c, h, w = input.shape
     shape = (n, h, w)
-    out = np.zeros((len(rois), c, pooled_h, pooled_w), rois.dtype)
+    out = _results.zeros(np, (len(rois), c, pooled_h, pooled_w), rois.dtype)
     _, y, x = _max_grid(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     pixels = _pixels(input, rois, y, x, shape, rois.dtype)
 

@@ -14,6 +14,7 @@ forward copies only the tiles of the features that the rotated boxes may read (`
 import numpy as np
 import scipy.sparse
 
+from cuproi import _results
 from cuproi._cpu import _geometry, _parallel, _sampling, _scratch
 
 
@@ -210,7 +211,7 @@ def _samples_matrix(plan, k0, box, ph, pw, nx, entry_bin, local, bins):
 def roi_align_rotated(input, rois, output_size, spatial_scale, sampling_ratio, aligned, clockwise):
     pooled_h, pooled_w = output_size
     n, c, h, w = input.shape
-    out = np.empty((len(rois), c, pooled_h, pooled_w), rois.dtype)
+    out = _results.empty(np, (len(rois), c, pooled_h, pooled_w), rois.dtype)
     plan = _plan(
         rois, (n, h, w), spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
     )

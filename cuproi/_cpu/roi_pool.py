@@ -15,7 +15,7 @@ argmax cell, a few channels at a time, as a sparse product.
 import numpy as np
 import scipy.sparse
 
-from cuproi import _layout
+from cuproi import _layout, _results
 from cuproi._cpu import _cells, _geometry, _parallel, _sampling, _scratch
 
 
@@ -209,7 +209,7 @@ def _pool(table, rois, bins, finish):
 def _forward_values(table, rois, bins, dtype):
     """The maxima alone, from a table of values: no argmax to find, so no keys to build."""
     k, c = len(rois), table.shape[3]
-    out = np.empty((k, c, bins[0].shape[1], bins[2].shape[1]), dtype)
+    out = _results.empty(np, (k, c, bins[0].shape[1], bins[2].shape[1]), dtype)
 
     def finish(g0, g1, best, empty):
         best[empty] = 0
@@ -223,8 +223,8 @@ def _forward_keys(input, rois, bins):
     n, c, h, w = input.shape
     k = len(rois)
     keys, negative_zero = _table(input, keys=True)
-    out = np.empty((k, c, bins[0].shape[1], bins[2].shape[1]), input.dtype)
-    argmax = np.empty(out.shape, np.int32)
+    out = _results.empty(np, (k, c, bins[0].shape[1], bins[2].shape[1]), input.dtype)
+    argmax = _results.empty(np, out.shape, np.int32)
 
     def finish(g0, g1, best, empty):
         value, index = _decode(best)
@@ -355,7 +355,7 @@ def _backward_runs(grad_output, image, argmax, shape, dtype, runs):
     bins (argmax -1) add to one more row, left out.
     """
     n, c, h, w = shape
-    grad = np.zeros(shape, grad_output.dtype)
+    grad = _results.zeros(np, shape, grad_output.dtype)
     if runs.size == 0:  # no bin has a cell (or no box)
         return grad
     y, x = np.divmod(argmax, argmax.dtype.type(w))
@@ -386,7 +386,7 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape, *, deterministic=F
         return _backward_runs(grad_output, image, argmax, input_shape, dtype, runs)
     at = argmax.reshape(k, c, bins)
     g = grad_output.reshape(k, c, bins)
-    grad = np.empty((n, c, h * w), grad_output.dtype)
+    grad = _results.empty(np, (n, c, h * w), grad_output.dtype)
     entries = k * _SLAB * bins
     # A slab's targets (cells of a few channels' planes) and its entries fit int32 (half the
     # traffic of int64) but on giant maps or batches of boxes.

@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from cuproi import _layout
+from cuproi import _layout, _results
 from cuproi._cuda import _source
 
 _OPTIONS = ("--std=c++17",)
@@ -169,7 +169,7 @@ class GradSum:
     def __init__(self, device, shape, dtype, grad_output, deterministic):
         xp = device.xp
         self.device = device
-        self.value = xp.zeros(shape, dtype)
+        self.value = _results.zeros(xp, shape, dtype)
         self.deterministic = bool(deterministic) and grad_output.size > 0
         if not self.deterministic:  # the kernel never touches these two
             self.fixed, self.exponent = device.null(np.uint64), device.null(np.int32)

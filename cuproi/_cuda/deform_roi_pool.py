@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from cuproi import _results
 from cuproi._cuda import _launch
 from cuproi._cuda._launch import BoxGrad, GradSum, ints
 
@@ -28,7 +29,7 @@ def deform_roi_pool(
     device, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, mask=None
 ):
     c = input.shape[1]
-    out = device.xp.empty((len(rois), c, *output_size), input.dtype)
+    out = _results.empty(device.xp, (len(rois), c, *output_size), input.dtype)
     scalars = _args(
         input.shape, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
     )
@@ -72,8 +73,12 @@ def deform_roi_pool_backward(
     # channels (tiles) below in a fixed order.
     tiles = _launch.tiles(c) if nhwc else c
     per_channel = (k, tiles) if grad.deterministic else (k,)
-    grad_offset = None if offset is None else xp.zeros((*per_channel, 2, pooled_h, pooled_w), ct)
-    grad_mask = None if mask is None else xp.zeros((*per_channel, 1, pooled_h, pooled_w), ct)
+    grad_offset = (
+        None if offset is None else _results.zeros(xp, (*per_channel, 2, pooled_h, pooled_w), ct)
+    )
+    grad_mask = (
+        None if mask is None else _results.zeros(xp, (*per_channel, 1, pooled_h, pooled_w), ct)
+    )
     # The features are read only for the offset and mask gradients; without offsets (mask)
     # the kernel never touches their gradients.
     unread = offset is None and mask is None

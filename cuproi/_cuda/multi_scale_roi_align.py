@@ -5,6 +5,7 @@ One launch for all levels, forward and backward.
 
 import numpy as np
 
+from cuproi import _results
 from cuproi._cuda._launch import GradSum, Index, ints
 
 LEVELS = 8  # levels the fused kernels take (kernels/multi_scale_roi_align.cu)
@@ -29,7 +30,7 @@ def multi_scale_roi_align(
     features = [device.nchw(x) for x in features]
     n, c = features[0].shape[:2]
     dtype = features[0].dtype
-    out = device.xp.empty((len(rois), c, *output_size), dtype)
+    out = _results.empty(device.xp, (len(rois), c, *output_size), dtype)
     slots = list(features) + [features[0]] * (LEVELS - len(features))
     args = (
         *slots,

@@ -1,5 +1,6 @@
 """Precise RoI Pooling's launches (kernels/prroi_pool.cu): input and box gradients."""
 
+from cuproi import _results
 from cuproi._cuda._launch import BoxGrad, GradSum, ints
 
 
@@ -9,7 +10,7 @@ def _scalars(rois, input_shape, output_size, spatial_scale):
 
 def prroi_pool(device, input, rois, output_size, spatial_scale):
     input = device.nchw(input)
-    out = device.xp.empty((len(rois), input.shape[1], *output_size), input.dtype)
+    out = _results.empty(device.xp, (len(rois), input.shape[1], *output_size), input.dtype)
     args = (input, rois, *_scalars(rois, input.shape, output_size, spatial_scale), out)
     device.run("prroi_pool", "forward", input.dtype, out.size, *args)
     return out

@@ -1,5 +1,6 @@
 """Position-sensitive RoI Align's launches (kernels/ps_roi_align.cu)."""
 
+from cuproi import _results
 from cuproi._cuda._launch import GradSum, ints
 
 
@@ -11,7 +12,7 @@ def _scalars(rois, input_shape, output_size, spatial_scale, sampling_ratio):
 def ps_roi_align(device, input, rois, output_size, spatial_scale, sampling_ratio):
     """(K, C / (PH * PW), PH, PW) output, one thread each."""
     ph, pw = output_size
-    out = device.xp.empty((len(rois), input.shape[1] // (ph * pw), ph, pw), input.dtype)
+    out = _results.empty(device.xp, (len(rois), input.shape[1] // (ph * pw), ph, pw), input.dtype)
     scalars = _scalars(rois, input.shape, output_size, spatial_scale, sampling_ratio)
     device.run("ps_roi_align", "forward", input.dtype, out.size, input, rois, *scalars, out)
     return out

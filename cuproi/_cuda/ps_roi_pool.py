@@ -1,5 +1,6 @@
 """Position-sensitive RoI Pool's launches (kernels/ps_roi_pool.cu)."""
 
+from cuproi import _results
 from cuproi._cuda._launch import GradSum, ints
 
 
@@ -10,7 +11,7 @@ def _scalars(rois, input_shape, output_size, spatial_scale):
 def ps_roi_pool(device, input, rois, output_size, spatial_scale):
     """(K, C / (PH * PW), PH, PW) output, one thread each."""
     ph, pw = output_size
-    out = device.xp.empty((len(rois), input.shape[1] // (ph * pw), ph, pw), input.dtype)
+    out = _results.empty(device.xp, (len(rois), input.shape[1] // (ph * pw), ph, pw), input.dtype)
     scalars = _scalars(rois, input.shape, output_size, spatial_scale)
     device.run("ps_roi_pool", "forward", input.dtype, out.size, input, rois, *scalars, out)
     return out

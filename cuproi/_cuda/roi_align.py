@@ -4,7 +4,7 @@ The average mode has channels-last kernels (see ``_launch.CHANNELS_LAST_FROM``);
 reads NCHW features only.
 """
 
-from cuproi import _layout
+from cuproi import _layout, _results
 from cuproi._cuda import _launch
 from cuproi._cuda._launch import BoxGrad, GradSum, ints
 
@@ -19,7 +19,7 @@ def roi_align(
     device, input, rois, output_size, spatial_scale, sampling_ratio, aligned, pool_mode="avg"
 ):
     c = input.shape[1]
-    out = device.xp.empty((len(rois), c, *output_size), input.dtype)
+    out = _results.empty(device.xp, (len(rois), c, *output_size), input.dtype)
     scalars = _scalars(rois, input.shape, output_size, sampling_ratio, aligned, spatial_scale)
     if pool_mode == "avg" and _launch.takes_channels_last(input):
         # One block per box and tile of channels.

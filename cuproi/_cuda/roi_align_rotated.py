@@ -3,6 +3,7 @@
 Boxes are (K, 6): [batch_index, cx, cy, w, h, angle in degrees].
 """
 
+from cuproi import _results
 from cuproi._cuda._launch import GradSum, ints
 
 
@@ -15,7 +16,7 @@ def roi_align_rotated(
     device, input, rois, output_size, spatial_scale, sampling_ratio, aligned, clockwise
 ):
     input = device.nchw(input)
-    out = device.xp.empty((len(rois), input.shape[1], *output_size), input.dtype)
+    out = _results.empty(device.xp, (len(rois), input.shape[1], *output_size), input.dtype)
     scalars = _scalars(
         rois, input.shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise
     )

@@ -2,14 +2,15 @@
 
 import numpy as np
 
+from cuproi import _results
 from cuproi._cuda._launch import GradSum, ints
 
 
 def roi_pool(device, input, rois, output_size, spatial_scale, return_argmax=False):
     # The kernel finds the argmax while it takes the maximum, asked for or not.
     input = device.nchw(input)
-    out = device.xp.empty((len(rois), input.shape[1], *output_size), input.dtype)
-    argmax = device.xp.empty(out.shape, np.int32)
+    out = _results.empty(device.xp, (len(rois), input.shape[1], *output_size), input.dtype)
+    argmax = _results.empty(device.xp, out.shape, np.int32)
     scalars = (rois.dtype.type(spatial_scale), *ints(*input.shape, *output_size))
     args = (input, rois, *scalars, out, argmax)
     device.run("roi_pool", "forward", input.dtype, out.size, *args)

@@ -1,0 +1,61 @@
+"""Position-sensitive RoI Pool (R-FCN), differentiable for the score maps."""
+
+from typing import NamedTuple
+
+from cuproi import _validate
+from cuproi.jax import _arguments, _vjp
+
+_GROUPS = _validate.position_sensitive_channels  # output channels C / (PH * PW), or ValueError
+
+
+class _Options(NamedTuple):
+    output_size: tuple
+    spatial_scale: float
+
+
+_ps_roi_pool = _vjp.pooling("ps_roi_pool", channels=_GROUPS)
+
+
+@_arguments.documented("ps_roi_pool")
+@_arguments.bfloat16_in_float32
+def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """Differentiable :func:`cuproi.ps_roi_pool` on JAX arrays (position-sensitive RoI Pool).
+
+    Parameters
+    ----------
+    input : (N, C, H, W) jax.Array
+        Score maps, ``C = C_out * PH * PW``; float16, float32 or float64 (bfloat16 is computed
+        in float32 and returned as bfloat16).
+    {jax_boxes}
+    output_size, spatial_scale
+        As in :func:`cuproi.ps_roi_pool`; static.
+
+    Returns
+    -------
+    (K, C_out, PH, PW) jax.Array
+        Same dtype as ``input``; differentiable with respect to ``input``
+        (:func:`cuproi.ps_roi_pool_backward`). The boxes' gradient is zero (the bins are
+        rounded to whole cells).
+
+    Raises
+    ------
+    {jax_raises}
+
+    Examples
+    --------
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import cuproi.jax
+    >>> x = jnp.arange(64.0).reshape(1, 4, 4, 4)
+    >>> boxes = jnp.array([[0, 0.0, 0.0, 4.0, 4.0]])
+    >>> cuproi.jax.ps_roi_pool(x, boxes, 2)
+    Array([[[[ 2.5, 20.5],
+             [42.5, 60.5]]]], dtype=float32)
+    >>> jax.grad(lambda x: cuproi.jax.ps_roi_pool(x, boxes, 2).sum())(x)[0, 1]
+    Array([[0.  , 0.  , 0.25, 0.25],
+           [0.  , 0.  , 0.25, 0.25],
+           [0.  , 0.  , 0.  , 0.  ],
+           [0.  , 0.  , 0.  , 0.  ]], dtype=float32)
+    """
+    call = _arguments.forward(input, boxes, output_size, spatial_scale, channels=_GROUPS)
+    return _ps_roi_pool(_Options(call.pooled, call.scale), call.x, call.rois)
