@@ -9,7 +9,6 @@ itself in the callback, when the computation runs.
 """
 
 import functools
-import types
 from typing import NamedTuple
 
 import jax
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cuproi import _arguments, _docstrings, _pyramid, _validate
+from cuproi._spec import Spec, xp
 
 # Docstring blocks of the ops, placed by cuproi._docstrings.fill (a ``{name}`` line).
 _DOCSTRINGS = {
@@ -42,41 +42,6 @@ _DOCSTRINGS = {
 def documented(op):
     """Decorator: the docstring blocks of cuproi.jax in the docstring of ``op``."""
     return _docstrings.fill(op=op, **_DOCSTRINGS)
-
-
-class Spec:
-    """What cuproi's shape and dtype checks read of an array: its shape and dtype.
-
-    A traced JAX array has no memory, hence no layout to keep: the checks of features that
-    would keep a channels-last layout find none.
-    """
-
-    flags = types.SimpleNamespace(c_contiguous=False)
-
-    def __init__(self, shape, dtype):
-        self.shape = tuple(shape)
-        self.dtype = np.dtype(dtype)
-
-    @property
-    def ndim(self):
-        return len(self.shape)
-
-    def __len__(self):
-        return self.shape[0]
-
-    def transpose(self, *axes):
-        return Spec([self.shape[axis] for axis in axes], self.dtype)
-
-
-class _SpecModule:
-    """The array module of :class:`Spec`: the one function cuproi's shape checks call."""
-
-    @staticmethod
-    def ascontiguousarray(array, dtype=None):
-        return array if dtype is None else Spec(array.shape, dtype)
-
-
-xp = _SpecModule()
 
 
 def spec(array):

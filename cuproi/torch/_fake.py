@@ -22,54 +22,11 @@ raises it as it is.
 
 import types
 
-import numpy as np
 import torch
 
 from cuproi import _dispatch, _validate
+from cuproi._spec import Spec, xp
 
-
-class Spec:
-    """What cuproi's checks read of an array, for a tensor without data.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        The tensor's shape (example values of symbolic sizes).
-    dtype : numpy.dtype
-        The dtype the op sees: what DLPack gives NumPy for the tensor's dtype.
-    """
-
-    # The checks of features ask whether they are stored channels last (to keep that layout);
-    # without memory there is no layout to keep, and none to refuse.
-    flags = types.SimpleNamespace(c_contiguous=False)
-
-    def __init__(self, shape, dtype):
-        self.shape = tuple(shape)
-        self.dtype = np.dtype(dtype)
-
-    @property
-    def ndim(self):
-        return len(self.shape)
-
-    def __len__(self):
-        return self.shape[0]
-
-    def astype(self, dtype, copy=True):
-        return Spec(self.shape, dtype)
-
-    def transpose(self, *axes):
-        return Spec([self.shape[axis] for axis in axes], self.dtype)
-
-
-class _SpecModule:
-    """The array module of :class:`Spec`: the one function cuproi's shape checks call."""
-
-    @staticmethod
-    def ascontiguousarray(array, dtype=None):
-        return array if dtype is None else array.astype(dtype)
-
-
-xp = _SpecModule()
 # For the checks that take a backend (they read its array module only).
 backend = types.SimpleNamespace(xp=xp)
 
