@@ -46,12 +46,19 @@ MAX = _validate.MAX_COORDINATE
 MAX_RATIO = _validate.MAX_SAMPLING_RATIO
 ARRAY = r" must be an array \(NumPy, CuPy, or any with __dlpack__ such as torch or JAX\); got "
 FLOATS_ONLY = r" must be float16, float32 or float64; got "
-# What the messages call a box row, (K, 1 + width) arrays and (L, width) ones, by width.
+# By the values a box row holds after its batch index: what the messages call (K, 1 + width)
+# arrays and (L, width) ones, and what they say of a (K, width) array.
 ROWS = {
-    4: (r"\(K, 5\) array \[batch_index, x1, y1, x2, y2\]", r"\(L, 4\) array \[x1, y1, x2, y2\]"),
+    4: (
+        r"\(K, 5\) array \[batch_index, x1, y1, x2, y2\]",
+        r"\(L, 4\) array \[x1, y1, x2, y2\]",
+        r"\(a \(K, 4\) array has no batch index: ",
+    ),
     5: (
         r"\(K, 6\) array \[batch_index, cx, cy, w, h, angle\]",
         r"\(L, 5\) array \[cx, cy, w, h, angle\] of rotated boxes",
+        r"\(a \(K, 5\) array is either axis-aligned boxes .* or rotated boxes without a batch "
+        r"index: ",
     ),
 }
 
@@ -187,13 +194,15 @@ def test_box_just_inside_the_bound_works(name, scale, dtype):
     for ratio in [{"sampling_ratio": r} for r in ratios] or [{}]:
         for result in results(call(name, features_for(name, dtype), boxes=b, **given, **ratio)):
             assert result is None or np.isfinite(result).all()
+            assert result is None or result.dtype in (dtype, np.int32)  # argmax
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_roi_pool_backward_takes_the_boxes_of_its_forward(dtype):
+@pytest.mark.parametrize("scale", [1.0, 1 / 16])
+def test_roi_pool_backward_takes_the_boxes_of_its_forward(scale, dtype):
     x = features(dtype)
-    b = box_at_the_bound(16 * MAX, dtype, False)  # coordinates up to 16 * 2**20 image pixels
-    out, argmax = cuproi.roi_pool(x, b, OUT, spatial_scale=1 / 16, return_argmax=True)
+    b = box_at_the_bound(MAX / scale, dtype, False)  # up to 16 * 2**20 image pixels at 1 / 16
+    out, argmax = cuproi.roi_pool(x, b, OUT, spatial_scale=scale, return_argmax=True)
     grad = cuproi.roi_pool_backward(np.ones_like(out), b, argmax, x.shape)
     assert grad.dtype == dtype and grad.sum() == pytest.approx(float((argmax >= 0).sum()))
 
@@ -204,26 +213,18 @@ def test_roi_pool_backward_takes_the_boxes_of_its_forward(dtype):
 @pytest.mark.parametrize("name", takes("boxes"))
 def test_box_array_shapes(name):
     w = width(name)
-    array, _ = ROWS[w]
-    hint = rf"batch index: add it as the first column, or pass a list with one \(L, {w}\)"
-    expect(
-        name,
-        ValueError,
-        rf"boxes must be a {array}.*; got shape \(4, {w}\) .*{hint}",
-        boxes=np.zeros((4, w)),
-    )
+    array, _, hint = ROWS[w]
+    hint += rf"add it as the first column, or pass a list with one \(L, {w}\) array per image\)$"
+    message = rf"boxes must be a {array}.*; got shape \(4, {w}\) {hint}"
+    expect(name, ValueError, message, boxes=np.zeros((4, w)))
     for bad in [(w + 1,), (1, 4, w + 1), (4, w + 2), (4, w - 1), ()]:
-        expect(
-            name,
-            ValueError,
-            rf"boxes must be a {array}.* got shape {shape(bad)}$",
-            boxes=np.zeros(bad, np.float32),
-        )
+        message = rf"boxes must be a {array}.* got shape {shape(bad)}$"
+        expect(name, ValueError, message, boxes=np.zeros(bad, np.float32))
 
 
 @pytest.mark.parametrize("name", takes("boxes"))
 def test_bad_box_lists(name):
-    w, (_, rows) = width(name), ROWS[width(name)]
+    w, (_, rows, _) = width(name), ROWS[width(name)]
     first = boxes(rotated=SPECS[name].rotated)[:2, 1:]
     expect(
         name,
