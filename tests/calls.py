@@ -2,13 +2,14 @@
 
 ``call("roi_align", output_size=0)`` is :func:`cuproi.roi_align` on valid features and boxes with
 ``output_size=0``. One table of functions (:data:`SPECS`) thus serves every check of an argument:
-:func:`takes` lists the functions that have it. Arguments go by the names of the single-level
-functions; multi_scale_roi_align gets them as one pyramid level (``input`` becomes
-``features=[input]``, ``spatial_scale`` ``spatial_scales=[...]``, ``input_shape``
+:func:`takes` lists the functions that have it, from their signatures. Arguments go by the names
+of the single-level functions; multi_scale_roi_align gets them as one pyramid level (``input``
+becomes ``features=[input]``, ``spatial_scale`` ``spatial_scales=[...]``, ``input_shape``
 ``input_shapes=[...]``), and :func:`label` says how its messages name them.
 
-The defaults follow what is given: the gradient, offsets and argmax match the number of boxes
-given, and the dtype and shape of the features given, so that a call changes one thing only.
+The arguments not given follow those given, so that a call changes one thing only: the
+gradient, offsets and argmax match the number of boxes given, and the features ``x`` give the
+input (of a function that reads it), ``input_shape`` and the gradient's dtype.
 """
 
 import functools
