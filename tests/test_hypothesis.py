@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import host
 import numpy as np
 import pytest
-from conftest import BACKEND_OPS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracles import deform_roi_pool as deform_oracle
@@ -252,17 +251,35 @@ def offset_bound(ones_forward, rois, scale, gamma, x_mag, g):
     return 2 * abs(gamma) * sizes[:, :, None, None] * per_bin[:, None]
 
 
-def pool_backward_boxes(rois, scale):
-    """The boxes to give roi_pool_backward: the same boxes in feature coordinates.
+# ---- the ops linear in their input: public functions and oracles alike -----------------------
 
-    roi_pool_backward only reads the batch indices, but it checks the coordinates against the
-    bound at spatial_scale 1.0, so it rejects huge boxes that roi_pool accepted at a scale < 1
-    (a bug, see test_validation.py::test_roi_pool_backward_accepts_the_boxes_of_its_forward).
-    Scaled to feature coordinates they pass, and the gradient is the same.
-    """
-    rois = rois.copy()
-    rois[:, 1:] *= rois.dtype.type(scale)
-    return rois
+LINEAR = ("roi_align", "deform_roi_pool")
+
+
+def forward(op, p, x, rois, offset, ratio, coord_dtype=None):
+    """The public forward of ``op`` (of LINEAR), or its oracle when ``coord_dtype`` is given."""
+    oracle = {} if coord_dtype is None else {"coord_dtype": coord_dtype}
+    if op == "roi_align":
+        f = align_oracle.roi_align if oracle else cuproi.roi_align
+        return f(x, rois, p.pooled, p.scale, ratio, p.aligned, **oracle)
+    f = deform_oracle.deform_roi_pool if oracle else cuproi.deform_roi_pool
+    return f(x, rois, offset, p.pooled, p.scale, ratio, p.gamma, **oracle)
+
+
+def backward(op, p, g, x, rois, offset, ratio, coord_dtype=None):
+    """(grad_input, grad_offset) of ``op``, as :func:`forward`; grad_offset None without offsets."""
+    oracle = {} if coord_dtype is None else {"coord_dtype": coord_dtype}
+    if op == "roi_align":
+        f = align_oracle.roi_align_backward if oracle else cuproi.roi_align_backward
+        return f(g, rois, x.shape, p.pooled, p.scale, ratio, p.aligned, **oracle), None
+    f = deform_oracle.deform_roi_pool_backward if oracle else cuproi.deform_roi_pool_backward
+    return f(g, x, rois, offset, p.pooled, p.scale, ratio, p.gamma, **oracle)[:2]
+
+
+def inputs(op, p, dtype):
+    """x, rois, offset (None for an op without), grad as cuproi reads them for ``dtype``."""
+    x, rois, offset, g = p.cast(dtype)
+    return x, rois, offset if op == "deform_roi_pool" else None, g
 
 
 # ---- finite, typed, shaped ---------------------------------------------------------------------
@@ -271,125 +288,93 @@ def pool_backward_boxes(rois, scale):
 @settings(max_examples=150, **SETTINGS)
 @given(p=problems(huge=True), dtype=st.sampled_from([np.float16, np.float32, np.float64]))
 def test_outputs_finite_typed_and_shaped(p, dtype):
-    x, rois, offset, g = p.cast(dtype)
-    if offset is not None:
-        offset = offset.astype(dtype)
-    k, c = len(rois), x.shape[1]
-    shape = (k, c, *p.pooled)
-
-    out = cuproi.roi_align(x, rois, p.pooled, p.scale, p.ratio, p.aligned)
-    grad = cuproi.roi_align_backward(g, rois, x.shape, p.pooled, p.scale, p.ratio, p.aligned)
-    assert out.shape == shape and out.dtype == dtype
-    assert grad.shape == x.shape and grad.dtype == dtype
-    assert_finite(out, grad)
-
+    shape = (len(p.rois), p.x.shape[1], *p.pooled)
+    x, rois, _, g = p.cast(dtype)
     out, argmax = cuproi.roi_pool(x, rois, p.pooled, p.scale, return_argmax=True)
-    grad = cuproi.roi_pool_backward(g, pool_backward_boxes(rois, p.scale), argmax, x.shape)
-    assert out.shape == shape and out.dtype == dtype
-    assert argmax.shape == shape and argmax.dtype == np.int32
+    grad = cuproi.roi_pool_backward(g, rois, argmax, x.shape)
+    assert out.shape == argmax.shape == shape and out.dtype == dtype and argmax.dtype == np.int32
     assert ((argmax >= -1) & (argmax < x.shape[2] * x.shape[3])).all()
     assert grad.shape == x.shape and grad.dtype == dtype
     assert_finite(out, grad)
-
-    out = cuproi.deform_roi_pool(x, rois, offset, p.pooled, p.scale, p.ratio, p.gamma)
-    grad, grad_offset, _ = cuproi.deform_roi_pool_backward(
-        g, x, rois, offset, p.pooled, p.scale, p.ratio, p.gamma
-    )
-    assert out.shape == shape and out.dtype == dtype
-    assert grad.shape == x.shape and grad.dtype == dtype
-    if offset is None:
-        assert grad_offset is None
-    else:
-        assert grad_offset.shape == offset.shape and grad_offset.dtype == dtype
-    assert_finite(out, grad, grad_offset)
+    for op in LINEAR:
+        x, rois, offset, g = inputs(op, p, dtype)
+        offset = None if offset is None else offset.astype(dtype)
+        out = forward(op, p, x, rois, offset, p.ratio)
+        grad, grad_offset = backward(op, p, g, x, rois, offset, p.ratio)
+        assert out.shape == shape and out.dtype == dtype
+        assert grad.shape == x.shape and grad.dtype == dtype
+        if offset is None:
+            assert grad_offset is None
+        else:
+            assert grad_offset.shape == offset.shape and grad_offset.dtype == dtype
+        assert_finite(out, grad, grad_offset)
 
 
 # ---- CPU backend against the oracles -----------------------------------------------------------
 
 
-def check_roi_align_against_oracle(p, dtype, ratio):
-    x, rois, _, g = p.cast(dtype)
+def check_against_oracle(op, p, dtype, ratio):
+    x, rois, offset, g = inputs(op, p, dtype)
     cd, rel = coord_dtype(dtype), tolerance(dtype)
-    args = (p.pooled, p.scale, ratio, p.aligned)
+    out = forward(op, p, x, rois, offset, ratio)
+    expected = forward(op, p, x, rois, offset, ratio, cd)
+    assert_close(out, expected, rel, forward(op, p, np.abs(x), rois, offset, ratio))
 
-    out = cuproi.roi_align(x, rois, *args)
-    expected = align_oracle.roi_align(x, rois, *args, coord_dtype=cd)
-    assert_close(out, expected, rel, cuproi.roi_align(np.abs(x), rois, *args))
-
-    grad = cuproi.roi_align_backward(g, rois, x.shape, *args)
-    expected = align_oracle.roi_align_backward(g, rois, x.shape, *args, coord_dtype=cd)
-    assert_close(grad, expected, rel, cuproi.roi_align_backward(np.abs(g), rois, x.shape, *args))
-
-
-def check_deform_roi_pool_against_oracle(p, dtype, ratio):
-    x, rois, offset, g = p.cast(dtype)
-    cd, rel = coord_dtype(dtype), tolerance(dtype)
-    args = (p.pooled, p.scale, ratio, p.gamma)
-
-    out = cuproi.deform_roi_pool(x, rois, offset, *args)
-    expected = deform_oracle.deform_roi_pool(x, rois, offset, *args, coord_dtype=cd)
-    assert_close(out, expected, rel, cuproi.deform_roi_pool(np.abs(x), rois, offset, *args))
-
-    grad, grad_offset, _ = cuproi.deform_roi_pool_backward(g, x, rois, offset, *args)
-    expected, expected_offset = deform_oracle.deform_roi_pool_backward(
-        g, x, rois, offset, *args, coord_dtype=cd
-    )
-    bound, *_ = cuproi.deform_roi_pool_backward(np.abs(g), x, rois, offset, *args)
+    grad, grad_offset = backward(op, p, g, x, rois, offset, ratio)
+    expected, expected_offset = backward(op, p, g, x, rois, offset, ratio, cd)
+    bound, _ = backward(op, p, np.abs(g), x, rois, offset, ratio)
     assert_close(grad, expected, rel, bound)
     if offset is None:
         assert grad_offset is None and expected_offset is None
     else:
-        ones = cuproi.deform_roi_pool(np.ones_like(x[:, :1]), rois, offset, *args)
-        assert_close(
-            grad_offset, expected_offset, rel, offset_bound(ones, rois, p.scale, p.gamma, mag(x), g)
-        )
+        ones = forward(op, p, np.ones_like(x[:, :1]), rois, offset, ratio)
+        bound = offset_bound(ones, rois, p.scale, p.gamma, mag(x), g)
+        assert_close(grad_offset, expected_offset, rel, bound)
 
 
+@pytest.mark.parametrize("op", LINEAR)
 @settings(max_examples=200, **SETTINGS)
 @given(p=problems(), dtype=st.sampled_from([np.float64, np.float32]))
-def test_roi_align_matches_oracle(p, dtype):
-    check_roi_align_against_oracle(p, dtype, affordable_ratio(p, min_one=not p.aligned))
+def test_matches_oracle(op, p, dtype):
+    # roi_align makes boxes at least one cell wide unless aligned: so many more samples.
+    min_one = op == "roi_align" and not p.aligned
+    check_against_oracle(op, p, dtype, affordable_ratio(p, min_one))
 
 
-@settings(max_examples=200, **SETTINGS)
-@given(p=problems(), dtype=st.sampled_from([np.float64, np.float32]))
-def test_deform_roi_pool_matches_oracle(p, dtype):
-    check_deform_roi_pool_against_oracle(p, dtype, affordable_ratio(p, min_one=False))
-
-
+@pytest.mark.parametrize("op", LINEAR)
 @settings(max_examples=100, **SETTINGS)
 @given(
     p=problems(huge=True, only_huge=True, ratios=(1, 2, 3)),
     dtype=st.sampled_from([np.float64, np.float32]),
 )
-def test_huge_boxes_match_oracle_with_fixed_sampling(p, dtype):
-    check_roi_align_against_oracle(p, dtype, p.ratio)
-    check_deform_roi_pool_against_oracle(p, dtype, p.ratio)
+def test_huge_boxes_match_oracle_with_fixed_sampling(op, p, dtype):
+    check_against_oracle(op, p, dtype, p.ratio)
+
+
+def assert_roi_pool_matches_oracle(x, rois, p, dtype):
+    """roi_pool, with and without argmax (the CPU's value path), equals the oracle exactly (a
+    max is exact), and so does its argmax; returns the oracle's (output, argmax)."""
+    out, argmax = cuproi.roi_pool(x, rois, p.pooled, p.scale, return_argmax=True)
+    cd = coord_dtype(dtype)
+    expected, expected_argmax = pool_oracle.roi_pool(x, rois, p.pooled, p.scale, coord_dtype=cd)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(out.astype(np.float64), expected)
+    values = cuproi.roi_pool(x, rois, p.pooled, p.scale)
+    np.testing.assert_array_equal(values.astype(np.float64), expected)
+    return expected, expected_argmax
 
 
 @settings(max_examples=200, **SETTINGS)
 @given(p=problems(huge=True), dtype=st.sampled_from([np.float64, np.float32]))
 def test_roi_pool_matches_oracle(p, dtype):
     # RoI Pool visits the cells of each bin clipped to the map: the oracle is cheap for any box.
+    # Distinct values: no ties.
     x, rois, _, g = p.cast(dtype)
-    out, argmax = cuproi.roi_pool(x, rois, p.pooled, p.scale, return_argmax=True)
-    expected, expected_argmax = pool_oracle.roi_pool(
-        x, rois, p.pooled, p.scale, coord_dtype=coord_dtype(dtype)
-    )
-    np.testing.assert_array_equal(argmax, expected_argmax)  # distinct values: no ties
-    np.testing.assert_array_equal(out.astype(np.float64), expected)  # a max is exact
-    values = cuproi.roi_pool(x, rois, p.pooled, p.scale)  # no argmax: the CPU's value path
-    np.testing.assert_array_equal(values.astype(np.float64), expected)
-
-    boxes = pool_backward_boxes(rois, p.scale)
-    grad = cuproi.roi_pool_backward(g, boxes, argmax, x.shape)
-    expected = pool_oracle.roi_pool_backward(g, rois, expected_argmax, x.shape)
-    assert_close(
-        grad,
-        expected,
-        tolerance(dtype),
-        cuproi.roi_pool_backward(np.abs(g), boxes, argmax, x.shape),
-    )
+    _, argmax = assert_roi_pool_matches_oracle(x, rois, p, dtype)
+    grad = cuproi.roi_pool_backward(g, rois, argmax, x.shape)
+    expected = pool_oracle.roi_pool_backward(g, rois, argmax, x.shape)
+    bound = cuproi.roi_pool_backward(np.abs(g), rois, argmax, x.shape)
+    assert_close(grad, expected, tolerance(dtype), bound)
 
 
 @settings(max_examples=80, **SETTINGS)
@@ -401,52 +386,27 @@ def test_roi_pool_ties_first_maximum_wins(p, levels, dtype):
     # columns) wins, in the CPU backend as in the oracle (and in the kernels run on the host).
     x, rois, _, _ = p.cast(dtype)
     x = np.round(x / max(mag(x), 1e-300) * levels).astype(dtype)
-    out, argmax = cuproi.roi_pool(x, rois, p.pooled, p.scale, return_argmax=True)
-    expected, expected_argmax = pool_oracle.roi_pool(
-        x, rois, p.pooled, p.scale, coord_dtype=coord_dtype(dtype)
-    )
-    np.testing.assert_array_equal(argmax, expected_argmax)
-    np.testing.assert_array_equal(out.astype(np.float64), expected)
-    values = cuproi.roi_pool(x, rois, p.pooled, p.scale)
-    np.testing.assert_array_equal(values.astype(np.float64), expected)
+    expected, expected_argmax = assert_roi_pool_matches_oracle(x, rois, p, dtype)
     if host.COMPILER is not None:
         x, rois = _validate.features(np, x), _validate.boxes(np, rois, len(x), p.scale, x.dtype)
-        actual, actual_argmax = host.bind("roi_pool")(
-            x, rois, p.pooled, p.scale, return_argmax=True
-        )
-        np.testing.assert_array_equal(actual_argmax, expected_argmax)
+        actual, argmax = host.bind("roi_pool")(x, rois, p.pooled, p.scale, return_argmax=True)
+        np.testing.assert_array_equal(argmax, expected_argmax)
         np.testing.assert_array_equal(actual.astype(np.float64), expected)
 
 
 # ---- adjoint identity --------------------------------------------------------------------------
 
 
-def assert_adjoint(forward_x, x, g, backward_g, forward_abs_x):
-    lhs = float(np.sum(forward_x * g))
-    rhs = float(np.sum(x * backward_g))
+@pytest.mark.parametrize("op", LINEAR)
+@settings(max_examples=120, **SETTINGS)
+@given(p=problems(huge=True))
+def test_adjoint(op, p):
+    x, rois, offset, g = inputs(op, p, np.float64)
+    lhs = float(np.sum(forward(op, p, x, rois, offset, p.ratio) * g))
+    rhs = float(np.sum(x * backward(op, p, g, x, rois, offset, p.ratio)[0]))
     # Both sum the same terms A[i, j] * x[j] * g[i]: their absolute sum bounds the rounding.
-    scale = float(np.sum(forward_abs_x * np.abs(g)))
+    scale = float(np.sum(forward(op, p, np.abs(x), rois, offset, p.ratio) * np.abs(g)))
     assert abs(lhs - rhs) <= 1e-12 * scale, (lhs, rhs, scale)
-
-
-@settings(max_examples=120, **SETTINGS)
-@given(p=problems(huge=True))
-def test_roi_align_adjoint(p):
-    x, rois, _, g = p.cast(np.float64)
-    args = (p.pooled, p.scale, p.ratio, p.aligned)
-    out = cuproi.roi_align(x, rois, *args)
-    grad = cuproi.roi_align_backward(g, rois, x.shape, *args)
-    assert_adjoint(out, x, g, grad, cuproi.roi_align(np.abs(x), rois, *args))
-
-
-@settings(max_examples=120, **SETTINGS)
-@given(p=problems(huge=True))
-def test_deform_roi_pool_adjoint(p):
-    x, rois, offset, g = p.cast(np.float64)
-    args = (p.pooled, p.scale, p.ratio, p.gamma)
-    out = cuproi.deform_roi_pool(x, rois, offset, *args)
-    grad, *_ = cuproi.deform_roi_pool_backward(g, x, rois, offset, *args)
-    assert_adjoint(out, x, g, grad, cuproi.deform_roi_pool(np.abs(x), rois, offset, *args))
 
 
 # ---- host-run CUDA kernels against the CPU backend ---------------------------------------------
@@ -462,61 +422,61 @@ def validated(p, dtype):
     return x, rois, offset, g
 
 
+def agree(op, args, rel, bound=None, **kwargs):
+    """The host kernels' ``op`` equals the CPU backend's on ``args``, finite, of its dtype.
+
+    Within ``rel`` of ``bound``: by default ``op`` on the absolute values of its first argument
+    (the input or the gradient it is linear in). Returns the result.
+    """
+    expected = getattr(_cpu, op)(*args, **kwargs)
+    actual = host.bind(op)(*args, **kwargs)
+    assert_finite(expected, actual)
+    assert actual.dtype == expected.dtype
+    if bound is None:
+        bound = getattr(_cpu, op)(np.abs(args[0]), *args[1:], **kwargs)
+    assert_close(actual, expected, rel, bound)
+    return actual
+
+
+def deform_backward_agrees(p, x, rois, offset, g, rel, mask=None):
+    """deform_roi_pool_backward's gradients (of the input, offsets and mask) on both backends."""
+    args = (g, x, rois, offset, p.scale, p.ratio, p.gamma)
+    expected = _cpu.deform_roi_pool_backward(*args, mask=mask)
+    actual = host.bind("deform_roi_pool_backward")(*args, mask=mask)
+    assert_finite(*expected, *actual)
+    assert actual[0].dtype == expected[0].dtype == x.dtype
+    absolute = None if mask is None else np.abs(mask)
+    bound = _cpu.deform_roi_pool_backward(np.abs(g), *args[1:], mask=absolute)[0]
+    assert_close(actual[0], expected[0], rel, bound)
+    if offset is None:
+        assert actual[1] is None and expected[1] is None
+    else:
+        assert actual[1].dtype == expected[1].dtype
+        bins = (p.pooled, p.scale, p.ratio, p.gamma, absolute)
+        ones = _cpu.deform_roi_pool(np.ones_like(x[:, :1]), rois, offset, *bins)
+        bound = offset_bound(ones, rois, p.scale, p.gamma, mag(x), g)
+        assert_close(actual[1], expected[1], rel, bound)
+    if mask is not None:  # d out / d mask is the bin's average: at most max|x| times its |g|
+        assert_close(actual[2], expected[2], rel, mag(x) * np.abs(g).sum(1, keepdims=True))
+
+
 def compare_backends(p, dtype):
     x, rois, offset, g = validated(p, dtype)
     rel = tolerance(dtype)
-    ph, pw = p.pooled
-    kernel = {op: host.bind(op) for op in BACKEND_OPS}
+    for op, args in [
+        ("roi_align", (x, rois, p.pooled, p.scale, p.ratio, p.aligned)),
+        ("roi_align_backward", (g, rois, x.shape, p.scale, p.ratio, p.aligned)),
+        ("deform_roi_pool", (x, rois, offset, p.pooled, p.scale, p.ratio, p.gamma)),
+    ]:
+        assert agree(op, args, rel).dtype == dtype
+    deform_backward_agrees(p, x, rois, offset, g, rel)
 
-    args = (p.pooled, p.scale, p.ratio, p.aligned)
-    expected = _cpu.roi_align(x, rois, *args)
-    actual = kernel["roi_align"](x, rois, *args)
-    assert actual.dtype == expected.dtype == dtype
-    assert_finite(expected, actual)
-    assert_close(actual, expected, rel, _cpu.roi_align(np.abs(x), rois, *args))
-    args = (rois, x.shape, p.scale, p.ratio, p.aligned)
-    expected = _cpu.roi_align_backward(g, *args)
-    actual = kernel["roi_align_backward"](g, *args)
-    assert actual.dtype == expected.dtype == dtype
-    assert_finite(expected, actual)
-    assert_close(actual, expected, rel, _cpu.roi_align_backward(np.abs(g), *args))
-
-    expected, expected_argmax = _cpu.roi_pool(x, rois, (ph, pw), p.scale, return_argmax=True)
-    actual, argmax = kernel["roi_pool"](x, rois, (ph, pw), p.scale, return_argmax=True)
+    expected, expected_argmax = _cpu.roi_pool(x, rois, p.pooled, p.scale, return_argmax=True)
+    actual, argmax = host.bind("roi_pool")(x, rois, p.pooled, p.scale, return_argmax=True)
     np.testing.assert_array_equal(argmax, expected_argmax)
     np.testing.assert_array_equal(actual, expected)
     assert argmax.dtype == expected_argmax.dtype == np.int32
-    args = (rois, expected_argmax, x.shape)
-    expected = _cpu.roi_pool_backward(g, *args)
-    actual = kernel["roi_pool_backward"](g, *args)
-    assert actual.dtype == expected.dtype == dtype
-    assert_close(actual, expected, rel, _cpu.roi_pool_backward(np.abs(g), *args))
-
-    args = (offset, p.pooled, p.scale, p.ratio, p.gamma)
-    expected = _cpu.deform_roi_pool(x, rois, *args)
-    actual = kernel["deform_roi_pool"](x, rois, *args)
-    assert actual.dtype == expected.dtype == dtype
-    assert_finite(expected, actual)
-    assert_close(actual, expected, rel, _cpu.deform_roi_pool(np.abs(x), rois, *args))
-    args = (rois, offset, p.scale, p.ratio, p.gamma)
-    expected, expected_offset, _ = _cpu.deform_roi_pool_backward(g, x, *args)
-    actual, actual_offset, _ = kernel["deform_roi_pool_backward"](g, x, *args)
-    assert_finite(expected, actual, expected_offset, actual_offset)
-    assert actual.dtype == expected.dtype == dtype
-    assert_close(actual, expected, rel, _cpu.deform_roi_pool_backward(np.abs(g), x, *args)[0])
-    if offset is None:
-        assert actual_offset is None and expected_offset is None
-    else:
-        assert actual_offset.dtype == expected_offset.dtype
-        ones = _cpu.deform_roi_pool(
-            np.ones_like(x[:, :1]), rois, offset, (ph, pw), p.scale, p.ratio, p.gamma
-        )
-        assert_close(
-            actual_offset,
-            expected_offset,
-            rel,
-            offset_bound(ones, rois, p.scale, p.gamma, mag(x), g),
-        )
+    assert agree("roi_pool_backward", (g, rois, expected_argmax, x.shape), rel).dtype == dtype
 
 
 @pytest.mark.slow
@@ -549,51 +509,27 @@ def box_bound(x, g, scale, reach=1.0):
 def compare_variants(p, dtype):
     x, rois, offset, g = validated(p, dtype)
     rel = tolerance(dtype)
-    ph, pw = p.pooled
-    kernel = {op: host.bind(op) for op in BACKEND_OPS}
-
-    def agree(op, args, bound, **kwargs):
-        expected = getattr(_cpu, op)(*args, **kwargs)
-        actual = kernel[op](*args, **kwargs)
-        assert_finite(expected, actual)
-        assert actual.dtype == expected.dtype
-        assert_close(actual, expected, rel, bound)
 
     # Max mode: the largest bilinear sample of each bin; its gradient goes to that sample's taps.
-    args = (x, rois, p.pooled, p.scale, p.ratio, p.aligned, "max")
-    agree("roi_align", args, mag(x))
+    agree("roi_align", (x, rois, p.pooled, p.scale, p.ratio, p.aligned, "max"), rel, mag(x))
     args = (g, rois, x.shape, p.scale, p.ratio, p.aligned)
-    agree("roi_align_backward", args, np.abs(g).sum(), pool_mode="max", input=x)
+    agree("roi_align_backward", args, rel, np.abs(g).sum(), pool_mode="max", input=x)
 
     # Modulated: every bin's average times its mask, of any sign and beyond 1 too.
-    mask = np.random.default_rng(len(rois)).uniform(-0.5, 1.5, (len(rois), 1, ph, pw))
+    mask = np.random.default_rng(len(rois)).uniform(-0.5, 1.5, (len(rois), 1, *p.pooled))
     mask = mask.astype(rois.dtype)
     args = (rois, offset, p.pooled, p.scale, p.ratio, p.gamma)
     bound = _cpu.deform_roi_pool(np.abs(x), *args, mask=np.abs(mask))
-    agree("deform_roi_pool", (x, *args), bound, mask=mask)
-    args = (rois, offset, p.scale, p.ratio, p.gamma)
-    expected = _cpu.deform_roi_pool_backward(g, x, *args, mask=mask)
-    actual = kernel["deform_roi_pool_backward"](g, x, *args, mask=mask)
-    bound = _cpu.deform_roi_pool_backward(np.abs(g), x, *args, mask=np.abs(mask))[0]
-    assert_close(actual[0], expected[0], rel, bound)
-    # d out / d mask is the bin's average: at most max|x| times the bin's |g|.
-    assert_close(actual[2], expected[2], rel, mag(x) * np.abs(g).sum(1, keepdims=True))
-    if offset is not None:
-        ones = np.ones_like(x[:, :1])
-        ones = _cpu.deform_roi_pool(
-            ones, rois, offset, (ph, pw), p.scale, p.ratio, p.gamma, np.abs(mask)
-        )
-        bound = offset_bound(ones, rois, p.scale, p.gamma, mag(x), g)
-        assert_close(actual[1], expected[1], rel, bound)
+    agree("deform_roi_pool", (x, *args), rel, bound, mask=mask)
+    deform_backward_agrees(p, x, rois, offset, g, rel, mask)
 
     # Gradients with respect to the boxes (deform's bins also move with their offsets).
     args = (g, x, rois, p.scale, p.ratio, p.aligned)
-    agree("roi_align_box_backward", args, box_bound(x, g, p.scale))
-    args = (g, x, rois, p.scale)
-    agree("prroi_pool_box_backward", args, box_bound(x, g, p.scale))
+    agree("roi_align_box_backward", args, rel, box_bound(x, g, p.scale))
+    agree("prroi_pool_box_backward", (g, x, rois, p.scale), rel, box_bound(x, g, p.scale))
     reach = 1 + abs(p.gamma) * (0.0 if offset is None else mag(offset))
     args = (g, x, rois, offset, p.scale, p.ratio, p.gamma)
-    agree("deform_roi_pool_box_backward", args, box_bound(x, g, p.scale, reach))
+    agree("deform_roi_pool_box_backward", args, rel, box_bound(x, g, p.scale, reach))
 
 
 @needs_compiler
