@@ -11,20 +11,6 @@ from cuproi import _validate
 X = np.ones((2, 1, 4, 4), np.float32)
 
 
-@pytest.mark.parametrize(
-    ("index", "error", "message"),
-    [
-        (1 + 1e-9, ValueError, "batch index 1.000000001; batch indices must be whole"),
-        (2**24 + 1, IndexError, "batch index 16777217 but the input holds 2 images"),
-    ],
-)
-@pytest.mark.parametrize("op", ["roi_align", "roi_align_rotated"])
-def test_indices_that_float32_would_round_are_refused(op, index, error, message):
-    row = [index, 0, 0, 2, 2] + ([0] if op == "roi_align_rotated" else [])
-    with pytest.raises(error, match=message):
-        getattr(cuproi, op)(X, np.array([row], np.float64), 1)
-
-
 def test_a_batch_float32_cannot_index_is_refused():
     boxes = np.zeros((1, 5))
     with pytest.raises(ValueError, match=r"beyond 2\*\*24.*use float64"):

@@ -4,50 +4,8 @@ and what is expected (the array functions and cuproi.torch alike)."""
 import numpy as np
 import pytest
 
-import cuproi
-
 X = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
 BOXES = np.array([[0, 1.0, 1.0, 6.0, 5.0]], np.float32)
-G = np.ones((1, 3, 2, 2), np.float32)
-
-
-def test_an_array_in_place_of_input_shape_is_named_by_its_shape():
-    with pytest.raises(TypeError) as error:
-        cuproi.roi_align_backward(G, BOXES, X, 2)
-    message = str(error.value)
-    assert "input_shape must be a sequence of 4 ints" in message
-    assert "an array of shape (2, 3, 8, 8)" in message and len(message) < 200
-
-
-@pytest.mark.parametrize(
-    ("call", "name"),
-    [
-        (lambda: cuproi.roi_align(X, BOXES, 2, aligned="False"), "aligned"),
-        (lambda: cuproi.roi_pool(X, BOXES, 2, return_argmax="yes"), "return_argmax"),
-        (
-            lambda: cuproi.roi_align_backward(G, BOXES, X.shape, 2, deterministic=1),
-            "deterministic",
-        ),
-        (
-            lambda: cuproi.roi_align_backward(G, BOXES, X.shape, 2, channels_last="no"),
-            "channels_last",
-        ),
-        (
-            lambda: cuproi.roi_align_rotated(X, np.zeros((1, 6)), 2, clockwise="True"),
-            "clockwise",
-        ),
-    ],
-)
-def test_yes_no_options_must_be_bools(call, name):
-    with pytest.raises(TypeError, match=rf"{name} must be a bool; got "):
-        call()
-
-
-def test_numpy_bools_are_bools():
-    np.testing.assert_array_equal(
-        cuproi.roi_align(X, BOXES, 2, aligned=np.bool_(True)),
-        cuproi.roi_align(X, BOXES, 2, aligned=True),
-    )
 
 
 @pytest.fixture

@@ -44,35 +44,6 @@ def arguments(case):
     return case.get("size", SIZE), case["scale"], case["ratio"], case["aligned"], case["clockwise"]
 
 
-def with_boxes(boxes, backward):
-    """The forward or the backward on the valid inputs ``v``, with ``boxes(v.boxes)``."""
-    if backward:
-        return lambda v: cuproi.roi_align_rotated_backward(v.g, boxes(v.boxes), v.x.shape, SIZE)
-    return lambda v: cuproi.roi_align_rotated(v.x, boxes(v.boxes), SIZE)
-
-
-# Boxes refused for their shape as rotated boxes, their angle or their size: (label, boxes made
-# of the valid ones, exception, message). The checks every op shares are test_validation.py's.
-BAD_BOXES = [
-    ("(K, 5) boxes", lambda b: b[:, :5], ValueError, r"\(K, 6\).*axis-aligned"),
-    (
-        "(K, 4) boxes",
-        lambda b: b[:, :4],
-        ValueError,
-        r"\(K, 6\) array \[batch_index, cx, cy, w, h, angle\]",
-    ),
-    ("one box", lambda b: b[0], ValueError, r"\(K, 6\)"),
-    (
-        "axis-aligned boxes per image",
-        lambda b: [b[b[:, 0] == i, 1:5] for i in range(2)],
-        ValueError,
-        r"boxes\[0\] must be an \(L, 5\)",
-    ),
-    ("NaN angle", lambda b: np.vstack([b[1:], [0, 1, 1, 2, 2, np.nan]]), ValueError, "non-finite"),
-    ("huge width", lambda b: np.vstack([b[1:], [0, 1, 1, 3e6, 2, 0]]), ValueError, "exceed"),
-]
-
-
 class TestRoIAlignRotated(RoIOpTester):
     size = SIZE
     forward_cases = [
@@ -97,11 +68,7 @@ class TestRoIAlignRotated(RoIOpTester):
         for ratio in (0, 2)
         for aligned, clockwise in FLAGS
     ]
-    invalid = [
-        (f"{'backward' if backward else 'forward'} {label}", with_boxes(boxes, backward), *raises)
-        for label, boxes, *raises in BAD_BOXES
-        for backward in (False, True)
-    ]
+    test_validation = None  # test_validation.py checks every argument of every function
 
     def forward(self, x, boxes, case):
         return cuproi.roi_align_rotated(x, boxes, *arguments(case))
