@@ -554,10 +554,7 @@ def mask(xp, value, k, pooled, dtype, name="mask"):
     """None, or a (K, 1, PH, PW) floating array in the compute dtype of ``dtype`` features."""
     if value is None:
         return None
-    if value.ndim != 4:
-        raise ValueError(f"{name} must be a 4-D array (K, 1, PH, PW); got shape {value.shape}")
-    if value.dtype.kind != "f":
-        raise TypeError(f"{name} must be float16, float32 or float64; got {value.dtype}")
+    value = _float_array(xp, value, name, 4, "(K, 1, PH, PW)")
     expected = (k, 1, *pooled)
     if value.shape != expected:
         raise ValueError(

@@ -507,7 +507,7 @@ def test_bad_offset(name):
     for bad in [(4, 2, 6), (4, 2, 2, 3, 1), ()]:
         message = rf"offset must be a 4-D array \(K, 2, PH, PW\); got shape {shape(bad)}"
         expect(name, ValueError, message, offset=np.zeros(bad, np.float32))
-    for dtype in [np.int32, np.int64, np.bool_, np.complex64]:
+    for dtype in [np.int32, np.int64, np.bool_, np.complex64, np.longdouble]:
         bad = np.zeros((4, 2, *OUT), dtype)
         expect(name, TypeError, rf"offset{FLOATS_ONLY}{np.dtype(dtype).name}", offset=bad)
     expect(name, TypeError, rf"offset{ARRAY}builtins.list$", offset=np.zeros((4, 2, *OUT)).tolist())
@@ -521,7 +521,7 @@ def test_bad_mask(name):
     for bad in [(4, 2, 3), (4, 1, 2, 3, 1)]:
         message = rf"mask must be a 4-D array \(K, 1, PH, PW\); got shape {shape(bad)}"
         expect(name, ValueError, message, mask=np.ones(bad, np.float32))
-    for dtype in [np.int32, np.bool_, np.complex64]:
+    for dtype in [np.int32, np.bool_, np.complex64, np.longdouble]:  # as the offset
         bad = np.ones((4, 1, *OUT), dtype)
         expect(name, TypeError, rf"mask{FLOATS_ONLY}{np.dtype(dtype).name}", mask=bad)
     expect(name, TypeError, rf"mask{ARRAY}builtins.list$", mask=[[1.0]])
