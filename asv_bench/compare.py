@@ -93,11 +93,10 @@ def calls(device, xp, boxes, size, dtype):
         ours["roi_align backward, NCHW kernel"] = nchw(ours["roi_align backward"])
         ours["roi_align forward, its layout transpose alone"] = to_channels_last(xa.x)
     theirs = {}
-    try:
-        import torch
-        from torchvision import ops
-    except ImportError:
-        return ours, theirs, None
+    bound = footprint_bytes(host.x, host.boxes, size) if device == "cuda" else None
+    if (peer := torchvision(device)) is None:
+        return ours, theirs, bound
+    torch, ops = peer
     tx = torch.from_numpy(host.x).to(device)
     tr = torch.from_numpy(host.boxes).to(tx.dtype).to(device)  # torchvision wants one dtype
     tg = torch.from_numpy(host.grad).to(device)
@@ -131,7 +130,20 @@ def calls(device, xp, boxes, size, dtype):
     for op in list(theirs):
         if f"{op}, NCHW kernel" in ours:
             theirs[f"{op}, NCHW kernel"] = theirs[op]
-    return ours, theirs, footprint_bytes(host.x, host.boxes, size) if device == "cuda" else None
+    return ours, theirs, bound
+
+
+def torchvision(device):
+    """(torch, torchvision.ops) where they run on ``device``, else None (not installed, or
+    no CUDA torch beside CuPy's stand-in)."""
+    try:
+        import torch
+        from torchvision import ops
+    except ImportError:
+        return None
+    if device == "cuda" and not torch.cuda.is_available():
+        return None
+    return torch, ops
 
 
 def to_channels_last(x):
@@ -170,11 +182,9 @@ def ps_and_multi_scale_calls(device, xp, dtype, boxes, size=7):
         every = _workloads.calls(op, host.to(xp))
         ours.update({f"{op} {way}": every[way] for way in ("forward", "backward")})
     theirs = {}
-    try:
-        import torch
-        from torchvision import ops
-    except ImportError:
+    if (peer := torchvision(device)) is None:
         return ours, theirs
+    torch, ops = peer
     ts = torch.from_numpy(ps.x).to(device)
     tr = torch.from_numpy(ps.boxes).to(ts.dtype).to(device)
     theirs["ps_roi_align forward"] = lambda: ops.ps_roi_align(ts, tr, size, 1 / 8, 2)
@@ -202,11 +212,9 @@ def inference_calls(device, xp, dtype, boxes=16, size=14):
     )
     ours = {multi: every["forward"], p2: every["roi_align_finest"]}
     theirs = {}
-    try:
-        import torch
-        from torchvision import ops
-    except ImportError:
+    if (peer := torchvision(device)) is None:
         return ours, theirs
+    torch, ops = peer
     theirs[multi], finest, tr = torchvision_pyramid(torch, ops, device, host)
     theirs[p2] = lambda: ops.roi_align(finest, tr, size, 1 / 4, 2, True)
     return ours, theirs

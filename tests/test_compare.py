@@ -1,6 +1,7 @@
 """asv_bench/compare.py's verdicts on the targets of the performance issue, from timings."""
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,41 @@ def test_runs_on_the_cuda_path(capsys):
     assert len(rows) >= 30 and all(" ms |" in row for row in rows)
     assert "Targets (box head):" in out
     assert "- deform_roi_pool forward, of roi_align's:" in out
+
+
+def test_torchvision_only_where_it_runs(monkeypatch):
+    """Beside CuPy's stand-in, a torch without CUDA has no torchvision to time on the GPU (it
+    raised 'Found no NVIDIA driver' where torchvision is installed)."""
+    torch = pytest.importorskip("torch")
+    fake = types.ModuleType("torchvision")
+    fake.ops = types.ModuleType("torchvision.ops")
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    monkeypatch.setitem(sys.modules, "torchvision.ops", fake.ops)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compare.torchvision("cpu") == (torch, fake.ops)
+    assert compare.torchvision("cuda") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert compare.torchvision("cuda") == (torch, fake.ops)
+
+
+def test_runs_on_the_cpu_beside_torchvision(capsys, monkeypatch):
+    """The comparison's torchvision calls, with cuproi.torch standing in for torchvision.ops
+    (same signatures), so that they run where torchvision is not installed."""
+    pytest.importorskip("torch")
+    import cuproi.torch as ct
+
+    fake = types.ModuleType("torchvision")
+    fake.ops = types.ModuleType("torchvision.ops")
+    for name in ("roi_align", "roi_pool", "ps_roi_align", "MultiScaleRoIAlign"):
+        setattr(fake.ops, name, getattr(ct, name))
+    fake.__version__ = "0.0-stand-in"
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    monkeypatch.setitem(sys.modules, "torchvision.ops", fake.ops)
+    compare.main(["--device", "cpu", "--repeat", "1", "--smoke"])
+    out = capsys.readouterr().out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ")][1:]
+    compared = [row for row in rows if " ms" in row[4]]
+    assert "torchvision 0.0-stand-in" in out
+    assert {"box head, multi_scale_roi_align forward", "box head, ps_roi_align backward"} <= {
+        row[1].strip() for row in compared
+    }
