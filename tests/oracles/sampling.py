@@ -1,5 +1,6 @@
-"""Scalar helpers shared by the Caffe2-style oracles: C rounding, the RoI Align geometry in the
-coordinate dtype, the sample coordinates and the bilinear rule with its right derivative.
+"""Scalar helpers shared by the oracles: C rounding, the RoI Align geometry in the coordinate
+dtype, the sample coordinates, the bilinear rule with its right derivative, and the two loops of
+every op that is linear in its features (``gather`` its forward, ``scatter`` its transpose).
 
 See the package docstring for the conventions (``coord_dtype``, truncation, C ``round``).
 """
@@ -41,6 +42,14 @@ def rois_array(rois):
     if rois.ndim != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must be (K, 5), got shape {rois.shape!r}")
     return rois
+
+
+def grad_array(grad_output, shape):
+    """grad_output as float64, checked against the forward's output shape."""
+    go = np.asarray(grad_output, dtype=np.float64)
+    if go.shape != tuple(shape):
+        raise ValueError(f"grad_output shape {go.shape!r} != {tuple(shape)!r}")
+    return go
 
 
 def batch_index(rois, k):
@@ -135,8 +144,45 @@ def deform_starts(g, offset, k, ph, pw, gamma, coord_dtype):
     return sy, sx, scale_y, scale_x
 
 
+def align_points(rois, output_size, spatial_scale, sampling_ratio, aligned, min_size, coord_dtype,
+                 offset=None, gamma=0.1):  # fmt: skip
+    """Every bin of the RoI Align family (RoI Align, Deformable RoI Pool, PS RoI Align).
+
+    Yields ``(k, b, ph, pw, points, g)``: the sample points ``[(y, x)]`` of bin (ph, pw) of box k
+    in scan order (y major), as float64 values computed in ``coord_dtype``, the bin start shifted
+    by ``offset`` when there is one, and the box geometry ``g`` of :func:`align_geometry`.
+    """
+    for k in range(len(rois)):
+        g = align_geometry(
+            rois[k], spatial_scale, output_size, sampling_ratio, aligned, min_size, coord_dtype
+        )
+        for ph, pw in np.ndindex(*output_size):
+            sy, sx, _, _ = deform_starts(g, offset, k, ph, pw, gamma, coord_dtype)
+            ys, xs = sample_coords(sy, sx, ph, pw, g, coord_dtype)
+            yield k, batch_index(rois, k), ph, pw, [(y, x) for y in ys for x in xs], g
+
+
+def align_bins(input_shape, *args, **kwargs):
+    """The bins of :func:`align_points` as :func:`gather` takes them: the bilinear taps of all
+    the samples of a bin, divided by the sample count (out-of-range samples count too)."""
+    height, width = input_shape[-2:]
+    for k, b, ph, pw, points, g in align_points(*args, **kwargs):
+        taps = [t for y, x in points for t in bilinear_taps(height, width, y, x)]
+        yield k, b, ph, pw, taps, g["count"]
+
+
 def in_range(H, W, y, x):
     return -1.0 <= y <= H and -1.0 <= x <= W
+
+
+def _clamped(v, size):
+    """(low, high, fraction) of an in-range coordinate: the band below 0 reads the first cell,
+    the band beyond size - 1 the last one."""
+    v = max(v, 0.0)
+    low = int(v)
+    if low >= size - 1:
+        return size - 1, size - 1, 0.0
+    return low, low + 1, v - low
 
 
 def neighbours(H, W, y, x):
@@ -144,27 +190,13 @@ def neighbours(H, W, y, x):
 
     Assumes the sample is in range.  Returns (yl, yh, xl, xh, ly, lx).
     """
-    y = max(y, 0.0)
-    x = max(x, 0.0)
-    yl = int(y)
-    if yl >= H - 1:
-        yl = yh = H - 1
-        y = float(yl)
-    else:
-        yh = yl + 1
-    xl = int(x)
-    if xl >= W - 1:
-        xl = xh = W - 1
-        x = float(xl)
-    else:
-        xh = xl + 1
-    ly = y - yl
-    lx = x - xl
+    yl, yh, ly = _clamped(y, H)
+    xl, xh, lx = _clamped(x, W)
     return yl, yh, xl, xh, ly, lx
 
 
-def bilinear_weights(H, W, y, x):
-    """List of ((row, col), weight) for the 4 neighbours, or [] if out of range."""
+def bilinear_taps(H, W, y, x):
+    """The Caffe2 bilinear rule: [(row, col, weight)] of the 4 neighbours, [] out of range."""
     y = float(y)
     x = float(x)
     if not in_range(H, W, y, x):
@@ -172,7 +204,7 @@ def bilinear_weights(H, W, y, x):
     yl, yh, xl, xh, ly, lx = neighbours(H, W, y, x)
     hy = 1.0 - ly
     hx = 1.0 - lx
-    return [((yl, xl), hy * hx), ((yl, xh), hy * lx), ((yh, xl), ly * hx), ((yh, xh), ly * lx)]
+    return [(yl, xl, hy * hx), (yl, xh, hy * lx), (yh, xl, ly * hx), (yh, xh, ly * lx)]
 
 
 def bilinear(img, y, x):
@@ -182,9 +214,8 @@ def bilinear(img, y, x):
     [-1, 0) and (H-1, H] the edge row/column is replicated.
     """
     img = np.asarray(img, dtype=np.float64)
-    H, W = img.shape
     value = 0.0
-    for (r, c), w in bilinear_weights(H, W, y, x):
+    for r, c, w in bilinear_taps(*img.shape, y, x):
         value += w * float(img[r, c])
     return value
 
@@ -221,3 +252,32 @@ def bilinear_grad(img, y, x):
     else:
         dy = (1.0 - lx) * (v10 - v00) + lx * (v11 - v01)
     return dy, dx
+
+
+def gather(x, bins, shape, channels=None):
+    """Forward of an op linear in its features -> float64 array of ``shape`` (K, C_out, PH, PW).
+
+    ``bins`` yields ``(k, b, ph, pw, taps, count)``: ``out[k, :, ph, pw]`` is
+    ``sum(w * x[b, :, row, col] for row, col, w in taps) / count``, summed in the order of the
+    taps. ``channels(ph, pw)`` picks the input channels bin (ph, pw) reads (all of them by
+    default; the position-sensitive map of R-FCN for the PS ops).
+    """
+    x = features(x)
+    out = np.zeros(shape)
+    for k, b, ph, pw, taps, count in bins:
+        planes = x[b] if channels is None else x[b, channels(ph, pw)]
+        for r, c, w in taps:
+            out[k, :, ph, pw] += w * planes[:, r, c]
+        out[k, :, ph, pw] /= count
+    return out
+
+
+def scatter(grad_output, bins, input_shape, channels=None):
+    """Exact transpose of :func:`gather` for the same bins -> grad_input of ``input_shape``."""
+    go = np.asarray(grad_output, dtype=np.float64)
+    grad = np.zeros(tuple(int(v) for v in input_shape))
+    for k, b, ph, pw, taps, count in bins:
+        picked = slice(None) if channels is None else channels(ph, pw)
+        for r, c, w in taps:
+            grad[b, picked, r, c] += w * go[k, :, ph, pw] / count
+    return grad
