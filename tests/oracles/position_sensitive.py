@@ -43,6 +43,6 @@ def forward(x, rois, pooled, bins):
     return gather(x, bins, (len(rois), c_out, *pooled), _channels(c_out, pooled))
 
 
-def backward(g, pooled, bins, input_shape):
+def backward(g, input_shape, pooled, bins):
     """(N, C, H, W): the transpose of :func:`forward` for the same bins."""
     return scatter(g, bins, input_shape, _channels(np.shape(g)[1], pooled))

@@ -28,4 +28,4 @@ def ps_roi_align_backward(
 ):
     """(N, C, H, W) gradient of ps_roi_align: every bin scatters g * weight / count."""
     bins = _bins(input_shape, rois, output_size, spatial_scale, sampling_ratio, coord_dtype)
-    return backward(g, checked_pair(output_size), bins, input_shape)
+    return backward(g, input_shape, checked_pair(output_size), bins)

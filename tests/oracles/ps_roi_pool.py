@@ -41,4 +41,4 @@ def ps_roi_pool_backward(
 ):
     """(N, C, H, W) gradient of ps_roi_pool: every bin spreads g evenly over its cells."""
     bins = _bins(input_shape, rois, output_size, spatial_scale, coord_dtype)
-    return backward(g, checked_pair(output_size), bins, input_shape)
+    return backward(g, input_shape, checked_pair(output_size), bins)

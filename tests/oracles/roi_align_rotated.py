@@ -59,9 +59,9 @@ def _bins(rois, input_shape, pooled, scale, sampling_ratio, aligned, clockwise, 
         start_h, start_w = -bh / t(2), -bw / t(2)
         for ph, pw in np.ndindex(*pooled):
             taps = []
-            for iy in range(max(gh, 0)):
+            for iy in range(gh):  # empty when gh <= 0
                 yy = start_h + t(ph) * bin_h + t(iy + 0.5) * bin_h / t(gh)
-                for ix in range(max(gw, 0)):
+                for ix in range(gw):
                     xx = start_w + t(pw) * bin_w + t(ix + 0.5) * bin_w / t(gw)
                     y = yy * c - xx * sn + cy
                     x = yy * sn + xx * c + cx
@@ -71,6 +71,7 @@ def _bins(rois, input_shape, pooled, scale, sampling_ratio, aligned, clockwise, 
 
 def roi_align_rotated(x, rois, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True,
                       clockwise=False, coord_dtype=np.float64):  # fmt: skip
+    """Forward -> (K, C, PH, PW) float64."""
     pooled = checked_pair(output_size)
     flags = (spatial_scale, sampling_ratio, aligned, clockwise, coord_dtype)
     bins = _bins(rois, np.shape(x), pooled, *flags)
@@ -80,5 +81,6 @@ def roi_align_rotated(x, rois, output_size, spatial_scale=1.0, sampling_ratio=0,
 def roi_align_rotated_backward(g, rois, input_shape, output_size, spatial_scale=1.0,
                                sampling_ratio=0, aligned=True, clockwise=False,
                                coord_dtype=np.float64):  # fmt: skip
+    """Exact transpose of :func:`roi_align_rotated` -> (N, C, H, W) float64."""
     flags = (spatial_scale, sampling_ratio, aligned, clockwise, coord_dtype)
     return scatter(g, _bins(rois, input_shape, checked_pair(output_size), *flags), input_shape)
