@@ -24,15 +24,12 @@ B2 = np.array([[0.0, 1.0], [10.0, 30.0]])
 
 
 def _random_rois(rng, K, N, H, W, spread=2.0):
-    rois = np.zeros((K, 5))
-    rois[:, 0] = rng.integers(0, N, K)
+    b = rng.integers(0, N, K)
     x1 = rng.uniform(-spread, W + spread - 1, K)
     y1 = rng.uniform(-spread, H + spread - 1, K)
-    rois[:, 1] = x1
-    rois[:, 2] = y1
-    rois[:, 3] = x1 + rng.uniform(-0.5, W * 0.8, K)  # some flipped / tiny
-    rois[:, 4] = y1 + rng.uniform(-0.5, H * 0.8, K)
-    return rois
+    x2 = x1 + rng.uniform(-0.5, W * 0.8, K)  # some flipped / tiny
+    y2 = y1 + rng.uniform(-0.5, H * 0.8, K)
+    return np.stack([b, x1, y1, x2, y2], axis=1).astype(np.float64)
 
 
 # ---- bilinear / bilinear_grad ----------------------------------------------------------------

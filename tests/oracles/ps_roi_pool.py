@@ -2,12 +2,10 @@
 conventions and cuproi's departure (clipping to ``[0, H]``) are in ``position_sensitive``.
 """
 
-import math
-
 import numpy as np
 
 from oracles.position_sensitive import backward, forward
-from oracles.sampling import c_round, checked_pair
+from oracles.sampling import c_round, checked_pair, pool_span
 
 
 def _bins(shape, rois, output_size, spatial_scale, coord_dtype, clip_last=False):
@@ -22,10 +20,8 @@ def _bins(shape, rois, output_size, spatial_scale, coord_dtype, clip_last=False)
         bin_h = ct(max(y2 - y1, 1)) / ct(pooled_h)
         bin_w = ct(max(x2 - x1, 1)) / ct(pooled_w)
         for ph, pw in np.ndindex(pooled_h, pooled_w):
-            h0 = min(max(math.floor(ct(ph) * bin_h) + y1, 0), top_h)
-            h1 = min(max(math.ceil(ct(ph + 1) * bin_h) + y1, 0), top_h)
-            w0 = min(max(math.floor(ct(pw) * bin_w) + x1, 0), top_w)
-            w1 = min(max(math.ceil(ct(pw + 1) * bin_w) + x1, 0), top_w)
+            h0, h1 = pool_span(ph, bin_h, y1, top_h)
+            w0, w1 = pool_span(pw, bin_w, x1, top_w)
             cells = [(h, w, 1.0) for h in range(h0, h1) for w in range(w0, w1)]
             yield k, int(roi[0]), ph, pw, cells, max(len(cells), 1)
 

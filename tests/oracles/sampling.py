@@ -83,6 +83,15 @@ def sampling_grid(rh_over_ph, rw_over_pw, sampling_ratio):
     return gh, gw, count
 
 
+def pool_span(p, bin_size, start, limit):
+    """RoI Pool's cells of bin p along one axis: [floor(p * bin), ceil((p + 1) * bin)) shifted
+    by the box's rounded start and clamped to [0, limit]; the products in bin_size's dtype."""
+    t = type(bin_size)
+    lo = math.floor(t(p) * bin_size) + start
+    hi = math.ceil(t(p + 1) * bin_size) + start
+    return min(max(lo, 0), limit), min(max(hi, 0), limit)
+
+
 def align_geometry(roi, spatial_scale, output_size, sampling_ratio, aligned, min_size, coord_dtype):
     """Coordinate-dtype geometry of one RoIAlign-style box.
 
@@ -93,17 +102,11 @@ def align_geometry(roi, spatial_scale, output_size, sampling_ratio, aligned, min
     PH, PW = output_size
     s = cd(spatial_scale)
     off = cd(0.5) if aligned else cd(0.0)
-    sx = cd(roi[1]) * s - off
-    sy = cd(roi[2]) * s - off
-    ex = cd(roi[3]) * s - off
-    ey = cd(roi[4]) * s - off
-    rw = ex - sx
-    rh = ey - sy
+    sx, sy, ex, ey = (cd(roi[i]) * s - off for i in (1, 2, 3, 4))
+    rw, rh = ex - sx, ey - sy
     if min_size:
-        rw = std_max(rw, cd(1.0))
-        rh = std_max(rh, cd(1.0))
-    bh = rh / cd(PH)
-    bw = rw / cd(PW)
+        rw, rh = std_max(rw, cd(1.0)), std_max(rh, cd(1.0))
+    bh, bw = rh / cd(PH), rw / cd(PW)
     gh, gw, count = sampling_grid(bh, bw, sampling_ratio)
     return dict(sx=sx, sy=sy, rw=rw, rh=rh, bh=bh, bw=bw, gh=gh, gw=gw, count=count)
 
@@ -115,16 +118,12 @@ def sample_coords(start_y, start_x, ph, pw, g, coord_dtype):
     every operation in coord_dtype); likewise for x.
     """
     cd = ctype(coord_dtype)
-    half = cd(0.5)
-    ys = []
-    for iy in range(g["gh"]):
-        y = (start_y + cd(ph) * g["bh"]) + ((cd(iy) + half) * g["bh"]) / cd(g["gh"])
-        ys.append(float(y))
-    xs = []
-    for ix in range(g["gw"]):
-        x = (start_x + cd(pw) * g["bw"]) + ((cd(ix) + half) * g["bw"]) / cd(g["gw"])
-        xs.append(float(x))
-    return ys, xs
+
+    def axis(start, p, size, grid):
+        at = [(start + cd(p) * size) + ((cd(i) + cd(0.5)) * size) / cd(grid) for i in range(grid)]
+        return [float(v) for v in at]
+
+    return axis(start_y, ph, g["bh"], g["gh"]), axis(start_x, pw, g["bw"], g["gw"])
 
 
 def deform_starts(g, offset, k, ph, pw, gamma, coord_dtype):
