@@ -2,8 +2,11 @@
 semantics of the peer libraries (torchvision, mmcv, detectron2, PreciseRoIPooling), NOT from
 cuproi, so that they do not share its bugs. Deliberately slow: plain Python loops, numpy only,
 values accumulated in float64; small inputs only. ``sampling`` holds the scalar helpers of the
-Caffe2 RoI Align family, ``calculus`` the box-coordinate calculus and finite differences,
-``position_sensitive`` the channel map of R-FCN. tests/test_reference.py pins them.
+Caffe2 RoI Align family (its geometry, samples and bilinear rule) and the two loops of every op
+linear in its features: an op module lists its bins, each ``(k, b, ph, pw, taps, count)``, and
+``gather`` sums them (the forward) or ``scatter`` spreads a gradient over them (its exact
+transpose). ``calculus`` holds the box-coordinate calculus (max mode, box gradients) and finite
+differences, ``position_sensitive`` the channel map of R-FCN. tests/test_reference.py pins them.
 
 Conventions (shared by every function):
 

@@ -11,72 +11,21 @@ import math
 
 import numpy as np
 
-
-def pair(size):
-    return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
-
-
-def value(img, y, x):
-    """torchvision's bilinear: 0 outside [-1, H] x [-1, W], edges replicated in the bands."""
-    h, w = img.shape
-    if not (-1.0 <= y <= h and -1.0 <= x <= w):
-        return 0.0
-    y, x = max(y, 0.0), max(x, 0.0)
-    y0, x0 = int(y), int(x)
-    if y0 >= h - 1:
-        y0 = y1 = h - 1
-        y = float(y0)
-    else:
-        y1 = y0 + 1
-    if x0 >= w - 1:
-        x0 = x1 = w - 1
-        x = float(x0)
-    else:
-        x1 = x0 + 1
-    ly, lx = y - y0, x - x0
-    return (
-        (1 - ly) * (1 - lx) * img[y0, x0]
-        + (1 - ly) * lx * img[y0, x1]
-        + ly * (1 - lx) * img[y1, x0]
-        + ly * lx * img[y1, x1]
-    )
-
-
-def taps(h, w, y, x):
-    """[(row, col, weight)] of an in-range sample (the 4 neighbours of value)."""
-    y, x = max(y, 0.0), max(x, 0.0)
-    y0, x0 = int(y), int(x)
-    if y0 >= h - 1:
-        y0 = y1 = h - 1
-        y = float(y0)
-    else:
-        y1 = y0 + 1
-    if x0 >= w - 1:
-        x0 = x1 = w - 1
-        x = float(x0)
-    else:
-        x1 = x0 + 1
-    ly, lx = y - y0, x - x0
-    return [
-        (y0, x0, (1 - ly) * (1 - lx)),
-        (y0, x1, (1 - ly) * lx),
-        (y1, x0, ly * (1 - lx)),
-        (y1, x1, ly * lx),
-    ]
+from oracles.sampling import bilinear, in_range
 
 
 def right_slope(img, y, x, axis):
     """Right derivative of value along y (axis 0) or x (axis 1) at (y, x)."""
     h, w = img.shape
     pos, size = (y, h) if axis == 0 else (x, w)
-    if not (-1.0 <= y <= h and -1.0 <= x <= w):
+    if not in_range(h, w, y, x):
         return 0.0
     if pos < 0.0 or pos >= size - 1:  # flattened band (or beyond: constant 0 from the right)
         return 0.0
     lo = math.floor(pos)
     if axis == 0:
-        return value(img, float(lo + 1), x) - value(img, float(lo), x)
-    return value(img, y, float(lo + 1)) - value(img, y, float(lo))
+        return bilinear(img, float(lo + 1), x) - bilinear(img, float(lo), x)
+    return bilinear(img, y, float(lo + 1)) - bilinear(img, y, float(lo))
 
 
 def geometry(roi, scale, pooled, ratio, aligned, deform=False):
@@ -112,14 +61,12 @@ def winner(img, samples):
     """(value, index into samples or None) of mmcv's max with cuproi's NaN and empty rules."""
     best, at = None, None
     for i, (_, _, y, x, _, _) in enumerate(samples):
-        v = value(img, y, x)
+        v = bilinear(img, y, x)
         if best is None or v > best or (math.isnan(v) and not math.isnan(best)):
             best, at = v, i
     if best is None:
         return 0.0, None
-    h, w = img.shape
-    y, x = samples[at][2], samples[at][3]
-    if not (-1.0 <= y <= h and -1.0 <= x <= w):
+    if not in_range(*img.shape, samples[at][2], samples[at][3]):
         return 0.0, None  # an out-of-range zero won: nothing to differentiate
     return best, at
 
@@ -130,49 +77,41 @@ def deform_shift(offset, gamma, k, ph, pw):
     return (gamma * float(offset[k, 1, ph, pw]), gamma * float(offset[k, 0, ph, pw]))
 
 
-def box_grad(
-    g,
-    x,
-    rois,
-    pooled,
-    scale,
-    ratio,
-    aligned,
-    offset=None,
-    mask=None,
-    gamma=0.1,
-    deform=False,
-    mode="avg",
-):
+def bins(rois, pooled, scale, ratio, aligned, offset=None, gamma=0.1, deform=False):
+    """Yield ``(k, b, ph, pw, samples, geometry)`` of every bin in scan order (see samples)."""
+    for k, roi in enumerate(np.asarray(rois, np.float64)):
+        for ph, pw in np.ndindex(*pooled):
+            shift = deform_shift(offset, gamma, k, ph, pw)
+            s, geo = samples(roi, scale, pooled, ratio, aligned, ph, pw, shift, deform)
+            yield k, int(roi[0]), ph, pw, s, geo
+
+
+def box_grad(g, x, rois, pooled, scale, ratio, aligned, offset=None, mask=None, gamma=0.1,
+             deform=False, mode="avg"):  # fmt: skip
+    """d loss / d boxes (K, 5) of RoI Align (avg or max) or Deformable RoI Pool (with mask)."""
     x = np.asarray(x, np.float64)
-    rois = np.asarray(rois, np.float64)
     g = np.asarray(g, np.float64)
     out = np.zeros((len(rois), 5))
-    for k, roi in enumerate(rois):
-        b = int(roi[0])
-        for ph in range(pooled[0]):
-            for pw in range(pooled[1]):
-                shift = deform_shift(offset, gamma, k, ph, pw)
-                s, geo = samples(roi, scale, pooled, ratio, aligned, ph, pw, shift, deform)
-                (_, _, my, gy), (_, _, mx, gx) = geo
-                count = max(max(gy, 0) * max(gx, 0), 1)
-                m = 1.0 if mask is None else float(mask[k, 0, ph, pw])
-                for c in range(x.shape[1]):
-                    img = x[b, c]
-                    if mode == "max":
-                        _, at = winner(img, s)
-                        chosen, weight = ([] if at is None else [s[at]]), g[k, c, ph, pw]
-                    else:
-                        chosen, weight = s, g[k, c, ph, pw] * m / count
-                    for _, _, y, xx, u, v in chosen:
-                        dx = right_slope(img, y, xx, 1) * weight
-                        dy = right_slope(img, y, xx, 0) * weight
-                        # position = coord1 * scale - off + (a + frac) * (coord2 - coord1) * scale
-                        fu, fv = (u if mx else 0.0), (v if my else 0.0)
-                        out[k, 1] += dx * scale * (1 - fu)
-                        out[k, 3] += dx * scale * fu
-                        out[k, 2] += dy * scale * (1 - fv)
-                        out[k, 4] += dy * scale * fv
+    for k, b, ph, pw, s, geo in bins(rois, pooled, scale, ratio, aligned, offset, gamma, deform):
+        (_, _, my, gy), (_, _, mx, gx) = geo
+        count = max(max(gy, 0) * max(gx, 0), 1)
+        m = 1.0 if mask is None else float(mask[k, 0, ph, pw])
+        for c in range(x.shape[1]):
+            img = x[b, c]
+            if mode == "max":
+                _, at = winner(img, s)
+                chosen, weight = ([] if at is None else [s[at]]), g[k, c, ph, pw]
+            else:
+                chosen, weight = s, g[k, c, ph, pw] * m / count
+            for _, _, y, xx, u, v in chosen:
+                dx = right_slope(img, y, xx, 1) * weight
+                dy = right_slope(img, y, xx, 0) * weight
+                # position = coord1 * scale - off + (a + frac) * (coord2 - coord1) * scale
+                fu, fv = (u if mx else 0.0), (v if my else 0.0)
+                out[k, 1] += dx * scale * (1 - fu)
+                out[k, 3] += dx * scale * fu
+                out[k, 2] += dy * scale * (1 - fv)
+                out[k, 4] += dy * scale * fv
     return out
 
 

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from oracles import roi_align as single_level
+from oracles.sampling import checked_pair
 
 EPS = 1e-6
 
@@ -39,63 +40,28 @@ def box_levels(rois, spatial_scales, canonical_scale=224, canonical_level=4):
     )
 
 
-def multi_scale_roi_align(
-    features,
-    rois,
-    output_size,
-    spatial_scales,
-    sampling_ratio=-1,
-    aligned=False,
-    canonical_scale=224,
-    canonical_level=4,
-    *,
-    coord_dtype=np.float64,
-):
+def multi_scale_roi_align(features, rois, output_size, spatial_scales, sampling_ratio=-1,
+                          aligned=False, canonical_scale=224, canonical_level=4, *,
+                          coord_dtype=np.float64):  # fmt: skip
     """(K, C, PH, PW) float64: every box pooled by the single-level oracle from its level."""
     rois = np.asarray(rois)
     levels = box_levels(rois, spatial_scales, canonical_scale, canonical_level)
-    c = features[0].shape[1]
-    ph, pw = (output_size, output_size) if np.isscalar(output_size) else output_size
-    out = np.zeros((len(rois), c, ph, pw))
+    out = np.zeros((len(rois), features[0].shape[1], *checked_pair(output_size)))
     for k, level in enumerate(levels):
-        out[k] = single_level.roi_align(
-            features[level],
-            rois[k : k + 1],
-            (ph, pw),
-            spatial_scales[level],
-            sampling_ratio,
-            aligned,
-            coord_dtype=coord_dtype,
-        )[0]
+        box, args = rois[k : k + 1], (output_size, spatial_scales[level], sampling_ratio, aligned)
+        out[k] = single_level.roi_align(features[level], box, *args, coord_dtype=coord_dtype)[0]
     return out
 
 
-def multi_scale_roi_align_backward(
-    grad_output,
-    rois,
-    input_shapes,
-    output_size,
-    spatial_scales,
-    sampling_ratio=-1,
-    aligned=False,
-    canonical_scale=224,
-    canonical_level=4,
-    *,
-    coord_dtype=np.float64,
-):
+def multi_scale_roi_align_backward(grad_output, rois, input_shapes, output_size, spatial_scales,
+                                   sampling_ratio=-1, aligned=False, canonical_scale=224,
+                                   canonical_level=4, *, coord_dtype=np.float64):  # fmt: skip
     """Per-level float64 gradients: each box's gradient added to its level only."""
     rois = np.asarray(rois)
     levels = box_levels(rois, spatial_scales, canonical_scale, canonical_level)
     grads = [np.zeros(s) for s in input_shapes]
     for k, level in enumerate(levels):
-        grads[level] += single_level.roi_align_backward(
-            np.asarray(grad_output[k : k + 1], np.float64),
-            rois[k : k + 1],
-            input_shapes[level],
-            output_size,
-            spatial_scales[level],
-            sampling_ratio,
-            aligned,
-            coord_dtype=coord_dtype,
-        )
+        g, box = np.asarray(grad_output[k : k + 1], np.float64), rois[k : k + 1]
+        args = (input_shapes[level], output_size, spatial_scales[level], sampling_ratio, aligned)
+        grads[level] += single_level.roi_align_backward(g, box, *args, coord_dtype=coord_dtype)
     return grads

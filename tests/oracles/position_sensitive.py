@@ -15,15 +15,15 @@ Conventions: ``x`` is (N, C, H, W) with C = C_out * PH * PW; ``rois`` (K, 5) row
 channel c reads input channel ``(c * PH + ph) * PW + pw``. Coordinate arithmetic is evaluated
 with numpy scalars of ``coord_dtype`` in the documented operation order (so float32 rounds like
 the kernels); interpolation weights and every sum are float64. Plain loops: small inputs only.
+The bins themselves (RoI Align's samples, RoI Pool's cells) come from the op's module; the loops
+are ``sampling.gather`` and ``sampling.scatter`` with the channel map below.
 """
+
+import functools
 
 import numpy as np
 
-
-def pair(output_size):
-    if isinstance(output_size, (int, np.integer)):
-        return int(output_size), int(output_size)
-    return int(output_size[0]), int(output_size[1])
+from oracles.sampling import gather, scatter
 
 
 def channel(c, ph, pw, pooled_h, pooled_w):
@@ -31,60 +31,18 @@ def channel(c, ph, pw, pooled_h, pooled_w):
     return (c * pooled_h + ph) * pooled_w + pw
 
 
-def bilinear_taps(height, width, y, x):
-    """The Caffe2 bilinear rule of section 1: [(row, col, weight)], [] outside [-1, H] x [-1, W]."""
-    y, x = float(y), float(x)
-    if not (-1.0 <= y <= height and -1.0 <= x <= width):
-        return []
-    y, x = max(y, 0.0), max(x, 0.0)
-    y_low, x_low = int(y), int(x)
-    if y_low >= height - 1:
-        y_low = y_high = height - 1
-        y = float(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_low = x_high = width - 1
-        x = float(x_low)
-    else:
-        x_high = x_low + 1
-    ly, lx = y - y_low, x - x_low
-    hy, hx = 1.0 - ly, 1.0 - lx
-    return [
-        (y_low, x_low, hy * hx),
-        (y_low, x_high, hy * lx),
-        (y_high, x_low, ly * hx),
-        (y_high, x_high, ly * lx),
-    ]
+def _channels(c_out, pooled):
+    """channels(ph, pw): the input channels of bin (ph, pw), one per output channel."""
+    return functools.partial(channel, np.arange(c_out), pooled_h=pooled[0], pooled_w=pooled[1])
 
 
-def forward(x, rois, pooled_h, pooled_w, bins_of):
-    x = np.asarray(x, np.float64)
-    n, c, height, width = x.shape
-    assert c % (pooled_h * pooled_w) == 0
-    c_out = c // (pooled_h * pooled_w)
-    rois = np.asarray(rois)
-    out = np.zeros((len(rois), c_out, pooled_h, pooled_w))
-    for k, roi in enumerate(rois):
-        b = int(roi[0])
-        bins = bins_of(roi, height, width)
-        for co in range(c_out):
-            for (ph, pw), taps in bins.items():
-                plane = x[b, channel(co, ph, pw, pooled_h, pooled_w)]
-                out[k, co, ph, pw] = sum(w * plane[r, cc] for r, cc, w in taps)
-    return out
+def forward(x, rois, pooled, bins):
+    """(K, C_out, PH, PW) of the bins of every box, read through the channel map."""
+    c_out, rest = divmod(np.shape(x)[1], pooled[0] * pooled[1])
+    assert rest == 0, "C must be C_out * PH * PW"
+    return gather(x, bins, (len(rois), c_out, *pooled), _channels(c_out, pooled))
 
 
-def backward(g, rois, input_shape, pooled_h, pooled_w, bins_of):
-    g = np.asarray(g, np.float64)
-    n, c, height, width = input_shape
-    grad = np.zeros(input_shape)
-    for k, roi in enumerate(np.asarray(rois)):
-        b = int(roi[0])
-        bins = bins_of(roi, height, width)
-        for co in range(g.shape[1]):
-            for (ph, pw), taps in bins.items():
-                plane = grad[b, channel(co, ph, pw, pooled_h, pooled_w)]
-                for r, cc, w in taps:
-                    plane[r, cc] += w * g[k, co, ph, pw]
-    return grad
+def backward(g, input_shape, pooled, bins):
+    """(N, C, H, W): the transpose of :func:`forward` for the same bins."""
+    return scatter(g, bins, input_shape, _channels(np.shape(g)[1], pooled))

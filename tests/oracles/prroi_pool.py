@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from oracles.sampling import gather, scatter
+
 
 def _edges(a, b, scale, pooled, p, coord):
     begin = coord(a) * coord(scale)
@@ -62,37 +64,25 @@ def _bin_weights(roi, scale, pooled, ph, pw, h, w, coord):
     return out
 
 
+def _bins(boxes, input_shape, output_size, spatial_scale, coord_dtype):
+    """Yield (k, b, ph, pw, weights, 1) of every bin: the output is the weighted sum itself."""
+    h, w = input_shape[-2:]
+    for k, roi in enumerate(np.asarray(boxes, np.float64)):
+        for ph, pw in np.ndindex(*output_size):
+            weights = _bin_weights(roi, spatial_scale, output_size, ph, pw, h, w, coord_dtype)
+            yield k, int(roi[0]), ph, pw, weights, 1
+
+
 def prroi_pool(x, boxes, output_size, spatial_scale=1.0, coord_dtype=np.float64):
     """Forward: (K, C, PH, PW) float64."""
-    x = np.asarray(x, np.float64)
-    _, c, h, w = x.shape
-    ph_, pw_ = output_size
-    out = np.zeros((len(boxes), c, ph_, pw_))
-    for k, roi in enumerate(np.asarray(boxes, np.float64)):
-        b = int(roi[0])
-        for ph in range(ph_):
-            for pw in range(pw_):
-                for r, col, wt in _bin_weights(
-                    roi, spatial_scale, output_size, ph, pw, h, w, coord_dtype
-                ):
-                    out[k, :, ph, pw] += wt * x[b, :, r, col]
-    return out
+    bins = _bins(boxes, np.shape(x), output_size, spatial_scale, coord_dtype)
+    return gather(x, bins, (len(boxes), np.shape(x)[1], *output_size))
 
 
 def prroi_pool_backward(
     g, boxes, input_shape, output_size, spatial_scale=1.0, coord_dtype=np.float64
 ):
     """Input gradient: (N, C, H, W) float64."""
-    g = np.asarray(g, np.float64)
-    _, _, h, w = input_shape
-    grad = np.zeros(input_shape)
-    ph_, pw_ = output_size
-    for k, roi in enumerate(np.asarray(boxes, np.float64)):
-        b = int(roi[0])
-        for ph in range(ph_):
-            for pw in range(pw_):
-                for r, col, wt in _bin_weights(
-                    roi, spatial_scale, output_size, ph, pw, h, w, coord_dtype
-                ):
-                    grad[b, :, r, col] += wt * g[k, :, ph, pw]
-    return grad
+    return scatter(
+        g, _bins(boxes, input_shape, output_size, spatial_scale, coord_dtype), input_shape
+    )

@@ -1,70 +1,31 @@
 """Float64 loop oracle of position-sensitive RoI Align (torchvision.ops.ps_roi_align); the
-conventions and cuproi's departure (``max(gh * gw, 1)``) are in ``position_sensitive``.
+conventions and cuproi's departure (``max(gh * gw, 1)``) are in ``position_sensitive``. The
+sampling is RoI Align's, always aligned and without a minimum box size.
 """
-
-import math
 
 import numpy as np
 
-from oracles.position_sensitive import backward, bilinear_taps, forward, pair
+from oracles.position_sensitive import backward, forward
+from oracles.sampling import align_bins, checked_pair
 
 
-def _align_bins(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, height, width, ct):
-    """{(ph, pw): [(row, col, weight / count)]} of one box: the always-aligned sampling."""
-    s = ct(spatial_scale)
-    half = ct(0.5)
-    x0 = ct(roi[1]) * s - half
-    y0 = ct(roi[2]) * s - half
-    rw = (ct(roi[3]) * s - half) - x0
-    rh = (ct(roi[4]) * s - half) - y0
-    bin_h = rh / ct(pooled_h)
-    bin_w = rw / ct(pooled_w)
-    if sampling_ratio > 0:
-        gh = gw = sampling_ratio
-    else:
-        gh, gw = math.ceil(float(bin_h)), math.ceil(float(bin_w))
-    count = max(gh * gw, 1)
-    bins = {}
-    for ph in range(pooled_h):
-        for pw in range(pooled_w):
-            hstart = ct(ph) * bin_h + y0
-            wstart = ct(pw) * bin_w + x0
-            taps = []
-            for iy in range(max(gh, 0)):
-                y = hstart + ct(iy + 0.5) * bin_h / ct(gh)
-                for ix in range(max(gw, 0)):
-                    x = wstart + ct(ix + 0.5) * bin_w / ct(gw)
-                    taps += [(r, c, w / count) for r, c, w in bilinear_taps(height, width, y, x)]
-            bins[ph, pw] = taps
-    return bins
+def _bins(shape, rois, output_size, spatial_scale, sampling_ratio, coord_dtype):
+    pooled = checked_pair(output_size)
+    rois = np.asarray(rois)
+    return align_bins(shape, rois, pooled, spatial_scale, sampling_ratio, True, False, coord_dtype)
 
 
 def ps_roi_align(
     x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, coord_dtype=np.float64
 ):
     """(K, C_out, PH, PW) position-sensitive RoI Align."""
-    ph, pw = pair(output_size)
-    ct = np.dtype(coord_dtype).type
-    return forward(
-        x,
-        rois,
-        ph,
-        pw,
-        lambda roi, h, w: _align_bins(roi, spatial_scale, ph, pw, sampling_ratio, h, w, ct),
-    )
+    bins = _bins(np.shape(x), rois, output_size, spatial_scale, sampling_ratio, coord_dtype)
+    return forward(x, rois, checked_pair(output_size), bins)
 
 
 def ps_roi_align_backward(
     g, rois, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, coord_dtype=np.float64
 ):
     """(N, C, H, W) gradient of ps_roi_align: every bin scatters g * weight / count."""
-    ph, pw = pair(output_size)
-    ct = np.dtype(coord_dtype).type
-    return backward(
-        g,
-        rois,
-        tuple(input_shape),
-        ph,
-        pw,
-        lambda roi, h, w: _align_bins(roi, spatial_scale, ph, pw, sampling_ratio, h, w, ct),
-    )
+    bins = _bins(input_shape, rois, output_size, spatial_scale, sampling_ratio, coord_dtype)
+    return backward(g, input_shape, checked_pair(output_size), bins)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from oracles.sampling import batch_index, c_round, checked_pair, ctype, features, rois_array
+from oracles.sampling import c_round, checked_pair, ctype, features, pool_span, rois_array
 
 
 def roi_pool(x, rois, output_size, spatial_scale=1.0, *, coord_dtype=np.float64):
@@ -26,46 +26,24 @@ def roi_pool(x, rois, output_size, spatial_scale=1.0, *, coord_dtype=np.float64)
     argmax = np.full((K, C, PH, PW), -1, dtype=np.int64)
     s = cd(spatial_scale)
     for k in range(K):
-        b = batch_index(rois, k)
-        xs = c_round(cd(rois[k, 1]) * s)
-        ys = c_round(cd(rois[k, 2]) * s)
-        xe = c_round(cd(rois[k, 3]) * s)
-        ye = c_round(cd(rois[k, 4]) * s)
-        rw = max(xe - xs + 1, 1)
-        rh = max(ye - ys + 1, 1)
-        bin_h = cd(rh) / cd(PH)
-        bin_w = cd(rw) / cd(PW)
-        for ph in range(PH):
-            hstart = int(math.floor(float(cd(ph) * bin_h)))
-            hend = int(math.ceil(float(cd(ph + 1) * bin_h)))
-            hstart = min(max(hstart + ys, 0), H)
-            hend = min(max(hend + ys, 0), H)
-            for pw in range(PW):
-                wstart = int(math.floor(float(cd(pw) * bin_w)))
-                wend = int(math.ceil(float(cd(pw + 1) * bin_w)))
-                wstart = min(max(wstart + xs, 0), W)
-                wend = min(max(wend + xs, 0), W)
-                empty = hend <= hstart or wend <= wstart
-                for c in range(C):
-                    if empty:
-                        out[k, c, ph, pw] = 0.0
-                        argmax[k, c, ph, pw] = -1
-                        continue
-                    img = x[b, c]
-                    best = None
-                    best_idx = -1
-                    for h in range(hstart, hend):
-                        for w in range(wstart, wend):
-                            v = float(img[h, w])
-                            idx = h * W + w
-                            if best is None:
-                                best, best_idx = v, idx
-                            elif math.isnan(best):
-                                pass  # NaN, once seen, is kept
-                            elif math.isnan(v) or v > best:
-                                best, best_idx = v, idx
-                    out[k, c, ph, pw] = best
-                    argmax[k, c, ph, pw] = best_idx
+        b = int(rois[k, 0])  # truncated toward zero
+        xs, ys, xe, ye = (c_round(cd(rois[k, i]) * s) for i in (1, 2, 3, 4))
+        # the end is inclusive: a box of one rounded cell is 1 wide
+        bin_h = cd(max(ye - ys + 1, 1)) / cd(PH)
+        bin_w = cd(max(xe - xs + 1, 1)) / cd(PW)
+        for ph, pw in np.ndindex(PH, PW):
+            hstart, hend = pool_span(ph, bin_h, ys, H)
+            wstart, wend = pool_span(pw, bin_w, xs, W)
+            for c in range(C):
+                best, best_idx = None, -1
+                for h in range(hstart, hend):
+                    for w in range(wstart, wend):
+                        v = float(x[b, c, h, w])
+                        # the first maximum wins; a NaN, once seen, is kept
+                        if best is None or (not math.isnan(best) and (math.isnan(v) or v > best)):
+                            best, best_idx = v, h * W + w
+                if best is not None:  # an empty bin keeps 0 and argmax -1
+                    out[k, c, ph, pw], argmax[k, c, ph, pw] = best, best_idx
     return out, argmax
 
 
@@ -82,7 +60,7 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape):
         raise ValueError(f"grad_output shape {go.shape!r} inconsistent with rois/input_shape")
     grad = np.zeros((N, C, H, W), dtype=np.float64)
     for k in range(K):
-        b = batch_index(rois, k)
+        b = int(rois[k, 0])  # truncated toward zero
         for c in range(C):
             for ph in range(PH):
                 for pw in range(PW):

@@ -1,5 +1,6 @@
-"""Scalar helpers shared by the Caffe2-style oracles: C rounding, the RoI Align geometry in the
-coordinate dtype, the sample coordinates and the bilinear rule with its right derivative.
+"""Scalar helpers shared by the oracles: C rounding, the RoI Align geometry in the coordinate
+dtype, the sample coordinates, the bilinear rule with its right derivative, and the two loops of
+every op that is linear in its features (``gather`` its forward, ``scatter`` its transpose).
 
 See the package docstring for the conventions (``coord_dtype``, truncation, C ``round``).
 """
@@ -43,6 +44,14 @@ def rois_array(rois):
     return rois
 
 
+def grad_array(grad_output, shape):
+    """grad_output as float64, checked against the forward's output shape."""
+    go = np.asarray(grad_output, dtype=np.float64)
+    if go.shape != tuple(shape):
+        raise ValueError(f"grad_output shape {go.shape!r} != {tuple(shape)!r}")
+    return go
+
+
 def batch_index(rois, k):
     """b_k = (int) rois[k, 0] (truncation toward zero)."""
     return int(rois[k, 0])
@@ -74,6 +83,15 @@ def sampling_grid(rh_over_ph, rw_over_pw, sampling_ratio):
     return gh, gw, count
 
 
+def pool_span(p, bin_size, start, limit):
+    """RoI Pool's cells of bin p along one axis: [floor(p * bin), ceil((p + 1) * bin)) shifted
+    by the box's rounded start and clamped to [0, limit]; the products in bin_size's dtype."""
+    t = type(bin_size)
+    lo = math.floor(t(p) * bin_size) + start
+    hi = math.ceil(t(p + 1) * bin_size) + start
+    return min(max(lo, 0), limit), min(max(hi, 0), limit)
+
+
 def align_geometry(roi, spatial_scale, output_size, sampling_ratio, aligned, min_size, coord_dtype):
     """Coordinate-dtype geometry of one RoIAlign-style box.
 
@@ -84,17 +102,11 @@ def align_geometry(roi, spatial_scale, output_size, sampling_ratio, aligned, min
     PH, PW = output_size
     s = cd(spatial_scale)
     off = cd(0.5) if aligned else cd(0.0)
-    sx = cd(roi[1]) * s - off
-    sy = cd(roi[2]) * s - off
-    ex = cd(roi[3]) * s - off
-    ey = cd(roi[4]) * s - off
-    rw = ex - sx
-    rh = ey - sy
+    sx, sy, ex, ey = (cd(roi[i]) * s - off for i in (1, 2, 3, 4))
+    rw, rh = ex - sx, ey - sy
     if min_size:
-        rw = std_max(rw, cd(1.0))
-        rh = std_max(rh, cd(1.0))
-    bh = rh / cd(PH)
-    bw = rw / cd(PW)
+        rw, rh = std_max(rw, cd(1.0)), std_max(rh, cd(1.0))
+    bh, bw = rh / cd(PH), rw / cd(PW)
     gh, gw, count = sampling_grid(bh, bw, sampling_ratio)
     return dict(sx=sx, sy=sy, rw=rw, rh=rh, bh=bh, bw=bw, gh=gh, gw=gw, count=count)
 
@@ -106,16 +118,12 @@ def sample_coords(start_y, start_x, ph, pw, g, coord_dtype):
     every operation in coord_dtype); likewise for x.
     """
     cd = ctype(coord_dtype)
-    half = cd(0.5)
-    ys = []
-    for iy in range(g["gh"]):
-        y = (start_y + cd(ph) * g["bh"]) + ((cd(iy) + half) * g["bh"]) / cd(g["gh"])
-        ys.append(float(y))
-    xs = []
-    for ix in range(g["gw"]):
-        x = (start_x + cd(pw) * g["bw"]) + ((cd(ix) + half) * g["bw"]) / cd(g["gw"])
-        xs.append(float(x))
-    return ys, xs
+
+    def axis(start, p, size, grid):
+        at = [(start + cd(p) * size) + ((cd(i) + cd(0.5)) * size) / cd(grid) for i in range(grid)]
+        return [float(v) for v in at]
+
+    return axis(start_y, ph, g["bh"], g["gh"]), axis(start_x, pw, g["bw"], g["gw"])
 
 
 def deform_starts(g, offset, k, ph, pw, gamma, coord_dtype):
@@ -135,8 +143,45 @@ def deform_starts(g, offset, k, ph, pw, gamma, coord_dtype):
     return sy, sx, scale_y, scale_x
 
 
+def align_points(rois, output_size, spatial_scale, sampling_ratio, aligned, min_size, coord_dtype,
+                 offset=None, gamma=0.1):  # fmt: skip
+    """Every bin of the RoI Align family (RoI Align, Deformable RoI Pool, PS RoI Align).
+
+    Yields ``(k, b, ph, pw, points, g)``: the sample points ``[(y, x)]`` of bin (ph, pw) of box k
+    in scan order (y major), as float64 values computed in ``coord_dtype``, the bin start shifted
+    by ``offset`` when there is one, and the box geometry ``g`` of :func:`align_geometry`.
+    """
+    for k in range(len(rois)):
+        g = align_geometry(
+            rois[k], spatial_scale, output_size, sampling_ratio, aligned, min_size, coord_dtype
+        )
+        for ph, pw in np.ndindex(*output_size):
+            sy, sx, _, _ = deform_starts(g, offset, k, ph, pw, gamma, coord_dtype)
+            ys, xs = sample_coords(sy, sx, ph, pw, g, coord_dtype)
+            yield k, batch_index(rois, k), ph, pw, [(y, x) for y in ys for x in xs], g
+
+
+def align_bins(input_shape, *args, **kwargs):
+    """The bins of :func:`align_points` as :func:`gather` takes them: the bilinear taps of all
+    the samples of a bin, divided by the sample count (out-of-range samples count too)."""
+    height, width = input_shape[-2:]
+    for k, b, ph, pw, points, g in align_points(*args, **kwargs):
+        taps = [t for y, x in points for t in bilinear_taps(height, width, y, x)]
+        yield k, b, ph, pw, taps, g["count"]
+
+
 def in_range(H, W, y, x):
     return -1.0 <= y <= H and -1.0 <= x <= W
+
+
+def _clamped(v, size):
+    """(low, high, fraction) of an in-range coordinate: the band below 0 reads the first cell,
+    the band beyond size - 1 the last one."""
+    v = max(v, 0.0)
+    low = int(v)
+    if low >= size - 1:
+        return size - 1, size - 1, 0.0
+    return low, low + 1, v - low
 
 
 def neighbours(H, W, y, x):
@@ -144,27 +189,13 @@ def neighbours(H, W, y, x):
 
     Assumes the sample is in range.  Returns (yl, yh, xl, xh, ly, lx).
     """
-    y = max(y, 0.0)
-    x = max(x, 0.0)
-    yl = int(y)
-    if yl >= H - 1:
-        yl = yh = H - 1
-        y = float(yl)
-    else:
-        yh = yl + 1
-    xl = int(x)
-    if xl >= W - 1:
-        xl = xh = W - 1
-        x = float(xl)
-    else:
-        xh = xl + 1
-    ly = y - yl
-    lx = x - xl
+    yl, yh, ly = _clamped(y, H)
+    xl, xh, lx = _clamped(x, W)
     return yl, yh, xl, xh, ly, lx
 
 
-def bilinear_weights(H, W, y, x):
-    """List of ((row, col), weight) for the 4 neighbours, or [] if out of range."""
+def bilinear_taps(H, W, y, x):
+    """The Caffe2 bilinear rule: [(row, col, weight)] of the 4 neighbours, [] out of range."""
     y = float(y)
     x = float(x)
     if not in_range(H, W, y, x):
@@ -172,7 +203,7 @@ def bilinear_weights(H, W, y, x):
     yl, yh, xl, xh, ly, lx = neighbours(H, W, y, x)
     hy = 1.0 - ly
     hx = 1.0 - lx
-    return [((yl, xl), hy * hx), ((yl, xh), hy * lx), ((yh, xl), ly * hx), ((yh, xh), ly * lx)]
+    return [(yl, xl, hy * hx), (yl, xh, hy * lx), (yh, xl, ly * hx), (yh, xh, ly * lx)]
 
 
 def bilinear(img, y, x):
@@ -182,9 +213,8 @@ def bilinear(img, y, x):
     [-1, 0) and (H-1, H] the edge row/column is replicated.
     """
     img = np.asarray(img, dtype=np.float64)
-    H, W = img.shape
     value = 0.0
-    for (r, c), w in bilinear_weights(H, W, y, x):
+    for r, c, w in bilinear_taps(*img.shape, y, x):
         value += w * float(img[r, c])
     return value
 
@@ -221,3 +251,32 @@ def bilinear_grad(img, y, x):
     else:
         dy = (1.0 - lx) * (v10 - v00) + lx * (v11 - v01)
     return dy, dx
+
+
+def gather(x, bins, shape, channels=None):
+    """Forward of an op linear in its features -> float64 array of ``shape`` (K, C_out, PH, PW).
+
+    ``bins`` yields ``(k, b, ph, pw, taps, count)``: ``out[k, :, ph, pw]`` is
+    ``sum(w * x[b, :, row, col] for row, col, w in taps) / count``, summed in the order of the
+    taps. ``channels(ph, pw)`` picks the input channels bin (ph, pw) reads (all of them by
+    default; the position-sensitive map of R-FCN for the PS ops).
+    """
+    x = features(x)
+    out = np.zeros(shape)
+    for k, b, ph, pw, taps, count in bins:
+        planes = x[b] if channels is None else x[b, channels(ph, pw)]
+        for r, c, w in taps:
+            out[k, :, ph, pw] += w * planes[:, r, c]
+        out[k, :, ph, pw] /= count
+    return out
+
+
+def scatter(grad_output, bins, input_shape, channels=None):
+    """Exact transpose of :func:`gather` for the same bins -> grad_input of ``input_shape``."""
+    go = np.asarray(grad_output, dtype=np.float64)
+    grad = np.zeros(tuple(int(v) for v in input_shape))
+    for k, b, ph, pw, taps, count in bins:
+        picked = slice(None) if channels is None else channels(ph, pw)
+        for r, c, w in taps:
+            grad[b, picked, r, c] += w * go[k, :, ph, pw] / count
+    return grad
