@@ -129,13 +129,15 @@ def backward(
     rotated=False,
     channels=None,
     input=None,
+    reads_input=True,
 ):
     """The arguments of a backward given the input's shape, checked in its order.
 
     The seam (``input`` after the boxes, when given), ``input_shape``, ``output_size``,
     ``spatial_scale``, the option ``checks``, ``channels`` (as in :func:`forward`), ``input``
     (features of shape ``input_shape``, for a backward that reads them: the boxes and the
-    gradient then take their dtype), the boxes, the gradient.
+    gradient then take their dtype; one given to a backward that does not, ``reads_input``
+    false, is checked all the same and left out of the call), the boxes, the gradient.
     """
     arrays = {"grad_output": grad_output, "boxes": boxes}
     if input is not None:
@@ -147,6 +149,7 @@ def backward(
     values = options(checks)
     out_channels = shape[1] if channels is None else channels(shape[1], pooled, "input_shape")
     x = _validate.forward_features(backend.xp, x[0], shape) if x else None
+    x = x if reads_input else None
     dtype = g.dtype if x is None else x.dtype
     rois = _box_check(rotated)(backend.xp, b, shape[0], scale, dtype)
     cast = None if x is None else x.dtype

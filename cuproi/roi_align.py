@@ -134,8 +134,8 @@ def roi_align_backward(
     input : (N, C, H, W) array, optional
         The features of the forward call, of shape ``input_shape``. Required with
         ``pool_mode="max"``: the backward finds every bin's winning sample again from them
-        (no argmax is stored, so the forward's output is all a caller keeps). Not read in
-        avg mode, whose gradient does not depend on the features.
+        (no argmax is stored, so the forward's output is all a caller keeps). Checked but not
+        read in avg mode, whose gradient does not depend on the features.
     {deterministic}
     {channels_last}
 
@@ -177,9 +177,16 @@ def roi_align_backward(
         )
     checks = (_validate.sampling_ratio, sampling_ratio), (_validate.flag, aligned, "aligned")
     channels_last = _validate.flag(channels_last, "channels_last")
-    features = input if mode == "max" else None  # max mode computes in the features' dtype
+    max_mode = mode == "max"  # it reads the features, and computes in their dtype
     call = _arguments.backward(
-        grad_output, boxes, input_shape, output_size, spatial_scale, *checks, input=features
+        grad_output,
+        boxes,
+        input_shape,
+        output_size,
+        spatial_scale,
+        *checks,
+        input=input,
+        reads_input=max_mode,
     )
     grad = call.backend.roi_align_backward(
         call.g,

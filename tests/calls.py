@@ -37,7 +37,6 @@ class Spec(NamedTuple):
     function: str
     options: dict  # keyword arguments it always gets
     also: tuple = ()  # optional arguments it always gets
-    unread: frozenset = frozenset()  # arguments it takes but never reads
 
     @property
     def rotated(self):
@@ -56,7 +55,7 @@ class Spec(NamedTuple):
     @property
     def parameters(self):
         """The arguments it takes, by the names :func:`call` knows them by."""
-        return {_ALIAS.get(p, p) for p in self._signature} - self.unread
+        return {_ALIAS.get(p, p) for p in self._signature}
 
     @property
     def required(self):
@@ -80,9 +79,8 @@ _ALIAS = {level: one for one, level in LEVEL_OF.items()}
 # Every public function of the ops (the backends export the same).
 FUNCTIONS = tuple(name for names in _dispatch.OPS.values() for name in names)
 # They, and the options that change what a function reads or returns; roi_align_backward reads
-# the features in max mode only.
+# the features in max mode only (and checks them in both).
 SPECS = {name: Spec(name, {}) for name in FUNCTIONS}
-SPECS["roi_align_backward"] = Spec("roi_align_backward", {}, unread=frozenset({"input"}))
 SPECS["roi_align_backward-max"] = Spec("roi_align_backward", {"pool_mode": "max"}, ("input",))
 SPECS["roi_pool-argmax"] = Spec("roi_pool", {"return_argmax": True})
 for _name in _dispatch.OPS["deform_roi_pool"]:
