@@ -1,5 +1,5 @@
 """The README's Python examples run as written, in order, in one namespace (examples that need
-a framework or a GPU this machine lacks are left out)."""
+a framework, matplotlib or a GPU this machine lacks are left out)."""
 
 import importlib.util
 import re
@@ -18,6 +18,9 @@ def _runnable(code):
         pattern = rf"^(import|from) {framework}\b|cuproi\.{framework}\b{alias}"
         if re.search(pattern, code, re.M) and importlib.util.find_spec(framework) is None:
             return False
+    # cuproi.viz draws with matplotlib (the test extra has it; an environment may not).
+    if re.search(r"\bviz\b", code) and importlib.util.find_spec("matplotlib") is None:
+        return False
     if re.search(r"^import cupy", code, re.M):
         import cupy
 
