@@ -9,11 +9,13 @@ or the CuPy stand-in, which runs the same kernels through ``cuproi._cuda``).
 
 Checks: forward and backward against the oracle for every dtype (``conftest.TOLERANCE``), the
 adjoint identity ``<A x, g> == <x, A^T g>``, no boxes and no channels, ``deterministic=True``
-repeating its bits and ignoring the order of the boxes, per-image box lists, strided inputs
-left unwritten, the validation table; on the kernels (``kernels_on``: host and cuda) the _i64
+against the oracle and repeating its bits (on thousands of boxes on ``cuda``: ``cuda_on``),
+per-image box lists, strided inputs left unwritten, the validation table; on the kernels
+(``kernels_on``: host and cuda) the order of the boxes under ``deterministic=True``, the _i64
 entry points and rows naming no image; on the NumPy backend, boxes split into many chunks.
 ``assert_backends_agree`` compares the NumPy backend with the host kernels on any boxes (the
-hypothesis checks of ``on_random_boxes``); ``PositionSensitiveChecks`` adds those of the R-FCN ops.
+hypothesis checks of ``on_random_boxes``). Mixins add the checks of a family:
+``BoxGradientChecks`` (box backwards) and ``PositionSensitiveChecks`` (the R-FCN ops).
 """
 
 import types
