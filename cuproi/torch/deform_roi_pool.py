@@ -345,6 +345,7 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
     offsets and mask stay in :attr:`offset` and :attr:`mask`.
     """
 
+    offset: Tensor | None  # TorchScript reads the annotations of the nearest class only
     mask: Tensor | None
 
     def _heads(self):
