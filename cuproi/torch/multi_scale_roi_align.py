@@ -270,16 +270,7 @@ class MultiScaleRoIAlign(nn.Module):
         scales = _level_scales(features, image_shapes)
         if not isinstance(scales, torch.fx.Proxy):  # a traced graph keeps none
             self.scales = scales
-        return multi_scale_roi_align(
-            features,
-            boxes,
-            self.output_size,
-            scales,
-            self.sampling_ratio,
-            self.aligned,
-            self.canonical_scale,
-            self.canonical_level,
-        )
+        return self._pool(features, boxes, scales)
 
     def _scripted(
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
@@ -300,16 +291,12 @@ class MultiScaleRoIAlign(nn.Module):
         for f in features:  # _infer_scale's rule; TorchScript has no math.log2
             scales.append(2.0 ** round(math.log(f.shape[-2] / height) / math.log(2.0)))
         self.scales = scales
-        return multi_scale_roi_align(
-            features,
-            boxes,
-            self.output_size,
-            scales,
-            self.sampling_ratio,
-            self.aligned,
-            self.canonical_scale,
-            self.canonical_level,
-        )
+        return self._pool(features, boxes, scales)
+
+    def _pool(self, features: list[Tensor], boxes: list[Tensor], scales: list[float]) -> Tensor:
+        """:func:`multi_scale_roi_align` of the levels with this module's options."""
+        options = (self.sampling_ratio, self.aligned, self.canonical_scale, self.canonical_level)
+        return multi_scale_roi_align(features, boxes, self.output_size, scales, *options)
 
     def extra_repr(self):
         return (
