@@ -16,6 +16,7 @@ Functions keep torchvision's positional signatures (mmcv's for ``deform_roi_pool
 ``torchvision.ops.roi_align`` can be replaced by :func:`cuproi.torch.roi_align`.
 """
 
+from cuproi.torch import _onnx
 from cuproi.torch.deform_roi_pool import (
     DeformRoIPool,
     DeformRoIPoolPack,
@@ -29,6 +30,8 @@ from cuproi.torch.ps_roi_pool import PSRoIPool, ps_roi_pool
 from cuproi.torch.roi_align import RoIAlign, roi_align
 from cuproi.torch.roi_align_rotated import RoIAlignRotated, roi_align_rotated
 from cuproi.torch.roi_pool import RoIPool, roi_pool
+
+_onnx.install()  # the ops' ONNX translations, once onnxscript is imported
 
 __all__ = [
     "DeformRoIPool",

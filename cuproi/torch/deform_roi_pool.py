@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch import _common, _fake
+from cuproi.torch import _common, _fake, _script
 from cuproi.torch._module import OpModule
 
 
@@ -172,6 +172,7 @@ def _deform_grad(ctx, grad):
 _deform_roi_pool.register_autograd(_deform_grad, setup_context=_deform_setup)
 
 
+@_script.compiles_as(_script.deform_roi_pool)
 @_common.bfloat16_in_float32
 def deform_roi_pool(
     input,
@@ -212,6 +213,9 @@ def deform_roi_pool(
     return _deform_roi_pool(*args) if mask is None else _deform_roi_pool(*args, mask)
 
 
+torch.fx.wrap("deform_roi_pool")  # a leaf of torch.fx graphs, as torchvision's ops
+
+
 class DeformRoIPool(OpModule):
     """Module form of :func:`deform_roi_pool` (mmcv's ``DeformRoIPool``)."""
 
@@ -222,8 +226,36 @@ class DeformRoIPool(OpModule):
         self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
         self.gamma = _validate.gamma(gamma)
 
-    def forward(self, input, rois, offset=None):
-        return deform_roi_pool(input, rois, offset, *self._arguments())
+    def forward(
+        self, input: Tensor, rois: Tensor | list[Tensor], offset: Tensor | None = None
+    ) -> Tensor:
+        return self._pool(input, rois, offset, None)
+
+    def _pool(
+        self, input: Tensor, rois: Tensor | list[Tensor], offset: Tensor | None, mask: Tensor | None
+    ) -> Tensor:
+        """:func:`deform_roi_pool` with this module's options."""
+        options = (self.output_size, self.spatial_scale, self.sampling_ratio, self.gamma)
+        return deform_roi_pool(input, rois, offset, *options, mask)
+
+
+def _check_channels(input: Tensor, channels: int) -> None:
+    """ValueError unless ``input`` has the channels a pack's head was built for."""
+    if input.shape[1] != channels:
+        raise ValueError(
+            f"input has {input.shape[1]} channels; this module was built for "
+            f"output_channels={channels}"
+        )
+
+
+torch.fx.wrap("_check_channels")  # a traced graph checks the channels when it runs
+
+
+def _kept(offset: Tensor) -> bool:
+    """Whether a pack keeps the offsets it predicted: not those of a ``torch.fx`` trace."""
+    if torch.jit.is_scripting():
+        return True
+    return not isinstance(offset, torch.fx.Proxy)  # TorchScript skips this line
 
 
 def _head(in_features, hidden, out_features, layers):
@@ -264,6 +296,8 @@ class DeformRoIPoolPack(DeformRoIPool):
         The offsets predicted by the last forward call (part of the autograd graph).
     """
 
+    offset: Tensor | None  # for torch.jit.script, which types the attributes from None
+
     def __init__(
         self,
         output_size,
@@ -288,23 +322,18 @@ class DeformRoIPoolPack(DeformRoIPool):
         )
         self.offset = None
 
-    def _check(self, input):
-        if input.shape[1] != self.output_channels:
-            raise ValueError(
-                f"input has {input.shape[1]} channels; this module was built for "
-                f"output_channels={self.output_channels}"
-            )
-
-    def _predict(self, input, rois):
+    def _predict(self, input: Tensor, rois: Tensor | list[Tensor]) -> tuple[Tensor, Tensor]:
         """Pool without offsets, then predict (K, 2, PH, PW) offsets from the result."""
-        plain = super().forward(input, rois)
+        _check_channels(input, self.output_channels)
+        plain = self._pool(input, rois, None, None)
         offset = self.offset_fc(plain.flatten(1))
-        return plain, offset.view(plain.shape[0], 2, *self.output_size)
+        return plain, offset.view(plain.shape[0], 2, self.output_size[0], self.output_size[1])
 
-    def forward(self, input, rois):
-        self._check(input)
-        _, self.offset = self._predict(input, rois)
-        return super().forward(input, rois, self.offset)
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        plain, offset = self._predict(input, rois)
+        if _kept(offset):
+            self.offset = offset
+        return self._pool(input, rois, offset, None)
 
 
 class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
@@ -316,6 +345,9 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
     offsets and mask stay in :attr:`offset` and :attr:`mask`.
     """
 
+    offset: Tensor | None  # TorchScript reads the annotations of the nearest class only
+    mask: Tensor | None
+
     def _heads(self):
         """Build the heads that predict the offsets and the mask from the plain pooling."""
         super()._heads()
@@ -325,9 +357,11 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
         self.mask_fc = nn.Sequential(*head, nn.Sigmoid())
         self.mask = None
 
-    def forward(self, input, rois):
-        self._check(input)
-        plain, self.offset = self._predict(input, rois)
-        self.mask = self.mask_fc(plain.flatten(1)).view(plain.shape[0], 1, *self.output_size)
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        plain, offset = self._predict(input, rois)
+        ph, pw = self.output_size
+        mask = self.mask_fc(plain.flatten(1)).view(plain.shape[0], 1, ph, pw)
+        if _kept(offset):
+            self.offset, self.mask = offset, mask
         # The mask multiplies inside the kernel, in the same pass.
-        return deform_roi_pool(input, rois, self.offset, *self._arguments(), self.mask)
+        return self._pool(input, rois, offset, mask)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _pyramid, _validate
-from cuproi.torch import _autograd, _common, _fake
+from cuproi.torch import _autograd, _common, _fake, _script
 
 
 @torch.library.custom_op("cuproi::multi_scale_roi_align", mutates_args=())
@@ -126,6 +126,7 @@ def _flat_shapes(features):
 _autograd.register(_multi_scale_roi_align, _multi_scale_roi_align_backward, shape=_flat_shapes)
 
 
+@_script.compiles_as(_script.multi_scale_roi_align)
 @_common.bfloat16_in_float32
 def multi_scale_roi_align(
     features,
@@ -181,9 +182,34 @@ def multi_scale_roi_align(
     )
 
 
+torch.fx.wrap("multi_scale_roi_align")  # a leaf of torch.fx graphs, as torchvision's ops
+
+
 def _infer_scale(feature, image_size):
     """The scale of a level by torchvision's rule: 2**round(log2(height / image height))."""
     return 2.0 ** round(math.log2(feature.shape[-2] / image_size[0]))
+
+
+def _levels(x, featmap_names, image_shapes):
+    """The feature maps of ``x`` named in ``featmap_names``, in the order of ``x``."""
+    features = [v for k, v in x.items() if k in featmap_names]
+    if not features:
+        raise ValueError(f"x holds none of the feature maps {featmap_names}")
+    if not image_shapes:
+        raise ValueError("image_shapes must not be empty")
+    return features
+
+
+def _level_scales(features, image_shapes):
+    """The scale of every level, from the largest image height and width (torchvision's rule)."""
+    size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+    return [_infer_scale(f, size) for f in features]
+
+
+# Leaves of torch.fx graphs: they read the dict of levels and the image sizes, which a traced
+# graph holds as values it cannot iterate.
+torch.fx.wrap("_levels")
+torch.fx.wrap("_level_scales")
 
 
 class MultiScaleRoIAlign(nn.Module):
@@ -210,8 +236,11 @@ class MultiScaleRoIAlign(nn.Module):
     As torchvision, the scale of each level is inferred from its height and the largest image
     height of ``image_shapes``, rounded to a power of two. Unlike torchvision, which infers the
     scales on the first call and keeps them, they are inferred on every call (they depend
-    only on shapes: no device synchronisation); the last ones are in :attr:`scales`.
+    only on shapes: no device synchronisation); the last ones are in :attr:`scales` (not
+    set by a ``torch.fx`` graph of the module).
     """
+
+    scales: list[float] | None  # for torch.jit.script, which types the attributes from None
 
     def __init__(
         self,
@@ -232,24 +261,42 @@ class MultiScaleRoIAlign(nn.Module):
         self.aligned = _validate.flag(aligned, "aligned")
         self.scales = None
 
-    def forward(self, x, boxes, image_shapes):
-        features = [v for k, v in x.items() if k in self.featmap_names]
-        if not features:
+    def forward(
+        self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        if torch.jit.is_scripting():  # what follows is eager and torch.fx, which TorchScript skips
+            return self._scripted(x, boxes, image_shapes)
+        features = _levels(x, self.featmap_names, image_shapes)
+        scales = _level_scales(features, image_shapes)
+        if not isinstance(scales, torch.fx.Proxy):  # a traced graph keeps none
+            self.scales = scales
+        return self._pool(features, boxes, scales)
+
+    def _scripted(
+        self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """:meth:`forward` as TorchScript compiles it (no comprehension with ``if``)."""
+        features: list[Tensor] = []
+        for k, v in x.items():
+            if k in self.featmap_names:
+                features.append(v)
+        if len(features) == 0:
             raise ValueError(f"x holds none of the feature maps {self.featmap_names}")
-        if not image_shapes:
+        if len(image_shapes) == 0:
             raise ValueError("image_shapes must not be empty")
-        size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-        self.scales = [_infer_scale(f, size) for f in features]
-        return multi_scale_roi_align(
-            features,
-            boxes,
-            self.output_size,
-            self.scales,
-            self.sampling_ratio,
-            self.aligned,
-            self.canonical_scale,
-            self.canonical_level,
-        )
+        height, width = 0, 0
+        for s in image_shapes:
+            height, width = max(height, s[0]), max(width, s[1])
+        scales: list[float] = []
+        for f in features:  # _infer_scale's rule; TorchScript has no math.log2
+            scales.append(2.0 ** round(math.log(f.shape[-2] / height) / math.log(2.0)))
+        self.scales = scales
+        return self._pool(features, boxes, scales)
+
+    def _pool(self, features: list[Tensor], boxes: list[Tensor], scales: list[float]) -> Tensor:
+        """:func:`multi_scale_roi_align` of the levels with this module's options."""
+        options = (self.sampling_ratio, self.aligned, self.canonical_scale, self.canonical_level)
+        return multi_scale_roi_align(features, boxes, self.output_size, scales, *options)
 
     def extra_repr(self):
         return (

@@ -1,12 +1,16 @@
 """Precise RoI Pooling as a torch op (gradients for the features and the boxes), and its module."""
 
+import torch
+from torch import Tensor
+
 from cuproi import _validate
-from cuproi.torch import _autograd, _common
+from cuproi.torch import _autograd, _common, _script
 from cuproi.torch._module import OpModule
 
 _prroi_pool = _autograd.define("prroi_pool", box_backward=True)
 
 
+@_script.compiles_as(_script.prroi_pool)
 @_common.bfloat16_in_float32
 def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Differentiable :func:`cuproi.prroi_pool` on tensors (mmcv's ``prroi_pool``).
@@ -46,10 +50,14 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     return _prroi_pool(input, _common.rois(boxes, input), pooled_h, pooled_w, scale)
 
 
+torch.fx.wrap("prroi_pool")  # a leaf of torch.fx graphs, as torchvision's ops
+
+
 class PrRoIPool(OpModule):
     """Module form of :func:`prroi_pool` (mmcv's ``PrRoIPool``)."""
 
-    _op = staticmethod(prroi_pool)
-
     def __init__(self, output_size, spatial_scale=1.0):
         super().__init__(output_size, spatial_scale)
+
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return prroi_pool(input, rois, self.output_size, self.spatial_scale)

@@ -1,7 +1,10 @@
 """Position-sensitive RoI Align (R-FCN) as a torch op, and its module."""
 
+import torch
+from torch import Tensor
+
 from cuproi import _validate
-from cuproi.torch import _autograd, _common
+from cuproi.torch import _autograd, _common, _script
 from cuproi.torch._module import OpModule
 
 _ps_roi_align = _autograd.define(
@@ -12,6 +15,7 @@ _ps_roi_align = _autograd.define(
 )
 
 
+@_script.compiles_as(_script.ps_roi_align)
 @_common.bfloat16_in_float32
 def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
     """Differentiable :func:`cuproi.ps_roi_align` on tensors, a drop-in for torchvision's.
@@ -50,12 +54,17 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     )
 
 
+torch.fx.wrap("ps_roi_align")  # a leaf of torch.fx graphs, as torchvision's ops
+
+
 class PSRoIAlign(OpModule):
     """Module form of :func:`ps_roi_align` (torchvision's ``PSRoIAlign``)."""
 
-    _op = staticmethod(ps_roi_align)
     _options = ("output_size", "spatial_scale", "sampling_ratio")
 
     def __init__(self, output_size, spatial_scale, sampling_ratio):
         super().__init__(output_size, spatial_scale)
         self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
+
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)

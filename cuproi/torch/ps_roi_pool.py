@@ -1,12 +1,16 @@
 """Position-sensitive RoI Pool (R-FCN) as a torch op, and its module."""
 
+import torch
+from torch import Tensor
+
 from cuproi import _validate
-from cuproi.torch import _autograd, _common
+from cuproi.torch import _autograd, _common, _script
 from cuproi.torch._module import OpModule
 
 _ps_roi_pool = _autograd.define("ps_roi_pool", channels=_validate.position_sensitive_channels)
 
 
+@_script.compiles_as(_script.ps_roi_pool)
 @_common.bfloat16_in_float32
 def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Differentiable :func:`cuproi.ps_roi_pool` on tensors, a drop-in for torchvision's.
@@ -34,7 +38,11 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     return _ps_roi_pool(input, _common.rois(boxes, input), pooled_h, pooled_w, scale)
 
 
+torch.fx.wrap("ps_roi_pool")  # a leaf of torch.fx graphs, as torchvision's ops
+
+
 class PSRoIPool(OpModule):
     """Module form of :func:`ps_roi_pool` (torchvision's ``PSRoIPool``)."""
 
-    _op = staticmethod(ps_roi_pool)
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return ps_roi_pool(input, rois, self.output_size, self.spatial_scale)

@@ -5,7 +5,7 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch import _common, _fake
+from cuproi.torch import _common, _fake, _script
 from cuproi.torch._module import OpModule
 
 
@@ -174,6 +174,7 @@ def _roi_align_grad(ctx, grad):
 _roi_align.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
 
 
+@_script.compiles_as(_script.roi_align)
 @_common.bfloat16_in_float32
 def roi_align(
     input,
@@ -225,10 +226,12 @@ def roi_align(
     return _roi_align(*args) if pool_mode == "avg" else _roi_align(*args, str(pool_mode))
 
 
+torch.fx.wrap("roi_align")  # a leaf of torch.fx graphs, as torchvision's ops
+
+
 class RoIAlign(OpModule):
     """Module form of :func:`roi_align` (torchvision's ``RoIAlign``; also mmcv's max mode)."""
 
-    _op = staticmethod(roi_align)
     _options = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "pool_mode")
 
     def __init__(self, output_size, spatial_scale, sampling_ratio, aligned=False, pool_mode="avg"):
@@ -241,3 +244,14 @@ class RoIAlign(OpModule):
         # torchvision's repr, which has no pool_mode, unless mmcv's "max" is chosen (quoted).
         shown = super().extra_repr().removesuffix(f", pool_mode={self.pool_mode}")
         return shown if self.pool_mode == "avg" else f"{shown}, pool_mode={self.pool_mode!r}"
+
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return roi_align(
+            input,
+            rois,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
+            self.pool_mode,
+        )

@@ -1,7 +1,10 @@
 """Rotated RoI Align as a torch op, and its module."""
 
+import torch
+from torch import Tensor
+
 from cuproi import _validate
-from cuproi.torch import _autograd, _common
+from cuproi.torch import _autograd, _common, _script
 from cuproi.torch._module import OpModule
 
 _roi_align_rotated = _autograd.define(
@@ -12,6 +15,7 @@ _roi_align_rotated = _autograd.define(
 )
 
 
+@_script.compiles_as(_script.roi_align_rotated)
 @_common.bfloat16_in_float32
 def roi_align_rotated(
     input, boxes, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True, clockwise=False
@@ -55,13 +59,15 @@ def roi_align_rotated(
     )
 
 
+torch.fx.wrap("roi_align_rotated")  # a leaf of torch.fx graphs, as torchvision's ops
+
+
 class RoIAlignRotated(OpModule):
     """Module form of :func:`roi_align_rotated` (detectron2's ``ROIAlignRotated``).
 
     mmcv's ``RoIAlignRotated`` too, with the angle in degrees instead of radians.
     """
 
-    _op = staticmethod(roi_align_rotated)
     _options = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "clockwise")
 
     def __init__(self, output_size, spatial_scale, sampling_ratio=0, aligned=True, clockwise=False):
@@ -69,3 +75,14 @@ class RoIAlignRotated(OpModule):
         self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
         self.aligned = _validate.flag(aligned, "aligned")
         self.clockwise = _validate.flag(clockwise, "clockwise")
+
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return roi_align_rotated(
+            input,
+            rois,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
+            self.clockwise,
+        )

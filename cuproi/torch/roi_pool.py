@@ -5,7 +5,7 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch import _common, _fake
+from cuproi.torch import _common, _fake, _script
 from cuproi.torch._module import OpModule
 
 
@@ -82,6 +82,7 @@ def _roi_pool_grad(ctx, grad, grad_argmax):
 _roi_pool.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
 
 
+@_script.compiles_as(_script.roi_pool)
 @_common.bfloat16_in_float32
 def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Differentiable :func:`cuproi.roi_pool` on tensors, a drop-in for torchvision's.
@@ -107,7 +108,11 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     return _roi_pool_inference(*args)
 
 
+torch.fx.wrap("roi_pool")  # a leaf of torch.fx graphs, as torchvision's ops
+
+
 class RoIPool(OpModule):
     """Module form of :func:`roi_pool` (torchvision's ``RoIPool``)."""
 
-    _op = staticmethod(roi_pool)
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return roi_pool(input, rois, self.output_size, self.spatial_scale)

@@ -1,0 +1,153 @@
+"""ONNX export of the ops: ``torch.onnx.export(model, args, dynamo=True)`` with no other argument.
+
+The dynamo exporter translates an op by the function its registry holds for it, and builds
+that registry on every export from onnxscript's ``torch_lib`` (where torchvision's ops are).
+:func:`install` adds cuproi's translations there: at once if onnxscript is imported, or else
+when it is (importing onnxscript takes seconds, which ``import cuproi.torch`` does not spend).
+
+Translations use only operators of the standard ONNX domain:
+
+- ``cuproi::roi_align`` (avg mode) to ``RoiAlign``, whose reference (onnxruntime's) is
+  torchvision's kernel: ``half_pixel`` for ``aligned=True``, ``output_half_pixel`` otherwise;
+  ``sampling_ratio <= 0`` is ONNX's adaptive 0;
+- ``cuproi::roi_pool`` to ``MaxRoiPool``, whose bins (rounded box corners, floor and ceil of
+  the bin edges) are torchvision's and cuproi's.
+
+Every other op, and max mode, raises :class:`NotImplementedError` naming it at export
+(rather than torch's "No ONNX function found"), until a translation equal to cuproi exists.
+"""
+
+import importlib.abc
+import importlib.util
+import sys
+
+_REGISTRY = "onnxscript.function_libs.torch_lib.registration"
+
+_NOT_YET = "yet: no composition of standard ONNX operators equal to it is written"
+
+
+def _refuse(name, why=_NOT_YET):
+    raise NotImplementedError(f"cuproi.torch.{name} has no ONNX export {why}")
+
+
+# The ops without a translation, by their schemas (onnxscript reads the parameters).
+
+
+def deform_roi_pool(input, rois, offset, pooled_h: int, pooled_w: int, spatial_scale: float,
+                    sampling_ratio: int, gamma: float, mask=None):  # fmt: skip
+    _refuse("deform_roi_pool")
+
+
+def multi_scale_roi_align(features, rois, pooled_h: int, pooled_w: int, spatial_scales,
+                          sampling_ratio: int, aligned: bool, canonical_scale: float,
+                          canonical_level: int):  # fmt: skip
+    _refuse("multi_scale_roi_align")
+
+
+def prroi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
+    _refuse("prroi_pool")
+
+
+def ps_roi_align(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float,
+                 sampling_ratio: int):  # fmt: skip
+    _refuse("ps_roi_align")
+
+
+def ps_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
+    _refuse("ps_roi_pool")
+
+
+def roi_align_rotated(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float,
+                      sampling_ratio: int, aligned: bool, clockwise: bool):  # fmt: skip
+    _refuse("roi_align_rotated")
+
+
+_NOT_EXPORTED = (
+    deform_roi_pool,
+    multi_scale_roi_align,
+    prroi_pool,
+    ps_roi_align,
+    ps_roi_pool,
+    roi_align_rotated,
+)
+
+
+def _register(registration):
+    """Add cuproi's translations to onnxscript's registry (module ``registration``)."""
+    from onnxscript.onnx_opset import opset18 as op
+
+    def rois_and_indices(rois):
+        """ONNX's (K, 4) boxes and (K,) int64 batch indices from (K, 5) boxes."""
+        indices = op.Cast(op.Squeeze(op.Slice(rois, [0], [1], [1]), [1]), to=7)  # INT64
+        return op.Slice(rois, [1], [5], [1]), indices
+
+    @registration.torch_op("cuproi::roi_align", trace_only=True)
+    def cuproi_roi_align(
+        input,
+        rois,
+        pooled_h: int,
+        pooled_w: int,
+        spatial_scale: float,
+        sampling_ratio: int,
+        aligned: bool,
+        pool_mode: str = "avg",
+    ):
+        # ONNX's max mode takes the max of the weighted corners, not of the samples (mmcv's).
+        if pool_mode != "avg":
+            _refuse("roi_align", f"in {pool_mode!r} mode (ONNX's max mode is not mmcv's)")
+        boxes, indices = rois_and_indices(rois)
+        return op.RoiAlign(
+            input,
+            boxes,
+            indices,
+            coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel",
+            mode="avg",
+            output_height=pooled_h,
+            output_width=pooled_w,
+            sampling_ratio=max(sampling_ratio, 0),
+            spatial_scale=spatial_scale,
+        )
+
+    def roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
+        return op.MaxRoiPool(
+            input, rois, pooled_shape=(pooled_h, pooled_w), spatial_scale=spatial_scale
+        )
+
+    registration.torch_op("cuproi::roi_pool_inference", trace_only=True)(roi_pool)
+
+    @registration.torch_op("cuproi::roi_pool", trace_only=True)
+    def cuproi_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
+        # The argmax (a second output) feeds the backward only; an exported graph has none.
+        pooled = roi_pool(input, rois, pooled_h, pooled_w, spatial_scale)
+        return pooled, op.Cast(op.Mul(pooled, op.CastLike(0, pooled)), to=6)  # INT32
+
+    for refuse in _NOT_EXPORTED:
+        registration.torch_op(f"cuproi::{refuse.__name__}", trace_only=True)(refuse)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finder that runs :func:`_register` once onnxscript's registry module is imported."""
+
+    def find_spec(self, name, path, target=None):
+        if name != _REGISTRY:
+            return None
+        sys.meta_path.remove(self)  # once, and not for the lookup below
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_register(module):
+            exec_module(module)
+            _register(module)
+
+        spec.loader.exec_module = exec_and_register
+        return spec
+
+
+def install():
+    """Register cuproi's ONNX translations now, or when onnxscript is imported."""
+    if _REGISTRY in sys.modules:
+        _register(sys.modules[_REGISTRY])
+    elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport())
