@@ -1,0 +1,552 @@
+"""The checks every op of cuproi.torch shares, written once: tests/test_torch_<op>.py subclasses
+``TorchOpTester`` per op.
+
+A subclass declares its function and modules, its tensors (``tensors``: the features under the
+names of ``features``, the boxes under ``boxes``, and the op's further tensors), the array
+functions the op must equal (``expected``) and its cases. A case names options of the op in the
+order of its signature, which the modules' reprs show, and under ``wrt`` the tensors
+differentiated (``boxes``: the coordinates, on boxes of positive size); other keys are the
+subclass's own. ``conftest.pytest_generate_tests`` hands the cases to the checks.
+
+Checks: values and gradients equal the array functions' bit for bit; gradcheck on the CPU and
+CUDA; ``torch.library.opcheck`` of every custom op the function calls, forward, backward and
+without gradients, on NCHW and channels-last features; ``torch.compile(fullgraph=True)`` gives
+eager's values and gradients; ``torch.use_deterministic_algorithms`` reaches the backward; fake
+tensors give the output's shape and dtype; per-image box lists; float16 and float32 tensors;
+bfloat16 computed in float32; channels-last features; CUDA tensors on torch's stream; the
+modules (equal to the function, their repr, under autocast); the docstring's Examples; and the
+validation of every option, box list and input, with the array API's messages.
+"""
+
+import contextlib
+import doctest
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from roi_op_tester import box_zoo
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map_only
+
+import cuproi
+
+BF16 = torch.bfloat16
+CUDA = torch.cuda.is_available()
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="no CUDA device")]
+    ),
+]
+NOT_OPTIONS = ("wrt", "given")  # case keys that are not the op's options
+
+# A bad value of an option, the error and the start of its message (the array API's): a row
+# applies to the function and to every module that take the option.
+BAD = [
+    ("output_size", 2.5, TypeError, r"output_size must be an int; got 2\.5"),
+    ("output_size", (2, "3"), TypeError, r"output_size must be an int; got '3'"),
+    ("output_size", 0, ValueError, r"output_size must be positive"),
+    ("spatial_scale", "0.5", TypeError, r"spatial_scale must be a real number; got '0\.5'"),
+    ("spatial_scale", -1.0, ValueError, r"spatial_scale must be positive; got -1\.0"),
+    ("spatial_scale", float("nan"), ValueError, r"spatial_scale must be finite; got nan"),
+    ("sampling_ratio", 2.5, TypeError, r"sampling_ratio must be an int; got 2\.5 of type float"),
+    ("sampling_ratio", "2", TypeError, r"sampling_ratio must be an int; got '2' of type str"),
+    ("gamma", "0.1", TypeError, r"gamma must be a real number; got '0\.1'"),
+    ("aligned", "False", TypeError, r"aligned must be a bool; got 'False' of type str"),
+    ("aligned", 0, TypeError, r"aligned must be a bool; got 0 of type int"),
+    ("clockwise", "True", TypeError, r"clockwise must be a bool; got 'True' of type str"),
+    ("pool_mode", "mean", ValueError, r"pool_mode must be 'avg' or 'max'; got 'mean'"),
+    ("spatial_scales", 0.25, TypeError, r"spatial_scales must be a sequence of floats"),
+    (
+        "spatial_scales",
+        ["1", 0.5, 0.25],
+        TypeError,
+        r"spatial_scales\[0\] must be a real number; got '1'",
+    ),
+    ("spatial_scales", [1.0, 0.5], ValueError, r"spatial_scales must hold one scale per level"),
+    ("canonical_scale", "224", TypeError, r"canonical_scale must be a real number; got '224'"),
+    ("canonical_scale", 0, ValueError, r"canonical_scale must be positive; got 0\.0"),
+    ("canonical_level", 4.5, TypeError, r"canonical_level must be an int; got 4\.5"),
+    ("canonical_level", "4", TypeError, r"canonical_level must be an int; got '4'"),
+    ("output_channels", 2.5, TypeError, r"output_channels must be an int; got 2\.5"),
+    ("output_channels", 0, ValueError, r"output_channels must be positive; got 0"),
+    ("deform_fc_channels", "16", TypeError, r"deform_fc_channels must be an int; got '16'"),
+    ("deform_fc_channels", -1, ValueError, r"deform_fc_channels must be positive; got -1"),
+]
+# Per-image box tensors of a wrong shape, by id.
+MISSHAPEN = {
+    "(0,)": torch.tensor([]),
+    "(1,3)": torch.zeros(1, 3),
+    "(2,6)": torch.zeros(2, 6),
+    "(1,4,1)": torch.zeros(1, 4, 1),
+}
+NOT_A_TENSOR = r"input must be a torch.Tensor \(multi_scale.* got a "
+# The position-sensitive ops' features must have a multiple of PH * PW channels.
+NOT_A_MULTIPLE = (
+    "10 channels",
+    lambda t: {"input": t["input"][:, :10]},
+    ValueError,
+    r"input has 10 channels, which is not a multiple of output_size",
+)
+NUMPY = {bool: np.bool_, int: np.int64, float: np.float64}  # NumPy scalars of Python ones
+
+
+@contextlib.contextmanager
+def deterministic(enabled=True):
+    """``torch.use_deterministic_algorithms(enabled)`` inside the block."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def smooth_boxes(g, k=6):
+    """(K, 5) float64 boxes of positive size, inside and across the edges of a 10 x 12 map:
+    the box gradient is smooth around them, as gradcheck's finite differences need."""
+    corner = torch.rand(k, 2, generator=g, dtype=torch.float64) * torch.tensor([9.0, 7.0]) - 2
+    size = 1.3 + 5 * torch.rand(k, 2, generator=g, dtype=torch.float64)
+    return torch.cat([(torch.arange(k) % 2).double()[:, None], corner, corner + size], 1)
+
+
+def zoo():
+    """The box zoo of tests/roi_op_tester.py at scale 0.7, as a float64 tensor."""
+    return torch.tensor(box_zoo(0.7))
+
+
+class _Recorder(TorchDispatchMode):
+    """Records the first call of each of cuproi's custom ops made inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "cuproi":
+            self.calls.setdefault(func, (args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+class TorchOpTester:
+    """Shared checks of one op of cuproi.torch; a subclass fills in the declarations below.
+
+    Declarations
+    ------------
+    function : callable
+        The op's function in cuproi.torch (a staticmethod).
+    modules : tuple of type
+        Its modules, the one that calls the function first.
+    defaults : dict
+        Options of every case (before the case's own).
+    cases : dict
+        Cases by id: options of the op, in its signature's order, and ``wrt``.
+    features : tuple of str
+        The names of the features among the tensors.
+    channels, gradcheck_channels : int
+        Channels of the features of the default ``tensors``, and of gradcheck (None: all).
+    channels_last_gradient : bool or None
+        Whether the features' gradient is stored channels last when they are (None: the op
+        has no channels-last kernels, and the layout is not checked).
+    invalid : list of (str, callable, type, str)
+        Refused calls: an id, the tensors to replace (a function of the valid ones), the
+        exception and a regular expression its message starts with.
+    """
+
+    function = None
+    modules = ()
+    defaults = {"output_size": (3, 4), "spatial_scale": 0.7}
+    cases = {}
+    features = ("input",)
+    channels = 3
+    gradcheck_channels = None  # all
+    channels_last_gradient = None
+    module_cases = None  # the cases the first module can express (None: all)
+    invalid = [  # torch's dispatcher raised RuntimeError "Expected a value of type 'Tensor'"
+        ("input a list", lambda t: {"input": [1.0, 2.0]}, TypeError, NOT_A_TENSOR),
+        ("input an array", lambda t: {"input": t["input"].numpy()}, TypeError, NOT_A_TENSOR),
+        ("input an int", lambda t: {"input": 3}, TypeError, NOT_A_TENSOR),
+    ]
+
+    # ---- what a subclass declares -------------------------------------------------------------
+
+    def tensors(self, case, g):
+        """The tensors of a call, float64 on the CPU, from the generator ``g``: features of
+        ``channels``, and the box zoo (smooth boxes where the boxes' gradient is taken)."""
+        x = torch.randn(2, self.channels, 10, 12, generator=g, dtype=torch.float64)
+        return {"input": x, "boxes": smooth_boxes(g) if "boxes" in self.wrt(case) else zoo()}
+
+    def call(self, t, case):
+        """The function on the tensors ``t`` with the case's options."""
+        return self.function(t["input"], t["boxes"], **self.options(case))
+
+    def expected(self, t, g, case):
+        """The array functions' output and gradients by name, on NumPy ``t`` and ``g``: by
+        default the op's forward, its ``_backward`` (from the boxes and the features' shape)
+        and its ``_box_backward``."""
+        name, x, boxes, options = self.function.__name__, t["input"], t["boxes"], self.options(case)
+        grads = {"input": getattr(cuproi, f"{name}_backward")(g, boxes, x.shape, **options)}
+        if "boxes" in self.wrt(case):
+            grads["boxes"] = getattr(cuproi, f"{name}_box_backward")(g, x, boxes, **options)
+        return getattr(cuproi, name)(x, boxes, **options), grads
+
+    def module_kwargs(self, module, case):
+        """Valid keywords of ``module`` for the options of ``case``."""
+        return self.options(case)
+
+    def module_call(self, module, t):
+        """``module`` on the tensors ``t``."""
+        return module(t["input"], t["boxes"])
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    @classmethod
+    def generate_tests(cls, metafunc):
+        """Parametrise the checks by the cases, layouts and rows (called by conftest)."""
+        names = metafunc.fixturenames
+        if "case" in names:
+            metafunc.parametrize("case", list(cls.cases.values()), ids=list(cls.cases))
+        if "layout" in names:
+            layouts = ["contiguous", "channels_last"][
+                : 1 + (cls.channels_last_gradient is not None)
+            ]
+            metafunc.parametrize("layout", layouts)
+        if "form" in names:  # of torch.compile's inputs
+            forms = ["float32", "bfloat16", "channels_last"][
+                : 2 + (cls.channels_last_gradient is not None)
+            ]
+            metafunc.parametrize("form", forms)
+        if "row" in names:
+            rows = [r for r in BAD if cls._takes(r[0], cls.function, *cls.modules)]
+            metafunc.parametrize("row", rows, ids=[f"{r[0]}={r[1]!r}" for r in rows])
+        if "invalid_row" in names:
+            metafunc.parametrize("invalid_row", cls.invalid, ids=[r[0] for r in cls.invalid])
+
+    @staticmethod
+    def _takes(name, *callables):
+        return any(name in inspect.signature(c).parameters for c in callables)
+
+    def options(self, case):
+        """The op's options in ``case``, after the defaults."""
+        return {k: v for k, v in {**self.defaults, **case}.items() if k not in NOT_OPTIONS}
+
+    def wrt(self, case):
+        """The names of the tensors differentiated in ``case``."""
+        return case.get("wrt", self.features)
+
+    def inputs(self, case, dtype=torch.float64, device="cpu", seed=0, grad=False, layout=None):
+        """The tensors of ``case`` in ``dtype`` (the boxes float64 with float64 features, float32
+        otherwise) on ``device``, the features in ``layout``, those of ``wrt`` needing a
+        gradient if ``grad``."""
+        t = self.tensors(case, torch.Generator().manual_seed(seed))
+        boxes = torch.float64 if dtype == torch.float64 else torch.float32
+        t = {k: v.to(device, boxes if k == "boxes" else dtype) for k, v in t.items()}
+        if layout == "channels_last":
+            t |= {n: t[n].contiguous(memory_format=torch.channels_last) for n in self.features}
+        for name in self.wrt(case) if grad else ():
+            t[name].requires_grad_()
+        return t
+
+    def first(self):
+        """The first case and its tensors (validation and the modules use them)."""
+        case = next(iter(self.cases.values()))
+        return self.inputs(case), case
+
+    def gradients(self, out, t, case, g):
+        """The gradients of ``(out * g).sum()`` with respect to the case's ``wrt``."""
+        return torch.autograd.grad(out, [t[n] for n in self.wrt(case)], g)
+
+    def module(self, module, case):
+        return module(**self.module_kwargs(module, case))
+
+    def backwards(self):
+        """The names of the backward functions of ``cuproi`` that the op's autograd calls."""
+        name = self.function.__name__
+        boxes = any("boxes" in self.wrt(case) for case in self.cases.values())
+        return (f"{name}_backward", *[f"{name}_box_backward"] * boxes)
+
+    # ---- values and gradients -----------------------------------------------------------------
+
+    def test_values_and_gradients_equal_the_array_api(self, case):
+        t = self.inputs(case, grad=True)
+        out = self.call(t, case)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+        grads = self.gradients(out, t, case, g)
+        value, expected = self.expected(tree_map_only(torch.Tensor, _numpy, t), g.numpy(), case)
+        np.testing.assert_array_equal(out.detach().numpy(), value)
+        for name, grad in zip(self.wrt(case), grads, strict=True):
+            np.testing.assert_array_equal(grad.numpy(), expected[name], err_msg=name)
+            assert name != "boxes" or not grad[:, 0].any()  # the batch index gets none
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_gradcheck(self, case, device):
+        """On the first image and ``gradcheck_channels`` (the full Jacobian costs a forward per
+        element); the values test covers the whole problem."""
+        t = self.inputs(case, device=device, seed=1)
+        image = t["boxes"][:, 0] == 0
+        t = {
+            k: v[:1, : self.gradcheck_channels] if k in self.features else v[image]
+            for k, v in t.items()
+        }
+        wrt, index = self.wrt(case), t["boxes"][:, :1]
+
+        def f(*values):
+            u = t | dict(zip(wrt, values, strict=True))
+            if "boxes" in wrt:  # the batch index stays whole: only the coordinates move
+                u["boxes"] = torch.cat([index, u["boxes"]], 1)
+            return self.call(u, case)
+
+        values = [t[n][:, 1:] if n == "boxes" else t[n] for n in wrt]
+        assert torch.autograd.gradcheck(f, [v.clone().requires_grad_() for v in values], atol=1e-6)
+
+    @pytest.mark.parametrize("enabled", [False, True])
+    def test_deterministic_algorithms_reach_the_backward(self, monkeypatch, enabled):
+        seen = {}
+        for name, original in ((n, getattr(cuproi, n)) for n in self.backwards()):
+
+            def spy(*args, original=original, name=name, **kwargs):
+                seen.setdefault(name, set()).add(kwargs["deterministic"])
+                return original(*args, **kwargs)
+
+            monkeypatch.setattr(cuproi, name, spy)
+        with deterministic(enabled):
+            for case in self.cases.values():
+                self.call(self.inputs(case, grad=True), case).sum().backward()
+        assert seen == dict.fromkeys(self.backwards(), {enabled})
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_channels_last_features(self, device):
+        """Features stored channels last give the same values and gradients, exactly (the
+        GPU's sums deterministic), the features' gradient in the declared layout."""
+        for case in self.cases.values():
+            stored = self.inputs(case, device=device, seed=4, grad=True, layout="channels_last")
+            t = self.inputs(case, device=device, seed=4, grad=True)
+            assert not stored[self.features[0]].is_contiguous()
+            with deterministic():
+                out, expected = self.call(stored, case), self.call(t, case)
+                g = torch.randn_like(out)
+                grads, want = (
+                    self.gradients(out, stored, case, g),
+                    self.gradients(expected, t, case, g),
+                )
+            torch.testing.assert_close(out, expected, rtol=0, atol=0)
+            for name, grad, other in zip(self.wrt(case), grads, want, strict=True):
+                torch.testing.assert_close(grad, other, rtol=0, atol=0)
+                if name in self.features and self.channels_last_gradient is not None:
+                    assert grad.is_contiguous() != self.channels_last_gradient
+                    assert other.is_contiguous()
+
+    # ---- torch: custom ops, compile, fake tensors ---------------------------------------------
+
+    def test_opcheck(self, case, layout):
+        """Every custom op the function calls: forward with gradients, backward and forward
+        without gradients (the last two on tensors that need none: they have no autograd)."""
+        t = self.inputs(case, grad=True, layout=layout)
+        with _Recorder() as forward:
+            out = self.call(t, case)
+        with _Recorder() as rest:
+            out.backward(torch.ones_like(out))
+            with torch.no_grad():
+                self.call(t, case)
+        calls = tree_map_only(torch.Tensor, torch.Tensor.detach, rest.calls) | forward.calls
+        assert len(calls) > len(forward.calls)  # the backward's ops were seen
+        for op, (args, kwargs) in calls.items():
+            torch.library.opcheck(op, args, kwargs)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_compile_without_graph_breaks(self, form, device):
+        """One graph (any break fails) of every case, whose values and gradients are eager's."""
+        dtype = BF16 if form == "bfloat16" else torch.float32
+        cases = list(self.cases.values())
+        ts = [self.inputs(c, dtype, device, grad=True, layout=form) for c in cases]
+        leaves = [t[n] for t, c in zip(ts, cases, strict=True) for n in self.wrt(c)]
+
+        def loss(ts):
+            calls = zip(ts, cases, strict=True)
+            return sum(self.call(t, c).float().square().sum() for t, c in calls)
+
+        torch._dynamo.reset()  # a fresh cache: the cases of every op trace the same function
+        value = torch.compile(loss, fullgraph=True)(ts)
+        grads = torch.autograd.grad(value, leaves)
+        expected = loss(ts)
+        torch.testing.assert_close(value.to(dtype), expected.to(dtype))  # to the dtype's rounding
+        for grad, want in zip(grads, torch.autograd.grad(expected, leaves), strict=True):
+            assert grad.dtype == want.dtype
+            torch.testing.assert_close(grad, want, rtol=0, atol=0)
+
+    def test_fake_tensors_give_the_shape_and_dtype(self):
+        for case in self.cases.values():
+            t = self.inputs(case, torch.float32, grad=True)
+            real = self.call(t, case)
+            with FakeTensorMode() as mode:
+                fake = self.call(tree_map_only(torch.Tensor, mode.from_tensor, t), case)
+            assert (fake.shape, fake.dtype) == (real.shape, real.dtype)
+
+    # ---- boxes and dtypes ---------------------------------------------------------------------
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_per_image_boxes(self, device):
+        """Per-image (L, 4) tensors, float32 or bfloat16, give what (K, 5) boxes give, and get
+        their gradient through the concatenation."""
+        for case in self.cases.values():
+            t = self.inputs(case, device=device)
+            boxes = t["boxes"].to(BF16).to(t["boxes"].dtype)  # exact in bfloat16
+            order = torch.argsort(boxes[:, 0], stable=True)  # image by image, as a list gives
+            per_box = {k: v[order] for k, v in t.items() if k not in (*self.features, "boxes")}
+            flat = (boxes[order]).requires_grad_("boxes" in self.wrt(case))
+            out = self.call(t | per_box | {"boxes": flat}, case)
+            per_image = [flat[flat[:, 0] == i, 1:].detach().requires_grad_() for i in range(2)]
+            for given in (per_image, [b.to(BF16) for b in per_image], flat.to(BF16)):
+                torch.testing.assert_close(self.call(t | per_box | {"boxes": given}, case), out)
+            if flat.requires_grad:
+                out.sum().backward()
+                self.call(t | per_box | {"boxes": per_image}, case).sum().backward()
+                torch.testing.assert_close(torch.cat([b.grad for b in per_image]), flat.grad[:, 1:])
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+    def test_float16_and_float32_tensors(self, dtype):
+        """The output in the features' dtype; the gradients in their tensors' (float32 for
+        the boxes)."""
+        for case in self.cases.values():
+            t = self.inputs(case, dtype, grad=True)
+            out = self.call(t, case)
+            assert out.dtype == dtype and out.shape == self.call(self.inputs(case), case).shape
+            for name, grad in zip(self.wrt(case), self.gradients(out, t, case, out), strict=True):
+                assert grad.dtype == (torch.float32 if name == "boxes" else dtype)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_bfloat16_is_float32_rounded(self, device):
+        """Values and gradients of bfloat16 tensors are those of their float32 values, rounded to
+        bfloat16 (as torchvision's ops under autocast); the gradients are bfloat16 tensors."""
+        for case in self.cases.values():
+            narrow = self.inputs(case, BF16, device, grad=True)
+            wide = {
+                k: v.detach().float().requires_grad_(v.requires_grad) for k, v in narrow.items()
+            }
+            wrt = [n for n in self.wrt(case) if n != "boxes"]  # the boxes stay float32
+            with deterministic():  # the two runs' GPU sums round alike
+                got, want = self.call(narrow, case), self.call(wide, case)
+                g = torch.randn(want.shape, generator=torch.Generator().manual_seed(1)).to(BF16)
+                grads = torch.autograd.grad(got, [narrow[n] for n in wrt], g.to(device))
+                wants = torch.autograd.grad(want, [wide[n] for n in wrt], g.float().to(device))
+            assert got.dtype == BF16 and got.device == narrow["boxes"].device
+            torch.testing.assert_close(got, want.to(BF16), rtol=0, atol=0)
+            for grad, other in zip(grads, wants, strict=True):
+                assert grad.dtype == BF16
+                torch.testing.assert_close(grad, other.to(BF16), rtol=0, atol=0)
+            assert grads[0].abs().sum() > 0
+
+    @pytest.mark.gpu
+    @pytest.mark.skipif(not CUDA, reason="no CUDA device")
+    def test_cuda_tensors_on_torch_stream(self):
+        """On a side stream the op runs after the copies queued before it, and gives what the
+        CPU gives; its backward runs."""
+        for case in self.cases.values():
+            t = self.inputs(case, torch.float32)
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream):
+                cuda = {k: v.cuda() * 2 if k in self.features else v.cuda() for k, v in t.items()}
+                for name in self.wrt(case):
+                    cuda[name].requires_grad_()
+                out = self.call(cuda, case)
+                self.gradients(out, cuda, case, torch.ones_like(out))
+            stream.synchronize()
+            doubled = {k: v * 2 if k in self.features else v for k, v in t.items()}
+            torch.testing.assert_close(out.cpu(), self.call(doubled, case), rtol=1e-5, atol=1e-5)
+
+    # ---- modules ------------------------------------------------------------------------------
+
+    def test_module_equals_function(self):
+        """The first module gives the function's values; its repr shows its options."""
+        for name, case in self.cases.items():
+            if self.module_cases is None or name in self.module_cases:
+                t, kw = self.inputs(case), self.module_kwargs(self.modules[0], case)
+                module = self.module(self.modules[0], case)
+                torch.testing.assert_close(self.module_call(module, t), self.call(t, case))
+                shown = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+                assert repr(module) == f"{type(module).__name__}({shown})"
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_modules_train_under_autocast(self, device):
+        """torch.autocast with bfloat16 (the CPU's default) makes bfloat16 features: every
+        module runs, returns bfloat16, and every parameter gets a finite gradient."""
+        t, case = self.first()
+        t = {k: v.float().to(device) for k, v in t.items()}
+        for cls in self.modules:
+            module = self.module(cls, case).to(device)
+            convs = {n: torch.nn.Conv2d(t[n].shape[1], t[n].shape[1], 1) for n in self.features}
+            convs = torch.nn.ModuleDict(convs).to(device)
+            with torch.autocast(device, dtype=BF16):
+                out = self.module_call(module, t | {n: convs[n](t[n]) for n in self.features})
+            assert out.dtype == BF16
+            out.float().square().sum().backward()
+            for parameter in [*convs.parameters(), *module.parameters()]:
+                assert parameter.grad is not None and torch.isfinite(parameter.grad).all()
+
+    def test_docstring_examples_run(self):
+        """The Examples of the function, where it has some, run."""
+        runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+        for test in doctest.DocTestFinder().find(self.function, globs={}):
+            runner.run(test)
+        assert runner.failures == 0
+        assert (runner.tries > 0) == ("Examples\n" in self.function.__doc__)
+
+    # ---- validation ---------------------------------------------------------------------------
+
+    def test_options_are_checked_as_in_the_array_api(self, row):
+        """By the function before it builds the op's arguments, and by the modules when built."""
+        name, value, error, message = row
+        t, case = self.first()
+        for cls in (self.function, *self.modules):
+            if self._takes(name, cls):
+                with pytest.raises(error, match=f"^{message}"):
+                    if cls is self.function:
+                        self.call(t, case | {name: value})
+                    else:
+                        cls(**self.module_kwargs(cls, case) | {name: value})
+
+    def test_numpy_scalars_and_bools_are_taken(self):
+        t, case = self.first()
+        scalars = {k: NUMPY[type(v)](v) for k, v in self.options(case).items() if type(v) in NUMPY}
+        assert scalars
+        torch.testing.assert_close(self.call(t, case | scalars), self.call(t, case), rtol=0, atol=0)
+
+    def test_refused(self, invalid_row):
+        _, change, error, message = invalid_row
+        t, case = self.first()
+        with pytest.raises(error, match=f"^{message}"):
+            self.call(t | change(t), case)
+
+    @pytest.mark.parametrize("given", MISSHAPEN.values(), ids=MISSHAPEN)
+    def test_per_image_boxes_are_named_by_the_shape_given(self, given):
+        t, case = self.first()
+        width = t["boxes"].shape[1] - 1
+        with pytest.raises(ValueError) as info:
+            self.call(t | {"boxes": [torch.zeros(0, width), given]}, case)
+        text = str(info.value)
+        assert text.startswith(f"boxes[1] must be an (L, {width}) tensor ["), text
+        assert text.endswith(f"; got shape {tuple(given.shape)}"), text
+
+    def test_per_image_boxes_must_be_tensors(self):
+        t, case = self.first()
+        width = t["boxes"].shape[1] - 1
+        for given in ([[0.0] * width], np.zeros((1, width), np.float32)):
+            with pytest.raises(TypeError, match=rf"^boxes\[0\] must be an \(L, {width}\) tensor "):
+                self.call(t | {"boxes": [given]}, case)
+        with pytest.raises(
+            TypeError, match=rf"^boxes must be a \(K, {width + 1}\) tensor .*; got "
+        ):
+            self.call(t | {"boxes": t["boxes"].numpy()}, case)
+
+    def test_no_boxes_give_no_rows(self):
+        t, case = self.first()
+        width = t["boxes"].shape[1] - 1
+        for boxes in ([], [torch.zeros(0, width)] * 2):
+            out = self.call(t | {"boxes": boxes}, case)
+            assert out.shape[0] == 0 and out.shape[2:] == self.options(case)["output_size"]
+
+
+def _numpy(tensor):
+    return tensor.detach().cpu().numpy()
