@@ -3,6 +3,7 @@ DeformRoIPool, DeformRoIPoolPack and ModulatedDeformRoIPoolPack: the checks of
 tests/torch_op_tester.py, the mask against the oracle, mixed dtypes, and the packs (their
 zero-initialised heads, training, mmcv's checkpoints)."""
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -17,21 +18,31 @@ ALL = ("input", "boxes", "offset", "mask")
 BACKWARD = ("input", "offset", "mask")  # what cuproi.deform_roi_pool_backward returns
 
 
+def zeros(t, *shape):
+    """Zeros of shape (K, *shape) for the K boxes of the tensors ``t``."""
+    return torch.zeros(len(t["boxes"]), *shape, dtype=t["input"].dtype)
+
+
 class TestDeformRoIPool(TorchOpTester):
     function = staticmethod(ct.deform_roi_pool)
     modules = (ct.DeformRoIPool, ct.DeformRoIPoolPack, ct.ModulatedDeformRoIPoolPack)
+    defaults = TorchOpTester.defaults | {"sampling_ratio": 2, "gamma": 0.1}
     cases = {  # "given": the offset and the mask of the call
-        "no offset": {"sampling_ratio": 0, "gamma": 0.1, "given": ()},
-        "offset": {"sampling_ratio": 2, "gamma": 0.1, "given": ("offset",), "wrt": BACKWARD[:2]},
-        "mask, boxes": {"sampling_ratio": 2, "gamma": 0.1, "given": ALL[2:], "wrt": ALL},
-        "mask only, boxes": {
-            "sampling_ratio": 2,
-            "gamma": 0.2,
-            "given": ("mask",),
-            "wrt": ("input", "boxes", "mask"),
-        },
+        "no offset": {"sampling_ratio": 0, "given": ()},
+        "offset": {"given": ("offset",), "wrt": ("input", "offset")},
+        "mask, boxes": {"given": ("offset", "mask"), "wrt": ALL},
+        "mask only, boxes": {"given": ("mask",), "wrt": ("input", "boxes", "mask")},
     }
     module_cases = ("no offset", "offset")  # DeformRoIPool takes no mask
+    refused = [
+        *TorchOpTester.refused,
+        ("offset of 3 x 3 bins", lambda t: {"offset": zeros(t, 2, 3, 3)}),
+        ("offset for 1 box", lambda t: {"offset": zeros(t, 2, 3, 4)[:1]}),
+        ("int64 offset", lambda t: {"offset": zeros(t, 2, 3, 4).long()}),
+        ("3-D mask", lambda t: {"offset": zeros(t, 2, 3, 4), "mask": zeros(t, 1, 3, 4)[0]}),
+        ("int64 mask", lambda t: {"mask": zeros(t, 1, 3, 4).long()}),
+        ("mask of 2 maps", lambda t: {"mask": zeros(t, 2, 3, 4)}),
+    ]
     channels_last_gradient = True
 
     def tensors(self, case, g):
@@ -53,10 +64,9 @@ class TestDeformRoIPool(TorchOpTester):
         return cuproi.deform_roi_pool(*args, **kw), grads
 
     def module_kwargs(self, module, case):
-        pack = (
-            {} if module is ct.DeformRoIPool else {"output_channels": 3, "deform_fc_channels": 16}
-        )
-        return self.options(case) | pack
+        if module is ct.DeformRoIPool:
+            return self.options(case)
+        return self.options(case) | {"output_channels": 3, "deform_fc_channels": 16}
 
     def module_call(self, module, t):
         offset = [t.get("offset")] if type(module) is ct.DeformRoIPool else []
@@ -64,27 +74,21 @@ class TestDeformRoIPool(TorchOpTester):
 
 
 def test_the_mask_equals_the_oracle():
-    t = TestDeformRoIPool().inputs(TestDeformRoIPool.cases["mask, boxes"])
-    x, rois, offset, mask = (t[n].numpy() for n in ALL)
-    torch.testing.assert_close(
-        ct.deform_roi_pool(*(t[n] for n in ALL[:3]), (3, 4), 0.7, 2, 0.1, t["mask"]),
-        torch.from_numpy(
-            deform_oracle.deform_roi_pool_modulated(x, rois, offset, mask, (3, 4), 0.7, 2, 0.1)
-        ),
-        rtol=1e-12,
-        atol=1e-12,
+    tester, case = TestDeformRoIPool(), TestDeformRoIPool.cases["mask, boxes"]
+    t = tester.inputs(case)
+    want = deform_oracle.deform_roi_pool_modulated(
+        *(t[n].numpy() for n in ALL), (3, 4), 0.7, 2, 0.1
     )
+    np.testing.assert_allclose(tester.call(t, case).numpy(), want, rtol=1e-12, atol=1e-12)
 
 
 def test_float32_features_with_bfloat16_offsets_stay_float32():
-    t = TestDeformRoIPool().inputs(TestDeformRoIPool.cases["mask, boxes"], torch.float32)
-    x, boxes, offset, mask = t.values()
-    out = ct.deform_roi_pool(x, boxes, offset.to(BF16), (3, 4), 0.7, 2, mask=mask.to(BF16))
+    tester, case = TestDeformRoIPool(), TestDeformRoIPool.cases["mask, boxes"]
+    t = tester.inputs(case, torch.float32)
+    out = tester.call(t | {n: t[n].to(BF16) for n in ALL[2:]}, case)
     assert out.dtype == torch.float32
-    expected = ct.deform_roi_pool(
-        x, boxes, offset.to(BF16).float(), (3, 4), 0.7, 2, mask=mask.to(BF16).float()
-    )
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    rounded = t | {n: t[n].to(BF16).float() for n in ALL[2:]}
+    torch.testing.assert_close(out, tester.call(rounded, case), rtol=0, atol=0)
 
 
 def test_the_modulated_pack_uses_the_fused_mask():

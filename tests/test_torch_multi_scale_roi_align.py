@@ -9,15 +9,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from oracles import multi_scale_roi_align as multi_scale_oracle  # noqa: E402
-from torch_op_tester import TorchOpTester  # noqa: E402
+from torch_op_tester import NOT_A_TENSOR, TorchOpTester  # noqa: E402
 
 import cuproi  # noqa: E402
 import cuproi.torch as ct  # noqa: E402
 
 LEVELS = ("p2", "p3", "p4")
 SCALES = [1 / 4, 1 / 8, 1 / 16]
-# A small pyramid (gradcheck perturbs every element), so a small canonical box: the level steps
-# at sides of 14 (P2 -> P3) and 28 (P3 -> P4) pixels. Image by image, as a list gives them.
+# The level steps at sides of 14 (P2 -> P3) and 28 (P3 -> P4) pixels (canonical_scale 28: the
+# pyramid is small, gradcheck perturbs every element). Image by image, as a list gives them.
 BOXES = [
     [0, 2.0, 3.0, 10.0, 12.0],  # ~8.5 px: P2
     [0, 0.0, 0.0, 40.0, 60.0],  # ~49 px: P4
@@ -26,25 +26,27 @@ BOXES = [
     [1, 5.0, 5.0, 5.0, 5.0],  # a point: P2
 ]
 IMAGE_SHAPES = [(62, 47), (64, 40)]  # at most (64, 47): heights 16/64 = 1/4, ...
-CANONICAL = {"canonical_scale": 28.0, "canonical_level": 4}
+HELD_ARRAY = NOT_A_TENSOR + "list holding a nd"  # a level's message
 
 
 class TestMultiScaleRoIAlign(TorchOpTester):
     function = staticmethod(ct.multi_scale_roi_align)
     modules = (ct.MultiScaleRoIAlign,)
-    defaults = {"output_size": (2, 3), "spatial_scales": SCALES}
-    cases = {
-        "aligned": {"sampling_ratio": 2, **CANONICAL, "aligned": True},
-        "adaptive": {"sampling_ratio": -1, **CANONICAL, "aligned": False},
-    }
+    # In the order of the module's repr: a small pyramid, so a small canonical box.
+    defaults = {"output_size": (2, 3), "spatial_scales": SCALES, "sampling_ratio": 2}
+    defaults |= {"canonical_scale": 28.0, "canonical_level": 4, "aligned": True}
+    cases = {"aligned": {}, "adaptive": {"sampling_ratio": -1, "aligned": False}}
     features = LEVELS
+    gradcheck_part = (2, 1)  # one channel
     invalid = [
-        (
-            "a level an array",
-            lambda t: {"p3": t["p3"].numpy()},
-            TypeError,
-            r"input must be a torch.Tensor .*got a list holding a nd",
-        )
+        *TorchOpTester.invalid,
+        ("a level an array", lambda t: {"p3": t["p3"].numpy()}, TypeError, HELD_ARRAY),
+    ]
+    refused = [
+        *TorchOpTester.refused,
+        ("levels of two dtypes", lambda t: {"p3": t["p3"].double()}),
+        ("levels of two widths", lambda t: {"p3": t["p3"][:, :1]}),
+        ("scales that do not halve", lambda t: {"spatial_scales": [1 / 4, 1 / 4, 1 / 16]}),
     ]
 
     def tensors(self, case, g):
@@ -57,12 +59,10 @@ class TestMultiScaleRoIAlign(TorchOpTester):
 
     def expected(self, t, g, case):
         levels, boxes, options = [t[n] for n in LEVELS], t["boxes"], self.options(case)
-        grads = cuproi.multi_scale_roi_align_backward(
-            g, boxes, [x.shape for x in levels], **options
-        )
-        return cuproi.multi_scale_roi_align(levels, boxes, **options), dict(
-            zip(LEVELS, grads, strict=True)
-        )
+        shapes = [x.shape for x in levels]
+        grads = cuproi.multi_scale_roi_align_backward(g, boxes, shapes, **options)
+        out = cuproi.multi_scale_roi_align(levels, boxes, **options)
+        return out, dict(zip(LEVELS, grads, strict=True))
 
     def module_kwargs(self, module, case):
         options = self.options(case)
@@ -71,27 +71,21 @@ class TestMultiScaleRoIAlign(TorchOpTester):
 
     def module_call(self, module, t):
         x = OrderedDict([("p2", t["p2"]), ("skip", t["p2"]), ("p3", t["p3"]), ("p4", t["p4"])])
-        per_image = [t["boxes"][t["boxes"][:, 0] == i, 1:] for i in range(2)]
+        per_image = t["boxes"][:, 1:].split([3, 2])  # BOXES' images
         return module(x, per_image, IMAGE_SHAPES)
 
 
 def test_values_and_gradients_equal_the_oracle():
-    t = TestMultiScaleRoIAlign().inputs(TestMultiScaleRoIAlign.cases["adaptive"], grad=True)
-    levels, boxes = [t[n] for n in LEVELS], t["boxes"]
-    out = ct.multi_scale_roi_align(levels, boxes, (2, 3), SCALES, -1, False, **CANONICAL)
+    tester, case = TestMultiScaleRoIAlign(), TestMultiScaleRoIAlign.cases["adaptive"]
+    t, options = tester.inputs(case, grad=True), tester.options(case)
+    out = tester.call(t, case)
     g = torch.randn(out.shape, dtype=torch.float64)
-    grads = torch.autograd.grad(out, levels, g)
-    xs, b = [x.detach().numpy() for x in levels], boxes.numpy()
-    np.testing.assert_allclose(
-        out.detach().numpy(),
-        multi_scale_oracle.multi_scale_roi_align(
-            xs, b, (2, 3), SCALES, -1, False, *CANONICAL.values()
-        ),
-        atol=1e-12,
-    )
-    want = multi_scale_oracle.multi_scale_roi_align_backward(
-        g.numpy(), b, [x.shape for x in xs], (2, 3), SCALES, -1, False, *CANONICAL.values()
-    )
+    grads = torch.autograd.grad(out, [t[n] for n in LEVELS], g)
+    xs, b = [t[n].detach().numpy() for n in LEVELS], t["boxes"].numpy()
+    want = multi_scale_oracle.multi_scale_roi_align(xs, b, **options)
+    np.testing.assert_allclose(out.detach().numpy(), want, atol=1e-12)
+    shapes = [x.shape for x in xs]
+    want = multi_scale_oracle.multi_scale_roi_align_backward(g.numpy(), b, shapes, **options)
     for grad, w in zip(grads, want, strict=True):
         np.testing.assert_allclose(grad.numpy(), w, rtol=1e-12, atol=1e-12)
         assert grad.abs().sum() > 0  # every level is pooled from

@@ -2,15 +2,13 @@
 boxes): the checks of tests/torch_op_tester.py, and max mode against the oracle."""
 
 import numpy as np
-import pytest
+from oracles import roi_align as align_oracle
+from torch_op_tester import TorchOpTester
 
-torch = pytest.importorskip("torch")
+import cuproi
+import cuproi.torch as ct
 
-from oracles import roi_align as align_oracle  # noqa: E402
-from torch_op_tester import TorchOpTester  # noqa: E402
-
-import cuproi  # noqa: E402
-import cuproi.torch as ct  # noqa: E402
+BOTH = ("input", "boxes")
 
 
 class TestRoIAlign(TorchOpTester):
@@ -20,16 +18,22 @@ class TestRoIAlign(TorchOpTester):
         "avg": {"sampling_ratio": 2, "aligned": True},
         "adaptive": {"sampling_ratio": -1, "aligned": False},
         "max": {"sampling_ratio": 2, "aligned": True, "pool_mode": "max"},
-        "avg, boxes": {"sampling_ratio": 2, "aligned": False, "wrt": ("input", "boxes")},
-        "aligned, boxes": {"sampling_ratio": -1, "aligned": True, "wrt": ("input", "boxes")},
-        "max, boxes": {
-            "sampling_ratio": 2,
-            "aligned": True,
-            "pool_mode": "max",
-            "wrt": ("input", "boxes"),
-        },
+        "avg, boxes": {"sampling_ratio": 2, "aligned": False, "wrt": BOTH},
+        "aligned, boxes": {"sampling_ratio": 2, "aligned": True, "wrt": BOTH},
+        "adaptive, boxes": {"sampling_ratio": -1, "aligned": True, "wrt": BOTH},
+        "max, boxes": {"sampling_ratio": 2, "aligned": True, "pool_mode": "max", "wrt": BOTH},
     }
     channels_last_gradient = True
+    refused = [
+        *TorchOpTester.refused,
+        ("max mode, 3-D input", lambda t: {"input": t["input"][0], "pool_mode": "max"}),
+        ("unknown pool_mode", lambda t: {"pool_mode": "mean"}),
+        (
+            "boxes with a gradient",
+            lambda t: {"input": t["input"].long(), "boxes": t["boxes"].requires_grad_()},
+        ),
+        ("scale below float32", lambda t: {"spatial_scale": 1e-300}),
+    ]
 
     def expected(self, t, g, case):
         x, boxes, options = t["input"], t["boxes"], self.options(case)
@@ -42,10 +46,7 @@ class TestRoIAlign(TorchOpTester):
 
 
 def test_max_mode_equals_the_oracle():
-    t = TestRoIAlign().inputs(TestRoIAlign.cases["max"])
-    x, boxes = t["input"], t["boxes"]
-    np.testing.assert_allclose(
-        ct.roi_align(x, boxes, (3, 4), 0.7, 2, True, "max").numpy(),
-        align_oracle.roi_align_max(x.numpy(), boxes.numpy(), (3, 4), 0.7, 2, True),
-        rtol=1e-12,
-    )
+    tester, case = TestRoIAlign(), TestRoIAlign.cases["max"]
+    t = tester.inputs(case)
+    want = align_oracle.roi_align_max(t["input"].numpy(), t["boxes"].numpy(), (3, 4), 0.7, 2, True)
+    np.testing.assert_allclose(tester.call(t, case).numpy(), want, rtol=1e-12)
