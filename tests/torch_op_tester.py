@@ -410,11 +410,13 @@ class TorchOpTester:
             out = self.call(t | per_box | {"boxes": flat}, case)
             per_image = [flat[flat[:, 0] == i, 1:].detach().requires_grad_() for i in range(2)]
             for given in (per_image, [b.to(BF16) for b in per_image], flat.to(BF16)):
-                torch.testing.assert_close(self.call(t | per_box | {"boxes": given}, case), out)
+                got = self.call(t | per_box | {"boxes": given}, case)
+                torch.testing.assert_close(got, out, rtol=0, atol=0)
             if flat.requires_grad:
                 out.sum().backward()
                 self.call(t | per_box | {"boxes": per_image}, case).sum().backward()
-                torch.testing.assert_close(torch.cat([b.grad for b in per_image]), flat.grad[:, 1:])
+                got = torch.cat([b.grad for b in per_image])
+                torch.testing.assert_close(got, flat.grad[:, 1:], rtol=0, atol=0)
 
     @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
     def test_float16_and_float32_tensors(self, dtype):
@@ -433,10 +435,8 @@ class TorchOpTester:
         bfloat16 (as torchvision's ops under autocast); the gradients are bfloat16 tensors."""
         for case in self.cases.values():
             narrow = self.inputs(case, BF16, device, grad=True)
-            wide = {
-                k: v.detach().float().requires_grad_(v.requires_grad) for k, v in narrow.items()
-            }
             wrt = [n for n in self.wrt(case) if n != "boxes"]  # the boxes stay float32
+            wide = {k: v.detach().float().requires_grad_(k in wrt) for k, v in narrow.items()}
             with deterministic():  # the two runs' GPU sums round alike
                 got, want = self.call(narrow, case), self.call(wide, case)
                 g = torch.randn(want.shape, generator=torch.Generator().manual_seed(1)).to(BF16)
@@ -473,7 +473,8 @@ class TorchOpTester:
             if self.module_cases is None or name in self.module_cases:
                 t, kw = self.inputs(case), self.module_kwargs(self.modules[0], case)
                 module = self.module(self.modules[0], case)
-                torch.testing.assert_close(self.module_call(module, t), self.call(t, case))
+                out = self.module_call(module, t)
+                torch.testing.assert_close(out, self.call(t, case), rtol=0, atol=0)
                 shown = ", ".join(f"{k}={v!r}" for k, v in kw.items())
                 assert repr(module) == f"{type(module).__name__}({shown})"
         function = inspect.signature(self.function).parameters
