@@ -164,3 +164,9 @@ def test_other_ops_give_cuproi_errors(name):
     kind, message = _expected(lambda: OTHER_OPS[name](cuproi, np.asarray))
     with pytest.raises(kind, match=re.escape(message)):
         OTHER_OPS[name](cj, jnp.asarray)
+
+
+def test_aligned_must_be_a_bool():
+    x, boxes, _ = data()
+    with pytest.raises(TypeError, match="aligned must be a bool; got 'False'"):
+        cj.roi_align(jnp.asarray(x), jnp.asarray(boxes), 2, aligned="False")
