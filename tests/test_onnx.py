@@ -28,15 +28,28 @@ class Boxes(torch.nn.Module):
         return self.module(x, rois)
 
 
-def export(module, x, rois):
-    """The ONNX model of ``Boxes(module)`` with a dynamic box count."""
+def export(model, *args):
+    """The ONNX model of ``model(*args)`` with a dynamic box count (the last argument)."""
     boxes = torch.export.Dim("boxes", min=0)
+    dynamic = ({},) * (len(args) - 1) + ({0: boxes},)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            Boxes(module), (x, rois), dynamo=True, dynamic_shapes=({}, {0: boxes}), verbose=False
-        )
-    return program.model_proto
+        program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=dynamic, verbose=False)
+    proto = program.model_proto
+    assert {node.domain for node in proto.graph.node} <= {"", "ai.onnx"}  # standard only
+    return proto
+
+
+def assert_runs_as_eager(proto, model, inputs, box_sets):
+    """``proto`` in onnxruntime equals eager ``model(*inputs, rois)`` on every box set."""
+    session = ort.InferenceSession(proto.SerializeToString())
+    names = [i.name for i in session.get_inputs()]
+    for rois in box_sets:
+        feeds = [t.numpy() for t in inputs] + [rois]
+        (got,) = session.run(None, dict(zip(names, feeds, strict=True)))
+        want = model(*inputs, torch.from_numpy(rois)).numpy()
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def box_sets():
@@ -52,6 +65,8 @@ def box_sets():
         [1, -5, -5, -2, -1],  # outside the map
         [0, 11, 9, 30, 40],  # mostly outside
         [0, -1, -1, 0, 0],
+        [1, 8, 2, 3, 7],  # flipped: x2 < x1
+        [0, 2, 9, 7, 1],  # flipped: y2 < y1
     ]
     return [np.asarray(b, dtype=np.float32) for b in (random, degenerate, np.zeros((0, 5)))]
 
@@ -68,14 +83,48 @@ def box_sets():
 )
 def test_exports_equal_eager_in_onnxruntime(module):
     x = torch.rand(2, 3, 10, 12, generator=torch.Generator().manual_seed(0))
-    proto = export(module, x, torch.tensor([[0, 1.0, 1, 8, 9], [1, 2, 3, 5, 4]]))
-    assert {node.domain for node in proto.graph.node} <= {"", "ai.onnx"}  # standard only
-    session = ort.InferenceSession(proto.SerializeToString())
-    for rois in box_sets():
-        (got,) = session.run(None, {"x": x.numpy(), "rois": rois})
-        want = module(x, torch.from_numpy(rois)).numpy()
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    model = Boxes(module)
+    proto = export(model, x, torch.tensor([[0, 1.0, 1, 8, 9], [1, 2, 3, 5, 4]]))
+    assert_runs_as_eager(proto, model, [x], box_sets())
+
+
+class Pyramid(torch.nn.Module):
+    """A model that pools (K, 5) boxes from three levels with multi_scale_roi_align."""
+
+    def __init__(self, *options):
+        super().__init__()
+        self.options = options
+
+    def forward(self, p2, p3, p4, rois):
+        return ct.multi_scale_roi_align([p2, p3, p4], rois, (3, 2), [1 / 4, 1 / 8, 1 / 16],
+                                        *self.options)  # fmt: skip
+
+
+def pyramid_box_sets():
+    """Boxes of every level, on the level steps (sides 56 and 112), degenerate and none."""
+    rng = np.random.default_rng(7)
+    corners = rng.uniform(-20, 200, (60, 2, 2))
+    random = np.concatenate(
+        [rng.integers(0, 2, (60, 1)), corners.min(axis=1), corners.max(axis=1)], axis=1
+    )
+    edges = [
+        [0, 0, 0, 56, 56],  # on the step to level 3
+        [1, 10, 10, 66, 65.99],  # just below it
+        [0, 4, 4, 116, 116],  # on the step to level 4
+        [1, 3, 3, 3, 3],  # a point: the finest level
+        [0, 50, 40, 10, 200],  # flipped: negative area, the finest level
+        [1, 150, 130, 400, 300],  # mostly outside the image
+    ]
+    return [np.asarray(b, dtype=np.float32) for b in (random, edges, np.zeros((0, 5)))]
+
+
+@pytest.mark.parametrize("options", [(2, False), (-1, True)], ids=repr)
+def test_multi_scale_exports_equal_eager_in_onnxruntime(options):
+    g = torch.Generator().manual_seed(1)
+    levels = [torch.rand(2, 3, 32 // 2**i, 40 // 2**i, generator=g) for i in range(3)]
+    model = Pyramid(*options)
+    proto = export(model, *levels, torch.tensor([[0, 1.0, 1, 30, 40], [1, 2, 3, 150, 120]]))
+    assert_runs_as_eager(proto, model, levels, pyramid_box_sets())
 
 
 def root_cause(error):
@@ -93,7 +142,6 @@ def root_cause(error):
         (ct.PrRoIPool(2), "boxes", "prroi_pool"),
         (ct.DeformRoIPool(2), "boxes", "deform_roi_pool"),
         (ct.RoIAlignRotated(2, 1.0), "rotated", "roi_align_rotated"),
-        (ct.MultiScaleRoIAlign(["p2"], 2, 2), "levels", "multi_scale_roi_align"),
     ],
     ids=lambda v: v if isinstance(v, str) else type(v).__name__,
 )
@@ -102,7 +150,6 @@ def test_ops_without_translation_refuse_by_name(module, inputs, name):
     args = {
         "boxes": (x, torch.tensor([[0, 1.0, 1, 8, 9]])),
         "rotated": (x, torch.tensor([[0, 5.0, 5, 4, 3, 30]])),
-        "levels": ({"p2": x}, [torch.tensor([[1.0, 1, 8, 9]])], [(10, 12)]),
     }[inputs]
     with pytest.raises(Exception) as caught, warnings.catch_warnings():
         warnings.simplefilter("ignore")
