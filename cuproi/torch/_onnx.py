@@ -52,17 +52,11 @@ def ps_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float)
     _refuse("ps_roi_pool")
 
 
-def roi_align_rotated(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float,
-                      sampling_ratio: int, aligned: bool, clockwise: bool):  # fmt: skip
-    _refuse("roi_align_rotated")
-
-
 _NOT_EXPORTED = (
     deform_roi_pool,
     prroi_pool,
     ps_roi_align,
     ps_roi_pool,
-    roi_align_rotated,
 )
 
 

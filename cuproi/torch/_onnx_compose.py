@@ -7,7 +7,9 @@ export, with the op's static arguments as Python values.
 - ``multi_scale_roi_align``: the level of every box by cuproi's rule (its area in float64
   against the float64 thresholds of :func:`cuproi._pyramid.level_rule`), then one ``RoiAlign``
   per level on that level's boxes (``NonZero``, ``GatherND``), scattered back into box order
-  (``ScatterND``).
+  (``ScatterND``);
+- ``roi_align_rotated``: the sample positions of every bin in the kernels' operation order,
+  read by :func:`bilinear` (``Gather`` of four taps with cuproi's border rule), averaged.
 """
 
 import numpy as np
@@ -105,6 +107,179 @@ def multi_scale_roi_align(
     return out
 
 
+def like(value, reference):
+    """The scalar ``value`` in the dtype of ``reference``."""
+    return op.CastLike(constant(value, np.float32), reference)
+
+
+def compute_type(input, rois):
+    """The boxes in the dtype cuproi computes coordinates in: float32 for float16 features."""
+    if input.dtype == ir.DataType.FLOAT16:
+        return op.Cast(rois, to=ir.DataType.FLOAT)
+    return rois
+
+
+def samples(start, bin_size, grid, count, pooled):
+    """Sample positions ``start + p * bin + ((i + 0.5) * bin) / grid`` of every bin: (K, P, G).
+
+    ``start``, ``bin_size`` and ``grid`` (as a float) are (K,); ``count`` is the static or
+    dynamic number G of samples per bin laid out (the largest grid). The operation order is
+    the kernels' (sample_at()), so the positions round as cuproi's.
+    """
+    k = op.Unsqueeze(start, [1, 2])
+    size = op.Unsqueeze(bin_size, [1, 2])
+    p = op.CastLike(op.Range(0, pooled, 1), start)
+    i = op.CastLike(op.Range(0, count, 1), start)
+    bins = op.Add(k, op.Mul(op.Unsqueeze(p, [1]), size))  # (K, P, 1)
+    offsets = op.Div(op.Mul(op.Add(i, like(0.5, start)), size), op.Unsqueeze(grid, [1, 2]))
+    return op.Add(bins, offsets)  # (K, P, G)
+
+
+def grid_sizes(bin_h, bin_w, sampling_ratio):
+    """Samples per bin of every box, as cuproi's ``samples_per_bin``.
+
+    Returns ``(gh, gw, count, largest)``: the samples along each axis, (K,) int64; the divisor
+    ``max(gh * gw, 1)``, (K,) in the bins' dtype; and the largest gh and gw, laid out for every
+    box: ints for a fixed ``sampling_ratio``, int64 scalars (at least 1) for the adaptive grid.
+    """
+    if sampling_ratio > 0:
+        gh = gw = op.Expand(constant(sampling_ratio, np.int64), op.Shape(bin_h))
+        largest = sampling_ratio, sampling_ratio
+    else:
+        gh, gw = (op.Cast(op.Ceil(b), to=INT64) for b in (bin_h, bin_w))
+        one = constant([1], np.int64)
+        largest = tuple(op.ReduceMax(op.Concat(g, one, axis=0), keepdims=0) for g in (gh, gw))
+    product = op.Mul(op.CastLike(gh, bin_h), op.CastLike(gw, bin_w))
+    return gh, gw, op.Max(product, like(1, bin_h)), largest
+
+
+def bilinear(input, batch, y, x):
+    """Values (..., C) of the samples at ``y``, ``x`` (any shape) of image ``batch`` (same).
+
+    cuproi's rule: a sample outside ``[-1, H] x [-1, W]`` (or NaN) is 0; in the bands below 0
+    and past the last cell it takes the edge value (its position clamped). ``Where`` keeps the
+    out-of-range samples out, so they add nothing even where the features are not finite.
+    """
+    shape = op.Shape(input)
+    h, w = op.Shape(input, start=2, end=3), op.Shape(input, start=3, end=4)
+    fh, fw = op.CastLike(h, y), op.CastLike(w, x)
+    inside = op.And(
+        op.And(op.GreaterOrEqual(y, like(-1, y)), op.LessOrEqual(y, fh)),
+        op.And(op.GreaterOrEqual(x, like(-1, x)), op.LessOrEqual(x, fw)),
+    )
+
+    def taps(pos, size, fsize):
+        """Low and high cells (int64) and the fraction, as cuproi's edge_taps."""
+        pos = op.Where(inside, op.Max(pos, like(0, pos)), like(0, pos))
+        low = op.Cast(op.Floor(pos), to=INT64)
+        last = op.Sub(size, constant(1, np.int64))
+        top = op.GreaterOrEqual(low, last)
+        high = op.Where(top, last, op.Add(low, constant(1, np.int64)))
+        low = op.Where(top, last, low)
+        frac = op.Where(top, like(0, pos), op.Sub(pos, op.CastLike(low, pos)))
+        return low, high, frac
+
+    y0, y1, ly = taps(y, h, fh)
+    x0, x1, lx = taps(x, w, fw)
+    hy, hx = op.Sub(like(1, ly), ly), op.Sub(like(1, lx), lx)
+    # The features as rows of a (N * H * W, C) table, read by flat cell index.
+    table = op.Reshape(op.Transpose(input, perm=[0, 2, 3, 1]), op.Concat(
+        constant([-1], np.int64), op.Slice(shape, [1], [2], [0]), axis=0
+    ))  # fmt: skip
+    row = op.Mul(op.Cast(batch, to=INT64), h)
+
+    def tap(yi, xi, weight):
+        cells = op.Add(op.Mul(op.Add(row, yi), w), xi)
+        values = op.Gather(table, cells, axis=0)
+        return op.Mul(op.CastLike(op.Unsqueeze(weight, [-1]), values), values)
+
+    value = op.Add(
+        op.Add(tap(y0, x0, op.Mul(hy, hx)), tap(y0, x1, op.Mul(hy, lx))),
+        op.Add(tap(y1, x0, op.Mul(ly, hx)), tap(y1, x1, op.Mul(ly, lx))),
+    )
+    return op.Where(op.Unsqueeze(inside, [-1]), value, op.CastLike(like(0, y), value))
+
+
+def rotation(angle, clockwise):
+    """(cos, sin) of ``angle`` degrees in double, rounded to the angle's dtype (cuproi's rule).
+
+    As cuproi/_cpu/roi_align_rotated.py's ``rotation``: the angle reduced to [-45, 45] degrees
+    about the nearest multiple of 90 (exact quarter turns), cos and sin turned by the quarters.
+    """
+    a = op.Cast(angle, to=DOUBLE)
+    if clockwise:
+        a = op.Neg(a)
+    a = op.Mod(a, constant(360.0, np.float64), fmod=1)
+    q = op.Floor(op.Add(op.Div(a, constant(90.0, np.float64)), constant(0.5, np.float64)))
+    r = op.Mul(op.Sub(a, op.Mul(constant(90.0, np.float64), q)), constant(np.pi / 180, np.float64))
+    c, s = op.Cos(r), op.Sin(r)
+    four = constant(4.0, np.float64)
+    quarter = op.Sub(q, op.Mul(four, op.Floor(op.Div(q, four))))  # q mod 4, exact
+
+    def choose(*values):
+        out = values[3]
+        for turn in (2, 1, 0):
+            out = op.Where(op.Equal(quarter, constant(float(turn), np.float64)), values[turn], out)
+        return op.CastLike(out, angle)
+
+    return choose(c, op.Neg(s), op.Neg(c), s), choose(s, c, op.Neg(s), op.Neg(c))
+
+
+def pooled_average(values, valid, count):
+    """(K, C, PH, PW) averages of the samples ``values`` (K, PH, GH, PW, GW, C)."""
+    if valid is not None:
+        values = op.Where(op.Unsqueeze(valid, [-1]), values, op.CastLike(like(0, count), values))
+    total = op.ReduceSum(values, constant([2, 4], np.int64), keepdims=0)  # (K, PH, PW, C)
+    mean = op.Div(total, op.CastLike(op.Unsqueeze(count, [1, 2, 3]), total))
+    return op.Transpose(mean, perm=[0, 3, 1, 2])
+
+
+def laid_out(grid, largest):
+    """(K, G) mask of the samples ``i < grid`` of the largest grid ``largest`` laid out."""
+    return op.Less(op.Range(0, largest, 1), op.Unsqueeze(grid, [1]))
+
+
+def roi_align_rotated(
+    input,
+    rois,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    clockwise: bool,
+):
+    """cuproi::roi_align_rotated: rotated sample grids, read by :func:`bilinear`, averaged."""
+    r = compute_type(input, rois)
+    box = [column(r, j) for j in range(6)]
+    scale = like(spatial_scale, r)
+    shift = like(0.5 if aligned else 0.0, r)
+    center_x, center_y = (op.Sub(op.Mul(v, scale), shift) for v in box[1:3])
+    width, height = (op.Mul(v, scale) for v in box[3:5])
+    if not aligned:  # mmcv's legacy minimum size
+        width, height = op.Max(width, like(1, r)), op.Max(height, like(1, r))
+    bin_h, bin_w = op.Div(height, like(pooled_h, r)), op.Div(width, like(pooled_w, r))
+    gh, gw, count, (most_h, most_w) = grid_sizes(bin_h, bin_w, sampling_ratio)
+    start_y, start_x = op.Mul(like(-0.5, r), height), op.Mul(like(-0.5, r), width)
+    yy = samples(start_y, bin_h, op.CastLike(gh, r), most_h, pooled_h)  # (K, PH, GH)
+    xx = samples(start_x, bin_w, op.CastLike(gw, r), most_w, pooled_w)  # (K, PW, GW)
+    yy, xx = op.Unsqueeze(yy, [3, 4]), op.Unsqueeze(xx, [1, 2])
+    cos_t, sin_t = (op.Unsqueeze(v, [1, 2, 3, 4]) for v in rotation(box[5], clockwise))
+    cy, cx = (op.Unsqueeze(v, [1, 2, 3, 4]) for v in (center_y, center_x))
+    y = op.Add(op.Sub(op.Mul(yy, cos_t), op.Mul(xx, sin_t)), cy)  # (K, PH, GH, PW, GW)
+    x = op.Add(op.Add(op.Mul(yy, sin_t), op.Mul(xx, cos_t)), cx)
+    values = bilinear(input, op.Unsqueeze(box[0], [1, 2, 3, 4]), y, x)
+    valid = None
+    if sampling_ratio <= 0:  # the adaptive grid: only the samples of each box's own grid
+        valid = op.And(
+            op.Unsqueeze(laid_out(gh, most_h), [1, 3, 4]),
+            op.Unsqueeze(laid_out(gw, most_w), [1, 2, 3]),
+        )
+    out = pooled_average(values, valid, count)
+    return op.CastLike(out, input)
+
+
 def register(registration):
     """Register the translations of this module in onnxscript's registry ``registration``."""
-    registration.torch_op("cuproi::multi_scale_roi_align", trace_only=True)(multi_scale_roi_align)
+    for translation in (multi_scale_roi_align, roi_align_rotated):
+        registration.torch_op(f"cuproi::{translation.__name__}", trace_only=True)(translation)
