@@ -34,11 +34,6 @@ def _refuse(name, why=_NOT_YET):
 # The ops without a translation, by their schemas (onnxscript reads the parameters).
 
 
-def deform_roi_pool(input, rois, offset, pooled_h: int, pooled_w: int, spatial_scale: float,
-                    sampling_ratio: int, gamma: float, mask=None):  # fmt: skip
-    _refuse("deform_roi_pool")
-
-
 def prroi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
     _refuse("prroi_pool")
 
@@ -53,7 +48,6 @@ def ps_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float)
 
 
 _NOT_EXPORTED = (
-    deform_roi_pool,
     prroi_pool,
     ps_roi_align,
     ps_roi_pool,

@@ -9,7 +9,9 @@ export, with the op's static arguments as Python values.
   per level on that level's boxes (``NonZero``, ``GatherND``), scattered back into box order
   (``ScatterND``);
 - ``roi_align_rotated``: the sample positions of every bin in the kernels' operation order,
-  read by :func:`bilinear` (``Gather`` of four taps with cuproi's border rule), averaged.
+  read by :func:`bilinear` (``Gather`` of four taps with cuproi's border rule), averaged;
+- ``deform_roi_pool``: the same on RoI Align's grid with every bin's start shifted by its
+  offset, times the mask.
 """
 
 import numpy as np
@@ -108,8 +110,8 @@ def multi_scale_roi_align(
 
 
 def like(value, reference):
-    """The scalar ``value`` in the dtype of ``reference``."""
-    return op.CastLike(constant(value, np.float32), reference)
+    """The scalar ``value`` in the dtype of ``reference`` (rounded from double, as numpy's)."""
+    return op.CastLike(constant(value, np.float64), reference)
 
 
 def compute_type(input, rois):
@@ -119,20 +121,29 @@ def compute_type(input, rois):
     return rois
 
 
-def samples(start, bin_size, grid, count, pooled):
-    """Sample positions ``start + p * bin + ((i + 0.5) * bin) / grid`` of every bin: (K, P, G).
-
-    ``start``, ``bin_size`` and ``grid`` (as a float) are (K,); ``count`` is the static or
-    dynamic number G of samples per bin laid out (the largest grid). The operation order is
-    the kernels' (sample_at()), so the positions round as cuproi's.
-    """
-    k = op.Unsqueeze(start, [1, 2])
-    size = op.Unsqueeze(bin_size, [1, 2])
+def bin_starts(start, bin_size, pooled):
+    """``start + p * bin_size`` for every bin ``p``: (K, P) from (K,) or (K, 1) values."""
     p = op.CastLike(op.Range(0, pooled, 1), start)
-    i = op.CastLike(op.Range(0, count, 1), start)
-    bins = op.Add(k, op.Mul(op.Unsqueeze(p, [1]), size))  # (K, P, 1)
-    offsets = op.Div(op.Mul(op.Add(i, like(0.5, start)), size), op.Unsqueeze(grid, [1, 2]))
-    return op.Add(bins, offsets)  # (K, P, G)
+    return op.Add(start, op.Mul(p, bin_size))
+
+
+def sample_offsets(bin_size, grid, count):
+    """``((i + 0.5) * bin_size) / grid`` of every sample ``i`` of a bin: (K, G).
+
+    ``bin_size`` and ``grid`` (as a float) are (K, 1); ``count`` is the static or dynamic
+    number G of samples laid out (the largest grid). The start of its bin plus this is a
+    sample's position in the kernels' operation order (sample_at()), so it rounds as cuproi's.
+    """
+    i = op.CastLike(op.Range(0, count, 1), bin_size)
+    return op.Div(op.Mul(op.Add(i, like(0.5, bin_size)), bin_size), grid)
+
+
+def axis_samples(start, bin_size, grid, count, pooled):
+    """Positions (K, P, G) of the samples of every bin along an axis, from (K,) values."""
+    start, bin_size = op.Unsqueeze(start, [1]), op.Unsqueeze(bin_size, [1])
+    grid = op.CastLike(op.Unsqueeze(grid, [1]), bin_size)
+    starts = op.Unsqueeze(bin_starts(start, bin_size, pooled), [2])
+    return op.Add(starts, op.Unsqueeze(sample_offsets(bin_size, grid, count), [1]))
 
 
 def grid_sizes(bin_h, bin_w, sampling_ratio):
@@ -261,8 +272,8 @@ def roi_align_rotated(
     bin_h, bin_w = op.Div(height, like(pooled_h, r)), op.Div(width, like(pooled_w, r))
     gh, gw, count, (most_h, most_w) = grid_sizes(bin_h, bin_w, sampling_ratio)
     start_y, start_x = op.Mul(like(-0.5, r), height), op.Mul(like(-0.5, r), width)
-    yy = samples(start_y, bin_h, op.CastLike(gh, r), most_h, pooled_h)  # (K, PH, GH)
-    xx = samples(start_x, bin_w, op.CastLike(gw, r), most_w, pooled_w)  # (K, PW, GW)
+    yy = axis_samples(start_y, bin_h, gh, most_h, pooled_h)  # (K, PH, GH)
+    xx = axis_samples(start_x, bin_w, gw, most_w, pooled_w)  # (K, PW, GW)
     yy, xx = op.Unsqueeze(yy, [3, 4]), op.Unsqueeze(xx, [1, 2])
     cos_t, sin_t = (op.Unsqueeze(v, [1, 2, 3, 4]) for v in rotation(box[5], clockwise))
     cy, cx = (op.Unsqueeze(v, [1, 2, 3, 4]) for v in (center_y, center_x))
@@ -279,7 +290,83 @@ def roi_align_rotated(
     return op.CastLike(out, input)
 
 
+def align_grid(r, pooled_h, pooled_w, spatial_scale, sampling_ratio, shift, min_one):
+    """The RoI Align family's grid of (K, 5) boxes ``r`` (cuproi/_cpu/_geometry.py make_grid).
+
+    Returns ``(start_y, start_x, bin_h, bin_w, height, width)``, (K,) each, and
+    :func:`grid_sizes`'s ``(gh, gw, count, largest)``.
+    """
+    box = [column(r, j) for j in range(5)]
+    scale, half = like(spatial_scale, r), like(shift, r)
+    start_x, start_y = (op.Sub(op.Mul(v, scale), half) for v in box[1:3])
+    width = op.Sub(op.Sub(op.Mul(box[3], scale), half), start_x)
+    height = op.Sub(op.Sub(op.Mul(box[4], scale), half), start_y)
+    if min_one:  # torchvision's legacy minimum box size
+        width, height = op.Max(width, like(1, r)), op.Max(height, like(1, r))
+    bin_h, bin_w = op.Div(height, like(pooled_h, r)), op.Div(width, like(pooled_w, r))
+    geometry = start_y, start_x, bin_h, bin_w, height, width
+    return geometry, grid_sizes(bin_h, bin_w, sampling_ratio)
+
+
+def adaptive_samples(sampling_ratio, grids):
+    """(K, 1, GH, 1, GW) mask of each box's own samples, or None for a fixed grid."""
+    if sampling_ratio > 0:
+        return None
+    gh, gw, _, (most_h, most_w) = grids
+    return op.And(
+        op.Unsqueeze(laid_out(gh, most_h), [1, 3, 4]),
+        op.Unsqueeze(laid_out(gw, most_w), [1, 2, 3]),
+    )
+
+
+def deform_roi_pool(
+    input,
+    rois,
+    offset,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    mask=None,
+):
+    """cuproi::deform_roi_pool: aligned RoI Align whose bins start shifted by the offsets."""
+    r = compute_type(input, rois)
+    geometry, grids = align_grid(r, pooled_h, pooled_w, spatial_scale, sampling_ratio, 0.5, False)
+    start_y, start_x, bin_h, bin_w, height, width = (op.Unsqueeze(v, [1, 2]) for v in geometry)
+    gh, gw, count, (most_h, most_w) = grids
+    if offset is not None:  # the kernel's order: corner + (gamma * size) * offset, (K, PH, PW)
+        o = op.CastLike(offset, r)
+        shift_x, shift_y = (op.Squeeze(op.Slice(o, [j], [j + 1], [1]), [1]) for j in (0, 1))
+        start_x = op.Add(start_x, op.Mul(op.Mul(like(gamma, r), width), shift_x))
+        start_y = op.Add(start_y, op.Mul(op.Mul(like(gamma, r), height), shift_y))
+    ph = op.Unsqueeze(op.CastLike(op.Range(0, pooled_h, 1), r), [1])
+    pw = op.CastLike(op.Range(0, pooled_w, 1), r)
+    ys = op.Add(start_y, op.Mul(ph, bin_h))  # (K, PH, PW) or (K, PH, 1)
+    xs = op.Add(start_x, op.Mul(pw, bin_w))  # (K, PH, PW) or (K, 1, PW)
+    grid_h, grid_w = (op.CastLike(op.Unsqueeze(g, [1]), r) for g in (gh, gw))
+    off_y = sample_offsets(op.Unsqueeze(column_of(bin_h), [1]), grid_h, most_h)  # (K, GH)
+    off_x = sample_offsets(op.Unsqueeze(column_of(bin_w), [1]), grid_w, most_w)  # (K, GW)
+    y = op.Add(op.Unsqueeze(ys, [2, 4]), op.Unsqueeze(off_y, [1, 3, 4]))  # (K, PH, GH, PW, 1)
+    x = op.Add(op.Unsqueeze(xs, [2, 4]), op.Unsqueeze(off_x, [1, 2, 3]))  # (K, PH, 1, PW, GW)
+    batch = op.Unsqueeze(column(r, 0), [1, 2, 3, 4])
+    values = bilinear(input, batch, y, x)
+    out = pooled_average(values, adaptive_samples(sampling_ratio, grids), count)
+    if mask is not None:  # modulated (DCNv2): every bin's average times its mask
+        out = op.Mul(out, op.CastLike(mask, out))
+    if offset is not None:  # a bin whose offset is not finite has no place: NaN, as cuproi's
+        unplaced = op.Or(op.IsNaN(o), op.IsInf(o))
+        unplaced = op.Cast(op.ReduceMax(op.Cast(unplaced, to=INT64), [1], keepdims=1), to=9)
+        out = op.Where(unplaced, op.CastLike(like(np.nan, r), out), out)
+    return op.CastLike(out, input)
+
+
+def column_of(v):
+    """(K,) values from (K, 1, 1) ones."""
+    return op.Squeeze(v, [1, 2])
+
+
 def register(registration):
     """Register the translations of this module in onnxscript's registry ``registration``."""
-    for translation in (multi_scale_roi_align, roi_align_rotated):
+    for translation in (deform_roi_pool, multi_scale_roi_align, roi_align_rotated):
         registration.torch_op(f"cuproi::{translation.__name__}", trace_only=True)(translation)
