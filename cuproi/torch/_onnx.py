@@ -7,14 +7,14 @@ when it is (importing onnxscript takes seconds, which ``import cuproi.torch`` do
 
 Translations use only operators of the standard ONNX domain:
 
-- ``cuproi::roi_align`` (avg mode) to ``RoiAlign``, whose reference (onnxruntime's) is
+- ``cuproi::roi_align`` in avg mode to ``RoiAlign``, whose reference (onnxruntime's) is
   torchvision's kernel: ``half_pixel`` for ``aligned=True``, ``output_half_pixel`` otherwise;
-  ``sampling_ratio <= 0`` is ONNX's adaptive 0;
+  ``sampling_ratio <= 0`` is ONNX's adaptive 0 (max mode is a composition);
 - ``cuproi::roi_pool`` to ``MaxRoiPool``, whose bins (rounded box corners, floor and ceil of
   the bin edges) are torchvision's and cuproi's;
 - the ops no ONNX operator computes to compositions (:mod:`cuproi.torch._onnx_compose`).
 
-Every other op, and max mode, raises :class:`NotImplementedError` naming it at export
+Every other op raises :class:`NotImplementedError` naming it at export
 (rather than torch's "No ONNX function found"), until a translation equal to cuproi exists.
 """
 
@@ -71,10 +71,9 @@ def _register(registration):
         aligned: bool,
         pool_mode: str = "avg",
     ):
-        # ONNX's max mode takes the max of the weighted corners, not of the samples (mmcv's).
-        if pool_mode != "avg":
-            _refuse("roi_align", f"in {pool_mode!r} mode (ONNX's max mode is not mmcv's)")
         options = pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned
+        if pool_mode == "max":  # ONNX's max mode takes the largest weighted corner: a composition
+            return _onnx_compose.roi_align_max(input, rois, *options)
         return _onnx_compose.roi_align(input, rois, *options)
 
     def roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):

@@ -11,7 +11,8 @@ export, with the op's static arguments as Python values.
 - ``roi_align_rotated``: the sample positions of every bin in the kernels' operation order,
   read by :func:`bilinear` (``Gather`` of four taps with cuproi's border rule), averaged;
 - ``deform_roi_pool``: the same on RoI Align's grid with every bin's start shifted by its
-  offset, times the mask.
+  offset, times the mask;
+- ``roi_align`` in max mode: the same samples on RoI Align's grid, reduced by ``ReduceMax``.
 """
 
 import numpy as np
@@ -20,6 +21,7 @@ from onnxscript.onnx_opset import opset18 as op
 
 from cuproi import _pyramid
 
+BOOL = 9
 INT64 = 7
 DOUBLE = 11
 
@@ -164,12 +166,15 @@ def grid_sizes(bin_h, bin_w, sampling_ratio):
     return gh, gw, op.Max(product, like(1, bin_h)), largest
 
 
-def bilinear(input, batch, y, x):
+def bilinear(input, batch, y, x, every_tap=False):
     """Values (..., C) of the samples at ``y``, ``x`` (any shape) of image ``batch`` (same).
 
     cuproi's rule: a sample outside ``[-1, H] x [-1, W]`` (or NaN) is 0; in the bands below 0
     and past the last cell it takes the edge value (its position clamped). ``Where`` keeps the
-    out-of-range samples out, so they add nothing even where the features are not finite.
+    out-of-range samples out, so they add nothing even where the features are not finite. A
+    tap of weight 0 adds nothing either (the CPU backend's sparse operators hold no such
+    entry), unless ``every_tap`` (max mode, whose samples multiply all four taps): this only
+    matters where the features are not finite.
     """
     shape = op.Shape(input)
     h, w = op.Shape(input, start=2, end=3), op.Shape(input, start=3, end=4)
@@ -202,7 +207,11 @@ def bilinear(input, batch, y, x):
     def tap(yi, xi, weight):
         cells = op.Add(op.Mul(op.Add(row, yi), w), xi)
         values = op.Gather(table, cells, axis=0)
-        return op.Mul(op.CastLike(op.Unsqueeze(weight, [-1]), values), values)
+        weight = op.CastLike(op.Unsqueeze(weight, [-1]), values)
+        product = op.Mul(weight, values)
+        if every_tap:
+            return product
+        return op.Where(op.Equal(weight, like(0, weight)), like(0, weight), product)
 
     value = op.Add(
         op.Add(tap(y0, x0, op.Mul(hy, hx)), tap(y0, x1, op.Mul(hy, lx))),
@@ -319,6 +328,40 @@ def adaptive_samples(sampling_ratio, grids):
     )
 
 
+def align_positions(r, pooled, spatial_scale, sampling_ratio, aligned, offset=None, gamma=0.0):
+    """Sample positions of the RoI Align family: y (K, PH, GH, PW, 1), x (K, PH, 1, PW, GW).
+
+    RoI Align's grid of (K, 5) boxes ``r`` (``aligned``: half-pixel, else at least one cell),
+    bin ``(ph, pw)`` starting at the box corner plus ``(gamma * size) * offset[:, :, ph, pw]``
+    when there are offsets (in the kernels' order), plus ``ph`` (``pw``) bins. Also returns
+    :func:`grid_sizes`'s ``(gh, gw, count, largest)``.
+    """
+    pooled_h, pooled_w = pooled
+    shift = 0.5 if aligned else 0.0
+    geometry, grids = align_grid(r, *pooled, spatial_scale, sampling_ratio, shift, not aligned)
+    start_y, start_x, bin_h, bin_w, height, width = geometry
+    gh, gw, _, (most_h, most_w) = grids
+    start_y, start_x = op.Unsqueeze(start_y, [1, 2]), op.Unsqueeze(start_x, [1, 2])
+    if offset is not None:  # (K, PH, PW) starts
+        shift_x, shift_y = (op.Squeeze(op.Slice(offset, [j], [j + 1], [1]), [1]) for j in (0, 1))
+        scale_x, scale_y = (
+            op.Unsqueeze(op.Mul(like(gamma, r), s), [1, 2]) for s in (width, height)
+        )
+        start_x = op.Add(start_x, op.Mul(scale_x, shift_x))
+        start_y = op.Add(start_y, op.Mul(scale_y, shift_y))
+    ph = op.Unsqueeze(op.CastLike(op.Range(0, pooled_h, 1), r), [1])
+    pw = op.CastLike(op.Range(0, pooled_w, 1), r)
+    ys = op.Add(start_y, op.Mul(ph, op.Unsqueeze(bin_h, [1, 2])))  # (K, PH, PW) or (K, PH, 1)
+    xs = op.Add(start_x, op.Mul(pw, op.Unsqueeze(bin_w, [1, 2])))  # (K, PH, PW) or (K, 1, PW)
+    off_y, off_x = (
+        sample_offsets(op.Unsqueeze(size, [1]), op.CastLike(op.Unsqueeze(g, [1]), r), most)
+        for size, g, most in ((bin_h, gh, most_h), (bin_w, gw, most_w))
+    )  # (K, GH) and (K, GW)
+    y = op.Add(op.Unsqueeze(ys, [2, 4]), op.Unsqueeze(off_y, [1, 3, 4]))
+    x = op.Add(op.Unsqueeze(xs, [2, 4]), op.Unsqueeze(off_x, [1, 2, 3]))
+    return y, x, grids
+
+
 def deform_roi_pool(
     input,
     rois,
@@ -332,38 +375,47 @@ def deform_roi_pool(
 ):
     """cuproi::deform_roi_pool: aligned RoI Align whose bins start shifted by the offsets."""
     r = compute_type(input, rois)
-    geometry, grids = align_grid(r, pooled_h, pooled_w, spatial_scale, sampling_ratio, 0.5, False)
-    start_y, start_x, bin_h, bin_w, height, width = (op.Unsqueeze(v, [1, 2]) for v in geometry)
-    gh, gw, count, (most_h, most_w) = grids
-    if offset is not None:  # the kernel's order: corner + (gamma * size) * offset, (K, PH, PW)
-        o = op.CastLike(offset, r)
-        shift_x, shift_y = (op.Squeeze(op.Slice(o, [j], [j + 1], [1]), [1]) for j in (0, 1))
-        start_x = op.Add(start_x, op.Mul(op.Mul(like(gamma, r), width), shift_x))
-        start_y = op.Add(start_y, op.Mul(op.Mul(like(gamma, r), height), shift_y))
-    ph = op.Unsqueeze(op.CastLike(op.Range(0, pooled_h, 1), r), [1])
-    pw = op.CastLike(op.Range(0, pooled_w, 1), r)
-    ys = op.Add(start_y, op.Mul(ph, bin_h))  # (K, PH, PW) or (K, PH, 1)
-    xs = op.Add(start_x, op.Mul(pw, bin_w))  # (K, PH, PW) or (K, 1, PW)
-    grid_h, grid_w = (op.CastLike(op.Unsqueeze(g, [1]), r) for g in (gh, gw))
-    off_y = sample_offsets(op.Unsqueeze(column_of(bin_h), [1]), grid_h, most_h)  # (K, GH)
-    off_x = sample_offsets(op.Unsqueeze(column_of(bin_w), [1]), grid_w, most_w)  # (K, GW)
-    y = op.Add(op.Unsqueeze(ys, [2, 4]), op.Unsqueeze(off_y, [1, 3, 4]))  # (K, PH, GH, PW, 1)
-    x = op.Add(op.Unsqueeze(xs, [2, 4]), op.Unsqueeze(off_x, [1, 2, 3]))  # (K, PH, 1, PW, GW)
-    batch = op.Unsqueeze(column(r, 0), [1, 2, 3, 4])
-    values = bilinear(input, batch, y, x)
-    out = pooled_average(values, adaptive_samples(sampling_ratio, grids), count)
+    o = None if offset is None else op.CastLike(offset, r)
+    pooled = pooled_h, pooled_w
+    y, x, grids = align_positions(r, pooled, spatial_scale, sampling_ratio, True, o, gamma)
+    values = bilinear(input, op.Unsqueeze(column(r, 0), [1, 2, 3, 4]), y, x)
+    out = pooled_average(values, adaptive_samples(sampling_ratio, grids), grids[2])
     if mask is not None:  # modulated (DCNv2): every bin's average times its mask
         out = op.Mul(out, op.CastLike(mask, out))
-    if offset is not None:  # a bin whose offset is not finite has no place: NaN, as cuproi's
-        unplaced = op.Or(op.IsNaN(o), op.IsInf(o))
-        unplaced = op.Cast(op.ReduceMax(op.Cast(unplaced, to=INT64), [1], keepdims=1), to=9)
+    if o is not None:  # a bin whose offset is not finite has no place: NaN, as cuproi's
+        unplaced = op.Cast(op.Or(op.IsNaN(o), op.IsInf(o)), to=INT64)
+        unplaced = op.Cast(op.ReduceMax(unplaced, [1], keepdims=1), to=BOOL)
         out = op.Where(unplaced, op.CastLike(like(np.nan, r), out), out)
     return op.CastLike(out, input)
 
 
-def column_of(v):
-    """(K,) values from (K, 1, 1) ones."""
-    return op.Squeeze(v, [1, 2])
+def roi_align_max(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
+    """cuproi::roi_align in max mode: the largest of each bin's samples (mmcv's max mode).
+
+    An out-of-range sample competes as 0 (:func:`bilinear`), a NaN sample wins, a bin without
+    samples (adaptive grid, empty box) is 0, as cuproi's.
+    """
+    r = compute_type(input, rois)
+    pooled = pooled_h, pooled_w
+    y, x, grids = align_positions(r, pooled, spatial_scale, sampling_ratio, aligned)
+    values = bilinear(input, op.Unsqueeze(column(r, 0), [1, 2, 3, 4]), y, x, every_tap=True)
+    valid = adaptive_samples(sampling_ratio, grids)
+    nan = op.IsNaN(values)
+    if valid is not None:  # the samples beyond a box's grid do not compete
+        valid = op.Unsqueeze(valid, [-1])
+        values = op.Where(valid, values, op.CastLike(like(-np.inf, r), values))
+        nan = op.And(nan, valid)
+    axes = constant([2, 4], np.int64)
+    top = op.ReduceMax(values, axes, keepdims=0)  # (K, PH, PW, C)
+    nan = op.Cast(op.ReduceMax(op.Cast(nan, to=INT64), axes, keepdims=0), to=BOOL)
+    top = op.Where(nan, op.CastLike(like(np.nan, r), top), top)
+    if valid is not None:  # a box without samples: zeros
+        gh, gw = grids[:2]
+        empty = op.Or(
+            op.LessOrEqual(gh, constant(0, np.int64)), op.LessOrEqual(gw, constant(0, np.int64))
+        )
+        top = op.Where(op.Unsqueeze(empty, [1, 2, 3]), op.CastLike(like(0, r), top), top)
+    return op.CastLike(op.Transpose(top, perm=[0, 3, 1, 2]), input)
 
 
 def register(registration):
