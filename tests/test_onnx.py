@@ -67,12 +67,16 @@ def non_finite(x):
     return x
 
 
+def random_boxes(seed, count, low, high):
+    """``count`` (K, 5) boxes in two images with corners in [low, high)."""
+    rng = np.random.default_rng(seed)
+    corners = rng.uniform(low, high, (count, 2, 2))
+    images = rng.integers(0, 2, (count, 1))
+    return np.concatenate([images, corners.min(axis=1), corners.max(axis=1)], axis=1)
+
+
 def box_sets():
-    rng = np.random.default_rng(25)
-    corners = rng.uniform(-5, 20, (40, 2, 2))
-    random = np.concatenate(
-        [rng.integers(0, 2, (40, 1)), corners.min(axis=1), corners.max(axis=1)], axis=1
-    )
+    random = random_boxes(25, 40, -5, 20)
     degenerate = [
         [0, 3, 3, 3, 3],  # a point
         [1, 4, 4, 4.5, 9],  # thinner than a cell
@@ -123,11 +127,7 @@ class Pyramid(torch.nn.Module):
 
 def pyramid_box_sets():
     """Boxes of every level, on the level steps (sides 56 and 112), degenerate and none."""
-    rng = np.random.default_rng(7)
-    corners = rng.uniform(-20, 200, (60, 2, 2))
-    random = np.concatenate(
-        [rng.integers(0, 2, (60, 1)), corners.min(axis=1), corners.max(axis=1)], axis=1
-    )
+    random = random_boxes(7, 60, -20, 200)
     edges = [
         [0, 0, 0, 56, 56],  # on the step to level 3
         [1, 10, 10, 66, 65.99],  # just below it
