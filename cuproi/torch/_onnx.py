@@ -7,13 +7,14 @@ when it is (importing onnxscript takes seconds, which ``import cuproi.torch`` do
 
 Translations use only operators of the standard ONNX domain:
 
-- ``cuproi::roi_align`` (avg mode) to ``RoiAlign``, whose reference (onnxruntime's) is
+- ``cuproi::roi_align`` in avg mode to ``RoiAlign``, whose reference (onnxruntime's) is
   torchvision's kernel: ``half_pixel`` for ``aligned=True``, ``output_half_pixel`` otherwise;
-  ``sampling_ratio <= 0`` is ONNX's adaptive 0;
+  ``sampling_ratio <= 0`` is ONNX's adaptive 0 (max mode is a composition);
 - ``cuproi::roi_pool`` to ``MaxRoiPool``, whose bins (rounded box corners, floor and ceil of
-  the bin edges) are torchvision's and cuproi's.
+  the bin edges) are torchvision's and cuproi's;
+- the ops no ONNX operator computes to compositions (:mod:`cuproi.torch._onnx_compose`).
 
-Every other op, and max mode, raises :class:`NotImplementedError` naming it at export
+Every other op raises :class:`NotImplementedError` naming it at export
 (rather than torch's "No ONNX function found"), until a translation equal to cuproi exists.
 """
 
@@ -33,17 +34,6 @@ def _refuse(name, why=_NOT_YET):
 # The ops without a translation, by their schemas (onnxscript reads the parameters).
 
 
-def deform_roi_pool(input, rois, offset, pooled_h: int, pooled_w: int, spatial_scale: float,
-                    sampling_ratio: int, gamma: float, mask=None):  # fmt: skip
-    _refuse("deform_roi_pool")
-
-
-def multi_scale_roi_align(features, rois, pooled_h: int, pooled_w: int, spatial_scales,
-                          sampling_ratio: int, aligned: bool, canonical_scale: float,
-                          canonical_level: int):  # fmt: skip
-    _refuse("multi_scale_roi_align")
-
-
 def prroi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
     _refuse("prroi_pool")
 
@@ -57,18 +47,10 @@ def ps_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float)
     _refuse("ps_roi_pool")
 
 
-def roi_align_rotated(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float,
-                      sampling_ratio: int, aligned: bool, clockwise: bool):  # fmt: skip
-    _refuse("roi_align_rotated")
-
-
 _NOT_EXPORTED = (
-    deform_roi_pool,
-    multi_scale_roi_align,
     prroi_pool,
     ps_roi_align,
     ps_roi_pool,
-    roi_align_rotated,
 )
 
 
@@ -76,10 +58,7 @@ def _register(registration):
     """Add cuproi's translations to onnxscript's registry (module ``registration``)."""
     from onnxscript.onnx_opset import opset18 as op
 
-    def rois_and_indices(rois):
-        """ONNX's (K, 4) boxes and (K,) int64 batch indices from (K, 5) boxes."""
-        indices = op.Cast(op.Squeeze(op.Slice(rois, [0], [1], [1]), [1]), to=7)  # INT64
-        return op.Slice(rois, [1], [5], [1]), indices
+    from cuproi.torch import _onnx_compose
 
     @registration.torch_op("cuproi::roi_align", trace_only=True)
     def cuproi_roi_align(
@@ -92,21 +71,10 @@ def _register(registration):
         aligned: bool,
         pool_mode: str = "avg",
     ):
-        # ONNX's max mode takes the max of the weighted corners, not of the samples (mmcv's).
-        if pool_mode != "avg":
-            _refuse("roi_align", f"in {pool_mode!r} mode (ONNX's max mode is not mmcv's)")
-        boxes, indices = rois_and_indices(rois)
-        return op.RoiAlign(
-            input,
-            boxes,
-            indices,
-            coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel",
-            mode="avg",
-            output_height=pooled_h,
-            output_width=pooled_w,
-            sampling_ratio=max(sampling_ratio, 0),
-            spatial_scale=spatial_scale,
-        )
+        options = pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned
+        if pool_mode == "max":  # ONNX's max mode takes the largest weighted corner: a composition
+            return _onnx_compose.roi_align_max(input, rois, *options)
+        return _onnx_compose.roi_align(input, rois, *options)
 
     def roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
         return op.MaxRoiPool(
@@ -121,6 +89,7 @@ def _register(registration):
         pooled = roi_pool(input, rois, pooled_h, pooled_w, spatial_scale)
         return pooled, op.Cast(op.Mul(pooled, op.CastLike(0, pooled)), to=6)  # INT32
 
+    _onnx_compose.register(registration)
     for refuse in _NOT_EXPORTED:
         registration.torch_op(f"cuproi::{refuse.__name__}", trace_only=True)(refuse)
 
