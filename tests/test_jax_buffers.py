@@ -11,7 +11,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import CUPY, STANDIN, TOLERANCE
+from conftest import CUPY, DEVICES, STANDIN, TOLERANCE
 from test_jax import (
     CASES,
     assert_cotangent,
@@ -178,9 +178,11 @@ class CudaBuffer:
 
 
 XLA_STREAM = 0x5A00
+# XLA's device: the last, which is not the current one where the stand-in has two.
+XLA_DEVICE = DEVICES - 1
 
 
-def _call_on_gpu(function, outputs, arrays, device=1, **options):
+def _call_on_gpu(function, outputs, arrays, device=XLA_DEVICE, **options):
     """The callback's body, as XLA runs it on a GPU: buffers of ``device``, XLA's stream."""
     context = types.SimpleNamespace(stream=XLA_STREAM)
     buffers = jax.tree.map(lambda a: CudaBuffer(a, device), arrays)
@@ -208,7 +210,7 @@ def test_gpu_kernels_run_on_xlas_stream_in_xlas_buffers(copies):
     for entries in (log, log_back):
         assert entries.transfers == [] and entries.cross_device == []
         assert entries.launches and {(d, s) for _, d, s, *_ in entries.launches} == {
-            (1, XLA_STREAM)
+            (XLA_DEVICE, XLA_STREAM)
         }
     assert all(s == [XLA_STREAM] for s in (buf.streams for buf in buffers + back))
     assert copies.copied == []
