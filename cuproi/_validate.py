@@ -537,30 +537,30 @@ def host_boxes(boxes, scale):
     return rois
 
 
-def offset(xp, value, k, pooled, dtype, name="offset"):
-    """None, or a (K, 2, PH, PW) floating array in the compute dtype of ``dtype`` features."""
+def _per_bin(xp, value, k, pooled, dtype, name, planes, meaning):
+    """None, or a (K, planes, PH, PW) floating array in the compute dtype of ``dtype`` features.
+
+    ``meaning`` says what the planes hold, in the error of a wrong shape.
+    """
     if value is None:
         return None
-    value = _float_array(xp, value, name, 4, "(K, 2, PH, PW)")
-    expected = (k, 2, *pooled)
+    value = _float_array(xp, value, name, 4, f"(K, {planes}, PH, PW)")
+    expected = (k, planes, *pooled)
     if value.shape != expected:
         raise ValueError(
-            f"{name} must have shape {expected} (boxes, (dx, dy), output_size); got {value.shape}"
+            f"{name} must have shape {expected} (boxes, {meaning}, output_size); got {value.shape}"
         )
     return xp.ascontiguousarray(value, dtype=compute_dtype(dtype))
+
+
+def offset(xp, value, k, pooled, dtype, name="offset"):
+    """None, or a (K, 2, PH, PW) floating array in the compute dtype of ``dtype`` features."""
+    return _per_bin(xp, value, k, pooled, dtype, name, 2, "(dx, dy)")
 
 
 def mask(xp, value, k, pooled, dtype, name="mask"):
     """None, or a (K, 1, PH, PW) floating array in the compute dtype of ``dtype`` features."""
-    if value is None:
-        return None
-    value = _float_array(xp, value, name, 4, "(K, 1, PH, PW)")
-    expected = (k, 1, *pooled)
-    if value.shape != expected:
-        raise ValueError(
-            f"{name} must have shape {expected} (boxes, 1, output_size); got {value.shape}"
-        )
-    return xp.ascontiguousarray(value, dtype=compute_dtype(dtype))
+    return _per_bin(xp, value, k, pooled, dtype, name, 1, "1")
 
 
 def argmax(xp, value, shape, plane, name="argmax"):
