@@ -15,7 +15,8 @@ from oracles import roi_align as align_oracle
 from peak_memory import peak_beyond
 
 import cuproi
-from cuproi._cpu import _sampling
+from cuproi._cpu import _ps, _sampling
+from cuproi._cpu.ps_roi_pool import _plan as _ps_pool_plan
 
 SIZE = 1500  # a 1500 x 1500 plane: 9 MB of float32 per channel
 BOX = np.array([[0, 700, 700, 712, 709]], np.float64)
@@ -151,11 +152,7 @@ def test_roi_align_over_the_whole_map_a_few_bins_at_a_time_against_the_oracle(mo
 
 
 def _backwards_of_many_boxes(x, boxes, rotated):
-    """Backward calls whose boxes cover most of the map ``x`` (float16).
-
-    Not yet the position-sensitive ops: a bin row whose boxes read most of its maps sums its
-    gradient whole, in float32, per thread (_ps.backward): 2 to 9 times the gradient.
-    """
+    """Backward calls whose boxes cover most of the map ``x`` (float16)."""
     shape, c = x.shape, x.shape[1]
     g7 = np.ones((len(boxes), c, 7, 7), x.dtype)
     return {
@@ -180,7 +177,8 @@ _MANY = sorted(_backwards_of_many_boxes(np.zeros((1, 4, 8, 8)), BOX, ROTATED))
 def test_float16_backward_of_several_chunks_costs_one_gradient(monkeypatch, name):
     """float16 gradients are summed in float32; over several chunks of boxes that takes a
     float32 gradient, which was then copied to float16: twice the gradient beyond it. It is
-    now rounded in its own memory (_sampling.narrow): the float32 sums, 1x, and small parts."""
+    now rounded in its own memory (_sampling.narrow): the float32 sums, 1x, and small parts.
+    """
     monkeypatch.setattr(_sampling, "BUDGET", 1 << 12)  # many chunks
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 8, 1024, 1024), np.float32).astype(np.float16)
@@ -192,6 +190,65 @@ def test_float16_backward_of_several_chunks_costs_one_gradient(monkeypatch, name
     call = _backwards_of_many_boxes(x, boxes, rotated)[name]
     beyond = peak_beyond(call)
     assert beyond < 1.25 * x.nbytes, f"{beyond} bytes beyond a gradient of {x.nbytes}"
+
+
+@pytest.mark.parametrize("name", _MANY)
+def test_backward_memory_does_not_grow_with_the_output_gradient(monkeypatch, name):
+    """Beyond the gradient, a backward takes a fixed workspace and its boxes' geometry.
+
+    The products read the output gradient as (K * PH * PW, C) rows, a transposed copy that was
+    made whole: as large as the output gradient, larger than the input gradient for a box head
+    (26 MB for 7 MB). It is made a chunk of boxes and a group of channels at a time now
+    (_sampling.BinRows). Small budgets here make 4x the boxes fill many chunks. (The
+    position-sensitive ops copy their rows chunk by chunk: _ps.backward.)
+    """
+    monkeypatch.setattr(_sampling, "BUDGET", 1 << 15)
+    monkeypatch.setattr(_sampling, "ROWS", 1 << 15)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 64, 40, 40), np.float32)
+
+    def beyond(k):
+        corner = rng.uniform(0, 30, (k, 2))
+        size = rng.uniform(2, 10, (k, 2))
+        boxes = np.column_stack([rng.integers(0, 2, k), corner, corner + size])
+        rotated = np.column_stack([boxes[:, 0], corner + size / 2, size, rng.uniform(-90, 90, k)])
+        return peak_beyond(_backwards_of_many_boxes(x, boxes, rotated)[name])
+
+    few, many = beyond(256), beyond(1024)
+    more = 768 * 64 * 49 * 4  # 9.6 MB more of output gradient
+    assert many - few < more / 2, f"{few} bytes beyond for 256 boxes, {many} for 1024"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "pooled", "threads", "chunks", "fit"),
+    [
+        (np.float32, 7, 16, 1, True),  # 7 rows of 1/7 of the gradient each
+        (np.float32, 2, 2, 1, True),  # 2 rows of 1/2
+        (np.float32, 2, 2, 2, False),  # and each chunk's product beside them
+        (np.float16, 2, 2, 1, False),  # float32 stacks: 2x the float16 gradient
+        (np.float16, 7, 2, 1, True),
+        (np.float16, 7, 2, 2, False),  # the float32 sums of several chunks are 1x already
+    ],
+)
+def test_position_sensitive_rows_are_summed_whole_where_they_fit(
+    monkeypatch, dtype, pooled, threads, chunks, fit
+):
+    """A row of bins summed whole, in float32, by every thread took 2 to 9 times a float16
+    gradient (rows of 2 x 2 bins over most of the maps): now only where it fits in 1x, else
+    the rows are added into the gradient (_ps._stacks_fit), to the same bits."""
+    monkeypatch.setenv("CUPROI_NUM_THREADS", str(threads))
+    monkeypatch.setattr(_ps, "_threads", lambda plan, channels: threads)
+    n = pooled * pooled
+    x = np.random.default_rng(6).standard_normal((1, 4 * n, 40, 40)).astype(dtype)
+    boxes = np.array([[0, 1, 2, 38, 37], [0, 0, 0, 40, 40], [0, 5, 3, 30, 39]], np.float64)
+    g = np.random.default_rng(7).standard_normal((3, 4, pooled, pooled)).astype(dtype)
+    plan = _ps_pool_plan(boxes.astype(np.float32), (1, 40, 40), 1.0, pooled, pooled)
+    assert _ps._stacks_fit(plan, 4, np.dtype(dtype), chunks > 1) is fit
+    grads = []
+    for whole in (True, False):
+        monkeypatch.setattr(_ps, "_stacks_fit", lambda *args, whole=whole: whole)
+        grads.append(cuproi.ps_roi_pool_backward(g, boxes, x.shape, pooled))
+    assert grads[0].tobytes() == grads[1].tobytes()
 
 
 def test_narrow_rounds_once_in_place():

@@ -25,7 +25,7 @@ def box_gradient(grad_output, input, rois, g, y, x, scale, shift, free, mask):
     shape = (n, h, w)
     ct = rois.dtype.type
     pixels = _sampling.pixels_read(input, _sampling.reach(rois[:, 0], y[:2], x[:2], shape), ct)
-    g_rows = _sampling.bin_rows(grad_output.astype(ct, copy=False))
+    g_rows = _sampling.BinRows(grad_output, ct)
     bins = pooled_h * pooled_w
     per_bin = np.repeat(1.0 / g.count.astype(np.float64), bins).astype(ct)  # 1 / count
     if mask is not None:
@@ -39,7 +39,7 @@ def box_gradient(grad_output, input, rois, g, y, x, scale, shift, free, mask):
         image = rois[k0:k1, 0].astype(np.int64)[np.arange(len(axes[0])) // bins]
         dx, dy = _samples.slopes(s, image, pixels)
         rows = k0 * bins + s.bin
-        weight = g_rows[rows] * per_bin[rows][:, None]
+        weight = g_rows.take(rows) * per_bin[rows][:, None]
         return s.bin, _samples.sample_terms(s, dx, dy, weight, pooled, axes[2], axes[5])
 
     def finish(k0, k1, sums):  # every range of boxes writes its own rows

@@ -117,29 +117,37 @@ def _pixels(plan, ph, channels, x=None, whole=False):
     return _sampling.Pixels(rows, runs, shape)
 
 
-def _each_row(plan, channels, task):
-    """``task(ph, chunks)`` for every bin row ``ph``, on the threads its work is worth.
+def _chunks(plan):
+    """The chunks of boxes of every row of bins."""
+    return list(_sampling.chunks(plan.cost * plan.count.shape[2]))  # bounds a row's entries
+
+
+def _threads(plan, channels):
+    """The threads that the rows run on: as many as their products or their maps are worth.
 
     ``channels`` is the number of output channels, the columns of every product. Each row
-    multiplies its operators and copies (or writes) its maps: as many threads as either is
-    worth.
+    multiplies its operators and copies (or writes) its maps.
     """
     n, h, w = plan.shape
     _, pooled_h, pooled_w = plan.count.shape
-    cost = plan.cost * pooled_w  # a bound on the entries of a row of bins
-    chunks = list(_sampling.chunks(cost))
+    products = float(plan.cost.sum()) * pooled_w * pooled_h
+    products *= _sampling.work_per_entry(channels, bound=True)
+    maps = n * channels * pooled_h * pooled_w * h * w
+    return max(
+        _parallel.workers(products, _parallel.PRODUCT_GRAIN),
+        _parallel.workers(maps, _parallel.COPY_GRAIN),
+    )
+
+
+def _each_row(plan, channels, task):
+    """``task(ph, chunks)`` for every bin row ``ph``, on the threads its work is worth."""
+    chunks = _chunks(plan)
 
     def run(p0, p1):
         for ph in range(p0, p1):
             task(ph, chunks)
 
-    products = float(cost.sum()) * pooled_h * _sampling.work_per_entry(channels, bound=True)
-    maps = n * channels * pooled_h * pooled_w * h * w
-    threads = max(
-        _parallel.workers(products, _parallel.PRODUCT_GRAIN),
-        _parallel.workers(maps, _parallel.COPY_GRAIN),
-    )
-    _parallel.for_ranges(run, np.ones(pooled_h), threads)
+    _parallel.for_ranges(run, np.ones(plan.count.shape[1]), _threads(plan, channels))
 
 
 def _maps(x, ph):
@@ -173,6 +181,22 @@ def forward(input, plan):
     return out
 
 
+def _stacks_fit(plan, channels, dtype, several):
+    """Whether the rows' gradients summed whole fit in the input gradient's size.
+
+    A row summed whole is a float32 (the compute dtype) stack of 1 / PH of the gradient, held
+    by every thread at once, beside each chunk's product when there are several chunks, whose
+    float16 sums are a float32 gradient too. The backward may take 1x its gradient beyond it
+    (docs/internals.md); where these take more, the rows are added into the gradient pixel
+    block by pixel block instead (1.5 to 2.3 times slower: 2 x 2 bins over most of the maps).
+    """
+    _, pooled_h, _ = plan.count.shape
+    compute, given = np.dtype(plan.dtype).itemsize, np.dtype(dtype).itemsize
+    rows = min(_threads(plan, channels), pooled_h) * (2 if several else 1)
+    sums = compute - given if several else 0
+    return rows * compute / pooled_h + sums <= given
+
+
 def backward(grad_output, plan, input_shape):
     """(N, C, H, W) input gradient: the transposed operators of every bin row.
 
@@ -183,7 +207,7 @@ def backward(grad_output, plan, input_shape):
     """
     n, c, h, w = input_shape
     k, c_out, pooled_h, pooled_w = grad_output.shape
-    several = len(list(_sampling.chunks(plan.cost * pooled_w))) > 1
+    several = len(_chunks(plan)) > 1
     grad = _results.zeros(
         np, (n, c_out, pooled_h, pooled_w, h, w), plan.dtype if several else grad_output.dtype
     )
@@ -196,8 +220,9 @@ def backward(grad_output, plan, input_shape):
             g_rows = np.ascontiguousarray(grad_output[k0:k1, :, ph].transpose(2, 0, 1), plan.dtype)
             g_rows = g_rows.reshape(pooled_w * (k1 - k0), c_out)
             operator = _operator(plan, k0, k1, ph, pixels)
-            if pixels.runs is not None:  # a few runs of the stack: scattered to them
-                _sampling.add_transposed(_maps(grad, ph), [operator], g_rows, pixels)
+            if pixels.runs is not None or not stacks:  # scattered to the runs or the pixels
+                groups = [(0, c_out, g_rows)]
+                _sampling.add_transposed(_maps(grad, ph), [operator], groups, pixels)
                 continue
             part = operator.T @ g_rows  # most of the stack: its gradient whole, then copied
             stack = part if stack is None else np.add(stack, part, out=stack)
@@ -210,5 +235,6 @@ def backward(grad_output, plan, input_shape):
                 row[..., p0 : p0 + _cells.BLOCK] = planes[..., p0 : p0 + _cells.BLOCK]
 
     whole = _whole(plan, c_out)
+    stacks = _stacks_fit(plan, c_out, grad_output.dtype, several)
     _each_row(plan, c_out, task)
     return _sampling.narrow(grad.reshape(input_shape), grad_output.dtype)

@@ -15,6 +15,7 @@ float64) in the same operation order as the CUDA kernels, so both backends agree
 samples fall inside the map.
 """
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -25,6 +26,9 @@ from cuproi._cpu import _cells, _parallel, _scratch
 
 # Entries of the sparse operator built at once; boxes are processed in chunks below this.
 BUDGET = 1 << 21
+
+# Values of a gradient's bin rows copied at once (BinRows.groups): 8 MiB of float32.
+ROWS = 1 << 21
 
 
 def sample_range(start, bin_size, grid, size):
@@ -192,7 +196,7 @@ def every_bin_a_box(y, x):
 
     ``y`` and ``x`` are sequences of (K, PH) and (K, PW) arrays (per bin row and column); the
     boxes of the result are the bins in (box, ph, pw) order, the rows of a (K, C, PH, PW)
-    gradient's :func:`bin_rows`.
+    gradient's :class:`BinRows`.
     """
     pooled_h, pooled_w = y[0].shape[1], x[0].shape[1]
     return (
@@ -379,17 +383,17 @@ def input_gradient(shape, dtype, bins, parts, operator, g_rows, pixels=None, cha
 
     ``parts`` are the chunks' ranges of boxes for the threads (:func:`parts`), ``operator(k0,
     k1)`` builds the operator of boxes ``k0:k1`` (``bins`` rows per box; its columns the rows of
-    ``pixels``, or every pixel) and ``g_rows`` holds the bins' gradients in the compute dtype.
-    float16 is summed in float32: with one chunk each pixel's sum is rounded once, as it is
-    written, so no float32 gradient is allocated; with several it is, and rounded at the end
-    in its own memory (:func:`narrow`).
+    ``pixels``, or every pixel) and ``g_rows`` (:class:`BinRows`) makes the bins' gradients in
+    the compute dtype, a chunk and a group of channels at a time. float16 is summed in float32:
+    with one chunk each pixel's sum is rounded once, as it is written, so no float32 gradient
+    is allocated; with several it is, and rounded at the end in its own memory (:func:`narrow`).
     """
     parts = list(parts)
     grad = zeros(shape, dtype if len(parts) <= 1 else g_rows.dtype, channels_last)
     for ranges in parts:
         ops = _parallel.map_ordered(lambda r: operator(*r), ranges)
         k0, k1 = ranges[0][0], ranges[-1][1]
-        add_transposed(grad, ops, g_rows[k0 * bins : k1 * bins], pixels)
+        add_transposed(grad, ops, g_rows.groups(k0 * bins, k1 * bins), pixels)
     return narrow(grad, dtype)
 
 
@@ -434,49 +438,58 @@ def _spans(blocks, channels):
     return spans
 
 
-def add_transposed(grad, operators, g_rows, pixels=None):
+def add_transposed(grad, operators, groups, pixels=None):
     """``grad += A.T @ G`` for ``A`` the row blocks ``operators`` stacked, in parallel.
 
     ``grad`` is an (N, C, H, W) array, NCHW or channels last, or a sequence of N (C, H, W)
     arrays with contiguous planes; ``A``'s columns are the rows of ``pixels`` (every pixel when
-    None). ``A.T`` is built as a CSR matrix (one row per pixel, its entries in bin order) and
-    cut into spans of blocks of pixels (:func:`_blocks`, :func:`_spans`) that stay in cache,
-    each computed and added straight into its cells of ``grad``: no (pixels, C) gradient is
-    allocated and transposed afterwards. The spans are spread over the threads; every pixel's
-    sum runs over its bins in the same order whatever the split, so the result does not depend
-    on the number of threads.
+    None). ``groups`` yields ``(c0, c1, G[:, c0:c1])`` for groups of channels covering them all
+    (:meth:`BinRows.groups`), one held at a time. ``A.T`` is built as a CSR matrix (one row per
+    pixel, its entries in bin order) and cut into spans of blocks of pixels (:func:`_blocks`,
+    :func:`_spans`) that stay in cache, each computed and added straight into its cells of
+    ``grad``: no (pixels, C) gradient is allocated and transposed afterwards. The spans are
+    spread over the threads; every pixel's sum runs over its bins in the same order whatever
+    the split of the spans or the channels, so the result does not depend on the number of
+    threads.
     """
     a = operators[0] if len(operators) == 1 else scipy.sparse.vstack(operators, format="csr")
     if a.nnz == 0:
         return
     n, (c, h, w) = len(grad), grad[0].shape
     if isinstance(grad, np.ndarray) and 8 * a.nnz < a.shape[1]:
-        _add_few_pixels(grad, a, g_rows, pixels)
+        _add_few_pixels(grad, a, groups, pixels)
         return
     t = a.T.tocsr()
     blocks = _blocks(n, h, w, pixels)
     blocks = blocks[t.indptr[blocks[:, 1]] > t.indptr[blocks[:, 0]]]  # those with entries
-    spans = _spans(blocks, c)
+    spans = edges = cost = None
 
-    def run(start, stop):
+    def run(start, stop, group):
+        c0, c1, g_rows = group
         for b0, b1 in spans[start:stop]:
             first, last = blocks[b0, 0], blocks[b1 - 1, 1]
             product = t[first:last] @ g_rows
             for q0, q1, image, *where in blocks[b0:b1].tolist():
                 if len(where) == 2:
-                    cells = grad[image].reshape(c, h * w)[:, where[0] : where[1]]  # a view
+                    cells = grad[image].reshape(c, h * w)[c0:c1, where[0] : where[1]]  # a view
                 else:
                     y0, y1, x0, x1 = where
-                    cells = grad[image][:, y0:y1, x0:x1]
+                    cells = grad[image][c0:c1, y0:y1, x0:x1]
                 cells += product[q0 - first : q1 - first].T.reshape(cells.shape)
 
-    edges = np.array(spans, np.int64).reshape(-1, 2)
-    cost = t.indptr[blocks[edges[:, 1] - 1, 1]] - t.indptr[blocks[edges[:, 0], 0]]
-    work = t.nnz * c  # multiply-adds: the operator is built already
-    _parallel.for_ranges(run, cost, _parallel.workers(work, _parallel.PRODUCT_GRAIN))
+    for group in groups:
+        width = group[1] - group[0]
+        if spans is None:  # the spans of the first group's width serve every group
+            spans = _spans(blocks, width)
+            edges = np.array(spans, np.int64).reshape(-1, 2)
+            cost = t.indptr[blocks[edges[:, 1] - 1, 1]] - t.indptr[blocks[edges[:, 0], 0]]
+        work = t.nnz * width  # multiply-adds: the operator is built already
+        run_group = functools.partial(run, group=group)
+        _parallel.for_ranges(run_group, cost, _parallel.workers(work, _parallel.PRODUCT_GRAIN))
+        del group, run_group  # before the next group is made
 
 
-def _add_few_pixels(grad, a, g_rows, pixels):
+def _add_few_pixels(grad, a, groups, pixels):
     """``grad += A.T @ G`` for an operator ``A`` with entries in few of the map's pixels.
 
     A chunk of the bins of a box too large for one chunk (roi_align's _bins) reads a part of
@@ -492,7 +505,7 @@ def _add_few_pixels(grad, a, g_rows, pixels):
     del read
     columns = np.searchsorted(rows, a.indices)
     compact = scipy.sparse.csr_matrix((a.data, columns, a.indptr), shape=(a.shape[0], len(rows)))
-    values = compact.T.tocsr() @ g_rows  # (pixels read, C)
+    t = compact.T.tocsr()
     if pixels is not None and pixels.runs is not None:
         runs = pixels.runs
         j = np.searchsorted(runs.first, rows, side="right") - 1
@@ -501,9 +514,54 @@ def _add_few_pixels(grad, a, g_rows, pixels):
     else:
         image, rest = np.divmod(rows, h * w)
         y, x = np.divmod(rest, w)
-    grad[image, :, y, x] += values  # distinct pixels, each (C,)
+    for c0, c1, g_rows in groups:
+        grad[image, c0:c1, y, x] += t @ g_rows  # distinct pixels, each (c1 - c0,)
+        del g_rows  # before the next group is made
 
 
-def bin_rows(g):
-    """(K, C, PH, PW) gradient as C-contiguous (K*PH*PW, C) rows, matching the operator's bins."""
-    return _cells.channels_last(g)
+class BinRows:
+    """A (K, C, PH, PW) gradient's bins as the rows ``box * PH * PW + bin`` of its channels.
+
+    The products read the gradient as (K * PH * PW, C) rows, a transposed copy. Made whole, it
+    outweighed the input gradient (a box head's 512 boxes of 256 channels: 26 MB for a 7 MB
+    gradient), so it is made on demand, for a range of rows and of channels, in the compute
+    ``dtype`` and, with ``scale`` (one value per bin, e.g. a modulation mask), times it.
+    """
+
+    def __init__(self, grad_output, dtype, scale=None):
+        k, c, pooled_h, pooled_w = grad_output.shape
+        self.bins, self.channels = pooled_h * pooled_w, c
+        self.dtype = np.dtype(dtype)
+        self._g = grad_output.reshape(k, c, self.bins)
+        self._scale = None if scale is None else scale.reshape(-1)
+
+    def __len__(self):
+        return len(self._g) * self.bins
+
+    def __call__(self, r0, r1, c0=0, c1=None):
+        """Rows ``r0:r1``, channels ``c0:c1`` (all by default): a C-contiguous array."""
+        c1 = self.channels if c1 is None else c1
+        k0, k1 = r0 // self.bins, -(-r1 // self.bins)
+        rows = np.empty((k1 - k0, self.bins, c1 - c0), self.dtype)
+        rows[...] = self._g[k0:k1, c0:c1].transpose(0, 2, 1)  # cast and transposed at once
+        first = r0 - k0 * self.bins
+        rows = rows.reshape((k1 - k0) * self.bins, c1 - c0)[first : first + r1 - r0]
+        if self._scale is not None:
+            rows *= self._scale[r0:r1, None]
+        return rows
+
+    def take(self, rows, channels=slice(None)):
+        """Rows ``rows`` (an index array) as (len(rows), C), or one channel each (``channels``)."""
+        box, b = np.divmod(rows, self.bins)
+        values = self._g[box, channels, b].astype(self.dtype, copy=False)
+        if self._scale is not None:
+            values *= self._scale[rows] if values.ndim == 1 else self._scale[rows, None]
+        return values
+
+    def groups(self, r0, r1):
+        """``(c0, c1, rows)`` of rows ``r0:r1`` by groups of channels of ROWS values at most."""
+        count = max(-(-(r1 - r0) * self.channels // ROWS), 1)
+        size = max(-(-self.channels // count), 1)  # no group for no channels
+        for c0 in range(0, self.channels, size):
+            c1 = min(c0 + size, self.channels)
+            yield c0, c1, self(r0, r1, c0, c1)

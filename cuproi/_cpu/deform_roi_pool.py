@@ -100,12 +100,10 @@ def deform_roi_pool_backward(
     shape = (n, h, w)
     k, _, pooled_h, pooled_w = grad_output.shape
     ct = rois.dtype.type
-    ct_grad = grad_output.astype(ct, copy=False)
-    grad_mask = None
-    if mask is not None:  # out = mask * average: d / d mask = <g, average>; the rest sees g * mask
-        plain_rows = _sampling.bin_rows(ct_grad)
-        ct_grad = ct_grad * mask
-        grad_mask = _results.empty(np, (k, 1, pooled_h, pooled_w), ct)
+    # out = mask * average: d / d mask = <g, average>; the rest sees g * mask.
+    plain_rows = _sampling.BinRows(grad_output, ct)
+    g_rows = plain_rows if mask is None else _sampling.BinRows(grad_output, ct, scale=mask)
+    grad_mask = None if mask is None else _results.empty(np, (k, 1, pooled_h, pooled_w), ct)
     g = _geometry.deform_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
     axes = _geometry.bin_axes(g, offset, (pooled_h, pooled_w), gamma)
     cells = _sampling.reach(rois[:, 0], axes[0][:2], axes[1][:2], shape)
@@ -114,7 +112,6 @@ def deform_roi_pool_backward(
         x_rows = pixels.rows
     else:
         pixels = _sampling.pixels_reached(cells, shape, c)
-    g_rows = _sampling.bin_rows(ct_grad)
     cost, pooled = _cost(axes, shape), (pooled_h, pooled_w)
     if _sampling.too_large(cost):  # every bin a box, in the order of the gradient's rows
         rois, g, axes = _bins(rois, g, axes)
@@ -128,7 +125,7 @@ def deform_roi_pool_backward(
 
     def run(k0, k1):
         """The operator of boxes k0:k1, after their offset and mask gradients."""
-        rows = slice(k0 * bins, k1 * bins)
+        r0, r1 = k0 * bins, k1 * bins
         part = (k1 - k0, *pooled)
 
         def dot(operator, g_part):  # <g, operator @ X> of every bin, over the channels
@@ -138,10 +135,11 @@ def deform_roi_pool_backward(
             a = _operator(rois, g, axes, shape, k0, k1, pixels=pixels)
         else:
             a, d_dx, d_dy = _operator(rois, g, axes, shape, k0, k1, slopes=True, pixels=pixels)
-            grad_offset[k0:k1, 0] = dot(d_dx, g_rows[rows]) * scale_x[k0:k1]
-            grad_offset[k0:k1, 1] = dot(d_dy, g_rows[rows]) * scale_y[k0:k1]
+            g_part = g_rows(r0, r1)
+            grad_offset[k0:k1, 0] = dot(d_dx, g_part) * scale_x[k0:k1]
+            grad_offset[k0:k1, 1] = dot(d_dy, g_part) * scale_y[k0:k1]
         if mask is not None:  # the unmodulated average is this very operator's A @ X
-            grad_mask[k0:k1, 0] = dot(a, plain_rows[rows])
+            grad_mask[k0:k1, 0] = dot(a, plain_rows(r0, r1))
         return a
 
     grad = _sampling.input_gradient(

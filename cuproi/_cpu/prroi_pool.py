@@ -193,7 +193,7 @@ def _box_gradient(grad_output, input, rois, spatial_scale):
     k, _, pooled_h, pooled_w = grad_output.shape
     shape = (n, h, w)
     ct = rois.dtype.type
-    g_rows = _sampling.bin_rows(grad_output.astype(ct, copy=False))
+    g_rows = _sampling.BinRows(grad_output, ct)
     bins = pooled_h * pooled_w
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
     pixels = _sampling.pixels_read(input, _reach(rois, plan), ct)
@@ -205,13 +205,12 @@ def _box_gradient(grad_output, input, rois, spatial_scale):
     d = np.empty((4, len(g_rows)), np.float64)
     for k0, k1 in _sampling.chunks(plan[-1]):
         rows = slice(k0 * bins, k1 * bins)
+        g_chunk = g_rows(rows.start, rows.stop)
         for edge in (0, 1):
             _, mx, my = _operator(rois, plan, shape, k0, k1, edge, pixels)
             for axis, m in enumerate((mx, my)):
                 terms = m @ pixels.rows
-                d[2 * edge + axis, rows] = np.einsum(
-                    "bc,bc->b", terms, g_rows[rows], dtype=np.float64
-                )
+                d[2 * edge + axis, rows] = np.einsum("bc,bc->b", terms, g_chunk, dtype=np.float64)
     dx0, dy0, dx1, dy1 = d.reshape(4, k, pooled_h, pooled_w)
     # Fractions of the box at the start (u0) and end (u1) of every bin row and column.
     uy0 = (np.arange(pooled_h) / pooled_h)[:, None]
@@ -232,7 +231,7 @@ def prroi_pool_backward(grad_output, rois, input_shape, spatial_scale, *, determ
     n, c, h, w = input_shape
     shape = (n, h, w)
     _, _, pooled_h, pooled_w = grad_output.shape
-    g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
+    g_rows = _sampling.BinRows(grad_output, rois.dtype)
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w)
     pixels = _sampling.pixels_reached(_reach(rois, plan), shape, c)
     bins = pooled_h * pooled_w

@@ -142,7 +142,7 @@ def roi_align_backward(
     n, c, h, w = input_shape
     shape = (n, h, w)
     _, _, pooled_h, pooled_w = grad_output.shape
-    g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
+    g_rows = _sampling.BinRows(grad_output, rois.dtype)
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     pixels = _sampling.pixels_reached(_reach(rois, plan, shape), shape, c)
     bins = pooled_h * pooled_w
@@ -336,7 +336,7 @@ def _max_input_gradient(g_rows, input, rois, y, x, bins, dtype, channels_last, p
         s, image, _, winner, _ = chunk
         b_of, c_of = np.nonzero(winner >= 0)
         at = winner[b_of, c_of]
-        gv = g_rows[k0 * bins + b_of, c_of]
+        gv = g_rows.take(k0 * bins + b_of, c_of)
         channel = c_of * total.step
         image = image[s.bin]
         taps = ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1))
@@ -360,7 +360,7 @@ def _max_box_gradient(g_rows, rois, y, x, shape, grid, bins, pooled, scale, alig
     """The (K, 5) box gradient from the winning samples' slopes."""
     grad_rois = np.zeros((len(rois), 5), np.float64)
     free = (aligned | (grid.width > 1), aligned | (grid.height > 1))
-    c = g_rows.shape[1]
+    c = g_rows.channels
 
     def run(k0, k1, chunk):
         s, image, _, winner, (gh, gw) = chunk
@@ -368,7 +368,7 @@ def _max_box_gradient(g_rows, rois, y, x, shape, grid, bins, pooled, scale, alig
         won = winner >= 0
         b_of, c_of = np.nonzero(won)
         weight = np.zeros((len(s.bin), c), g_rows.dtype)
-        weight[winner[won], c_of] = g_rows[k0 * bins + b_of, c_of]
+        weight[winner[won], c_of] = g_rows.take(k0 * bins + b_of, c_of)
         dx, dy = _samples.slopes(s, image, pixels)
         chunk_free = (free[0][k0:k1], free[1][k0:k1])
         grad_rois[k0:k1] = _samples.box_gradient(
@@ -385,7 +385,7 @@ def _max_winners(grad_output, input, rois, spatial_scale, sampling_ratio, aligne
     n, c, h, w = input.shape
     shape = (n, h, w)
     _, _, pooled_h, pooled_w = grad_output.shape
-    g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
+    g_rows = _sampling.BinRows(grad_output, rois.dtype)
     grid, y, x = _max_grid(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     return g_rows, grid, y, x, _pixels(input, rois, y, x, shape, rois.dtype)
 

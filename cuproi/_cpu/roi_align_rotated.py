@@ -240,7 +240,7 @@ def roi_align_rotated_backward(
 ):
     n, c, h, w = input_shape
     _, _, pooled_h, pooled_w = grad_output.shape
-    g_rows = _sampling.bin_rows(grad_output.astype(rois.dtype, copy=False))
+    g_rows = _sampling.BinRows(grad_output, rois.dtype)
     plan = _plan(
         rois, (n, h, w), spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
     )
