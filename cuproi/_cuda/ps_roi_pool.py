@@ -1,7 +1,8 @@
 """Position-sensitive RoI Pool's launches (kernels/ps_roi_pool.cu)."""
 
 from cuproi import _results
-from cuproi._cuda._launch import GradSum, ints
+from cuproi._cuda import _launch
+from cuproi._cuda._launch import ints
 
 
 def _scalars(rois, input_shape, output_size, spatial_scale):
@@ -20,8 +21,7 @@ def ps_roi_pool(device, input, rois, output_size, spatial_scale):
 def ps_roi_pool_backward(
     device, grad_output, rois, input_shape, spatial_scale, *, deterministic=False
 ):
-    grad = GradSum(device, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
     scalars = _scalars(rois, input_shape, grad_output.shape[2:], spatial_scale)
-    args = (grad_output, rois, *scalars, *grad.args())
-    device.run("ps_roi_pool", "backward", grad_output.dtype, grad_output.size, *args)
-    return grad.result(grad_output.dtype)
+    return _launch.backward(
+        device, "ps_roi_pool", grad_output, rois, input_shape, scalars, deterministic
+    )

@@ -6,7 +6,7 @@ reads NCHW features only.
 
 from cuproi import _layout, _results
 from cuproi._cuda import _launch
-from cuproi._cuda._launch import BoxGrad, GradSum, ints
+from cuproi._cuda._launch import GradSum, ints
 
 
 def _scalars(rois, input_shape, output_size, sampling_ratio, aligned, spatial_scale):
@@ -69,10 +69,9 @@ def roi_align_backward(
         args = (grad_output, rois, *scalars, *grad.args())
         device.run("roi_align", "backward_nhwc", dtype, items, *args, per_block=True)
         return device.input_gradient(grad.result(dtype), input_shape, channels_last)
-    grad = GradSum(device, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
-    args = (grad_output, rois, *scalars, *grad.args())
-    device.run("roi_align", "backward", dtype, grad_output.size, *args)
-    return grad.result(dtype)
+    return _launch.backward(
+        device, "roi_align", grad_output, rois, input_shape, scalars, deterministic
+    )
 
 
 def roi_align_box_backward(
@@ -88,11 +87,10 @@ def roi_align_box_backward(
     deterministic=False,
 ):
     """The (K, 5) gradient with respect to the boxes, which reads the features ``input``."""
-    box = BoxGrad(device, grad_output, rois.dtype, deterministic)
     scalars = _scalars(
         rois, input.shape, grad_output.shape[2:], sampling_ratio, aligned, spatial_scale
     )
-    args = (grad_output, device.nchw(input), rois, *scalars, *box.args())
-    direction = "box_backward" if pool_mode == "avg" else "box_backward_max"
-    device.run("roi_align", direction, input.dtype, grad_output.size, *args)
-    return box.result()
+    entry = "box_backward" if pool_mode == "avg" else "box_backward_max"
+    return _launch.box_backward(
+        device, "roi_align", grad_output, input, rois, scalars, deterministic, entry
+    )

@@ -4,7 +4,8 @@ Boxes are (K, 6): [batch_index, cx, cy, w, h, angle in degrees].
 """
 
 from cuproi import _results
-from cuproi._cuda._launch import GradSum, ints
+from cuproi._cuda import _launch
+from cuproi._cuda._launch import ints
 
 
 def _scalars(rois, input_shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise):
@@ -36,11 +37,10 @@ def roi_align_rotated_backward(
     *,
     deterministic=False,
 ):
-    grad = GradSum(device, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
     output_size = grad_output.shape[2:]
     scalars = _scalars(
         rois, input_shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise
     )
-    args = (grad_output, rois, *scalars, *grad.args())
-    device.run("roi_align_rotated", "backward", grad_output.dtype, grad_output.size, *args)
-    return grad.result(grad_output.dtype)
+    return _launch.backward(
+        device, "roi_align_rotated", grad_output, rois, input_shape, scalars, deterministic
+    )
