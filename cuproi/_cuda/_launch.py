@@ -78,6 +78,15 @@ def ints(*values):
     return tuple(np.int32(v) for v in values)
 
 
+def scalars(rois, spatial_scale, input_shape, output_size, *options):
+    """The kernels' arguments after the boxes: scale, sizes and the op's integer options.
+
+    The scale in the boxes' dtype, then ``N, C, H, W, PH, PW`` and ``options`` (sampling ratio,
+    flags) as the kernels' ``int`` arguments.
+    """
+    return (rois.dtype.type(spatial_scale), *ints(*input_shape, *output_size, *options))
+
+
 def takes_channels_last(x):
     """Whether the features ``x`` go to the channels-last kernels (see CHANNELS_LAST_FROM)."""
     return x.shape[1] >= CHANNELS_LAST_FROM or not x.flags.c_contiguous

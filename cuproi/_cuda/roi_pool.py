@@ -12,7 +12,7 @@ def roi_pool(device, input, rois, output_size, spatial_scale, return_argmax=Fals
     input = device.nchw(input)
     out = _results.empty(device.xp, (len(rois), input.shape[1], *output_size), input.dtype)
     argmax = _results.empty(device.xp, out.shape, np.int32)
-    scalars = (rois.dtype.type(spatial_scale), *ints(*input.shape, *output_size))
+    scalars = _launch.scalars(rois, spatial_scale, input.shape, output_size)
     args = (input, rois, *scalars, out, argmax)
     device.run("roi_pool", "forward", input.dtype, out.size, *args)
     return (out, argmax) if return_argmax else out
