@@ -46,44 +46,7 @@ def _parser():
             f"box into DIR/{_demo.FIGURE}."
         ),
     )
-    demo.add_argument(
-        "--out",
-        type=Path,
-        default=Path("."),
-        metavar="DIR",
-        help="folder for the figure (default: .)",
-    )
-    demo.add_argument(
-        "--boxes",
-        type=_boxes,
-        default=dict(_demo.BOXES),
-        metavar="'x1,y1,x2,y2;...'",
-        help=(
-            "boxes in scene pixels (the first is drawn); default: the house, tree, car, "
-            "person and sun of the scene"
-        ),
-    )
-    demo.add_argument(
-        "--output-size",
-        type=_output_size,
-        default=(7, 7),
-        metavar="N or HxW",
-        help="pooled size (default: 7)",
-    )
-    demo.add_argument(
-        "--stride",
-        type=_bounded_int("stride", 1, MAX_STRIDE),
-        default=16,
-        metavar="PIXELS",
-        help="feature stride; spatial_scale = 1/stride (default: 16)",
-    )
-    demo.add_argument(
-        "--sampling-ratio",
-        type=_bounded_int("sampling ratio", 0, 16),
-        default=2,
-        metavar="N",
-        help="bilinear samples per bin and axis, 0 for adaptive (default: 2)",
-    )
+    _add_options(demo, _demo_options())
     demo.set_defaults(run=_run_demo)
     info = commands.add_parser(
         "info", help="versions, backends, GPU, CUDA, kernel and cache folders"
@@ -97,29 +60,73 @@ def _parser():
             "available backend, beside torchvision.ops where it is installed and works."
         ),
     )
-    bench.add_argument(
-        "--repeat",
-        type=_bounded_int("repeat", 1, 100),
-        default=3,
-        metavar="N",
-        help="timed calls per op at least (the median is shown; default: 3)",
-    )
-    bench.add_argument(
-        "--min-time",
-        type=_bounded_float("min-time", 0.0, 60.0),
-        default=0.2,
-        metavar="S",
-        help="seconds of timed calls per op at least, after two warm-up calls (default: 0.2)",
-    )
-    bench.add_argument(
-        "--num-boxes",
-        type=_bounded_int("number of boxes", 1, 100_000),
-        default=256,
-        metavar="K",
-        help="boxes per call (default: 256)",
-    )
+    _add_options(bench, _bench_options())
     bench.set_defaults(run=_run_bench)
     return parser
+
+
+def _demo_options():
+    """The demo's options: (flag, type, default, metavar, help) each."""
+    from cuproi import _demo
+
+    return (
+        ("--out", Path, Path("."), "DIR", "folder for the figure (default: .)"),
+        (
+            "--boxes",
+            _boxes,
+            dict(_demo.BOXES),
+            "'x1,y1,x2,y2;...'",
+            "boxes in scene pixels (the first is drawn); default: the house, tree, car, "
+            "person and sun of the scene",
+        ),
+        ("--output-size", _output_size, (7, 7), "N or HxW", "pooled size (default: 7)"),
+        (
+            "--stride",
+            _bounded_int("stride", 1, MAX_STRIDE),
+            16,
+            "PIXELS",
+            "feature stride; spatial_scale = 1/stride (default: 16)",
+        ),
+        (
+            "--sampling-ratio",
+            _bounded_int("sampling ratio", 0, 16),
+            2,
+            "N",
+            "bilinear samples per bin and axis, 0 for adaptive (default: 2)",
+        ),
+    )
+
+
+def _bench_options():
+    """The benchmark's options: (flag, type, default, metavar, help) each."""
+    return (
+        (
+            "--repeat",
+            _bounded_int("repeat", 1, 100),
+            3,
+            "N",
+            "timed calls per op at least (the median is shown; default: 3)",
+        ),
+        (
+            "--min-time",
+            _bounded_float("min-time", 0.0, 60.0),
+            0.2,
+            "S",
+            "seconds of timed calls per op at least, after two warm-up calls (default: 0.2)",
+        ),
+        (
+            "--num-boxes",
+            _bounded_int("number of boxes", 1, 100_000),
+            256,
+            "K",
+            "boxes per call (default: 256)",
+        ),
+    )
+
+
+def _add_options(parser, options):
+    for flag, kind, default, metavar, help in options:
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=help)
 
 
 # ---------------------------------------------------------------------------------------------

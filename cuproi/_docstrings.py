@@ -77,7 +77,7 @@ SCORE_MAPS_POOLED = """\
 (K, C / (PH * PW), PH, PW) array
     Same array type, device and dtype as ``input``."""
 
-SCORE_MAPS_VALUE_ERROR = """\
+_SCORE_MAPS_VALUE_ERROR = """\
 ValueError
     ``C`` not a multiple of ``PH * PW``; wrong ranks or shapes (a (K, 4) box array),
     non-positive sizes or scale, non-finite or fractional box values, arrays on different
@@ -147,6 +147,13 @@ element: the sum is exact and rounded once at the end, so it is also more accura
 default. inf and NaN in ``grad_output`` propagate as in the default. The CPU backend is always
 deterministic."""
 
+# What the forwards of both position-sensitive ops list alike: their first four parameters and
+# their errors.
+
+SCORE_MAPS_PARAMETERS = "\n".join([SCORE_MAPS, BOXES, OUTPUT_SIZE, SPATIAL_SCALE])
+
+SCORE_MAPS_ERRORS = "\n".join([TYPE_ERROR, _SCORE_MAPS_VALUE_ERROR, INDEX_ERROR])
+
 SHARED = {
     "grad_output": GRAD_OUTPUT,
     "backward_errors": BACKWARD_ERRORS,
@@ -165,7 +172,8 @@ SHARED = {
     "box_gradient": BOX_GRADIENT,
     "score_maps": SCORE_MAPS,
     "score_maps_pooled": SCORE_MAPS_POOLED,
-    "score_maps_value_error": SCORE_MAPS_VALUE_ERROR,
+    "score_maps_parameters": SCORE_MAPS_PARAMETERS,
+    "score_maps_errors": SCORE_MAPS_ERRORS,
     "score_maps_grad_output": SCORE_MAPS_GRAD_OUTPUT,
     "score_maps_input_shape": SCORE_MAPS_INPUT_SHAPE,
     "score_maps_backward_errors": SCORE_MAPS_BACKWARD_ERRORS,

@@ -40,10 +40,7 @@ def ps_roi_align(
 
     Parameters
     ----------
-    {score_maps}
-    {boxes}
-    {output_size}
-    {spatial_scale}
+    {score_maps_parameters}
     {sampling_ratio}
 
     Returns
@@ -52,9 +49,7 @@ def ps_roi_align(
 
     Raises
     ------
-    {type_error}
-    {score_maps_value_error}
-    {index_error}
+    {score_maps_errors}
 
     Notes
     -----

@@ -39,10 +39,7 @@ def ps_roi_pool(
 
     Parameters
     ----------
-    {score_maps}
-    {boxes}
-    {output_size}
-    {spatial_scale}
+    {score_maps_parameters}
 
     Returns
     -------
@@ -50,9 +47,7 @@ def ps_roi_pool(
 
     Raises
     ------
-    {type_error}
-    {score_maps_value_error}
-    {index_error}
+    {score_maps_errors}
 
     Notes
     -----

@@ -78,6 +78,15 @@ def ints(*values):
     return tuple(np.int32(v) for v in values)
 
 
+def scalars(rois, spatial_scale, input_shape, output_size, *options):
+    """The kernels' arguments after the boxes: scale, sizes and the op's integer options.
+
+    The scale in the boxes' dtype, then ``N, C, H, W, PH, PW`` and ``options`` (sampling ratio,
+    flags) as the kernels' ``int`` arguments.
+    """
+    return (rois.dtype.type(spatial_scale), *ints(*input_shape, *output_size, *options))
+
+
 def takes_channels_last(x):
     """Whether the features ``x`` go to the channels-last kernels (see CHANNELS_LAST_FROM)."""
     return x.shape[1] >= CHANNELS_LAST_FROM or not x.flags.c_contiguous
@@ -216,3 +225,29 @@ class BoxGrad:
             return self.value
         terms = self.value.reshape(self.k, -1, 4).sum(axis=1)
         return self.xp.concatenate([self.xp.zeros((self.k, 1), terms.dtype), terms], axis=1)
+
+
+def backward(device, op, grad_output, rois, input_shape, scalars, deterministic):
+    """The NCHW input gradient of ``op``'s ``backward`` kernel, one thread per output element.
+
+    Its arguments: ``grad_output``, the boxes, ``scalars`` (what the op's kernel takes after
+    the boxes), the :class:`GradSum` it adds into (float16 sums in float32).
+    """
+    grad = GradSum(device, input_shape, rois.dtype, grad_output, deterministic)
+    args = (grad_output, rois, *scalars, *grad.args())
+    device.run(op, "backward", grad_output.dtype, grad_output.size, *args)
+    return grad.result(grad_output.dtype)
+
+
+def box_backward(
+    device, op, grad_output, input, rois, scalars, deterministic, entry="box_backward"
+):
+    """The (K, 5) box gradient of ``op``'s ``entry`` kernel, which reads the NCHW features.
+
+    Its arguments: ``grad_output`` (in the features' dtype), the features, the boxes,
+    ``scalars`` (as the forward's after the boxes), the :class:`BoxGrad` it adds into.
+    """
+    box = BoxGrad(device, grad_output, rois.dtype, deterministic)
+    args = (grad_output, device.nchw(input), rois, *scalars, *box.args())
+    device.run(op, entry, input.dtype, grad_output.size, *args)
+    return box.result()

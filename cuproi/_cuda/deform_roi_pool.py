@@ -4,7 +4,7 @@ import numpy as np
 
 from cuproi import _results
 from cuproi._cuda import _launch
-from cuproi._cuda._launch import BoxGrad, GradSum, ints
+from cuproi._cuda._launch import GradSum, ints
 
 
 def _args(input_shape, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, mask):
@@ -123,10 +123,9 @@ def deform_roi_pool_box_backward(
     deterministic=False,
 ):
     """The (K, 5) gradient with respect to the boxes."""
-    box = BoxGrad(device, grad_output, rois.dtype, deterministic)
     scalars = _args(
         input.shape, rois, offset, grad_output.shape[2:], spatial_scale, sampling_ratio, gamma, mask
     )
-    args = (grad_output, device.nchw(input), rois, *scalars, *box.args())
-    device.run("deform_roi_pool", "box_backward", input.dtype, grad_output.size, *args)
-    return box.result()
+    return _launch.box_backward(
+        device, "deform_roi_pool", grad_output, input, rois, scalars, deterministic
+    )

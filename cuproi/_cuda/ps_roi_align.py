@@ -1,19 +1,14 @@
 """Position-sensitive RoI Align's launches (kernels/ps_roi_align.cu)."""
 
 from cuproi import _results
-from cuproi._cuda._launch import GradSum, ints
-
-
-def _scalars(rois, input_shape, output_size, spatial_scale, sampling_ratio):
-    sizes = (*input_shape, *output_size, sampling_ratio)
-    return (rois.dtype.type(spatial_scale), *ints(*sizes))
+from cuproi._cuda import _launch
 
 
 def ps_roi_align(device, input, rois, output_size, spatial_scale, sampling_ratio):
     """(K, C / (PH * PW), PH, PW) output, one thread each."""
     ph, pw = output_size
     out = _results.empty(device.xp, (len(rois), input.shape[1] // (ph * pw), ph, pw), input.dtype)
-    scalars = _scalars(rois, input.shape, output_size, spatial_scale, sampling_ratio)
+    scalars = _launch.scalars(rois, spatial_scale, input.shape, output_size, sampling_ratio)
     device.run("ps_roi_align", "forward", input.dtype, out.size, input, rois, *scalars, out)
     return out
 
@@ -21,8 +16,9 @@ def ps_roi_align(device, input, rois, output_size, spatial_scale, sampling_ratio
 def ps_roi_align_backward(
     device, grad_output, rois, input_shape, spatial_scale, sampling_ratio, *, deterministic=False
 ):
-    grad = GradSum(device, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
-    scalars = _scalars(rois, input_shape, grad_output.shape[2:], spatial_scale, sampling_ratio)
-    args = (grad_output, rois, *scalars, *grad.args())
-    device.run("ps_roi_align", "backward", grad_output.dtype, grad_output.size, *args)
-    return grad.result(grad_output.dtype)
+    scalars = _launch.scalars(
+        rois, spatial_scale, input_shape, grad_output.shape[2:], sampling_ratio
+    )
+    return _launch.backward(
+        device, "ps_roi_align", grad_output, rois, input_shape, scalars, deterministic
+    )

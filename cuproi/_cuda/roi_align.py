@@ -6,13 +6,7 @@ reads NCHW features only.
 
 from cuproi import _layout, _results
 from cuproi._cuda import _launch
-from cuproi._cuda._launch import BoxGrad, GradSum, ints
-
-
-def _scalars(rois, input_shape, output_size, sampling_ratio, aligned, spatial_scale):
-    """The kernels' arguments after the boxes: scale, sizes, sampling ratio and aligned."""
-    sizes = (*input_shape, *output_size, sampling_ratio, aligned)
-    return (rois.dtype.type(spatial_scale), *ints(*sizes))
+from cuproi._cuda._launch import GradSum
 
 
 def roi_align(
@@ -20,7 +14,9 @@ def roi_align(
 ):
     c = input.shape[1]
     out = _results.empty(device.xp, (len(rois), c, *output_size), input.dtype)
-    scalars = _scalars(rois, input.shape, output_size, sampling_ratio, aligned, spatial_scale)
+    scalars = _launch.scalars(
+        rois, spatial_scale, input.shape, output_size, sampling_ratio, aligned
+    )
     if pool_mode == "avg" and _launch.takes_channels_last(input):
         # One block per box and tile of channels.
         items = len(rois) * _launch.tiles(c)
@@ -52,8 +48,8 @@ def roi_align_backward(
     The max mode reads the features ``input``.
     """
     n, c, h, w = input_shape
-    scalars = _scalars(
-        rois, input_shape, grad_output.shape[2:], sampling_ratio, aligned, spatial_scale
+    scalars = _launch.scalars(
+        rois, spatial_scale, input_shape, grad_output.shape[2:], sampling_ratio, aligned
     )
     dtype = grad_output.dtype
     if pool_mode == "max":
@@ -69,10 +65,9 @@ def roi_align_backward(
         args = (grad_output, rois, *scalars, *grad.args())
         device.run("roi_align", "backward_nhwc", dtype, items, *args, per_block=True)
         return device.input_gradient(grad.result(dtype), input_shape, channels_last)
-    grad = GradSum(device, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
-    args = (grad_output, rois, *scalars, *grad.args())
-    device.run("roi_align", "backward", dtype, grad_output.size, *args)
-    return grad.result(dtype)
+    return _launch.backward(
+        device, "roi_align", grad_output, rois, input_shape, scalars, deterministic
+    )
 
 
 def roi_align_box_backward(
@@ -88,11 +83,10 @@ def roi_align_box_backward(
     deterministic=False,
 ):
     """The (K, 5) gradient with respect to the boxes, which reads the features ``input``."""
-    box = BoxGrad(device, grad_output, rois.dtype, deterministic)
-    scalars = _scalars(
-        rois, input.shape, grad_output.shape[2:], sampling_ratio, aligned, spatial_scale
+    scalars = _launch.scalars(
+        rois, spatial_scale, input.shape, grad_output.shape[2:], sampling_ratio, aligned
     )
-    args = (grad_output, device.nchw(input), rois, *scalars, *box.args())
-    direction = "box_backward" if pool_mode == "avg" else "box_backward_max"
-    device.run("roi_align", direction, input.dtype, grad_output.size, *args)
-    return box.result()
+    entry = "box_backward" if pool_mode == "avg" else "box_backward_max"
+    return _launch.box_backward(
+        device, "roi_align", grad_output, input, rois, scalars, deterministic, entry
+    )

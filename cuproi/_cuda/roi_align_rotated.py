@@ -4,12 +4,7 @@ Boxes are (K, 6): [batch_index, cx, cy, w, h, angle in degrees].
 """
 
 from cuproi import _results
-from cuproi._cuda._launch import GradSum, ints
-
-
-def _scalars(rois, input_shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise):
-    sizes = (*input_shape, *output_size, sampling_ratio, aligned, clockwise)
-    return (rois.dtype.type(spatial_scale), *ints(*sizes))
+from cuproi._cuda import _launch
 
 
 def roi_align_rotated(
@@ -17,8 +12,8 @@ def roi_align_rotated(
 ):
     input = device.nchw(input)
     out = _results.empty(device.xp, (len(rois), input.shape[1], *output_size), input.dtype)
-    scalars = _scalars(
-        rois, input.shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise
+    scalars = _launch.scalars(
+        rois, spatial_scale, input.shape, output_size, sampling_ratio, aligned, clockwise
     )
     device.run("roi_align_rotated", "forward", input.dtype, out.size, input, rois, *scalars, out)
     return out
@@ -36,11 +31,10 @@ def roi_align_rotated_backward(
     *,
     deterministic=False,
 ):
-    grad = GradSum(device, input_shape, rois.dtype, grad_output, deterministic)  # f16 sums in f32
     output_size = grad_output.shape[2:]
-    scalars = _scalars(
-        rois, input_shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise
+    scalars = _launch.scalars(
+        rois, spatial_scale, input_shape, output_size, sampling_ratio, aligned, clockwise
     )
-    args = (grad_output, rois, *scalars, *grad.args())
-    device.run("roi_align_rotated", "backward", grad_output.dtype, grad_output.size, *args)
-    return grad.result(grad_output.dtype)
+    return _launch.backward(
+        device, "roi_align_rotated", grad_output, rois, input_shape, scalars, deterministic
+    )

@@ -8,6 +8,7 @@ gradient (which reads the features) is computed only when the boxes get one.
 """
 
 import os
+from typing import NamedTuple
 
 import jax
 from jax.custom_derivatives import SymbolicZero
@@ -23,6 +24,13 @@ def deterministic():
     """
     flags = os.environ.get("XLA_FLAGS", "").split()
     return "--xla_gpu_deterministic_ops=true" in flags or "--xla_gpu_deterministic_ops" in flags
+
+
+class Options(NamedTuple):
+    """The static options of an op that takes none but the output size and the scale."""
+
+    output_size: tuple
+    spatial_scale: float
 
 
 def _is_primal(value):

@@ -1,14 +1,6 @@
 """Precise RoI Pooling (IoU-Net), differentiable for the features and the boxes."""
 
-from typing import NamedTuple
-
 from cuproi.jax import _arguments, _vjp
-
-
-class _Options(NamedTuple):
-    output_size: tuple
-    spatial_scale: float
-
 
 _prroi_pool = _vjp.pooling("prroi_pool", box_gradient=True)
 
@@ -53,4 +45,4 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     Array([0.5, 0.5], dtype=float32)
     """
     call = _arguments.forward(input, boxes, output_size, spatial_scale)
-    return _prroi_pool(_Options(call.pooled, call.scale), call.x, call.rois)
+    return _prroi_pool(_vjp.Options(call.pooled, call.scale), call.x, call.rois)

@@ -1,16 +1,9 @@
 """Position-sensitive RoI Pool (R-FCN), differentiable for the score maps."""
 
-from typing import NamedTuple
-
 from cuproi import _validate
 from cuproi.jax import _arguments, _vjp
 
 _GROUPS = _validate.position_sensitive_channels  # output channels C / (PH * PW), or ValueError
-
-
-class _Options(NamedTuple):
-    output_size: tuple
-    spatial_scale: float
 
 
 _ps_roi_pool = _vjp.pooling("ps_roi_pool", channels=_GROUPS)
@@ -58,4 +51,4 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
            [0.  , 0.  , 0.  , 0.  ]], dtype=float32)
     """
     call = _arguments.forward(input, boxes, output_size, spatial_scale, channels=_GROUPS)
-    return _ps_roi_pool(_Options(call.pooled, call.scale), call.x, call.rois)
+    return _ps_roi_pool(_vjp.Options(call.pooled, call.scale), call.x, call.rois)
