@@ -23,18 +23,17 @@ from jax_helpers import (
     SHAPE,
     assert_cotangent,
     assert_gradients,
+    cj,
     deformable,
     gradient_of,
+    jax,
+    jnp,
     output_gradient,
     plain,
     to_jax,
 )
 
 import cuproi
-
-jax = pytest.importorskip("jax")
-jnp = pytest.importorskip("jax.numpy")
-cj = pytest.importorskip("cuproi.jax")
 
 pytestmark = pytest.mark.usefixtures("x64")  # float64 arrays
 DTYPES = [np.float16, np.float32, np.float64]

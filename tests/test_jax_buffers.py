@@ -16,7 +16,10 @@ from jax_helpers import (
     CASES,
     assert_cotangent,
     assert_gradients,
+    cj,
     gradient_of,
+    jax,
+    jnp,
     output_gradient,
     to_jax,
 )
@@ -24,9 +27,6 @@ from jax_helpers import (
 import cuproi
 from cuproi import _results
 
-jax = pytest.importorskip("jax")
-jnp = pytest.importorskip("jax.numpy")
-cj = pytest.importorskip("cuproi.jax")
 _callback = pytest.importorskip("cuproi.jax._callback")
 
 pytestmark = pytest.mark.usefixtures("x64")  # float64 ops

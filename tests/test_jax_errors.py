@@ -6,13 +6,9 @@ import types
 
 import numpy as np
 import pytest
-from jax_helpers import OUT, SCALE, deformable
+from jax_helpers import OUT, SCALE, cj, deformable, jax, jnp
 
 import cuproi
-
-jax = pytest.importorskip("jax")
-jnp = pytest.importorskip("jax.numpy")
-cj = pytest.importorskip("cuproi.jax")
 
 pytestmark = pytest.mark.usefixtures("x64")  # an int64 offset
 ARRAYS = ("x", "boxes", "offset")
