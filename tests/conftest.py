@@ -184,6 +184,16 @@ def _gpu_inputs_on_the_second_device(request, monkeypatch):
 
 
 @pytest.fixture
+def x64():
+    """JAX's x64 mode (float64 arrays) for one test, the previous setting restored after."""
+    jax = pytest.importorskip("jax")
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+@pytest.fixture
 def host_syncs():
     """The stand-in's log of a block: ``with host_syncs() as log`` (skips on a real GPU)."""
     if not STANDIN:

@@ -47,64 +47,34 @@ def _problem(xp):
 
 
 def _calls(a):
-    """Every public function as (function, positional arguments, keyword arguments)."""
-    x, boxes, g = a["x"], a["boxes"], a["g"]
+    """Every public function as (function, positional arguments, keyword arguments); a name
+    is the function's, then what its call adds."""
+    x, boxes, g, offset, mask, ps_g = a["x"], a["boxes"], a["g"], a["offset"], a["mask"], a["ps_g"]
     levels, shapes = [x, a["x2"]], [x.shape, a["x2"].shape]
-    return {
-        "roi_align": (cuproi.roi_align, [x, boxes, 2, 1.0, 2, True], {}),
-        "roi_align max": (cuproi.roi_align, [x, boxes, 2, 1.0, 2, True], {"pool_mode": "max"}),
-        "roi_align_backward": (
-            cuproi.roi_align_backward,
-            [g, boxes, x.shape, 2, 1.0, 2, True],
-            {"deterministic": False},
-        ),
-        "roi_align_box_backward": (cuproi.roi_align_box_backward, [g, x, boxes, 2, 1.0, 2], {}),
-        "roi_pool": (cuproi.roi_pool, [x, boxes, 2, 1.0], {"return_argmax": True}),
-        "roi_pool_backward": (cuproi.roi_pool_backward, [g, boxes, a["argmax"], x.shape], {}),
-        "deform_roi_pool": (
-            cuproi.deform_roi_pool,
-            [x, boxes, a["offset"], 2, 1.0, 2, 0.1],
-            {"mask": a["mask"]},
-        ),
-        "deform_roi_pool_backward": (
-            cuproi.deform_roi_pool_backward,
-            [g, x, boxes, a["offset"], 2, 1.0, 2, 0.1],
-            {"mask": a["mask"]},
-        ),
-        "deform_roi_pool_box_backward": (
-            cuproi.deform_roi_pool_box_backward,
-            [g, x, boxes, a["offset"], 2, 1.0, 2],
-            {},
-        ),
-        "ps_roi_align": (cuproi.ps_roi_align, [x, boxes, 2, 1.0, 2], {}),
-        "ps_roi_align_backward": (
-            cuproi.ps_roi_align_backward,
-            [a["ps_g"], boxes, x.shape, 2, 1.0, 2],
-            {},
-        ),
-        "ps_roi_pool": (cuproi.ps_roi_pool, [x, boxes, 2, 1.0], {}),
-        "ps_roi_pool_backward": (cuproi.ps_roi_pool_backward, [a["ps_g"], boxes, x.shape, 2], {}),
-        "prroi_pool": (cuproi.prroi_pool, [x, boxes, 2, 1.0], {}),
-        "prroi_pool_backward": (cuproi.prroi_pool_backward, [g, boxes, x.shape, 2, 1.0], {}),
-        "prroi_pool_box_backward": (cuproi.prroi_pool_box_backward, [g, x, boxes, 2, 1.0], {}),
-        "roi_align_rotated": (cuproi.roi_align_rotated, [x, a["rotated"], 2, 1.0, 2], {}),
-        "roi_align_rotated_backward": (
-            cuproi.roi_align_rotated_backward,
-            [g, a["rotated"], x.shape, 2, 1.0, 2],
-            {},
-        ),
-        "multi_scale_roi_align": (
-            cuproi.multi_scale_roi_align,
-            [levels, boxes, 2, [1.0, 0.5], 2],
-            {},
-        ),
-        "multi_scale_roi_align_backward": (
-            cuproi.multi_scale_roi_align_backward,
-            [g, boxes, shapes, 2, [1.0, 0.5], 2],
-            {},
-        ),
-        "quantization_error": (cuproi.quantization_error, [boxes, 1.0, 2], {}),
+    calls = {
+        "roi_align": ([x, boxes, 2, 1.0, 2, True], {}),
+        "roi_align max": ([x, boxes, 2, 1.0, 2, True], {"pool_mode": "max"}),
+        "roi_align_backward": ([g, boxes, x.shape, 2, 1.0, 2, True], {"deterministic": False}),
+        "roi_align_box_backward": ([g, x, boxes, 2, 1.0, 2], {}),
+        "roi_pool": ([x, boxes, 2, 1.0], {"return_argmax": True}),
+        "roi_pool_backward": ([g, boxes, a["argmax"], x.shape], {}),
+        "deform_roi_pool": ([x, boxes, offset, 2, 1.0, 2, 0.1], {"mask": mask}),
+        "deform_roi_pool_backward": ([g, x, boxes, offset, 2, 1.0, 2, 0.1], {"mask": mask}),
+        "deform_roi_pool_box_backward": ([g, x, boxes, offset, 2, 1.0, 2], {}),
+        "ps_roi_align": ([x, boxes, 2, 1.0, 2], {}),
+        "ps_roi_align_backward": ([ps_g, boxes, x.shape, 2, 1.0, 2], {}),
+        "ps_roi_pool": ([x, boxes, 2, 1.0], {}),
+        "ps_roi_pool_backward": ([ps_g, boxes, x.shape, 2], {}),
+        "prroi_pool": ([x, boxes, 2, 1.0], {}),
+        "prroi_pool_backward": ([g, boxes, x.shape, 2, 1.0], {}),
+        "prroi_pool_box_backward": ([g, x, boxes, 2, 1.0], {}),
+        "roi_align_rotated": ([x, a["rotated"], 2, 1.0, 2], {}),
+        "roi_align_rotated_backward": ([g, a["rotated"], x.shape, 2, 1.0, 2], {}),
+        "multi_scale_roi_align": ([levels, boxes, 2, [1.0, 0.5], 2], {}),
+        "multi_scale_roi_align_backward": ([g, boxes, shapes, 2, [1.0, 0.5], 2], {}),
+        "quantization_error": ([boxes, 1.0, 2], {}),
     }
+    return {name: (getattr(cuproi, name.split()[0]), *call) for name, call in calls.items()}
 
 
 NAMES = sorted(_calls(_problem(np)))
@@ -112,33 +82,29 @@ NAMES = sorted(_calls(_problem(np)))
 
 def _spoiled_arrays(xp, value):
     """Bad replacements for an array argument."""
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # casts of NaN to int, of complex to real: intended
-        return _spoiled_quietly(xp, value)
-
-
-def _spoiled_quietly(xp, value):
     a = np.asarray(value.get() if hasattr(value, "get") else value)
     if a.ndim == 0:  # spoiled already
         return [xp.asarray(a[None]), xp.asarray(a[None, None, None, None]), None]
-    spoiled = [
-        a.reshape(a.shape[1:]) if a.shape and a.shape[0] == 1 else a.sum(0),  # one rank less
-        a[None],  # one more
-        a.astype(np.int32),
-        a.astype(bool),
-        a.astype(np.complex64),
-        a[:0],  # empty first axis (K = 0, N = 0)
-        a[..., :0],  # empty last axis
-        np.full_like(a, np.nan, dtype=np.float32),
-        np.full_like(a, np.inf, dtype=np.float32),
-        np.full_like(a, 1e30, dtype=np.float32),
-        np.full_like(a, -1, dtype=np.float32),
-        a.astype(np.float64),
-        a.astype(np.float16),
-    ]
-    if a.ndim >= 2:
-        spoiled += [a[:, :1], a.swapaxes(0, 1), np.ascontiguousarray(a[:, ::-1])]
-    arrays = [xp.asarray(s) for s in spoiled]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # casts of NaN to int, of complex to real: intended
+        spoiled = [
+            a.reshape(a.shape[1:]) if a.shape and a.shape[0] == 1 else a.sum(0),  # one rank less
+            a[None],  # one more
+            a.astype(np.int32),
+            a.astype(bool),
+            a.astype(np.complex64),
+            a[:0],  # empty first axis (K = 0, N = 0)
+            a[..., :0],  # empty last axis
+            np.full_like(a, np.nan, dtype=np.float32),
+            np.full_like(a, np.inf, dtype=np.float32),
+            np.full_like(a, 1e30, dtype=np.float32),
+            np.full_like(a, -1, dtype=np.float32),
+            a.astype(np.float64),
+            a.astype(np.float16),
+        ]
+        if a.ndim >= 2:
+            spoiled += [a[:, :1], a.swapaxes(0, 1), np.ascontiguousarray(a[:, ::-1])]
+        arrays = [xp.asarray(s) for s in spoiled]
     return arrays + [a.tolist(), None, 3, "boxes", object()]
 
 

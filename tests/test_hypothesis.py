@@ -1,26 +1,16 @@
-"""Property tests (hypothesis) of the three ops on random shapes, scales and a zoo of boxes.
+"""Property tests (hypothesis) of RoI Align, RoI Pool and Deformable RoI Pooling on random
+shapes, scales and a zoo of boxes: inside, partly and wholly outside the map, degenerate,
+flipped, tiny and huge (up to ~1e5 times the map, within ``_validate.MAX_COORDINATE``).
 
-Boxes come from a zoo: inside the map, partly outside, wholly outside, degenerate (x1 == x2
-and/or y1 == y2), flipped (x2 < x1), tiny, and huge (up to ~1e5 times the map, within the
-validation bound of ``_validate.MAX_COORDINATE`` cells). Properties:
+Outputs are finite, typed and shaped; the CPU backend equals the float64 loop oracles of
+``tests/oracles`` relative to the magnitude of the inputs each entry is made of (see
+``assert_close``), roi_pool's argmax exactly (ties: the first maximum in scan order); the
+backwards are the adjoints of the forwards; and the CUDA kernels run on the host equal the
+CPU backend, with RoI Align's max mode, masks and the box gradients.
 
-- every output is finite, of the input dtype and of the documented shape;
-- the CPU backend (public API on NumPy arrays) equals the float64 loop oracles of
-  ``tests/oracles`` (float64: to ~1e-9; float32: to ~1e-5, with the oracle's coordinates in
-  float32 like cuproi's), relative to the magnitude of the inputs each entry is made of (see
-  ``assert_close``); roi_pool's argmax equals the oracle's exactly, on distinct values and, with
-  ties, where the first maximum in scan order wins;
-- the backward of roi_align and deform_roi_pool (offset fixed) is the adjoint of the forward;
-- the CUDA kernels run on the host (``host.bind``) equal the CPU backend on the same validated
-  arrays, forward and backward, roi_pool's argmax exactly; so do their variants: RoI Align's
-  max mode, Deformable RoI Pooling with a mask (modulated), and the gradients with respect to
-  the boxes of RoI Align, Deformable RoI Pooling and Precise RoI Pooling.
-
-The oracles visit every sample of every bin, and adaptive sampling puts ``ceil(box / output)``
-samples per bin and axis: a huge box means millions of samples. So an oracle comparison whose
-sample count would exceed ``ORACLE_BUDGET`` uses a fixed sampling_ratio instead (for huge boxes
-always), and adaptive sampling on huge boxes is checked for finiteness and CPU-vs-kernel
-agreement only (both skip the samples outside the map).
+The oracles visit every sample, and adaptive sampling on a huge box means millions: above
+``ORACLE_BUDGET`` samples an oracle comparison uses a fixed sampling_ratio, and adaptive
+sampling on huge boxes is checked for finiteness and CPU-vs-kernel agreement only.
 """
 
 import math
@@ -124,7 +114,7 @@ class Problem:
 
     def cast(self, dtype):
         """x, rois, offset, grad as cuproi reads them for ``dtype`` features."""
-        ct = np.float64 if dtype == np.float64 else np.float32
+        ct = coord_dtype(dtype)
         offset = None if self.offset is None else self.offset.astype(ct)
         return self.x.astype(dtype), self.rois.astype(ct), offset, self.grad.astype(dtype)
 
@@ -158,18 +148,9 @@ def problems(draw, huge=False, only_huge=False, ratios=RATIOS, max_boxes=4):
     if offset_kind != "none":
         spread = {"zero": 0.0, "small": 1.0, "large": 20.0}[offset_kind]
         offset = rng.uniform(-spread, spread, (k, 2, *pooled))
-    return Problem(
-        x=x,
-        rois=rois,
-        pooled=pooled,
-        scale=scale,
-        ratio=draw(st.sampled_from(ratios)),
-        aligned=draw(st.booleans()),
-        gamma=draw(st.sampled_from(GAMMAS)),
-        offset=offset,
-        grad=rng.standard_normal((k, c, *pooled)),
-        huge=any_huge,
-    )
+    ratio, aligned = draw(st.sampled_from(ratios)), draw(st.booleans())
+    gamma, grad = draw(st.sampled_from(GAMMAS)), rng.standard_normal((k, c, *pooled))
+    return Problem(x, rois, pooled, scale, ratio, aligned, gamma, offset, grad, any_huge)
 
 
 # ---- helpers -----------------------------------------------------------------------------------

@@ -12,231 +12,31 @@ import importlib
 import inspect
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pytest
-from roi_op_tester import box_zoo
+from jax_helpers import (
+    CASES,
+    OUT,
+    SCALE,
+    SHAPE,
+    assert_cotangent,
+    assert_gradients,
+    cj,
+    deformable,
+    gradient_of,
+    jax,
+    jnp,
+    output_gradient,
+    plain,
+    to_jax,
+)
 
 import cuproi
 
-jax = pytest.importorskip("jax")
-jnp = pytest.importorskip("jax.numpy")
-cj = pytest.importorskip("cuproi.jax")
-
-SCALE = 0.7
-OUT = (3, 4)
-SHAPE = (2, 3, 10, 12)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 arrays
 DTYPES = [np.float16, np.float32, np.float64]
-
-# [batch_index, cx, cy, w, h, angle]: turned, empty, flipped, outside and beyond the map.
-ROTATED = np.array(
-    [
-        [0, 5.0, 4.0, 6.0, 3.0, 0.0],
-        [1, 6.0, 5.0, 7.5, 4.5, 30.0],
-        [0, 3.0, 7.0, 4.0, 6.0, 90.0],
-        [1, 8.0, 2.0, 5.0, 5.0, -45.0],
-        [0, 6.0, 5.0, 0.0, 0.0, 10.0],
-        [1, 6.0, 5.0, -2.0, 3.0, 20.0],
-        [0, -6.0, 20.0, 4.0, 4.0, 60.0],
-        [1, 6.0, 5.0, 30.0, 26.0, 77.0],
-    ]
-)
-# FPN levels P2 and P3 of a 48 x 64 image; with canonical_scale 16 a box of side 8 or more
-# goes to P3. Small, large, flipped, outside and level-straddling boxes of both images.
-LEVELS = [(2, 3, 12, 16), (2, 3, 6, 8)]
-LEVEL_SCALES = [1 / 4, 1 / 8]
-LEVEL_BOXES = np.array(
-    [
-        [0, 2.0, 3.0, 7.0, 9.0],
-        [1, 10.0, 4.0, 40.0, 30.0],
-        [0, 30.0, 20.0, 33.0, 22.5],
-        [1, -8.0, -4.0, 12.0, 18.0],
-        [0, 50.0, 40.0, 44.0, 35.0],
-        [1, 0.0, 0.0, 64.0, 48.0],
-        [0, 60.0, 40.0, 70.0, 52.0],
-    ]
-)
-
-
-@pytest.fixture(autouse=True)
-def x64():
-    """float64 needs JAX's x64 mode; restore the previous setting for other test modules."""
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
-
-
-def _ct(dtype):
-    """The boxes' dtype for ``dtype`` features: cuproi's compute dtype."""
-    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
-
-
-def _maps(dtype, channels=SHAPE[1], seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((SHAPE[0], channels, *SHAPE[2:])).astype(dtype)
-
-
-def _plain(dtype):
-    return _maps(dtype), box_zoo(SCALE).astype(_ct(dtype))
-
-
-def _score_maps(dtype):
-    return _maps(dtype, SHAPE[1] * OUT[0] * OUT[1]), box_zoo(SCALE).astype(_ct(dtype))
-
-
-def _deformable(dtype):
-    x, boxes = _plain(dtype)
-    rng = np.random.default_rng(1)
-    offset = rng.uniform(-1, 1, (len(boxes), 2, *OUT)).astype(dtype)
-    mask = rng.uniform(0.2, 1, (len(boxes), 1, *OUT)).astype(dtype)
-    return x, boxes, offset, mask
-
-
-def _rotated(dtype):
-    return _maps(dtype), ROTATED.astype(_ct(dtype))
-
-
-def _pyramid(dtype):
-    rng = np.random.default_rng(2)
-    levels = [rng.standard_normal(shape).astype(dtype) for shape in LEVELS]
-    return levels, LEVEL_BOXES.astype(_ct(dtype))
-
-
-class Case(NamedTuple):
-    """An op of both modules: ``call(module, *arrays)`` with ``module`` cuproi or cuproi.jax,
-    its arrays (NumPy, the features or levels first), and the expected cotangent of each
-    array from cuproi's backward functions (None: zero)."""
-
-    call: Callable
-    arrays: Callable  # dtype -> tuple of arrays
-    backward: Callable  # (arrays, g) -> tuple, one entry per array
-
-
-def _roi_pool_backward(x, b, g):
-    argmax = cuproi.roi_pool(x, b, OUT, SCALE, return_argmax=True)[1]
-    return cuproi.roi_pool_backward(g, b, argmax, x.shape), None
-
-
-def _deform_backward(x, b, o, m, g):
-    args = (OUT, SCALE, 2, 0.1)
-    grad_x, grad_o, grad_m = cuproi.deform_roi_pool_backward(g, x, b, o, *args, mask=m)
-    return grad_x, cuproi.deform_roi_pool_box_backward(g, x, b, o, *args, mask=m), grad_o, grad_m
-
-
-MAX = {"pool_mode": "max"}
-CASES = {
-    "roi_align": Case(
-        lambda m, x, b: m.roi_align(x, b, OUT, SCALE, 2, True),
-        _plain,
-        lambda x, b, g: (
-            cuproi.roi_align_backward(g, b, x.shape, OUT, SCALE, 2, True),
-            cuproi.roi_align_box_backward(g, x, b, OUT, SCALE, 2, True),
-        ),
-    ),
-    "roi_align_max_adaptive": Case(
-        lambda m, x, b: m.roi_align(x, b, OUT, SCALE, -1, False, "max"),
-        _plain,
-        lambda x, b, g: (
-            cuproi.roi_align_backward(g, b, x.shape, OUT, SCALE, input=x, **MAX),
-            cuproi.roi_align_box_backward(g, x, b, OUT, SCALE, **MAX),
-        ),
-    ),
-    "roi_pool": Case(lambda m, x, b: m.roi_pool(x, b, OUT, SCALE), _plain, _roi_pool_backward),
-    "deform_roi_pool": Case(
-        lambda m, x, b, o, k: m.deform_roi_pool(x, b, o, OUT, SCALE, 2, 0.1, k),
-        _deformable,
-        _deform_backward,
-    ),
-    "deform_roi_pool_no_offset": Case(
-        lambda m, x, b: m.deform_roi_pool(x, b, None, OUT, SCALE),
-        _plain,
-        lambda x, b, g: (
-            cuproi.deform_roi_pool_backward(g, x, b, None, OUT, SCALE)[0],
-            cuproi.deform_roi_pool_box_backward(g, x, b, None, OUT, SCALE),
-        ),
-    ),
-    "ps_roi_align": Case(
-        lambda m, x, b: m.ps_roi_align(x, b, OUT, SCALE, 2),
-        _score_maps,
-        lambda x, b, g: (cuproi.ps_roi_align_backward(g, b, x.shape, OUT, SCALE, 2), None),
-    ),
-    "ps_roi_pool": Case(
-        lambda m, x, b: m.ps_roi_pool(x, b, OUT, SCALE),
-        _score_maps,
-        lambda x, b, g: (cuproi.ps_roi_pool_backward(g, b, x.shape, OUT, SCALE), None),
-    ),
-    "roi_align_rotated": Case(
-        lambda m, x, b: m.roi_align_rotated(x, b, OUT, 0.5, 2, True, True),
-        _rotated,
-        lambda x, b, g: (
-            cuproi.roi_align_rotated_backward(g, b, x.shape, OUT, 0.5, 2, True, True),
-            None,
-        ),
-    ),
-    "prroi_pool": Case(
-        lambda m, x, b: m.prroi_pool(x, b, OUT, SCALE),
-        _plain,
-        lambda x, b, g: (
-            cuproi.prroi_pool_backward(g, b, x.shape, OUT, SCALE),
-            cuproi.prroi_pool_box_backward(g, x, b, OUT, SCALE),
-        ),
-    ),
-    "multi_scale_roi_align": Case(
-        lambda m, levels, b: m.multi_scale_roi_align(levels, b, OUT, LEVEL_SCALES, 2, True, 16),
-        _pyramid,
-        lambda levels, b, g: (
-            cuproi.multi_scale_roi_align_backward(
-                g, b, [x.shape for x in levels], OUT, LEVEL_SCALES, 2, True, 16
-            ),
-            None,
-        ),
-    ),
-}
-
-
-def to_jax(arrays, dtype=None):
-    """NumPy arrays (and lists of them) as JAX arrays (of ``dtype`` when given)."""
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype), arrays)
-
-
-def output_gradient(case, arrays, seed=3):
-    """A random cotangent of the op's output, in its dtype."""
-    out = case.call(cuproi, *arrays)
-    return np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)
-
-
-def loss_of(case, g):
-    """``<op(*arrays), g>``, and the output beside it (``has_aux``)."""
-
-    def loss(*arrays):
-        out = case.call(cj, *arrays)
-        return jnp.sum(out * g), out
-
-    return loss
-
-
-def assert_cotangent(got, expected, like):
-    """``got`` is cuproi's ``expected`` exactly (dtype too), or zeros shaped like ``like``."""
-    if isinstance(like, list):
-        expected = [None] * len(like) if expected is None else expected
-        for got_level, want, level in zip(got, expected, like, strict=True):
-            assert_cotangent(got_level, want, level)
-        return
-    assert got.shape == like.shape
-    if expected is None:
-        assert not np.asarray(got).any()
-        return
-    assert got.dtype == expected.dtype
-    np.testing.assert_array_equal(np.asarray(got), expected)
-
-
-def assert_gradients(grads, case, arrays, g):
-    for got, want, array in zip(grads, case.backward(*arrays, g), arrays, strict=True):
-        assert_cotangent(got, want, array)
 
 
 # ---- forward and gradients against the array functions ----------------------------------
@@ -251,7 +51,7 @@ def test_forward_and_gradients_equal_the_array_functions(name, dtype):
     arrays = case.arrays(dtype)
     g = output_gradient(case, arrays)
     expected = case.call(cuproi, *arrays)
-    grad = jax.grad(loss_of(case, g), argnums=tuple(range(len(arrays))), has_aux=True)
+    grad = gradient_of(case, g)
     modes = {"jit": jax.jit(grad), "eager": grad} if dtype == np.float32 else {"jit": jax.jit(grad)}
     for mode, fn in modes.items():
         grads, out = fn(*to_jax(arrays))
@@ -269,17 +69,14 @@ def test_only_the_gradients_asked_for_are_computed():
     x, b = to_jax(case.arrays(np.float32))
 
     def callbacks(argnums):
-        def loss(x, b):
-            return case.call(cj, x, b).sum()
+        text = str(jax.make_jaxpr(jax.grad(lambda x, b: case.call(cj, x, b).sum(), argnums))(x, b))
+        return [
+            text.count(f"function='{f}'") for f in ("roi_align_box_backward", "roi_align_backward")
+        ]
 
-        text = str(jax.make_jaxpr(jax.grad(loss, argnums))(x, b))
-        return text.count("function='roi_align_box_backward'"), text.count(
-            "function='roi_align_backward'"
-        )
-
-    assert callbacks(0) == (0, 1)
-    assert callbacks(1) == (1, 0)
-    assert callbacks((0, 1)) == (1, 1)
+    assert callbacks(0) == [0, 1]
+    assert callbacks(1) == [1, 0]
+    assert callbacks((0, 1)) == [1, 1]
 
 
 @pytest.mark.parametrize("flags", ["", "--xla_gpu_deterministic_ops=true"])
@@ -294,17 +91,8 @@ def test_xlas_deterministic_switch_makes_the_backwards_deterministic(flags, monk
     assert text.count(f"{on}") == 2 and text.count(f"{(on[0], not on[1])}") == 0
 
 
-def test_signatures_are_those_of_the_array_functions():
-    for name in cj.__all__:
-        ours = inspect.signature(getattr(cj, name)).parameters
-        theirs = inspect.signature(getattr(cuproi, name)).parameters
-        assert [(p.name, p.default, p.kind) for p in ours.values()] == [
-            (p.name, p.default, p.kind) for p in theirs.values()
-        ], name
-
-
 def test_roi_pool_return_argmax():
-    x, b = _plain(np.float32)
+    x, b = plain(np.float32)
     out, argmax = jax.jit(lambda x: cj.roi_pool(x, b, OUT, SCALE, True))(jnp.asarray(x))
     want_out, want_argmax = cuproi.roi_pool(x, b, OUT, SCALE, return_argmax=True)
     np.testing.assert_array_equal(np.asarray(out), want_out)
@@ -345,7 +133,7 @@ def test_vmap_equals_each_element(name):
     case = CASES[name]
     elements, stacked = _batch(case.arrays(np.float32))
     g = output_gradient(case, elements[0])
-    grad = jax.grad(loss_of(case, g), argnums=tuple(range(len(stacked))), has_aux=True)
+    grad = gradient_of(case, g)
     grads, out = jax.jit(jax.vmap(grad))(*to_jax(stacked))
     for i, arrays in enumerate(elements):
         np.testing.assert_array_equal(np.asarray(out[i]), case.call(cuproi, *arrays))
@@ -355,10 +143,10 @@ def test_vmap_equals_each_element(name):
 def test_vmap_over_boxes_of_shared_features_and_nested():
     """Features shared by the batch (in_axes None), and vmap of vmap."""
     case = CASES["roi_align"]
-    (x, b), g = case.arrays(np.float32), None
-    elements, (_, boxes) = _batch((x, b), 3)
+    x, b = case.arrays(np.float32)
+    _, (_, boxes) = _batch((x, b), 3)
     g = output_gradient(case, (x, b))
-    grad = jax.grad(loss_of(case, g), argnums=(0, 1), has_aux=True)
+    grad = gradient_of(case, g)
     (grad_x, grad_b), out = jax.jit(jax.vmap(grad, in_axes=(None, 0)))(*to_jax((x, boxes)))
     for i in range(3):
         np.testing.assert_array_equal(np.asarray(out[i]), case.call(cuproi, x, boxes[i]))
@@ -383,31 +171,23 @@ BFLOAT16 += ["deform_roi_pool_no_offset", "multi_scale_roi_align"]
 
 @pytest.mark.parametrize("name", BFLOAT16)
 def test_bfloat16_is_float32_rounded(name):
-    """bfloat16 arrays (NumPy has no bfloat16) under jit: the values and gradients of their
-    float32 values, rounded to bfloat16 once."""
+    """bfloat16 arrays (NumPy has no bfloat16) under jit, and the output eagerly: the values
+    and gradients of their float32 values, rounded to bfloat16 once."""
     case = CASES[name]
     arrays = to_jax(case.arrays(np.float32), jnp.bfloat16)
     wide = jax.tree.map(lambda a: np.asarray(a, np.float32), arrays)
     g = jnp.asarray(output_gradient(case, wide), jnp.bfloat16)
-    grad = jax.grad(loss_of(case, g), argnums=tuple(range(len(arrays))), has_aux=True)
-    grads, out = jax.jit(grad)(*arrays)
-    assert out.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(out, jnp.asarray(case.call(cuproi, *wide), jnp.bfloat16))
+    grads, out = jax.jit(gradient_of(case, g))(*arrays)
+    expected = jnp.asarray(case.call(cuproi, *wide), jnp.bfloat16)
+    for got in (out, case.call(cj, *arrays)):  # under jit, and eagerly
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(got, expected)
     expected = case.backward(*wide, np.asarray(g, np.float32))
     assert all(got.dtype == jnp.bfloat16 for got in jax.tree.leaves(grads))
     rounded = jax.tree.map(lambda a: None if a is None else jnp.asarray(a, jnp.bfloat16), expected)
     for got, want, array in zip(grads, rounded, arrays, strict=True):
         assert_cotangent(got, want, array)
     assert np.asarray(jax.tree.leaves(grads)[0], np.float32).any()
-
-
-def test_bfloat16_eager():
-    case = CASES["deform_roi_pool"]
-    arrays = to_jax(case.arrays(np.float32), jnp.bfloat16)
-    wide = jax.tree.map(lambda a: np.asarray(a, np.float32), arrays)
-    out = case.call(cj, *arrays)
-    assert out.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(out, jnp.asarray(case.call(cuproi, *wide), jnp.bfloat16))
 
 
 @pytest.mark.parametrize("name", ["roi_align", "deform_roi_pool", "roi_align_rotated"])
@@ -420,8 +200,7 @@ def test_per_image_boxes_equal_k5_boxes(name):
     boxes, rest = boxes[order], [a[order] for a in rest]
     per_image = [boxes[boxes[:, 0] == i, 1:] for i in range(SHAPE[0])]
     g = output_gradient(case, (x, boxes, *rest))
-    argnums = tuple(range(2 + len(rest)))
-    grad = jax.grad(loss_of(case, g), argnums=argnums, has_aux=True)
+    grad = gradient_of(case, g)
     (flat, out) = jax.jit(grad)(*to_jax((x, boxes, *rest)))
     for fn in (jax.jit(grad), grad) if name == "deform_roi_pool" else (jax.jit(grad),):
         listed, listed_out = fn(*to_jax((x, per_image, *rest)))
@@ -432,7 +211,7 @@ def test_per_image_boxes_equal_k5_boxes(name):
 
 
 def test_empty_boxes():
-    x, _ = _plain(np.float32)
+    x, _ = plain(np.float32)
     xj, none = jnp.asarray(x), jnp.zeros((0, 5), jnp.float32)
     assert cj.roi_align(xj, none, OUT).shape == (0, SHAPE[1], *OUT)
     assert cj.roi_pool(xj, [], OUT).shape == (0, SHAPE[1], *OUT)
@@ -447,7 +226,7 @@ def test_offset_and_mask_gradients_by_finite_differences():
     put no sample on an integer position, a band edge or the [-1, H] limits."""
     from jax.test_util import check_grads
 
-    x, boxes, offset, mask = _deformable(np.float64)
+    x, boxes, offset, mask = deformable(np.float64)
 
     def f(x, offset, mask):
         return cj.deform_roi_pool(x, boxes, offset, OUT, SCALE, 2, 0.3, mask)
@@ -472,12 +251,15 @@ def test_import_cuproi_does_not_import_jax_and_adapter_not_cupy():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 
-def test_every_op_is_exported():
+def test_every_op_is_exported_with_the_array_functions_signature():
     ops = {"roi_align", "roi_pool", "deform_roi_pool", "ps_roi_align", "ps_roi_pool"}
     ops |= {"roi_align_rotated", "prroi_pool", "multi_scale_roi_align"}
     assert set(cj.__all__) == ops
     for name in ops:
         assert getattr(cj, name).__module__ == f"cuproi.jax.{name}"
+        ours, theirs = (inspect.signature(getattr(m, name)).parameters for m in (cj, cuproi))
+        signature = [(p.name, p.default, p.kind) for p in theirs.values()]
+        assert [(p.name, p.default, p.kind) for p in ours.values()] == signature, name
 
 
 @pytest.mark.parametrize("module", ["cuproi.jax", *[f"cuproi.jax.{op}" for op in cj.__all__]])
@@ -490,7 +272,7 @@ def test_docstring_examples(module):
     assert result.attempted > 0 or module == "cuproi.jax"
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_plain_functions_take_and_return_jax_arrays(dtype):
     """The array API through DLPack: JAX in, JAX out, same dtype and values as NumPy."""
     rng = np.random.default_rng(3)

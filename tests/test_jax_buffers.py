@@ -12,23 +12,24 @@ import types
 import numpy as np
 import pytest
 from conftest import CUPY, DEVICES, STANDIN, TOLERANCE
-from test_jax import (
+from jax_helpers import (
     CASES,
     assert_cotangent,
     assert_gradients,
-    loss_of,
+    cj,
+    gradient_of,
+    jax,
+    jnp,
     output_gradient,
     to_jax,
-    x64,  # noqa: F401  (autouse: float64 ops)
 )
 
 import cuproi
 from cuproi import _results
 
-jax = pytest.importorskip("jax")
-jnp = pytest.importorskip("jax.numpy")
-cj = pytest.importorskip("cuproi.jax")
 _callback = pytest.importorskip("cuproi.jax._callback")
+
+pytestmark = pytest.mark.usefixtures("x64")  # float64 ops
 
 
 @pytest.fixture
@@ -57,8 +58,7 @@ def _gradients(case, dtype, boxes=False):
     arrays = case.arrays(dtype)
     g = output_gradient(case, arrays)
     argnums = tuple(i for i in range(len(arrays)) if boxes or i != 1)
-    grad = jax.jit(jax.grad(loss_of(case, g), argnums=argnums, has_aux=True))
-    return arrays, g, grad(*to_jax(arrays))
+    return arrays, g, jax.jit(gradient_of(case, g, argnums))(*to_jax(arrays))
 
 
 def test_the_ops_are_buffer_callbacks():
@@ -144,8 +144,7 @@ def test_pure_callback_fallback(name, monkeypatch):
     case = CASES[name]
     arrays = case.arrays(np.float32)
     g = output_gradient(case, arrays)
-    argnums = tuple(range(len(arrays)))
-    grad = jax.grad(loss_of(case, g), argnums=argnums, has_aux=True)
+    grad = gradient_of(case, g)
     text = str(jax.make_jaxpr(grad)(*to_jax(arrays)))
     assert "pure_callback" in text and "buffer_callback" not in text
     grads, out = jax.jit(grad)(*to_jax(arrays))
@@ -238,7 +237,7 @@ def test_on_a_gpu(name):
     arrays = case.arrays(np.float32)
     g = output_gradient(case, arrays)
     gpu = _jax_gpu()[0]
-    grad = jax.jit(jax.grad(loss_of(case, g), argnums=tuple(range(len(arrays))), has_aux=True))
+    grad = jax.jit(gradient_of(case, g))
     on_gpu = jax.device_put(to_jax(arrays), gpu)
     assert "xla_buffer_python_gpu_callback" in grad.lower(*on_gpu).as_text()
     grads, out = grad(*on_gpu)

@@ -44,24 +44,22 @@ SCRIPT = textwrap.dedent(
     lb[..., 1:] *= 6  # boxes of 6 to 66 pixels on levels of strides 1 and 2
     mesh = jax.make_mesh((2,), ("d",))
 
-
     def put(a, spec=P("d")):
         return jax.device_put(a, NamedSharding(mesh, spec))
 
+    def split(f):
+        return jax.shard_map(f, mesh=mesh, in_specs=P("d"), out_specs=P("d"))
 
     def deform_loss(x, b, o, m, g):
         return jnp.sum(cj.deform_roi_pool(x, b, o, 2, 1.0, 2, 0.1, m) * g)
-
 
     def deform_grads(x, b, o, m, g):
         gx, go, gm = cuproi.deform_roi_pool_backward(g, x, b, o, 2, 1.0, 2, 0.1, mask=m)
         return gx, cuproi.deform_roi_pool_box_backward(g, x, b, o, 2, 1.0, 2, 0.1, mask=m), go, gm
 
-
     def check(got, i, want):
         for a, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(np.asarray(a)[i], w)
-
 
     grad = jax.grad(deform_loss, argnums=(0, 1, 2, 3))
     got = jax.pmap(grad)(x, b, offset, mask, g)
@@ -70,12 +68,7 @@ SCRIPT = textwrap.dedent(
     print("pmap")
 
     # Every array split over the devices: each computes its shard's gradients.
-    local = jax.shard_map(
-        lambda *a: [t[None] for t in grad(*(u[0] for u in a))],
-        mesh=mesh,
-        in_specs=P("d"),
-        out_specs=P("d"),
-    )
+    local = split(lambda *a: [t[None] for t in grad(*(u[0] for u in a))])
     got = jax.jit(local)(*map(put, (x, b, offset, mask, g)))
     for i in range(2):
         check(got, i, deform_grads(x[i], b[i], offset[i], mask[i], g[i]))
@@ -86,24 +79,13 @@ SCRIPT = textwrap.dedent(
         out = cj.multi_scale_roi_align(levels, b, 2, [1.0, 0.5], 2, True, 16, 4)
         return jnp.sum(out * g)
 
-
     def local_level_grad(levels, b, g):
         return [t[None] for t in jax.grad(level_loss)([v[0] for v in levels], b[0], g[0])]
 
-
-    level_grad = jax.shard_map(
-        local_level_grad,
-        mesh=mesh,
-        in_specs=P("d"),
-        out_specs=P("d"),
-    )
-    got = jax.jit(level_grad)([put(v) for v in levels], put(lb), put(g))
+    got = jax.jit(split(local_level_grad))([put(v) for v in levels], put(lb), put(g))
     for i in range(2):
-        shapes = [v[i].shape for v in levels]
-        want = cuproi.multi_scale_roi_align_backward(
-            g[i], lb[i], shapes, 2, [1.0, 0.5], 2, True, 16, 4
-        )
-        check(got, i, want)
+        args = ([v[i].shape for v in levels], 2, [1.0, 0.5], 2, True, 16, 4)
+        check(got, i, cuproi.multi_scale_roi_align_backward(g[i], lb[i], *args))
     print("shard_map levels")
 
     # Features shared by the devices, boxes split: the features' gradient is the sum of the
@@ -129,7 +111,6 @@ SCRIPT = textwrap.dedent(
         out = cj.roi_align(x, b, 2, 1.0, 2, True)
         return out.sum(), out
 
-
     gx, out = jax.jit(jax.grad(loss, has_aux=True))(put(features), put(boxes))
     want = cuproi.roi_align(features, boxes, 2, 1.0, 2, True)
     np.testing.assert_array_equal(np.asarray(out), want)
@@ -141,25 +122,11 @@ SCRIPT = textwrap.dedent(
 
 
 def test_pmap_shard_map_and_sharded_jit():
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        JAX_PLATFORMS="cpu",
-    )
+    flags = "--xla_force_host_platform_device_count=2"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     root = Path(cuproi.__file__).parents[1]  # this checkout's (or installation's) cuproi
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = dict(env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", SCRIPT], **run)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:-1] == [
-        "pmap",
-        "shard_map",
-        "shard_map levels",
-        "shard_map shared features",
-        "sharded jit",
-    ]
+    checks = ["pmap", "shard_map", "shard_map levels", "shard_map shared features", "sharded jit"]
+    assert result.stdout.split("\n")[:-1] == checks

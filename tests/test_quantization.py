@@ -113,14 +113,9 @@ def test_agrees_with_the_cells_roi_pool_reads():
     out = cuproi.roi_pool(maps, boxes, pooled, scale)
     end_x, end_y = out[:, 0].max((1, 2)) + 1, out[:, 1].max((1, 2)) + 1
     start_x, start_y = -out[:, 2].max((1, 2)), -out[:, 3].max((1, 2))
-    exact = xy * scale
     inside = (end_x < w) & (end_y < h)  # not clipped by the map
-    expected = np.max(
-        np.abs(
-            [start_x - exact[:, 0], start_y - exact[:, 1], end_x - exact[:, 2], end_y - exact[:, 3]]
-        ),
-        axis=0,
-    )
+    read = np.column_stack([start_x, start_y, end_x, end_y])  # the cells read, [x1, y1, x2, y2)
+    expected = np.abs(read - xy * scale).max(axis=1)
     err = cuproi.quantization_error(boxes, scale, pooled)
     assert inside.sum() > 100
     np.testing.assert_allclose(err.box_shift[inside], expected[inside], atol=1e-12)

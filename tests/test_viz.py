@@ -3,6 +3,7 @@ where the published semantics of the ops say (checked here from those semantics,
 cuproi's geometry code)."""
 
 import doctest
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ ROOT = Path(__file__).parents[1]
 SCALE = 1 / 16
 # Two boxes inside a 20 x 30 map at stride 16, of different sizes and aspect ratios.
 BOXES = np.array([[0, 40.0, 56.0, 300.0, 200.0], [0, 200.0, 100.0, 260.0, 290.0]])
+MAP = (20, 30)  # the map's (H, W) alone: figures without features
 
 
 def features(seed=0):
@@ -38,6 +40,25 @@ def collection(ax, gid):
 
 def offsets(ax, gid):
     return np.asarray(collection(ax, gid).get_offsets())
+
+
+def gid_lines(ax, gid):
+    return [line for line in ax.lines if line.get_gid() == gid]
+
+
+def legend_texts(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def legend_entries(ax, text):
+    """The entries of ``ax``'s legend that say ``text``."""
+    return [t for t in legend_texts(ax) if text in t]
+
+
+def panel(fig, title):
+    """The one panel of ``fig`` whose title says ``title``."""
+    (ax,) = [ax for ax in fig.axes if title in ax.get_title()]
+    return ax
 
 
 def corners(patch):
@@ -86,17 +107,13 @@ def test_roi_pool_figure():
 
 def test_roi_pool_bins_clipped_by_the_map_and_a_box_off_it():
     boxes = np.array([[-40.0, -24.0, 100.0, 90.0], [600.0, 400.0, 700.0, 500.0]])
-    fig = viz.plot_roi_pool((20, 30), boxes, 2, SCALE)
+    fig = viz.plot_roi_pool(MAP, boxes, 2, SCALE)
     ax = fig.axes[0]
     assert len(patches(ax, "bin")) == 8
     assert len(patches(ax, "quantized box")) == 1  # the second box reads no cell
     assert len(offsets(ax, "max cells")) == 4  # its bins are empty: argmax -1, no marker
     # x: round(-2.5) = -3 to round(6.25) = 6; y: round(-1.5) = -2 to round(5.625) = 6; clipped.
     np.testing.assert_array_equal(corners(patches(ax, "quantized box")[0]), [0, 0, 7, 7])
-
-
-def legend_texts(ax):
-    return [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def c_round(v):
@@ -136,13 +153,13 @@ def test_roi_pool_bins_are_the_box_cut_evenly_not_the_cells_they_read():
     assert len(stars) == 49
     distinct = len(np.unique(argmax))
     assert distinct < 49
-    (entry,) = [t for t in legend_texts(fig.axes[1]) if "max of each bin" in t]
+    (entry,) = legend_entries(fig.axes[1], "max of each bin")
     assert f"{distinct} stars for 49 bins" in entry and "share a star" in entry
 
 
 def test_roi_pool_legend_counts_empty_bins():
-    fig = viz.plot_roi_pool((20, 30), [[600.0, 400.0, 700.0, 500.0]], 2, SCALE)
-    (entry,) = [t for t in legend_texts(fig.axes[1]) if "max of each bin" in t]
+    fig = viz.plot_roi_pool(MAP, [[600.0, 400.0, 700.0, 500.0]], 2, SCALE)
+    (entry,) = legend_entries(fig.axes[1], "max of each bin")
     assert "0 stars for 0 bins" in entry and "4 empty" in entry
     assert not patches(fig.axes[0], "bin cells")  # the middle bin reads nothing
 
@@ -165,13 +182,10 @@ def test_roi_align_figure(ratio, aligned):
             size = np.maximum(size, 1.0)
         bins = size / np.array(pooled[::-1])
         grid = np.full(2, ratio) if ratio > 0 else np.ceil(bins).astype(int)
-        for ph in range(pooled[0]):
-            for pw in range(pooled[1]):
-                for i in range(grid[1]):
-                    for j in range(grid[0]):
-                        x = start[0] + pw * bins[0] + (j + 0.5) * bins[0] / grid[0]
-                        y = start[1] + ph * bins[1] + (i + 0.5) * bins[1] / grid[1]
-                        expected.append((x + 0.5, y + 0.5))
+        for ph, pw, i, j in itertools.product(*map(range, (*pooled, grid[1], grid[0]))):
+            x = start[0] + pw * bins[0] + (j + 0.5) * bins[0] / grid[0]
+            y = start[1] + ph * bins[1] + (i + 0.5) * bins[1] / grid[1]
+            expected.append((x + 0.5, y + 0.5))
     drawn = offsets(ax, "samples")
     assert len(drawn) == len(expected)
     assert len(offsets(ax, "samples off the map")) == 0
@@ -187,7 +201,7 @@ def test_roi_align_neighbours_and_weights():
     start = BOXES[1, 1:3] * SCALE - 0.5
     bins = (BOXES[1, 3:5] * SCALE - 0.5 - start) / 3
     np.testing.assert_allclose([sx, sy], start + [0.25 * bins[0], (2 + 0.75) * bins[1]], atol=1e-5)
-    lines = [line for line in ax.lines if line.get_gid() == "neighbour"]
+    lines = gid_lines(ax, "neighbour")
     assert len(lines) == 4
     ends = sorted((line.get_xdata()[1] - 0.5, line.get_ydata()[1] - 0.5) for line in lines)
     x0, y0 = int(np.floor(sx)), int(np.floor(sy))
@@ -207,38 +221,38 @@ def test_roi_align_neighbours_and_weights():
 def test_roi_align_samples_off_the_map_and_at_the_edge():
     # Half of this box lies left of the map: samples left of -1 add zero and are crossed out.
     box = [[-80.0, 16.0, 48.0, 80.0]]
-    fig = viz.plot_roi_align((20, 30), box, 2, SCALE, 2, True, sample=(0, 0, 0, 0, 0))
+    fig = viz.plot_roi_align(MAP, box, 2, SCALE, 2, True, sample=(0, 0, 0, 0, 0))
     ax = fig.axes[0]
     inside, outside = offsets(ax, "samples"), offsets(ax, "samples off the map")
     assert len(inside) + len(outside) == 2 * 2 * 2 * 2 and len(outside) > 0
     assert (outside[:, 0] - 0.5 < -1).all() and (inside[:, 0] - 0.5 >= -1).all()
-    assert not [line for line in ax.lines if line.get_gid() == "neighbour"]
+    assert not gid_lines(ax, "neighbour")
     assert "adds 0" in fig.axes[1].get_xlabel()
     # A sample in the band [-1, 0) is clamped to 0: all its weight on column 0 (at -0.5 here).
-    fig = viz.plot_roi_align((20, 30), [[-16.0, 16.0, 16.0, 64.0]], 1, SCALE, 1, True)
+    fig = viz.plot_roi_align(MAP, [[-16.0, 16.0, 16.0, 64.0]], 1, SCALE, 1, True)
     weights = {t.xy: float(t.get_text()) for t in fig.axes[0].texts if t.get_gid() == "weight"}
     assert sum(w for (x, _), w in weights.items() if x == 0.5) == 1.0
     assert sum(w for (x, _), w in weights.items() if x != 0.5) == 0.0
     # Past the last cell the two taps of a row are one cell: two neighbours, not four.
-    fig = viz.plot_roi_align((20, 30), [[464.0, 16.0, 496.0, 64.0]], 1, SCALE, 1, True)
-    lines = [line for line in fig.axes[0].lines if line.get_gid() == "neighbour"]
+    fig = viz.plot_roi_align(MAP, [[464.0, 16.0, 496.0, 64.0]], 1, SCALE, 1, True)
+    lines = gid_lines(fig.axes[0], "neighbour")
     assert len(lines) == 2 and {line.get_xdata()[1] for line in lines} == {29.5}
 
 
 def test_legends_list_samples_off_the_map_only_when_drawn():
-    inside = viz.plot_roi_align((20, 30), BOXES, 2, SCALE, 2)
+    inside = viz.plot_roi_align(MAP, BOXES, 2, SCALE, 2)
     assert not offsets(inside.axes[0], "samples off the map").size
-    assert not [t for t in legend_texts(inside.axes[2]) if "off the map" in t]
-    half_out = viz.plot_roi_align((20, 30), [[-80.0, 16.0, 48.0, 80.0]], 2, SCALE, 2)
-    assert [t for t in legend_texts(half_out.axes[2]) if "off the map" in t]
+    assert not legend_entries(inside.axes[2], "off the map")
+    half_out = viz.plot_roi_align(MAP, [[-80.0, 16.0, 48.0, 80.0]], 2, SCALE, 2)
+    assert legend_entries(half_out.axes[2], "off the map")
     # Deformable: offsets pushing the bins of a box at the left edge off the map.
     offset = np.zeros((1, 2, 2, 2), np.float32)
     offset[:, 0] = -10.0  # 4 cells left: samples before -1
-    deform = viz.plot_deform_roi_pool((20, 30), [[16.0, 16.0, 80.0, 80.0]], offset, 2, SCALE)
+    deform = viz.plot_deform_roi_pool(MAP, [[16.0, 16.0, 80.0, 80.0]], offset, 2, SCALE)
     assert offsets(deform.axes[0], "samples off the map").size
-    assert [t for t in legend_texts(deform.axes[1]) if "off the map" in t]
-    still = viz.plot_deform_roi_pool((20, 30), [[16.0, 16.0, 80.0, 80.0]], None, 2, SCALE)
-    assert not [t for t in legend_texts(still.axes[1]) if "off the map" in t]
+    assert legend_entries(deform.axes[1], "off the map")
+    still = viz.plot_deform_roi_pool(MAP, [[16.0, 16.0, 80.0, 80.0]], None, 2, SCALE)
+    assert not legend_entries(still.axes[1], "off the map")
 
 
 def test_deform_roi_pool_figure():
@@ -254,12 +268,9 @@ def test_deform_roi_pool_figure():
     assert arrows.N == 2 * 6
     # mmcv: bin (ph, pw) moves by gamma * (box width, box height) * offset[:, (0, 1), ph, pw].
     size = (BOXES[:, 3:5] - BOXES[:, 1:3]) * SCALE
-    np.testing.assert_allclose(
-        arrows.U, (gamma * size[:, 0, None, None] * offset[:, 0]).ravel(), atol=1e-5
-    )
-    np.testing.assert_allclose(
-        arrows.V, (gamma * size[:, 1, None, None] * offset[:, 1]).ravel(), atol=1e-5
-    )
+    for drawn, axis in ((arrows.U, 0), (arrows.V, 1)):
+        moves = gamma * size[:, axis, None, None] * offset[:, axis]
+        np.testing.assert_allclose(drawn, moves.ravel(), atol=1e-5)
     # Without offsets the bins stay: arrows of length zero, bins on the regular ones.
     fig = viz.plot_deform_roi_pool(features(), BOXES, None, pooled, SCALE, 2)
     ax = fig.axes[0]
@@ -288,8 +299,7 @@ def test_comparison_figure():
     assert any("bilinear interpolation" in t for t in titles)
     assert any("input image" in t for t in titles)
     # The pooled outputs shown are the ops' own, for the first box.
-    (outputs,) = [ax for ax in fig.axes if "pooled output" in ax.get_title()]
-    shown = [image.get_array() for image in outputs.images]
+    shown = [image.get_array() for image in panel(fig, "pooled output").images]
     plane = x[:, 1:2].astype(np.float32)
     common = {"output_size": 3, "spatial_scale": SCALE, "sampling_ratio": 2}
     expected = [
@@ -299,20 +309,15 @@ def test_comparison_figure():
     ]
     for got, want in zip(shown, expected, strict=True):
         np.testing.assert_allclose(got, want[0, 0], rtol=1e-6)
-    without = viz.plot_comparison((20, 30), BOXES, 3, SCALE, sample=None)
-    assert not [line for line in without.axes[1].lines if line.get_gid() == "neighbour"]
-
-
-def outputs_panel(fig):
-    (ax,) = [ax for ax in fig.axes if "pooled output" in ax.get_title()]
-    return ax
+    without = viz.plot_comparison(MAP, BOXES, 3, SCALE, sample=None)
+    assert not gid_lines(without.axes[1], "neighbour")
 
 
 @pytest.mark.parametrize("pooled", [(7, 7), (7, 14), (14, 7)])
 def test_comparison_outputs_share_one_colour_scale_and_fit_their_aspect(pooled):
     x = features()
     fig = viz.plot_comparison(x, BOXES[:1], pooled, SCALE, 2, channel=1)
-    ax = outputs_panel(fig)
+    ax = panel(fig, "pooled output")
     images = ax.images
     assert len(images) == 3
     # One norm for the three thumbnails, drawn by one colour bar, spanning their values.
@@ -325,13 +330,13 @@ def test_comparison_outputs_share_one_colour_scale_and_fit_their_aspect(pooled):
     # Each thumbnail at the output's aspect, and large: at least 10% of the panel (7x14
     # outputs in a row of three filled 6% each).
     fig.draw_without_rendering()  # constrained layout and equal aspect applied
-    panel = ax.get_position(original=True).size * fig.get_size_inches()
+    panel_size = ax.get_position(original=True).size * fig.get_size_inches()
     for image in images:
         left, right, bottom, top = image.get_extent()
         box = ax.transData.transform([(left, top), (right, bottom)]) / fig.dpi
         width, height = np.abs(np.diff(box, axis=0))[0]
         np.testing.assert_allclose(width / height, pooled[1] / pooled[0], rtol=1e-6)
-        assert width * height >= 0.1 * np.prod(panel)
+        assert width * height >= 0.1 * np.prod(panel_size)
 
 
 def chosen_neighbours(fig, plane):
@@ -381,8 +386,7 @@ def test_demo_wide_box_zooms_on_the_features_not_the_sky():
     offset = _demo.offsets(1, pooled)
     fig = viz.plot_comparison(x, box, pooled, 1 / 16, 2, offset, offset_source=_demo.OFFSETS)
     assert (chosen_neighbours(fig, x) > 1e-3 * x.max()).all()
-    (zoom,) = [ax for ax in fig.axes if "bilinear interpolation" in ax.get_title()]
-    assert float(zoom.get_xlabel().rsplit("= ", 1)[1]) > 0.01
+    assert float(panel(fig, "bilinear interpolation").get_xlabel().rsplit("= ", 1)[1]) > 0.01
     # The demo's offsets are made up, and the titles say so.
     deform = fig.axes[2].get_title()
     assert "not learned" in deform and "not learned" in fig.get_suptitle()
@@ -390,7 +394,7 @@ def test_demo_wide_box_zooms_on_the_features_not_the_sky():
 
 
 def test_figures_save_as_png_and_svg(tmp_path):
-    fig = viz.plot_comparison((20, 30), BOXES, 2, SCALE)
+    fig = viz.plot_comparison(MAP, BOXES, 2, SCALE)
     fig.savefig(tmp_path / "c.png")
     fig.savefig(tmp_path / "c.svg")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -400,9 +404,9 @@ def test_figures_save_as_png_and_svg(tmp_path):
 def test_drawing_into_a_given_axes():
     fig = Figure()
     axes = fig.subplots(1, 3)
-    assert viz.plot_roi_pool((20, 30), BOXES, 2, SCALE, ax=axes[0]) is fig
-    assert viz.plot_roi_align((20, 30), BOXES, 2, SCALE, 2, ax=axes[1]) is fig
-    assert viz.plot_deform_roi_pool((20, 30), BOXES, None, 2, SCALE, ax=axes[2]) is fig
+    assert viz.plot_roi_pool(MAP, BOXES, 2, SCALE, ax=axes[0]) is fig
+    assert viz.plot_roi_align(MAP, BOXES, 2, SCALE, 2, ax=axes[1]) is fig
+    assert viz.plot_deform_roi_pool(MAP, BOXES, None, 2, SCALE, ax=axes[2]) is fig
     assert len(fig.axes) == 3  # no new panels
     assert all(len(patches(ax, "bin")) == 8 for ax in axes)
 
@@ -416,41 +420,28 @@ def test_inputs():
     assert len(patches(one.axes[0], "exact box")) == 1
 
 
+POOL, ALIGN, DEFORM = viz.plot_roi_pool, viz.plot_roi_align, viz.plot_deform_roi_pool
+
+
 @pytest.mark.parametrize(
-    ("call", "error", "match"),
+    ("plot", "args", "options", "error", "match"),
     [
-        (
-            lambda: viz.plot_roi_pool(features(), BOXES, 2, SCALE, channel=3),
-            IndexError,
-            "channel 3",
-        ),
-        (lambda: viz.plot_roi_pool(np.zeros((2, 1, 4, 4)), BOXES, 2), ValueError, r"\(H, W\)"),
-        (lambda: viz.plot_roi_pool(np.zeros((4, 4), int), BOXES, 2), TypeError, "float"),
-        (lambda: viz.plot_roi_pool((20, 30), np.zeros((2, 3)), 2), ValueError, r"\(K, 4\)"),
-        (lambda: viz.plot_roi_pool((20, 30), BOXES, 0), ValueError, "output_size"),
-        (lambda: viz.plot_roi_pool((20, 30), BOXES, 2, -1.0), ValueError, "spatial_scale"),
-        (lambda: viz.plot_roi_pool((0, 30), BOXES, 2), ValueError, "height and width"),
-        (lambda: viz.plot_roi_align((20, 30), np.zeros((0, 4)), 2), ValueError, "empty"),
-        (
-            lambda: viz.plot_roi_align((20, 30), BOXES, 2, SCALE, 2, sample=(2, 0, 0, 0, 0)),
-            IndexError,
-            "sample",
-        ),
-        (
-            lambda: viz.plot_roi_align((20, 30), BOXES, 2, SCALE, 2, sample=(0, 0, 0, 2, 0)),
-            IndexError,
-            "sample",
-        ),
-        (
-            lambda: viz.plot_deform_roi_pool((20, 30), BOXES, np.zeros((2, 2, 3, 3)), 2),
-            ValueError,
-            "offset",
-        ),
+        (POOL, (features(), BOXES, 2, SCALE), {"channel": 3}, IndexError, "channel 3"),
+        (POOL, (np.zeros((2, 1, 4, 4)), BOXES, 2), {}, ValueError, r"\(H, W\)"),
+        (POOL, (np.zeros((4, 4), int), BOXES, 2), {}, TypeError, "float"),
+        (POOL, (MAP, np.zeros((2, 3)), 2), {}, ValueError, r"\(K, 4\)"),
+        (POOL, (MAP, BOXES, 0), {}, ValueError, "output_size"),
+        (POOL, (MAP, BOXES, 2, -1.0), {}, ValueError, "spatial_scale"),
+        (POOL, ((0, 30), BOXES, 2), {}, ValueError, "height and width"),
+        (ALIGN, (MAP, np.zeros((0, 4)), 2), {}, ValueError, "empty"),
+        (ALIGN, (MAP, BOXES, 2, SCALE, 2), {"sample": (2, 0, 0, 0, 0)}, IndexError, "sample"),
+        (ALIGN, (MAP, BOXES, 2, SCALE, 2), {"sample": (0, 0, 0, 2, 0)}, IndexError, "sample"),
+        (DEFORM, (MAP, BOXES, np.zeros((2, 2, 3, 3)), 2), {}, ValueError, "offset"),
     ],
 )
-def test_bad_arguments(call, error, match):
+def test_bad_arguments(plot, args, options, error, match):
     with pytest.raises(error, match=match):
-        call()
+        plot(*args, **options)
 
 
 def test_docstring_examples():
