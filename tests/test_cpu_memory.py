@@ -1,36 +1,64 @@
-"""Working memory follows the boxes, not the map (CPU backend).
+"""Working memory follows the boxes, not the map, nor the samples of a box (CPU backend).
 
-One small box on a large map: beyond the output (a forward's pooled features, a backward's
-input gradient) an op may allocate in proportion to what its box reads, not to the map. NumPy
-reports its allocations to tracemalloc, SciPy's sparse matrices are NumPy arrays, so the peak
-traced while the op runs is what it allocated. Before the runs of tiles (cuproi._cpu._cells),
-these ops allocated 1 to 8 times the map (a backward: up to 7 times its gradient; float16 a
-float32 copy of the whole map). Max-mode RoI Align, rotated RoI Align and the box gradients:
-test_cpu_memory_samples.py.
+NumPy reports its allocations to tracemalloc (SciPy's sparse matrices are NumPy arrays), so
+the peak traced while an op runs is what it allocated. Beyond its output (a backward's: the
+input gradient), one small box on a large map allocates what it reads; a box whose operator
+outgrows a chunk, or with a huge sampling_ratio, is built or reduced a few pieces at a time,
+with the whole box's values (the bits, for the maxima: first maximum in scan order, NaN,
+out-of-range zeros); a backward's memory does not grow with its output gradient.
+
+Before the runs of tiles (cuproi._cpu._cells), the ops allocated 1 to 8 times the map: the
+features copied whole, channels last (float16: cast to float32, then copied), max mode's input
+gradient summed as (N*H*W, C) rows then copied to NCHW. Max mode and the box gradients listed
+every sample of a chunk of boxes at once, and a chunk holds at least one box:
+``sampling_ratio=512`` on one box took 2.3 GB.
 """
 
+import importlib
+import sys
+from pathlib import Path
+
+import host
 import numpy as np
+import peak_memory
 import pytest
 from oracles import roi_align as align_oracle
 from peak_memory import peak_beyond
 
 import cuproi
-from cuproi._cpu import _ps, _sampling
+from cuproi._cpu import _cells, _ps, _samples, _sampling
 from cuproi._cpu.ps_roi_pool import _plan as _ps_pool_plan
 
-SIZE = 1500  # a 1500 x 1500 plane: 9 MB of float32 per channel
-BOX = np.array([[0, 700, 700, 712, 709]], np.float64)
-ROTATED = np.array([[0, 706, 704, 12, 9, 30]], np.float64)
+# The op modules of the CPU backend (the attribute cuproi._cpu.<op> is the op's function).
+roi_align_rotated = importlib.import_module("cuproi._cpu.roi_align_rotated")
+deform_cpu = importlib.import_module("cuproi._cpu.deform_roi_pool")
+align_cpu = importlib.import_module("cuproi._cpu.roi_align")
+
+SIZE = 2000  # a 2000 x 2000 plane: 8 MB of float16 per channel, 16 MB of float32
+BOX = np.array([[0, 900, 1000, 910, 1010]], np.float64)
+ROTATED = np.array([[0, 905, 1005, 10, 10, 30]], np.float64)
 
 
-def _cases(x, x4, levels):
+def _one_box(x, x4, levels):
+    """Every public call on BOX (ROTATED) over the map ``x`` (``x4``: a multiple of 4 channels
+    for the position-sensitive ops; ``levels``: a pyramid)."""
     g7 = np.ones((1, x.shape[1], 7, 7), x.dtype)
-    g2 = np.ones((1, x.shape[1], 2, 2), x.dtype)
+    g2 = np.ones((1, x4.shape[1] // 4, 2, 2), x.dtype)
     offset = np.full((1, 2, 7, 7), 0.1, x.dtype)
     _, argmax = cuproi.roi_pool(x, BOX, 7, return_argmax=True)
     return {
         "roi_align": lambda: cuproi.roi_align(x, BOX, 7, 1.0, 2, True),
+        "roi_align max": lambda: cuproi.roi_align(x, BOX, 7, 1.0, 2, True, pool_mode="max"),
         "roi_align_backward": lambda: cuproi.roi_align_backward(g7, BOX, x.shape, 7, 1.0, 2, True),
+        "roi_align_backward max": lambda: cuproi.roi_align_backward(
+            g7, BOX, x.shape, 7, 1.0, 2, True, pool_mode="max", input=x
+        ),
+        "roi_align_box_backward": lambda: cuproi.roi_align_box_backward(
+            g7, x, BOX, 7, 1.0, 2, True
+        ),
+        "roi_align_box_backward max": lambda: cuproi.roi_align_box_backward(
+            g7, x, BOX, 7, 1.0, 2, True, pool_mode="max"
+        ),
         "roi_pool": lambda: cuproi.roi_pool(x, BOX, 7),
         "roi_pool argmax": lambda: cuproi.roi_pool(x, BOX, 7, return_argmax=True),
         "roi_pool_backward": lambda: cuproi.roi_pool_backward(g7, BOX, argmax, x.shape),
@@ -38,6 +66,9 @@ def _cases(x, x4, levels):
         "deform_roi_pool_backward": lambda: cuproi.deform_roi_pool_backward(g7, x, BOX, offset, 7),
         "deform_roi_pool_backward no offset": lambda: cuproi.deform_roi_pool_backward(
             g7, x, BOX, None, 7
+        ),
+        "deform_roi_pool_box_backward": lambda: cuproi.deform_roi_pool_box_backward(
+            g7, x, BOX, offset, 7
         ),
         "prroi_pool": lambda: cuproi.prroi_pool(x, BOX, 7),
         "prroi_pool_backward": lambda: cuproi.prroi_pool_backward(g7, BOX, x.shape, 7),
@@ -52,32 +83,44 @@ def _cases(x, x4, levels):
         "multi_scale_roi_align_backward": lambda: cuproi.multi_scale_roi_align_backward(
             g7, BOX, [a.shape for a in levels], 7, [1.0, 0.5], 2
         ),
+        "roi_align_rotated": lambda: cuproi.roi_align_rotated(x, ROTATED, 7, 1.0, 2),
         "roi_align_rotated_backward": lambda: cuproi.roi_align_rotated_backward(
             g7, ROTATED, x.shape, 7, 1.0, 2
         ),
     }
 
 
-_NAMES = sorted(_cases(np.zeros((1, 1, 8, 8)), np.zeros((1, 4, 8, 8)), [np.zeros((1, 1, 8, 8))]))
+def _large_map(dtype, channels):
+    """A (1, C, 2000, 2000) map, zero but for random values around the boxes."""
+    x = np.zeros((1, channels, SIZE, SIZE), dtype)  # pages left unwritten stay unallocated
+    x[:, :, 980:1030, 880:930] = np.random.default_rng(0).standard_normal((channels, 50, 50))
+    return x
 
 
-@pytest.fixture(scope="module", params=[np.float32, np.float16], ids=["float32", "float16"])
-def cases(request):
-    rng = np.random.default_rng(0)
-    dtype = request.param
-    x = rng.standard_normal((1, 1, SIZE, SIZE), np.float32).astype(dtype)
-    x4 = rng.standard_normal((1, 4, SIZE, SIZE), np.float32).astype(dtype)
-    levels = [x, np.ascontiguousarray(x[:, :, ::2, ::2])]
-    return x.nbytes, _cases(x, x4, levels)
+@pytest.fixture(
+    scope="module",
+    params=[(np.float32, 1), (np.float16, 1), (np.float32, 16), (np.float16, 16)],
+    ids=["float32-1", "float16-1", "float32-16", "float16-16"],
+)
+def one_box(request):
+    """The calls of ``_one_box`` on a large map (one channel of float32 is channels last
+    already, and was read in place before)."""
+    x = _large_map(*request.param)
+    x4 = x if x.shape[1] % 4 == 0 else _large_map(request.param[0], 4)
+    return x.nbytes, _one_box(x, x4, [x, np.ascontiguousarray(x[:, :, ::2, ::2])])
+
+
+_NAMES = sorted(_one_box(*[np.zeros((1, 4, 8, 8))] * 2, [np.zeros((1, 4, 8, 8))]))
 
 
 @pytest.mark.parametrize("name", _NAMES)
-def test_one_small_box_on_a_large_map(cases, name):
-    plane, calls = cases
+def test_one_small_box_on_a_large_map(one_box, name):
+    plane, calls = one_box
     beyond = peak_beyond(calls[name])
-    # What the box reads (a few tiles, operators of a few hundred entries) is some kilobytes;
-    # 256 KiB (3 or 6 % of the plane) leaves room for NumPy's and SciPy's small temporaries.
-    assert beyond < 2**18, f"{name}: {beyond} bytes beyond its result ({plane} in the plane)"
+    # What the box reads (a few tiles, a few hundred samples, operators of a few hundred
+    # entries) is some kilobytes; 256 KiB (1/32 of the smallest map) leaves room for NumPy's
+    # and SciPy's small temporaries. Before: 1 to 8 times the map.
+    assert beyond < 2**18, f"{name}: {beyond} bytes beyond its result ({plane} in the map)"
 
 
 def _whole_map_box(x):
@@ -115,7 +158,7 @@ def test_one_box_over_the_whole_map_is_built_a_few_bins_at_a_time(monkeypatch, n
     afresh the pixels each chunk reads: beyond the result, less than the map.
     """
     monkeypatch.setattr(_sampling, "BUDGET", 1 << 18)
-    x = np.random.default_rng(1).standard_normal((1, 4, SIZE, SIZE), np.float32)
+    x = np.random.default_rng(1).standard_normal((1, 4, 1500, 1500), np.float32)
     beyond = peak_beyond(_whole_map_box(x)[name])
     # A forward copies the map channels last (1x) and builds a chunk of bins.
     assert beyond < 1.25 * x.nbytes, f"{beyond} bytes beyond the result, a map of {x.nbytes}"
@@ -265,3 +308,243 @@ def test_narrow_rounds_once_in_place():
         np.testing.assert_array_equal(out, expected)
     same = np.ones((1, 1, 2, 2), np.float32)
     assert _sampling.narrow(same, np.float32) is same
+
+
+# ---- one box, a huge sampling_ratio ----------------------------------------------------------
+
+RATIO = 100  # 7 x 7 bins of 100 x 100 samples: 490000 samples
+
+
+def _sampled(x, rois, g, size, scale, ratio, offset=None, rotated=None):
+    """The CPU backend's calls that list samples: max mode, the box gradients, rotated boxes."""
+    return {
+        "max": lambda: align_cpu.roi_align(x, rois, size, scale, ratio, True, "max"),
+        "max backward": lambda: align_cpu.roi_align_backward(
+            g, rois, x.shape, scale, ratio, True, pool_mode="max", input=x
+        ),
+        "max backward channels last": lambda: align_cpu.roi_align_backward(
+            g, rois, x.shape, scale, ratio, True, pool_mode="max", input=x, channels_last=True
+        ),
+        "max box backward": lambda: align_cpu.roi_align_box_backward(
+            g, x, rois, scale, ratio, True, pool_mode="max"
+        ),
+        "avg box backward": lambda: align_cpu.roi_align_box_backward(
+            g, x, rois, scale, ratio, True
+        ),
+        "deform box backward": lambda: deform_cpu.deform_roi_pool_box_backward(
+            g, x, rois, offset, scale, ratio, 0.1
+        ),
+        "rotated": lambda: roi_align_rotated.roi_align_rotated(
+            x, rotated, size, scale, ratio, True, False
+        ),
+    }
+
+
+_MAXIMA = ["max", "max backward", "max backward channels last", "max box backward"]
+_SAMPLED = sorted(_sampled(*[None] * 6))
+
+
+def _huge_ratio_box(name):
+    """``_sampled(...)[name]`` on one box of 7 x 7 bins of RATIO x RATIO samples."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 4, 30, 30)).astype(np.float32)
+    rois = np.array([[1, 2.5, 3.5, 27.0, 26.0]], np.float32)
+    g = rng.standard_normal((1, 4, 7, 7)).astype(np.float32)
+    offset = rng.normal(0, 0.2, (1, 2, 7, 7)).astype(np.float32)
+    return _sampled(x, rois, g, (7, 7), 1.0, RATIO, offset)[name]
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(np.uint8)
+
+
+@pytest.mark.parametrize("name", sorted(set(_SAMPLED) - {"rotated"}))
+def test_huge_sampling_ratio_is_reduced_in_pieces(monkeypatch, name):
+    """A budget of 2**18 entries: pieces of ~13000 samples, a few MB; the whole box's bits.
+
+    Before, the box's 490000 samples were listed at once whatever the budget (70-110 MB).
+    """
+    call = _huge_ratio_box(name)
+    monkeypatch.setattr(_sampling, "BUDGET", 1 << 30)  # the box in one chunk
+    whole = call()
+    monkeypatch.setattr(_sampling, "BUDGET", 1 << 18)
+    pieces, peak = peak_memory.peak(call)
+    # A piece's samples times (channels + 16) are within the budget; a few words each, for the
+    # pieces of both threads, stay under 32 bytes per budget entry (8 MB).
+    assert peak - pieces.nbytes < 32 * _sampling.BUDGET, f"{name}: peak {peak}"
+    np.testing.assert_array_equal(_bits(pieces), _bits(whole))
+
+
+def _tricky(channels=3):
+    """Features whose maxima test the running winners across pieces.
+
+    Channel 0: every value equal (the first sample in scan order wins); channel 1: negative
+    but for a NaN late in the box (the first NaN wins); channel 2: negative, with the box
+    reaching off the map (an out-of-range sample wins as 0, no gradient).
+    """
+    rng = np.random.default_rng(2)
+    x = np.empty((1, channels, 20, 24), np.float32)
+    x[0, 0] = 0.5
+    x[0, 1] = -1 - rng.uniform(size=(20, 24))
+    x[0, 1, 15, 17] = np.nan
+    x[0, 1, 16, 17] = np.nan
+    x[0, 2] = -1 - rng.uniform(size=(20, 24))
+    return x
+
+
+@pytest.mark.parametrize("box", [[0, 2.0, 1.5, 22.0, 19.0], [0, -6.0, -4.0, 21.0, 30.0]])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_pieces_keep_ties_nan_and_zeros(monkeypatch, box, dtype):
+    """Pieces of ~100 samples cut through every bin: the whole box's bits, and the oracle."""
+    x = _tricky().astype(dtype)
+    rois = np.array([box], np.float32)
+    g = np.random.default_rng(3).standard_normal((1, 3, 2, 3)).astype(dtype)
+
+    def run():
+        calls = _sampled(x, rois, g, (2, 3), 1.0, 40)
+        return [calls[name]() for name in _MAXIMA]
+
+    monkeypatch.setattr(_sampling, "BUDGET", 1 << 30)
+    whole = run()
+    monkeypatch.setattr(_sampling, "BUDGET", 2000)
+    spans = []
+    samples = _samples.samples
+    monkeypatch.setattr(
+        _samples, "samples", lambda *a, span=None: (spans.append(span), samples(*a, span=span))[1]
+    )
+    pieces = run()
+    assert sum(span is not None for span in spans) > 4 * 50  # about 90 pieces a call
+    for a, b in zip(pieces, whole, strict=True):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+    out, grad = pieces[0], pieces[1]
+    x64 = x.astype(np.float64)
+    want = align_oracle.roi_align_max(x64, rois, (2, 3), 1.0, 40, True)
+    tol = 2e-3 if dtype == np.float16 else 1e-5
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+    assert np.isnan(out[0, 1]).any()  # a NaN won a bin
+    assert (out[0, 2] == 0).any() == (box[1] < 0)  # an out-of-range zero won a bin
+    want = align_oracle.roi_align_max_backward(g, x64, rois, (2, 3), 1.0, 40, True)
+    np.testing.assert_allclose(grad, want, rtol=tol, atol=tol)
+
+
+def _interpolation(positions, size):
+    """(S, size) matrix of the bilinear weights of ``positions`` (inside, off the last cell)."""
+    low = np.floor(positions).astype(np.int64)
+    frac = positions - low
+    m = np.zeros((len(positions), size))
+    m[np.arange(len(positions)), low] = 1 - frac
+    m[np.arange(len(positions)), low + 1] = frac
+    return m
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 300])
+def test_zero_ties_keep_the_first_sample_sign_as_the_kernels(monkeypatch, budget):
+    """A bin whose samples are all zeros, -0.0 first: the winner's -0.0, as bin_max gives.
+
+    (np.maximum kept the sign of a later zero.) In one chunk and in pieces of ~15 samples.
+    """
+    if host.COMPILER is None:
+        pytest.skip("no C++ compiler")
+    x = np.random.default_rng(6).standard_normal((1, 2, 12, 14)).astype(np.float32)
+    x[0, 0, :, :7] = -0.0
+    x[0, 0, :, 7:] = 0.0
+    rois = np.array([[0, 1.0, 1.0, 13.0, 11.0], [0, -3.0, -2.0, 9.0, 9.0]], np.float32)
+    want = host.bind("roi_align")(x, rois, (2, 2), 1.0, 4, True, "max")
+    monkeypatch.setattr(_sampling, "BUDGET", budget)
+    out = align_cpu.roi_align(x, rois, (2, 2), 1.0, 4, True, "max")
+    assert np.signbit(out[0, 0, :, 0]).all() and not np.signbit(out[0, 0, :, 1]).any()
+    np.testing.assert_array_equal(_bits(out), _bits(want))
+
+
+@pytest.mark.slow
+def test_sampling_ratio_512_on_one_box():
+    """12.8 million samples (2.3 GB and 18 s before): under 100 MB at the default budget.
+
+    Against the maxima of the samples in float64, bin by bin (the box lies inside the map:
+    every sample is a separable bilinear interpolation).
+    """
+    x = np.random.default_rng(4).standard_normal((1, 4, 64, 64)).astype(np.float32)
+    rois = np.array([[0, 4.0, 4.0, 60.0, 60.0]], np.float32)
+    out, peak = peak_memory.peak(
+        lambda: align_cpu.roi_align(x, rois, (7, 7), 1.0, 512, True, "max")
+    )
+    assert peak < 100 * 2**20
+    offsets = (np.arange(512) + 0.5) * 8 / 512
+    want = np.empty(out.shape)
+    for p in range(7):
+        ay = _interpolation(3.5 + 8 * p + offsets, 64)
+        for q in range(7):
+            ax = _interpolation(3.5 + 8 * q + offsets, 64)
+            want[0, :, p, q] = (ay @ x[0].astype(np.float64) @ ax.T).max(axis=(1, 2))
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+# ---- the tiles that rotated boxes read ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rotated_reach_holds_every_pixel_the_operator_reads(aligned, dtype):
+    rng = np.random.default_rng(int(aligned))
+    n, h, w, k = 2, 23, 31, 60
+    center = rng.uniform(-10, [w + 10, h + 10], (k, 2)) / 0.5
+    size = rng.uniform(-3, 25, (k, 2)) / 0.5
+    rois = np.column_stack([rng.integers(0, n, k), center, size, rng.uniform(-400, 400, k)])
+    rois[::7, 1:3] *= 1e5  # far past the map, where float32 rounds by whole cells
+    rois[5, 3] = np.nan
+    rois = rois.astype(dtype)
+    with np.errstate(invalid="ignore"):  # the NaN box (the public functions ignore it too)
+        plan = roi_align_rotated._plan(rois, (n, h, w), 0.5, 3, 4, 0, aligned, False)
+        a = roi_align_rotated._operator(plan, 0, k).tocoo()
+        cells = roi_align_rotated._reach(plan)
+    assert a.nnz > 0
+    box = a.row // 12
+    image, y, x = np.unravel_index(a.col, (n, h, w))
+    assert (image == cells.image[box]).all()
+    assert ((cells.y0[box] <= y) & (y < cells.y1[box])).all()
+    assert ((cells.x0[box] <= x) & (x < cells.x1[box])).all()
+
+
+@pytest.mark.parametrize("name", sorted(set(_SAMPLED) - {"deform box backward"}))
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_on_the_tiles_read_as_on_the_whole_map(monkeypatch, name, dtype):
+    """A few boxes on a large map read a few runs of tiles, and give the whole map's bits."""
+    rng = np.random.default_rng(5)
+    n, c, h, w = 2, 3, 80, 120
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    corner = rng.uniform(0, [2 * w, 2 * h], (4, 2))
+    rois = np.column_stack([[0, 1, 1, 0], corner, corner + rng.uniform(2, 30, (4, 2))])
+    rotated = np.column_stack(
+        [
+            rois[:, 0],
+            (rois[:, 1:3] + rois[:, 3:5]) / 2,
+            rois[:, 3:5] - rois[:, 1:3],
+            [0, 30, -75, 200],
+        ]
+    )
+    rois, rotated = rois.astype(np.float32), rotated.astype(np.float32)
+    g = rng.standard_normal((4, c, 3, 4)).astype(dtype)
+    call = _sampled(x, rois, g, (3, 4), 0.5, 2, rotated=rotated)[name]
+    reached = []
+    runs = _cells.runs
+    monkeypatch.setattr(_cells, "runs", lambda *a: (reached.append(runs(*a)), reached[-1])[1])
+    monkeypatch.setattr(_cells, "_RUN_COST", 0)  # the runs of this small map, however many
+    tiles = call()
+    assert reached[-1] is not None and reached[-1].size < 0.5 * n * h * w
+    monkeypatch.setattr(_cells, "_WHOLE", -1.0)  # the whole map, always
+    whole = call()
+    assert reached[-1] is None
+    assert tiles.dtype == whole.dtype
+    np.testing.assert_array_equal(_bits(tiles), _bits(whole))
+
+
+def test_memory_benchmark_runs():
+    """asv_bench's memory_samples benchmark, with a small sampling_ratio."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "asv_bench"))
+    from benchmarks import memory_samples
+
+    bench = memory_samples.OneBoxHugeSamplingRatio()
+    for op in memory_samples.OPS:
+        bench.setup(4, op)
+        bench.peakmem_one_box(4, op)
+        bench.time_one_box(4, op)

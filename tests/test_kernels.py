@@ -65,23 +65,9 @@ def test_nvcc_compiles_without_spills(source, arch, tmp_path):
     """The text NVRTC gets (includes inlined) compiles, every entry point exists, none spills."""
     path = tmp_path / f"{source}.cu"
     path.write_text(_source.source(source))
-    result = subprocess.run(
-        [
-            NVCC,
-            "-cubin",
-            f"-arch={arch}",
-            "--std=c++17",
-            "-Xptxas",
-            "-v",
-            "-Werror",
-            "all-warnings",
-            str(path),
-            "-o",
-            str(tmp_path / "out.cubin"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    options = ["-cubin", f"-arch={arch}", "--std=c++17", "-Xptxas", "-v", "-Werror", "all-warnings"]
+    out = ["-o", str(tmp_path / "out.cubin")]
+    result = subprocess.run([NVCC, *options, str(path), *out], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     log = result.stderr
     compiled = set(re.findall(r"Compiling entry function '(\w+)'", log))
@@ -150,27 +136,27 @@ def test_source_inlines_local_includes():
     assert '#line 1 "common/helpers.cuh"' in text
 
 
-def test_kernels_dir_override(monkeypatch, tmp_path):
+@pytest.fixture
+def uncached_kernels_dir():
+    """``_source.kernels_dir`` looked up afresh, and forgotten after the test."""
     _source.kernels_dir.cache_clear()
-    try:
-        monkeypatch.setenv("CUPROI_KERNELS_DIR", str(tmp_path))
-        assert _source.kernels_dir() != tmp_path  # no sources there: falls back
-        shutil.copytree(_source.kernels_dir(), tmp_path, dirs_exist_ok=True)
-        _source.kernels_dir.cache_clear()
-        assert _source.kernels_dir() == tmp_path
-    finally:
-        _source.kernels_dir.cache_clear()
+    yield _source.kernels_dir
+    _source.kernels_dir.cache_clear()
 
 
-def test_missing_kernels_raise_a_clear_error(monkeypatch, tmp_path):
-    _source.kernels_dir.cache_clear()
-    try:
-        monkeypatch.delenv("CUPROI_KERNELS_DIR", raising=False)
-        monkeypatch.setattr(_source, "__file__", str(tmp_path / "cuproi" / "_cuda" / "_source.py"))
-        with pytest.raises(FileNotFoundError, match="CUPROI_KERNELS_DIR"):
-            _source.kernels_dir()
-    finally:
-        _source.kernels_dir.cache_clear()
+def test_kernels_dir_override(monkeypatch, tmp_path, uncached_kernels_dir):
+    monkeypatch.setenv("CUPROI_KERNELS_DIR", str(tmp_path))
+    assert uncached_kernels_dir() != tmp_path  # no sources there: falls back
+    shutil.copytree(uncached_kernels_dir(), tmp_path, dirs_exist_ok=True)
+    uncached_kernels_dir.cache_clear()
+    assert uncached_kernels_dir() == tmp_path
+
+
+def test_missing_kernels_raise_a_clear_error(monkeypatch, tmp_path, uncached_kernels_dir):
+    monkeypatch.delenv("CUPROI_KERNELS_DIR", raising=False)
+    monkeypatch.setattr(_source, "__file__", str(tmp_path / "cuproi" / "_cuda" / "_source.py"))
+    with pytest.raises(FileNotFoundError, match="CUPROI_KERNELS_DIR"):
+        uncached_kernels_dir()
 
 
 def _nvrtc():

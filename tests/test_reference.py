@@ -19,17 +19,22 @@ from oracles import sampling
 # function is exact, so inside [0, 3] x [0, 3] every sample value is 4*y + x;
 # in the replicate bands the coordinate is clamped to 0 or 3 first.
 A4 = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+# a box of Deformable RoI Pool's literals: aligned start 0, rw = rh = 2
+D = [0, 0.5, 0.5, 2.5, 2.5]
 # a bilinear surface that is not linear: 0, 1 on row 0 and 10, 30 on row 1
 B2 = np.array([[0.0, 1.0], [10.0, 30.0]])
 
 
-def _random_rois(rng, K, N, H, W, spread=2.0):
+def _random_problem(rng, K, shape=(2, 2, 5, 6), spread=2.0):
+    """Random features of ``shape`` and ``K`` random boxes on them, some flipped or tiny."""
+    N, _, H, W = shape
+    x = rng.standard_normal(shape)
     b = rng.integers(0, N, K)
     x1 = rng.uniform(-spread, W + spread - 1, K)
     y1 = rng.uniform(-spread, H + spread - 1, K)
-    x2 = x1 + rng.uniform(-0.5, W * 0.8, K)  # some flipped / tiny
+    x2 = x1 + rng.uniform(-0.5, W * 0.8, K)
     y2 = y1 + rng.uniform(-0.5, H * 0.8, K)
-    return np.stack([b, x1, y1, x2, y2], axis=1).astype(np.float64)
+    return x, np.stack([b, x1, y1, x2, y2], axis=1).astype(np.float64)
 
 
 # ---- bilinear / bilinear_grad ----------------------------------------------------------------
@@ -152,21 +157,15 @@ def _on_a4(op, box, size, offset=None, **kw):
         # no min size: the tiny box's sample is at 0.5 + 0.1 = 0.6 (aligned RoI Align's)
         ("deform", [0, 1.0, 1.0, 1.2, 1.2], 1, dict(sampling_ratio=1), 3.0),
         # aligned start 0, rw = rh = 2, sr=1 -> sample (1, 1)
-        ("deform", [0, 0.5, 0.5, 2.5, 2.5], 1, dict(sampling_ratio=1), 5.0),
+        ("deform", D, 1, dict(sampling_ratio=1), 5.0),
         # offset x = 0.5: start shifts by 0.1*2*0.5 = 0.1 -> x = 1.1
-        ("deform", [0, 0.5, 0.5, 2.5, 2.5], 1, dict(sampling_ratio=1, offset=[0.5, 0]), 5.1),
+        ("deform", D, 1, dict(sampling_ratio=1, offset=[0.5, 0]), 5.1),
         # plus offset y = -1: y start -0.2 -> y = 0.8 -> 4*0.8 + 1.1
-        ("deform", [0, 0.5, 0.5, 2.5, 2.5], 1, dict(sampling_ratio=1, offset=[0.5, -1]), 4.3),
+        ("deform", D, 1, dict(sampling_ratio=1, offset=[0.5, -1]), 4.3),
         # gamma = 1, offset (1, -1): x start 2 -> x = 3; y start -2 -> y = -1 (in range, clamped)
-        ("deform", [0, 0.5, 0.5, 2.5, 2.5], 1, dict(sampling_ratio=1, gamma=1, offset=[1, -1]), 3),
+        ("deform", D, 1, dict(sampling_ratio=1, gamma=1, offset=[1, -1]), 3),
         # gamma = 1, offset y = -1.1: y = -1.2 -> out of range -> 0
-        (
-            "deform",
-            [0, 0.5, 0.5, 2.5, 2.5],
-            1,
-            dict(sampling_ratio=1, gamma=1, offset=[0, -1.1]),
-            0,
-        ),
+        ("deform", D, 1, dict(sampling_ratio=1, gamma=1, offset=[0, -1.1]), 0),
         # upper y band: aligned y 3.2..4.2, sample y = 3.7 clamped to 3, x = 1 -> 13
         ("deform", [0, 0.5, 3.7, 2.5, 4.7], 1, dict(sampling_ratio=1), 13.0),
     ],
@@ -206,11 +205,11 @@ def test_roi_align_backward_literals(box, kw, g, want):
     [
         # a sample at the integer point (1, 1): right derivatives dx = A[1,2]-A[1,1] = 1, dy = 4;
         # grad_offset = g * gamma*rw/count * (dx, dy) = 0.2 * (1, 4)
-        ([0, 0.5, 0.5, 2.5, 2.5], 1, 1.0, [0.2, 0.8]),
+        (D, 1, 1.0, [0.2, 0.8]),
         # upper y band (y = 3.7 clamped to 3): dx = edge row slope 1 -> 2 * 0.1*2*1 ; dy = 0
         ([0, 0.5, 3.7, 2.5, 4.7], 1, 2.0, [0.4, 0.0]),
         # 2 samples per axis, all interior, count 4: 0.2/4 * (4 * 1, 4 * 4)
-        ([0, 0.5, 0.5, 2.5, 2.5], 2, 1.0, [0.2, 0.8]),
+        (D, 2, 1.0, [0.2, 0.8]),
     ],
 )
 def test_deform_grad_offset_literals(box, sr, g, want):
@@ -308,9 +307,7 @@ def test_coord_dtype_float32_operation_order():
 
 def _adjoint_case(name, rng):
     """(forward(x) and backward(g) of one linear oracle, its features) on random boxes."""
-    N, C, H, W = 2, 12 if name.startswith("ps_") else 2, 5, 6  # C_out = 2 for PS ops too
-    x = rng.standard_normal((N, C, H, W))
-    rois = _random_rois(rng, 5, N, H, W)
+    x, rois = _random_problem(rng, 5, (2, 12 if name.startswith("ps_") else 2, 5, 6))  # C_out 2
     rois[:, 1:] *= 2.0  # with spatial_scale 0.5
     if name == "roi_align_rotated":  # [b, cx, cy, w, h, angle]
         rois[:, 3:] = np.abs(rois[:, 3:] - rois[:, 1:3])
@@ -346,9 +343,7 @@ def test_adjoint(module, name, args, coord_dtype):
 
 def test_deform_backward_grad_input_adjoint():
     rng = np.random.default_rng(41)
-    N, C, H, W = 2, 2, 5, 6
-    x = rng.standard_normal((N, C, H, W))
-    rois = _random_rois(rng, 5, N, H, W)
+    x, rois = _random_problem(rng, 5)
     for sr in (0, 2):
         off = rng.uniform(-0.5, 0.5, (5, 2, 2, 3))
         y = deform_oracle.deform_roi_pool(x, rois, off, (2, 3), 1.0, sr, 0.15)
@@ -429,9 +424,7 @@ def test_roi_pool_backward_literal_overlap():
 
 def test_roi_pool_backward_matches_argmax_definition():
     rng = np.random.default_rng(7)
-    N, C, H, W = 2, 3, 6, 7
-    x = rng.standard_normal((N, C, H, W))
-    rois = _random_rois(rng, 6, N, H, W)
+    x, rois = _random_problem(rng, 6, (2, 3, 6, 7))
     out, am = pool_oracle.roi_pool(x, rois, (2, 3))
     g = rng.standard_normal(out.shape)
     gi = pool_oracle.roi_pool_backward(g, rois, am, x.shape)
@@ -458,9 +451,7 @@ def test_roi_pool_backward_matches_argmax_definition():
 
 def test_deform_none_equals_roi_align_aligned():
     rng = np.random.default_rng(21)
-    N, C, H, W = 2, 2, 5, 6
-    x = rng.standard_normal((N, C, H, W))
-    rois = _random_rois(rng, 6, N, H, W)
+    x, rois = _random_problem(rng, 6)
     rois[:, 1:] *= 2.0
     for sr in (0, 1, 2):
         d = deform_oracle.deform_roi_pool(x, rois, None, (2, 3), 0.5, sr)
