@@ -70,7 +70,8 @@ def runs(dtype):
             lambda **d: b.roi_align_backward(g, rois, x.shape, 0.5, ratio, aligned, **d),
         )
 
-    def deform(x, g, ratio, mask, backward):  # deform_roi_pool_backward: input, offset, mask
+    def deform(x, g, ratio, mask, box=False):  # the input, offset and mask gradients, or box
+        backward = b.deform_roi_pool_box_backward if box else b.deform_roi_pool_backward
         return op(
             [b.deform_roi_pool(x, rois, offset, SIZE, 0.5, ratio, 0.1, mask)],
             lambda **d: backward(g, x, rois, offset, 0.5, ratio, 0.1, mask, **d),
@@ -87,16 +88,11 @@ def runs(dtype):
         "roi_align, channels last, adaptive grid": lambda: roi_align(x, g, 0, False),
         "roi_align, NCHW": lambda: roi_align(small, g_small, 2, True),
         "roi_align, box gradient": lambda: op(
-            [],
-            lambda **d: b.roi_align_box_backward(g_small, small, rois, 0.5, 2, True, **d),
+            [], lambda **d: b.roi_align_box_backward(g_small, small, rois, 0.5, 2, True, **d)
         ),
-        "deform_roi_pool, channels last": lambda: deform(x, g, 2, mask, b.deform_roi_pool_backward),
-        "deform_roi_pool, NCHW": lambda: deform(
-            small, g_small, 0, None, b.deform_roi_pool_backward
-        ),
-        "deform_roi_pool, box gradient": lambda: deform(
-            small, g_small, 2, mask, b.deform_roi_pool_box_backward
-        ),
+        "deform_roi_pool, channels last": lambda: deform(x, g, 2, mask),
+        "deform_roi_pool, NCHW": lambda: deform(small, g_small, 0, None),
+        "deform_roi_pool, box gradient": lambda: deform(small, g_small, 2, mask, box=True),
         "roi_pool": roi_pool,
         "roi_align max mode": lambda: op(
             [b.roi_align(small, rois, SIZE, 0.5, 2, True, "max")],

@@ -23,17 +23,9 @@ from oracles import roi_pool as pool_oracle
 from cuproi._cpu import _cells, _geometry, _sampling
 
 # The op modules of the CPU backend (the attribute cuproi._cpu.<op> is the op's function).
+_OPS = "deform_roi_pool prroi_pool ps_roi_align ps_roi_pool roi_align roi_align_rotated roi_pool"
 deform_roi_pool, prroi_pool, ps_roi_align, ps_roi_pool, roi_align, roi_align_rotated, roi_pool = (
-    importlib.import_module(f"cuproi._cpu.{op}")
-    for op in (
-        "deform_roi_pool",
-        "prroi_pool",
-        "ps_roi_align",
-        "ps_roi_pool",
-        "roi_align",
-        "roi_align_rotated",
-        "roi_pool",
-    )
+    importlib.import_module(f"cuproi._cpu.{op}") for op in _OPS.split()
 )
 
 
@@ -182,54 +174,59 @@ def test_cells_hold_every_pixel_the_operator_reads(op, aligned, ratio, dtype):
     assert ((cells.x0[box] <= x) & (x < cells.x1[box])).all()
 
 
-def _forward(op, x, rois, scale, offset):
-    if op == "roi_align":
-        return roi_align.roi_align(x, rois, (3, 4), scale, 2, True)
-    return deform_roi_pool.deform_roi_pool(x, rois, offset, (3, 4), scale, 2, 0.1)
+def _spy(monkeypatch, owner, name):
+    """The list of what ``owner.name`` returns from now on, call by call."""
+    seen, function = [], getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a: (seen.append(function(*a)), seen[-1])[1])
+    return seen
 
 
-def _oracle(op, x, rois, scale, offset):
+def _few_boxes(seed, dtype, images, c=3):
+    """(rng, x, rois): len(images) boxes of those images on a large (2, c, 60, 90) map."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, c, 60, 90)).astype(dtype)
+    rois = _boxes(rng, len(images), 2, 0.5, 60, 90) / 3
+    rois[:, 0] = images
+    return rng, x, rois
+
+
+def _forward(op, x, rois, offset, oracle=False):
+    """RoI Align's or Deformable RoI Pooling's forward (or its oracle's) at 3 x 4 bins."""
     if op == "roi_align":
-        return align_oracle.roi_align(x, rois, (3, 4), scale, 2, True)
-    return deform_oracle.deform_roi_pool(x, rois, offset, (3, 4), scale, 2, 0.1)
+        module = align_oracle if oracle else roi_align
+        return module.roi_align(x, rois, (3, 4), 0.5, 2, True)
+    module = deform_oracle if oracle else deform_roi_pool
+    return module.deform_roi_pool(x, rois, offset, (3, 4), 0.5, 2, 0.1)
 
 
 @pytest.mark.parametrize("op", ["roi_align", "deform_roi_pool"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_forward_on_the_tiles_read(monkeypatch, op, dtype):
     """A few boxes on a large map: tiles, the oracle's values, the whole copy's bits."""
-    rng = np.random.default_rng(3)
-    n, c, h, w, scale = 2, 3, 60, 90, 0.5
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    rois = _boxes(rng, 5, n, scale, h, w) / 3
-    rois[:, 0] = [0, 1, 1, 0, 1]
+    rng, x, rois = _few_boxes(3, dtype, [0, 1, 1, 0, 1])
     ct = np.float64 if dtype == np.float64 else np.float32
     rois = rois.astype(ct)
     offset = _deform_offset(rng, 5).astype(ct)
-    copied = []
-    copy_rows = _cells.copy_rows
-    monkeypatch.setattr(
-        _cells, "copy_rows", lambda *a: (copied.append(a[1].size), copy_rows(*a))[1]
-    )
-    out = _forward(op, x, rois, scale, offset)
-    assert copied and copied[0] < 0.5 * n * h * w  # a few of the tiles
+    copied = _spy(monkeypatch, _cells, "copy_rows")
+    out = _forward(op, x, rois, offset)
+    assert copied and len(copied[0]) < 0.5 * 2 * 60 * 90  # a few of the tiles
     assert out.dtype == dtype
-    expected = _oracle(op, x, rois, scale, offset)
     tol = {np.float16: 2e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
+    expected = _forward(op, x, rois, offset, oracle=True)
     np.testing.assert_allclose(out.astype(np.float64), expected, rtol=tol, atol=tol)
     monkeypatch.setattr(_cells, "_WHOLE", -1.0)  # the whole map, always
-    whole = _forward(op, x, rois, scale, offset)
+    whole = _forward(op, x, rois, offset)
     assert len(copied) == 1
     np.testing.assert_array_equal(out.view(np.uint8), whole.view(np.uint8))
 
 
-def _backward(op, g, x, rois, scale, offset, channels_last):
+def _backward(op, g, x, rois, offset, channels_last):
     if op == "roi_align":
         return roi_align.roi_align_backward(
-            g, rois, x.shape, scale, 2, True, channels_last=channels_last
+            g, rois, x.shape, 0.5, 2, True, channels_last=channels_last
         )
     return deform_roi_pool.deform_roi_pool_backward(
-        g, x, rois, offset, scale, 2, 0.1, channels_last=channels_last
+        g, x, rois, offset, 0.5, 2, 0.1, channels_last=channels_last
     )[0]
 
 
@@ -242,35 +239,28 @@ def test_backward_on_the_tiles_read(monkeypatch, op, dtype, channels_last):
     Also summed over many chunks (RoI Align: of a few bins each, its boxes then being too
     large for a chunk): the same sums, up to float32 rounding where chunks meet.
     """
-    rng = np.random.default_rng(4)
-    n, c, h, w, scale = 2, 3, 60, 90, 0.5
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    rois = _boxes(rng, 5, n, scale, h, w) / 3
-    rois[:, 0] = [0, 1, 1, 0, 1]
-    ct = np.float32
-    rois = rois.astype(ct)
-    offset = _deform_offset(rng, 5).astype(ct)
-    g = rng.standard_normal((5, c, 3, 4)).astype(dtype)
-    reached = []
-    runs = _cells.runs
-    monkeypatch.setattr(_cells, "runs", lambda *a: (reached.append(runs(*a)), reached[-1])[1])
-    grad = _backward(op, g, x, rois, scale, offset, channels_last)
-    assert reached[-1] is not None and reached[-1].size < 0.5 * n * h * w
+    rng, x, rois = _few_boxes(4, dtype, [0, 1, 1, 0, 1])
+    rois = rois.astype(np.float32)
+    offset = _deform_offset(rng, 5).astype(np.float32)
+    g = rng.standard_normal((5, 3, 3, 4)).astype(dtype)
+    reached = _spy(monkeypatch, _cells, "runs")
+    grad = _backward(op, g, x, rois, offset, channels_last)
+    assert reached[-1] is not None and reached[-1].size < 0.5 * 2 * 60 * 90
     assert grad.dtype == dtype and grad.shape == x.shape
     assert grad.transpose(0, 2, 3, 1).flags.c_contiguous == channels_last
     if op == "roi_align":
-        expected = align_oracle.roi_align_backward(g, rois, x.shape, (3, 4), scale, 2, True)
+        expected = align_oracle.roi_align_backward(g, rois, x.shape, (3, 4), 0.5, 2, True)
         tol = {np.float16: 2e-3, np.float32: 1e-5}[dtype]
         np.testing.assert_allclose(grad.astype(np.float64), expected, rtol=tol, atol=tol)
     monkeypatch.setattr(_cells, "_WHOLE", -1.0)  # the whole map, always
-    whole = _backward(op, g, x, rois, scale, offset, channels_last)
+    whole = _backward(op, g, x, rois, offset, channels_last)
     assert reached[-1] is None
     bits = np.ascontiguousarray(grad).view(np.uint8)
     np.testing.assert_array_equal(bits, np.ascontiguousarray(whole).view(np.uint8))
     for share in (0.75, -1.0):  # the runs, then the whole map
         monkeypatch.setattr(_cells, "_WHOLE", share)
         monkeypatch.setattr(_sampling, "BUDGET", 40)  # a chunk per box, or per few bins
-        chunked = _backward(op, g, x, rois, scale, offset, channels_last)
+        chunked = _backward(op, g, x, rois, offset, channels_last)
         np.testing.assert_allclose(chunked, grad, rtol=1e-6, atol=1e-6 * np.abs(grad).max())
 
 
@@ -281,44 +271,29 @@ def _rotated(boxes):
     return np.column_stack([boxes[:, 0], centre, size, np.full(len(boxes), 30)]).astype(boxes.dtype)
 
 
+# Position-sensitive ops and PrRoI: (CPU module, oracle module, arguments after the scale, how
+# the (K, 5) boxes are given); each called as op(x, boxes, (2, 3), 0.5, *arguments) forward
+# and op_backward(g, boxes, shape, 0.5, *arguments) backward, the oracles in float32 coordinates.
 _FAMILY = {
-    "ps_roi_align": (
-        lambda x, r: ps_roi_align.ps_roi_align(x, r, (2, 3), 0.5, 2),
-        lambda g, r, s: ps_roi_align.ps_roi_align_backward(g, r, s, 0.5, 2),
-        lambda x, r: ps_align_oracle.ps_roi_align(x, r, (2, 3), 0.5, 2, np.float32),
-        lambda g, r, s: ps_align_oracle.ps_roi_align_backward(g, r, s, (2, 3), 0.5, 2, np.float32),
-    ),
-    "ps_roi_pool": (
-        lambda x, r: ps_roi_pool.ps_roi_pool(x, r, (2, 3), 0.5),
-        lambda g, r, s: ps_roi_pool.ps_roi_pool_backward(g, r, s, 0.5),
-        lambda x, r: ps_pool_oracle.ps_roi_pool(x, r, (2, 3), 0.5, np.float32),
-        lambda g, r, s: ps_pool_oracle.ps_roi_pool_backward(g, r, s, (2, 3), 0.5, np.float32),
-    ),
-    "roi_align_rotated": (
-        lambda x, r: roi_align_rotated.roi_align_rotated(
-            x, _rotated(r), (2, 3), 0.5, 2, True, False
-        ),
-        lambda g, r, s: roi_align_rotated.roi_align_rotated_backward(
-            g, _rotated(r), s, 0.5, 2, True, False
-        ),
-        lambda x, r: rotated_oracle.roi_align_rotated(
-            x, _rotated(r), (2, 3), 0.5, 2, True, False, np.float32
-        ),
-        lambda g, r, s: rotated_oracle.roi_align_rotated_backward(
-            g, _rotated(r), s, (2, 3), 0.5, 2, True, False, np.float32
-        ),
-    ),
-    "prroi_pool": (
-        lambda x, r: prroi_pool.prroi_pool(x, r, (2, 3), 0.5),
-        lambda g, r, s: prroi_pool.prroi_pool_backward(g, r, s, 0.5),
-        lambda x, r: prroi_oracle.prroi_pool(x, r, (2, 3), 0.5, np.float32),
-        lambda g, r, s: prroi_oracle.prroi_pool_backward(g, r, s, (2, 3), 0.5, np.float32),
-    ),
+    "ps_roi_align": (ps_roi_align, ps_align_oracle, (2,), lambda r: r),
+    "ps_roi_pool": (ps_roi_pool, ps_pool_oracle, (), lambda r: r),
+    "roi_align_rotated": (roi_align_rotated, rotated_oracle, (2, True, False), _rotated),
+    "prroi_pool": (prroi_pool, prroi_oracle, (), lambda r: r),
 }
 
 
-def _both(forward, backward, x, g, rois):
-    return forward(x, rois), backward(g, rois, x.shape)
+def _family(op, x, g, rois, oracle=False):
+    """The forward and the backward of ``op`` (or of its oracle) on ``x``, ``g`` and ``rois``."""
+    module, oracle_module, args, boxes = _FAMILY[op]
+    forward, backward = getattr(oracle_module if oracle else module, op), op + "_backward"
+    backward = getattr(oracle_module if oracle else module, backward)
+    rois = boxes(rois)
+    if oracle:
+        return (
+            forward(x.astype(np.float64), rois, (2, 3), 0.5, *args, np.float32),
+            backward(g, rois, x.shape, (2, 3), 0.5, *args, np.float32),
+        )
+    return forward(x, rois, (2, 3), 0.5, *args), backward(g, rois, x.shape, 0.5, *args)
 
 
 @pytest.mark.parametrize("op", sorted(_FAMILY))
@@ -329,31 +304,24 @@ def test_family_on_the_tiles_read(monkeypatch, op, dtype):
     Forward and backward: the oracle's values, and the bits of the whole map and of many
     chunks of boxes.
     """
-    forward, backward, oracle, oracle_backward = _FAMILY[op]
-    rng = np.random.default_rng(5)
-    n, c, h, w, scale = 2, 12, 60, 90, 0.5
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    rois = (_boxes(rng, 4, n, scale, h, w) / 3).astype(np.float32)
-    rois[:, 0] = [0, 1, 1, 0]
-    channels = c if op in ("prroi_pool", "roi_align_rotated") else c // 6
+    rng, x, rois = _few_boxes(5, dtype, [0, 1, 1, 0], c=12)
+    rois = rois.astype(np.float32)
+    channels = 12 if op in ("prroi_pool", "roi_align_rotated") else 12 // 6
     g = rng.standard_normal((4, channels, 2, 3)).astype(dtype)
-    reached = []
-    runs = _cells.runs
-    monkeypatch.setattr(_cells, "runs", lambda *a: (reached.append(runs(*a)), reached[-1])[1])
-    results = _both(forward, backward, x, g, rois)
+    reached = _spy(monkeypatch, _cells, "runs")
+    results = _family(op, x, g, rois)
     assert reached and all(r is not None for r in reached)
     tol = {np.float16: 3e-3, np.float32: 1e-5}[dtype]
-    oracles = oracle(x.astype(np.float64), rois), oracle_backward(g, rois, x.shape)
-    for result, expected in zip(results, oracles, strict=True):
+    for result, expected in zip(results, _family(op, x, g, rois, oracle=True), strict=True):
         assert result.dtype == dtype
         np.testing.assert_allclose(result.astype(np.float64), expected, rtol=tol, atol=tol)
     monkeypatch.setattr(_sampling, "BUDGET", 20)  # a chunk per box
-    for result, again in zip(results, _both(forward, backward, x, g, rois), strict=True):
+    for result, again in zip(results, _family(op, x, g, rois), strict=True):
         np.testing.assert_array_equal(result.view(np.uint8), again.view(np.uint8))
     monkeypatch.setattr(_sampling, "BUDGET", 1 << 21)
     monkeypatch.setattr(_cells, "_WHOLE", -1.0)  # the whole map, always
     reached.clear()
-    for result, again in zip(results, _both(forward, backward, x, g, rois), strict=True):
+    for result, again in zip(results, _family(op, x, g, rois), strict=True):
         np.testing.assert_array_equal(result.view(np.uint8), again.view(np.uint8))
     assert reached and all(r is None for r in reached)
 
@@ -375,9 +343,7 @@ def test_roi_pool_on_the_tiles_read(monkeypatch, dtype):
     rois[0, 1:] = [8, 8, 18, 18]  # over the negative zeros
     rois[1, 1:] = [50, 30, 70, 50]  # over the NaN
     g = rng.standard_normal((6, c, 3, 4)).astype(dtype)
-    few = []
-    choose = roi_pool._few
-    monkeypatch.setattr(roi_pool, "_few", lambda *a: (few.append(choose(*a)), few[-1])[1])
+    few = _spy(monkeypatch, roi_pool, "_few")
     out, argmax = roi_pool.roi_pool(x, rois, (3, 4), scale, return_argmax=True)
     grad = roi_pool.roi_pool_backward(g, rois, argmax, x.shape)
     assert few == [True]

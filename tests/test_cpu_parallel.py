@@ -80,9 +80,8 @@ def test_bitwise_equal_with_1_and_4_threads(monkeypatch, every_thread, dtype, bu
     if budget:  # a chunk of a box or two; else one chunk, split into ranges for the threads
         monkeypatch.setattr(_sampling, "BUDGET", budget)
     monkeypatch.setattr(_cells, "BLOCK", 16)  # many layout blocks
-    args = _inputs(np.float32 if dtype == np.float16 else dtype)
-    if dtype == np.float16:
-        args = (args[0].astype(np.float16), args[1], args[2], args[3].astype(np.float16))
+    x, rois, offset, grad = _inputs(np.float32 if dtype == np.float16 else dtype)
+    args = (x.astype(dtype), rois, offset, grad.astype(dtype))  # float16: float32 boxes
     monkeypatch.setenv("CUPROI_NUM_THREADS", "1")
     one = _run_all(*args)
     assert not every_thread
@@ -200,8 +199,7 @@ def test_roi_pool_backward_entries_past_int32(monkeypatch):
     assert targets < entries  # a bound between them: the targets alone would fit
     monkeypatch.setattr(roi_pool, "_INT32_TARGETS", targets + 1)
     monkeypatch.setattr(roi_pool, "_named", lambda *a: None)  # the slabs
-    passed = []
-    csc_matrix = scipy.sparse.csc_matrix
+    passed, csc_matrix = [], scipy.sparse.csc_matrix
 
     def spy(arg, **kwargs):
         passed.append((arg[1].dtype, arg[2].dtype))
@@ -314,13 +312,10 @@ def test_roi_pool_fast_paths_match_generic(dtype):
         at = np.maximum(expected_argmax, 0)
         picked = x[image, channel, at // w, at % w]
         hit = (expected_argmax >= 0) & ~np.isnan(expected)
-        outs = [expected, roi_pool.roi_pool(x, rois, (2, 3), scale)]
-        out, argmax = roi_pool.roi_pool(
-            x, rois, (2, 3), scale, return_argmax=True
-        )  # keys, or float64's proxy
+        # With argmax the keys (float64: its proxy's), without it the values.
+        keys, argmax = roi_pool.roi_pool(x, rois, (2, 3), scale, return_argmax=True)
         np.testing.assert_array_equal(argmax, expected_argmax)
-        outs.append(out)
-        for out in outs:
+        for out in (expected, roi_pool.roi_pool(x, rois, (2, 3), scale), keys):
             assert out.dtype == dtype
             np.testing.assert_array_equal(out, expected)  # NaN where NaN; -0.0 == 0.0
             np.testing.assert_array_equal(np.signbit(out[hit]), np.signbit(picked[hit]))

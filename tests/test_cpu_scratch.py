@@ -7,7 +7,9 @@ Align, Deformable RoI Pooling and RoI Pool forwards) give it back, return nothin
 it, and give the same results call after call.
 """
 
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -94,28 +96,28 @@ def _boxes(k, seed):
     return np.column_stack([rng.integers(0, 2, k), corner, corner + size]).astype(np.float32)
 
 
+def _tuple(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
 @pytest.mark.parametrize("op", ["roi_align", "deform_roi_pool", "roi_pool", "roi_pool, argmax"])
 @pytest.mark.parametrize("boxes", [40, 2])  # the whole map copied, and a few of its tiles
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])  # RoI Pool: keys, or a proxy's
 def test_ops_give_their_buffer_back_and_results_do_not_share_it(op, boxes, dtype):
     x = np.random.default_rng(0).standard_normal((2, 8, 24, 40)).astype(dtype)
     rois = _boxes(boxes, 2).astype(dtype)
-    first = _calls(x, rois)[op]()
+    outputs = _tuple(_calls(x, rois)[op]())
     kept = getattr(_scratch._local, "kept", None)
     assert kept is not None  # the op gave its temporary back
-    outputs = first if isinstance(first, tuple) else (first,)
     assert not any(np.shares_memory(out, kept) for out in outputs)
     expected = [out.copy() for out in outputs]
     # Another call on other inputs reuses the buffer: the first results stay as they were,
     # and the same call gives the same results again.
     other = np.random.default_rng(5).standard_normal(x.shape).astype(dtype)
     _calls(other, _boxes(boxes, 3).astype(dtype))[op]()
-    for out, want in zip(outputs, expected, strict=True):
+    for out, again, want in zip(outputs, _tuple(_calls(x, rois)[op]()), expected, strict=True):
         np.testing.assert_array_equal(out, want)
-    again = _calls(x, rois)[op]()
-    again = again if isinstance(again, tuple) else (again,)
-    for out, want in zip(again, expected, strict=True):
-        np.testing.assert_array_equal(out, want)
+        np.testing.assert_array_equal(again, want)
 
 
 def test_features_read_in_place_are_not_kept():
@@ -131,9 +133,6 @@ def test_features_read_in_place_are_not_kept():
 
 def test_a_buffer_never_given_back_is_freed():
     """An op that stops halfway (an exception) drops its array: nothing keeps the buffer."""
-    import gc
-    import weakref
-
     a = _scratch.take((1000,), np.float32)
     ref = weakref.ref(a.base if a.base is not None else a)
     del a

@@ -9,6 +9,7 @@ its way to the error (before these checks, ``output_size=2**31`` had ``roi_pool`
 
 import time
 import tracemalloc
+from functools import partial
 
 import numpy as np
 import pytest
@@ -45,27 +46,20 @@ B = _boxes()
 
 # Every public function with an output_size, called as f(output_size, spatial_scale) on valid
 # arrays of one box (2 x 2 bins); multi_scale_roi_align's scale is that of its first level.
+FORWARDS = ("roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "prroi_pool")
 WITH_OUTPUT_SIZE = {
-    "roi_align": lambda p, s: cuproi.roi_align(X, B, p, s),
-    "roi_align_backward": lambda p, s: cuproi.roi_align_backward(G, B, SHAPE, p, s),
-    "roi_align_box_backward": lambda p, s: cuproi.roi_align_box_backward(G, X, B, p, s),
-    "roi_pool": lambda p, s: cuproi.roi_pool(X, B, p, s),
-    "deform_roi_pool": lambda p, s: cuproi.deform_roi_pool(X, B, None, p, s),
-    "deform_roi_pool_backward": lambda p, s: cuproi.deform_roi_pool_backward(G, X, B, None, p, s),
-    "deform_roi_pool_box_backward": lambda p, s: cuproi.deform_roi_pool_box_backward(
-        G, X, B, None, p, s
-    ),
-    "ps_roi_align": lambda p, s: cuproi.ps_roi_align(X, B, p, s),
-    "ps_roi_align_backward": lambda p, s: cuproi.ps_roi_align_backward(PS_G, B, SHAPE, p, s),
-    "ps_roi_pool": lambda p, s: cuproi.ps_roi_pool(X, B, p, s),
-    "ps_roi_pool_backward": lambda p, s: cuproi.ps_roi_pool_backward(PS_G, B, SHAPE, p, s),
-    "prroi_pool": lambda p, s: cuproi.prroi_pool(X, B, p, s),
-    "prroi_pool_backward": lambda p, s: cuproi.prroi_pool_backward(G, B, SHAPE, p, s),
-    "prroi_pool_box_backward": lambda p, s: cuproi.prroi_pool_box_backward(G, X, B, p, s),
-    "roi_align_rotated": lambda p, s: cuproi.roi_align_rotated(X, _rotated(), p, s),
-    "roi_align_rotated_backward": lambda p, s: cuproi.roi_align_rotated_backward(
-        G, _rotated(), SHAPE, p, s
-    ),
+    **{op: partial(getattr(cuproi, op), X, B) for op in FORWARDS},
+    "roi_align_backward": partial(cuproi.roi_align_backward, G, B, SHAPE),
+    "roi_align_box_backward": partial(cuproi.roi_align_box_backward, G, X, B),
+    "deform_roi_pool": partial(cuproi.deform_roi_pool, X, B, None),
+    "deform_roi_pool_backward": partial(cuproi.deform_roi_pool_backward, G, X, B, None),
+    "deform_roi_pool_box_backward": partial(cuproi.deform_roi_pool_box_backward, G, X, B, None),
+    "ps_roi_align_backward": partial(cuproi.ps_roi_align_backward, PS_G, B, SHAPE),
+    "ps_roi_pool_backward": partial(cuproi.ps_roi_pool_backward, PS_G, B, SHAPE),
+    "prroi_pool_backward": partial(cuproi.prroi_pool_backward, G, B, SHAPE),
+    "prroi_pool_box_backward": partial(cuproi.prroi_pool_box_backward, G, X, B),
+    "roi_align_rotated": partial(cuproi.roi_align_rotated, X, _rotated()),
+    "roi_align_rotated_backward": partial(cuproi.roi_align_rotated_backward, G, _rotated(), SHAPE),
     "multi_scale_roi_align": lambda p, s: cuproi.multi_scale_roi_align(LEVELS, B, p, [s, s / 2]),
     "multi_scale_roi_align_backward": lambda p, s: cuproi.multi_scale_roi_align_backward(
         G, B, LEVEL_SHAPES, p, [s, s / 2]
@@ -74,12 +68,8 @@ WITH_OUTPUT_SIZE = {
 }
 # The forwards, called as f(boxes, output_size): their output is (K, C, PH, PW).
 FORWARD = {
-    "roi_align": lambda x, b, p: cuproi.roi_align(x, b, p),
-    "roi_pool": lambda x, b, p: cuproi.roi_pool(x, b, p),
+    **{op: getattr(cuproi, op) for op in FORWARDS},
     "deform_roi_pool": lambda x, b, p: cuproi.deform_roi_pool(x, b, None, p),
-    "ps_roi_align": lambda x, b, p: cuproi.ps_roi_align(x, b, p),
-    "ps_roi_pool": lambda x, b, p: cuproi.ps_roi_pool(x, b, p),
-    "prroi_pool": lambda x, b, p: cuproi.prroi_pool(x, b, p),
     "roi_align_rotated": lambda x, b, p: cuproi.roi_align_rotated(x, _rotated(len(b)), p),
     "multi_scale_roi_align": lambda x, b, p: cuproi.multi_scale_roi_align([x], b, p, [1.0]),
 }
@@ -215,25 +205,21 @@ def test_jax_checks_the_output_when_traced():
 
 # ---- scales and coordinates ------------------------------------------------------------------
 
-SCALE_OPS = [op for op in WITH_OUTPUT_SIZE if not op.startswith("multi_scale")]
+SCALE_CASES = [(op, scale) for op in WITH_OUTPUT_SIZE for scale in (1e300, 2.0 * MAX_COORDINATE)]
+SCALE_CASES += [(op, 10**400) for op in WITH_OUTPUT_SIZE if op not in MULTI_SCALE]
 
 
-@pytest.mark.parametrize("scale", [1e300, 2.0 * MAX_COORDINATE, 10**400])
-@pytest.mark.parametrize("op", SCALE_OPS)
+@pytest.mark.parametrize(("op", "scale"), SCALE_CASES)
 def test_spatial_scale_beyond_the_limit(op, scale):
-    """Also on float64 features, in which 1e300 is a positive number: the limit is 2**20."""
+    """Also on float64 features, in which 1e300 is a positive number: the limit is 2**20.
+    multi_scale_roi_align names the scale of its level."""
     if scale == 10**400:
         match = r"spatial_scale must be finite; got 2\*\*1328 \(or more\)"
+    elif op in MULTI_SCALE:
+        match = rf"spatial_scales\[0\] must be at most {MAX_COORDINATE}"
     else:
         match = rf"spatial_scale must be at most {MAX_COORDINATE} \(one input pixel"
     _raises_early(lambda: WITH_OUTPUT_SIZE[op](2, scale), match)
-
-
-@pytest.mark.parametrize("op", MULTI_SCALE)
-def test_spatial_scales_beyond_the_limit(op):
-    match = r"spatial_scales\[0\] must be at most 1048576"
-    call = WITH_OUTPUT_SIZE[op]
-    _raises_early(lambda: call(2, 1e300), match)
 
 
 @pytest.mark.parametrize("gamma", [1e300, -2.0 * MAX_COORDINATE])
@@ -299,19 +285,19 @@ def test_quantization_error_temporaries_stay_bounded():
 # ---- multi_scale_roi_align: canonical_level and canonical_scale ------------------------------
 
 
-@pytest.mark.parametrize("level", [10**400, -(10**400), MAX_CANONICAL_LEVEL + 1, -2000])
-@pytest.mark.parametrize("op", MULTI_SCALE)
-def test_canonical_level_beyond_the_limit(op, level):
-    """10**400 sent every box to the finest level; it was meant as the coarsest."""
-    match = rf"canonical_level must be within \+-{MAX_CANONICAL_LEVEL} \(MAX_CANONICAL_LEVEL"
-    _raises_early(lambda: MULTI_SCALE[op](canonical_level=level), match)
+LEVEL = rf"canonical_level must be within \+-{MAX_CANONICAL_LEVEL} \(MAX_CANONICAL_LEVEL"
+SCALE = r"canonical_scale must be (at most 1048576 pixels \(MAX_CANONICAL_SCALE\)|finite)"
 
 
-@pytest.mark.parametrize("scale", [1e300, 2 * MAX_CANONICAL_SCALE, 10**400])
+@pytest.mark.parametrize(
+    ("argument", "value", "match"),
+    # 10**400 as a level sent every box to the finest level; it was meant as the coarsest.
+    [("canonical_level", v, LEVEL) for v in (10**400, -(10**400), MAX_CANONICAL_LEVEL + 1, -2000)]
+    + [("canonical_scale", v, SCALE) for v in (1e300, 2 * MAX_CANONICAL_SCALE, 10**400)],
+)
 @pytest.mark.parametrize("op", MULTI_SCALE)
-def test_canonical_scale_beyond_the_limit(op, scale):
-    match = r"canonical_scale must be (at most 1048576 pixels \(MAX_CANONICAL_SCALE\)|finite)"
-    _raises_early(lambda: MULTI_SCALE[op](canonical_scale=scale), match)
+def test_canonical_arguments_beyond_the_limit(op, argument, value, match):
+    _raises_early(lambda: MULTI_SCALE[op](**{argument: value}), match)
 
 
 @pytest.mark.parametrize("sign", [1, -1])
