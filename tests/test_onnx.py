@@ -100,11 +100,17 @@ def box_sets():
         ct.DeformRoIPool((3, 2), 0.5, 0),  # no offsets
         ct.RoIAlign((3, 2), 0.5, 2, aligned=False, pool_mode="max"),
         ct.RoIAlign(2, 1.0, 0, aligned=True, pool_mode="max"),
+        ct.PSRoIAlign((3, 2), 0.5, 2),  # 12 channels: 2 per bin
+        ct.PSRoIAlign(2, 1.0, -1),
+        ct.PSRoIPool((3, 2), 0.5),
+        ct.PSRoIPool(2, 1.0),
+        ct.PrRoIPool((3, 2), 0.5),
+        ct.PrRoIPool(2, 1.0),
     ],
     ids=repr,
 )
 def test_exports_equal_eager_in_onnxruntime(module):
-    x = torch.rand(2, 3, 10, 12, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, 12, 10, 12, generator=torch.Generator().manual_seed(0))
     model = Boxes(module)
     proto = export(model, x, torch.tensor([[0, 1.0, 1, 8, 9], [1, 2, 3, 5, 4]]))
     assert_runs_as_eager(proto, model, [x], box_sets())
@@ -220,31 +226,3 @@ def test_rotated_exports_equal_eager_in_onnxruntime(module):
     proto = export(model, x, torch.tensor([[0, 5.0, 5, 4, 3, 30], [1, 2, 3, 5, 4, 0]]))
     for features in (x, non_finite(x)):
         assert_runs_as_eager(proto, model, [features], rotated_box_sets())
-
-
-def root_cause(error):
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return error
-
-
-@pytest.mark.parametrize(
-    ("module", "inputs", "name"),
-    [
-        (ct.PSRoIAlign(2, 1.0, 2), "boxes", "ps_roi_align"),
-        (ct.PSRoIPool(2, 1.0), "boxes", "ps_roi_pool"),
-        (ct.PrRoIPool(2), "boxes", "prroi_pool"),
-    ],
-    ids=lambda v: v if isinstance(v, str) else type(v).__name__,
-)
-def test_ops_without_translation_refuse_by_name(module, inputs, name):
-    x = torch.rand(1, 8, 10, 12)
-    args = {
-        "boxes": (x, torch.tensor([[0, 1.0, 1, 8, 9]])),
-    }[inputs]
-    with pytest.raises(Exception) as caught, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, dynamo=True, verbose=False)
-    cause = root_cause(caught.value)
-    assert isinstance(cause, NotImplementedError)
-    assert f"cuproi.torch.{name}" in str(cause)

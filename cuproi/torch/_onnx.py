@@ -13,9 +13,6 @@ Translations use only operators of the standard ONNX domain:
 - ``cuproi::roi_pool`` to ``MaxRoiPool``, whose bins (rounded box corners, floor and ceil of
   the bin edges) are torchvision's and cuproi's;
 - the ops no ONNX operator computes to compositions (:mod:`cuproi.torch._onnx_compose`).
-
-Every other op raises :class:`NotImplementedError` naming it at export
-(rather than torch's "No ONNX function found"), until a translation equal to cuproi exists.
 """
 
 import importlib.abc
@@ -23,35 +20,6 @@ import importlib.util
 import sys
 
 _REGISTRY = "onnxscript.function_libs.torch_lib.registration"
-
-_NOT_YET = "yet: no composition of standard ONNX operators equal to it is written"
-
-
-def _refuse(name, why=_NOT_YET):
-    raise NotImplementedError(f"cuproi.torch.{name} has no ONNX export {why}")
-
-
-# The ops without a translation, by their schemas (onnxscript reads the parameters).
-
-
-def prroi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
-    _refuse("prroi_pool")
-
-
-def ps_roi_align(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float,
-                 sampling_ratio: int):  # fmt: skip
-    _refuse("ps_roi_align")
-
-
-def ps_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
-    _refuse("ps_roi_pool")
-
-
-_NOT_EXPORTED = (
-    prroi_pool,
-    ps_roi_align,
-    ps_roi_pool,
-)
 
 
 def _register(registration):
@@ -90,8 +58,6 @@ def _register(registration):
         return pooled, op.Cast(op.Mul(pooled, op.CastLike(0, pooled)), to=6)  # INT32
 
     _onnx_compose.register(registration)
-    for refuse in _NOT_EXPORTED:
-        registration.torch_op(f"cuproi::{refuse.__name__}", trace_only=True)(refuse)
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
