@@ -24,47 +24,19 @@ _REGISTRY = "onnxscript.function_libs.torch_lib.registration"
 
 def _register(registration):
     """Add cuproi's translations to onnxscript's registry (module ``registration``)."""
-    from onnxscript.onnx_opset import opset18 as op
-
     from cuproi.torch import _onnx_compose
-
-    @registration.torch_op("cuproi::roi_align", trace_only=True)
-    def cuproi_roi_align(
-        input,
-        rois,
-        pooled_h: int,
-        pooled_w: int,
-        spatial_scale: float,
-        sampling_ratio: int,
-        aligned: bool,
-        pool_mode: str = "avg",
-    ):
-        options = pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned
-        if pool_mode == "max":  # ONNX's max mode takes the largest weighted corner: a composition
-            return _onnx_compose.roi_align_max(input, rois, *options)
-        return _onnx_compose.roi_align(input, rois, *options)
-
-    def roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
-        return op.MaxRoiPool(
-            input, rois, pooled_shape=(pooled_h, pooled_w), spatial_scale=spatial_scale
-        )
-
-    registration.torch_op("cuproi::roi_pool_inference", trace_only=True)(roi_pool)
-
-    @registration.torch_op("cuproi::roi_pool", trace_only=True)
-    def cuproi_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
-        # The argmax (a second output) feeds the backward only; an exported graph has none.
-        pooled = roi_pool(input, rois, pooled_h, pooled_w, spatial_scale)
-        return pooled, op.Cast(op.Mul(pooled, op.CastLike(0, pooled)), to=6)  # INT32
 
     _onnx_compose.register(registration)
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Finder that runs :func:`_register` once onnxscript's registry module is imported."""
+    """Finder that runs ``then(module)`` once the module ``name`` is imported."""
+
+    def __init__(self, name, then):
+        self.name, self.then = name, then
 
     def find_spec(self, name, path, target=None):
-        if name != _REGISTRY:
+        if name != self.name:
             return None
         sys.meta_path.remove(self)  # once, and not for the lookup below
         spec = importlib.util.find_spec(name)
@@ -74,15 +46,34 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
         def exec_and_register(module):
             exec_module(module)
-            _register(module)
+            self.then(module)
 
         spec.loader.exec_module = exec_and_register
         return spec
 
 
+def _register_symbolics(onnx):
+    """Register the legacy exporter's symbolic functions (module ``onnx``, torch.onnx)."""
+    from cuproi.torch import _onnx_legacy
+
+    _onnx_legacy.register(onnx)
+
+
+def _after_import(name, then):
+    """``then(module)`` now if the module ``name`` is imported, else once it is."""
+    if name in sys.modules:
+        then(sys.modules[name])
+    elif not any(
+        isinstance(finder, _AfterImport) and finder.name == name for finder in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
 def install():
-    """Register cuproi's ONNX translations now, or when onnxscript is imported."""
-    if _REGISTRY in sys.modules:
-        _register(sys.modules[_REGISTRY])
-    elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport())
+    """Register cuproi's ONNX translations now, or when their exporter is imported.
+
+    The dynamo exporter's, once onnxscript's registry is imported; the legacy exporter's
+    symbolic functions, once ``torch.onnx`` is.
+    """
+    _after_import(_REGISTRY, _register)
+    _after_import("torch.onnx", _register_symbolics)

@@ -1,8 +1,15 @@
-"""ONNX translations of the ops that no ONNX operator computes: compositions of standard ones.
+"""ONNX translations of the ops (:data:`TRANSLATIONS`), in standard ONNX operators only.
 
 Imported by :func:`cuproi.torch._onnx._register` when onnxscript's registry is (this module
-imports onnxscript). Every function builds its graph in trace-only mode: Python runs once at
-export, with the op's static arguments as Python values.
+imports onnxscript), and by the legacy exporter's symbolic functions (_onnx_legacy). Every
+function builds its graph in trace-only mode: Python runs once at export, with the op's static
+arguments as Python values, and emits each node by ``op``: onnxscript's opset 18, or the
+TorchScript graph of the legacy exporter (:func:`emitting`).
+
+- ``roi_align`` in avg mode: ``RoiAlign`` (onnxruntime's kernel is torchvision's);
+- ``roi_pool``: ``MaxRoiPool``, whose bins are torchvision's and cuproi's.
+
+The ops no ONNX operator computes are compositions:
 
 - ``multi_scale_roi_align``: the level of every box by cuproi's rule (its area in float64
   against the float64 thresholds of :func:`cuproi._pyramid.level_rule`), then one ``RoiAlign``
@@ -19,6 +26,7 @@ export, with the op's static arguments as Python values.
   that over its columns (the exact integral of the bilinear surface, separable), summed.
 """
 
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -28,8 +36,27 @@ from onnxscript.onnx_opset import opset18 as op
 from cuproi import _pyramid
 
 BOOL = 9
+INT32 = 6
 INT64 = 7
 DOUBLE = 11
+
+
+@contextlib.contextmanager
+def emitting(ops):
+    """Translations emit their nodes by ``ops`` (an object with opset 18's operators) within."""
+    global op
+    saved, op = op, ops
+    try:
+        yield
+    finally:
+        op = saved
+
+
+def is_float16(value):
+    """Whether ``value``, an onnxscript or a TorchScript graph value, holds float16."""
+    if hasattr(value, "dtype"):
+        return value.dtype == ir.DataType.FLOAT16
+    return value.type().scalarType() == "Half"  # the legacy exporter's torch._C.Value
 
 
 def rois_and_indices(rois):
@@ -124,7 +151,7 @@ def like(value, reference):
 
 def compute_type(input, rois):
     """The boxes in the dtype cuproi computes coordinates in: float32 for float16 features."""
-    if input.dtype == ir.DataType.FLOAT16:
+    if is_float16(input):
         return op.Cast(rois, to=ir.DataType.FLOAT)
     return rois
 
@@ -173,66 +200,75 @@ def grid_sizes(bin_h, bin_w, sampling_ratio):
 
 
 class Maps(NamedTuple):
-    """Feature maps laid out as rows of a table, read by flat cell index.
+    """Feature maps laid out to be read by cell (:func:`read`).
 
-    ``table`` is (P * H * W, C): the C values of cell (y, x) of plane p are its row
-    ``(p * H + y) * W + x``; ``height`` and ``width`` are H and W as (1,) int64.
+    Cell (y, x) of image n is row ``(n * H + y) * W + x`` of ``table``, (N * H * W, C), for
+    :func:`feature_maps`; ``table`` is that table flattened for :func:`score_maps`, whose
+    ``channels`` hold the offsets of the channels one bin position reads in a row. ``height``
+    and ``width`` are H and W, ``depth`` is C, as (1,) int64.
     """
 
     table: object
     height: object
     width: object
+    depth: object
+    channels: object = None
 
 
 def feature_maps(input):
-    """(N, C, H, W) features as :class:`Maps` whose planes are the images."""
-    c = op.Shape(input, start=1, end=2)
-    rows = op.Reshape(op.Transpose(input, perm=[0, 2, 3, 1]), op.Concat(
-        constant([-1], np.int64), c, axis=0
-    ))  # fmt: skip
-    return Maps(rows, op.Shape(input, start=2, end=3), op.Shape(input, start=3, end=4))
+    """(N, C, H, W) features as :class:`Maps`: every channel read at once."""
+    h, w, c = (op.Shape(input, start=j, end=j + 1) for j in (2, 3, 1))
+    rows = op.Transpose(input, perm=[0, 2, 3, 1])
+    return Maps(op.Reshape(rows, op.Concat(constant([-1], np.int64), c, axis=0)), h, w, c)
 
 
 def score_maps(input, pooled_h, pooled_w):
     """Position-sensitive (N, C_out * PH * PW, H, W) score maps as :class:`Maps`.
 
-    Input channel ``(c * PH + ph) * PW + pw`` is channel ``c`` of plane
-    ``(n * PH + ph) * PW + pw``: each plane holds the C_out maps one bin position reads.
+    Bin position ``b = ph * PW + pw`` reads channels ``c * PH * PW + b``: the offsets
+    ``channels`` (0, PH * PW, ...) from ``b`` in a cell's row. (Reading the rows of a table of
+    the maps regrouped by bin position would take a ``Reshape`` then a ``Transpose``, which
+    torch's legacy exporter fails on with dynamic shapes.)
     """
-    n, h, w = (op.Shape(input, start=j, end=j + 1) for j in (0, 2, 3))
-    bins = constant([pooled_h * pooled_w], np.int64)
-    groups = op.Reshape(input, op.Concat(n, constant([-1], np.int64), bins, h, w, axis=0))
-    rows = op.Reshape(op.Transpose(groups, perm=[0, 2, 3, 4, 1]), op.Concat(
-        constant([-1], np.int64), op.Div(op.Shape(input, start=1, end=2), bins), axis=0
-    ))  # fmt: skip
-    return Maps(rows, h, w)
+    maps = feature_maps(input)
+    depth = op.Squeeze(maps.depth, [0])
+    channels = op.Range(0, depth, pooled_h * pooled_w)
+    return maps._replace(table=op.Reshape(maps.table, [-1]), channels=channels)
 
 
-def bin_planes(batch, pooled_h, pooled_w):
-    """(K, PH, 1, PW, 1) plane of :func:`score_maps` that bin (ph, pw) of every box reads."""
+def bin_positions(pooled_h, pooled_w):
+    """(PH, 1, PW, 1) position ``ph * PW + pw`` of every bin in :func:`score_maps`."""
     at = np.arange(pooled_h)[:, None] * pooled_w + np.arange(pooled_w)
-    image = op.Unsqueeze(op.Cast(batch, to=INT64), [1, 2, 3, 4])
-    return op.Add(op.Mul(image, constant(pooled_h * pooled_w, np.int64)), constant(
-        at.reshape(pooled_h, 1, pooled_w, 1), np.int64
-    ))  # fmt: skip
+    return constant(at.reshape(pooled_h, 1, pooled_w, 1), np.int64)
 
 
-def read(maps, plane, y, x):
-    """Values (..., C) of cells (``y``, ``x``) of ``plane`` (int64, broadcast together)."""
-    cells = op.Add(op.Mul(op.Add(op.Mul(plane, maps.height), y), maps.width), x)
-    return op.Gather(maps.table, cells, axis=0)
+def images(batch):
+    """(K, 1, 1, 1, 1) int64 image of every box from its float ``batch`` index (K,)."""
+    return op.Unsqueeze(op.Cast(batch, to=INT64), [1, 2, 3, 4])
 
 
-def bilinear(maps, plane, y, x, every_tap=False):
-    """Values (..., C) of the samples at ``y``, ``x`` (any shape) of ``plane`` (same) of ``maps``.
+def read(maps, image, y, x, bin=None):
+    """Values (..., C) of cells (``y``, ``x``) of ``image`` (int64, broadcast together).
 
-    ``maps`` is :func:`feature_maps` (a plane is an image) or :func:`score_maps`. cuproi's rule:
-    a sample outside ``[-1, H] x [-1, W]`` (or NaN) is 0; in the bands below 0 and past the last
-    cell it takes the edge value (its position clamped). ``Where`` keeps the out-of-range
-    samples out, so they add nothing even where the features are not finite. A tap of weight 0
-    adds nothing either (the CPU backend's sparse operators hold no such entry), unless
-    ``every_tap`` (max mode, whose samples multiply all four taps): this only matters where
-    the features are not finite.
+    With :func:`score_maps`, (..., C_out): the channels of bin position ``bin`` (broadcast).
+    """
+    cells = op.Add(op.Mul(op.Add(op.Mul(image, maps.height), y), maps.width), x)
+    if maps.channels is None:
+        return op.Gather(maps.table, cells, axis=0)
+    at = op.Add(op.Mul(cells, maps.depth), bin)
+    return op.Gather(maps.table, op.Add(op.Unsqueeze(at, [-1]), maps.channels), axis=0)
+
+
+def bilinear(maps, image, y, x, every_tap=False, bin=None):
+    """Values (..., C) of the samples at ``y``, ``x`` (any shape) of ``image`` (same).
+
+    ``maps`` is :func:`feature_maps`, or :func:`score_maps` read at bin position ``bin``.
+    cuproi's rule: a sample outside ``[-1, H] x [-1, W]`` (or NaN) is 0; in the bands below 0
+    and past the last cell it takes the edge value (its position clamped). ``Where`` keeps the
+    out-of-range samples out, so they add nothing even where the features are not finite. A
+    tap of weight 0 adds nothing either (the CPU backend's sparse operators hold no such
+    entry), unless ``every_tap`` (max mode, whose samples multiply all four taps): this only
+    matters where the features are not finite.
     """
     h, w = maps.height, maps.width
     fh, fw = op.CastLike(h, y), op.CastLike(w, x)
@@ -255,10 +291,9 @@ def bilinear(maps, plane, y, x, every_tap=False):
     y0, y1, ly = taps(y, h, fh)
     x0, x1, lx = taps(x, w, fw)
     hy, hx = op.Sub(like(1, ly), ly), op.Sub(like(1, lx), lx)
-    plane = op.Cast(plane, to=INT64)
 
     def tap(yi, xi, weight):
-        values = read(maps, plane, yi, xi)
+        values = read(maps, image, yi, xi, bin)
         weight = op.CastLike(op.Unsqueeze(weight, [-1]), values)
         product = op.Mul(weight, values)
         if every_tap:
@@ -349,7 +384,7 @@ def roi_align_rotated(
     cy, cx = (op.Unsqueeze(v, [1, 2, 3, 4]) for v in (center_y, center_x))
     y = op.Add(op.Sub(op.Mul(yy, cos_t), op.Mul(xx, sin_t)), cy)  # (K, PH, GH, PW, GW)
     x = op.Add(op.Add(op.Mul(yy, sin_t), op.Mul(xx, cos_t)), cx)
-    values = bilinear(feature_maps(input), op.Unsqueeze(box[0], [1, 2, 3, 4]), y, x)
+    values = bilinear(feature_maps(input), images(box[0]), y, x)
     valid = None
     if sampling_ratio <= 0:  # the adaptive grid: only the samples of each box's own grid
         valid = op.And(
@@ -439,7 +474,7 @@ def deform_roi_pool(
     o = None if offset is None else op.CastLike(offset, r)
     pooled = pooled_h, pooled_w
     y, x, grids = align_positions(r, pooled, spatial_scale, sampling_ratio, True, o, gamma)
-    values = bilinear(feature_maps(input), op.Unsqueeze(column(r, 0), [1, 2, 3, 4]), y, x)
+    values = bilinear(feature_maps(input), images(column(r, 0)), y, x)
     out = pooled_average(values, adaptive_samples(sampling_ratio, grids), grids[2])
     if mask is not None:  # modulated (DCNv2): every bin's average times its mask
         out = op.Mul(out, op.CastLike(mask, out))
@@ -459,8 +494,7 @@ def roi_align_max(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio
     r = compute_type(input, rois)
     pooled = pooled_h, pooled_w
     y, x, grids = align_positions(r, pooled, spatial_scale, sampling_ratio, aligned)
-    batch = op.Unsqueeze(column(r, 0), [1, 2, 3, 4])
-    values = bilinear(feature_maps(input), batch, y, x, every_tap=True)
+    values = bilinear(feature_maps(input), images(column(r, 0)), y, x, every_tap=True)
     valid = adaptive_samples(sampling_ratio, grids)
     nan = op.IsNaN(values)
     if valid is not None:  # the samples beyond a box's grid do not compete
@@ -485,13 +519,13 @@ def ps_roi_align(
 ):
     """cuproi::ps_roi_align: RoI Align's samples (aligned, no minimum size), averaged.
 
-    Each bin reads its own score maps (:func:`score_maps`, :func:`bin_planes`).
+    Each bin reads its own score maps (:func:`score_maps`, :func:`bin_positions`).
     """
     r = compute_type(input, rois)
     pooled = pooled_h, pooled_w
     y, x, grids = align_positions(r, pooled, spatial_scale, sampling_ratio, True)
-    planes = bin_planes(column(r, 0), *pooled)
-    values = bilinear(score_maps(input, *pooled), planes, y, x)
+    maps, at = score_maps(input, *pooled), bin_positions(*pooled)
+    values = bilinear(maps, images(column(r, 0)), y, x, bin=at)
     out = pooled_average(values, adaptive_samples(sampling_ratio, grids), grids[2])
     return op.CastLike(out, input)
 
@@ -542,7 +576,7 @@ def pool_cells(first, last, pooled, size, r):
 def ps_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
     """cuproi::ps_roi_pool: the mean of the cells of every quantized bin, an empty one 0.
 
-    Each bin reads its own score maps (:func:`score_maps`, :func:`bin_planes`). Every bin lays
+    Each bin reads its own score maps (:func:`score_maps`, :func:`bin_positions`). Every bin lays
     out the cells of the largest bin (``ReduceMax``, ``Range``) and masks the cells beyond its
     own, as the adaptive grids of :func:`roi_align_rotated`.
     """
@@ -556,8 +590,8 @@ def ps_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float)
     rows, cols = op.Sub(h1, h0), op.Sub(w1, w0)
     ys, y_valid = laid_out_cells(h0, rows, op.Sub(maps.height, one))  # (K, PH, GH)
     xs, x_valid = laid_out_cells(w0, cols, op.Sub(maps.width, one))  # (K, PW, GW)
-    planes = bin_planes(column(r, 0), pooled_h, pooled_w)
-    values = read(maps, planes, op.Unsqueeze(ys, [3, 4]), op.Unsqueeze(xs, [1, 2]))
+    ys, xs = op.Unsqueeze(ys, [3, 4]), op.Unsqueeze(xs, [1, 2])
+    values = read(maps, images(column(r, 0)), ys, xs, bin_positions(pooled_h, pooled_w))
     valid = op.And(op.Unsqueeze(y_valid, [3, 4]), op.Unsqueeze(x_valid, [1, 2]))
     total = bin_sums(op.CastLike(values, r), valid)  # (K, PH, PW, C_out)
     count = op.Max(op.Mul(op.Unsqueeze(rows, [2]), op.Unsqueeze(cols, [1])), one)
@@ -638,21 +672,56 @@ def prroi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
                                     maps.width)  # fmt: skip
     ys, wy, y_valid = (op.Unsqueeze(v, [3, 4]) for v in (ys, wy, y_valid))  # (K, PH, GY, 1, 1)
     xs, wx, x_valid = (op.Unsqueeze(v, [1, 2]) for v in (xs, wx, x_valid))  # (K, 1, 1, PW, GX)
-    values = op.CastLike(read(maps, op.Unsqueeze(op.Cast(column(r, 0), to=INT64), [1, 2, 3, 4]),
-                              ys, xs), r)  # fmt: skip
+    values = op.CastLike(read(maps, images(column(r, 0)), ys, xs), r)
     values = op.Mul(op.Unsqueeze(op.Mul(wy, wx), [-1]), values)
     out = op.Transpose(bin_sums(values, op.And(y_valid, x_valid)), perm=[0, 3, 1, 2])
     return op.CastLike(out, input)
 
 
+def cuproi_roi_align(
+    input,
+    rois,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    pool_mode: str = "avg",
+):
+    """cuproi::roi_align: ``RoiAlign`` in avg mode, a composition in max mode."""
+    options = pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned
+    if pool_mode == "max":  # ONNX's max mode takes the largest weighted corner: a composition
+        return roi_align_max(input, rois, *options)
+    return roi_align(input, rois, *options)
+
+
+def roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
+    """cuproi::roi_pool_inference: ``MaxRoiPool``."""
+    pooled = pooled_h, pooled_w
+    return op.MaxRoiPool(input, rois, pooled_shape=pooled, spatial_scale=spatial_scale)
+
+
+def cuproi_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
+    """cuproi::roi_pool: ``MaxRoiPool``, and zeros for the argmax (the backward's only)."""
+    pooled = roi_pool(input, rois, pooled_h, pooled_w, spatial_scale)
+    return pooled, op.Cast(op.Mul(pooled, op.CastLike(0, pooled)), to=INT32)
+
+
+# The translation of every op cuproi::<name>.
+TRANSLATIONS = {
+    "deform_roi_pool": deform_roi_pool,
+    "multi_scale_roi_align": multi_scale_roi_align,
+    "prroi_pool": prroi_pool,
+    "ps_roi_align": ps_roi_align,
+    "ps_roi_pool": ps_roi_pool,
+    "roi_align": cuproi_roi_align,
+    "roi_align_rotated": roi_align_rotated,
+    "roi_pool": cuproi_roi_pool,
+    "roi_pool_inference": roi_pool,
+}
+
+
 def register(registration):
-    """Register the translations of this module in onnxscript's registry ``registration``."""
-    for translation in (
-        deform_roi_pool,
-        multi_scale_roi_align,
-        prroi_pool,
-        ps_roi_align,
-        ps_roi_pool,
-        roi_align_rotated,
-    ):
-        registration.torch_op(f"cuproi::{translation.__name__}", trace_only=True)(translation)
+    """Register :data:`TRANSLATIONS` in onnxscript's registry ``registration``."""
+    for name, translation in TRANSLATIONS.items():
+        registration.torch_op(f"cuproi::{name}", trace_only=True)(translation)
