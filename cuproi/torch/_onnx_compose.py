@@ -135,9 +135,10 @@ def multi_scale_roi_align(
     # Zeros of the output's shape (K, C, PH, PW), then each level's rows written in place.
     k, c = op.Shape(rois, start=0, end=1), op.Shape(features[0], start=1, end=2)
     shape = op.Concat(k, c, constant([pooled_h, pooled_w], np.int64), axis=0)
-    out = op.Expand(op.CastLike(op.Constant(value_float=0.0), features[0]), shape)
+    out = op.Expand(like(0, features[0]), shape)
     for level, (x, scale) in enumerate(zip(features, scales, strict=True)):
-        at = op.Transpose(op.NonZero(op.Equal(levels, level)))  # (K_l, 1) rows of the level
+        # (K_l, 1) rows of the level
+        at = op.Transpose(op.NonZero(op.Equal(levels, level)), perm=[1, 0])
         picked = op.GatherND(rois, at)
         pooled = roi_align(x, picked, *options, scale, sampling_ratio, aligned)
         out = op.ScatterND(out, at, pooled)

@@ -57,12 +57,20 @@ def typed_attribute(key, value):
     return f"{key}_i", int(value)  # ints, bools and enums (a Cast's ``to``)
 
 
+# parse_args's descriptors of the schemas' types of Python values (the others: graph values).
+_DESCRIPTORS = {
+    "int": "i",
+    "SymInt": "i",
+    "float": "f",
+    "bool": "b",
+    "str": "s",
+    "List[float]": "fs",
+}
+
+
 def _descriptor(argument):
     """``parse_args``'s descriptor of a schema argument: its Python value, or the graph value."""
-    kind = str(argument.type)
-    return {"int": "i", "SymInt": "i", "float": "f", "bool": "b", "str": "s", "float[]": "fs"}.get(
-        kind, "v"
-    )
+    return _DESCRIPTORS.get(str(argument.type), "v")
 
 
 def _argument(value, argument):
