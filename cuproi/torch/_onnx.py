@@ -1,9 +1,11 @@
-"""ONNX export of the ops: ``torch.onnx.export(model, args, dynamo=True)`` with no other argument.
+"""ONNX export of the ops by ``torch.onnx.export``, with no other argument, by either exporter.
 
 The dynamo exporter translates an op by the function its registry holds for it, and builds
 that registry on every export from onnxscript's ``torch_lib`` (where torchvision's ops are).
 :func:`install` adds cuproi's translations there: at once if onnxscript is imported, or else
 when it is (importing onnxscript takes seconds, which ``import cuproi.torch`` does not spend).
+It registers the legacy exporter's (``dynamo=False``) symbolic functions, which emit the same
+translations (:mod:`cuproi.torch._onnx_legacy`), when ``torch.onnx`` is imported.
 
 Translations use only operators of the standard ONNX domain:
 

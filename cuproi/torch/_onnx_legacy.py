@@ -19,8 +19,8 @@ OPSET = 18  # the translations' operators (ReduceMax's axes as an input: opset 1
 class GraphOps:
     """ONNX operators as attributes, as onnxscript's opsets, that add nodes to graph ``g``.
 
-    Inputs may be graph values or Python ints and lists of ints (int64 constants, as onnxscript
-    takes them); attributes are Python values, typed by their kind as ``g.op`` wants, and
+    Inputs may be graph values or Python numbers and lists (constants: int64 or float32, as
+    onnxscript takes them); attributes are Python values, typed by their kind as ``g.op`` wants, and
     tensors (``onnx_ir`` tensors or numpy arrays).
     """
 
@@ -36,10 +36,10 @@ class GraphOps:
         return emit
 
     def constant(self, value):
-        """``value`` as a graph value: itself if it is one, else an int64 constant."""
+        """``value`` as a graph value: itself if it is one, else a constant."""
         if isinstance(value, torch._C.Value):
             return value
-        return self.g.op("Constant", value_t=torch.tensor(value, dtype=torch.int64))
+        return self.g.op("Constant", value_t=torch.tensor(value))  # int64 or float32
 
 
 def typed_attribute(key, value):
