@@ -43,7 +43,10 @@ DOUBLE = 11
 
 @contextlib.contextmanager
 def emitting(ops):
-    """Translations emit their nodes by ``ops`` (an object with opset 18's operators) within."""
+    """Translations emit their nodes by ``ops`` (an object with opset 18's operators) within.
+
+    It replaces this module's ``op`` meanwhile: one export at a time, as torch's exporters run.
+    """
     global op
     saved, op = op, ops
     try:
