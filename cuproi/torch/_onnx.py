@@ -1,9 +1,11 @@
-"""ONNX export of the ops: ``torch.onnx.export(model, args, dynamo=True)`` with no other argument.
+"""ONNX export of the ops by ``torch.onnx.export``, with no other argument, by either exporter.
 
 The dynamo exporter translates an op by the function its registry holds for it, and builds
 that registry on every export from onnxscript's ``torch_lib`` (where torchvision's ops are).
 :func:`install` adds cuproi's translations there: at once if onnxscript is imported, or else
 when it is (importing onnxscript takes seconds, which ``import cuproi.torch`` does not spend).
+It registers the legacy exporter's (``dynamo=False``) symbolic functions, which emit the same
+translations (:mod:`cuproi.torch._onnx_legacy`), when ``torch.onnx`` is imported.
 
 Translations use only operators of the standard ONNX domain:
 
@@ -13,9 +15,6 @@ Translations use only operators of the standard ONNX domain:
 - ``cuproi::roi_pool`` to ``MaxRoiPool``, whose bins (rounded box corners, floor and ceil of
   the bin edges) are torchvision's and cuproi's;
 - the ops no ONNX operator computes to compositions (:mod:`cuproi.torch._onnx_compose`).
-
-Every other op raises :class:`NotImplementedError` naming it at export
-(rather than torch's "No ONNX function found"), until a translation equal to cuproi exists.
 """
 
 import importlib.abc
@@ -24,81 +23,22 @@ import sys
 
 _REGISTRY = "onnxscript.function_libs.torch_lib.registration"
 
-_NOT_YET = "yet: no composition of standard ONNX operators equal to it is written"
-
-
-def _refuse(name, why=_NOT_YET):
-    raise NotImplementedError(f"cuproi.torch.{name} has no ONNX export {why}")
-
-
-# The ops without a translation, by their schemas (onnxscript reads the parameters).
-
-
-def prroi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
-    _refuse("prroi_pool")
-
-
-def ps_roi_align(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float,
-                 sampling_ratio: int):  # fmt: skip
-    _refuse("ps_roi_align")
-
-
-def ps_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
-    _refuse("ps_roi_pool")
-
-
-_NOT_EXPORTED = (
-    prroi_pool,
-    ps_roi_align,
-    ps_roi_pool,
-)
-
 
 def _register(registration):
     """Add cuproi's translations to onnxscript's registry (module ``registration``)."""
-    from onnxscript.onnx_opset import opset18 as op
-
     from cuproi.torch import _onnx_compose
 
-    @registration.torch_op("cuproi::roi_align", trace_only=True)
-    def cuproi_roi_align(
-        input,
-        rois,
-        pooled_h: int,
-        pooled_w: int,
-        spatial_scale: float,
-        sampling_ratio: int,
-        aligned: bool,
-        pool_mode: str = "avg",
-    ):
-        options = pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned
-        if pool_mode == "max":  # ONNX's max mode takes the largest weighted corner: a composition
-            return _onnx_compose.roi_align_max(input, rois, *options)
-        return _onnx_compose.roi_align(input, rois, *options)
-
-    def roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
-        return op.MaxRoiPool(
-            input, rois, pooled_shape=(pooled_h, pooled_w), spatial_scale=spatial_scale
-        )
-
-    registration.torch_op("cuproi::roi_pool_inference", trace_only=True)(roi_pool)
-
-    @registration.torch_op("cuproi::roi_pool", trace_only=True)
-    def cuproi_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
-        # The argmax (a second output) feeds the backward only; an exported graph has none.
-        pooled = roi_pool(input, rois, pooled_h, pooled_w, spatial_scale)
-        return pooled, op.Cast(op.Mul(pooled, op.CastLike(0, pooled)), to=6)  # INT32
-
     _onnx_compose.register(registration)
-    for refuse in _NOT_EXPORTED:
-        registration.torch_op(f"cuproi::{refuse.__name__}", trace_only=True)(refuse)
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Finder that runs :func:`_register` once onnxscript's registry module is imported."""
+    """Finder that runs ``then(module)`` once the module ``name`` is imported."""
+
+    def __init__(self, name, then):
+        self.name, self.then = name, then
 
     def find_spec(self, name, path, target=None):
-        if name != _REGISTRY:
+        if name != self.name:
             return None
         sys.meta_path.remove(self)  # once, and not for the lookup below
         spec = importlib.util.find_spec(name)
@@ -108,15 +48,34 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
         def exec_and_register(module):
             exec_module(module)
-            _register(module)
+            self.then(module)
 
         spec.loader.exec_module = exec_and_register
         return spec
 
 
+def _register_symbolics(onnx):
+    """Register the legacy exporter's symbolic functions (module ``onnx``, torch.onnx)."""
+    from cuproi.torch import _onnx_legacy
+
+    _onnx_legacy.register(onnx)
+
+
+def _after_import(name, then):
+    """``then(module)`` now if the module ``name`` is imported, else once it is."""
+    if name in sys.modules:
+        then(sys.modules[name])
+    elif not any(
+        isinstance(finder, _AfterImport) and finder.name == name for finder in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
 def install():
-    """Register cuproi's ONNX translations now, or when onnxscript is imported."""
-    if _REGISTRY in sys.modules:
-        _register(sys.modules[_REGISTRY])
-    elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport())
+    """Register cuproi's ONNX translations now, or when their exporter is imported.
+
+    The dynamo exporter's, once onnxscript's registry is imported; the legacy exporter's
+    symbolic functions, once ``torch.onnx`` is.
+    """
+    _after_import(_REGISTRY, _register)
+    _after_import("torch.onnx", _register_symbolics)

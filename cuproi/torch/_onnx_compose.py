@@ -1,8 +1,15 @@
-"""ONNX translations of the ops that no ONNX operator computes: compositions of standard ones.
+"""ONNX translations of the ops (:data:`TRANSLATIONS`), in standard ONNX operators only.
 
 Imported by :func:`cuproi.torch._onnx._register` when onnxscript's registry is (this module
-imports onnxscript). Every function builds its graph in trace-only mode: Python runs once at
-export, with the op's static arguments as Python values.
+imports onnxscript), and by the legacy exporter's symbolic functions (_onnx_legacy). Every
+function builds its graph in trace-only mode: Python runs once at export, with the op's static
+arguments as Python values, and emits each node by ``op``: onnxscript's opset 18, or the
+TorchScript graph of the legacy exporter (:func:`emitting`).
+
+- ``roi_align`` in avg mode: ``RoiAlign`` (onnxruntime's kernel is torchvision's);
+- ``roi_pool``: ``MaxRoiPool``, whose bins are torchvision's and cuproi's.
+
+The ops no ONNX operator computes are compositions:
 
 - ``multi_scale_roi_align``: the level of every box by cuproi's rule (its area in float64
   against the float64 thresholds of :func:`cuproi._pyramid.level_rule`), then one ``RoiAlign``
@@ -12,8 +19,15 @@ export, with the op's static arguments as Python values.
   read by :func:`bilinear` (``Gather`` of four taps with cuproi's border rule), averaged;
 - ``deform_roi_pool``: the same on RoI Align's grid with every bin's start shifted by its
   offset, times the mask;
-- ``roi_align`` in max mode: the same samples on RoI Align's grid, reduced by ``ReduceMax``.
+- ``roi_align`` in max mode: the same samples on RoI Align's grid, reduced by ``ReduceMax``;
+- ``ps_roi_align``: RoI Align's samples (aligned), each bin read on its own score maps;
+- ``ps_roi_pool``: the cells of every quantized bin (``Gather``), averaged, the same way;
+- ``prroi_pool``: every pixel a bin reaches times the mean of its hat over the bin's rows and
+  that over its columns (the exact integral of the bilinear surface, separable), summed.
 """
+
+import contextlib
+from typing import NamedTuple
 
 import numpy as np
 import onnx_ir as ir
@@ -22,8 +36,30 @@ from onnxscript.onnx_opset import opset18 as op
 from cuproi import _pyramid
 
 BOOL = 9
+INT32 = 6
 INT64 = 7
 DOUBLE = 11
+
+
+@contextlib.contextmanager
+def emitting(ops):
+    """Translations emit their nodes by ``ops`` (an object with opset 18's operators) within.
+
+    It replaces this module's ``op`` meanwhile: one export at a time, as torch's exporters run.
+    """
+    global op
+    saved, op = op, ops
+    try:
+        yield
+    finally:
+        op = saved
+
+
+def is_float16(value):
+    """Whether ``value``, an onnxscript or a TorchScript graph value, holds float16."""
+    if hasattr(value, "dtype"):
+        return value.dtype == ir.DataType.FLOAT16
+    return value.type().scalarType() == "Half"  # the legacy exporter's torch._C.Value
 
 
 def rois_and_indices(rois):
@@ -102,9 +138,10 @@ def multi_scale_roi_align(
     # Zeros of the output's shape (K, C, PH, PW), then each level's rows written in place.
     k, c = op.Shape(rois, start=0, end=1), op.Shape(features[0], start=1, end=2)
     shape = op.Concat(k, c, constant([pooled_h, pooled_w], np.int64), axis=0)
-    out = op.Expand(op.CastLike(op.Constant(value_float=0.0), features[0]), shape)
+    out = op.Expand(like(0, features[0]), shape)
     for level, (x, scale) in enumerate(zip(features, scales, strict=True)):
-        at = op.Transpose(op.NonZero(op.Equal(levels, level)))  # (K_l, 1) rows of the level
+        # (K_l, 1) rows of the level
+        at = op.Transpose(op.NonZero(op.Equal(levels, level)), perm=[1, 0])
         picked = op.GatherND(rois, at)
         pooled = roi_align(x, picked, *options, scale, sampling_ratio, aligned)
         out = op.ScatterND(out, at, pooled)
@@ -118,7 +155,7 @@ def like(value, reference):
 
 def compute_type(input, rois):
     """The boxes in the dtype cuproi computes coordinates in: float32 for float16 features."""
-    if input.dtype == ir.DataType.FLOAT16:
+    if is_float16(input):
         return op.Cast(rois, to=ir.DataType.FLOAT)
     return rois
 
@@ -166,9 +203,70 @@ def grid_sizes(bin_h, bin_w, sampling_ratio):
     return gh, gw, op.Max(product, like(1, bin_h)), largest
 
 
-def bilinear(input, batch, y, x, every_tap=False):
-    """Values (..., C) of the samples at ``y``, ``x`` (any shape) of image ``batch`` (same).
+class Maps(NamedTuple):
+    """Feature maps laid out to be read by cell (:func:`read`).
 
+    Cell (y, x) of image n is row ``(n * H + y) * W + x`` of ``table``, (N * H * W, C), for
+    :func:`feature_maps`; ``table`` is that table flattened for :func:`score_maps`, whose
+    ``channels`` hold the offsets of the channels one bin position reads in a row. ``height``
+    and ``width`` are H and W, ``depth`` is C, as (1,) int64.
+    """
+
+    table: object
+    height: object
+    width: object
+    depth: object
+    channels: object = None
+
+
+def feature_maps(input):
+    """(N, C, H, W) features as :class:`Maps`: every channel read at once."""
+    h, w, c = (op.Shape(input, start=j, end=j + 1) for j in (2, 3, 1))
+    rows = op.Transpose(input, perm=[0, 2, 3, 1])
+    return Maps(op.Reshape(rows, op.Concat(constant([-1], np.int64), c, axis=0)), h, w, c)
+
+
+def score_maps(input, pooled_h, pooled_w):
+    """Position-sensitive (N, C_out * PH * PW, H, W) score maps as :class:`Maps`.
+
+    Bin position ``b = ph * PW + pw`` reads channels ``c * PH * PW + b``: the offsets
+    ``channels`` (0, PH * PW, ...) from ``b`` in a cell's row. (Reading the rows of a table of
+    the maps regrouped by bin position would take a ``Reshape`` then a ``Transpose``, which
+    torch's legacy exporter fails on with dynamic shapes.)
+    """
+    maps = feature_maps(input)
+    depth = op.Squeeze(maps.depth, [0])
+    channels = op.Range(0, depth, pooled_h * pooled_w)
+    return maps._replace(table=op.Reshape(maps.table, [-1]), channels=channels)
+
+
+def bin_positions(pooled_h, pooled_w):
+    """(PH, 1, PW, 1) position ``ph * PW + pw`` of every bin in :func:`score_maps`."""
+    at = np.arange(pooled_h)[:, None] * pooled_w + np.arange(pooled_w)
+    return constant(at.reshape(pooled_h, 1, pooled_w, 1), np.int64)
+
+
+def images(batch):
+    """(K, 1, 1, 1, 1) int64 image of every box from its float ``batch`` index (K,)."""
+    return op.Unsqueeze(op.Cast(batch, to=INT64), [1, 2, 3, 4])
+
+
+def read(maps, image, y, x, bin=None):
+    """Values (..., C) of cells (``y``, ``x``) of ``image`` (int64, broadcast together).
+
+    With :func:`score_maps`, (..., C_out): the channels of bin position ``bin`` (broadcast).
+    """
+    cells = op.Add(op.Mul(op.Add(op.Mul(image, maps.height), y), maps.width), x)
+    if maps.channels is None:
+        return op.Gather(maps.table, cells, axis=0)
+    at = op.Add(op.Mul(cells, maps.depth), bin)
+    return op.Gather(maps.table, op.Add(op.Unsqueeze(at, [-1]), maps.channels), axis=0)
+
+
+def bilinear(maps, image, y, x, every_tap=False, bin=None):
+    """Values (..., C) of the samples at ``y``, ``x`` (any shape) of ``image`` (same).
+
+    ``maps`` is :func:`feature_maps`, or :func:`score_maps` read at bin position ``bin``.
     cuproi's rule: a sample outside ``[-1, H] x [-1, W]`` (or NaN) is 0; in the bands below 0
     and past the last cell it takes the edge value (its position clamped). ``Where`` keeps the
     out-of-range samples out, so they add nothing even where the features are not finite. A
@@ -176,8 +274,7 @@ def bilinear(input, batch, y, x, every_tap=False):
     entry), unless ``every_tap`` (max mode, whose samples multiply all four taps): this only
     matters where the features are not finite.
     """
-    shape = op.Shape(input)
-    h, w = op.Shape(input, start=2, end=3), op.Shape(input, start=3, end=4)
+    h, w = maps.height, maps.width
     fh, fw = op.CastLike(h, y), op.CastLike(w, x)
     inside = op.And(
         op.And(op.GreaterOrEqual(y, like(-1, y)), op.LessOrEqual(y, fh)),
@@ -198,15 +295,9 @@ def bilinear(input, batch, y, x, every_tap=False):
     y0, y1, ly = taps(y, h, fh)
     x0, x1, lx = taps(x, w, fw)
     hy, hx = op.Sub(like(1, ly), ly), op.Sub(like(1, lx), lx)
-    # The features as rows of a (N * H * W, C) table, read by flat cell index.
-    table = op.Reshape(op.Transpose(input, perm=[0, 2, 3, 1]), op.Concat(
-        constant([-1], np.int64), op.Slice(shape, [1], [2], [0]), axis=0
-    ))  # fmt: skip
-    row = op.Mul(op.Cast(batch, to=INT64), h)
 
     def tap(yi, xi, weight):
-        cells = op.Add(op.Mul(op.Add(row, yi), w), xi)
-        values = op.Gather(table, cells, axis=0)
+        values = read(maps, image, yi, xi, bin)
         weight = op.CastLike(op.Unsqueeze(weight, [-1]), values)
         product = op.Mul(weight, values)
         if every_tap:
@@ -245,11 +336,20 @@ def rotation(angle, clockwise):
     return choose(c, op.Neg(s), op.Neg(c), s), choose(s, c, op.Neg(s), op.Neg(c))
 
 
+def bin_sums(values, valid):
+    """(K, PH, PW, C) sums of the samples ``values`` (K, PH, GH, PW, GW, C) where ``valid``.
+
+    ``Where`` keeps the others out, so they add nothing even where they are not finite.
+    """
+    if valid is not None:
+        zero = op.CastLike(constant(0, np.float64), values)
+        values = op.Where(op.Unsqueeze(valid, [-1]), values, zero)
+    return op.ReduceSum(values, constant([2, 4], np.int64), keepdims=0)
+
+
 def pooled_average(values, valid, count):
     """(K, C, PH, PW) averages of the samples ``values`` (K, PH, GH, PW, GW, C)."""
-    if valid is not None:
-        values = op.Where(op.Unsqueeze(valid, [-1]), values, op.CastLike(like(0, count), values))
-    total = op.ReduceSum(values, constant([2, 4], np.int64), keepdims=0)  # (K, PH, PW, C)
+    total = bin_sums(values, valid)
     mean = op.Div(total, op.CastLike(op.Unsqueeze(count, [1, 2, 3]), total))
     return op.Transpose(mean, perm=[0, 3, 1, 2])
 
@@ -288,7 +388,7 @@ def roi_align_rotated(
     cy, cx = (op.Unsqueeze(v, [1, 2, 3, 4]) for v in (center_y, center_x))
     y = op.Add(op.Sub(op.Mul(yy, cos_t), op.Mul(xx, sin_t)), cy)  # (K, PH, GH, PW, GW)
     x = op.Add(op.Add(op.Mul(yy, sin_t), op.Mul(xx, cos_t)), cx)
-    values = bilinear(input, op.Unsqueeze(box[0], [1, 2, 3, 4]), y, x)
+    values = bilinear(feature_maps(input), images(box[0]), y, x)
     valid = None
     if sampling_ratio <= 0:  # the adaptive grid: only the samples of each box's own grid
         valid = op.And(
@@ -378,7 +478,7 @@ def deform_roi_pool(
     o = None if offset is None else op.CastLike(offset, r)
     pooled = pooled_h, pooled_w
     y, x, grids = align_positions(r, pooled, spatial_scale, sampling_ratio, True, o, gamma)
-    values = bilinear(input, op.Unsqueeze(column(r, 0), [1, 2, 3, 4]), y, x)
+    values = bilinear(feature_maps(input), images(column(r, 0)), y, x)
     out = pooled_average(values, adaptive_samples(sampling_ratio, grids), grids[2])
     if mask is not None:  # modulated (DCNv2): every bin's average times its mask
         out = op.Mul(out, op.CastLike(mask, out))
@@ -398,7 +498,7 @@ def roi_align_max(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio
     r = compute_type(input, rois)
     pooled = pooled_h, pooled_w
     y, x, grids = align_positions(r, pooled, spatial_scale, sampling_ratio, aligned)
-    values = bilinear(input, op.Unsqueeze(column(r, 0), [1, 2, 3, 4]), y, x, every_tap=True)
+    values = bilinear(feature_maps(input), images(column(r, 0)), y, x, every_tap=True)
     valid = adaptive_samples(sampling_ratio, grids)
     nan = op.IsNaN(values)
     if valid is not None:  # the samples beyond a box's grid do not compete
@@ -418,7 +518,214 @@ def roi_align_max(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio
     return op.CastLike(op.Transpose(top, perm=[0, 3, 1, 2]), input)
 
 
+def ps_roi_align(
+    input, rois, pooled_h: int, pooled_w: int, spatial_scale: float, sampling_ratio: int
+):
+    """cuproi::ps_roi_align: RoI Align's samples (aligned, no minimum size), averaged.
+
+    Each bin reads its own score maps (:func:`score_maps`, :func:`bin_positions`).
+    """
+    r = compute_type(input, rois)
+    pooled = pooled_h, pooled_w
+    y, x, grids = align_positions(r, pooled, spatial_scale, sampling_ratio, True)
+    maps, at = score_maps(input, *pooled), bin_positions(*pooled)
+    values = bilinear(maps, images(column(r, 0)), y, x, bin=at)
+    out = pooled_average(values, adaptive_samples(sampling_ratio, grids), grids[2])
+    return op.CastLike(out, input)
+
+
+def c_round(v):
+    """C's ``round`` (half away from zero; ONNX's ``Round`` is half to even), as _geometry's."""
+    a = op.Abs(v)
+    r = op.Floor(a)
+    r = op.Add(r, op.CastLike(op.GreaterOrEqual(op.Sub(a, r), like(0.5, v)), v))
+    return op.Where(op.Less(v, like(0, v)), op.Neg(r), r)
+
+
+def clamp(v, low, high):
+    """``v`` (int64) clamped to ``[low, high]``."""
+    return op.Min(op.Max(v, low), high)
+
+
+def laid_out_cells(lo, count, last):
+    """Cells ``lo + i`` (K, P, G) of the largest ``count`` G laid out for every bin, (K, P).
+
+    Returns the cells, clamped to ``[0, last]`` so that every one can be read, and the mask
+    of those ``i < count`` of each bin.
+    """
+    one = constant([1], np.int64)
+    largest = op.ReduceMax(op.Concat(op.Reshape(count, [-1]), one, axis=0), keepdims=0)
+    i = op.Range(0, largest, 1)
+    cells = clamp(op.Add(op.Unsqueeze(lo, [2]), i), constant(0, np.int64), last)
+    return cells, op.Less(i, op.Unsqueeze(count, [2]))
+
+
+def pool_cells(first, last, pooled, size, r):
+    """Cells ``[lo, hi)`` (K, P) int64 of every bin along an axis: _geometry's ``pool_bins``.
+
+    ``first`` and ``last`` are the box's rounded edges (K,) int64, ``size`` the axis' (1,)
+    int64; the box is ``max(last - first, 1)`` cells (position-sensitive RoI Pool's), its bins'
+    edges floored and ceiled in the dtype of ``r``, shifted by ``first`` and clipped to the map.
+    """
+    length = op.Max(op.Sub(last, first), constant(1, np.int64))
+    bin_size = op.Div(op.CastLike(length, r), like(pooled, r))
+    edges = op.Mul(op.CastLike(op.Range(0, pooled + 1, 1), r), op.Unsqueeze(bin_size, [1]))
+    first, zero = op.Unsqueeze(first, [1]), constant(0, np.int64)
+    lo = op.Add(op.Cast(op.Floor(op.Slice(edges, [0], [pooled], [1])), to=INT64), first)
+    hi = op.Add(op.Cast(op.Ceil(op.Slice(edges, [1], [pooled + 1], [1])), to=INT64), first)
+    lo, hi = clamp(lo, zero, size), clamp(hi, zero, size)
+    return lo, op.Max(hi, lo)
+
+
+def ps_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
+    """cuproi::ps_roi_pool: the mean of the cells of every quantized bin, an empty one 0.
+
+    Each bin reads its own score maps (:func:`score_maps`, :func:`bin_positions`). Every bin lays
+    out the cells of the largest bin (``ReduceMax``, ``Range``) and masks the cells beyond its
+    own, as the adaptive grids of :func:`roi_align_rotated`.
+    """
+    r = compute_type(input, rois)
+    maps = score_maps(input, pooled_h, pooled_w)
+    edges = [op.Cast(c_round(op.Mul(column(r, j), like(spatial_scale, r))), to=INT64)
+             for j in range(1, 5)]  # fmt: skip
+    h0, h1 = pool_cells(edges[1], edges[3], pooled_h, maps.height, r)
+    w0, w1 = pool_cells(edges[0], edges[2], pooled_w, maps.width, r)
+    one = constant(1, np.int64)
+    rows, cols = op.Sub(h1, h0), op.Sub(w1, w0)
+    ys, y_valid = laid_out_cells(h0, rows, op.Sub(maps.height, one))  # (K, PH, GH)
+    xs, x_valid = laid_out_cells(w0, cols, op.Sub(maps.width, one))  # (K, PW, GW)
+    ys, xs = op.Unsqueeze(ys, [3, 4]), op.Unsqueeze(xs, [1, 2])
+    values = read(maps, images(column(r, 0)), ys, xs, bin_positions(pooled_h, pooled_w))
+    valid = op.And(op.Unsqueeze(y_valid, [3, 4]), op.Unsqueeze(x_valid, [1, 2]))
+    total = bin_sums(op.CastLike(values, r), valid)  # (K, PH, PW, C_out)
+    count = op.Max(op.Mul(op.Unsqueeze(rows, [2]), op.Unsqueeze(cols, [1])), one)
+    mean = op.Div(total, op.CastLike(op.Unsqueeze(count, [3]), total))
+    return op.CastLike(op.Transpose(mean, perm=[0, 3, 1, 2]), input)
+
+
+def hat_mean(t, z):
+    """The mean of ``hat(u) = max(1 - |u|, 0)`` over ``[t, t + z]`` (``z > 0``), elementwise.
+
+    The operations of _cpu/prroi_pool.py's ``hat_share`` (kernels/prroi_pool.cu): all of one
+    piece of ``hat`` in closed form, else the fractions of ``[t, t + z]`` on the rising and
+    the falling piece times the means there.
+    """
+    one, half = like(1, t), like(0.5, t)
+    e = op.Add(t, z)
+    l1, r1 = op.Max(t, like(-1, t)), op.Min(e, like(0, t))
+    l2, r2 = op.Max(t, like(0, t)), op.Min(e, one)
+    f1 = op.Div(op.Max(op.Sub(r1, l1), like(0, t)), z)
+    f2 = op.Div(op.Max(op.Sub(r2, l2), like(0, t)), z)
+    mixed = op.Add(
+        op.Mul(f1, op.Add(one, op.Mul(half, op.Add(l1, r1)))),
+        op.Mul(f2, op.Sub(one, op.Mul(half, op.Add(l2, r2)))),
+    )
+    rising = op.And(op.GreaterOrEqual(t, like(-1, t)), op.LessOrEqual(e, like(0, t)))
+    falling = op.And(op.GreaterOrEqual(t, like(0, t)), op.LessOrEqual(e, one))
+    outside = op.Or(op.LessOrEqual(e, like(-1, t)), op.GreaterOrEqual(t, one))
+    weight = op.Where(outside, like(0, t), mixed)
+    weight = op.Where(falling, op.Sub(op.Sub(one, t), op.Mul(half, z)), weight)
+    return op.Where(rising, op.Add(op.Add(t, one), op.Mul(half, z)), weight)
+
+
+def integral_taps(a, b, spatial_scale, pooled, size):
+    """Pixels (K, P, G) that every bin's integral reads along an axis, their weights and mask.
+
+    As _cpu/prroi_pool.py's ``_axes`` and ``_taps``: the bins of the box edges ``a``, ``b``
+    (K,), of size ``max(b * s - a * s, 0) / P``; a bin reads the pixels ``floor(start)`` to
+    ``ceil(end)`` clipped to the map (every one, whatever its weight), none when it has no
+    size or lies beyond ``[-1, size]``; a pixel's weight is the mean of its hat over the bin.
+    """
+    scale = like(spatial_scale, a)
+    begin = op.Mul(a, scale)
+    extent = op.Sub(op.Mul(b, scale), begin)
+    bin_size = op.Unsqueeze(op.Div(op.Max(extent, like(0, a)), like(pooled, a)), [1])
+    start = bin_starts(op.Unsqueeze(begin, [1]), bin_size, pooled)  # (K, P)
+    end = op.Add(start, bin_size)
+    fsize = op.CastLike(size, a)
+    valid = op.And(
+        op.Greater(bin_size, like(0, a)),
+        op.And(op.Greater(end, like(-1, a)), op.Less(start, fsize)),
+    )
+    top = op.Sub(fsize, like(1, a))
+    lo, hi = (
+        op.Cast(op.Min(op.Max(edge, like(0, a)), top), to=INT64)
+        for edge in (op.Floor(start), op.Ceil(end))
+    )
+    one = constant(1, np.int64)
+    count = op.Where(valid, op.Add(op.Sub(hi, lo), one), constant(0, np.int64))
+    pixels, mask = laid_out_cells(op.Where(valid, lo, constant(0, np.int64)), count, op.Sub(
+        size, one
+    ))  # fmt: skip
+    t = op.Sub(op.Unsqueeze(start, [2]), op.CastLike(pixels, a))
+    return pixels, hat_mean(t, op.Unsqueeze(bin_size, [2])), mask
+
+
+def prroi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
+    """cuproi::prroi_pool: the exact integral of the bilinear surface over every bin / its area.
+
+    Separable: the weight of pixel (h, w) in a bin is the mean of its hat over the bin's rows
+    times that over its columns (:func:`hat_mean`); every bin lays out the pixels of the
+    widest bin along each axis and masks those beyond its own. A bin without area is 0.
+    """
+    r = compute_type(input, rois)
+    maps = feature_maps(input)
+    ys, wy, y_valid = integral_taps(column(r, 2), column(r, 4), spatial_scale, pooled_h,
+                                    maps.height)  # fmt: skip
+    xs, wx, x_valid = integral_taps(column(r, 1), column(r, 3), spatial_scale, pooled_w,
+                                    maps.width)  # fmt: skip
+    ys, wy, y_valid = (op.Unsqueeze(v, [3, 4]) for v in (ys, wy, y_valid))  # (K, PH, GY, 1, 1)
+    xs, wx, x_valid = (op.Unsqueeze(v, [1, 2]) for v in (xs, wx, x_valid))  # (K, 1, 1, PW, GX)
+    values = op.CastLike(read(maps, images(column(r, 0)), ys, xs), r)
+    values = op.Mul(op.Unsqueeze(op.Mul(wy, wx), [-1]), values)
+    out = op.Transpose(bin_sums(values, op.And(y_valid, x_valid)), perm=[0, 3, 1, 2])
+    return op.CastLike(out, input)
+
+
+def cuproi_roi_align(
+    input,
+    rois,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    pool_mode: str = "avg",
+):
+    """cuproi::roi_align: ``RoiAlign`` in avg mode, a composition in max mode."""
+    options = pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned
+    if pool_mode == "max":  # ONNX's max mode takes the largest weighted corner: a composition
+        return roi_align_max(input, rois, *options)
+    return roi_align(input, rois, *options)
+
+
+def roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
+    """cuproi::roi_pool_inference: ``MaxRoiPool``."""
+    pooled = pooled_h, pooled_w
+    return op.MaxRoiPool(input, rois, pooled_shape=pooled, spatial_scale=spatial_scale)
+
+
+def cuproi_roi_pool(input, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
+    """cuproi::roi_pool: ``MaxRoiPool``, and zeros for the argmax (the backward's only)."""
+    pooled = roi_pool(input, rois, pooled_h, pooled_w, spatial_scale)
+    return pooled, op.Cast(op.Mul(pooled, op.CastLike(0, pooled)), to=INT32)
+
+
+# The translation of every op cuproi::<name>.
+TRANSLATIONS = {
+    "deform_roi_pool": deform_roi_pool,
+    "multi_scale_roi_align": multi_scale_roi_align,
+    "prroi_pool": prroi_pool,
+    "ps_roi_align": ps_roi_align,
+    "ps_roi_pool": ps_roi_pool,
+    "roi_align": cuproi_roi_align,
+    "roi_align_rotated": roi_align_rotated,
+    "roi_pool": cuproi_roi_pool,
+    "roi_pool_inference": roi_pool,
+}
+
+
 def register(registration):
-    """Register the translations of this module in onnxscript's registry ``registration``."""
-    for translation in (deform_roi_pool, multi_scale_roi_align, roi_align_rotated):
-        registration.torch_op(f"cuproi::{translation.__name__}", trace_only=True)(translation)
+    """Register :data:`TRANSLATIONS` in onnxscript's registry ``registration``."""
+    for name, translation in TRANSLATIONS.items():
+        registration.torch_op(f"cuproi::{name}", trace_only=True)(translation)
