@@ -142,3 +142,37 @@ def test_eager_checks_unchanged_by_the_twins():
         ct.DeformRoIPoolPack(3, 4, 16)(X, BOXES)
     with pytest.raises(torch.jit.Error, match="channels"):
         torch.jit.script(ct.DeformRoIPoolPack(3, 4, 16))(X, BOXES)
+
+
+def _torchvision_ops():
+    """torchvision.models.detection where its ops run (a CUDA build of torch), else a skip."""
+    detection = pytest.importorskip("torchvision.models.detection")
+    try:
+        torch.ops.torchvision.nms  # noqa: B018 (loaded with torchvision's C++ ops only)
+    except (AttributeError, RuntimeError):
+        pytest.skip("torchvision's C++ ops are not loaded (they need torch's CUDA build)")
+    return detection
+
+
+def test_mask_rcnn_with_cuproi_poolers_scripts_equal_to_eager():
+    """torchvision's Mask R-CNN with cuproi's poolers: scripted, it detects what eager does.
+
+    Optional (torchvision's ops load with a CUDA build of torch only; see README's tools).
+    """
+    detection = _torchvision_ops()
+    torch.manual_seed(0)
+    model = detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=3, min_size=96, max_size=128
+    )
+    levels = ["0", "1", "2", "3"]
+    model.roi_heads.box_roi_pool = ct.MultiScaleRoIAlign(levels, 7, 2)
+    model.roi_heads.mask_roi_pool = ct.MultiScaleRoIAlign(levels, 14, 2)
+    model.roi_heads.score_thresh = 0.0  # random weights: keep every detection
+    model.eval()
+    images = [torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        want = model(images)[0]
+        _, got = torch.jit.script(model)(images)
+    assert len(want["boxes"]) > 0
+    for key in ("boxes", "scores", "labels", "masks"):
+        torch.testing.assert_close(got[0][key], want[key], rtol=0, atol=0)
