@@ -5,13 +5,20 @@ thousands of cells wide. ``track_peak_beyond_result`` reports the peak bytes an 
 beyond the arrays it returns (tracemalloc, to which NumPy reports its allocations), for one
 12x9-cell box on a 4000x4000 single-channel map (64 MB of float32): it should follow the box,
 not the map. ``time_`` gives the time of the same calls.
+
+``TrainingStep.track_resident_growth`` is the working memory of a training step (issue 27): RoI
+Align's forward and input gradient of 4096 boxes on the box head's map, the output kept for the
+backward, as the growth of the peak resident set size in a fresh process, results included
+(``cuproi._workloads.training_memory``): the same measure for cuproi and torchvision.
 """
 
+import importlib
 import tracemalloc
 
 import numpy as np
 
 import cuproi
+from cuproi import _timing, _workloads
 
 SIZE = 4000
 BOX = np.array([[0, 2000, 2000, 2012, 2009]], np.float64)
@@ -91,3 +98,25 @@ class OneBoxOnALargeMap:
         return peak - sum(a.nbytes for a in arrays if a is not None)
 
     track_peak_beyond_result.unit = "bytes"
+
+
+class TrainingStep:
+    """Working memory of RoI Align forward + backward, 4096 boxes, 256 channels, 7x7 (bytes)."""
+
+    param_names = ["library"]
+    params = [["cuproi", "torchvision"]]
+    unit = "bytes"
+    timeout = 300
+    MODULES = {"cuproi": "cuproi", "torchvision": "torchvision.ops"}
+    CHANNELS, BOXES = _workloads.CHANNELS, _workloads.MANY_BOXES["num_boxes"]
+
+    def setup(self, library):
+        try:
+            importlib.import_module(self.MODULES[library])
+        except ImportError as error:
+            raise NotImplementedError(f"{library} unavailable: {error}") from None
+
+    def track_resident_growth(self, library):
+        return _timing.resident_growth_apart(
+            "cuproi._workloads:training_memory", self.MODULES[library], self.CHANNELS, self.BOXES
+        )
