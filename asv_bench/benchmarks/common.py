@@ -8,12 +8,32 @@ events) in a ``DeviceTime`` class. The classes here time nothing themselves, so 
 the subclasses in the ``bench_<op>.py`` modules.
 """
 
+import ctypes
+
 import numpy as np
 
 from cuproi import _timing, _workloads
 
 BACKENDS = ["numpy", "cupy"]
 DTYPES = ["float32", "float16"]
+
+
+def cuda_devices():
+    """The number of CUDA devices the driver sees (0 without a driver), asked of the driver.
+
+    Milliseconds, where importing CuPy to learn that there is no GPU took seconds in every
+    benchmark process of the cupy backend: most of a quick run on a machine without one. Ask in
+    ``setup`` only, never at import: asv forks the benchmarks' processes, and CUDA initialised
+    before a fork does not work after it.
+    """
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
 
 
 class Benchmark:
@@ -51,6 +71,8 @@ class Benchmark:
                 raise NotImplementedError("the CPU backend computes float16 in float32")
             self.xp, self.sync = np, lambda: None
             return
+        if cuda_devices() == 0:
+            raise NotImplementedError("cupy backend unavailable: no CUDA device")
         try:
             import cupy
 
