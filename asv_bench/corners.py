@@ -58,7 +58,7 @@ class Case(NamedTuple):
 
 
 class Goal(NamedTuple):
-    """A goal of the issue's table: ``value = sum(ours) / sum(theirs)``, at most ``limit``.
+    """A goal of the issue's table: ``ours`` / ``theirs`` at most ``limit``.
 
     ``ours`` and ``theirs`` are (case, library) pairs; the library ``floor`` is the machine's
     floor of the case.
@@ -71,112 +71,75 @@ class Goal(NamedTuple):
     limit: float
 
 
+def versus(row, case, limit, what="of torchvision's time", peer="torchvision"):
+    """The goal of ``row``: cuproi's ``case`` at most ``limit`` times ``peer``'s."""
+    return Goal(row, what, (case, "cuproi"), (case, peer), limit)
+
+
+MAX = 'pool_mode="max" vs avg, reference workload'
+MAX_FORWARD, BACKWARD = "roi_align max forward, box head", "roi_align backward, box head"
+FEW_ROI_POOL = "16 boxes, roi_pool forward with argmax / backward"
+PS_ROI_POOL = "ps_roi_pool forward/backward"
 # The issue's table, row by row (its "case" column), with the goals that say it is done.
 GOALS = (
-    Goal(
+    versus(
         "fixed overhead, roi_align forward, 1 box, 1 channel",
-        "of torchvision's time",
-        (("roi_align forward, 1 box, 1 channel", "cuproi"),),
-        (("roi_align forward, 1 box, 1 channel", "torchvision"),),
+        "roi_align forward, 1 box, 1 channel",
         5,
     ),
-    Goal(
+    versus(
         "cuproi.torch forward+backward, 1 box",
-        "of torchvision's time",
-        (("cuproi.torch roi_align forward+backward, 1 box, 1 channel", "cuproi"),),
-        (("cuproi.torch roi_align forward+backward, 1 box, 1 channel", "torchvision"),),
+        "cuproi.torch roi_align forward+backward, 1 box, 1 channel",
         3,
     ),
-    Goal(
-        "16 boxes, 256 channels, roi_align forward",
-        "of torchvision's time",
-        (("roi_align forward, 16 boxes", "cuproi"),),
-        (("roi_align forward, 16 boxes", "torchvision"),),
+    versus("16 boxes, 256 channels, roi_align forward", "roi_align forward, 16 boxes", 0.5),
+    versus(
+        FEW_ROI_POOL,
+        "roi_pool forward with argmax, 16 boxes",
         0.5,
-    ),
-    Goal(
-        "16 boxes, roi_pool forward with argmax / backward",
         "forward with argmax, of torchvision's time",
-        (("roi_pool forward with argmax, 16 boxes", "cuproi"),),
-        (("roi_pool forward with argmax, 16 boxes", "torchvision"),),
-        0.5,
     ),
-    Goal(
-        "16 boxes, roi_pool forward with argmax / backward",
-        "backward, of torchvision's time",
-        (("roi_pool backward, 16 boxes", "cuproi"),),
-        (("roi_pool backward, 16 boxes", "torchvision"),),
-        0.5,
-    ),
-    Goal(
+    versus(FEW_ROI_POOL, "roi_pool backward, 16 boxes", 0.5, "backward, of torchvision's time"),
+    versus(
         "16 boxes at 7x7 on P2 (2x256x200x304)",
-        "roi_align forward, of torchvision's time",
-        (("roi_align forward, 16 boxes on P2", "cuproi"),),
-        (("roi_align forward, 16 boxes on P2", "torchvision"),),
+        "roi_align forward, 16 boxes on P2",
         0.5,
+        "roi_align forward, of torchvision's time",
     ),
+    Goal(MAX, "max forward, of avg's time", (MAX_FORWARD, "cuproi"), (FORWARD, "cuproi"), 2),
     Goal(
-        'pool_mode="max" vs avg, reference workload',
-        "max forward, of avg forward's time",
-        (("roi_align max forward, box head", "cuproi"),),
-        ((FORWARD, "cuproi"),),
+        MAX,
+        "max backward, of avg's time",
+        ("roi_align max backward, box head", "cuproi"),
+        (BACKWARD, "cuproi"),
         2,
     ),
-    Goal(
-        'pool_mode="max" vs avg, reference workload',
-        "max backward, of avg backward's time",
-        (("roi_align max backward, box head", "cuproi"),),
-        (("roi_align backward, box head", "cuproi"),),
-        2,
-    ),
-    Goal(
-        'pool_mode="max" vs avg, reference workload',
-        "max forward, of onnxruntime's max mode time",
-        (("roi_align max forward, box head", "cuproi"),),
-        (("roi_align max forward, box head", "onnxruntime"),),
-        1,
-    ),
+    versus(MAX, MAX_FORWARD, 1, "max forward, of onnxruntime's max mode", "onnxruntime"),
     Goal(
         "deform_roi_pool backward vs roi_align backward",
         "of roi_align backward's time",
-        (("deform_roi_pool backward, box head, zero offsets", "cuproi"),),
-        (("roi_align backward, box head", "cuproi"),),
+        ("deform_roi_pool backward, box head, zero offsets", "cuproi"),
+        (BACKWARD, "cuproi"),
         1.3,
     ),
-    Goal(
-        "roi_pool forward with argmax, box head",
-        "of torchvision's time",
-        (("roi_pool forward with argmax, box head", "cuproi"),),
-        (("roi_pool forward with argmax, box head", "torchvision"),),
-        0.25,
+    versus(
+        "roi_pool forward with argmax, box head", "roi_pool forward with argmax, box head", 0.25
     ),
-    Goal(
-        "ps_roi_pool forward/backward",
-        "forward, of torchvision's time",
-        (("ps_roi_pool forward, R-FCN box head", "cuproi"),),
-        (("ps_roi_pool forward, R-FCN box head", "torchvision"),),
-        0.25,
+    versus(
+        PS_ROI_POOL, "ps_roi_pool forward, R-FCN box head", 0.25, "forward, of torchvision's time"
     ),
-    Goal(
-        "ps_roi_pool forward/backward",
-        "backward, of torchvision's time",
-        (("ps_roi_pool backward, R-FCN box head", "cuproi"),),
-        (("ps_roi_pool backward, R-FCN box head", "torchvision"),),
-        0.25,
+    versus(
+        PS_ROI_POOL, "ps_roi_pool backward, R-FCN box head", 0.25, "backward, of torchvision's time"
     ),
-    Goal(
-        "working memory, 4096 boxes forward+backward",
-        "of torchvision's peak growth",
-        ((MEMORY, "cuproi"),),
-        ((MEMORY, "torchvision"),),
-        1,
+    versus(
+        "working memory, 4096 boxes forward+backward", MEMORY, 1, "of torchvision's peak growth"
     ),
-    Goal(
+    versus(
         "roi_align forward vs this machine's memory/compute floor",
-        "of the memory-copy floor",
-        ((FORWARD, "cuproi"),),
-        ((FORWARD, "floor"),),
+        FORWARD,
         10,
+        "of the memory-copy floor",
+        "floor",
     ),
 )
 ROWS = tuple(dict.fromkeys(goal.row for goal in GOALS))
@@ -356,7 +319,7 @@ def max_mode(p, tv):
     if (ort := onnxruntime_roi_align(p, "max")) is not None:
         calls["onnxruntime"] = ort
     asv = "bench_roi_align.MaxModeAndBoxGradient.time_max_"
-    yield Case("roi_align max forward, box head", calls, (f"{asv}forward",))
+    yield Case(MAX_FORWARD, calls, (f"{asv}forward",))
     calls = {"cuproi": same(every["max_backward"])}
     yield Case("roi_align max backward, box head", calls, (f"{asv}backward",))
     calls = {"cuproi": same(every["backward"])}
@@ -368,7 +331,7 @@ def max_mode(p, tv):
         out = tv.roi_align(txg, tr, p.output_size, p.spatial_scale, p.sampling_ratio, True)
         g = torch.from_numpy(p.grad)
         calls["torchvision"] = same(lambda: torch.autograd.grad(out, txg, g, True))
-    yield Case("roi_align backward, box head", calls, ("bench_roi_align.BoxHead.time_backward",))
+    yield Case(BACKWARD, calls, ("bench_roi_align.BoxHead.time_backward",))
 
 
 def ps_roi_pool(p, tv):
@@ -463,15 +426,16 @@ def verdicts(results):
     lines = []
     for goal in GOALS:
         for threads in THREADS:
-            ours = [results.get((case, lib, threads)) for case, lib in goal.ours]
-            theirs = [results.get((case, lib, threads)) for case, lib in goal.theirs]
+            ours = results.get((*goal.ours, threads))
+            theirs = results.get((*goal.theirs, threads))
             head = f"- {goal.row}: {goal.what}, {threads} thread{'s' * (threads > 1)}"
-            pairs = zip(goal.ours + goal.theirs, ours + theirs, strict=True)
-            missing = sorted({lib for (_, lib), value in pairs if value is None})
+            missing = [
+                lib for (_, lib), v in ((goal.ours, ours), (goal.theirs, theirs)) if v is None
+            ]
             if missing:
-                lines.append(f"{head} (goal: at most {goal.limit}): no {', '.join(missing)} figure")
+                lines.append(f"{head} (goal: at most {goal.limit}): no {missing[0]} figure")
                 continue
-            value = sum(ours) / sum(theirs)
+            value = ours / theirs
             verdict = "met" if value <= goal.limit else "missed"
             lines.append(f"{head}: {value:.2f} (goal: at most {goal.limit}): {verdict}")
     return lines

@@ -121,7 +121,7 @@ def corners_results(value=0.1):
     (bytes for the memory case), and the floor 1/20 of it."""
     results = {}
     for goal in corners.GOALS:
-        for case, library in goal.ours + goal.theirs:
+        for case, library in (goal.ours, goal.theirs):
             for threads in corners.THREADS:
                 results[case, library, threads] = value
     for threads in corners.THREADS:
@@ -159,10 +159,10 @@ def test_corner_goals_without_a_peer_say_so():
     assert unmeasured == [
         "- 16 boxes, roi_pool forward with argmax / backward: backward, of torchvision's time, "
         "2 threads (goal: at most 0.5): no torchvision figure",
-        '- pool_mode="max" vs avg, reference workload: max forward, of onnxruntime\'s max mode '
-        "time, 1 thread (goal: at most 1): no onnxruntime figure",
-        '- pool_mode="max" vs avg, reference workload: max forward, of onnxruntime\'s max mode '
-        "time, 2 threads (goal: at most 1): no onnxruntime figure",
+        '- pool_mode="max" vs avg, reference workload: max forward, of onnxruntime\'s max mode, '
+        "1 thread (goal: at most 1): no onnxruntime figure",
+        '- pool_mode="max" vs avg, reference workload: max forward, of onnxruntime\'s max mode, '
+        "2 threads (goal: at most 1): no onnxruntime figure",
     ]
 
 
@@ -196,7 +196,7 @@ def test_every_corner_has_an_asv_benchmark():
     asv = {case.name: case.asv for case in corners.cases(channels=2, fewer=64)}
     asv.update(corners.ASV)
     for goal in corners.GOALS:
-        for case, library in goal.ours + goal.theirs:
+        for case, library in (goal.ours, goal.theirs):
             if library in ("cuproi", "floor"):
                 names = asv["floor" if library == "floor" else case]
                 assert names and all(callable(asv_benchmark(n)) for n in names), (case, names)
@@ -258,4 +258,4 @@ def test_corners_smoke_without_onnxruntime(capsys, monkeypatch):
     assert len(rows) == 15
     assert all(line[3] == "-" for lines in rows.values() for line in lines)
     assert "onnxruntime not installed" in out
-    assert "of onnxruntime's max mode time, 1 thread (goal: at most 1): no onnxruntime" in out
+    assert "of onnxruntime's max mode, 1 thread (goal: at most 1): no onnxruntime figure" in out

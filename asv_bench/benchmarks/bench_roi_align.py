@@ -32,7 +32,7 @@ class MaskHead(BoxHead):
 
 
 class Sweep(common.Sweep):
-    op, timed = OP, CALLS
+    op, timed = OP, common.SWEPT
 
 
 class MaxModeAndBoxGradient(common.Benchmark):

@@ -31,7 +31,7 @@ class MaskHead(BoxHead):
 
 
 class Sweep(common.Sweep):
-    op, timed = OP, CALLS
+    op, timed = OP, common.SWEPT
 
 
 class FewBoxes(common.Benchmark):
