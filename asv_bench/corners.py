@@ -258,19 +258,29 @@ def roi_align(name, p, tv, asv_class):
     """RoI Align's forward on ``p`` beside torchvision's and onnxruntime's avg mode."""
     calls = {"cuproi": same(_workloads.calls("roi_align", p)["forward"])}
     if tv is not None:
-        tx, tr = torch_arrays(p)
         args = (p.output_size, p.spatial_scale, p.sampling_ratio, True)
-        calls["torchvision"] = same(lambda: tv.roi_align(tx, tr, *args))
+        calls["torchvision"] = same(torchvision_calls(tv.roi_align, p, *args)["forward"])
     if (ort := onnxruntime_roi_align(p)) is not None:
         calls["onnxruntime"] = ort
     return Case(name, calls, (f"{asv_class}.time_forward",))
 
 
-def torch_arrays(p):
-    """The features and boxes of ``p`` as torch tensors (torchvision wants one dtype)."""
+def torchvision_calls(op, p, *args):
+    """{"forward": call, "backward": call} of torchvision's ``op(input, boxes, *args)`` on ``p``.
+
+    The backward is the input gradient of a graph built once and replayed (retain_graph), as
+    the comparison's backward rows; torchvision wants the boxes in the features' dtype.
+    """
     import torch
 
-    return torch.from_numpy(p.x), torch.from_numpy(p.boxes).to(torch.from_numpy(p.x).dtype)
+    tx = torch.from_numpy(p.x)
+    tr = torch.from_numpy(p.boxes).to(tx.dtype)
+    txg = tx.clone().requires_grad_()
+    out, g = op(txg, tr, *args), torch.from_numpy(p.grad)
+    return {
+        "forward": lambda: op(tx, tr, *args),
+        "backward": lambda: torch.autograd.grad(out, txg, g, True),
+    }
 
 
 def training_step(p, tv):
@@ -294,15 +304,9 @@ def roi_pool(p, tv, where, ways, asv_class):
     every = _workloads.calls("roi_pool", p)
     theirs = {}
     if tv is not None:
-        import torch
-
-        tx, tr = torch_arrays(p)
-        txg = tx.clone().requires_grad_()
+        theirs = torchvision_calls(tv.roi_pool, p, p.output_size, p.spatial_scale)
         # torchvision's kernel always finds the argmax, which its backward needs.
-        theirs["forward_argmax"] = lambda: tv.roi_pool(tx, tr, p.output_size, p.spatial_scale)
-        pooled = tv.roi_pool(txg, tr, p.output_size, p.spatial_scale)
-        g = torch.from_numpy(p.grad)
-        theirs["backward"] = lambda: torch.autograd.grad(pooled, txg, g, True)
+        theirs["forward_argmax"] = theirs["forward"]
     for way in ways:
         calls = {"cuproi": same(every[way])}
         if way in theirs:
@@ -324,13 +328,8 @@ def max_mode(p, tv):
     yield Case("roi_align max backward, box head", calls, (f"{asv}backward",))
     calls = {"cuproi": same(every["backward"])}
     if tv is not None:
-        import torch
-
-        tx, tr = torch_arrays(p)
-        txg = tx.clone().requires_grad_()
-        out = tv.roi_align(txg, tr, p.output_size, p.spatial_scale, p.sampling_ratio, True)
-        g = torch.from_numpy(p.grad)
-        calls["torchvision"] = same(lambda: torch.autograd.grad(out, txg, g, True))
+        args = (p.output_size, p.spatial_scale, p.sampling_ratio, True)
+        calls["torchvision"] = same(torchvision_calls(tv.roi_align, p, *args)["backward"])
     yield Case(BACKWARD, calls, ("bench_roi_align.BoxHead.time_backward",))
 
 
@@ -339,14 +338,7 @@ def ps_roi_pool(p, tv):
     every = _workloads.calls("ps_roi_pool", p)
     theirs = {}
     if tv is not None:
-        import torch
-
-        tx, tr = torch_arrays(p)
-        txg = tx.clone().requires_grad_()
-        theirs["forward"] = lambda: tv.ps_roi_pool(tx, tr, p.output_size, p.spatial_scale)
-        out = tv.ps_roi_pool(txg, tr, p.output_size, p.spatial_scale)
-        g = torch.from_numpy(p.grad)
-        theirs["backward"] = lambda: torch.autograd.grad(out, txg, g, True)
+        theirs = torchvision_calls(tv.ps_roi_pool, p, p.output_size, p.spatial_scale)
     for way in ("forward", "backward"):
         calls = {"cuproi": same(every[way])}
         if way in theirs:
