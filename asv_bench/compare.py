@@ -11,7 +11,8 @@ is timed. Workloads (``cuproi._workloads``, as in the asv benchmarks; reference/
 section 1): 2 images, 256 channels, one FPN level of an 800x1216 input at stride 8 (100x152),
 512 boxes of 16 to 300 pixels, 7x7 output, sampling_ratio 2, aligned; the mask head uses 14x14
 outputs and 256 boxes, and at inference 16 boxes on the P2 to P5 levels (a few detections on
-large maps).
+large maps). On the CPU, the corners of issue 27 follow (``corners.py``: few boxes, max mode,
+working memory, a floor; beside onnxruntime too, with 1 and 2 threads), each goal met or missed.
 """
 
 import argparse
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+import corners  # noqa: E402
+
 import cuproi  # noqa: E402
 from cuproi import _timing, _workloads  # noqa: E402
 
@@ -54,20 +57,6 @@ ROWS = {
 }
 
 
-def footprint_bytes(x, rois, size, scale=1 / 8):
-    """Output plus the feature elements the boxes' samples touch, each once (aligned, ratio 2)."""
-    n, c, h, w = x.shape
-    touched = np.zeros((n, h, w), bool)
-    for b, x1, y1, x2, y2 in rois:
-        ys = y1 * scale - 0.5 + (np.arange(2 * size) + 0.5) * (y2 - y1) * scale / (2 * size)
-        xs = x1 * scale - 0.5 + (np.arange(2 * size) + 0.5) * (x2 - x1) * scale / (2 * size)
-        ys, xs = ys[(ys >= -1) & (ys <= h)], xs[(xs >= -1) & (xs <= w)]  # others read nothing
-        rows = np.unique(np.clip(np.concatenate([np.floor(ys), np.floor(ys) + 1]), 0, h - 1))
-        cols = np.unique(np.clip(np.concatenate([np.floor(xs), np.floor(xs) + 1]), 0, w - 1))
-        touched[int(b)][np.ix_(rows.astype(int), cols.astype(int))] = True
-    return (touched.sum() * c + len(rois) * c * size * size) * x.itemsize
-
-
 def timer(device):
     """A function timing a callable: ``run(fn, repeat)`` -> median seconds of ``repeat`` calls."""
     if device == "cpu":
@@ -93,7 +82,7 @@ def calls(device, xp, boxes, size, dtype):
         ours["roi_align backward, NCHW kernel"] = nchw(ours["roi_align backward"])
         ours["roi_align forward, its layout transpose alone"] = to_channels_last(xa.x)
     theirs = {}
-    bound = footprint_bytes(host.x, host.boxes, size) if device == "cuda" else None
+    bound = _workloads.footprint_bytes(host.x, host.boxes, size) if device == "cuda" else None
     if (peer := torchvision(device)) is None:
         return ours, theirs, bound
     torch, ops = peer
@@ -363,6 +352,8 @@ def main(argv=None):
         print(f"| {case} | {dtype} | {t_ours * 1e3:.3f} ms | {theirs_text} | {ratio} | {floor} |")
     print("\nTargets (box head):\n")
     print("\n".join(verdicts(times, args.device)))
+    if args.device == "cpu":
+        corners.report(repeat, args.smoke)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 import cuproi
-from cuproi import _layout
+from cuproi import _layout, _timing
 
 IMAGE = (800, 1216)  # (height, width) of the padded input images
 IMAGES = 2  # images per batch (per GPU in training)
@@ -42,6 +42,13 @@ BOX_SIZES = {"small": (16, 64), "medium": (64, 256), "large": (256, 800)}
 SWEEP = {"output_size": 7, "channels": 64}
 # R-FCN's output channels: 20 classes and background (classification), class-agnostic boxes.
 RFCN_CHANNELS = {"cls": 21, "bbox": 8}
+# The CPU corners of issue 27, keyword arguments of problem(): one box of one channel (what a
+# call costs whatever its size), a few detections at inference on the stride-8 level and on P2
+# (2x256x200x304), and the box count of the training step whose working memory is measured.
+ONE_BOX = {"num_boxes": 1, "output_size": 7, "channels": 1}
+FEW_BOXES = {"num_boxes": 16, "output_size": 7}
+FEW_BOXES_P2 = {**FEW_BOXES, "stride": 4}
+MANY_BOXES = {"num_boxes": 4096, "output_size": 7}
 
 # The independent random streams of one seed.
 _FEATURES, _BOXES, _GRADIENT, _OFFSET, _MASK, _ANGLE = range(6)
@@ -365,3 +372,65 @@ _CALLS = {
     "multi_scale_roi_align": _multi_scale_roi_align,
 }
 OPS = tuple(_CALLS)
+
+
+def footprint_bytes(x, rois, size, scale=1 / 8):
+    """Bytes RoI Align must move at least: its output, and the feature elements read.
+
+    Every element that the samples of ``rois`` ((K, 5) boxes, ``size`` x ``size`` bins, aligned,
+    sampling_ratio 2) touch on ``x``, once.
+    """
+    n, c, h, w = x.shape
+    touched = np.zeros((n, h, w), bool)
+    for b, x1, y1, x2, y2 in rois:
+        ys = y1 * scale - 0.5 + (np.arange(2 * size) + 0.5) * (y2 - y1) * scale / (2 * size)
+        xs = x1 * scale - 0.5 + (np.arange(2 * size) + 0.5) * (x2 - x1) * scale / (2 * size)
+        ys, xs = ys[(ys >= -1) & (ys <= h)], xs[(xs >= -1) & (xs <= w)]  # others read nothing
+        rows = np.unique(np.clip(np.concatenate([np.floor(ys), np.floor(ys) + 1]), 0, h - 1))
+        cols = np.unique(np.clip(np.concatenate([np.floor(xs), np.floor(xs) + 1]), 0, w - 1))
+        touched[int(b)][np.ix_(rows.astype(int), cols.astype(int))] = True
+    return (touched.sum() * c + len(rois) * c * size * size) * x.itemsize
+
+
+def training_step(p, ops=None):
+    """RoI Align's forward, then the gradient of its input, on ``p``: one call returning both.
+
+    With ``ops`` None, cuproi's NumPy functions; else a torch module of torchvision's signature
+    (``torchvision.ops`` or ``cuproi.torch``) and torch's autograd, the output kept for the
+    backward as in training. Aligned, as :func:`calls`.
+    """
+    args = (p.output_size, p.spatial_scale, p.sampling_ratio, True)
+    if ops is None:
+
+        def step():
+            out = cuproi.roi_align(p.x, p.boxes, *args)
+            return out, cuproi.roi_align_backward(p.grad, p.boxes, p.x.shape, *args)
+
+        return step
+    import torch
+
+    x, b = torch.from_numpy(p.x).requires_grad_(), torch.from_numpy(p.boxes)
+    g = torch.from_numpy(p.grad)
+
+    def step():
+        out = ops.roi_align(x, b, *args)
+        return out, torch.autograd.grad(out, x, g)[0]
+
+    return step
+
+
+def training_memory(library, channels=CHANNELS, num_boxes=MANY_BOXES["num_boxes"]):
+    """Bytes :func:`training_step` adds to the peak resident set of this process.
+
+    On the box head's map with ``num_boxes`` boxes; ``library`` is ``"cuproi"`` (the NumPy
+    functions) or the name of a torch ops module (``"torchvision.ops"``). A one-box step runs
+    first, so that lazy imports and thread pools are not counted. Run it in a fresh process
+    (:func:`cuproi._timing.resident_growth_apart`): what earlier work left allocated changes it.
+    """
+    import importlib
+
+    ops = None if library == "cuproi" else importlib.import_module(library)
+    one = problem("roi_align", 1, MANY_BOXES["output_size"], channels=channels)
+    training_step(one, ops)()
+    many = problem("roi_align", num_boxes, MANY_BOXES["output_size"], channels=channels)
+    return _timing.resident_growth(training_step(many, ops))

@@ -25,7 +25,7 @@ class MaskHead(BoxHead):
 
 
 class Sweep(common.Sweep):
-    op, timed = OP, CALLS
+    op, timed = OP, common.SWEPT
 
 
 class Modulated(common.Benchmark):

@@ -8,20 +8,45 @@ events) in a ``DeviceTime`` class. The classes here time nothing themselves, so 
 the subclasses in the ``bench_<op>.py`` modules.
 """
 
+import ctypes
+
 import numpy as np
 
 from cuproi import _timing, _workloads
 
 BACKENDS = ["numpy", "cupy"]
 DTYPES = ["float32", "float16"]
+# The calls of a Sweep: 24 problems each, so the variants (deterministic, channels last, argmax)
+# are timed on the heads only; with them the sweeps took half of a quick run.
+SWEPT = ("forward", "backward")
+
+
+def cuda_devices():
+    """The number of CUDA devices the driver sees (0 without a driver), asked of the driver.
+
+    Milliseconds, where importing CuPy to learn that there is no GPU took seconds in every
+    benchmark process of the cupy backend: most of a quick run on a machine without one. Ask in
+    ``setup`` only, never at import: asv forks the benchmarks' processes, and CUDA initialised
+    before a fork does not work after it.
+    """
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
 
 
 class Benchmark:
     """Holds ``self.xp``, ``self.sync`` and ``self.calls`` for the current parameters.
 
     ``prepare`` raises NotImplementedError (asv: skipped) when CuPy or a GPU is missing, and
-    runs every call once (compiles the kernels); every timed call ends with ``self.sync()`` so
-    GPU work is inside the timing.
+    on CuPy runs every call once (compiles the kernels); every timed call ends with
+    ``self.sync()`` so GPU work is inside the timing. On NumPy nothing is run in ``setup``: asv's
+    own first calls warm the timed one, and ``--quick`` times a single call anyway, so running
+    every call of the class there made most of a quick run's time.
     """
 
     param_names = ["backend"]
@@ -49,6 +74,8 @@ class Benchmark:
                 raise NotImplementedError("the CPU backend computes float16 in float32")
             self.xp, self.sync = np, lambda: None
             return
+        if cuda_devices() == 0:
+            raise NotImplementedError("cupy backend unavailable: no CUDA device")
         try:
             import cupy
 
@@ -61,14 +88,15 @@ class Benchmark:
 
     def prepare(self, backend, dtype="float32", **workload):
         """Arrays of ``_workloads.problem(self.op, dtype=dtype, **workload)`` on ``backend``,
-        and the calls named in ``timed`` on them (``self.calls``), each run once."""
+        and the calls named in ``timed`` on them (``self.calls``), each run once on CuPy."""
         self.setup_backend(backend, dtype)
         problem = _workloads.problem(self.op, dtype=dtype, **workload).to(self.xp)
         every = _workloads.calls(self.op, problem)
         self.calls = {name: every[name] for name in self.timed}
-        for call in self.calls.values():
-            call()
-        self.sync()
+        if backend == "cupy":
+            for call in self.calls.values():
+                call()
+            self.sync()
 
 
 class DeviceTime(Benchmark):
@@ -97,7 +125,8 @@ class BoxHead(Benchmark):
 
 
 class Sweep(Benchmark):
-    """Cost growth with the number of boxes and their size (64 channels, 7x7, float32)."""
+    """Cost growth with the number of boxes and their size (64 channels, 7x7, float32), of the
+    calls in :data:`SWEPT`."""
 
     param_names = [*Benchmark.param_names, "num_boxes", "box_size"]
     params = [*Benchmark.params, list(_workloads.SWEEP_BOXES), list(_workloads.BOX_SIZES)]
