@@ -47,8 +47,9 @@ def sample_range(start, bin_size, grid, size):
         a = (ct(-1) - err - start) / step - ct(0.5)
         b = (ct(size) + err - start) / step - ct(0.5)
         a, b = np.where(step < 0, b, a), np.where(step < 0, a, b)
-        lo = np.clip(np.nan_to_num(np.floor(a) - 4), 0, hi).astype(np.int64)
-        up = np.clip(np.nan_to_num(np.floor(b) + 5), 0, hi).astype(np.int64)
+        # Clipped to [0, hi]: infinities to the ends, NaN to 0 (fmax takes the number).
+        lo = np.fmax(np.minimum(np.floor(a) - 4, hi), 0).astype(np.int64)
+        up = np.fmax(np.minimum(np.floor(b) + 5, hi), 0).astype(np.int64)
         # A zero-size bin puts every sample at `start`: all in range or none.
         at_start = (start >= ct(-1) - err) & (start <= ct(size) + err)
         zero = step == 0
