@@ -325,10 +325,10 @@ def reach(image, y, x, shape):
         lo = np.fmin.reduce(np.fmin(start, end), axis=every)
         hi = np.fmax.reduce(np.fmax(start, end), axis=every)
         slack = 1 + 1e-5 * (np.abs(lo) + np.abs(hi))
-        with np.errstate(invalid="ignore"):
-            first = np.nan_to_num(np.floor(lo - slack), nan=-np.inf)
-            stop = np.nan_to_num(np.floor(hi + slack) + 2, nan=np.inf)
-        return (np.clip(v, 0, length).astype(np.int64) for v in (first, stop))
+        with np.errstate(invalid="ignore"):  # clipped to [0, length], NaN to the whole axis
+            first = np.fmax(np.minimum(np.floor(lo - slack), length), 0)
+            stop = np.fmin(np.maximum(np.floor(hi + slack) + 2, 0), length)
+        return first.astype(np.int64), stop.astype(np.int64)
 
     return _cells.Cells(np.asarray(image).astype(np.int64), *axis(*y, h), *axis(*x, w))
 
