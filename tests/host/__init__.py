@@ -56,13 +56,14 @@ def _compile(text, *flags, suffix):
     """Run the host compiler with shim.h on ``text``; the output file's path, cached by both."""
     key = hashlib.sha256("\0".join((SHIM.read_text(), text, *flags)).encode()).hexdigest()[:24]
     out = _build_dir() / f"{key}{suffix}"
-    if not out.exists():
-        src = _build_dir() / f"{key}.cu"
+    if not out.exists():  # each process its own source and output, another run may build it too
+        src = _build_dir() / f"{key}.{os.getpid()}.cu"
         src.write_text(text)
         command = [COMPILER, "-std=c++17", "-include", str(SHIM), "-x", "c++", str(src)]
         partial = out.with_name(f"{out.name}.{os.getpid()}")
         subprocess.run([*command, *flags, "-o", str(partial)], check=True, capture_output=True)
-        os.replace(partial, out)  # whole, even with another run building it too
+        os.replace(partial, out)  # whole
+        src.unlink()
     return out
 
 
