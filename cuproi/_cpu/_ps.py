@@ -139,9 +139,9 @@ def _threads(plan, channels):
     )
 
 
-def _each_row(plan, channels, task):
+def _each_row(plan, channels, task, chunks=None):
     """``task(ph, chunks)`` for every bin row ``ph``, on the threads its work is worth."""
-    chunks = _chunks(plan)
+    chunks = _chunks(plan) if chunks is None else chunks
 
     def run(p0, p1):
         for ph in range(p0, p1):
@@ -188,7 +188,7 @@ def _stacks_fit(plan, channels, dtype, several):
     by every thread at once, beside each chunk's product when there are several chunks, whose
     float16 sums are a float32 gradient too. The backward may take 1x its gradient beyond it
     (docs/internals.md); where these take more, the rows are added into the gradient pixel
-    block by pixel block instead (1.5 to 2.3 times slower: 2 x 2 bins over most of the maps).
+    block by pixel block instead, which is slower (2 x 2 bins over most of the maps).
     """
     _, pooled_h, _ = plan.count.shape
     compute, given = np.dtype(plan.dtype).itemsize, np.dtype(dtype).itemsize
@@ -207,7 +207,8 @@ def backward(grad_output, plan, input_shape):
     """
     n, c, h, w = input_shape
     k, c_out, pooled_h, pooled_w = grad_output.shape
-    several = len(_chunks(plan)) > 1
+    chunks = _chunks(plan)
+    several = len(chunks) > 1
     grad = _results.zeros(
         np, (n, c_out, pooled_h, pooled_w, h, w), plan.dtype if several else grad_output.dtype
     )
@@ -236,5 +237,5 @@ def backward(grad_output, plan, input_shape):
 
     whole = _whole(plan, c_out)
     stacks = _stacks_fit(plan, c_out, grad_output.dtype, several)
-    _each_row(plan, c_out, task)
+    _each_row(plan, c_out, task, chunks)
     return _sampling.narrow(grad.reshape(input_shape), grad_output.dtype)
