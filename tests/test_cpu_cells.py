@@ -31,8 +31,13 @@ deform_roi_pool, prroi_pool, ps_roi_align, ps_roi_pool, roi_align, roi_align_rot
 
 @pytest.fixture(autouse=True)
 def _runs_however_many(monkeypatch):
-    """The runs of these small maps, which the cost of a run would often refuse (_cells._worth)."""
+    """The runs of these small maps, which the cost of a run would often refuse (_cells._worth).
+
+    RoI Align's forwards take the chunked path on the tiles, not the one of few bins (which
+    :func:`test_few_bins_read_only_the_pixels_they_tap` checks against it).
+    """
     monkeypatch.setattr(_cells, "_RUN_COST", 0)
+    monkeypatch.setattr(roi_align, "FEW_BINS", 0)
 
 
 def _cells_of(rng, n, h, w, k):
@@ -218,6 +223,43 @@ def test_forward_on_the_tiles_read(monkeypatch, op, dtype):
     whole = _forward(op, x, rois, offset)
     assert len(copied) == 1
     np.testing.assert_array_equal(out.view(np.uint8), whole.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_few_bins_read_only_the_pixels_they_tap(monkeypatch, dtype, channels_last):
+    """RoI Align's forward of few bins gathers the pixels its operator reads, no tile more.
+
+    The oracle's values, and the bits of the chunked path on the tiles and on the whole map;
+    boxes whose operator would outgrow the budget take the chunked path.
+    """
+    rng, x, rois = _few_boxes(7, dtype, [0, 1, 1, 0, 1, 0])
+    rois = rois.astype(np.float64 if dtype == np.float64 else np.float32)
+    rois[0, 1:] = [-40, 10, 30, 400]  # partly off the map
+    x[1, 2, 30, 40] = np.inf  # read by no box: the other outputs stay finite
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    monkeypatch.setattr(roi_align, "FEW_BINS", 4096)
+    tapped = _spy(monkeypatch, _sampling, "tapped")
+    copied = _spy(monkeypatch, _cells, "copy_rows")
+    out = _forward("roi_align", x, rois, None)
+    ((a, rows),) = tapped
+    assert not copied and rows.shape == (a.shape[1], 3) and a.shape[0] == 6 * 3 * 4
+    assert len(np.unique(a.indices)) == len(rows)  # every gathered pixel is read
+    tol = {np.float16: 2e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
+    expected = _forward("roi_align", x, rois, None, oracle=True)
+    np.testing.assert_allclose(out.astype(np.float64), expected, rtol=tol, atol=tol)
+    monkeypatch.setattr(roi_align, "FEW_BINS", 0)
+    for share in (1.0, -1.0):  # the tiles read, then the whole map
+        monkeypatch.setattr(_cells, "_WHOLE", share)
+        chunked = _forward("roi_align", x, rois, None)
+        np.testing.assert_array_equal(out.view(np.uint8), chunked.view(np.uint8))
+    assert copied and len(copied[0]) > len(rows)  # the tiles hold more than the taps
+    monkeypatch.setattr(roi_align, "FEW_BINS", 4096)
+    monkeypatch.setattr(_sampling, "BUDGET", 100)  # the operator outgrows it: chunks instead
+    again = _forward("roi_align", x, rois, None)
+    assert len(tapped) == 1
+    np.testing.assert_array_equal(out.view(np.uint8), again.view(np.uint8))
 
 
 def _backward(op, g, x, rois, offset, channels_last):

@@ -8,6 +8,7 @@ it, and give the same results call after call.
 """
 
 import gc
+import importlib
 import threading
 import weakref
 
@@ -21,6 +22,8 @@ from cuproi._cpu import _scratch
 @pytest.fixture(autouse=True)
 def fresh_thread_state(monkeypatch):
     monkeypatch.setattr(_scratch, "_local", threading.local())
+    # RoI Align on its chunked path: a forward of few bins gathers its few pixels anew.
+    monkeypatch.setattr(importlib.import_module("cuproi._cpu.roi_align"), "FEW_BINS", 0)
 
 
 def test_a_buffer_given_back_is_lent_again():

@@ -115,28 +115,46 @@ def edge_taps(pos, size):
 
 
 def axis_taps(start, bin_size, grid, size):
-    """Taps of the samples ``start + (i + 0.5) * bin_size / grid`` of each bin (row)."""
+    """Taps of the samples ``start + (i + 0.5) * bin_size / grid`` of each bin (row).
+
+    ``size`` is the length of the axis, or one per row (see :func:`taps`).
+    """
     ct = start.dtype.type
     rows = len(start)
+    size = np.broadcast_to(size, rows)
     lo, hi = sample_range(start, bin_size, grid, size)
     n = hi - lo
     first = np.cumsum(n) - n
     row = np.repeat(np.arange(rows), n)
     i = lo[row] + (np.arange(row.size) - first[row])
     pos = sample_positions(start[row], bin_size[row], grid[row], i)
-    inside = in_range(pos, size)
+    inside = in_range(pos, size[row])
     row, pos = row[inside], pos[inside]
-    low, high, frac, free = edge_taps(pos, size)
+    low, high, frac, free = edge_taps(pos, size[row])
     # Merge the two taps of every sample into one sorted entry per (row, index).
-    keys = np.concatenate([row * size + low, row * size + high])
+    stride = max(int(size.max(initial=1)), 1)
+    keys = np.concatenate([row * stride + low, row * stride + high])
     unique, inverse = np.unique(keys, return_inverse=True)
     weight = np.bincount(inverse, np.concatenate([ct(1) - frac, frac]), len(unique))
     sign = free.astype(np.float64)
     slope = np.bincount(inverse, np.concatenate([-sign, sign]), len(unique))
     keep = (weight != 0) | (slope != 0)
     unique, weight, slope = unique[keep], weight[keep], slope[keep]
-    ptr = np.searchsorted(unique // size, np.arange(rows + 1))
-    return AxisTaps(ptr, unique % size, weight, slope)
+    ptr = np.searchsorted(unique // stride, np.arange(rows + 1))
+    return AxisTaps(ptr, unique % stride, weight, slope)
+
+
+def taps(y, x, h, w):
+    """:func:`axis_taps` of the bin rows ``y`` along H and ``x`` along W, in one pass.
+
+    ``y`` and ``x`` are (start, bin size, grid) 1-D arrays. The rows are independent, so the
+    taps are those of two calls; one call halves the fixed cost that dominates small problems.
+    Returns ``(ys, xs)``, two AxisTaps that share their index arrays.
+    """
+    rows = len(y[0])
+    size = np.concatenate([np.full(rows, h), np.full(len(x[0]), w)])
+    t = axis_taps(*(np.concatenate(pair) for pair in zip(y, x, strict=True)), size)
+    return t._replace(ptr=t.ptr[: rows + 1]), t._replace(ptr=t.ptr[rows:])
 
 
 def operator(
@@ -337,6 +355,23 @@ def apply(a, x_rows, out):
     """``out[...] = A @ X`` with ``out`` (K, C, PH, PW) and ``A``'s rows its bins in C order."""
     k, c, ph, pw = out.shape
     out.reshape(k, c, ph * pw)[...] = (a @ x_rows).reshape(k, ph * pw, c).transpose(0, 2, 1)
+
+
+def tapped(x, a, dtype):
+    """Operator ``a`` on the pixels it reads only, and those pixels of ``x`` as its rows.
+
+    ``a``'s columns are every pixel of the (N, C, H, W) features ``x`` (:func:`operator`
+    without ``pixels``). Returns ``(a', rows)``: ``rows`` is the C-contiguous (P, C) matrix
+    of ``dtype`` of the P pixels that ``a`` reads, gathered from ``x`` in either layout, and
+    ``a'`` is ``a`` with its columns renumbered to them. Its entries keep their order, so its
+    products keep their bits. A few boxes on a large map read a small part of it: copying the
+    pixels their samples tap costs less than the tiles they reach (:func:`pixels_read`).
+    """
+    n, _, h, w = x.shape
+    pixel, column = np.unique(a.indices, return_inverse=True)
+    image, at = np.divmod(pixel, h * w)
+    rows = x.transpose(0, 2, 3, 1)[(image, *np.divmod(at, w))].astype(dtype, copy=False)
+    return scipy.sparse.csr_matrix((a.data, column, a.indptr), (a.shape[0], len(pixel))), rows
 
 
 def zeros(shape, dtype, channels_last=False):

@@ -23,6 +23,10 @@ import numpy as np
 from cuproi import _results
 from cuproi._cpu import _box_gradients, _geometry, _parallel, _samples, _sampling, _scratch
 
+# A forward of at most this many bins is one operator on the pixels its taps read (_few): the
+# chunks, threads and tiles of the general path cost more than such a problem.
+FEW_BINS = 4096
+
 
 def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
     """Per-box sampling rows along y (K, PH) and x (K, PW), and the cost of every box.
@@ -31,7 +35,18 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligne
     every bin row and column, ``count`` the divisor of each box's averages, and ``cost`` a
     bound on the entries of each box's operator.
     """
+    rows = _rows(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    return (*rows, _cost(rows, shape))
+
+
+def _cost(rows, shape):
     _, h, w = shape
+    y, x = rows[:2]
+    return _sampling.samples_bound(*y, h).sum(1) * _sampling.samples_bound(*x, w).sum(1)
+
+
+def _rows(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+    """The ``(y, x, count)`` of :func:`_plan`, without the cost."""
     ct = rois.dtype.type
     g = _geometry.roi_align_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     # Bin rows along y are (box, ph), along x (box, pw): every bin of a box row shares them.
@@ -45,8 +60,7 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligne
         np.repeat(g.bin_w[:, None], pooled_w, 1),
         np.repeat(g.grid_w[:, None], pooled_w, 1),
     )
-    cost = _sampling.samples_bound(*y, h).sum(1) * _sampling.samples_bound(*x, w).sum(1)
-    return y, x, g.count, cost
+    return y, x, g.count
 
 
 def _reach(rois, plan, shape):
@@ -55,16 +69,22 @@ def _reach(rois, plan, shape):
     return _sampling.reach(rois[:, 0], y[:2], x[:2], shape)
 
 
-def _operator(rois, plan, shape, k0, k1, pixels=None):
+def _taps(plan, shape, k0, k1):
+    """The AxisTaps ``(ys, xs)`` of the bin rows and columns of boxes ``k0:k1``."""
+    _, h, w = shape
+    y, x = plan[:2]
+    return _sampling.taps([a[k0:k1].ravel() for a in y], [a[k0:k1].ravel() for a in x], h, w)
+
+
+def _operator(rois, plan, shape, k0, k1, pixels=None, taps=None):
     """Sparse operator of boxes ``k0:k1``: one row per bin, (box, ph, pw) in C order.
 
     Its columns are every pixel, or the rows of ``pixels`` (_sampling.pixels_read, reached).
+    ``taps`` are the boxes' :func:`_taps`, where already known.
     """
-    _, h, w = shape
-    y, x, count, _ = plan
+    y, x, count = plan[:3]
     pooled_h, pooled_w = y[0].shape[1], x[0].shape[1]
-    ys = _sampling.axis_taps(*(a[k0:k1].ravel() for a in y), h)
-    xs = _sampling.axis_taps(*(a[k0:k1].ravel() for a in x), w)
+    ys, xs = taps or _taps(plan, shape, k0, k1)
     box = np.repeat(np.arange(k1 - k0), pooled_h * pooled_w)
     ph, pw = np.meshgrid(np.arange(pooled_h), np.arange(pooled_w), indexing="ij")
     return _sampling.operator(
@@ -102,7 +122,10 @@ def roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, 
     n, c, h, w = input.shape
     shape = (n, h, w)
     out = _results.empty(np, (len(rois), c, pooled_h, pooled_w), rois.dtype)
-    plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    rows = _rows(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    if 0 < len(rois) * pooled_h * pooled_w <= FEW_BINS and _few(input, rois, rows, out):
+        return out.astype(input.dtype, copy=False)
+    plan = (*rows, _cost(rows, shape))
     # float16 is computed in float32, converted as it is copied.
     pixels = _sampling.pixels_read(input, _reach(rois, plan, shape), rois.dtype)
     target = out
@@ -120,6 +143,27 @@ def roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, 
     if target is not out:
         _sampling.bins_to_boxes(target, out)
     return out.astype(input.dtype, copy=False)
+
+
+def _few(input, rois, rows, out):
+    """``out[...]`` = the forward of few bins, in one operator; False where it would be large.
+
+    The operator reads the pixels its taps reach (_sampling.tapped), which few boxes on a
+    large map are a small part of, in the calling thread. A few huge boxes whose operator
+    would hold more than BUDGET entries are left to the chunked path (False).
+    """
+    n, _, h, w = input.shape
+    shape = (n, h, w)
+    taps = _taps(rows, shape, 0, len(rois))
+    # Entries: a box's y taps (summed over its bin rows) times its x taps.
+    per_box = (np.diff(t.ptr).reshape(a[0].shape).sum(1) for t, a in zip(taps, rows, strict=False))
+    if np.dot(*per_box) > _sampling.BUDGET:
+        return False
+    a, pixels = _sampling.tapped(
+        input, _operator(rois, rows, shape, 0, len(rois), taps=taps), rois.dtype
+    )
+    _sampling.apply(a, pixels, out)
+    return True
 
 
 def roi_align_backward(
