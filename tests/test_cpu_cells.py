@@ -227,13 +227,14 @@ def test_forward_on_the_tiles_read(monkeypatch, op, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_few_bins_read_only_the_pixels_they_tap(monkeypatch, dtype, channels_last):
+@pytest.mark.parametrize("boxes", [6, 1])  # the map's pixels marked, or the entries' sorted
+def test_few_bins_read_only_the_pixels_they_tap(monkeypatch, dtype, channels_last, boxes):
     """RoI Align's forward of few bins gathers the pixels its operator reads, no tile more.
 
     The oracle's values, and the bits of the chunked path on the tiles and on the whole map;
     boxes whose operator would outgrow the budget take the chunked path.
     """
-    rng, x, rois = _few_boxes(7, dtype, [0, 1, 1, 0, 1, 0])
+    rng, x, rois = _few_boxes(7, dtype, [0, 1, 1, 0, 1, 0][:boxes])
     rois = rois.astype(np.float64 if dtype == np.float64 else np.float32)
     rois[0, 1:] = [-40, 10, 30, 400]  # partly off the map
     x[1, 2, 30, 40] = np.inf  # read by no box: the other outputs stay finite
@@ -244,8 +245,9 @@ def test_few_bins_read_only_the_pixels_they_tap(monkeypatch, dtype, channels_las
     copied = _spy(monkeypatch, _cells, "copy_rows")
     out = _forward("roi_align", x, rois, None)
     ((a, rows),) = tapped
-    assert not copied and rows.shape == (a.shape[1], 3) and a.shape[0] == 6 * 3 * 4
+    assert not copied and rows.shape == (a.shape[1], 3) and a.shape[0] == boxes * 3 * 4
     assert len(np.unique(a.indices)) == len(rows)  # every gathered pixel is read
+    assert (x[:, 0].size <= 32 * a.nnz) == (boxes == 6)
     tol = {np.float16: 2e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
     expected = _forward("roi_align", x, rois, None, oracle=True)
     np.testing.assert_allclose(out.astype(np.float64), expected, rtol=tol, atol=tol)
@@ -256,7 +258,7 @@ def test_few_bins_read_only_the_pixels_they_tap(monkeypatch, dtype, channels_las
         np.testing.assert_array_equal(out.view(np.uint8), chunked.view(np.uint8))
     assert copied and len(copied[0]) > len(rows)  # the tiles hold more than the taps
     monkeypatch.setattr(roi_align, "FEW_BINS", 4096)
-    monkeypatch.setattr(_sampling, "BUDGET", 100)  # the operator outgrows it: chunks instead
+    monkeypatch.setattr(_sampling, "BUDGET", a.nnz - 1)  # the operator outgrows it: chunks
     again = _forward("roi_align", x, rois, None)
     assert len(tapped) == 1
     np.testing.assert_array_equal(out.view(np.uint8), again.view(np.uint8))

@@ -368,7 +368,13 @@ def tapped(x, a, dtype):
     pixels their samples tap costs less than the tiles they reach (:func:`pixels_read`).
     """
     n, _, h, w = x.shape
-    pixel, column = np.unique(a.indices, return_inverse=True)
+    if n * h * w <= 32 * a.nnz:  # marking every pixel of the map costs less than sorting
+        read = np.zeros(n * h * w, bool)
+        read[a.indices] = True
+        pixel = np.flatnonzero(read)
+        column = np.cumsum(read, dtype=np.int64)[a.indices] - 1
+    else:
+        pixel, column = np.unique(a.indices, return_inverse=True)
     image, at = np.divmod(pixel, h * w)
     rows = x.transpose(0, 2, 3, 1)[(image, *np.divmod(at, w))].astype(dtype, copy=False)
     return scipy.sparse.csr_matrix((a.data, column, a.indptr), (a.shape[0], len(pixel))), rows
