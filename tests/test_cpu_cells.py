@@ -182,7 +182,7 @@ def test_cells_hold_every_pixel_the_operator_reads(op, aligned, ratio, dtype):
 def _spy(monkeypatch, owner, name):
     """The list of what ``owner.name`` returns from now on, call by call."""
     seen, function = [], getattr(owner, name)
-    monkeypatch.setattr(owner, name, lambda *a: (seen.append(function(*a)), seen[-1])[1])
+    monkeypatch.setattr(owner, name, lambda *a, **k: (seen.append(function(*a, **k)), seen[-1])[1])
     return seen
 
 
@@ -231,26 +231,42 @@ def test_forward_on_the_tiles_read(monkeypatch, op, dtype):
 def test_few_bins_read_only_the_pixels_they_tap(monkeypatch, dtype, channels_last, boxes):
     """RoI Align's forward of few bins gathers the pixels its operator reads, no tile more.
 
-    The oracle's values, and the bits of the chunked path on the tiles and on the whole map;
-    boxes whose operator would outgrow the budget take the chunked path.
+    The oracle's values; the bits of the chunked path on the tiles and on the whole map, and
+    of the small products (no operator built); boxes whose operator would outgrow the
+    budget take the chunked path.
     """
-    rng, x, rois = _few_boxes(7, dtype, [0, 1, 1, 0, 1, 0][:boxes])
+    rng, x, rois = _few_boxes(7, dtype, [1, 0, 1, 0, 1, 0][:boxes])
     rois = rois.astype(np.float64 if dtype == np.float64 else np.float32)
-    rois[0, 1:] = [-40, 10, 30, 400]  # partly off the map
+    # Over negative zeros, whose sums SciPy starts at +0.0: so do the small products', where
+    # no missing tap adds a +0.0 after them (one box of bins alike).
+    x[1, :, 1:10, 1:10] = -0.0
+    rois[0, 1:] = [6, 6, 14, 14]
+    if boxes > 1:
+        rois[1, 1:] = [-40, 10, 30, 400]  # partly off the map: its bins have fewer taps
     x[1, 2, 30, 40] = np.inf  # read by no box: the other outputs stay finite
+    x[:, :, 0, 0] = np.nan  # where the small products' missing taps point: never summed
     if channels_last:
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     monkeypatch.setattr(roi_align, "FEW_BINS", 4096)
+    monkeypatch.setattr(_sampling, "SMALL", 0)
     tapped = _spy(monkeypatch, _sampling, "tapped")
     copied = _spy(monkeypatch, _cells, "copy_rows")
+    small = _spy(monkeypatch, _sampling, "small_product")
     out = _forward("roi_align", x, rois, None)
     ((a, rows),) = tapped
     assert not copied and rows.shape == (a.shape[1], 3) and a.shape[0] == boxes * 3 * 4
     assert len(np.unique(a.indices)) == len(rows)  # every gathered pixel is read
     assert (x[:, 0].size <= 32 * a.nnz) == (boxes == 6)
+    assert np.isfinite(out).all()
+    assert (out[0] == 0).all() and not np.signbit(out[0]).any()
     tol = {np.float16: 2e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
     expected = _forward("roi_align", x, rois, None, oracle=True)
     np.testing.assert_allclose(out.astype(np.float64), expected, rtol=tol, atol=tol)
+    monkeypatch.setattr(_sampling, "SMALL", 1 << 16)
+    np.testing.assert_array_equal(
+        out.view(np.uint8), _forward("roi_align", x, rois, None).view(np.uint8)
+    )
+    assert len(small) == 1 and len(tapped) == 1
     monkeypatch.setattr(roi_align, "FEW_BINS", 0)
     for share in (1.0, -1.0):  # the tiles read, then the whole map
         monkeypatch.setattr(_cells, "_WHOLE", share)
@@ -260,7 +276,7 @@ def test_few_bins_read_only_the_pixels_they_tap(monkeypatch, dtype, channels_las
     monkeypatch.setattr(roi_align, "FEW_BINS", 4096)
     monkeypatch.setattr(_sampling, "BUDGET", a.nnz - 1)  # the operator outgrows it: chunks
     again = _forward("roi_align", x, rois, None)
-    assert len(tapped) == 1
+    assert len(tapped) == 1 and len(small) == 1
     np.testing.assert_array_equal(out.view(np.uint8), again.view(np.uint8))
 
 

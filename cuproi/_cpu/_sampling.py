@@ -30,6 +30,9 @@ BUDGET = 1 << 21
 # Values of a gradient's bin rows copied at once (BinRows.groups): 8 MiB of float32.
 ROWS = 1 << 21
 
+# Products of small_product at most (slots x bins x channels): 256 KiB of float32.
+SMALL = 1 << 16
+
 
 def sample_range(start, bin_size, grid, size):
     """Samples ``[lo, hi)`` of each bin that may fall inside ``[-1, size]``.
@@ -353,8 +356,40 @@ def reach(image, y, x, shape):
 
 def apply(a, x_rows, out):
     """``out[...] = A @ X`` with ``out`` (K, C, PH, PW) and ``A``'s rows its bins in C order."""
-    k, c, ph, pw = out.shape
-    out.reshape(k, c, ph * pw)[...] = (a @ x_rows).reshape(k, ph * pw, c).transpose(0, 2, 1)
+    bins_to_boxes(a @ x_rows, out)
+
+
+def _padded(t):
+    """AxisTaps ``t`` as (rows, M) arrays ``(index, weight, valid)``: row r's taps, then 0s."""
+    n = np.diff(t.ptr)
+    valid = np.arange(n.max(initial=0)) < n[:, None]
+    at = np.where(valid, t.ptr[:-1, None] + np.arange(valid.shape[1]), 0)
+    return np.where(valid, t.index[at], 0), np.where(valid, t.weight[at], 0), valid
+
+
+def small_product(x, ys, xs, y_of_bin, x_of_bin, image_of_bin, count_of_bin, dtype):
+    """``A @ X`` of :func:`operator`'s ``A`` for a small problem, without building ``A``.
+
+    ``x`` is the (N, C, H, W) features, the other arguments :func:`operator`'s. Returns the
+    (bins, C) sums of ``dtype``. A bin's entries (its y taps, each followed by its x taps)
+    are slots of a dense (My x Mx, bins, C) array of products, 0 where a bin has fewer taps,
+    summed slot after slot in place (``np.add.accumulate``: in order, as SciPy's product
+    adds its entries; ``np.sum`` would sum in pairs). Adding 0 changes no sum, and a sum
+    that starts at its first product is the product's sum from 0 but for the sign of a
+    zero, which the final ``+ 0`` settles: the bits of ``A @ X``, in a few NumPy calls where
+    building ``A`` costs more than its product (one box of one channel).
+    """
+    (iy, wy, vy), (ix, wx, vx) = (_padded(ys), _padded(xs))
+    # (My, 1, bins) against (1, Mx, bins): every bin's slots, y taps first.
+    iy, wy, vy = (a[y_of_bin].T[:, None] for a in (iy, wy, vy))
+    ix, wx, vx = (a[x_of_bin].T[None] for a in (ix, wx, vx))
+    values = (wy * (1.0 / count_of_bin.astype(np.float64)) * wx).astype(dtype)
+    rows = x.transpose(0, 2, 3, 1)[image_of_bin, iy, ix].astype(dtype, copy=False)
+    products = np.where((vy & vx)[..., None], values[..., None] * rows, dtype.type(0))
+    products = products.reshape(len(vy) * vx.shape[1], len(y_of_bin), x.shape[1])
+    if len(products) == 0:  # no bin has a tap
+        return np.zeros(products.shape[1:], dtype)
+    return np.add.accumulate(products, out=products)[-1] + dtype.type(0)
 
 
 def tapped(x, a, dtype):

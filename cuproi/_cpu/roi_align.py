@@ -76,28 +76,33 @@ def _taps(plan, shape, k0, k1):
     return _sampling.taps([a[k0:k1].ravel() for a in y], [a[k0:k1].ravel() for a in x], h, w)
 
 
+def _bins_of(rois, plan, k0, k1):
+    """Every bin of boxes ``k0:k1``, (box, ph, pw) in C order, as _sampling.operator takes it.
+
+    Its row of the boxes' y taps and of their x taps, its image, and its divisor.
+    """
+    y, x, count = plan[:3]
+    pooled_h, pooled_w = y[0].shape[1], x[0].shape[1]
+    box, ph, pw = np.unravel_index(
+        np.arange((k1 - k0) * pooled_h * pooled_w), (k1 - k0, pooled_h, pooled_w)
+    )
+    return {
+        "y_of_bin": box * pooled_h + ph,
+        "x_of_bin": box * pooled_w + pw,
+        "image_of_bin": rois[k0:k1, 0].astype(np.int64)[box],
+        "count_of_bin": count[k0:k1][box],
+    }
+
+
 def _operator(rois, plan, shape, k0, k1, pixels=None, taps=None):
     """Sparse operator of boxes ``k0:k1``: one row per bin, (box, ph, pw) in C order.
 
     Its columns are every pixel, or the rows of ``pixels`` (_sampling.pixels_read, reached).
     ``taps`` are the boxes' :func:`_taps`, where already known.
     """
-    y, x, count = plan[:3]
-    pooled_h, pooled_w = y[0].shape[1], x[0].shape[1]
     ys, xs = taps or _taps(plan, shape, k0, k1)
-    box = np.repeat(np.arange(k1 - k0), pooled_h * pooled_w)
-    ph, pw = np.meshgrid(np.arange(pooled_h), np.arange(pooled_w), indexing="ij")
-    return _sampling.operator(
-        ys,
-        xs,
-        y_of_bin=box * pooled_h + np.tile(ph.ravel(), k1 - k0),
-        x_of_bin=box * pooled_w + np.tile(pw.ravel(), k1 - k0),
-        image_of_bin=rois[k0:k1, 0].astype(np.int64)[box],
-        count_of_bin=count[k0:k1][box],
-        shape=shape,
-        dtype=rois.dtype,
-        pixels=pixels,
-    )
+    bins = _bins_of(rois, plan, k0, k1)
+    return _sampling.operator(ys, xs, **bins, shape=shape, dtype=rois.dtype, pixels=pixels)
 
 
 def _bins(rois, plan, shape):
@@ -152,17 +157,25 @@ def _few(input, rois, rows, out):
     large map are a small part of, in the calling thread. A few huge boxes whose operator
     would hold more than BUDGET entries are left to the chunked path (False).
     """
-    n, _, h, w = input.shape
+    n, c, h, w = input.shape
     shape = (n, h, w)
-    taps = _taps(rows, shape, 0, len(rois))
+    k = len(rois)
+    taps = _taps(rows, shape, 0, k)
     # Entries: a box's y taps (summed over its bin rows) times its x taps.
-    per_box = (np.diff(t.ptr).reshape(a[0].shape).sum(1) for t, a in zip(taps, rows, strict=False))
+    per_box = (
+        np.diff(t.ptr).reshape(a[0].shape).sum(1) for t, a in zip(taps, rows[:2], strict=True)
+    )
     if np.dot(*per_box) > _sampling.BUDGET:
         return False
-    a, pixels = _sampling.tapped(
-        input, _operator(rois, rows, shape, 0, len(rois), taps=taps), rois.dtype
-    )
-    _sampling.apply(a, pixels, out)
+    bins = _bins_of(rois, rows, 0, k)
+    slots = np.prod([np.diff(t.ptr).max() for t in taps])
+    if slots * len(bins["y_of_bin"]) * c <= _sampling.SMALL:
+        _sampling.bins_to_boxes(
+            _sampling.small_product(input, *taps, **bins, dtype=rois.dtype), out
+        )
+        return True
+    a = _sampling.operator(*taps, **bins, shape=shape, dtype=rois.dtype)
+    _sampling.apply(*_sampling.tapped(input, a, rois.dtype), out)
     return True
 
 
