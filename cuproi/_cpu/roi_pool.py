@@ -12,6 +12,8 @@ formulation for the boxes the proxy cannot decide. The backward adds every gradi
 argmax cell, a few channels at a time, as a sparse product.
 """
 
+import math
+
 import numpy as np
 import scipy.sparse
 
@@ -48,20 +50,32 @@ def roi_pool(input, rois, output_size, spatial_scale, return_argmax=False):
 
 def _forward(input, rois, output_size, spatial_scale, argmax):
     """(out, argmax); ``argmax`` is None when not asked for (``argmax=False``)."""
-    bins = _geometry.pool_bins(rois, spatial_scale, *output_size, *input.shape[2:])
+    n, _, h, w = input.shape
+    bins = _geometry.pool_bins(rois, spatial_scale, *output_size, h, w)
     if _few(input, bins, argmax):
         out, index = _forward_gather(input, rois, bins)
         return out, (index if argmax else None)
+    runs = _cells.runs(_reach(rois, bins), n, h, w)  # None: most of the map is read
     if not argmax:
-        table, negative_zero = _table(input, keys=False)
+        table, negative_zero = _table(input, keys=False, runs=runs)
         # A maximum of -0.0 and +0.0 may give either sign; the argmax paths take the first's.
         out = None if negative_zero else _forward_values(table, rois, bins, input.dtype)
         _scratch.give(table)
+        if out is not None and runs is not None and np.isnan(out).any():
+            # The keys write NaN as one NaN, whatever its payload: take them wherever a -0.0
+            # lies outside the cells read, as on a table of the whole map.
+            out = None if _negative_zero(input) else out
         if out is not None:
             return out, None
     forward = _forward_keys if input.dtype.itemsize <= 4 else _forward_proxy
-    out, index = forward(input, rois, bins)
+    out, index = forward(input, rois, bins, runs)
     return out, (index if argmax else None)
+
+
+def _negative_zero(x):
+    """Whether any value of ``x`` is -0.0."""
+    zero = x == 0
+    return bool(zero.any() and np.signbit(x[zero]).any())
 
 
 _INT32_MIN, _INT32_MAX = np.int32(-(2**31)), np.int32(2**31 - 1)
@@ -78,7 +92,7 @@ _LOOP_CHANNELS = 128
 _SLAB_ENTRIES = 50_000
 
 
-def _table(x, keys):
+def _table(x, keys, runs=None):
     """Channels-last (N, H, W, C) table of (N, C, H, W) features, and whether any is -0.0.
 
     With ``keys``, every value becomes its int64 key ``ordered(value) << 32 | ~(h * W + w)``,
@@ -89,7 +103,8 @@ def _table(x, keys):
     holds the values (float16 as float32, whose maximum NumPy computes several times faster,
     exactly): a view of features stored channels last, else a copy, taken from _scratch (give
     it back when done). Built in blocks of rows, in parallel, so each block's passes stay in
-    cache.
+    cache. With ``runs`` (_cells.Runs), only their cells are written (and looked at for -0.0):
+    the rest of the table is left as it was, for boxes that read a part of the map.
     """
     n, c, h, w = x.shape
     dtype = np.int64 if keys else np.promote_types(x.dtype, np.float32)
@@ -99,33 +114,48 @@ def _table(x, keys):
         return table, False
     halves = table.view(np.int32).reshape(n, h, w, c, 2) if keys else None
     low = ~np.arange(h * w, dtype=np.int32).reshape(h, w, 1)
-    rows = max(_cells.BLOCK // max(w, 1), 1)
-    blocks = [(i, r, min(r + rows, h)) for i in range(n) for r in range(0, h, rows)]
+    if runs is None:
+        rows = max(_cells.BLOCK // max(w, 1), 1)
+        blocks = [(i, r, min(r + rows, h), 0, w) for i in range(n) for r in range(0, h, rows)]
+    else:
+        blocks = runs.blocks()[:, 2:].tolist()
 
     def build(start, stop):
+        # Each block is first copied channels last, so that the passes that order its bits
+        # run on contiguous memory and the halves are written without a transpose; into
+        # buffers of this range's largest block, taken once (a fresh temporary per block
+        # would fault in its pages again at every block).
+        size = max((r1 - r0) * (c1 - c0) for _, r0, r1, c0, c1 in blocks[start:stop]) * c
+        bits, sign, mask = np.empty((3, size), np.int32) if keys else (None,) * 3
         negative_zero = False
-        for i, r0, r1 in blocks[start:stop]:
-            block = x[i, :, r0:r1]
+        for i, r0, r1, c0, c1 in blocks[start:stop]:
+            block = x[i, :, r0:r1, c0:c1]
             if not keys:
                 if not negative_zero and (block == 0).any():
                     negative_zero = bool(np.signbit(block[block == 0]).any())
                 if not in_place:
-                    table[i, r0:r1] = block.transpose(1, 2, 0)
+                    table[i, r0:r1, c0:c1] = block.transpose(1, 2, 0)
                 continue
-            bits = block.astype(np.float32, copy=False).view(np.int32)
-            negative_zero |= bool(bits.min() == _INT32_MIN)  # the bits of -0.0
-            sign = bits >> 31
-            ordered = bits ^ (sign & _INT32_MAX)
-            ordered -= sign
-            if np.isnan(block.max()):
-                ordered[np.isnan(block)] = _INT32_MAX
-            halves[i, r0:r1, :, :, _HIGH] = ordered.transpose(1, 2, 0)
-            halves[i, r0:r1, :, :, 1 - _HIGH] = low[r0:r1]
+            shape = (r1 - r0, c1 - c0, c)
+            b = bits[: math.prod(shape)].reshape(shape)
+            s, m = (a[: b.size].reshape(shape) for a in (sign, mask))
+            b.view(np.float32)[...] = block.transpose(1, 2, 0)
+            nan = np.isnan(b.view(np.float32).max())
+            negative_zero |= bool(b.min() == _INT32_MIN)  # the bits of -0.0
+            if nan:
+                b[np.isnan(b.view(np.float32))] = _INT32_MAX
+            np.right_shift(b, 31, out=s)
+            np.bitwise_and(s, _INT32_MAX, out=m)
+            np.bitwise_xor(b, m, out=b)
+            np.subtract(b, s, out=b)
+            halves[i, r0:r1, c0:c1, :, _HIGH] = b
+            halves[i, r0:r1, c0:c1, :, 1 - _HIGH] = low[r0:r1, c0:c1]
         return negative_zero
 
     # A key costs a few passes over its value: two threads won from about 1.2M of them (2.5M
     # elements of a plain copy).
-    work = table.size * (2 if keys else 1)
+    cells = n * h * w if runs is None else runs.size
+    work = cells * c * (2 if keys else 1)
     threads = _parallel.workers(work, _parallel.COPY_GRAIN)
     negative_zero = any(_parallel.for_ranges(build, np.ones(len(blocks)), threads))
     return table, negative_zero
@@ -219,10 +249,11 @@ def _forward_values(table, rois, bins, dtype):
     return out
 
 
-def _forward_keys(input, rois, bins):
+def _forward_keys(input, rois, bins, runs=None):
+    """(out, argmax) from a table of keys (_table), of the ``runs`` it reads, if given."""
     n, c, h, w = input.shape
     k = len(rois)
-    keys, negative_zero = _table(input, keys=True)
+    keys, negative_zero = _table(input, keys=True, runs=runs)
     out = _results.empty(np, (k, c, bins[0].shape[1], bins[2].shape[1]), input.dtype)
     argmax = _results.empty(np, out.shape, np.int32)
 
@@ -243,7 +274,7 @@ def _forward_keys(input, rois, bins):
     return out, argmax
 
 
-def _forward_proxy(input, rois, bins):
+def _forward_proxy(input, rois, bins, runs=None):
     """float64: the keys of a float32 proxy of the values, checked against the exact maxima.
 
     Rounding to float32 keeps the order (x <= y gives proxy(x) <= proxy(y)), NaN and the sign
@@ -254,8 +285,8 @@ def _forward_proxy(input, rois, bins):
     n, c, h, w = input.shape
     with np.errstate(over="ignore"):  # values past float32's range become its infinities
         proxy = input.astype(np.float32)
-    _, argmax = _forward_keys(proxy, rois, bins)
-    table = _table(input, keys=False)[0]
+    _, argmax = _forward_keys(proxy, rois, bins, runs)
+    table = _table(input, keys=False, runs=runs)[0]
     best = _forward_values(table, rois, bins, input.dtype)
     _scratch.give(table)
     plane = (rois[:, 0].astype(np.int64)[:, None] * c + np.arange(c)) * (h * w)
