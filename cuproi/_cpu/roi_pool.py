@@ -12,6 +12,8 @@ formulation for the boxes the proxy cannot decide. The backward adds every gradi
 argmax cell, a few channels at a time, as a sparse product.
 """
 
+import math
+
 import numpy as np
 import scipy.sparse
 
@@ -48,20 +50,32 @@ def roi_pool(input, rois, output_size, spatial_scale, return_argmax=False):
 
 def _forward(input, rois, output_size, spatial_scale, argmax):
     """(out, argmax); ``argmax`` is None when not asked for (``argmax=False``)."""
-    bins = _geometry.pool_bins(rois, spatial_scale, *output_size, *input.shape[2:])
+    n, _, h, w = input.shape
+    bins = _geometry.pool_bins(rois, spatial_scale, *output_size, h, w)
     if _few(input, bins, argmax):
         out, index = _forward_gather(input, rois, bins)
         return out, (index if argmax else None)
+    runs = _cells.runs(_reach(rois, bins), n, h, w)  # None: most of the map is read
     if not argmax:
-        table, negative_zero = _table(input, keys=False)
+        table, negative_zero = _table(input, keys=False, runs=runs)
         # A maximum of -0.0 and +0.0 may give either sign; the argmax paths take the first's.
         out = None if negative_zero else _forward_values(table, rois, bins, input.dtype)
         _scratch.give(table)
+        if out is not None and runs is not None and np.isnan(out).any():
+            # The keys write NaN as one NaN, whatever its payload: take them wherever a -0.0
+            # lies outside the cells read, as on a table of the whole map.
+            out = None if _negative_zero(input) else out
         if out is not None:
             return out, None
     forward = _forward_keys if input.dtype.itemsize <= 4 else _forward_proxy
-    out, index = forward(input, rois, bins)
+    out, index = forward(input, rois, bins, runs)
     return out, (index if argmax else None)
+
+
+def _negative_zero(x):
+    """Whether any value of ``x`` is -0.0."""
+    zero = x == 0
+    return bool(zero.any() and np.signbit(x[zero]).any())
 
 
 _INT32_MIN, _INT32_MAX = np.int32(-(2**31)), np.int32(2**31 - 1)
@@ -78,7 +92,7 @@ _LOOP_CHANNELS = 128
 _SLAB_ENTRIES = 50_000
 
 
-def _table(x, keys):
+def _table(x, keys, runs=None):
     """Channels-last (N, H, W, C) table of (N, C, H, W) features, and whether any is -0.0.
 
     With ``keys``, every value becomes its int64 key ``ordered(value) << 32 | ~(h * W + w)``,
@@ -89,7 +103,8 @@ def _table(x, keys):
     holds the values (float16 as float32, whose maximum NumPy computes several times faster,
     exactly): a view of features stored channels last, else a copy, taken from _scratch (give
     it back when done). Built in blocks of rows, in parallel, so each block's passes stay in
-    cache.
+    cache. With ``runs`` (_cells.Runs), only their cells are written (and looked at for -0.0):
+    the rest of the table is left as it was, for boxes that read a part of the map.
     """
     n, c, h, w = x.shape
     dtype = np.int64 if keys else np.promote_types(x.dtype, np.float32)
@@ -99,46 +114,67 @@ def _table(x, keys):
         return table, False
     halves = table.view(np.int32).reshape(n, h, w, c, 2) if keys else None
     low = ~np.arange(h * w, dtype=np.int32).reshape(h, w, 1)
-    rows = max(_cells.BLOCK // max(w, 1), 1)
-    blocks = [(i, r, min(r + rows, h)) for i in range(n) for r in range(0, h, rows)]
+    if runs is None:
+        rows = max(_cells.BLOCK // max(w, 1), 1)
+        blocks = [(i, r, min(r + rows, h), 0, w) for i in range(n) for r in range(0, h, rows)]
+    else:
+        blocks = runs.blocks()[:, 2:].tolist()
 
     def build(start, stop):
+        # Each block is first copied channels last, so that the passes that order its bits
+        # run on contiguous memory and the halves are written without a transpose; into
+        # buffers of this range's largest block, taken once (a fresh temporary per block
+        # would fault in its pages again at every block).
+        size = max((r1 - r0) * (c1 - c0) for _, r0, r1, c0, c1 in blocks[start:stop]) * c
+        bits, sign, mask = np.empty((3, size), np.int32) if keys else (None,) * 3
         negative_zero = False
-        for i, r0, r1 in blocks[start:stop]:
-            block = x[i, :, r0:r1]
+        for i, r0, r1, c0, c1 in blocks[start:stop]:
+            block = x[i, :, r0:r1, c0:c1]
             if not keys:
                 if not negative_zero and (block == 0).any():
                     negative_zero = bool(np.signbit(block[block == 0]).any())
                 if not in_place:
-                    table[i, r0:r1] = block.transpose(1, 2, 0)
+                    table[i, r0:r1, c0:c1] = block.transpose(1, 2, 0)
                 continue
-            bits = block.astype(np.float32, copy=False).view(np.int32)
-            negative_zero |= bool(bits.min() == _INT32_MIN)  # the bits of -0.0
-            sign = bits >> 31
-            ordered = bits ^ (sign & _INT32_MAX)
-            ordered -= sign
-            if np.isnan(block.max()):
-                ordered[np.isnan(block)] = _INT32_MAX
-            halves[i, r0:r1, :, :, _HIGH] = ordered.transpose(1, 2, 0)
-            halves[i, r0:r1, :, :, 1 - _HIGH] = low[r0:r1]
+            shape = (r1 - r0, c1 - c0, c)
+            b = bits[: math.prod(shape)].reshape(shape)
+            s, m = (a[: b.size].reshape(shape) for a in (sign, mask))
+            b.view(np.float32)[...] = block.transpose(1, 2, 0)
+            nan = np.isnan(b.view(np.float32).max())
+            negative_zero |= bool(b.min() == _INT32_MIN)  # the bits of -0.0
+            if nan:
+                b[np.isnan(b.view(np.float32))] = _INT32_MAX
+            np.right_shift(b, 31, out=s)
+            np.bitwise_and(s, _INT32_MAX, out=m)
+            np.bitwise_xor(b, m, out=b)
+            np.subtract(b, s, out=b)
+            halves[i, r0:r1, c0:c1, :, _HIGH] = b
+            halves[i, r0:r1, c0:c1, :, 1 - _HIGH] = low[r0:r1, c0:c1]
         return negative_zero
 
     # A key costs a few passes over its value: two threads won from about 1.2M of them (2.5M
     # elements of a plain copy).
-    work = table.size * (2 if keys else 1)
+    cells = n * h * w if runs is None else runs.size
+    work = cells * c * (2 if keys else 1)
     threads = _parallel.workers(work, _parallel.COPY_GRAIN)
     negative_zero = any(_parallel.for_ranges(build, np.ones(len(blocks)), threads))
     return table, negative_zero
 
 
-def _decode(keys):
-    """(value as float32, flat index as int32) of int64 keys: the inverse of _table's."""
+def _decode(keys, spare):
+    """(value bits, flat index) of int64 keys, as int32: the inverse of _table's.
+
+    Written into ``spare``, an int64 buffer of the keys' size (the value bits in its first half,
+    the index in its second), read from the keys' halves without a temporary.
+    """
     halves = keys.view(np.int32).reshape(*keys.shape, 2)
-    bits = np.ascontiguousarray(halves[..., _HIGH])  # (NumPy's loops on strided views are slow)
-    sign = bits >> 31
-    bits += sign
-    bits ^= sign & _INT32_MAX
-    return bits.view(np.float32), np.invert(halves[..., 1 - _HIGH])
+    high, low = halves[..., _HIGH], halves[..., 1 - _HIGH]
+    bits, sign = spare.view(np.int32)[: 2 * keys.size].reshape(2, *keys.shape)
+    np.right_shift(high, 31, out=sign)
+    np.add(high, sign, out=bits)
+    np.bitwise_and(sign, _INT32_MAX, out=sign)
+    np.bitwise_xor(bits, sign, out=bits)
+    return bits, np.invert(low, out=sign)
 
 
 def _windows(rois, bins):
@@ -156,24 +192,28 @@ def _windows(rois, bins):
     return box.tolist(), rows.tolist(), cols.tolist(), empty
 
 
-def _box_maxima(table, box, rows, cols, out):
+def _box_maxima(table, box, rows, cols, out, work):
     """``out`` (PW, PH, C) = the maxima of one box's bins in ``table`` (N, H, W, C).
 
     Separable: the maximum over each bin's rows for every column of the box, then over the
     bin's columns, reading each cell about once per bin row it belongs to. Both reductions run
     over the first axis of a C-contiguous block, NumPy's fastest order (a middle axis makes its
     inner loop the short one), hence the transposed copy in between and the transposed ``out``.
-    Empty bins are left as they were.
+    Both blocks lie in ``work``, a flat buffer of the table's dtype that holds two (PH, width,
+    C) blocks. Empty bins are left as they were.
     """
     i, y0, y1, x0, x1 = box
     if y1 <= y0 or x1 <= x0:
         return  # every bin is empty
     window = table[i, y0:y1, x0:x1]
-    per_col = np.empty((len(rows), x1 - x0, table.shape[3]), table.dtype)
+    shape = (len(rows), x1 - x0, table.shape[3])
+    size = math.prod(shape)
+    per_row = work[:size].reshape(shape)
     for p, (a, b) in enumerate(rows):
         if b > a:
-            np.maximum.reduce(window[a:b], axis=0, out=per_col[p])
-    per_col = np.ascontiguousarray(per_col.transpose(1, 0, 2))
+            np.maximum.reduce(window[a:b], axis=0, out=per_row[p])
+    per_col = work[size : 2 * size].reshape(shape[1], shape[0], shape[2])
+    np.copyto(per_col, per_row.transpose(1, 0, 2))
     for q, (a, b) in enumerate(cols):
         if b > a:
             np.maximum.reduce(per_col[a:b], axis=0, out=out[q])
@@ -182,28 +222,35 @@ def _box_maxima(table, box, rows, cols, out):
 def _pool(table, rois, bins, finish):
     """The maxima of every box's bins, in groups of _GROUP boxes small enough to stay in cache.
 
-    ``finish(g0, g1, best, empty)`` takes each group's maxima ``best`` (G, PW, PH, C) and its
-    empty bins (G, PW, PH), which ``best`` holds garbage for. The groups are spread over one
-    thread per _LOOP_CHANNELS channels: the box loop alone gains nothing from threads (its
-    dozen NumPy calls per box last a few microseconds each, and threads queue for the GIL
-    around every one: the box head's loop took 47 ms on two threads, 31 ms on one), but the
-    ``finish`` copies and decoding of wide channels are long enough calls to gain.
+    ``finish(g0, g1, best, empty, spare)`` takes each group's maxima ``best`` (G, PW, PH, C),
+    its empty bins (G, PW, PH), which ``best`` holds garbage for, and a flat buffer ``spare``
+    of best's size and dtype to work in. The groups are spread over one thread per
+    _LOOP_CHANNELS channels: the box loop alone gains nothing from threads (its dozen NumPy
+    calls per box last a few microseconds each, and threads queue for the GIL around every
+    one: the box head's loop took 47 ms on two threads, 31 ms on one), but the ``finish``
+    copies and decoding of wide channels are long enough calls to gain. Every buffer is taken
+    once per thread: fresh ones per box or group fault in their pages again each time.
     """
     box, rows, cols, empty = _windows(rois, bins)
     empty = empty.transpose(0, 2, 1)
     pooled_w, pooled_h = empty.shape[1:]
+    c = table.shape[3]
+    h0, h1, w0, w1 = bins
+    width = np.maximum(w1[:, -1] - w0[:, 0], 0)
 
     def run(start, stop):
+        groups = min(_GROUP, stop - start)
+        best = np.empty((groups, pooled_w, pooled_h, c), table.dtype)
+        spare = np.empty(best.size, table.dtype)
+        work = np.empty(2 * pooled_h * int(width[start:stop].max(initial=0)) * c, table.dtype)
         for g0 in range(start, stop, _GROUP):
             g1 = min(g0 + _GROUP, stop)
-            best = np.empty((g1 - g0, pooled_w, pooled_h, table.shape[3]), table.dtype)
             for j in range(g0, g1):
-                _box_maxima(table, box[j], rows[j], cols[j], best[j - g0])
-            finish(g0, g1, best, empty[g0:g1])
+                _box_maxima(table, box[j], rows[j], cols[j], best[j - g0], work)
+            finish(g0, g1, best[: g1 - g0], empty[g0:g1], spare)
 
-    h0, h1, w0, w1 = bins
     cost = (h1[:, -1] - h0[:, 0] + pooled_h) * (w1[:, -1] - w0[:, 0]) + 1
-    _parallel.for_ranges(run, cost, _parallel.workers(table.shape[3], _LOOP_CHANNELS))
+    _parallel.for_ranges(run, cost, _parallel.workers(c, _LOOP_CHANNELS))
 
 
 def _forward_values(table, rois, bins, dtype):
@@ -211,7 +258,7 @@ def _forward_values(table, rois, bins, dtype):
     k, c = len(rois), table.shape[3]
     out = _results.empty(np, (k, c, bins[0].shape[1], bins[2].shape[1]), dtype)
 
-    def finish(g0, g1, best, empty):
+    def finish(g0, g1, best, empty, spare):
         best[empty] = 0
         out[g0:g1] = best.transpose(0, 3, 2, 1)
 
@@ -219,18 +266,19 @@ def _forward_values(table, rois, bins, dtype):
     return out
 
 
-def _forward_keys(input, rois, bins):
+def _forward_keys(input, rois, bins, runs=None):
+    """(out, argmax) from a table of keys (_table), of the ``runs`` it reads, if given."""
     n, c, h, w = input.shape
     k = len(rois)
-    keys, negative_zero = _table(input, keys=True)
+    keys, negative_zero = _table(input, keys=True, runs=runs)
     out = _results.empty(np, (k, c, bins[0].shape[1], bins[2].shape[1]), input.dtype)
     argmax = _results.empty(np, out.shape, np.int32)
 
-    def finish(g0, g1, best, empty):
-        value, index = _decode(best)
-        value[empty] = 0
+    def finish(g0, g1, best, empty, spare):
+        bits, index = _decode(best, spare)
+        bits[empty] = 0  # the bits of +0.0
         index[empty] = -1
-        out[g0:g1] = value.transpose(0, 3, 2, 1)
+        out[g0:g1] = bits.view(np.float32).transpose(0, 3, 2, 1)
         argmax[g0:g1] = index.transpose(0, 3, 2, 1)
 
     _pool(keys, rois, bins, finish)
@@ -243,7 +291,7 @@ def _forward_keys(input, rois, bins):
     return out, argmax
 
 
-def _forward_proxy(input, rois, bins):
+def _forward_proxy(input, rois, bins, runs=None):
     """float64: the keys of a float32 proxy of the values, checked against the exact maxima.
 
     Rounding to float32 keeps the order (x <= y gives proxy(x) <= proxy(y)), NaN and the sign
@@ -254,8 +302,8 @@ def _forward_proxy(input, rois, bins):
     n, c, h, w = input.shape
     with np.errstate(over="ignore"):  # values past float32's range become its infinities
         proxy = input.astype(np.float32)
-    _, argmax = _forward_keys(proxy, rois, bins)
-    table = _table(input, keys=False)[0]
+    _, argmax = _forward_keys(proxy, rois, bins, runs)
+    table = _table(input, keys=False, runs=runs)[0]
     best = _forward_values(table, rois, bins, input.dtype)
     _scratch.give(table)
     plane = (rois[:, 0].astype(np.int64)[:, None] * c + np.arange(c)) * (h * w)
@@ -375,6 +423,28 @@ def _backward_runs(grad_output, image, argmax, shape, dtype, runs):
     return grad
 
 
+_ADDED_ENTRIES = 0.1
+
+
+def _backward_added(grad_output, image, argmax, shape):
+    """The gradient summed by ``np.add.at``, into the result itself (float32 and float64).
+
+    ``np.add.at`` adds its values one after another, in order: every cell sums its
+    contributions in the order of the boxes and bins, from 0, as the products of the slabs
+    and the runs do, so the bits are theirs. It costs about 15 ns an entry (2-core VM) against
+    the slabs' few passes over the whole gradient, so it serves up to _ADDED_ENTRIES
+    (box, channel, bin) entries per cell of the map (16 boxes of 256 channels on 2x100x152
+    maps: 0.03); above, the slabs are faster and run on threads (``np.add.at`` holds the GIL).
+    """
+    n, c, h, w = shape
+    grad = _results.zeros(np, shape, grad_output.dtype)
+    won = argmax >= 0
+    plane = (image[:, None] * c + np.arange(c)) * (h * w)
+    target = (plane[:, :, None, None] + argmax)[won]
+    np.add.at(grad.reshape(-1), target, grad_output[won])
+    return grad
+
+
 def roi_pool_backward(grad_output, rois, argmax, input_shape, *, deterministic=False):
     n, c, h, w = input_shape
     k = len(rois)
@@ -384,6 +454,8 @@ def roi_pool_backward(grad_output, rois, argmax, input_shape, *, deterministic=F
     runs = _named(image, argmax, input_shape)
     if runs is not None:
         return _backward_runs(grad_output, image, argmax, input_shape, dtype, runs)
+    if dtype == grad_output.dtype and argmax.size <= _ADDED_ENTRIES * n * c * h * w:
+        return _backward_added(grad_output, image, argmax, input_shape)
     at = argmax.reshape(k, c, bins)
     g = grad_output.reshape(k, c, bins)
     grad = _results.empty(np, (n, c, h * w), grad_output.dtype)
