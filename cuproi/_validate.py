@@ -73,7 +73,6 @@ def set_eager_checks(enabled: bool) -> bool:
 
     Examples
     --------
-    >>> import cuproi
     >>> before = cuproi.set_eager_checks(True)
     >>> cuproi.set_eager_checks(before)
     True

@@ -91,8 +91,6 @@ def deform_roi_pool(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]], dtype=np.float32)
     >>> offset = np.zeros((1, 2, 1, 1), dtype=np.float32)
@@ -179,8 +177,6 @@ def deform_roi_pool_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]], dtype=np.float32)
     >>> offset = np.zeros((1, 2, 1, 1), dtype=np.float32)
@@ -271,8 +267,6 @@ def deform_roi_pool_box_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)  # slope 1 along x, 4 along y
     >>> boxes = np.array([[0, 1.0, 1.0, 3.0, 3.0]])
     >>> g = np.ones((1, 1, 1, 1))

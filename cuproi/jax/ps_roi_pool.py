@@ -36,9 +36,6 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
 
     Examples
     --------
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import cuproi.jax
     >>> x = jnp.arange(64.0).reshape(1, 4, 4, 4)
     >>> boxes = jnp.array([[0, 0.0, 0.0, 4.0, 4.0]])
     >>> cuproi.jax.ps_roi_pool(x, boxes, 2)
