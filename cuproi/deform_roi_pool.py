@@ -237,16 +237,11 @@ def deform_roi_pool_box_backward(
         The features of the forward call.
     boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
         As in the forward call.
-    deterministic : bool, optional
-        Sum the terms of every box in a fixed order (GPU; default: atomic adds), from
-        ``4 * K * C * PH * PW`` per-element terms.
+    {box_deterministic}
 
     Returns
     -------
-    (K, 5) array
-        ``d loss / d [batch_index, x1, y1, x2, y2]`` in the compute dtype, column 0 always 0;
-        list-of-(L_i, 4) boxes get the rows of their concatenation (see
-        :func:`roi_align_box_backward`).
+    {box_gradient}
 
     Raises
     ------
