@@ -2,6 +2,9 @@
 
 Every op takes NumPy arrays (CPU backend) or CuPy arrays (CUDA kernels) and returns the same
 kind. Importing cuproi does not import CuPy.
+
+The examples in the docstrings assume ``import numpy as np`` and ``import cuproi``, as NumPy's
+assume ``np``.
 """
 
 from cuproi._validate import set_eager_checks

@@ -13,6 +13,7 @@ no explicit synchronisation is needed on the way in or out.
 """
 
 import functools
+import importlib
 import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -40,6 +41,20 @@ OPS = {
     "roi_align_rotated": ("roi_align_rotated", "roi_align_rotated_backward"),
     "roi_pool": ("roi_pool", "roi_pool_backward"),
 }
+
+
+def entry_points(backend, wrap):
+    """A backend's namespace: every function of :data:`OPS`, as ``wrap`` returns it.
+
+    Each is found in the module of its op in the package ``backend`` (``"cuproi._cpu"``,
+    ``"cuproi._cuda"``).
+    """
+    return {
+        name: wrap(getattr(importlib.import_module(f"{backend}.{op}"), name))
+        for op, names in OPS.items()
+        for name in names
+    }
+
 
 # Arguments that may be None (absent), and those that may be a list of per-image arrays.
 _OPTIONAL = {"offset", "mask"}

@@ -73,7 +73,6 @@ def set_eager_checks(enabled: bool) -> bool:
 
     Examples
     --------
-    >>> import cuproi
     >>> before = cuproi.set_eager_checks(True)
     >>> cuproi.set_eager_checks(before)
     True
@@ -376,7 +375,8 @@ class _BoxKind(NamedTuple):
     expected: str  # the (K, 1 + width) array, for its error
     hint: str  # added to that error for a (K, width) array: the batch index is missing
     within: Callable  # (xp, rois, scale) -> whether each row's values are finite and in range
-    explain: Callable  # (values, k, scale, name) -> raise the error of a row's bad values
+    values: str  # a row's values, for the error of a non-finite one
+    bounded: str  # its first four values, bounded once scaled, for the error of a large one
 
 
 def _box_rows(xp, value, batch, scale, dtype, name, kind):
@@ -418,8 +418,18 @@ def _box_rows(xp, value, batch, scale, dtype, name, kind):
                     f"{name}[{k}] has batch index {b:.0f} but the input holds {batch} images "
                     f"({valid})"
                 )
-            kind.explain(rois[k, 1:].tolist(), k, scale, name)
+            _out_of_range(kind, rois[k, 1:].tolist(), k, scale, name)
     return rois
+
+
+def _out_of_range(kind, values, k, scale, name):
+    """Raise the ValueError of row ``k`` of the boxes, whose ``values`` ``kind.within`` refused."""
+    if not all(np.isfinite(values)):
+        raise ValueError(f"{name}[{k}] has non-finite {kind.values} {values}")
+    raise ValueError(
+        f"{name}[{k}] has {kind.bounded} {values[:4]}, which exceed +-{MAX_COORDINATE} feature "
+        f"cells at spatial_scale {scale}"
+    )
 
 
 def _coordinates_within(xp, rois, scale):
@@ -429,15 +439,6 @@ def _coordinates_within(xp, rois, scale):
     return (xp.abs(rois[:, 1:]) * scale <= MAX_COORDINATE).all(axis=1)
 
 
-def _explain_coordinates(coords, k, scale, name):
-    if not all(np.isfinite(coords)):
-        raise ValueError(f"{name}[{k}] has non-finite coordinates {coords}")
-    raise ValueError(
-        f"{name}[{k}] has coordinates {coords}, which exceed +-{MAX_COORDINATE} feature cells "
-        f"at spatial_scale {scale}"
-    )
-
-
 _AXIS_ALIGNED = _BoxKind(
     4,
     "[x1, y1, x2, y2]",
@@ -445,7 +446,8 @@ _AXIS_ALIGNED = _BoxKind(
     " (a (K, 4) array has no batch index: add it as the first column, or pass a list with "
     "one (L, 4) array per image)",
     _coordinates_within,
-    _explain_coordinates,
+    "coordinates",
+    "coordinates",
 )
 
 
@@ -465,15 +467,6 @@ def _centre_and_size_within(xp, rois, scale):
     return (xp.abs(rois[:, 1:5]) * scale <= MAX_COORDINATE).all(axis=1) & xp.isfinite(rois[:, 5])
 
 
-def _explain_rotated(values, k, scale, name):
-    if not all(np.isfinite(values)):
-        raise ValueError(f"{name}[{k}] has non-finite values [cx, cy, w, h, angle] = {values}")
-    raise ValueError(
-        f"{name}[{k}] has centre and size [cx, cy, w, h] = {values[:4]}, which exceed "
-        f"+-{MAX_COORDINATE} feature cells at spatial_scale {scale}"
-    )
-
-
 _ROTATED = _BoxKind(
     5,
     "[cx, cy, w, h, angle] of rotated boxes",
@@ -483,7 +476,8 @@ _ROTATED = _BoxKind(
     "boxes without a batch index: add it as the first column, or pass a list with one "
     "(L, 5) array per image)",
     _centre_and_size_within,
-    _explain_rotated,
+    "values [cx, cy, w, h, angle] =",
+    "centre and size [cx, cy, w, h] =",
 )
 
 

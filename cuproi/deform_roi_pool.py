@@ -91,8 +91,6 @@ def deform_roi_pool(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]], dtype=np.float32)
     >>> offset = np.zeros((1, 2, 1, 1), dtype=np.float32)
@@ -179,8 +177,6 @@ def deform_roi_pool_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]], dtype=np.float32)
     >>> offset = np.zeros((1, 2, 1, 1), dtype=np.float32)
@@ -241,16 +237,11 @@ def deform_roi_pool_box_backward(
         The features of the forward call.
     boxes, offset, output_size, spatial_scale, sampling_ratio, gamma, mask
         As in the forward call.
-    deterministic : bool, optional
-        Sum the terms of every box in a fixed order (GPU; default: atomic adds), from
-        ``4 * K * C * PH * PW`` per-element terms.
+    {box_deterministic}
 
     Returns
     -------
-    (K, 5) array
-        ``d loss / d [batch_index, x1, y1, x2, y2]`` in the compute dtype, column 0 always 0;
-        list-of-(L_i, 4) boxes get the rows of their concatenation (see
-        :func:`roi_align_box_backward`).
+    {box_gradient}
 
     Raises
     ------
@@ -271,8 +262,6 @@ def deform_roi_pool_box_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)  # slope 1 along x, 4 along y
     >>> boxes = np.array([[0, 1.0, 1.0, 3.0, 3.0]])
     >>> g = np.ones((1, 1, 1, 1))

@@ -118,8 +118,6 @@ def multi_scale_roi_align(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> p2 = np.zeros((1, 1, 64, 64), np.float32)  # stride 4
     >>> p3 = np.ones((1, 1, 32, 32), np.float32)  # stride 8
     >>> boxes = np.array([[0, 0, 0, 50, 50], [0, 0, 0, 200, 200]], np.float32)
@@ -197,8 +195,6 @@ def multi_scale_roi_align_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> boxes = np.array([[0, 0, 0, 8, 8], [0, 0, 0, 200, 200]], np.float32)
     >>> g = np.ones((2, 1, 1, 1), np.float32)
     >>> shapes = [(1, 1, 64, 64), (1, 1, 32, 32)]

@@ -70,8 +70,6 @@ def prroi_pool(
     --------
     A ramp along x: the average of a linear surface is its value at the bin centre.
 
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.tile(np.arange(6, dtype=np.float32), (6, 1))[None, None]
     >>> boxes = np.array([[0, 1.0, 1.0, 4.0, 4.0]], dtype=np.float32)
     >>> cuproi.prroi_pool(x, boxes, output_size=(1, 2)).round(4)
@@ -122,8 +120,6 @@ def prroi_pool_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> boxes = np.array([[0, 1.0, 1.0, 2.0, 2.0]], dtype=np.float32)
     >>> g = np.ones((1, 1, 1, 1), dtype=np.float32)
     >>> cuproi.prroi_pool_backward(g, boxes, (1, 1, 3, 3), 1)[0, 0]
@@ -186,8 +182,6 @@ def prroi_pool_box_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.tile(np.arange(6, dtype=np.float64), (6, 1))[None, None]  # slope 1 along x
     >>> boxes = np.array([[0, 1.0, 1.0, 4.0, 4.0]])
     >>> g = np.ones((1, 1, 1, 1))

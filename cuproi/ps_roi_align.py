@@ -67,8 +67,6 @@ def ps_roi_align(
     --------
     Four score maps for a 2 x 2 output: each bin reads its own map.
 
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.stack([np.full((4, 4), v, np.float32) for v in (1, 2, 3, 4)])[None]
     >>> boxes = np.array([[0, 0.0, 0.0, 4.0, 4.0]], dtype=np.float32)
     >>> cuproi.ps_roi_align(x, boxes, output_size=2, sampling_ratio=2)
@@ -124,8 +122,6 @@ def ps_roi_align_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> boxes = np.array([[0, 0.0, 0.0, 4.0, 4.0]], dtype=np.float32)
     >>> g = np.ones((1, 1, 2, 2), dtype=np.float32)
     >>> cuproi.ps_roi_align_backward(g, boxes, (1, 4, 4, 4), 2, sampling_ratio=1)[0, 3]

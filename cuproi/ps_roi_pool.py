@@ -65,8 +65,6 @@ def ps_roi_pool(
     --------
     Four score maps for a 2 x 2 output: each bin averages its own map over its cells.
 
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(64, dtype=np.float32).reshape(1, 4, 4, 4)
     >>> boxes = np.array([[0, 0.0, 0.0, 4.0, 4.0]], dtype=np.float32)
     >>> cuproi.ps_roi_pool(x, boxes, output_size=2)
@@ -119,8 +117,6 @@ def ps_roi_pool_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> boxes = np.array([[0, 0.0, 0.0, 4.0, 4.0]], dtype=np.float32)
     >>> g = np.ones((1, 1, 2, 2), dtype=np.float32)
     >>> cuproi.ps_roi_pool_backward(g, boxes, (1, 4, 4, 4), 2)[0, 1]

@@ -93,8 +93,6 @@ def quantization_error(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> boxes = np.array([[0, 10.0, 20.0, 170.0, 100.0],   # 160 x 80 px
     ...                   [0, 24.0, 24.0, 232.0, 56.0]])   # 208 x 32 px
     >>> err = cuproi.quantization_error(boxes, spatial_scale=1 / 16, output_size=7)

@@ -88,8 +88,6 @@ def roi_align(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]], dtype=np.float32)
     >>> cuproi.roi_align(x, boxes, output_size=1, sampling_ratio=2, aligned=True)
@@ -160,8 +158,6 @@ def roi_align_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]], dtype=np.float32)
     >>> g = np.ones((1, 1, 1, 1), dtype=np.float32)
     >>> cuproi.roi_align_backward(g, boxes, (1, 1, 3, 3), 1, sampling_ratio=1, aligned=True)[0, 0]
@@ -256,8 +252,6 @@ def roi_align_box_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)  # slope 1 along x, 4 along y
     >>> boxes = np.array([[0, 0.5, 0.5, 2.5, 2.5]])
     >>> g = np.ones((1, 1, 1, 1))

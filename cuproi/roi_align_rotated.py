@@ -108,8 +108,6 @@ def roi_align_rotated(
     A 4 x 2 box and the same box turned by 90 degrees counter-clockwise: its first bin (the
     left half) moves below the centre, its second bin above.
 
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> boxes = np.array([[0, 2.0, 2.0, 4.0, 2.0, 0.0], [0, 2.0, 2.0, 4.0, 2.0, 90.0]])
     >>> cuproi.roi_align_rotated(x, boxes.astype(np.float32), (1, 2), sampling_ratio=1)
@@ -167,8 +165,6 @@ def roi_align_rotated_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> boxes = np.array([[0, 2.0, 2.0, 2.0, 2.0, 90.0]], dtype=np.float32)
     >>> g = np.ones((1, 1, 1, 1), dtype=np.float32)
     >>> cuproi.roi_align_rotated_backward(g, boxes, (1, 1, 4, 4), 1, sampling_ratio=1)[0, 0]

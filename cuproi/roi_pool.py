@@ -86,8 +86,6 @@ def roi_pool(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> boxes = np.array([[0, 0, 0, 3, 3]], dtype=np.float32)
     >>> out, argmax = cuproi.roi_pool(x, boxes, 2, return_argmax=True)
@@ -146,8 +144,6 @@ def roi_pool_backward(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import cuproi
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> boxes = np.array([[0, 0, 0, 3, 3]], dtype=np.float32)
     >>> out, argmax = cuproi.roi_pool(x, boxes, 2, return_argmax=True)

@@ -183,6 +183,14 @@ def _gpu_inputs_on_the_second_device(request, monkeypatch):
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _names_the_examples_assume(doctest_namespace):
+    """cuproi's docstring examples assume ``import numpy as np`` and ``import cuproi``, as
+    NumPy's assume ``np`` (docs/architecture.md); the tests that run them pass these names, and
+    those of the adapters (``jax``, ``jnp``, ``torch``) where they import them."""
+    doctest_namespace.update(np=np, cuproi=cuproi)
+
+
 @pytest.fixture
 def x64():
     """JAX's x64 mode (float64 arrays) for one test, the previous setting restored after."""

@@ -29,9 +29,11 @@ def test_every_op_module_is_found():
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_examples_run(module):
+def test_examples_run(module, doctest_namespace):
     result = doctest.testmod(
-        importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE
+        importlib.import_module(module),
+        extraglobs=doctest_namespace,
+        optionflags=doctest.NORMALIZE_WHITESPACE,
     )
     assert result.attempted > 0 and result.failed == 0
 

@@ -263,10 +263,12 @@ def test_every_op_is_exported_with_the_array_functions_signature():
 
 
 @pytest.mark.parametrize("module", ["cuproi.jax", *[f"cuproi.jax.{op}" for op in cj.__all__]])
-def test_docstring_examples(module):
+def test_docstring_examples(module, doctest_namespace):
     jax.config.update("jax_enable_x64", False)  # the examples show float32; the fixture restores
     result = doctest.testmod(
-        importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE
+        importlib.import_module(module),
+        extraglobs=doctest_namespace | {"jax": jax, "jnp": jnp},
+        optionflags=doctest.NORMALIZE_WHITESPACE,
     )
     assert result.failed == 0
     assert result.attempted > 0 or module == "cuproi.jax"

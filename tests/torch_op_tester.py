@@ -500,10 +500,11 @@ class TorchOpTester:
             for parameter in [*convs.parameters(), *module.parameters()]:
                 assert parameter.grad is not None and torch.isfinite(parameter.grad).all()
 
-    def test_docstring_examples_run(self):
+    def test_docstring_examples_run(self, doctest_namespace):
         """The Examples of the function, where it has some, run."""
         runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-        for test in doctest.DocTestFinder().find(self.function, globs={}):
+        globs = doctest_namespace | {"torch": torch}
+        for test in doctest.DocTestFinder().find(self.function, globs=globs):
             runner.run(test)
         assert runner.failures == 0
         assert (runner.tries > 0) == ("Examples\n" in self.function.__doc__)

@@ -11,7 +11,6 @@ its ``__wrapped__`` (the tests bind it to NumPy and the kernels compiled for the
 """
 
 import functools
-import importlib
 import inspect
 
 from cuproi import _dispatch
@@ -43,13 +42,7 @@ __all__ = [name for names in _dispatch.OPS.values() for name in names]
 
 # Every entry point, from the module of its op, on the GPU (the names of the op modules are
 # rebound here to their ops' functions).
-globals().update(
-    {
-        name: _on_device(getattr(importlib.import_module(f"cuproi._cuda.{op}"), name))
-        for op, names in _dispatch.OPS.items()
-        for name in names
-    }
-)
+globals().update(_dispatch.entry_points("cuproi._cuda", _on_device))
 
 
 def __getattr__(name):

@@ -44,6 +44,9 @@ a jitted function) are checked when the computation runs, by cuproi: on the CPU,
 raises its own runtime error (``jax.errors.JaxRuntimeError``) whose message holds cuproi's
 error type and message (under ``jax.vmap`` it names the row of all elements' boxes stacked);
 on a GPU a bad box gives zeros, as cuproi's CUDA path does without ``set_eager_checks``.
+
+The examples in the docstrings assume ``import jax``, ``import jax.numpy as jnp`` and ``import
+cuproi.jax``.
 """
 
 from cuproi.jax.deform_roi_pool import deform_roi_pool

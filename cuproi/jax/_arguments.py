@@ -25,6 +25,11 @@ _DOCSTRINGS = {
             Features, float16, float32 or float64 (float64 needs ``jax_enable_x64``); bfloat16
             is computed in float32 and returned as bfloat16.
         """,
+    "jax_score_maps": """
+        input : (N, C, H, W) jax.Array
+            Score maps, ``C = C_out * PH * PW``; float16, float32 or float64 (bfloat16 is
+            computed in float32 and returned as bfloat16).
+        """,
     "jax_boxes": """
         boxes : (K, 5) jax.Array or list of (L_i, 4) jax.Array
             ``[batch_index, x1, y1, x2, y2]`` per box in input-image coordinates, or one

@@ -75,9 +75,6 @@ def deform_roi_pool(
 
     Examples
     --------
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import cuproi.jax
     >>> x = jnp.arange(16.0).reshape(1, 1, 4, 4)
     >>> boxes = jnp.array([[0, 0.0, 0.0, 2.0, 2.0]])
     >>> offset = jnp.zeros((1, 2, 1, 1)).at[0, 0].set(5.0)  # right by 0.1 * 2 * 5 = 1 cell

@@ -70,9 +70,6 @@ def multi_scale_roi_align(
 
     Examples
     --------
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import cuproi.jax
     >>> p2, p3 = jnp.zeros((1, 1, 64, 64)), jnp.ones((1, 1, 32, 32))  # strides 4 and 8
     >>> boxes = jnp.array([[0, 0, 0, 50, 50], [0, 0, 0, 200, 200]])
     >>> out = cuproi.jax.multi_scale_roi_align([p2, p3], boxes, 2, [1 / 4, 1 / 8])

@@ -33,9 +33,6 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     A ramp along x: the average of a linear surface is its value at the bin centre, which
     moves by half of a box edge's shift.
 
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import cuproi.jax
     >>> x = jnp.tile(jnp.arange(6.0), (6, 1))[None, None]
     >>> boxes = jnp.array([[0, 1.0, 1.0, 4.0, 4.0]])
     >>> cuproi.jax.prroi_pool(x, boxes, (1, 2)).round(4)

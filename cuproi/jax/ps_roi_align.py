@@ -24,9 +24,7 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
 
     Parameters
     ----------
-    input : (N, C, H, W) jax.Array
-        Score maps, ``C = C_out * PH * PW``; float16, float32 or float64 (bfloat16 is computed
-        in float32 and returned as bfloat16).
+    {jax_score_maps}
     {jax_boxes}
     output_size, spatial_scale, sampling_ratio
         As in :func:`cuproi.ps_roi_align`; static.
@@ -43,9 +41,6 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
 
     Examples
     --------
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import cuproi.jax
     >>> x = jnp.stack([jnp.full((4, 4), v) for v in (1.0, 2.0, 3.0, 4.0)])[None]
     >>> boxes = jnp.array([[0, 0.0, 0.0, 4.0, 4.0]])
     >>> cuproi.jax.ps_roi_align(x, boxes, 2, sampling_ratio=2)

@@ -16,9 +16,7 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
 
     Parameters
     ----------
-    input : (N, C, H, W) jax.Array
-        Score maps, ``C = C_out * PH * PW``; float16, float32 or float64 (bfloat16 is computed
-        in float32 and returned as bfloat16).
+    {jax_score_maps}
     {jax_boxes}
     output_size, spatial_scale
         As in :func:`cuproi.ps_roi_pool`; static.
@@ -36,9 +34,6 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
 
     Examples
     --------
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import cuproi.jax
     >>> x = jnp.arange(64.0).reshape(1, 4, 4, 4)
     >>> boxes = jnp.array([[0, 0.0, 0.0, 4.0, 4.0]])
     >>> cuproi.jax.ps_roi_pool(x, boxes, 2)

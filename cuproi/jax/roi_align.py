@@ -48,9 +48,6 @@ def roi_align(
 
     Examples
     --------
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import cuproi.jax
     >>> x = jnp.arange(16.0).reshape(1, 1, 4, 4)
     >>> boxes = jnp.array([[0, 0.0, 0.0, 2.0, 2.0]])
     >>> cuproi.jax.roi_align(x, boxes, 1, sampling_ratio=2, aligned=True)

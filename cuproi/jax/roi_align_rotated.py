@@ -49,8 +49,6 @@ def roi_align_rotated(
     A ramp along x, read by a box of height 2 turned by 90 degrees: its two rows of bins lie
     side by side along x, about the centre 4 - 0.5 (``aligned=True``).
 
-    >>> import jax.numpy as jnp
-    >>> import cuproi.jax
     >>> x = jnp.tile(jnp.arange(8.0), (8, 1))[None, None]
     >>> boxes = jnp.array([[0, 4.0, 4.0, 4.0, 2.0, 90.0]])
     >>> cuproi.jax.roi_align_rotated(x, boxes, (2, 1), sampling_ratio=1)[0, 0, :, 0]

@@ -77,9 +77,6 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
 
     Examples
     --------
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import cuproi.jax
     >>> x = jnp.arange(16.0).reshape(1, 1, 4, 4)
     >>> boxes = jnp.array([[0, 0, 0, 3, 3]])
     >>> cuproi.jax.roi_pool(x, boxes, 2)[0, 0]

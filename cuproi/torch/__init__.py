@@ -13,7 +13,8 @@ the same exceptions and messages: ``torch.export`` raises them, ``torch.compile`
 as the cause of its ``TorchRuntimeError``.
 
 Functions keep torchvision's positional signatures (mmcv's for ``deform_roi_pool``), so
-``torchvision.ops.roi_align`` can be replaced by :func:`cuproi.torch.roi_align`.
+``torchvision.ops.roi_align`` can be replaced by :func:`cuproi.torch.roi_align`. The examples
+in the docstrings assume ``import torch`` and ``import cuproi.torch``.
 """
 
 from cuproi.torch import _onnx

@@ -13,6 +13,8 @@ import inspect
 import numpy as np
 import torch
 
+from cuproi import _dispatch
+
 OPSET = 18  # the translations' operators (ReduceMax's axes as an input: opset 18)
 
 
@@ -109,18 +111,9 @@ def symbolic(name):
     return run
 
 
-# The ops, as _onnx_compose.TRANSLATIONS names them (that module imports onnxscript).
-OPS = (
-    "deform_roi_pool",
-    "multi_scale_roi_align",
-    "prroi_pool",
-    "ps_roi_align",
-    "ps_roi_pool",
-    "roi_align",
-    "roi_align_rotated",
-    "roi_pool",
-    "roi_pool_inference",
-)
+# The ops, as _onnx_compose.TRANSLATIONS names them (that module imports onnxscript): cuproi's,
+# and roi_pool's inference form (no argmax).
+OPS = (*_dispatch.OPS, "roi_pool_inference")
 
 
 def register(onnx):

@@ -157,8 +157,6 @@ def multi_scale_roi_align(
 
     Examples
     --------
-    >>> import torch
-    >>> import cuproi.torch
     >>> p2 = torch.rand(1, 4, 64, 64, requires_grad=True)
     >>> p3 = torch.rand(1, 4, 32, 32, requires_grad=True)
     >>> boxes = [torch.tensor([[0.0, 0.0, 40.0, 40.0], [0.0, 0.0, 250.0, 250.0]])]

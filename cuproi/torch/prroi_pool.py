@@ -36,8 +36,6 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
 
     Examples
     --------
-    >>> import torch
-    >>> import cuproi.torch
     >>> x = torch.rand(1, 8, 32, 32, requires_grad=True)
     >>> boxes = torch.tensor([[0.0, 4.0, 4.0, 20.0, 28.0]], requires_grad=True)
     >>> out = cuproi.torch.prroi_pool(x, boxes, 7, spatial_scale=1.0)

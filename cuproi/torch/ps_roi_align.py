@@ -38,8 +38,6 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
 
     Examples
     --------
-    >>> import torch
-    >>> import cuproi.torch
     >>> x = torch.rand(1, 2 * 7 * 7, 32, 32, requires_grad=True)
     >>> boxes = [torch.tensor([[4.0, 4.0, 20.0, 28.0]])]
     >>> out = cuproi.torch.ps_roi_align(x, boxes, 7, spatial_scale=1.0, sampling_ratio=2)

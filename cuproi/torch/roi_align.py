@@ -208,8 +208,6 @@ def roi_align(
 
     Examples
     --------
-    >>> import torch
-    >>> import cuproi.torch
     >>> x = torch.rand(1, 8, 32, 32, requires_grad=True)
     >>> boxes = [torch.tensor([[4.0, 4.0, 20.0, 28.0]])]
     >>> out = cuproi.torch.roi_align(x, boxes, 7, spatial_scale=1.0, sampling_ratio=2)

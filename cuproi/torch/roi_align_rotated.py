@@ -41,8 +41,6 @@ def roi_align_rotated(
 
     Examples
     --------
-    >>> import torch
-    >>> import cuproi.torch
     >>> x = torch.rand(1, 4, 32, 32, requires_grad=True)
     >>> boxes = [torch.tensor([[16.0, 16.0, 20.0, 8.0, 30.0]])]
     >>> out = cuproi.torch.roi_align_rotated(x, boxes, 7, spatial_scale=1.0)
