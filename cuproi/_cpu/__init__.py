@@ -25,7 +25,6 @@ NaN), which are the answer, not a mistake to report (``_ieee``).
 """
 
 import functools
-import importlib
 
 import numpy as np
 import numpy as xp  # noqa: F401  (the array module of this backend, used by the public layer)
@@ -51,10 +50,4 @@ __all__ = [name for names in _dispatch.OPS.values() for name in names]
 
 # Every entry point, from the module of its op, in IEEE arithmetic without warnings (the names
 # of the op modules are rebound here to their ops' functions).
-globals().update(
-    {
-        name: _ieee(getattr(importlib.import_module(f"cuproi._cpu.{op}"), name))
-        for op, names in _dispatch.OPS.items()
-        for name in names
-    }
-)
+globals().update(_dispatch.entry_points("cuproi._cpu", _ieee))
