@@ -280,6 +280,32 @@ def test_few_bins_read_only_the_pixels_they_tap(monkeypatch, dtype, channels_las
     np.testing.assert_array_equal(out.view(np.uint8), again.view(np.uint8))
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_few_bins_paths_give_the_chunked_bits(monkeypatch, seed):
+    """Small products, the operator on the taps, and the chunked path: one result, bit for bit.
+
+    Random maps (NaN, infinities, negative zeros), boxes (off the map, empty, huge), sampling
+    ratios (adaptive included), alignment, output sizes and dtypes.
+    """
+    rng = np.random.default_rng(seed)
+    dtype = (np.float32, np.float64, np.float16)[seed % 3]
+    n, c, h, w = 2, int(rng.integers(1, 5)), int(rng.integers(2, 40)), int(rng.integers(2, 40))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    x.reshape(-1)[rng.integers(0, x.size, 6)] = [np.nan, np.inf, -np.inf, -0.0, -0.0, 0.0]
+    scale = (1.0, 0.5, 0.25)[seed % 3]
+    rois = _boxes(rng, int(rng.integers(1, 9)), n, scale, h, w, far=seed % 4 == 0)
+    rois = rois.astype(np.float64 if dtype == np.float64 else np.float32)
+    args = ((int(rng.integers(1, 6)), int(rng.integers(1, 6))), scale, int(rng.integers(0, 4)))
+    results = []
+    for few, small in ((4096, 1 << 16), (4096, 0), (0, 1 << 16)):
+        monkeypatch.setattr(roi_align, "FEW_BINS", few)
+        monkeypatch.setattr(_sampling, "SMALL", small)
+        with np.errstate(all="ignore"):  # as cuproi._cpu calls it: NaN in, NaN out
+            results.append(roi_align.roi_align(x, rois, *args, bool(seed % 2)).view(np.uint8))
+    np.testing.assert_array_equal(results[0], results[2])
+    np.testing.assert_array_equal(results[1], results[2])
+
+
 def _backward(op, g, x, rois, offset, channels_last):
     if op == "roi_align":
         return roi_align.roi_align_backward(
