@@ -407,7 +407,7 @@ def tapped(x, a, dtype):
         read = np.zeros(n * h * w, bool)
         read[a.indices] = True
         pixel = np.flatnonzero(read)
-        column = np.cumsum(read, dtype=np.int64)[a.indices] - 1
+        column = np.searchsorted(pixel, a.indices)
     else:
         pixel, column = np.unique(a.indices, return_inverse=True)
     image, at = np.divmod(pixel, h * w)
