@@ -284,6 +284,8 @@ def test_few_bins_read_only_the_pixels_they_tap(monkeypatch, dtype, channels_las
 def test_few_bins_paths_give_the_chunked_bits(monkeypatch, seed):
     """Small products, the operator on the taps, and the chunked path: one result, bit for bit.
 
+    Forward, and backward (few bins: one chunk over every pixel, or the tiles).
+
     Random maps (NaN, infinities, negative zeros), boxes (off the map, empty, huge), sampling
     ratios (adaptive included), alignment, output sizes and dtypes.
     """
@@ -296,14 +298,22 @@ def test_few_bins_paths_give_the_chunked_bits(monkeypatch, seed):
     rois = _boxes(rng, int(rng.integers(1, 9)), n, scale, h, w, far=seed % 4 == 0)
     rois = rois.astype(np.float64 if dtype == np.float64 else np.float32)
     args = ((int(rng.integers(1, 6)), int(rng.integers(1, 6))), scale, int(rng.integers(0, 4)))
+    g = rng.standard_normal((len(rois), c, *args[0])).astype(dtype)
+    channels_last = bool(seed % 4 < 2)
     results = []
     for few, small in ((4096, 1 << 16), (4096, 0), (0, 1 << 16)):
         monkeypatch.setattr(roi_align, "FEW_BINS", few)
         monkeypatch.setattr(_sampling, "SMALL", small)
         with np.errstate(all="ignore"):  # as cuproi._cpu calls it: NaN in, NaN out
-            results.append(roi_align.roi_align(x, rois, *args, bool(seed % 2)).view(np.uint8))
-    np.testing.assert_array_equal(results[0], results[2])
-    np.testing.assert_array_equal(results[1], results[2])
+            out = roi_align.roi_align(x, rois, *args, bool(seed % 2))
+            grad = roi_align.roi_align_backward(
+                g, rois, x.shape, *args[1:], bool(seed % 2), channels_last=channels_last
+            )
+        assert grad.transpose(0, 2, 3, 1).flags.c_contiguous == (channels_last or c == 1)
+        results.append((out.view(np.uint8), np.ascontiguousarray(grad).view(np.uint8)))
+    for few, chunked in zip(results[:2], [results[2]] * 2, strict=True):
+        np.testing.assert_array_equal(few[0], chunked[0])
+        np.testing.assert_array_equal(few[1], chunked[1])
 
 
 def _backward(op, g, x, rois, offset, channels_last):

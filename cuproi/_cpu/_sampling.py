@@ -392,6 +392,21 @@ def small_product(x, ys, xs, y_of_bin, x_of_bin, image_of_bin, count_of_bin, dty
     return np.add.accumulate(products, out=products)[-1] + dtype.type(0)
 
 
+def _columns_read(a):
+    """The sorted columns that sparse ``a`` has entries in, and each entry's place among them.
+
+    A byte per column marks them where there are at most 32 columns an entry (cheaper than a
+    sort); else they are sorted, and no array of every column is made (one small box on a
+    huge map).
+    """
+    if a.shape[1] <= 32 * a.nnz:
+        read = np.zeros(a.shape[1], bool)
+        read[a.indices] = True
+        columns = np.flatnonzero(read)
+        return columns, np.searchsorted(columns, a.indices)
+    return np.unique(a.indices, return_inverse=True)
+
+
 def tapped(x, a, dtype):
     """Operator ``a`` on the pixels it reads only, and those pixels of ``x`` as its rows.
 
@@ -403,13 +418,7 @@ def tapped(x, a, dtype):
     pixels their samples tap costs less than the tiles they reach (:func:`pixels_read`).
     """
     n, _, h, w = x.shape
-    if n * h * w <= 32 * a.nnz:  # marking every pixel of the map costs less than sorting
-        read = np.zeros(n * h * w, bool)
-        read[a.indices] = True
-        pixel = np.flatnonzero(read)
-        column = np.searchsorted(pixel, a.indices)
-    else:
-        pixel, column = np.unique(a.indices, return_inverse=True)
+    pixel, column = _columns_read(a)
     image, at = np.divmod(pixel, h * w)
     rows = x.transpose(0, 2, 3, 1)[(image, *np.divmod(at, w))].astype(dtype, copy=False)
     return scipy.sparse.csr_matrix((a.data, column, a.indptr), (a.shape[0], len(pixel))), rows
@@ -576,11 +585,7 @@ def _add_few_pixels(grad, a, groups, pixels):
     bins in order) is added once, to its cells.
     """
     n, c, h, w = grad.shape
-    read = np.zeros(a.shape[1], bool)  # a byte per pixel: a quarter of a float32 channel
-    read[a.indices] = True
-    rows = np.flatnonzero(read)
-    del read
-    columns = np.searchsorted(rows, a.indices)
+    rows, columns = _columns_read(a)
     compact = scipy.sparse.csr_matrix((a.data, columns, a.indptr), shape=(a.shape[0], len(rows)))
     t = compact.T.tocsr()
     if pixels is not None and pixels.runs is not None:

@@ -201,8 +201,18 @@ def roi_align_backward(
     _, _, pooled_h, pooled_w = grad_output.shape
     g_rows = _sampling.BinRows(grad_output, rois.dtype)
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-    pixels = _sampling.pixels_reached(_reach(rois, plan, shape), shape, c)
     bins = pooled_h * pooled_w
+    if len(rois) * bins <= FEW_BINS and plan[-1].sum() <= _sampling.BUDGET:
+        # One chunk, in the calling thread, its operator over every pixel: add_transposed
+        # sums the few pixels it reads alone, each over its bins in order, as the chunk on
+        # the tiles would (the same bits) without laying out the tiles.
+        def operator(k0, k1):
+            return _operator(rois, plan, shape, k0, k1)
+
+        parts = [[(0, len(rois))]]
+        args = (input_shape, grad_output.dtype, bins, parts, operator, g_rows)
+        return _sampling.input_gradient(*args, channels_last=channels_last)
+    pixels = _sampling.pixels_reached(_reach(rois, plan, shape), shape, c)
     if _sampling.too_large(plan[-1]):  # every bin a box, in the order of the gradient's rows
         rois, plan = _bins(rois, plan, shape)
         bins = 1
