@@ -313,24 +313,35 @@ def _box_in_pieces(pixels, rois, shape, y, x, k, spans):
     return s, image, value, winner, (axes[2], axes[5])
 
 
-def _chunks(pixels, rois, shape, y, x, fn):
+def _winners(pixels, rois, shape, y, x, k0, k1, dtype=None):
+    """``(value, slot)`` of every bin of boxes k0:k1 (``_samples.slot_max``)."""
+    _, h, w = shape
+    axes = _samples.bins_of(y, x, k0, k1)
+    s = _samples.samples(*axes, h, w)
+    image = _image_of_bins(rois, k0, k1, len(axes[0]))
+    return _samples.slot_max(s, image, pixels, len(axes[0]), dtype)
+
+
+def _chunks(pixels, rois, shape, y, x, fn, one=_chunk):
     """Yield, chunk by chunk of boxes, ``[fn(k0, k1, chunk) for each range k0:k1 of it]``.
 
-    ``chunk`` is :func:`_chunk`'s (the ranges computed by the threads), or for a box that
-    comes in pieces :func:`_box_in_pieces`'s (its pieces computed by the threads).
+    ``chunk`` is ``one``'s (:func:`_chunk` or :func:`_winners`, the ranges computed by the
+    threads), or for a box that comes in pieces :func:`_box_in_pieces`'s (its pieces computed
+    by the threads; for :func:`_winners`, as its ``(value, None)``).
     """
     _, h, w = shape
     c = pixels.rows.shape[1]
 
     def run(k0, k1):
-        return fn(k0, k1, _chunk(pixels, rois, shape, y, x, k0, k1))
+        return fn(k0, k1, one(pixels, rois, shape, y, x, k0, k1))
 
     for ranges, spans in _samples.work(y, x, h, w, c):
         if spans is None:
             yield _parallel.map_ordered(lambda r: run(*r), ranges)
         else:
             ((k0, k1),) = ranges
-            yield [fn(k0, k1, _box_in_pieces(pixels, rois, shape, y, x, k0, spans))]
+            chunk = _box_in_pieces(pixels, rois, shape, y, x, k0, spans)
+            yield [fn(k0, k1, chunk if one is _chunk else (chunk[2], None))]
 
 
 def _max_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
@@ -341,10 +352,10 @@ def _max_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
     pixels = _pixels(input, rois, y, x, shape, rois.dtype)
 
     def write(k0, k1, chunk):
-        value = chunk[2]
+        value = chunk[0]
         out[k0:k1] = value.reshape(k1 - k0, pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
 
-    for _ in _chunks(pixels, rois, shape, y, x, write):
+    for _ in _chunks(pixels, rois, shape, y, x, write, _winners):
         pass
     _scratch.give(pixels.rows)
     return out.astype(input.dtype, copy=False)
@@ -457,16 +468,54 @@ def _max_winners(grad_output, input, rois, spatial_scale, sampling_ratio, aligne
     return g_rows, grid, y, x, _pixels(input, rois, y, x, shape, rois.dtype)
 
 
+def _max_slots(pixels, rois, shape, y, x):
+    """``(slot, chunk)``: the winners of every bin (K * PH * PW, C), the chunk of every box.
+
+    ``slot`` as _samples.slot_max gives it, of the chunks of _samples.work, whose order the
+    input gradient's sums follow. None where a box comes in pieces, a bin has more samples
+    than slots count, or SciPy's products are not rounded (then :func:`_max_input_gradient`).
+    """
+    n, h, w = shape
+    k, c, bins = len(rois), pixels.rows.shape[1], y[0].shape[1] * y[0].shape[2]
+    # A bin's samples are at most its rows' times its columns' (rows depend on ph alone).
+    ny = np.subtract(*_sampling.sample_range(*(a[:, :, 0] for a in y), h)[::-1])
+    nx = np.subtract(*_sampling.sample_range(*(a[:, 0, :] for a in x), w)[::-1])
+    dtype = _samples.slot_dtype(int((ny.max(1, initial=0) * nx.max(1, initial=0)).max(initial=0)))
+    work = list(_samples.work(y, x, h, w, c))
+    if dtype is None or any(spans is not None for _, spans in work):
+        return None
+    if not _samples.products_rounded():
+        return None
+    slot = np.empty((k * bins, c), dtype)
+    chunk = np.empty(k, np.int64)
+
+    def run(k0, k1):
+        slot[k0 * bins : k1 * bins] = _winners(pixels, rois, shape, y, x, k0, k1, dtype)[1]
+
+    for index, (ranges, _) in enumerate(work):
+        _parallel.map_ordered(lambda r: run(*r), ranges)
+        chunk[ranges[0][0] : ranges[-1][1]] = index
+    return slot, chunk
+
+
 def _max_backward(grad_output, input, rois, spatial_scale, sampling_ratio, aligned, channels_last):
     """The input gradient, NCHW or stored channels last."""
     g_rows, _, y, x, pixels = _max_winners(
         grad_output, input, rois, spatial_scale, sampling_ratio, aligned
     )
-    bins = grad_output.shape[2] * grad_output.shape[3]
+    n, _, h, w = input.shape
     dtype = grad_output.dtype
-    out = _max_input_gradient(g_rows, input, rois, y, x, bins, dtype, channels_last, pixels)
+    found = _max_slots(pixels, rois, (n, h, w), y, x)
+    if found is None:
+        bins = grad_output.shape[2] * grad_output.shape[3]
+        out = _max_input_gradient(g_rows, input, rois, y, x, bins, dtype, channels_last, pixels)
+        _scratch.give(pixels.rows)
+        return out
     _scratch.give(pixels.rows)
-    return out
+    grad = _sampling.zeros(input.shape, dtype, channels_last)
+    rows, columns = [a[:, :, 0] for a in y], [a[:, 0, :] for a in x]
+    _samples.add_winners(grad, *found, rois[:, 0].astype(np.int64), rows, columns, g_rows)
+    return grad
 
 
 def _max_box_backward(grad_output, input, rois, spatial_scale, sampling_ratio, aligned):
