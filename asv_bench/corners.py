@@ -5,12 +5,12 @@
 
 Each case is timed for cuproi (NumPy backend), torchvision's C++ ops and onnxruntime's
 ``RoiAlign`` (where installed and where they have the op), with 1 and with 2 threads, the calls
-of every library and thread count taken in turn, round after round
-(``_timing.interleaved_seconds``): torchvision's two threads stall on a loaded machine, and a
-load that comes and goes then weighs on every library alike. Threads: ``CUPROI_NUM_THREADS``
-(read at every call), ``torch.set_num_threads``, and one onnxruntime session per count
-(``intra_op_num_threads``, without spinning, which would take the cores from the next
-library's call).
+of every library and thread count taken in turn, round after round, a call shorter than 20 ms
+repeated to fill them (``_timing.interleaved_seconds``): torchvision's two threads stall on a
+loaded machine, and a load that comes and goes then weighs on every library alike. Threads:
+``CUPROI_NUM_THREADS`` (read at every call), ``torch.set_num_threads``, and one onnxruntime
+session per count (``intra_op_num_threads``, without spinning, which would take the cores
+from the next library's call).
 
 Working memory is the growth of the peak resident set size over RoI Align's forward and input
 gradient of 4096 boxes, the output kept for the backward, results included, each library in a

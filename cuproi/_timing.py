@@ -94,21 +94,29 @@ def device_seconds(call, repeat=20):
     return float(np.median(times))
 
 
-def interleaved_seconds(calls, repeat=3, before=lambda key: None):
-    """{key: median host-clock seconds} of the callables ``calls`` ({key: call}), timed in turn.
+def interleaved_seconds(calls, repeat=3, before=lambda key: None, least=0.02):
+    """{key: median host-clock seconds a call} of the callables ``calls`` ({key: call}).
 
-    One round calls each once, in order, and ``repeat`` rounds follow a warm-up round, so that
-    a load that comes and goes on the machine weighs on every call alike. ``before(key)`` runs,
-    untimed, before each call of ``key`` (e.g. to set its number of threads).
+    One round times each in turn, in order, and ``repeat`` rounds follow a warm-up round, so
+    that a load that comes and goes on the machine weighs on every call alike. A call that
+    takes less than ``least`` seconds is timed over as many calls as fill ``least`` (counted in
+    the warm-up), so that a fraction of a millisecond is not one call's cold start after the
+    others ran. ``before(key)`` runs, untimed, before each of ``key``'s turns (e.g. to set its
+    number of threads).
     """
     times = {key: [] for key in calls}
+    number = {}
     for timed in [False] + [True] * repeat:
         for key, call in calls.items():
             before(key)
             start = time.perf_counter()
-            call()
+            for _ in range(number.get(key, 1)):
+                call()
+            seconds = (time.perf_counter() - start) / number.get(key, 1)
             if timed:
-                times[key].append(time.perf_counter() - start)
+                times[key].append(seconds)
+            else:
+                number[key] = max(1, int(least / max(seconds, 1e-9)))
     return {key: float(np.median(t)) for key, t in times.items()}
 
 

@@ -3,10 +3,13 @@ the corners of issue 27 it runs on the CPU (asv_bench/corners.py)."""
 
 import importlib
 import sys
+import time
 import types
 from pathlib import Path
 
 import pytest
+
+from cuproi import _timing
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "asv_bench"))
 import compare  # noqa: E402
@@ -259,3 +262,24 @@ def test_corners_smoke_without_onnxruntime(capsys, monkeypatch):
     assert all(line[3] == "-" for lines in rows.values() for line in lines)
     assert "onnxruntime not installed" in out
     assert "of onnxruntime's max mode, 1 thread (goal: at most 1): no onnxruntime figure" in out
+
+
+def test_interleaved_timing_repeats_short_calls():
+    """Calls shorter than ``least`` are timed over as many calls as fill it, all in turn."""
+    order, count = [], {"fast": 0, "slow": 0}
+
+    def make(key, seconds):
+        def call():
+            order.append(key)
+            count[key] += 1
+            time.sleep(seconds)
+
+        return call
+
+    calls = {"fast": make("fast", 0), "slow": make("slow", 0.01)}
+    seen = []
+    times = _timing.interleaved_seconds(calls, repeat=2, before=seen.append, least=0.005)
+    assert seen == ["fast", "slow"] * 3  # a warm-up round, then 2 timed rounds, in turn
+    assert count["slow"] == 3 and count["fast"] > 3 * 10  # the fast one, many calls a turn
+    assert times["slow"] >= 0.01 and times["fast"] < 0.005
+    assert order[-1] == "slow" and order[order.index("slow") + 1] == "fast"
