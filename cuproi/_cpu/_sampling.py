@@ -124,7 +124,7 @@ def axis_taps(start, bin_size, grid, size):
     """
     ct = start.dtype.type
     rows = len(start)
-    size = np.broadcast_to(size, rows)
+    size = np.full(rows, size) if np.ndim(size) == 0 else size
     lo, hi = sample_range(start, bin_size, grid, size)
     n = hi - lo
     first = np.cumsum(n) - n
@@ -137,7 +137,7 @@ def axis_taps(start, bin_size, grid, size):
     # Merge the two taps of every sample into one sorted entry per (row, index).
     stride = max(int(size.max(initial=1)), 1)
     keys = np.concatenate([row * stride + low, row * stride + high])
-    unique, inverse = np.unique(keys, return_inverse=True)
+    unique, inverse = _unique(keys)
     weight = np.bincount(inverse, np.concatenate([ct(1) - frac, frac]), len(unique))
     sign = free.astype(np.float64)
     slope = np.bincount(inverse, np.concatenate([-sign, sign]), len(unique))
@@ -145,6 +145,21 @@ def axis_taps(start, bin_size, grid, size):
     unique, weight, slope = unique[keep], weight[keep], slope[keep]
     ptr = np.searchsorted(unique // stride, np.arange(rows + 1))
     return AxisTaps(ptr, unique % stride, weight, slope)
+
+
+def _unique(keys):
+    """``np.unique(keys, return_inverse=True)`` of a 1-D integer array, in a few calls.
+
+    NumPy's checks and options cost more than the sort on the small arrays of a few boxes.
+    """
+    order = np.argsort(keys)
+    ordered = keys[order]
+    new = np.empty(len(keys), bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    inverse = np.empty(len(keys), np.intp)
+    inverse[order] = np.cumsum(new) - 1
+    return ordered[new], inverse
 
 
 def taps(y, x, h, w):
