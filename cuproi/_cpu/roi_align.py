@@ -23,8 +23,8 @@ import numpy as np
 from cuproi import _results
 from cuproi._cpu import _box_gradients, _geometry, _parallel, _samples, _sampling, _scratch
 
-# A forward of at most this many bins is one operator on the pixels its taps read (_few): the
-# chunks, threads and tiles of the general path cost more than such a problem.
+# Forwards and backwards of at most this many bins skip the chunks, threads and tiles of the
+# general path, which cost more than such a problem (_few; roi_align_backward).
 FEW_BINS = 4096
 
 
@@ -151,11 +151,12 @@ def roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, 
 
 
 def _few(input, rois, rows, out):
-    """``out[...]`` = the forward of few bins, in one operator; False where it would be large.
+    """``out[...]`` = the forward of few bins, in the calling thread; False if it is large.
 
-    The operator reads the pixels its taps reach (_sampling.tapped), which few boxes on a
-    large map are a small part of, in the calling thread. A few huge boxes whose operator
-    would hold more than BUDGET entries are left to the chunked path (False).
+    Few products are summed without an operator (_sampling.small_product); else one operator
+    reads the pixels its taps reach (_sampling.tapped), which few boxes on a large map are a
+    small part of. A few huge boxes whose operator would hold more than BUDGET entries are
+    left to the chunked path (False).
     """
     n, c, h, w = input.shape
     shape = (n, h, w)
