@@ -326,6 +326,32 @@ def _backward(op, g, x, rois, offset, channels_last):
     )[0]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_few_bins_backward_in_one_chunk(monkeypatch, dtype, channels_last):
+    """RoI Align's backward of a few small boxes on a large map: one chunk over every pixel.
+
+    No tiles laid out; the oracle's values, and the bits of the chunked path on the tiles.
+    """
+    rng, x, rois = _few_boxes(11, dtype, [0, 1, 1])
+    rois = rois.astype(np.float64 if dtype == np.float64 else np.float32)
+    g = rng.standard_normal((3, 3, 3, 4)).astype(dtype)
+    reached = _spy(monkeypatch, _cells, "runs")
+    monkeypatch.setattr(roi_align, "FEW_BINS", 4096)
+    grad = _backward("roi_align", g, x, rois, None, channels_last)
+    assert not reached and grad.dtype == dtype
+    assert grad.transpose(0, 2, 3, 1).flags.c_contiguous == channels_last
+    expected = align_oracle.roi_align_backward(g, rois, x.shape, (3, 4), 0.5, 2, True)
+    tol = {np.float16: 2e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
+    np.testing.assert_allclose(grad.astype(np.float64), expected, rtol=tol, atol=tol)
+    monkeypatch.setattr(roi_align, "FEW_BINS", 0)
+    chunked = _backward("roi_align", g, x, rois, None, channels_last)
+    assert reached and reached[-1] is not None  # the tiles
+    np.testing.assert_array_equal(
+        np.ascontiguousarray(grad).view(np.uint8), np.ascontiguousarray(chunked).view(np.uint8)
+    )
+
+
 @pytest.mark.parametrize("op", ["roi_align", "deform_roi_pool"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("channels_last", [False, True])

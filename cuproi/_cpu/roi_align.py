@@ -203,10 +203,12 @@ def roi_align_backward(
     g_rows = _sampling.BinRows(grad_output, rois.dtype)
     plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     bins = pooled_h * pooled_w
-    if len(rois) * bins <= FEW_BINS and plan[-1].sum() <= _sampling.BUDGET:
+    entries = plan[-1].sum()  # at most
+    if len(rois) * bins <= FEW_BINS and entries <= _sampling.BUDGET and 8 * entries < n * h * w:
         # One chunk, in the calling thread, its operator over every pixel: add_transposed
-        # sums the few pixels it reads alone, each over its bins in order, as the chunk on
-        # the tiles would (the same bits) without laying out the tiles.
+        # sums the few pixels it reads alone (no index of every pixel: the entries are few),
+        # each over its bins in order, as the chunk on the tiles would (the same bits)
+        # without laying out the tiles.
         def operator(k0, k1):
             return _operator(rois, plan, shape, k0, k1)
 
