@@ -111,6 +111,8 @@ def shown(value):
 
 def integer(value, name):
     """An int (a bool is refused: ``True`` is no size)."""
+    if type(value) is int:  # the common case, without the ABC's check (a bool is no int here)
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}")
     return int(value)
