@@ -163,13 +163,12 @@ def _few(input, rois, rows, out):
     k = len(rois)
     taps = _taps(rows, shape, 0, k)
     # Entries: a box's y taps (summed over its bin rows) times its x taps.
-    per_box = (
-        np.diff(t.ptr).reshape(a[0].shape).sum(1) for t, a in zip(taps, rows[:2], strict=True)
-    )
+    counts = [np.diff(t.ptr) for t in taps]
+    per_box = (m.reshape(a[0].shape).sum(1) for m, a in zip(counts, rows[:2], strict=True))
     if np.dot(*per_box) > _sampling.BUDGET:
         return False
     bins = _bins_of(rois, rows, 0, k)
-    slots = np.prod([np.diff(t.ptr).max() for t in taps])
+    slots = counts[0].max() * counts[1].max()
     if slots * len(bins["y_of_bin"]) * c <= _sampling.SMALL:
         _sampling.bins_to_boxes(
             _sampling.small_product(input, *taps, **bins, dtype=rois.dtype), out
