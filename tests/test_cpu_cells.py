@@ -263,10 +263,14 @@ def test_few_bins_read_only_the_pixels_they_tap(monkeypatch, dtype, channels_las
     expected = _forward("roi_align", x, rois, None, oracle=True)
     np.testing.assert_allclose(out.astype(np.float64), expected, rtol=tol, atol=tol)
     monkeypatch.setattr(_sampling, "SMALL", 1 << 16)
-    np.testing.assert_array_equal(
-        out.view(np.uint8), _forward("roi_align", x, rois, None).view(np.uint8)
-    )
-    assert len(small) == 1 and len(tapped) == 1
+    dense = _spy(monkeypatch, _sampling, "dense_product")
+    for few_samples in (0, _sampling.DENSE):  # the small products, then the dense slots
+        monkeypatch.setattr(_sampling, "DENSE", few_samples)
+        np.testing.assert_array_equal(
+            out.view(np.uint8), _forward("roi_align", x, rois, None).view(np.uint8)
+        )
+    # Six boxes' slots over every channel outnumber SMALL: the small products serve twice.
+    assert len(dense) == (boxes == 1) and len(small) == 2 - len(dense) and len(tapped) == 1
     monkeypatch.setattr(roi_align, "FEW_BINS", 0)
     for share in (1.0, -1.0):  # the tiles read, then the whole map
         monkeypatch.setattr(_cells, "_WHOLE", share)
@@ -274,17 +278,18 @@ def test_few_bins_read_only_the_pixels_they_tap(monkeypatch, dtype, channels_las
         np.testing.assert_array_equal(out.view(np.uint8), chunked.view(np.uint8))
     assert copied and len(copied[0]) > len(rows)  # the tiles hold more than the taps
     monkeypatch.setattr(roi_align, "FEW_BINS", 4096)
+    monkeypatch.setattr(_sampling, "DENSE", 0)  # dense slots build no operator
     monkeypatch.setattr(_sampling, "BUDGET", a.nnz - 1)  # the operator outgrows it: chunks
     again = _forward("roi_align", x, rois, None)
-    assert len(tapped) == 1 and len(small) == 1
+    assert len(tapped) == 1 and len(small) + len(dense) == 2
     np.testing.assert_array_equal(out.view(np.uint8), again.view(np.uint8))
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_few_bins_paths_give_the_chunked_bits(monkeypatch, seed):
-    """Small products, the operator on the taps, and the chunked path: one result, bit for bit.
+    """Dense slots, small products, the operator on the taps, the chunks: one result, bit for bit.
 
-    Forward, and backward (few bins: one chunk over every pixel, or the tiles).
+    Forward, and backward (few bins: dense slots, one chunk over every pixel, or the tiles).
 
     Random maps (NaN, infinities, negative zeros), boxes (off the map, empty, huge), sampling
     ratios (adaptive included), alignment, output sizes and dtypes.
@@ -301,9 +306,11 @@ def test_few_bins_paths_give_the_chunked_bits(monkeypatch, seed):
     g = rng.standard_normal((len(rois), c, *args[0])).astype(dtype)
     channels_last = bool(seed % 4 < 2)
     results = []
-    for few, small in ((4096, 1 << 16), (4096, 0), (0, 1 << 16)):
+    paths = ((4096, 1 << 16, 64), (4096, 1 << 16, 0), (4096, 0, 64), (0, 1 << 16, 64))
+    for few, small, few_samples in paths:
         monkeypatch.setattr(roi_align, "FEW_BINS", few)
         monkeypatch.setattr(_sampling, "SMALL", small)
+        monkeypatch.setattr(_sampling, "DENSE", few_samples)
         with np.errstate(all="ignore"):  # as cuproi._cpu calls it: NaN in, NaN out
             out = roi_align.roi_align(x, rois, *args, bool(seed % 2))
             grad = roi_align.roi_align_backward(
@@ -311,9 +318,52 @@ def test_few_bins_paths_give_the_chunked_bits(monkeypatch, seed):
             )
         assert grad.transpose(0, 2, 3, 1).flags.c_contiguous == (channels_last or c == 1)
         results.append((out.view(np.uint8), np.ascontiguousarray(grad).view(np.uint8)))
-    for few, chunked in zip(results[:2], [results[2]] * 2, strict=True):
-        np.testing.assert_array_equal(few[0], chunked[0])
-        np.testing.assert_array_equal(few[1], chunked[1])
+    for few in results[:3]:
+        np.testing.assert_array_equal(few[0], results[3][0])
+        np.testing.assert_array_equal(few[1], results[3][1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_one_small_box_takes_dense_slots(monkeypatch, dtype):
+    """One box of one channel, RoI Align's fixed cost: dense slots forward and backward.
+
+    The oracle's values, and the bits of the chunked path.
+    """
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 1, 30, 40)).astype(dtype)
+    rois = np.array([[0, 3.2, 4.1, 21.7, 15.5]], np.float64 if dtype == np.float64 else np.float32)
+    g = rng.standard_normal((1, 1, 7, 7)).astype(dtype)
+    monkeypatch.setattr(roi_align, "FEW_BINS", 4096)
+    taken = [_spy(monkeypatch, _sampling, f) for f in ("dense_product", "dense_transpose")]
+    out = roi_align.roi_align(x, rois, (7, 7), 1.0, 2, True)
+    grad = roi_align.roi_align_backward(g, rois, x.shape, 1.0, 2, True)
+    assert [len(t) for t in taken] == [1, 1]
+    tol = {np.float16: 2e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
+    expected = align_oracle.roi_align(x, rois, (7, 7), 1.0, 2, True)
+    np.testing.assert_allclose(out.astype(np.float64), expected, rtol=tol, atol=tol)
+    expected = align_oracle.roi_align_backward(g, rois, x.shape, (7, 7), 1.0, 2, True)
+    np.testing.assert_allclose(grad.astype(np.float64), expected, rtol=tol, atol=tol)
+    monkeypatch.setattr(roi_align, "FEW_BINS", 0)
+    np.testing.assert_array_equal(
+        out.view(np.uint8), roi_align.roi_align(x, rois, (7, 7), 1.0, 2, True).view(np.uint8)
+    )
+    chunked = roi_align.roi_align_backward(g, rois, x.shape, 1.0, 2, True)
+    np.testing.assert_array_equal(grad.view(np.uint8), chunked.view(np.uint8))
+
+
+def test_dense_slots_keep_the_taps_of_zero_weight(monkeypatch):
+    """A sample on a cell's edge taps the next cell with weight 0: 0 x inf is NaN, as in A @ X.
+
+    Bin (0, 0) samples (1, 1) exactly; its taps (1, 2) and (2, 1) weigh 0 but move with it.
+    """
+    monkeypatch.setattr(roi_align, "FEW_BINS", 4096)
+    taken = _spy(monkeypatch, _sampling, "dense_product")
+    x = np.ones((1, 1, 4, 4), np.float32)
+    x[0, 0, 1, 2] = np.inf
+    rois = np.array([[0, 0, 0, 4, 4]], np.float32)
+    with np.errstate(invalid="ignore"):
+        out = roi_align.roi_align(x, rois, (2, 2), 1.0, 1, False)
+    assert taken and np.isnan(out[0, 0, 0, 0]) and np.isfinite(out.ravel()[1:]).all()
 
 
 def _backward(op, g, x, rois, offset, channels_last):

@@ -407,6 +407,148 @@ def small_product(x, ys, xs, y_of_bin, x_of_bin, image_of_bin, count_of_bin, dty
     return np.add.accumulate(products, out=products)[-1] + dtype.type(0)
 
 
+class DenseTaps(NamedTuple):
+    """The taps of each row (bin row or column) as a dense window of cells: see dense_taps.
+
+    Row ``r`` taps cells ``base[r] + u`` for ``u < U`` where ``keep[r, u]``, with the summed
+    weights ``weight[r, u]`` (float64): the entries of :func:`axis_taps`, in the same order.
+    """
+
+    base: np.ndarray
+    weight: np.ndarray
+    keep: np.ndarray
+
+
+# Samples of a row, and cells of its window, at most in dense_taps.
+DENSE = 64
+
+
+def dense_taps(start, bin_size, grid, size):
+    """:func:`axis_taps` of rows of few samples as a window of cells each, or None.
+
+    ``start``, ``bin_size``, ``grid`` and ``size`` are 1-D arrays, one per row. For a few
+    bins, the ragged lists of axis_taps (a range of samples per row, a sort to merge the taps)
+    cost more NumPy calls than the work; here every row has the same ``max(grid)`` samples,
+    the missing ones weighing 0, and its taps are the cells of a window from its first tap,
+    summed by ``np.bincount`` in axis_taps' order (a row's low taps by sample, then its high
+    ones; an added 0 changes no sum of these non-negative weights). A sample counts where
+    axis_taps' would: in ``[-1, size]`` and, as sample_range decides, of a finite start within
+    1e30. None when a row has more than DENSE samples or spans more than DENSE cells.
+    """
+    ct = start.dtype.type
+    samples = int(grid.max(initial=0))
+    if not 0 < samples <= DENSE:
+        return None
+    i = np.arange(samples)
+    grid = np.where(np.abs(start) <= ct(1e30), grid, 0)[:, None]  # as sample_range decides
+    size = size[:, None]
+    with np.errstate(all="ignore"):  # NaN and infinite bins: no sample counts
+        pos = sample_positions(start[:, None], bin_size[:, None], grid, i)
+    valid = (i < grid) & in_range(pos, size)
+    low, high, frac, free = edge_taps(np.where(valid, pos, ct(0)), size)
+    base = np.where(valid, low, size).min(1, keepdims=True)  # no sample: past the map
+    taps = np.stack([low, high]) - base
+    cells = int(np.where(valid, taps[1], 0).max()) + 1
+    if cells > DENSE:
+        return None
+    # One bincount sums the weights and, past them, the slopes, which decide with the weights
+    # which taps axis_taps keeps: (low, high) weights, then (low, high) slopes, by sample.
+    rows = len(start)
+    keys = np.where(valid, taps, 0) + np.arange(rows)[:, None] * cells
+    keys = np.concatenate([keys, keys + rows * cells])
+    sign = free.astype(np.float64)
+    values = np.where(valid, np.stack([ct(1) - frac, frac, -sign, sign]), 0)
+    sums = np.bincount(keys.ravel(), values.ravel(), 2 * rows * cells).reshape(2, rows, cells)
+    return DenseTaps(base, sums[0], (sums != 0).any(0))
+
+
+class DenseSlots(NamedTuple):
+    """Few bins' entries as dense slots: see :func:`dense_slots`.
+
+    ``values`` (K, PH, PW, Uy, Ux) are the entries' values, ``keep`` where there is an entry
+    (elsewhere a slot adds nothing), ``rows`` (K, PH, Uy) and ``cols`` (K, PW, Ux) their cells.
+    """
+
+    values: np.ndarray
+    keep: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+
+
+def dense_slots(ys, xs, count, dtype, h, w):
+    """The operator's entries of few boxes' bins as dense slots, from their :func:`dense_taps`.
+
+    ``ys`` and ``xs`` are the dense taps of the boxes' (K * PH) bin rows and (K * PW) bin
+    columns on an H x W map, ``count`` (K,) each box's divisor. A bin's slots are its window's
+    cells, y first, as :func:`operator` orders a bin's entries; each holds the entry's value,
+    ``(wy / count) * wx`` rounded to ``dtype``, where both taps are kept.
+    """
+    k = len(count)
+    (by, wy, ky), (bx, wx, kx) = ((a.reshape(k, -1, *a.shape[1:]) for a in t) for t in (ys, xs))
+    inverse = 1.0 / count.astype(np.float64)
+    values = (wy * inverse[:, None, None])[:, :, None, :, None] * wx[:, None, :, None, :]
+    keep = ky[:, :, None, :, None] & kx[:, None, :, None, :]
+    # Slots past a row's last tap hold no entry; their cells are clipped to the map.
+    rows = np.minimum(by + np.arange(wy.shape[2]), h - 1)
+    cols = np.minimum(bx + np.arange(wx.shape[2]), w - 1)
+    return DenseSlots(values.astype(dtype), keep, rows, cols)
+
+
+def _slot_cells(slots, image, channels):
+    """Index arrays of every (box, channel, bin, slot)'s pixel: (K, C, PH, PW, Uy, Ux)."""
+    return (
+        image[:, None, None, None, None, None],
+        np.arange(channels)[:, None, None, None, None],
+        slots.rows[:, None, :, None, :, None],
+        slots.cols[:, None, None, :, None, :],
+    )
+
+
+def dense_product(x, slots, image):
+    """``A @ X`` of few bins (:func:`dense_slots`) as their (K, C, PH, PW) averages.
+
+    The bits of the operator's product, as :func:`small_product` sums it: every slot's
+    product, 0 where it holds no entry, added slot after slot (``np.add.accumulate``), then
+    ``+ 0`` for the sign of a zero sum.
+    """
+    dtype = slots.values.dtype
+    k, pooled_h, pooled_w, uy, ux = slots.values.shape
+    pixels = x[_slot_cells(slots, image, x.shape[1])].astype(dtype, copy=False)
+    products = np.where(slots.keep[:, None], slots.values[:, None] * pixels, dtype.type(0))
+    products = products.reshape(*products.shape[:4], uy * ux)
+    if uy * ux == 0:
+        return np.zeros(products.shape[:4], dtype)
+    return np.add.accumulate(products, axis=-1)[..., -1] + dtype.type(0)
+
+
+def dense_transpose(grad, slots, image, g):
+    """``grad += A.T @ G`` of few bins (:func:`dense_slots`), ``g`` their (K, C, PH, PW) gradient.
+
+    ``grad`` is a zeroed (N, C, H, W) array, NCHW or channels last. ``np.add.at`` adds the
+    entries one after another, each channel's in (box, bin) order: each pixel sums its bins in
+    order, from 0, as the product with the transposed operator does (a pixel is one entry of a
+    bin at most). A ``grad`` narrower than the compute dtype (float16) gets each pixel's sum
+    rounded once: the pixels read are summed apart, no wide gradient of the whole map.
+    """
+    dtype = slots.values.dtype
+    n_step, c_step, h_step, w_step = (step // grad.itemsize for step in grad.strides)
+    keep = slots.keep
+    # Every entry's pixel, as its place in grad's memory (either layout), and its terms (C, E).
+    place = image[:, None, None, None, None] * n_step + slots.rows[:, :, None, :, None] * h_step
+    place = (place + slots.cols[:, None, :, None, :] * w_step)[keep]
+    g = g.astype(dtype, copy=False).transpose(1, 0, 2, 3)[..., None, None]
+    terms = np.broadcast_to(g, (len(g), *keep.shape))[:, keep] * slots.values[keep]
+    channel = np.arange(len(g))[:, None]
+    memory = grad.ravel(order="K")  # a view
+    if grad.dtype == dtype:
+        np.add.at(memory, place + channel * c_step, terms)
+        return
+    pixels, inverse = _unique(place)
+    sums = np.zeros((len(g), len(pixels)), dtype)
+    np.add.at(sums, (channel, inverse), terms)
+    memory[pixels + channel * c_step] = sums
+
+
 def _columns_read(a):
     """The sorted columns that sparse ``a`` has entries in, and each entry's place among them.
 

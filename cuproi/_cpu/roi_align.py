@@ -153,14 +153,19 @@ def roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, 
 def _few(input, rois, rows, out):
     """``out[...]`` = the forward of few bins, in the calling thread; False if it is large.
 
-    Few products are summed without an operator (_sampling.small_product); else one operator
-    reads the pixels its taps reach (_sampling.tapped), which few boxes on a large map are a
-    small part of. A few huge boxes whose operator would hold more than BUDGET entries are
-    left to the chunked path (False).
+    From the fewest NumPy calls to the most, each where the one before does not fit: bins of
+    few samples over few cells as dense slots (_dense); few products summed without an
+    operator (_sampling.small_product); one operator on the pixels its taps reach
+    (_sampling.tapped), which few boxes on a large map are a small part of. A few huge boxes
+    whose operator would hold more than BUDGET entries are left to the chunked path (False).
     """
     n, c, h, w = input.shape
     shape = (n, h, w)
     k = len(rois)
+    slots = _dense(rois, rows, shape, c)
+    if slots is not None:
+        out[...] = _sampling.dense_product(input, slots, rois[:, 0].astype(np.int64))
+        return True
     taps = _taps(rows, shape, 0, k)
     # Entries: a box's y taps (summed over its bin rows) times its x taps.
     counts = [np.diff(t.ptr) for t in taps]
@@ -177,6 +182,33 @@ def _few(input, rois, rows, out):
     a = _sampling.operator(*taps, **bins, shape=shape, dtype=rois.dtype)
     _sampling.apply(*_sampling.tapped(input, a, rois.dtype), out)
     return True
+
+
+def _dense(rois, rows, shape, channels):
+    """The few bins' entries as dense slots (_sampling.dense_slots); None if not few.
+
+    A one-box call's cost is its NumPy calls (a few microseconds each on small arrays): dense
+    slots take a few dozen, about a third of the sparse taps'. None where a bin row has too
+    many samples or cells for dense taps, or where the slots of every channel outnumber
+    _sampling.SMALL.
+    """
+    _, h, w = shape
+    y, x, count = rows
+    k, pooled_h = y[0].shape
+    pooled_w = x[0].shape[1]
+    bins = k * channels * pooled_h * pooled_w
+    if bins > _sampling.SMALL:
+        return None
+    size = np.concatenate([np.full(y[0].size, h), np.full(x[0].size, w)])
+    both = (np.concatenate([a.ravel(), b.ravel()]) for a, b in zip(y, x, strict=True))
+    taps = _sampling.dense_taps(*both, size)
+    if taps is None or bins * taps.weight.shape[1] ** 2 > _sampling.SMALL:
+        return None
+    ys, xs = (
+        _sampling.DenseTaps(*(a[part] for a in taps))
+        for part in (slice(0, y[0].size), slice(y[0].size, None))
+    )
+    return _sampling.dense_slots(ys, xs, count, rois.dtype, h, w)
 
 
 def roi_align_backward(
@@ -199,8 +231,14 @@ def roi_align_backward(
     n, c, h, w = input_shape
     shape = (n, h, w)
     _, _, pooled_h, pooled_w = grad_output.shape
+    rows = _rows(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    slots = _dense(rois, rows, shape, c) if len(rois) * pooled_h * pooled_w <= FEW_BINS else None
+    if slots is not None:  # the bits of the paths below: each pixel sums its bins in order
+        grad = _sampling.zeros(input_shape, grad_output.dtype, channels_last)
+        _sampling.dense_transpose(grad, slots, rois[:, 0].astype(np.int64), grad_output)
+        return grad
     g_rows = _sampling.BinRows(grad_output, rois.dtype)
-    plan = _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    plan = (*rows, _cost(rows, shape))
     bins = pooled_h * pooled_w
     entries = plan[-1].sum()  # at most
     if len(rois) * bins <= FEW_BINS and entries <= _sampling.BUDGET and 8 * entries < n * h * w:
