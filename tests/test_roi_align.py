@@ -3,6 +3,8 @@ oracles of tests/oracles/roi_align.py: the shared checks of roi_op_tester, then 
 particular to RoI Align (half precision, huge boxes, max-mode ties, NaN and empty bins, box
 gradients against the oracle and finite differences)."""
 
+import importlib
+
 import numpy as np
 import pytest
 from conftest import TOLERANCE
@@ -256,6 +258,33 @@ def test_avg_mode_is_unchanged():
     b = cuproi.roi_align(x, rois, SIZE, 0.7, 2, True, pool_mode="avg")
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, cuproi.roi_align(x, rois, SIZE, 0.7, 2, True, pool_mode="max"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [None, np.inf, np.nan])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_backward_bands_against_the_sums_of_winners(monkeypatch, dtype, bad, channels_last):
+    """The CPU's banded input gradient of max mode (_samples.add_winners: each winner's row of
+    the gradient, a zero elsewhere, the gradient multiplied by 0 or 1 where it is finite and
+    masked on its bits where not) bit for bit against np.add.at over the winners, the path
+    kept for boxes in pieces."""
+    align_cpu = importlib.import_module("cuproi._cpu.roi_align")
+    x, rois, g = max_data(dtype, seed=3)
+    x = np.round(x * 2) / 2  # ties and zeros
+    x[0, 1, 4, 4] = -0.0
+    if bad is not None:
+        g[0, 0, 0, 0], g[3, 1, 1, 2], g[5, 2, 2, 3] = bad, -bad, bad
+    args = (g, rois, x.shape, SIZE, 0.7, 2, True)
+    kw = {"pool_mode": "max", "input": x, "channels_last": channels_last}
+    slots, found = align_cpu._max_slots, []
+    monkeypatch.setattr(align_cpu, "_max_slots", lambda *a: found.append(slots(*a)) or found[0])
+    fast = cuproi.roi_align_backward(*args, **kw)
+    assert found[0] is not None  # the bands summed it
+    monkeypatch.setattr(align_cpu, "_max_slots", lambda *a: None)
+    want = cuproi.roi_align_backward(*args, **kw)
+    bits = np.dtype(f"u{x.itemsize}")
+    np.testing.assert_array_equal(fast.view(bits), want.view(bits))
+    assert np.isfinite(fast).all() == (bad is None)
 
 
 def test_public_max_backward_takes_input_and_avg_ignores_it():

@@ -367,14 +367,14 @@ def slot_max(s, image, pixels, bins, dtype=None):
     Returns ``(value (B, C), slot (B, C) of dtype)``: the winner is the bin's in-range sample
     number ``slot`` (in scan order), :func:`no_slot` for none (``slot`` None without
     ``dtype``: the values alone; else it must hold every bin's samples). Slot ``t`` of every
-    bin is its sample ``t`` (its last where it has fewer), all valued by one sparse product
-    (:func:`_values_of`, the bins' slots together: their pixels read once) and reduced slot
-    by slot: a later slot takes a (bin, channel) only where strictly larger, so the first
-    maximum wins. Where the maximum is 0 or NaN, its slot
-    and bits are taken as :func:`first_max` does (the first NaN; the winning sample's exact
-    value: the sign of a zero, the payload of a NaN). Bins padded beyond twice their samples
-    or over :data:`_FAST_SLOTS` of them, or SciPy's products not rounded, go to
-    :func:`scan_max`.
+    bin is its sample ``t`` (its last where it has fewer), valued by sparse products
+    (:func:`_values_of`) over blocks of bins of :data:`_BLOCK` values, all the block's slots
+    together (their pixels read once), and reduced slot by slot (:func:`_reduce_slots`): a
+    later slot takes a (bin, channel) only where strictly larger, so the first maximum wins.
+    Where the maximum is 0 or NaN, its slot and bits are taken as :func:`first_max` does (the
+    first NaN; the winning sample's exact value: the sign of a zero, the payload of a NaN).
+    Bins padded beyond twice their samples or over :data:`_FAST_SLOTS` of them, or SciPy's
+    products not rounded, go to :func:`scan_max`.
     """
     c = pixels.rows.shape[1]
     counts = np.bincount(s.bin, minlength=bins)
@@ -395,19 +395,17 @@ def slot_max(s, image, pixels, bins, dtype=None):
         slot = np.full((bins, c), no_slot(dtype or np.uint8), dtype or np.uint8)
         return np.zeros((bins, c), pixels.rows.dtype), None if dtype is None else slot
     order = starts[:, None] + np.minimum(np.arange(largest), n[:, None] - 1)
-    # Slot by slot, each slot's values made and dropped.
     op = _operator(s, image, pixels)
-    vals = _values_of(op, pixels, order.ravel()).reshape(len(has), largest, c)
-    best = vals[:, 0].copy()
-    at = None if dtype is None else np.zeros(best.shape, np.uint8)
-    later = None if dtype is None else np.empty(best.shape, bool)
-    for t in range(1, largest):
-        v = vals[:, t]
-        if at is not None:  # at = t where larger: max(at, t * later), as at < t
-            np.greater(v, best, out=later)
-            np.maximum(at, np.multiply(later, np.uint8(t), dtype=np.uint8), out=at)
-        np.maximum(best, v, out=best)
-    del vals, later
+    best = np.empty((len(has), c), pixels.rows.dtype)
+    at = None if dtype is None else np.empty(best.shape, np.uint8)
+    step = max(_BLOCK // (largest * max(c, 1)), 1)
+    for b0 in range(0, len(has), step):
+        b1 = min(b0 + step, len(has))
+        _reduce_slots(
+            _values_of(op, pixels, order[b0:b1].T.ravel()).reshape(largest, b1 - b0, c),
+            best[b0:b1],
+            None if at is None else at[b0:b1],
+        )
     # Where the maximum is 0 or NaN, and in the bins where an out-of-range zero competes, the
     # bins' values are made again, all slots: the first NaN wins (np.maximum keeps NaN, not
     # its slot), and the bits are the winner's exact value (np.maximum keeps either zero, the
@@ -427,7 +425,7 @@ def slot_max(s, image, pixels, bins, dtype=None):
         scan = s.scan[order[again[:, None], first]]
         zero = beats_zero(sub, scan, out[again, None])
         best[again] = np.where(zero, 0, sub)
-        if at is not None:
+        if dtype is not None:
             at[again] = np.where(zero, none, first)
     value, slot = _every_bin(best, has, bins), None
     if dtype is not None:
@@ -435,6 +433,30 @@ def slot_max(s, image, pixels, bins, dtype=None):
         if np.dtype(dtype) != slot.dtype:
             slot = np.where(slot == none, no_slot(dtype), slot).astype(dtype)
     return value, slot
+
+
+# Values reduced at once by slot_max (slots x bins x channels): a block that stays in the
+# cache across the passes over its slots, and whose product's output is not mapped afresh.
+_BLOCK = 1 << 18
+
+
+def _reduce_slots(vals, best, at):
+    """Reduce the values ``vals`` (T, B, C) of the T slots of B bins into ``best`` and ``at``.
+
+    ``best`` (B, C) gets every (bin, channel)'s maximum over its T slots, ``at`` (None: not
+    wanted) the first slot that holds it, but where it is NaN (:func:`slot_max` fixes those).
+    """
+    best[...] = vals[0]
+    if at is None:
+        for v in vals[1:]:
+            np.maximum(best, v, out=best)
+        return
+    at[...] = 0
+    later, step = np.empty(best.shape, bool), np.empty(best.shape, np.uint8)
+    for t in range(1, len(vals)):  # at = t where larger: max(at, t * later), as at < t
+        np.greater(vals[t], best, out=later)
+        np.maximum(at, np.multiply(later, np.uint8(t), out=step), out=at)
+        np.maximum(best, vals[t], out=best)
 
 
 def _first_slots(v, best):
@@ -553,20 +575,27 @@ def piece_size(channels):
     return max(_sampling.BUDGET // (max(channels, 1) + _SAMPLE_WORDS), 1)
 
 
-def work(y, x, height, width, channels):
+def work(y, x, height, width, channels, spare=True):
     """The chunks of boxes in order, each as ``(ranges, spans)``.
 
     ``ranges`` are a chunk's ranges of boxes for the threads (``_sampling.parts``: its samples
-    times ``channels`` within the budget); ``spans`` is None, or for a chunk of one box with
-    more samples than :func:`piece_size`, the consecutive ``(e0, e1)`` pieces of its candidate
-    samples (:func:`samples`'s ``span``), to be reduced in order (:func:`in_order`).
+    times ``channels`` within the budget; without ``spare``, one range per thread instead of
+    ``_parallel.ranges``' few more, for max mode, whose every range repeats a fixed cost);
+    ``spans`` is None, or for a chunk of one box with more samples than :func:`piece_size`, the
+    consecutive ``(e0, e1)`` pieces of its candidate samples (:func:`samples`'s ``span``), to be
+    reduced in order (:func:`in_order`).
     """
     k = y[0].shape[0]
     rows = [a.reshape(k, a.size // max(k, 1)) for a in (*y, *x)]  # (K, bins); also with K = 0
     _, ny, _, nx = candidates(*rows, height, width)
     count = (ny * nx).sum(1)
     piece = piece_size(channels)
-    for ranges in _sampling.parts(count * max(channels, 1), _SAMPLE_WORK):
+    cost = count * max(channels, 1)
+    for ranges in _sampling.parts(cost, _SAMPLE_WORK):
+        if not spare and len(ranges) > _parallel.threads() > 1:
+            (k0, _), (_, k1) = ranges[0], ranges[-1]
+            edges = [k0 + e for e in _parallel.split(cost[k0:k1], _parallel.threads())]
+            ranges = list(zip(edges[:-1], edges[1:], strict=True))
         (k0, k1), n = ranges[0], int(count[ranges[0][0]])
         if len(ranges) == 1 and k1 - k0 == 1 and n > piece:
             yield ranges, [(e, min(e + piece, n)) for e in range(0, n, piece)]
@@ -700,10 +729,11 @@ def add_winners(grad, slot, chunk, image, y, x, g_rows):
     Each winner adds ``g * w`` to each of its 4 taps; a cell's terms are summed from 0 in
     the order of the kernels' port that came first: chunk by chunk, tap by tap, bin by bin
     (np.add.at over the winners of each tap). Here every band of rows takes the samples of
-    the bins that reach it, each with a row of its bin's gradient, -0 in the channels it does
-    not win (adding -0 changes no sum), and SciPy's CSR product sums a cell's entries in the
-    order of that row (products rounded, :func:`products_rounded`): the cells of a band, in
-    that order, once. Every cell belongs to one band, so the bands run in parallel.
+    the bins that reach it, each with a row of its bin's gradient, a zero in the channels it
+    does not win (adding it changes no sum: :func:`_terms`), and SciPy's CSR product sums a
+    cell's entries in the order of that row (products rounded, :func:`products_rounded`): the
+    cells of a band, in that order, once. Every cell belongs to one band, so the bands run in
+    parallel.
     """
     n, c, h, w = grad.shape
     k, pooled_h = y[0].shape
@@ -767,30 +797,33 @@ _SLOT_ROWS = 16
 
 
 def _terms(slot, g, b, number, keep):
-    """Rows of each sample's bin's gradient ``g`` where it wins (``slot``), -0 elsewhere.
+    """Rows of each sample's bin's gradient ``g`` where it wins (``slot``), a zero elsewhere.
+
+    A finite ``g`` is multiplied by 0 or 1; one with infinities or NaN (0 * inf is NaN) is
+    masked on its bits. Either zero will do: a cell's sum starts from +0, so it is never -0,
+    and adding +0 or -0 to it changes no bit.
 
     ``b`` and ``number`` are every sample's bin and slot; ``keep`` the samples that need a
     row. Returns the rows and, for each kept sample, its row.
     """
     largest = int(number.max(initial=-1)) + 1
-    minus = g.dtype.type(-0.0)
     if largest <= _SLOT_ROWS:  # row t * B + b: bin b's slot t
-        # On the bits (np.where is several times slower): -0 ^ ((g ^ -0) & all ones where
-        # slot t wins, 0 elsewhere).
-        bits = np.dtype(f"u{g.itemsize}")
-        sign = minus.view(bits)
-        flipped = g.view(bits) ^ sign
-        rows = np.empty((largest, *g.shape), bits)
-        won, mask = np.empty(g.shape, bool), np.empty(g.shape, bits)
-        for t in range(largest):
-            np.equal(slot, t, out=won)
-            np.subtract(0, won, out=mask, dtype=bits)
-            np.bitwise_xor(np.bitwise_and(flipped, mask, out=rows[t]), sign, out=rows[t])
+        won = np.empty(g.shape, bool)
+        if np.isfinite(g).all():  # g times 1 or 0
+            rows = np.empty((largest, *g.shape), g.dtype)
+            for t in range(largest):
+                np.multiply(g, np.equal(slot, t, out=won), out=rows[t])
+        else:  # g's bits and all ones where slot t wins, 0 elsewhere (np.where is slower)
+            bits = np.dtype(f"u{g.itemsize}")
+            rows, mask = np.empty((largest, *g.shape), bits), np.empty(g.shape, bits)
+            for t in range(largest):
+                np.subtract(0, np.equal(slot, t, out=won), out=mask, dtype=bits)
+                np.bitwise_and(g.view(bits), mask, out=rows[t])
         rows = rows.view(g.dtype).reshape(largest * len(g), g.shape[1])
         return rows, (number * len(g) + b)[keep]
     kept = np.flatnonzero(keep)
     wins = slot[b[kept]] == number[kept, None].astype(slot.dtype)
-    return np.where(wins, g[b[kept]], minus), np.arange(len(kept))
+    return np.where(wins, g[b[kept]], 0), np.arange(len(kept))
 
 
 def _band_sums(area, s, terms, column, chunk, partial=None):

@@ -375,7 +375,7 @@ def _chunks(pixels, rois, shape, y, x, fn, one=_chunk):
     def run(k0, k1):
         return fn(k0, k1, one(pixels, rois, shape, y, x, k0, k1))
 
-    for ranges, spans in _samples.work(y, x, h, w, c):
+    for ranges, spans in _samples.work(y, x, h, w, c, spare=False):
         if spans is None:
             yield _parallel.map_ordered(lambda r: run(*r), ranges)
         else:
@@ -521,7 +521,7 @@ def _max_slots(pixels, rois, shape, y, x):
     ny = np.subtract(*_sampling.sample_range(*(a[:, :, 0] for a in y), h)[::-1])
     nx = np.subtract(*_sampling.sample_range(*(a[:, 0, :] for a in x), w)[::-1])
     dtype = _samples.slot_dtype(int((ny.max(1, initial=0) * nx.max(1, initial=0)).max(initial=0)))
-    work = list(_samples.work(y, x, h, w, c))
+    work = list(_samples.work(y, x, h, w, c, spare=False))
     if dtype is None or any(spans is not None for _, spans in work):
         return None
     if not _samples.products_rounded():
