@@ -366,6 +366,29 @@ def test_dense_slots_keep_the_taps_of_zero_weight(monkeypatch):
     assert taken and np.isnan(out[0, 0, 0, 0]) and np.isfinite(out.ravel()[1:]).all()
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_operators_built_in_pieces_give_the_same_bits(monkeypatch, channels_last):
+    """RoI Align's operators built a few entries at a time (PIECE): the forward's chunks, the
+    backward's stacked pieces; the bits of operators built whole."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 5, 30, 40)).astype(np.float32)
+    rois = _boxes(rng, 40, 2, 0.5, 30, 40, far=True).astype(np.float32)
+    g = rng.standard_normal((40, 5, 3, 4)).astype(np.float32)
+    built = _spy(monkeypatch, roi_align, "_operator")
+    results = []
+    for piece in (1 << 30, 64):
+        monkeypatch.setattr(roi_align, "PIECE", piece)
+        out = roi_align.roi_align(x, rois, (3, 4), 0.5, 0, True)
+        grad = roi_align.roi_align_backward(
+            g, rois, x.shape, 0.5, 0, True, channels_last=channels_last
+        )
+        results.append((out, np.ascontiguousarray(grad), len(built)))
+    (out, grad, whole), (pieces_out, pieces_grad, every) = results
+    assert every - whole > 2 * whole  # many more pieces than chunks
+    np.testing.assert_array_equal(out.view(np.uint8), pieces_out.view(np.uint8))
+    np.testing.assert_array_equal(grad.view(np.uint8), pieces_grad.view(np.uint8))
+
+
 def _backward(op, g, x, rois, offset, channels_last):
     if op == "roi_align":
         return roi_align.roi_align_backward(
