@@ -264,7 +264,7 @@ def test_avg_mode_is_unchanged():
 @pytest.mark.parametrize("bad", [None, np.inf, np.nan])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_max_backward_bands_against_the_sums_of_winners(monkeypatch, dtype, bad, channels_last):
-    """The CPU's banded input gradient of max mode (_samples.add_winners: each winner's row of
+    """The CPU's banded input gradient of max mode (_bin_max.add_winners: each winner's row of
     the gradient, a zero elsewhere, the gradient multiplied by 0 or 1 where it is finite and
     masked on its bits where not) bit for bit against np.add.at over the winners, the path
     kept for boxes in pieces."""

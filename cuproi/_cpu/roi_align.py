@@ -9,7 +9,7 @@ their in-range samples (``_samples``), chunked over boxes so that the ``samples 
 values stay bounded; the winner of each (bin, channel) is the first maximum in scan order (an
 out-of-range sample competes as 0, a NaN wins), exactly as bin_max in
 kernels/common/bilinear.cuh. A box with more samples than a chunk holds is reduced piece by
-piece (``_samples.Running``), and its winning samples are listed afterwards for the gradients:
+piece (``_bin_max.Running``), and its winning samples are listed afterwards for the gradients:
 memory stays bounded whatever the ``sampling_ratio``. Only the tiles of the features that the
 boxes read are copied (``_sampling.pixels_read``), and the input gradient is added straight into
 its NCHW (or channels-last) array.
@@ -22,7 +22,15 @@ import numpy as np
 import scipy.sparse
 
 from cuproi import _results
-from cuproi._cpu import _box_gradients, _geometry, _parallel, _samples, _sampling, _scratch
+from cuproi._cpu import (
+    _bin_max,
+    _box_gradients,
+    _geometry,
+    _parallel,
+    _samples,
+    _sampling,
+    _scratch,
+)
 
 # Forwards and backwards of at most this many bins skip the chunks, threads and tiles of the
 # general path, which cost more than such a problem (_few; roi_align_backward).
@@ -340,7 +348,7 @@ def _chunk(pixels, rois, shape, y, x, k0, k1):
     bins = len(axes[0])
     image = _image_of_bins(rois, k0, k1, bins)
     vals = _samples.values(s, image, pixels)
-    value, winner = _samples.scan_max(s, vals, bins)
+    value, winner = _bin_max.scan_max(s, vals, bins)
     return s, image, value, winner, (axes[2], axes[5])
 
 
@@ -355,11 +363,11 @@ def _box_in_pieces(pixels, rois, shape, y, x, k, spans):
     axes = _samples.bins_of(y, x, k, k + 1)
     bins = len(axes[0])
     image = _image_of_bins(rois, k, k + 1, bins)
-    running = _samples.Running(bins, c, pixels.rows.dtype)
+    running = _bin_max.Running(bins, c, pixels.rows.dtype)
 
     def piece(span):
         s = _samples.samples(*axes, h, w, span=span)
-        return _samples.piece_max(s, _samples.values(s, image, pixels), bins)
+        return _bin_max.piece_max(s, _samples.values(s, image, pixels), bins)
 
     for has, best, at, first_out in _samples.in_order(piece, spans):
         running.add(has, best, at, first_out)
@@ -374,12 +382,12 @@ def _box_in_pieces(pixels, rois, shape, y, x, k, spans):
 
 
 def _winners(pixels, rois, shape, y, x, k0, k1, dtype=None):
-    """``(value, slot)`` of every bin of boxes k0:k1 (``_samples.slot_max``)."""
+    """``(value, slot)`` of every bin of boxes k0:k1 (``_bin_max.slot_max``)."""
     _, h, w = shape
     axes = _samples.bins_of(y, x, k0, k1)
     s = _samples.samples(*axes, h, w)
     image = _image_of_bins(rois, k0, k1, len(axes[0]))
-    return _samples.slot_max(s, image, pixels, len(axes[0]), dtype)
+    return _bin_max.slot_max(s, image, pixels, len(axes[0]), dtype)
 
 
 def _chunks(pixels, rois, shape, y, x, fn, one=_chunk):
@@ -502,7 +510,7 @@ def _max_box_gradient(g_rows, rois, y, x, shape, grid, bins, pooled, scale, alig
 
     def run(k0, k1, chunk):
         s, image, _, winner, (gh, gw) = chunk
-        s, winner = _samples.winning(s, winner)
+        s, winner = _bin_max.winning(s, winner)
         won = winner >= 0
         b_of, c_of = np.nonzero(won)
         weight = np.zeros((len(s.bin), c), g_rows.dtype)
@@ -531,7 +539,7 @@ def _max_winners(grad_output, input, rois, spatial_scale, sampling_ratio, aligne
 def _max_slots(pixels, rois, shape, y, x):
     """``(slot, chunk)``: the winners of every bin (K * PH * PW, C), the chunk of every box.
 
-    ``slot`` as _samples.slot_max gives it, of the chunks of _samples.work, whose order the
+    ``slot`` as _bin_max.slot_max gives it, of the chunks of _samples.work, whose order the
     input gradient's sums follow. None where a box comes in pieces, a bin has more samples
     than slots count, or SciPy's products are not rounded (then :func:`_max_input_gradient`).
     """
@@ -540,11 +548,11 @@ def _max_slots(pixels, rois, shape, y, x):
     # A bin's samples are at most its rows' times its columns' (rows depend on ph alone).
     ny = np.subtract(*_sampling.sample_range(*(a[:, :, 0] for a in y), h)[::-1])
     nx = np.subtract(*_sampling.sample_range(*(a[:, 0, :] for a in x), w)[::-1])
-    dtype = _samples.slot_dtype(int((ny.max(1, initial=0) * nx.max(1, initial=0)).max(initial=0)))
+    dtype = _bin_max.slot_dtype(int((ny.max(1, initial=0) * nx.max(1, initial=0)).max(initial=0)))
     work = list(_samples.work(y, x, h, w, c, spare=False))
     if dtype is None or any(spans is not None for _, spans in work):
         return None
-    if not _samples.products_rounded():
+    if not _bin_max.products_rounded():
         return None
     slot = np.empty((k * bins, c), dtype)
     chunk = np.empty(k, np.int64)
@@ -574,7 +582,7 @@ def _max_backward(grad_output, input, rois, spatial_scale, sampling_ratio, align
     _scratch.give(pixels.rows)
     grad = _sampling.zeros(input.shape, dtype, channels_last)
     rows, columns = [a[:, :, 0] for a in y], [a[:, 0, :] for a in x]
-    _samples.add_winners(grad, *found, rois[:, 0].astype(np.int64), rows, columns, g_rows)
+    _bin_max.add_winners(grad, *found, rois[:, 0].astype(np.int64), rows, columns, g_rows)
     return grad
 
 
