@@ -56,10 +56,12 @@ def _forward(input, rois, output_size, spatial_scale, argmax):
         out, index = _forward_gather(input, rois, bins)
         return out, (index if argmax else None)
     runs = _cells.runs(_reach(rois, bins), n, h, w)  # None: most of the map is read
-    if input.dtype.itemsize <= 4 and _windowed(bins, n * h * w if runs is None else runs.size):
+    table = n * h * w if runs is None else runs.size
+    if argmax and input.dtype.itemsize <= 4 and _windowed(bins, table):
+        # (Without an argmax, the table of values below costs about what the windows do.)
         pooled = _forward_windows(input, rois, bins)
         if pooled is not None:  # None: a NaN, which the paths below write as they always have
-            return pooled[0], (pooled[1] if argmax else None)
+            return pooled
     if not argmax:
         table, negative_zero = _table(input, keys=False, runs=runs)
         # A maximum of -0.0 and +0.0 may give either sign; the argmax paths take the first's.
