@@ -165,3 +165,37 @@ def test_windows_give_the_table_bits(monkeypatch, seed):
     assert len(taken) == 1 and (taken[0] is None) == nan  # with an argmax only
     for windowed, table in zip(*results, strict=True):
         np.testing.assert_array_equal(windowed, table)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_added_backward_by_blocks_gives_the_bits_of_one_add_at(monkeypatch, dtype):
+    """_backward_added zeroes and adds a few channels of one image at a time: every cell still
+    sums its contributions in the order of the boxes and bins, from 0, as one ``np.add.at`` over
+    the whole result does, to the bit (cells named by several bins and boxes, gradients of -0.0
+    and NaN of several payloads, empty bins, channels that do not fill the last block)."""
+    pool = importlib.import_module("cuproi._cpu.roi_pool")
+    rng = np.random.default_rng(3)
+    n, c, h, w = 2, 7, 9, 11
+    monkeypatch.setattr(pool, "_ADDED_BLOCK", 3 * h * w * np.dtype(dtype).itemsize)  # 3 channels
+    monkeypatch.setattr(pool, "_ADDED_ENTRIES", np.inf)
+    monkeypatch.setattr(pool, "_named", lambda *args: None)
+    added, calls = pool._backward_added, []
+    monkeypatch.setattr(pool, "_backward_added", lambda *a: calls.append(a) or added(*a))
+    x = rng.integers(0, 3, (n, c, h, w)).astype(dtype)  # ties: bins name shared cells
+    rois = np.array(
+        [[1, 0, 0, 10, 8], [0, 2, 1, 5, 4], [1, 1, 1, 3, 2], [0, 30, 30, 40, 40], [0, 0, 0, 10, 8]],
+        dtype,
+    )
+    _, argmax = pool.roi_pool(x, rois, (4, 5), 1.0, return_argmax=True)
+    g = rng.standard_normal(argmax.shape).astype(dtype)
+    g.reshape(-1)[rng.integers(0, g.size, 40)] = -0.0
+    nan = np.array([0x7FF8000000000001, 0xFFF8000000000002], np.uint64).view(np.float64)
+    g.reshape(-1)[rng.integers(0, g.size, 2)] = nan.astype(dtype)
+    grad = pool.roi_pool_backward(g, rois, argmax, x.shape)
+    assert len(calls) == 1 and (argmax < 0).any()
+    expected = np.zeros(x.size, dtype)
+    plane = (rois[:, 0].astype(np.int64)[:, None] * c + np.arange(c)) * (h * w)
+    hit = argmax >= 0
+    np.add.at(expected, (plane[:, :, None, None] + argmax)[hit], g[hit])
+    assert np.bincount((plane[:, :, None, None] + argmax)[hit]).max() > 2  # shared cells
+    np.testing.assert_array_equal(grad.view(np.uint8), expected.reshape(x.shape).view(np.uint8))
