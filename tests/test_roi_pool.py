@@ -129,7 +129,7 @@ def test_windows_give_the_table_bits(monkeypatch, seed):
     Maxima, argmax, the sign of zero and NaN, with and without the argmax: ties (few distinct
     values), -0.0 beside +0.0, -inf, NaN of several payloads and signs (the windows give way to
     the table), boxes past the map (empty bins), bins of many rows, bins sharing cells (more
-    bins than cells), float16 and float32, maps stored channels last.
+    bins than cells), float16 and float32, maps stored channels last, one thread or three.
     """
     pool = importlib.import_module("cuproi._cpu.roi_pool")
     rng = np.random.default_rng(seed)
@@ -154,6 +154,9 @@ def test_windows_give_the_table_bits(monkeypatch, seed):
     windows = pool._forward_windows
     taken = []
     monkeypatch.setattr(pool, "_few", lambda *args: False)  # not the gather path
+    if seed % 2:  # the boxes spread over threads
+        monkeypatch.setattr(pool, "_WINDOW_GRAIN", 1)
+        monkeypatch.setenv("CUPROI_NUM_THREADS", "3")
     monkeypatch.setattr(pool, "_forward_windows", lambda *a: taken.append(windows(*a)) or taken[-1])
     results = []
     for windowed in (True, False):
