@@ -2,6 +2,8 @@
 oracle of tests/oracles/roi_pool.py: the shared checks of roi_op_tester, then what is particular
 to a max with its argmax (exact values, C rounding, ties, NaN and -inf, half precision)."""
 
+import importlib
+
 import numpy as np
 import pytest
 from oracles import roi_pool as pool_oracle
@@ -113,3 +115,90 @@ def test_no_boxes_or_no_channels_argmax(on, shape, k):
     out, argmax = cuproi.roi_pool(x, rois, (2, 3), 1.0, return_argmax=True)
     bins = (k, shape[1], 2, 3)
     assert out.shape == argmax.shape == bins and on.get(argmax).dtype == np.int32
+
+
+def _nan(bits):
+    """A float32 NaN of the given bits (a payload, a sign)."""
+    return np.array(bits, np.uint32).view(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_windows_give_the_table_bits(monkeypatch, seed):
+    """Box by box on their windows (_forward_windows) or on a table of keys: the same bits.
+
+    Maxima, argmax, the sign of zero and NaN, with and without the argmax: ties (few distinct
+    values), -0.0 beside +0.0, -inf, NaN of several payloads and signs (the windows give way to
+    the table), boxes past the map (empty bins), bins of many rows, bins sharing cells (more
+    bins than cells), float16 and float32, maps stored channels last, one thread or three.
+    """
+    pool = importlib.import_module("cuproi._cpu.roi_pool")
+    rng = np.random.default_rng(seed)
+    dtype = (np.float32, np.float16)[seed % 2]
+    n, c, h, w = 2, int(rng.integers(1, 6)), int(rng.integers(1, 40)), int(rng.integers(1, 40))
+    choices = ([-1.0, 0.0, 1.0], [0.0, -0.0, -1.0, -np.inf], [0.0, -0.0], [2.0, -0.0])[seed % 4]
+    x = rng.choice(np.array(choices), (n, c, h, w))
+    x = np.where(rng.random(x.shape) < 0.5, x, rng.standard_normal(x.shape) * (seed % 3 == 0))
+    x = x.astype(dtype)
+    nan = seed % 5 == 4
+    if nan:
+        payloads = [_nan(0x7FC00001), _nan(0xFFC00002), _nan(0x7F800003)]
+        x.reshape(-1)[rng.integers(0, x.size, 3)] = np.array(payloads).astype(dtype)
+    if seed % 3 == 0:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    scale = (1.0, 0.5)[seed % 2]
+    k = int(rng.integers(1, 9))
+    corner = rng.uniform(-0.4, 1.1, (k, 2)) * [w / scale, h / scale]
+    side = rng.uniform(0, 1.2, (k, 2)) * [w / scale, h / scale] * (rng.random((k, 1)) < 0.8)
+    rois = np.column_stack([rng.integers(0, n, k), corner, corner + side]).astype(np.float32)
+    size = (int(rng.integers(1, 8)), int(rng.integers(1, 8)))
+    windows = pool._forward_windows
+    taken = []
+    monkeypatch.setattr(pool, "_few", lambda *args: False)  # not the gather path
+    if seed % 2:  # the boxes spread over threads
+        monkeypatch.setattr(pool, "_WINDOW_GRAIN", 1)
+        monkeypatch.setenv("CUPROI_NUM_THREADS", "3")
+    monkeypatch.setattr(pool, "_forward_windows", lambda *a: taken.append(windows(*a)) or taken[-1])
+    results = []
+    for windowed in (True, False):
+        monkeypatch.setattr(pool, "_windowed", lambda bins, table, windowed=windowed: windowed)
+        with np.errstate(all="ignore"):  # as cuproi._cpu calls it: NaN in, NaN out
+            out, argmax = pool.roi_pool(x, rois, size, scale, return_argmax=True)
+            values = pool.roi_pool(x, rois, size, scale)
+        results.append([a.view(np.uint8) for a in (out, argmax, values)])
+    assert len(taken) == 1 and (taken[0] is None) == nan  # with an argmax only
+    for windowed, table in zip(*results, strict=True):
+        np.testing.assert_array_equal(windowed, table)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_added_backward_by_blocks_gives_the_bits_of_one_add_at(monkeypatch, dtype):
+    """_backward_added zeroes and adds a few channels of one image at a time: every cell still
+    sums its contributions in the order of the boxes and bins, from 0, as one ``np.add.at`` over
+    the whole result does, to the bit (cells named by several bins and boxes, gradients of -0.0
+    and NaN of several payloads, empty bins, channels that do not fill the last block)."""
+    pool = importlib.import_module("cuproi._cpu.roi_pool")
+    rng = np.random.default_rng(3)
+    n, c, h, w = 2, 7, 9, 11
+    monkeypatch.setattr(pool, "_ADDED_BLOCK", 3 * h * w * np.dtype(dtype).itemsize)  # 3 channels
+    monkeypatch.setattr(pool, "_ADDED_ENTRIES", np.inf)
+    monkeypatch.setattr(pool, "_named", lambda *args: None)
+    added, calls = pool._backward_added, []
+    monkeypatch.setattr(pool, "_backward_added", lambda *a: calls.append(a) or added(*a))
+    x = rng.integers(0, 3, (n, c, h, w)).astype(dtype)  # ties: bins name shared cells
+    rois = np.array(
+        [[1, 0, 0, 10, 8], [0, 2, 1, 5, 4], [1, 1, 1, 3, 2], [0, 30, 30, 40, 40], [0, 0, 0, 10, 8]],
+        dtype,
+    )
+    _, argmax = pool.roi_pool(x, rois, (4, 5), 1.0, return_argmax=True)
+    g = rng.standard_normal(argmax.shape).astype(dtype)
+    g.reshape(-1)[rng.integers(0, g.size, 40)] = -0.0
+    nan = np.array([0x7FF8000000000001, 0xFFF8000000000002], np.uint64).view(np.float64)
+    g.reshape(-1)[rng.integers(0, g.size, 2)] = nan.astype(dtype)
+    grad = pool.roi_pool_backward(g, rois, argmax, x.shape)
+    assert len(calls) == 1 and (argmax < 0).any()
+    expected = np.zeros(x.size, dtype)
+    plane = (rois[:, 0].astype(np.int64)[:, None] * c + np.arange(c)) * (h * w)
+    hit = argmax >= 0
+    np.add.at(expected, (plane[:, :, None, None] + argmax)[hit], g[hit])
+    assert np.bincount((plane[:, :, None, None] + argmax)[hit]).max() > 2  # shared cells
+    np.testing.assert_array_equal(grad.view(np.uint8), expected.reshape(x.shape).view(np.uint8))
