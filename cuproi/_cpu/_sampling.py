@@ -494,16 +494,6 @@ def dense_slots(ys, xs, count, dtype, h, w):
     return DenseSlots(values.astype(dtype), keep, rows, cols)
 
 
-def _slot_cells(slots, image, channels):
-    """Index arrays of every (box, channel, bin, slot)'s pixel: (K, C, PH, PW, Uy, Ux)."""
-    return (
-        image[:, None, None, None, None, None],
-        np.arange(channels)[:, None, None, None, None],
-        slots.rows[:, None, :, None, :, None],
-        slots.cols[:, None, None, :, None, :],
-    )
-
-
 def dense_product(x, slots, image):
     """``A @ X`` of few bins (:func:`dense_slots`) as their (K, C, PH, PW) averages.
 
@@ -512,8 +502,14 @@ def dense_product(x, slots, image):
     ``+ 0`` for the sign of a zero sum.
     """
     dtype = slots.values.dtype
-    k, pooled_h, pooled_w, uy, ux = slots.values.shape
-    pixels = x[_slot_cells(slots, image, x.shape[1])].astype(dtype, copy=False)
+    *_, uy, ux = slots.values.shape
+    # Every (box, channel, bin, slot)'s pixel: (K, C, PH, PW, Uy, Ux).
+    pixels = x[
+        image[:, None, None, None, None, None],
+        np.arange(x.shape[1])[:, None, None, None, None],
+        slots.rows[:, None, :, None, :, None],
+        slots.cols[:, None, None, :, None, :],
+    ].astype(dtype, copy=False)
     products = np.where(slots.keep[:, None], slots.values[:, None] * pixels, dtype.type(0))
     products = products.reshape(*products.shape[:4], uy * ux)
     if uy * ux == 0:
@@ -524,11 +520,12 @@ def dense_product(x, slots, image):
 def dense_transpose(grad, slots, image, g):
     """``grad += A.T @ G`` of few bins (:func:`dense_slots`), ``g`` their (K, C, PH, PW) gradient.
 
-    ``grad`` is a zeroed (N, C, H, W) array, NCHW or channels last. ``np.add.at`` adds the
-    entries one after another, each channel's in (box, bin) order: each pixel sums its bins in
-    order, from 0, as the product with the transposed operator does (a pixel is one entry of a
-    bin at most). A ``grad`` narrower than the compute dtype (float16) gets each pixel's sum
-    rounded once: the pixels read are summed apart, no wide gradient of the whole map.
+    ``grad`` is a zeroed (N, C, H, W) array, C-contiguous NCHW or channels last (its memory
+    raveled is a view). ``np.add.at`` adds the entries one after another, each channel's in
+    (box, bin) order: each pixel sums its bins in order, from 0, as the product with the
+    transposed operator does (a pixel is one entry of a bin at most). A ``grad`` narrower than
+    the compute dtype (float16) gets each pixel's sum rounded once: the pixels read are summed
+    apart, no wide gradient of the whole map.
     """
     dtype = slots.values.dtype
     n_step, c_step, h_step, w_step = (step // grad.itemsize for step in grad.strides)
