@@ -8,11 +8,11 @@ interpolate all channels at them. Boxes are processed in chunks whose ``samples 
 arrays stay within ``_sampling.BUDGET`` entries, each split into ranges for the threads. A box
 that alone exceeds the budget (a huge ``sampling_ratio``, or an adaptive grid over a large map)
 is cut into pieces of its samples in scan order (``work``), reduced one after the other:
-max mode keeps a running winner per (bin, channel) (``_bin_max.Running``, which also values
-and reduces the samples), the box gradients add every piece's terms to running sums in sample order (``add_terms``), so that the results do not
-depend on where the pieces are cut. Positions are computed in the compute dtype in the
-operation order of the kernels (``_sampling.sample_positions``), so both backends pick the same
-samples, taps and winners.
+max mode keeps a running winner per (bin, channel) (``_bin_max.Running``; that module values
+and reduces the samples), the box gradients add every piece's terms to running sums in
+sample order (``add_terms``), so that the results do not depend on where the pieces are cut.
+Positions are computed in the compute dtype in the operation order of the kernels
+(``_sampling.sample_positions``), so both backends pick the same samples, taps and winners.
 """
 
 from typing import NamedTuple
