@@ -37,8 +37,9 @@ from cuproi._cpu import (
 FEW_BINS = 4096
 
 # Entries of an operator built at once (a bound: _cost). Building takes several index arrays
-# of its entries, the working memory that exceeds torchvision's on 4096 boxes: pieces of 2**19
-# took 80 MB less than whole chunks of _sampling.BUDGET (2**21), in as little time.
+# of its entries, part of the working memory that exceeds torchvision's on 4096 boxes: pieces
+# of 2**19 took 74 MB less than whole chunks of _sampling.BUDGET (2**21) with glibc's defaults
+# (9 MB less where large blocks are given back when freed), in as little time.
 PIECE = 1 << 19
 
 
