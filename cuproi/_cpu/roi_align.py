@@ -225,13 +225,13 @@ def _dense(rois, rows, shape, channels):
     y, x, count = rows
     k, pooled_h = y[0].shape
     pooled_w = x[0].shape[1]
-    bins = k * channels * pooled_h * pooled_w
-    if bins > _sampling.SMALL:
+    outputs = k * channels * pooled_h * pooled_w
+    if outputs > _sampling.SMALL:
         return None
     size = np.concatenate([np.full(y[0].size, h), np.full(x[0].size, w)])
     both = (np.concatenate([a.ravel(), b.ravel()]) for a, b in zip(y, x, strict=True))
     taps = _sampling.dense_taps(*both, size)
-    if taps is None or bins * taps.weight.shape[1] ** 2 > _sampling.SMALL:
+    if taps is None or outputs * taps.weight.shape[1] ** 2 > _sampling.SMALL:
         return None
     ys, xs = (
         _sampling.DenseTaps(*(a[part] for a in taps))
