@@ -6,6 +6,7 @@ differences); they do not touch cuproi.
 
 import numpy as np
 import pytest
+from oracles import calculus, sampling
 from oracles import deform_roi_pool as deform_oracle
 from oracles import prroi_pool as prroi_oracle
 from oracles import ps_roi_align as ps_align_oracle
@@ -13,7 +14,6 @@ from oracles import ps_roi_pool as ps_pool_oracle
 from oracles import roi_align as align_oracle
 from oracles import roi_align_rotated as rotated_oracle
 from oracles import roi_pool as pool_oracle
-from oracles import sampling
 
 # 4x4 "arange" map: A[y, x] = 4*y + x.  Bilinear interpolation of a linear
 # function is exact, so inside [0, 3] x [0, 3] every sample value is 4*y + x;
@@ -542,3 +542,31 @@ def test_deform_grad_offset_finite_differences():
             fd[idx] = (loss(off + step) - loss(off - step)) / (2 * eps)
         np.testing.assert_allclose(go, fd, rtol=1e-6, atol=1e-8)
         assert np.count_nonzero(np.abs(go) > 1e-6) > K * PH * PW  # non-trivial
+
+
+def test_prroi_box_gradient_leibniz_rule_against_differences():
+    """The PrRoI oracle's analytic box gradient equals central differences of its forward.
+
+    Boxes inside the map, over its edges and partly off it (where the surface falls to 0 over
+    the last cell), at two scales; the two computations share only the forward's cells.
+    """
+    rng = np.random.default_rng(77)
+    x = rng.standard_normal((2, 3, 6, 7))
+    rois = np.array(
+        [
+            [0, 1.3, 0.7, 4.6, 3.9],  # inside
+            [1, -2.4, -1.7, 3.2, 2.6],  # over the top-left corner, partly off the map
+            [0, 4.1, 3.3, 8.9, 7.4],  # over the bottom-right corner
+            [1, 0.2, 2.2, 6.6, 2.9],  # wide and flat
+        ]
+    )
+    for scale, size in ((1.0, (2, 3)), (0.7, (3, 2))):
+        g = rng.standard_normal((len(rois), 3, *size))
+        want = prroi_oracle.prroi_pool_box_backward(g, x, rois, size, scale)
+
+        def forward(boxes, scale=scale, size=size):
+            return prroi_oracle.prroi_pool(x, boxes, size, scale)
+
+        differences = calculus.numeric_box_grad(forward, g, rois)
+        np.testing.assert_allclose(want, differences, rtol=1e-7, atol=1e-7)
+        assert (want[:, 0] == 0).all() and np.count_nonzero(np.abs(want[:, 1:]) > 1e-3) == 16
