@@ -161,7 +161,7 @@ def test_cells_hold_every_pixel_the_operator_reads(op, aligned, ratio, dtype):
     rois = _boxes(rng, 60, n, scale, h, w, far=True).astype(dtype)
     shape = (n, h, w)
     if op == "roi_align":
-        plan = roi_align._plan(rois, shape, scale, 3, 4, ratio, aligned)
+        plan = roi_align._rows(rois, scale, 3, 4, ratio, aligned)
         a = roi_align._operator(rois, plan, shape, 0, len(rois))
         cells = roi_align._reach(rois, plan, shape)
     else:  # always aligned; offsets shift every bin

@@ -43,25 +43,20 @@ FEW_BINS = 4096
 PIECE = 1 << 19
 
 
-def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
-    """Per-box sampling rows along y (K, PH) and x (K, PW), and the cost of every box.
-
-    Returns ``(y, x, count, cost)``: ``y`` and ``x`` are the (start, bin size, samples) of
-    every bin row and column, ``count`` the divisor of each box's averages, and ``cost`` a
-    bound on the entries of each box's operator.
-    """
-    rows = _rows(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-    return (*rows, _cost(rows, shape))
-
-
 def _cost(rows, shape):
+    """A bound on the entries of each box's operator (K,); ``rows`` as :func:`_rows` gives."""
     _, h, w = shape
     y, x = rows[:2]
     return _sampling.samples_bound(*y, h).sum(1) * _sampling.samples_bound(*x, w).sum(1)
 
 
 def _rows(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
-    """The ``(y, x, count)`` of :func:`_plan`, without the cost."""
+    """Per-box sampling rows along y (K, PH) and x (K, PW): ``(y, x, count)``.
+
+    ``y`` and ``x`` are the (start, bin size, samples) of every bin row and column, ``count``
+    the divisor of each box's averages. With :func:`_cost` appended, the plan of the chunked
+    paths.
+    """
     ct = rois.dtype.type
     g = _geometry.roi_align_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
     # Bin rows along y are (box, ph), along x (box, pw): every bin of a box row shares them.
