@@ -20,7 +20,7 @@ from oracles import roi_align as align_oracle
 from oracles import roi_align_rotated as rotated_oracle
 from oracles import roi_pool as pool_oracle
 
-from cuproi._cpu import _cells, _geometry, _sampling
+from cuproi._cpu import _cells, _geometry, _ps, _sampling
 
 # The op modules of the CPU backend (the attribute cuproi._cpu.<op> is the op's function).
 _OPS = "deform_roi_pool prroi_pool ps_roi_align ps_roi_pool roi_align roi_align_rotated roi_pool"
@@ -519,6 +519,49 @@ def test_family_on_the_tiles_read(monkeypatch, op, dtype):
     for result, again in zip(results, _family(op, x, g, rois), strict=True):
         np.testing.assert_array_equal(result.view(np.uint8), again.view(np.uint8))
     assert reached and all(r is None for r in reached)
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_ps_roi_pool_ranges_build_the_operators_of_their_taps(whole):
+    """Position-sensitive RoI Pool's operators, built from its ranges of cells (_ps.Ranges),
+    are those of the same cells as taps of weight 1 (_sampling.operator): the same entries
+    in the same order, on the whole map and on the runs of tiles, so the same bits."""
+    rng = np.random.default_rng(0)
+    on_the_whole_map = set()
+    for _ in range(20):
+        n, h, w, k = 2, *rng.integers(1, 60, 2), 12
+        rois = _geometry_boxes(rng, n, h, w, k)
+        plan = ps_roi_pool._plan(rois, (n, h, w), 1.0, 3, 4)
+        h0, h1, w0, w1 = _geometry.pool_bins(rois, 1.0, 3, 4, h, w, inclusive=False)
+        taps = plan._replace(ys=_weight_one(h0, h1), xs=_weight_one(w0, w1))
+        for ph in range(3):
+            pixels = _ps._pixels(plan, ph, 2, whole=whole)
+            on_the_whole_map.add(pixels.runs is None)
+            built = _ps._operator(plan, 0, k, ph, pixels)
+            expected = _ps._operator(taps, 0, k, ph, pixels)
+            assert built.dtype == expected.dtype and built.shape == expected.shape
+            for part in ("indptr", "indices", "data"):
+                np.testing.assert_array_equal(getattr(built, part), getattr(expected, part))
+    assert on_the_whole_map == {True} if whole else False in on_the_whole_map
+
+
+def _geometry_boxes(rng, n, h, w, k):
+    """(K, 5) float32 boxes over and around an (N, H, W) map, some of them empty."""
+    rois = np.zeros((k, 5), np.float32)
+    rois[:, 0] = rng.integers(0, n, k)
+    rois[:, 1:3] = rng.uniform(-10, max(h, w) + 10, (k, 2))
+    rois[:, 3:5] = rois[:, 1:3] + rng.uniform(-5, max(h, w), (k, 2))
+    return rois
+
+
+def _weight_one(lo, hi):
+    """AxisTaps of the ranges ``[lo, hi)`` (rows in C order): weight 1 on every cell."""
+    lo, size = lo.ravel(), (hi - lo).ravel()
+    ptr = np.concatenate([[0], np.cumsum(size)])
+    row = np.repeat(np.arange(len(size)), size)
+    index = lo[row] + (np.arange(ptr[-1]) - ptr[row])
+    ones = np.ones(len(index))
+    return _sampling.AxisTaps(ptr, index, ones, np.zeros_like(ones))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])

@@ -1,23 +1,13 @@
 """Position-sensitive RoI Pool on the CPU.
 
 The average of every quantized bin as a sparse operator (a bin's weights are the outer product
-of its row and column indicators over its area), applied per row of bins to that row's score
-maps (_ps).
+of its row and column ranges of cells, over its area), applied per row of bins to that row's
+score maps (_ps).
 """
 
 import numpy as np
 
-from cuproi._cpu import _geometry, _ps, _sampling
-
-
-def _indicator(lo, hi):
-    """AxisTaps of ranges [lo, hi) (rows in C order): weight 1 on every cell of the range."""
-    lo, n = lo.ravel(), (hi - lo).ravel()
-    ptr = np.concatenate([[0], np.cumsum(n)])
-    row = np.repeat(np.arange(len(n)), n)
-    index = lo[row] + (np.arange(ptr[-1]) - ptr[row])
-    ones = np.ones(len(index))
-    return _sampling.AxisTaps(ptr, index, ones, np.zeros_like(ones))
+from cuproi._cpu import _geometry, _ps
 
 
 def _plan(rois, shape, spatial_scale, pooled_h, pooled_w):
@@ -27,8 +17,8 @@ def _plan(rois, shape, spatial_scale, pooled_h, pooled_w):
     h0, h1, w0, w1 = bins
     rows, cols = h1 - h0, w1 - w0
     return _ps.Plan(
-        ys=_indicator(h0, h1),
-        xs=_indicator(w0, w1),
+        ys=_ps.Ranges(h0.ravel(), h1.ravel()),
+        xs=_ps.Ranges(w0.ravel(), w1.ravel()),
         image=rois[:, 0].astype(np.int64),
         count=np.maximum(rows[:, :, None] * cols[:, None, :], 1),  # an empty bin gives 0
         cost=rows.max(1) * cols.max(1),
