@@ -23,7 +23,9 @@ import numpy as np
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_DLPACK_CPU, _DLPACK_CUDA = 1, 2  # DLDeviceType: kDLCPU, kDLCUDA
+# DLDeviceType: kDLCPU, kDLCUDA, and kDLCUDAHost, pinned host memory (a torch tensor from
+# pin_memory), which NumPy reads as it reads any host memory.
+_DLPACK_CPU, _DLPACK_CUDA, _DLPACK_CUDA_HOST = 1, 2, 3
 
 # The functions every backend (cuproi._cpu, cuproi._cuda) exports, by the op whose module in the
 # backend defines them: the op functions of the public API.
@@ -105,7 +107,7 @@ def _device(array, name):
     if hasattr(array, "__dlpack__") and hasattr(array, "__dlpack_device__"):
         _refuse_without_data(array, name)
         kind, index = array.__dlpack_device__()
-        if kind == _DLPACK_CPU:
+        if kind in (_DLPACK_CPU, _DLPACK_CUDA_HOST):
             return "cpu"
         if kind == _DLPACK_CUDA:
             return f"cuda:{index}"

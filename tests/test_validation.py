@@ -638,6 +638,25 @@ def test_layouts_and_byte_order(name, dtype):
         assert a.dtype == copy.dtype
 
 
+class _PinnedHost:
+    """Host memory that DLPack calls pinned (kDLCUDAHost): a torch tensor from pin_memory."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return (3, 0)
+
+
+def test_pinned_host_memory_is_host_memory():
+    """Pinned host memory is read by the CPU backend (it was refused as an unknown device)."""
+    x, b = features_for("roi_align"), boxes()
+    assert_same(cuproi.roi_align(_PinnedHost(x), _PinnedHost(b), 3), cuproi.roi_align(x, b, 3))
+
+
 def test_import_and_calls_on_numpy_do_not_import_cupy():
     code = (
         "import numpy as np, cuproi, sys\n"
