@@ -111,8 +111,11 @@ def test_ops_give_their_buffer_back_and_results_do_not_share_it(op, boxes, dtype
     rois = _boxes(boxes, 2).astype(dtype)
     outputs = _tuple(_calls(x, rois)[op]())
     kept = getattr(_scratch._local, "kept", None)
-    assert kept is not None  # the op gave its temporary back
-    assert not any(np.shares_memory(out, kept) for out in outputs)
+    # The op gave its temporary back; but for RoI Pool's values of a few boxes, pooled box by
+    # box on copies of their windows, which take none.
+    windows = op == "roi_pool" and boxes == 2 and dtype == np.float32
+    assert (kept is None) == windows
+    assert not any(np.shares_memory(out, kept) for out in outputs if kept is not None)
     expected = [out.copy() for out in outputs]
     # Another call on other inputs reuses the buffer: the first results stay as they were,
     # and the same call gives the same results again.
