@@ -65,25 +65,16 @@ def _forward(input, rois, output_size, spatial_scale, argmax):
         if pooled is not None:  # None: a NaN, which the paths below write as they always have
             return pooled[0], (pooled[1] if argmax else None)
     if not argmax:
-        table, negative_zero = _table(input, keys=False, runs=runs)
-        # A maximum of -0.0 and +0.0 may give either sign; the argmax paths take the first's.
+        table, negative_zero, _ = _table(input, keys=False, runs=runs)
+        # A maximum of -0.0 and +0.0 may give either sign, and of NaNs any of them: the argmax
+        # paths take the first's.
         out = None if negative_zero else _forward_values(table, rois, bins, input.dtype)
         _scratch.give(table)
-        if out is not None and runs is not None and np.isnan(out).any():
-            # The keys write NaN as one NaN, whatever its payload: take them wherever a -0.0
-            # lies outside the cells read, as on a table of the whole map.
-            out = None if _negative_zero(input) else out
-        if out is not None:
+        if out is not None and not np.isnan(out).any():
             return out, None
     forward = _forward_keys if input.dtype.itemsize <= 4 else _forward_proxy
     out, index = forward(input, rois, bins, runs)
     return out, (index if argmax else None)
-
-
-def _negative_zero(x):
-    """Whether any value of ``x`` is -0.0."""
-    zero = x == 0
-    return bool(zero.any() and np.signbit(x[zero]).any())
 
 
 _INT32_MIN, _INT32_MAX = np.int32(-(2**31)), np.int32(2**31 - 1)
@@ -101,7 +92,10 @@ _SLAB_ENTRIES = 50_000
 
 
 def _table(x, keys, runs=None):
-    """Channels-last (N, H, W, C) table of (N, C, H, W) features, and whether any is -0.0.
+    """Channels-last (N, H, W, C) table of (N, C, H, W) features, and what it holds.
+
+    Returns ``(table, negative_zero, nan)``: whether any value is -0.0 and, with ``keys``,
+    whether any is NaN (False without).
 
     With ``keys``, every value becomes its int64 key ``ordered(value) << 32 | ~(h * W + w)``,
     whose two int32 halves are written directly. ``ordered`` maps float32 to int32
@@ -119,7 +113,7 @@ def _table(x, keys, runs=None):
     in_place = x.dtype == dtype and _layout.channels_last(x)
     table = x.transpose(0, 2, 3, 1) if in_place else _scratch.take((n, h, w, c), dtype)
     if table.size == 0:
-        return table, False
+        return table, False, False
     halves = table.view(np.int32).reshape(n, h, w, c, 2) if keys else None
     low = ~np.arange(h * w, dtype=np.int32).reshape(h, w, 1)
     if runs is None:
@@ -135,7 +129,7 @@ def _table(x, keys, runs=None):
         # would fault in its pages again at every block).
         size = max((r1 - r0) * (c1 - c0) for _, r0, r1, c0, c1 in blocks[start:stop]) * c
         bits, sign, mask = np.empty((3, size), np.int32) if keys else (None,) * 3
-        negative_zero = False
+        negative_zero = any_nan = False
         for i, r0, r1, c0, c1 in blocks[start:stop]:
             block = x[i, :, r0:r1, c0:c1]
             if not keys:
@@ -151,6 +145,7 @@ def _table(x, keys, runs=None):
             nan = np.isnan(b.view(np.float32).max())
             negative_zero |= bool(b.min() == _INT32_MIN)  # the bits of -0.0
             if nan:
+                any_nan = True
                 b[np.isnan(b.view(np.float32))] = _INT32_MAX
             np.right_shift(b, 31, out=s)
             np.bitwise_and(s, _INT32_MAX, out=m)
@@ -158,15 +153,15 @@ def _table(x, keys, runs=None):
             np.subtract(b, s, out=b)
             halves[i, r0:r1, c0:c1, :, _HIGH] = b
             halves[i, r0:r1, c0:c1, :, 1 - _HIGH] = low[r0:r1, c0:c1]
-        return negative_zero
+        return negative_zero, any_nan
 
     # A key costs a few passes over its value: two threads won from about 1.2M of them (2.5M
     # elements of a plain copy).
     cells = n * h * w if runs is None else runs.size
     work = cells * c * (2 if keys else 1)
     threads = _parallel.workers(work, _parallel.COPY_GRAIN)
-    negative_zero = any(_parallel.for_ranges(build, np.ones(len(blocks)), threads))
-    return table, negative_zero
+    found = _parallel.for_ranges(build, np.ones(len(blocks)), threads)
+    return table, any(z for z, _ in found), any(nan for _, nan in found)
 
 
 def _decode(keys, spare):
@@ -278,7 +273,7 @@ def _forward_keys(input, rois, bins, runs=None):
     """(out, argmax) from a table of keys (_table), of the ``runs`` it reads, if given."""
     n, c, h, w = input.shape
     k = len(rois)
-    keys, negative_zero = _table(input, keys=True, runs=runs)
+    keys, negative_zero, nan = _table(input, keys=True, runs=runs)
     out = _results.empty(np, (k, c, bins[0].shape[1], bins[2].shape[1]), input.dtype)
     argmax = _results.empty(np, out.shape, np.int32)
 
@@ -291,9 +286,12 @@ def _forward_keys(input, rois, bins, runs=None):
 
     _pool(keys, rois, bins, finish)
     _scratch.give(keys)
-    if negative_zero:  # keys hold +0.0 for -0.0: take the sign of zero from the input
+    # The keys hold +0.0 for -0.0 and one NaN for every NaN: such a maximum is its first cell's
+    # own value (its sign, its payload), as the other paths and the GPU kernel write it.
+    if negative_zero or nan:
         image = rois[:, 0].astype(np.int64)
-        box, channel, ph, pw = np.nonzero((out == 0) & (argmax >= 0))
+        own = (out == 0) | np.isnan(out)
+        box, channel, ph, pw = np.nonzero(own & (argmax >= 0))
         at = argmax[box, channel, ph, pw]
         out[box, channel, ph, pw] = input[image[box], channel, at // w, at % w]
     return out, argmax
