@@ -6,6 +6,7 @@ import importlib
 
 import numpy as np
 import pytest
+from conftest import On
 from oracles import roi_pool as pool_oracle
 from roi_op_tester import RoIOpTester, box_zoo, features, rois_for
 
@@ -108,22 +109,17 @@ def test_ties_and_non_finite(on, dtype):
     np.testing.assert_array_equal(values.astype(np.float64), expected)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize("cells", ["gathered", "table"])  # the CPU's few boxes, or the others
-def test_a_nan_maximum_is_the_first_nan_itself(monkeypatch, dtype, cells):
-    """A bin holding NaNs gives the first of them in scan order, its bits kept (sign and
-    payload), with or without an argmax, whichever path the CPU takes: as the GPU kernel does,
-    which keeps the first NaN it meets."""
-    pool = importlib.import_module("cuproi._cpu.roi_pool")
-    monkeypatch.setattr(pool, "_few", lambda *args: cells == "gathered")
+def _first_nan_kept(on, dtype):
+    """roi_pool with and without an argmax on ``on``: a NaN maximum is the first NaN itself."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 3, 10, 12)).astype(dtype)
     rois = rois_for(box_zoo(1.0), dtype)
     with np.errstate(invalid="ignore"):  # a signalling NaN cast or compared
         nans = _nan([0x7FC00001, 0xFFC00002, 0x7F800003, 0x7FC00004]).astype(dtype)
         x.reshape(-1)[rng.choice(x.size, 60, replace=False)] = np.resize(nans, 60)
-        out, argmax = cuproi.roi_pool(x, rois, SIZE, 1.0, return_argmax=True)
-        values = cuproi.roi_pool(x, rois, SIZE, 1.0)
+        out, argmax = cuproi.roi_pool(on.put(x), on.put(rois), SIZE, 1.0, return_argmax=True)
+        values = on.get(cuproi.roi_pool(on.put(x), on.put(rois), SIZE, 1.0))
+        out, argmax = on.get(out), on.get(argmax)
         _, expected_argmax = pool_oracle.roi_pool(x.astype(np.float64), rois, SIZE, 1.0)
     np.testing.assert_array_equal(argmax, expected_argmax)
     nan = np.isnan(out)
@@ -133,6 +129,22 @@ def test_a_nan_maximum_is_the_first_nan_itself(monkeypatch, dtype, cells):
     first = x.reshape(*x.shape[:2], -1)[image, channel, argmax]
     for result in (out, values):
         np.testing.assert_array_equal(result[nan].view(np.uint8), first[nan].view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("cells", ["gathered", "table"])  # the CPU's few boxes, or the others
+def test_a_nan_maximum_is_the_first_nan_itself(monkeypatch, dtype, cells):
+    """A bin holding NaNs gives the first of them in scan order, its bits kept (sign and
+    payload), with or without an argmax, whichever path the CPU takes."""
+    pool = importlib.import_module("cuproi._cpu.roi_pool")
+    monkeypatch.setattr(pool, "_few", lambda *args: cells == "gathered")
+    _first_nan_kept(On("cpu"), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # a GPU may convert half NaNs
+def test_the_kernels_keep_the_first_nan(kernels_on, dtype):
+    """The GPU kernel keeps the first NaN it meets, as the CPU does."""
+    _first_nan_kept(kernels_on, dtype)
 
 
 @pytest.mark.parametrize("shape, k", [((2, 3, 5, 6), 0), ((2, 0, 5, 6), 3)])
