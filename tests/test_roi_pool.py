@@ -147,6 +147,37 @@ def test_the_kernels_keep_the_first_nan(kernels_on, dtype):
     _first_nan_kept(kernels_on, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("zeros", [2, 60])  # boxes over zeros: gathered again, or the keys
+def test_values_give_a_zero_maximum_its_first_zeros_sign(monkeypatch, dtype, zeros):
+    """Without an argmax, on the table of values, a bin whose maximum is zero among -0.0 and
+    +0.0 has its first zero's sign, as with one: the few boxes with a zero maximum gathered
+    again, or, where they are many, the keys."""
+    pool = importlib.import_module("cuproi._cpu.roi_pool")
+    monkeypatch.setattr(pool, "_windowed", lambda *args: False)
+    gather, gathered = pool._forward_gather, []
+    monkeypatch.setattr(pool, "_forward_gather", lambda *a: gathered.append(a[1]) or gather(*a))
+    rng = np.random.default_rng(7)
+    x = (np.abs(rng.standard_normal((2, 4, 80, 100))) + 0.5).astype(dtype)
+    corner = rng.integers(0, 80, (80, 2))
+    rois = np.column_stack([rng.integers(0, 2, 80), corner, corner + rng.integers(3, 10, (80, 2))])
+    for i, x0, y0, x1, y1 in rois[:zeros]:  # cells of -0.0, +0.0 and -1 under these boxes
+        cells = x[i, :, y0 : y1 + 1, x0 : x1 + 1]
+        cells[...] = rng.choice(np.array([-0.0, 0.0, -1.0], dtype), cells.shape)
+    past = np.tile([0, 200, 200, 210, 210], (30, 1))  # empty bins: zeros that count for none
+    rois = np.vstack([rois, past]).astype(np.float64 if dtype == np.float64 else np.float32)
+    out, _ = cuproi.roi_pool(x, rois, (3, 3), 1.0, return_argmax=True)
+    assert not gathered  # the table of keys
+    values = cuproi.roi_pool(x, rois, (3, 3), 1.0)
+    zero = out == 0
+    assert np.signbit(out[zero]).any() and not np.signbit(out[zero]).all()
+    np.testing.assert_array_equal(values.view(np.uint8), out.view(np.uint8))
+    if zeros == 2:
+        assert len(gathered) == 1 and 2 <= len(gathered[0]) < 10
+    else:
+        assert not gathered
+
+
 @pytest.mark.parametrize("shape, k", [((2, 3, 5, 6), 0), ((2, 0, 5, 6), 3)])
 def test_no_boxes_or_no_channels_argmax(on, shape, k):
     x = on.put(np.ones(shape, np.float32))

@@ -66,15 +66,34 @@ def _forward(input, rois, output_size, spatial_scale, argmax):
             return pooled[0], (pooled[1] if argmax else None)
     if not argmax:
         table, negative_zero, _ = _table(input, keys=False, runs=runs)
-        # A maximum of -0.0 and +0.0 may give either sign, and of NaNs any of them: the argmax
-        # paths take the first's.
-        out = None if negative_zero else _forward_values(table, rois, bins, input.dtype)
+        out = _forward_values(table, rois, bins, input.dtype)
         _scratch.give(table)
-        if out is not None and not np.isnan(out).any():
+        # A maximum of NaNs may be any of them: the argmax paths take the first.
+        if not np.isnan(out).any() and (not negative_zero or _first_zeros(input, rois, bins, out)):
             return out, None
     forward = _forward_keys if input.dtype.itemsize <= 4 else _forward_proxy
     out, index = forward(input, rois, bins, runs)
     return out, (index if argmax else None)
+
+
+def _first_zeros(input, rois, bins, out):
+    """Give every zero maximum of ``out`` the sign of its bin's first zero; False if costly.
+
+    A maximum of -0.0 and +0.0 may be either: where the cells read hold a -0.0, the boxes with
+    a zero maximum are gathered again (_forward_gather finds the first cell of a maximum), as
+    long as they are few (_few); else False, and ``out`` is left to the keys.
+    """
+    h0, h1, w0, w1 = bins
+    empty = (h1 <= h0)[:, None, :, None] | (w1 <= w0)[:, None, None, :]  # +0.0 whatever it reads
+    boxes = np.flatnonzero(((out == 0) & ~empty).any(axis=(1, 2, 3)))
+    if boxes.size == 0:
+        return True
+    some = tuple(edge[boxes] for edge in bins)
+    if not _few(input, some, True):  # as with an argmax
+        return False
+    again, _ = _forward_gather(input, rois[boxes], some)
+    out[boxes] = np.where(out[boxes] == 0, again, out[boxes])
+    return True
 
 
 _INT32_MIN, _INT32_MAX = np.int32(-(2**31)), np.int32(2**31 - 1)
