@@ -308,11 +308,11 @@ def _forward_keys(input, rois, bins, runs=None):
     # The keys hold +0.0 for -0.0 and one NaN for every NaN: such a maximum is its first cell's
     # own value (its sign, its payload), as the other paths and the GPU kernel write it.
     if negative_zero or nan:
-        image = rois[:, 0].astype(np.int64)
-        own = (out == 0) | np.isnan(out)
-        box, channel, ph, pw = np.nonzero(own & (argmax >= 0))
-        at = argmax[box, channel, ph, pw]
-        out[box, channel, ph, pw] = input[image[box], channel, at // w, at % w]
+        own = np.flatnonzero(((out == 0) | np.isnan(out)) & (argmax >= 0))  # few: flat indices
+        box, channel, _, _ = np.unravel_index(own, out.shape)
+        at = argmax.reshape(-1)[own]
+        image = rois[:, 0].astype(np.int64)[box]
+        out.reshape(-1)[own] = input[image, channel, at // w, at % w]
     return out, argmax
 
 
