@@ -83,8 +83,7 @@ def _first_zeros(input, rois, bins, out):
     a zero maximum are gathered again (_forward_gather finds the first cell of a maximum), as
     long as they are few (_few); else False, and ``out`` is left to the keys.
     """
-    h0, h1, w0, w1 = bins
-    empty = (h1 <= h0)[:, None, :, None] | (w1 <= w0)[:, None, None, :]  # +0.0 whatever it reads
+    empty = _empty(bins)[:, None]  # +0.0 whatever they read
     boxes = np.flatnonzero(((out == 0) & ~empty).any(axis=(1, 2, 3)))
     if boxes.size == 0:
         return True
@@ -210,8 +209,13 @@ def _windows(rois, bins):
     box = np.column_stack([rois[:, 0].astype(np.int64), top, h1[:, -1:], left, w1[:, -1:]])
     rows = np.stack([h0 - top, h1 - top], 2)
     cols = np.stack([w0 - left, w1 - left], 2)
-    empty = (h1 <= h0)[:, :, None] | (w1 <= w0)[:, None, :]
-    return box.tolist(), rows.tolist(), cols.tolist(), empty
+    return box.tolist(), rows.tolist(), cols.tolist(), _empty(bins)
+
+
+def _empty(bins):
+    """The (K, PH, PW) mask of the empty bins (no row or no column of the map)."""
+    h0, h1, w0, w1 = bins
+    return (h1 <= h0)[:, :, None] | (w1 <= w0)[:, None, :]
 
 
 def _box_maxima(table, box, rows, cols, out, work):
