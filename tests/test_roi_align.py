@@ -287,6 +287,38 @@ def test_max_backward_bands_against_the_sums_of_winners(monkeypatch, dtype, bad,
     assert np.isfinite(fast).all() == (bad is None)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_slots_of_uneven_bins_are_the_scan_maxima(monkeypatch, dtype, threads):
+    """Max mode's winners by slots (_bin_max.slot_max: bins of different sample counts in
+    order of their counts, blocks over the threads, bins of over _FAST_SLOTS samples by
+    scan_max) against scan_max over every sample: the same values, bits included, and
+    winning samples, with zeros of both signs, NaNs, ties and samples off the map."""
+    monkeypatch.setenv("CUPROI_NUM_THREADS", threads)
+    align_cpu = importlib.import_module("cuproi._cpu.roi_align")
+    rng = np.random.default_rng(5)
+    n, c, h, w = 2, 5, 23, 31
+    x = np.maximum(np.round(rng.standard_normal((n, c, h, w)) * 2) / 2, 0).astype(dtype)
+    x[0, 1, :4, :4] = -0.0
+    x[1, 2, 6:9, 6:9] = np.nan
+    x[0, 3] = -np.abs(x[0, 3]) - 1  # negative: samples off the map win as zeros
+    sides = np.exp(rng.uniform(0, np.log(40), (40, 2)))
+    corner = rng.uniform(-10, 30, (40, 2))
+    rois = np.column_stack([rng.integers(0, n, 40), corner, corner + sides]).astype(dtype)
+    rois[0] = [0, -2, -2, 33, 25]  # one bin of 35 x 27 samples: scan_max's
+    shape = (n, h, w)
+    _, y, x_axis = align_cpu._max_grid(rois, shape, 1.0, 1, 1, 0, True)
+    pixels = align_cpu._pixels(x, rois, y, x_axis, shape, rois.dtype)
+    value, slot = align_cpu._winners(pixels, rois, shape, y, x_axis, 0, len(rois), np.uint16)
+    s, _, want, winner, _ = align_cpu._chunk(pixels, rois, shape, y, x_axis, 0, len(rois))
+    counts = np.bincount(s.bin, minlength=len(rois))
+    assert counts.max() > 254 and counts.min() < 4  # uneven, and a bin over _FAST_SLOTS
+    first = (np.cumsum(counts) - counts)[:, None]
+    bits = np.dtype(f"u{x.itemsize}")
+    np.testing.assert_array_equal(value.view(bits), want.view(bits))
+    np.testing.assert_array_equal(slot, np.where(winner >= 0, winner - first, 2**16 - 1))
+
+
 def test_public_max_backward_takes_input_and_avg_ignores_it():
     x, rois, g = max_data(np.float64)
     grad = cuproi.roi_align_backward(g, rois, x.shape, SIZE, 0.7, 2, True, pool_mode="max", input=x)

@@ -4,7 +4,8 @@ The box head (512 boxes, 7x7), the mask head (256 boxes, 14x14) and a sweep over
 and the size of the boxes, on one FPN level (100x152, stride 8) of two 800x1216 images, 256
 channels, sampling_ratio 2, aligned (``cuproi._workloads``). ``GpuTime`` reports device time
 from CUDA events (skipped without a GPU). Issue 27's corners: a few boxes (``FewBoxes``), max
-mode (``MaxModeAndBoxGradient``) and the floor of the box head's forward (``Floor``).
+mode (``MaxModeAndBoxGradient``, and ``MaxModeAdaptive`` with mmcv's adaptive sampling) and
+the floor of the box head's forward (``Floor``).
 """
 
 from cuproi import _timing, _workloads
@@ -43,6 +44,16 @@ class MaxModeAndBoxGradient(common.Benchmark):
 
     def setup(self, backend):
         self.prepare(backend, **_workloads.HEADS["box head"])
+
+
+class MaxModeAdaptive(common.Benchmark):
+    """mmcv's RoIAlign with ``pool_mode="max"`` and its default ``sampling_ratio=0`` (adaptive:
+    bins of different sizes, so different numbers of samples), on the box head in float32."""
+
+    op, timed = OP, ("max_forward", "max_backward")
+
+    def setup(self, backend):
+        self.prepare(backend, sampling_ratio=0, **_workloads.HEADS["box head"])
 
 
 class FewBoxes(common.Benchmark):

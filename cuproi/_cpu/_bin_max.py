@@ -3,10 +3,10 @@
 mmcv's ``pool_mode="max"`` takes, for every (bin, channel), the first maximum in scan order of
 the bin's bilinear samples (an out-of-range sample competes as 0, a NaN wins), as bin_max in
 kernels/common/bilinear.cuh. The samples come from :mod:`cuproi._cpu._samples`; here they are
-valued and reduced (``slot_max``: one SciPy product per chunk where it rounds as NumPy does,
-else ``first_max``; ``Running`` for a box cut into pieces), and every winner's gradient is
-added to its 4 taps (``add_winners``), band of rows by band, in the same order whatever the
-chunks and threads.
+valued and reduced (``slot_max``: one SciPy product per block of bins where it rounds as
+NumPy does, else ``first_max``; ``Running`` for a box cut into pieces), and every winner's
+gradient is added to its 4 taps (``add_winners``), band of rows by band, in the same order
+whatever the chunks and threads.
 """
 
 import functools
@@ -189,73 +189,148 @@ def slot_max(s, image, pixels, bins, dtype=None):
 
     Returns ``(value (B, C), slot (B, C) of dtype)``: the winner is the bin's in-range sample
     number ``slot`` (in scan order), :func:`no_slot` for none (``slot`` None without
-    ``dtype``: the values alone; else it must hold every bin's samples). Slot ``t`` of every
-    bin is its sample ``t`` (its last where it has fewer), valued by sparse products
-    (:func:`_values_of`) over blocks of bins of :data:`_BLOCK` values, all the block's slots
-    together (their pixels read once), and reduced slot by slot (:func:`_reduce_slots`): a
-    later slot takes a (bin, channel) only where strictly larger, so the first maximum wins.
-    Where the maximum is 0 or NaN, its slot and bits are taken as :func:`first_max` does (the
-    first NaN; the winning sample's exact value: the sign of a zero, the payload of a NaN).
-    Bins padded beyond twice their samples or over :data:`_FAST_SLOTS` of them, or SciPy's
-    products not rounded, go to :func:`scan_max`.
+    ``dtype``: the values alone; else it must hold every bin's samples). Bins of up to
+    :data:`_FAST_SLOTS` samples are reduced slot by slot (:func:`_by_slots`), in blocks of
+    :data:`_BLOCK` values spread over the backend's threads; larger ones, or all where SciPy's
+    products are not rounded, go to :func:`scan_max`.
     """
     c = pixels.rows.shape[1]
     counts = np.bincount(s.bin, minlength=bins)
     has = np.flatnonzero(counts)
     n = counts[has]
     starts = np.cumsum(n) - n
-    largest = int(n.max(initial=0))
-    if largest > _FAST_SLOTS or largest * len(n) > 2 * len(s.bin) or not products_rounded():
-        value, winner = scan_max(s, _samples.values(s, image, pixels), bins)
-        if dtype is None:
-            return value, None
-        first = np.zeros(bins, np.int64)
-        first[has] = starts
-        slot = np.where(winner >= 0, winner - first[:, None], no_slot(dtype)).astype(dtype)
-        return value, slot
-    none = no_slot(np.uint8)
-    if not len(has):
-        slot = np.full((bins, c), no_slot(dtype or np.uint8), dtype or np.uint8)
-        return np.zeros((bins, c), pixels.rows.dtype), None if dtype is None else slot
-    order = starts[:, None] + np.minimum(np.arange(largest), n[:, None] - 1)
-    op = _operator(s, image, pixels)
-    best = np.empty((len(has), c), pixels.rows.dtype)
+    fast = n <= _FAST_SLOTS if products_rounded() else np.zeros(len(n), bool)
+    if fast.all() and len(has) == bins:  # no scatter: the common box head
+        return _by_slots(s, image, pixels, starts, n, dtype)
+    value = np.empty((bins, c), pixels.rows.dtype)
+    value[counts == 0] = 0  # the others are written below
+    slot = None if dtype is None else np.full((bins, c), no_slot(dtype), dtype)
+    if fast.any():
+        value[has[fast]], at = _by_slots(s, image, pixels, starts[fast], n[fast], dtype)
+        if slot is not None:
+            slot[has[fast]] = at
+    if not fast.all():  # by scan_max, on their samples only, their bins renumbered
+        slow, m = has[~fast], n[~fast]
+        first = np.cumsum(m) - m  # of each bin, among those samples
+        sub = _samples.subset(s, np.repeat(starts[~fast] - first, m) + np.arange(m.sum()))
+        sub = sub._replace(bin=np.repeat(np.arange(len(m)), m), first_out=s.first_out[slow])
+        value[slow], winner = scan_max(sub, _samples.values(sub, image[slow], pixels), len(m))
+        if slot is not None:
+            slot[slow] = np.where(winner >= 0, winner - first[:, None], no_slot(dtype))
+    return value, slot
+
+
+def _by_slots(s, image, pixels, starts, n, dtype):
+    """``(value, slot)`` (H, C) of the bins of ``n`` samples from ``starts``.
+
+    Slot ``t`` of a bin is its sample ``t`` (its last where it has fewer): blocks of bins are
+    valued by one sparse product each, their pixels read once, and reduced slot by slot
+    (:func:`_reduce_slots`): a later slot takes a (bin, channel) only where strictly larger,
+    so the first maximum wins. Where the maximum is 0 or NaN, or where an out-of-range zero
+    competes, its slot and bits are then taken as :func:`first_max` does (:func:`_again`).
+    """
+    c = pixels.rows.shape[1]
+    # In their order (a block's boxes read nearby pixels) where padding every bin to the
+    # largest at most doubles the slots; else in order of their samples (adaptive sampling's
+    # bins differ), so that a block's bins pad few slots to its largest.
+    order = None if _even(n) else np.argsort(n, kind="stable")
+    if order is not None:
+        starts, n = starts[order], n[order]
+    best = np.empty((len(n), c), pixels.rows.dtype)
     at = None if dtype is None else np.empty(best.shape, np.uint8)
-    step = max(_BLOCK // (largest * max(c, 1)), 1)
-    for b0 in range(0, len(has), step):
-        b1 = min(b0 + step, len(has))
-        _reduce_slots(
-            _values_of(op, pixels, order[b0:b1].T.ravel()).reshape(largest, b1 - b0, c),
-            best[b0:b1],
-            None if at is None else at[b0:b1],
-        )
-    # Where the maximum is 0 or NaN, and in the bins where an out-of-range zero competes, the
-    # bins' values are made again, all slots: the first NaN wins (np.maximum keeps NaN, not
-    # its slot), and the bits are the winner's exact value (np.maximum keeps either zero, the
-    # product may sum -0 terms to +0 or keep another NaN payload).
-    out = s.first_out[has]
+    op = _operator(s, image, pixels)
+    cap = max(_BLOCK // max(c, 1), 1)
+
+    # Where even, every bin's slots at once (at most twice its samples), as a block takes them.
+    every = _slot_samples(starts, n) if order is None else None
+
+    def block(span):
+        rows = slice(*span)
+        slots = _slot_samples(starts[rows], n[rows]) if every is None else every[rows]
+        _reduce_slots(_slot_values(op, pixels, slots), best[rows], None if at is None else at[rows])
+
+    work = 4 * int(n.sum()) * c  # multiply-adds of the products
+    _parallel.map_ordered(block, _spans(n, cap), _parallel.workers(work, _parallel.PRODUCT_GRAIN))
+    # np.maximum keeps a NaN but not its slot, either zero, and the product may sum -0 terms
+    # to +0 or keep another NaN payload: those bins are valued again, slot by slot.
+    out = s.first_out[s.bin[starts]]
     edge = out >= 0
     if not np.abs(best).min(initial=np.inf) > 0:  # some zero or NaN
         edge[np.flatnonzero(~(np.abs(best) > 0)) // c] = True
     again = np.flatnonzero(edge)
-    if len(again):
-        v = _values_of(op, pixels, order[again].T.ravel()).reshape(largest, len(again), c)
-        sub = best[again]
-        first = _first_slots(v, sub)
-        odd = np.flatnonzero(~(np.abs(sub) > 0))
-        h, ch = np.divmod(odd, c)
-        sub[h, ch] = _exact(s, image, pixels, order[again[h], first[h, ch]], ch)
-        scan = s.scan[order[again[:, None], first]]
-        zero = beats_zero(sub, scan, out[again, None])
-        best[again] = np.where(zero, 0, sub)
-        if dtype is not None:
-            at[again] = np.where(zero, none, first)
-    value, slot = _every_bin(best, has, bins), None
-    if dtype is not None:
-        slot = _every_bin(at, has, bins, none)
-        if np.dtype(dtype) != slot.dtype:
-            slot = np.where(slot == none, no_slot(dtype), slot).astype(dtype)
-    return value, slot
+    args = (s, image, pixels, op, starts, n, out, best, at)
+    _parallel.map_ordered(lambda span: _again(*args, again[slice(*span)]), _spans(n[again], cap))
+    if order is not None:  # back to the bins' order
+        best = _unsorted(best, order)
+        at = None if at is None else _unsorted(at, order)
+    if dtype is not None and np.dtype(dtype) != at.dtype:  # no slot: the new dtype's
+        wide = at.astype(dtype)
+        wide[at == no_slot(np.uint8)] = no_slot(dtype)
+        at = wide
+    return best, at
+
+
+def _spans(n, cap):
+    """Consecutive spans of the bins of ``n`` samples: at most ``cap`` padded slots each.
+
+    A span's padded slots are its bins times its largest bin; a larger bin is a span alone.
+    """
+    if _even(n):  # equal spans: padded to the largest bin, a bin at most doubles its slots
+        step = max(cap // int(n.max(initial=1)), 1)
+        return [(i, min(i + step, len(n))) for i in range(0, len(n), step)]
+    spans, i = [], 0
+    while i < len(n):
+        window = np.maximum.accumulate(n[i : i + cap])  # a span has at most cap bins
+        padded = np.arange(1, len(window) + 1) * window
+        spans.append((i, i + max(int(np.searchsorted(padded, cap, side="right")), 1)))
+        i = spans[-1][1]
+    return spans
+
+
+def _even(n):
+    """Whether padding the bins of ``n`` samples to the largest at most doubles their slots."""
+    return n.max(initial=0) * len(n) <= 2 * n.sum()
+
+
+def _slot_samples(starts, n):
+    """The samples (B, T) of the T slots of the B bins of ``n`` samples from ``starts``.
+
+    Slot ``t`` is the bin's sample ``t``, or its last where it has fewer: repeats change
+    neither the maximum nor the first sample that holds it.
+    """
+    return starts[:, None] + np.minimum(np.arange(int(n.max(initial=1))), n[:, None] - 1)
+
+
+def _slot_values(op, pixels, slots):
+    """Values (T, B, C) of the samples ``slots`` (B, T) of :func:`_slot_samples`."""
+    return _values_of(op, pixels, slots.T.ravel()).reshape(slots.shape[1], len(slots), -1)
+
+
+def _again(s, image, pixels, op, starts, n, out, best, at, rows):
+    """Winners of the bins ``rows`` as :func:`first_max` takes them, from their maxima ``best``.
+
+    The first NaN wins; the value is the winning sample's exact one (the sign of a zero, the
+    payload of a NaN); an out-of-range sample at scan index ``out`` competes as 0.
+    """
+    c = pixels.rows.shape[1]
+    order = _slot_samples(starts[rows], n[rows])
+    vals = _slot_values(op, pixels, order)
+    sub = best[rows]
+    first = _first_slots(vals, sub)
+    h, ch = np.divmod(np.flatnonzero(~(np.abs(sub) > 0)), c)
+    sub[h, ch] = _exact(s, image, pixels, order[h, first[h, ch]], ch)
+    scan = s.scan[order[np.arange(len(rows))[:, None], first]]
+    zero = beats_zero(sub, scan, out[rows, None])
+    best[rows] = np.where(zero, 0, sub)
+    if at is not None:
+        at[rows] = np.where(zero, no_slot(np.uint8), first)
+
+
+def _unsorted(rows, order):
+    """``rows`` of bins in ``order``, put back in the order of the bins."""
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
 
 
 # Values reduced at once by slot_max (slots x bins x channels): a block that stays in the
@@ -298,15 +373,6 @@ def _first_slots(v, best):
         later |= nan & np.isnan(v[0])
     at *= ~later
     return at
-
-
-def _every_bin(rows, has, bins, fill=0):
-    """(bins, C) of ``rows`` at bins ``has``, ``fill`` elsewhere (``rows`` if every bin has)."""
-    if len(has) == bins:
-        return rows
-    out = np.full((bins, rows.shape[1]), fill, rows.dtype)
-    out[has] = rows
-    return out
 
 
 def scan_max(s, vals, bins):

@@ -79,16 +79,17 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_forget_pools)
 
 
-def map_ordered(fn, items):
+def map_ordered(fn, items, workers=None):
     """``[fn(item) for item in items]``, the calls spread over the backend's threads.
 
-    Results come back in the order of ``items``, computed in the caller's NumPy error state
-    (``np.errstate``). Runs in the calling thread when there is one thread, one item, when
-    called from a task of the pool itself, or when the pool takes no more work: the
-    interpreter is shutting down (a JAX computation still pending at exit).
+    At most ``workers`` threads (default: all). Results come back in the order of ``items``,
+    computed in the caller's NumPy error state (``np.errstate``). Runs in the calling thread
+    when there is one thread, one item, when called from a task of the pool itself, or when
+    the pool takes no more work: the interpreter is shutting down (a JAX computation still
+    pending at exit).
     """
     items = list(items)
-    workers = min(threads(), len(items))
+    workers = min(threads(), len(items), workers or len(items))
     if workers <= 1 or getattr(_inside, "busy", False):
         return [fn(item) for item in items]
     state = np.geterr()  # NumPy's error state is per thread: the tasks take the caller's

@@ -389,9 +389,11 @@ def _winners(pixels, rois, shape, y, x, k0, k1, dtype=None):
 def _chunks(pixels, rois, shape, y, x, fn, one=_chunk):
     """Yield, chunk by chunk of boxes, ``[fn(k0, k1, chunk) for each range k0:k1 of it]``.
 
-    ``chunk`` is ``one``'s (:func:`_chunk` or :func:`_winners`, the ranges computed by the
-    threads), or for a box that comes in pieces :func:`_box_in_pieces`'s (its pieces computed
-    by the threads; for :func:`_winners`, as its ``(value, None)``).
+    ``chunk`` is ``one``'s: :func:`_chunk`'s, the ranges computed by the threads, or
+    :func:`_winners`' of the whole chunk, whose blocks of bins the threads compute (the
+    threads, each given a range, would queue for the GIL between the many short NumPy calls
+    that list a range's samples). For a box that comes in pieces, :func:`_box_in_pieces`'s
+    (its pieces computed by the threads; for :func:`_winners`, as its ``(value, None)``).
     """
     _, h, w = shape
     c = pixels.rows.shape[1]
@@ -400,7 +402,9 @@ def _chunks(pixels, rois, shape, y, x, fn, one=_chunk):
         return fn(k0, k1, one(pixels, rois, shape, y, x, k0, k1))
 
     for ranges, spans in _samples.work(y, x, h, w, c, spare=False):
-        if spans is None:
+        if spans is None and one is _winners:  # its blocks are the threads' work
+            yield [run(ranges[0][0], ranges[-1][1])]
+        elif spans is None:
             yield _parallel.map_ordered(lambda r: run(*r), ranges)
         else:
             ((k0, k1),) = ranges
@@ -557,7 +561,7 @@ def _max_slots(pixels, rois, shape, y, x):
         slot[k0 * bins : k1 * bins] = _winners(pixels, rois, shape, y, x, k0, k1, dtype)[1]
 
     for index, (ranges, _) in enumerate(work):
-        _parallel.map_ordered(lambda r: run(*r), ranges)
+        run(ranges[0][0], ranges[-1][1])
         chunk[ranges[0][0] : ranges[-1][1]] = index
     return slot, chunk
 
