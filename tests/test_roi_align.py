@@ -5,9 +5,10 @@ gradients against the oracle and finite differences)."""
 
 import importlib
 
+import host
 import numpy as np
 import pytest
-from conftest import TOLERANCE
+from conftest import TOLERANCE, host_backend
 from oracles import calculus
 from oracles import roi_align as align_oracle
 from roi_op_tester import (
@@ -229,6 +230,27 @@ def test_nan_propagates_and_takes_the_gradient(on):
     # The first NaN sample in scan order gets the gradient (its 4 neighbours).
     want = align_oracle.roi_align_max_backward(np.ones_like(out), x, rois, 1, 1.0, 3, False)
     np.testing.assert_allclose(grad, want)
+
+
+@pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ratio", [2, 0])
+def test_max_nans_have_the_bits_of_the_kernels(monkeypatch, dtype, ratio):
+    """Max mode over features holding NaNs of both signs and several payloads: the CPU's
+    values are the kernels' (compiled for this host) bit for bit, NaNs included. A NaN bin
+    takes its first NaN sample, whose bits the interpolation's order of operations sets; the
+    CPU recomputes it as the kernels do (_bin_max._exact). A GPU may make its own NaNs."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 11, 13)).astype(dtype)
+    bits = np.array([0x7FC00001, 0xFFC00002, 0x7FC00003, 0xFFC00004], np.uint32)
+    x.reshape(-1)[rng.choice(x.size, 40, replace=False)] = np.resize(bits.view(np.float32), 40)
+    rois = rois_for(box_zoo(1.0), dtype)
+    args = ((3, 4), 1.0, ratio, True)
+    out = cuproi.roi_align(x, rois, *args, pool_mode="max")
+    monkeypatch.setattr(cuproi, "_cpu", host_backend())
+    want = cuproi.roi_align(x, rois, *args, pool_mode="max")
+    assert np.isnan(out).sum() > 20
+    np.testing.assert_array_equal(out.view(np.uint8), want.view(np.uint8))
 
 
 def test_empty_bin_gives_zero_and_no_gradient(on):
