@@ -240,7 +240,6 @@ def _by_slots(s, image, pixels, starts, n, dtype):
     at = None if dtype is None else np.empty(best.shape, np.uint8)
     op = _operator(s, image, pixels)
     cap = max(_BLOCK // max(c, 1), 1)
-
     # Where even, every bin's slots at once (at most twice its samples), as a block takes them.
     every = _slot_samples(starts, n) if order is None else None
 
@@ -313,13 +312,13 @@ def _again(s, image, pixels, op, starts, n, out, best, at, rows):
     payload of a NaN); an out-of-range sample at scan index ``out`` competes as 0.
     """
     c = pixels.rows.shape[1]
-    order = _slot_samples(starts[rows], n[rows])
-    vals = _slot_values(op, pixels, order)
+    slots = _slot_samples(starts[rows], n[rows])
+    vals = _slot_values(op, pixels, slots)
     sub = best[rows]
     first = _first_slots(vals, sub)
     h, ch = np.divmod(np.flatnonzero(~(np.abs(sub) > 0)), c)
-    sub[h, ch] = _exact(s, image, pixels, order[h, first[h, ch]], ch)
-    scan = s.scan[order[np.arange(len(rows))[:, None], first]]
+    sub[h, ch] = _exact(s, image, pixels, slots[h, first[h, ch]], ch)
+    scan = s.scan[slots[np.arange(len(rows))[:, None], first]]
     zero = beats_zero(sub, scan, out[rows, None])
     best[rows] = np.where(zero, 0, sub)
     if at is not None:
