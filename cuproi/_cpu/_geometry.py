@@ -85,6 +85,26 @@ def deform_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio):
     return make_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, 0.5, False)
 
 
+def bin_rows(g, pooled_h, pooled_w):
+    """(start, bin size, samples) of every bin row along y (K, PH) and column along x (K, PW).
+
+    Every bin of a box row shares its row's y axis and every bin of a column its x axis: the
+    separable plan of RoI Align and of its position-sensitive variant.
+    """
+    ct = g.start_y.dtype.type
+    y = (
+        g.start_y[:, None] + np.arange(pooled_h, dtype=ct) * g.bin_h[:, None],
+        np.repeat(g.bin_h[:, None], pooled_h, 1),
+        np.repeat(g.grid_h[:, None], pooled_h, 1),
+    )
+    x = (
+        g.start_x[:, None] + np.arange(pooled_w, dtype=ct) * g.bin_w[:, None],
+        np.repeat(g.bin_w[:, None], pooled_w, 1),
+        np.repeat(g.grid_w[:, None], pooled_w, 1),
+    )
+    return y, x
+
+
 def bin_axes(g, offset, pooled, gamma):
     """(start, bin size, samples) of every bin along y and along x, each (K, PH, PW).
 

@@ -369,6 +369,26 @@ def reach(image, y, x, shape):
     return _cells.Cells(np.asarray(image).astype(np.int64), *axis(*y, h), *axis(*x, w))
 
 
+def forward(parts, operator, pixels, target, out):
+    """``out`` (K, C, PH, PW) = ``A @ X``, chunk after chunk: the forward of the chunked paths.
+
+    ``parts`` are the chunks' ranges of boxes for the threads (:func:`parts`), ``operator(k0,
+    k1)`` builds the operator of boxes ``k0:k1`` on the rows of ``pixels``
+    (:func:`pixels_read`), which are given back to the scratch memory once read. ``target`` is
+    ``out``, or ``out``'s bins as boxes of their own (K * PH * PW, C, 1, 1) where every bin was
+    made a box (:func:`every_bin_a_box`).
+    """
+
+    def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
+        apply(operator(k0, k1), pixels.rows, target[k0:k1])
+
+    for ranges in parts:
+        _parallel.map_ordered(lambda r: run(*r), ranges)
+    _scratch.give(pixels.rows)
+    if target is not out:
+        bins_to_boxes(target, out)
+
+
 def apply(a, x_rows, out):
     """``out[...] = A @ X`` with ``out`` (K, C, PH, PW) and ``A``'s rows its bins in C order."""
     bins_to_boxes(a @ x_rows, out)

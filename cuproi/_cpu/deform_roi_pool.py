@@ -3,7 +3,7 @@
 import numpy as np
 
 from cuproi import _results
-from cuproi._cpu import _box_gradients, _geometry, _parallel, _sampling, _scratch
+from cuproi._cpu import _box_gradients, _geometry, _sampling, _scratch
 
 
 def _cost(axes, shape):
@@ -68,15 +68,11 @@ def deform_roi_pool(
         rois, g, axes = _bins(rois, g, axes)
         target, cost = np.empty((len(rois), c, 1, 1), rois.dtype), _cost(axes, shape)
 
-    def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
-        a = _operator(rois, g, axes, shape, k0, k1, pixels=pixels)
-        _sampling.apply(a, pixels.rows, target[k0:k1])
+    def operator(k0, k1):
+        return _operator(rois, g, axes, shape, k0, k1, pixels=pixels)
 
-    for parts in _sampling.parts(cost, _sampling.work_per_entry(c, bound=True)):
-        _parallel.map_ordered(lambda r: run(*r), parts)
-    _scratch.give(pixels.rows)
-    if target is not out:
-        _sampling.bins_to_boxes(target, out)
+    parts = _sampling.parts(cost, _sampling.work_per_entry(c, bound=True))
+    _sampling.forward(parts, operator, pixels, target, out)
     if mask is not None:  # modulated (DCNv2): every bin's average times its mask
         out *= mask
     return out.astype(input.dtype, copy=False)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cuproi import _results
-from cuproi._cpu import _cells, _parallel, _sampling, _scratch
+from cuproi._cpu import _cells, _sampling, _scratch
 
 
 class Axes(NamedTuple):
@@ -175,15 +175,11 @@ def prroi_pool(input, rois, output_size, spatial_scale):
         rois, plan = _bins(rois, plan)
         target = np.empty((len(rois), c, 1, 1), rois.dtype)
 
-    def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
-        a = _operator(rois, plan, shape, k0, k1, pixels=pixels)
-        _sampling.apply(a, pixels.rows, target[k0:k1])
+    def operator(k0, k1):
+        return _operator(rois, plan, shape, k0, k1, pixels=pixels)
 
-    for parts in _sampling.parts(plan[-1], _sampling.work_per_entry(c)):
-        _parallel.map_ordered(lambda r: run(*r), parts)
-    _scratch.give(pixels.rows)
-    if target is not out:
-        _sampling.bins_to_boxes(target, out)
+    parts = _sampling.parts(plan[-1], _sampling.work_per_entry(c))
+    _sampling.forward(parts, operator, pixels, target, out)
     return out.astype(input.dtype, copy=False)
 
 

@@ -12,18 +12,8 @@ from cuproi._cpu import _geometry, _ps, _sampling
 def _plan(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio):
     """The taps of every bin row and column, each box's divisor and its cost (_ps.Plan)."""
     _, h, w = shape
-    ct = rois.dtype.type
     g = _geometry.make_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, 0.5, False)
-    y = (
-        g.start_y[:, None] + np.arange(pooled_h, dtype=ct) * g.bin_h[:, None],
-        np.repeat(g.bin_h[:, None], pooled_h, 1),
-        np.repeat(g.grid_h[:, None], pooled_h, 1),
-    )
-    x = (
-        g.start_x[:, None] + np.arange(pooled_w, dtype=ct) * g.bin_w[:, None],
-        np.repeat(g.bin_w[:, None], pooled_w, 1),
-        np.repeat(g.grid_w[:, None], pooled_w, 1),
-    )
+    y, x = _geometry.bin_rows(g, pooled_h, pooled_w)
     # Entries of one bin of each box: at most its largest row's taps times its largest column's.
     cost = _sampling.samples_bound(*y, h).max(1) * _sampling.samples_bound(*x, w).max(1)
     return _ps.Plan(

@@ -57,19 +57,8 @@ def _rows(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
     the divisor of each box's averages. With :func:`_cost` appended, the plan of the chunked
     paths.
     """
-    ct = rois.dtype.type
     g = _geometry.roi_align_grid(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-    # Bin rows along y are (box, ph), along x (box, pw): every bin of a box row shares them.
-    y = (
-        g.start_y[:, None] + np.arange(pooled_h, dtype=ct) * g.bin_h[:, None],
-        np.repeat(g.bin_h[:, None], pooled_h, 1),
-        np.repeat(g.grid_h[:, None], pooled_h, 1),
-    )
-    x = (
-        g.start_x[:, None] + np.arange(pooled_w, dtype=ct) * g.bin_w[:, None],
-        np.repeat(g.bin_w[:, None], pooled_w, 1),
-        np.repeat(g.grid_w[:, None], pooled_w, 1),
-    )
+    y, x = _geometry.bin_rows(g, pooled_h, pooled_w)
     return y, x, g.count
 
 
@@ -161,16 +150,11 @@ def roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned, 
         rois, plan = _bins(rois, plan, shape)
         target = np.empty((len(rois), c, 1, 1), rois.dtype)
 
-    def run(k0, k1):  # every bin is one row of A @ X: no range depends on another
-        a = _operator(rois, plan, shape, k0, k1, pixels)
-        _sampling.apply(a, pixels.rows, target[k0:k1])
+    def operator(k0, k1):
+        return _operator(rois, plan, shape, k0, k1, pixels)
 
-    work = _sampling.work_per_entry(c, bound=True)
-    for parts in _sampling.parts(plan[-1], work, budget=PIECE):
-        _parallel.map_ordered(lambda r: run(*r), parts)
-    _scratch.give(pixels.rows)
-    if target is not out:
-        _sampling.bins_to_boxes(target, out)
+    parts = _sampling.parts(plan[-1], _sampling.work_per_entry(c, bound=True), budget=PIECE)
+    _sampling.forward(parts, operator, pixels, target, out)
     return out.astype(input.dtype, copy=False)
 
 
