@@ -312,6 +312,51 @@ class TorchOpTester:
         values = [t[n][:, 1:] if n == "boxes" else t[n] for n in wrt]
         assert torch.autograd.gradcheck(f, [v.clone().requires_grad_() for v in values], atol=1e-6)
 
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_forward_mode_is_the_adjoint_of_the_gradient(self, case, device):
+        """``torch.func.jvp`` in the features gives the call's value and the tangent ``J u``
+        with ``<J u, g> == <u, J^T g>``, ``J^T g`` the reverse-mode gradient (equal to the array
+        API's above), for random ``u`` and ``g``: torch would drop the tangent and give 0."""
+        t, g = self.inputs(case, device=device, seed=2), torch.Generator().manual_seed(3)
+        names = self.features
+        primals = tuple(t[n] for n in names)
+        tangents = tuple(
+            torch.randn(x.shape, generator=g, dtype=x.dtype).to(device) for x in primals
+        )
+
+        def f(*xs):
+            return self.call(t | dict(zip(names, xs, strict=True)), case)
+
+        if self.forward_mode_refused(case):
+            with pytest.raises(NotImplementedError, match="forward-mode derivatives of roi_align"):
+                torch.func.jvp(f, primals, tangents)
+            return
+        out, tangent = torch.func.jvp(f, primals, tangents)
+        torch.testing.assert_close(out, f(*primals), rtol=0, atol=0)
+        weights = torch.randn(out.shape, generator=g, dtype=out.dtype).to(device)
+        xs = [x.clone().requires_grad_() for x in primals]
+        grads = torch.autograd.grad(f(*xs), xs, weights)
+        reverse = sum((u * grad).sum() for u, grad in zip(tangents, grads, strict=True))
+        assert tangent.abs().sum() > 0
+        torch.testing.assert_close((tangent * weights).sum(), reverse, rtol=1e-12, atol=1e-12)
+
+    def test_forward_mode_refuses_tangents_of_the_other_tensors(self, case):
+        """A tangent of the boxes, an offset or a mask raises: it would be dropped."""
+        t = self.inputs(case)
+        others = [n for n, v in t.items() if n not in self.features and v.is_floating_point()]
+        for name in others:
+
+            def f(value, name=name):
+                return self.call(t | {name: value}, case)
+
+            with pytest.raises(NotImplementedError, match="forward-mode derivatives of cuproi::"):
+                torch.func.jvp(f, (t[name],), (torch.ones_like(t[name]),))
+        assert "boxes" in others
+
+    def forward_mode_refused(self, case):
+        """Whether ``case`` has no forward-mode derivative in the features (max mode)."""
+        return False
+
     @pytest.mark.parametrize("enabled", [False, True])
     def test_deterministic_algorithms_reach_the_backward(self, monkeypatch, enabled):
         seen = {}

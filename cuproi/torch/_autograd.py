@@ -11,7 +11,7 @@ defines such ops with their fake kernels, as torchvision declares its ops by the
 import torch
 
 import cuproi
-from cuproi.torch import _common, _fake
+from cuproi.torch import _common, _fake, _forward_mode
 
 
 def define(name, options=(), checks=(), *, rotated=False, channels=None, box_backward=False):
@@ -140,9 +140,11 @@ def register(op, backward, box_backward=None, shape=None):
         grad = grad.contiguous()
         grad_input = grad_rois = None
         if ctx.needs_input_grad[0]:  # a list of flags for a list of levels: never empty
-            grad_input = backward(grad, rois, ctx.input_shape, *ctx.options, deterministic)
+            options = (*ctx.options, deterministic)
+            grad_input = _forward_mode.call(backward, grad, rois, ctx.input_shape, *options)
         if box_backward is not None and ctx.needs_input_grad[1]:
-            grad_rois = box_backward(grad, input, rois, *ctx.options, deterministic)
+            options = (*ctx.options, deterministic)
+            grad_rois = _forward_mode.call(box_backward, grad, input, rois, *options)
         return grad_input, grad_rois, None, None, *[None] * len(ctx.options)
 
     op.register_autograd(gradient, setup_context=setup_context)

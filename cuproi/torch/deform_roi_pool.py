@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch import _common, _fake, _script
+from cuproi.torch import _common, _fake, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
 
@@ -151,11 +151,14 @@ def _deform_grad(ctx, grad):
     grad_input = grad_offset = grad_mask = grad_rois = None
     need = ctx.needs_input_grad
     if need[0] or (ctx.has_offset and need[2]) or (ctx.has_mask and need[8]):
-        grad_input, grad_offset, grad_mask = _deform_roi_pool_backward(
-            grad, input, rois, offset, *args, mask, _common.stored_channels_last(input)
+        layout = _common.stored_channels_last(input)
+        grad_input, grad_offset, grad_mask = _forward_mode.call(
+            _deform_roi_pool_backward, grad, input, rois, offset, *args, mask, layout
         )
     if need[1]:
-        grad_rois = _deform_roi_pool_box_backward(grad, input, rois, offset, mask, *args)
+        grad_rois = _forward_mode.call(
+            _deform_roi_pool_box_backward, grad, input, rois, offset, mask, *args
+        )
     return (
         grad_input,
         grad_rois,
@@ -210,7 +213,7 @@ def deform_roi_pool(
     )
     ratio, gamma = _validate.sampling_ratio(sampling_ratio), _validate.gamma(gamma)
     args = (input, rois, offset, pooled_h, pooled_w, scale, ratio, gamma)
-    return _deform_roi_pool(*args) if mask is None else _deform_roi_pool(*args, mask)
+    return _forward_mode.call(_deform_roi_pool, *args, *([] if mask is None else [mask]))
 
 
 torch.fx.wrap("deform_roi_pool")  # a leaf of torch.fx graphs, as torchvision's ops

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _pyramid, _validate
-from cuproi.torch import _autograd, _common, _fake, _script
+from cuproi.torch import _autograd, _common, _fake, _forward_mode, _script
 
 
 @torch.library.custom_op("cuproi::multi_scale_roi_align", mutates_args=())
@@ -168,7 +168,8 @@ def multi_scale_roi_align(
     count = _pyramid.count_levels(features, "features")
     pooled_h, pooled_w = _validate.output_size(output_size)
     features = list(features)
-    return _multi_scale_roi_align(
+    return _forward_mode.call(
+        _multi_scale_roi_align,
         features,
         _common.rois(boxes, features[0]),
         pooled_h,

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from cuproi import _validate
-from cuproi.torch import _autograd, _common, _script
+from cuproi.torch import _autograd, _common, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
 _prroi_pool = _autograd.define("prroi_pool", box_backward=True)
@@ -45,7 +45,8 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     """
     pooled_h, pooled_w = _validate.output_size(output_size)
     scale = _validate.spatial_scale(spatial_scale)
-    return _prroi_pool(input, _common.rois(boxes, input), pooled_h, pooled_w, scale)
+    rois = _common.rois(boxes, input)
+    return _forward_mode.call(_prroi_pool, input, rois, pooled_h, pooled_w, scale)
 
 
 torch.fx.wrap("prroi_pool")  # a leaf of torch.fx graphs, as torchvision's ops

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from cuproi import _validate
-from cuproi.torch import _autograd, _common, _script
+from cuproi.torch import _autograd, _common, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
 _ps_roi_align = _autograd.define(
@@ -46,7 +46,8 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     ((1, 2, 7, 7), (1, 98, 32, 32))
     """
     _common.score_maps(input, _validate.output_size(output_size))  # before the boxes
-    return _ps_roi_align(
+    return _forward_mode.call(
+        _ps_roi_align,
         *_common.first_arguments(input, boxes, output_size, spatial_scale),
         _validate.sampling_ratio(sampling_ratio),
     )

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from cuproi import _validate
-from cuproi.torch import _autograd, _common, _script
+from cuproi.torch import _autograd, _common, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
 _ps_roi_pool = _autograd.define("ps_roi_pool", channels=_validate.position_sensitive_channels)
@@ -35,7 +35,8 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     pooled_h, pooled_w = _validate.output_size(output_size)
     _common.score_maps(input, (pooled_h, pooled_w))
     scale = _validate.spatial_scale(spatial_scale)
-    return _ps_roi_pool(input, _common.rois(boxes, input), pooled_h, pooled_w, scale)
+    rois = _common.rois(boxes, input)
+    return _forward_mode.call(_ps_roi_pool, input, rois, pooled_h, pooled_w, scale)
 
 
 torch.fx.wrap("ps_roi_pool")  # a leaf of torch.fx graphs, as torchvision's ops

@@ -5,7 +5,7 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch import _common, _fake, _script
+from cuproi.torch import _common, _fake, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
 
@@ -163,15 +163,28 @@ def _roi_align_grad(ctx, grad):
     if ctx.needs_input_grad[0]:  # in the features' layout, as torch's own ops do
         layout = (deterministic, ctx.channels_last)
         if ctx.pool_mode == "max":
-            grad_input = _roi_align_max_backward(grad, input, rois, *args, *layout)
+            grad_input = _forward_mode.call(
+                _roi_align_max_backward, grad, input, rois, *args, *layout
+            )
         else:
-            grad_input = _roi_align_backward(grad, rois, ctx.input_shape, *args, *layout)
+            grad_input = _forward_mode.call(
+                _roi_align_backward, grad, rois, ctx.input_shape, *args, *layout
+            )
     if ctx.needs_input_grad[1]:
-        grad_rois = _roi_align_box_backward(grad, input, rois, *args, ctx.pool_mode, deterministic)
+        grad_rois = _forward_mode.call(
+            _roi_align_box_backward, grad, input, rois, *args, ctx.pool_mode, deterministic
+        )
     return grad_input, grad_rois, None, None, None, None, None, None
 
 
 _roi_align.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
+
+
+def _max_mode_tangent(*_):
+    raise NotImplementedError(
+        "forward-mode derivatives of roi_align's max mode are not implemented (only the "
+        "average mode's); take its gradients in reverse mode (torch.autograd.grad)"
+    )
 
 
 @_script.compiles_as(_script.roi_align)
@@ -220,8 +233,10 @@ def roi_align(
         _validate.sampling_ratio(sampling_ratio),
         _validate.flag(aligned, "aligned"),
     )
-    # The default mode calls the op exactly as before (torch.compile sees the same graph).
-    return _roi_align(*args) if pool_mode == "avg" else _roi_align(*args, str(pool_mode))
+    if pool_mode == "avg":  # the op exactly as before (torch.compile sees the same graph)
+        return _forward_mode.call(_roi_align, *args)
+    # Max mode is linear in the features only once the winners are chosen.
+    return _forward_mode.call(_roi_align, *args, str(pool_mode), tangent=_max_mode_tangent)
 
 
 torch.fx.wrap("roi_align")  # a leaf of torch.fx graphs, as torchvision's ops

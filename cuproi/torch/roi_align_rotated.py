@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from cuproi import _validate
-from cuproi.torch import _autograd, _common, _script
+from cuproi.torch import _autograd, _common, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
 _roi_align_rotated = _autograd.define(
@@ -49,7 +49,8 @@ def roi_align_rotated(
     ((1, 4, 7, 7), (1, 4, 32, 32))
     """
     rotated = "[cx, cy, w, h, angle]"
-    return _roi_align_rotated(
+    return _forward_mode.call(
+        _roi_align_rotated,
         *_common.first_arguments(input, boxes, output_size, spatial_scale, columns=rotated),
         _validate.sampling_ratio(sampling_ratio),
         _validate.flag(aligned, "aligned"),

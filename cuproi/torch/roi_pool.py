@@ -5,7 +5,7 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
-from cuproi.torch import _common, _fake, _script
+from cuproi.torch import _common, _fake, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
 
@@ -69,7 +69,8 @@ def _roi_pool_setup(ctx, inputs, output):
 
 def _roi_pool_grad(ctx, grad, grad_argmax):
     rois, argmax = ctx.saved_tensors
-    grad_input = _roi_pool_backward(
+    grad_input = _forward_mode.call(
+        _roi_pool_backward,
         grad.contiguous(),
         rois,
         argmax,
@@ -80,6 +81,11 @@ def _roi_pool_grad(ctx, grad, grad_argmax):
 
 
 _roi_pool.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
+
+
+def _tangent(result, t, input, rois, *_):
+    """The output's tangent is the features' at the argmax, which the argmax has no tangent of."""
+    return _forward_mode.at_argmax(t, rois, result[1]), None
 
 
 @_script.compiles_as(_script.roi_pool)
@@ -102,8 +108,8 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         The max of every bin; the gradient flows to the cell each maximum came from.
     """
     args = _common.first_arguments(input, boxes, output_size, spatial_scale)
-    if torch.is_grad_enabled() and input.requires_grad:
-        return _roi_pool(*args)[0]
+    if (torch.is_grad_enabled() and input.requires_grad) or _forward_mode.active():
+        return _forward_mode.call(_roi_pool, *args, tangent=_tangent)[0]
     # No gradient to take: the maxima alone, which the CPU finds twice as fast.
     return _roi_pool_inference(*args)
 
