@@ -64,7 +64,8 @@ def set_eager_checks(enabled: bool) -> bool:
     Parameters
     ----------
     enabled : bool
-        Raise on bad values on the GPU as on the CPU.
+        Raise on bad values on the GPU as on the CPU (a bool: the string ``"False"`` is
+        refused, not taken as true).
 
     Returns
     -------
@@ -78,7 +79,7 @@ def set_eager_checks(enabled: bool) -> bool:
     True
     """
     global _eager_on_device
-    before, _eager_on_device = _eager_on_device, bool(enabled)
+    before, _eager_on_device = _eager_on_device, flag(enabled, "enabled")
     return before
 
 

@@ -672,3 +672,18 @@ def test_import_and_calls_on_numpy_do_not_import_cupy():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("value", ["no", "False", 1, None])
+def test_set_eager_checks_takes_a_bool_only(value):
+    """A string such as "no" was taken as true (bool("no")); now a TypeError, the setting kept."""
+    before = cuproi.set_eager_checks(False)
+    try:
+        with pytest.raises(
+            TypeError, match=f"enabled must be a bool; got {re.escape(repr(value))}"
+        ):
+            cuproi.set_eager_checks(value)
+        assert cuproi.set_eager_checks(np.True_) is False
+        assert cuproi.set_eager_checks(False) is True
+    finally:
+        cuproi.set_eager_checks(before)
