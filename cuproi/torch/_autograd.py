@@ -139,11 +139,10 @@ def register(op, backward, box_backward=None, shape=None):
         deterministic = torch.are_deterministic_algorithms_enabled()
         grad = grad.contiguous()
         grad_input = grad_rois = None
+        options = (*ctx.options, deterministic)
         if ctx.needs_input_grad[0]:  # a list of flags for a list of levels: never empty
-            options = (*ctx.options, deterministic)
             grad_input = _forward_mode.call(backward, grad, rois, ctx.input_shape, *options)
         if box_backward is not None and ctx.needs_input_grad[1]:
-            options = (*ctx.options, deterministic)
             grad_rois = _forward_mode.call(box_backward, grad, input, rois, *options)
         return grad_input, grad_rois, None, None, *[None] * len(ctx.options)
 
