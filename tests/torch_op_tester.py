@@ -4,8 +4,10 @@
 Checks: values and gradients equal the array functions' bit for bit; gradcheck on the CPU and
 CUDA; ``torch.library.opcheck`` of every custom op the function calls (forward, backward and
 without gradients; NCHW and channels-last features); ``torch.compile(fullgraph=True)`` gives
-eager's values and gradients; the fake kernels refuse what eager mode refuses (torch.export,
-torch.compile, meta tensors) and give the output's shape and dtype;
+eager's values and gradients; a ``torch.export`` program of every case saves, loads and gives
+eager's values; forward mode is the adjoint of the gradient; the fake kernels refuse what
+eager mode refuses (torch.export, torch.compile, meta tensors) and give the output's shape and
+dtype;
 ``torch.use_deterministic_algorithms`` reaches the backward; per-image box lists; float16,
 bfloat16 (computed in float32) and channels-last features; CUDA tensors on torch's stream; the
 modules (equal to the function, their repr and defaults, under autocast); the docstring's
@@ -429,6 +431,20 @@ class TorchOpTester:
         for grad, want in zip(grads, torch.autograd.grad(expected, leaves), strict=True):
             assert grad.dtype == want.dtype
             torch.testing.assert_close(grad, want, rtol=0, atol=0)
+
+    def test_exported_program_saves_and_loads(self, tmp_path):
+        """One torch.export program of every case, saved and loaded: eager's values, bit for
+        bit (a fresh process: tests/test_torch_export.py)."""
+        cases = list(self.cases.values())
+        ts = [self.inputs(c, torch.float32) for c in cases]
+
+        def every_case(ts):
+            return [self.call(t, c) for t, c in zip(ts, cases, strict=True)]
+
+        torch.export.save(torch.export.export(Call(every_case), (ts,)), tmp_path / "cases.pt2")
+        loaded = torch.export.load(tmp_path / "cases.pt2").module()
+        for got, want in zip(loaded(ts), every_case(ts), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
     def test_fake_tensors_give_the_shape_and_dtype(self):
         """Of the function, and of the first module."""
