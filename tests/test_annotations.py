@@ -40,3 +40,15 @@ def _type_variables(hint):
 
 def test_py_typed_ships():
     assert importlib.resources.files("cuproi").joinpath("py.typed").is_file()
+
+
+def test_torch_functions_show_the_type_of_output_size():
+    """``help()`` shows the signatures TorchScript compiles, whose ``BroadcastingList2[int]`` is
+    None at run time: ``output_size`` is shown as an int or a pair instead."""
+    ct = pytest.importorskip("cuproi.torch")
+    functions = [f for f in map(ct.__dict__.get, ct.__all__) if inspect.isfunction(f)]
+    assert len(functions) == 8
+    for function in functions:
+        parameters = inspect.signature(function).parameters
+        assert parameters["output_size"].annotation == int | tuple[int, int], function.__name__
+        assert parameters["boxes"].annotation is not inspect.Parameter.empty

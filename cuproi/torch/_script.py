@@ -8,6 +8,7 @@ while the ops check them again when they run. These functions take what the eage
 """
 
 import functools
+import inspect
 
 import torch
 from torch import Tensor
@@ -19,8 +20,9 @@ def compiles_as(scripted):
 
     ``torch.jit.script`` reads the source of what ``__wrapped__`` names and resolves its names
     in the globals of the function it is given: the decorated function is wrapped in one of
-    this module, whose ``__wrapped__`` is ``scripted`` (the same name and parameters). Eager
-    calls, ``torch.compile`` and ``torch.export`` run the decorated function.
+    this module, whose ``__wrapped__`` is ``scripted`` (the same name and parameters), and whose
+    signature, for ``help()``, is ``scripted``'s. Eager calls, ``torch.compile`` and
+    ``torch.export`` run the decorated function.
     """
 
     def mark(function):
@@ -29,9 +31,22 @@ def compiles_as(scripted):
             return function(*args, **kwargs)
 
         eager.__wrapped__ = scripted
+        eager.__signature__ = _readable(inspect.signature(scripted))
         return eager
 
     return mark
+
+
+def _readable(signature):
+    """``signature`` with ``output_size`` an int or a pair, for ``help()``.
+
+    ``BroadcastingList2[int]``, which TorchScript reads in the source, is None at run time.
+    """
+    parameters = [
+        p.replace(annotation=int | tuple[int, int]) if p.name == "output_size" else p
+        for p in signature.parameters.values()
+    ]
+    return signature.replace(parameters=parameters)
 
 
 def _rois(boxes: Tensor | list[Tensor], like: Tensor, width: int = 4) -> Tensor:
