@@ -285,12 +285,25 @@ def test_avg_mode_is_unchanged():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bad", [None, np.inf, np.nan])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_max_backward_bands_against_the_sums_of_winners(monkeypatch, dtype, bad, channels_last):
+@pytest.mark.parametrize("write", [None, 1, 70])
+def test_max_backward_bands_against_the_sums_of_winners(
+    monkeypatch, dtype, bad, channels_last, write
+):
     """The CPU's banded input gradient of max mode (_bin_max.add_winners: each winner's row of
     the gradient, a zero elsewhere, the gradient multiplied by 0 or 1 where it is finite and
     masked on its bits where not) bit for bit against np.add.at over the winners, the path
-    kept for boxes in pieces."""
+    kept for boxes in pieces. With ``write``, bands of 3 rows are written into the planes a
+    few rows at a time (a row, or two rows of 11 pixels and 3 channels)."""
     align_cpu = importlib.import_module("cuproi._cpu.roi_align")
+    if write is not None:
+        bin_max = importlib.import_module("cuproi._cpu._bin_max")
+        bands = bin_max._bands
+
+        def thin(*args):
+            return [(i, r, min(r + 3, r1)) for i, r0, r1 in bands(*args) for r in range(r0, r1, 3)]
+
+        monkeypatch.setattr(bin_max, "_bands", thin)
+        monkeypatch.setattr(bin_max, "_WRITE", write)
     x, rois, g = max_data(dtype, seed=3)
     x = np.round(x * 2) / 2  # ties and zeros
     x[0, 1, 4, 4] = -0.0

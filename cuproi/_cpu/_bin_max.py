@@ -485,6 +485,12 @@ def _bands(image, lo, hi, load, n, rows):
     return bands
 
 
+# Elements of a band's sums written into the NCHW planes at a time. A band is up to BUDGET
+# values; copied into the planes at once, transposed, its copy took 3 to 4 times as long as by
+# pieces of a few rows (a 2-core VM: 45 against 12 ms for 2 x 256 x 100 x 152 float32).
+_WRITE = 1 << 17
+
+
 def add_winners(grad, slot, chunk, image, y, x, g_rows):
     """Write max mode's input gradient into the zeroed (N, C, H, W) ``grad``, band by band.
 
@@ -552,9 +558,13 @@ def add_winners(grad, slot, chunk, image, y, x, g_rows):
         sums = None
         for e0, e1 in zip(edges[:-1], edges[1:], strict=True):
             sums = group(sel[e0:e1], i, r0, r1, area, sums)
-        if sums is not None:
-            cells = grad[i, :, r0:r1, area[2] : area[3]]
-            cells[...] = sums.reshape(r1 - r0, area[3] - area[2], c).transpose(2, 0, 1)
+        if sums is not None:  # (cells, C) into the planes, _WRITE elements at a time
+            x0, x1 = area[2:]
+            sums = sums.reshape(r1 - r0, x1 - x0, c)
+            step = max(_WRITE // max((x1 - x0) * c, 1), 1)
+            for q0 in range(r0, r1, step):
+                q1 = min(q0 + step, r1)
+                grad[i, :, q0:q1, x0:x1] = sums[q0 - r0 : q1 - r0].transpose(2, 0, 1)
 
     _parallel.map_ordered(lambda b: band(*b), bands)
 
