@@ -519,10 +519,15 @@ class RoIOpTester:
 
     def test_cpu_chunks_give_the_same_result(self, monkeypatch):
         """A tiny budget splits the boxes into many chunks on the NumPy backend: the same
-        values."""
+        values. So do the forward's products by pieces of a box (_sampling.apply)."""
         case = self.adjoint_cases[0]
         inputs = self.host_inputs(np.float64, case)
         whole = self.everything(On_CPU, *inputs, case)
+        # RoI Align's few bins take no chunks: here they do, against its few-bin path above.
+        monkeypatch.setattr(importlib.import_module("cuproi._cpu.roi_align"), "FEW_BINS", 0)
+        monkeypatch.setattr(_sampling, "_APPLY", 1)  # a piece per box
+        apply, boxes = _sampling.apply, []
+        monkeypatch.setattr(_sampling, "apply", lambda *a: boxes.append(len(a[2])) or apply(*a))
         chunks, seen = _sampling.chunks, []
 
         def small(cost, budget=None):
@@ -530,13 +535,14 @@ class RoIOpTester:
             seen.append(len(parts))
             return iter(parts)
 
-        monkeypatch.setattr(_sampling, "chunks", small)
-        # RoI Align's few bins take no chunks: here they do, against its few-bin path above.
-        monkeypatch.setattr(importlib.import_module("cuproi._cpu.roi_align"), "FEW_BINS", 0)
-        split = self.everything(On_CPU, *inputs, case)
+        for change in (None, small):
+            if change is not None:
+                monkeypatch.setattr(_sampling, "chunks", change)
+            split = self.everything(On_CPU, *inputs, case)
+            for a, b in zip(whole, split, strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
         assert seen and max(seen) > 3
-        for a, b in zip(whole, split, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+        assert not boxes or max(boxes) > 1  # where the op has products by pieces
 
 
 class BoxGradientChecks:
