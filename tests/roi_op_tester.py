@@ -525,7 +525,7 @@ class RoIOpTester:
         whole = self.everything(On_CPU, *inputs, case)
         # RoI Align's few bins take no chunks: here they do, against its few-bin path above.
         monkeypatch.setattr(importlib.import_module("cuproi._cpu.roi_align"), "FEW_BINS", 0)
-        monkeypatch.setattr(_sampling, "_APPLY", 1)  # a piece per box
+        monkeypatch.setattr(_sampling, "APPLY", 1)  # a piece per box
         apply, boxes = _sampling.apply, []
         monkeypatch.setattr(_sampling, "apply", lambda *a: boxes.append(len(a[2])) or apply(*a))
         chunks, seen = _sampling.chunks, []

@@ -50,6 +50,11 @@ def _operator(rois, g, axes, shape, k0, k1, slopes=False, pixels=None):
     )
 
 
+def _dot(operator, x_rows, g_rows, part):
+    """``<g, operator @ X>`` of every bin (a row of ``g_rows``), over the channels, as ``part``."""
+    return np.einsum("ij,ij->i", operator @ x_rows, g_rows).reshape(part)
+
+
 def deform_roi_pool(
     input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, mask=None
 ):
@@ -121,21 +126,23 @@ def deform_roi_pool_backward(
 
     def run(k0, k1):
         """The operator of boxes k0:k1, after their offset and mask gradients."""
-        r0, r1 = k0 * bins, k1 * bins
-        part = (k1 - k0, *pooled)
-
-        def dot(operator, g_part):  # <g, operator @ X> of every bin, over the channels
-            return np.einsum("ij,ij->i", operator @ x_rows, g_part).reshape(part)
-
         if offset is None:
             a = _operator(rois, g, axes, shape, k0, k1, pixels=pixels)
         else:
             a, d_dx, d_dy = _operator(rois, g, axes, shape, k0, k1, slopes=True, pixels=pixels)
-            g_part = g_rows(r0, r1)
-            grad_offset[k0:k1, 0] = dot(d_dx, g_part) * scale_x[k0:k1]
-            grad_offset[k0:k1, 1] = dot(d_dy, g_part) * scale_y[k0:k1]
-        if mask is not None:  # the unmodulated average is this very operator's A @ X
-            grad_mask[k0:k1, 0] = dot(a, plain_rows(r0, r1))
+        if offset is None and mask is None:
+            return a
+        step = max(_sampling.APPLY // max(bins * c, 1), 1)
+        for p0 in range(k0, k1, step):  # by pieces of boxes (see _sampling.APPLY)
+            p1 = min(p0 + step, k1)
+            rows, part = slice((p0 - k0) * bins, (p1 - k0) * bins), (p1 - p0, *pooled)
+            if offset is not None:
+                g_part = g_rows(p0 * bins, p1 * bins)
+                grad_offset[p0:p1, 0] = _dot(d_dx[rows], x_rows, g_part, part) * scale_x[p0:p1]
+                grad_offset[p0:p1, 1] = _dot(d_dy[rows], x_rows, g_part, part) * scale_y[p0:p1]
+            if mask is not None:  # the unmodulated average is this very operator's A @ X
+                g_part = plain_rows(p0 * bins, p1 * bins)
+                grad_mask[p0:p1, 0] = _dot(a[rows], x_rows, g_part, part)
         return a
 
     grad = _sampling.input_gradient(
