@@ -519,7 +519,7 @@ class RoIOpTester:
 
     def test_cpu_chunks_give_the_same_result(self, monkeypatch):
         """A tiny budget splits the boxes into many chunks on the NumPy backend: the same
-        values. So do the forward's products by pieces of a box (_sampling.apply)."""
+        values. So do the products with the features by pieces of a box (_sampling.APPLY)."""
         case = self.adjoint_cases[0]
         inputs = self.host_inputs(np.float64, case)
         whole = self.everything(On_CPU, *inputs, case)
