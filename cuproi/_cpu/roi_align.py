@@ -404,8 +404,7 @@ def _max_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
     pixels = _pixels(input, rois, y, x, shape, rois.dtype)
 
     def write(k0, k1, chunk):
-        value = chunk[0]
-        out[k0:k1] = value.reshape(k1 - k0, pooled_h, pooled_w, c).transpose(0, 3, 1, 2)
+        _sampling.bins_to_boxes(chunk[0], out[k0:k1])
 
     for _ in _chunks(pixels, rois, shape, y, x, write, _winners):
         pass
