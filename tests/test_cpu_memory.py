@@ -16,6 +16,7 @@ every sample of a chunk of boxes at once, and a chunk holds at least one box:
 
 import importlib
 import sys
+import weakref
 from pathlib import Path
 
 import host
@@ -260,6 +261,35 @@ def test_backward_memory_does_not_grow_with_the_output_gradient(monkeypatch, nam
     few, many = beyond(256), beyond(1024)
     more = 768 * 64 * 49 * 4  # 9.6 MB more of output gradient
     assert many - few < more / 2, f"{few} bytes beyond for 256 boxes, {many} for 1024"
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_the_backward_lets_its_operators_go_once_transposed(monkeypatch, threads):
+    """The input gradient's products run on the transposed operator alone: the operators of
+    the chunk (for 4096 boxes at 7x7, 11 MB, as much as their transpose) are not kept."""
+    monkeypatch.setenv("CUPROI_NUM_THREADS", threads)
+    made, alive = [], []
+    in_pieces, spans = align_cpu._in_pieces, _sampling._spans
+
+    def operator(*args):
+        a = in_pieces(*args)
+        made.append(weakref.ref(a))
+        return a
+
+    def spans_seen(*args):  # once A.T is built, before the products
+        alive.append(sum(ref() is not None for ref in made))
+        return spans(*args)
+
+    monkeypatch.setattr(align_cpu, "_in_pieces", operator)
+    monkeypatch.setattr(_sampling, "_spans", spans_seen)
+    rng = np.random.default_rng(2)
+    corner = rng.uniform(0, 60, (1024, 2))
+    boxes = np.column_stack(
+        [rng.integers(0, 2, 1024), corner, corner + rng.uniform(2, 40, (1024, 2))]
+    )
+    g = np.ones((1024, 64, 7, 7), np.float32)
+    cuproi.roi_align_backward(g, boxes.astype(np.float32), (2, 64, 80, 80), 7, 1.0, 2)
+    assert made and alive == [0] * len(alive)
 
 
 @pytest.mark.parametrize(
