@@ -213,7 +213,7 @@ def deform_roi_pool(
     )
     ratio, gamma = _validate.sampling_ratio(sampling_ratio), _validate.gamma(gamma)
     args = (input, rois, offset, pooled_h, pooled_w, scale, ratio, gamma)
-    return _forward_mode.call(_deform_roi_pool, *args, *([] if mask is None else [mask]))
+    return _forward_mode.call(_deform_roi_pool, *args, mask)
 
 
 torch.fx.wrap("deform_roi_pool")  # a leaf of torch.fx graphs, as torchvision's ops
