@@ -154,3 +154,22 @@ def test_other_ops_give_cuproi_errors(name):
     kind, message = _expected(lambda: OTHER_OPS[name](cuproi, _other_arrays(np.asarray)))
     with pytest.raises(kind, match=re.escape(message)):
         OTHER_OPS[name](cj, _other_arrays(jnp.asarray))
+
+
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd", "hessian"])
+def test_forward_mode_raises(transform):
+    """Forward mode is refused (every op is a custom_vjp; a hessian is forward over reverse,
+    through the backward's callbacks), never silent zeros as torch gave for custom ops."""
+    x, boxes, _ = data()
+    x, boxes = jnp.asarray(x), jnp.asarray(boxes)
+
+    def loss(x):
+        return cj.roi_align(x, boxes, OUT, SCALE, 2, True).sum()
+
+    calls = {
+        "jvp": lambda: jax.jvp(loss, (x,), (jnp.ones_like(x),)),
+        "jacfwd": lambda: jax.jacfwd(loss)(x),
+        "hessian": lambda: jax.hessian(loss)(x[:, :1, :4, :4]),
+    }
+    with pytest.raises((TypeError, ValueError), match="JVP|jvp"):
+        calls[transform]()

@@ -14,7 +14,9 @@ of the features' dtype.
   (``roi_align``, ``deform_roi_pool``, ``prroi_pool``; the others give the boxes a zero
   cotangent). A gradient is computed only for the arrays being differentiated. Sizes, scales
   and flags are static Python values, not differentiated. Forward mode (``jax.jvp``,
-  ``jax.jacfwd``) is not available, as for every ``custom_vjp``.
+  ``jax.jacfwd``, and so ``jax.hessian``, forward over reverse) is not available, as for every
+  ``custom_vjp``: JAX raises a TypeError, or for ``hessian`` a ValueError naming the buffer
+  callbacks of the backward.
 - **Where it runs.** Each computation is a ``jax.experimental.buffer_callback`` (JAX >= 0.7):
   XLA hands it its own buffers, which cuproi reads in place through DLPack. On the CPU the
   NumPy backend writes the results into XLA's result buffers (float16 results, computed in
