@@ -561,10 +561,8 @@ def add_winners(grad, slot, chunk, image, y, x, g_rows):
         if sums is not None:  # (cells, C) into the planes, _WRITE elements at a time
             x0, x1 = area[2:]
             sums = sums.reshape(r1 - r0, x1 - x0, c)
-            step = max(_WRITE // max((x1 - x0) * c, 1), 1)
-            for q0 in range(r0, r1, step):
-                q1 = min(q0 + step, r1)
-                grad[i, :, q0:q1, x0:x1] = sums[q0 - r0 : q1 - r0].transpose(2, 0, 1)
+            for q0, q1 in _sampling.chunks(np.full(r1 - r0, (x1 - x0) * c), _WRITE):
+                grad[i, :, r0 + q0 : r0 + q1, x0:x1] = sums[q0:q1].transpose(2, 0, 1)
 
     _parallel.map_ordered(lambda b: band(*b), bands)
 

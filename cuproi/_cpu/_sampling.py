@@ -404,9 +404,7 @@ def apply(a, x_rows, out):
     """
     k, c, ph, pw = out.shape
     bins = ph * pw
-    step = max(APPLY // max(bins * c, 1), 1)
-    for k0 in range(0, k, step):
-        k1 = min(k0 + step, k)
+    for k0, k1 in chunks(np.full(k, bins * c), APPLY):
         piece = a if k1 - k0 == k else a[k0 * bins : k1 * bins]
         bins_to_boxes(piece @ x_rows, out[k0:k1])
 

@@ -132,10 +132,10 @@ def deform_roi_pool_backward(
             a, d_dx, d_dy = _operator(rois, g, axes, shape, k0, k1, slopes=True, pixels=pixels)
         if offset is None and mask is None:
             return a
-        step = max(_sampling.APPLY // max(bins * c, 1), 1)
-        for p0 in range(k0, k1, step):  # by pieces of boxes (see _sampling.APPLY)
-            p1 = min(p0 + step, k1)
-            rows, part = slice((p0 - k0) * bins, (p1 - k0) * bins), (p1 - p0, *pooled)
+        # By pieces of boxes (see _sampling.APPLY): rows of the operators, boxes p0:p1.
+        for q0, q1 in _sampling.chunks(np.full(k1 - k0, bins * c), _sampling.APPLY):
+            rows, part = slice(q0 * bins, q1 * bins), (q1 - q0, *pooled)
+            p0, p1 = k0 + q0, k0 + q1
             if offset is not None:
                 g_part = g_rows(p0 * bins, p1 * bins)
                 grad_offset[p0:p1, 0] = _dot(d_dx[rows], x_rows, g_part, part) * scale_x[p0:p1]
