@@ -14,8 +14,9 @@ _CONVENTIONS = """
     ``[-1, H] x [-1, W]`` counts as zero; inside that band but off the map it takes the value of
     the nearest edge. The results equal ``torchvision.ops.roi_align`` for every box, including
     degenerate, flipped and out-of-map ones; with ``aligned=True`` and adaptive sampling a box of
-    zero or negative size gives zeros. Coordinates are computed in float32 (float64 for float64
-    features); float16 features accumulate in float32.
+    zero or negative size gives zeros (as torchvision's CUDA kernel does; its CPU kernel raises
+    a ValueError for a box flipped by a bin or more along one side only). Coordinates are
+    computed in float32 (float64 for float64 features); float16 features accumulate in float32.
 """
 
 
