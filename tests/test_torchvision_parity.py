@@ -237,3 +237,36 @@ def test_random_problems(seed):
         out.backward(torch.from_numpy(gs))
         grad = cuproi.ps_roi_align_backward(gs, boxes, x.shape, size, scale, ratio)
         np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_multi_scale_module_on_random_problems(seed):
+    """cuproi.torch.MultiScaleRoIAlign in place of torchvision's on 40 random pyramids each: 1
+    to 4 consecutive levels of images padded to a multiple of 64, images of several sizes (the
+    largest sets the scales, by rounding its ratio to each level's height), other maps in the
+    dict, boxes of every size, partly off the image."""
+    import cuproi.torch
+
+    rng = np.random.default_rng(seed)
+
+    def maps(n, height, width):
+        return torch.from_numpy(rng.standard_normal((n, 2, height, width)))
+
+    for _ in range(40):
+        image = tuple(int(v) for v in rng.integers(40, 400, 2))  # the largest image
+        height, width = (-(-v // 64) * 64 for v in image)  # padded: its levels halve exactly
+        first = int(rng.integers(2, 6))
+        names = [f"p{i}" for i in range(first, min(first + int(rng.integers(1, 5)), 7))]
+        n = int(rng.integers(1, 3))
+        x = {name: maps(n, height >> int(name[1]), width >> int(name[1])) for name in names}
+        x["other"] = maps(n, 5, 5)
+        sizes = [image] + [tuple(int(v) for v in rng.integers(33, image)) for _ in range(n - 1)]
+        boxes = []
+        for _ in range(n):
+            corner = rng.uniform(-10, [width, height], (int(rng.integers(0, 6)), 2))
+            extent = rng.uniform(0, 500, corner.shape)
+            boxes.append(torch.from_numpy(np.hstack([corner, corner + extent])))
+        size, ratio = int(rng.integers(1, 8)), int(rng.integers(-1, 3))
+        theirs = ops.MultiScaleRoIAlign(names, size, ratio)(x, boxes, sizes)
+        ours = cuproi.torch.MultiScaleRoIAlign(names, size, ratio)(x, boxes, sizes)
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
