@@ -270,3 +270,25 @@ def test_multi_scale_module_on_random_problems(seed):
         theirs = ops.MultiScaleRoIAlign(names, size, ratio)(x, boxes, sizes)
         ours = cuproi.torch.MultiScaleRoIAlign(names, size, ratio)(x, boxes, sizes)
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool"]
+    + ["RoIAlign", "RoIPool", "PSRoIAlign", "PSRoIPool", "MultiScaleRoIAlign"],
+)
+def test_cuproi_torch_takes_torchvision_signatures(name):
+    """Every parameter of torchvision's function or module (and its forward) is cuproi.torch's,
+    in the same place, with the same default: calls by position or keyword carry over."""
+    import inspect
+
+    import cuproi.torch
+
+    theirs, ours = getattr(ops, name), getattr(cuproi.torch, name)
+    pairs = [(theirs, ours)]
+    if isinstance(theirs, type):
+        pairs = [(theirs.__init__, ours.__init__), (theirs.forward, ours.forward)]
+    for a, b in pairs:
+        expected = [(p.name, p.default) for p in inspect.signature(a).parameters.values()]
+        given = [(p.name, p.default) for p in inspect.signature(b).parameters.values()]
+        assert given[: len(expected)] == expected
