@@ -109,6 +109,22 @@ def test_module_errors():
         ct.MultiScaleRoIAlign(["p2"], 3, 2)({"p2": t["p2"]}, [t["boxes"][:, 1:]], [])
 
 
+def test_the_module_refuses_inferred_scales_that_do_not_halve():
+    """Maps of P2 and P4 (torchvision would pool P3's boxes from P4's map): the error names the
+    maps' heights, the image height and the scales inferred from them, eager and scripted."""
+    t = TestMultiScaleRoIAlign().inputs({})
+    module = ct.MultiScaleRoIAlign(["p2", "p4"], 3, 2)
+    x, boxes = {"p2": t["p2"], "p4": t["p4"]}, [t["boxes"][:, 1:]]
+    message = (
+        r"the scales inferred from the maps' heights \[16, 4\] and the largest image height "
+        r"64 .* are \[0\.25, 0\.0625\], which do not halve from each level to the next"
+    )
+    with pytest.raises(ValueError, match=message):
+        module(x, boxes, [(64, 48)])
+    with pytest.raises(torch.jit.Error, match=message):
+        torch.jit.script(module)(x, boxes, [(64, 48)])
+
+
 def test_the_features_must_be_a_list():
     with pytest.raises(
         TypeError,

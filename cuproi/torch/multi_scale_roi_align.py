@@ -202,7 +202,30 @@ def _levels(x, featmap_names, image_shapes):
 def _level_scales(features, image_shapes):
     """The scale of every level, from the largest image height and width (torchvision's rule)."""
     size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-    return [_infer_scale(f, size) for f in features]
+    scales = [_infer_scale(f, size) for f in features]
+    _check_halving(scales, [f.shape[-2] for f in features], size[0])
+    return scales
+
+
+def _check_halving(scales: list[float], heights: list[int], height: int):
+    """ValueError where the inferred ``scales`` do not halve from each level to the next.
+
+    Maps of levels that are not consecutive, or ``image_shapes`` of other images, give such
+    scales; torchvision then pools some boxes from another level's map, or not at all, and
+    says nothing. Plain string concatenation: TorchScript compiles this too.
+    """
+    for i in range(1, len(scales)):
+        if scales[i] * 2.0 != scales[i - 1]:
+            raise ValueError(
+                "the scales inferred from the maps' heights "
+                + str(heights)
+                + " and the largest image height "
+                + str(height)
+                + " (2**round(log2(map height / image height)), as torchvision infers them) are "
+                + str(scales)
+                + ", which do not halve from each level to the next: give the maps of "
+                "consecutive levels, finest first, and the sizes of the images they come from"
+            )
 
 
 # Leaves of torch.fx graphs: they read the dict of levels and the image sizes, which a traced
@@ -236,7 +259,9 @@ class MultiScaleRoIAlign(nn.Module):
     height of ``image_shapes``, rounded to a power of two. Unlike torchvision, which infers the
     scales on the first call and keeps them, they are inferred on every call (they depend
     only on shapes: no device synchronisation); the last ones are in :attr:`scales` (not
-    set by a ``torch.fx`` graph of the module).
+    set by a ``torch.fx`` graph of the module). Scales that do not halve from each level to
+    the next (the maps of levels that are not consecutive, or ``image_shapes`` of other
+    images) raise ValueError, where torchvision pools some boxes from another level's map.
     """
 
     scales: list[float] | None  # for torch.jit.script, which types the attributes from None
@@ -287,8 +312,11 @@ class MultiScaleRoIAlign(nn.Module):
         for s in image_shapes:
             height, width = max(height, s[0]), max(width, s[1])
         scales: list[float] = []
+        heights: list[int] = []
         for f in features:  # _infer_scale's rule; TorchScript has no math.log2
             scales.append(2.0 ** round(math.log(f.shape[-2] / height) / math.log(2.0)))
+            heights.append(f.shape[-2])
+        _check_halving(scales, heights, height)
         self.scales = scales
         return self._pool(features, boxes, scales)
 
