@@ -292,3 +292,45 @@ def test_cuproi_torch_takes_torchvision_signatures(name):
         expected = [(p.name, p.default) for p in inspect.signature(a).parameters.values()]
         given = [(p.name, p.default) for p in inspect.signature(b).parameters.values()]
         assert given[: len(expected)] == expected
+
+
+def test_mask_rcnn_with_cuproi_poolers_detects_and_trains_as_with_torchvision_s():
+    """torchvision's Mask R-CNN (random weights, seeded) with cuproi.torch's MultiScaleRoIAlign
+    as its box and mask poolers: the same detections to float32 rounding, the same losses."""
+    import copy
+
+    from torchvision.models import detection
+
+    import cuproi.torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        theirs = detection.maskrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=3, min_size=200, max_size=333
+        )
+    theirs.roi_heads.score_thresh = 0.0  # random weights: keep every detection
+    ours = copy.deepcopy(theirs)
+    ours.roi_heads.box_roi_pool = cuproi.torch.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    ours.roi_heads.mask_roi_pool = cuproi.torch.MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2)
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 220, 300, generator=g), torch.rand(3, 180, 333, generator=g)]
+    with torch.no_grad():
+        found = [model.eval()(images) for model in (theirs, ours)]
+    for want, got in zip(*found, strict=True):
+        assert len(want["boxes"]) > 0
+        torch.testing.assert_close(got["labels"], want["labels"], rtol=0, atol=0)
+        for key in ("boxes", "scores", "masks"):
+            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-3)
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 100.0, 120.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[30.0, 40.0, 200.0, 150.0]]), "labels": torch.tensor([2])},
+    ]
+    for target, image in zip(targets, images, strict=True):
+        target["masks"] = torch.zeros(1, *image.shape[1:], dtype=torch.uint8)
+        target["masks"][0, 30:100, 20:90] = 1
+    losses = []
+    for model in (theirs, ours):
+        with torch.random.fork_rng():
+            torch.manual_seed(5)  # the sampling of proposals
+            losses.append(model.train()(images, targets))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
