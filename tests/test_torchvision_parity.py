@@ -294,7 +294,7 @@ def test_cuproi_torch_takes_torchvision_signatures(name):
         assert given[: len(expected)] == expected
 
 
-def test_mask_rcnn_with_cuproi_poolers_detects_and_trains_as_with_torchvision_s():
+def test_mask_rcnn_detects_and_trains_alike_with_cuproi_poolers():
     """torchvision's Mask R-CNN (random weights, seeded) with cuproi.torch's MultiScaleRoIAlign
     as its box and mask poolers: the same detections to float32 rounding, the same losses."""
     import copy
