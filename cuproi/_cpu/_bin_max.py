@@ -154,12 +154,15 @@ def _values_of(op, pixels, rows):
 
 
 def _exact(s, image, pixels, rows, channels):
-    """Values of samples ``rows``, one channel each (``channels``), as :func:`values`."""
+    """Values of samples ``rows``, one channel each (``channels``), as :func:`values`.
+
+    Of two NaN terms the first one's bits are kept, as in ``_samples.values``.
+    """
     at = image[s.bin[rows]]
     total = None
     for (iy, ix), w in zip(_TAPS, _samples.weights(s), strict=True):
         term = pixels.rows[pixels.at(at, *_tap(s, iy, ix, rows)), channels] * w[rows]
-        total = term if total is None else total + term
+        total = term if total is None else np.where(np.isnan(total), total, total + term)
     return total
 
 

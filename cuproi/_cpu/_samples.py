@@ -154,7 +154,9 @@ def values(s, image, pixels):
     """Interpolated values (S, C) of every sample, in the kernels' order of operations.
 
     ``((w00 v00 + w01 v01) + w10 v10) + w11 v11``, one tap at a time: two (S, C) arrays alive
-    instead of the four corners and their products.
+    instead of the four corners and their products. Of two NaN terms a sum keeps the first
+    one's bits, as the kernels' sums do on a host; NumPy's add may keep either (NumPy 1.x's
+    SIMD loops keep the second), so where the total is NaN the term is made that very NaN.
     """
     taps = ((s.y0, s.x0), (s.y0, s.x1), (s.y1, s.x0), (s.y1, s.x1))
     total = None
@@ -164,6 +166,7 @@ def values(s, image, pixels):
         if total is None:
             total = term
         else:
+            np.copyto(term, total, where=np.isnan(total))
             total += term
     return total
 
