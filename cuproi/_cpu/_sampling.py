@@ -43,18 +43,21 @@ def sample_range(start, bin_size, grid, size):
     test is applied per sample afterwards. Mirrors ``sample_range`` in kernels/common.
     """
     ct = start.dtype.type
+    # size may be an array, which ct(size) would turn into a scalar where it holds one value
+    # (NumPy 1.x, with a DeprecationWarning).
+    end, wide = np.asarray(size, ct), np.asarray(np.add(size, 1), ct)
     hi = np.maximum(grid, 0)
     with np.errstate(all="ignore"):
         step = bin_size / grid.astype(ct)
-        err = ct(8 * np.finfo(ct).eps) * (np.abs(start) + np.abs(bin_size) + ct(size + 1))
+        err = ct(8 * np.finfo(ct).eps) * (np.abs(start) + np.abs(bin_size) + wide)
         a = (ct(-1) - err - start) / step - ct(0.5)
-        b = (ct(size) + err - start) / step - ct(0.5)
+        b = (end + err - start) / step - ct(0.5)
         a, b = np.where(step < 0, b, a), np.where(step < 0, a, b)
         # Clipped to [0, hi]: infinities to the ends, NaN to 0 (fmax takes the number).
         lo = np.fmax(np.minimum(np.floor(a) - 4, hi), 0).astype(np.int64)
         up = np.fmax(np.minimum(np.floor(b) + 5, hi), 0).astype(np.int64)
         # A zero-size bin puts every sample at `start`: all in range or none.
-        at_start = (start >= ct(-1) - err) & (start <= ct(size) + err)
+        at_start = (start >= ct(-1) - err) & (start <= end + err)
         zero = step == 0
     lo = np.where(zero, 0, lo)
     up = np.where(zero, np.where(at_start, hi, 0), up)
@@ -95,7 +98,7 @@ def sample_positions(start, bin_size, grid, i):
 def in_range(pos, size):
     """Samples that count: inside ``[-1, size]`` (NaN is outside); the others add zero."""
     ct = pos.dtype.type
-    return (pos >= ct(-1)) & (pos <= ct(size))
+    return (pos >= ct(-1)) & (pos <= np.asarray(size, ct))
 
 
 def edge_taps(pos, size):
