@@ -28,6 +28,11 @@ SCRIPT = textwrap.dedent(
     import cuproi
     import cuproi.jax as cj
 
+    try:
+        shard_map = jax.shard_map
+    except AttributeError:  # older JAX
+        from jax.experimental.shard_map import shard_map
+
     assert jax.device_count() == 2
     rng = np.random.default_rng(0)
     K = 6  # boxes per device, on its 2 images
@@ -48,7 +53,7 @@ SCRIPT = textwrap.dedent(
         return jax.device_put(a, NamedSharding(mesh, spec))
 
     def split(f):
-        return jax.shard_map(f, mesh=mesh, in_specs=P("d"), out_specs=P("d"))
+        return shard_map(f, mesh=mesh, in_specs=P("d"), out_specs=P("d"))
 
     def deform_loss(x, b, o, m, g):
         return jnp.sum(cj.deform_roi_pool(x, b, o, 2, 1.0, 2, 0.1, m) * g)
@@ -90,19 +95,22 @@ SCRIPT = textwrap.dedent(
 
     # Features shared by the devices, boxes split: the features' gradient is the sum of the
     # devices' (psum, in another order than one call's sum), the boxes' each device's own.
-    shared = jax.shard_map(
-        jax.grad(lambda x, b, g: jnp.sum(cj.roi_align(x, b, 2, 1.0, 2, True) * g), (0, 1)),
-        mesh=mesh,
-        in_specs=(P(), P("d"), P("d")),
-        out_specs=(P(), P("d")),
-    )
-    boxes, grads = b.reshape(2 * K, 5), g.reshape(2 * K, 3, 2, 2)
-    gx, gb = jax.jit(shared)(put(x[0], P()), put(boxes), put(grads))
-    want = cuproi.roi_align_backward(grads, boxes, x[0].shape, 2, 1.0, 2, True)
-    np.testing.assert_allclose(np.asarray(gx), want, rtol=1e-6, atol=1e-6)
-    want = cuproi.roi_align_box_backward(grads, x[0], boxes, 2, 1.0, 2, True)
-    np.testing.assert_array_equal(np.asarray(gb), want)
-    print("shard_map shared features")
+    # The experimental shard_map of older JAX checks replication, which cannot see the
+    # features' gradient as replicated.
+    if hasattr(jax, "shard_map"):
+        shared = shard_map(
+            jax.grad(lambda x, b, g: jnp.sum(cj.roi_align(x, b, 2, 1.0, 2, True) * g), (0, 1)),
+            mesh=mesh,
+            in_specs=(P(), P("d"), P("d")),
+            out_specs=(P(), P("d")),
+        )
+        boxes, grads = b.reshape(2 * K, 5), g.reshape(2 * K, 3, 2, 2)
+        gx, gb = jax.jit(shared)(put(x[0], P()), put(boxes), put(grads))
+        want = cuproi.roi_align_backward(grads, boxes, x[0].shape, 2, 1.0, 2, True)
+        np.testing.assert_allclose(np.asarray(gx), want, rtol=1e-6, atol=1e-6)
+        want = cuproi.roi_align_box_backward(grads, x[0], boxes, 2, 1.0, 2, True)
+        np.testing.assert_array_equal(np.asarray(gb), want)
+        print("shard_map shared features")
 
     # jit of arrays sharded along the batch: XLA gathers them, every device computes the op.
     features = x.reshape(4, 3, 10, 12)
@@ -129,4 +137,6 @@ def test_pmap_shard_map_and_sharded_jit():
     result = subprocess.run([sys.executable, "-c", SCRIPT], **run)
     assert result.returncode == 0, result.stderr
     checks = ["pmap", "shard_map", "shard_map levels", "shard_map shared features", "sharded jit"]
+    if not hasattr(pytest.importorskip("jax"), "shard_map"):  # see the script
+        checks.remove("shard_map shared features")
     assert result.stdout.split("\n")[:-1] == checks

@@ -41,7 +41,7 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
 
     Examples
     --------
-    >>> x = jnp.stack([jnp.full((4, 4), v) for v in (1.0, 2.0, 3.0, 4.0)])[None]
+    >>> x = jnp.stack([jnp.full((4, 4), v, jnp.float32) for v in (1, 2, 3, 4)])[None]
     >>> boxes = jnp.array([[0, 0.0, 0.0, 4.0, 4.0]])
     >>> cuproi.jax.ps_roi_align(x, boxes, 2, sampling_ratio=2)
     Array([[[[1., 2.],
