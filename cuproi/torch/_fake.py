@@ -52,9 +52,11 @@ def _numpy_dtype(dtype, name):
     """
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    with unset_fake_temporarily():  # a real tensor, also while a FakeTensorMode is active
+    # A real tensor, also while a FakeTensorMode is active, which it must not see exported
+    # either (torch 2.7's __dlpack__ makes a view of it).
+    with unset_fake_temporarily():
         empty = torch.empty(0, dtype=dtype, device="cpu")
-    return _dispatch.native(empty, "cpu", name).dtype
+        return _dispatch.native(empty, "cpu", name).dtype
 
 
 def _device(tensor):
