@@ -90,7 +90,9 @@ def test_a_saved_program_loads_after_import_cuproi_torch(tmp_path):
     assert "loaded and equal" in done.stdout
     done = load_apart(tmp_path / "program.pt2", tmp_path, "no", "export")
     assert done.returncode != 0
-    assert "cuproi" in done.stderr  # torch names the op it does not know
+    # torch names the op it does not know; torch 2.8 reports its retry as an archive of the
+    # old format instead, which has no record 'version'.
+    assert "cuproi" in done.stderr or "no item named 'version'" in done.stderr
 
 
 @pytest.mark.slow  # compiles C++

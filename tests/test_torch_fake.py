@@ -12,7 +12,7 @@ ct = pytest.importorskip("cuproi.torch")
 
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 from torch.utils._pytree import tree_map_only  # noqa: E402
-from torch_op_tester import Call, assert_same, cause, never_run, raised  # noqa: E402
+from torch_op_tester import Call, assert_same, cause, export, never_run, raised  # noqa: E402
 
 import cuproi  # noqa: E402
 
@@ -41,7 +41,7 @@ def test_dynamic_shapes_are_checked_at_their_example_sizes_without_guards():
     # Refused, as in eager mode, with the example sizes in the message.
     dims = ({2: torch.export.Dim("h")}, {0: torch.export.Dim("k")})
     expected = raised(pool, X, BOXES[:, 1:])
-    assert_same(raised(torch.export.export, pool, (X, BOXES[:, 1:]), dynamic_shapes=dims), expected)
+    assert_same(raised(export, pool, (X, BOXES[:, 1:]), dynamic_shapes=dims), expected)
     x, boxes = X.long(), BOXES.clone()
     torch._dynamo.mark_dynamic(x, 2)
     torch._dynamo.mark_dynamic(boxes, 0)
@@ -60,7 +60,7 @@ def test_a_data_dependent_box_count_is_not_refused():
 
     program = torch.export.export(Call(pool), (X, BOXES)).module()
     torch.testing.assert_close(program(X, BOXES), pool(X, BOXES))
-    assert_same(raised(torch.export.export, Call(pool), (X[0], BOXES)), raised(pool, X[0], BOXES))
+    assert_same(raised(export, Call(pool), (X[0], BOXES)), raised(pool, X[0], BOXES))
 
 
 def fake_call(op, args):
