@@ -16,6 +16,7 @@ every sample of a chunk of boxes at once, and a chunk holds at least one box:
 
 import importlib
 import sys
+import tracemalloc
 import weakref
 from pathlib import Path
 
@@ -222,8 +223,19 @@ def test_float16_backward_of_several_chunks_costs_one_gradient(monkeypatch, name
     """float16 gradients are summed in float32; over several chunks of boxes that takes a
     float32 gradient, which was then copied to float16: twice the gradient beyond it. It is
     now rounded in its own memory (_sampling.narrow): the float32 sums, 1x, and small parts.
+
+    narrow then shrinks the sums' buffer in place (a realloc), which NumPy 2.5 reports to
+    tracemalloc as a new block beside the old: the peak is read as narrow starts, after which
+    the op allocates nothing (test_narrow_rounds_once_in_place: in place).
     """
     monkeypatch.setattr(_sampling, "BUDGET", 1 << 12)  # many chunks
+    peaks, narrow = [], _sampling.narrow
+
+    def peak_then_narrow(grad, dtype):
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        return narrow(grad, dtype)
+
+    monkeypatch.setattr(_sampling, "narrow", peak_then_narrow)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 8, 1024, 1024), np.float32).astype(np.float16)
     corner = rng.uniform(0, 700, (64, 2))
@@ -233,6 +245,8 @@ def test_float16_backward_of_several_chunks_costs_one_gradient(monkeypatch, name
     )
     call = _backwards_of_many_boxes(x, boxes, rotated)[name]
     beyond = peak_beyond(call)
+    if peaks:  # max mode's backward does not call narrow
+        beyond = peaks[-1] - x.nbytes
     assert beyond < 1.25 * x.nbytes, f"{beyond} bytes beyond a gradient of {x.nbytes}"
 
 
@@ -332,7 +346,9 @@ def test_narrow_rounds_once_in_place():
         grad = _sampling.zeros(shape, np.float32, channels_last)
         grad[...] = rng.standard_normal(shape) * 1000
         expected = grad.astype(np.float16)
+        start = grad.ctypes.data - min(0, *grad.strides)  # the buffer's (NCHW or not)
         out = _sampling.narrow(grad, np.float16)
+        assert out.ctypes.data == start  # rounded in place, the buffer shrunk where it was
         assert out.dtype == np.float16 and out.shape == shape
         assert out.flags.c_contiguous != channels_last
         np.testing.assert_array_equal(out, expected)
