@@ -240,6 +240,16 @@ def compute_dtype(dtype):
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
+def cast(array, dtype):
+    """``array`` as ``dtype`` (itself if it has it), rounded as the kernels round.
+
+    A value past a narrower dtype's range becomes its infinity, an IEEE result like any
+    other here, so NumPy's overflow warning is kept from the caller.
+    """
+    with np.errstate(over="ignore"):
+        return array.astype(dtype, copy=False)
+
+
 def _float_array(xp, array, name, ndim, layout, keep=False):
     """The checked array, C-contiguous (as it is when ``keep`` says its layout will do)."""
     if array.ndim != ndim:
@@ -318,7 +328,7 @@ def grad_output(xp, g, k, channels, pooled, name="grad_output", dtype=None):
         raise ValueError(
             f"{name} must have shape {expected} (boxes, channels, output_size); got {g.shape}"
         )
-    return g if dtype is None else g.astype(dtype, copy=False)
+    return g if dtype is None else cast(g, dtype)
 
 
 def _real_array(array, name):

@@ -208,7 +208,7 @@ def deform_roi_pool_backward(
     per_bin = [_nan_where(call.backend.xp, grad, unplaced) for grad in per_bin]
     dtypes = (call.grad_dtype, *(None if a is None else a.dtype for a in call.others))
     return tuple(
-        None if grad is None else call.restore(grad.astype(dtype, copy=False))
+        None if grad is None else call.restore(_validate.cast(grad, dtype))
         for grad, dtype in zip((grad_input, *per_bin), dtypes, strict=True)
     )
 

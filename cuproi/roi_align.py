@@ -196,7 +196,7 @@ def roi_align_backward(
         deterministic=_validate.flag(deterministic, "deterministic"),
         channels_last=channels_last,
     )
-    return call.restore(grad.astype(call.grad_dtype, copy=False))
+    return call.restore(_validate.cast(grad, call.grad_dtype))
 
 
 @_dispatch.on_input_device

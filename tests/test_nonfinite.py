@@ -104,3 +104,54 @@ def test_nan_features_propagate_to_the_bins_that_read_them():
     out = cuproi.roi_align(x, boxes, 2, 1.0, 2, True)
     assert np.isnan(out[0, 0, 0, 0]) and np.isfinite(out[0, 0, 1:]).all()
     assert np.isnan(cuproi.roi_pool(x, boxes, 2)[0, 0, 0, 0])
+
+
+def _past_float16_calls():
+    """Calls whose float16 results lie past float16's range, by name, each taking the arrays
+    it reads; then those arrays in float16, and as the call computes them (float32)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float16)
+    boxes = np.array([[0, 0.5, 0.5, 3, 3]], np.float32)
+    # grad_offset grows with the box: 1.4e5 cells high, its second sample row on the map.
+    huge = np.array([[0, 0.5, -52498.5, 3, 87501.5]], np.float32)
+    offset = np.zeros((1, 2, 2, 2), np.float16)
+    g = rng.standard_normal((1, 2, 2, 2)).astype(np.float16)
+    mask = np.full((1, 1, 2, 2), 1e30, np.float32)  # the features' gradient: g * 1e30
+    wide = np.full(g.shape, 1e30, np.float32)  # read in the float16 features' dtype: inf
+
+    def deform(a, boxes=boxes, **kwargs):
+        return cuproi.deform_roi_pool_backward(
+            a["g"], a["x"], boxes, a["offset"], 2, 1.0, 2, 1.0, **kwargs
+        )
+
+    def max_mode(a):
+        return cuproi.roi_align_backward(
+            a["g"], boxes, x.shape, 2, 1.0, 2, True, pool_mode="max", input=a["x"]
+        )
+
+    narrow = {"x": x, "g": g, "offset": offset}
+    computed = {key: a.astype(np.float32) for key, a in narrow.items()}
+    read_wide = {**narrow, "g": wide}
+    read_narrow = {**narrow, "g": np.full(g.shape, np.inf, np.float16)}
+    return {
+        "mask": (lambda a: deform(a, mask=mask)[0], narrow, computed),
+        "grad_offset": (lambda a: deform(a, huge)[1], narrow, computed),
+        "grad_output, max mode": (max_mode, read_wide, read_narrow),
+        "grad_output, deform": (lambda a: deform(a)[0], read_wide, read_narrow),
+    }
+
+
+@pytest.mark.parametrize("name", list(_past_float16_calls()))
+def test_float16_past_its_range_is_its_infinity_without_warnings(name):
+    """A float16 result computed in float32 is the float32 result rounded to float16, its
+    infinity where it lies past float16's range; a wider gradient is read in the float16
+    features' dtype. NumPy's overflow warnings never reach the caller."""
+    call, arrays, as_computed = _past_float16_calls()[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = call(arrays)
+    expected = call(as_computed)
+    with np.errstate(over="ignore"):
+        expected = expected.astype(got.dtype)
+    assert np.isinf(got).any()
+    np.testing.assert_array_equal(got, expected)
