@@ -10,9 +10,26 @@ import types
 import host
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 import cuproi
 from cuproi import _cpu, _dispatch
+
+
+def examples(count):
+    """hypothesis settings of ``count`` examples, seeded, with no deadline and no database.
+
+    ``CUPROI_HYPOTHESIS_SCALE=N`` runs N times as many examples, unseeded: a longer hunt than
+    CI's (docs/testing.md).
+    """
+    scale = int(os.environ.get("CUPROI_HYPOTHESIS_SCALE", "1"))
+    return settings(
+        max_examples=count * scale,
+        derandomize=scale == 1,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 def _cupy_for_the_tests():

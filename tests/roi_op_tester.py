@@ -24,8 +24,8 @@ import types
 import host
 import numpy as np
 import pytest
-from conftest import STANDIN, TOLERANCE, host_backend
-from hypothesis import HealthCheck, given, settings
+from conftest import STANDIN, TOLERANCE, examples, host_backend
+from hypothesis import given
 from hypothesis import strategies as st
 from oracles import calculus
 
@@ -100,11 +100,8 @@ def on_random_boxes(**axes):
             case=st.fixed_dictionaries(axes),
             dtype=st.sampled_from([np.float32, np.float64]),
         )(test)
-        slow = settings(
-            max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-        )
         no_compiler = pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
-        return no_compiler(slow(drawn))
+        return no_compiler(examples(40)(drawn))
 
     return decorate
 

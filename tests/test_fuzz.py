@@ -13,19 +13,13 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import CUPY
-from hypothesis import HealthCheck, given, settings
+from conftest import CUPY, examples
+from hypothesis import given
 from hypothesis import strategies as st
 
 import cuproi
 
 CLEAR = (ValueError, TypeError, IndexError)
-SETTINGS = dict(
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 def _problem(xp):
@@ -198,7 +192,7 @@ def _check(xp, name, data):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=100, **SETTINGS)
+@examples(100)
 @given(data=st.data())
 def test_bad_input_gives_a_clear_error_or_a_result(name, data):
     _check(np, name, data)
@@ -206,7 +200,7 @@ def test_bad_input_gives_a_clear_error_or_a_result(name, data):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=15, **SETTINGS)
+@examples(15)
 @given(data=st.data())
 def test_bad_input_on_the_gpu(name, data):
     _check(CUPY, name, data)

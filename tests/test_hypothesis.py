@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import host
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from conftest import examples
+from hypothesis import example, given
 from hypothesis import strategies as st
 from oracles import deform_roi_pool as deform_oracle
 from oracles import roi_align as align_oracle
@@ -28,13 +29,6 @@ from oracles import roi_pool as pool_oracle
 
 import cuproi
 from cuproi import _cpu, _validate
-
-SETTINGS = dict(
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 MAX = _validate.MAX_COORDINATE
 HUGE = 1e5  # huge boxes reach up to this many times the map size
@@ -285,7 +279,7 @@ PAST_FLOAT16 = Problem(
 )
 
 
-@settings(max_examples=150, **SETTINGS)
+@examples(150)
 @given(p=problems(huge=True), dtype=st.sampled_from([np.float16, np.float32, np.float64]))
 @example(p=PAST_FLOAT16, dtype=np.float16)
 def test_outputs_finite_typed_and_shaped(p, dtype):
@@ -340,7 +334,7 @@ def check_against_oracle(op, p, dtype, ratio):
 
 
 @pytest.mark.parametrize("op", LINEAR)
-@settings(max_examples=200, **SETTINGS)
+@examples(200)
 @given(p=problems(), dtype=st.sampled_from([np.float64, np.float32]))
 def test_matches_oracle(op, p, dtype):
     # roi_align makes boxes at least one cell wide unless aligned: so many more samples.
@@ -349,7 +343,7 @@ def test_matches_oracle(op, p, dtype):
 
 
 @pytest.mark.parametrize("op", LINEAR)
-@settings(max_examples=100, **SETTINGS)
+@examples(100)
 @given(
     p=problems(huge=True, only_huge=True, ratios=(1, 2, 3)),
     dtype=st.sampled_from([np.float64, np.float32]),
@@ -371,7 +365,7 @@ def assert_roi_pool_matches_oracle(x, rois, p, dtype):
     return expected, expected_argmax
 
 
-@settings(max_examples=200, **SETTINGS)
+@examples(200)
 @given(p=problems(huge=True), dtype=st.sampled_from([np.float64, np.float32]))
 def test_roi_pool_matches_oracle(p, dtype):
     # RoI Pool visits the cells of each bin clipped to the map: the oracle is cheap for any box.
@@ -384,7 +378,7 @@ def test_roi_pool_matches_oracle(p, dtype):
     assert_close(grad, expected, tolerance(dtype), bound)
 
 
-@settings(max_examples=80, **SETTINGS)
+@examples(80)
 @given(
     p=problems(huge=True), levels=st.integers(1, 3), dtype=st.sampled_from([np.float64, np.float32])
 )
@@ -405,7 +399,7 @@ def test_roi_pool_ties_first_maximum_wins(p, levels, dtype):
 
 
 @pytest.mark.parametrize("op", LINEAR)
-@settings(max_examples=120, **SETTINGS)
+@examples(120)
 @given(p=problems(huge=True))
 def test_adjoint(op, p):
     x, rois, offset, g = inputs(op, p, np.float64)
@@ -488,14 +482,14 @@ def compare_backends(p, dtype):
 
 @pytest.mark.slow
 @needs_compiler
-@settings(max_examples=300, **SETTINGS)
+@examples(300)
 @given(p=problems(huge=True), dtype=st.sampled_from([np.float64, np.float32]))
 def test_host_kernels_match_cpu(p, dtype):
     compare_backends(p, dtype)
 
 
 @needs_compiler
-@settings(max_examples=80, **SETTINGS)
+@examples(80)
 @given(
     p=problems(huge=True, only_huge=True, ratios=(-1, 0)),
     dtype=st.sampled_from([np.float64, np.float32]),
@@ -540,7 +534,7 @@ def compare_variants(p, dtype):
 
 
 @needs_compiler
-@settings(max_examples=150, **SETTINGS)
+@examples(150)
 @given(p=problems(huge=True), dtype=st.sampled_from([np.float64, np.float32]))
 def test_host_kernel_variants_match_cpu(p, dtype):
     compare_variants(p, dtype)
