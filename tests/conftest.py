@@ -1,5 +1,6 @@
-"""Shared fixtures: the backends every op is checked on, tolerances per dtype, and the CuPy the
-tests see (real CuPy with a GPU, the stand-in of tests/cupy_standin without one)."""
+"""Shared fixtures: the backends every op is checked on, tolerances per dtype, the CuPy the
+tests see (real CuPy with a GPU, the stand-in of tests/cupy_standin without one), and the
+settings of the hypothesis tests."""
 
 import functools
 import os

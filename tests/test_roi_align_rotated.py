@@ -8,7 +8,9 @@ defaults, (K, 6) boxes)."""
 import host
 import numpy as np
 import pytest
-from conftest import TOLERANCE, host_backend
+from conftest import TOLERANCE, examples, host_backend
+from hypothesis import given
+from hypothesis import strategies as st
 from oracles import roi_align_rotated as rotated_oracle
 from roi_op_tester import SHAPE, RoIOpTester, assert_close, features, rois_for
 
@@ -278,10 +280,6 @@ def test_many_samples_in_one_box_are_built_in_pieces(kernels_on, monkeypatch):
 
 # ---- random boxes: the NumPy backend and the host kernels agree ------------------------------
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 _value = st.one_of(
     st.floats(-15, 25, allow_nan=False, width=32),
     st.sampled_from([0.0, 0.5, -0.5, 4.0, 9.5, 10.0, 12.0, -1.0, 1e4, -1e4]),
@@ -293,7 +291,7 @@ _angle = st.one_of(
 
 
 @pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(40)
 @given(
     boxes=st.lists(
         st.tuples(st.integers(0, 1), _value, _value, _value, _value, _angle),
