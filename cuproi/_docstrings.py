@@ -9,9 +9,8 @@ text); other braces in a docstring are left as they are.
 import re
 import textwrap
 from collections.abc import Callable
-from typing import Any, TypeVar
 
-F = TypeVar("F", bound=Callable[..., Any])
+from cuproi._types import F
 
 # Parameters. ``{op}`` in a block stands for the op that :func:`fill` is given.
 

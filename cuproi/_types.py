@@ -4,8 +4,8 @@ An op returns arrays of the type it is given (NumPy in, NumPy out; torch in, tor
 arrays are typed by one type variable, :data:`ArrayT`, and its result follows it.
 """
 
-from collections.abc import Sequence
-from typing import Literal, TypeAlias, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeAlias, TypeVar
 
 ArrayT = TypeVar("ArrayT")
 """An array: NumPy, CuPy, or any array with ``__dlpack__`` (torch, JAX, ...)."""
@@ -24,3 +24,6 @@ Shape: TypeAlias = Sequence[int]
 
 PoolMode: TypeAlias = Literal["avg", "max"]
 """RoI Align's pooling of the samples of a bin."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+"""A function that a decorator returns with its signature unchanged (for type checkers)."""

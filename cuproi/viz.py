@@ -18,12 +18,22 @@ sample at position ``p`` in the ops' index coordinates (where the value of cell 
 ``i``) is drawn at ``p + 0.5``, among the centres of the cells it reads.
 """
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 import cuproi
 from cuproi import _validate
+from cuproi._types import OutputSize
+
+if TYPE_CHECKING:  # matplotlib is imported when a function is called
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+# A sample of RoI Align's grid, (box, ph, pw, i, j); entries that are None are picked.
+Sample = Sequence[int | None]
 
 __all__ = ["plot_comparison", "plot_deform_roi_pool", "plot_roi_align", "plot_roi_pool"]
 
@@ -38,7 +48,15 @@ _AUTO = (0, None, None, None, None)  # a sample of the first box, picked by _pic
 _GREYS = {"cmap": "Greys", "interpolation": "nearest"}  # feature maps: dark = high
 
 
-def plot_roi_pool(features, boxes, output_size, spatial_scale=1.0, *, channel=0, ax=None):
+def plot_roi_pool(
+    features: ArrayLike,
+    boxes: ArrayLike,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    *,
+    channel: int = 0,
+    ax: "Axes | None" = None,
+) -> "Figure":
     """Draw RoI Pool: exact box, quantized box and bins, misaligned area, max-pooled cells.
 
     Parameters
@@ -104,17 +122,17 @@ def plot_roi_pool(features, boxes, output_size, spatial_scale=1.0, *, channel=0,
 
 
 def plot_roi_align(
-    features,
-    boxes,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=-1,
-    aligned=False,
+    features: ArrayLike,
+    boxes: ArrayLike,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
     *,
-    sample=_AUTO,
-    channel=0,
-    ax=None,
-):
+    sample: Sample | None = _AUTO,
+    channel: int = 0,
+    ax: "Axes | None" = None,
+) -> "Figure":
     """Draw RoI Align: the bins, every bilinear sample, and the four neighbours of one sample.
 
     Parameters
@@ -178,18 +196,18 @@ def plot_roi_align(
 
 
 def plot_deform_roi_pool(
-    features,
-    boxes,
-    offset,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=0,
-    gamma=0.1,
+    features: ArrayLike,
+    boxes: ArrayLike,
+    offset: ArrayLike | None,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
     *,
-    offset_source=None,
-    channel=0,
-    ax=None,
-):
+    offset_source: str | None = None,
+    channel: int = 0,
+    ax: "Axes | None" = None,
+) -> "Figure":
     """Draw Deformable RoI Pool: the regular bins, the shifted bins and samples, and arrows.
 
     Parameters
@@ -246,21 +264,21 @@ def plot_deform_roi_pool(
 
 
 def plot_comparison(
-    features,
-    boxes,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=2,
-    offset=None,
-    gamma=0.1,
+    features: ArrayLike,
+    boxes: ArrayLike,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 2,
+    offset: ArrayLike | None = None,
+    gamma: float = 0.1,
     *,
-    aligned=True,
-    sample=_AUTO,
-    offset_source=None,
-    channel=0,
-    image=None,
-    width=18.0,
-):
+    aligned: bool = True,
+    sample: Sample | None = _AUTO,
+    offset_source: str | None = None,
+    channel: int = 0,
+    image: ArrayLike | None = None,
+    width: float = 18.0,
+) -> "Figure":
     """RoI Pool, RoI Align and Deformable RoI Pool side by side on the same box(es).
 
     The top row draws the three methods on one view, as the single-method functions do. The

@@ -9,7 +9,8 @@ itself in the callback, when the computation runs.
 """
 
 import functools
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import numpy as np
 
 from cuproi import _arguments, _docstrings, _pyramid, _validate
 from cuproi._spec import Spec, xp
+from cuproi._types import F
 
 # Docstring blocks of the ops, placed by cuproi._docstrings.fill (a ``{name}`` line).
 _DOCSTRINGS = {
@@ -44,7 +46,7 @@ _DOCSTRINGS = {
 }
 
 
-def documented(op):
+def documented(op: str) -> Callable[[F], F]:
     """Decorator: the docstring blocks of cuproi.jax in the docstring of ``op``."""
     return _docstrings.fill(op=op, **_DOCSTRINGS)
 
@@ -142,7 +144,7 @@ def _bfloat16(result):
     return result.astype(jnp.bfloat16) if jnp.issubdtype(result.dtype, jnp.floating) else result
 
 
-def bfloat16_in_float32(function):
+def bfloat16_in_float32(function: F) -> F:
     """Compute ``function``'s bfloat16 arrays in float32; bfloat16 features give bfloat16.
 
     NumPy and CuPy hold no bfloat16, what mixed precision in JAX makes. The casts are JAX
@@ -159,4 +161,4 @@ def bfloat16_in_float32(function):
             return jax.tree.map(_bfloat16, result)
         return result
 
-    return wrapper
+    return cast(F, wrapper)

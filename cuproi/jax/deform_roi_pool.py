@@ -2,7 +2,11 @@
 
 from typing import NamedTuple
 
+from jax import Array
+from jax.typing import ArrayLike
+
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.jax import _arguments, _callback, _vjp
 
 
@@ -46,8 +50,15 @@ _deform_roi_pool = _vjp.op(_primal, _backward)
 @_arguments.documented("deform_roi_pool")
 @_arguments.bfloat16_in_float32
 def deform_roi_pool(
-    input, boxes, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1, mask=None
-):
+    input: ArrayLike,
+    boxes: Boxes[ArrayLike],
+    offset: ArrayLike | None,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+    mask: ArrayLike | None = None,
+) -> Array:
     """Differentiable :func:`cuproi.deform_roi_pool` on JAX arrays (Deformable RoI Pooling).
 
     Parameters

@@ -1,8 +1,13 @@
 """Multi-level (FPN) RoI Align over a list of levels, differentiable for every level."""
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
+from jax import Array
+from jax.typing import ArrayLike
+
 from cuproi import _pyramid, _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.jax import _arguments, _callback, _vjp
 
 
@@ -38,15 +43,15 @@ _multi_scale_roi_align = _vjp.op(_primal, _backward)
 @_arguments.documented("multi_scale_roi_align")
 @_arguments.bfloat16_in_float32
 def multi_scale_roi_align(
-    features,
-    boxes,
-    output_size,
-    spatial_scales,
-    sampling_ratio=-1,
-    aligned=False,
-    canonical_scale=224,
-    canonical_level=4,
-):
+    features: Sequence[ArrayLike],
+    boxes: Boxes[ArrayLike],
+    output_size: OutputSize,
+    spatial_scales: Sequence[float],
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    canonical_scale: float = 224,
+    canonical_level: int = 4,
+) -> Array:
     """Differentiable :func:`cuproi.multi_scale_roi_align` on JAX arrays (FPN RoI Align).
 
     Parameters

@@ -1,5 +1,9 @@
 """Precise RoI Pooling (IoU-Net), differentiable for the features and the boxes."""
 
+from jax import Array
+from jax.typing import ArrayLike
+
+from cuproi._types import Boxes, OutputSize
 from cuproi.jax import _arguments, _vjp
 
 _prroi_pool = _vjp.pooling("prroi_pool", box_gradient=True)
@@ -7,7 +11,9 @@ _prroi_pool = _vjp.pooling("prroi_pool", box_gradient=True)
 
 @_arguments.documented("prroi_pool")
 @_arguments.bfloat16_in_float32
-def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
+def prroi_pool(
+    input: ArrayLike, boxes: Boxes[ArrayLike], output_size: OutputSize, spatial_scale: float = 1.0
+) -> Array:
     """Differentiable :func:`cuproi.prroi_pool` on JAX arrays (Precise RoI Pooling).
 
     Parameters

@@ -2,7 +2,11 @@
 
 from typing import NamedTuple
 
+from jax import Array
+from jax.typing import ArrayLike
+
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.jax import _arguments, _vjp
 
 _GROUPS = _validate.position_sensitive_channels  # output channels C / (PH * PW), or ValueError
@@ -19,7 +23,13 @@ _ps_roi_align = _vjp.pooling("ps_roi_align", channels=_GROUPS)
 
 @_arguments.documented("ps_roi_align")
 @_arguments.bfloat16_in_float32
-def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+def ps_roi_align(
+    input: ArrayLike,
+    boxes: Boxes[ArrayLike],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+) -> Array:
     """Differentiable :func:`cuproi.ps_roi_align` on JAX arrays (position-sensitive RoI Align).
 
     Parameters

@@ -1,6 +1,10 @@
 """Position-sensitive RoI Pool (R-FCN), differentiable for the score maps."""
 
+from jax import Array
+from jax.typing import ArrayLike
+
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.jax import _arguments, _vjp
 
 _GROUPS = _validate.position_sensitive_channels  # output channels C / (PH * PW), or ValueError
@@ -11,7 +15,9 @@ _ps_roi_pool = _vjp.pooling("ps_roi_pool", channels=_GROUPS)
 
 @_arguments.documented("ps_roi_pool")
 @_arguments.bfloat16_in_float32
-def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+def ps_roi_pool(
+    input: ArrayLike, boxes: Boxes[ArrayLike], output_size: OutputSize, spatial_scale: float = 1.0
+) -> Array:
     """Differentiable :func:`cuproi.ps_roi_pool` on JAX arrays (position-sensitive RoI Pool).
 
     Parameters

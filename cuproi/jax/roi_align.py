@@ -2,7 +2,11 @@
 
 from typing import NamedTuple
 
+from jax import Array
+from jax.typing import ArrayLike
+
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize, PoolMode
 from cuproi.jax import _arguments, _vjp
 
 
@@ -23,8 +27,14 @@ _roi_align = _vjp.pooling(
 @_arguments.documented("roi_align")
 @_arguments.bfloat16_in_float32
 def roi_align(
-    input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, pool_mode="avg"
-):
+    input: ArrayLike,
+    boxes: Boxes[ArrayLike],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    pool_mode: PoolMode = "avg",
+) -> Array:
     """Differentiable :func:`cuproi.roi_align` on JAX arrays (RoI Align).
 
     Parameters

@@ -2,7 +2,11 @@
 
 from typing import NamedTuple
 
+from jax import Array
+from jax.typing import ArrayLike
+
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.jax import _arguments, _vjp
 
 
@@ -20,8 +24,14 @@ _roi_align_rotated = _vjp.pooling("roi_align_rotated")
 @_arguments.documented("roi_align_rotated")
 @_arguments.bfloat16_in_float32
 def roi_align_rotated(
-    input, boxes, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True, clockwise=False
-):
+    input: ArrayLike,
+    boxes: Boxes[ArrayLike],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    clockwise: bool = False,
+) -> Array:
     """Differentiable :func:`cuproi.roi_align_rotated` on JAX arrays (rotated RoI Align).
 
     Parameters

@@ -1,11 +1,14 @@
 """RoI Pool (max over quantized bins), differentiable for the features."""
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import jax
 import numpy as np
+from jax import Array
+from jax.typing import ArrayLike
 
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.jax import _arguments, _callback, _vjp
 
 
@@ -49,9 +52,46 @@ def _backward(options, arrays, argmax, wanted, grad):
 _roi_pool = _vjp.op(_primal, _backward, _forward)
 
 
+@overload
+def roi_pool(
+    input: ArrayLike,
+    boxes: Boxes[ArrayLike],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    return_argmax: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def roi_pool(
+    input: ArrayLike,
+    boxes: Boxes[ArrayLike],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    *,
+    return_argmax: Literal[True],
+) -> tuple[Array, Array]: ...
+
+
+@overload
+def roi_pool(
+    input: ArrayLike,
+    boxes: Boxes[ArrayLike],
+    output_size: OutputSize,
+    spatial_scale: float,
+    return_argmax: Literal[True],
+) -> tuple[Array, Array]: ...
+
+
 @_arguments.documented("roi_pool")
 @_arguments.bfloat16_in_float32
-def roi_pool(input, boxes, output_size, spatial_scale=1.0, return_argmax=False):
+def roi_pool(
+    input: ArrayLike,
+    boxes: Boxes[ArrayLike],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    return_argmax: bool = False,
+) -> Array | tuple[Array, Array]:
     """Differentiable :func:`cuproi.roi_pool` on JAX arrays (RoI Pool, max over bins).
 
     Parameters

@@ -7,10 +7,12 @@ scale (:func:`first_arguments`); bfloat16 is computed in float32.
 
 import contextlib
 import functools
+from typing import cast
 
 import torch
 
 from cuproi import _validate
+from cuproi._types import F
 
 
 @contextlib.contextmanager
@@ -130,7 +132,7 @@ def _float32(value):
     return value
 
 
-def bfloat16_in_float32(function):
+def bfloat16_in_float32(function: F) -> F:
     """Compute ``function``'s bfloat16 tensors in float32, and return bfloat16 for bfloat16 input.
 
     cuproi's backends hold float16, float32 and float64 only (NumPy has no bfloat16), while
@@ -151,7 +153,7 @@ def bfloat16_in_float32(function):
             return result.to(torch.bfloat16)
         return result
 
-    return wrapper
+    return cast(F, wrapper)
 
 
 def score_maps(input, pooled):

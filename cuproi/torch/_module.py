@@ -3,6 +3,7 @@
 from torch import nn
 
 from cuproi import _validate
+from cuproi._types import OutputSize
 
 
 class OpModule(nn.Module):
@@ -18,10 +19,10 @@ class OpModule(nn.Module):
 
     _options = ("output_size", "spatial_scale")
 
-    def __init__(self, output_size, spatial_scale):
+    def __init__(self, output_size: OutputSize, spatial_scale: float) -> None:
         super().__init__()
         self.output_size = _validate.output_size(output_size)
         self.spatial_scale = _validate.spatial_scale(spatial_scale)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)}" for name in self._options)

@@ -9,13 +9,17 @@ while the ops check them again when they run. These functions take what the eage
 
 import functools
 import inspect
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.jit.annotations import BroadcastingList2
 
+from cuproi._types import F
 
-def compiles_as(scripted):
+
+def compiles_as(scripted: Callable[..., Any]) -> Callable[[F], F]:
     """Have ``torch.jit.script`` compile ``scripted`` for the decorated function.
 
     ``torch.jit.script`` reads the source of what ``__wrapped__`` names and resolves its names
@@ -25,14 +29,14 @@ def compiles_as(scripted):
     ``torch.export`` run the decorated function.
     """
 
-    def mark(function):
+    def mark(function: F) -> F:
         @functools.wraps(function)
         def eager(*args, **kwargs):
             return function(*args, **kwargs)
 
         eager.__wrapped__ = scripted
         eager.__signature__ = _readable(inspect.signature(scripted))
-        return eager
+        return cast(F, eager)
 
     return mark
 

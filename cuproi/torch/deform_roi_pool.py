@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 import cuproi
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.torch import _common, _fake, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
@@ -178,15 +179,15 @@ _deform_roi_pool.register_autograd(_deform_grad, setup_context=_deform_setup)
 @_script.compiles_as(_script.deform_roi_pool)
 @_common.bfloat16_in_float32
 def deform_roi_pool(
-    input,
-    boxes,
-    offset,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=0,
-    gamma=0.1,
-    mask=None,
-):
+    input: Tensor,
+    boxes: Boxes[Tensor],
+    offset: Tensor | None,
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+    mask: Tensor | None = None,
+) -> Tensor:
     """Differentiable :func:`cuproi.deform_roi_pool` on tensors, with mmcv's signature.
 
     Parameters
@@ -224,7 +225,13 @@ class DeformRoIPool(OpModule):
 
     _options = ("output_size", "spatial_scale", "sampling_ratio", "gamma")  # after the offsets
 
-    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+    def __init__(
+        self,
+        output_size: OutputSize,
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = 0,
+        gamma: float = 0.1,
+    ) -> None:
         super().__init__(output_size, spatial_scale)
         self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
         self.gamma = _validate.gamma(gamma)
@@ -303,13 +310,13 @@ class DeformRoIPoolPack(DeformRoIPool):
 
     def __init__(
         self,
-        output_size,
-        output_channels,
-        deform_fc_channels=1024,
-        spatial_scale=1.0,
-        sampling_ratio=0,
-        gamma=0.1,
-    ):
+        output_size: OutputSize,
+        output_channels: int,
+        deform_fc_channels: int = 1024,
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = 0,
+        gamma: float = 0.1,
+    ) -> None:
         super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
         self.output_channels = _validate.positive_integer(output_channels, "output_channels")
         self.deform_fc_channels = _validate.positive_integer(

@@ -1,12 +1,14 @@
 """Multi-level (FPN) RoI Align as a torch op, and torchvision's MultiScaleRoIAlign."""
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 import cuproi
 from cuproi import _pyramid, _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.torch import _autograd, _common, _fake, _forward_mode, _script
 
 
@@ -129,15 +131,15 @@ _autograd.register(_multi_scale_roi_align, _multi_scale_roi_align_backward, shap
 @_script.compiles_as(_script.multi_scale_roi_align)
 @_common.bfloat16_in_float32
 def multi_scale_roi_align(
-    features,
-    boxes,
-    output_size,
-    spatial_scales,
-    sampling_ratio=-1,
-    aligned=False,
-    canonical_scale=224,
-    canonical_level=4,
-):
+    features: Sequence[Tensor],
+    boxes: Boxes[Tensor],
+    output_size: OutputSize,
+    spatial_scales: Sequence[float],
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    canonical_scale: float = 224,
+    canonical_level: int = 4,
+) -> Tensor:
     """Differentiable :func:`cuproi.multi_scale_roi_align` on tensors (every level).
 
     Parameters
@@ -268,14 +270,14 @@ class MultiScaleRoIAlign(nn.Module):
 
     def __init__(
         self,
-        featmap_names,
-        output_size,
-        sampling_ratio,
+        featmap_names: Sequence[str],
+        output_size: OutputSize,
+        sampling_ratio: int,
         *,
-        canonical_scale=224,
-        canonical_level=4,
-        aligned=False,
-    ):
+        canonical_scale: float = 224,
+        canonical_level: int = 4,
+        aligned: bool = False,
+    ) -> None:
         super().__init__()
         self.featmap_names = list(featmap_names)
         self.output_size = _validate.output_size(output_size)
@@ -325,7 +327,7 @@ class MultiScaleRoIAlign(nn.Module):
         options = (self.sampling_ratio, self.aligned, self.canonical_scale, self.canonical_level)
         return multi_scale_roi_align(features, boxes, self.output_size, scales, *options)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (
             f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
             f"sampling_ratio={self.sampling_ratio}, canonical_scale={self.canonical_scale}, "

@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.torch import _autograd, _common, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
@@ -12,7 +13,9 @@ _prroi_pool = _autograd.define("prroi_pool", box_backward=True)
 
 @_script.compiles_as(_script.prroi_pool)
 @_common.bfloat16_in_float32
-def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
+def prroi_pool(
+    input: Tensor, boxes: Boxes[Tensor], output_size: OutputSize, spatial_scale: float = 1.0
+) -> Tensor:
     """Differentiable :func:`cuproi.prroi_pool` on tensors (mmcv's ``prroi_pool``).
 
     Parameters
@@ -55,7 +58,7 @@ torch.fx.wrap("prroi_pool")  # a leaf of torch.fx graphs, as torchvision's ops
 class PrRoIPool(OpModule):
     """Module form of :func:`prroi_pool` (mmcv's ``PrRoIPool``)."""
 
-    def __init__(self, output_size, spatial_scale=1.0):
+    def __init__(self, output_size: OutputSize, spatial_scale: float = 1.0) -> None:
         super().__init__(output_size, spatial_scale)
 
     def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:

@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.torch import _autograd, _common, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
@@ -17,7 +18,13 @@ _ps_roi_align = _autograd.define(
 
 @_script.compiles_as(_script.ps_roi_align)
 @_common.bfloat16_in_float32
-def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+def ps_roi_align(
+    input: Tensor,
+    boxes: Boxes[Tensor],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+) -> Tensor:
     """Differentiable :func:`cuproi.ps_roi_align` on tensors, a drop-in for torchvision's.
 
     Parameters
@@ -61,7 +68,7 @@ class PSRoIAlign(OpModule):
 
     _options = ("output_size", "spatial_scale", "sampling_ratio")
 
-    def __init__(self, output_size, spatial_scale, sampling_ratio):
+    def __init__(self, output_size: OutputSize, spatial_scale: float, sampling_ratio: int) -> None:
         super().__init__(output_size, spatial_scale)
         self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
 

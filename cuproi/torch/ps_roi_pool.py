@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.torch import _autograd, _common, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
@@ -12,7 +13,9 @@ _ps_roi_pool = _autograd.define("ps_roi_pool", channels=_validate.position_sensi
 
 @_script.compiles_as(_script.ps_roi_pool)
 @_common.bfloat16_in_float32
-def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+def ps_roi_pool(
+    input: Tensor, boxes: Boxes[Tensor], output_size: OutputSize, spatial_scale: float = 1.0
+) -> Tensor:
     """Differentiable :func:`cuproi.ps_roi_pool` on tensors, a drop-in for torchvision's.
 
     Parameters

@@ -5,6 +5,7 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize, PoolMode
 from cuproi.torch import _common, _fake, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
@@ -190,14 +191,14 @@ def _max_mode_tangent(*_):
 @_script.compiles_as(_script.roi_align)
 @_common.bfloat16_in_float32
 def roi_align(
-    input,
-    boxes,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=-1,
-    aligned=False,
-    pool_mode="avg",
-):
+    input: Tensor,
+    boxes: Boxes[Tensor],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    pool_mode: PoolMode = "avg",
+) -> Tensor:
     """Differentiable :func:`cuproi.roi_align` on tensors, a drop-in for torchvision's.
 
     Parameters
@@ -247,13 +248,20 @@ class RoIAlign(OpModule):
 
     _options = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "pool_mode")
 
-    def __init__(self, output_size, spatial_scale, sampling_ratio, aligned=False, pool_mode="avg"):
+    def __init__(
+        self,
+        output_size: OutputSize,
+        spatial_scale: float,
+        sampling_ratio: int,
+        aligned: bool = False,
+        pool_mode: PoolMode = "avg",
+    ) -> None:
         super().__init__(output_size, spatial_scale)
         self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
         self.aligned = _validate.flag(aligned, "aligned")
         self.pool_mode = _validate.pool_mode(pool_mode)  # mmcv's RoIAlign(pool_mode="max")
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         # torchvision's repr, which has no pool_mode, unless mmcv's "max" is chosen (quoted).
         shown = super().extra_repr().removesuffix(f", pool_mode={self.pool_mode}")
         return shown if self.pool_mode == "avg" else f"{shown}, pool_mode={self.pool_mode!r}"

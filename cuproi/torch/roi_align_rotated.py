@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.torch import _autograd, _common, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
@@ -18,8 +19,14 @@ _roi_align_rotated = _autograd.define(
 @_script.compiles_as(_script.roi_align_rotated)
 @_common.bfloat16_in_float32
 def roi_align_rotated(
-    input, boxes, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True, clockwise=False
-):
+    input: Tensor,
+    boxes: Boxes[Tensor],
+    output_size: OutputSize,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    clockwise: bool = False,
+) -> Tensor:
     """Differentiable :func:`cuproi.roi_align_rotated` on tensors (detectron2's ROIAlignRotated).
 
     Parameters
@@ -69,7 +76,14 @@ class RoIAlignRotated(OpModule):
 
     _options = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "clockwise")
 
-    def __init__(self, output_size, spatial_scale, sampling_ratio=0, aligned=True, clockwise=False):
+    def __init__(
+        self,
+        output_size: OutputSize,
+        spatial_scale: float,
+        sampling_ratio: int = 0,
+        aligned: bool = True,
+        clockwise: bool = False,
+    ) -> None:
         super().__init__(output_size, spatial_scale)
         self.sampling_ratio = _validate.sampling_ratio(sampling_ratio)
         self.aligned = _validate.flag(aligned, "aligned")

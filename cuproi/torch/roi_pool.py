@@ -5,6 +5,7 @@ from torch import Tensor
 
 import cuproi
 from cuproi import _validate
+from cuproi._types import Boxes, OutputSize
 from cuproi.torch import _common, _fake, _forward_mode, _script
 from cuproi.torch._module import OpModule
 
@@ -90,7 +91,9 @@ def _tangent(result, t, input, rois, *_):
 
 @_script.compiles_as(_script.roi_pool)
 @_common.bfloat16_in_float32
-def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+def roi_pool(
+    input: Tensor, boxes: Boxes[Tensor], output_size: OutputSize, spatial_scale: float = 1.0
+) -> Tensor:
     """Differentiable :func:`cuproi.roi_pool` on tensors, a drop-in for torchvision's.
 
     Parameters
