@@ -38,6 +38,37 @@ def _type_variables(hint):
     return {hint} if not args else set().union(*(_type_variables(a) for a in args))
 
 
+def _unannotated(function, names=None):
+    """The parameters of ``function`` (and "return") without an annotation, all resolved."""
+    hints = typing.get_type_hints(function, localns=names)
+    signature = inspect.signature(function)
+    wanted = [p for p in signature.parameters if p != "self"] + ["return"]
+    return [p for p in wanted if p not in hints]
+
+
+@pytest.mark.parametrize("module", ["cuproi.torch", "cuproi.jax", "cuproi.viz"])
+def test_the_adapters_and_pictures_are_annotated(module):
+    """Their functions, and the torch modules' constructors and forwards, as a type checker
+    reads them (the annotations of the source, under the adapters' decorators): py.typed
+    covers the whole package. viz names matplotlib's types for type checkers only."""
+    names = None
+    if module == "cuproi.viz":
+        pytest.importorskip("matplotlib")
+        from matplotlib.axes import Axes
+        from matplotlib.figure import Figure
+
+        names = {"Axes": Axes, "Figure": Figure}
+    namespace = pytest.importorskip(module)
+    missing = {}
+    for name in namespace.__all__:
+        value = getattr(namespace, name)
+        methods = [value.__init__, value.forward] if inspect.isclass(value) else [value]
+        for method in methods:
+            if _unannotated(method, names):
+                missing[f"{name}.{method.__name__}"] = _unannotated(method, names)
+    assert not missing, f"{module}: {missing}"
+
+
 def test_py_typed_ships():
     assert importlib.resources.files("cuproi").joinpath("py.typed").is_file()
 
