@@ -18,6 +18,8 @@ sample at position ``p`` in the ops' index coordinates (where the value of cell 
 ``i``) is drawn at ``p + 0.5``, among the centres of the cells it reads.
 """
 
+from __future__ import annotations  # help() shows ArrayLike, not the union it stands for
+
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -55,8 +57,8 @@ def plot_roi_pool(
     spatial_scale: float = 1.0,
     *,
     channel: int = 0,
-    ax: "Axes | None" = None,
-) -> "Figure":
+    ax: Axes | None = None,
+) -> Figure:
     """Draw RoI Pool: exact box, quantized box and bins, misaligned area, max-pooled cells.
 
     Parameters
@@ -131,8 +133,8 @@ def plot_roi_align(
     *,
     sample: Sample | None = _AUTO,
     channel: int = 0,
-    ax: "Axes | None" = None,
-) -> "Figure":
+    ax: Axes | None = None,
+) -> Figure:
     """Draw RoI Align: the bins, every bilinear sample, and the four neighbours of one sample.
 
     Parameters
@@ -206,8 +208,8 @@ def plot_deform_roi_pool(
     *,
     offset_source: str | None = None,
     channel: int = 0,
-    ax: "Axes | None" = None,
-) -> "Figure":
+    ax: Axes | None = None,
+) -> Figure:
     """Draw Deformable RoI Pool: the regular bins, the shifted bins and samples, and arrows.
 
     Parameters
@@ -278,7 +280,7 @@ def plot_comparison(
     channel: int = 0,
     image: ArrayLike | None = None,
     width: float = 18.0,
-) -> "Figure":
+) -> Figure:
     """RoI Pool, RoI Align and Deformable RoI Pool side by side on the same box(es).
 
     The top row draws the three methods on one view, as the single-method functions do. The

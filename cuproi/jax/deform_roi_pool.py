@@ -1,5 +1,7 @@
 """Deformable RoI Pooling (and modulated, with a mask), differentiable for every array."""
 
+from __future__ import annotations  # help() shows ArrayLike, not the union it stands for
+
 from typing import NamedTuple
 
 from jax import Array

@@ -1,5 +1,7 @@
 """Multi-level (FPN) RoI Align over a list of levels, differentiable for every level."""
 
+from __future__ import annotations  # help() shows ArrayLike, not the union it stands for
+
 from collections.abc import Sequence
 from typing import NamedTuple
 

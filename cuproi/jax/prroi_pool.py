@@ -1,5 +1,7 @@
 """Precise RoI Pooling (IoU-Net), differentiable for the features and the boxes."""
 
+from __future__ import annotations  # help() shows ArrayLike, not the union it stands for
+
 from jax import Array
 from jax.typing import ArrayLike
 

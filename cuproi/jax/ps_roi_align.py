@@ -1,5 +1,7 @@
 """Position-sensitive RoI Align (R-FCN), differentiable for the score maps."""
 
+from __future__ import annotations  # help() shows ArrayLike, not the union it stands for
+
 from typing import NamedTuple
 
 from jax import Array

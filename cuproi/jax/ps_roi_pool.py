@@ -1,5 +1,7 @@
 """Position-sensitive RoI Pool (R-FCN), differentiable for the score maps."""
 
+from __future__ import annotations  # help() shows ArrayLike, not the union it stands for
+
 from jax import Array
 from jax.typing import ArrayLike
 

@@ -1,5 +1,7 @@
 """RoI Align (avg and max mode), differentiable for the features and the boxes."""
 
+from __future__ import annotations  # help() shows ArrayLike, not the union it stands for
+
 from typing import NamedTuple
 
 from jax import Array

@@ -1,5 +1,7 @@
 """Rotated RoI Align (detectron2, mmcv), differentiable for the features."""
 
+from __future__ import annotations  # help() shows ArrayLike, not the union it stands for
+
 from typing import NamedTuple
 
 from jax import Array

@@ -1,5 +1,7 @@
 """RoI Pool (max over quantized bins), differentiable for the features."""
 
+from __future__ import annotations  # help() shows ArrayLike, not the union it stands for
+
 from typing import Literal, NamedTuple, overload
 
 import jax
