@@ -10,6 +10,10 @@ becomes ``features=[input]``, ``spatial_scale`` ``spatial_scales=[...]``, ``inpu
 The arguments not given follow those given, so that a call changes one thing only: the
 gradient, offsets and argmax match the number of boxes given, and the features ``x`` give the
 input (of a function that reads it), ``input_shape`` and the gradient's dtype.
+
+:func:`problem` and :func:`every_call` are one small problem and every public function, forward
+and backward, called on it: the checks that walk the whole API at once (the CUDA path, no
+boxes, non-finite values).
 """
 
 import functools
@@ -201,3 +205,52 @@ def call(name, x=None, **given):
 def results(result):
     """A function's result as a tuple (of arrays and Nones)."""
     return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+
+
+def problem(dtype=np.float32):
+    """One problem for every public function: ``(x, boxes, rotated, g, offset, mask, x2)``.
+
+    Features of 2 images and 8 channels, 6 boxes (and their rotated twins) of 2 x 2 bins, the
+    output gradient, offsets and a mask, and a second pyramid level ``x2``.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 12, 14)).astype(dtype)
+    ct = np.float64 if dtype == np.float64 else np.float32
+    corner = rng.uniform(-2, 10, (6, 2))
+    boxes = np.column_stack([[0, 1, 0, 1, 0, 1], corner, corner + rng.uniform(1, 8, (6, 2))])
+    boxes = boxes.astype(ct)
+    rotated = np.column_stack([boxes[:, :3], rng.uniform(1, 6, (6, 2)), rng.uniform(-90, 90, 6)])
+    g = rng.standard_normal((6, 8, 2, 2)).astype(dtype)
+    offset = rng.normal(0, 0.3, (6, 2, 2, 2)).astype(ct)
+    mask = rng.uniform(0, 1, (6, 1, 2, 2)).astype(ct)
+    return x, boxes, rotated.astype(ct), g, offset, mask, x[..., ::2, ::2].copy()
+
+
+def every_call(x, boxes, rotated, g, offset, mask, x2, det):
+    """Every public function, forward and backward, on :func:`problem` (``det``: deterministic)."""
+    out, argmax = cuproi.roi_pool(x, boxes, 2, 0.5, return_argmax=True)
+    ps_g = g[:, :2]
+    return [
+        cuproi.roi_align(x, boxes, 2, 0.5, 2, True),
+        cuproi.roi_align(x, list(boxes[None, :3, 1:]) + [boxes[3:, 1:]], 2, 0.5),
+        cuproi.roi_align(x, boxes, 2, 0.5, 2, True, pool_mode="max"),
+        cuproi.roi_align_backward(g, boxes, x.shape, 2, 0.5, 2, True, deterministic=det),
+        cuproi.roi_align_backward(g, boxes, x.shape, 2, 0.5, pool_mode="max", input=x),
+        cuproi.roi_align_box_backward(g, x, boxes, 2, 0.5, 2, True, deterministic=det),
+        out,
+        cuproi.roi_pool_backward(g, boxes, argmax, x.shape, deterministic=det),
+        cuproi.deform_roi_pool(x, boxes, offset, 2, 0.5, 2, 0.1, mask),
+        *cuproi.deform_roi_pool_backward(g, x, boxes, offset, 2, 0.5, 2, 0.1, mask)[:3],
+        cuproi.deform_roi_pool_box_backward(g, x, boxes, offset, 2, 0.5, 2, 0.1, mask),
+        cuproi.ps_roi_align(x, boxes, 2, 0.5, 2),
+        cuproi.ps_roi_align_backward(ps_g, boxes, x.shape, 2, 0.5, 2, deterministic=det),
+        cuproi.ps_roi_pool(x, boxes, 2, 0.5),
+        cuproi.ps_roi_pool_backward(ps_g, boxes, x.shape, 2, 0.5, deterministic=det),
+        cuproi.prroi_pool(x, boxes, 2, 0.5),
+        cuproi.prroi_pool_backward(g, boxes, x.shape, 2, 0.5, deterministic=det),
+        cuproi.prroi_pool_box_backward(g, x, boxes, 2, 0.5, deterministic=det),
+        cuproi.roi_align_rotated(x, rotated, 2, 0.5, 2),
+        cuproi.roi_align_rotated_backward(g, rotated, x.shape, 2, 0.5, 2, deterministic=det),
+        cuproi.multi_scale_roi_align([x, x2], boxes, 2, [0.5, 0.25], 2),
+        *cuproi.multi_scale_roi_align_backward(g, boxes, [x.shape, x2.shape], 2, [0.5, 0.25], 2),
+    ]

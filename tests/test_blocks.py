@@ -18,8 +18,8 @@ rounding, and (the check that the simulator does reorder them) some must differ 
 
 import host
 import numpy as np
+import pyramids
 import pytest
-import test_multi_scale
 from conftest import TOLERANCE, host_backend
 from roi_op_tester import box_zoo, rois_for
 
@@ -54,10 +54,10 @@ def runs(dtype):
     rotated = rois_for(np.column_stack([rois[:, :1], centre_size, angle]), dtype)
     ps = rng.standard_normal((2, 2 * SIZE[0] * SIZE[1], 9, 11)).astype(dtype)
     g_ps = rng.standard_normal((len(rois), 2, *SIZE)).astype(dtype)
-    levels = test_multi_scale.pyramid(dtype)
+    levels = pyramids.pyramid(dtype)
     shapes = [a.shape for a in levels]
-    level_rois = rois_for(test_multi_scale.boxes_zoo(), dtype)
-    scales, thresholds = test_multi_scale.SCALES, test_multi_scale.thresholds(dtype)
+    level_rois = rois_for(pyramids.boxes_zoo(), dtype)
+    scales, thresholds = pyramids.SCALES, pyramids.thresholds(dtype)
     g_levels = rng.standard_normal((len(level_rois), levels[0].shape[1], *SIZE)).astype(dtype)
 
     def op(forward, backward):

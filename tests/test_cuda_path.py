@@ -7,6 +7,7 @@ stand-in's log of transfers and launches skip on a real GPU.
 
 import types
 
+import calls
 import numpy as np
 import pytest
 from conftest import CUPY, DEVICES, STANDIN
@@ -17,60 +18,16 @@ pytestmark = pytest.mark.gpu
 cupy = CUPY
 
 
-def _problem(dtype=np.float32):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 8, 12, 14)).astype(dtype)
-    ct = np.float64 if dtype == np.float64 else np.float32
-    corner = rng.uniform(-2, 10, (6, 2))
-    boxes = np.column_stack([[0, 1, 0, 1, 0, 1], corner, corner + rng.uniform(1, 8, (6, 2))])
-    boxes = boxes.astype(ct)
-    rotated = np.column_stack([boxes[:, :3], rng.uniform(1, 6, (6, 2)), rng.uniform(-90, 90, 6)])
-    g = rng.standard_normal((6, 8, 2, 2)).astype(dtype)
-    offset = rng.normal(0, 0.3, (6, 2, 2, 2)).astype(ct)
-    mask = rng.uniform(0, 1, (6, 1, 2, 2)).astype(ct)
-    return x, boxes, rotated.astype(ct), g, offset, mask, x[..., ::2, ::2].copy()
-
-
-def _every_call(x, boxes, rotated, g, offset, mask, x2, det):
-    """Every public function, forward and backward, on one problem."""
-    out, argmax = cuproi.roi_pool(x, boxes, 2, 0.5, return_argmax=True)
-    ps_g = g[:, :2]
-    return [
-        cuproi.roi_align(x, boxes, 2, 0.5, 2, True),
-        cuproi.roi_align(x, list(boxes[None, :3, 1:]) + [boxes[3:, 1:]], 2, 0.5),
-        cuproi.roi_align(x, boxes, 2, 0.5, 2, True, pool_mode="max"),
-        cuproi.roi_align_backward(g, boxes, x.shape, 2, 0.5, 2, True, deterministic=det),
-        cuproi.roi_align_backward(g, boxes, x.shape, 2, 0.5, pool_mode="max", input=x),
-        cuproi.roi_align_box_backward(g, x, boxes, 2, 0.5, 2, True, deterministic=det),
-        out,
-        cuproi.roi_pool_backward(g, boxes, argmax, x.shape, deterministic=det),
-        cuproi.deform_roi_pool(x, boxes, offset, 2, 0.5, 2, 0.1, mask),
-        *cuproi.deform_roi_pool_backward(g, x, boxes, offset, 2, 0.5, 2, 0.1, mask)[:3],
-        cuproi.deform_roi_pool_box_backward(g, x, boxes, offset, 2, 0.5, 2, 0.1, mask),
-        cuproi.ps_roi_align(x, boxes, 2, 0.5, 2),
-        cuproi.ps_roi_align_backward(ps_g, boxes, x.shape, 2, 0.5, 2, deterministic=det),
-        cuproi.ps_roi_pool(x, boxes, 2, 0.5),
-        cuproi.ps_roi_pool_backward(ps_g, boxes, x.shape, 2, 0.5, deterministic=det),
-        cuproi.prroi_pool(x, boxes, 2, 0.5),
-        cuproi.prroi_pool_backward(g, boxes, x.shape, 2, 0.5, deterministic=det),
-        cuproi.prroi_pool_box_backward(g, x, boxes, 2, 0.5, deterministic=det),
-        cuproi.roi_align_rotated(x, rotated, 2, 0.5, 2),
-        cuproi.roi_align_rotated_backward(g, rotated, x.shape, 2, 0.5, 2, deterministic=det),
-        cuproi.multi_scale_roi_align([x, x2], boxes, 2, [0.5, 0.25], 2),
-        *cuproi.multi_scale_roi_align_backward(g, boxes, [x.shape, x2.shape], 2, [0.5, 0.25], 2),
-    ]
-
-
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_every_function_matches_the_cpu_without_a_host_sync(host_syncs, deterministic):
     """No call reads device memory back (no synchronisation, capturable in a CUDA graph), none
     reads another device's memory, and the results are the NumPy backend's."""
-    problem = _problem()
+    problem = calls.problem()
     on_device = [cupy.asarray(a) for a in problem]
     with host_syncs() as log:
-        results = _every_call(*on_device, deterministic)
+        results = calls.every_call(*on_device, deterministic)
     assert log.launches and log.transfers == [] and log.cross_device == []
-    for got, want in zip(results, _every_call(*problem, deterministic), strict=True):
+    for got, want in zip(results, calls.every_call(*problem, deterministic), strict=True):
         assert isinstance(got, cupy.ndarray) and got.dtype == want.dtype
         np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=1e-4, atol=1e-5)
 
@@ -79,7 +36,7 @@ def test_bad_rows_give_zeros_without_a_sync(host_syncs):
     """Where the CPU raises (a batch index outside the batch or fractional, non-finite or huge
     coordinates, an argmax off the plane), the GPU gives zeros and no gradient, and raises the
     CPU's errors only with set_eager_checks(True)."""
-    x, boxes, rotated, g, *_ = (cupy.asarray(a) for a in _problem())  # on the current device
+    x, boxes, rotated, g, *_ = (cupy.asarray(a) for a in calls.problem())  # on the current device
     bad = boxes.copy()
     bad[1, 0], bad[2, 0], bad[3, 1], bad[4, 2] = 7, 0.5, np.nan, 1e30
     rotated[1, 0] = -1
@@ -118,12 +75,12 @@ def test_bad_rows_give_zeros_without_a_sync(host_syncs):
 @pytest.mark.skipif(DEVICES < 2, reason="needs two devices")
 def test_inputs_on_another_device_than_the_current_one(host_syncs):
     """Casts, per-image lists, validation, gradients and results all on the inputs' device."""
-    x, boxes, rotated, g, offset, mask, x2 = _problem(np.float32)
+    x, boxes, rotated, g, offset, mask, x2 = calls.problem(np.float32)
     with cupy.cuda.Device(1):
         problem = (x, boxes.astype(np.float64), rotated, g, offset, mask, x2)
         args = [cupy.asarray(a) for a in problem]
     with cupy.cuda.Device(0), host_syncs() as log:
-        results = _every_call(*args, True)
+        results = calls.every_call(*args, True)
     assert log.cross_device == [] and {launch[1] for launch in log.launches} == {1}
     assert all(r.device.id == 1 for r in results)
 
@@ -164,7 +121,7 @@ def test_the_torch_adapter_runs_on_the_tensors_device_and_torch_stream(host_sync
 
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: TorchStream())
     tensor = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1))
-    x, boxes = _problem()[:2]
+    x, boxes = calls.problem()[:2]
     with cupy.cuda.Device(1):
         x, boxes = cupy.asarray(x), cupy.asarray(boxes)
     for protocol in (True, False):  # CuPy 14, then CuPy 13's ExternalStream
@@ -205,7 +162,7 @@ def test_foreign_cuda_arrays_come_in_and_go_back_through_dlpack(host_syncs):
     there, and the result goes back as the caller's type through its own from_dlpack."""
     if DEVICES < 2 or not STANDIN:
         pytest.skip("needs the stand-in's second device")
-    x, boxes = _problem()[:2]
+    x, boxes = calls.problem()[:2]
     fx, fb = ForeignCudaArray(x, 1), ForeignCudaArray(boxes, 1)
     with cupy.cuda.Device(1):
         stream = cupy.cuda.Stream()

@@ -10,7 +10,7 @@ import subprocess
 import host
 import numpy as np
 import pytest
-from conftest import host_backend
+from conftest import STANDIN, host_backend
 
 import cuproi._cpu
 import cuproi._cuda
@@ -185,6 +185,16 @@ def test_nvrtc_compiles(source):
     finally:
         nvrtc.destroyProgram(program)
     assert set(re.findall(r"\.visible \.entry (\w+)\(", ptx)) == entries(source)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(STANDIN and host.COMPILER is None, reason="the stand-in needs a C++ compiler")
+def test_every_entry_point_loads_through_cupy():
+    """Every entry point of every source, as the launch layer gets it from CuPy (a GPU, or the
+    stand-in's build on the host)."""
+    for source in SOURCES:
+        for entry in sorted(entries(source)):
+            assert _launch._kernels()(source, entry) is not None
 
 
 @pytest.mark.parametrize("per_block", [False, True])

@@ -9,17 +9,17 @@ respect to its offset, its mask and its box are NaN, and the features get nothin
 
 import warnings
 
+import calls
 import numpy as np
 import pytest
 from conftest import CUPY
 from oracles import deform_roi_pool as deform_oracle
-from test_cuda_path import _every_call, _problem
 
 import cuproi
 
 
 def _non_finite(problem):
-    """``problem`` (test_cuda_path._problem) with NaN and infinities in its arrays."""
+    """``problem`` (calls.problem) with NaN and infinities in its arrays."""
     x, boxes, rotated, g, offset, mask, x2 = (a.copy() for a in problem)
     x[0, 0, 3, 3], x[1, 1, 5, 5], x[0, 2, 6:8, 6:8] = np.nan, np.inf, -np.inf
     x2[0, 3, 1, 1], x2[1, 4, 2, 2] = np.inf, np.nan
@@ -32,10 +32,10 @@ def _non_finite(problem):
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_no_warnings_from_non_finite_values(monkeypatch, dtype):
     monkeypatch.setenv("CUPROI_NUM_THREADS", "2")  # warnings raised in the threads count too
-    problem = _non_finite(_problem(dtype))
+    problem = _non_finite(calls.problem(dtype))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        results = _every_call(*problem, False)
+        results = calls.every_call(*problem, False)
     assert any(np.isnan(r).any() for r in results)
 
 
