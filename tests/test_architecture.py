@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cuproi"
+TESTS = Path(__file__).resolve().parent
 
 
 def _modules(package=PACKAGE):
@@ -81,8 +82,31 @@ def test_module_level_imports_form_no_cycle():
     graphlib.TopologicalSorter(import_graph(_modules())).prepare()  # CycleError on a cycle
 
 
+def imports_of_test_files(tests=TESTS):
+    """``(file, module)`` where a test file imports another one rather than a helper module."""
+    names = {path.stem for path in tests.glob("test_*.py")}
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            found += [(path.name, m) for m in modules if m.split(".")[0] in names]
+    return found
+
+
+def test_no_test_file_imports_another():
+    """What several test files share lives in a helper module (conftest, calls, pyramids, the
+    testers, host, oracles), where the next reader looks for it."""
+    assert imports_of_test_files() == []
+
+
 def test_the_checks_find_what_they_look_for(tmp_path):
-    """A private name used across modules and a cycle of two, in a package made for it."""
+    """A private name used across modules and a cycle of two, in a package made for it; test
+    files that import each other."""
     package = tmp_path / "cuproi"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -97,3 +121,9 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     ]
     with pytest.raises(graphlib.CycleError):
         graphlib.TopologicalSorter(import_graph(modules)).prepare()
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "test_a.py").write_text("import helpers\nfrom test_b import f\n")
+    (tests / "test_b.py").write_text("import test_a\n\n\ndef f():\n    return test_a\n")
+    (tests / "helpers.py").write_text("")
+    assert imports_of_test_files(tests) == [("test_a.py", "test_b"), ("test_b.py", "test_a")]
