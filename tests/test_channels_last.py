@@ -11,14 +11,13 @@ the channels in another grouping, agree to rounding).
 import host
 import numpy as np
 import pytest
-from conftest import CUPY as cupy
 from conftest import TOLERANCE
+from layouts import assert_stored_channels_last, channels_last, problem
 from oracles import deform_roi_pool as deform_oracle
 from oracles import roi_align as align_oracle
 from roi_op_tester import assert_close, box_zoo, rois_for
 
 import cuproi
-from cuproi import _cuda
 from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype
 
@@ -118,23 +117,6 @@ def test_deform_matches_the_oracle(dtype, ratio, entries):
     np.testing.assert_allclose(grad_mask, expected_mask, rtol=10 * rtol, atol=10 * atol)
 
 
-def _problem(dtype, channels, seed):
-    """Features, boxes and an output gradient with every kind of box: the zoo, boxes whose
-    adaptive grid overflows the kernels' shared tables, and rows naming no image."""
-    rng = np.random.default_rng(seed)
-    n, h, w = 2, 9, 11
-    x = rng.standard_normal((n, channels, h, w)).astype(dtype)
-    boxes = np.concatenate(
-        [
-            box_zoo(0.5),
-            [[0, -300.0, -200.0, 400.0, 300.0], [1, -5.0, 2.0, 900.0, 7.0]],  # huge grids
-            [[2, 1.0, 1.0, 6.0, 6.0], [-1, 1.0, 1.0, 6.0, 6.0]],  # no image: zeros
-        ]
-    )
-    g = rng.standard_normal((len(boxes), channels, 5, 3)).astype(dtype)
-    return x, rois_for(boxes, dtype), g
-
-
 def assert_same_as_nchw(monkeypatch, run, dtype, rounded=()):
     """``run()`` gives the same results on the channels-last kernels as on the NCHW kernels:
     the same bits, but for the results at the indices ``rounded`` (the offset and mask
@@ -159,7 +141,7 @@ def assert_same_as_nchw(monkeypatch, run, dtype, rounded=()):
 @pytest.mark.parametrize("ratio", [-1, 0, 1, 3])
 @pytest.mark.parametrize("aligned", [False, True])
 def test_same_bits_as_nchw(dtype, channels, ratio, aligned, monkeypatch):
-    x, rois, g = _problem(dtype, channels, seed=channels + ratio)
+    x, rois, g = problem(dtype, channels, seed=channels + ratio)
     forward, backward = host.bind("roi_align"), host.bind("roi_align_backward")
     assert_same_as_nchw(
         monkeypatch,
@@ -178,7 +160,7 @@ def test_same_bits_as_nchw(dtype, channels, ratio, aligned, monkeypatch):
 @pytest.mark.parametrize("with_offset", [False, True])
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_deform_same_bits_as_nchw(dtype, channels, ratio, with_offset, with_mask, monkeypatch):
-    x, rois, g = _problem(dtype, channels, seed=channels + ratio)
+    x, rois, g = problem(dtype, channels, seed=channels + ratio)
     rng = np.random.default_rng(3)
     offset = rng.normal(0, 1, (len(rois), 2, 5, 3)).astype(rois.dtype) if with_offset else None
     mask = rng.uniform(0, 1, (len(rois), 1, 5, 3)).astype(rois.dtype) if with_mask else None
@@ -196,7 +178,7 @@ def test_deform_same_bits_as_nchw(dtype, channels, ratio, with_offset, with_mask
 
 
 def test_i64_entries(monkeypatch, entries):
-    x, rois, g = _problem(np.float32, 40, seed=0)
+    x, rois, g = problem(np.float32, 40, seed=0)
     offset = np.random.default_rng(4).normal(0, 1, (len(rois), 2, 5, 3)).astype(np.float32)
 
     def run():
@@ -232,17 +214,6 @@ def test_no_boxes():
 # ---- features stored channels last (torch's channels_last memory format) ------------------------
 
 
-def channels_last(x):
-    """The same values stored channels last: (N, C, H, W) strides over (N, H, W, C) memory."""
-    out = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    assert out.shape == x.shape and (x.shape[1] == 1 or not out.flags.c_contiguous)
-    return out
-
-
-def assert_stored_channels_last(a):
-    assert a.transpose(0, 2, 3, 1).flags.c_contiguous
-
-
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("channels", [1, 5, 33])
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -252,7 +223,7 @@ def test_stored_channels_last_gives_the_same_bits(backend, dtype, channels, dete
     on features stored either way (read in place on the CPU; the GPU kernels of the last three
     get an NCHW copy); asked for, the input gradients come back stored channels last (on both
     backends: the `backend` fixture)."""
-    x, rois, g = _problem(dtype, channels, seed=channels)
+    x, rois, g = problem(dtype, channels, seed=channels)
     rois, g = rois[:-2], g[:-2]  # every box names an image, as validated calls have it
     rng = np.random.default_rng(5)
     offset = rng.normal(0, 1, (len(rois), 2, 5, 3)).astype(rois.dtype)
@@ -308,7 +279,7 @@ def test_stored_channels_last_gives_the_same_bits(backend, dtype, channels, dete
 def test_roi_pool_on_stored_channels_last_gives_the_same_bits(backend, dtype, channels, argmax):
     """Ties, zeros of both signs, NaN and -inf included: the same maxima, bit for bit (the sign
     of a zero too), and the same first cells."""
-    x, rois, _ = _problem(dtype, channels, seed=channels)
+    x, rois, _ = problem(dtype, channels, seed=channels)
     rois = rois[:-2]
     x = np.round(2 * x)  # ties, and -0.0 where a small negative value rounds to zero
     x.reshape(-1)[::37] = np.nan
@@ -325,7 +296,7 @@ def test_roi_pool_on_stored_channels_last_gives_the_same_bits(backend, dtype, ch
 
 @pytest.mark.parametrize("channels", [5, 70])
 def test_stored_channels_last_needs_no_transpose(channels, entries):
-    x, rois, g = _problem(np.float32, channels, seed=1)
+    x, rois, g = problem(np.float32, channels, seed=1)
     x = channels_last(x)
     offset = np.zeros((len(rois), 2, 5, 3), np.float32)
     host.bind("roi_align")(x, rois, (5, 3), 0.5, 2, True)
@@ -360,10 +331,9 @@ def test_the_cpu_backend_reads_stored_channels_last_features_in_place():
 
 
 def test_public_functions_read_and_return_channels_last(monkeypatch):
-    import cuproi
     from cuproi import _cpu
 
-    x, rois, g = _problem(np.float32, 6, seed=2)
+    x, rois, g = problem(np.float32, 6, seed=2)
     rois, g = rois[:-2], g[:-2]
     stored = channels_last(x)
     seen = []  # the features (the first level's) each backend function below receives
@@ -412,81 +382,3 @@ def test_public_functions_read_and_return_channels_last(monkeypatch):
         cuproi.ps_roi_align(ps, rois.astype(np.float64), 3, 0.5, 2),
         cuproi.ps_roi_align(np.ascontiguousarray(ps), rois.astype(np.float64), 3, 0.5, 2),
     )
-
-
-# ---- on the GPU (or the CuPy stand-in) ---------------------------------------------------------
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_channels_last_kernels_match_nchw(dtype, monkeypatch):
-    """The channels-last kernels compute the NCHW kernels' sums in the same order: the same bits
-    (but for the order of the default backward's atomic adds)."""
-    x, rois, g = (cupy.asarray(a) for a in _problem(dtype, 70, seed=0))
-    rng = np.random.default_rng(1)
-    offset = cupy.asarray(rng.normal(0, 1, (len(rois), 2, 5, 3)).astype(rois.dtype))
-    mask = cupy.asarray(rng.uniform(0, 1, (len(rois), 1, 5, 3)).astype(rois.dtype))
-
-    def run():
-        deform = _cuda.deform_roi_pool_backward(
-            g, x, rois, offset, 0.5, 2, 0.1, mask, deterministic=True
-        )
-        return [  # first the results that must be the same bits
-            _cuda.roi_align(x, rois, (5, 3), 0.5, 2, True),
-            _cuda.roi_align(x, rois, (5, 3), 0.5, -1, False),
-            _cuda.roi_align_backward(g, rois, x.shape, 0.5, 2, True, deterministic=True),
-            _cuda.deform_roi_pool(x, rois, offset, (5, 3), 0.5, 2, 0.1, mask),
-            deform[0],
-            _cuda.roi_align_backward(g, rois, x.shape, 0.5, 2, True),
-            *_cuda.deform_roi_pool_backward(g, x, rois, offset, 0.5, 2, 0.1, mask),
-            *deform[1:],
-        ]
-
-    channels_last = run()
-    monkeypatch.setattr(_launch, "CHANNELS_LAST_FROM", 2**31)
-    nchw = run()
-    for a, b in zip(channels_last[:5], nchw[:5], strict=True):
-        cupy.testing.assert_array_equal(a, b)
-    tol = 1e-2 if dtype == np.float16 else 1e-5
-    for a, b in zip(channels_last[5:], nchw[5:], strict=True):
-        cupy.testing.assert_allclose(a, b, rtol=tol, atol=tol)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize("channels", [5, 70])
-def test_stored_channels_last_features_on_the_device(dtype, channels):
-    """Features stored channels last are read in place and give the NCHW results; the
-    gradients asked for channels last are stored so."""
-    x, rois, g = (cupy.asarray(a) for a in _problem(dtype, channels, seed=2))
-    rois, g = rois[:-2], g[:-2]
-    offset = cupy.asarray(np.random.default_rng(3).normal(0, 1, (len(rois), 2, 5, 3)))
-    offset = offset.astype(rois.dtype)
-    stored = cupy.asarray(channels_last(cupy.asnumpy(x)))
-    assert not stored.flags.c_contiguous
-    for f in (
-        lambda x: cuproi.roi_align(x, rois, (5, 3), 0.5, 2, True),
-        lambda x: cuproi.roi_align(x, rois, (5, 3), 0.5, 2, True, "max"),
-        lambda x: cuproi.deform_roi_pool(x, rois, offset, (5, 3), 0.5, 2),
-        lambda x: cuproi.roi_pool(x, rois, (5, 3), 0.5),
-        lambda x: cuproi.roi_pool(x, rois, (5, 3), 0.5, return_argmax=True)[1],
-        lambda x: cuproi.prroi_pool(x, rois, (5, 3), 0.5),
-        lambda x: cuproi.multi_scale_roi_align([x, x], rois, (5, 3), [0.5, 0.25], 2, True),
-    ):
-        cupy.testing.assert_array_equal(f(stored), f(x))
-    args = (rois, x.shape, (5, 3), 0.5, 2, True)
-    tol = 1e-2 if dtype == np.float16 else 1e-5
-    for kwargs in ({"deterministic": True}, {"pool_mode": "max", "input": stored}):
-        grad = cuproi.roi_align_backward(g, *args, channels_last=True, **kwargs)
-        assert_stored_channels_last(grad)
-        expected = cuproi.roi_align_backward(g, *args, **kwargs)
-        cupy.testing.assert_allclose(grad, expected, rtol=tol, atol=tol)
-    grad, grad_offset, _ = cuproi.deform_roi_pool_backward(
-        g, stored, rois, offset, (5, 3), 0.5, 2, deterministic=True, channels_last=True
-    )
-    assert_stored_channels_last(grad)
-    expected = cuproi.deform_roi_pool_backward(
-        g, x, rois, offset, (5, 3), 0.5, 2, deterministic=True
-    )
-    cupy.testing.assert_array_equal(grad, expected[0])
-    cupy.testing.assert_allclose(grad_offset, expected[1], rtol=tol, atol=tol)
