@@ -17,7 +17,6 @@ from oracles import deform_roi_pool as deform_oracle
 from oracles import roi_align as align_oracle
 from roi_op_tester import assert_close, box_zoo, rois_for
 
-import cuproi
 from cuproi._cuda import _launch
 from cuproi._validate import compute_dtype
 
@@ -331,6 +330,7 @@ def test_the_cpu_backend_reads_stored_channels_last_features_in_place():
 
 
 def test_public_functions_read_and_return_channels_last(monkeypatch):
+    import cuproi
     from cuproi import _cpu
 
     x, rois, g = problem(np.float32, 6, seed=2)
