@@ -3,9 +3,11 @@ register spills; the host compiler through the shim), export every entry point t
 can ask for, and the source loader finds and inlines them."""
 
 import itertools
+import os
 import re
 import shutil
 import subprocess
+import sys
 
 import host
 import numpy as np
@@ -67,7 +69,10 @@ def test_nvcc_compiles_without_spills(source, arch, tmp_path):
     path.write_text(_source.source(source))
     options = ["-cubin", f"-arch={arch}", "--std=c++17", "-Xptxas", "-v", "-Werror", "all-warnings"]
     out = ["-o", str(tmp_path / "out.cubin")]
-    result = subprocess.run([NVCC, *options, str(path), *out], capture_output=True, text=True)
+    command = [NVCC, *options, str(path), *out]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=host.compiler_environment()
+    )
     assert result.returncode == 0, result.stderr
     log = result.stderr
     compiled = set(re.findall(r"Compiling entry function '(\w+)'", log))
@@ -171,6 +176,7 @@ def _nvrtc():
 
 
 @pytest.mark.skipif(_nvrtc() is None, reason="CuPy's NVRTC bindings not available")
+@pytest.mark.skipif(host.ASAN_LOADED, reason="under ASan, NVRTC does not find its builtins")
 @pytest.mark.parametrize("source", SOURCES)
 def test_nvrtc_compiles(source):
     """The very text and options CuPy hands NVRTC compile, with every entry point exported."""
@@ -213,3 +219,41 @@ def test_int64_index_where_the_loop_index_would_wrap(per_block):
         _launch.Device(np, spy).run("roi_align", "forward", np.float32, items, per_block=per_block)
     narrow = ("cuproi_roi_align_forward_f32", np.int32)
     assert entries == [narrow] + [("cuproi_roi_align_forward_f32_i64", np.int64)] * len(wraps)
+
+
+# Kernels that do what the sanitized builds must stop, and the report each gets.
+_FLAWED = {
+    "read past the end": (
+        "for (int i = 0; i <= n; ++i) out[0] += x[i];",  # x[n]: one past the end
+        "heap-buffer-overflow",
+    ),
+    "float to int overflow": (
+        "out[0] = static_cast<float>(static_cast<int>(x[0] * 1e10f));",
+        "outside the range of representable values",
+    ),
+}
+
+
+@pytest.mark.skipif(host.sanitizer_preload() is None, reason="no ASan with the host compiler")
+@pytest.mark.parametrize("flaw", _FLAWED)
+def test_sanitized_host_builds_stop_at_a_flawed_kernel(flaw):
+    """With CUPROI_HOST_SANITIZE=1 (CI's GPU tests on the stand-in, one device), a kernel that
+    reads past its array or overflows a float-to-int conversion aborts the run with the
+    sanitizer's report; without it, the same kernel runs to the end."""
+    body, report = _FLAWED[flaw]
+    kernel = f'extern "C" __global__ void flawed(const float* x, float* out, int n) {{ {body} }}'
+    script = f"""
+import ctypes, numpy as np, host
+lib = host.build({kernel!r})
+x, out = np.ones(4096, np.float32), np.zeros(1, np.float32)
+lib.flawed(ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(out.ctypes.data), ctypes.c_int(4096))
+print("ran to the end")
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "CUPROI_HOST_SANITIZE")}
+    env.update(PYTHONPATH=os.pathsep.join(sys.path), ASAN_OPTIONS="detect_leaks=0")
+    plain = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert plain.stdout.strip() == "ran to the end", plain.stderr
+    env.update(CUPROI_HOST_SANITIZE="1", LD_PRELOAD=host.sanitizer_preload())
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "ran to the end" not in done.stdout
+    assert report in done.stderr, done.stderr[-2000:]

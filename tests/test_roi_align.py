@@ -233,6 +233,9 @@ def test_nan_propagates_and_takes_the_gradient(on):
 
 
 @pytest.mark.skipif(host.COMPILER is None, reason="no C++ compiler")
+@pytest.mark.skipif(
+    host.SANITIZE, reason="instrumented builds order the operands of an add of two NaNs their way"
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ratio", [2, 0])
 def test_max_nans_have_the_bits_of_the_kernels(monkeypatch, dtype, ratio):

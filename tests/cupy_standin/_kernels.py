@@ -73,6 +73,7 @@ def _resources(code):
             capture_output=True,
             text=True,
             check=True,
+            env=host.compiler_environment(),
         ).stderr
     found, entry = {}, None
     for line in log.splitlines():

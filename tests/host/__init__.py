@@ -29,6 +29,18 @@ from cuproi._cuda import _launch, _source
 
 SHIM = Path(__file__).with_name("shim.h")
 COMPILER = shutil.which(os.environ.get("CXX", "g++"))
+# CUPROI_HOST_SANITIZE=1 builds the kernels with AddressSanitizer and UBSan, float-to-int
+# overflow included: the first out-of-bounds access or undefined operation of a kernel aborts
+# the run with its report, as compute-sanitizer would on a GPU (for one host thread's
+# arithmetic). The ASan runtime must be the first library of the process (docs/testing.md).
+SANITIZE = os.environ.get("CUPROI_HOST_SANITIZE") == "1"
+ASAN_LOADED = hasattr(ctypes.CDLL(None), "__asan_init")  # the ASan runtime is in this process
+_SANITIZERS = (
+    "-fsanitize=address,undefined,float-cast-overflow",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+    "-g",
+)
 
 _SCALARS = {
     np.int32: ctypes.c_int32,
@@ -61,16 +73,52 @@ def _compile(text, *flags, suffix):
         src.write_text(text)
         command = [COMPILER, "-std=c++17", "-include", str(SHIM), "-x", "c++", str(src)]
         partial = out.with_name(f"{out.name}.{os.getpid()}")
-        subprocess.run([*command, *flags, "-o", str(partial)], check=True, capture_output=True)
+        subprocess.run(
+            [*command, *flags, "-o", str(partial)],
+            check=True,
+            capture_output=True,
+            env=compiler_environment(),
+        )
         os.replace(partial, out)  # whole
         src.unlink()
     return out
 
 
 @functools.cache
+def sanitizer_preload():
+    """LD_PRELOAD for CUPROI_HOST_SANITIZE=1, or None where the host compiler has no ASan.
+
+    ASan's runtime first; then libstdc++, whose exceptions ASan intercepts only if it is
+    loaded at start (matplotlib's extension throws some as it is imported).
+    """
+    if COMPILER is None:
+        return None
+    paths = [
+        subprocess.run(
+            [COMPILER, f"-print-file-name={name}"], capture_output=True, text=True
+        ).stdout.strip()
+        for name in ("libasan.so", "libstdc++.so")
+    ]
+    return " ".join(paths) if all(os.path.isabs(p) for p in paths) else None
+
+
+def compiler_environment():
+    """This process's environment but LD_PRELOAD: a preloaded ASan runtime crashes nvcc."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
+@functools.cache
 def build(text):
     """CUDA source ``text`` compiled for the host and loaded."""
     flags = ("-O2", "-shared", "-fPIC", "-Wall", "-Werror")
+    if SANITIZE:
+        if not ASAN_LOADED:
+            raise RuntimeError(
+                "CUPROI_HOST_SANITIZE=1 needs the ASan runtime loaded first: run Python with "
+                'LD_PRELOAD="$(g++ -print-file-name=libasan.so) '
+                '$(g++ -print-file-name=libstdc++.so)"'
+            )
+        flags += _SANITIZERS
     return ctypes.CDLL(str(_compile(text, *flags, suffix=".so")))
 
 
