@@ -96,3 +96,21 @@ def test_float32_kernels_flush_subnormals_as_cuda_with_ftz(kernel):
     kernel((1,), (256,), (np.int32(2), x, np.float32(1), y))
     np.testing.assert_array_equal(y.get(), 0)
     assert np.all(x.get() * np.float32(1) > 0)  # NumPy keeps them
+
+
+@pytest.mark.parametrize("make", ["empty", "empty_like", "ndarray"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int32, np.int64, np.uint64])
+def test_uninitialized_memory_is_neither_zero_nor_alike(make, dtype):
+    """An uninitialized array holds what a pool's last user left, as on a GPU: not NumPy's
+    zeroed fresh pages, and not what the allocation before got (which two runs compared
+    would not tell apart); finite, so that NaN equal to NaN hides nothing."""
+    import cupy
+
+    new = {
+        "empty": lambda: cupy.empty((3, 5), dtype),
+        "empty_like": lambda: cupy.empty_like(cupy.zeros((3, 5), dtype)),
+        "ndarray": lambda: cupy.ndarray((3, 5), dtype),
+    }[make]
+    first, second = new().get(), new().get()
+    assert np.all(first != 0) and np.all(np.isfinite(first))
+    assert np.all(first != second)

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from cupy_standin import _state, cuda, testing
-from cupy_standin._array import _root, _to_host, _unwrap, _wrap, ndarray
+from cupy_standin._array import _root, _to_host, _unwrap, _wrap, ndarray, poisoned
 from cupy_standin._kernels import RawKernel, RawModule
 from cupy_standin._state import record
 
@@ -70,7 +70,10 @@ def _converter(function):
 def _creator(function):
     def create(*args, **kwargs):
         args = [a._a if isinstance(a, ndarray) else a for a in args]  # *_like: shape only
-        return ndarray._of(function(*args, **kwargs), _state.current_device())
+        result = function(*args, **kwargs)
+        if function.__name__.startswith("empty"):
+            poisoned(result)
+        return ndarray._of(result, _state.current_device())
 
     return create
 

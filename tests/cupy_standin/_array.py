@@ -8,6 +8,7 @@ recorded as the host synchronisation it is on a GPU, and implicit conversion to 
 TypeError as CuPy's does.
 """
 
+import itertools
 import operator
 
 import numpy as np
@@ -51,6 +52,27 @@ def _wrap(result, sources=()):
     return ndarray._of(result, _state.current_device())
 
 
+_allocations = itertools.count()
+
+
+def poisoned(a):
+    """``a`` filled as CuPy's memory pool may hand a block back: with what its last user left.
+
+    NumPy's fresh pages are zeros, and a run's arrays tend to be filled alike from one run to
+    the next: a kernel that adds into memory it did not zero, or leaves elements unwritten,
+    would pass. So each allocation gets a value of its own (finite, so that comparing two runs
+    does not find NaN equal to NaN): 1000 or more for floats, near the largest for integers.
+    """
+    n = next(_allocations) % 1024
+    if a.dtype.kind in "fc":
+        a.fill(1000 + n)  # whole numbers, apart in float16 too
+    elif a.dtype.kind in "iu":
+        a.fill(np.iinfo(a.dtype).max - n)
+    elif a.dtype.kind == "b":
+        a.fill(True)
+    return a
+
+
 def _to_host(array, what):
     _state.note("transfers", what, array.nbytes)
     return array._a.copy()
@@ -62,7 +84,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
     __array_priority__ = 100
 
     def __init__(self, shape, dtype=float, order="C"):
-        self._a = np.empty(shape, dtype, order=order)
+        self._a = poisoned(np.empty(shape, dtype, order=order))
         self._device = _state.current_device()
 
     @classmethod
