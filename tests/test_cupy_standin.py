@@ -45,6 +45,8 @@ def test_a_launch_runs_and_is_recorded(kernel):
         ((1,), (256,), (np.int32(5), "xT", np.float32(2), "y"), ValueError, "C-contiguous"),
         ((1,), (256,), (np.int32(5), "x", np.float32(2)), TypeError, "takes 4 arguments"),
         ((1,), (256,), (np.int32(5), "host", np.float32(2), "y"), TypeError, "device array"),
+        ((1,), (256,), (np.int32(5), "x", np.float32(2), "x"), ValueError, "share memory"),
+        ((1,), (256,), (np.int32(5), "x", np.float32(2), "x1"), ValueError, "share memory"),
     ],
 )
 def test_launch_rules(kernel, grid, block, args, error, match):
@@ -57,6 +59,7 @@ def test_launch_rules(kernel, grid, block, args, error, match):
         "x64": x.astype(np.float64),
         "xT": x.T,
         "host": np.zeros(16, np.float32),
+        "x1": x.reshape(-1)[1:],  # the elements of x but its first
     }
     args = args or (np.int32(5), x, np.float32(2), arrays["y"])
     args = tuple(arrays[a] if isinstance(a, str) else a for a in args)

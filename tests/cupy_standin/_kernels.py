@@ -6,8 +6,8 @@ NVRTC. Before each launch the stand-in checks what a GPU would reject or silentl
 grid and block limits, registers and static shared memory per block (from ``nvcc -Xptxas -v``
 where nvcc exists), the argument count, scalars of the exact C type of their parameter (CuPy
 passes a Python int as a 64-bit integer and a float as a double), array element types, C
-order, and arrays of the device the kernel runs on. It runs on the current stream, and the
-launch is recorded.
+order, arrays of the device the kernel runs on, and no array it writes sharing memory with
+another of its arrays. It runs on the current stream, and the launch is recorded.
 """
 
 import ctypes
@@ -122,6 +122,24 @@ class RawModule:
         return ftz[-1].endswith("true")
 
 
+def _span(a):
+    """The bytes ``[start, end)`` of array ``a``'s memory (C-contiguous)."""
+    return a.ctypes.data, a.ctypes.data + a.nbytes
+
+
+def _no_overlap_with_written(spans):
+    """Refuse a launch whose written array shares memory with another of its arrays.
+
+    ``spans`` are ``(where, read only, start, end)``. On a GPU such a launch races between the
+    threads that write and those that read, and the kernels read their const arrays through
+    the read-only data cache (``__ldg``), which does not see the launch's own writes.
+    """
+    for i, (where, read_only, start, end) in enumerate(spans):
+        for other, other_read_only, other_start, other_end in spans[i + 1 :]:
+            if not (read_only and other_read_only) and start < other_end and other_start < end:
+                raise ValueError(f"{where} and {other} share memory, and the kernel writes one")
+
+
 class RawKernel:
     def __init__(self, code, name, options=(), *, _module=None, **unused):
         self.module = _module or RawModule(code, options=options)
@@ -167,7 +185,7 @@ class RawKernel:
             raise TypeError(
                 f"{self.name} takes {len(self.params)} arguments; {len(args)} were given"
             )
-        converted = []
+        converted, spans = [], []
         for i, (arg, param) in enumerate(zip(args, self.params, strict=True)):
             where = f"{self.name} argument {i} ({param})"
             if param.endswith("*"):
@@ -180,6 +198,7 @@ class RawKernel:
                     raise ValueError(f"{where}: the kernel reads a C-contiguous array")
                 _state.reading(arg._device, where)
                 converted.append(ctypes.c_void_p(arg._a.ctypes.data if arg.size else 0))
+                spans.append((where, param.startswith("const "), *_span(arg._a)))
             else:
                 dtype, c_type = _SCALARS[param]
                 if type(arg) is not dtype:
@@ -189,6 +208,7 @@ class RawKernel:
                         f"NumPy type {dtype.__name__}"
                     )
                 converted.append(c_type(arg))
+        _no_overlap_with_written(spans)
         return converted
 
     def _run(self, converted):
