@@ -237,9 +237,9 @@ _FLAWED = {
 @pytest.mark.skipif(host.sanitizer_preload() is None, reason="no ASan with the host compiler")
 @pytest.mark.parametrize("flaw", _FLAWED)
 def test_sanitized_host_builds_stop_at_a_flawed_kernel(flaw):
-    """With CUPROI_HOST_SANITIZE=1 (CI's GPU tests on the stand-in, one device), a kernel that
-    reads past its array or overflows a float-to-int conversion aborts the run with the
-    sanitizer's report; without it, the same kernel runs to the end."""
+    """With CUPROI_HOST_SANITIZE=1 (as CI runs the slow tests and the GPU tests on the
+    stand-in with one device), a kernel that reads past its array or overflows a float-to-int
+    conversion aborts the run with the sanitizer's report; without it, it runs to the end."""
     body, report = _FLAWED[flaw]
     kernel = f'extern "C" __global__ void flawed(const float* x, float* out, int n) {{ {body} }}'
     script = f"""
